@@ -1,0 +1,61 @@
+"""Shapes of the session API's requests and answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+from django_avaturn.models import Session
+
+
+class StartSessionSerializer(serializers.Serializer[Any]):
+    """What a visitor may choose when starting: an allowed avatar, a widget config name."""
+
+    avatar_id = serializers.CharField(
+        max_length=255, required=False, help_text=_("One of the site's allowed avatars.")
+    )
+    config = serializers.RegexField(
+        r"^[A-Za-z0-9_.-]+$",
+        max_length=100,
+        required=False,
+        help_text=_("A widget config name, handed to the site's session config hook."),
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        # Instructions, model, voice and engine are the server's to choose; a
+        # request naming them (or anything else unknown) is refused outright.
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {name: [_("This field is not accepted.")] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+class StartedSessionSerializer(serializers.Serializer[Any]):
+    session_id = serializers.CharField()
+    token = serializers.CharField(help_text=_("The per-session token for the browser SDK."))
+    expires_at = serializers.DateTimeField()
+    api_host = serializers.CharField(help_text=_("The SDK's apiHost."))
+
+
+class SessionSerializer(serializers.ModelSerializer[Session]):
+    """A session as its owner sees it: no token, no secret."""
+
+    class Meta:
+        model = Session
+        fields = (
+            "session_id",
+            "status",
+            "end_reason",
+            "avatar_id",
+            "created_at",
+            "started_at",
+            "expires_at",
+            "last_seen_at",
+            "ended_at",
+        )
+        read_only_fields = fields

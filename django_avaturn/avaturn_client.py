@@ -1,0 +1,180 @@
+"""A small client for the Avaturn Live REST API over one pooled ``requests.Session``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from django_avaturn import __version__
+from django_avaturn.exceptions import UpstreamError, UpstreamTimeout
+from django_avaturn.redaction import excerpt
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "avaturn"
+USER_AGENT = f"django-avaturn/{__version__} python-requests/{requests.__version__}"
+
+# Statuses worth a second DELETE: the gateway or the service said "not now".
+_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    session_id: str
+    token: str
+
+    def __repr__(self) -> str:
+        # The token is the browser's credential for the session: keep it out of logs.
+        return f"CreatedSession(session_id={self.session_id!r}, token='[redacted]')"
+
+
+class AvaturnClient:
+    """Create and terminate Avaturn Live sessions.
+
+    ``create_session`` is never retried: a lost answer may still have created
+    a (billed) session, and a retry would create a second one. Terminating is
+    idempotent, so ``terminate_session`` retries connection errors and 5xx.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        read_timeout: float,
+        terminate_retries: int = 2,
+        retry_backoff: float = 0.25,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = (connect_timeout, read_timeout)
+        self._terminate_retries = terminate_retries
+        self._retry_backoff = retry_backoff
+        self._http = requests.Session()
+        self._http.headers.update(
+            {
+                "Authorization": f"Bearer {api_key}",
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+            }
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} base_url={self.base_url!r}>"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def create_session(self, payload: dict[str, Any]) -> CreatedSession:
+        operation = "create session"
+        response = self._send("POST", "/api/v1/sessions", operation, json=payload)
+        data = self._json(response, operation)
+        session_id = data.get("session_id")
+        token = data.get("token")
+        if not isinstance(session_id, str) or not session_id:
+            raise UpstreamError(
+                service=SERVICE,
+                operation=operation,
+                upstream_status=response.status_code,
+                body_excerpt="answer lacks session_id",
+            )
+        if not isinstance(token, str) or not token:
+            # Avaturn created a session we cannot use: the caller must end it.
+            raise IncompleteSession(session_id, response.status_code)
+        return CreatedSession(session_id=session_id, token=token)
+
+    def terminate_session(self, session_id: str) -> bool:
+        """End a session now. True if it was ended, False if it was already gone (404)."""
+        operation = "terminate session"
+        path = f"/api/v1/sessions/{quote(session_id, safe='')}"
+        attempt = 0
+        while True:
+            try:
+                response = self._send("DELETE", path, operation, accept_statuses=(404,))
+            except UpstreamError as exc:
+                retryable = (
+                    exc.upstream_status is None or exc.upstream_status in _RETRYABLE_STATUSES
+                )
+                if not retryable or attempt >= self._terminate_retries:
+                    raise
+                attempt += 1
+                logger.info(
+                    "Retrying Avaturn terminate of %s (attempt %d): %s",
+                    session_id,
+                    attempt + 1,
+                    exc.describe(),
+                )
+                time.sleep(self._retry_backoff * (2 ** (attempt - 1)))
+                continue
+            return response.status_code != 404
+
+    def say(self, session_id: str, text: str) -> str:
+        """Make the avatar say ``text``; returns the task id."""
+        operation = "create task"
+        path = f"/api/v1/sessions/{quote(session_id, safe='')}/tasks"
+        data = self._json(self._send("POST", path, operation, json={"text": text}), operation)
+        return str(data.get("task_id", ""))
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        *,
+        json: dict[str, Any] | None = None,
+        accept_statuses: tuple[int, ...] = (),
+    ) -> requests.Response:
+        try:
+            response = self._http.request(
+                method, self.base_url + path, json=json, timeout=self._timeout
+            )
+        except requests.Timeout as exc:
+            raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
+        except requests.RequestException as exc:
+            raise UpstreamError(service=SERVICE, operation=operation) from exc
+        if response.ok or response.status_code in accept_statuses:
+            return response
+        raise UpstreamError(
+            service=SERVICE,
+            operation=operation,
+            upstream_status=response.status_code,
+            body_excerpt=excerpt(response.content),
+        )
+
+    @staticmethod
+    def _json(response: requests.Response, operation: str) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise UpstreamError(
+                service=SERVICE,
+                operation=operation,
+                upstream_status=response.status_code,
+                body_excerpt="unparseable answer: " + excerpt(response.content, limit=120),
+            ) from exc
+        if not isinstance(data, dict):
+            raise UpstreamError(
+                service=SERVICE,
+                operation=operation,
+                upstream_status=response.status_code,
+                body_excerpt="answer is not a JSON object",
+            )
+        return data
+
+
+class IncompleteSession(UpstreamError):
+    """Avaturn created a session but its answer lacked the token."""
+
+    def __init__(self, session_id: str, upstream_status: int) -> None:
+        super().__init__(
+            service=SERVICE,
+            operation="create session",
+            upstream_status=upstream_status,
+            body_excerpt="answer lacks token",
+        )
+        self.session_id = session_id

@@ -1,0 +1,241 @@
+"""System checks: ``manage.py check`` reports what would make a start fail.
+
+========================  ==========================================================
+``django_avaturn.E001``   ``rest_framework`` is not in ``INSTALLED_APPS``.
+``django_avaturn.E002``   ``AVATURN`` is not a dict, or names a setting that does not exist.
+``django_avaturn.E003``   A setting has the wrong type or is out of the upstream's range.
+``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import.
+``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
+``django_avaturn.W002``   The OpenAI API key is missing (starts answer 503).
+``django_avaturn.W003``   ``VOICE`` is not a voice OpenAI is known to offer.
+``django_avaturn.W004``   DEBUG logging for ``urllib3``/``openai``/``httpx2`` could log keys.
+========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.apps import AppConfig, apps
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from django_avaturn.conf import DEFAULTS, IMPORT_STRINGS, SETTINGS_NAME, avaturn_settings
+from django_avaturn.session_config import (
+    BACKGROUNDS,
+    CLIENT_SECRET_TTL_RANGE,
+    MAX_DURATION_RANGE,
+    OPENAI_VOICES,
+    RENDER_MODEL_FIELDS,
+    RENDER_MODELS,
+    SESSION_LIMIT_POLICIES,
+    USER_ABSENT_TIMEOUT_MIN,
+)
+
+_HINT_SETTINGS = "See the settings reference in django-avaturn's README."
+
+
+def _setting(name: str) -> Any:
+    return avaturn_settings.raw(name)
+
+
+def _range_error(name: str, low: int, high: int | None) -> Error | None:
+    value = _setting(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return Error(
+            f"AVATURN['{name}'] must be an integer number of seconds, not {value!r}.",
+            hint=_HINT_SETTINGS,
+            id="django_avaturn.E003",
+        )
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        return Error(
+            f"AVATURN['{name}'] is {value}; the upstream accepts {bound}.",
+            hint=f"Set AVATURN['{name}'] {bound}.",
+            id="django_avaturn.E003",
+        )
+    return None
+
+
+def _choice_error(name: str, choices: frozenset[str], *, optional: bool) -> Error | None:
+    value = _setting(name)
+    if optional and value in (None, ""):
+        return None
+    if value not in choices:
+        return Error(
+            f"AVATURN['{name}'] is {value!r}; expected one of {sorted(choices)}.",
+            hint=_HINT_SETTINGS,
+            id="django_avaturn.E003",
+        )
+    return None
+
+
+@register(Tags.compatibility)
+def check_installed_apps(app_configs: list[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    if apps.is_installed("rest_framework"):
+        return []
+    return [
+        Error(
+            "django_avaturn needs Django REST framework, but 'rest_framework' is not in "
+            "INSTALLED_APPS.",
+            hint="Add 'rest_framework' to INSTALLED_APPS.",
+            id="django_avaturn.E001",
+        )
+    ]
+
+
+@register()
+def check_settings(app_configs: list[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    user_value = getattr(settings, SETTINGS_NAME, {})
+    if not isinstance(user_value, dict):
+        return [
+            Error(
+                f"{SETTINGS_NAME} must be a dict, not {type(user_value).__name__}.",
+                hint=f"Write {SETTINGS_NAME} = {{...}} in your settings.",
+                id="django_avaturn.E002",
+            )
+        ]
+    messages: list[CheckMessage] = []
+    unknown = sorted(set(user_value) - set(DEFAULTS))
+    if unknown:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME} has unknown settings: {', '.join(unknown)}.",
+                hint=f"Check the spelling; {_HINT_SETTINGS}",
+                id="django_avaturn.E002",
+            )
+        )
+    messages.extend(_key_warnings())
+    for error in (
+        _range_error("CLIENT_SECRET_TTL", *CLIENT_SECRET_TTL_RANGE),
+        _range_error("MAX_DURATION", *MAX_DURATION_RANGE),
+        _range_error("USER_ABSENT_TIMEOUT", USER_ABSENT_TIMEOUT_MIN, None),
+        _range_error("MAX_LIVE_SESSIONS_PER_USER", 1, None),
+        _choice_error("ON_SESSION_LIMIT", SESSION_LIMIT_POLICIES, optional=False),
+        _choice_error("BACKGROUND", BACKGROUNDS, optional=True),
+        _choice_error("RENDER_MODEL", RENDER_MODELS, optional=True),
+        _choice_error("RENDER_MODEL_FIELD", RENDER_MODEL_FIELDS, optional=False),
+    ):
+        if error is not None:
+            messages.append(error)
+    messages.extend(_type_errors())
+    messages.extend(_import_errors())
+    voice = _setting("VOICE")
+    if isinstance(voice, str) and voice not in OPENAI_VOICES:
+        messages.append(
+            Warning(
+                f"AVATURN['VOICE'] is {voice!r}, which OpenAI is not known to offer.",
+                hint=f"Known voices: {', '.join(sorted(OPENAI_VOICES))}.",
+                id="django_avaturn.W003",
+            )
+        )
+    messages.extend(_debug_logging_warnings())
+    return messages
+
+
+def _key_warnings() -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for name, env_name, check_id in (
+        ("API_KEY", "AVATURN_API_KEY", "django_avaturn.W001"),
+        ("OPENAI_API_KEY", "OPENAI_API_KEY", "django_avaturn.W002"),
+    ):
+        if not _setting(name):
+            messages.append(
+                Warning(
+                    f"No {name.replace('_', ' ').lower().replace('api', 'API')} is configured; "
+                    "starting a session will answer 503.",
+                    hint=f"Set the {env_name} environment variable or AVATURN['{name}'].",
+                    id=check_id,
+                )
+            )
+    return messages
+
+
+def _type_errors() -> list[CheckMessage]:
+    expectations: dict[str, tuple[type, ...]] = {
+        "API_URL": (str,),
+        "MODEL": (str,),
+        "INSTRUCTIONS": (str,),
+        "REALTIME_SESSION": (dict,),
+        "ALLOWED_AVATARS": (list, tuple, set, frozenset),
+        "OPENAI_TIMEOUT": (int, float),
+        "AVATURN_TIMEOUT": (int, float),
+        "AVATURN_CONNECT_TIMEOUT": (int, float),
+        "SDK_URL": (str,),
+        "SDK_INTEGRITY": (str,),
+    }
+    messages: list[CheckMessage] = []
+    for name, types in expectations.items():
+        value = _setting(name)
+        if isinstance(value, bool) or not isinstance(value, types):
+            messages.append(
+                Error(
+                    f"AVATURN['{name}'] must be {' or '.join(t.__name__ for t in types)}, "
+                    f"not {type(value).__name__}.",
+                    hint=_HINT_SETTINGS,
+                    id="django_avaturn.E003",
+                )
+            )
+    session = _setting("REALTIME_SESSION")
+    if isinstance(session, dict) and session.get("type", "realtime") != "realtime":
+        messages.append(
+            Error(
+                "AVATURN['REALTIME_SESSION']['type'] must be 'realtime' (the GA session shape).",
+                hint="Avaturn drives GA realtime sessions only; drop 'type' or make it 'realtime'.",
+                id="django_avaturn.E003",
+            )
+        )
+    return messages
+
+
+def _import_errors() -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for name in sorted(IMPORT_STRINGS):
+        value = _setting(name)
+        paths = value if isinstance(value, (list, tuple)) else [value]
+        for path in paths:
+            if not isinstance(path, str):
+                continue
+            try:
+                imported: Callable[..., Any] = import_string(path)
+            except ImportError as exc:
+                messages.append(
+                    Error(
+                        f"AVATURN['{name}'] names {path!r}, which cannot be imported: {exc}.",
+                        hint="Use a dotted path to an importable callable or class.",
+                        id="django_avaturn.E004",
+                    )
+                )
+            else:
+                if not callable(imported):
+                    messages.append(
+                        Error(
+                            f"AVATURN['{name}'] names {path!r}, which is not callable.",
+                            hint="Use a dotted path to a callable or class.",
+                            id="django_avaturn.E004",
+                        )
+                    )
+    return messages
+
+
+def _debug_logging_warnings() -> list[CheckMessage]:
+    # urllib3 and the OpenAI SDK log request details (headers included) at
+    # DEBUG; with those loggers open, the Authorization header can reach logs.
+    leaky = [
+        name
+        for name in ("urllib3", "openai", "httpx2", "httpcore")
+        if logging.getLogger(name).isEnabledFor(logging.DEBUG)
+    ]
+    if not leaky:
+        return []
+    return [
+        Warning(
+            f"DEBUG logging is enabled for {', '.join(leaky)}; request details logged there "
+            "can include the API keys.",
+            hint="Raise these loggers to INFO or above in LOGGING.",
+            id="django_avaturn.W004",
+        )
+    ]

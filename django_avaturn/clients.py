@@ -1,0 +1,72 @@
+"""The process-wide upstream clients, built from settings and reused.
+
+One ``openai.OpenAI`` and one ``requests.Session`` per process keep upstream
+connections warm: building them per request costs tens of milliseconds and
+a new TLS handshake each time (see benchmarks/). They are rebuilt whenever
+the ``AVATURN`` setting changes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import openai
+
+from django_avaturn.avaturn_client import AvaturnClient
+from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.openai_client import RealtimeSecrets
+
+_lock = threading.Lock()
+_openai: RealtimeSecrets | None = None
+_avaturn: AvaturnClient | None = None
+
+
+def _require(name: str, env_name: str) -> str:
+    value = avaturn_settings.raw(name)
+    if not value or not isinstance(value, str):
+        raise NotConfigured(
+            f"AVATURN['{name}'] is not set and the {env_name} environment variable is empty."
+        )
+    return value
+
+
+def get_openai_secrets() -> RealtimeSecrets:
+    global _openai
+    with _lock:
+        if _openai is None:
+            factory = avaturn_settings.OPENAI_HTTP_CLIENT
+            client = openai.OpenAI(
+                api_key=_require("OPENAI_API_KEY", "OPENAI_API_KEY"),
+                base_url=avaturn_settings.OPENAI_BASE_URL or None,
+                timeout=float(avaturn_settings.OPENAI_TIMEOUT),
+                max_retries=int(avaturn_settings.OPENAI_MAX_RETRIES),
+                http_client=factory() if factory is not None else None,
+            )
+            _openai = RealtimeSecrets(client)
+        return _openai
+
+
+def get_avaturn_client() -> AvaturnClient:
+    global _avaturn
+    with _lock:
+        if _avaturn is None:
+            _avaturn = AvaturnClient(
+                base_url=str(avaturn_settings.API_URL),
+                api_key=_require("API_KEY", "AVATURN_API_KEY"),
+                connect_timeout=float(avaturn_settings.AVATURN_CONNECT_TIMEOUT),
+                read_timeout=float(avaturn_settings.AVATURN_TIMEOUT),
+                terminate_retries=int(avaturn_settings.TERMINATE_RETRIES),
+                retry_backoff=float(avaturn_settings.TERMINATE_RETRY_BACKOFF),
+            )
+        return _avaturn
+
+
+def reset_clients() -> None:
+    """Drop the cached clients (settings changed, or a key was rotated)."""
+    global _openai, _avaturn
+    with _lock:
+        if _avaturn is not None:
+            _avaturn.close()
+        _openai = None
+        _avaturn = None

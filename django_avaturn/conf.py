@@ -1,0 +1,172 @@
+"""The ``AVATURN`` settings namespace.
+
+Everything the app reads from the project's settings goes through
+``avaturn_settings``, in the manner of Django REST framework's
+``api_settings``: attribute access falls back to ``DEFAULTS``, dotted paths
+named in ``IMPORT_STRINGS`` are imported, unknown names raise, values are
+cached, and the cache is dropped whenever ``AVATURN`` changes (so
+``override_settings`` works in tests).
+
+Read settings at call time (``avaturn_settings.X`` inside a function), never
+in a class body or at import time, or ``override_settings`` cannot reach them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+SETTINGS_NAME = "AVATURN"
+
+DEFAULT_SDK_URL = "https://cdn.jsdelivr.net/npm/@avaturn-live/web-sdk@0.3.7/dist/main.js"
+DEFAULT_SDK_INTEGRITY = "sha384-Ooequa+Lwlhi20saTDhuRzu1zMgREazsDNQgI5GI8SAk0JNz35fC8MdMxVzE3LT7"
+
+DEFAULTS: dict[str, Any] = {
+    # Credentials. ``None`` means "read the environment variable named in
+    # ENV_FALLBACKS"; they are never rendered, logged or returned.
+    "API_KEY": None,
+    "OPENAI_API_KEY": None,
+    # Where the upstreams live.
+    "API_URL": "https://api.avaturn.live",
+    # What the browser SDK gets as ``apiHost``; ``None`` means API_URL, which
+    # is what it must be unless a proxy sits between the browser and Avaturn.
+    "SDK_API_HOST": None,
+    "OPENAI_BASE_URL": None,
+    # Dotted path to a zero-argument callable returning an ``httpx2.Client``
+    # for the OpenAI SDK (proxies, custom TLS, or a transport in tests).
+    "OPENAI_HTTP_CLIENT": None,
+    # The OpenAI Realtime session (GA shape) the avatar talks with.
+    "MODEL": "gpt-realtime",
+    "VOICE": "marin",
+    "INSTRUCTIONS": "You are a friendly assistant. Keep your answers short and spoken.",
+    # Any other GA session field, merged over the above (e.g.
+    # {"audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}}}).
+    "REALTIME_SESSION": {},
+    "CLIENT_SECRET_TTL": 600,
+    # The Avaturn Live session.
+    "AVATAR_ID": None,
+    "ALLOWED_AVATARS": [],
+    "BACKGROUND": None,
+    "RENDER_MODEL": None,
+    "RENDER_MODEL_FIELD": "model",
+    "MAX_DURATION": 3600,
+    "USER_ABSENT_TIMEOUT": 60,
+    # Per-request session config: dotted path to ``hook(request, config)``.
+    "SESSION_CONFIG_HOOK": None,
+    # Upstream HTTP behaviour.
+    "OPENAI_TIMEOUT": 15.0,
+    "OPENAI_MAX_RETRIES": 1,
+    "AVATURN_CONNECT_TIMEOUT": 5.0,
+    "AVATURN_TIMEOUT": 20.0,
+    "TERMINATE_RETRIES": 2,
+    "TERMINATE_RETRY_BACKOFF": 0.25,
+    # Spending limits.
+    "MAX_LIVE_SESSIONS_PER_USER": 1,
+    "ON_SESSION_LIMIT": "end_oldest",
+    # The REST API.
+    "AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "THROTTLE_CLASSES": ["django_avaturn.throttling.SessionStartThrottle"],
+    "START_THROTTLE_RATE": "10/minute",
+    "SESSION_LIST_LIMIT": 50,
+    # The widget ({% avaturn_head %}).
+    "SDK_URL": DEFAULT_SDK_URL,
+    "SDK_INTEGRITY": DEFAULT_SDK_INTEGRITY,
+    "WIDGET_INIT_TIMEOUT": 20,
+    "HEARTBEAT_INTERVAL": 30,
+}
+
+ENV_FALLBACKS: dict[str, str] = {
+    "API_KEY": "AVATURN_API_KEY",
+    "OPENAI_API_KEY": "OPENAI_API_KEY",
+}
+
+IMPORT_STRINGS: frozenset[str] = frozenset(
+    {
+        "OPENAI_HTTP_CLIENT",
+        "SESSION_CONFIG_HOOK",
+        "AUTHENTICATION_CLASSES",
+        "PERMISSION_CLASSES",
+        "THROTTLE_CLASSES",
+    }
+)
+
+
+def _import(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return import_string(value)
+    if isinstance(value, (list, tuple)):
+        return [import_string(item) if isinstance(item, str) else item for item in value]
+    return value
+
+
+class AvaturnSettings:
+    """Lazy, cached view of ``settings.AVATURN`` with defaults."""
+
+    def __init__(self) -> None:
+        self._cached: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(settings, SETTINGS_NAME, None) or {}
+        return value if isinstance(value, dict) else {}
+
+    def raw(self, name: str) -> Any:
+        """The value as configured (defaults applied), without imports."""
+        if name not in DEFAULTS:
+            raise AttributeError(f"Invalid {SETTINGS_NAME} setting: {name!r}")
+        value = self.user_settings.get(name, DEFAULTS[name])
+        if value is None and name in ENV_FALLBACKS:
+            value = os.environ.get(ENV_FALLBACKS[name]) or None
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._cached:
+            return self._cached[name]
+        value = self.raw(name)
+        if name in IMPORT_STRINGS:
+            value = _import(name, value)
+        # Keys are deliberately not cached: the environment may change
+        # between requests (secrets rotation) and reading it is cheap.
+        if name not in ENV_FALLBACKS:
+            self._cached[name] = value
+        return value
+
+    def reload(self) -> None:
+        self._cached.clear()
+
+    @property
+    def sdk_api_host(self) -> str:
+        host = self.SDK_API_HOST or self.API_URL
+        return str(host).rstrip("/")
+
+    @property
+    def session_config_hook(self) -> Callable[..., Any] | None:
+        hook: Callable[..., Any] | None = self.SESSION_CONFIG_HOOK
+        return hook
+
+    def __repr__(self) -> str:
+        # Never let a key reach a debugger, a log or an error page.
+        return f"<{type(self).__name__} ({SETTINGS_NAME})>"
+
+
+avaturn_settings = AvaturnSettings()
+
+
+@receiver(setting_changed)
+def _reload_avaturn_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTINGS_NAME:
+        avaturn_settings.reload()
+        from django_avaturn import clients  # (imported here: clients imports conf)
+
+        clients.reset_clients()

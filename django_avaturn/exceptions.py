@@ -1,0 +1,108 @@
+"""Errors raised by django_avaturn.
+
+Each carries an API ``code`` and HTTP ``status_code``, so the views can turn
+any of them into ``{"code", "detail"}`` without knowing where it came from.
+Messages never contain a key: upstream bodies are kept as scrubbed excerpts.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy as _
+
+
+class AvaturnError(Exception):
+    """Base class for every error this app raises on purpose."""
+
+    code = "error"
+    status_code = 500
+    default_detail = _("The avatar service failed.")
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = str(detail if detail is not None else self.default_detail)
+        super().__init__(self.detail)
+
+
+class NotConfigured(AvaturnError, ImproperlyConfigured):
+    """A key or setting is missing or invalid; nothing was sent upstream."""
+
+    code = "not_configured"
+    status_code = 503
+    default_detail = _("The avatar service is not configured.")
+
+
+class SessionLimitReached(AvaturnError):
+    """The user already has as many live sessions as allowed (refuse policy)."""
+
+    code = "session_limit_reached"
+    status_code = 409
+    default_detail = _("You already have the maximum number of live avatar sessions.")
+
+
+class SessionNotLive(AvaturnError):
+    """The session has ended (or never started), so it cannot be used."""
+
+    code = "session_ended"
+    status_code = 409
+    default_detail = _("This avatar session has ended.")
+
+
+class SessionReplaced(AvaturnError):
+    """A newer start by the same user took this session's place while it started."""
+
+    code = "session_replaced"
+    status_code = 409
+    default_detail = _("A newer avatar session replaced this one.")
+
+
+class UpstreamError(AvaturnError):
+    """An upstream (OpenAI or Avaturn) refused, failed, or answered nonsense."""
+
+    code = "upstream_error"
+    status_code = 502
+    default_detail = _("The avatar service is unavailable. Please try again shortly.")
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        service: str,
+        operation: str,
+        upstream_status: int | None = None,
+        body_excerpt: str = "",
+    ) -> None:
+        super().__init__(detail)
+        self.service = service
+        self.operation = operation
+        self.upstream_status = upstream_status
+        self.body_excerpt = body_excerpt
+
+    def describe(self) -> str:
+        """One line for logs and the admin: service, operation, status, scrubbed body."""
+        status = self.upstream_status if self.upstream_status is not None else "no answer"
+        text = f"{self.service} {self.operation} failed ({status})"
+        if self.body_excerpt:
+            text += f": {self.body_excerpt}"
+        return text
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()!r})"
+
+
+class UpstreamTimeout(UpstreamError):
+    """An upstream did not answer in time; the outcome is unknown."""
+
+    code = "upstream_timeout"
+    status_code = 504
+    default_detail = _("The avatar service took too long to answer. Please try again.")
+
+
+class StorageUnavailable(AvaturnError):
+    """The database failed; any upstream session was terminated before this was raised."""
+
+    code = "unavailable"
+    status_code = 503
+    default_detail = _("The avatar service is temporarily unavailable. Please try again.")

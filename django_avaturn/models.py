@@ -1,0 +1,170 @@
+"""Our own record of every Avaturn Live session.
+
+Avaturn offers no endpoint to list sessions or read one's state, so this
+table is the only place that knows which sessions may still be running (and
+costing money). It never holds the Avaturn token, the OpenAI client secret
+or any key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class SessionStatus(models.TextChoices):
+    STARTING = "starting", _("Starting")
+    LIVE = "live", _("Live")
+    ENDING = "ending", _("Ending")
+    ENDED = "ended", _("Ended")
+    EXPIRED = "expired", _("Expired")
+    FAILED = "failed", _("Failed")
+
+
+# Statuses in which an upstream session may exist and cost money.
+ACTIVE_STATUSES = (SessionStatus.STARTING, SessionStatus.LIVE, SessionStatus.ENDING)
+FINAL_STATUSES = (SessionStatus.ENDED, SessionStatus.EXPIRED, SessionStatus.FAILED)
+
+
+class EndReason(models.TextChoices):
+    CLIENT = "client", _("Ended by the visitor's browser")
+    USER = "user", _("User account deleted or deactivated")
+    ADMIN = "admin", _("Terminated by staff")
+    EXPIRED = "expired", _("Expired")
+    REPLACED = "replaced", _("Replaced by a newer session")
+    UPSTREAM_ERROR = "upstream_error", _("Upstream error")
+    SHUTDOWN = "shutdown", _("Stopped by the kill switch")
+
+
+class SessionQuerySet(models.QuerySet["Session"]):
+    def active(self) -> SessionQuerySet:
+        """Sessions that may be running upstream (starting, live or ending)."""
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def live(self) -> SessionQuerySet:
+        return self.filter(status=SessionStatus.LIVE)
+
+    def for_user(self, user: models.Model) -> SessionQuerySet:
+        return self.filter(user=user)
+
+
+class Session(models.Model):
+    """One Avaturn Live session, from the request that started it to its end."""
+
+    session_id = models.CharField(
+        _("Avaturn session id"),
+        max_length=255,
+        unique=True,
+        null=True,
+        blank=True,
+        help_text=_("The id Avaturn gave the session; empty until Avaturn has created it."),
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="avaturn_sessions",
+        verbose_name=_("user"),
+        help_text=_("Who started the session."),
+    )
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=SessionStatus.choices,
+        default=SessionStatus.STARTING,
+        help_text=_("Where the session is in its life."),
+    )
+    end_reason = models.CharField(
+        _("end reason"),
+        max_length=32,
+        choices=EndReason.choices,
+        blank=True,
+        help_text=_("Why the session ended; set once, by whoever ended it."),
+    )
+    end_detail = models.CharField(
+        _("end detail"),
+        max_length=500,
+        blank=True,
+        help_text=_("More about the end: an upstream status and scrubbed excerpt, an idle time."),
+    )
+    avatar_id = models.CharField(
+        _("avatar"), max_length=255, blank=True, help_text=_("The Avaturn avatar used.")
+    )
+    model = models.CharField(
+        _("model"), max_length=100, blank=True, help_text=_("The OpenAI Realtime model.")
+    )
+    voice = models.CharField(
+        _("voice"), max_length=50, blank=True, help_text=_("The OpenAI Realtime voice.")
+    )
+    config_name = models.CharField(
+        _("config name"),
+        max_length=100,
+        blank=True,
+        help_text=_("The widget's config name passed to the session config hook, if any."),
+    )
+    max_duration = models.PositiveIntegerField(
+        _("max duration"),
+        null=True,
+        blank=True,
+        help_text=_("The hard cap on the session's length Avaturn was given, in seconds."),
+    )
+    created_at = models.DateTimeField(
+        _("created"), default=timezone.now, db_index=False, help_text=_("When the start began.")
+    )
+    started_at = models.DateTimeField(
+        _("started"), null=True, blank=True, help_text=_("When Avaturn created the session.")
+    )
+    expires_at = models.DateTimeField(
+        _("client secret expires"),
+        null=True,
+        blank=True,
+        help_text=_("When the OpenAI client secret expires: an upper bound to record, not proof."),
+    )
+    last_seen_at = models.DateTimeField(
+        _("last seen"),
+        null=True,
+        blank=True,
+        help_text=_("The last heartbeat from the visitor's browser."),
+    )
+    ended_at = models.DateTimeField(
+        _("ended"), null=True, blank=True, help_text=_("When the session ended.")
+    )
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    objects: ClassVar[SessionQuerySet] = SessionQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = _("avatar session")
+        verbose_name_plural = _("avatar sessions")
+        ordering = ("-created_at", "-pk")
+        indexes = (
+            # A user's active sessions: the cap check on every start.
+            models.Index(fields=("user", "status"), name="avaturn_user_status_idx"),
+            # Active sessions by age: the expiry command.
+            models.Index(
+                fields=("created_at",),
+                name="avaturn_active_age_idx",
+                condition=Q(status__in=("starting", "live", "ending")),
+            ),
+        )
+        permissions = (("terminate_session", _("Can terminate avatar sessions")),)
+
+    def __str__(self) -> str:
+        return self.session_id or f"(starting #{self.pk})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long the session ran (or has run, if still live)."""
+        if self.started_at is None:
+            return None
+        end: datetime = self.ended_at or timezone.now()
+        return end - self.started_at

@@ -1,0 +1,52 @@
+"""Keep secrets out of anything a person or a log might read.
+
+Upstream error bodies can echo what was sent to them (a key, a client
+secret, a token), so every excerpt we keep goes through ``scrub()`` first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from django_avaturn.conf import avaturn_settings
+
+REDACTED = "[redacted]"
+
+# Shapes of credentials the two vendors hand out, so that even a key we do
+# not know about (an old one, another project's) is not repeated verbatim.
+_CREDENTIAL_PATTERNS = (
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"\bek_[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9_\-\.=:+/]{8,}"),
+)
+
+EXCERPT_LENGTH = 300
+
+
+def _known_secrets() -> Iterable[str]:
+    for name in ("API_KEY", "OPENAI_API_KEY"):
+        value = avaturn_settings.raw(name)
+        # Very short values would redact half of every message; a real key is long.
+        if isinstance(value, str) and len(value) >= 6:
+            yield value
+
+
+def scrub(text: str, *, extra_secrets: Iterable[str] = ()) -> str:
+    """Return ``text`` with every known key and credential-shaped string removed."""
+    for secret in (*_known_secrets(), *extra_secrets):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    for pattern in _CREDENTIAL_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def excerpt(body: bytes | str | None, *, limit: int = EXCERPT_LENGTH) -> str:
+    """A short, single-line, scrubbed excerpt of an upstream response body."""
+    if body is None:
+        return ""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    # Scrub before truncating so a key cut in half cannot survive as a prefix.
+    text = scrub(" ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,353 @@
+"""Starting and ending sessions: the one place that coordinates upstreams and the database.
+
+Views, the admin, the management command and the widget all come through
+here. Two rules shape the code:
+
+* No database transaction is held open across an upstream call. A start
+  reserves its slot in a short transaction (``STARTING`` row), talks to
+  OpenAI and Avaturn, then activates the row with a conditional ``UPDATE``.
+* Every state change is a conditional ``UPDATE ... WHERE status = ...``, so
+  two callers racing to end (or replace) the same session cannot both win:
+  the loser sees zero rows updated and stands back. The winner alone calls
+  Avaturn's DELETE, and the row ends once, with the winner's reason.
+
+Whatever fails after Avaturn created a session, that session is terminated
+upstream before the error propagates, so nothing is left running unrecorded.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import DatabaseError, connection, transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from django_avaturn.avaturn_client import IncompleteSession
+from django_avaturn.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import (
+    AvaturnError,
+    NotConfigured,
+    SessionLimitReached,
+    SessionNotLive,
+    SessionReplaced,
+    StorageUnavailable,
+    UpstreamError,
+)
+from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.redaction import excerpt
+from django_avaturn.session_config import SESSION_LIMIT_POLICIES, SessionPlan, build_plan
+from django_avaturn.signals import session_ended, session_started
+
+logger = logging.getLogger(__name__)
+
+# Rows that hold (or are about to hold) a slot under the per-user cap.
+_CAPPED_STATUSES = (SessionStatus.STARTING, SessionStatus.LIVE)
+
+
+@dataclass(frozen=True)
+class StartedSession:
+    """What the browser needs to join a session. ``token`` is for the browser only."""
+
+    session: Session
+    token: str
+    api_host: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"StartedSession(session_id={self.session.session_id!r}, token='[redacted]')"
+
+
+class EndOutcome(enum.Enum):
+    ENDED = "ended"  # we terminated it upstream just now
+    ALREADY_GONE = "already_gone"  # Avaturn answered 404: it had ended by itself
+    ALREADY_ENDED = "already_ended"  # the row had already ended (or someone else is ending it)
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def start_session(
+    user: AbstractBaseUser,
+    *,
+    request: HttpRequest | None = None,
+    avatar_id: str | None = None,
+    config_name: str = "",
+) -> StartedSession:
+    """Start an Avaturn session for ``user`` and record it.
+
+    Raises ``NotConfigured`` (nothing spent), ``SessionLimitReached`` (refuse
+    policy), ``UpstreamError``/``UpstreamTimeout`` (the row is marked failed
+    and no upstream session survives), ``SessionReplaced`` (a newer start by
+    the same user took the slot meanwhile) or ``StorageUnavailable``.
+    """
+    if not getattr(user, "is_authenticated", False) or user.pk is None:
+        raise ValueError("Sessions belong to a signed-in user.")
+    plan = build_plan(request=request, avatar_id=avatar_id, config_name=config_name)
+    policy = avaturn_settings.ON_SESSION_LIMIT
+    if policy not in SESSION_LIMIT_POLICIES:
+        raise NotConfigured(f"ON_SESSION_LIMIT must be one of {sorted(SESSION_LIMIT_POLICIES)}.")
+    cap = avaturn_settings.MAX_LIVE_SESSIONS_PER_USER
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise NotConfigured("MAX_LIVE_SESSIONS_PER_USER must be a whole number of at least 1.")
+    # Fail on missing keys before a slot is reserved or anything is spent.
+    secrets = get_openai_secrets()
+    avaturn = get_avaturn_client()
+
+    row, replaced = _reserve_slot(user, plan, cap=cap, refuse=policy == "refuse")
+    try:
+        _end_replaced(replaced)
+    except AvaturnError as exc:
+        _mark_failed(row, exc)
+        raise
+
+    try:
+        secret = secrets.mint(session=plan.realtime_session, ttl_seconds=plan.client_secret_ttl)
+    except AvaturnError as exc:
+        _mark_failed(row, exc)
+        raise
+
+    try:
+        created = avaturn.create_session(plan.avaturn_payload(secret.value))
+    except IncompleteSession as exc:
+        _terminate_orphan(exc.session_id)
+        _mark_failed(row, exc, session_id=exc.session_id)
+        raise
+    except AvaturnError as exc:
+        _mark_failed(row, exc)
+        raise
+
+    expires_at = datetime.fromtimestamp(secret.expires_at, tz=dt_timezone.utc)
+    try:
+        activated = _activate(row, created.session_id, expires_at)
+    except Exception as exc:
+        # The database failed after Avaturn started billing: end it upstream first.
+        _terminate_orphan(created.session_id)
+        _mark_failed(row, exc, session_id=created.session_id)
+        if isinstance(exc, DatabaseError):
+            raise StorageUnavailable() from exc
+        raise
+    if not activated:
+        # Replaced (or terminated by staff) while we were talking to the upstreams.
+        _terminate_orphan(created.session_id)
+        _finish_claimed_without_upstream(row, created.session_id)
+        raise SessionReplaced()
+
+    row.refresh_from_db()
+    _send_robust(session_started, session=row, request=request)
+    logger.info("Started Avaturn session %s for user %s", row.session_id, row.user_id)
+    return StartedSession(
+        session=row,
+        token=created.token,
+        api_host=avaturn_settings.sdk_api_host,
+        expires_at=expires_at,
+    )
+
+
+def _reserve_slot(
+    user: AbstractBaseUser, plan: SessionPlan, *, cap: int, refuse: bool
+) -> tuple[Session, list[Session]]:
+    """Insert a STARTING row under the cap; return it and the rows it replaces.
+
+    PostgreSQL serialises a user's concurrent starts on the user row's lock.
+    SQLite has no row locks, but the INSERT comes first so the transaction
+    takes SQLite's write lock before it reads anything: concurrent starts
+    queue on the busy timeout instead of reading a stale count.
+    """
+    try:
+        with transaction.atomic():
+            if connection.features.has_select_for_update:
+                user_model: Any = get_user_model()
+                list(
+                    user_model._default_manager.select_for_update()
+                    .filter(pk=user.pk)
+                    .values_list("pk", flat=True)
+                )
+            row = Session.objects.create(
+                user=user,
+                status=SessionStatus.STARTING,
+                avatar_id=plan.avatar_id,
+                model=plan.model,
+                voice=plan.voice,
+                config_name=plan.config_name,
+                max_duration=plan.max_duration,
+            )
+            holders = list(
+                Session.objects.filter(user=user, status__in=_CAPPED_STATUSES)
+                .exclude(pk=row.pk)
+                .order_by("created_at", "pk")
+            )
+            excess = len(holders) + 1 - cap
+            if excess <= 0:
+                return row, []
+            if refuse:
+                raise SessionLimitReached()
+            replaced = holders[:excess]
+            now = timezone.now()
+            Session.objects.filter(pk__in=[s.pk for s in replaced]).update(
+                status=SessionStatus.ENDING,
+                end_reason=EndReason.REPLACED,
+                updated_at=now,
+            )
+            return row, replaced
+    except DatabaseError as exc:
+        raise StorageUnavailable() from exc
+
+
+def _end_replaced(replaced: list[Session]) -> None:
+    for old in replaced:
+        if old.session_id is None:
+            # Still starting: its own request will see it was replaced and clean up.
+            continue
+        old.status = SessionStatus.ENDING
+        old.end_reason = EndReason.REPLACED
+        _terminate_claimed(old, was_live=True)
+
+
+def _activate(row: Session, session_id: str, expires_at: datetime) -> bool:
+    now = timezone.now()
+    updated = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
+        status=SessionStatus.LIVE,
+        session_id=session_id,
+        started_at=now,
+        expires_at=expires_at,
+        updated_at=now,
+    )
+    return updated == 1
+
+
+def _finish_claimed_without_upstream(row: Session, session_id: str) -> None:
+    now = timezone.now()
+    Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(
+        status=SessionStatus.ENDED, session_id=session_id, ended_at=now, updated_at=now
+    )
+
+
+def _mark_failed(row: Session, exc: BaseException, *, session_id: str | None = None) -> None:
+    detail = exc.describe() if isinstance(exc, UpstreamError) else excerpt(type(exc).__name__)
+    if isinstance(exc, UpstreamError):
+        logger.warning("Avaturn session start failed: %s", detail)
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "status": SessionStatus.FAILED,
+        "end_detail": detail[:500],
+        "ended_at": now,
+        "updated_at": now,
+    }
+    if session_id is not None:
+        fields["session_id"] = session_id
+    try:
+        claimed = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
+            end_reason=EndReason.UPSTREAM_ERROR, **fields
+        )
+        if not claimed:
+            Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(**fields)
+    except DatabaseError:
+        # The expiry command ends stale STARTING rows; the upstream side is already clean.
+        logger.exception("Could not record the failed start of session row %s", row.pk)
+
+
+def _terminate_orphan(session_id: str) -> None:
+    """End an upstream session that has (or will have) no live row. Never raises."""
+    try:
+        get_avaturn_client().terminate_session(session_id)
+    except AvaturnError as exc:
+        logger.error(
+            "Could not terminate orphaned Avaturn session %s; it ends by itself after its "
+            "user_absent_timeout or max_duration: %s",
+            session_id,
+            exc,
+        )
+
+
+# --------------------------------------------------------------------------- ending
+
+
+def end_session(session: Session, *, reason: str, detail: str = "") -> EndOutcome:
+    """End ``session`` now: terminate it upstream once and record ``reason`` once.
+
+    Idempotent: ending an ended session returns ``ALREADY_ENDED`` without
+    calling Avaturn. If Avaturn cannot be reached the row goes back to live
+    (so a later attempt, or the expiry command, can try again) and the
+    ``UpstreamError`` propagates.
+    """
+    if reason not in EndReason.values:
+        raise ValueError(f"Unknown end reason {reason!r}.")
+    now = timezone.now()
+    claimed = Session.objects.filter(pk=session.pk, status=SessionStatus.LIVE).update(
+        status=SessionStatus.ENDING, end_reason=reason, end_detail=detail[:500], updated_at=now
+    )
+    if claimed:
+        session.status = SessionStatus.ENDING
+        session.end_reason = reason
+        return _terminate_claimed(session, was_live=True)
+    # A row still starting is claimed too: its own request terminates what it creates.
+    claimed = Session.objects.filter(pk=session.pk, status=SessionStatus.STARTING).update(
+        status=SessionStatus.ENDING, end_reason=reason, end_detail=detail[:500], updated_at=now
+    )
+    session.refresh_from_db()
+    return EndOutcome.ENDED if claimed else EndOutcome.ALREADY_ENDED
+
+
+def _terminate_claimed(session: Session, *, was_live: bool) -> EndOutcome:
+    """Terminate a row this caller moved to ENDING, then give it its final status."""
+    assert session.session_id is not None
+    try:
+        terminated = get_avaturn_client().terminate_session(session.session_id)
+    except AvaturnError:
+        Session.objects.filter(pk=session.pk, status=SessionStatus.ENDING).update(
+            status=SessionStatus.LIVE, end_reason="", end_detail="", updated_at=timezone.now()
+        )
+        session.refresh_from_db()
+        raise
+    now = timezone.now()
+    final = (
+        SessionStatus.EXPIRED if session.end_reason == EndReason.EXPIRED else SessionStatus.ENDED
+    )
+    Session.objects.filter(pk=session.pk, status=SessionStatus.ENDING).update(
+        status=final, ended_at=now, updated_at=now
+    )
+    session.refresh_from_db()
+    if was_live:
+        _send_robust(session_ended, session=session, reason=session.end_reason)
+    logger.info(
+        "Ended Avaturn session %s (%s)%s",
+        session.session_id,
+        session.end_reason,
+        "" if terminated else ", already gone upstream",
+    )
+    return EndOutcome.ENDED if terminated else EndOutcome.ALREADY_GONE
+
+
+# --------------------------------------------------------------------------- heartbeat
+
+
+def record_heartbeat(session: Session) -> None:
+    """Note that the visitor's browser is still there."""
+    now = timezone.now()
+    updated = Session.objects.filter(pk=session.pk, status=SessionStatus.LIVE).update(
+        last_seen_at=now, updated_at=now
+    )
+    if not updated:
+        raise SessionNotLive()
+    session.last_seen_at = now
+
+
+def _send_robust(signal: Any, **kwargs: Any) -> None:
+    for receiver, response in signal.send_robust(sender=Session, **kwargs):
+        if isinstance(response, Exception):
+            logger.error(
+                "A %s receiver (%r) raised %s",
+                signal,
+                receiver,
+                type(response).__name__,
+                exc_info=response,
+            )

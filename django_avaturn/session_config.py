@@ -1,0 +1,188 @@
+"""What a new session is made of: settings, the per-request hook, the visitor's choice.
+
+The visitor may choose only an avatar from ``ALLOWED_AVATARS`` and a widget
+config name; instructions, model, voice and engine come from the server
+(settings, then the ``SESSION_CONFIG_HOOK``), never from the request body.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.http import HttpRequest
+
+from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import NotConfigured
+
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
+)
+BACKGROUNDS = frozenset({"transparent", "default"})
+RENDER_MODELS = frozenset({"delta", "golf"})
+RENDER_MODEL_FIELDS = frozenset({"model", "render_model"})
+SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
+
+CLIENT_SECRET_TTL_RANGE = (10, 7200)
+MAX_DURATION_RANGE = (60, 86400)
+USER_ABSENT_TIMEOUT_MIN = 10
+
+# What a SESSION_CONFIG_HOOK may return; anything else is a configuration error.
+HOOK_KEYS = frozenset(
+    {"instructions", "model", "voice", "avatar_id", "realtime_session", "max_duration"}
+)
+
+
+@dataclass
+class SessionPlan:
+    """Everything needed to start one session, before any money is spent."""
+
+    realtime_session: dict[str, Any]
+    client_secret_ttl: int
+    avaturn_options: dict[str, Any]
+    avatar_id: str
+    model: str
+    voice: str
+    config_name: str
+    max_duration: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def avaturn_payload(self, client_secret: str) -> dict[str, Any]:
+        payload = dict(self.avaturn_options)
+        payload["conversation_engine"] = {"type": "openai-realtime", "client_secret": client_secret}
+        return payload
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``, recursing into nested dicts."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _int_in_range(name: str, value: Any, low: int, high: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NotConfigured(f"{name} must be a whole number of seconds, not {value!r}.")
+    if value < low or (high is not None and value > high):
+        bound = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise NotConfigured(f"{name} must be {bound} seconds, not {value}.")
+    return value
+
+
+def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:
+    hook = avaturn_settings.session_config_hook
+    if hook is None:
+        return {}
+    result = hook(request, config_name or None)
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping):
+        raise NotConfigured("SESSION_CONFIG_HOOK must return a dict or None.")
+    unknown = set(result) - HOOK_KEYS
+    if unknown:
+        raise NotConfigured(
+            f"SESSION_CONFIG_HOOK returned unknown keys {sorted(unknown)}; "
+            f"allowed: {sorted(HOOK_KEYS)}."
+        )
+    return dict(result)
+
+
+def build_plan(
+    *,
+    request: HttpRequest | None = None,
+    avatar_id: str | None = None,
+    config_name: str = "",
+) -> SessionPlan:
+    """Resolve settings, hook and visitor choice into a validated ``SessionPlan``.
+
+    Raises ``NotConfigured`` for any invalid value, before anything is sent upstream.
+    """
+    overrides = _call_hook(request, config_name)
+
+    model = overrides.get("model", avaturn_settings.MODEL)
+    voice = overrides.get("voice", avaturn_settings.VOICE)
+    instructions = overrides.get("instructions", avaturn_settings.INSTRUCTIONS)
+    for name, value in (("MODEL", model), ("VOICE", voice), ("INSTRUCTIONS", instructions)):
+        if not isinstance(value, str) or (name != "INSTRUCTIONS" and not value):
+            raise NotConfigured(f"{name} must be a non-empty string.")
+
+    extra_session = avaturn_settings.REALTIME_SESSION or {}
+    hook_session = overrides.get("realtime_session") or {}
+    if not isinstance(extra_session, Mapping) or not isinstance(hook_session, Mapping):
+        raise NotConfigured("REALTIME_SESSION must be a dict of GA session fields.")
+    realtime_session = deep_merge(
+        {
+            "type": "realtime",
+            "model": model,
+            "instructions": instructions,
+            "audio": {"output": {"voice": voice}},
+        },
+        deep_merge(extra_session, hook_session),
+    )
+    if realtime_session.get("type") != "realtime":
+        # Avaturn only drives GA realtime sessions; anything else fails to start.
+        raise NotConfigured('REALTIME_SESSION "type" must be "realtime".')
+    # What the extra fields set wins over the shorthands, so record what is sent.
+    model = str(realtime_session.get("model", model))
+    voice = str(realtime_session.get("audio", {}).get("output", {}).get("voice", voice))
+
+    chosen_avatar = avatar_id or overrides.get("avatar_id") or avaturn_settings.AVATAR_ID or ""
+    # The request may choose only from the allow-list (the hook is trusted).
+    allowed = (avaturn_settings.AVATAR_ID, *(avaturn_settings.ALLOWED_AVATARS or ()))
+    if avatar_id and avatar_id not in allowed:
+        raise AvatarNotAllowed(avatar_id)
+
+    ttl = _int_in_range(
+        "CLIENT_SECRET_TTL", avaturn_settings.CLIENT_SECRET_TTL, *CLIENT_SECRET_TTL_RANGE
+    )
+    max_duration = _int_in_range(
+        "MAX_DURATION",
+        overrides.get("max_duration", avaturn_settings.MAX_DURATION),
+        *MAX_DURATION_RANGE,
+    )
+    absent = _int_in_range(
+        "USER_ABSENT_TIMEOUT", avaturn_settings.USER_ABSENT_TIMEOUT, USER_ABSENT_TIMEOUT_MIN, None
+    )
+
+    options: dict[str, Any] = {"max_duration": max_duration, "user_absent_timeout": absent}
+    if chosen_avatar:
+        options["avatar_id"] = str(chosen_avatar)
+    background = avaturn_settings.BACKGROUND
+    if background:
+        if background not in BACKGROUNDS:
+            raise NotConfigured(f"BACKGROUND must be one of {sorted(BACKGROUNDS)}.")
+        options["background"] = background
+    render_model = avaturn_settings.RENDER_MODEL
+    if render_model:
+        field_name = avaturn_settings.RENDER_MODEL_FIELD
+        if render_model not in RENDER_MODELS or field_name not in RENDER_MODEL_FIELDS:
+            raise NotConfigured(
+                f"RENDER_MODEL must be one of {sorted(RENDER_MODELS)} and RENDER_MODEL_FIELD "
+                f"one of {sorted(RENDER_MODEL_FIELDS)}."
+            )
+        options[field_name] = render_model
+
+    return SessionPlan(
+        realtime_session=realtime_session,
+        client_secret_ttl=ttl,
+        avaturn_options=options,
+        avatar_id=str(chosen_avatar),
+        model=model,
+        voice=voice,
+        config_name=config_name,
+        max_duration=max_duration,
+    )
+
+
+class AvatarNotAllowed(ValueError):
+    """The request asked for an avatar outside ``ALLOWED_AVATARS``."""
+
+    def __init__(self, avatar_id: str) -> None:
+        super().__init__(f"Avatar {avatar_id!r} is not allowed.")
+        self.avatar_id = avatar_id

@@ -1,0 +1,28 @@
+"""Include with ``path("avaturn/", include("django_avaturn.urls"))``."""
+
+from django.db import transaction
+from django.urls import path
+
+from django_avaturn.api.views import SessionDetailView, SessionHeartbeatView, SessionListView
+
+app_name = "django_avaturn"
+
+# Never inside ATOMIC_REQUESTS: a start talks to two upstreams, and a
+# transaction held open across those calls would hold the user's lock too.
+urlpatterns = [
+    path(
+        "sessions/",
+        transaction.non_atomic_requests(SessionListView.as_view()),
+        name="session-list",
+    ),
+    path(
+        "sessions/<str:session_id>/",
+        transaction.non_atomic_requests(SessionDetailView.as_view()),
+        name="session-detail",
+    ),
+    path(
+        "sessions/<str:session_id>/heartbeat/",
+        transaction.non_atomic_requests(SessionHeartbeatView.as_view()),
+        name="session-heartbeat",
+    ),
+]

@@ -1,0 +1,336 @@
+"""The session API, end to end through DRF, the service layer and both upstream clients."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from django.urls import reverse
+
+from django_avaturn.models import EndReason, Session, SessionStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LIST_URL = "/avaturn/sessions/"
+KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
+
+
+def csrf_post(client: Any, url: str, data: Any = None, **extra: Any) -> Any:
+    """POST the way the widget does: JSON body plus the CSRF cookie's token in a header."""
+    client.get(LIST_URL)  # any response sets no cookie by itself; fetch one explicitly
+    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
+
+    secret = _get_new_csrf_string()
+    client.cookies["csrftoken"] = secret
+    return client.post(
+        url,
+        data=json.dumps(data) if data is not None else None,
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret),
+        **extra,
+    )
+
+
+def csrf_delete(client: Any, url: str) -> Any:
+    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
+
+    secret = _get_new_csrf_string()
+    client.cookies["csrftoken"] = secret
+    return client.delete(url, HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret))
+
+
+def assert_no_keys(text: str) -> None:
+    for key in KEYS:
+        assert key not in text
+
+
+def test_url_names() -> None:
+    assert reverse("django_avaturn:session-list") == LIST_URL
+    assert reverse("django_avaturn:session-detail", kwargs={"session_id": "a"}) == (
+        "/avaturn/sessions/a/"
+    )
+    assert reverse("django_avaturn:session-heartbeat", kwargs={"session_id": "a"}) == (
+        "/avaturn/sessions/a/heartbeat/"
+    )
+
+
+def test_start_returns_only_what_the_browser_needs(
+    api_client: Any, upstream: Any, user: Any
+) -> None:
+    response = csrf_post(api_client, LIST_URL, {})
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert set(body) == {"session_id", "token", "expires_at", "api_host"}
+    assert body["session_id"] == "av-sess-1"
+    assert body["token"] == "av-token-1"
+    assert body["api_host"] == "https://avaturn.test"
+    assert response["Cache-Control"] == "no-store"
+    assert_no_keys(response.content.decode())
+    assert "ek_test_secret" not in response.content.decode()
+
+    row = Session.objects.get()
+    assert (row.session_id, row.user, row.status) == ("av-sess-1", user, SessionStatus.LIVE)
+    assert (row.model, row.voice) == ("gpt-realtime", "marin")
+    assert row.expires_at is not None and row.started_at is not None
+
+    # The secret OpenAI minted went to Avaturn and nowhere else.
+    sent = upstream.avaturn.created[0]
+    assert sent["conversation_engine"] == {
+        "type": "openai-realtime",
+        "client_secret": "ek_test_secret_0001_abcdef",
+    }
+    assert sent["max_duration"] == 3600 and sent["user_absent_timeout"] == 60
+    openai_request = upstream.openai.requests[0]
+    assert openai_request.headers["authorization"] == f"Bearer {KEYS[1]}"
+    assert str(openai_request.url) == "https://openai.test/v1/realtime/client_secrets"
+    assert upstream.openai.sent_json() == {
+        "expires_after": {"anchor": "created_at", "seconds": 600},
+        "session": {
+            "type": "realtime",
+            "model": "gpt-realtime",
+            "instructions": "You are a friendly assistant. Keep your answers short and spoken.",
+            "audio": {"output": {"voice": "marin"}},
+        },
+    }
+    avaturn_request = upstream.avaturn.create_calls()[0].request
+    assert avaturn_request.headers["Authorization"] == f"Bearer {KEYS[0]}"
+    assert avaturn_request.headers["User-Agent"].startswith("django-avaturn/")
+
+
+def test_anonymous_is_refused_before_any_upstream_call(client: Any, upstream: Any) -> None:
+    response = client.post(LIST_URL, data="{}", content_type="application/json")
+    assert response.status_code == 403
+    assert response.json()["code"] == "not_authenticated"
+    assert upstream.openai.requests == []
+    assert Session.objects.count() == 0
+
+
+def test_csrf_is_enforced(api_client: Any, upstream: Any) -> None:
+    response = api_client.post(LIST_URL, data="{}", content_type="application/json")
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["detail"]
+    assert upstream.openai.requests == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"instructions": "be evil"}, "instructions"),
+        ({"model": "gpt-5"}, "model"),
+        ({"conversation_engine": {"type": "external"}}, "conversation_engine"),
+        ({"avatar_id": ""}, "avatar_id"),
+        ({"avatar_id": "x" * 256}, "avatar_id"),
+        ({"config": "no spaces"}, "config"),
+    ],
+)
+def test_bad_input_is_a_400_with_json(
+    api_client: Any, upstream: Any, payload: Any, field: str
+) -> None:
+    response = csrf_post(api_client, LIST_URL, payload)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid"
+    assert field in body["errors"]
+    assert upstream.openai.requests == []
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2]", b"not json", b'"text"'])
+def test_non_object_bodies_are_400(api_client: Any, upstream: Any, raw: bytes) -> None:
+    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
+
+    secret = _get_new_csrf_string()
+    api_client.cookies["csrftoken"] = secret
+    response = api_client.post(
+        LIST_URL,
+        data=raw,
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret),
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] in {"invalid", "parse_error"}
+
+
+def test_form_bodies_are_415(api_client: Any, upstream: Any) -> None:
+    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
+
+    secret = _get_new_csrf_string()
+    api_client.cookies["csrftoken"] = secret
+    response = api_client.post(
+        LIST_URL, data={"a": "b"}, HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret)
+    )
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported_media_type"
+
+
+def test_avatar_allow_list(api_client: Any, upstream: Any, settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "AVATAR_ID": "default-av", "ALLOWED_AVATARS": ["ok-av"]}
+    refused = csrf_post(api_client, LIST_URL, {"avatar_id": "other-av"})
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == {"avatar_id": ["This avatar is not available."]}
+    assert upstream.openai.requests == []
+
+    assert csrf_post(api_client, LIST_URL, {"avatar_id": "ok-av"}).status_code == 201
+    assert upstream.avaturn.created[-1]["avatar_id"] == "ok-av"
+    # The default avatar is always allowed, chosen or not.
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    assert upstream.avaturn.created[-1]["avatar_id"] == "default-av"
+
+
+def test_list_shows_own_sessions_without_tokens(
+    api_client: Any, upstream: Any, other_user: Any
+) -> None:
+    Session.objects.create(user=other_user, session_id="theirs", status=SessionStatus.LIVE)
+    csrf_post(api_client, LIST_URL, {})
+
+    response = api_client.get(LIST_URL)
+    assert response.status_code == 200
+    body = response.json()
+    assert [s["session_id"] for s in body] == ["av-sess-1"]
+    assert "token" not in body[0]
+    assert "av-token-1" not in response.content.decode()
+
+
+def test_delete_ends_own_session_once(api_client: Any, upstream: Any) -> None:
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    url = f"/avaturn/sessions/{session_id}/"
+
+    first = csrf_delete(api_client, url)
+    second = csrf_delete(api_client, url)
+
+    assert (first.status_code, second.status_code) == (204, 204)
+    assert upstream.avaturn.deleted == [session_id]
+    row = Session.objects.get(session_id=session_id)
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.CLIENT)
+    assert row.ended_at is not None
+
+
+def test_other_users_session_is_404(api_client: Any, upstream: Any, other_user: Any) -> None:
+    Session.objects.create(user=other_user, session_id="theirs", status=SessionStatus.LIVE)
+    assert csrf_delete(api_client, "/avaturn/sessions/theirs/").status_code == 404
+    assert api_client.get("/avaturn/sessions/theirs/").status_code == 404
+    assert csrf_post(api_client, "/avaturn/sessions/theirs/heartbeat/").status_code == 404
+    assert upstream.avaturn.deleted == []
+    assert Session.objects.get(session_id="theirs").status == SessionStatus.LIVE
+
+
+def test_heartbeat_records_last_seen(api_client: Any, upstream: Any) -> None:
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    response = csrf_post(api_client, f"/avaturn/sessions/{session_id}/heartbeat/")
+    assert response.status_code == 204
+    assert Session.objects.get(session_id=session_id).last_seen_at is not None
+
+    csrf_delete(api_client, f"/avaturn/sessions/{session_id}/")
+    ended = csrf_post(api_client, f"/avaturn/sessions/{session_id}/heartbeat/")
+    assert ended.status_code == 409
+    assert ended.json()["code"] == "session_ended"
+
+
+def test_cap_refuse_policy_is_409_and_spends_nothing(
+    api_client: Any, upstream: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "ON_SESSION_LIMIT": "refuse"}
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == 409
+    assert response.json()["code"] == "session_limit_reached"
+    assert len(upstream.openai.requests) == 1
+    assert Session.objects.live().count() == 1
+
+
+def test_cap_end_oldest_policy_replaces(api_client: Any, upstream: Any, settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS_PER_USER": 2}
+    ids = [csrf_post(api_client, LIST_URL, {}).json()["session_id"] for _ in range(3)]
+
+    assert upstream.avaturn.deleted == [ids[0]]
+    live = set(Session.objects.live().values_list("session_id", flat=True))
+    assert live == {ids[1], ids[2]}
+    oldest = Session.objects.get(session_id=ids[0])
+    assert (oldest.status, oldest.end_reason) == (SessionStatus.ENDED, EndReason.REPLACED)
+
+
+def test_cap_end_oldest_fails_safe_when_the_old_session_cannot_be_ended(
+    api_client: Any, upstream: Any
+) -> None:
+    first = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    upstream.avaturn.on_delete(500, {"detail": "boom"})
+
+    response = csrf_post(api_client, LIST_URL, {})
+
+    assert response.status_code == 502
+    assert response.json()["code"] == "upstream_error"
+    # The old one is still recorded live (the expiry command will retry), no new one was made.
+    assert list(Session.objects.live().values_list("session_id", flat=True)) == [first]
+    assert len(upstream.avaturn.created) == 1
+
+
+def test_not_configured_is_503_without_leaking(
+    api_client: Any, upstream: Any, settings: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.delenv("AVATURN_API_KEY", raising=False)
+    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+    response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == 503
+    assert response.json() == {
+        "code": "not_configured",
+        "detail": "The avatar service is not configured.",
+    }
+    assert upstream.openai.requests == []
+    assert Session.objects.count() == 0
+
+
+def test_throttle_applies_to_starts_only(api_client: Any, upstream: Any, settings: Any) -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "START_THROTTLE_RATE": "2/minute",
+        "MAX_LIVE_SESSIONS_PER_USER": 5,
+    }
+    statuses = [csrf_post(api_client, LIST_URL, {}).status_code for _ in range(3)]
+    assert statuses == [201, 201, 429]
+    throttled = csrf_post(api_client, LIST_URL, {})
+    assert throttled.json()["code"] == "throttled"
+    assert int(throttled["Retry-After"]) > 0
+    assert api_client.get(LIST_URL).status_code == 200
+    cache.clear()
+
+
+def test_permission_classes_setting_is_read_per_request(
+    api_client: Any, upstream: Any, settings: Any
+) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    }
+    response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+
+
+def test_inactive_user_cannot_start(api_client: Any, user: Any, upstream: Any) -> None:
+    user.is_active = False
+    user.save()
+    response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == 403
+    assert upstream.openai.requests == []
+
+
+def test_upstream_failure_logs_are_key_free(
+    api_client: Any, upstream: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream.avaturn.on_create(401, {"detail": f"bad key {KEYS[0]}", "echo": f"Bearer {KEYS[0]}"})
+    with caplog.at_level(logging.DEBUG):
+        response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == 502
+    assert_no_keys(response.content.decode())
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "avaturn create session failed (401)" in text
+    assert_no_keys(text)
+    row = Session.objects.get()
+    assert row.status == SessionStatus.FAILED
+    assert "401" in row.end_detail
+    assert_no_keys(row.end_detail)
