@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.apps import AppConfig, apps
@@ -74,7 +74,9 @@ def _choice_error(name: str, choices: frozenset[str], *, optional: bool) -> Erro
 
 
 @register(Tags.compatibility)
-def check_installed_apps(app_configs: list[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+def check_installed_apps(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
     if apps.is_installed("rest_framework"):
         return []
     return [
@@ -88,7 +90,7 @@ def check_installed_apps(app_configs: list[AppConfig] | None, **kwargs: Any) -> 
 
 
 @register()
-def check_settings(app_configs: list[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
     user_value = getattr(settings, SETTINGS_NAME, {})
     if not isinstance(user_value, dict):
         return [

@@ -23,7 +23,7 @@ _avaturn: AvaturnClient | None = None
 
 
 def _require(name: str, env_name: str) -> str:
-    value = avaturn_settings.raw(name)
+    value: object = avaturn_settings.raw(name)
     if not value or not isinstance(value, str):
         raise NotConfigured(
             f"AVATURN['{name}'] is not set and the {env_name} environment variable is empty."

@@ -9,7 +9,7 @@ or any key.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -50,8 +50,9 @@ class SessionQuerySet(models.QuerySet["Session"]):
     def live(self) -> SessionQuerySet:
         return self.filter(status=SessionStatus.LIVE)
 
-    def for_user(self, user: models.Model) -> SessionQuerySet:
-        return self.filter(user=user)
+    def for_user(self, user: Any) -> SessionQuerySet:
+        """``user`` is an instance of whatever ``AUTH_USER_MODEL`` is."""
+        return self.filter(user_id=user.pk)
 
 
 class Session(models.Model):

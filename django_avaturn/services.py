@@ -172,7 +172,7 @@ def _reserve_slot(
                     .values_list("pk", flat=True)
                 )
             row = Session.objects.create(
-                user=user,
+                user_id=user.pk,
                 status=SessionStatus.STARTING,
                 avatar_id=plan.avatar_id,
                 model=plan.model,
@@ -181,7 +181,7 @@ def _reserve_slot(
                 max_duration=plan.max_duration,
             )
             holders = list(
-                Session.objects.filter(user=user, status__in=_CAPPED_STATUSES)
+                Session.objects.filter(user_id=user.pk, status__in=_CAPPED_STATUSES)
                 .exclude(pk=row.pk)
                 .order_by("created_at", "pk")
             )

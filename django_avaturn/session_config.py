@@ -72,7 +72,7 @@ def _int_in_range(name: str, value: Any, low: int, high: int | None) -> int:
     if value < low or (high is not None and value > high):
         bound = f"{low} to {high}" if high is not None else f"at least {low}"
         raise NotConfigured(f"{name} must be {bound} seconds, not {value}.")
-    return value
+    return int(value)
 
 
 def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class SessionListView(AvaturnAPIView):
         serializer.is_valid(raise_exception=True)
         try:
             started = services.start_session(
-                request.user,  # type: ignore[arg-type]  # authenticated above
+                request.user,
                 request=request._request,
                 avatar_id=serializer.validated_data.get("avatar_id"),
                 config_name=serializer.validated_data.get("config", ""),

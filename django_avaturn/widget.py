@@ -1,0 +1,200 @@
+"""Plain functions behind ``{% avaturn_head %}``.
+
+The template tag is a thin shell over :func:`render_widget`; everything that
+decides what the page gets (URLs, SDK location, nonce, options) lives here so
+it can be tested and reused without a template.
+
+Nothing here ever reads a credential: the widget only learns the session API's
+URLs, the public SDK location and per-widget options. The session token comes
+later, from the API, straight into the browser's memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.http import HttpRequest
+from django.template.context import Context
+from django.middleware.csrf import get_token
+from django.template.loader import get_template
+from django.templatetags.static import static
+from django.urls import reverse
+from django.utils.safestring import SafeString
+
+from django_avaturn.conf import avaturn_settings
+
+DEFAULT_TEMPLATE = "django_avaturn/widget.html"
+WIDGET_SCRIPT = "django_avaturn/avaturn-widget.js"
+WIDGET_STYLESHEET = "django_avaturn/avaturn-widget.css"
+
+# A placeholder the script swaps for the real session id. reverse() builds the
+# detail URLs with it, so a project mounting the app anywhere still works.
+SESSION_ID_PLACEHOLDER = "__session_id__"
+
+_ABSOLUTE_URL = re.compile(r"^[a-z][a-z0-9+.-]*:|^//", re.IGNORECASE)
+_REQUEST_COUNTER_ATTR = "_django_avaturn_widget_count"
+# Used only when a template renders without a request (e.g. a test or an
+# email); ids then stay unique within the process, which is enough.
+_fallback_counter = itertools.count(1)
+
+# A template Context or any mapping: only ``.get`` is used.
+ContextLike = Context | Mapping[str, Any]
+
+
+def get_csp_nonce(context: ContextLike, request: HttpRequest | None) -> str | None:
+    """The page's CSP nonce, or ``None`` when the page has none.
+
+    Looked up, first hit wins: the ``csp_nonce`` context variable (Django 6's
+    ``csp`` context processor), the request's ``csp_nonce`` attribute
+    (django-csp), then Django 6's ``get_nonce(request)``. The value is lazy in
+    both libraries and reading it is what makes the middleware put it in the
+    header, so it is forced with ``str()``; truthiness would say "not
+    generated yet" rather than "no nonce".
+    """
+    candidates: list[Any] = [context.get("csp_nonce")]
+    if request is not None:
+        candidates.append(getattr(request, "csp_nonce", None))
+        candidates.append(_django_get_nonce(request))
+    for value in candidates:
+        if value is not None:
+            text = str(value)
+            if text:
+                return text
+    return None
+
+
+def _django_get_nonce(request: HttpRequest) -> Any:
+    try:
+        from django.middleware.csp import (  # type: ignore[import-not-found,unused-ignore] # noqa: PLC0415
+            get_nonce,
+        )
+    except ImportError:  # Django < 6.0 has no CSP middleware of its own.
+        return None
+    return get_nonce(request)
+
+
+def sdk_url(request: HttpRequest | None = None) -> str:
+    """The URL the page loads the browser SDK from.
+
+    ``SDK_URL`` may be absolute (a CDN), root-relative, or a path inside the
+    project's static files (self-hosting: ``"vendor/avaturn/main.js"``).
+    """
+    url = str(avaturn_settings.SDK_URL)
+    if _ABSOLUTE_URL.match(url) or url.startswith("/"):
+        return url
+    return static(url)
+
+
+def preconnect_origin(url: str, request: HttpRequest | None) -> str | None:
+    """The SDK's origin when it differs from the page's, else ``None``."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        return None
+    scheme = parts.scheme or (request.scheme if request is not None else "https")
+    if request is not None and parts.netloc == request.get_host() and scheme == request.scheme:
+        return None
+    return f"{scheme}://{parts.netloc}"
+
+
+def _css_size(value: Any) -> str:
+    """A number means pixels; anything else is passed on as a CSS length.
+
+    The browser applies it through the CSSOM (``style.setProperty``), which
+    ignores invalid values and is allowed under a strict ``style-src``,
+    unlike a ``style`` attribute in the markup.
+    """
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool):
+        raise TypeError("width/height/size must be a number or a CSS length")
+    if isinstance(value, (int, float)):
+        return f"{value:g}px"
+    return str(value)
+
+
+def _flag(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def next_widget_id(request: HttpRequest | None) -> str:
+    """A page-unique container id: ``avaturn-1``, ``avaturn-2``..."""
+    if request is None:
+        return f"avaturn-{next(_fallback_counter)}"
+    count = getattr(request, _REQUEST_COUNTER_ATTR, 0) + 1
+    setattr(request, _REQUEST_COUNTER_ATTR, count)
+    return f"avaturn-{count}"
+
+
+def widget_context(
+    context: ContextLike,
+    *,
+    audio_source: bool = True,
+    autostart: bool = False,
+    css_class: str = "",
+    width: Any = None,
+    height: Any = None,
+    size: Any = None,
+    avatar_id: str | None = None,
+    config: str | None = None,
+    widget_id: str | None = None,
+    start_label: str | None = None,
+    stop_label: str | None = None,
+) -> dict[str, Any]:
+    """Everything ``django_avaturn/widget.html`` renders, as plain values.
+
+    All values are left unescaped on purpose: the template's autoescaping is
+    the one place that escapes them.
+    """
+    request = context.get("request")
+    if not isinstance(request, HttpRequest):
+        request = None
+    url = sdk_url(request)
+    integrity = str(avaturn_settings.SDK_INTEGRITY or "")
+    list_url = reverse("django_avaturn:session-list")
+    return {
+        "request": request,
+        "widget_id": str(widget_id) if widget_id else next_widget_id(request),
+        "css_class": str(css_class or ""),
+        "width": _css_size(width if width is not None else size),
+        "height": _css_size(height if height is not None else size),
+        "audio_source": _flag(audio_source),
+        "autostart": _flag(autostart),
+        "avatar_id": "" if avatar_id is None else str(avatar_id),
+        "config": "" if config is None else str(config),
+        "start_label": start_label,
+        "stop_label": stop_label,
+        "nonce": get_csp_nonce(context, request),
+        "csrf_token": get_token(request) if request is not None else "",
+        "sessions_url": list_url,
+        "session_url": reverse(
+            "django_avaturn:session-detail", kwargs={"session_id": SESSION_ID_PLACEHOLDER}
+        ),
+        "heartbeat_url": reverse(
+            "django_avaturn:session-heartbeat", kwargs={"session_id": SESSION_ID_PLACEHOLDER}
+        ),
+        "session_id_placeholder": SESSION_ID_PLACEHOLDER,
+        "sdk_url": url,
+        "sdk_integrity": integrity,
+        "sdk_preconnect": preconnect_origin(url, request),
+        "script_url": static(WIDGET_SCRIPT),
+        "stylesheet_url": static(WIDGET_STYLESHEET),
+        "init_timeout": _seconds(avaturn_settings.WIDGET_INIT_TIMEOUT),
+        "heartbeat_interval": _seconds(avaturn_settings.HEARTBEAT_INTERVAL),
+    }
+
+
+def _seconds(value: Any) -> str:
+    return f"{float(value):g}"
+
+
+def render_widget(
+    context: ContextLike, *, template_name: str | None = None, **options: Any
+) -> SafeString:
+    """Render one widget: its markup plus the (idempotent) asset tags."""
+    values = widget_context(context, **options)
+    html = get_template(template_name or DEFAULT_TEMPLATE).render(values)
+    return SafeString(html)

@@ -1,0 +1,42 @@
+"""``manage.py rundemo``: everything the example needs, in one command.
+
+Applies migrations, creates the ``demo`` user (password ``demo``, staff, so
+the admin can be tried too), starts the loopback fake of both upstreams when
+no real keys are configured, and serves the site.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Migrate, create the demo user, start the offline fake if needed, and run the server."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000")
+
+    def handle(self, *args: Any, addrport: str, **options: Any) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        user_model = get_user_model()
+        if not user_model.objects.filter(username="demo").exists():
+            user_model.objects.create_superuser("demo", "demo@example.com", "demo")
+            self.stdout.write("Created the demo user (demo / demo).")
+
+        if not settings.USES_REAL_SERVICES:
+            from django_avaturn.testing import FakeUpstream
+
+            fake = FakeUpstream(port=settings.FAKE_UPSTREAM_PORT).start()
+            self.stdout.write(
+                self.style.WARNING(
+                    f"No AVATURN_API_KEY/OPENAI_API_KEY: using the offline fake at {fake.url}."
+                )
+            )
+        self.stdout.write(f"Open http://{addrport}/ and sign in as demo / demo.")
+        # No autoreloader: it would run this command twice and start a second fake.
+        call_command("runserver", addrport, use_reloader=False)

@@ -1,0 +1,111 @@
+"""Settings for the example project.
+
+With ``AVATURN_API_KEY`` and ``OPENAI_API_KEY`` in the environment it talks to
+the real services. Without them it talks to the loopback fake of both
+upstreams (``django_avaturn.testing``), which ``manage.py rundemo`` starts, so
+the whole backend flow can be tried offline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-only-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "testserver"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_avaturn",
+    "example_project.apps.ExampleProjectConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("EXAMPLE_DB_PATH", str(BASE_DIR / "db.sqlite3")),
+        # SQLite serialises writers: IMMEDIATE makes concurrent session starts
+        # wait their turn instead of failing with "database is locked".
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+    }
+}
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+STATIC_URL = "/static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+# ---------------------------------------------------------------- django-avaturn
+
+USES_REAL_SERVICES = bool(os.environ.get("AVATURN_API_KEY") and os.environ.get("OPENAI_API_KEY"))
+FAKE_UPSTREAM_PORT = int(os.environ.get("AVATURN_FAKE_PORT", "8765"))
+
+AVATURN: dict[str, object] = {
+    "INSTRUCTIONS": "You are the friendly guide of this example site. Keep answers short.",
+    "SESSION_CONFIG_HOOK": "example_project.hooks.greet_by_name",
+    "MAX_DURATION": 600,
+    "REALTIME_SESSION": {
+        # Lets the widget show what the visitor said, not only the avatar's side.
+        "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}},
+    },
+}
+if not USES_REAL_SERVICES:
+    _fake = f"http://127.0.0.1:{FAKE_UPSTREAM_PORT}"
+    AVATURN.update(
+        {
+            "API_URL": _fake,
+            "OPENAI_BASE_URL": f"{_fake}/v1",
+            # The fake's own well-known test keys: not secrets.
+            "API_KEY": "av-fake-avaturn-key",
+            "OPENAI_API_KEY": "sk-fake-openai-key",
+        }
+    )
+if os.environ.get("AVATURN_SDK_URL"):
+    AVATURN["SDK_URL"] = os.environ["AVATURN_SDK_URL"]
+    AVATURN["SDK_INTEGRITY"] = os.environ.get("AVATURN_SDK_INTEGRITY", "")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_avaturn": {"handlers": ["console"], "level": "INFO"}},
+}

@@ -1,0 +1,11 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from example_project import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+    path("avaturn/", include("django_avaturn.urls")),
+]
