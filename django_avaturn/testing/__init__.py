@@ -1,0 +1,49 @@
+"""A loopback fake of OpenAI's client-secret endpoint, Avaturn Live's REST API
+and the Avaturn browser SDK's session endpoint, for tests and local demos.
+
+Pure standard library: usable in any test suite, with or without Django::
+
+    from django_avaturn.testing import FakeUpstream
+
+    with FakeUpstream() as fake:
+        ...  # point AVATURN settings at fake.settings()
+
+Never expose it beyond loopback: its ``/_fake/`` control API is unauthenticated.
+"""
+
+from .fake import DEFAULT_AVATURN_API_KEY, DEFAULT_OPENAI_API_KEY, FakeUpstream, is_loopback_host
+from .records import (
+    AVATURN_CREATE,
+    AVATURN_TASK,
+    AVATURN_TERMINATE,
+    DAILY_ROOM,
+    FAULT_MODES,
+    OPENAI_CLIENT_SECRET,
+    SDK_PREFLIGHT,
+    SDK_SESSION,
+    UNKNOWN,
+    UPSTREAM_ROUTES,
+    FakeSession,
+    IssuedSecret,
+    RecordedRequest,
+)
+
+__all__ = [
+    "AVATURN_CREATE",
+    "AVATURN_TASK",
+    "AVATURN_TERMINATE",
+    "DAILY_ROOM",
+    "DEFAULT_AVATURN_API_KEY",
+    "DEFAULT_OPENAI_API_KEY",
+    "FAULT_MODES",
+    "OPENAI_CLIENT_SECRET",
+    "SDK_PREFLIGHT",
+    "SDK_SESSION",
+    "UNKNOWN",
+    "UPSTREAM_ROUTES",
+    "FakeSession",
+    "FakeUpstream",
+    "IssuedSecret",
+    "RecordedRequest",
+    "is_loopback_host",
+]

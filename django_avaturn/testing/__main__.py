@@ -1,0 +1,106 @@
+"""Run the fake upstream in the foreground: ``python -m django_avaturn.testing``.
+
+For benchmarks, browser tests and the example project. It refuses to listen
+beyond loopback unless told to, because its control API is unauthenticated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from .fake import FakeUpstream, is_loopback_host
+from .records import AVATURN_CREATE, AVATURN_TERMINATE, OPENAI_CLIENT_SECRET
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("seconds must be >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m django_avaturn.testing",
+        description="Serve a fake OpenAI + Avaturn Live upstream on loopback, for tests and demos.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="default: 8765; 0 picks a free port")
+    parser.add_argument(
+        "--latency-openai",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="wait before each client-secret answer",
+    )
+    parser.add_argument(
+        "--latency-create",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="wait before each session-create answer",
+    )
+    parser.add_argument(
+        "--latency-terminate",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="wait before each terminate answer",
+    )
+    parser.add_argument(
+        "--allow-non-loopback",
+        action="store_true",
+        help="listen on a non-loopback host (dangerous: the control API is unauthenticated)",
+    )
+    return parser
+
+
+def build_fake(args: argparse.Namespace) -> FakeUpstream:
+    latency = {
+        OPENAI_CLIENT_SECRET: args.latency_openai,
+        AVATURN_CREATE: args.latency_create,
+        AVATURN_TERMINATE: args.latency_terminate,
+    }
+    return FakeUpstream(
+        host=args.host,
+        port=args.port,
+        latency={route: seconds for route, seconds in latency.items() if seconds},
+        allow_non_loopback=args.allow_non_loopback,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.allow_non_loopback and not is_loopback_host(args.host):
+        parser.error(f"refusing non-loopback host {args.host!r} without --allow-non-loopback")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with build_fake(args) as fake:
+        sys.stdout.write(
+            f"Fake upstream listening on {fake.url} (loopback only; Ctrl-C to stop)\n"
+            f"Merge into settings.AVATURN:\n{json.dumps(fake.settings(), indent=4)}\n"
+        )
+        sys.stdout.flush()
+        stop.wait()
+    sys.stdout.write("Fake upstream stopped.\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
