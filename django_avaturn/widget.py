@@ -13,19 +13,25 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.http import HttpRequest
-from django.template.context import Context
 from django.middleware.csrf import get_token
+from django.template.context import Context
 from django.template.loader import get_template
 from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.safestring import SafeString
 
 from django_avaturn.conf import avaturn_settings
+
+_get_nonce: Callable[[HttpRequest], Any] | None
+try:
+    from django.middleware.csp import get_nonce as _get_nonce  # type: ignore[import-not-found,no-redef,unused-ignore]
+except ImportError:  # Django < 6.0 has no CSP middleware of its own.
+    _get_nonce = None
 
 DEFAULT_TEMPLATE = "django_avaturn/widget.html"
 WIDGET_SCRIPT = "django_avaturn/avaturn-widget.js"
@@ -61,20 +67,16 @@ def get_csp_nonce(context: ContextLike, request: HttpRequest | None) -> str | No
         candidates.append(_django_get_nonce(request))
     for value in candidates:
         if value is not None:
-            text = str(value)
+            text = _text(value)
             if text:
                 return text
     return None
 
 
 def _django_get_nonce(request: HttpRequest) -> Any:
-    try:
-        from django.middleware.csp import (  # type: ignore[import-not-found,unused-ignore] # noqa: PLC0415
-            get_nonce,
-        )
-    except ImportError:  # Django < 6.0 has no CSP middleware of its own.
+    if _get_nonce is None:
         return None
-    return get_nonce(request)
+    return _get_nonce(request)
 
 
 def sdk_url(request: HttpRequest | None = None) -> str:
@@ -83,7 +85,7 @@ def sdk_url(request: HttpRequest | None = None) -> str:
     ``SDK_URL`` may be absolute (a CDN), root-relative, or a path inside the
     project's static files (self-hosting: ``"vendor/avaturn/main.js"``).
     """
-    url = str(avaturn_settings.SDK_URL)
+    url = _text(avaturn_settings.SDK_URL)
     if _ABSOLUTE_URL.match(url) or url.startswith("/"):
         return url
     return static(url)
@@ -113,7 +115,17 @@ def _css_size(value: Any) -> str:
         raise TypeError("width/height/size must be a number or a CSS length")
     if isinstance(value, (int, float)):
         return f"{value:g}px"
-    return str(value)
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    """``value`` as a plain ``str`` the template will escape.
+
+    String literals in a template arrive as ``SafeString`` (Django trusts
+    template authors), and ``str()`` keeps them safe; but an option's value
+    is data, so it is always escaped, literal or not.
+    """
+    return "".join((str(value),))
 
 
 def _flag(value: Any) -> str:
@@ -153,20 +165,20 @@ def widget_context(
     if not isinstance(request, HttpRequest):
         request = None
     url = sdk_url(request)
-    integrity = str(avaturn_settings.SDK_INTEGRITY or "")
+    integrity = _text(avaturn_settings.SDK_INTEGRITY or "")
     list_url = reverse("django_avaturn:session-list")
     return {
         "request": request,
-        "widget_id": str(widget_id) if widget_id else next_widget_id(request),
-        "css_class": str(css_class or ""),
+        "widget_id": _text(widget_id) if widget_id else next_widget_id(request),
+        "css_class": _text(css_class or ""),
         "width": _css_size(width if width is not None else size),
         "height": _css_size(height if height is not None else size),
         "audio_source": _flag(audio_source),
         "autostart": _flag(autostart),
-        "avatar_id": "" if avatar_id is None else str(avatar_id),
-        "config": "" if config is None else str(config),
-        "start_label": start_label,
-        "stop_label": stop_label,
+        "avatar_id": "" if avatar_id is None else _text(avatar_id),
+        "config": "" if config is None else _text(config),
+        "start_label": None if start_label is None else _text(start_label),
+        "stop_label": None if stop_label is None else _text(stop_label),
         "nonce": get_csp_nonce(context, request),
         "csrf_token": get_token(request) if request is not None else "",
         "sessions_url": list_url,

@@ -1,0 +1,531 @@
+// django-avaturn: the browser side of {% avaturn_head %}.
+//
+// One ES module, no build step. It finds every [data-avaturn-widget]
+// container, reads its configuration from data-* attributes, and on Start:
+// asks our backend for a session (the API keys never leave the server), loads
+// the Avaturn web SDK, and connects. Everything it learns is re-dispatched as
+// `avaturn:<event>` CustomEvents on the container.
+//
+// Public handle: `container.avaturn` (or `window.djangoAvaturn.get(container)`)
+// is `{head, state, sessionId, microphoneOn, start(), stop(), setMicrophone(on)}`.
+
+const SELECTOR = "[data-avaturn-widget]";
+const STATES = ["idle", "connecting", "live", "ended", "error"];
+
+// SDK events forwarded as `avaturn:<name>`. Transcripts are also forwarded
+// under the shorter `avaturn:transcript` with a `role`.
+const SDK_EVENTS = [
+  "init",
+  "task",
+  "dispose",
+  "idle",
+  "error",
+  "local_audio_change",
+  "local_mic_state_change",
+  "avatar_started_speaking",
+  "avatar_ended_speaking",
+  "avatar_started_speaking_phrase",
+  "avatar_ended_speaking_phrase",
+  "ce_events.realtime.input_transcript",
+  "ce_events.realtime.response_transcript",
+];
+const TRANSCRIPT_ROLES = {
+  "ce_events.realtime.input_transcript": "user",
+  "ce_events.realtime.response_transcript": "avatar",
+};
+
+// Messages for the status region when the template has no translation.
+const FALLBACK_MESSAGES = {
+  idle: "Press Start to talk with the avatar.",
+  connecting: "Connecting…",
+  live: "Live: speak to the avatar.",
+  ended: "The conversation has ended.",
+  mic_on: "Mute microphone",
+  mic_off: "Unmute microphone",
+  not_authenticated: "Please sign in to talk with the avatar.",
+  permission_denied: "You are not allowed to start a conversation.",
+  session_limit_reached: "You already have the most conversations allowed running.",
+  throttled: "Too many attempts. Please wait a moment and try again.",
+  upstream_unavailable: "The avatar service is unavailable right now. Please try again later.",
+  invalid: "The conversation could not be started with these settings.",
+  network: "Could not reach the server. Check your connection and try again.",
+  sdk_load_failed: "The avatar player could not be loaded.",
+  timeout: "The avatar did not connect in time. Please try again.",
+  connect_failed: "Could not connect to the avatar. Please try again.",
+  microphone_blocked: "Microphone access is blocked. Allow it in your browser to talk.",
+  idle_timeout: "The conversation ended after a period of inactivity.",
+  unknown: "Something went wrong. Please try again.",
+};
+
+// The API's error codes, mapped to a message key (see the API's error table).
+const ERROR_CODE_MESSAGES = {
+  not_authenticated: "not_authenticated",
+  authentication_failed: "not_authenticated",
+  permission_denied: "permission_denied",
+  session_limit_reached: "session_limit_reached",
+  throttled: "throttled",
+  upstream_error: "upstream_unavailable",
+  upstream_timeout: "upstream_unavailable",
+  not_configured: "upstream_unavailable",
+  invalid: "invalid",
+};
+
+class WidgetError extends Error {
+  constructor(key, detail) {
+    super(key);
+    this.name = "WidgetError";
+    this.key = key;
+    this.detail = detail;
+  }
+}
+
+// One SDK module per page, whatever the number of widgets.
+const sdkModules = new Map();
+
+function loadSdk(url, integrity) {
+  const absolute = new URL(url, document.baseURI).href;
+  if (!sdkModules.has(absolute)) {
+    const promise = ensurePreload(absolute, integrity).then(() => import(absolute));
+    // A failed load may be retried by a later Start.
+    promise.catch(() => sdkModules.delete(absolute));
+    sdkModules.set(absolute, promise);
+  }
+  return sdkModules.get(absolute);
+}
+
+// import() cannot carry an integrity hash; a <link rel=modulepreload
+// integrity=...> for the same URL can, and the browser then serves import()
+// from the module map that link filled (a hash mismatch makes import() fail).
+// The tag renders that link; if a custom template dropped it, add one here.
+function ensurePreload(absoluteUrl, integrity) {
+  if (!integrity) return Promise.resolve();
+  for (const link of document.querySelectorAll('link[rel="modulepreload"]')) {
+    if (link.href === absoluteUrl && link.integrity) return Promise.resolve();
+  }
+  return new Promise((resolve) => {
+    const link = document.createElement("link");
+    link.rel = "modulepreload";
+    link.href = absoluteUrl;
+    link.integrity = integrity;
+    link.crossOrigin = "anonymous";
+    const nonced = document.querySelector("script[nonce]");
+    if (nonced && nonced.nonce) link.nonce = nonced.nonce;
+    // On error the import() below fails the same way; it reports it.
+    link.addEventListener("load", () => resolve(), { once: true });
+    link.addEventListener("error", () => resolve(), { once: true });
+    document.head.append(link);
+  });
+}
+
+function readCookie(name) {
+  for (const part of document.cookie ? document.cookie.split(";") : []) {
+    const [key, ...rest] = part.trim().split("=");
+    if (key === name) return decodeURIComponent(rest.join("="));
+  }
+  return "";
+}
+
+function flag(value, fallback) {
+  if (value === undefined) return fallback;
+  return value === "true";
+}
+
+function positiveNumber(value, fallback) {
+  const number = Number(value);
+  return Number.isFinite(number) && number > 0 ? number : fallback;
+}
+
+function withTimeout(promise, ms) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new WidgetError("timeout")), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+class AvaturnWidget {
+  constructor(container) {
+    this.container = container;
+    this.head = null;
+    this.state = "idle";
+    this.sessionId = null;
+    this.microphoneOn = false;
+    this.attempt = 0; // bumped by every start and stop; stale awaits see it
+    this.heartbeatTimer = null;
+
+    const data = container.dataset;
+    this.config = {
+      sessionsUrl: data.sessionsUrl,
+      sessionUrl: data.sessionUrl,
+      heartbeatUrl: data.heartbeatUrl,
+      placeholder: data.sessionIdPlaceholder || "__session_id__",
+      sdkUrl: data.sdkUrl,
+      sdkIntegrity: data.sdkIntegrity || "",
+      audioSource: flag(data.audioSource, true),
+      autostart: flag(data.autostart, false),
+      initTimeoutMs: positiveNumber(data.initTimeout, 20) * 1000,
+      heartbeatMs: positiveNumber(data.heartbeatInterval, 30) * 1000,
+      avatarId: data.avatarId || "",
+      configName: data.config || "",
+      csrfToken: data.csrfToken || "",
+    };
+    this.stage = container.querySelector("[data-avaturn-stage]") || container;
+    this.startButton = container.querySelector("[data-avaturn-start]");
+    this.stopButton = container.querySelector("[data-avaturn-stop]");
+    this.micButton = container.querySelector("[data-avaturn-mic]");
+    this.status = container.querySelector("[data-avaturn-status]");
+    this.messages = this.readMessages();
+
+    // Sizes go through the CSSOM, which a strict style-src allows.
+    if (data.width) container.style.setProperty("--avaturn-width", data.width);
+    if (data.height) container.style.setProperty("--avaturn-height", data.height);
+
+    this.startButton?.addEventListener("click", () => this.start());
+    this.stopButton?.addEventListener("click", () => this.stop());
+    this.micButton?.addEventListener("click", () => this.setMicrophone(!this.microphoneOn));
+  }
+
+  readMessages() {
+    const messages = { ...FALLBACK_MESSAGES };
+    const template = this.container.querySelector("template[data-avaturn-messages]");
+    for (const node of template ? template.content.querySelectorAll("[data-key]") : []) {
+      messages[node.dataset.key] = node.textContent.trim();
+    }
+    return messages;
+  }
+
+  emit(name, detail) {
+    this.container.dispatchEvent(
+      new CustomEvent(`avaturn:${name}`, { detail, bubbles: true, composed: true }),
+    );
+  }
+
+  setState(state, { message, error } = {}) {
+    const previous = this.state;
+    this.state = state;
+    this.container.dataset.state = state;
+    const busy = state === "connecting" || state === "live";
+    if (this.startButton) {
+      this.startButton.disabled = busy;
+      this.startButton.hidden = busy;
+    }
+    if (this.stopButton) this.stopButton.hidden = !busy;
+    if (this.micButton) this.micButton.hidden = state !== "live";
+    this.container.setAttribute("aria-busy", state === "connecting" ? "true" : "false");
+    const text = message || this.messages[state] || "";
+    if (this.status) this.status.textContent = text;
+    this.emit("state", { state, previous, message: text, error: error || null });
+  }
+
+  showNotice(key) {
+    if (this.status) this.status.textContent = this.messages[key] || this.messages.unknown;
+  }
+
+  csrfToken() {
+    return this.config.csrfToken || readCookie("csrftoken");
+  }
+
+  sessionUrl(template, sessionId) {
+    // Replace the last occurrence: the id is the last variable part of the URL.
+    const at = template.lastIndexOf(this.config.placeholder);
+    if (at < 0) return template;
+    return (
+      template.slice(0, at) +
+      encodeURIComponent(sessionId) +
+      template.slice(at + this.config.placeholder.length)
+    );
+  }
+
+  async start() {
+    if (this.state === "connecting" || this.state === "live") return;
+    const attempt = ++this.attempt;
+    this.setState("connecting");
+    // A previous session's video would otherwise stay under the new one.
+    this.stage.replaceChildren();
+    try {
+      // Fetch the SDK while the backend mints the session.
+      const sdk = loadSdk(this.config.sdkUrl, this.config.sdkIntegrity);
+      sdk.catch(() => {}); // reported below, once the session is known
+      const session = await this.createSession();
+      if (attempt !== this.attempt) return this.endSession(session.session_id);
+      this.sessionId = session.session_id;
+
+      let module;
+      try {
+        module = await sdk;
+      } catch (error) {
+        throw new WidgetError("sdk_load_failed", error);
+      }
+      if (attempt !== this.attempt) return;
+
+      const head = new module.AvaturnHead(this.stage, {
+        sessionToken: session.token,
+        apiHost: session.api_host,
+        audioSource: this.config.audioSource,
+        immediatelyJoin: true,
+      });
+      this.head = head;
+      this.microphoneOn = this.config.audioSource;
+      this.listen(head);
+      try {
+        // init() may never settle offline (the room join); our own timer
+        // bounds it whatever the SDK does with its own.
+        await withTimeout(
+          head.init({ timeout: this.config.initTimeoutMs }),
+          this.config.initTimeoutMs,
+        );
+      } catch (error) {
+        throw error instanceof WidgetError ? error : new WidgetError("connect_failed", error);
+      }
+      if (attempt !== this.attempt) return;
+      this.setState("live");
+      this.updateMicButton();
+      this.startHeartbeat();
+    } catch (error) {
+      if (attempt !== this.attempt) return;
+      const key = error instanceof WidgetError ? error.key : "unknown";
+      this.teardown();
+      if (!(error instanceof WidgetError)) console.error("[django-avaturn]", error);
+      this.setState("error", {
+        message: this.messages[key] || this.messages.unknown,
+        error: { code: key, detail: error instanceof WidgetError ? error.detail : error },
+      });
+    }
+  }
+
+  async createSession() {
+    const body = {};
+    if (this.config.avatarId) body.avatar_id = this.config.avatarId;
+    if (this.config.configName) body.config = this.config.configName;
+    let response;
+    try {
+      response = await fetch(this.config.sessionsUrl, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: {
+          "Content-Type": "application/json",
+          Accept: "application/json",
+          "X-CSRFToken": this.csrfToken(),
+        },
+        body: JSON.stringify(body),
+      });
+    } catch (error) {
+      throw new WidgetError("network", error);
+    }
+    let payload = null;
+    try {
+      payload = await response.json();
+    } catch {
+      payload = null;
+    }
+    if (!response.ok) {
+      const code = payload && typeof payload.code === "string" ? payload.code : "";
+      throw new WidgetError(messageKeyFor(response.status, code), {
+        status: response.status,
+        code,
+        detail: payload && payload.detail,
+      });
+    }
+    if (!payload || !payload.session_id || !payload.token || !payload.api_host) {
+      throw new WidgetError("unknown", { status: response.status });
+    }
+    return payload;
+  }
+
+  listen(head) {
+    for (const name of SDK_EVENTS) {
+      head.on(name, (detail) => {
+        if (this.head !== head) return; // a disposed head's late events
+        this.emit(name, detail);
+        if (name in TRANSCRIPT_ROLES) {
+          this.emit("transcript", { role: TRANSCRIPT_ROLES[name], ...(detail || {}) });
+        }
+        this.onSdkEvent(name, detail);
+      });
+    }
+  }
+
+  onSdkEvent(name, detail) {
+    if (name === "local_audio_change" && typeof detail === "boolean") {
+      this.microphoneOn = detail;
+      this.updateMicButton();
+    } else if (name === "local_mic_state_change" && detail === "blocked") {
+      this.microphoneOn = false;
+      this.updateMicButton();
+      this.showNotice("microphone_blocked");
+    } else if (name === "idle") {
+      // The SDK drops the stream after its idle timeout; end ours too.
+      this.stop({ message: this.messages.idle_timeout });
+    }
+  }
+
+  setMicrophone(on) {
+    on = Boolean(on);
+    if (!this.head || this.state !== "live" || on === this.microphoneOn) return;
+    // toggleLocalAudio(v) sets `v || !current`: only call it for a real change.
+    this.head.toggleLocalAudio(on);
+    this.microphoneOn = on;
+    this.updateMicButton();
+  }
+
+  updateMicButton() {
+    if (!this.micButton) return;
+    this.micButton.setAttribute("aria-pressed", this.microphoneOn ? "false" : "true");
+    this.micButton.textContent = this.microphoneOn ? this.messages.mic_on : this.messages.mic_off;
+  }
+
+  startHeartbeat() {
+    this.stopHeartbeat();
+    this.heartbeatTimer = setInterval(() => this.heartbeat(), this.config.heartbeatMs);
+  }
+
+  stopHeartbeat() {
+    if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+  }
+
+  async heartbeat() {
+    if (!this.sessionId || this.state !== "live") return;
+    try {
+      const response = await fetch(this.sessionUrl(this.config.heartbeatUrl, this.sessionId), {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "X-CSRFToken": this.csrfToken() },
+      });
+      // 404/409: the backend already ended (or never knew) this session.
+      if (response.status === 404 || response.status === 409) this.stop();
+    } catch {
+      // A missed beat is not an ending; the next one may get through.
+    }
+  }
+
+  // Stop button, pagehide, removal from the page, idle: end everything now.
+  stop({ message } = {}) {
+    const wasActive = this.state === "connecting" || this.state === "live";
+    this.attempt++;
+    this.teardown();
+    if (wasActive) this.setState("ended", { message });
+  }
+
+  teardown() {
+    this.stopHeartbeat();
+    const head = this.head;
+    this.head = null;
+    if (head) {
+      // dispose() is local only and throws when init() never created a call.
+      try {
+        Promise.resolve(head.dispose()).catch(() => {});
+      } catch {
+        // nothing to release
+      }
+    }
+    this.stage.replaceChildren();
+    if (this.sessionId) {
+      this.endSession(this.sessionId);
+      this.sessionId = null;
+    }
+  }
+
+  // Only the backend can end the Avaturn session at once (dispose() never
+  // tells Avaturn). keepalive lets the request outlive a closing tab.
+  endSession(sessionId) {
+    if (!sessionId) return;
+    try {
+      fetch(this.sessionUrl(this.config.sessionUrl, sessionId), {
+        method: "DELETE",
+        credentials: "same-origin",
+        keepalive: true,
+        headers: { "X-CSRFToken": this.csrfToken() },
+      }).catch(() => {});
+    } catch {
+      // fetch itself can throw while the page is unloading
+    }
+  }
+}
+
+function messageKeyFor(status, code) {
+  if (ERROR_CODE_MESSAGES[code]) return ERROR_CODE_MESSAGES[code];
+  if (status === 401 || status === 403) return "not_authenticated";
+  if (status === 409) return "session_limit_reached";
+  if (status === 429) return "throttled";
+  if (status === 400) return "invalid";
+  if (status >= 500) return "upstream_unavailable";
+  return "unknown";
+}
+
+function handle(widget) {
+  return {
+    get head() {
+      return widget.head;
+    },
+    get state() {
+      return widget.state;
+    },
+    get sessionId() {
+      return widget.sessionId;
+    },
+    get microphoneOn() {
+      return widget.microphoneOn;
+    },
+    start: () => widget.start(),
+    stop: () => widget.stop(),
+    setMicrophone: (on) => widget.setMicrophone(on),
+  };
+}
+
+const widgets = new Set();
+
+function setUp(container) {
+  // Idempotent: a second module evaluation or a re-scan never doubles up.
+  if (container.avaturn) return container.avaturn;
+  const widget = new AvaturnWidget(container);
+  container.avaturn = handle(widget);
+  widgets.add(widget);
+  if (widget.config.autostart) widget.start();
+  return container.avaturn;
+}
+
+function init(root = document) {
+  if (root instanceof Element && root.matches(SELECTOR)) setUp(root);
+  for (const container of root.querySelectorAll(SELECTOR)) setUp(container);
+}
+
+function stopRemoved() {
+  for (const widget of widgets) {
+    if (!widget.container.isConnected) {
+      widget.stop();
+      widgets.delete(widget);
+    }
+  }
+}
+
+if (!window.djangoAvaturn) {
+  window.djangoAvaturn = {
+    init,
+    get: (container) => container?.avaturn || null,
+    states: STATES,
+  };
+
+  // The page is going away (or into the back/forward cache): no avatar may
+  // keep running, and keepalive DELETEs still reach the server.
+  window.addEventListener("pagehide", () => {
+    for (const widget of widgets) widget.stop();
+  });
+
+  // Widgets added later (htmx swaps, client-side rendering) start working,
+  // and removed ones end their session.
+  new MutationObserver((records) => {
+    let removed = false;
+    for (const record of records) {
+      for (const node of record.addedNodes) if (node instanceof Element) init(node);
+      if (record.removedNodes.length) removed = true;
+    }
+    if (removed) stopRemoved();
+  }).observe(document.documentElement, { childList: true, subtree: true });
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", () => init(), { once: true });
+  } else {
+    init();
+  }
+}
