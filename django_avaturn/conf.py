@@ -66,6 +66,17 @@ DEFAULTS: dict[str, Any] = {
     "AVATURN_TIMEOUT": 20.0,
     "TERMINATE_RETRIES": 2,
     "TERMINATE_RETRY_BACKOFF": 0.25,
+    # Bulk terminations (admin action, expiry command): DELETEs in flight at once.
+    "TERMINATE_CONCURRENCY": 8,
+    # The expiry command (seconds; see the README's Operations section).
+    # A live session whose browser has sent no heartbeat for this long is
+    # stale; ``None`` turns the heartbeat test off.
+    "EXPIRE_IDLE_AFTER": 300,
+    # Slack added to the secret's expiry and the session's max_duration
+    # before they count, for clock skew and Avaturn's own shutdown.
+    "EXPIRE_GRACE": 60,
+    # A row left starting or ending this long belongs to a crashed process.
+    "EXPIRE_STUCK_AFTER": 600,
     # Spending limits.
     "MAX_LIVE_SESSIONS_PER_USER": 1,
     "ON_SESSION_LIMIT": "end_oldest",

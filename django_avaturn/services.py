@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -303,21 +304,11 @@ def _terminate_claimed(session: Session, *, was_live: bool) -> EndOutcome:
     try:
         terminated = get_avaturn_client().terminate_session(session.session_id)
     except AvaturnError:
-        Session.objects.filter(pk=session.pk, status=SessionStatus.ENDING).update(
-            status=SessionStatus.LIVE, end_reason="", end_detail="", updated_at=timezone.now()
-        )
+        release_claimed([session])
         session.refresh_from_db()
         raise
-    now = timezone.now()
-    final = (
-        SessionStatus.EXPIRED if session.end_reason == EndReason.EXPIRED else SessionStatus.ENDED
-    )
-    Session.objects.filter(pk=session.pk, status=SessionStatus.ENDING).update(
-        status=final, ended_at=now, updated_at=now
-    )
+    finish_claimed([session], notify=was_live)
     session.refresh_from_db()
-    if was_live:
-        _send_robust(session_ended, session=session, reason=session.end_reason)
     logger.info(
         "Ended Avaturn session %s (%s)%s",
         session.session_id,
@@ -325,6 +316,45 @@ def _terminate_claimed(session: Session, *, was_live: bool) -> EndOutcome:
         "" if terminated else ", already gone upstream",
     )
     return EndOutcome.ENDED if terminated else EndOutcome.ALREADY_GONE
+
+
+def finish_claimed(sessions: Sequence[Session], *, notify: bool = True) -> None:
+    """Give rows this caller claimed (moved to ``ENDING``) and terminated their final status.
+
+    One ``UPDATE`` per final status however many rows, so bulk callers (the
+    admin, the expiry command) stay at a few queries per batch. A row ended
+    for ``expired`` becomes ``EXPIRED``, any other ``ENDED``. Then
+    ``session_ended`` is sent once per row (unless ``notify`` is false).
+    """
+    now = timezone.now()
+    by_status: dict[str, list[Session]] = {}
+    for session in sessions:
+        final = (
+            SessionStatus.EXPIRED
+            if session.end_reason == EndReason.EXPIRED
+            else SessionStatus.ENDED
+        )
+        by_status.setdefault(final, []).append(session)
+    for final, group in by_status.items():
+        Session.objects.filter(pk__in=[s.pk for s in group], status=SessionStatus.ENDING).update(
+            status=final, ended_at=now, updated_at=now
+        )
+        for session in group:
+            session.status, session.ended_at, session.updated_at = final, now, now
+    if notify:
+        for session in sessions:
+            _send_robust(session_ended, session=session, reason=session.end_reason)
+
+
+def release_claimed(sessions: Sequence[Session]) -> None:
+    """Upstream termination failed: put claimed rows back to live so a later attempt retries."""
+    now = timezone.now()
+    Session.objects.filter(pk__in=[s.pk for s in sessions], status=SessionStatus.ENDING).update(
+        status=SessionStatus.LIVE, end_reason="", end_detail="", updated_at=now
+    )
+    for session in sessions:
+        session.status, session.end_reason, session.end_detail = SessionStatus.LIVE, "", ""
+        session.updated_at = now
 
 
 # --------------------------------------------------------------------------- heartbeat
