@@ -76,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
     # before they count, for clock skew and Avaturn's own shutdown.
     "EXPIRE_GRACE": 60,
     # A row left starting or ending this long belongs to a crashed process.
-    "EXPIRE_STUCK_AFTER": 600,
+    "EXPIRE_STUCK_AFTER": 300,
     # Spending limits.
     "MAX_LIVE_SESSIONS_PER_USER": 1,
     "ON_SESSION_LIMIT": "end_oldest",
