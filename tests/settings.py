@@ -82,7 +82,9 @@ else:
             "NAME": BASE_DIR / "test.sqlite3",
             # Writers queue instead of failing with "database is locked".
             "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
-            "TEST": {"NAME": BASE_DIR / "test.sqlite3"},
+            # One file per test process: several runs in one checkout (or xdist
+            # workers) must not delete each other's tables.
+            "TEST": {"NAME": BASE_DIR / f"test-{os.getpid()}.sqlite3"},
         }
     }
 
