@@ -327,7 +327,7 @@ def finish_claimed(sessions: Sequence[Session], *, notify: bool = True) -> None:
     ``session_ended`` is sent once per row (unless ``notify`` is false).
     """
     now = timezone.now()
-    by_status: dict[str, list[Session]] = {}
+    by_status: dict[SessionStatus, list[Session]] = {}
     for session in sessions:
         final = (
             SessionStatus.EXPIRED
@@ -335,12 +335,12 @@ def finish_claimed(sessions: Sequence[Session], *, notify: bool = True) -> None:
             else SessionStatus.ENDED
         )
         by_status.setdefault(final, []).append(session)
-    for final, group in by_status.items():
+    for final_status, group in by_status.items():
         Session.objects.filter(pk__in=[s.pk for s in group], status=SessionStatus.ENDING).update(
-            status=final, ended_at=now, updated_at=now
+            status=final_status, ended_at=now, updated_at=now
         )
         for session in group:
-            session.status, session.ended_at, session.updated_at = final, now, now
+            session.status, session.ended_at, session.updated_at = final_status, now, now
     if notify:
         for session in sessions:
             _send_robust(session_ended, session=session, reason=session.end_reason)

@@ -1,0 +1,275 @@
+"""Ending many sessions at once, safely beside other hosts and other callers.
+
+The admin action and the expiry command both work the same way, one batch
+of rows at a time:
+
+1. **Claim**, in one short transaction: lock the next batch of rows by
+   primary key (``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has
+   it, so several hosts share the work instead of queueing), move the ones
+   still live to ``ENDING`` with a conditional ``UPDATE`` that writes a claim
+   stamp, and read back which rows carry the stamp. Those, and only those,
+   are this caller's: a racing admin click, ``end_session()`` or another
+   host's command sees them as no longer live and stands back.
+2. **Terminate** the claimed sessions upstream, outside any transaction, a
+   bounded number at a time (``concurrency.run_bounded``).
+3. **Finish** them through the service layer in bulk: terminated or already
+   gone rows get their final status, failed ones go back to live so a later
+   run retries them.
+
+Each step costs a fixed number of queries per batch, and only one batch of
+rows is held in memory, however many sessions there are.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from django.db import connection, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from django_avaturn import services
+from django_avaturn.clients import get_avaturn_client
+from django_avaturn.concurrency import run_bounded
+from django_avaturn.exceptions import AvaturnError, UpstreamError
+from django_avaturn.models import Session, SessionStatus
+from django_avaturn.redaction import excerpt
+
+DEFAULT_BATCH_SIZE = 500
+
+T = TypeVar("T")
+
+
+class Outcome(enum.Enum):
+    TERMINATED = "terminated"  # Avaturn ended it just now
+    ALREADY_GONE = "already gone"  # Avaturn answered 404: it had ended by itself
+    MARKED = "marked"  # recorded as ended without an upstream call
+    FAILED = "failed"  # the upstream call failed; the row is live again
+    SKIPPED = "skipped"  # already ended, or another caller is ending it
+    WOULD_END = "would end"  # dry run
+
+
+@dataclass(frozen=True)
+class Result:
+    session: Session
+    outcome: Outcome
+    # Why it was chosen, or for a failure the scrubbed upstream error.
+    detail: str = ""
+
+
+ResultCallback = Callable[[Result], None]
+
+
+@dataclass
+class Tally:
+    """How many sessions ended which way; counts only, so memory stays flat."""
+
+    counts: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+    # The first few failures, for a message a person reads.
+    failures: list[str] = field(default_factory=list)
+
+    MAX_FAILURES_KEPT = 5
+
+    def add(self, result: Result) -> None:
+        self.counts[result.outcome] += 1
+        if result.outcome is Outcome.FAILED and len(self.failures) < self.MAX_FAILURES_KEPT:
+            self.failures.append(f"{result.session}: {result.detail}")
+
+    def __getitem__(self, outcome: Outcome) -> int:
+        return self.counts[outcome]
+
+    @property
+    def ended(self) -> int:
+        return self[Outcome.TERMINATED] + self[Outcome.ALREADY_GONE] + self[Outcome.MARKED]
+
+    @property
+    def failed(self) -> int:
+        return self[Outcome.FAILED]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def claimed_batches(
+    queryset: QuerySet[Session],
+    claim_batch: Callable[[list[Session]], T],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lock: bool = True,
+) -> Iterator[T]:
+    """Walk ``queryset`` in primary-key batches: claim each in a short transaction.
+
+    ``claim_batch(rows)`` runs inside the batch's transaction, with the rows
+    locked (``SKIP LOCKED`` where supported) when ``lock`` is true; its return
+    value is yielded after the commit, so the caller's upstream calls happen
+    outside any transaction. Keyset pagination (``pk > last``), not offsets:
+    claimed rows leave the queryset, and an offset would skip others.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1.")
+    # Re-select by pk: the caller's queryset may join (select_related, a
+    # search on the user), and neither FOR UPDATE nor DISTINCT mix with that.
+    base = Session.objects.filter(pk__in=queryset.order_by().values("pk")).order_by("pk")
+    last_pk: Any = None
+    while True:
+        page = base if last_pk is None else base.filter(pk__gt=last_pk)
+        with transaction.atomic():
+            if lock and connection.features.has_select_for_update_skip_locked:
+                page = page.select_for_update(skip_locked=True)
+            elif lock and connection.features.has_select_for_update:
+                page = page.select_for_update()
+            rows = list(page[:batch_size])
+            if not rows:
+                return
+            claimed = claim_batch(rows)
+        last_pk = rows[-1].pk
+        yield claimed
+        if len(rows) < batch_size:
+            return
+
+
+def claim(
+    rows: Sequence[Session],
+    *,
+    from_status: str,
+    detail_for: Callable[[Session], str],
+    **fields: Any,
+) -> list[Session]:
+    """Move the rows still in ``from_status`` to ``fields``; return exactly those this call moved.
+
+    One ``UPDATE`` per distinct detail, then one ``SELECT`` for the claim
+    stamp, which makes the answer exact even on a database without row locks.
+    """
+    stamp = timezone.now()
+    groups: dict[str, list[Any]] = {}
+    for row in rows:
+        if row.status == from_status:
+            groups.setdefault(detail_for(row), []).append(row.pk)
+    if not groups:
+        return []
+    for detail, pks in groups.items():
+        values = dict(fields, updated_at=stamp)
+        if detail:
+            values["end_detail"] = detail[:500]
+        Session.objects.filter(pk__in=pks, status=from_status).update(**values)
+    candidates = [pk for pks in groups.values() for pk in pks]
+    won = set(
+        Session.objects.filter(pk__in=candidates, updated_at=stamp).values_list("pk", flat=True)
+    )
+    claimed = []
+    for row in rows:
+        if row.pk in won:
+            for name, value in fields.items():
+                setattr(row, name, value)
+            if detail := detail_for(row):
+                row.end_detail = detail[:500]
+            row.updated_at = stamp
+            claimed.append(row)
+    return claimed
+
+
+# --------------------------------------------------------------------------- terminate
+
+
+def terminate_claimed(rows: Sequence[Session], *, upstream: bool = True) -> list[Result]:
+    """Terminate rows this caller claimed (``ENDING``, with a session id) and finish them.
+
+    With ``upstream`` false nothing is sent to Avaturn: the rows are recorded
+    as ended (``MARKED``), for sessions known to be over already.
+    """
+    if not rows:
+        return []
+    if not upstream:
+        services.finish_claimed(rows)
+        return [Result(row, Outcome.MARKED, row.end_detail) for row in rows]
+
+    client = get_avaturn_client()
+
+    def terminate(row: Session) -> bool:
+        assert row.session_id is not None
+        return client.terminate_session(row.session_id)
+
+    answers = run_bounded(terminate, rows)
+    done: list[Session] = []
+    failed: list[Session] = []
+    results: list[Result] = []
+    for row, answer in zip(rows, answers, strict=True):
+        if isinstance(answer, Exception):
+            failed.append(row)
+            results.append(Result(row, Outcome.FAILED, _describe(answer)))
+        else:
+            done.append(row)
+            outcome = Outcome.TERMINATED if answer else Outcome.ALREADY_GONE
+            results.append(Result(row, outcome, row.end_detail))
+    if done:
+        services.finish_claimed(done)
+    if failed:
+        services.release_claimed(failed)
+    # Anything but our own errors is a bug: surface it after the rows are consistent.
+    for answer in answers:
+        if isinstance(answer, Exception) and not isinstance(answer, AvaturnError):
+            raise answer
+    return results
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, UpstreamError):
+        return exc.describe()
+    return excerpt(f"{type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- the admin's way in
+
+
+def end_sessions(
+    queryset: QuerySet[Session],
+    *,
+    reason: str,
+    detail: str = "",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_result: ResultCallback | None = None,
+) -> Tally:
+    """End every session in ``queryset``, whatever its status, as ``end_session()`` would.
+
+    Live sessions are terminated upstream; starting ones are claimed for their
+    own request to terminate (as ``end_session()`` does); ending and ended ones
+    are skipped.
+    """
+    tally = Tally()
+
+    def report(results: Iterable[Result]) -> None:
+        for result in results:
+            tally.add(result)
+            if on_result is not None:
+                on_result(result)
+
+    def reason_detail(row: Session) -> str:
+        return detail
+
+    def claim_batch(rows: list[Session]) -> tuple[list[Session], list[Session], list[Session]]:
+        live = claim(
+            rows,
+            from_status=SessionStatus.LIVE,
+            detail_for=reason_detail,
+            status=SessionStatus.ENDING,
+            end_reason=reason,
+        )
+        starting = claim(
+            rows,
+            from_status=SessionStatus.STARTING,
+            detail_for=reason_detail,
+            status=SessionStatus.ENDING,
+            end_reason=reason,
+        )
+        return rows, live, starting
+
+    for rows, live, starting in claimed_batches(queryset, claim_batch, batch_size=batch_size):
+        claimed = {row.pk for row in (*live, *starting)}
+        report(Result(row, Outcome.SKIPPED) for row in rows if row.pk not in claimed)
+        # A starting row's own request terminates whatever Avaturn creates for it.
+        report(Result(row, Outcome.TERMINATED, detail) for row in starting)
+        report(terminate_claimed(live))
+    return tally
