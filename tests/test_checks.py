@@ -1,0 +1,128 @@
+"""Each system check, compared on its id and message."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from django.core.checks import Error, Warning, run_checks
+from django.test import override_settings
+
+
+def ids(messages: list[Any]) -> list[str]:
+    return sorted(m.id for m in messages if m.id.startswith("django_avaturn."))
+
+
+def avaturn_messages() -> list[Any]:
+    return [m for m in run_checks() if m.id.startswith("django_avaturn.")]
+
+
+def test_test_settings_are_clean() -> None:
+    assert avaturn_messages() == []
+
+
+def test_missing_rest_framework_is_e001(settings: Any) -> None:
+    apps = [a for a in settings.INSTALLED_APPS if a != "rest_framework"]
+    with override_settings(INSTALLED_APPS=apps):
+        messages = avaturn_messages()
+    assert messages == [
+        Error(
+            "django_avaturn needs Django REST framework, but 'rest_framework' is not in "
+            "INSTALLED_APPS.",
+            hint="Add 'rest_framework' to INSTALLED_APPS.",
+            id="django_avaturn.E001",
+        )
+    ]
+
+
+def test_avaturn_not_a_dict_is_e002(settings: Any) -> None:
+    settings.AVATURN = ["API_KEY"]
+    assert ids(avaturn_messages()) == ["django_avaturn.E002"]
+
+
+def test_unknown_setting_is_e002(settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "MAX_DURATON": 5}
+    (message,) = avaturn_messages()
+    assert message.id == "django_avaturn.E002"
+    assert "MAX_DURATON" in message.msg
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CLIENT_SECRET_TTL", 9),
+        ("CLIENT_SECRET_TTL", 7201),
+        ("CLIENT_SECRET_TTL", "600"),
+        ("MAX_DURATION", 59),
+        ("MAX_DURATION", 86401),
+        ("USER_ABSENT_TIMEOUT", 5),
+        ("MAX_LIVE_SESSIONS_PER_USER", 0),
+        ("MAX_LIVE_SESSIONS_PER_USER", True),
+        ("ON_SESSION_LIMIT", "queue"),
+        ("BACKGROUND", "green"),
+        ("RENDER_MODEL", "zeta"),
+        ("RENDER_MODEL_FIELD", "renderer"),
+        ("API_URL", None),
+        ("REALTIME_SESSION", "audio"),
+        ("REALTIME_SESSION", {"type": "transcription"}),
+        ("ALLOWED_AVATARS", "a,b"),
+        ("OPENAI_TIMEOUT", "10"),
+        ("SDK_INTEGRITY", None),
+    ],
+)
+def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, name: value}
+    messages = avaturn_messages()
+    assert ids(messages) == ["django_avaturn.E003"]
+    assert name in messages[0].msg
+    assert messages[0].hint
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SESSION_CONFIG_HOOK", "tests.nowhere.hook"),
+        ("PERMISSION_CLASSES", ["rest_framework.permissions.Nope"]),
+        ("OPENAI_HTTP_CLIENT", "django_avaturn.__version__"),
+    ],
+)
+def test_unimportable_paths_are_e004(settings: Any, name: str, value: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, name: value}
+    messages = avaturn_messages()
+    assert ids(messages) == ["django_avaturn.E004"]
+    assert name in messages[0].msg
+
+
+def test_missing_keys_are_warnings_not_errors(settings: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("AVATURN_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    settings.AVATURN = {}
+    messages = avaturn_messages()
+    assert ids(messages) == ["django_avaturn.W001", "django_avaturn.W002"]
+    assert all(isinstance(m, Warning) for m in messages)
+    assert messages[0].hint == "Set the AVATURN_API_KEY environment variable or AVATURN['API_KEY']."
+
+
+def test_env_keys_satisfy_the_check(settings: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("AVATURN_API_KEY", "x" * 20)
+    monkeypatch.setenv("OPENAI_API_KEY", "y" * 20)
+    settings.AVATURN = {}
+    assert avaturn_messages() == []
+
+
+def test_unknown_voice_is_w003(settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "VOICE": "robot"}
+    assert ids(avaturn_messages()) == ["django_avaturn.W003"]
+
+
+def test_debug_logging_of_http_libraries_is_w004() -> None:
+    logger = logging.getLogger("urllib3")
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        messages = avaturn_messages()
+    finally:
+        logger.setLevel(previous)
+    assert ids(messages) == ["django_avaturn.W004"]
+    assert "urllib3" in messages[0].msg

@@ -1,0 +1,175 @@
+"""The service layer directly: signals, ending semantics, replacement while starting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import AnonymousUser
+
+from django_avaturn import services
+from django_avaturn.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn.exceptions import SessionReplaced, UpstreamError
+from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.redaction import excerpt, scrub
+from django_avaturn.signals import session_ended, session_started
+from tests.test_api import KEYS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_start_requires_a_signed_in_user(upstream: Any) -> None:
+    with pytest.raises(ValueError, match="signed-in"):
+        services.start_session(AnonymousUser())  # type: ignore[arg-type]
+
+
+def test_signals_fire_once_each(user: Any, upstream: Any) -> None:
+    started: list[Any] = []
+    ended: list[Any] = []
+
+    def on_start(sender: Any, session: Session, request: Any, **kwargs: Any) -> None:
+        started.append((sender, session.session_id, request))
+
+    def on_end(sender: Any, session: Session, reason: str, **kwargs: Any) -> None:
+        ended.append((session.session_id, reason, session.status))
+
+    session_started.connect(on_start)
+    session_ended.connect(on_end)
+    try:
+        result = services.start_session(user)
+        services.end_session(result.session, reason=EndReason.ADMIN)
+        services.end_session(result.session, reason=EndReason.CLIENT)
+    finally:
+        session_started.disconnect(on_start)
+        session_ended.disconnect(on_end)
+    assert started == [(Session, "av-sess-1", None)]
+    assert ended == [("av-sess-1", EndReason.ADMIN, SessionStatus.ENDED)]
+
+
+def test_a_failing_receiver_does_not_undo_the_start(
+    user: Any, upstream: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    session_started.connect(broken)
+    try:
+        result = services.start_session(user)
+    finally:
+        session_started.disconnect(broken)
+    assert result.session.status == SessionStatus.LIVE
+    assert "RuntimeError" in caplog.text
+
+
+def test_end_outcomes(user: Any, upstream: Any) -> None:
+    first = services.start_session(user).session
+    assert services.end_session(first, reason=EndReason.CLIENT) is services.EndOutcome.ENDED
+    assert services.end_session(first, reason=EndReason.CLIENT) is services.EndOutcome.ALREADY_ENDED
+
+    second = services.start_session(user).session
+    upstream.avaturn.on_delete(404, {"detail": "gone"})
+    assert services.end_session(second, reason=EndReason.ADMIN) is services.EndOutcome.ALREADY_GONE
+    second.refresh_from_db()
+    assert (second.status, second.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
+
+
+def test_expired_reason_gives_expired_status(user: Any, upstream: Any) -> None:
+    session = services.start_session(user).session
+    services.end_session(session, reason=EndReason.EXPIRED, detail="idle 300 s")
+    session.refresh_from_db()
+    assert (session.status, session.end_detail) == (SessionStatus.EXPIRED, "idle 300 s")
+    assert session.duration is not None
+
+
+def test_unknown_reason_is_refused(user: Any, upstream: Any) -> None:
+    session = services.start_session(user).session
+    with pytest.raises(ValueError, match="Unknown end reason"):
+        services.end_session(session, reason="bored")
+
+
+def test_ending_a_row_that_is_still_starting_makes_its_start_clean_up(
+    user: Any, upstream: Any
+) -> None:
+    """Staff (or a newer start) end a row while its request is talking to Avaturn."""
+
+    def create_and_meanwhile_end(request: Any) -> tuple[int, dict[str, str], str]:
+        row = Session.objects.get(status=SessionStatus.STARTING)
+        assert services.end_session(row, reason=EndReason.ADMIN) is services.EndOutcome.ENDED
+        return original(request)
+
+    original = upstream.avaturn._create
+    import responses
+
+    upstream.avaturn.rsps.replace(
+        responses.POST, "https://avaturn.test/api/v1/sessions", body=b"", status=200
+    )
+    upstream.avaturn.rsps.remove(responses.POST, "https://avaturn.test/api/v1/sessions")
+    upstream.avaturn.rsps.add_callback(
+        responses.POST, "https://avaturn.test/api/v1/sessions", callback=create_and_meanwhile_end
+    )
+
+    with pytest.raises(SessionReplaced):
+        services.start_session(user)
+
+    row = Session.objects.get()
+    assert (row.status, row.end_reason, row.session_id) == (
+        SessionStatus.ENDED,
+        EndReason.ADMIN,
+        "av-sess-1",
+    )
+    assert upstream.avaturn.deleted == ["av-sess-1"]
+
+
+def test_heartbeat_on_ended_session_raises(user: Any, upstream: Any) -> None:
+    session = services.start_session(user).session
+    services.record_heartbeat(session)
+    assert session.last_seen_at is not None
+    services.end_session(session, reason=EndReason.CLIENT)
+    with pytest.raises(services.SessionNotLive):
+        services.record_heartbeat(session)
+
+
+def test_reprs_hide_tokens_and_keys(user: Any, upstream: Any) -> None:
+    started = services.start_session(user)
+    texts = [
+        repr(started),
+        repr(get_avaturn_client()),
+        repr(get_openai_secrets()),
+        repr(started.session),
+        str(started.session),
+    ]
+    for text in texts:
+        assert "av-token-1" not in text
+        for key in KEYS:
+            assert key not in text
+    assert str(Session(pk=7)) == "(starting #7)"
+
+
+def test_upstream_error_text() -> None:
+    error = UpstreamError(
+        service="avaturn", operation="create session", upstream_status=500, body_excerpt="boom"
+    )
+    assert str(error) == "avaturn create session failed (500): boom"
+    assert repr(error) == "UpstreamError('avaturn create session failed (500): boom')"
+    no_answer = UpstreamError(service="openai", operation="client_secrets.create")
+    assert no_answer.describe() == "openai client_secrets.create failed (no answer)"
+
+
+def test_scrub_removes_known_keys_and_credential_shapes() -> None:
+    text = (
+        f"key {KEYS[0]} and {KEYS[1]} and sk-otherproject12345 and ek_abcdefghijk "
+        "and Authorization: Bearer abcdefghijklmnop"
+    )
+    cleaned = scrub(text)
+    for secret in (*KEYS, "sk-otherproject12345", "ek_abcdefghijk", "abcdefghijklmnop"):
+        assert secret not in cleaned
+    assert cleaned.count("[redacted]") == 5
+
+
+def test_excerpt_is_short_single_line_and_scrubbed() -> None:
+    body = ("line one\n\n" + KEYS[0] + " " + "x" * 1000).encode()
+    text = excerpt(body, limit=50)
+    assert len(text) == 50
+    assert "\n" not in text
+    assert KEYS[0] not in text
+    assert excerpt(None) == ""

@@ -1,0 +1,172 @@
+"""The AVATURN settings object: defaults, overrides, env fallbacks, imports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_avaturn.conf import DEFAULTS, avaturn_settings
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.session_config import build_plan
+
+
+def test_every_default_is_returned_when_unset(settings: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("AVATURN_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    settings.AVATURN = {}
+    for name, default in DEFAULTS.items():
+        assert avaturn_settings.raw(name) == default, name
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("API_URL", "https://eu.avaturn.example"),
+        ("MODEL", "gpt-realtime-mini"),
+        ("VOICE", "cedar"),
+        ("CLIENT_SECRET_TTL", 120),
+        ("MAX_DURATION", 900),
+        ("USER_ABSENT_TIMEOUT", 15),
+        ("MAX_LIVE_SESSIONS_PER_USER", 3),
+        ("ON_SESSION_LIMIT", "refuse"),
+        ("START_THROTTLE_RATE", "1/hour"),
+        ("SDK_URL", "/static/sdk/main.js"),
+        ("SDK_INTEGRITY", ""),
+        ("WIDGET_INIT_TIMEOUT", 5),
+        ("HEARTBEAT_INTERVAL", 10),
+    ],
+)
+def test_override_settings_reaches_every_setting(name: str, value: Any) -> None:
+    before = getattr(avaturn_settings, name)
+    with override_settings(AVATURN={name: value}):
+        assert getattr(avaturn_settings, name) == value
+    assert getattr(avaturn_settings, name) == before
+
+
+def test_unknown_setting_raises() -> None:
+    with pytest.raises(AttributeError, match="Invalid AVATURN setting"):
+        avaturn_settings.NOPE  # noqa: B018
+
+
+def test_keys_fall_back_to_the_environment(settings: Any, monkeypatch: Any) -> None:
+    settings.AVATURN = {}
+    monkeypatch.setenv("AVATURN_API_KEY", "from-env-avaturn")
+    monkeypatch.setenv("OPENAI_API_KEY", "from-env-openai")
+    assert avaturn_settings.API_KEY == "from-env-avaturn"
+    assert avaturn_settings.OPENAI_API_KEY == "from-env-openai"
+    settings.AVATURN = {"API_KEY": "from-settings"}
+    assert avaturn_settings.API_KEY == "from-settings"
+
+
+def test_repr_never_shows_keys() -> None:
+    assert "key" not in repr(avaturn_settings).lower()
+    assert "0123456789" not in repr(avaturn_settings)
+
+
+def test_dotted_paths_are_imported(settings: Any) -> None:
+    from rest_framework.permissions import AllowAny
+
+    settings.AVATURN = {"PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"]}
+    assert [AllowAny] == avaturn_settings.PERMISSION_CLASSES
+
+
+def test_sdk_api_host_defaults_to_api_url(settings: Any) -> None:
+    settings.AVATURN = {"API_URL": "http://127.0.0.1:9/"}
+    assert avaturn_settings.sdk_api_host == "http://127.0.0.1:9"
+    settings.AVATURN = {"API_URL": "http://a", "SDK_API_HOST": "https://proxy.example/"}
+    assert avaturn_settings.sdk_api_host == "https://proxy.example"
+
+
+def hook_greeting(request: Any, config: str | None) -> dict[str, Any]:
+    return {
+        "instructions": f"Greet {getattr(request, 'name', 'nobody')} ({config})",
+        "realtime_session": {"audio": {"output": {"speed": 1.2}}},
+    }
+
+
+def hook_bad_keys(request: Any, config: str | None) -> dict[str, Any]:
+    return {"conversation_engine": "external"}
+
+
+def hook_not_a_dict(request: Any, config: str | None) -> Any:
+    return ["no"]
+
+
+class FakeRequest:
+    name = "Ada"
+
+
+def test_hook_sets_per_request_config(settings: Any) -> None:
+    settings.AVATURN = {
+        "SESSION_CONFIG_HOOK": "tests.test_settings.hook_greeting",
+        "REALTIME_SESSION": {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}},
+    }
+    plan = build_plan(request=FakeRequest(), config_name="brief")  # type: ignore[arg-type]
+    assert plan.realtime_session == {
+        "type": "realtime",
+        "model": "gpt-realtime",
+        "instructions": "Greet Ada (brief)",
+        "audio": {
+            "output": {"voice": "marin", "speed": 1.2},
+            "input": {"turn_detection": {"type": "semantic_vad"}},
+        },
+    }
+    assert plan.config_name == "brief"
+
+
+@pytest.mark.parametrize("hook", ["hook_bad_keys", "hook_not_a_dict"])
+def test_bad_hook_results_are_configuration_errors(settings: Any, hook: str) -> None:
+    settings.AVATURN = {"SESSION_CONFIG_HOOK": f"tests.test_settings.{hook}"}
+    with pytest.raises(NotConfigured):
+        build_plan()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"CLIENT_SECRET_TTL": 5}, "CLIENT_SECRET_TTL must be 10 to 7200"),
+        ({"CLIENT_SECRET_TTL": 7201}, "CLIENT_SECRET_TTL must be 10 to 7200"),
+        ({"MAX_DURATION": 59}, "MAX_DURATION must be 60 to 86400"),
+        ({"MAX_DURATION": "600"}, "MAX_DURATION must be a whole number"),
+        ({"USER_ABSENT_TIMEOUT": 9}, "USER_ABSENT_TIMEOUT must be at least 10"),
+        ({"BACKGROUND": "purple"}, "BACKGROUND must be one of"),
+        ({"RENDER_MODEL": "alpha"}, "RENDER_MODEL must be one of"),
+        ({"RENDER_MODEL": "delta", "RENDER_MODEL_FIELD": "x"}, "RENDER_MODEL must be one of"),
+        ({"REALTIME_SESSION": {"type": "transcription"}}, '"type" must be "realtime"'),
+        ({"REALTIME_SESSION": ["x"]}, "REALTIME_SESSION must be a dict"),
+        ({"MODEL": ""}, "MODEL must be a non-empty string"),
+    ],
+)
+def test_plan_validates_ranges(settings: Any, overrides: dict[str, Any], message: str) -> None:
+    settings.AVATURN = overrides
+    with pytest.raises(NotConfigured, match=message):
+        build_plan()
+
+
+def test_boundaries_are_accepted(settings: Any) -> None:
+    settings.AVATURN = {"CLIENT_SECRET_TTL": 10, "MAX_DURATION": 86400, "USER_ABSENT_TIMEOUT": 10}
+    plan = build_plan()
+    assert plan.client_secret_ttl == 10
+    assert plan.avaturn_options == {"max_duration": 86400, "user_absent_timeout": 10}
+    settings.AVATURN = {"CLIENT_SECRET_TTL": 7200, "MAX_DURATION": 60}
+    assert build_plan().client_secret_ttl == 7200
+
+
+@pytest.mark.parametrize("field", ["model", "render_model"])
+def test_render_model_field_name_is_configurable(settings: Any, field: str) -> None:
+    settings.AVATURN = {
+        "RENDER_MODEL": "golf",
+        "RENDER_MODEL_FIELD": field,
+        "BACKGROUND": "transparent",
+        "AVATAR_ID": "av-1",
+    }
+    payload = build_plan().avaturn_payload("ek_secret")
+    assert payload[field] == "golf"
+    assert payload["background"] == "transparent"
+    assert payload["avatar_id"] == "av-1"
+    assert payload["conversation_engine"] == {
+        "type": "openai-realtime",
+        "client_secret": "ek_secret",
+    }

@@ -1,0 +1,215 @@
+"""Each upstream failure mode, on each upstream, through the API: our code, no orphan."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx2
+import pytest
+import requests
+
+from django_avaturn.models import EndReason, Session, SessionStatus
+from tests.test_api import KEYS, LIST_URL, csrf_delete, csrf_post
+from tests.upstreams import DELETE_URL
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def assert_nothing_running(upstream: Any) -> None:
+    """Every session Avaturn created was either live in our table or terminated."""
+    created = [f"av-sess-{n}" for n in range(1, len(upstream.avaturn.created) + 1)]
+    live_rows = set(Session.objects.active().values_list("session_id", flat=True))
+    for session_id in created:
+        assert session_id in live_rows or session_id in upstream.avaturn.deleted, session_id
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "http_status"),
+    [
+        (
+            401,
+            {"error": {"message": "Incorrect API key provided: sk-test-openai-0123456789"}},
+            "upstream_error",
+            502,
+        ),
+        (429, {"error": {"message": "Rate limit"}}, "upstream_error", 502),
+        (500, {"error": {"message": "oops"}}, "upstream_error", 502),
+        (503, {"error": {"message": "overloaded"}}, "upstream_error", 502),
+    ],
+)
+def test_openai_status_failures(
+    api_client: Any, upstream: Any, status: int, body: Any, code: str, http_status: int
+) -> None:
+    upstream.openai.reply(status, body)
+    response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == http_status
+    assert response.json()["code"] == code
+    assert upstream.avaturn.created == []
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
+    assert f"openai client_secrets.create failed ({status})" in row.end_detail
+    assert KEYS[1] not in row.end_detail
+
+
+def test_openai_timeout_is_504(api_client: Any, upstream: Any) -> None:
+    upstream.openai.raise_(httpx2.ReadTimeout("slow"))
+    response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == 504
+    assert response.json()["code"] == "upstream_timeout"
+    assert upstream.avaturn.created == []
+    assert Session.objects.get().status == SessionStatus.FAILED
+
+
+def test_openai_connection_refused_is_502(api_client: Any, upstream: Any) -> None:
+    upstream.openai.raise_(httpx2.ConnectError("refused"))
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b'{"value": "ek_x"', b"", b"[]", b"{}"])
+def test_openai_malformed_answers_are_502(api_client: Any, upstream: Any, raw: bytes) -> None:
+    upstream.openai.reply(200, raw=raw)
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    assert upstream.avaturn.created == []
+    assert Session.objects.get().status == SessionStatus.FAILED
+
+
+@pytest.mark.parametrize("status", [400, 401, 410, 422, 429, 500, 503])
+def test_avaturn_create_status_failures(api_client: Any, upstream: Any, status: int) -> None:
+    upstream.avaturn.on_create(status, {"detail": f"nope Bearer {KEYS[0]}"})
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    row = Session.objects.get()
+    assert row.status == SessionStatus.FAILED
+    assert f"({status})" in row.end_detail
+    assert KEYS[0] not in row.end_detail
+    assert "[redacted]" in row.end_detail
+
+
+def test_avaturn_create_timeout_is_504(api_client: Any, upstream: Any) -> None:
+    upstream.avaturn.on_create_raise(requests.ReadTimeout("slow"))
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (504, "upstream_timeout")
+    assert Session.objects.get().status == SessionStatus.FAILED
+
+
+def test_avaturn_create_connection_error_is_502(api_client: Any, upstream: Any) -> None:
+    upstream.avaturn.on_create_raise(requests.ConnectionError("refused"))
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+
+
+@pytest.mark.parametrize("body", ["{not json", "[1]", '{"token": "t"}', '{"session_id": ""}'])
+def test_avaturn_create_malformed_answers_are_502(
+    api_client: Any, upstream: Any, body: str
+) -> None:
+    import responses
+
+    upstream.avaturn.rsps.replace(
+        responses.POST, "https://avaturn.test/api/v1/sessions", body=body, status=201
+    )
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    assert Session.objects.get().status == SessionStatus.FAILED
+    assert upstream.avaturn.deleted == []
+
+
+def test_avaturn_answer_without_token_terminates_what_it_created(
+    api_client: Any, upstream: Any
+) -> None:
+    upstream.avaturn.on_create(201, {"session_id": "half-made"})
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    assert upstream.avaturn.deleted == ["half-made"]
+    row = Session.objects.get()
+    assert (row.status, row.session_id) == (SessionStatus.FAILED, "half-made")
+
+
+def test_database_failure_after_create_terminates_upstream(
+    api_client: Any, upstream: Any, monkeypatch: Any
+) -> None:
+    from django.db import DatabaseError
+    from django.db.models import QuerySet
+
+    real_update = QuerySet.update
+
+    def failing_update(self: QuerySet[Any], **kwargs: Any) -> int:
+        if kwargs.get("status") == SessionStatus.LIVE:
+            raise DatabaseError("disk full")
+        return real_update(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "update", failing_update)
+    response = csrf_post(api_client, LIST_URL, {})
+
+    assert (response.status_code, response.json()["code"]) == (503, "unavailable")
+    assert upstream.avaturn.deleted == ["av-sess-1"]
+    assert Session.objects.get().status == SessionStatus.FAILED
+    assert_nothing_running(upstream)
+
+
+@pytest.mark.parametrize("status", [401, 500, 503])
+def test_terminate_failure_keeps_the_row_live_for_a_retry(
+    api_client: Any, upstream: Any, status: int
+) -> None:
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    upstream.avaturn.on_delete(status, {"detail": "nope"})
+
+    response = csrf_delete(api_client, f"/avaturn/sessions/{session_id}/")
+
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.LIVE, "")
+    retryable = status >= 500
+    # 5xx are retried (TERMINATE_RETRIES = 2): three attempts in all; a 401 is not.
+    assert len(upstream.avaturn.delete_calls()) == (3 if retryable else 1)
+
+
+def test_terminate_retry_recovers(api_client: Any, upstream: Any) -> None:
+    import responses
+
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    url = f"https://avaturn.test/api/v1/sessions/{session_id}"
+    upstream.avaturn.rsps.remove(responses.DELETE, DELETE_URL)
+    upstream.avaturn.rsps.add(responses.DELETE, url, body=requests.ConnectionError("reset"))
+    upstream.avaturn.rsps.add(responses.DELETE, url, status=503)
+    upstream.avaturn.rsps.add(responses.DELETE, url, status=200, json={})
+
+    response = csrf_delete(api_client, f"/avaturn/sessions/{session_id}/")
+
+    assert response.status_code == 204
+    assert Session.objects.get().status == SessionStatus.ENDED
+
+
+def test_terminate_404_counts_as_already_gone(api_client: Any, upstream: Any) -> None:
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    upstream.avaturn.on_delete(404, {"detail": "not found"})
+    assert csrf_delete(api_client, f"/avaturn/sessions/{session_id}/").status_code == 204
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.CLIENT)
+
+
+def test_terminate_timeout_is_504(api_client: Any, upstream: Any) -> None:
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    upstream.avaturn.on_delete_raise(requests.ReadTimeout("slow"))
+    response = csrf_delete(api_client, f"/avaturn/sessions/{session_id}/")
+    assert (response.status_code, response.json()["code"]) == (504, "upstream_timeout")
+    assert Session.objects.get().status == SessionStatus.LIVE
+
+
+def test_failures_log_no_key_at_any_level(
+    api_client: Any, upstream: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream.openai.reply(401, {"error": {"message": f"bad key {KEYS[1]}"}})
+    with caplog.at_level(logging.DEBUG):
+        csrf_post(api_client, LIST_URL, {})
+        upstream.openai.handler = None
+        upstream.avaturn.on_create(500, {"detail": f"echo {KEYS[0]}"})
+        csrf_post(api_client, LIST_URL, {})
+    text = "\n".join(
+        r.getMessage() + (str(r.exc_info[1]) if r.exc_info else "") for r in caplog.records
+    )
+    assert text
+    for key in KEYS:
+        assert key not in text
