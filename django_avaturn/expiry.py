@@ -1,0 +1,273 @@
+"""Finding and ending stale sessions: the logic behind ``avaturn_expire_sessions``.
+
+Avaturn has no endpoint to list running sessions, so our table is the only
+record of what may still cost money. ``expire_sessions()`` reconciles it,
+and can be called from the management command, a Celery task or a test.
+
+A **live** session is stale when any of these holds (first match is recorded
+as the row's ``end_detail``):
+
+* it is older than ``older_than`` seconds (only when asked for);
+* it has run past its ``max_duration`` plus ``EXPIRE_GRACE``: Avaturn's hard
+  cap, so the session has certainly ended upstream;
+* its browser sent heartbeats, and none for ``EXPIRE_IDLE_AFTER`` seconds;
+* its OpenAI client secret expired more than ``EXPIRE_GRACE`` ago and no
+  heartbeat arrived for ``EXPIRE_IDLE_AFTER`` seconds (counted from the start
+  if none ever did). The secret's expiry alone proves nothing: OpenAI lets a
+  started session outlive its secret, so a session still sending heartbeats
+  is left alone until its ``max_duration``.
+
+A session that never sent a heartbeat is never judged idle by silence alone,
+because a site using its own front end instead of the widget sends none.
+
+Rows left behind by a crashed process are cleaned up too: ``starting`` for
+longer than ``EXPIRE_STUCK_AFTER`` (no session id yet, nothing upstream to
+end) become ``failed``; ``ending`` for that long are terminated again.
+
+Stale sessions are terminated upstream (404 counts as already gone) and
+recorded with status ``expired``, reason ``expired``. See ``termination``
+for how this stays correct with several hosts and the admin at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import Min, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from django_avaturn import services
+from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.termination import (
+    DEFAULT_BATCH_SIZE,
+    Outcome,
+    Result,
+    ResultCallback,
+    Tally,
+    claim,
+    claimed_batches,
+    terminate_claimed,
+)
+
+Reporter = Callable[[Iterable[Result]], None]
+
+
+def _seconds(name: str, *, allow_none: bool = False) -> int | None:
+    value: object = avaturn_settings.raw(name)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise NotConfigured(f"{name} must be a whole number of seconds.")
+    return value
+
+
+@dataclass(frozen=True)
+class ExpiryPolicy:
+    """When a session counts as stale. All durations in seconds."""
+
+    idle: int | None
+    grace: int
+    stuck_after: int
+    default_max_duration: int
+    older_than: int | None = None
+
+    @classmethod
+    def from_settings(
+        cls, *, idle: int | None = None, older_than: int | None = None
+    ) -> ExpiryPolicy:
+        """The configured policy, with the command's ``idle`` and ``older_than`` over it."""
+        return cls(
+            idle=idle if idle is not None else _seconds("EXPIRE_IDLE_AFTER", allow_none=True),
+            grace=_seconds("EXPIRE_GRACE") or 0,
+            stuck_after=_seconds("EXPIRE_STUCK_AFTER") or 0,
+            default_max_duration=_seconds("MAX_DURATION") or 0,
+            older_than=older_than,
+        )
+
+    # ------------------------------------------------------------------ live rows
+
+    def stale_because(self, session: Session, now: datetime) -> str | None:
+        """Why a live ``session`` is stale at ``now``, or ``None`` if it is not."""
+        began = session.started_at or session.created_at
+        if self.older_than is not None and began < now - timedelta(seconds=self.older_than):
+            return f"older than {self.older_than} s"
+        cap = session.max_duration or self.default_max_duration
+        if began + timedelta(seconds=cap + self.grace) < now:
+            return f"ran past its max_duration of {cap} s"
+        secret_gone = session.expires_at is not None and (
+            session.expires_at + timedelta(seconds=self.grace) < now
+        )
+        if self.idle is None:
+            return "client secret expired" if secret_gone else None
+        silent_since = now - timedelta(seconds=self.idle)
+        if session.last_seen_at is not None:
+            if session.last_seen_at < silent_since:
+                return f"no heartbeat for more than {self.idle} s"
+        elif secret_gone and began < silent_since:
+            return f"client secret expired, no heartbeat for {self.idle} s"
+        return None
+
+    def stale_filter(self, now: datetime, *, min_max_duration: int) -> Q:
+        """A SQL superset of ``stale_because``, to pick candidate rows (annotated ``began``).
+
+        Exact but for ``max_duration``, which varies per row: rows past the
+        smallest one are candidates, and ``stale_because`` decides.
+        """
+        q = Q(began__lt=now - timedelta(seconds=min_max_duration + self.grace))
+        secret_gone = Q(expires_at__lt=now - timedelta(seconds=self.grace))
+        if self.idle is None:
+            q |= secret_gone
+        else:
+            silent_since = now - timedelta(seconds=self.idle)
+            q |= Q(last_seen_at__lt=silent_since)
+            q |= secret_gone & Q(last_seen_at__isnull=True, began__lt=silent_since)
+        if self.older_than is not None:
+            q |= Q(began__lt=now - timedelta(seconds=self.older_than))
+        return q
+
+
+@dataclass
+class ExpiryReport:
+    """What a run did (or, dry, would do)."""
+
+    tally: Tally
+    dry_run: bool
+
+    @property
+    def failed(self) -> int:
+        return self.tally.failed
+
+
+def expire_sessions(
+    *,
+    policy: ExpiryPolicy | None = None,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    upstream: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_result: ResultCallback | None = None,
+) -> ExpiryReport:
+    """End every stale session and clean up rows a crashed process left behind.
+
+    ``dry_run`` reports what would be done and changes nothing.
+    ``upstream=False`` records sessions as expired without calling Avaturn.
+    ``on_result`` is called once per row handled (in the calling thread).
+    """
+    policy = policy or ExpiryPolicy.from_settings()
+    now = now or timezone.now()
+    tally = Tally()
+
+    def report(results: Iterable[Result]) -> None:
+        for result in results:
+            tally.add(result)
+            if on_result is not None:
+                on_result(result)
+
+    stuck_since = now - timedelta(seconds=policy.stuck_after)
+    _fail_stuck_starts(stuck_since, dry_run, batch_size, report)
+    _retry_stuck_ends(stuck_since, dry_run, upstream, batch_size, report)
+    _expire_live(policy, now, dry_run, upstream, batch_size, report)
+    return ExpiryReport(tally=tally, dry_run=dry_run)
+
+
+def _fail_stuck_starts(
+    stuck_since: datetime, dry_run: bool, batch_size: int, report: Reporter
+) -> None:
+    # No session id yet, so nothing upstream to end. If the starting process
+    # is merely slow, it finds its row no longer starting and terminates
+    # whatever Avaturn created for it.
+    detail = "never finished starting"
+
+    def claim_stuck(rows: list[Session]) -> list[Session]:
+        if dry_run:
+            return rows
+        return claim(
+            rows,
+            from_status=SessionStatus.STARTING,
+            detail_for=lambda row: detail,
+            status=SessionStatus.FAILED,
+            end_reason=EndReason.EXPIRED,
+            ended_at=timezone.now(),
+        )
+
+    queryset = Session.objects.filter(status=SessionStatus.STARTING, created_at__lt=stuck_since)
+    outcome = Outcome.WOULD_END if dry_run else Outcome.MARKED
+    for rows in claimed_batches(queryset, claim_stuck, batch_size=batch_size, lock=not dry_run):
+        report(Result(row, outcome, detail) for row in rows)
+
+
+def _retry_stuck_ends(
+    stuck_since: datetime, dry_run: bool, upstream: bool, batch_size: int, report: Reporter
+) -> None:
+    # The process that claimed these died before it finished them: claim
+    # them again (a fresh stamp, so two hosts cannot both) and finish the job.
+    def claim_stuck(rows: list[Session]) -> list[Session]:
+        if dry_run:
+            return rows
+        return claim(
+            rows,
+            from_status=SessionStatus.ENDING,
+            detail_for=lambda row: row.end_detail or "stuck ending",
+            status=SessionStatus.ENDING,
+        )
+
+    queryset = Session.objects.filter(status=SessionStatus.ENDING, updated_at__lt=stuck_since)
+    for rows in claimed_batches(queryset, claim_stuck, batch_size=batch_size, lock=not dry_run):
+        if dry_run:
+            report(Result(row, Outcome.WOULD_END, "stuck ending") for row in rows)
+            continue
+        for row in rows:
+            row.end_reason = row.end_reason or EndReason.EXPIRED
+        report(terminate_claimed([row for row in rows if row.session_id], upstream=upstream))
+        # Claimed while still starting, by a start that never finished: nothing upstream.
+        orphans = [row for row in rows if not row.session_id]
+        if orphans:
+            services.finish_claimed(orphans, notify=False)
+            report(Result(row, Outcome.MARKED, row.end_detail) for row in orphans)
+
+
+def _expire_live(
+    policy: ExpiryPolicy,
+    now: datetime,
+    dry_run: bool,
+    upstream: bool,
+    batch_size: int,
+    report: Reporter,
+) -> None:
+    live = Session.objects.live()
+    smallest = live.aggregate(smallest=Min("max_duration"))["smallest"]
+    min_max_duration = min(smallest or policy.default_max_duration, policy.default_max_duration)
+    candidates = live.alias(began=Coalesce("started_at", "created_at")).filter(
+        policy.stale_filter(now, min_max_duration=min_max_duration)
+    )
+    reasons: dict[object, str] = {}
+
+    def claim_stale(rows: list[Session]) -> list[Session]:
+        reasons.clear()
+        for row in rows:
+            because = policy.stale_because(row, now)
+            if because is not None:
+                reasons[row.pk] = because
+        stale = [row for row in rows if row.pk in reasons]
+        if dry_run:
+            return stale
+        return claim(
+            stale,
+            from_status=SessionStatus.LIVE,
+            detail_for=lambda row: reasons[row.pk],
+            status=SessionStatus.ENDING,
+            end_reason=EndReason.EXPIRED,
+        )
+
+    for claimed in claimed_batches(
+        candidates, claim_stale, batch_size=batch_size, lock=not dry_run
+    ):
+        if dry_run:
+            report(Result(row, Outcome.WOULD_END, reasons[row.pk]) for row in claimed)
+        else:
+            report(terminate_claimed(claimed, upstream=upstream))

@@ -1,0 +1,109 @@
+"""``manage.py avaturn_expire_sessions``: a thin shell over ``expiry.expire_sessions()``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.expiry import ExpiryPolicy, ExpiryReport, expire_sessions
+from django_avaturn.termination import DEFAULT_BATCH_SIZE, Outcome, Result
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number.") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1.")
+    return value
+
+
+class Command(BaseCommand):
+    help = (
+        "End stale Avaturn sessions: terminate them upstream and record them as expired. "
+        "Also cleans up rows a crashed process left starting or ending. Safe to run from "
+        "cron on several hosts at once. Exits non-zero when any upstream termination failed."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="List what would be ended; change nothing and call nothing upstream.",
+        )
+        parser.add_argument(
+            "--older-than",
+            type=_positive_int,
+            metavar="SECONDS",
+            help="Also end live sessions that started more than SECONDS ago.",
+        )
+        parser.add_argument(
+            "--idle",
+            type=_positive_int,
+            metavar="SECONDS",
+            help="Heartbeat silence that makes a session stale (default: EXPIRE_IDLE_AFTER).",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=_positive_int,
+            default=DEFAULT_BATCH_SIZE,
+            metavar="N",
+            help=f"Rows claimed per transaction (default {DEFAULT_BATCH_SIZE}).",
+        )
+        parser.add_argument(
+            "--no-upstream",
+            action="store_true",
+            help="Record sessions as expired without asking Avaturn to terminate them.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        verbosity: int = options["verbosity"]
+
+        def on_result(result: Result) -> None:
+            line = f"{result.session} (user {result.session.user_id}): {result.outcome.value}"
+            if result.detail:
+                line += f", {result.detail}"
+            if result.outcome is Outcome.FAILED:
+                # Errors are shown at every verbosity, cron mails them.
+                self.stderr.write(line)
+            elif verbosity >= 2:
+                self.stdout.write(line)
+
+        try:
+            policy = ExpiryPolicy.from_settings(
+                idle=options["idle"], older_than=options["older_than"]
+            )
+            report = expire_sessions(
+                policy=policy,
+                dry_run=options["dry_run"],
+                upstream=not options["no_upstream"],
+                batch_size=options["batch_size"],
+                on_result=on_result,
+            )
+        except NotConfigured as exc:
+            raise CommandError(str(exc)) from exc
+
+        if verbosity >= 1:
+            self.stdout.write(self._summary(report))
+        if report.failed:
+            raise CommandError(
+                f"{report.failed} upstream termination(s) failed; those sessions are live "
+                "again and the next run retries them."
+            )
+
+    def _summary(self, report: ExpiryReport) -> str:
+        tally = report.tally
+        if report.dry_run:
+            return self.style.WARNING(
+                f"Dry run: would end {tally[Outcome.WOULD_END]} session(s); nothing changed."
+            )
+        text = (
+            f"Expired {tally.ended} session(s): {tally[Outcome.TERMINATED]} terminated, "
+            f"{tally[Outcome.ALREADY_GONE]} already gone, {tally[Outcome.MARKED]} marked "
+            f"without an upstream call; {tally.failed} failed."
+        )
+        return self.style.ERROR(text) if tally.failed else self.style.SUCCESS(text)
