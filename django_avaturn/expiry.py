@@ -51,6 +51,7 @@ from django_avaturn.termination import (
     Tally,
     claim,
     claimed_batches,
+    preflight,
     terminate_claimed,
 )
 
@@ -159,6 +160,8 @@ def expire_sessions(
     ``on_result`` is called once per row handled (in the calling thread).
     """
     policy = policy or ExpiryPolicy.from_settings()
+    if upstream and not dry_run:
+        preflight()
     now = now or timezone.now()
     tally = Tally()
 

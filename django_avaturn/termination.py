@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from django_avaturn import services
 from django_avaturn.clients import get_avaturn_client
-from django_avaturn.concurrency import run_bounded
+from django_avaturn.concurrency import run_bounded, terminate_concurrency
 from django_avaturn.exceptions import AvaturnError, UpstreamError
 from django_avaturn.models import Session, SessionStatus
 from django_avaturn.redaction import excerpt
@@ -174,6 +174,12 @@ def claim(
 # --------------------------------------------------------------------------- terminate
 
 
+def preflight() -> None:
+    """Fail on a missing key or bad setting before any row is claimed, not after."""
+    get_avaturn_client()
+    terminate_concurrency()
+
+
 def terminate_claimed(rows: Sequence[Session], *, upstream: bool = True) -> list[Result]:
     """Terminate rows this caller claimed (``ENDING``, with a session id) and finish them.
 
@@ -238,6 +244,7 @@ def end_sessions(
     own request to terminate (as ``end_session()`` does); ending and ended ones
     are skipped.
     """
+    preflight()
     tally = Tally()
 
     def report(results: Iterable[Result]) -> None:

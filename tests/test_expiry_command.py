@@ -1,0 +1,433 @@
+"""The expiry command and ``expire_sessions()`` against every kind of upstream answer."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_avaturn.expiry import ExpiryPolicy, expire_sessions
+from django_avaturn.management.commands.avaturn_expire_sessions import Command
+from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.signals import session_ended
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
+
+
+def make(
+    user: Any,
+    session_id: str | None,
+    *,
+    status: str = SessionStatus.LIVE,
+    started_ago: float | None = 30,
+    expires_in: float | None = 600,
+    seen_ago: float | None = None,
+    max_duration: int | None = 3600,
+    end_reason: str = "",
+    touched_ago: float = 0,
+) -> Session:
+    now = timezone.now()
+    row = Session.objects.create(
+        user=user,
+        session_id=session_id,
+        status=status,
+        created_at=now - timedelta(seconds=(started_ago or 0) + 1),
+        started_at=now - timedelta(seconds=started_ago) if started_ago is not None else None,
+        expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
+        last_seen_at=now - timedelta(seconds=seen_ago) if seen_ago is not None else None,
+        max_duration=max_duration,
+        end_reason=end_reason,
+    )
+    if touched_ago:
+        Session.objects.filter(pk=row.pk).update(updated_at=now - timedelta(seconds=touched_ago))
+    return row
+
+
+def run(*args: str, verbosity: int = 1) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    call_command("avaturn_expire_sessions", *args, verbosity=verbosity, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def fresh(row: Session) -> Session:
+    return Session.objects.get(pk=row.pk)
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+POLICY = ExpiryPolicy(idle=300, grace=60, stuck_after=300, default_max_duration=3600)
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.get_fixed_timezone(0))
+
+
+def row_at(
+    *,
+    started_ago: float,
+    expires_in: float | None = 600,
+    seen_ago: float | None = None,
+    max_duration: int | None = 3600,
+) -> Session:
+    return Session(
+        status=SessionStatus.LIVE,
+        created_at=NOW - timedelta(seconds=started_ago + 1),
+        started_at=NOW - timedelta(seconds=started_ago),
+        expires_at=NOW + timedelta(seconds=expires_in) if expires_in is not None else None,
+        last_seen_at=NOW - timedelta(seconds=seen_ago) if seen_ago is not None else None,
+        max_duration=max_duration,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"started_ago": 30}, None),
+        # Past max_duration + grace: certainly over upstream, heartbeat or not.
+        ({"started_ago": 3661, "seen_ago": 1}, "ran past its max_duration of 3600 s"),
+        ({"started_ago": 3659, "seen_ago": 1, "expires_in": -3000}, None),
+        ({"started_ago": 130, "max_duration": 60}, "ran past its max_duration of 60 s"),
+        ({"started_ago": 4000, "max_duration": None}, "ran past its max_duration of 3600 s"),
+        # Heartbeats that stopped.
+        ({"started_ago": 1000, "seen_ago": 301}, "no heartbeat for more than 300 s"),
+        ({"started_ago": 1000, "seen_ago": 299}, None),
+        # Secret expired: not proof while heartbeats keep coming.
+        ({"started_ago": 1000, "expires_in": -400, "seen_ago": 10}, None),
+        # Secret expired and never a heartbeat for the idle window.
+        (
+            {"started_ago": 700, "expires_in": -100},
+            "client secret expired, no heartbeat for 300 s",
+        ),
+        ({"started_ago": 700, "expires_in": -59}, None),  # within the grace
+        ({"started_ago": 200, "expires_in": -100}, None),  # started < idle ago
+        # Never a heartbeat and the secret still valid: silence alone proves nothing.
+        ({"started_ago": 3000, "expires_in": 4000}, None),
+    ],
+)
+def test_stale_because(kwargs: dict[str, Any], expected: str | None) -> None:
+    assert POLICY.stale_because(row_at(**kwargs), NOW) == expected
+
+
+def test_older_than_comes_first_and_idle_none_trusts_the_secret() -> None:
+    policy = ExpiryPolicy(
+        idle=None, grace=0, stuck_after=300, default_max_duration=3600, older_than=100
+    )
+    assert policy.stale_because(row_at(started_ago=101, seen_ago=1), NOW) == "older than 100 s"
+    policy = ExpiryPolicy(idle=None, grace=0, stuck_after=300, default_max_duration=3600)
+    assert policy.stale_because(row_at(started_ago=50, expires_in=-1, seen_ago=1), NOW) == (
+        "client secret expired"
+    )
+    assert policy.stale_because(row_at(started_ago=50, seen_ago=1000), NOW) is None
+
+
+@pytest.mark.parametrize("idle", [None, 300])
+def test_sql_filter_is_a_superset_of_the_policy(user: Any, idle: int | None) -> None:
+    policy = ExpiryPolicy(idle=idle, grace=60, stuck_after=300, default_max_duration=3600)
+    now = timezone.now()
+    n = 0
+    for started_ago in (10, 200, 400, 700, 3700):
+        for expires_in in (None, -400, -30, 500):
+            for seen_ago in (None, 5, 350):
+                for max_duration in (None, 60, 3600):
+                    n += 1
+                    make(
+                        user,
+                        f"s{n}",
+                        started_ago=started_ago,
+                        expires_in=expires_in,
+                        seen_ago=seen_ago,
+                        max_duration=max_duration,
+                    )
+    from django.db.models.functions import Coalesce
+
+    candidates = set(
+        Session.objects.alias(began=Coalesce("started_at", "created_at"))
+        .filter(policy.stale_filter(now, min_max_duration=60))
+        .values_list("pk", flat=True)
+    )
+    stale = {row.pk for row in Session.objects.all() if policy.stale_because(row, now)}
+    assert stale  # the grid has stale rows...
+    assert stale <= candidates  # ...and the SQL never misses one
+    assert len(candidates) < n
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_terminates_stale_sessions_and_leaves_fresh_ones(upstream: Any, user: Any) -> None:
+    stale = make(user, "av-old", started_ago=4000)
+    idle = make(user, "av-idle", started_ago=1000, seen_ago=400)
+    current = make(user, "av-new", started_ago=30, seen_ago=5)
+    ended: list[tuple[str | None, str]] = []
+
+    def receiver(sender: Any, session: Session, reason: str, **kwargs: Any) -> None:
+        ended.append((session.session_id, reason))
+
+    session_ended.connect(receiver)
+    try:
+        out, err = run()
+    finally:
+        session_ended.disconnect(receiver)
+
+    assert sorted(upstream.avaturn.deleted) == ["av-idle", "av-old"]
+    for row, detail in (
+        (stale, "ran past its max_duration of 3600 s"),
+        (idle, "no heartbeat for more than 300 s"),
+    ):
+        row = fresh(row)
+        assert (row.status, row.end_reason, row.end_detail) == (
+            SessionStatus.EXPIRED,
+            EndReason.EXPIRED,
+            detail,
+        )
+        assert row.ended_at is not None
+    assert fresh(current).status == SessionStatus.LIVE
+    assert sorted(ended) == [("av-idle", "expired"), ("av-old", "expired")]
+    assert out.strip() == (
+        "Expired 2 session(s): 2 terminated, 0 already gone, 0 marked without an "
+        "upstream call; 0 failed."
+    )
+    assert err == ""
+
+
+def test_already_gone_counts_as_expired(upstream: Any, user: Any) -> None:
+    row = make(user, "av-gone", started_ago=4000)
+    upstream.avaturn.on_delete(404, {"detail": "not found"})
+
+    out, _ = run()
+
+    assert fresh(row).status == SessionStatus.EXPIRED
+    assert "0 terminated, 1 already gone" in out
+
+
+@pytest.mark.parametrize(
+    ("answer", "shown"),
+    [
+        ({"status": 503}, "avaturn terminate session failed (503)"),
+        (
+            {"raise": requests.ConnectTimeout("slow")},
+            "avaturn terminate session failed (no answer)",
+        ),
+        ({"raise": requests.ConnectionError("refused")}, "(no answer)"),
+    ],
+)
+def test_failed_terminations_leave_rows_live_and_fail_the_command(
+    upstream: Any, user: Any, answer: dict[str, Any], shown: str
+) -> None:
+    failing = make(user, "av-fail", started_ago=4000)
+    if "status" in answer:
+        upstream.avaturn.on_delete(answer["status"], {"error": "down", "key": KEYS[0]})
+    else:
+        upstream.avaturn.on_delete_raise(answer["raise"])
+    out, err = io.StringIO(), io.StringIO()
+
+    with pytest.raises(CommandError, match=r"1 upstream termination\(s\) failed"):
+        call_command("avaturn_expire_sessions", stdout=out, stderr=err)
+
+    row = fresh(failing)
+    assert (row.status, row.end_reason, row.end_detail, row.ended_at) == (
+        SessionStatus.LIVE,
+        "",
+        "",
+        None,
+    )
+    # Retried (TERMINATE_RETRIES=2) before giving up.
+    assert len(upstream.avaturn.delete_calls()) == 3
+    assert shown in err.getvalue()
+    assert "av-fail" in err.getvalue()
+    assert "; 1 failed." in out.getvalue()
+    for key in KEYS:
+        assert key not in err.getvalue() + out.getvalue()
+
+
+def test_one_failure_does_not_stop_the_others(upstream: Any, user: Any) -> None:
+    rows = [make(user, f"av-{i}", started_ago=4000) for i in range(4)]
+    calls: list[str] = []
+
+    def answer(request: Any) -> tuple[int, dict[str, str], str]:
+        session_id = request.url.rsplit("/", 1)[1]
+        calls.append(session_id)
+        return (500 if session_id == "av-2" else 204), {}, ""
+
+    import responses
+
+    from tests.upstreams import DELETE_URL
+
+    upstream.avaturn.rsps.remove(responses.DELETE, DELETE_URL)
+    upstream.avaturn.rsps.add_callback(responses.DELETE, DELETE_URL, callback=answer)
+
+    with pytest.raises(CommandError):
+        run()
+
+    statuses = {fresh(r).session_id: fresh(r).status for r in rows}
+    assert statuses == {
+        "av-0": SessionStatus.EXPIRED,
+        "av-1": SessionStatus.EXPIRED,
+        "av-2": SessionStatus.LIVE,
+        "av-3": SessionStatus.EXPIRED,
+    }
+
+
+def test_exit_status_is_non_zero_when_run_like_cron(upstream: Any, user: Any) -> None:
+    make(user, "av-fail", started_ago=4000)
+    upstream.avaturn.on_delete(502)
+    command = Command(stdout=io.StringIO(), stderr=io.StringIO())
+
+    with pytest.raises(SystemExit) as exited:
+        command.run_from_argv(["manage.py", "avaturn_expire_sessions"])
+
+    assert exited.value.code == 1
+
+
+def test_exit_status_zero_when_all_ended(upstream: Any, user: Any) -> None:
+    make(user, "av-ok", started_ago=4000)
+    out = io.StringIO()
+    Command(stdout=out, stderr=io.StringIO()).run_from_argv(
+        ["manage.py", "avaturn_expire_sessions"]
+    )
+    assert "1 terminated" in out.getvalue()
+
+
+def test_dry_run_changes_nothing(upstream: Any, user: Any) -> None:
+    stale = make(user, "av-old", started_ago=4000)
+    stuck = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
+    Session.objects.filter(pk=stuck.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    make(user, "av-new", started_ago=30)
+    before = list(Session.objects.order_by("pk").values())
+
+    out, err = run("--dry-run", verbosity=2)
+
+    assert list(Session.objects.order_by("pk").values()) == before
+    assert upstream.avaturn.delete_calls() == []
+    lines = out.strip().splitlines()
+    assert lines == [
+        f"(starting #{stuck.pk}) (user {user.pk}): would end, never finished starting",
+        f"av-old (user {user.pk}): would end, ran past its max_duration of 3600 s",
+        "Dry run: would end 2 session(s); nothing changed.",
+    ]
+    assert err == ""
+    assert stale.status == SessionStatus.LIVE
+
+
+def test_verbosity(upstream: Any, user: Any) -> None:
+    make(user, "av-a", started_ago=4000)
+    out, err = run(verbosity=0)
+    assert (out, err) == ("", "")
+
+    make(user, "av-b", started_ago=4000)
+    out, _ = run(verbosity=1)
+    assert len(out.strip().splitlines()) == 1
+
+    make(user, "av-c", started_ago=4000)
+    out, _ = run(verbosity=2)
+    assert out.strip().splitlines()[0] == (
+        f"av-c (user {user.pk}): terminated, ran past its max_duration of 3600 s"
+    )
+    assert len(out.strip().splitlines()) == 2
+
+
+def test_errors_are_shown_even_at_verbosity_zero(upstream: Any, user: Any) -> None:
+    make(user, "av-a", started_ago=4000)
+    upstream.avaturn.on_delete(500)
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("avaturn_expire_sessions", verbosity=0, stdout=out, stderr=err)
+    assert out.getvalue() == ""
+    assert "av-a" in err.getvalue()
+
+
+def test_no_upstream_marks_only(upstream: Any, user: Any) -> None:
+    row = make(user, "av-old", started_ago=4000)
+    out, _ = run("--no-upstream")
+    assert upstream.avaturn.delete_calls() == []
+    assert fresh(row).status == SessionStatus.EXPIRED
+    assert "1 marked without an upstream call" in out
+
+
+def test_older_than_and_idle_options(upstream: Any, user: Any) -> None:
+    young = make(user, "av-young", started_ago=30, seen_ago=1)
+    older = make(user, "av-older", started_ago=200, seen_ago=1)
+    quiet = make(user, "av-quiet", started_ago=100, seen_ago=50)
+
+    run("--older-than", "150", "--idle", "40")
+
+    assert fresh(young).status == SessionStatus.LIVE
+    assert fresh(older).end_detail == "older than 150 s"
+    assert fresh(quiet).end_detail == "no heartbeat for more than 40 s"
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "x"])
+def test_options_reject_nonsense(bad: str) -> None:
+    with pytest.raises(CommandError):
+        call_command("avaturn_expire_sessions", "--batch-size", bad)
+
+
+def test_missing_key_fails_before_claiming_anything(settings: Any, user: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+    row = make(user, "av-old", started_ago=4000)
+    with pytest.raises(CommandError, match="API_KEY"):
+        run()
+    assert fresh(row).status == SessionStatus.LIVE
+
+
+def test_stuck_rows_are_cleaned_up(upstream: Any, user: Any) -> None:
+    long_ago = timezone.now() - timedelta(minutes=30)
+    starting = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
+    recent_start = make(user, None, status=SessionStatus.STARTING, started_ago=None)
+    Session.objects.filter(pk=starting.pk).update(created_at=long_ago)
+    ending = make(
+        user, "av-ending", status=SessionStatus.ENDING, end_reason=EndReason.ADMIN, touched_ago=900
+    )
+    ending_no_id = make(
+        user, None, status=SessionStatus.ENDING, end_reason=EndReason.REPLACED, touched_ago=900
+    )
+    recent_end = make(user, "av-busy", status=SessionStatus.ENDING, end_reason=EndReason.CLIENT)
+
+    run()
+
+    row = fresh(starting)
+    assert (row.status, row.end_reason, row.end_detail) == (
+        SessionStatus.FAILED,
+        EndReason.EXPIRED,
+        "never finished starting",
+    )
+    assert fresh(recent_start).status == SessionStatus.STARTING
+    assert upstream.avaturn.deleted == ["av-ending"]
+    assert (fresh(ending).status, fresh(ending).end_reason) == (
+        SessionStatus.ENDED,
+        EndReason.ADMIN,
+    )
+    assert fresh(ending_no_id).status == SessionStatus.ENDED
+    assert fresh(recent_end).status == SessionStatus.ENDING
+
+
+def test_batches_keep_queries_flat(upstream: Any, user: Any) -> None:
+    def queries_for(n: int) -> int:
+        for i in range(n):
+            make(user, f"av-{n}-{i}", started_ago=4000)
+        with CaptureQueriesContext(connection) as captured:
+            report = expire_sessions(batch_size=1000)
+        assert report.tally.ended == n
+        return len(captured.captured_queries)
+
+    assert queries_for(3) == queries_for(30)
+
+
+def test_small_batches_still_reach_every_row(upstream: Any, user: Any) -> None:
+    for i in range(7):
+        make(user, f"av-{i}", started_ago=4000)
+    make(user, "av-new", started_ago=10)
+
+    report = expire_sessions(batch_size=2)
+
+    assert report.tally.ended == 7
+    assert len(upstream.avaturn.deleted) == 7
+    assert Session.objects.live().count() == 1
