@@ -1,0 +1,188 @@
+"""The ``Session`` admin: a read-only record, plus termination for those allowed.
+
+Every field is an upstream fact or our record of one, so nothing is editable
+and nothing can be added. Rows of sessions that may still be running cannot
+be deleted either: this table is the only record of them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http.response import HttpResponseBase, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from django_avaturn import services
+from django_avaturn.admin_actions import TERMINATE_PERMISSION, staff_detail, terminate_selected
+from django_avaturn.exceptions import AvaturnError, UpstreamError
+from django_avaturn.models import EndReason, Session
+from django_avaturn.redaction import scrub
+
+_FIELDS = (
+    "session_id",
+    "user",
+    "status",
+    "end_reason",
+    "scrubbed_end_detail",
+    "age_or_duration",
+    "avatar_id",
+    "model",
+    "voice",
+    "config_name",
+    "max_duration",
+    "created_at",
+    "started_at",
+    "expires_at",
+    "last_seen_at",
+    "ended_at",
+    "updated_at",
+)
+
+
+def _format_seconds(delta: timedelta) -> str:
+    seconds = max(int(delta.total_seconds()), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {seconds:02d}s"
+    if minutes:
+        return f"{minutes}m {seconds:02d}s"
+    return f"{seconds}s"
+
+
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin[Session]
+else:  # ModelAdmin is generic only in the type stubs
+    _ModelAdmin = admin.ModelAdmin
+
+
+@admin.register(Session)
+class SessionAdmin(_ModelAdmin):
+    list_display = ("__str__", "user", "status", "age_or_duration", "end_reason", "created_at")
+    list_filter = ("status", "end_reason", "created_at")
+    date_hierarchy = "created_at"
+    list_select_related = ("user",)
+    ordering = ("-created_at", "-pk")
+    fields = _FIELDS
+    readonly_fields = _FIELDS
+    actions = (terminate_selected,)
+    change_form_template = "admin/django_avaturn/session/change_form.html"
+
+    # ------------------------------------------------------------------ display
+
+    @admin.display(description=gettext_lazy("age / duration"))
+    def age_or_duration(self, obj: Session) -> str:
+        """A running session's age; an ended one's duration."""
+        if obj.is_active:
+            return _("%(age)s old") % {"age": _format_seconds(timezone.now() - obj.created_at)}
+        duration = obj.duration
+        return _format_seconds(duration) if duration is not None else "—"
+
+    @admin.display(description=gettext_lazy("end detail"))
+    def scrubbed_end_detail(self, obj: Session) -> str:
+        # Scrubbed when stored; scrubbed again here in case a key changed since.
+        return scrub(obj.end_detail)
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        """The session id, and the user's login and email fields, whatever they are called."""
+        user_model: Any = get_user_model()
+        names = ["session_id"]
+        for field in (user_model.USERNAME_FIELD, user_model.get_email_field_name()):
+            try:
+                user_model._meta.get_field(field)
+            except FieldDoesNotExist:
+                continue
+            if f"user__{field}" not in names:
+                names.append(f"user__{field}")
+        return names
+
+    # ------------------------------------------------------------------ permissions
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Session | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Session | None = None) -> bool:
+        if obj is not None and obj.is_active:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def has_terminate_permission(self, request: HttpRequest, obj: Session | None = None) -> bool:
+        return request.user.has_perm(TERMINATE_PERMISSION)
+
+    # ------------------------------------------------------------------ the terminate button
+
+    def get_urls(self) -> list[URLPattern]:
+        # Termination talks to Avaturn: never inside ATOMIC_REQUESTS' transaction.
+        view = transaction.non_atomic_requests(self.terminate_view)
+        return [
+            path(
+                "<path:object_id>/terminate/",
+                self.admin_site.admin_view(view),
+                name="django_avaturn_session_terminate",
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "can_terminate": self.has_terminate_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def terminate_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_terminate_permission(request):
+            raise PermissionDenied
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(_("No such avatar session."))
+        try:
+            outcome = services.end_session(
+                obj, reason=EndReason.ADMIN, detail=staff_detail(request)
+            )
+        except UpstreamError as exc:
+            self.message_user(
+                request,
+                _("Avaturn did not terminate the session; it is still live: %(error)s")
+                % {"error": scrub(exc.describe())},
+                messages.ERROR,
+            )
+        except AvaturnError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            text, level = {
+                services.EndOutcome.ENDED: (_("Terminated the session."), messages.SUCCESS),
+                services.EndOutcome.ALREADY_GONE: (
+                    _("The session was already gone upstream; it is recorded as ended."),
+                    messages.WARNING,
+                ),
+                services.EndOutcome.ALREADY_ENDED: (
+                    _("The session had already ended."),
+                    messages.INFO,
+                ),
+            }[outcome]
+            self.message_user(request, text, level)
+        return HttpResponseRedirect(
+            reverse(f"{self.admin_site.name}:django_avaturn_session_change", args=(obj.pk,))
+        )

@@ -1,0 +1,87 @@
+"""Admin actions and the messages that report them.
+
+Thin shells over ``termination.end_sessions()`` and ``services.end_session()``:
+the admin decides who may act and what the person reads, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
+
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.models import EndReason, Session
+from django_avaturn.redaction import scrub
+from django_avaturn.termination import Outcome, Tally, end_sessions
+
+if TYPE_CHECKING:
+    from django_avaturn.admin import SessionAdmin
+
+TERMINATE_PERMISSION = "django_avaturn.terminate_session"
+
+
+def staff_detail(request: HttpRequest) -> str:
+    """Who ended it, for ``end_detail``: the staff user's primary key, never a name."""
+    return f"by staff user #{getattr(request.user, 'pk', '?')}"
+
+
+@admin.action(permissions=["terminate"], description=gettext_lazy("Terminate selected sessions"))
+def terminate_selected(
+    modeladmin: SessionAdmin, request: HttpRequest, queryset: QuerySet[Session]
+) -> None:
+    try:
+        tally = end_sessions(queryset, reason=EndReason.ADMIN, detail=staff_detail(request))
+    except NotConfigured as exc:
+        modeladmin.message_user(request, str(exc), messages.ERROR)
+        return
+    report_tally(modeladmin, request, tally)
+
+
+def report_tally(modeladmin: Any, request: HttpRequest, tally: Tally) -> None:
+    """One message per kind of outcome, so a failure is never hidden by a success."""
+    terminated = tally[Outcome.TERMINATED]
+    gone = tally[Outcome.ALREADY_GONE]
+    skipped = tally[Outcome.SKIPPED]
+    if terminated:
+        modeladmin.message_user(
+            request,
+            ngettext("Terminated %(count)d session.", "Terminated %(count)d sessions.", terminated)
+            % {"count": terminated},
+            messages.SUCCESS,
+        )
+    if gone:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "%(count)d session was already gone upstream; it is recorded as ended.",
+                "%(count)d sessions were already gone upstream; they are recorded as ended.",
+                gone,
+            )
+            % {"count": gone},
+            messages.WARNING,
+        )
+    if skipped:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "%(count)d session had already ended (or is being ended); it was skipped.",
+                "%(count)d sessions had already ended (or are being ended); they were skipped.",
+                skipped,
+            )
+            % {"count": skipped},
+            messages.INFO,
+        )
+    if tally.failed:
+        text = ngettext(
+            "%(count)d session could not be terminated and is still live: %(errors)s",
+            "%(count)d sessions could not be terminated and are still live: %(errors)s",
+            tally.failed,
+        ) % {"count": tally.failed, "errors": "; ".join(tally.failures)}
+        modeladmin.message_user(request, scrub(text), messages.ERROR)
+    if not (terminated or gone or skipped or tally.failed):
+        modeladmin.message_user(request, _("No sessions were selected."), messages.INFO)
