@@ -9,6 +9,8 @@ import responses
 from django_avaturn.clients import reset_clients
 from tests import upstreams
 
+pytest_plugins = ("tests.live_fake",)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_clients() -> Iterator[None]:

@@ -69,6 +69,7 @@ def _database_from_url(url: str) -> dict[str, object]:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "127.0.0.1",
         "PORT": str(parsed.port or 5432),
+        "TEST": {"NAME": f"test_avaturn_{os.getpid()}"},
     }
 
 

@@ -1,0 +1,131 @@
+"""Helpers for tests that run against the real loopback fake over HTTP.
+
+Its fixtures (``live_fake``) are registered for the whole suite by
+``pytest_plugins`` in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from django_avaturn.models import ACTIVE_STATUSES, Session, SessionStatus
+from django_avaturn.testing import FakeUpstream
+
+# Short client timeouts: a fault that stalls must cost a test well under a second.
+FAST_TIMEOUTS = {
+    "OPENAI_TIMEOUT": 0.5,
+    "AVATURN_CONNECT_TIMEOUT": 0.5,
+    "AVATURN_TIMEOUT": 0.5,
+    "OPENAI_MAX_RETRIES": 0,
+    "TERMINATE_RETRIES": 0,
+    "TERMINATE_RETRY_BACKOFF": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def _live_fake_server() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def live_fake(_live_fake_server: FakeUpstream, settings: Any) -> FakeUpstream:
+    """A clean fake, with ``AVATURN`` pointed at it (the real SDK HTTP client, no mocks)."""
+    _live_fake_server.reset()
+    avaturn = {**settings.AVATURN, **_live_fake_server.settings(), **FAST_TIMEOUTS}
+    avaturn.pop("OPENAI_HTTP_CLIENT", None)
+    settings.AVATURN = avaturn
+    return _live_fake_server
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def live_row_ids() -> set[str]:
+    return set(
+        Session.objects.filter(status=SessionStatus.LIVE).values_list("session_id", flat=True)
+    )
+
+
+def assert_no_orphans(fake: FakeUpstream) -> None:
+    """Every live upstream session has a live row, and every live row a live upstream session."""
+    assert not Session.objects.filter(
+        status__in=[SessionStatus.STARTING, SessionStatus.ENDING]
+    ).exists(), list(Session.objects.active().values("pk", "status", "end_reason"))
+    assert fake.live_session_ids() == live_row_ids()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def run_threads(target: Callable[[int], Any], count: int) -> list[Any]:
+    """Run ``target(i)`` on ``count`` threads released together; return results or exceptions.
+
+    Each thread closes its own database connection when done, as a request would.
+    """
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[index] = target(index)
+        except BaseException as exc:
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    return results
+
+
+def csrf_json(client: Any, method: str, url: str, data: Any = None, **extra: Any) -> Any:
+    """Send JSON with a valid CSRF cookie and header, the way the widget does."""
+    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
+
+    secret = _get_new_csrf_string()
+    client.cookies["csrftoken"] = secret
+    body = data if isinstance(data, (bytes, str)) or data is None else json.dumps(data)
+    return getattr(client, method)(
+        url,
+        data=body,
+        content_type=extra.pop("content_type", "application/json"),
+        HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret),
+        **extra,
+    )
+
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FAST_TIMEOUTS",
+    "assert_no_orphans",
+    "closed_port",
+    "csrf_json",
+    "live_fake",
+    "live_row_ids",
+    "run_threads",
+    "wait_until",
+]

@@ -1,0 +1,153 @@
+"""Real threads, real database connections, the real loopback fake over HTTP.
+
+These run on SQLite (IMMEDIATE transactions, see tests/settings.py) and on
+PostgreSQL (``AVATURN_TEST_DATABASE_URL``); the guarantees are the same.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from django_avaturn import services
+from django_avaturn.exceptions import AvaturnError
+from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.signals import session_ended
+from django_avaturn.testing import (
+    AVATURN_CREATE,
+    AVATURN_TERMINATE,
+    OPENAI_CLIENT_SECRET,
+    FakeUpstream,
+)
+from tests.live_fake import (
+    assert_no_orphans,
+    csrf_json,
+    live_row_ids,
+    run_threads,
+    wait_until,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STARTERS = 50
+
+
+def _start(user: Any) -> str:
+    try:
+        started = services.start_session(user)
+    except AvaturnError as exc:
+        return exc.code
+    return f"ok:{started.session.session_id}"
+
+
+@pytest.mark.parametrize("policy", ["refuse", "end_oldest"])
+def test_50_simultaneous_starts_leave_one_live_session_and_no_orphan(
+    live_fake: FakeUpstream, settings: Any, user: Any, policy: str
+) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "MAX_LIVE_SESSIONS_PER_USER": 1,
+        "ON_SESSION_LIMIT": policy,
+        "AVATURN_TIMEOUT": 10,
+        "OPENAI_TIMEOUT": 10,
+    }
+    # Latency on every upstream call, so the starts are all in flight together.
+    live_fake.set_latency(OPENAI_CLIENT_SECRET, 0.02)
+    live_fake.set_latency(AVATURN_CREATE, 0.05)
+    live_fake.set_latency(AVATURN_TERMINATE, 0.02)
+
+    results = run_threads(lambda _: _start(user), STARTERS)
+
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    ok = [r for r in results if r.startswith("ok:")]
+    live = live_row_ids()
+    assert len(live) == 1, results
+    assert Session.objects.filter(status=SessionStatus.LIVE).count() == 1
+    assert_no_orphans(live_fake)
+    # Every session Avaturn created is either the live one or was terminated.
+    created = len(live_fake.requests_for(AVATURN_CREATE))
+    assert created - len(live_fake.requests_for(AVATURN_TERMINATE)) <= 1
+    if policy == "refuse":
+        assert len(ok) == 1
+        assert sorted(set(results) - set(ok)) == ["session_limit_reached"]
+        assert created == 1
+    else:
+        assert ok, results
+        assert set(results) - set(ok) <= {"session_replaced"}
+        # The live session is the one the last successful start returned or a later one.
+        assert f"ok:{next(iter(live))}" in ok
+        replaced = Session.objects.filter(end_reason=EndReason.REPLACED)
+        assert replaced.count() == STARTERS - 1
+
+
+def test_simultaneous_ends_terminate_once_and_record_one_reason(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    session = services.start_session(user).session
+    live_fake.set_latency(AVATURN_TERMINATE, 0.1)
+    ended: list[str] = []
+    lock = threading.Lock()
+
+    def receiver(sender: Any, session: Session, reason: str, **kwargs: Any) -> None:
+        with lock:
+            ended.append(reason)
+
+    session_ended.connect(receiver, weak=False)
+
+    def end(index: int) -> Any:
+        kind = index % 3
+        if kind == 0:  # the visitor's browser: DELETE through the API
+            client = APIClient(enforce_csrf_checks=True)
+            client.force_login(user)
+            return csrf_json(client, "delete", f"/avaturn/sessions/{session.session_id}/")
+        row = Session.objects.get(pk=session.pk)
+        reason = EndReason.ADMIN if kind == 1 else EndReason.EXPIRED
+        return services.end_session(row, reason=reason)
+
+    try:
+        results = run_threads(end, 12)
+    finally:
+        session_ended.disconnect(receiver)
+
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert all(r.status_code == 204 for r in results[::3])
+    assert len(live_fake.requests_for(AVATURN_TERMINATE)) == 1
+    row = Session.objects.get(pk=session.pk)
+    assert row.status in (SessionStatus.ENDED, SessionStatus.EXPIRED)
+    assert row.end_reason in (EndReason.CLIENT, EndReason.ADMIN, EndReason.EXPIRED)
+    assert ended == [row.end_reason]
+    assert (row.status == SessionStatus.EXPIRED) == (row.end_reason == EndReason.EXPIRED)
+    assert_no_orphans(live_fake)
+
+
+def test_ending_a_session_while_it_starts_leaves_nothing_running(
+    live_fake: FakeUpstream, settings: Any, user: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    live_fake.set_latency(AVATURN_CREATE, 0.3)
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcome.append(_start(user))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    assert wait_until(lambda: live_fake.counts().get(AVATURN_CREATE, 0) == 1)
+    row = Session.objects.get()
+    assert row.status == SessionStatus.STARTING
+    services.end_session(row, reason=EndReason.ADMIN)
+    thread.join(timeout=10)
+
+    assert outcome == ["session_replaced"]
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
+    assert row.session_id is not None  # recorded, so staff can see what was created
+    assert len(live_fake.requests_for(AVATURN_TERMINATE)) == 1
+    assert_no_orphans(live_fake)
