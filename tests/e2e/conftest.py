@@ -1,0 +1,267 @@
+"""Fixtures for the browser tests: Debian's chromium driven by Playwright, the
+real ``@avaturn-live/web-sdk`` from npm, the example page on a live server, and
+both upstreams answered by the loopback fake.
+
+Nothing here reaches the internet: the SDK is served from loopback, and every
+browser request to a non-loopback host (Daily's call machine on c.daily.co,
+error reporting) is recorded and never let through.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from django_avaturn.testing import FakeUpstream
+
+E2E_DIR = Path(__file__).resolve().parent
+REPO_DIR = E2E_DIR.parent.parent
+SDK_VERSION = "0.3.7"
+SDK_PREFIX = E2E_DIR / ".sdk"
+SDK_DIST = SDK_PREFIX / "node_modules" / "@avaturn-live" / "web-sdk" / "dist"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    # A microphone without a permission prompt: the widget asks for one.
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+]
+ALLOW_ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+
+
+def sri(data: bytes) -> str:
+    return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
+
+
+@pytest.fixture(scope="session")
+def sdk_dist() -> Path:
+    """The real SDK's ``dist/``, installed from npm on first use (never committed)."""
+    if not (SDK_DIST / "main.js").is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is missing: run .ci/install-browser-deps to install the web SDK")
+        SDK_PREFIX.mkdir(exist_ok=True)
+        result = subprocess.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(SDK_PREFIX),
+                "--no-audit",
+                "--no-fund",
+                "--ignore-scripts",
+                "--no-save",
+                f"@avaturn-live/web-sdk@{SDK_VERSION}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0 or not (SDK_DIST / "main.js").is_file():
+            pytest.skip(f"could not install @avaturn-live/web-sdk from npm: {result.stderr[-500:]}")
+    return SDK_DIST
+
+
+class _CORSHandler(SimpleHTTPRequestHandler):
+    """Static files with the CORS header a CDN sends (module scripts need it)."""
+
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def sdk_server(sdk_dist: Path) -> Iterator[str]:
+    """Serves the SDK from its own loopback origin, as a CDN would (cross-origin)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_CORSHandler, directory=str(sdk_dist)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="sdk-server")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def sdk_integrity(sdk_dist: Path) -> str:
+    return sri((sdk_dist / "main.js").read_bytes())
+
+
+@pytest.fixture(scope="session")
+def playwright_browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(
+            f"{CHROMIUM} is missing: run .ci/install-browser-deps (apt-get install chromium)"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is missing: run .ci/install-browser-deps")
+    # Playwright's sync API keeps an event loop running in this thread while
+    # it is open; Django would then refuse the tests' own ORM queries and the
+    # test database's setup and flushes. The live server is unaffected (it has
+    # its own thread), so this only lifts the guard for the test code itself.
+    previous = os.environ.get(ALLOW_ASYNC_UNSAFE)
+    os.environ[ALLOW_ASYNC_UNSAFE] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                yield browser
+            finally:
+                browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop(ALLOW_ASYNC_UNSAFE, None)
+        else:
+            os.environ[ALLOW_ASYNC_UNSAFE] = previous
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as upstream:
+        yield upstream
+
+
+class Traffic:
+    """Everything the browser sent and received, and where it tried to go."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.responses: list[Any] = []
+        self.console: list[str] = []
+        self.page_errors: list[str] = []
+        self.blocked: list[str] = []
+        self.held: list[Any] = []
+
+    def texts(self) -> Iterator[str]:
+        """Every URL, header, body and console line seen (for the no-key check)."""
+        for request in self.requests:
+            yield request.url
+            yield repr(request.headers)
+            yield request.post_data or ""
+        for response in self.responses:
+            yield repr(response.headers)
+            try:
+                yield response.text()
+            except Exception:
+                yield ""
+        yield from self.console
+        yield from self.page_errors
+
+
+@pytest.fixture
+def e2e(
+    settings: Any,
+    playwright_browser: Any,
+    fake: FakeUpstream,
+    sdk_server: str,
+    sdk_integrity: str,
+) -> Any:
+    """Django settings for the example page against the fake and the loopback SDK."""
+    settings.ROOT_URLCONF = "tests.e2e.urls"
+    settings.TEMPLATES = [
+        {
+            **settings.TEMPLATES[0],
+            "DIRS": [*settings.TEMPLATES[0]["DIRS"], REPO_DIR / "example_project" / "templates"],
+        }
+    ]
+    settings.USES_REAL_SERVICES = False
+    settings.AVATURN = {
+        **settings.AVATURN,
+        **fake.settings(),
+        # The real OpenAI SDK over real HTTP to the fake, not the unit tests' transport.
+        "OPENAI_HTTP_CLIENT": None,
+        "SDK_URL": f"{sdk_server}/main.js",
+        "SDK_INTEGRITY": sdk_integrity,
+        "WIDGET_INIT_TIMEOUT": 3,
+        "HEARTBEAT_INTERVAL": 1,
+    }
+
+    class E2E:
+        pass
+
+    E2E.fake = fake  # type: ignore[attr-defined]
+    E2E.sdk_server = sdk_server  # type: ignore[attr-defined]
+    E2E.settings = settings  # type: ignore[attr-defined]
+    return E2E
+
+
+def _is_loopback(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme in {"data", "blob", "about"}:
+        return True
+    return (parts.hostname or "") in LOOPBACK_HOSTS
+
+
+@pytest.fixture
+def browser_context(playwright_browser: Any) -> Iterator[tuple[Any, Traffic]]:
+    """A fresh browser profile that can reach loopback only."""
+    context = playwright_browser.new_context(viewport={"width": 900, "height": 380})
+    traffic = Traffic()
+
+    def route(route: Any) -> None:
+        url = route.request.url
+        if _is_loopback(url):
+            route.continue_()
+            return
+        traffic.blocked.append(url)
+        # Hold Daily's call machine instead of failing it: offline, the room
+        # join then never completes, which is what the widget's own timeout is for.
+        if (urlsplit(url).hostname or "").endswith("daily.co"):
+            traffic.held.append(route)
+        else:
+            route.abort()
+
+    context.route("**/*", route)
+    context.on("request", lambda request: traffic.requests.append(request))
+    context.on("response", lambda response: traffic.responses.append(response))
+    try:
+        yield context, traffic
+    finally:
+        for held in traffic.held:
+            with contextlib.suppress(Exception):
+                held.abort()
+        context.close()
+
+
+def sign_in(context: Any, live_server_url: str, user: Any) -> None:
+    """Give the browser the session cookie of a signed-in user."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    cookie = client.cookies["sessionid"]
+    context.add_cookies([{"name": "sessionid", "value": cookie.value, "url": live_server_url}])
+
+
+def watch_page(page: Any, traffic: Traffic) -> None:
+    page.on("console", lambda message: traffic.console.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: traffic.page_errors.append(str(error)))

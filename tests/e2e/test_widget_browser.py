@@ -1,0 +1,266 @@
+"""The widget in a real browser, with the real Avaturn web SDK, against the
+loopback fake of both upstreams.
+
+Run with ``pytest -m browser``; ``.ci/install-browser-deps`` installs chromium,
+playwright and the SDK. Set ``AVATURN_UPDATE_SCREENSHOT=1`` to refresh
+``docs/screenshot.png`` from the example page.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from django_avaturn.models import Session
+from django_avaturn.testing import AVATURN_TERMINATE, SDK_SESSION
+from tests.e2e.conftest import REPO_DIR, Traffic, sign_in, watch_page
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+ENDED_STATUSES = {"ended", "ending"}
+
+
+def wait_for(
+    page: Any, condition: Callable[[], Any], *, timeout: float = 10.0, what: str = ""
+) -> Any:
+    """Poll ``condition`` while letting Playwright run.
+
+    Playwright's sync API only dispatches events (and the route handler that
+    lets each request through) while the test is inside one of its calls, so
+    a plain ``time.sleep`` would stall the very requests being waited for.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        page.wait_for_timeout(50)
+
+
+def widget_state(page: Any, selector: str = "[data-avaturn-widget]") -> str:
+    return str(page.get_attribute(selector, "data-state"))
+
+
+def status_text(page: Any, selector: str = "[data-avaturn-widget]") -> str:
+    return str(page.text_content(f"{selector} [data-avaturn-status]")).strip()
+
+
+def open_signed_in(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, path: str = "/"
+) -> tuple[Any, Traffic]:
+    context, traffic = browser_context
+    sign_in(context, live_server.url, user)
+    page = context.new_page()
+    watch_page(page, traffic)
+    page.goto(live_server.url + path)
+    page.wait_for_function("() => !!document.querySelector('[data-avaturn-widget]')?.avaturn")
+    return page, traffic
+
+
+def start_session(page: Any, e2e: Any, traffic: Traffic) -> dict[str, Any]:
+    """Press Start; return our API's answer once the SDK has asked the fake for it."""
+    with page.expect_response(
+        lambda response: (
+            response.url.endswith("/avaturn/sessions/") and response.request.method == "POST"
+        )
+    ) as answer:
+        page.click("[data-avaturn-start]")
+    assert answer.value.status == 201, answer.value.text()
+    minted: dict[str, Any] = answer.value.json()
+    try:
+        wait_for(page, lambda: e2e.fake.requests_for(SDK_SESSION), what="the SDK's session request")
+    except AssertionError as error:
+        raise AssertionError(
+            f"{error}; widget {widget_state(page)!r}: {status_text(page)!r}; "
+            f"console: {traffic.console}; errors: {traffic.page_errors}; "
+            f"blocked: {traffic.blocked}; "
+            f"fake: {[(r.route, r.method, r.path) for r in e2e.fake.requests]}; "
+            f"browser: {[(r.method, r.url) for r in traffic.requests]}"
+        ) from None
+    return minted
+
+
+def assert_ended_everywhere(page: Any, e2e: Any, session_id: str) -> None:
+    wait_for(
+        page,
+        lambda: any(
+            request.path.rstrip("/").endswith(session_id)
+            for request in e2e.fake.requests_for(AVATURN_TERMINATE)
+        ),
+        what="the upstream DELETE",
+    )
+    assert session_id not in e2e.fake.live_session_ids()
+    session = wait_for(
+        page,
+        lambda: Session.objects.filter(session_id=session_id, status__in=ENDED_STATUSES).first(),
+        what="the ended row",
+    )
+    assert session.ended_at is not None or session.status == "ending"
+
+
+def test_start_reaches_the_sdk_with_our_token_then_times_out_clearly(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user)
+    assert widget_state(page) == "idle"
+    before = page.screenshot(full_page=True)
+
+    minted = start_session(page, e2e, traffic)
+
+    # The SDK asked the fake for the session with exactly the token we minted.
+    (sdk_request,) = e2e.fake.requests_for(SDK_SESSION)
+    assert sdk_request.headers["x-session-token"] == minted["token"]
+    assert minted["api_host"] == e2e.fake.url
+    assert widget_state(page) == "connecting"
+    connecting = page.screenshot(full_page=True)
+    # The SDK got as far as loading Daily's call machine (held, never served).
+    wait_for(page, lambda: traffic.held, what="the call machine request")
+
+    # Offline the room join never completes: the widget's own timeout ends it.
+    page.wait_for_selector('[data-avaturn-widget][data-state="error"]', timeout=10_000)
+    assert status_text(page) == "The avatar did not connect in time. Please try again."
+    assert_ended_everywhere(page, e2e, minted["session_id"])
+    # The start button is back, usable, and the stage was emptied.
+    assert page.is_enabled("[data-avaturn-start]")
+    assert page.eval_on_selector("[data-avaturn-stage]", "el => el.childElementCount") == 0
+
+    if os.environ.get("AVATURN_UPDATE_SCREENSHOT"):
+        save_screenshot(page.context, before, connecting)
+
+
+def save_screenshot(context: Any, before: bytes, after: bytes) -> None:
+    """docs/screenshot.png: the example page before and after Start, side by side."""
+    page = context.new_page()
+    page.set_viewport_size({"width": 2 * 450 + 3 * 16, "height": 400})
+    images = "".join(
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+        for png, caption in ((before, "Before Start"), (after, "After Start: connecting"))
+    )
+    page.set_content(
+        "<style>body{margin:0;display:flex;gap:16px;padding:16px;background:#e9ecf2;"
+        "font:14px system-ui}figure{margin:0;background:#fff;box-shadow:0 1px 4px #0003}"
+        "img{display:block;width:450px}figcaption{padding:6px 10px;color:#444}</style>" + images
+    )
+    (REPO_DIR / "docs").mkdir(exist_ok=True)
+    page.screenshot(path=str(REPO_DIR / "docs" / "screenshot.png"), full_page=True)
+    page.close()
+
+
+def test_stop_ends_the_session_at_once(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    posts: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            posts.append(request.url)
+            if request.method == "POST" and request.url.endswith("/avaturn/sessions/")
+            else None
+        ),
+    )
+    # A double click is still one session: the button is disabled at once.
+    page.dblclick("[data-avaturn-start]")
+    wait_for(page, lambda: e2e.fake.requests_for(SDK_SESSION), what="the SDK's session request")
+    assert len(posts) == 1
+    (session,) = Session.objects.filter(user=user)
+    assert widget_state(page) == "connecting"
+    handle = page.evaluate(
+        "() => { const h = document.querySelector('[data-avaturn-widget]').avaturn;"
+        " return {state: h.state, sessionId: h.sessionId, hasHead: !!h.head}; }"
+    )
+    assert handle == {"state": "connecting", "sessionId": session.session_id, "hasHead": True}
+
+    page.click("[data-avaturn-stop]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="ended"]')
+    assert status_text(page) == "The conversation has ended."
+    assert_ended_everywhere(page, e2e, session.session_id)
+    # Ended, not merely disposed: the widget stopped talking to the SDK's host.
+    assert (
+        page.evaluate("() => document.querySelector('[data-avaturn-widget]').avaturn.head") is None
+    )
+
+
+def test_closing_the_tab_ends_the_session(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user)
+    minted = start_session(page, e2e, traffic)
+    context = page.context
+    page.close()  # pagehide: dispose() and a keepalive DELETE
+    other = context.new_page()  # keeps Playwright's event loop turning
+    assert_ended_everywhere(other, e2e, minted["session_id"])
+
+
+def test_no_key_reaches_the_page_its_traffic_or_the_console(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user)
+    start_session(page, e2e, traffic)
+    page.wait_for_selector('[data-avaturn-widget][data-state="error"]', timeout=10_000)
+    keys = [e2e.settings.AVATURN["API_KEY"], e2e.settings.AVATURN["OPENAI_API_KEY"]]
+    # The OpenAI client secret is a key too, for its lifetime.
+    keys += [secret.value for secret in e2e.fake.secrets_issued.values()]
+    assert all(keys)
+    seen = [page.content(), *traffic.texts()]
+    for key in keys:
+        assert not any(key in text for text in seen), "a key reached the browser"
+
+
+def test_strict_csp_page_works_without_violations(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user, path="/strict-csp/")
+    page.evaluate(
+        "() => { window.violations = [];"
+        " document.addEventListener('securitypolicyviolation',"
+        " e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI)); }"
+    )
+    # The stylesheet applied (a style attribute would have been blocked).
+    assert page.eval_on_selector("#strict", "el => getComputedStyle(el).display") == "flex"
+    minted = start_session(page, e2e, traffic)
+    (sdk_request,) = e2e.fake.requests_for(SDK_SESSION)
+    assert sdk_request.headers["x-session-token"] == minted["token"]
+    page.wait_for_selector("#strict[data-state='error']", timeout=10_000)
+    assert page.evaluate("() => window.violations") == []
+    assert not [line for line in traffic.console if "Content Security Policy" in line]
+
+
+def test_integrity_mismatch_refuses_the_sdk_and_ends_the_session(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    wrong = "sha384-" + "A" * 64
+    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "SDK_INTEGRITY": wrong}
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    with page.expect_response(lambda r: r.url.endswith("/avaturn/sessions/")) as answer:
+        page.click("[data-avaturn-start]")
+    minted = answer.value.json()
+    page.wait_for_selector('[data-avaturn-widget][data-state="error"]', timeout=10_000)
+    assert status_text(page) == "The avatar player could not be loaded."
+    # The tampered-with (here: unverifiable) SDK never ran.
+    assert e2e.fake.requests_for(SDK_SESSION) == []
+    assert_ended_everywhere(page, e2e, minted["session_id"])
+
+
+def test_signed_out_visitor_gets_a_clear_message(
+    e2e: Any, live_server: Any, browser_context: Any
+) -> None:
+    context, traffic = browser_context
+    page = context.new_page()
+    watch_page(page, traffic)
+    page.goto(live_server.url + "/strict-csp/")
+    page.wait_for_function("() => !!document.querySelector('#strict')?.avaturn")
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector("#strict[data-state='error']")
+    assert status_text(page, "#strict") == "Please sign in to talk with the avatar."
+    assert e2e.fake.requests == []
