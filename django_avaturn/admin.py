@@ -126,7 +126,10 @@ class SessionAdmin(_ModelAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         # Termination talks to Avaturn: never inside ATOMIC_REQUESTS' transaction.
-        view = transaction.non_atomic_requests(self.terminate_view)
+        @transaction.non_atomic_requests
+        def view(request: HttpRequest, object_id: str) -> HttpResponseBase:
+            return self.terminate_view(request, object_id)
+
         return [
             path(
                 "<path:object_id>/terminate/",

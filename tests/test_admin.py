@@ -1,0 +1,415 @@
+"""The Session admin: read-only record, terminate action and button, permissions, and a race."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import requests
+from django.contrib.auth.models import Permission
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_avaturn.models import EndReason, Session, SessionStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANGELIST = "/admin/django_avaturn/session/"
+KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
+
+
+def change_url(row: Session) -> str:
+    return f"{CHANGELIST}{row.pk}/change/"
+
+
+def terminate_url(row: Session) -> str:
+    return f"{CHANGELIST}{row.pk}/terminate/"
+
+
+def live(user: Any, session_id: str, **fields: Any) -> Session:
+    now = timezone.now()
+    return Session.objects.create(
+        user=user,
+        session_id=session_id,
+        status=SessionStatus.LIVE,
+        started_at=now - timedelta(seconds=90),
+        expires_at=now + timedelta(seconds=600),
+        max_duration=3600,
+        **fields,
+    )
+
+
+def staff(django_user_model: Any, email: str, *perms: str) -> Any:
+    user = django_user_model.objects.create_user(email=email, password="pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="django_avaturn", codename__in=perms)
+    )
+    return user
+
+
+def logged_in(user: Any) -> Client:
+    client = Client(enforce_csrf_checks=False)
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def admin_client(django_user_model: Any) -> Client:
+    root = django_user_model.objects.create_superuser(email="root@example.com", password="pw")
+    return logged_in(root)
+
+
+@pytest.fixture
+def viewer(django_user_model: Any) -> Client:
+    return logged_in(staff(django_user_model, "viewer@example.com", "view_session"))
+
+
+@pytest.fixture
+def operator(django_user_model: Any) -> Client:
+    return logged_in(
+        staff(django_user_model, "op@example.com", "view_session", "terminate_session")
+    )
+
+
+def act(client: Client, rows: list[Session], *, follow: bool = True) -> Any:
+    return client.post(
+        CHANGELIST,
+        {"action": "terminate_selected", "_selected_action": [r.pk for r in rows], "index": 0},
+        follow=follow,
+    )
+
+
+def shown_messages(response: Any) -> list[tuple[str, str]]:
+    return [(m.level_tag, str(m)) for m in response.context["messages"]]
+
+
+def fresh(row: Session) -> Session:
+    return Session.objects.get(pk=row.pk)
+
+
+# --------------------------------------------------------------------------- the list and page
+
+
+def test_changelist_lists_sessions_with_a_constant_number_of_queries(
+    admin_client: Client, user: Any, other_user: Any
+) -> None:
+    live(user, "av-1")
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            response = admin_client.get(CHANGELIST)
+        assert response.status_code == 200
+        return len(captured.captured_queries)
+
+    few = queries()
+    for i in range(8):
+        live(other_user if i % 2 else user, f"av-more-{i}")
+    assert queries() == few
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert "av-more-7" in page and "ada@example.com" in page and "bob@example.com" in page
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("av-ada", {"av-ada"}), ("bob@example", {"av-bob"}), ("example.com", {"av-ada", "av-bob"})],
+)
+def test_search_by_session_id_and_the_users_email_field(
+    admin_client: Client, user: Any, other_user: Any, query: str, expected: set[str]
+) -> None:
+    live(user, "av-ada")
+    live(other_user, "av-bob")
+    response = admin_client.get(CHANGELIST, {"q": query})
+    found = {str(row) for row in response.context["cl"].result_list}
+    assert found == expected
+
+
+def test_filters_by_status_and_reason(admin_client: Client, user: Any) -> None:
+    live(user, "av-live")
+    Session.objects.create(
+        user=user, session_id="av-done", status=SessionStatus.ENDED, end_reason=EndReason.ADMIN
+    )
+    response = admin_client.get(
+        CHANGELIST, {"status__exact": "ended", "end_reason__exact": "admin"}
+    )
+    assert [str(r) for r in response.context["cl"].result_list] == ["av-done"]
+
+
+def test_change_page_is_read_only_and_scrubbed(admin_client: Client, user: Any) -> None:
+    row = live(
+        user,
+        "av-1",
+        end_detail=f"avaturn said: Bearer {KEYS[0]} and sk-abcdefghijklmnop",
+    )
+    response = admin_client.get(change_url(row))
+    page = response.content.decode()
+
+    assert response.status_code == 200
+    assert "av-1" in page
+    assert 'name="_save"' not in page
+    form = page.split('id="session_form"')[1].split("</form>")[0]
+    assert all('type="hidden"' in tag for tag in re.findall(r"<input[^>]*>", form))
+    assert "<textarea" not in form and "<select" not in form
+    assert "[redacted]" in page
+    for secret in (*KEYS, "sk-abcdefghijklmnop"):
+        assert secret not in page
+    # The superuser may terminate: the button is there.
+    assert f'action="{terminate_url(row)}"' in page
+
+
+def test_no_add_no_edit_no_delete_of_active_rows(admin_client: Client, user: Any) -> None:
+    row = live(user, "av-1")
+    assert admin_client.get(f"{CHANGELIST}add/").status_code == 403
+    response = admin_client.post(change_url(row), {"session_id": "hijacked", "status": "ended"})
+    assert response.status_code == 403
+    assert fresh(row).session_id == "av-1"
+    assert admin_client.post(f"{CHANGELIST}{row.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Session.objects.filter(pk=row.pk).exists()
+
+    ended = Session.objects.create(user=user, session_id="av-old", status=SessionStatus.ENDED)
+    response = admin_client.post(f"{CHANGELIST}{ended.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Session.objects.filter(pk=ended.pk).exists()
+
+
+# --------------------------------------------------------------------------- the action
+
+
+def test_action_terminates_and_counts(admin_client: Client, upstream: Any, user: Any) -> None:
+    rows = [live(user, f"av-{i}") for i in range(3)]
+    done = Session.objects.create(user=user, session_id="av-done", status=SessionStatus.ENDED)
+
+    response = act(admin_client, [*rows, done])
+
+    assert response.status_code == 200
+    assert sorted(upstream.avaturn.deleted) == ["av-0", "av-1", "av-2"]
+    for row in rows:
+        row = fresh(row)
+        assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
+        assert row.end_detail.startswith("by staff user #")
+    assert shown_messages(response) == [
+        ("success", "Terminated 3 sessions."),
+        ("info", "1 session had already ended (or is being ended); it was skipped."),
+    ]
+
+
+def test_action_reports_already_gone(admin_client: Client, upstream: Any, user: Any) -> None:
+    row = live(user, "av-gone")
+    upstream.avaturn.on_delete(404)
+    response = act(admin_client, [row])
+    assert fresh(row).status == SessionStatus.ENDED
+    assert shown_messages(response) == [
+        ("warning", "1 session was already gone upstream; it is recorded as ended.")
+    ]
+
+
+@pytest.mark.parametrize(
+    "fail",
+    [
+        lambda up: up.avaturn.on_delete(503, {"echo": KEYS[0]}),
+        lambda up: up.avaturn.on_delete_raise(requests.ReadTimeout("slow")),
+    ],
+    ids=["5xx", "timeout"],
+)
+def test_action_failures_leave_rows_live_and_say_so(
+    admin_client: Client, upstream: Any, user: Any, fail: Any
+) -> None:
+    row = live(user, "av-fail")
+    fail(upstream)
+
+    response = act(admin_client, [row])
+
+    assert fresh(row).status == SessionStatus.LIVE
+    [(level, text)] = shown_messages(response)
+    assert level == "error"
+    assert text.startswith("1 session could not be terminated and is still live: av-fail: ")
+    assert "avaturn terminate session failed" in text
+    for key in KEYS:
+        assert key not in response.content.decode()
+
+
+def test_action_ends_a_starting_row_for_its_own_request_to_finish(
+    admin_client: Client, upstream: Any, user: Any
+) -> None:
+    row = Session.objects.create(user=user, status=SessionStatus.STARTING)
+    response = act(admin_client, [row])
+    assert upstream.avaturn.delete_calls() == []
+    assert (fresh(row).status, fresh(row).end_reason) == (SessionStatus.ENDING, EndReason.ADMIN)
+    assert shown_messages(response) == [("success", "Terminated 1 session.")]
+
+
+def test_action_with_missing_key_claims_nothing(
+    admin_client: Client, settings: Any, user: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+    row = live(user, "av-1")
+    response = act(admin_client, [row])
+    assert fresh(row).status == SessionStatus.LIVE
+    [(level, text)] = shown_messages(response)
+    assert level == "error" and "API_KEY" in text
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def test_staff_without_the_permission_sees_no_action_and_cannot_post_it(
+    viewer: Client, operator: Client, upstream: Any, user: Any
+) -> None:
+    row = live(user, "av-1")
+    assert "terminate_selected" in operator.get(CHANGELIST).content.decode()
+    page = viewer.get(CHANGELIST)
+    assert page.status_code == 200
+    assert "terminate_selected" not in page.content.decode()
+
+    response = act(viewer, [row])
+
+    # With no action available to this user, Django ignores the POST and shows the list.
+    assert response.status_code == 200
+    assert shown_messages(response) == []
+    assert upstream.avaturn.delete_calls() == []
+    assert fresh(row).status == SessionStatus.LIVE
+
+
+def test_staff_without_the_permission_gets_no_button_and_a_403(
+    viewer: Client, upstream: Any, user: Any
+) -> None:
+    row = live(user, "av-1")
+    page = viewer.get(change_url(row))
+    assert page.status_code == 200
+    assert "/terminate/" not in page.content.decode()
+    assert viewer.post(terminate_url(row)).status_code == 403
+    assert upstream.avaturn.delete_calls() == []
+    assert fresh(row).status == SessionStatus.LIVE
+
+
+def test_non_staff_are_sent_to_the_login_page(user: Any, upstream: Any) -> None:
+    row = live(user, "av-1")
+    response = logged_in(user).post(terminate_url(row))
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
+    assert fresh(row).status == SessionStatus.LIVE
+
+
+def test_operator_can_use_the_action(operator: Client, upstream: Any, user: Any) -> None:
+    row = live(user, "av-1")
+    assert "terminate_selected" in operator.get(CHANGELIST).content.decode()
+    act(operator, [row])
+    assert fresh(row).status == SessionStatus.ENDED
+
+
+# --------------------------------------------------------------------------- the button
+
+
+def test_button_terminates_with_csrf(django_user_model: Any, upstream: Any, user: Any) -> None:
+    op = staff(django_user_model, "op@example.com", "view_session", "terminate_session")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(op)
+    row = live(user, "av-1")
+
+    assert client.post(terminate_url(row)).status_code == 403  # no CSRF token
+    assert fresh(row).status == SessionStatus.LIVE
+
+    page = client.get(change_url(row))
+    token = page.context["csrf_token"]
+    response = client.post(terminate_url(row), {"csrfmiddlewaretoken": token}, follow=True)
+
+    assert response.redirect_chain == [(change_url(row), 302)]
+    assert upstream.avaturn.deleted == ["av-1"]
+    assert (fresh(row).status, fresh(row).end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
+    assert shown_messages(response) == [("success", "Terminated the session.")]
+    assert "/terminate/" not in response.content.decode()  # no button on an ended session
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda up: up.avaturn.on_delete(404), ("warning", "already gone")),
+        (lambda up: up.avaturn.on_delete(500), ("error", "still live")),
+        (lambda up: up.avaturn.on_delete_raise(requests.ReadTimeout()), ("error", "still live")),
+    ],
+    ids=["404", "5xx", "timeout"],
+)
+def test_button_outcomes(
+    admin_client: Client, upstream: Any, user: Any, setup: Any, expected: tuple[str, str]
+) -> None:
+    row = live(user, "av-1")
+    setup(upstream)
+    response = admin_client.post(terminate_url(row), follow=True)
+    [(level, text)] = shown_messages(response)
+    assert level == expected[0] and expected[1] in text
+
+
+def test_button_on_an_ended_session_and_bad_requests(
+    admin_client: Client, upstream: Any, user: Any
+) -> None:
+    row = Session.objects.create(user=user, session_id="av-x", status=SessionStatus.ENDED)
+    response = admin_client.post(terminate_url(row), follow=True)
+    assert shown_messages(response) == [("info", "The session had already ended.")]
+    assert upstream.avaturn.delete_calls() == []
+    assert admin_client.get(terminate_url(row)).status_code == 405
+    assert admin_client.post(f"{CHANGELIST}999999/terminate/").status_code == 404
+
+
+def test_button_with_missing_key(admin_client: Client, settings: Any, user: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+    row = live(user, "av-1")
+    response = admin_client.post(terminate_url(row), follow=True)
+    [(level, _text)] = shown_messages(response)
+    assert level == "error"
+    assert fresh(row).status == SessionStatus.LIVE
+
+
+# --------------------------------------------------------------------------- the race
+
+
+def test_command_and_admin_action_race_and_terminate_each_session_once(
+    django_user_model: Any, upstream: Any, user: Any
+) -> None:
+    root = django_user_model.objects.create_superuser(email="root@example.com", password="pw")
+    long_ago = timezone.now() - timedelta(hours=3)
+    rows = [live(user, f"av-{i}") for i in range(40)]
+    # Stale for the command (past max_duration), and selected in the admin too.
+    Session.objects.update(started_at=long_ago)
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def in_thread(work: Any) -> None:
+        try:
+            barrier.wait()
+            work()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def command() -> None:
+        call_command("avaturn_expire_sessions", "--batch-size", "5", stdout=io.StringIO())
+
+    def admin_action() -> None:
+        client = Client()
+        client.force_login(root)
+        response = act(client, list(reversed(rows)), follow=False)
+        assert response.status_code == 302
+
+    threads = [
+        threading.Thread(target=in_thread, args=(command,)),
+        threading.Thread(target=in_thread, args=(admin_action,)),
+        threading.Thread(target=in_thread, args=(command,)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert Counter(upstream.avaturn.deleted) == {f"av-{i}": 1 for i in range(40)}
+    statuses = Counter(Session.objects.values_list("status", flat=True))
+    assert set(statuses) <= {SessionStatus.EXPIRED, SessionStatus.ENDED}
+    assert sum(statuses.values()) == 40
