@@ -6,8 +6,16 @@ PostgreSQL (``AVATURN_TEST_DATABASE_URL``); the guarantees are the same.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from django.db import connection
@@ -151,3 +159,77 @@ def test_ending_a_session_while_it_starts_leaves_nothing_running(
     assert row.session_id is not None  # recorded, so staff can see what was created
     assert len(live_fake.requests_for(AVATURN_TERMINATE)) == 1
     assert_no_orphans(live_fake)
+
+
+# --------------------------------------------------------------------------- throttling
+
+
+def _redis_url() -> str:
+    return os.environ.get("AVATURN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_reachable() -> bool:
+    parsed = urlparse(_redis_url())
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+_THROTTLE_SCRIPT = """
+import sys
+from types import SimpleNamespace
+
+import django
+
+django.setup()
+from django_avaturn.throttling import SessionStartThrottle
+
+user = SimpleNamespace(pk=int(sys.argv[1]), is_authenticated=True)
+request = SimpleNamespace(user=user, META={"REMOTE_ADDR": "127.0.0.1"})
+print(SessionStartThrottle().allow_request(request, None))
+"""
+
+
+def _allowed_in_another_process(user_pk: int, prefix: str) -> bool:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings_redis",
+        "AVATURN_TEST_REDIS_URL": _redis_url(),
+        "AVATURN_TEST_REDIS_PREFIX": prefix,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _THROTTLE_SCRIPT, str(user_pk)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    return out.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(not _redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
+def test_start_throttle_is_shared_across_processes_through_redis(settings: Any) -> None:
+    from django_avaturn.throttling import SessionStartThrottle
+
+    prefix = f"django-avaturn-tests-{uuid.uuid4().hex}"
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _redis_url(),
+            "KEY_PREFIX": prefix,
+        }
+    }
+    settings.AVATURN = {**settings.AVATURN, "START_THROTTLE_RATE": "2/minute"}
+    user = SimpleNamespace(pk=4242, is_authenticated=True)
+    request = SimpleNamespace(user=user, META={"REMOTE_ADDR": "127.0.0.1"})
+    # Keys carry a fresh prefix and expire with the rate's window: nothing to clean up.
+    assert SessionStartThrottle().allow_request(request, None)  # type: ignore[arg-type]
+    assert SessionStartThrottle().allow_request(request, None)  # type: ignore[arg-type]
+    # This process spent the user's two starts; another process sees that.
+    assert not _allowed_in_another_process(4242, prefix)
+    assert _allowed_in_another_process(4243, prefix)  # someone else is not affected
+    assert not SessionStartThrottle().allow_request(request, None)  # type: ignore[arg-type]
