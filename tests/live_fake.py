@@ -7,6 +7,7 @@ Its fixtures (``live_fake``) are registered for the whole suite by
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -129,3 +130,13 @@ __all__ = [
     "run_threads",
     "wait_until",
 ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``postgres`` only make sense there: skip them on SQLite, saying why."""
+    if os.environ.get("AVATURN_TEST_DATABASE_URL"):
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set AVATURN_TEST_DATABASE_URL")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
