@@ -80,6 +80,21 @@ DEFAULTS: dict[str, Any] = {
     # Spending limits.
     "MAX_LIVE_SESSIONS_PER_USER": 1,
     "ON_SESSION_LIMIT": "end_oldest",
+    # Site-wide cap on live sessions (the Avaturn workspace has its own); None = none.
+    "MAX_LIVE_SESSIONS": None,
+    # The kill switch in settings; the admin's switch (a database row) also applies.
+    "SESSIONS_ENABLED": True,
+    # Per-user quotas: {"sessions_per_day": int | None, "minutes_per_day": int | None}.
+    "QUOTAS": {},
+    # Dotted path to ``hook(user) -> dict`` of the same keys (e.g. by plan); wins over QUOTAS.
+    "QUOTA_HOOK": None,
+    # "day": the calendar day in the current time zone; "rolling": the last 24 hours.
+    "QUOTA_WINDOW": "day",
+    # Transcripts (privacy: off unless the site turns them on).
+    "TRANSCRIPTS_ENABLED": False,
+    "TRANSCRIPT_MAX_LENGTH": 4000,
+    # Days to keep transcripts; the expiry command purges older ones. None = forever.
+    "TRANSCRIPT_RETENTION_DAYS": None,
     # The REST API.
     "AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -102,6 +117,7 @@ IMPORT_STRINGS: frozenset[str] = frozenset(
     {
         "OPENAI_HTTP_CLIENT",
         "SESSION_CONFIG_HOOK",
+        "QUOTA_HOOK",
         "AUTHENTICATION_CLASSES",
         "PERMISSION_CLASSES",
         "THROTTLE_CLASSES",

@@ -7,6 +7,9 @@ Messages never contain a key: upstream bodies are kept as scrubbed excerpts.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -21,6 +24,14 @@ class AvaturnError(Exception):
     def __init__(self, detail: str | None = None) -> None:
         self.detail = str(detail if detail is not None else self.default_detail)
         super().__init__(self.detail)
+
+    def extra(self) -> dict[str, Any]:
+        """Further fields of the API's error body (never anything secret)."""
+        return {}
+
+    def headers(self) -> dict[str, str]:
+        """Further headers of the API's error answer."""
+        return {}
 
 
 class NotConfigured(AvaturnError, ImproperlyConfigured):
@@ -106,3 +117,53 @@ class StorageUnavailable(AvaturnError):
     code = "unavailable"
     status_code = 503
     default_detail = _("The avatar service is temporarily unavailable. Please try again.")
+
+
+class SessionsDisabled(AvaturnError):
+    """The kill switch is off: no new session may start."""
+
+    code = "sessions_disabled"
+    status_code = 503
+    default_detail = _("Avatar conversations are switched off at the moment.")
+
+
+class SiteLimitReached(AvaturnError):
+    """The site already runs ``MAX_LIVE_SESSIONS`` sessions."""
+
+    code = "site_limit_reached"
+    status_code = 503
+    default_detail = _("All avatars are busy right now. Please try again in a minute.")
+    retry_after = 60
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class QuotaExceeded(AvaturnError):
+    """One of the user's quotas is used up until ``resets_at``."""
+
+    code = "quota_exceeded"
+    status_code = 429
+
+    def __init__(self, *, limit: str, allowed: int, resets_at: datetime) -> None:
+        self.limit = limit
+        self.allowed = allowed
+        self.resets_at = resets_at
+        if limit == "sessions_per_day":
+            text = _("You have used your %(allowed)s conversations for today.")
+        else:
+            text = _("You have used your %(allowed)s minutes of conversation for today.")
+        super().__init__(str(text) % {"allowed": allowed})
+
+    def extra(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "allowed": self.allowed,
+            "resets_at": self.resets_at.isoformat(),
+        }
+
+    def headers(self) -> dict[str, str]:
+        from django.utils import timezone
+
+        wait = max(1, int((self.resets_at - timezone.now()).total_seconds()))
+        return {"Retry-After": str(wait)}

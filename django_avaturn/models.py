@@ -169,3 +169,77 @@ class Session(models.Model):
             return None
         end: datetime = self.ended_at or timezone.now()
         return end - self.started_at
+
+
+class ServiceSwitch(models.Model):
+    """The kill switch: a single row that, when off, stops every new session at once.
+
+    ``AVATURN["SESSIONS_ENABLED"] = False`` does the same from settings; a
+    start needs both on. The row is read on every start (one primary-key
+    lookup) so flipping it in the admin takes effect on the next request in
+    every process.
+    """
+
+    SINGLETON_PK = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_PK, editable=False)
+    sessions_enabled = models.BooleanField(
+        _("sessions enabled"),
+        default=True,
+        help_text=_("When off, no new session starts and staff are told why."),
+    )
+    reason = models.CharField(
+        _("reason"), max_length=200, blank=True, help_text=_("Why sessions were stopped.")
+    )
+    changed_at = models.DateTimeField(_("changed"), default=timezone.now)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("changed by"),
+    )
+
+    class Meta:
+        verbose_name = _("kill switch")
+        verbose_name_plural = _("kill switch")
+
+    def __str__(self) -> str:
+        return str(_("Sessions enabled") if self.sessions_enabled else _("Sessions stopped"))
+
+
+class TranscriptRole(models.TextChoices):
+    USER = "user", _("Visitor")
+    AVATAR = "avatar", _("Avatar")
+
+
+class Transcript(models.Model):
+    """One utterance of a conversation, stored only when ``TRANSCRIPTS_ENABLED``."""
+
+    session = models.ForeignKey(
+        Session,
+        on_delete=models.CASCADE,
+        related_name="transcripts",
+        verbose_name=_("session"),
+        help_text=_("Deleted with its session."),
+    )
+    role = models.CharField(_("speaker"), max_length=10, choices=TranscriptRole.choices)
+    text = models.TextField(_("text"))
+    spoken_at = models.DateTimeField(
+        _("spoken"), null=True, blank=True, help_text=_("The SDK's timestamp, if it sent one.")
+    )
+    created_at = models.DateTimeField(_("received"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("transcript line")
+        verbose_name_plural = _("transcript lines")
+        ordering = ("created_at", "pk")
+        indexes = (
+            models.Index(fields=("session", "created_at"), name="avaturn_transcript_idx"),
+            # The retention purge deletes by age across all sessions.
+            models.Index(fields=("created_at",), name="avaturn_transcript_age_idx"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.get_role_display()}: {self.text[:60]}"

@@ -31,6 +31,7 @@ from django.db import DatabaseError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from django_avaturn import limits
 from django_avaturn.avaturn_client import IncompleteSession
 from django_avaturn.clients import get_avaturn_client, get_openai_secrets
 from django_avaturn.conf import avaturn_settings
@@ -99,6 +100,7 @@ def start_session(
     cap = avaturn_settings.MAX_LIVE_SESSIONS_PER_USER
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise NotConfigured("MAX_LIVE_SESSIONS_PER_USER must be a whole number of at least 1.")
+    limits.ensure_enabled()
     # Fail on missing keys before a slot is reserved or anything is spent.
     secrets = get_openai_secrets()
     avaturn = get_avaturn_client()
@@ -156,13 +158,15 @@ def start_session(
 def _reserve_slot(
     user: AbstractBaseUser, plan: SessionPlan, *, cap: int, refuse: bool
 ) -> tuple[Session, list[Session]]:
-    """Insert a STARTING row under the cap; return it and the rows it replaces.
+    """Insert a STARTING row under every limit; return it and the rows it replaces.
 
-    PostgreSQL serialises a user's concurrent starts on the user row's lock.
-    SQLite has no row locks, but the INSERT comes first so the transaction
-    takes SQLite's write lock before it reads anything: concurrent starts
-    queue on the busy timeout instead of reading a stale count.
+    PostgreSQL serialises a user's concurrent starts on the user row's lock
+    (and all starts on an advisory lock while a site-wide cap is set). SQLite
+    has no row locks, but the INSERT comes first so the transaction takes
+    SQLite's write lock before it reads anything: concurrent starts queue on
+    the busy timeout instead of reading a stale count.
     """
+    site_cap = limits.site_cap()
     try:
         with transaction.atomic():
             if connection.features.has_select_for_update:
@@ -172,6 +176,10 @@ def _reserve_slot(
                     .filter(pk=user.pk)
                     .values_list("pk", flat=True)
                 )
+            if site_cap is not None:
+                limits.lock_for_site_cap()
+            # Checked again under the locks: the switch may have flipped since.
+            limits.ensure_enabled()
             row = Session.objects.create(
                 user_id=user.pk,
                 status=SessionStatus.STARTING,
@@ -186,18 +194,24 @@ def _reserve_slot(
                 .exclude(pk=row.pk)
                 .order_by("created_at", "pk")
             )
+            max_duration = limits.ensure_quota(user, max_duration=plan.max_duration, new_row=row)
+            if max_duration != plan.max_duration:
+                plan.max_duration = max_duration
+                plan.avaturn_options["max_duration"] = max_duration
+                row.max_duration = max_duration
+                row.save(update_fields=["max_duration"])
             excess = len(holders) + 1 - cap
-            if excess <= 0:
-                return row, []
-            if refuse:
+            if excess > 0 and refuse:
                 raise SessionLimitReached()
-            replaced = holders[:excess]
-            now = timezone.now()
-            Session.objects.filter(pk__in=[s.pk for s in replaced]).update(
-                status=SessionStatus.ENDING,
-                end_reason=EndReason.REPLACED,
-                updated_at=now,
-            )
+            replaced = holders[:excess] if excess > 0 else []
+            if site_cap is not None:
+                limits.ensure_site_capacity(cap=site_cap, new_row=row, leaving=len(replaced))
+            if replaced:
+                Session.objects.filter(pk__in=[s.pk for s in replaced]).update(
+                    status=SessionStatus.ENDING,
+                    end_reason=EndReason.REPLACED,
+                    updated_at=timezone.now(),
+                )
             return row, replaced
     except DatabaseError as exc:
         raise StorageUnavailable() from exc

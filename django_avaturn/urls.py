@@ -3,6 +3,7 @@
 from django.db import transaction
 from django.urls import path
 
+from django_avaturn.api.spend import SessionTranscriptView, UsageView
 from django_avaturn.api.views import SessionDetailView, SessionHeartbeatView, SessionListView
 
 app_name = "django_avaturn"
@@ -25,4 +26,10 @@ urlpatterns = [
         transaction.non_atomic_requests(SessionHeartbeatView.as_view()),
         name="session-heartbeat",
     ),
+    path(
+        "sessions/<str:session_id>/transcripts/",
+        transaction.non_atomic_requests(SessionTranscriptView.as_view()),
+        name="session-transcripts",
+    ),
+    path("usage/", UsageView.as_view(), name="usage"),
 ]

@@ -32,8 +32,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             logger.warning("Session API answered %s: %s", exc.code, exc)
         # A visitor learns what kind of failure it was; operators read the specifics in logs.
         detail = exc.detail if exc.status_code < 500 else type(exc).default_detail
+        headers.update(exc.headers())
         set_rollback()
-        return Response(_body(exc.code, detail), status=exc.status_code, headers=headers)
+        return Response(
+            {**_body(exc.code, detail), **exc.extra()}, status=exc.status_code, headers=headers
+        )
     if isinstance(exc, ImproperlyConfigured):
         logger.error("django_avaturn is misconfigured: %s", exc)
         set_rollback()

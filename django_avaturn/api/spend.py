@@ -1,0 +1,107 @@
+"""The spend-control endpoints: a user's own usage, and transcripts of their own sessions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from rest_framework import exceptions, serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from django_avaturn import limits, usage
+from django_avaturn.api.views import NO_STORE, AvaturnAPIView
+from django_avaturn.conf import avaturn_settings
+from django_avaturn.models import ACTIVE_STATUSES, Session, Transcript, TranscriptRole
+
+# Transcript events can arrive just after Stop; accept them for this long.
+TRANSCRIPT_GRACE = timedelta(seconds=60)
+USAGE_DAYS = 30
+
+
+class UsageView(AvaturnAPIView):
+    """``GET``: the caller's own usage: today's window against the quota, and the last 30 days."""
+
+    def get(self, request: Request) -> Response:
+        if not request.user.is_authenticated:
+            raise exceptions.NotAuthenticated()
+        quota = limits.quota_for(request.user)
+        current = limits.usage_for(request.user)
+        days = usage.daily_usage(Session.objects.for_user(request.user), days=USAGE_DAYS)
+        body = {
+            "window": avaturn_settings.QUOTA_WINDOW,
+            "window_start": current.window_start.isoformat(),
+            "resets_at": current.resets_at.isoformat(),
+            "sessions": current.sessions,
+            "minutes": round(current.seconds / 60, 1),
+            "quota": {
+                "sessions_per_day": quota.sessions_per_day,
+                "minutes_per_day": quota.minutes_per_day,
+            },
+            "days": [
+                {"date": day.day.isoformat(), "sessions": day.sessions, "minutes": day.minutes}
+                for day in days
+            ],
+        }
+        return Response(body, headers=NO_STORE)
+
+
+class TranscriptSerializer(serializers.Serializer[Any]):
+    role = serializers.ChoiceField(choices=TranscriptRole.choices)
+    text = serializers.CharField(max_length=100_000, trim_whitespace=True)
+    timestamp = serializers.FloatField(required=False, min_value=0, max_value=4_102_444_800_000)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {name: [_("This field is not accepted.")] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+    def validate_text(self, value: str) -> str:
+        limit = int(avaturn_settings.TRANSCRIPT_MAX_LENGTH)
+        if len(value) > limit:
+            raise serializers.ValidationError(
+                _("Ensure this field has no more than %(limit)d characters.") % {"limit": limit}
+            )
+        return value
+
+
+class TranscriptsDisabled(exceptions.APIException):
+    status_code = 404
+    default_detail = _("Transcripts are not enabled on this site.")
+    default_code = "transcripts_disabled"
+
+
+class SessionTranscriptView(AvaturnAPIView):
+    """``POST``: store one transcript line of the caller's own session (when enabled)."""
+
+    def post(self, request: Request, session_id: str) -> Response:
+        if not avaturn_settings.TRANSCRIPTS_ENABLED:
+            raise TranscriptsDisabled()
+        session = self.own_session(request, session_id)
+        recently_ended = session.ended_at is not None and (
+            timezone.now() - session.ended_at <= TRANSCRIPT_GRACE
+        )
+        if session.status not in ACTIVE_STATUSES and not recently_ended:
+            raise exceptions.PermissionDenied(_("This session has ended."))
+        serializer = TranscriptSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        timestamp = serializer.validated_data.get("timestamp")
+        line = Transcript.objects.create(
+            session=session,
+            role=serializer.validated_data["role"],
+            text=serializer.validated_data["text"],
+            # The SDK's timestamps are milliseconds since the epoch.
+            spoken_at=(
+                datetime.fromtimestamp(timestamp / 1000, tz=dt_timezone.utc)
+                if timestamp is not None
+                else None
+            ),
+        )
+        return Response({"id": line.pk}, status=201, headers=NO_STORE)

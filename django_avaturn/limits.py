@@ -1,0 +1,218 @@
+"""Spend controls checked on every start: kill switch, site-wide cap, per-user quotas.
+
+All of them run inside the start's slot reservation (see ``services``), so
+they see the same serialised view of the table as the per-user cap and two
+concurrent starts cannot both squeeze under a limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import Q
+from django.utils import timezone
+
+from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import (
+    NotConfigured,
+    QuotaExceeded,
+    SessionsDisabled,
+    SiteLimitReached,
+)
+from django_avaturn.models import ServiceSwitch, Session, SessionStatus
+
+QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
+QUOTA_WINDOWS = frozenset({"day", "rolling"})
+
+# Any fixed 64-bit number: the key of the PostgreSQL advisory lock that
+# serialises starts while a site-wide cap is configured.
+_SITE_CAP_LOCK_KEY = 0x41564154_55524E31
+
+# Statuses that hold a slot under the caps (as in services).
+_CAPPED = (SessionStatus.STARTING, SessionStatus.LIVE)
+
+
+# --------------------------------------------------------------------------- kill switch
+
+
+def sessions_enabled() -> bool:
+    """Whether new sessions may start: the setting and the admin's switch must both allow it."""
+    if not avaturn_settings.SESSIONS_ENABLED:
+        return False
+    switch = ServiceSwitch.objects.filter(pk=ServiceSwitch.SINGLETON_PK).first()
+    return switch is None or switch.sessions_enabled
+
+
+def ensure_enabled() -> None:
+    if not sessions_enabled():
+        raise SessionsDisabled()
+
+
+def set_sessions_enabled(enabled: bool, *, by: Any = None, reason: str = "") -> ServiceSwitch:
+    switch, _created = ServiceSwitch.objects.update_or_create(
+        pk=ServiceSwitch.SINGLETON_PK,
+        defaults={
+            "sessions_enabled": enabled,
+            "reason": reason[:200],
+            "changed_at": timezone.now(),
+            "changed_by": by if getattr(by, "pk", None) is not None else None,
+        },
+    )
+    return switch
+
+
+# --------------------------------------------------------------------------- site cap
+
+
+def site_cap() -> int | None:
+    cap: object = avaturn_settings.MAX_LIVE_SESSIONS
+    if cap is None:
+        return None
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise NotConfigured("MAX_LIVE_SESSIONS must be None or a whole number of at least 1.")
+    return cap
+
+
+def lock_for_site_cap() -> None:
+    """Serialise starts site-wide for the rest of this transaction (PostgreSQL only).
+
+    SQLite already serialises writers (the start's INSERT comes first); other
+    databases get no extra lock and the cap may be overshot by concurrent starts.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SITE_CAP_LOCK_KEY - 2**63])
+
+
+def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
+    """Refuse if the site is full, counting the new row but not the ``leaving`` ones."""
+    holding = Session.objects.filter(status__in=_CAPPED).exclude(pk=new_row.pk).count()
+    if holding - leaving + 1 > cap:
+        raise SiteLimitReached()
+
+
+# --------------------------------------------------------------------------- quotas
+
+
+@dataclass(frozen=True)
+class Quota:
+    sessions_per_day: int | None = None
+    minutes_per_day: int | None = None
+
+    @property
+    def is_unlimited(self) -> bool:
+        return self.sessions_per_day is None and self.minutes_per_day is None
+
+
+@dataclass(frozen=True)
+class Usage:
+    sessions: int
+    seconds: float
+    window_start: datetime
+    resets_at: datetime
+
+
+def quota_for(user: Any) -> Quota:
+    hook = avaturn_settings.QUOTA_HOOK
+    raw: Any = hook(user) if hook is not None else avaturn_settings.QUOTAS
+    if raw is None:
+        return Quota()
+    if not isinstance(raw, Mapping) or set(raw) - QUOTA_KEYS:
+        raise NotConfigured(f"Quotas must be a dict with keys among {sorted(QUOTA_KEYS)}.")
+    values: dict[str, int | None] = {}
+    for key in QUOTA_KEYS:
+        value = raw.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise NotConfigured(f"Quota {key} must be None or a whole number, not {value!r}.")
+        values[key] = value
+    return Quota(**values)
+
+
+def _window(now: datetime) -> tuple[datetime, datetime]:
+    """The current quota window and when it resets."""
+    kind = avaturn_settings.QUOTA_WINDOW
+    if kind not in QUOTA_WINDOWS:
+        raise NotConfigured(f"QUOTA_WINDOW must be one of {sorted(QUOTA_WINDOWS)}.")
+    if kind == "rolling":
+        return now - timedelta(days=1), now + timedelta(days=1)
+    # The calendar day in the active time zone: a site that activates each
+    # user's zone (timezone.activate in a middleware) gets their midnight.
+    zone = timezone.get_current_timezone()
+    today = timezone.localtime(now, zone).date()
+    start = timezone.make_aware(datetime.combine(today, time.min), zone)
+    resets_at = timezone.make_aware(datetime.combine(today + timedelta(days=1), time.min), zone)
+    return start, resets_at
+
+
+def usage_for(user: Any, *, now: datetime | None = None, exclude_pk: int | None = None) -> Usage:
+    """Sessions started and seconds talked by ``user`` in the current window."""
+    now = now or timezone.now()
+    window_start, resets_at = _window(now)
+    mine = Session.objects.filter(user_id=user.pk)
+    if exclude_pk is not None:
+        mine = mine.exclude(pk=exclude_pk)
+    # Starts still in flight count too, or concurrent starts could all slip under the limit.
+    sessions = (
+        mine.filter(created_at__gte=window_start).exclude(status=SessionStatus.FAILED).count()
+    )
+    rows = (
+        mine.filter(started_at__isnull=False, started_at__lt=now)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=window_start))
+        .values_list("started_at", "ended_at")
+    )
+    seconds = 0.0
+    for started_at, ended_at in rows.iterator():
+        assert started_at is not None  # filtered above
+        # Only the part of each session inside the window counts: a call
+        # across midnight is split between the two days.
+        begin = max(started_at, window_start)
+        end = min(ended_at or now, now)
+        if end > begin:
+            seconds += (end - begin).total_seconds()
+    if avaturn_settings.QUOTA_WINDOW == "rolling":
+        resets_at = _rolling_reset(mine, window_start, now)
+    return Usage(sessions=sessions, seconds=seconds, window_start=window_start, resets_at=resets_at)
+
+
+def _rolling_reset(mine: Any, window_start: datetime, now: datetime) -> datetime:
+    """When the oldest session still inside the last 24 hours leaves it."""
+    oldest = (
+        mine.filter(created_at__gte=window_start)
+        .exclude(status=SessionStatus.FAILED)
+        .order_by("created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    return (oldest or now) + timedelta(days=1)
+
+
+def ensure_quota(user: Any, *, max_duration: int | None, new_row: Session) -> int | None:
+    """Refuse a start over quota; return the ``max_duration`` the quota still allows.
+
+    A minutes quota also caps the new session's ``max_duration``, so Avaturn
+    itself ends the call when the day's minutes run out.
+    """
+    quota = quota_for(user)
+    if quota.is_unlimited:
+        return max_duration
+    usage = usage_for(user, exclude_pk=new_row.pk)
+    if quota.sessions_per_day is not None and usage.sessions >= quota.sessions_per_day:
+        raise QuotaExceeded(
+            limit="sessions_per_day", allowed=quota.sessions_per_day, resets_at=usage.resets_at
+        )
+    if quota.minutes_per_day is not None:
+        remaining = quota.minutes_per_day * 60 - usage.seconds
+        # Avaturn will not run a session shorter than 60 s.
+        if remaining < 60:
+            raise QuotaExceeded(
+                limit="minutes_per_day", allowed=quota.minutes_per_day, resets_at=usage.resets_at
+            )
+        allowed = int(remaining)
+        return allowed if max_duration is None else min(max_duration, allowed)
+    return max_duration

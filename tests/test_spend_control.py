@@ -1,0 +1,336 @@
+"""Spend controls: kill switch, site-wide cap, per-user quotas, usage, transcripts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.utils import timezone
+
+from django_avaturn import limits
+from django_avaturn.models import Session, SessionStatus, Transcript
+from tests.test_api import LIST_URL, csrf_delete, csrf_post
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+UTC = dt_timezone.utc
+
+
+def at(monkeypatch: Any, when: datetime) -> None:
+    """Freeze Django's clock (not ours: the app reads django.utils.timezone.now)."""
+    monkeypatch.setattr(timezone, "now", lambda: when)
+
+
+def past_session(user: Any, start: datetime, minutes: float, **extra: Any) -> Session:
+    return Session.objects.create(
+        user=user,
+        session_id=f"old-{start.isoformat()}-{minutes}",
+        status=extra.pop("status", SessionStatus.ENDED),
+        created_at=start,
+        started_at=start,
+        ended_at=start + timedelta(minutes=minutes) if minutes else None,
+        **extra,
+    )
+
+
+# ------------------------------------------------------------------ kill switch
+
+
+def test_kill_switch_setting_refuses_before_spending(
+    api_client: Any, upstream: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "SESSIONS_ENABLED": False}
+    response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == 503
+    assert response.json()["code"] == "sessions_disabled"
+    assert upstream.openai.requests == []
+    assert Session.objects.count() == 0
+
+
+def test_kill_switch_row_refuses_and_can_be_turned_back_on(api_client: Any, upstream: Any) -> None:
+    limits.set_sessions_enabled(False, reason="billing incident")
+    assert csrf_post(api_client, LIST_URL, {}).json()["code"] == "sessions_disabled"
+    limits.set_sessions_enabled(True)
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+
+
+# ------------------------------------------------------------------ site-wide cap
+
+
+@pytest.fixture
+def many_users(django_user_model: Any) -> list[Any]:
+    return [
+        django_user_model.objects.create_user(email=f"u{i}@example.com", password="pw")
+        for i in range(3)
+    ]
+
+
+def client_for(user: Any) -> Any:
+    from rest_framework.test import APIClient
+
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+def test_site_cap_at_and_around_its_boundary(
+    upstream: Any, settings: Any, many_users: list[Any]
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 2}
+    first, second, third = (client_for(u) for u in many_users)
+    assert csrf_post(first, LIST_URL, {}).status_code == 201
+    assert csrf_post(second, LIST_URL, {}).status_code == 201  # exactly at the cap
+
+    refused = csrf_post(third, LIST_URL, {})
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "site_limit_reached"
+    assert refused["Retry-After"] == "60"
+    assert len(upstream.openai.requests) == 2  # nothing spent on the refused one
+
+    # A user replacing their own session does not need a free slot.
+    replaced = csrf_post(first, LIST_URL, {})
+    assert replaced.status_code == 201
+    assert Session.objects.live().count() == 2
+
+    # One ends: there is room again.
+    live_id = Session.objects.live().filter(user=many_users[1]).get().session_id
+    csrf_delete(second, f"/avaturn/sessions/{live_id}/")
+    assert csrf_post(third, LIST_URL, {}).status_code == 201
+
+
+def test_site_cap_setting_is_validated(api_client: Any, upstream: Any, settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 0}
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (503, "not_configured")
+
+
+# ------------------------------------------------------------------ quotas
+
+
+def test_sessions_per_day_boundary_and_reset_time(
+    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"sessions_per_day": 2}}
+    at(monkeypatch, datetime(2026, 11, 24, 15, 0, tzinfo=UTC))
+    # Yesterday's sessions and failed starts do not count.
+    past_session(user, datetime(2026, 11, 23, 23, 0, tzinfo=UTC), 5)
+    Session.objects.create(user=user, status=SessionStatus.FAILED)
+
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    refused = csrf_post(api_client, LIST_URL, {})
+
+    assert refused.status_code == 429
+    body = refused.json()
+    assert body["code"] == "quota_exceeded"
+    assert body["limit"] == "sessions_per_day"
+    assert body["allowed"] == 2
+    assert body["resets_at"] == "2026-11-25T00:00:00+00:00"
+    assert refused["Retry-After"] == str(9 * 3600)
+    assert len(upstream.openai.requests) == 2
+
+    # After midnight the count starts again.
+    at(monkeypatch, datetime(2026, 11, 25, 0, 0, 1, tzinfo=UTC))
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+
+
+def test_minutes_quota_caps_the_new_sessions_max_duration(
+    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"minutes_per_day": 30}}
+    at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+    past_session(user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 25)
+
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    assert upstream.avaturn.created[-1]["max_duration"] == 5 * 60
+    assert Session.objects.live().get().max_duration == 300
+
+
+def test_minutes_quota_refuses_under_a_minute_left(
+    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"minutes_per_day": 30}}
+    at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+    past_session(user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 29.5)
+    refused = csrf_post(api_client, LIST_URL, {})
+    assert refused.status_code == 429
+    assert refused.json()["limit"] == "minutes_per_day"
+    assert upstream.openai.requests == []
+
+
+def test_a_call_across_midnight_is_split_between_days(
+    settings: Any, user: Any, monkeypatch: Any
+) -> None:
+    at(monkeypatch, datetime(2026, 11, 24, 8, 0, tzinfo=UTC))
+    past_session(user, datetime(2026, 11, 23, 23, 50, tzinfo=UTC), 20)
+    used = limits.usage_for(user)
+    assert used.seconds == 10 * 60  # only the ten minutes after midnight
+    assert used.sessions == 0  # it started yesterday
+
+
+def test_live_sessions_count_up_to_now(user: Any, monkeypatch: Any) -> None:
+    at(monkeypatch, datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
+    past_session(user, datetime(2026, 11, 24, 9, 45, tzinfo=UTC), 0, status=SessionStatus.LIVE)
+    assert limits.usage_for(user).seconds == 15 * 60
+
+
+def test_the_day_is_the_current_time_zones_day(settings: Any, user: Any, monkeypatch: Any) -> None:
+    # 23:30 UTC on the 24th is already 12:30 on the 25th in Auckland.
+    at(monkeypatch, datetime(2026, 11, 24, 23, 30, tzinfo=UTC))
+    past_session(user, datetime(2026, 11, 24, 10, 0, tzinfo=UTC), 10)
+    assert limits.usage_for(user).sessions == 1
+    with timezone.override(ZoneInfo("Pacific/Auckland")):
+        used = limits.usage_for(user)
+        assert used.sessions == 0
+        assert used.resets_at == datetime(2026, 11, 26, 0, 0, tzinfo=ZoneInfo("Pacific/Auckland"))
+
+
+def test_rolling_window_resets_when_the_oldest_leaves(
+    settings: Any, user: Any, monkeypatch: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "QUOTA_WINDOW": "rolling"}
+    now = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    at(monkeypatch, now)
+    past_session(user, now - timedelta(hours=30), 10)
+    past_session(user, now - timedelta(hours=20), 10)
+    used = limits.usage_for(user)
+    assert used.sessions == 1
+    assert used.resets_at == now - timedelta(hours=20) + timedelta(days=1)
+
+
+def quota_by_plan(user: Any) -> dict[str, int | None]:
+    return {"sessions_per_day": 1 if user.email.startswith("ada") else None}
+
+
+def test_quota_hook_varies_by_user(
+    api_client: Any, upstream: Any, settings: Any, other_user: Any
+) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "QUOTA_HOOK": "tests.test_spend_control.quota_by_plan",
+        "MAX_LIVE_SESSIONS_PER_USER": 5,
+    }
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 429
+    bob = client_for(other_user)
+    assert [csrf_post(bob, LIST_URL, {}).status_code for _ in range(3)] == [201, 201, 201]
+
+
+@pytest.mark.parametrize(
+    "quotas", [{"sessions_per_day": -1}, {"minutes": 5}, {"minutes_per_day": "5"}, [1]]
+)
+def test_bad_quotas_are_configuration_errors(
+    api_client: Any, upstream: Any, settings: Any, quotas: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "QUOTAS": quotas}
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (503, "not_configured")
+
+
+# ------------------------------------------------------------------ usage
+
+
+def test_usage_endpoint_shows_own_usage_only(
+    api_client: Any, settings: Any, user: Any, other_user: Any, monkeypatch: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"minutes_per_day": 60}}
+    at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+    past_session(user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 12)
+    past_session(user, datetime(2026, 11, 22, 9, 0, tzinfo=UTC), 3)
+    past_session(other_user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 40)
+
+    response = api_client.get("/avaturn/usage/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["sessions"], body["minutes"]) == (1, 12.0)
+    assert body["quota"] == {"sessions_per_day": None, "minutes_per_day": 60}
+    assert body["resets_at"] == "2026-11-25T00:00:00+00:00"
+    days = {d["date"]: d for d in body["days"]}
+    assert len(body["days"]) == 30
+    assert days["2026-11-24"] == {"date": "2026-11-24", "sessions": 1, "minutes": 12.0}
+    assert days["2026-11-22"]["minutes"] == 3.0
+    assert days["2026-11-23"]["minutes"] == 0
+
+
+def test_usage_needs_a_signed_in_user(client: Any) -> None:
+    assert client.get("/avaturn/usage/").status_code == 403
+
+
+# ------------------------------------------------------------------ transcripts
+
+
+def transcript_url(session_id: str) -> str:
+    return f"/avaturn/sessions/{session_id}/transcripts/"
+
+
+def test_transcripts_are_refused_when_disabled(api_client: Any, upstream: Any) -> None:
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    response = csrf_post(api_client, transcript_url(session_id), {"role": "user", "text": "hi"})
+    assert response.status_code == 404
+    assert response.json()["code"] == "transcripts_disabled"
+    assert Transcript.objects.count() == 0
+
+
+def test_transcripts_are_stored_for_own_live_session(
+    api_client: Any, upstream: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    response = csrf_post(
+        api_client,
+        transcript_url(session_id),
+        {"role": "avatar", "text": "  Hello Ada  ", "timestamp": 1_764_000_000_000},
+    )
+    assert response.status_code == 201
+    line = Transcript.objects.get()
+    assert (line.role, line.text, line.session.session_id) == ("avatar", "Hello Ada", session_id)
+    assert line.spoken_at == datetime.fromtimestamp(1_764_000_000, tz=UTC)
+
+    # Deleted with its session.
+    Session.objects.filter(session_id=session_id).delete()
+    assert Transcript.objects.count() == 0
+
+
+def test_transcripts_refused_for_other_users_sessions(
+    api_client: Any, upstream: Any, settings: Any, other_user: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    Session.objects.create(user=other_user, session_id="theirs", status=SessionStatus.LIVE)
+    response = csrf_post(api_client, transcript_url("theirs"), {"role": "user", "text": "x"})
+    assert response.status_code == 404
+    assert Transcript.objects.count() == 0
+
+
+def test_transcripts_refused_long_after_the_end(
+    api_client: Any, upstream: Any, settings: Any, user: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    past_session(user, timezone.now() - timedelta(hours=1), 5)
+    old = Session.objects.get()
+    response = csrf_post(api_client, transcript_url(old.session_id), {"role": "user", "text": "x"})
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"role": "narrator", "text": "x"},
+        {"role": "user"},
+        {"role": "user", "text": ""},
+        {"role": "user", "text": "x" * 4001},
+        {"role": "user", "text": "x", "speaker": "me"},
+        {"role": "user", "text": "x", "timestamp": -1},
+    ],
+)
+def test_bad_transcripts_are_400(
+    api_client: Any, upstream: Any, settings: Any, payload: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    response = csrf_post(api_client, transcript_url(session_id), payload)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
