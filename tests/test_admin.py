@@ -384,7 +384,7 @@ def test_command_and_admin_action_race_and_terminate_each_session_once(
         try:
             barrier.wait()
             work()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
         finally:
             connection.close()

@@ -431,3 +431,40 @@ def test_small_batches_still_reach_every_row(upstream: Any, user: Any) -> None:
     assert report.tally.ended == 7
     assert len(upstream.avaturn.deleted) == 7
     assert Session.objects.live().count() == 1
+
+
+@pytest.mark.postgres
+def test_rows_locked_by_another_host_are_skipped_not_waited_for(upstream: Any, user: Any) -> None:
+    import threading
+
+    from django.db import transaction
+
+    rows = [make(user, f"av-{i}", started_ago=4000) for i in range(4)]
+    locked, release = threading.Event(), threading.Event()
+
+    def other_host() -> None:
+        try:
+            with transaction.atomic():
+                list(Session.objects.select_for_update().filter(pk__in=[rows[0].pk, rows[1].pk]))
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=other_host)
+    holder.start()
+    try:
+        assert locked.wait(timeout=10)
+        report = expire_sessions(batch_size=10)
+    finally:
+        release.set()
+        holder.join(timeout=30)
+
+    assert report.tally.ended == 2
+    assert sorted(upstream.avaturn.deleted) == ["av-2", "av-3"]
+    assert [fresh(r).status for r in rows] == [
+        SessionStatus.LIVE,
+        SessionStatus.LIVE,
+        SessionStatus.EXPIRED,
+        SessionStatus.EXPIRED,
+    ]
