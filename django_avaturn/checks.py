@@ -24,6 +24,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from django_avaturn.conf import DEFAULTS, IMPORT_STRINGS, SETTINGS_NAME, avaturn_settings
+from django_avaturn.limits import QUOTA_KEYS, QUOTA_WINDOWS
 from django_avaturn.session_config import (
     BACKGROUNDS,
     CLIENT_SECRET_TTL_RANGE,
@@ -120,6 +121,12 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         _choice_error("BACKGROUND", BACKGROUNDS, optional=True),
         _choice_error("RENDER_MODEL", RENDER_MODELS, optional=True),
         _choice_error("RENDER_MODEL_FIELD", RENDER_MODEL_FIELDS, optional=False),
+        _choice_error("QUOTA_WINDOW", QUOTA_WINDOWS, optional=False),
+        _range_error("TRANSCRIPT_MAX_LENGTH", 1, None),
+        None
+        if _setting("MAX_LIVE_SESSIONS") is None
+        else _range_error("MAX_LIVE_SESSIONS", 1, None),
+        _quota_error(),
     ):
         if error is not None:
             messages.append(error)
@@ -136,6 +143,27 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         )
     messages.extend(_debug_logging_warnings())
     return messages
+
+
+def _quota_error() -> Error | None:
+    quotas = _setting("QUOTAS")
+    if quotas is None:
+        return None
+    bad = not isinstance(quotas, dict) or bool(set(quotas) - QUOTA_KEYS)
+    if not bad:
+        bad = any(
+            value is not None
+            and (isinstance(value, bool) or not isinstance(value, int) or value < 0)
+            for value in quotas.values()
+        )
+    if not bad:
+        return None
+    return Error(
+        f"AVATURN['QUOTAS'] must be a dict with keys among {sorted(QUOTA_KEYS)} and whole "
+        f"numbers (or None) as values, not {quotas!r}.",
+        hint='For example {"sessions_per_day": 5, "minutes_per_day": 30}.',
+        id="django_avaturn.E003",
+    )
 
 
 def _key_warnings() -> list[CheckMessage]:

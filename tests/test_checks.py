@@ -69,6 +69,12 @@ def test_unknown_setting_is_e002(settings: Any) -> None:
         ("ALLOWED_AVATARS", "a,b"),
         ("OPENAI_TIMEOUT", "10"),
         ("SDK_INTEGRITY", None),
+        ("MAX_LIVE_SESSIONS", 0),
+        ("QUOTA_WINDOW", "week"),
+        ("QUOTAS", {"minutes": 5}),
+        ("QUOTAS", {"sessions_per_day": -1}),
+        ("QUOTAS", [5]),
+        ("TRANSCRIPT_MAX_LENGTH", 0),
     ],
 )
 def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> None:
