@@ -468,3 +468,73 @@ def test_rows_locked_by_another_host_are_skipped_not_waited_for(upstream: Any, u
         SessionStatus.EXPIRED,
         SessionStatus.EXPIRED,
     ]
+
+
+# --------------------------------------------------------------------------- the building blocks
+
+
+def test_run_bounded_keeps_order_isolates_failures_and_bounds_threads() -> None:
+    import threading
+    import time
+
+    from django_avaturn.concurrency import run_bounded
+
+    in_flight, peak = 0, 0
+    lock = threading.Lock()
+
+    def work(n: int) -> int:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.01)
+        with lock:
+            in_flight -= 1
+        if n == 3:
+            raise ValueError("three")
+        return n * 10
+
+    results = run_bounded(work, list(range(8)), max_workers=3)
+
+    assert results[:3] == [0, 10, 20] and results[4:] == [40, 50, 60, 70]
+    assert isinstance(results[3], ValueError)
+    assert peak == 3
+    assert run_bounded(work, []) == []
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "8"])
+def test_terminate_concurrency_must_be_a_positive_int(settings: Any, bad: Any) -> None:
+    from django_avaturn.concurrency import terminate_concurrency
+    from django_avaturn.exceptions import NotConfigured
+
+    settings.AVATURN = {**settings.AVATURN, "TERMINATE_CONCURRENCY": bad}
+    with pytest.raises(NotConfigured):
+        terminate_concurrency()
+
+
+def test_a_bug_in_a_worker_surfaces_after_the_rows_are_made_consistent(
+    upstream: Any, user: Any, monkeypatch: Any
+) -> None:
+    from django_avaturn.avaturn_client import AvaturnClient
+
+    ok = make(user, "av-ok", started_ago=4000)
+    buggy = make(user, "av-bug", started_ago=4000)
+    real = AvaturnClient.terminate_session
+
+    def terminate(self: AvaturnClient, session_id: str) -> bool:
+        if session_id == "av-bug":
+            raise KeyError("a bug")
+        return real(self, session_id)
+
+    monkeypatch.setattr(AvaturnClient, "terminate_session", terminate)
+
+    with pytest.raises(KeyError):
+        expire_sessions()
+
+    assert fresh(ok).status == SessionStatus.EXPIRED
+    assert fresh(buggy).status == SessionStatus.LIVE
+
+
+def test_batches_must_hold_a_row(user: Any) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        expire_sessions(batch_size=0, dry_run=True)
