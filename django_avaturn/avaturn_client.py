@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import requests.adapters
 
 from django_avaturn import __version__
 from django_avaturn.exceptions import UpstreamError, UpstreamTimeout
@@ -18,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "avaturn"
 USER_AGENT = f"django-avaturn/{__version__} python-requests/{requests.__version__}"
+
+# Idle upstream connections kept per process; more than any server's threads.
+POOL_MAXSIZE = 100
 
 # Statuses worth a second DELETE: the gateway or the service said "not now".
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -56,6 +60,12 @@ class AvaturnClient:
         self._terminate_retries = terminate_retries
         self._retry_backoff = retry_backoff
         self._http = requests.Session()
+        # requests keeps only 10 idle connections per host: a process with more
+        # threads than that (gunicorn --threads 32) discarded the rest after each
+        # call and opened a new connection (and TLS handshake) the next time.
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=POOL_MAXSIZE)
+        self._http.mount("https://", adapter)
+        self._http.mount("http://", adapter)
         self._http.headers.update(
             {
                 "Authorization": f"Bearer {api_key}",
