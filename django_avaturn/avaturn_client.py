@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json as jsonlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,21 @@ POOL_MAXSIZE = 100
 # Statuses worth a second DELETE: the gateway or the service said "not now".
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
+# Avaturn's answers are a few hundred bytes; anything this big is not one.
+MAX_ANSWER_BYTES = 1 << 20
+# In a create answer too broken to parse, the id of the session it created.
+_SESSION_ID_IN_TEXT = re.compile(rb'"session_id"\s*:\s*"([A-Za-z0-9_.:\-]{1,255})"')
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status_code: int
+    content: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
 
 @dataclass(frozen=True)
 class CreatedSession:
@@ -43,6 +60,10 @@ class AvaturnClient:
     ``create_session`` is never retried: a lost answer may still have created
     a (billed) session, and a retry would create a second one. Terminating is
     idempotent, so ``terminate_session`` retries connection errors and 5xx.
+
+    ``requests`` applies its read timeout to each socket read, so an answer
+    dripping a byte at a time would never time out. Every call therefore also
+    has a deadline for the whole answer: connect timeout plus read timeout.
     """
 
     def __init__(
@@ -57,6 +78,7 @@ class AvaturnClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = (connect_timeout, read_timeout)
+        self._deadline = connect_timeout + read_timeout
         self._terminate_retries = terminate_retries
         self._retry_backoff = retry_backoff
         self._http = requests.Session()
@@ -82,11 +104,26 @@ class AvaturnClient:
 
     def create_session(self, payload: dict[str, Any]) -> CreatedSession:
         operation = "create session"
-        response = self._send("POST", "/api/v1/sessions", operation, json=payload)
-        data = self._json(response, operation)
+        try:
+            response = self._send("POST", "/api/v1/sessions", operation, json=payload)
+        except UpstreamTimeout:
+            _log_unknown_outcome(payload, "no answer in time")
+            raise
+        try:
+            data = self._json(response, operation)
+        except UpstreamError as exc:
+            # A 2xx too broken to parse still created a session: end it if it names one.
+            found = _SESSION_ID_IN_TEXT.search(response.content)
+            if found is not None:
+                raise IncompleteSession(
+                    found.group(1).decode("ascii"), response.status_code
+                ) from exc
+            _log_unknown_outcome(payload, "an unparseable answer")
+            raise
         session_id = data.get("session_id")
         token = data.get("token")
         if not isinstance(session_id, str) or not session_id:
+            _log_unknown_outcome(payload, "an answer without session_id")
             raise UpstreamError(
                 service=SERVICE,
                 operation=operation,
@@ -105,7 +142,9 @@ class AvaturnClient:
         attempt = 0
         while True:
             try:
-                response = self._send("DELETE", path, operation, accept_statuses=(404,))
+                response = self._send(
+                    "DELETE", path, operation, accept_statuses=(404,), read_body=False
+                )
             except UpstreamError as exc:
                 retryable = (
                     exc.upstream_status is None or exc.upstream_status in _RETRYABLE_STATUSES
@@ -138,28 +177,51 @@ class AvaturnClient:
         *,
         json: dict[str, Any] | None = None,
         accept_statuses: tuple[int, ...] = (),
-    ) -> requests.Response:
+        read_body: bool = True,
+    ) -> _Answer:
+        deadline = time.monotonic() + self._deadline
         try:
             response = self._http.request(
-                method, self.base_url + path, json=json, timeout=self._timeout
+                method, self.base_url + path, json=json, timeout=self._timeout, stream=True
             )
         except requests.Timeout as exc:
             raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
         except requests.RequestException as exc:
             raise UpstreamError(service=SERVICE, operation=operation) from exc
-        if response.ok or response.status_code in accept_statuses:
-            return response
+        accepted = response.ok or response.status_code in accept_statuses
+        try:
+            content = _read_until(response, deadline)
+        except (TimeoutError, requests.RequestException, OSError, ValueError) as exc:
+            response.close()  # the connection is in an unknown state: never reuse it
+            if accepted and not read_body:
+                # The status says it all (a DELETE): a slow body cannot undo it.
+                return _Answer(response.status_code, b"")
+            if accepted and isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
+            if accepted:
+                raise UpstreamError(
+                    service=SERVICE,
+                    operation=operation,
+                    upstream_status=response.status_code,
+                    body_excerpt="answer cut short",
+                ) from exc
+            content = b""  # an error answer: its status is what matters
+        else:
+            # Read to the end: the connection goes back to the pool for the next call.
+            response.raw.release_conn()
+        if accepted:
+            return _Answer(response.status_code, content)
         raise UpstreamError(
             service=SERVICE,
             operation=operation,
             upstream_status=response.status_code,
-            body_excerpt=excerpt(response.content),
+            body_excerpt=excerpt(content),
         )
 
     @staticmethod
-    def _json(response: requests.Response, operation: str) -> dict[str, Any]:
+    def _json(response: _Answer, operation: str) -> dict[str, Any]:
         try:
-            data = response.json()
+            data = jsonlib.loads(response.content)
         except ValueError as exc:
             raise UpstreamError(
                 service=SERVICE,
@@ -188,3 +250,37 @@ class IncompleteSession(UpstreamError):
             body_excerpt="answer lacks token",
         )
         self.session_id = session_id
+
+
+def _read_until(response: requests.Response, deadline: float) -> bytes:
+    """The whole body, or ``TimeoutError`` once ``deadline`` passes (or ``ValueError`` if huge).
+
+    ``read1`` returns after one socket read, so the deadline is checked
+    between reads; each read is bounded by the read timeout.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the answer did not arrive in time")
+        chunk = response.raw.read1(65536, decode_content=True)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise ValueError("the answer is too large")
+        parts.append(chunk)
+
+
+def _log_unknown_outcome(payload: dict[str, Any], what: str) -> None:
+    # Avaturn may have created (and may bill) a session whose id we never
+    # learnt. It has no endpoint to list sessions, so nobody can end it now:
+    # it ends by itself once no browser joins (user_absent_timeout) or at
+    # max_duration. Loud, because it costs money.
+    logger.error(
+        "Avaturn create session got %s: a session may be running that cannot be "
+        "terminated; it ends by itself within user_absent_timeout=%ss (max_duration=%ss).",
+        what,
+        payload.get("user_absent_timeout"),
+        payload.get("max_duration"),
+    )

@@ -15,7 +15,7 @@ import openai
 from django_avaturn.avaturn_client import AvaturnClient
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.openai_client import RealtimeSecrets
+from django_avaturn.openai_client import RealtimeSecrets, with_deadline
 
 _lock = threading.Lock()
 _openai: RealtimeSecrets | None = None
@@ -36,12 +36,15 @@ def get_openai_secrets() -> RealtimeSecrets:
     with _lock:
         if _openai is None:
             factory = avaturn_settings.OPENAI_HTTP_CLIENT
+            timeout = float(avaturn_settings.OPENAI_TIMEOUT)
+            http_client = factory() if factory is not None else openai.DefaultHttpxClient()
             client = openai.OpenAI(
                 api_key=_require("OPENAI_API_KEY", "OPENAI_API_KEY"),
                 base_url=avaturn_settings.OPENAI_BASE_URL or None,
-                timeout=float(avaturn_settings.OPENAI_TIMEOUT),
+                timeout=timeout,
                 max_retries=int(avaturn_settings.OPENAI_MAX_RETRIES),
-                http_client=factory() if factory is not None else None,
+                # A deadline for the whole answer, not only for each read.
+                http_client=with_deadline(http_client, timeout),
             )
             _openai = RealtimeSecrets(client)
         return _openai
@@ -66,7 +69,10 @@ def reset_clients() -> None:
     """Drop the cached clients (settings changed, or a key was rotated)."""
     global _openai, _avaturn
     with _lock:
+        # Close, not just drop: a dropped client's pooled sockets linger until collected.
         if _avaturn is not None:
             _avaturn.close()
+        if _openai is not None:
+            _openai.close()
         _openai = None
         _avaturn = None

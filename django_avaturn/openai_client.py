@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
 
 from django_avaturn.exceptions import UpstreamError, UpstreamTimeout
@@ -35,6 +38,9 @@ class RealtimeSecrets:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} base_url={str(self._client.base_url)!r}>"
+
+    def close(self) -> None:
+        self._client.close()
 
     def mint(self, *, session: dict[str, Any], ttl_seconds: int) -> ClientSecret:
         operation = "client_secrets.create"
@@ -73,3 +79,51 @@ class RealtimeSecrets:
                 body_excerpt="answer lacks value or expires_at",
             )
         return ClientSecret(value=value, expires_at=expires_at)
+
+
+_DEADLINE = "django_avaturn.deadline"
+
+
+def with_deadline(client: httpx2.Client, seconds: float) -> httpx2.Client:
+    """Give every request ``client`` sends a deadline for its whole answer.
+
+    httpx applies its read timeout to each socket read, so an answer that
+    drips a byte at a time never times out. The deadline is checked between
+    the chunks of the body and raises ``httpx2.ReadTimeout``, which the SDK
+    turns into ``openai.APITimeoutError`` like any other timeout. Event hooks
+    are public API, so this works on any client, including one from
+    ``OPENAI_HTTP_CLIENT``.
+    """
+
+    def start(request: httpx2.Request) -> None:
+        request.extensions[_DEADLINE] = time.monotonic() + seconds
+
+    def bound(response: httpx2.Response) -> None:
+        deadline = response.request.extensions.get(_DEADLINE)
+        if isinstance(deadline, float) and isinstance(response.stream, httpx2.SyncByteStream):
+            response.stream = _DeadlineStream(response.stream, deadline, response.request)
+
+    hooks = client.event_hooks
+    client.event_hooks = {
+        "request": [*hooks.get("request", []), start],
+        "response": [*hooks.get("response", []), bound],
+    }
+    return client
+
+
+class _DeadlineStream(httpx2.SyncByteStream):
+    def __init__(
+        self, inner: httpx2.SyncByteStream, deadline: float, request: httpx2.Request
+    ) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            if time.monotonic() > self._deadline:
+                raise httpx2.ReadTimeout("the answer did not arrive in time", request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
