@@ -8,4 +8,14 @@ class AvaturnConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.conf import settings
+        from django.db.models.signals import pre_delete
+
         from django_avaturn import checks  # noqa: F401  (registers the system checks)
+        from django_avaturn.receivers import end_sessions_of_deleted_user
+
+        pre_delete.connect(
+            end_sessions_of_deleted_user,
+            sender=settings.AUTH_USER_MODEL,
+            dispatch_uid="django_avaturn.end_sessions_of_deleted_user",
+        )
