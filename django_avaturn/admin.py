@@ -17,16 +17,23 @@ from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.http.response import HttpResponseBase, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from django_avaturn import services
-from django_avaturn.admin_actions import TERMINATE_PERMISSION, staff_detail, terminate_selected
-from django_avaturn.exceptions import AvaturnError, UpstreamError
-from django_avaturn.models import EndReason, Session
+from django_avaturn import charts, limits, services, usage
+from django_avaturn.admin_actions import (
+    TERMINATE_PERMISSION,
+    report_tally,
+    staff_detail,
+    terminate_selected,
+)
+from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
+from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
 from django_avaturn.redaction import scrub
+from django_avaturn.termination import end_sessions
 
 _FIELDS = (
     "session_id",
@@ -66,6 +73,29 @@ else:  # ModelAdmin is generic only in the type stubs
     _ModelAdmin = admin.ModelAdmin
 
 
+if TYPE_CHECKING:
+    _TabularInline = admin.TabularInline[Transcript, Session]
+else:
+    _TabularInline = admin.TabularInline
+
+
+class TranscriptInline(_TabularInline):
+    """What was said, for staff; only present when the site stores transcripts."""
+
+    model = Transcript
+    fields = ("created_at", "role", "text", "spoken_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Session)
 class SessionAdmin(_ModelAdmin):
     list_display = ("__str__", "user", "status", "age_or_duration", "end_reason", "created_at")
@@ -76,7 +106,9 @@ class SessionAdmin(_ModelAdmin):
     fields = _FIELDS
     readonly_fields = _FIELDS
     actions = (terminate_selected,)
+    inlines = (TranscriptInline,)
     change_form_template = "admin/django_avaturn/session/change_form.html"
+    change_list_template = "admin/django_avaturn/session/change_list.html"
 
     # ------------------------------------------------------------------ display
 
@@ -130,7 +162,21 @@ class SessionAdmin(_ModelAdmin):
         def view(request: HttpRequest, object_id: str) -> HttpResponseBase:
             return self.terminate_view(request, object_id)
 
+        @transaction.non_atomic_requests
+        def kill_switch(request: HttpRequest) -> HttpResponseBase:
+            return self.kill_switch_view(request)
+
         return [
+            path(
+                "usage/",
+                self.admin_site.admin_view(self.usage_view),
+                name="django_avaturn_session_usage",
+            ),
+            path(
+                "kill-switch/",
+                self.admin_site.admin_view(kill_switch),
+                name="django_avaturn_session_kill_switch",
+            ),
             path(
                 "<path:object_id>/terminate/",
                 self.admin_site.admin_view(view),
@@ -138,6 +184,81 @@ class SessionAdmin(_ModelAdmin):
             ),
             *super().get_urls(),
         ]
+
+    # ------------------------------------------------------------------ usage and the kill switch
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if isinstance(context, dict) and "cl" in context:
+            filtered = context["cl"].queryset
+            switch = ServiceSwitch.objects.filter(pk=ServiceSwitch.SINGLETON_PK).first()
+            context.update(
+                usage_summary={
+                    "sessions": filtered.filter(started_at__isnull=False).count(),
+                    "minutes": round(usage.total_seconds(filtered) / 60, 1),
+                    "live": filtered.filter(status=SessionStatus.LIVE).count(),
+                },
+                sessions_enabled=limits.sessions_enabled(),
+                switch=switch,
+                can_use_kill_switch=self.has_terminate_permission(request),
+            )
+        return response
+
+    def usage_view(self, request: HttpRequest) -> HttpResponse:
+        """Minutes per day (a chart) and per user, for the changelist's current filters."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        filtered = self.get_changelist_instance(request).queryset
+        days = usage.daily_usage(filtered, days=30)
+        bars, peak = charts.daily_bars(days)
+        per_user = usage.usage_by_user(filtered)
+        user_model: Any = get_user_model()
+        users = user_model._default_manager.in_bulk([row["user_id"] for row in per_user])
+        for row in per_user:
+            row["user"] = users.get(row["user_id"], row["user_id"])
+            row["minutes"] = round(row["seconds"] / 60, 1)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": _("Avatar usage"),
+            "bars": bars,
+            "peak": peak,
+            "chart_width": charts.WIDTH,
+            "chart_height": charts.HEIGHT,
+            "per_user": per_user,
+            "total_minutes": round(usage.total_seconds(filtered) / 60, 1),
+            "total_sessions": filtered.filter(started_at__isnull=False).count(),
+        }
+        return TemplateResponse(request, "admin/django_avaturn/session/usage.html", context)
+
+    def kill_switch_view(self, request: HttpRequest) -> HttpResponseBase:
+        """Stop new sessions and terminate every running one, or allow sessions again."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_terminate_permission(request):
+            raise PermissionDenied
+        changelist = reverse(f"{self.admin_site.name}:django_avaturn_session_changelist")
+        if request.POST.get("enable") == "1":
+            limits.set_sessions_enabled(True, by=request.user)
+            self.message_user(request, _("New sessions are allowed again."), messages.SUCCESS)
+            return HttpResponseRedirect(changelist)
+        reason = request.POST.get("reason", "").strip()
+        limits.set_sessions_enabled(False, by=request.user, reason=reason)
+        self.message_user(
+            request, _("New sessions are stopped. Terminating the running ones."), messages.WARNING
+        )
+        try:
+            tally = end_sessions(
+                Session.objects.active(), reason=EndReason.SHUTDOWN, detail=staff_detail(request)
+            )
+        except NotConfigured as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            report_tally(self, request, tally)
+        return HttpResponseRedirect(changelist)
 
     def change_view(
         self,

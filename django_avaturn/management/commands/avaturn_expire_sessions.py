@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.expiry import ExpiryPolicy, ExpiryReport, expire_sessions
+from django_avaturn.retention import purge_transcripts, retention_days
 from django_avaturn.termination import DEFAULT_BATCH_SIZE, Outcome, Result
 
 
@@ -55,6 +56,13 @@ class Command(BaseCommand):
             help=f"Rows claimed per transaction (default {DEFAULT_BATCH_SIZE}).",
         )
         parser.add_argument(
+            "--purge-transcripts-older-than",
+            type=_positive_int,
+            metavar="DAYS",
+            help="Delete transcripts older than DAYS (default: TRANSCRIPT_RETENTION_DAYS; "
+            "none are deleted when neither is set).",
+        )
+        parser.add_argument(
             "--no-upstream",
             action="store_true",
             help="Record sessions as expired without asking Avaturn to terminate them.",
@@ -84,11 +92,22 @@ class Command(BaseCommand):
                 batch_size=options["batch_size"],
                 on_result=on_result,
             )
+            keep_days = retention_days(options["purge_transcripts_older_than"])
+            purged = (
+                purge_transcripts(older_than_days=keep_days, dry_run=options["dry_run"])
+                if keep_days is not None
+                else None
+            )
         except NotConfigured as exc:
             raise CommandError(str(exc)) from exc
 
         if verbosity >= 1:
             self.stdout.write(self._summary(report))
+            if purged is not None:
+                verb = "Would delete" if options["dry_run"] else "Deleted"
+                self.stdout.write(
+                    f"{verb} {purged} transcript line(s) older than {keep_days} day(s)."
+                )
         if report.failed:
             raise CommandError(
                 f"{report.failed} upstream termination(s) failed; those sessions are live "

@@ -1,0 +1,191 @@
+"""The admin's spend controls: usage summary and page, the kill switch, transcripts inline,
+and the expiry command's transcript purge."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
+
+from django_avaturn import limits
+from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
+from tests.test_admin import CHANGELIST, KEYS, live, logged_in, staff
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+USAGE = f"{CHANGELIST}usage/"
+KILL = f"{CHANGELIST}kill-switch/"
+
+
+def ended(user: Any, session_id: str, minutes: int, days_ago: int = 0) -> Session:
+    start = timezone.now() - timedelta(days=days_ago, minutes=minutes + 5)
+    return Session.objects.create(
+        user=user,
+        session_id=session_id,
+        status=SessionStatus.ENDED,
+        started_at=start,
+        ended_at=start + timedelta(minutes=minutes),
+        end_reason=EndReason.CLIENT,
+    )
+
+
+@pytest.fixture
+def admin_client(django_user_model: Any) -> Client:
+    root = django_user_model.objects.create_superuser(email="root@example.com", password="pw")
+    return logged_in(root)
+
+
+def test_changelist_summarises_usage_for_the_current_filter(
+    admin_client: Client, user: Any, other_user: Any
+) -> None:
+    ended(user, "a", 10)
+    ended(other_user, "b", 20)
+    live(user, "c")
+
+    everything = admin_client.get(CHANGELIST)
+    assert everything.context["usage_summary"]["sessions"] == 3
+    assert everything.context["usage_summary"]["live"] == 1
+    # 30 minutes ended plus the live one's 90 seconds so far.
+    assert 31.4 <= everything.context["usage_summary"]["minutes"] <= 31.6
+
+    only_ended = admin_client.get(CHANGELIST, {"status__exact": "ended"})
+    assert only_ended.context["usage_summary"] == {"sessions": 2, "minutes": 30.0, "live": 0}
+    assert b"30.0 minutes of conversation" in only_ended.content
+
+
+def test_usage_page_has_a_chart_and_per_user_rows(
+    admin_client: Client, user: Any, other_user: Any
+) -> None:
+    ended(user, "a", 10)
+    ended(user, "b", 5, days_ago=2)
+    ended(other_user, "c", 20)
+
+    response = admin_client.get(USAGE)
+
+    assert response.status_code == 200
+    rows = response.context["per_user"]
+    assert [(str(r["user"]), r["sessions"], r["minutes"]) for r in rows] == [
+        ("bob@example.com", 1, 20.0),
+        ("ada@example.com", 2, 15.0),
+    ]
+    assert len(response.context["bars"]) == 30
+    assert response.context["peak"] == 30.0
+    assert response.content.count(b"<rect") == 30
+    # Filters carry over from the changelist.
+    filtered = admin_client.get(USAGE, {"user__id__exact": user.pk})
+    assert [r["user_id"] for r in filtered.context["per_user"]] == [user.pk]
+
+
+def test_usage_page_needs_view_permission(django_user_model: Any) -> None:
+    nobody = logged_in(staff(django_user_model, "nobody@example.com"))
+    assert nobody.get(USAGE).status_code == 403
+
+
+def test_kill_switch_stops_new_sessions_and_terminates_running_ones(
+    admin_client: Client, user: Any, upstream: Any, api_client: Any
+) -> None:
+    from tests.test_api import LIST_URL, csrf_post
+
+    running = [live(user, f"run-{n}") for n in range(3)]
+    Session.objects.filter(pk=running[0].pk).update(user=user)
+
+    response = admin_client.post(KILL, {"enable": "0", "reason": "billing incident"}, follow=True)
+
+    assert response.status_code == 200
+    assert sorted(upstream.avaturn.deleted) == ["run-0", "run-1", "run-2"]
+    assert set(Session.objects.values_list("status", "end_reason")) == {
+        (SessionStatus.ENDED, EndReason.SHUTDOWN)
+    }
+    switch = ServiceSwitch.objects.get()
+    assert (switch.sessions_enabled, switch.reason) == (False, "billing incident")
+    messages = [str(m) for m in response.context["messages"]]
+    assert "Terminated 3 sessions." in messages
+    assert b"New sessions are stopped (kill switch)." in response.content
+
+    refused = csrf_post(api_client, LIST_URL, {})
+    assert (refused.status_code, refused.json()["code"]) == (503, "sessions_disabled")
+
+    admin_client.post(KILL, {"enable": "1"})
+    assert limits.sessions_enabled()
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+
+
+def test_kill_switch_needs_the_terminate_permission(django_user_model: Any, user: Any) -> None:
+    viewer = logged_in(staff(django_user_model, "v@example.com", "view_session"))
+    row = live(user, "x")
+    assert viewer.post(KILL, {"enable": "0"}).status_code == 403
+    assert viewer.get(KILL).status_code == 405
+    assert limits.sessions_enabled()
+    row.refresh_from_db()
+    assert row.status == SessionStatus.LIVE
+    assert b"Stop all sessions now" not in viewer.get(CHANGELIST).content
+
+
+def test_kill_switch_needs_csrf(django_user_model: Any) -> None:
+    root = django_user_model.objects.create_superuser(email="r2@example.com", password="pw")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(root)
+    assert client.post(KILL, {"enable": "0"}).status_code == 403
+    assert limits.sessions_enabled()
+
+
+def test_transcripts_show_inline_read_only(admin_client: Client, user: Any) -> None:
+    row = live(user, "talk")
+    Transcript.objects.create(session=row, role="user", text="What is Django?")
+    Transcript.objects.create(session=row, role="avatar", text="A web framework.")
+
+    page = admin_client.get(f"{CHANGELIST}{row.pk}/change/").content.decode()
+
+    assert "What is Django?" in page
+    assert "A web framework." in page
+    assert 'name="transcripts-0-text"' not in page  # not editable
+    for key in KEYS:
+        assert key not in page
+
+
+def test_expiry_command_purges_old_transcripts(settings: Any, user: Any, upstream: Any) -> None:
+    row = ended(user, "old", 5)
+    old_line = Transcript.objects.create(session=row, role="user", text="old")
+    Transcript.objects.filter(pk=old_line.pk).update(created_at=timezone.now() - timedelta(days=40))
+    Transcript.objects.create(session=row, role="user", text="new")
+
+    out = io.StringIO()
+    call_command("avaturn_expire_sessions", "--dry-run", stdout=out)
+    assert "older than" not in out.getvalue()  # no retention configured: nothing purged
+
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPT_RETENTION_DAYS": 30}
+    out = io.StringIO()
+    call_command("avaturn_expire_sessions", "--dry-run", stdout=out)
+    assert "Would delete 1 transcript line(s) older than 30 day(s)." in out.getvalue()
+    assert Transcript.objects.count() == 2
+
+    out = io.StringIO()
+    call_command("avaturn_expire_sessions", stdout=out)
+    assert "Deleted 1 transcript line(s) older than 30 day(s)." in out.getvalue()
+    assert list(Transcript.objects.values_list("text", flat=True)) == ["new"]
+
+    out = io.StringIO()
+    call_command("avaturn_expire_sessions", "--purge-transcripts-older-than", "1", stdout=out)
+    assert Transcript.objects.count() == 1  # "new" is younger than a day
+
+
+def test_purge_works_in_batches(user: Any) -> None:
+    from django_avaturn.exceptions import NotConfigured
+    from django_avaturn.retention import purge_transcripts, retention_days
+
+    row = ended(user, "many", 5)
+    Transcript.objects.bulk_create(
+        Transcript(
+            session=row, role="user", text=str(n), created_at=timezone.now() - timedelta(days=9)
+        )
+        for n in range(5)
+    )
+    assert purge_transcripts(older_than_days=7, batch_size=2) == 5
+    assert Transcript.objects.count() == 0
+    with pytest.raises(NotConfigured):
+        retention_days(-1)
