@@ -120,6 +120,11 @@ def test_start_reaches_the_sdk_with_our_token_then_times_out_clearly(
     assert minted["api_host"] == e2e.fake.url
     assert widget_state(page) == "connecting"
     connecting = page.screenshot(full_page=True)
+    # Downloaded once: the preload, the integrity-checked script and import()
+    # all share one fetch.
+    assert [r.url for r in traffic.requests if r.url.endswith("/main.js")] == [
+        e2e.settings.AVATURN["SDK_URL"]
+    ]
     # The SDK got as far as loading Daily's call machine (held, never served).
     wait_for(page, lambda: traffic.held, what="the call machine request")
 
@@ -168,7 +173,8 @@ def test_stop_ends_the_session_at_once(
             else None
         ),
     )
-    # A double click is still one session: the button is disabled at once.
+    # A double click is still one session, and its second click must not
+    # land on Stop: the Start button is disabled at once and stays in place.
     page.dblclick("[data-avaturn-start]")
     wait_for(page, lambda: e2e.fake.requests_for(SDK_SESSION), what="the SDK's session request")
     assert len(posts) == 1
@@ -241,13 +247,15 @@ def test_integrity_mismatch_refuses_the_sdk_and_ends_the_session(
 ) -> None:
     wrong = "sha384-" + "A" * 64
     e2e.settings.AVATURN = {**e2e.settings.AVATURN, "SDK_INTEGRITY": wrong}
-    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     with page.expect_response(lambda r: r.url.endswith("/avaturn/sessions/")) as answer:
         page.click("[data-avaturn-start]")
     minted = answer.value.json()
     page.wait_for_selector('[data-avaturn-widget][data-state="error"]', timeout=10_000)
     assert status_text(page) == "The avatar player could not be loaded."
-    # The tampered-with (here: unverifiable) SDK never ran.
+    # The browser refused the file and the SDK never ran, even though the
+    # failed modulepreload would have let a bare import() fetch it again.
+    assert any("integrity" in line and "blocked" in line for line in traffic.console)
     assert e2e.fake.requests_for(SDK_SESSION) == []
     assert_ended_everywhere(page, e2e, minted["session_id"])
 

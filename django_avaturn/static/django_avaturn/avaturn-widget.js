@@ -85,7 +85,8 @@ const sdkModules = new Map();
 function loadSdk(url, integrity) {
   const absolute = new URL(url, document.baseURI).href;
   if (!sdkModules.has(absolute)) {
-    const promise = ensurePreload(absolute, integrity).then(() => import(absolute));
+    const verified = integrity ? loadVerified(absolute, integrity) : Promise.resolve();
+    const promise = verified.then(() => import(absolute));
     // A failed load may be retried by a later Start.
     promise.catch(() => sdkModules.delete(absolute));
     sdkModules.set(absolute, promise);
@@ -93,28 +94,36 @@ function loadSdk(url, integrity) {
   return sdkModules.get(absolute);
 }
 
-// import() cannot carry an integrity hash; a <link rel=modulepreload
-// integrity=...> for the same URL can, and the browser then serves import()
-// from the module map that link filled (a hash mismatch makes import() fail).
-// The tag renders that link; if a custom template dropped it, add one here.
-function ensurePreload(absoluteUrl, integrity) {
-  if (!integrity) return Promise.resolve();
-  for (const link of document.querySelectorAll('link[rel="modulepreload"]')) {
-    if (link.href === absoluteUrl && link.integrity) return Promise.resolve();
-  }
-  return new Promise((resolve) => {
-    const link = document.createElement("link");
-    link.rel = "modulepreload";
-    link.href = absoluteUrl;
-    link.integrity = integrity;
-    link.crossOrigin = "anonymous";
-    const nonced = document.querySelector("script[nonce]");
-    if (nonced && nonced.nonce) link.nonce = nonced.nonce;
-    // On error the import() below fails the same way; it reports it.
-    link.addEventListener("load", () => resolve(), { once: true });
-    link.addEventListener("error", () => resolve(), { once: true });
-    document.head.append(link);
+// import() cannot carry an integrity hash, and a failed
+// <link rel=modulepreload integrity> does not stop a later import() of the
+// same URL: Chromium simply fetches it again, unchecked. A
+// <script type=module integrity> does enforce the hash. Once it has run, the
+// module is in the document's module map and import() returns that very
+// instance without fetching again; on a mismatch it fails and import() is
+// never called.
+function loadVerified(url, integrity) {
+  return new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.type = "module";
+    script.src = url;
+    script.integrity = integrity;
+    script.crossOrigin = "anonymous";
+    const nonce = pageNonce();
+    if (nonce) script.nonce = nonce;
+    script.addEventListener("load", () => resolve(), { once: true });
+    script.addEventListener(
+      "error",
+      () => reject(new Error(`could not load ${url} with integrity ${integrity}`)),
+      { once: true },
+    );
+    document.head.append(script);
   });
+}
+
+// The nonce the tag put on our own <script> (readable only as a property).
+function pageNonce() {
+  for (const script of document.scripts) if (script.nonce) return script.nonce;
+  return "";
 }
 
 function readCookie(name) {
@@ -207,7 +216,9 @@ class AvaturnWidget {
     const busy = state === "connecting" || state === "live";
     if (this.startButton) {
       this.startButton.disabled = busy;
-      this.startButton.hidden = busy;
+      // Stays in place (disabled) while connecting: a double click on Start
+      // must not land on the Stop button that would otherwise take its spot.
+      this.startButton.hidden = state === "live";
     }
     if (this.stopButton) this.stopButton.hidden = !busy;
     if (this.micButton) this.micButton.hidden = state !== "live";
