@@ -127,6 +127,15 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         if _setting("MAX_LIVE_SESSIONS") is None
         else _range_error("MAX_LIVE_SESSIONS", 1, None),
         _quota_error(),
+        _range_error("TERMINATE_CONCURRENCY", 1, None),
+        None
+        if _setting("EXPIRE_IDLE_AFTER") is None
+        else _range_error("EXPIRE_IDLE_AFTER", 1, None),
+        _range_error("EXPIRE_GRACE", 0, None),
+        _range_error("EXPIRE_STUCK_AFTER", 1, None),
+        None
+        if _setting("TRANSCRIPT_RETENTION_DAYS") is None
+        else _range_error("TRANSCRIPT_RETENTION_DAYS", 0, None),
     ):
         if error is not None:
             messages.append(error)

@@ -75,6 +75,11 @@ def test_unknown_setting_is_e002(settings: Any) -> None:
         ("QUOTAS", {"sessions_per_day": -1}),
         ("QUOTAS", [5]),
         ("TRANSCRIPT_MAX_LENGTH", 0),
+        ("TERMINATE_CONCURRENCY", 0),
+        ("EXPIRE_IDLE_AFTER", 0),
+        ("EXPIRE_GRACE", -1),
+        ("EXPIRE_STUCK_AFTER", "5m"),
+        ("TRANSCRIPT_RETENTION_DAYS", -3),
     ],
 )
 def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> None:
