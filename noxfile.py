@@ -1,0 +1,81 @@
+"""The version matrix: each supported Django on the Pythons it supports, SQLite.
+
+    nox                 # every combination whose interpreter is on PATH
+    nox -t edges        # only the oldest and the newest combination available here
+    nox -s package      # build the sdist and wheel, twine check --strict
+
+Virtualenvs are reused between runs (``reuse_venv``): reinstalling Django,
+DRF and the OpenAI SDK for every run would cost more than the tests.
+The browser tier and the wheel-install test are left to ``.ci/run``: the first
+needs Chromium, the second builds its own virtualenv and does not depend on
+the interpreter nox picked.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import nox
+
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = False
+
+# (Python, Django): the oldest Python each Django supports, and 3.11 for 5.2's
+# most common deployment. Django 6.x needs Python 3.12+.
+MATRIX = [
+    ("3.10", "5.2"),
+    ("3.11", "5.2"),
+    ("3.12", "6.0"),
+    ("3.13", "6.1"),
+]
+
+
+def _available(python: str) -> bool:
+    return shutil.which(f"python{python}") is not None
+
+
+_AVAILABLE = [combo for combo in MATRIX if _available(combo[0])]
+# Tagging at import time lets ``nox -t edges`` mean "oldest and newest on this
+# machine" without the caller knowing which interpreters exist.
+_EDGES = {_AVAILABLE[0], _AVAILABLE[-1]} if _AVAILABLE else set()
+
+
+def _params() -> list[nox.param]:
+    return [
+        nox.param(
+            python,
+            django,
+            id=f"py{python}-django{django}",
+            tags=["edges"] if (python, django) in _EDGES else [],
+        )
+        for python, django in MATRIX
+    ]
+
+
+@nox.session
+@nox.parametrize(("python", "django"), _params())
+def tests(session: nox.Session, django: str) -> None:
+    """The test suite (no browser, no wheel install) with every warning an error."""
+    session.install("-e", ".[test]", f"django~={django}.0")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-W",
+        "error",
+        "-m",
+        "not browser and not packaging",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        *session.posargs,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+@nox.session(python=False)
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel into dist/ and check their metadata strictly."""
+    shutil.rmtree("dist", ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", "dist", ".")
+    session.run("python", "-m", "twine", "check", "--strict", "dist/*")
