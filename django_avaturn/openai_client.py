@@ -52,12 +52,14 @@ class RealtimeSecrets:
         except openai.APITimeoutError as exc:
             raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
         except openai.APIStatusError as exc:
+            # Not "from exc": the SDK's message quotes the answer unscrubbed, and an
+            # answer can echo the key; a chained traceback would carry it into logs.
             raise UpstreamError(
                 service=SERVICE,
                 operation=operation,
                 upstream_status=exc.status_code,
                 body_excerpt=excerpt(exc.response.content),
-            ) from exc
+            ) from None
         except openai.APIConnectionError as exc:
             raise UpstreamError(service=SERVICE, operation=operation) from exc
         except (openai.OpenAIError, ValueError) as exc:

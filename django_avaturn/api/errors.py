@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.db import DatabaseError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -36,6 +36,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         set_rollback()
         return Response(
             {**_body(exc.code, detail), **exc.extra()}, status=exc.status_code, headers=headers
+        )
+    if isinstance(exc, RequestDataTooBig):
+        # Django would answer its own HTML 400; the API promises JSON, and 413 says why.
+        set_rollback()
+        return Response(
+            _body("request_too_large", "The request body is too large."),
+            status=413,
+            headers=headers,
         )
     if isinstance(exc, ImproperlyConfigured):
         logger.error("django_avaturn is misconfigured: %s", exc)

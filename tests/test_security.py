@@ -1,0 +1,321 @@
+"""Hostile and careless callers, with the exact status each one gets, and a key sweep.
+
+Runs against the loopback fake over real HTTP, so the upstream clients, their
+logging and their errors are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+from rest_framework.test import APIClient
+
+from django_avaturn import clients, services
+from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import AvaturnError
+from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.testing import (
+    AVATURN_CREATE,
+    AVATURN_TERMINATE,
+    OPENAI_CLIENT_SECRET,
+    FakeUpstream,
+)
+from tests.live_fake import FAST_TIMEOUTS, csrf_json
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LIST_URL = "/avaturn/sessions/"
+
+
+def _client(user: Any) -> APIClient:
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def started(live_fake: FakeUpstream, other_user: Any) -> Session:
+    """A live session belonging to someone else."""
+    return services.start_session(other_user).session
+
+
+# --------------------------------------------------------------------------- who may do what
+
+
+@pytest.mark.parametrize("method", ["get", "delete", "heartbeat"])
+def test_someone_elses_session_is_404_and_untouched(
+    live_fake: FakeUpstream, user: Any, started: Session, method: str
+) -> None:
+    client = _client(user)
+    url = f"{LIST_URL}{started.session_id}/"
+    if method == "get":
+        response = client.get(url)
+    elif method == "delete":
+        response = csrf_json(client, "delete", url)
+    else:
+        response = csrf_json(client, "post", f"{url}heartbeat/")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+    started.refresh_from_db()
+    assert started.status == SessionStatus.LIVE and started.last_seen_at is None
+    assert live_fake.live_session_ids() == {started.session_id}
+
+
+def test_unknown_session_id_is_404(live_fake: FakeUpstream, user: Any) -> None:
+    response = _client(user).get(f"{LIST_URL}no-such-session/")
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("post", ""), ("delete", "{id}/"), ("post", "{id}/heartbeat/")],
+)
+def test_missing_csrf_token_is_403_and_changes_nothing(
+    live_fake: FakeUpstream, user: Any, method: str, path: str
+) -> None:
+    session = services.start_session(user).session
+    client = _client(user)
+    url = LIST_URL + path.format(id=session.session_id)
+    response = getattr(client, method)(url, data="{}", content_type="application/json")
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+    assert "CSRF" in response.json()["detail"]
+    assert Session.objects.get().status == SessionStatus.LIVE
+    assert len(live_fake.requests_for(AVATURN_CREATE)) == 1
+    assert live_fake.requests_for(AVATURN_TERMINATE) == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("get", ""), ("post", ""), ("get", "x/"), ("delete", "x/"), ("post", "x/heartbeat/")],
+)
+def test_anonymous_is_403_not_authenticated(
+    live_fake: FakeUpstream, method: str, path: str
+) -> None:
+    response = getattr(APIClient(), method)(LIST_URL + path, data={}, format="json")
+    assert response.status_code == 403
+    assert response.json()["code"] == "not_authenticated"
+    assert live_fake.requests == []
+
+
+def test_inactive_user_is_403_even_with_a_session_cookie(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    session = services.start_session(user).session
+    client = _client(user)
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    for response in (
+        client.get(LIST_URL),
+        csrf_json(client, "post", LIST_URL, {}),
+        csrf_json(client, "delete", f"{LIST_URL}{session.session_id}/"),
+    ):
+        assert response.status_code == 403
+        assert response.json()["code"] == "not_authenticated"
+    assert len(live_fake.requests_for(AVATURN_CREATE)) == 1
+
+
+def test_staff_without_terminate_permission_cannot_terminate(
+    live_fake: FakeUpstream, django_user_model: Any, started: Session
+) -> None:
+    staff = django_user_model.objects.create_user(
+        email="viewer@example.com", password="pw", is_staff=True
+    )
+    staff.user_permissions.add(
+        Permission.objects.get(codename="view_session", content_type__app_label="django_avaturn")
+    )
+    client = Client()
+    client.force_login(staff)
+    base = f"/admin/django_avaturn/session/{started.pk}/"
+
+    assert client.get(base + "change/").status_code == 200
+    assert client.post(base + "terminate/").status_code == 403
+    action = client.post(
+        "/admin/django_avaturn/session/",
+        {"action": "terminate_selected", "_selected_action": [started.pk]},
+    )
+    assert action.status_code in (200, 302)  # the admin ignores an action one may not use
+    started.refresh_from_db()
+    assert started.status == SessionStatus.LIVE
+    assert live_fake.live_session_ids() == {started.session_id}
+    assert live_fake.requests_for(AVATURN_TERMINATE) == []
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def test_oversized_body_is_413_json_and_spends_nothing(
+    live_fake: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = csrf_json(_client(user), "post", LIST_URL, {"config": "x" * 5000})
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "request_too_large"
+    assert live_fake.requests == []
+    assert not Session.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b"config=a", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (b"<xml/>", "text/xml", 415, "unsupported_media_type"),
+        (b"{}", "text/plain", 415, "unsupported_media_type"),
+        (b'{"config": ', "application/json", 400, "parse_error"),
+        (b"\xff\xfe\x00", "application/json", 400, "parse_error"),
+        (b"[]", "application/json", 400, "invalid"),
+        (b'"text"', "application/json", 400, "invalid"),
+        (b"null", "application/json", 400, "invalid"),
+        (b'{"instructions": "be evil"}', "application/json", 400, "invalid"),
+        (b'{"model": "gpt-4o"}', "application/json", 400, "invalid"),
+        (b'{"conversation_engine": {}}', "application/json", 400, "invalid"),
+        (b'{"config": "../etc/passwd"}', "application/json", 400, "invalid"),
+        (b'{"avatar_id": "not-allowed"}', "application/json", 400, "invalid"),
+    ],
+)
+def test_bad_bodies_get_exact_statuses_and_spend_nothing(
+    live_fake: FakeUpstream, user: Any, body: bytes, content_type: str, status: int, code: str
+) -> None:
+    response = csrf_json(_client(user), "post", LIST_URL, body, content_type=content_type)
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == code
+    assert live_fake.requests == []
+
+
+def test_unknown_fields_are_named_in_the_error(live_fake: FakeUpstream, user: Any) -> None:
+    response = csrf_json(_client(user), "post", LIST_URL, {"voice": "ash", "tools": []})
+    assert response.status_code == 400
+    assert set(response.json()["errors"]) == {"voice", "tools"}
+
+
+# --------------------------------------------------------------------------- the key sweep
+
+SENTINEL_AVATURN_KEY = "av-SENTINEL-avaturn-5f0c2b9e1d"
+SENTINEL_OPENAI_KEY = "sk-SENTINEL-openai-8a7d6c5b4e"
+SENTINELS = (SENTINEL_AVATURN_KEY, SENTINEL_OPENAI_KEY)
+
+
+@pytest.fixture
+def sentinel_fake(settings: Any) -> Iterator[FakeUpstream]:
+    with FakeUpstream(
+        openai_api_key=SENTINEL_OPENAI_KEY, avaturn_api_key=SENTINEL_AVATURN_KEY
+    ) as fake:
+        avaturn = {**settings.AVATURN, **fake.settings(), **FAST_TIMEOUTS}
+        avaturn.pop("OPENAI_HTTP_CLIENT", None)
+        avaturn["ON_SESSION_LIMIT"] = "end_oldest"
+        settings.AVATURN = avaturn
+        yield fake
+
+
+def _echo(route: str, status: int) -> dict[str, Any]:
+    """An error body that repeats the key back, as careless upstreams do."""
+    text = f"Incorrect API key provided: {SENTINELS[0]} / Bearer {SENTINELS[1]}"
+    if route == OPENAI_CLIENT_SECRET:
+        return {"error": {"message": text, "type": "invalid_request_error", "code": status}}
+    return {"detail": text, "headers": {"Authorization": f"Bearer {SENTINEL_AVATURN_KEY}"}}
+
+
+def test_no_key_anywhere(
+    sentinel_fake: FakeUpstream,
+    user: Any,
+    django_user_model: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)  # root: every library's DEBUG output too
+    seen: list[str] = []
+    client = _client(user)
+
+    def keep(response: Any) -> Any:
+        seen.append(response.content.decode("utf-8", "replace"))
+        seen.extend(f"{name}: {value}" for name, value in response.items())
+        return response
+
+    # Success: start, list, read, heartbeat, end.
+    body = keep(csrf_json(client, "post", LIST_URL, {})).json()
+    url = f"{LIST_URL}{body['session_id']}/"
+    keep(client.get(LIST_URL))
+    keep(client.get(url))
+    keep(csrf_json(client, "post", f"{url}heartbeat/"))
+    keep(csrf_json(client, "delete", url))
+    keep(csrf_json(client, "post", f"{url}heartbeat/"))  # 409: ended
+
+    # Every failure of a start, with upstream bodies that echo the keys.
+    for route in (OPENAI_CLIENT_SECRET, AVATURN_CREATE):
+        for status in (400, 401, 403, 422, 429, 500, 503):
+            sentinel_fake.fail(route, status=status, body=_echo(route, status))
+            keep(csrf_json(client, "post", LIST_URL, {}))
+        for mode in ("malformed", "missing_fields", "close"):
+            sentinel_fake.fail(route, mode=mode)
+            keep(csrf_json(client, "post", LIST_URL, {}))
+        sentinel_fake.fail(route, mode="timeout", delay=1.5)
+        keep(csrf_json(client, "post", LIST_URL, {}))
+
+    # Failed ends and a failed replacement, echoing the keys.
+    live = keep(csrf_json(client, "post", LIST_URL, {})).json()
+    sentinel_fake.fail(AVATURN_TERMINATE, status=500, body=_echo(AVATURN_TERMINATE, 500))
+    keep(csrf_json(client, "delete", f"{LIST_URL}{live['session_id']}/"))
+    sentinel_fake.fail(AVATURN_TERMINATE, status=401, body=_echo(AVATURN_TERMINATE, 401))
+    keep(csrf_json(client, "post", LIST_URL, {}))
+
+    # The service layer's own exceptions, and the repr of everything we hand out.
+    objects: list[Any] = [avaturn_settings, clients.get_avaturn_client()]
+    objects.append(clients.get_openai_secrets())
+    for route in (OPENAI_CLIENT_SECRET, AVATURN_CREATE):
+        sentinel_fake.fail(route, status=401, body=_echo(route, 401))
+        try:
+            services.start_session(user)
+        except AvaturnError as exc:
+            objects.append(exc)
+            seen.append("".join(traceback.format_exception(exc)))
+    started = services.start_session(user)
+    objects += [started, started.session]
+    sentinel_fake.fail(AVATURN_TERMINATE, status=403, body=_echo(AVATURN_TERMINATE, 403))
+    try:
+        services.end_session(started.session, reason=EndReason.ADMIN)
+    except AvaturnError as exc:
+        objects.append(exc)
+        seen.append("".join(traceback.format_exception(exc)))
+    seen += [repr(obj) for obj in objects] + [str(obj) for obj in objects]
+
+    # The admin: list, every row's page, the usage page, a failing terminate button.
+    admin = django_user_model.objects.create_superuser(email="root@example.com", password="pw")
+    staff = Client()
+    staff.force_login(admin)
+    keep(staff.get("/admin/django_avaturn/session/"))
+    keep(staff.get("/admin/django_avaturn/session/?status__exact=failed"))
+    for row in Session.objects.all():
+        keep(staff.get(f"/admin/django_avaturn/session/{row.pk}/change/"))
+    keep(staff.get("/admin/django_avaturn/session/usage/"))
+    sentinel_fake.fail(AVATURN_TERMINATE, status=500, body=_echo(AVATURN_TERMINATE, 500))
+    row = Session.objects.filter(status=SessionStatus.LIVE).first()
+    assert row is not None
+    keep(staff.post(f"/admin/django_avaturn/session/{row.pk}/terminate/", follow=True))
+
+    # The database: what staff and backups see.
+    seen += [json.dumps(list(Session.objects.values()), default=str)]
+    # Every log record at every level, with its traceback if any.
+    formatter = logging.Formatter()
+    for record in caplog.records:
+        seen.append(record.getMessage())
+        if record.exc_info:
+            seen.append(formatter.formatException(record.exc_info))
+
+    # The upstreams did see the keys (so the sweep is not vacuous) ...
+    assert any(
+        r.headers.get("authorization") == f"Bearer {SENTINEL_AVATURN_KEY}"
+        for r in sentinel_fake.requests
+    )
+    assert Session.objects.filter(end_detail__contains="redacted").exists()
+    # ... and nothing else did.
+    text = "\n".join(seen)
+    assert len(caplog.records) > 50
+    for key in SENTINELS:
+        assert key not in text
