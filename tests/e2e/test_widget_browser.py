@@ -272,3 +272,82 @@ def test_signed_out_visitor_gets_a_clear_message(
     page.wait_for_selector("#strict[data-state='error']")
     assert status_text(page, "#strict") == "Please sign in to talk with the avatar."
     assert e2e.fake.requests == []
+
+
+def test_live_session_with_a_stub_sdk_heartbeats_tracks_the_mic_and_forwards_events(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    # The real SDK cannot go live offline; a stand-in with its surface can.
+    e2e.settings.AVATURN = {
+        **e2e.settings.AVATURN,
+        "SDK_URL": f"{e2e.sdk_server}/stub/main.js",
+        "SDK_INTEGRITY": "",
+    }
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page.evaluate(
+        "() => { window.seen = [];"
+        " for (const name of ['state', 'transcript', 'avatar_started_speaking',"
+        " 'local_audio_change', 'ce_events.realtime.response_transcript'])"
+        " document.addEventListener('avaturn:' + name,"
+        " e => window.seen.push([e.type, e.detail && e.detail.state || e.detail])); }"
+    )
+    with page.expect_response(lambda r: r.url.endswith("/avaturn/sessions/")) as answer:
+        page.click("[data-avaturn-start]")
+    minted = answer.value.json()
+    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    (session,) = Session.objects.filter(user=user)
+    assert page.evaluate("() => window.stubHeads[0].options") == {
+        "sessionToken": minted["token"],
+        "apiHost": e2e.fake.url,
+        "audioSource": True,
+        "immediatelyJoin": True,
+    }
+    assert page.is_hidden("[data-avaturn-start]")
+    assert status_text(page) == "Live: speak to the avatar."
+
+    # Heartbeats reach the backend while live (HEARTBEAT_INTERVAL is 1 s here).
+    wait_for(
+        page,
+        lambda: Session.objects.filter(pk=session.pk, last_seen_at__isnull=False).exists(),
+        what="a heartbeat",
+    )
+
+    # Mute, then unmute: the widget sets the state instead of flipping it.
+    page.click("[data-avaturn-mic]")
+    assert page.get_attribute("[data-avaturn-mic]", "aria-pressed") == "true"
+    page.click("[data-avaturn-mic]")
+    assert page.get_attribute("[data-avaturn-mic]", "aria-pressed") == "false"
+    assert page.evaluate("() => window.stubHeads[0].toggles") == [False, True]
+    assert page.evaluate("() => window.stubHeads[0].localAudio") is True
+    # Asking for the state it is already in changes nothing.
+    page.evaluate(
+        "() => document.querySelector('[data-avaturn-widget]').avaturn.setMicrophone(true)"
+    )
+    assert page.evaluate("() => window.stubHeads[0].toggles") == [False, True]
+
+    page.evaluate(
+        "() => { const head = window.stubHeads[0];"
+        " head.emit('avatar_started_speaking', {type: 'avatar_started_speaking'});"
+        " head.emit('ce_events.realtime.response_transcript',"
+        " {transcript: 'Hello there', timestamp: 1}); }"
+    )
+    seen = page.evaluate("() => window.seen")
+    assert ["avaturn:state", "connecting"] in seen
+    assert ["avaturn:state", "live"] in seen
+    assert ["avaturn:avatar_started_speaking", {"type": "avatar_started_speaking"}] in seen
+    assert [
+        "avaturn:ce_events.realtime.response_transcript",
+        {"transcript": "Hello there", "timestamp": 1},
+    ] in seen
+    assert [
+        "avaturn:transcript",
+        {"role": "avatar", "transcript": "Hello there", "timestamp": 1},
+    ] in seen
+
+    # The SDK's idle timeout ends our session too.
+    page.evaluate("() => window.stubHeads[0].emit('idle', {data: null})")
+    page.wait_for_selector('[data-avaturn-widget][data-state="ended"]')
+    assert status_text(page) == "The conversation ended after a period of inactivity."
+    assert page.evaluate("() => window.stubHeads[0].disposed") is True
+    assert_ended_everywhere(page, e2e, session.session_id)
+    assert not traffic.page_errors
