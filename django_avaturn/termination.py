@@ -110,9 +110,7 @@ def claimed_batches(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1.")
-    # Re-select by pk: the caller's queryset may join (select_related, a
-    # search on the user), and neither FOR UPDATE nor DISTINCT mix with that.
-    base = Session.objects.filter(pk__in=queryset.order_by().values("pk")).order_by("pk")
+    base = _batch_source(queryset).order_by("pk")
     last_pk: Any = None
     while True:
         page = base if last_pk is None else base.filter(pk__gt=last_pk)
@@ -129,6 +127,30 @@ def claimed_batches(
         yield claimed
         if len(rows) < batch_size:
             return
+
+
+def _batch_source(queryset: QuerySet[Session]) -> QuerySet[Session]:
+    """The rows to walk, in a form that FOR UPDATE accepts and that pages in O(batch).
+
+    A plain filter on the session table is walked as is: each page is then an
+    index range scan on the primary key. A queryset that joins (select_related,
+    an admin search on the user) or is DISTINCT is re-selected by primary key,
+    because neither mixes with FOR UPDATE; that form costs a scan of the
+    candidates per page (on SQLite, measured in benchmarks/: 16 s for 100,000
+    stale rows, 93 s for 300,000), so the expiry command must not need it.
+    """
+    query = queryset.query
+    plain = (
+        queryset.model is Session
+        and len(query.alias_map) <= 1
+        and not query.distinct
+        and not query.select_related
+        and not query.combinator
+        and not query.is_sliced
+    )
+    if plain:
+        return queryset.order_by()
+    return Session.objects.filter(pk__in=queryset.order_by().values("pk"))
 
 
 def claim(
