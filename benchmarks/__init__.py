@@ -1,0 +1,1 @@
+"""Benchmarks for django-avaturn: ``python -m benchmarks`` (see README, "Benchmarks")."""

@@ -1,0 +1,274 @@
+"""The session-start load: N signed-in clients, each looping start (POST) + end (DELETE).
+
+Each client is a thread with one kept-alive ``http.client`` connection, its
+own user, its own session cookie and CSRF token, signed in through the real
+login form. The fake's counters are reset after a warm-up, so "new upstream
+connections" counts only what the measured phase opened.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any
+
+from benchmarks.procs import FakeControl, Latency, group_cpu_seconds, loadavg, self_cpu_seconds
+
+PASSWORD = "bench-password"
+_CSRF_INPUT = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
+
+# Where each broker lives: (start path, end path template).
+BROKERS = {
+    "django_avaturn": ("/avaturn/sessions/", "/avaturn/sessions/{}/"),
+    "quickstart": ("/baseline/sessions/", "/baseline/sessions/{}/"),
+}
+
+
+def username(index: int) -> str:
+    return f"bench{index}"
+
+
+class Client:
+    """One browser: a cookie jar and a kept-alive connection."""
+
+    def __init__(self, port: int) -> None:
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.cookies: dict[str, str] = {}
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        all_headers = dict(headers or {})
+        if self.cookies:
+            all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        for attempt in range(2):
+            try:
+                self._conn.request(method, path, body=body, headers=all_headers)
+                response = self._conn.getresponse()
+                data = response.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # The server closed an idle keep-alive connection: reconnect once.
+                self._conn.close()
+                if attempt:
+                    raise
+        for raw in response.msg.get_all("Set-Cookie") or []:
+            for name, morsel in SimpleCookie(raw).items():
+                self.cookies[name] = morsel.value
+        return response.status, data
+
+    def login(self, user: str) -> None:
+        status, page = self.request("GET", "/accounts/login/")
+        match = _CSRF_INPUT.search(page)
+        if status != 200 or match is None:
+            raise RuntimeError(f"login page: {status}")
+        form = f"username={user}&password={PASSWORD}&csrfmiddlewaretoken={match.group(1).decode()}"
+        status, _ = self.request(
+            "POST",
+            "/accounts/login/",
+            form.encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        if status != 302 or "sessionid" not in self.cookies:
+            raise RuntimeError(f"login as {user} failed: {status}")
+
+    def api(self, method: str, path: str) -> tuple[int, bytes]:
+        headers = {"X-CSRFToken": self.cookies["csrftoken"]}
+        body = None
+        if method == "POST":
+            body = b"{}"
+            headers["Content-Type"] = "application/json"
+        return self.request(method, path, body, headers)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass
+class LoadResult:
+    server: str
+    broker: str
+    db: str
+    clients: int
+    iterations: int
+    elapsed: float
+    ideal_rate: float
+    added_ms: list[float] = field(repr=False)
+    start_added_ms: list[float] = field(repr=False)
+    errors: int
+    new_connections: int
+    upstream_calls: int
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    load_before: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.iterations / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def fraction_of_ideal(self) -> float:
+        return self.rate / self.ideal_rate
+
+    def pct(self, values: list[float], q: float) -> float:
+        if not values:
+            return float("nan")
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def conns_per_iteration(self) -> float:
+        return self.new_connections / self.iterations if self.iterations else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "broker": self.broker,
+            "db": self.db,
+            "clients": self.clients,
+            "iterations": self.iterations,
+            "elapsed_s": round(self.elapsed, 2),
+            "rate_per_s": round(self.rate, 2),
+            "ideal_per_s": round(self.ideal_rate, 2),
+            "fraction_of_ideal": round(self.fraction_of_ideal, 3),
+            "added_p50_ms": round(self.pct(self.added_ms, 0.50), 1),
+            "added_p99_ms": round(self.pct(self.added_ms, 0.99), 1),
+            "start_added_p50_ms": round(self.pct(self.start_added_ms, 0.50), 1),
+            "start_added_mean_ms": round(statistics.fmean(self.start_added_ms), 1)
+            if self.start_added_ms
+            else None,
+            "new_upstream_connections": self.new_connections,
+            "upstream_calls": self.upstream_calls,
+            "new_connections_per_iteration": round(self.conns_per_iteration, 3),
+            "errors": self.errors,
+            # CPU spent per start+end iteration by each process, and the
+            # machine's load average from outside this benchmark before the run.
+            "cpu_ms_per_iteration": {
+                name: round(ms / self.iterations, 1) if self.iterations else None
+                for name, ms in self.cpu_ms.items()
+            },
+            "loadavg_before": self.load_before,
+        }
+
+
+def run_load(
+    *,
+    port: int,
+    server_pgid: int,
+    fake_pgid: int,
+    fake: FakeControl,
+    latency: Latency,
+    server: str,
+    broker: str,
+    db: str,
+    clients: int,
+    duration: float,
+    warmup: int = 2,
+) -> LoadResult:
+    start_path, end_path = BROKERS[broker]
+    gate = threading.Barrier(clients + 1)
+    lock = threading.Lock()
+    added: list[float] = []
+    start_added: list[float] = []
+    counts = {"iterations": 0, "errors": 0}
+    failures: list[BaseException] = []
+    stop_at = [0.0]
+
+    def one_iteration(client: Client) -> tuple[float, float] | None:
+        t0 = time.perf_counter()
+        status, body = client.api("POST", start_path)
+        t1 = time.perf_counter()
+        if status != 201:
+            return None
+        session_id = json.loads(body)["session_id"]
+        status, _ = client.api("DELETE", end_path.format(session_id))
+        t2 = time.perf_counter()
+        if status != 204:
+            return None
+        return t1 - t0, t2 - t1
+
+    def worker(index: int) -> None:
+        client = Client(port)
+        try:
+            client.login(username(index))
+            for _ in range(warmup):
+                one_iteration(client)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+        gate.wait()  # warm-up done
+        gate.wait()  # counters reset
+        mine: list[float] = []
+        mine_start: list[float] = []
+        done = errors = 0
+        try:
+            while not failures and time.perf_counter() < stop_at[0]:
+                timing = one_iteration(client)
+                if timing is None:
+                    errors += 1
+                    continue
+                done += 1
+                mine_start.append((timing[0] - latency.start) * 1000)
+                mine.append(mine_start[-1])
+                mine.append((timing[1] - latency.terminate) * 1000)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            client.close()
+            with lock:
+                counts["iterations"] += done
+                counts["errors"] += errors
+                added.extend(mine)
+                start_added.extend(mine_start)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    gate.wait()
+    if failures:
+        raise RuntimeError(f"{server}/{broker}: a client failed to warm up") from failures[0]
+    fake.reset()
+    load_before = loadavg()
+    cpu_before = _cpu(server_pgid, fake_pgid)
+    began = time.perf_counter()
+    stop_at[0] = began + duration
+    gate.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    cpu_after = _cpu(server_pgid, fake_pgid)
+    if failures:
+        raise RuntimeError(f"{server}/{broker}: a client failed") from failures[0]
+    state = fake.state()
+    return LoadResult(
+        server=server,
+        broker=broker,
+        db=db,
+        clients=clients,
+        iterations=counts["iterations"],
+        elapsed=elapsed,
+        ideal_rate=clients / latency.iteration,
+        added_ms=added,
+        start_added_ms=start_added,
+        errors=counts["errors"],
+        new_connections=int(state["connections_opened"]),
+        upstream_calls=sum(int(n) for n in state["counts"].values()),
+        cpu_ms={k: (cpu_after[k] - cpu_before[k]) * 1000 for k in cpu_before},
+        load_before=load_before,
+    )
+
+
+def _cpu(server_pgid: int, fake_pgid: int) -> dict[str, float]:
+    return {
+        "server": group_cpu_seconds(server_pgid),
+        "fake": group_cpu_seconds(fake_pgid),
+        "clients": self_cpu_seconds(),
+    }

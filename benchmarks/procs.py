@@ -1,0 +1,173 @@
+"""Starting and stopping the processes a benchmark talks to, and talking to the fake."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / ".work"
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout} s")
+
+
+def bench_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Never the real services: without keys the example points at the fake.
+    env.pop("AVATURN_API_KEY", None)
+    env.pop("OPENAI_API_KEY", None)
+    env["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Proc:
+    """A child process in its own process group, stopped with SIGTERM then SIGKILL."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+
+    @classmethod
+    def start(cls, name: str, argv: list[str], *, port: int, env: Mapping[str, str]) -> Proc:
+        WORK.mkdir(parents=True, exist_ok=True)
+        log = (WORK / f"{name}.log").open("ab")
+        popen = subprocess.Popen(
+            argv, cwd=ROOT, env=dict(env), stdout=log, stderr=log, start_new_session=True
+        )
+        proc = cls(name, popen, port)
+        try:
+            wait_for_port(port, popen)
+        except BaseException:
+            proc.stop()
+            raise
+        return proc
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class Latency:
+    openai: float = 0.150
+    create: float = 0.250
+    terminate: float = 0.100
+
+    @property
+    def start(self) -> float:
+        return self.openai + self.create
+
+    @property
+    def iteration(self) -> float:
+        return self.start + self.terminate
+
+
+def start_fake(latency: Latency, *, port: int | None = None) -> Proc:
+    port = port or free_port()
+    argv = [
+        PYTHON, "-m", "django_avaturn.testing", "--port", str(port),
+        "--latency-openai", str(latency.openai),
+        "--latency-create", str(latency.create),
+        "--latency-terminate", str(latency.terminate),
+    ]  # fmt: skip
+    return Proc.start("fake", argv, port=port, env=bench_env())
+
+
+class FakeControl:
+    """One kept-alive connection to the fake's control API, so it opens no new ones."""
+
+    def __init__(self, port: int) -> None:
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def _call(self, method: str, path: str) -> dict[str, Any]:
+        self._conn.request(method, path, body=b"" if method == "POST" else None)
+        response = self._conn.getresponse()
+        body = response.read()
+        if response.status >= 300:
+            raise RuntimeError(f"fake {method} {path}: {response.status} {body[:200]!r}")
+        return json.loads(body or b"{}")  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        self._call("POST", "/_fake/reset")
+
+    def state(self) -> dict[str, Any]:
+        return self._call("GET", "/_fake/state")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def manage(*args: str, env: Mapping[str, str]) -> None:
+    subprocess.run(
+        [PYTHON, "manage.py", *args], cwd=ROOT, env=dict(env), check=True, capture_output=True
+    )
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in process group ``pgid``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state ppid pgrp ... utime(12) stime(13), 0-based.
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])

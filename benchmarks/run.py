@@ -1,0 +1,227 @@
+"""Run every benchmark and write RESULTS.md and results.png: ``python -m benchmarks``.
+
+``--quick`` (about 5 minutes) and ``--smoke`` (under a minute, for CI: checks
+the benchmarks still run, writes to ``benchmarks/.work/``) shrink the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.load import BROKERS, run_load
+from benchmarks.procs import (
+    PYTHON,
+    ROOT,
+    WORK,
+    FakeControl,
+    Latency,
+    bench_env,
+    loadavg,
+    start_fake,
+)
+from benchmarks.report import write_plot, write_results
+from benchmarks.servers import SERVERS, db_env, start_server
+
+OUT = ROOT / "benchmarks"
+
+
+@dataclass
+class Plan:
+    name: str
+    duration: float
+    clients: tuple[int, ...]
+    postgres_load: bool
+    expiry_rows: tuple[int, ...]
+    expiry_dbs: tuple[str, ...]
+    naive_rows: int
+    naive_cap: float
+    upstream_rows: int
+    admin_sessions: int
+    out_dir: Path = field(default=OUT)
+
+
+PLANS = {
+    "full": Plan("full", 5.0, (1, 10, 50), True, (100_000, 1_000_000), ("sqlite", "postgres"),
+                 100_000, 15.0, 2_000, 200),
+    "quick": Plan("quick", 3.0, (1, 10, 50), True, (100_000,), ("sqlite", "postgres"),
+                  100_000, 10.0, 1_000, 200),
+    "smoke": Plan("smoke", 1.0, (1, 5), False, (2_000,), ("sqlite",), 2_000, 5.0, 100, 20,
+                  out_dir=WORK / "smoke"),
+}  # fmt: skip
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def setup_db(db: str, users: int, env: dict[str, str]) -> None:
+    if db == "sqlite":
+        Path(env["EXAMPLE_DB_PATH"]).unlink(missing_ok=True)
+    subprocess.run(
+        [PYTHON, "-m", "benchmarks.dbsetup", "--users", str(users)],
+        cwd=ROOT,
+        env=bench_env(env),
+        check=True,
+    )
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    max_clients = max(plan.clients)
+    configs: list[tuple[str, str, tuple[str, ...], dict[str, str], str]] = []
+    for server in SERVERS:
+        configs.append((server, "sqlite", tuple(BROKERS), {}, ""))
+    if plan.postgres_load:
+        for server in SERVERS:
+            configs.append((server, "postgres", ("django_avaturn",), {}, ""))
+        configs.append(
+            ("uvicorn", "postgres", ("django_avaturn",), {"BENCH_PG_POOL": "1"}, "+pool")
+        )
+    prepared: set[str] = set()
+    with start_fake(latency) as fake:
+        control = FakeControl(fake.port)
+        for server, db, brokers, extra, variant in configs:
+            if db not in prepared:
+                setup_db(db, max_clients, db_env(db))
+                prepared.add(db)
+            with start_server(server, db=db, fake_port=fake.port, extra_env=extra) as proc:
+                for broker in brokers:
+                    for clients in plan.clients:
+                        log(f"load: {server}{variant} {db} {broker} x{clients}")
+                        result = run_load(
+                            port=proc.port,
+                            server_pgid=proc.popen.pid,
+                            fake_pgid=fake.popen.pid,
+                            fake=control,
+                            latency=latency,
+                            server=server + variant,
+                            broker=broker,
+                            db=db,
+                            clients=clients,
+                            duration=plan.duration,
+                        )
+                        results.append(result.summary())
+                        log("  " + json.dumps(results[-1]))
+        control.close()
+    return results
+
+
+# --------------------------------------------------------------------------- expiry + admin
+
+
+def ops(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [PYTHON, "-m", "benchmarks.ops", *args],
+        cwd=ROOT,
+        env=bench_env(env),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def expiry_db_env(db: str, fake_port: int) -> dict[str, str]:
+    env = {"AVATURN_FAKE_PORT": str(fake_port)}
+    if db == "postgres":
+        return {**env, "BENCH_DB": "postgres", "BENCH_PG_NAME": "avaturn_bench_expiry"}
+    return {**env, "BENCH_DB": "sqlite", "EXAMPLE_DB_PATH": str(WORK / "expiry.sqlite3")}
+
+
+def expiry_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    # Terminations answer after the configured latency; nothing else is slow.
+    with start_fake(Latency(0.0, 0.0, latency.terminate)) as fake:
+        for db in plan.expiry_dbs:
+            env = expiry_db_env(db, fake.port)
+            setup_db(db, 0, env)
+            cases: list[tuple[int, list[str]]] = [
+                (plan.upstream_rows, ["--mode", "app"]),
+                (plan.naive_rows, ["--mode", "naive", "--no-upstream",
+                                   "--time-cap", str(plan.naive_cap)]),
+            ]  # fmt: skip
+            cases += [(rows, ["--mode", "app", "--no-upstream"]) for rows in plan.expiry_rows]
+            for rows, args in cases:
+                log(f"expiry: {db} {rows} rows {' '.join(args)}")
+                seeded = ops(["seed", "--rows", str(rows)], env)
+                result = {"db": db, "seed_s": seeded["seed_s"], **ops(["expire", *args], env)}
+                if result["upstream"]:
+                    result["ideal_s"] = round(
+                        -(-rows // 8) * latency.terminate, 2
+                    )  # TERMINATE_CONCURRENCY 8
+                results.append(result)
+                log("  " + json.dumps(result))
+    return results
+
+
+def admin_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
+    results = []
+    with start_fake(Latency(0.0, 0.0, latency.terminate)) as fake:
+        env = expiry_db_env("sqlite", fake.port)
+        setup_db("sqlite", 0, env)
+        log(f"admin: terminate {plan.admin_sessions} sessions")
+        result = ops(["admin", "--sessions", str(plan.admin_sessions)], env)
+        n, c = result["sessions"], result["concurrency"]
+        result["sequential_ideal_s"] = round(n * latency.terminate, 2)
+        result["concurrent_ideal_s"] = round(-(-n // c) * latency.terminate, 2)
+        results.append(result)
+        log("  " + json.dumps(result))
+    return results
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a shorter run (about 5 minutes)")
+    size.add_argument("--smoke", action="store_true", help="seconds; for CI, writes to .work/")
+    parser.add_argument(
+        "--only", choices=("load", "expiry", "admin"), action="append", help="repeatable"
+    )
+    parser.add_argument("--latency-openai", type=float, default=0.150, metavar="S")
+    parser.add_argument("--latency-create", type=float, default=0.250, metavar="S")
+    parser.add_argument("--latency-terminate", type=float, default=0.100, metavar="S")
+    args = parser.parse_args(argv)
+    plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    latency = Latency(args.latency_openai, args.latency_create, args.latency_terminate)
+    parts = set(args.only or ("load", "expiry", "admin"))
+    WORK.mkdir(parents=True, exist_ok=True)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    data: dict[str, Any] = {
+        "plan": plan.name,
+        "latency": latency.__dict__,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": __import__("os").cpu_count(),
+            "loadavg_at_start": loadavg(),
+        },
+        "load": load_runs(plan, latency) if "load" in parts else [],
+        "expiry": expiry_runs(plan, latency) if "expiry" in parts else [],
+        "admin": admin_runs(plan, latency) if "admin" in parts else [],
+    }
+    data["machine"]["loadavg_at_end"] = loadavg()
+    data["wall_s"] = round(time.perf_counter() - began, 1)
+    (WORK / f"results-{plan.name}.json").write_text(json.dumps(data, indent=2))
+    write_results(data, plan.out_dir / "RESULTS.md")
+    write_plot(data, plan.out_dir / "results.png")
+    log(f"done in {data['wall_s']} s: {plan.out_dir / 'RESULTS.md'}")
+    failed = [r for r in data["load"] if r["errors"]] + [
+        r for r in data["expiry"] if not r["complete"] and r["mode"] == "app"
+    ]
+    if failed:
+        log(f"{len(failed)} runs had errors or left rows behind")
+        sys.exit(1)
