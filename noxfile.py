@@ -14,6 +14,7 @@ the interpreter nox picked.
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import nox
 
@@ -31,7 +32,12 @@ MATRIX = [
 
 
 def _available(python: str) -> bool:
-    return shutil.which(f"python{python}") is not None
+    # Run it: a pyenv shim is on PATH for every version but only works for the
+    # selected ones.
+    found = shutil.which(f"python{python}")
+    if found is None:
+        return False
+    return subprocess.run([found, "-c", ""], check=False).returncode == 0  # noqa: S603 (a PATH interpreter)
 
 
 _AVAILABLE = [combo for combo in MATRIX if _available(combo[0])]

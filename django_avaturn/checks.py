@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig, apps
@@ -239,7 +239,7 @@ def _import_errors() -> list[CheckMessage]:
             if not isinstance(path, str):
                 continue
             try:
-                imported: Callable[..., Any] = import_string(path)
+                imported: object = import_string(path)
             except ImportError as exc:
                 messages.append(
                     Error(
