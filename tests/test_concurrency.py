@@ -60,8 +60,11 @@ def test_50_simultaneous_starts_leave_one_live_session_and_no_orphan(
         **settings.AVATURN,
         "MAX_LIVE_SESSIONS_PER_USER": 1,
         "ON_SESSION_LIMIT": policy,
+        # Generous: 50 threads on a loaded 2-core machine may wait to connect.
+        "AVATURN_CONNECT_TIMEOUT": 10,
         "AVATURN_TIMEOUT": 10,
         "OPENAI_TIMEOUT": 10,
+        "TERMINATE_RETRIES": 2,
     }
     # Latency on every upstream call, so the starts are all in flight together.
     live_fake.set_latency(OPENAI_CLIENT_SECRET, 0.02)
