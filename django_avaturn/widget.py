@@ -188,6 +188,15 @@ def widget_context(
         "heartbeat_url": reverse(
             "django_avaturn:session-heartbeat", kwargs={"session_id": SESSION_ID_PLACEHOLDER}
         ),
+        # Only when the site stores transcripts: otherwise the widget sends none.
+        "transcripts_url": (
+            reverse(
+                "django_avaturn:session-transcripts",
+                kwargs={"session_id": SESSION_ID_PLACEHOLDER},
+            )
+            if avaturn_settings.TRANSCRIPTS_ENABLED
+            else ""
+        ),
         "session_id_placeholder": SESSION_ID_PLACEHOLDER,
         "sdk_url": url,
         "sdk_integrity": integrity,

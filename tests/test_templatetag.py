@@ -95,6 +95,14 @@ def test_bare_tag_configures_the_container_through_data_attributes() -> None:
     }
 
 
+def test_transcripts_url_only_when_the_site_stores_transcripts(settings: Any) -> None:
+    (widget,) = widgets(render())
+    assert "data-transcripts-url" not in widget
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    (widget,) = widgets(render())
+    assert widget["data-transcripts-url"] == "/avaturn/sessions/__session_id__/transcripts/"
+
+
 def test_controls_and_an_aria_live_status_region() -> None:
     tags = parse(render())
     (start,) = tags.find("button", **{"data-avaturn-start": None})  # type: ignore[arg-type]

@@ -351,3 +351,32 @@ def test_live_session_with_a_stub_sdk_heartbeats_tracks_the_mic_and_forwards_eve
     assert page.evaluate("() => window.stubHeads[0].disposed") is True
     assert_ended_everywhere(page, e2e, session.session_id)
     assert not traffic.page_errors
+
+
+def test_transcripts_are_stored_when_the_site_enables_them(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    from django_avaturn.models import Transcript
+
+    e2e.settings.AVATURN = {
+        **e2e.settings.AVATURN,
+        "SDK_URL": f"{e2e.sdk_server}/stub/main.js",
+        "SDK_INTEGRITY": "",
+        "TRANSCRIPTS_ENABLED": True,
+    }
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    page.evaluate(
+        "() => { const head = window.stubHeads[0];"
+        " head.emit('ce_events.realtime.input_transcript',"
+        " {transcript: 'What is Django?', timestamp: 1764000000000});"
+        " head.emit('ce_events.realtime.response_transcript', {transcript: '  '});"
+        " head.emit('ce_events.realtime.response_transcript',"
+        " {transcript: 'A web framework.'}); }"
+    )
+    wait_for(page, lambda: Transcript.objects.count() == 2, what="two transcript lines")
+    # Two concurrent POSTs: their order of arrival is not the test's business.
+    lines = set(Transcript.objects.values_list("role", "text"))
+    assert lines == {("user", "What is Django?"), ("avatar", "A web framework.")}
+    assert not traffic.page_errors

@@ -45,6 +45,10 @@ const FALLBACK_MESSAGES = {
   not_authenticated: "Please sign in to talk with the avatar.",
   permission_denied: "You are not allowed to start a conversation.",
   session_limit_reached: "You already have the most conversations allowed running.",
+  quota_exceeded: "You have used your conversation allowance for now. Please come back later.",
+  site_busy: "All avatars are busy right now. Please try again in a minute.",
+  sessions_disabled: "Avatar conversations are switched off at the moment.",
+  session_replaced: "A newer conversation replaced this one.",
   throttled: "Too many attempts. Please wait a moment and try again.",
   upstream_unavailable: "The avatar service is unavailable right now. Please try again later.",
   invalid: "The conversation could not be started with these settings.",
@@ -64,9 +68,14 @@ const ERROR_CODE_MESSAGES = {
   permission_denied: "permission_denied",
   session_limit_reached: "session_limit_reached",
   throttled: "throttled",
+  quota_exceeded: "quota_exceeded",
+  site_limit_reached: "site_busy",
+  sessions_disabled: "sessions_disabled",
+  session_replaced: "session_replaced",
   upstream_error: "upstream_unavailable",
   upstream_timeout: "upstream_unavailable",
   not_configured: "upstream_unavailable",
+  unavailable: "upstream_unavailable",
   invalid: "invalid",
 };
 
@@ -167,6 +176,7 @@ class AvaturnWidget {
       sessionsUrl: data.sessionsUrl,
       sessionUrl: data.sessionUrl,
       heartbeatUrl: data.heartbeatUrl,
+      transcriptsUrl: data.transcriptsUrl || "",
       placeholder: data.sessionIdPlaceholder || "__session_id__",
       sdkUrl: data.sdkUrl,
       sdkIntegrity: data.sdkIntegrity || "",
@@ -350,6 +360,7 @@ class AvaturnWidget {
         this.emit(name, detail);
         if (name in TRANSCRIPT_ROLES) {
           this.emit("transcript", { role: TRANSCRIPT_ROLES[name], ...(detail || {}) });
+          this.saveTranscript(TRANSCRIPT_ROLES[name], detail);
         }
         this.onSdkEvent(name, detail);
       });
@@ -383,6 +394,24 @@ class AvaturnWidget {
     if (!this.micButton) return;
     this.micButton.setAttribute("aria-pressed", this.microphoneOn ? "false" : "true");
     this.micButton.textContent = this.microphoneOn ? this.messages.mic_on : this.messages.mic_off;
+  }
+
+  // Only rendered when the site stores transcripts (AVATURN["TRANSCRIPTS_ENABLED"]).
+  saveTranscript(role, detail) {
+    const text = detail && typeof detail.transcript === "string" ? detail.transcript.trim() : "";
+    if (!this.config.transcriptsUrl || !this.sessionId || !text) return;
+    const body = { role, text };
+    if (typeof detail.timestamp === "number" && detail.timestamp >= 0) body.timestamp = detail.timestamp;
+    fetch(this.sessionUrl(this.config.transcriptsUrl, this.sessionId), {
+      method: "POST",
+      credentials: "same-origin",
+      // keepalive: the last words may be spoken just before the page goes away.
+      keepalive: true,
+      headers: { "Content-Type": "application/json", "X-CSRFToken": this.csrfToken() },
+      body: JSON.stringify(body),
+    }).catch(() => {
+      // A lost line is not worth interrupting the conversation for.
+    });
   }
 
   startHeartbeat() {
