@@ -9,13 +9,21 @@ class AvaturnConfig(AppConfig):
 
     def ready(self) -> None:
         from django.conf import settings
-        from django.db.models.signals import pre_delete
+        from django.db.models.signals import post_save, pre_delete
 
         from django_avaturn import checks  # noqa: F401  (registers the system checks)
-        from django_avaturn.receivers import end_sessions_of_deleted_user
+        from django_avaturn.receivers import (
+            end_sessions_of_deactivated_user,
+            end_sessions_of_deleted_user,
+        )
 
         pre_delete.connect(
             end_sessions_of_deleted_user,
             sender=settings.AUTH_USER_MODEL,
             dispatch_uid="django_avaturn.end_sessions_of_deleted_user",
+        )
+        post_save.connect(
+            end_sessions_of_deactivated_user,
+            sender=settings.AUTH_USER_MODEL,
+            dispatch_uid="django_avaturn.end_sessions_of_deactivated_user",
         )

@@ -24,10 +24,24 @@ logger = logging.getLogger(__name__)
 
 def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
     """``pre_delete`` of ``AUTH_USER_MODEL``: terminate the user's sessions upstream first."""
-    from django_avaturn import services  # (services imports models, which need the app registry)
-
     if instance.pk is None:
         return
+    _end_sessions_of(instance, action="Deleting")
+
+
+def end_sessions_of_deactivated_user(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """``post_save`` of ``AUTH_USER_MODEL``: an inactive user keeps no running session.
+
+    Costs a query only when an inactive user is saved, never for active ones.
+    """
+    if getattr(instance, "is_active", True) or instance.pk is None:
+        return
+    _end_sessions_of(instance, action="Deactivating")
+
+
+def _end_sessions_of(instance: Any, *, action: str) -> None:
+    from django_avaturn import services  # (services imports models, which need the app registry)
+
     sessions = Session.objects.filter(
         user_id=instance.pk, status__in=(SessionStatus.STARTING, SessionStatus.LIVE)
     )
@@ -36,8 +50,9 @@ def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> N
             services.end_session(session, reason=EndReason.USER)
         except AvaturnError as exc:
             logger.error(
-                "Deleting user %s: could not terminate Avaturn session %s (%s). It keeps "
+                "%s user %s: could not terminate Avaturn session %s (%s). It keeps "
                 "running until its max_duration or until the browser leaves; end it by hand.",
+                action,
                 instance.pk,
                 session.session_id,
                 exc,

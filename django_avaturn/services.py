@@ -41,6 +41,7 @@ from django_avaturn.exceptions import (
     SessionLimitReached,
     SessionNotLive,
     SessionReplaced,
+    SessionsDisabled,
     StorageUnavailable,
     UpstreamError,
 )
@@ -139,10 +140,16 @@ def start_session(
             raise StorageUnavailable() from exc
         raise
     if not activated:
-        # Replaced (or terminated by staff) while we were talking to the upstreams.
+        # Replaced, terminated by staff or stopped by the kill switch while we
+        # were talking to the upstreams: end what was just created.
         _terminate_orphan(created.session_id)
         _finish_claimed_without_upstream(row, created.session_id)
-        raise SessionReplaced()
+        row.refresh_from_db(fields=["end_reason"])
+        if row.end_reason == EndReason.REPLACED:
+            raise SessionReplaced()
+        if row.end_reason == EndReason.SHUTDOWN:
+            raise SessionsDisabled()
+        raise SessionNotLive()
 
     row.refresh_from_db()
     _send_robust(session_started, session=row, request=request)

@@ -98,10 +98,9 @@ def _expected(step: str, fault: str) -> tuple[int, str | None]:
     """The status and error code the API answers."""
     if step == "activate":
         return 503, "unavailable"
-    if step.startswith("terminate"):
-        if fault in ("404", "malformed", "missing_fields", "drip"):
-            # Terminated (or already gone): a DELETE's answer body does not matter.
-            return (204, None) if step == "terminate_on_end" else (201, None)
+    if step.startswith("terminate") and fault in ("404", "malformed", "missing_fields", "drip"):
+        # Terminated (or already gone): a DELETE's answer body does not matter.
+        return (204, None) if step == "terminate_on_end" else (201, None)
     if fault in TIMEOUTS:
         return 504, "upstream_timeout"
     return 502, "upstream_error"

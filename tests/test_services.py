@@ -9,7 +9,7 @@ from django.contrib.auth.models import AnonymousUser
 
 from django_avaturn import services
 from django_avaturn.clients import get_avaturn_client, get_openai_secrets
-from django_avaturn.exceptions import SessionReplaced, UpstreamError
+from django_avaturn.exceptions import SessionNotLive, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.redaction import excerpt, scrub
 from django_avaturn.signals import session_ended, session_started
@@ -108,7 +108,7 @@ def test_ending_a_row_that_is_still_starting_makes_its_start_clean_up(
         responses.POST, "https://avaturn.test/api/v1/sessions", callback=create_and_meanwhile_end
     )
 
-    with pytest.raises(SessionReplaced):
+    with pytest.raises(SessionNotLive):
         services.start_session(user)
 
     row = Session.objects.get()

@@ -56,3 +56,23 @@ def test_deletion_goes_ahead_when_avaturn_is_down_and_says_so_loudly(
     assert record.levelno == logging.ERROR
     assert session_id in record.getMessage()
     assert "503" in record.getMessage()
+
+
+def test_deactivating_a_user_terminates_their_sessions(
+    live_fake: FakeUpstream, user: Any, other_user: Any
+) -> None:
+    from django_avaturn.models import EndReason, SessionStatus
+
+    mine = services.start_session(user).session
+    theirs = services.start_session(other_user).session
+
+    user.first_login_note = "unrelated save while active"
+    user.save()
+    assert live_fake.live_session_ids() == {mine.session_id, theirs.session_id}
+
+    user.is_active = False
+    user.save()
+
+    assert live_fake.live_session_ids() == {theirs.session_id}
+    mine.refresh_from_db()
+    assert (mine.status, mine.end_reason) == (SessionStatus.ENDED, EndReason.USER)

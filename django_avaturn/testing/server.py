@@ -40,6 +40,9 @@ class FakeHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 makes a burst of concurrent clients
+    # (load tests, 50-thread races) wait on SYN retries: about a second each.
+    request_queue_size = 128
 
     def __init__(
         self,
