@@ -9,6 +9,7 @@ the whole backend flow can be tried offline.
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -28,6 +29,13 @@ INSTALLED_APPS = [
     "django_avaturn",
     "example_project.apps.ExampleProjectConfig",
 ]
+# The OpenAPI schema at /api/schema/ (and `manage.py spectacular`) when the
+# optional drf-spectacular is installed: pip install -e ".[schema]".
+if find_spec("drf_spectacular") is not None:
+    from django_avaturn.schema import SCHEMA_SETTINGS
+
+    INSTALLED_APPS.append("drf_spectacular")
+    SPECTACULAR_SETTINGS = SCHEMA_SETTINGS
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -8,4 +8,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("avaturn/", include("django_avaturn.urls")),
+    # The API's OpenAPI schema; no routes unless drf-spectacular is installed.
+    path("api/schema/", include("django_avaturn.schema_urls")),
 ]

@@ -59,3 +59,32 @@ class SessionSerializer(serializers.ModelSerializer[Session]):
             "ended_at",
         )
         read_only_fields = fields
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    """Every error answer of the API (documentation only: ``errors.py`` builds them)."""
+
+    code = serializers.CharField(help_text=_("A stable, machine-readable error code."))
+    detail = serializers.CharField(help_text=_("A readable message; never a key or a traceback."))
+    # A field, not Serializer.errors: the metaclass moves declared fields out of the class.
+    errors = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text=_("400 `invalid` only: each field's messages (`non_field_errors` for the body)."),
+    )
+
+
+class QuotaErrorSerializer(ErrorSerializer):
+    """A 429: ``throttled``, or ``quota_exceeded`` with the quota that ran out."""
+
+    limit = serializers.ChoiceField(
+        choices=["sessions_per_day", "minutes_per_day"],
+        required=False,
+        help_text=_("`quota_exceeded` only: the quota that is used up."),
+    )
+    allowed = serializers.IntegerField(
+        required=False, help_text=_("`quota_exceeded` only: that quota's allowance.")
+    )
+    resets_at = serializers.DateTimeField(
+        required=False, help_text=_("`quota_exceeded` only: when the window resets.")
+    )

@@ -13,18 +13,48 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from django_avaturn import limits, usage
-from django_avaturn.api.views import NO_STORE, AvaturnAPIView
+from django_avaturn.api.views import NO_STORE, UNAVAILABLE, AvaturnAPIView
 from django_avaturn.conf import avaturn_settings
+from django_avaturn.limits import QUOTA_WINDOWS
 from django_avaturn.models import ACTIVE_STATUSES, Session, Transcript, TranscriptRole
+from django_avaturn.schema import document, session_id_parameter
 
 # Transcript events can arrive just after Stop; accept them for this long.
 TRANSCRIPT_GRACE = timedelta(seconds=60)
 USAGE_DAYS = 30
 
 
+class QuotaSerializer(serializers.Serializer[Any]):
+    sessions_per_day = serializers.IntegerField(allow_null=True, help_text=_("None: unlimited."))
+    minutes_per_day = serializers.IntegerField(allow_null=True, help_text=_("None: unlimited."))
+
+
+class DayUsageSerializer(serializers.Serializer[Any]):
+    date = serializers.DateField()
+    sessions = serializers.IntegerField(min_value=0)
+    minutes = serializers.FloatField(min_value=0)
+
+
+class UsageSerializer(serializers.Serializer[Any]):
+    """The answer of ``GET usage/`` (documentation only: the view builds it)."""
+
+    window = serializers.ChoiceField(choices=sorted(QUOTA_WINDOWS))
+    window_start = serializers.DateTimeField()
+    resets_at = serializers.DateTimeField()
+    sessions = serializers.IntegerField(min_value=0, help_text=_("Started in this window."))
+    minutes = serializers.FloatField(min_value=0, help_text=_("Talked in this window."))
+    quota = QuotaSerializer()
+    days = DayUsageSerializer(many=True, help_text=_("The last 30 days, oldest first."))
+
+
 class UsageView(AvaturnAPIView):
     """``GET``: the caller's own usage: today's window against the quota, and the last 30 days."""
 
+    @document(
+        operation_id="avaturn_usage_retrieve",
+        summary="The caller's own usage against their quota",
+        responses={200: UsageSerializer, 403: "", 503: UNAVAILABLE},
+    )
     def get(self, request: Request) -> Response:
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
@@ -78,9 +108,32 @@ class TranscriptsDisabled(exceptions.APIException):
     default_code = "transcripts_disabled"
 
 
+class TranscriptCreatedSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+
+
 class SessionTranscriptView(AvaturnAPIView):
     """``POST``: store one transcript line of the caller's own session (when enabled)."""
 
+    @document(
+        operation_id="avaturn_sessions_transcripts_create",
+        summary="Store one transcript line of the caller's own session",
+        description="Only when `TRANSCRIPTS_ENABLED`; the session must be live or have "
+        "ended in the last minute.",
+        parameters=session_id_parameter(),
+        request=TranscriptSerializer,
+        responses={
+            201: TranscriptCreatedSerializer,
+            400: "",
+            403: "`not_authenticated` or `permission_denied` (as everywhere), or "
+            "`permission_denied` because the session ended more than a minute ago.",
+            404: "`not_found`: not one of the caller's sessions, or none; "
+            "`transcripts_disabled`: the site does not store transcripts.",
+            413: "",
+            415: "",
+            503: UNAVAILABLE,
+        },
+    )
     def post(self, request: Request, session_id: str) -> Response:
         if not avaturn_settings.TRANSCRIPTS_ENABLED:
             raise TranscriptsDisabled()

@@ -23,15 +23,19 @@ from rest_framework.views import APIView
 from django_avaturn import services
 from django_avaturn.api.errors import exception_handler
 from django_avaturn.api.serializers import (
+    QuotaErrorSerializer,
     SessionSerializer,
     StartedSessionSerializer,
     StartSessionSerializer,
 )
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.models import EndReason, Session
+from django_avaturn.schema import ERRORS, document, session_id_parameter
 from django_avaturn.session_config import AvatarNotAllowed
 
 NO_STORE = {"Cache-Control": "no-store"}
+# What a 503 means where nothing is started: the database, or a missing setting.
+UNAVAILABLE = "`unavailable`: the database failed; `not_configured`: a setting is invalid."
 
 
 class AvaturnAPIView(APIView):
@@ -64,6 +68,11 @@ class SessionListView(AvaturnAPIView):
             return []
         return [cls() for cls in avaturn_settings.THROTTLE_CLASSES]
 
+    @document(
+        operation_id="avaturn_sessions_list",
+        summary="The caller's own sessions, newest first",
+        responses={200: SessionSerializer(many=True), 403: "", 503: UNAVAILABLE},
+    )
     def get(self, request: Request) -> Response:
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
@@ -71,6 +80,26 @@ class SessionListView(AvaturnAPIView):
         sessions = Session.objects.for_user(request.user)[:limit]
         return Response(SessionSerializer(sessions, many=True).data, headers=NO_STORE)
 
+    @document(
+        operation_id="avaturn_sessions_start",
+        summary="Start a session",
+        description="Creates the OpenAI Realtime session and the Avaturn session behind it, "
+        "and answers the per-session token the browser SDK connects with.",
+        request=StartSessionSerializer,
+        responses={
+            201: StartedSessionSerializer,
+            400: "",
+            403: "",
+            409: '`session_limit_reached`: at the cap with `ON_SESSION_LIMIT = "refuse"`; '
+            "`session_replaced`: a newer start by the same user replaced this one.",
+            413: "",
+            415: "",
+            429: (QuotaErrorSerializer, ERRORS[429]),
+            502: "",
+            503: "",
+            504: "",
+        },
+    )
     def post(self, request: Request) -> Response:
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
@@ -101,10 +130,22 @@ class SessionListView(AvaturnAPIView):
 class SessionDetailView(AvaturnAPIView):
     """``GET``: one of the caller's sessions. ``DELETE``: end it (idempotent)."""
 
+    @document(
+        operation_id="avaturn_sessions_retrieve",
+        summary="One of the caller's sessions",
+        parameters=session_id_parameter(),
+        responses={200: SessionSerializer, 403: "", 404: "", 503: UNAVAILABLE},
+    )
     def get(self, request: Request, session_id: str) -> Response:
         session = self.own_session(request, session_id)
         return Response(SessionSerializer(session).data, headers=NO_STORE)
 
+    @document(
+        operation_id="avaturn_sessions_end",
+        summary="End one of the caller's sessions (idempotent)",
+        parameters=session_id_parameter(),
+        responses={204: None, 403: "", 404: "", 502: "", 503: UNAVAILABLE, 504: ""},
+    )
     def delete(self, request: Request, session_id: str) -> Response:
         session = self.own_session(request, session_id)
         services.end_session(session, reason=EndReason.CLIENT)
@@ -114,6 +155,18 @@ class SessionDetailView(AvaturnAPIView):
 class SessionHeartbeatView(AvaturnAPIView):
     """``POST``: the widget is still on the page; records ``last_seen_at``."""
 
+    @document(
+        operation_id="avaturn_sessions_heartbeat",
+        summary="The widget is still on the page",
+        parameters=session_id_parameter(),
+        responses={
+            204: None,
+            403: "",
+            404: "",
+            409: "`session_ended`: the session has ended.",
+            503: UNAVAILABLE,
+        },
+    )
     def post(self, request: Request, session_id: str) -> Response:
         session = self.own_session(request, session_id)
         services.record_heartbeat(session)

@@ -1,0 +1,24 @@
+"""The session API's OpenAPI schema, served when drf-spectacular is installed.
+
+Include it anywhere, e.g. ``path("api/schema/", include("django_avaturn.schema_urls"))``.
+It documents this app's endpoints only, at the paths your project includes them
+under. Without drf-spectacular (``pip install "django-avaturn[schema]"``) it
+has no routes, so the include is safe either way.
+"""
+
+from __future__ import annotations
+
+from django.urls import URLPattern, path
+
+from django_avaturn.schema import SCHEMA_SETTINGS, SPECTACULAR_INSTALLED
+
+app_name = "django_avaturn_schema"
+
+urlpatterns: list[URLPattern] = []
+
+if SPECTACULAR_INSTALLED:
+    from drf_spectacular.views import SpectacularAPIView
+
+    urlpatterns.append(
+        path("", SpectacularAPIView.as_view(custom_settings=SCHEMA_SETTINGS), name="schema")
+    )
