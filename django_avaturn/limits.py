@@ -7,6 +7,7 @@ concurrent starts cannot both squeeze under a limit.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -34,6 +35,8 @@ _SITE_CAP_LOCK_KEY = 0x41564154_55524E31
 
 # Statuses that hold a slot under the caps (as in services).
 _CAPPED = (SessionStatus.STARTING, SessionStatus.LIVE)
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- kill switch
@@ -118,7 +121,12 @@ class Usage:
 
 def quota_for(user: Any) -> Quota:
     hook = avaturn_settings.QUOTA_HOOK
-    raw: Any = hook(user) if hook is not None else avaturn_settings.QUOTAS
+    try:
+        raw: Any = hook(user) if hook is not None else avaturn_settings.QUOTAS
+    except Exception as exc:
+        # The site's own code failed: log its traceback, answer a JSON 503, not a 500.
+        logger.exception("QUOTA_HOOK raised")
+        raise NotConfigured("QUOTA_HOOK raised an exception.") from exc
     if raw is None:
         return Quota()
     if not isinstance(raw, Mapping) or set(raw) - QUOTA_KEYS:

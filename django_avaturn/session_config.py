@@ -8,6 +8,7 @@ config name; instructions, model, voice and engine come from the server
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ from django.http import HttpRequest
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
+
+logger = logging.getLogger(__name__)
 
 OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
@@ -79,7 +82,12 @@ def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:
     hook = avaturn_settings.session_config_hook
     if hook is None:
         return {}
-    result = hook(request, config_name or None)
+    try:
+        result = hook(request, config_name or None)
+    except Exception as exc:
+        # The site's own code failed: log its traceback, answer a JSON 503, not a 500.
+        logger.exception("SESSION_CONFIG_HOOK raised")
+        raise NotConfigured("SESSION_CONFIG_HOOK raised an exception.") from exc
     if result is None:
         return {}
     if not isinstance(result, Mapping):

@@ -10,7 +10,9 @@ from django.http import HttpRequest
 def greet_by_name(request: HttpRequest | None, config: str | None) -> dict[str, Any]:
     """Greet the signed-in visitor by name; a widget may ask for the "brief" persona."""
     user = getattr(request, "user", None)
-    name = user.get_short_name() or user.get_username() if user is not None else "there"
+    # get_short_name() is optional on a custom user model (AbstractBaseUser has none).
+    short_name = getattr(user, "get_short_name", None)
+    name = (short_name() if short_name else "") or (user.get_username() if user else "there")
     instructions = (
         f"You are the friendly guide of this example site. Greet the visitor as {name}. "
         "Keep answers short."

@@ -334,3 +334,32 @@ def test_upstream_failure_logs_are_key_free(
     assert row.status == SessionStatus.FAILED
     assert "401" in row.end_detail
     assert_no_keys(row.end_detail)
+
+
+def raising_hook(*args: Any) -> Any:
+    raise AttributeError("'User' object has no attribute 'get_short_name'")
+
+
+def test_a_raising_session_config_hook_is_a_json_503(
+    api_client: Any, upstream: Any, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by schemathesis: the example's hook assumed a user model with get_short_name().
+    settings.AVATURN = {**settings.AVATURN, "SESSION_CONFIG_HOOK": "tests.test_api.raising_hook"}
+    response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == 503
+    assert response.json() == {
+        "code": "not_configured",
+        "detail": "The avatar service is not configured.",
+    }
+    assert upstream.openai.requests == []
+    hook_record = next(r for r in caplog.records if r.getMessage() == "SESSION_CONFIG_HOOK raised")
+    assert hook_record.exc_info is not None  # the site's traceback reaches its log
+
+
+def test_a_raising_quota_hook_is_a_json_503(api_client: Any, upstream: Any, settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "QUOTA_HOOK": "tests.test_api.raising_hook"}
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 503
+    usage = api_client.get("/avaturn/usage/")
+    assert usage.status_code == 503
+    assert usage.json()["code"] == "not_configured"
+    assert upstream.openai.requests == []
