@@ -7,7 +7,7 @@ from typing import Any
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
-from django_avaturn.models import Session
+from django_avaturn.models import EndReason, Session
 
 
 class StartSessionSerializer(serializers.Serializer[Any]):
@@ -44,6 +44,15 @@ class StartedSessionSerializer(serializers.Serializer[Any]):
 
 class SessionSerializer(serializers.ModelSerializer[Session]):
     """A session as its owner sees it: no token, no secret."""
+
+    # Declared so the schema allows "" (not ended yet): a read-only model field's
+    # enum would leave the blank out.
+    end_reason = serializers.ChoiceField(
+        choices=EndReason.choices,
+        allow_blank=True,
+        read_only=True,
+        help_text=_("Why the session ended; empty while it has not."),
+    )
 
     class Meta:
         model = Session
