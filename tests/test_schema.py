@@ -1,0 +1,162 @@
+"""The OpenAPI schema: valid for the example project, accurate for our views, optional."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip(
+    "drf_spectacular", reason="drf-spectacular is not installed (pip install -e '.[schema]')"
+)
+
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.settings import patched_settings
+
+from django_avaturn.schema import SCHEMA_SETTINGS
+
+REPO = Path(__file__).resolve().parent.parent
+ERROR_REF = "#/components/schemas/Error"
+OPERATIONS = {
+    ("/avaturn/sessions/", "get"): {"200", "403", "503"},
+    ("/avaturn/sessions/", "post"): {
+        "201", "400", "403", "409", "413", "415", "429", "502", "503", "504",
+    },
+    ("/avaturn/sessions/{session_id}/", "get"): {"200", "403", "404", "503"},
+    ("/avaturn/sessions/{session_id}/", "delete"): {"204", "403", "404", "502", "503", "504"},
+    ("/avaturn/sessions/{session_id}/heartbeat/", "post"): {"204", "403", "404", "409", "503"},
+    ("/avaturn/sessions/{session_id}/transcripts/", "post"): {
+        "201", "400", "403", "404", "413", "415", "503",
+    },
+    ("/avaturn/usage/", "get"): {"200", "403", "503"},
+}  # fmt: skip
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {
+        k: v for k, v in os.environ.items() if k not in {"AVATURN_API_KEY", "OPENAI_API_KEY"}
+    }
+    return subprocess.run(
+        args, cwd=REPO, env={**environ, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    """Our endpoints as the test project includes them, with the schema view's settings."""
+    with patched_settings(SCHEMA_SETTINGS):
+        return SchemaGenerator(urlconf="tests.urls").get_schema(request=None, public=True)
+
+
+def test_example_project_schema_validates_without_warnings(tmp_path: Path) -> None:
+    out = tmp_path / "schema.yaml"
+    result = _run(
+        [
+            sys.executable,
+            "manage.py",
+            "spectacular",
+            "--validate",
+            "--fail-on-warn",
+            "--file",
+            str(out),
+        ],
+        DJANGO_SETTINGS_MODULE="example_project.settings",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "/avaturn/sessions/{session_id}/heartbeat/:" in out.read_text()
+
+
+def test_every_operation_documents_exactly_its_statuses(schema: dict[str, Any]) -> None:
+    found = {
+        (path, method): set(operation["responses"])
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+    }
+    assert found == OPERATIONS
+
+
+def test_operation_ids_are_unique_and_tagged(schema: dict[str, Any]) -> None:
+    operations = [op for item in schema["paths"].values() for op in item.values()]
+    ids = [op["operationId"] for op in operations]
+    assert len(ids) == len(set(ids)) == len(OPERATIONS)
+    assert all(op["tags"] == ["avaturn"] for op in operations)
+    assert all(op["security"] == [{"cookieAuth": []}] for op in operations)
+
+
+def test_bodies_are_json_only(schema: dict[str, Any]) -> None:
+    for item in schema["paths"].values():
+        for operation in item.values():
+            if "requestBody" in operation:
+                assert set(operation["requestBody"]["content"]) == {"application/json"}
+            for status, response in operation["responses"].items():
+                if status == "204":
+                    assert "content" not in response
+                    continue
+                assert set(response["content"]) == {"application/json"}
+                if status >= "400" and status != "429":
+                    assert response["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}
+                    assert response["description"]  # which codes, and when
+
+
+def test_error_components(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    assert components["Error"]["required"] == ["code", "detail"]
+    assert set(components["Error"]["properties"]) == {"code", "detail", "errors"}
+    quota = components["QuotaError"]
+    assert set(quota["properties"]) == {"code", "detail", "errors", "limit", "allowed", "resets_at"}
+    start = schema["paths"]["/avaturn/sessions/"]["post"]
+    assert start["responses"]["429"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/QuotaError"
+    }
+
+
+def test_session_id_is_one_url_segment(schema: dict[str, Any]) -> None:
+    for path, item in schema["paths"].items():
+        for operation in item.values():
+            parameters = operation.get("parameters", [])
+            if "{session_id}" not in path:
+                assert parameters == []
+                continue
+            (parameter,) = parameters
+            assert parameter["in"] == "path"
+            assert parameter["required"] is True
+            assert parameter["schema"] == {"type": "string", "pattern": "^[^/]+$"}
+
+
+def test_only_our_endpoints_are_published(client: Any, settings: Any) -> None:
+    settings.ROOT_URLCONF = "example_project.urls"
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert paths and all(path.startswith("/avaturn/") for path in paths)
+    assert response.json()["info"]["title"] == SCHEMA_SETTINGS["TITLE"]
+
+
+def test_everything_works_without_drf_spectacular() -> None:
+    # A fresh interpreter in which drf_spectacular cannot be imported.
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["drf_spectacular"] = None
+        import django
+        django.setup()
+        from django.urls import resolve
+        from django_avaturn import schema_urls
+        from django_avaturn.api.views import SessionListView
+        from example_project import settings as example
+
+        assert schema_urls.urlpatterns == []
+        assert not hasattr(SessionListView.post, "kwargs")
+        assert "drf_spectacular" not in example.INSTALLED_APPS
+        assert resolve("/avaturn/sessions/").url_name == "session-list"
+        print("ok")
+        """
+    )
+    result = _run([sys.executable, "-c", code], DJANGO_SETTINGS_MODULE="tests.settings")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
