@@ -29,7 +29,9 @@ OPERATIONS = {
     },
     ("/avaturn/sessions/{session_id}/", "get"): {"200", "403", "404", "503"},
     ("/avaturn/sessions/{session_id}/", "delete"): {"204", "403", "404", "502", "503", "504"},
-    ("/avaturn/sessions/{session_id}/heartbeat/", "post"): {"204", "403", "404", "409", "503"},
+    ("/avaturn/sessions/{session_id}/heartbeat/", "post"): {
+        "204", "400", "403", "404", "409", "413", "415", "503",
+    },
     ("/avaturn/sessions/{session_id}/transcripts/", "post"): {
         "201", "400", "403", "404", "413", "415", "503",
     },

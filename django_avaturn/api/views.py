@@ -158,12 +158,18 @@ class SessionHeartbeatView(AvaturnAPIView):
     @document(
         operation_id="avaturn_sessions_heartbeat",
         summary="The widget is still on the page",
+        description="Any body is ignored, but one that is there must be JSON: the CSRF "
+        "check reads it.",
         parameters=session_id_parameter(),
+        request=dict,
         responses={
             204: None,
+            400: "`parse_error`: the body is not JSON.",
             403: "",
             404: "",
             409: "`session_ended`: the session has ended.",
+            413: "",
+            415: "",
             503: UNAVAILABLE,
         },
     )
