@@ -17,6 +17,10 @@ BEFORE_AFTER = "\n".join(
         "| Expiry of 300,000 stale rows, SQLite, no upstream | 93 s (16 s for "
         "100,000: quadratic, a pk-IN-subquery re-scanned every candidate per batch) "
         "| 39 s, linear | `Bulk termination: page a plain queryset directly` |",
+        "| uvicorn + Django's PostgreSQL pool, % of ideal at 10 / 50 clients "
+        "| 45% / 12% (the pool's default `max_size` 4: a start holds its connection "
+        "while it waits on the upstreams, so requests queue for one) "
+        "| see `uvicorn+pool` above (`max_size` 40) | `benchmarks/settings.py` |",
         "",
     ]
 )
@@ -115,7 +119,8 @@ def write_results(data: dict[str, Any], path: Path) -> None:
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `python -m benchmarks` (plan `{data['plan']}`, {data['wall_s']:.0f} s) on "
+        f"Written by `python -m benchmarks` (plan `{data['plan']}`; its last invocation took "
+        f"{data['wall_s']:.0f} s, and an `--only` re-run keeps the other parts) on "
         f"{machine['cpus']} CPUs, Python {machine['python']}. The loopback fake answers the "
         f"OpenAI client secret after {lat['openai'] * 1000:.0f} ms, the Avaturn create after "
         f"{lat['create'] * 1000:.0f} ms and the terminate after {lat['terminate'] * 1000:.0f} ms. "
@@ -173,29 +178,47 @@ def write_results(data: dict[str, Any], path: Path) -> None:
 
 
 FINDINGS = """\
-- **CPU, not concurrency, limits 50 clients on this machine.** The ideal for 50
-  clients is 100 starts+ends per second, 200 Django requests per second. The
-  server spends the CPU per iteration shown above (about 8 to 9 queries, DRF,
-  the OpenAI SDK and requests per request); times 100 that is more than the two
-  cores the server shares with the fake, the database, the load generator and
-  whatever else runs. Latency added at 1 client is the same work without queueing.
-- **ASGI does not serialise sync views.** Django's ASGI handler wraps every
+- **CPU, not concurrency, limits 50 clients here.** 50 clients ideally make
+  100 starts+ends a second, 200 Django requests. The server alone spends the
+  CPU per iteration shown above (17 queries, DRF, the OpenAI SDK and requests
+  per start+end), so 100 a second needs about two cores for the server, on a
+  machine whose two cores also run the fake, the database, the load generator
+  and (load average column) other people's work. Up to 10 clients, where CPU
+  suffices, django_avaturn keeps pace with the ideal as well as or better than
+  the quickstart broker, which spends about twice the CPU per iteration
+  building clients and opens 3 new upstream connections per iteration. At 50
+  clients on SQLite the quickstart broker comes out ahead: it writes no rows, so
+  it never queues on SQLite's single writer lock.
+- **Added latency at 1 client is CPU time, not waiting**: about 15 ms per
+  start+end under gunicorn on PostgreSQL, above the 5 ms goal. Cheap cuts left
+  in django_avaturn, not made here: `start_session` reads the kill switch twice
+  and re-reads the row after activating it, `end_session` re-reads it after
+  finishing (4 of the 17 queries).
+- **ASGI does not serialise sync views.** Django's ASGI handler wraps each
   request in `asgiref.sync.ThreadSensitiveContext`, so `sync_to_async(
-  thread_sensitive=True)` gives each request a thread of its own, not one shared
-  thread; at 10 clients uvicorn runs many starts at once (compare with 1 client).
-  What ASGI costs instead: a new thread and, with `CONN_MAX_AGE = 0` (persistent
-  connections do not survive per-request threads), a new database connection per
-  request. On PostgreSQL, Django's connection pool (`"OPTIONS": {"pool": True}`,
-  `psycopg[pool]`) removes the connection setup: the `uvicorn+pool` rows.
+  thread_sensitive=True)` runs each request on a thread of its own, not on one
+  shared thread: uvicorn at 10 clients runs about 7 times the 1-client rate.
+  ASGI costs more CPU per request instead (server column: about 30 against 19
+  ms per iteration), and with `CONN_MAX_AGE = 0` a new database connection per
+  request (persistent connections do not outlive per-request threads). Django's
+  PostgreSQL pool removes the connection setup, but its `max_size` must cover a
+  process's concurrent starts, because a start holds its connection while it
+  waits on the upstreams (see "before and after"). For ASGI sites, an async
+  start view would hold no thread and no connection while waiting; not built.
+- **Upstream connections** stay at zero per iteration up to 10 clients. At 50
+  clients a few are opened (0.02 to 0.24 per iteration), most on SQLite where
+  lock waits stall requests for seconds; probably pooled connections expiring
+  while concurrency swings (httpx closes those idle for 5 s). Not investigated
+  further.
 - **SQLite** commits with an fsync each (rollback journal), and writers from two
   processes queue on the busy timeout, which sleeps in steps of up to 100 ms:
   the p99 column. WAL (`"init_command": "PRAGMA journal_mode=WAL"`) would help;
   PostgreSQL is the database for a multi-process deployment.
 - **Expiry** holds one batch in memory (peak RSS flat from 100,000 to 1,000,000
-  rows) and issues about 5 queries per batch of 500. Its time goes to the
-  database's `UPDATE`s of 500 rows (indexes included), about 70% of the wall
-  time on PostgreSQL by profile; a larger `--batch-size` trades memory for fewer
-  round trips.
+  rows, about 2 MB above an idle Django) and issues 4 to 5 queries per batch of
+  500. The naive loop holds every row (about 115 MB more per 100,000 rows) and
+  does one query per row. With upstream terminations it runs at the concurrent
+  ideal (rows / 8 * 100 ms).
 """
 
 
@@ -229,7 +252,8 @@ def write_plot(data: dict[str, Any], path: Path) -> None:
     for ax in (left, right):
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["clients"] for r in data["load"]}) or [1])
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

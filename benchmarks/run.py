@@ -86,7 +86,7 @@ def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
         for server in SERVERS:
             configs.append((server, "postgres", ("django_avaturn",), {}, ""))
         configs.append(
-            ("uvicorn", "postgres", ("django_avaturn",), {"BENCH_PG_POOL": "1"}, "+pool")
+            ("uvicorn", "postgres", ("django_avaturn",), {"BENCH_PG_POOL": "40"}, "+pool")
         )
     prepared: set[str] = set()
     with start_fake(latency) as fake:
@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only", choices=("load", "expiry", "admin"), action="append", help="repeatable"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-render RESULTS.md and the plot from the plan's last results JSON",
+    )
     parser.add_argument("--latency-openai", type=float, default=0.150, metavar="S")
     parser.add_argument("--latency-create", type=float, default=0.250, metavar="S")
     parser.add_argument("--latency-terminate", type=float, default=0.100, metavar="S")
@@ -198,6 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
     latency = Latency(args.latency_openai, args.latency_create, args.latency_terminate)
     parts = set(args.only or ("load", "expiry", "admin"))
+    if args.report_only:
+        saved = json.loads((WORK / f"results-{plan.name}.json").read_text())
+        write_results(saved, plan.out_dir / "RESULTS.md")
+        write_plot(saved, plan.out_dir / "results.png")
+        return
     WORK.mkdir(parents=True, exist_ok=True)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -214,6 +224,12 @@ def main(argv: list[str] | None = None) -> None:
         "admin": admin_runs(plan, latency) if "admin" in parts else [],
     }
     data["machine"]["loadavg_at_end"] = loadavg()
+    saved_path = WORK / f"results-{plan.name}.json"
+    if args.only and saved_path.exists():
+        # Re-running one part keeps the others from the plan's last run.
+        saved = json.loads(saved_path.read_text())
+        for part in {"load", "expiry", "admin"} - parts:
+            data[part] = saved.get(part, [])
     data["wall_s"] = round(time.perf_counter() - began, 1)
     (WORK / f"results-{plan.name}.json").write_text(json.dumps(data, indent=2))
     write_results(data, plan.out_dir / "RESULTS.md")

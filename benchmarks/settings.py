@@ -36,9 +36,13 @@ if os.environ.get("BENCH_DB") == "postgres":
             "USER": "postgres",
             "NAME": os.environ.get("BENCH_PG_NAME", "avaturn_bench"),
             "CONN_MAX_AGE": _conn_max_age,
-            # BENCH_PG_POOL=1: Django 5.1+'s psycopg pool (psycopg[pool]), the
-            # way to reuse connections under ASGI; needs CONN_MAX_AGE 0.
-            "OPTIONS": {"pool": True} if os.environ.get("BENCH_PG_POOL") else {},
+            # BENCH_PG_POOL=N: Django 5.1+'s psycopg pool (psycopg[pool]) of up
+            # to N connections, the way to reuse connections under ASGI. A start
+            # holds its connection while it waits on the upstreams, so N must
+            # cover a process's concurrent requests (the default is 4).
+            "OPTIONS": {"pool": {"min_size": 4, "max_size": int(os.environ["BENCH_PG_POOL"])}}
+            if os.environ.get("BENCH_PG_POOL")
+            else {},
         }
     }
 else:
