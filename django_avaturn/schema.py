@@ -74,11 +74,11 @@ def _identity(view_method: F) -> F:
 def document(
     *,
     operation_id: str,
-    summary: str,
+    summary: str | Promise,
     responses: Mapping[int, Any],
     request: Any = None,
     parameters: Sequence[Any] = (),
-    description: str = "",
+    description: str | Promise = "",
 ) -> Callable[[F], F]:
     """Describe one view method for drf-spectacular (a no-op without it).
 
@@ -96,7 +96,7 @@ def document(
     from django_avaturn.api.serializers import ErrorSerializer
 
     def describe(status: int, value: Any) -> Any:
-        if isinstance(value, str):
+        if isinstance(value, (str, Promise)):
             return OpenApiResponse(ErrorSerializer, description=value or str(ERRORS[status]))
         if isinstance(value, tuple):
             serializer, text = value

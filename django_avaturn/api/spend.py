@@ -52,7 +52,7 @@ class UsageView(AvaturnAPIView):
 
     @document(
         operation_id="avaturn_usage_retrieve",
-        summary="The caller's own usage against their quota",
+        summary=_("The caller's own usage against their quota"),
         responses={200: UsageSerializer, 403: "", 503: UNAVAILABLE},
     )
     def get(self, request: Request) -> Response:
@@ -117,18 +117,24 @@ class SessionTranscriptView(AvaturnAPIView):
 
     @document(
         operation_id="avaturn_sessions_transcripts_create",
-        summary="Store one transcript line of the caller's own session",
-        description="Only when `TRANSCRIPTS_ENABLED`; the session must be live or have "
-        "ended in the last minute.",
+        summary=_("Store one transcript line of the caller's own session"),
+        description=_(
+            "Only when `TRANSCRIPTS_ENABLED`; the session must be live or have "
+            "ended in the last minute."
+        ),
         parameters=session_id_parameter(),
         request=TranscriptSerializer,
         responses={
             201: TranscriptCreatedSerializer,
             400: "",
-            403: "`not_authenticated` or `permission_denied` (as everywhere), or "
-            "`permission_denied` because the session ended more than a minute ago.",
-            404: "`not_found`: not one of the caller's sessions, or none; "
-            "`transcripts_disabled`: the site does not store transcripts.",
+            403: _(
+                "`not_authenticated` or `permission_denied` (as everywhere), or "
+                "`permission_denied` because the session ended more than a minute ago."
+            ),
+            404: _(
+                "`not_found`: not one of the caller's sessions, or none; "
+                "`transcripts_disabled`: the site does not store transcripts."
+            ),
             413: "",
             415: "",
             503: UNAVAILABLE,

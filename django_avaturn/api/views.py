@@ -11,6 +11,7 @@ from typing import Any
 
 from django.shortcuts import get_object_or_404
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.parsers import JSONParser
@@ -35,7 +36,9 @@ from django_avaturn.session_config import AvatarNotAllowed
 
 NO_STORE = {"Cache-Control": "no-store"}
 # What a 503 means where nothing is started: the database, or a missing setting.
-UNAVAILABLE = "`unavailable`: the database failed; `not_configured`: a setting is invalid."
+UNAVAILABLE = gettext_lazy(
+    "`unavailable`: the database failed; `not_configured`: a setting is invalid."
+)
 
 
 class AvaturnAPIView(APIView):
@@ -70,7 +73,7 @@ class SessionListView(AvaturnAPIView):
 
     @document(
         operation_id="avaturn_sessions_list",
-        summary="The caller's own sessions, newest first",
+        summary=gettext_lazy("The caller's own sessions, newest first"),
         responses={200: SessionSerializer(many=True), 403: "", 503: UNAVAILABLE},
     )
     def get(self, request: Request) -> Response:
@@ -82,16 +85,20 @@ class SessionListView(AvaturnAPIView):
 
     @document(
         operation_id="avaturn_sessions_start",
-        summary="Start a session",
-        description="Creates the OpenAI Realtime session and the Avaturn session behind it, "
-        "and answers the per-session token the browser SDK connects with.",
+        summary=gettext_lazy("Start a session"),
+        description=gettext_lazy(
+            "Creates the OpenAI Realtime session and the Avaturn session behind it, "
+            "and answers the per-session token the browser SDK connects with."
+        ),
         request=StartSessionSerializer,
         responses={
             201: StartedSessionSerializer,
             400: "",
             403: "",
-            409: '`session_limit_reached`: at the cap with `ON_SESSION_LIMIT = "refuse"`; '
-            "`session_replaced`: a newer start by the same user replaced this one.",
+            409: gettext_lazy(
+                '`session_limit_reached`: at the cap with `ON_SESSION_LIMIT = "refuse"`; '
+                "`session_replaced`: a newer start by the same user replaced this one."
+            ),
             413: "",
             415: "",
             429: (QuotaErrorSerializer, ERRORS[429]),
@@ -132,7 +139,7 @@ class SessionDetailView(AvaturnAPIView):
 
     @document(
         operation_id="avaturn_sessions_retrieve",
-        summary="One of the caller's sessions",
+        summary=gettext_lazy("One of the caller's sessions"),
         parameters=session_id_parameter(),
         responses={200: SessionSerializer, 403: "", 404: "", 503: UNAVAILABLE},
     )
@@ -142,7 +149,7 @@ class SessionDetailView(AvaturnAPIView):
 
     @document(
         operation_id="avaturn_sessions_end",
-        summary="End one of the caller's sessions (idempotent)",
+        summary=gettext_lazy("End one of the caller's sessions (idempotent)"),
         parameters=session_id_parameter(),
         responses={204: None, 403: "", 404: "", 502: "", 503: UNAVAILABLE, 504: ""},
     )
@@ -157,17 +164,18 @@ class SessionHeartbeatView(AvaturnAPIView):
 
     @document(
         operation_id="avaturn_sessions_heartbeat",
-        summary="The widget is still on the page",
-        description="Any body is ignored, but one that is there must be JSON: the CSRF "
-        "check reads it.",
+        summary=gettext_lazy("The widget is still on the page"),
+        description=gettext_lazy(
+            "Any body is ignored, but one that is there must be JSON: the CSRF check reads it."
+        ),
         parameters=session_id_parameter(),
         request=dict,
         responses={
             204: None,
-            400: "`parse_error`: the body is not JSON.",
+            400: gettext_lazy("`parse_error`: the body is not JSON."),
             403: "",
             404: "",
-            409: "`session_ended`: the session has ended.",
+            409: gettext_lazy("`session_ended`: the session has ended."),
             413: "",
             415: "",
             503: UNAVAILABLE,
