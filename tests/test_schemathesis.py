@@ -43,7 +43,7 @@ from django_avaturn.models import Session  # noqa: E402
 from django_avaturn.testing import FakeUpstream  # noqa: E402
 from example_project import settings as example_settings  # noqa: E402
 
-pytestmark = pytest.mark.schema
+pytestmark = [pytest.mark.schema, pytest.mark.django_db]
 
 # Not the auth checks: the cookie schemathesis would vary is always replaced by
 # a valid one here (test_security.py covers anonymous and CSRF-less requests).
