@@ -101,7 +101,7 @@ def start_session(
     cap = avaturn_settings.MAX_LIVE_SESSIONS_PER_USER
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise NotConfigured("MAX_LIVE_SESSIONS_PER_USER must be a whole number of at least 1.")
-    limits.ensure_enabled()
+    # (The kill switch is read once, under the reservation's locks.)
     # Fail on missing keys before a slot is reserved or anything is spent.
     secrets = get_openai_secrets()
     avaturn = get_avaturn_client()
@@ -151,7 +151,6 @@ def start_session(
             raise SessionsDisabled()
         raise SessionNotLive()
 
-    row.refresh_from_db()
     _send_robust(session_started, session=row, request=request)
     logger.info("Started Avaturn session %s for user %s", row.session_id, row.user_id)
     return StartedSession(
@@ -243,7 +242,12 @@ def _activate(row: Session, session_id: str, expires_at: datetime) -> bool:
         expires_at=expires_at,
         updated_at=now,
     )
-    return updated == 1
+    if updated != 1:
+        return False
+    # What the UPDATE wrote, without reading the row back.
+    row.status, row.session_id, row.started_at = SessionStatus.LIVE, session_id, now
+    row.expires_at, row.updated_at = expires_at, now
+    return True
 
 
 def _finish_claimed_without_upstream(row: Session, session_id: str) -> None:
@@ -308,8 +312,8 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> EndOutcom
         status=SessionStatus.ENDING, end_reason=reason, end_detail=detail[:500], updated_at=now
     )
     if claimed:
-        session.status = SessionStatus.ENDING
-        session.end_reason = reason
+        session.status, session.end_reason = SessionStatus.ENDING, reason
+        session.end_detail, session.updated_at = detail[:500], now
         return _terminate_claimed(session, was_live=True)
     # A row still starting is claimed too: its own request terminates what it creates.
     claimed = Session.objects.filter(pk=session.pk, status=SessionStatus.STARTING).update(
@@ -328,8 +332,8 @@ def _terminate_claimed(session: Session, *, was_live: bool) -> EndOutcome:
         release_claimed([session])
         session.refresh_from_db()
         raise
+    # finish_claimed sets the final fields on the instance too: no read back.
     finish_claimed([session], notify=was_live)
-    session.refresh_from_db()
     logger.info(
         "Ended Avaturn session %s (%s)%s",
         session.session_id,
