@@ -319,3 +319,13 @@ def test_no_key_anywhere(
     assert len(caplog.records) > 50
     for key in SENTINELS:
         assert key not in text
+
+
+@pytest.mark.parametrize("session_id", ["a%00b", "x" * 256])
+def test_session_ids_no_row_can_have_are_404_on_every_database(
+    api_client: Any, upstream: Any, session_id: str
+) -> None:
+    # PostgreSQL rejects a NUL in a query outright: that must not become a 503.
+    response = api_client.get(f"/avaturn/sessions/{session_id}/")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"

@@ -35,6 +35,7 @@ from django_avaturn.schema import ERRORS, document, session_id_parameter
 from django_avaturn.session_config import AvatarNotAllowed
 
 NO_STORE = {"Cache-Control": "no-store"}
+SESSION_ID_MAX_LENGTH = Session._meta.get_field("session_id").max_length or 255
 # What a 503 means where nothing is started: the database, or a missing setting.
 UNAVAILABLE = gettext_lazy(
     "`unavailable`: the database failed; `not_configured`: a setting is invalid."
@@ -60,6 +61,10 @@ class AvaturnAPIView(APIView):
         """The caller's own session; anyone else's is indistinguishable from none (404)."""
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
+        # No stored id is longer or holds a NUL (PostgreSQL cannot even compare
+        # one, and would fail the query): such an id is simply not found.
+        if len(session_id) > SESSION_ID_MAX_LENGTH or "\x00" in session_id:
+            raise exceptions.NotFound()
         return get_object_or_404(Session, session_id=session_id, user=request.user)
 
 
