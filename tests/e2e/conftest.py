@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -49,6 +49,13 @@ ALLOW_ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
+def _missing(reason: str) -> NoReturn:
+    """Skip the browser tests, unless CI asked for them to run (then fail loudly)."""
+    if os.environ.get("AVATURN_REQUIRE_BROWSER_TESTS") == "1":
+        pytest.fail(f"browser tests are required here but cannot run: {reason}")
+    pytest.skip(reason)
+
+
 def sri(data: bytes) -> str:
     return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
 
@@ -59,7 +66,7 @@ def sdk_dist() -> Path:
     if not (SDK_DIST / "main.js").is_file():
         npm = shutil.which("npm")
         if npm is None:
-            pytest.skip("npm is missing: run .ci/install-browser-deps to install the web SDK")
+            _missing("npm is missing: run .ci/install-browser-deps to install the web SDK")
         SDK_PREFIX.mkdir(exist_ok=True)
         result = subprocess.run(
             [
@@ -79,7 +86,7 @@ def sdk_dist() -> Path:
             check=False,
         )
         if result.returncode != 0 or not (SDK_DIST / "main.js").is_file():
-            pytest.skip(f"could not install @avaturn-live/web-sdk from npm: {result.stderr[-500:]}")
+            _missing(f"could not install @avaturn-live/web-sdk from npm: {result.stderr[-500:]}")
     return SDK_DIST
 
 
@@ -125,13 +132,11 @@ def sdk_integrity(sdk_dist: Path) -> str:
 @pytest.fixture(scope="session")
 def playwright_browser() -> Iterator[Any]:
     if not Path(CHROMIUM).is_file():
-        pytest.skip(
-            f"{CHROMIUM} is missing: run .ci/install-browser-deps (apt-get install chromium)"
-        )
+        _missing(f"{CHROMIUM} is missing: run .ci/install-browser-deps (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("the playwright package is missing: run .ci/install-browser-deps")
+        _missing("the playwright package is missing: run .ci/install-browser-deps")
     # Playwright's sync API keeps an event loop running in this thread while
     # it is open; Django would then refuse the tests' own ORM queries and the
     # test database's setup and flushes. The live server is unaffected (it has
