@@ -21,6 +21,15 @@ BEFORE_AFTER = "\n".join(
         "| 45% / 12% (the pool's default `max_size` 4: a start holds its connection "
         "while it waits on the upstreams, so requests queue for one) "
         "| see `uvicorn+pool` above (`max_size` 40) | `benchmarks/settings.py` |",
+        "| Added latency p50, gunicorn, SQLite, 1 client "
+        "| 47.5 ms (rollback journal: an fsync per commit, four commits per start+end) "
+        "| 9.4 ms | `SQLite: WAL with synchronous=NORMAL in the example project` |",
+        "| gunicorn, SQLite, 50 clients, % of ideal | 25% | 78% "
+        "| the same, plus `Fewer queries and less work per start and end` (16 to 13) |",
+        "| Added latency p50, uvicorn, 1 client (a plain GET: 60 ms against 8 ms) "
+        "| 54 ms (`uvicorn --workers 2`: its process supervisor adds about 50 ms to "
+        "every request) | see the uvicorn rows (two `UvicornWorker`s under gunicorn) "
+        "| `benchmarks/servers.py` |",
         "",
     ]
 )
@@ -180,7 +189,7 @@ def write_results(data: dict[str, Any], path: Path) -> None:
 FINDINGS = """\
 - **CPU, not concurrency, limits 50 clients here.** 50 clients ideally make
   100 starts+ends a second, 200 Django requests. The server alone spends the
-  CPU per iteration shown above (17 queries, DRF, the OpenAI SDK and requests
+  CPU per iteration shown above (13 queries, DRF, the OpenAI SDK and requests
   per start+end), so 100 a second needs about two cores for the server, on a
   machine whose two cores also run the fake, the database, the load generator
   and (load average column) other people's work. Up to 10 clients, where CPU
@@ -189,11 +198,11 @@ FINDINGS = """\
   building clients and opens 3 new upstream connections per iteration. At 50
   clients on SQLite the quickstart broker comes out ahead: it writes no rows, so
   it never queues on SQLite's single writer lock.
-- **Added latency at 1 client is CPU time, not waiting**: about 15 ms per
-  start+end under gunicorn on PostgreSQL, above the 5 ms goal. Cheap cuts left
-  in django_avaturn, not made here: `start_session` reads the kill switch twice
-  and re-reads the row after activating it, `end_session` re-reads it after
-  finishing (4 of the 17 queries).
+- **Added latency at 1 client** is mostly CPU time: Django's request cycle,
+  DRF, 13 queries per start+end, the OpenAI SDK and requests. Two fixes found
+  through these numbers cut it from 47 to about 9 ms per request on SQLite
+  (see "before and after"); what remains is above the 5 ms goal. The upstream
+  clients themselves cost about 2.5 ms of CPU per start+end (measured apart).
 - **ASGI does not serialise sync views.** Django's ASGI handler wraps each
   request in `asgiref.sync.ThreadSensitiveContext`, so `sync_to_async(
   thread_sensitive=True)` runs each request on a thread of its own, not on one
@@ -210,10 +219,15 @@ FINDINGS = """\
   lock waits stall requests for seconds; probably pooled connections expiring
   while concurrency swings (httpx closes those idle for 5 s). Not investigated
   further.
-- **SQLite** commits with an fsync each (rollback journal), and writers from two
-  processes queue on the busy timeout, which sleeps in steps of up to 100 ms:
-  the p99 column. WAL (`"init_command": "PRAGMA journal_mode=WAL"`) would help;
-  PostgreSQL is the database for a multi-process deployment.
+- **SQLite** runs in WAL mode with `synchronous=NORMAL` (the example project's
+  settings): one fsync per checkpoint instead of per commit. Writers from two
+  processes still queue on the busy timeout, which sleeps in steps of up to
+  100 ms: the p99 column. PostgreSQL is the database for a multi-process
+  deployment.
+- **uvicorn's own `--workers N`** added about 50 ms to every request on this
+  machine, a plain GET included (a single uvicorn process: 8 ms; two
+  `uvicorn_worker.UvicornWorker`s under gunicorn: 12 ms). The ASGI rows use the
+  latter, which is also how uvicorn is usually deployed.
 - **Expiry** holds one batch in memory (peak RSS flat from 100,000 to 1,000,000
   rows, about 2 MB above an idle Django) and issues 4 to 5 queries per batch of
   500. The naive loop holds every row (about 115 MB more per 100,000 rows) and
