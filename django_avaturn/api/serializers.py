@@ -10,7 +10,24 @@ from rest_framework import serializers
 from django_avaturn.models import EndReason, Session
 
 
-class StartSessionSerializer(serializers.Serializer[Any]):
+class StrictSerializer(serializers.Serializer[Any]):
+    """Refuses fields it does not declare, instead of DRF's silent ignoring.
+
+    For a start, instructions, model, voice and engine are the server's to
+    choose: a request naming them (or anything else unknown) is a 400.
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {name: [_("This field is not accepted.")] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+class StartSessionSerializer(StrictSerializer):
     """What a visitor may choose when starting: an allowed avatar, a widget config name."""
 
     avatar_id = serializers.CharField(
@@ -22,17 +39,6 @@ class StartSessionSerializer(serializers.Serializer[Any]):
         required=False,
         help_text=_("A widget config name, handed to the site's session config hook."),
     )
-
-    def to_internal_value(self, data: Any) -> Any:
-        # Instructions, model, voice and engine are the server's to choose; a
-        # request naming them (or anything else unknown) is refused outright.
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError(
-                    {name: [_("This field is not accepted.")] for name in unknown}
-                )
-        return super().to_internal_value(data)
 
 
 class StartedSessionSerializer(serializers.Serializer[Any]):

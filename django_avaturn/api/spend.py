@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from django_avaturn import limits, usage
+from django_avaturn.api.serializers import StrictSerializer
 from django_avaturn.api.views import NO_STORE, UNAVAILABLE, AvaturnAPIView
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.limits import QUOTA_WINDOWS
@@ -79,19 +80,10 @@ class UsageView(AvaturnAPIView):
         return Response(body, headers=NO_STORE)
 
 
-class TranscriptSerializer(serializers.Serializer[Any]):
+class TranscriptSerializer(StrictSerializer):
     role = serializers.ChoiceField(choices=TranscriptRole.choices)
     text = serializers.CharField(max_length=100_000, trim_whitespace=True)
     timestamp = serializers.FloatField(required=False, min_value=0, max_value=4_102_444_800_000)
-
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError(
-                    {name: [_("This field is not accepted.")] for name in unknown}
-                )
-        return super().to_internal_value(data)
 
     def validate_text(self, value: str) -> str:
         limit = int(avaturn_settings.TRANSCRIPT_MAX_LENGTH)
