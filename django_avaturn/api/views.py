@@ -102,7 +102,8 @@ class SessionListView(AvaturnAPIView):
             403: "",
             409: gettext_lazy(
                 '`session_limit_reached`: at the cap with `ON_SESSION_LIMIT = "refuse"`; '
-                "`session_replaced`: a newer start by the same user replaced this one."
+                "`session_replaced`: a newer start by the same user replaced this one; "
+                "`session_ended`: staff ended it while it started."
             ),
             413: "",
             415: "",
