@@ -236,3 +236,32 @@ def test_start_throttle_is_shared_across_processes_through_redis(settings: Any) 
     assert not _allowed_in_another_process(4242, prefix)
     assert _allowed_in_another_process(4243, prefix)  # someone else is not affected
     assert not SessionStartThrottle().allow_request(request, None)  # type: ignore[arg-type]
+
+
+def test_the_site_wide_cap_holds_under_simultaneous_starts_by_many_users(
+    live_fake: FakeUpstream, settings: Any, django_user_model: Any
+) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "MAX_LIVE_SESSIONS": 3,
+        "AVATURN_CONNECT_TIMEOUT": 10,
+        "AVATURN_TIMEOUT": 10,
+        "OPENAI_TIMEOUT": 10,
+    }
+    live_fake.set_latency(OPENAI_CLIENT_SECRET, 0.02)
+    live_fake.set_latency(AVATURN_CREATE, 0.05)
+    users = [
+        django_user_model.objects.create_user(email=f"crowd{n}@example.com", password="pw")
+        for n in range(20)
+    ]
+
+    results = run_threads(lambda n: _start(users[n]), len(users))
+
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    ok = [r for r in results if r.startswith("ok:")]
+    assert len(ok) == 3, results
+    assert sorted(set(results) - set(ok)) == ["site_limit_reached"]
+    assert Session.objects.filter(status=SessionStatus.LIVE).count() == 3
+    # Refused starts spent nothing upstream.
+    assert len(live_fake.requests_for(AVATURN_CREATE)) == 3
+    assert_no_orphans(live_fake)
