@@ -177,15 +177,14 @@ def _quota_error() -> Error | None:
 
 def _key_warnings() -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    for name, env_name, check_id in (
-        ("API_KEY", "AVATURN_API_KEY", "django_avaturn.W001"),
-        ("OPENAI_API_KEY", "OPENAI_API_KEY", "django_avaturn.W002"),
+    for name, env_name, service, check_id in (
+        ("API_KEY", "AVATURN_API_KEY", "Avaturn", "django_avaturn.W001"),
+        ("OPENAI_API_KEY", "OPENAI_API_KEY", "OpenAI", "django_avaturn.W002"),
     ):
         if not _setting(name):
             messages.append(
                 Warning(
-                    f"No {name.replace('_', ' ').lower().replace('api', 'API')} is configured; "
-                    "starting a session will answer 503.",
+                    f"No {service} API key is configured; starting a session will answer 503.",
                     hint=f"Set the {env_name} environment variable or AVATURN['{name}'].",
                     id=check_id,
                 )

@@ -113,6 +113,10 @@ def test_missing_keys_are_warnings_not_errors(settings: Any, monkeypatch: Any) -
     assert ids(messages) == ["django_avaturn.W001", "django_avaturn.W002"]
     assert all(isinstance(m, Warning) for m in messages)
     assert messages[0].hint == "Set the AVATURN_API_KEY environment variable or AVATURN['API_KEY']."
+    assert messages[0].msg == (
+        "No Avaturn API key is configured; starting a session will answer 503."
+    )
+    assert messages[1].msg == "No OpenAI API key is configured; starting a session will answer 503."
 
 
 def test_env_keys_satisfy_the_check(settings: Any, monkeypatch: Any) -> None:
