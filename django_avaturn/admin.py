@@ -31,7 +31,7 @@ from django_avaturn.admin_actions import (
     terminate_selected,
 )
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
-from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
+from django_avaturn.models import EndReason, ServiceSwitch, Session, Transcript
 from django_avaturn.redaction import scrub
 from django_avaturn.termination import end_sessions
 
@@ -193,13 +193,13 @@ class SessionAdmin(_ModelAdmin):
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
         if isinstance(context, dict) and "cl" in context:
-            filtered = context["cl"].queryset
+            summary = usage.summarize(context["cl"].queryset)
             switch = ServiceSwitch.objects.filter(pk=ServiceSwitch.SINGLETON_PK).first()
             context.update(
                 usage_summary={
-                    "sessions": filtered.filter(started_at__isnull=False).count(),
-                    "minutes": round(usage.total_seconds(filtered) / 60, 1),
-                    "live": filtered.filter(status=SessionStatus.LIVE).count(),
+                    "sessions": summary.sessions,
+                    "minutes": summary.minutes,
+                    "live": summary.live,
                 },
                 sessions_enabled=limits.sessions_enabled(),
                 switch=switch,
@@ -215,6 +215,7 @@ class SessionAdmin(_ModelAdmin):
         days = usage.daily_usage(filtered, days=30)
         bars, peak = charts.daily_bars(days)
         per_user = usage.usage_by_user(filtered)
+        summary = usage.summarize(filtered)
         user_model: Any = get_user_model()
         users = user_model._default_manager.in_bulk([row["user_id"] for row in per_user])
         for row in per_user:
@@ -229,8 +230,8 @@ class SessionAdmin(_ModelAdmin):
             "chart_width": charts.WIDTH,
             "chart_height": charts.HEIGHT,
             "per_user": per_user,
-            "total_minutes": round(usage.total_seconds(filtered) / 60, 1),
-            "total_sessions": filtered.filter(started_at__isnull=False).count(),
+            "total_minutes": summary.minutes,
+            "total_sessions": summary.sessions,
         }
         return TemplateResponse(request, "admin/django_avaturn/session/usage.html", context)
 

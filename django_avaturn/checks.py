@@ -24,7 +24,8 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from django_avaturn.conf import DEFAULTS, IMPORT_STRINGS, SETTINGS_NAME, avaturn_settings
-from django_avaturn.limits import QUOTA_KEYS, QUOTA_WINDOWS
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.limits import QUOTA_WINDOWS, parse_quota
 from django_avaturn.session_config import (
     BACKGROUNDS,
     CLIENT_SECRET_TTL_RANGE,
@@ -155,24 +156,16 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
 
 
 def _quota_error() -> Error | None:
-    quotas = _setting("QUOTAS")
-    if quotas is None:
-        return None
-    bad = not isinstance(quotas, dict) or bool(set(quotas) - QUOTA_KEYS)
-    if not bad:
-        bad = any(
-            value is not None
-            and (isinstance(value, bool) or not isinstance(value, int) or value < 0)
-            for value in quotas.values()
+    # The same parser the start uses, so the check and the runtime cannot disagree.
+    try:
+        parse_quota(_setting("QUOTAS"))
+    except NotConfigured as exc:
+        return Error(
+            f"AVATURN['QUOTAS'] is invalid: {exc}",
+            hint='For example {"sessions_per_day": 5, "minutes_per_day": 30}.',
+            id="django_avaturn.E003",
         )
-    if not bad:
-        return None
-    return Error(
-        f"AVATURN['QUOTAS'] must be a dict with keys among {sorted(QUOTA_KEYS)} and whole "
-        f"numbers (or None) as values, not {quotas!r}.",
-        hint='For example {"sessions_per_day": 5, "minutes_per_day": 30}.',
-        id="django_avaturn.E003",
-    )
+    return None
 
 
 def _key_warnings() -> list[CheckMessage]:

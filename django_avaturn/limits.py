@@ -127,6 +127,11 @@ def quota_for(user: Any) -> Quota:
         # The site's own code failed: log its traceback, answer a JSON 503, not a 500.
         logger.exception("QUOTA_HOOK raised")
         raise NotConfigured("QUOTA_HOOK raised an exception.") from exc
+    return parse_quota(raw)
+
+
+def parse_quota(raw: Any) -> Quota:
+    """``QUOTAS`` (or a hook's answer) as a ``Quota``; ``NotConfigured`` if malformed."""
     if raw is None:
         return Quota()
     if not isinstance(raw, Mapping) or set(raw) - QUOTA_KEYS:

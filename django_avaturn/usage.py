@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.db.models import DurationField, ExpressionWrapper, F, QuerySet, Sum, Value
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet, Sum, Value
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from django_avaturn.models import Session
+from django_avaturn.models import Session, SessionStatus
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,38 @@ def _talked(now: datetime) -> ExpressionWrapper[CombinedExpression]:
     )
 
 
+@dataclass(frozen=True)
+class Summary:
+    """Started sessions, seconds talked (live ones up to now) and sessions live now."""
+
+    sessions: int
+    seconds: float
+    live: int
+
+    @property
+    def minutes(self) -> float:
+        return round(self.seconds / 60, 1)
+
+
+def summarize(queryset: QuerySet[Session]) -> Summary:
+    """The ``Summary`` of ``queryset``, in one query."""
+    started = Q(started_at__isnull=False)
+    totals = queryset.aggregate(
+        sessions=Count("pk", filter=started),
+        talked=Sum(_talked(timezone.now()), filter=started),
+        live=Count("pk", filter=Q(status=SessionStatus.LIVE)),
+    )
+    talked = totals["talked"]
+    return Summary(
+        sessions=totals["sessions"],
+        seconds=talked.total_seconds() if isinstance(talked, timedelta) else 0.0,
+        live=totals["live"],
+    )
+
+
 def total_seconds(queryset: QuerySet[Session]) -> float:
     """Seconds talked in all started sessions of ``queryset`` (live ones up to now)."""
-    total = (
-        queryset.filter(started_at__isnull=False)
-        .aggregate(total=Sum(_talked(timezone.now())))
-        .get("total")
-    )
-    return total.total_seconds() if isinstance(total, timedelta) else 0.0
+    return summarize(queryset).seconds
 
 
 def daily_usage(queryset: QuerySet[Session], *, days: int = 30) -> list[DayUsage]:
