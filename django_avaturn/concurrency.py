@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import NotConfigured
+from django_avaturn.validation import required_int_setting
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -25,10 +24,7 @@ R = TypeVar("R")
 
 def terminate_concurrency() -> int:
     """The configured number of upstream calls allowed in flight at once."""
-    value: object = avaturn_settings.TERMINATE_CONCURRENCY
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise NotConfigured("TERMINATE_CONCURRENCY must be a whole number of at least 1.")
-    return value
+    return required_int_setting("TERMINATE_CONCURRENCY")
 
 
 def run_bounded(

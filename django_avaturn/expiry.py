@@ -40,8 +40,6 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from django_avaturn import services
-from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.termination import (
     DEFAULT_BATCH_SIZE,
@@ -54,17 +52,9 @@ from django_avaturn.termination import (
     preflight,
     terminate_claimed,
 )
+from django_avaturn.validation import int_setting, required_int_setting
 
 Reporter = Callable[[Iterable[Result]], None]
-
-
-def _seconds(name: str, *, allow_none: bool = False) -> int | None:
-    value: object = avaturn_settings.raw(name)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise NotConfigured(f"{name} must be a whole number of seconds.")
-    return value
 
 
 @dataclass(frozen=True)
@@ -83,10 +73,10 @@ class ExpiryPolicy:
     ) -> ExpiryPolicy:
         """The configured policy, with the command's ``idle`` and ``older_than`` over it."""
         return cls(
-            idle=idle if idle is not None else _seconds("EXPIRE_IDLE_AFTER", allow_none=True),
-            grace=_seconds("EXPIRE_GRACE") or 0,
-            stuck_after=_seconds("EXPIRE_STUCK_AFTER") or 0,
-            default_max_duration=_seconds("MAX_DURATION") or 0,
+            idle=idle if idle is not None else int_setting("EXPIRE_IDLE_AFTER"),
+            grace=required_int_setting("EXPIRE_GRACE"),
+            stuck_after=required_int_setting("EXPIRE_STUCK_AFTER"),
+            default_max_duration=required_int_setting("MAX_DURATION"),
             older_than=older_than,
         )
 

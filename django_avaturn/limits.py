@@ -25,6 +25,7 @@ from django_avaturn.exceptions import (
     SiteLimitReached,
 )
 from django_avaturn.models import ServiceSwitch, Session, SessionStatus
+from django_avaturn.validation import int_setting
 
 QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
 QUOTA_WINDOWS = frozenset({"day", "rolling"})
@@ -72,12 +73,7 @@ def set_sessions_enabled(enabled: bool, *, by: Any = None, reason: str = "") -> 
 
 
 def site_cap() -> int | None:
-    cap: object = avaturn_settings.MAX_LIVE_SESSIONS
-    if cap is None:
-        return None
-    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-        raise NotConfigured("MAX_LIVE_SESSIONS must be None or a whole number of at least 1.")
-    return cap
+    return int_setting("MAX_LIVE_SESSIONS")
 
 
 def lock_for_site_cap() -> None:

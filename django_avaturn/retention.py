@@ -6,20 +6,17 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import Transcript
+from django_avaturn.validation import check_int, int_setting
 
 DEFAULT_BATCH_SIZE = 5000
 
 
 def retention_days(override: int | None = None) -> int | None:
-    days: object = override if override is not None else avaturn_settings.TRANSCRIPT_RETENTION_DAYS
-    if days is None:
-        return None
-    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
-        raise NotConfigured("TRANSCRIPT_RETENTION_DAYS must be None or a whole number of days.")
-    return days
+    """Days to keep transcripts: the command's ``override``, else the setting (None: forever)."""
+    if override is not None:
+        return check_int("TRANSCRIPT_RETENTION_DAYS", override)
+    return int_setting("TRANSCRIPT_RETENTION_DAYS")
 
 
 def purge_transcripts(

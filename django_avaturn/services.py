@@ -49,6 +49,7 @@ from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.redaction import excerpt
 from django_avaturn.session_config import SESSION_LIMIT_POLICIES, SessionPlan, build_plan
 from django_avaturn.signals import session_ended, session_started
+from django_avaturn.validation import required_int_setting
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +99,7 @@ def start_session(
     policy = avaturn_settings.ON_SESSION_LIMIT
     if policy not in SESSION_LIMIT_POLICIES:
         raise NotConfigured(f"ON_SESSION_LIMIT must be one of {sorted(SESSION_LIMIT_POLICIES)}.")
-    cap = avaturn_settings.MAX_LIVE_SESSIONS_PER_USER
-    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-        raise NotConfigured("MAX_LIVE_SESSIONS_PER_USER must be a whole number of at least 1.")
+    cap = required_int_setting("MAX_LIVE_SESSIONS_PER_USER")
     # (The kill switch is read once, under the reservation's locks.)
     # Fail on missing keys before a slot is reserved or anything is spent.
     secrets = get_openai_secrets()

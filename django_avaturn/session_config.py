@@ -17,6 +17,7 @@ from django.http import HttpRequest
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
+from django_avaturn.validation import check_int, required_int_setting
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,6 @@ RENDER_MODELS = frozenset({"delta", "golf"})
 RENDER_MODEL_FIELDS = frozenset({"model", "render_model"})
 SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
 
-CLIENT_SECRET_TTL_RANGE = (10, 7200)
-MAX_DURATION_RANGE = (60, 86400)
-USER_ABSENT_TIMEOUT_MIN = 10
 
 # What a SESSION_CONFIG_HOOK may return; anything else is a configuration error.
 HOOK_KEYS = frozenset(
@@ -67,15 +65,6 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             merged[key] = copy.deepcopy(value)
     return merged
-
-
-def _int_in_range(name: str, value: Any, low: int, high: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise NotConfigured(f"{name} must be a whole number of seconds, not {value!r}.")
-    if value < low or (high is not None and value > high):
-        bound = f"{low} to {high}" if high is not None else f"at least {low}"
-        raise NotConfigured(f"{name} must be {bound} seconds, not {value}.")
-    return int(value)
 
 
 def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:
@@ -146,17 +135,12 @@ def build_plan(
     if avatar_id and avatar_id not in allowed:
         raise AvatarNotAllowed(avatar_id)
 
-    ttl = _int_in_range(
-        "CLIENT_SECRET_TTL", avaturn_settings.CLIENT_SECRET_TTL, *CLIENT_SECRET_TTL_RANGE
+    ttl = required_int_setting("CLIENT_SECRET_TTL")
+    # The hook may shorten (or lengthen) a session, within Avaturn's range.
+    max_duration = check_int(
+        "MAX_DURATION", overrides.get("max_duration", avaturn_settings.MAX_DURATION)
     )
-    max_duration = _int_in_range(
-        "MAX_DURATION",
-        overrides.get("max_duration", avaturn_settings.MAX_DURATION),
-        *MAX_DURATION_RANGE,
-    )
-    absent = _int_in_range(
-        "USER_ABSENT_TIMEOUT", avaturn_settings.USER_ABSENT_TIMEOUT, USER_ABSENT_TIMEOUT_MIN, None
-    )
+    absent = required_int_setting("USER_ABSENT_TIMEOUT")
 
     options: dict[str, Any] = {"max_duration": max_duration, "user_absent_timeout": absent}
     if chosen_avatar:

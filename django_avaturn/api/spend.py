@@ -19,6 +19,7 @@ from django_avaturn.conf import avaturn_settings
 from django_avaturn.limits import QUOTA_WINDOWS
 from django_avaturn.models import ACTIVE_STATUSES, Session, Transcript, TranscriptRole
 from django_avaturn.schema import document, session_id_parameter
+from django_avaturn.validation import required_int_setting
 
 # Transcript events can arrive just after Stop; accept them for this long.
 TRANSCRIPT_GRACE = timedelta(seconds=60)
@@ -86,7 +87,7 @@ class TranscriptSerializer(StrictSerializer):
     timestamp = serializers.FloatField(required=False, min_value=0, max_value=4_102_444_800_000)
 
     def validate_text(self, value: str) -> str:
-        limit = int(avaturn_settings.TRANSCRIPT_MAX_LENGTH)
+        limit = required_int_setting("TRANSCRIPT_MAX_LENGTH")
         if len(value) > limit:
             raise serializers.ValidationError(
                 _("Ensure this field has no more than %(limit)d characters.") % {"limit": limit}

@@ -1,0 +1,68 @@
+"""The one definition of every whole-number setting's valid range.
+
+Both the system checks (``manage.py check``) and the code that uses a
+setting call ``int_setting()``, so a value the check accepts is a value the
+runtime accepts, and the other way round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import NotConfigured
+
+
+@dataclass(frozen=True)
+class Bounds:
+    low: int
+    high: int | None = None
+    unit: str = ""
+    optional: bool = False  # None is allowed (and means "off")
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        if self.high is None:
+            return f"at least {self.low}{unit}"
+        return f"{self.low} to {self.high}{unit}"
+
+
+INT_SETTINGS: dict[str, Bounds] = {
+    # OpenAI's and Avaturn's documented ranges (see upstream.md).
+    "CLIENT_SECRET_TTL": Bounds(10, 7200, "seconds"),
+    "MAX_DURATION": Bounds(60, 86400, "seconds"),
+    "USER_ABSENT_TIMEOUT": Bounds(10, None, "seconds"),
+    # Ours.
+    "MAX_LIVE_SESSIONS_PER_USER": Bounds(1),
+    "MAX_LIVE_SESSIONS": Bounds(1, optional=True),
+    "TERMINATE_CONCURRENCY": Bounds(1),
+    "EXPIRE_IDLE_AFTER": Bounds(1, None, "seconds", optional=True),
+    "EXPIRE_GRACE": Bounds(0, None, "seconds"),
+    "EXPIRE_STUCK_AFTER": Bounds(1, None, "seconds"),
+    "TRANSCRIPT_MAX_LENGTH": Bounds(1, None, "characters"),
+    "TRANSCRIPT_RETENTION_DAYS": Bounds(0, None, "days", optional=True),
+}
+
+
+def check_int(name: str, value: object) -> int | None:
+    """``value`` as the whole number ``name`` takes, or ``NotConfigured`` saying why not."""
+    bounds = INT_SETTINGS[name]
+    if value is None and bounds.optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NotConfigured(f"{name} must be a whole number, {bounds.describe()}, not {value!r}.")
+    if value < bounds.low or (bounds.high is not None and value > bounds.high):
+        raise NotConfigured(f"{name} must be {bounds.describe()}, not {value}.")
+    return value
+
+
+def int_setting(name: str) -> int | None:
+    """The configured value of ``name``, validated (``None`` only where it is optional)."""
+    return check_int(name, avaturn_settings.raw(name))
+
+
+def required_int_setting(name: str) -> int:
+    value = int_setting(name)
+    if value is None:  # only optional settings may be None; this one is not
+        raise NotConfigured(f"{name} must be set.")
+    return value
