@@ -14,7 +14,6 @@ in a class body or at import time, or ``override_settings`` cannot reach them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -176,11 +175,6 @@ class AvaturnSettings:
     def sdk_api_host(self) -> str:
         host = self.SDK_API_HOST or self.API_URL
         return str(host).rstrip("/")
-
-    @property
-    def session_config_hook(self) -> Callable[..., Any] | None:
-        hook: Callable[..., Any] | None = self.SESSION_CONFIG_HOOK
-        return hook
 
     def __repr__(self) -> str:
         # Never let a key reach a debugger, a log or an error page.

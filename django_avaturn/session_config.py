@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +68,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:
-    hook = avaturn_settings.session_config_hook
+    hook: Callable[..., Any] | None = avaturn_settings.SESSION_CONFIG_HOOK
     if hook is None:
         return {}
     try:
