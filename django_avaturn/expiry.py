@@ -154,12 +154,7 @@ def expire_sessions(
         preflight()
     now = now or timezone.now()
     tally = Tally()
-
-    def report(results: Iterable[Result]) -> None:
-        for result in results:
-            tally.add(result)
-            if on_result is not None:
-                on_result(result)
+    report = tally.reporter(on_result)
 
     stuck_since = now - timedelta(seconds=policy.stuck_after)
     _fail_stuck_starts(stuck_since, dry_run, batch_size, report)

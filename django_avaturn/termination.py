@@ -73,6 +73,17 @@ class Tally:
 
     MAX_FAILURES_KEPT = 5
 
+    def reporter(self, on_result: ResultCallback | None) -> Callable[[Iterable[Result]], None]:
+        """A callback that counts each result here, then hands it to ``on_result``."""
+
+        def report(results: Iterable[Result]) -> None:
+            for result in results:
+                self.add(result)
+                if on_result is not None:
+                    on_result(result)
+
+        return report
+
     def add(self, result: Result) -> None:
         self.counts[result.outcome] += 1
         if result.outcome is Outcome.FAILED and len(self.failures) < self.MAX_FAILURES_KEPT:
@@ -268,12 +279,7 @@ def end_sessions(
     """
     preflight()
     tally = Tally()
-
-    def report(results: Iterable[Result]) -> None:
-        for result in results:
-            tally.add(result)
-            if on_result is not None:
-                on_result(result)
+    report = tally.reporter(on_result)
 
     def reason_detail(row: Session) -> str:
         return detail
