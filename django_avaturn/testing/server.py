@@ -1,10 +1,13 @@
 """The HTTP transport of the fake: a keep-alive, low-latency stdlib server.
 
 It knows nothing about the routes: it parses a request, asks the fake for a
-`Reply` and sends it. Two details keep latency figures honest (see
-docs on the fake): TCP_NODELAY on every accepted socket, and the status line,
+`Reply` and sends it. Three details keep latency figures honest (see
+docs on the fake): TCP_NODELAY on every accepted socket; the status line,
 headers and body sent in a single write, so Nagle's algorithm never waits on
-a delayed ACK between them.
+a delayed ACK between them; and a reply's delay counted from the moment its
+request line arrived, so the fake's own parsing and bookkeeping (on the same
+CPUs as the code under test) are part of the configured latency instead of
+being added to it, as a remote service's processing would be.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -99,10 +103,16 @@ class FakeRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "django-avaturn-fake"
     server: FakeHTTPServer
+    arrived = 0.0
 
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def parse_request(self) -> bool:
+        # Called right after the request line is read, before the headers.
+        self.arrived = time.monotonic()
+        return super().parse_request()
 
     def do_GET(self) -> None:
         self._serve()
@@ -159,7 +169,8 @@ class FakeRequestHandler(BaseHTTPRequestHandler):
             self.rfile.readline(65537)
 
     def _deliver(self, reply: Reply) -> None:
-        if reply.delay > 0 and not self.server.sleep(reply.delay):
+        remaining = reply.delay - (time.monotonic() - self.arrived)
+        if remaining > 0 and not self.server.sleep(remaining):
             self.close_connection = True
             return
         if reply.close:
