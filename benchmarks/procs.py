@@ -41,6 +41,28 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
     raise RuntimeError(f"nothing listened on port {port} within {timeout} s")
 
 
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:``port`` (one per worker with SO_REUSEPORT)."""
+    wanted = f"0100007F:{port:04X}"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted and fields[3] == "0A":  # 0A: TCP_LISTEN
+            count += 1
+    return count
+
+
+def wait_for_listeners(port: int, count: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until ``count`` workers listen, so no worker misses the clients' connections."""
+    deadline = time.monotonic() + 60.0
+    while listening_sockets(port) < count:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer than {count} workers listened on port {port}")
+        time.sleep(0.05)
+
+
 def bench_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     # Never the real services: without keys the example points at the fake.
@@ -61,7 +83,15 @@ class Proc:
     port: int
 
     @classmethod
-    def start(cls, name: str, argv: list[str], *, port: int, env: Mapping[str, str]) -> Proc:
+    def start(
+        cls,
+        name: str,
+        argv: list[str],
+        *,
+        port: int,
+        env: Mapping[str, str],
+        listeners: int = 1,
+    ) -> Proc:
         WORK.mkdir(parents=True, exist_ok=True)
         log = (WORK / f"{name}.log").open("ab")
         popen = subprocess.Popen(
@@ -70,6 +100,7 @@ class Proc:
         proc = cls(name, popen, port)
         try:
             wait_for_port(port, popen)
+            wait_for_listeners(port, listeners, popen)
         except BaseException:
             proc.stop()
             raise
@@ -161,6 +192,29 @@ def group_cpu_seconds(pgid: int) -> float:
         # After the command: state ppid pgrp ... utime(12) stime(13), 0-based.
         if int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def named_cpu_seconds(command: str) -> float:
+    """User + system CPU of every live process whose command name is ``command``.
+
+    PostgreSQL's backends (one per connection) are not in the server's process
+    group, yet each query costs CPU there too: on two shared cores it counts.
+    A backend that exited is counted through its parent's reaped-children
+    time (cutime, cstime), so a connection per request is not missed.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name, _, rest = (entry / "stat").read_text().partition(" (")[2].partition(")")
+        except OSError:
+            continue
+        if name == command:
+            fields = rest.split()
+            total += sum(int(value) for value in fields[11:15])
     return total / ticks
 
 
