@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
 
-from benchmarks.procs import FakeControl, Latency, group_cpu_seconds, loadavg, self_cpu_seconds
+from benchmarks.procs import (
+    FakeControl,
+    Latency,
+    group_cpu_seconds,
+    loadavg,
+    named_cpu_seconds,
+    self_cpu_seconds,
+)
 
 PASSWORD = "bench-password"
 _CSRF_INPUT = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
@@ -27,6 +34,7 @@ _CSRF_INPUT = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
 BROKERS = {
     "django_avaturn": ("/avaturn/sessions/", "/avaturn/sessions/{}/"),
     "quickstart": ("/baseline/sessions/", "/baseline/sessions/{}/"),
+    "floor": ("/baseline/floor/sessions/", "/baseline/floor/sessions/{}/"),
 }
 
 
@@ -237,14 +245,14 @@ def run_load(
         raise RuntimeError(f"{server}/{broker}: a client failed to warm up") from failures[0]
     fake.reset()
     load_before = loadavg()
-    cpu_before = _cpu(server_pgid, fake_pgid)
+    cpu_before = _cpu(server_pgid, fake_pgid, db)
     began = time.perf_counter()
     stop_at[0] = began + duration
     gate.wait()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
-    cpu_after = _cpu(server_pgid, fake_pgid)
+    cpu_after = _cpu(server_pgid, fake_pgid, db)
     if failures:
         raise RuntimeError(f"{server}/{broker}: a client failed") from failures[0]
     state = fake.state()
@@ -266,9 +274,12 @@ def run_load(
     )
 
 
-def _cpu(server_pgid: int, fake_pgid: int) -> dict[str, float]:
-    return {
+def _cpu(server_pgid: int, fake_pgid: int, db: str) -> dict[str, float]:
+    cpu = {
         "server": group_cpu_seconds(server_pgid),
         "fake": group_cpu_seconds(fake_pgid),
         "clients": self_cpu_seconds(),
     }
+    if db == "postgres":
+        cpu["database"] = named_cpu_seconds("postgres")
+    return cpu

@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class Plan:
     duration: float
     clients: tuple[int, ...]
     postgres_load: bool
+    slow_upstream: bool
     expiry_rows: tuple[int, ...]
     expiry_dbs: tuple[str, ...]
     naive_rows: int
@@ -49,11 +50,11 @@ class Plan:
 
 
 PLANS = {
-    "full": Plan("full", 5.0, (1, 10, 50), True, (100_000, 1_000_000), ("sqlite", "postgres"),
+    "full": Plan("full", 5.0, (1, 10, 50), True, True, (100_000, 1_000_000), ("sqlite", "postgres"),
                  100_000, 15.0, 2_000, 200),
-    "quick": Plan("quick", 3.0, (1, 10, 50), True, (100_000,), ("sqlite", "postgres"),
+    "quick": Plan("quick", 3.0, (1, 10, 50), True, True, (100_000,), ("sqlite", "postgres"),
                   100_000, 10.0, 1_000, 200),
-    "smoke": Plan("smoke", 1.0, (1, 5), False, (2_000,), ("sqlite",), 2_000, 5.0, 100, 20,
+    "smoke": Plan("smoke", 1.0, (1, 5), False, False, (2_000,), ("sqlite",), 2_000, 5.0, 100, 20,
                   out_dir=WORK / "smoke"),
 }  # fmt: skip
 
@@ -74,6 +75,45 @@ def setup_db(db: str, users: int, env: dict[str, str]) -> None:
 
 
 # --------------------------------------------------------------------------- load
+
+
+# The slow-upstream runs: the same concurrency at a third of the request rate.
+SLOW_FACTOR = 3
+
+
+def slow_upstream_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
+    """The most clients again, against upstreams ``SLOW_FACTOR`` times slower.
+
+    Same concurrency, a third of the requests per second: if these reach the
+    goals where the normal runs do not, CPU per request is the limit, not the
+    number of requests in flight.
+    """
+    slow = Latency(*(SLOW_FACTOR * value for value in astuple(latency)))
+    clients = max(plan.clients)
+    results: list[dict[str, Any]] = []
+    setup_db("sqlite", clients, db_env("sqlite"))
+    with start_fake(slow) as fake:
+        control = FakeControl(fake.port)
+        for server in SERVERS:
+            with start_server(server, db="sqlite", fake_port=fake.port) as proc:
+                for broker in ("django_avaturn", "floor"):
+                    log(f"load, upstreams x{SLOW_FACTOR}: {server} sqlite {broker} x{clients}")
+                    result = run_load(
+                        port=proc.port,
+                        server_pgid=proc.popen.pid,
+                        fake_pgid=fake.popen.pid,
+                        fake=control,
+                        latency=slow,
+                        server=server,
+                        broker=broker,
+                        db="sqlite",
+                        clients=clients,
+                        duration=plan.duration * SLOW_FACTOR,
+                    )
+                    results.append(result.summary())
+                    log("  " + json.dumps(results[-1]))
+        control.close()
+    return results
 
 
 def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
@@ -220,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
             "loadavg_at_start": loadavg(),
         },
         "load": load_runs(plan, latency) if "load" in parts else [],
+        "slow_load": slow_upstream_runs(plan, latency)
+        if "load" in parts and plan.slow_upstream
+        else [],
         "expiry": expiry_runs(plan, latency) if "expiry" in parts else [],
         "admin": admin_runs(plan, latency) if "admin" in parts else [],
     }
@@ -230,12 +273,14 @@ def main(argv: list[str] | None = None) -> None:
         saved = json.loads(saved_path.read_text())
         for part in {"load", "expiry", "admin"} - parts:
             data[part] = saved.get(part, [])
+        if "load" not in parts:
+            data["slow_load"] = saved.get("slow_load", [])
     data["wall_s"] = round(time.perf_counter() - began, 1)
     (WORK / f"results-{plan.name}.json").write_text(json.dumps(data, indent=2))
     write_results(data, plan.out_dir / "RESULTS.md")
     write_plot(data, plan.out_dir / "results.png")
     log(f"done in {data['wall_s']} s: {plan.out_dir / 'RESULTS.md'}")
-    failed = [r for r in data["load"] if r["errors"]] + [
+    failed = [r for r in data["load"] + data["slow_load"] if r["errors"]] + [
         r for r in data["expiry"] if not r["complete"] and r["mode"] == "app"
     ]
     if failed:

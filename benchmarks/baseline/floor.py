@@ -1,0 +1,74 @@
+"""The least a Django broker can do: the quickstart's calls over clients kept per process.
+
+Same authentication (session cookie + CSRF) and upstream calls as the
+quickstart broker, but one OpenAI client and one ``requests.Session`` per
+process, like ``django_avaturn``. No database row, no cap, no cleanup, no
+Django REST framework: what is left is Django's request cycle and the two
+client libraries, so its figures are the floor this machine puts under any
+Django broker of these upstreams. ``django_avaturn`` minus the floor is what
+its safety costs (see RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+
+import openai
+import requests
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_http_methods
+
+from benchmarks.baseline.views import _conf
+
+_lock = threading.Lock()
+
+
+@cache
+def _clients() -> tuple[openai.OpenAI, requests.Session]:
+    conf = _conf()
+    http = requests.Session()
+    # As many kept-alive connections as a worker has threads (urllib3 keeps 10).
+    http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=100))
+    return openai.OpenAI(api_key=conf["openai_key"], base_url=conf["openai_url"]), http
+
+
+def clients() -> tuple[openai.OpenAI, requests.Session]:
+    with _lock:
+        return _clients()
+
+
+@login_required
+@require_http_methods(["POST"])
+def start(request: HttpRequest) -> JsonResponse:
+    conf = _conf()
+    client, http = clients()
+    secret = client.realtime.client_secrets.create(
+        expires_after={"anchor": "created_at", "seconds": 600},
+        session={"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief."},
+    )
+    answer = http.post(
+        conf["api_url"] + "/api/v1/sessions",
+        headers={"Authorization": f"Bearer {conf['api_key']}"},
+        json={"conversation_engine": {"type": "openai-realtime", "client_secret": secret.value}},
+        timeout=20,
+    )
+    answer.raise_for_status()
+    data = answer.json()
+    return JsonResponse({"session_id": data["session_id"], "token": data["token"]}, status=201)
+
+
+@login_required
+@require_http_methods(["DELETE"])
+def end(request: HttpRequest, session_id: str) -> HttpResponse:
+    conf = _conf()
+    _client, http = clients()
+    answer = http.delete(
+        f"{conf['api_url']}/api/v1/sessions/{session_id}",
+        headers={"Authorization": f"Bearer {conf['api_key']}"},
+        timeout=20,
+    )
+    if answer.status_code not in (200, 204, 404):
+        answer.raise_for_status()
+    return HttpResponse(status=204)
