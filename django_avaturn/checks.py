@@ -25,15 +25,9 @@ from django.utils.module_loading import import_string
 
 from django_avaturn.conf import DEFAULTS, IMPORT_STRINGS, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.limits import QUOTA_WINDOWS, parse_quota
-from django_avaturn.session_config import (
-    BACKGROUNDS,
-    OPENAI_VOICES,
-    RENDER_MODEL_FIELDS,
-    RENDER_MODELS,
-    SESSION_LIMIT_POLICIES,
-)
-from django_avaturn.validation import INT_SETTINGS, check_int
+from django_avaturn.limits import parse_quota
+from django_avaturn.session_config import OPENAI_VOICES
+from django_avaturn.validation import CHOICE_SETTINGS, INT_SETTINGS, check_choice, check_int
 
 _HINT_SETTINGS = "See the settings reference in django-avaturn's README."
 
@@ -59,17 +53,21 @@ def _int_errors() -> list[CheckMessage]:
     return messages
 
 
-def _choice_error(name: str, choices: frozenset[str], *, optional: bool) -> Error | None:
-    value = _setting(name)
-    if optional and value in (None, ""):
-        return None
-    if value not in choices:
-        return Error(
-            f"AVATURN['{name}'] is {value!r}; expected one of {sorted(choices)}.",
-            hint=_HINT_SETTINGS,
-            id="django_avaturn.E003",
-        )
-    return None
+def _choice_errors() -> list[CheckMessage]:
+    """Every choice setting, through the validator the runtime uses."""
+    messages: list[CheckMessage] = []
+    for name, choices in CHOICE_SETTINGS.items():
+        try:
+            check_choice(name, _setting(name))
+        except NotConfigured as exc:
+            messages.append(
+                Error(
+                    f"AVATURN['{name}']: {exc}",
+                    hint=f"Set AVATURN['{name}'] to {choices.describe()}.",
+                    id="django_avaturn.E003",
+                )
+            )
+    return messages
 
 
 @register(Tags.compatibility)
@@ -111,16 +109,10 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         )
     messages.extend(_key_warnings())
     messages.extend(_int_errors())
-    for error in (
-        _choice_error("ON_SESSION_LIMIT", SESSION_LIMIT_POLICIES, optional=False),
-        _choice_error("BACKGROUND", BACKGROUNDS, optional=True),
-        _choice_error("RENDER_MODEL", RENDER_MODELS, optional=True),
-        _choice_error("RENDER_MODEL_FIELD", RENDER_MODEL_FIELDS, optional=False),
-        _choice_error("QUOTA_WINDOW", QUOTA_WINDOWS, optional=False),
-        _quota_error(),
-    ):
-        if error is not None:
-            messages.append(error)
+    messages.extend(_choice_errors())
+    quota_error = _quota_error()
+    if quota_error is not None:
+        messages.append(quota_error)
     messages.extend(_type_errors())
     messages.extend(_import_errors())
     voice = _setting("VOICE")

@@ -25,10 +25,9 @@ from django_avaturn.exceptions import (
     SiteLimitReached,
 )
 from django_avaturn.models import ServiceSwitch, Session, SessionStatus
-from django_avaturn.validation import int_setting
+from django_avaturn.validation import int_setting, required_choice_setting
 
 QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
-QUOTA_WINDOWS = frozenset({"day", "rolling"})
 
 # Any fixed 64-bit number: the key of the PostgreSQL advisory lock that
 # serialises starts while a site-wide cap is configured.
@@ -145,10 +144,7 @@ def parse_quota(raw: Any) -> Quota:
 
 def _window(now: datetime) -> tuple[datetime, datetime]:
     """The current quota window and when it resets."""
-    kind = avaturn_settings.QUOTA_WINDOW
-    if kind not in QUOTA_WINDOWS:
-        raise NotConfigured(f"QUOTA_WINDOW must be one of {sorted(QUOTA_WINDOWS)}.")
-    if kind == "rolling":
+    if required_choice_setting("QUOTA_WINDOW") == "rolling":
         return now - timedelta(days=1), now + timedelta(days=1)
     # The calendar day in the active time zone: a site that activates each
     # user's zone (timezone.activate in a middleware) gets their midnight.
@@ -184,7 +180,7 @@ def usage_for(user: Any, *, now: datetime | None = None, exclude_pk: int | None 
         end = min(ended_at or now, now)
         if end > begin:
             seconds += (end - begin).total_seconds()
-    if avaturn_settings.QUOTA_WINDOW == "rolling":
+    if required_choice_setting("QUOTA_WINDOW") == "rolling":
         resets_at = _rolling_reset(mine, window_start, now)
     return Usage(sessions=sessions, seconds=seconds, window_start=window_start, resets_at=resets_at)
 

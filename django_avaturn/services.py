@@ -37,7 +37,6 @@ from django_avaturn.clients import get_avaturn_client, get_openai_secrets
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import (
     AvaturnError,
-    NotConfigured,
     SessionLimitReached,
     SessionNotLive,
     SessionReplaced,
@@ -47,9 +46,9 @@ from django_avaturn.exceptions import (
 )
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.redaction import excerpt
-from django_avaturn.session_config import SESSION_LIMIT_POLICIES, SessionPlan, build_plan
+from django_avaturn.session_config import SessionPlan, build_plan
 from django_avaturn.signals import session_ended, session_started
-from django_avaturn.validation import required_int_setting
+from django_avaturn.validation import required_choice_setting, required_int_setting
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +95,7 @@ def start_session(
     if not getattr(user, "is_authenticated", False) or user.pk is None:
         raise ValueError("Sessions belong to a signed-in user.")
     plan = build_plan(request=request, avatar_id=avatar_id, config_name=config_name)
-    policy = avaturn_settings.ON_SESSION_LIMIT
-    if policy not in SESSION_LIMIT_POLICIES:
-        raise NotConfigured(f"ON_SESSION_LIMIT must be one of {sorted(SESSION_LIMIT_POLICIES)}.")
+    policy = required_choice_setting("ON_SESSION_LIMIT")
     cap = required_int_setting("MAX_LIVE_SESSIONS_PER_USER")
     # (The kill switch is read once, under the reservation's locks.)
     # Fail on missing keys before a slot is reserved or anything is spent.

@@ -17,17 +17,18 @@ from django.http import HttpRequest
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.validation import check_int, required_int_setting
+from django_avaturn.validation import (
+    check_int,
+    choice_setting,
+    required_choice_setting,
+    required_int_setting,
+)
 
 logger = logging.getLogger(__name__)
 
 OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 )
-BACKGROUNDS = frozenset({"transparent", "default"})
-RENDER_MODELS = frozenset({"delta", "golf"})
-RENDER_MODEL_FIELDS = frozenset({"model", "render_model"})
-SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
 
 
 # What a SESSION_CONFIG_HOOK may return; anything else is a configuration error.
@@ -145,20 +146,12 @@ def build_plan(
     options: dict[str, Any] = {"max_duration": max_duration, "user_absent_timeout": absent}
     if chosen_avatar:
         options["avatar_id"] = str(chosen_avatar)
-    background = avaturn_settings.BACKGROUND
+    background = choice_setting("BACKGROUND")
     if background:
-        if background not in BACKGROUNDS:
-            raise NotConfigured(f"BACKGROUND must be one of {sorted(BACKGROUNDS)}.")
         options["background"] = background
-    render_model = avaturn_settings.RENDER_MODEL
+    render_model = choice_setting("RENDER_MODEL")
     if render_model:
-        field_name = avaturn_settings.RENDER_MODEL_FIELD
-        if render_model not in RENDER_MODELS or field_name not in RENDER_MODEL_FIELDS:
-            raise NotConfigured(
-                f"RENDER_MODEL must be one of {sorted(RENDER_MODELS)} and RENDER_MODEL_FIELD "
-                f"one of {sorted(RENDER_MODEL_FIELDS)}."
-            )
-        options[field_name] = render_model
+        options[required_choice_setting("RENDER_MODEL_FIELD")] = render_model
 
     return SessionPlan(
         realtime_session=realtime_session,

@@ -1,8 +1,9 @@
-"""The one definition of every whole-number setting's valid range.
+"""The one definition of what every whole-number and choice setting accepts.
 
 Both the system checks (``manage.py check``) and the code that uses a
-setting call ``int_setting()``, so a value the check accepts is a value the
-runtime accepts, and the other way round.
+setting validate through here (``int_setting()``, ``choice_setting()``), so a
+value the check accepts is a value the runtime accepts, and the other way
+round.
 """
 
 from __future__ import annotations
@@ -63,6 +64,56 @@ def int_setting(name: str) -> int | None:
 
 def required_int_setting(name: str) -> int:
     value = int_setting(name)
+    if value is None:  # only optional settings may be None; this one is not
+        raise NotConfigured(f"{name} must be set.")
+    return value
+
+
+# --------------------------------------------------------------------------- choices
+
+SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
+QUOTA_WINDOWS = frozenset({"day", "rolling"})
+# Avaturn's documented values (see upstream.md).
+BACKGROUNDS = frozenset({"transparent", "default"})
+RENDER_MODELS = frozenset({"delta", "golf"})
+RENDER_MODEL_FIELDS = frozenset({"model", "render_model"})
+
+
+@dataclass(frozen=True)
+class Choices:
+    values: frozenset[str]
+    optional: bool = False  # None or "" is allowed (and means "Avaturn's default")
+
+    def describe(self) -> str:
+        return f"one of {sorted(self.values)}"
+
+
+CHOICE_SETTINGS: dict[str, Choices] = {
+    "ON_SESSION_LIMIT": Choices(SESSION_LIMIT_POLICIES),
+    "QUOTA_WINDOW": Choices(QUOTA_WINDOWS),
+    "BACKGROUND": Choices(BACKGROUNDS, optional=True),
+    "RENDER_MODEL": Choices(RENDER_MODELS, optional=True),
+    "RENDER_MODEL_FIELD": Choices(RENDER_MODEL_FIELDS),
+}
+
+
+def check_choice(name: str, value: object) -> str | None:
+    """``value`` as one of ``name``'s choices, or ``NotConfigured`` saying why not."""
+    choices = CHOICE_SETTINGS[name]
+    if choices.optional and value in (None, ""):
+        return None
+    if not isinstance(value, str) or value not in choices.values:
+        raise NotConfigured(f"{name} must be {choices.describe()}, not {value!r}.")
+    return value
+
+
+def choice_setting(name: str) -> str | None:
+    """The configured value of ``name``, validated (``None`` only where it is optional)."""
+    return check_choice(name, avaturn_settings.raw(name))
+
+
+def required_choice_setting(name: str) -> str:
+    value = choice_setting(name)
     if value is None:  # only optional settings may be None; this one is not
         raise NotConfigured(f"{name} must be set.")
     return value

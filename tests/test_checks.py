@@ -141,3 +141,40 @@ def test_debug_logging_of_http_libraries_is_w004() -> None:
         logger.setLevel(previous)
     assert ids(messages) == ["django_avaturn.W004"]
     assert "urllib3" in messages[0].msg
+
+
+def _bad_values(name: str) -> list[Any]:
+    from django_avaturn.validation import CHOICE_SETTINGS, INT_SETTINGS
+
+    if name in CHOICE_SETTINGS:
+        return ["not-a-choice", 3, None, ""]
+    bounds = INT_SETTINGS[name]
+    values: list[Any] = [bounds.low - 1, "1", True, None, 1.5]
+    if bounds.high is not None:
+        values.append(bounds.high + 1)
+    return values
+
+
+def _validated_settings() -> list[str]:
+    from django_avaturn.validation import CHOICE_SETTINGS, INT_SETTINGS
+
+    return sorted({*CHOICE_SETTINGS, *INT_SETTINGS})
+
+
+@pytest.mark.parametrize("name", _validated_settings())
+def test_the_check_and_the_runtime_accept_the_same_values(settings: Any, name: str) -> None:
+    """A value `manage.py check` passes never fails at request time, and the other way round."""
+    from django_avaturn.exceptions import NotConfigured
+    from django_avaturn.validation import CHOICE_SETTINGS, check_choice, check_int
+
+    validate = check_choice if name in CHOICE_SETTINGS else check_int
+    for value in _bad_values(name):
+        settings.AVATURN = {**settings.AVATURN, name: value}
+        try:
+            validate(name, value)
+        except NotConfigured:
+            runtime_ok = False
+        else:
+            runtime_ok = True
+        check_ok = not [m for m in avaturn_messages() if f"['{name}']" in m.msg]
+        assert check_ok == runtime_ok, (name, value)

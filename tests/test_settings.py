@@ -133,7 +133,7 @@ def test_bad_hook_results_are_configuration_errors(settings: Any, hook: str) -> 
         ({"USER_ABSENT_TIMEOUT": 9}, "USER_ABSENT_TIMEOUT must be at least 10"),
         ({"BACKGROUND": "purple"}, "BACKGROUND must be one of"),
         ({"RENDER_MODEL": "alpha"}, "RENDER_MODEL must be one of"),
-        ({"RENDER_MODEL": "delta", "RENDER_MODEL_FIELD": "x"}, "RENDER_MODEL must be one of"),
+        ({"RENDER_MODEL": "delta", "RENDER_MODEL_FIELD": "x"}, "RENDER_MODEL_FIELD must be one of"),
         ({"REALTIME_SESSION": {"type": "transcription"}}, '"type" must be "realtime"'),
         ({"REALTIME_SESSION": ["x"]}, "REALTIME_SESSION must be a dict"),
         ({"MODEL": ""}, "MODEL must be a non-empty string"),

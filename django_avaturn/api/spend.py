@@ -16,10 +16,9 @@ from django_avaturn import limits, usage
 from django_avaturn.api.serializers import StrictSerializer
 from django_avaturn.api.views import NO_STORE, UNAVAILABLE, AvaturnAPIView
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.limits import QUOTA_WINDOWS
 from django_avaturn.models import ACTIVE_STATUSES, Session, Transcript, TranscriptRole
 from django_avaturn.schema import document, session_id_parameter
-from django_avaturn.validation import required_int_setting
+from django_avaturn.validation import QUOTA_WINDOWS, required_int_setting
 
 # Transcript events can arrive just after Stop; accept them for this long.
 TRANSCRIPT_GRACE = timedelta(seconds=60)
