@@ -28,6 +28,7 @@ from django_avaturn.testing import (
     FakeUpstream,
 )
 from django_avaturn.testing.__main__ import build_fake, build_parser, main
+from tests.live_fake import wait_until
 
 SESSION_CONFIG = {
     "type": "realtime",
@@ -594,6 +595,20 @@ def test_separate_clients_open_separate_connections(fake: FakeUpstream) -> None:
     for _ in range(3):
         requests.get(f"{fake.url}/_sdk/v0/sessions")
     assert fake.connections_opened == 3
+
+
+def test_closed_connections_are_counted_and_kept_alive_ones_are_not() -> None:
+    # A fake of its own: another test's client closing late would count here.
+    with FakeUpstream() as own, requests.Session() as session:
+        for _ in range(3):
+            session.get(f"{own.url}/_sdk/v0/sessions")
+        assert (own.connections_opened, own.connections_closed) == (1, 0)
+        session.close()
+        assert wait_until(lambda: own.connections_closed == 1)
+        requests.get(f"{own.url}/_sdk/v0/sessions")  # closes after the answer
+        assert wait_until(lambda: own.connections_closed == 2)
+        assert own.connections_opened == 2
+        assert own.state()["connections_closed"] == 2
 
 
 # -- control API ----------------------------------------------------------------------------

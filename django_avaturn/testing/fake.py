@@ -140,6 +140,7 @@ class FakeUpstream:
         self._faults: dict[str, deque[Fault]] = {}
         self._latency = dict(self._initial_latency)
         self._connections = 0
+        self._closed = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -151,6 +152,7 @@ class FakeUpstream:
             (self.host, self.port),
             self.dispatch,
             on_connection=self._connection_opened,
+            on_close=self._connection_closed,
             sleep=self._sleep,
         )
         self._server = server
@@ -204,6 +206,10 @@ class FakeUpstream:
     def _connection_opened(self) -> None:
         with self._lock:
             self._connections += 1
+
+    def _connection_closed(self) -> None:
+        with self._lock:
+            self._closed += 1
 
     # -- addresses and settings ----------------------------------------------------
 
@@ -267,6 +273,17 @@ class FakeUpstream:
         with self._lock:
             return self._connections
 
+    @property
+    def connections_closed(self) -> int:
+        """Connections closed, by either side, since start (or the last reset).
+
+        Opened but never closed means kept alive: a client whose pool grows
+        to a new peak opens connections without closing any; one that
+        discards and reopens them shows both.
+        """
+        with self._lock:
+            return self._closed
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
@@ -291,6 +308,7 @@ class FakeUpstream:
                 "sessions": sessions,
                 "counts": dict(self._counts),
                 "connections_opened": self._connections,
+                "connections_closed": self._closed,
                 "secrets_issued": len(self._secrets),
                 "faults": [
                     {k: v for k, v in asdict(fault).items() if k != "body"}

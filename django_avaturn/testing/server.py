@@ -54,12 +54,14 @@ class FakeHTTPServer(ThreadingHTTPServer):
         dispatch: Dispatch,
         *,
         on_connection: Callable[[], None],
+        on_close: Callable[[], None],
         sleep: Callable[[float], bool],
     ) -> None:
         # Must be set before the base class creates the socket.
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.dispatch = dispatch
         self.on_connection = on_connection
+        self.on_close = on_close
         self.sleep = sleep
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
@@ -83,6 +85,7 @@ class FakeHTTPServer(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+        self.on_close()
 
     def close_open_connections(self) -> None:
         """Wake handler threads parked on idle keep-alive connections."""
