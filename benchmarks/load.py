@@ -115,6 +115,7 @@ class LoadResult:
     start_added_ms: list[float] = field(repr=False)
     errors: int
     new_connections: int
+    closed_connections: int
     upstream_calls: int
     cpu_ms: dict[str, float] = field(default_factory=dict)
     load_before: float = 0.0
@@ -157,6 +158,11 @@ class LoadResult:
             "new_upstream_connections": self.new_connections,
             "upstream_calls": self.upstream_calls,
             "new_connections_per_iteration": round(self.conns_per_iteration, 3),
+            # Opened without being closed is a pool growing to a new peak;
+            # closed and reopened would be churn.
+            "closed_connections_per_iteration": round(
+                self.closed_connections / self.iterations if self.iterations else float("nan"), 3
+            ),
             "errors": self.errors,
             # CPU spent per start+end iteration by each process, and the
             # machine's load average from outside this benchmark before the run.
@@ -268,6 +274,7 @@ def run_load(
         start_added_ms=start_added,
         errors=counts["errors"],
         new_connections=int(state["connections_opened"]),
+        closed_connections=int(state["connections_closed"]),
         upstream_calls=sum(int(n) for n in state["counts"].values()),
         cpu_ms={k: (cpu_after[k] - cpu_before[k]) * 1000 for k in cpu_before},
         load_before=load_before,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ BEFORE_AFTER = "\n".join(
         "| uvicorn + Django's PostgreSQL pool, % of ideal at 10 / 50 clients "
         "| 45% / 12% (the pool's default `max_size` 4: a start holds its connection "
         "while it waits on the upstreams, so requests queue for one) "
-        "| see `uvicorn+pool` above (`max_size` 40) | `benchmarks/settings.py` |",
+        "| see `uvicorn+pool` above (`max_size` 20 per worker, 4 workers) "
+        "| `benchmarks/settings.py` |",
         "| Added latency p50, gunicorn, SQLite, 1 client "
         "| 47.5 ms (rollback journal: an fsync per commit, four commits per start+end) "
         "| 9.4 ms | `SQLite: WAL with synchronous=NORMAL in the example project` |",
@@ -63,7 +65,7 @@ _CPU_KEYS = ("server", "fake", "clients", "database")
 def _load_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "| Server | DB | Broker | Clients | Starts+ends/s (ideal) | % of ideal "
-        "| Added p50 / p99 ms | New upstream conns / iteration "
+        "| Added p50 / p99 ms | Upstream conns opened / closed per iteration "
         "| CPU ms / iteration: server, fake, clients (, database) | Errors | Load avg |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
@@ -74,7 +76,8 @@ def _load_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['rate_per_s']:.1f} ({r['ideal_per_s']:.0f}) "
             f"| **{100 * r['fraction_of_ideal']:.0f}%** "
             f"| {_f(r['added_p50_ms'], 1)} / {_f(r['added_p99_ms'], 1)} "
-            f"| {r['new_connections_per_iteration']:.2f} "
+            f"| {r['new_connections_per_iteration']:.2f} / "
+            f"{_f(r.get('closed_connections_per_iteration'), 2)} "
             f"| {', '.join(_f(cpu[k], 1) for k in _CPU_KEYS if k in cpu)} "
             f"| {r['errors']} | {r['loadavg_before']:.1f} |"
         )
@@ -168,9 +171,11 @@ def _goals(data: dict[str, Any]) -> list[str]:
             f"(goal {target:.0%}): {_goal(r['fraction_of_ideal'] >= target)}."
         )
     worst = max((r["new_connections_per_iteration"] for r in load), default=0.0)
+    closed = max((r.get("closed_connections_per_iteration") or 0.0 for r in load), default=0.0)
     out.append(
         f"- New upstream connections per start+end after warm-up: at most {worst:.2f} "
-        f"(goal about 0): {_goal(worst < 0.05)}."
+        f"(goal about 0): {_goal(worst < 0.05)}; closed per start+end: at most "
+        f"{closed:.2f}."
     )
     for r in data["expiry"]:
         if r["mode"] == "app" and r["rows"] >= 1_000_000:
@@ -246,74 +251,113 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         BEFORE_AFTER,
         "## Findings",
         "",
-        FINDINGS,
+        _reflow(_findings(data)),
     ]
     path.write_text("\n".join(lines))
 
 
-FINDINGS = """\
-- **On this machine even the floor misses the throughput and latency goals.**
-  The `floor` broker is Django's request cycle, session authentication and the
-  two client libraries over kept connections, with nothing else: no DRF, no
-  row, no cap, no cleanup. Beside django_avaturn in the same run it also stays
-  under 90% at 50 clients under gunicorn and over 5 ms of added latency at one
-  client (see the goals above). No broker built on Django and these SDKs
-  reaches those goals on two cores shared with the fake, the database and the
-  load generator. django_avaturn is therefore compared with the floor: what
-  it costs above the floor is the price of its guarantees.
-- **CPU per request, not concurrency, is the limit.** 50 clients ideally make
-  100 starts+ends a second, 200 Django requests. The server column shows
-  about 16 ms of CPU per start+end for django_avaturn (10.5 for the floor), so
-  the server alone needs about 1.6 of the 2 cores, with the fake, the load
-  generator and SQLite's lock waits on the same cores. At the same 50 clients
-  with upstreams three times slower (a third of the requests per second, the
-  section after the main table) django_avaturn reaches the throughput goals
-  under gunicorn and uvicorn: it holds 50 sessions in flight without trouble,
-  it only runs out of CPU.
-- **What django_avaturn adds over the floor** (about 5 to 6 ms of CPU per
-  start+end) is mostly the ORM: a start reserves its slot in one short
-  transaction (kill switch read, the row's INSERT, the user's live sessions
-  read), activates the row, and an end reads the caller's row, claims it and
-  finishes it: seven statements, already the fewest that keep every state
-  change conditional. Each costs 120 to 430 µs of Django ORM work on this CPU
-  for 15 to 25 µs in SQLite itself (measured apart); DRF's request and
-  serializer machinery adds about 1 ms per start+end. The two SDKs cost about
-  2 ms per start+end, the same for both brokers.
-- **Added latency at one client** is the CPU on the request's path: Django,
-  session authentication, DRF, the ORM and the two SDKs, on a virtual
-  machine's cores. The floor, which does only the unavoidable part of that,
-  is the yardstick. The fake counts its latency from each request's arrival,
-  so its own parsing is inside the configured latency, not added to ours.
+def _row(
+    data: dict[str, Any], server: str, db: str, broker: str, clients: int, part: str = "load"
+) -> dict[str, Any] | None:
+    for r in data.get(part, []):
+        if (r["server"], r["db"], r["broker"], r["clients"]) == (server, db, broker, clients):
+            row: dict[str, Any] = r
+            return row
+    return None
+
+
+def _pct(row: dict[str, Any] | None) -> str:
+    return "-" if row is None else f"{100 * row['fraction_of_ideal']:.0f}%"
+
+
+def _cpu(row: dict[str, Any] | None, key: str = "server") -> str:
+    if row is None or row["cpu_ms_per_iteration"].get(key) is None:
+        return "-"
+    return f"{row['cpu_ms_per_iteration'][key]:.1f} ms"
+
+
+def _reflow(text: str, width: int = 78) -> str:
+    """Re-wrap each bullet, so figures filled in at run time do not leave ragged lines."""
+    bullets = [" ".join(b.split()) for b in ("\n" + text).split("\n- ") if b.strip()]
+    return (
+        "\n".join(
+            textwrap.fill(b, width, initial_indent="- ", subsequent_indent="  ") for b in bullets
+        )
+        + "\n"
+    )
+
+
+def _findings(data: dict[str, Any]) -> str:
+    """The findings, with this run's figures where a figure is quoted."""
+    top = max((r["clients"] for r in data["load"]), default=0)
+    ours = {s: _row(data, s, "sqlite", "django_avaturn", top) for s in ("gunicorn", "uvicorn")}
+    floor = {s: _row(data, s, "sqlite", "floor", top) for s in ("gunicorn", "uvicorn")}
+    one_ours = _row(data, "gunicorn", "sqlite", "django_avaturn", 1)
+    one_floor = _row(data, "gunicorn", "sqlite", "floor", 1)
+    slow = {s: _row(data, s, "sqlite", "django_avaturn", top, "slow_load") for s in ours}
+    pg_plain = _row(data, "uvicorn", "postgres", "django_avaturn", top)
+    pg_pool = _row(data, "uvicorn+pool", "postgres", "django_avaturn", top)
+    ten_uvicorn = _row(data, "uvicorn", "sqlite", "django_avaturn", 10)
+    p50 = "-" if one_floor is None else f"{one_floor['added_p50_ms']} ms"
+    return f"""\
+- **The floor is the yardstick.** The `floor` broker is Django's request
+  cycle, session authentication and the two client libraries over kept
+  connections, with nothing else: no DRF, no row, no cap, no cleanup. At one
+  client even the floor adds {p50} (p50) on this machine, above the 5 ms goal:
+  no Django broker of these SDKs reaches that goal here. At {top} clients the
+  floor reaches {_pct(floor["gunicorn"])} of ideal under gunicorn and
+  {_pct(floor["uvicorn"])} under uvicorn, django_avaturn {_pct(ours["gunicorn"])}
+  and {_pct(ours["uvicorn"])}. Figures on this machine move by several points
+  from one run to the next: compare rows of the same run.
+- **CPU per request, not concurrency, is the limit.** {top} clients ideally make
+  {top * 2} starts+ends a second. django_avaturn's server spends
+  {_cpu(ours["gunicorn"])} of CPU per start+end under gunicorn, the floor
+  {_cpu(floor["gunicorn"])}, on two cores that also run the fake, the load
+  generator and SQLite. The same {top} clients against upstreams three times
+  slower (a third of the requests per second, the section after the main
+  table) reach {_pct(slow["gunicorn"])} under gunicorn and {_pct(slow["uvicorn"])}
+  under uvicorn: holding {top} sessions in flight is no problem, running out of
+  CPU is.
+- **What django_avaturn adds over the floor** is mostly the ORM: a start
+  reserves its slot in one short transaction (kill switch read, the row's
+  INSERT, the user's live sessions read) and activates the row; an end reads
+  the caller's row, claims it and finishes it. Seven statements, already the
+  fewest that keep every state change conditional; each costs 120 to 430 µs of
+  Django ORM work on this CPU for 15 to 25 µs in SQLite itself (measured
+  apart). DRF's request and serializer machinery adds about 1 ms per
+  start+end. The two SDKs cost about 2 ms per start+end, the same for both.
+  At one client django_avaturn adds {one_ours["added_p50_ms"] if one_ours else "-"} ms
+  (p50) to a request.
 - **What limits a sync view under ASGI.** Django's ASGI handler runs each
   sync request on a thread of its own (`asgiref`'s `ThreadSensitiveContext`),
-  so requests do not serialise (10 clients: 93% of ideal). The cost is CPU:
-  the floor spends about 3.4 ms more per start+end under uvicorn than under
-  gunicorn (13.9 against 10.5 ms at 50 clients), django_avaturn about 3 ms:
-  a thread per request, the sync/async bridge, and a new database connection
-  per request, since persistent connections do not outlive per-request
-  threads (`CONN_MAX_AGE = 0`; 0.4 ms per SQLite connection here). On
-  PostgreSQL a new connection forks a backend per request (the database
-  column counts it): 37% at 50 clients without a pool, 60% with Django's
-  pool (`uvicorn+pool`). An async start view would hold no thread while
-  waiting, but every ORM call would still run on one; the uvicorn floor,
-  which does no ORM work at all, is the most it could approach. Not built.
+  so requests do not serialise (10 clients: {_pct(ten_uvicorn)} of ideal). The cost is
+  CPU: the floor spends {_cpu(floor["uvicorn"])} per start+end under uvicorn
+  against {_cpu(floor["gunicorn"])} under gunicorn. That is a thread per
+  request, the sync/async bridge, and a new database connection per request,
+  since persistent connections do not outlive per-request threads
+  (`CONN_MAX_AGE = 0`; 0.4 ms per SQLite connection here). On PostgreSQL a
+  new connection forks a backend per request: the database column shows
+  {_cpu(pg_plain, "database")} of backend CPU per start+end without a pool
+  ({_pct(pg_plain)} of ideal at {top} clients) against {_cpu(pg_pool, "database")}
+  with Django's pool ({_pct(pg_pool)}, `uvicorn+pool`). An async start view
+  would hold no thread while waiting, but every ORM call would still run on
+  one; the uvicorn floor, which does no ORM work at all, is the most it could
+  approach. Not built.
 - **Kept-alive connections and workers.** With one listening socket shared
   by the workers, the burst of clients connecting at once went mostly to one
   worker and stayed there (see "before and after"). Both servers now run with
   `--reuse-port` (a socket per worker, connections spread by the kernel), the
   benchmark waits until every worker listens, and each gunicorn worker has
   more threads than there are clients, so an unlucky spread cannot starve one.
-- **Upstream connections**: none per start+end up to 10 clients. At 50
-  clients about 0.03 per iteration under gunicorn, the floor included: a
-  worker's pools grow to its peak concurrency after the two warm-up
-  iterations, which a longer warm-up would absorb. None are discarded (see
-  "before and after" for the pool size fix).
+- **Upstream connections**: none per start+end up to 10 clients. At {top}
+  clients a few hundredths per iteration, the floor included: a worker's
+  pools grow to its peak concurrency after the two warm-up iterations. None
+  are discarded (see "before and after" for the pool size fix).
 - **SQLite** runs in WAL mode with `synchronous=NORMAL` (the example project's
   settings): one fsync per checkpoint instead of per commit. Writers from
   several processes still queue on the busy timeout, which sleeps in steps of
   up to 100 ms: the p99 column. PostgreSQL is the database for a multi-process
-  deployment; on these two cores its backends add 2 to 4 ms of CPU per
-  start+end (database column).
+  deployment; its backends add their own CPU per start+end (database column).
 - **uvicorn's own `--workers N`** added about 50 ms to every request on this
   machine, a plain GET included. The ASGI rows run `UvicornWorker`s under
   gunicorn, which is also how uvicorn is usually deployed.

@@ -126,7 +126,8 @@ def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
         for server in SERVERS:
             configs.append((server, "postgres", ("django_avaturn",), {}, ""))
         configs.append(
-            ("uvicorn", "postgres", ("django_avaturn",), {"BENCH_PG_POOL": "40"}, "+pool")
+            # 20 per worker: 4 workers stay under PostgreSQL's 100 connections.
+            ("uvicorn", "postgres", ("django_avaturn",), {"BENCH_PG_POOL": "20"}, "+pool")
         )
     prepared: set[str] = set()
     with start_fake(latency) as fake:
