@@ -351,8 +351,11 @@ def _findings(data: dict[str, Any]) -> str:
   more threads than there are clients, so an unlucky spread cannot starve one.
 - **Upstream connections**: none per start+end up to 10 clients. At {top}
   clients a few hundredths per iteration, the floor included: a worker's
-  pools grow to its peak concurrency after the two warm-up iterations. None
-  are discarded (see "before and after" for the pool size fix).
+  pools grow to its peak concurrency after the two warm-up iterations.
+  django_avaturn closes none meanwhile, so nothing is discarded and reopened
+  (see "before and after" for the pool size fix). The floor's closed column
+  counts the quickstart broker's connections, which ran before it in the same
+  server processes and left its clients to the garbage collector.
 - **SQLite** runs in WAL mode with `synchronous=NORMAL` (the example project's
   settings): one fsync per checkpoint instead of per commit. Writers from
   several processes still queue on the busy timeout, which sleeps in steps of
