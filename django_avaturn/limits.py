@@ -46,8 +46,10 @@ def sessions_enabled() -> bool:
     """Whether new sessions may start: the setting and the admin's switch must both allow it."""
     if not avaturn_settings.SESSIONS_ENABLED:
         return False
-    switch = ServiceSwitch.objects.filter(pk=ServiceSwitch.SINGLETON_PK).first()
-    return switch is None or switch.sessions_enabled
+    switch = ServiceSwitch.objects.filter(pk=ServiceSwitch.SINGLETON_PK).values_list(
+        "sessions_enabled", flat=True
+    )
+    return all(switch)  # no row yet: enabled
 
 
 def ensure_enabled() -> None:

@@ -180,8 +180,6 @@ def _reserve_slot(
                 )
             if site_cap is not None:
                 limits.lock_for_site_cap()
-            # Checked again under the locks: the switch may have flipped since.
-            limits.ensure_enabled()
             row = Session.objects.create(
                 user_id=user.pk,
                 status=SessionStatus.STARTING,
@@ -191,21 +189,33 @@ def _reserve_slot(
                 config_name=plan.config_name,
                 max_duration=plan.max_duration,
             )
-            holders = list(
-                Session.objects.filter(user_id=user.pk, status__in=_CAPPED_STATUSES)
-                .exclude(pk=row.pk)
+            # Checked again under the locks (the switch may have flipped since),
+            # and after the INSERT, for the write lock's sake (see above).
+            limits.ensure_enabled()
+            # Only keys: the rows themselves are read when some are replaced.
+            holder_pks = [
+                pk
+                for pk in Session.objects.filter(user_id=user.pk, status__in=_CAPPED_STATUSES)
                 .order_by("created_at", "pk")
-            )
+                .values_list("pk", flat=True)
+                if pk != row.pk
+            ]
             max_duration = limits.ensure_quota(user, max_duration=plan.max_duration, new_row=row)
             if max_duration != plan.max_duration:
                 plan.max_duration = max_duration
                 plan.avaturn_options["max_duration"] = max_duration
                 row.max_duration = max_duration
                 row.save(update_fields=["max_duration"])
-            excess = len(holders) + 1 - cap
+            excess = len(holder_pks) + 1 - cap
             if excess > 0 and refuse:
                 raise SessionLimitReached()
-            replaced = holders[:excess] if excess > 0 else []
+            replaced = (
+                list(
+                    Session.objects.filter(pk__in=holder_pks[:excess]).order_by("created_at", "pk")
+                )
+                if excess > 0
+                else []
+            )
             if site_cap is not None:
                 limits.ensure_site_capacity(cap=site_cap, new_row=row, leaving=len(replaced))
             if replaced:

@@ -24,6 +24,7 @@ from rest_framework.test import APIClient
 from django_avaturn import services
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.session_config import build_plan
 from django_avaturn.signals import session_ended
 from django_avaturn.testing import (
     AVATURN_CREATE,
@@ -265,3 +266,52 @@ def test_the_site_wide_cap_holds_under_simultaneous_starts_by_many_users(
     # Refused starts spent nothing upstream.
     assert len(live_fake.requests_for(AVATURN_CREATE)) == 3
     assert_no_orphans(live_fake)
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's locking only")
+def test_a_reservation_takes_sqlites_write_lock_before_it_reads(
+    user: Any, other_user: Any, django_user_model: Any
+) -> None:
+    """Without IMMEDIATE transactions a read first would deadlock with a concurrent writer.
+
+    A deferred transaction that reads takes a shared lock; a writer then waits
+    for it, and the reader's own write is refused at once ("database is
+    locked"), since waiting would deadlock. The reservation writes first, so
+    the other writer simply waits its turn.
+    """
+    from django.db import connections
+
+    real: Any = connections["default"]
+    real.ensure_connection()  # connecting sets transaction_mode from the settings
+    configured_mode = real.transaction_mode
+    other = other_user
+    plan = build_plan()
+    writer_errors: list[BaseException] = []
+
+    def concurrent_write() -> None:
+        try:
+            django_user_model.objects.filter(pk=other.pk).update(is_staff=True)
+        except BaseException as exc:
+            writer_errors.append(exc)
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=concurrent_write)
+
+    def after_first_read(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith("SELECT") and writer.ident is None:
+            writer.start()
+            writer.join(0.3)  # the writer is now waiting on the lock, or done
+        return result
+
+    real.transaction_mode = None  # a plain (deferred) BEGIN
+    try:
+        with connection.execute_wrapper(after_first_read):
+            row, replaced = services._reserve_slot(user, plan, cap=1, refuse=True)
+    finally:
+        real.transaction_mode = configured_mode
+    writer.join(25)
+    assert not writer.is_alive() and not writer_errors
+    assert row.status == SessionStatus.STARTING and replaced == []
+    assert django_user_model.objects.get(pk=other.pk).is_staff
