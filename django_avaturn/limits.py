@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -29,9 +29,12 @@ from django_avaturn.validation import int_setting, required_choice_setting
 
 QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
 
-# Any fixed 64-bit number: the key of the PostgreSQL advisory lock that
-# serialises starts while a site-wide cap is configured.
+# Any fixed 64-bit numbers: the keys of PostgreSQL advisory locks. The first
+# serialises starts while a site-wide cap is configured; starts hold the
+# second shared while they reserve, and flipping the kill switch holds it
+# exclusively (see hold_switch()).
 _SITE_CAP_LOCK_KEY = 0x41564154_55524E31
+_SWITCH_LOCK_KEY = 0x41564154_55524E32
 
 # Statuses that hold a slot under the caps (as in services).
 _CAPPED = (SessionStatus.STARTING, SessionStatus.LIVE)
@@ -57,16 +60,36 @@ def ensure_enabled() -> None:
         raise SessionsDisabled()
 
 
+def hold_switch(*, exclusive: bool = False) -> None:
+    """Order this transaction against kill-switch flips (PostgreSQL only).
+
+    A start reads the switch, then commits its STARTING row; the admin flips
+    the switch, then ends every active row. Under READ COMMITTED nothing
+    orders the two: a start that read "on" just before the flip could commit
+    its row after the admin's sweep had looked, and go live after the kill.
+    Starts hold this lock shared for their reservation (they never wait for
+    each other) and a flip holds it exclusively, so a flip waits for the
+    reservations in flight, and a start that comes later waits for the flip
+    and reads its outcome. SQLite's single write lock already orders them.
+    """
+    if connection.vendor == "postgresql":
+        lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {lock}(%s)", [_SWITCH_LOCK_KEY - 2**63])
+
+
 def set_sessions_enabled(enabled: bool, *, by: Any = None, reason: str = "") -> ServiceSwitch:
-    switch, _created = ServiceSwitch.objects.update_or_create(
-        pk=ServiceSwitch.SINGLETON_PK,
-        defaults={
-            "sessions_enabled": enabled,
-            "reason": reason[:200],
-            "changed_at": timezone.now(),
-            "changed_by": by if getattr(by, "pk", None) is not None else None,
-        },
-    )
+    with transaction.atomic():
+        hold_switch(exclusive=True)
+        switch, _created = ServiceSwitch.objects.update_or_create(
+            pk=ServiceSwitch.SINGLETON_PK,
+            defaults={
+                "sessions_enabled": enabled,
+                "reason": reason[:200],
+                "changed_at": timezone.now(),
+                "changed_by": by if getattr(by, "pk", None) is not None else None,
+            },
+        )
     return switch
 
 

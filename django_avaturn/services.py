@@ -191,6 +191,7 @@ def _reserve_slot(
             )
             # Checked again under the locks (the switch may have flipped since),
             # and after the INSERT, for the write lock's sake (see above).
+            limits.hold_switch()
             limits.ensure_enabled()
             # Only keys: the rows themselves are read when some are replaced.
             holder_pks = [

@@ -315,3 +315,55 @@ def test_a_reservation_takes_sqlites_write_lock_before_it_reads(
     assert not writer.is_alive() and not writer_errors
     assert row.status == SessionStatus.STARTING and replaced == []
     assert django_user_model.objects.get(pk=other.pk).is_staff
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's write lock orders these")
+def test_a_kill_switch_flip_waits_for_the_reservations_in_flight(user: Any) -> None:
+    """A start that read "on" must commit its row before the flip, so the sweep after sees it."""
+    from django_avaturn import limits
+
+    read_switch = threading.Event()
+    release = threading.Event()
+    flipped = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def pause_after_the_switch_read(
+        execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        result = execute(sql, params, many, context)
+        if "serviceswitch" in sql.lower() and not read_switch.is_set():
+            read_switch.set()
+            release.wait(10)
+        return result
+
+    def reserve() -> None:
+        try:
+            with connection.execute_wrapper(pause_after_the_switch_read):
+                outcome["row"], _ = services._reserve_slot(user, build_plan(), cap=1, refuse=True)
+            outcome["committed_before_flip"] = not flipped.is_set()
+        finally:
+            connection.close()
+
+    def flip() -> None:
+        try:
+            limits.set_sessions_enabled(False, reason="test")
+            flipped.set()
+        finally:
+            connection.close()
+
+    starter = threading.Thread(target=reserve)
+    starter.start()
+    assert read_switch.wait(10)
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    flipper.join(0.5)
+    flip_finished_meanwhile = flipped.is_set()
+    release.set()
+    starter.join(10)
+    flipper.join(10)
+
+    assert not flip_finished_meanwhile  # it waited for the reservation in flight
+    assert outcome["committed_before_flip"]
+    # So the sweep that follows a flip finds the row, and the next start is refused.
+    assert Session.objects.active().filter(pk=outcome["row"].pk).exists()
+    assert not limits.sessions_enabled()
