@@ -27,7 +27,7 @@ from django_avaturn.conf import DEFAULTS, IMPORT_STRINGS, SETTINGS_NAME, avaturn
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.limits import parse_quota
 from django_avaturn.session_config import OPENAI_VOICES
-from django_avaturn.validation import CHOICE_SETTINGS, INT_SETTINGS, check_choice, check_int
+from django_avaturn.validation import RULES
 
 _HINT_SETTINGS = "See the settings reference in django-avaturn's README."
 
@@ -36,34 +36,17 @@ def _setting(name: str) -> Any:
     return avaturn_settings.raw(name)
 
 
-def _int_errors() -> list[CheckMessage]:
-    """Every whole-number setting, through the validator the runtime uses."""
+def _validation_errors() -> list[CheckMessage]:
+    """Every whole-number and choice setting, through the validator the runtime uses."""
     messages: list[CheckMessage] = []
-    for name, bounds in INT_SETTINGS.items():
+    for name, rule in RULES.items():
         try:
-            check_int(name, _setting(name))
+            rule.check(name, _setting(name))
         except NotConfigured as exc:
             messages.append(
                 Error(
                     f"AVATURN['{name}']: {exc}",
-                    hint=f"Set AVATURN['{name}'] to a whole number, {bounds.describe()}.",
-                    id="django_avaturn.E003",
-                )
-            )
-    return messages
-
-
-def _choice_errors() -> list[CheckMessage]:
-    """Every choice setting, through the validator the runtime uses."""
-    messages: list[CheckMessage] = []
-    for name, choices in CHOICE_SETTINGS.items():
-        try:
-            check_choice(name, _setting(name))
-        except NotConfigured as exc:
-            messages.append(
-                Error(
-                    f"AVATURN['{name}']: {exc}",
-                    hint=f"Set AVATURN['{name}'] to {choices.describe()}.",
+                    hint=f"Set AVATURN['{name}'] to {rule.expects()}.",
                     id="django_avaturn.E003",
                 )
             )
@@ -108,8 +91,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
             )
         )
     messages.extend(_key_warnings())
-    messages.extend(_int_errors())
-    messages.extend(_choice_errors())
+    messages.extend(_validation_errors())
     quota_error = _quota_error()
     if quota_error is not None:
         messages.append(quota_error)

@@ -9,13 +9,18 @@ round.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True)
 class Bounds:
+    """A whole-number setting's range."""
+
     low: int
     high: int | None = None
     unit: str = ""
@@ -26,6 +31,36 @@ class Bounds:
         if self.high is None:
             return f"at least {self.low}{unit}"
         return f"{self.low} to {self.high}{unit}"
+
+    def expects(self) -> str:
+        return f"a whole number, {self.describe()}"
+
+    def check(self, name: str, value: object) -> int | None:
+        if value is None and self.optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
+        if value < self.low or (self.high is not None and value > self.high):
+            raise NotConfigured(f"{name} must be {self.describe()}, not {value}.")
+        return value
+
+
+@dataclass(frozen=True)
+class Choices:
+    """A setting that takes one of a few strings."""
+
+    values: frozenset[str]
+    optional: bool = False  # None or "" is allowed (and means "Avaturn's default")
+
+    def expects(self) -> str:
+        return f"one of {sorted(self.values)}"
+
+    def check(self, name: str, value: object) -> str | None:
+        if self.optional and value in (None, ""):
+            return None
+        if not isinstance(value, str) or value not in self.values:
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
+        return value
 
 
 INT_SETTINGS: dict[str, Bounds] = {
@@ -44,17 +79,25 @@ INT_SETTINGS: dict[str, Bounds] = {
     "TRANSCRIPT_RETENTION_DAYS": Bounds(0, None, "days", optional=True),
 }
 
+SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
+QUOTA_WINDOWS = frozenset({"day", "rolling"})
+
+CHOICE_SETTINGS: dict[str, Choices] = {
+    "ON_SESSION_LIMIT": Choices(SESSION_LIMIT_POLICIES),
+    "QUOTA_WINDOW": Choices(QUOTA_WINDOWS),
+    # Avaturn's documented values (see upstream.md).
+    "BACKGROUND": Choices(frozenset({"transparent", "default"}), optional=True),
+    "RENDER_MODEL": Choices(frozenset({"delta", "golf"}), optional=True),
+    "RENDER_MODEL_FIELD": Choices(frozenset({"model", "render_model"})),
+}
+
+# Every validated setting, for the system checks.
+RULES: dict[str, Bounds | Choices] = {**INT_SETTINGS, **CHOICE_SETTINGS}
+
 
 def check_int(name: str, value: object) -> int | None:
     """``value`` as the whole number ``name`` takes, or ``NotConfigured`` saying why not."""
-    bounds = INT_SETTINGS[name]
-    if value is None and bounds.optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise NotConfigured(f"{name} must be a whole number, {bounds.describe()}, not {value!r}.")
-    if value < bounds.low or (bounds.high is not None and value > bounds.high):
-        raise NotConfigured(f"{name} must be {bounds.describe()}, not {value}.")
-    return value
+    return INT_SETTINGS[name].check(name, value)
 
 
 def int_setting(name: str) -> int | None:
@@ -63,57 +106,19 @@ def int_setting(name: str) -> int | None:
 
 
 def required_int_setting(name: str) -> int:
-    value = int_setting(name)
-    if value is None:  # only optional settings may be None; this one is not
-        raise NotConfigured(f"{name} must be set.")
-    return value
-
-
-# --------------------------------------------------------------------------- choices
-
-SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
-QUOTA_WINDOWS = frozenset({"day", "rolling"})
-# Avaturn's documented values (see upstream.md).
-BACKGROUNDS = frozenset({"transparent", "default"})
-RENDER_MODELS = frozenset({"delta", "golf"})
-RENDER_MODEL_FIELDS = frozenset({"model", "render_model"})
-
-
-@dataclass(frozen=True)
-class Choices:
-    values: frozenset[str]
-    optional: bool = False  # None or "" is allowed (and means "Avaturn's default")
-
-    def describe(self) -> str:
-        return f"one of {sorted(self.values)}"
-
-
-CHOICE_SETTINGS: dict[str, Choices] = {
-    "ON_SESSION_LIMIT": Choices(SESSION_LIMIT_POLICIES),
-    "QUOTA_WINDOW": Choices(QUOTA_WINDOWS),
-    "BACKGROUND": Choices(BACKGROUNDS, optional=True),
-    "RENDER_MODEL": Choices(RENDER_MODELS, optional=True),
-    "RENDER_MODEL_FIELD": Choices(RENDER_MODEL_FIELDS),
-}
-
-
-def check_choice(name: str, value: object) -> str | None:
-    """``value`` as one of ``name``'s choices, or ``NotConfigured`` saying why not."""
-    choices = CHOICE_SETTINGS[name]
-    if choices.optional and value in (None, ""):
-        return None
-    if not isinstance(value, str) or value not in choices.values:
-        raise NotConfigured(f"{name} must be {choices.describe()}, not {value!r}.")
-    return value
+    return _present(name, int_setting(name))
 
 
 def choice_setting(name: str) -> str | None:
     """The configured value of ``name``, validated (``None`` only where it is optional)."""
-    return check_choice(name, avaturn_settings.raw(name))
+    return CHOICE_SETTINGS[name].check(name, avaturn_settings.raw(name))
 
 
 def required_choice_setting(name: str) -> str:
-    value = choice_setting(name)
+    return _present(name, choice_setting(name))
+
+
+def _present(name: str, value: _T | None) -> _T:
     if value is None:  # only optional settings may be None; this one is not
         raise NotConfigured(f"{name} must be set.")
     return value
