@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,21 +178,23 @@ def manage(*args: str, env: Mapping[str, str]) -> None:
     )
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU of every live process in process group ``pgid``."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+def _processes() -> Iterator[tuple[str, list[str]]]:
+    """Each live process's command name and the /proc stat fields after it."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command, _, rest = (entry / "stat").read_text().partition(" (")[2].rpartition(")")
         except OSError:
             continue
-        # After the command: state ppid pgrp ... utime(12) stime(13), 0-based.
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+        # state ppid pgrp ... utime(11) stime(12) cutime(13) cstime(14), 0-based.
+        yield command, rest.split()
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in process group ``pgid``."""
+    ticks = sum(int(f[11]) + int(f[12]) for _, f in _processes() if int(f[2]) == pgid)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def named_cpu_seconds(command: str) -> float:
@@ -203,19 +205,8 @@ def named_cpu_seconds(command: str) -> float:
     A backend that exited is counted through its parent's reaped-children
     time (cutime, cstime), so a connection per request is not missed.
     """
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            name, _, rest = (entry / "stat").read_text().partition(" (")[2].partition(")")
-        except OSError:
-            continue
-        if name == command:
-            fields = rest.split()
-            total += sum(int(value) for value in fields[11:15])
-    return total / ticks
+    ticks = sum(sum(map(int, f[11:15])) for name, f in _processes() if name == command)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def self_cpu_seconds() -> float:

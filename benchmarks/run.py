@@ -77,6 +77,75 @@ def setup_db(db: str, users: int, env: dict[str, str]) -> None:
 # --------------------------------------------------------------------------- load
 
 
+@dataclass(frozen=True)
+class LoadConfig:
+    """One server process: which server, database and brokers, and any extra settings."""
+
+    server: str
+    db: str
+    brokers: tuple[str, ...]
+    extra_env: tuple[tuple[str, str], ...] = ()
+    variant: str = ""  # a suffix for the server's name in the results
+
+
+def measure(
+    configs: list[LoadConfig],
+    *,
+    latency: Latency,
+    clients: tuple[int, ...],
+    duration: float,
+    label: str = "load",
+) -> list[dict[str, Any]]:
+    """Every broker of every config at every client count, against one fake."""
+    results: list[dict[str, Any]] = []
+    prepared: set[str] = set()
+    with start_fake(latency) as fake:
+        control = FakeControl(fake.port)
+        for config in configs:
+            if config.db not in prepared:
+                setup_db(config.db, max(clients), db_env(config.db))
+                prepared.add(config.db)
+            server = config.server + config.variant
+            with start_server(
+                config.server,
+                db=config.db,
+                fake_port=fake.port,
+                extra_env=dict(config.extra_env),
+            ) as proc:
+                for broker in config.brokers:
+                    for count in clients:
+                        log(f"{label}: {server} {config.db} {broker} x{count}")
+                        result = run_load(
+                            port=proc.port,
+                            server_pgid=proc.popen.pid,
+                            fake_pgid=fake.popen.pid,
+                            fake=control,
+                            latency=latency,
+                            server=server,
+                            broker=broker,
+                            db=config.db,
+                            clients=count,
+                            duration=duration,
+                        )
+                        results.append(result.summary())
+                        log("  " + json.dumps(results[-1]))
+        control.close()
+    return results
+
+
+def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
+    configs = [LoadConfig(server, "sqlite", tuple(BROKERS)) for server in SERVERS]
+    if plan.postgres_load:
+        configs += [LoadConfig(server, "postgres", ("django_avaturn",)) for server in SERVERS]
+        # 20 per worker: 4 workers stay under PostgreSQL's 100 connections.
+        configs.append(
+            LoadConfig(
+                "uvicorn", "postgres", ("django_avaturn",), (("BENCH_PG_POOL", "20"),), "+pool"
+            )
+        )
+    return measure(configs, latency=latency, clients=plan.clients, duration=plan.duration)
+
+
 # The slow-upstream runs: the same concurrency at a third of the request rate.
 SLOW_FACTOR = 3
 
@@ -88,74 +157,13 @@ def slow_upstream_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
     goals where the normal runs do not, CPU per request is the limit, not the
     number of requests in flight.
     """
-    slow = Latency(*(SLOW_FACTOR * value for value in astuple(latency)))
-    clients = max(plan.clients)
-    results: list[dict[str, Any]] = []
-    setup_db("sqlite", clients, db_env("sqlite"))
-    with start_fake(slow) as fake:
-        control = FakeControl(fake.port)
-        for server in SERVERS:
-            with start_server(server, db="sqlite", fake_port=fake.port) as proc:
-                for broker in ("django_avaturn", "floor"):
-                    log(f"load, upstreams x{SLOW_FACTOR}: {server} sqlite {broker} x{clients}")
-                    result = run_load(
-                        port=proc.port,
-                        server_pgid=proc.popen.pid,
-                        fake_pgid=fake.popen.pid,
-                        fake=control,
-                        latency=slow,
-                        server=server,
-                        broker=broker,
-                        db="sqlite",
-                        clients=clients,
-                        duration=plan.duration * SLOW_FACTOR,
-                    )
-                    results.append(result.summary())
-                    log("  " + json.dumps(results[-1]))
-        control.close()
-    return results
-
-
-def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
-    max_clients = max(plan.clients)
-    configs: list[tuple[str, str, tuple[str, ...], dict[str, str], str]] = []
-    for server in SERVERS:
-        configs.append((server, "sqlite", tuple(BROKERS), {}, ""))
-    if plan.postgres_load:
-        for server in SERVERS:
-            configs.append((server, "postgres", ("django_avaturn",), {}, ""))
-        configs.append(
-            # 20 per worker: 4 workers stay under PostgreSQL's 100 connections.
-            ("uvicorn", "postgres", ("django_avaturn",), {"BENCH_PG_POOL": "20"}, "+pool")
-        )
-    prepared: set[str] = set()
-    with start_fake(latency) as fake:
-        control = FakeControl(fake.port)
-        for server, db, brokers, extra, variant in configs:
-            if db not in prepared:
-                setup_db(db, max_clients, db_env(db))
-                prepared.add(db)
-            with start_server(server, db=db, fake_port=fake.port, extra_env=extra) as proc:
-                for broker in brokers:
-                    for clients in plan.clients:
-                        log(f"load: {server}{variant} {db} {broker} x{clients}")
-                        result = run_load(
-                            port=proc.port,
-                            server_pgid=proc.popen.pid,
-                            fake_pgid=fake.popen.pid,
-                            fake=control,
-                            latency=latency,
-                            server=server + variant,
-                            broker=broker,
-                            db=db,
-                            clients=clients,
-                            duration=plan.duration,
-                        )
-                        results.append(result.summary())
-                        log("  " + json.dumps(results[-1]))
-        control.close()
-    return results
+    return measure(
+        [LoadConfig(server, "sqlite", ("django_avaturn", "floor")) for server in SERVERS],
+        latency=Latency(*(SLOW_FACTOR * value for value in astuple(latency))),
+        clients=(max(plan.clients),),
+        duration=plan.duration * SLOW_FACTOR,
+        label=f"load, upstreams x{SLOW_FACTOR}",
+    )
 
 
 # --------------------------------------------------------------------------- expiry + admin

@@ -20,7 +20,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from benchmarks.baseline.views import _conf
+from benchmarks.baseline.views import _conf, end_with, start_with
 
 _lock = threading.Lock()
 
@@ -42,33 +42,11 @@ def clients() -> tuple[openai.OpenAI, requests.Session]:
 @login_required
 @require_http_methods(["POST"])
 def start(request: HttpRequest) -> JsonResponse:
-    conf = _conf()
-    client, http = clients()
-    secret = client.realtime.client_secrets.create(
-        expires_after={"anchor": "created_at", "seconds": 600},
-        session={"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief."},
-    )
-    answer = http.post(
-        conf["api_url"] + "/api/v1/sessions",
-        headers={"Authorization": f"Bearer {conf['api_key']}"},
-        json={"conversation_engine": {"type": "openai-realtime", "client_secret": secret.value}},
-        timeout=20,
-    )
-    answer.raise_for_status()
-    data = answer.json()
-    return JsonResponse({"session_id": data["session_id"], "token": data["token"]}, status=201)
+    return start_with(*clients())
 
 
 @login_required
 @require_http_methods(["DELETE"])
 def end(request: HttpRequest, session_id: str) -> HttpResponse:
-    conf = _conf()
     _client, http = clients()
-    answer = http.delete(
-        f"{conf['api_url']}/api/v1/sessions/{session_id}",
-        headers={"Authorization": f"Bearer {conf['api_key']}"},
-        timeout=20,
-    )
-    if answer.status_code not in (200, 204, 404):
-        answer.raise_for_status()
-    return HttpResponse(status=204)
+    return end_with(http, session_id)

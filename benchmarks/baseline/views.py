@@ -25,16 +25,14 @@ def _conf() -> dict[str, str]:
     }
 
 
-@login_required
-@require_http_methods(["POST"])
-def start(request: HttpRequest) -> JsonResponse:
+def start_with(client: openai.OpenAI, http: requests.Session) -> JsonResponse:
+    """The start both comparison brokers make; they differ in where the clients come from."""
     conf = _conf()
-    client = openai.OpenAI(api_key=conf["openai_key"], base_url=conf["openai_url"])
     secret = client.realtime.client_secrets.create(
         expires_after={"anchor": "created_at", "seconds": 600},
         session={"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief."},
     )
-    answer = requests.post(
+    answer = http.post(
         conf["api_url"] + "/api/v1/sessions",
         headers={"Authorization": f"Bearer {conf['api_key']}"},
         json={"conversation_engine": {"type": "openai-realtime", "client_secret": secret.value}},
@@ -45,11 +43,9 @@ def start(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"session_id": data["session_id"], "token": data["token"]}, status=201)
 
 
-@login_required
-@require_http_methods(["DELETE"])
-def end(request: HttpRequest, session_id: str) -> HttpResponse:
+def end_with(http: requests.Session, session_id: str) -> HttpResponse:
     conf = _conf()
-    answer = requests.delete(
+    answer = http.delete(
         f"{conf['api_url']}/api/v1/sessions/{session_id}",
         headers={"Authorization": f"Bearer {conf['api_key']}"},
         timeout=20,
@@ -57,3 +53,20 @@ def end(request: HttpRequest, session_id: str) -> HttpResponse:
     if answer.status_code not in (200, 204, 404):
         answer.raise_for_status()
     return HttpResponse(status=204)
+
+
+@login_required
+@require_http_methods(["POST"])
+def start(request: HttpRequest) -> JsonResponse:
+    conf = _conf()
+    client = openai.OpenAI(api_key=conf["openai_key"], base_url=conf["openai_url"])
+    # A session used once and closed: what requests.post() does.
+    with requests.Session() as http:
+        return start_with(client, http)
+
+
+@login_required
+@require_http_methods(["DELETE"])
+def end(request: HttpRequest, session_id: str) -> HttpResponse:
+    with requests.Session() as http:
+        return end_with(http, session_id)
