@@ -133,12 +133,12 @@ def _goal(ok: bool) -> str:
 
 def _floor(data: dict[str, Any], row: dict[str, Any], key: str) -> str:
     """The floor broker's figure in the same configuration, as a parenthesis."""
-    for r in data["load"]:
-        if r["broker"] == "floor" and all(r[k] == row[k] for k in ("server", "db", "clients")):
-            value = r[key]
-            shown = f"{100 * value:.0f}%" if key == "fraction_of_ideal" else f"{value} ms"
-            return f" (the floor broker, same run: {shown})"
-    return ""
+    floor = _row(data, row["server"], row["db"], "floor", row["clients"])
+    if floor is None:
+        return ""
+    value = floor[key]
+    shown = f"{100 * value:.0f}%" if key == "fraction_of_ideal" else f"{value} ms"
+    return f" (the floor broker, same run: {shown})"
 
 
 def _slowness(data: dict[str, Any], row: dict[str, Any]) -> str:
