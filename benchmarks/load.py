@@ -26,6 +26,7 @@ from benchmarks.procs import (
     named_cpu_seconds,
     self_cpu_seconds,
 )
+from django_avaturn.testing.fake import DEFAULT_OPENAI_API_KEY
 
 PASSWORD = "bench-password"
 _CSRF_INPUT = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
@@ -290,3 +291,32 @@ def _cpu(server_pgid: int, fake_pgid: int, db: str) -> dict[str, float]:
     if db == "postgres":
         cpu["database"] = named_cpu_seconds("postgres")
     return cpu
+
+
+def fake_round_trip_ms(port: int, latency: Latency, *, calls: int = 50) -> float:
+    """What one upstream call costs beyond its configured latency, with no broker at all.
+
+    A bare ``http.client`` request to the fake's OpenAI endpoint on one
+    kept-alive connection: loopback, the fake's own parsing and answering,
+    and this client's. Every broker's "added latency" carries this once per
+    upstream call, the floor's included. Returns the median, in ms.
+    """
+    body = json.dumps({"session": {"type": "realtime", "model": "gpt-realtime"}}).encode()
+    headers = {
+        "Authorization": f"Bearer {DEFAULT_OPENAI_API_KEY}",
+        "Content-Type": "application/json",
+    }
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    added: list[float] = []
+    try:
+        for _ in range(calls):
+            began = time.perf_counter()
+            conn.request("POST", "/v1/realtime/client_secrets", body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"the fake answered {response.status}")
+            added.append((time.perf_counter() - began - latency.openai) * 1000)
+    finally:
+        conn.close()
+    return statistics.median(added)

@@ -16,7 +16,7 @@ from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load import BROKERS, run_load
+from benchmarks.load import BROKERS, fake_round_trip_ms, run_load
 from benchmarks.procs import (
     PYTHON,
     ROOT,
@@ -144,6 +144,14 @@ def measure(
                             log("  " + json.dumps(results[-1]))
         control.close()
     return results
+
+
+def harness_run(latency: Latency) -> dict[str, Any]:
+    """The fake's own round trip: the part of every added latency no broker can remove."""
+    with start_fake(latency) as fake:
+        round_trip = fake_round_trip_ms(fake.port, latency)
+    log(f"harness: a bare call to the fake adds {round_trip:.2f} ms")
+    return {"fake_round_trip_ms": round(round_trip, 2)}
 
 
 def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
@@ -300,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpus": __import__("os").cpu_count(),
             "loadavg_at_start": loadavg(),
         },
+        "harness": harness_run(latency) if "load" in parts else {},
         "load": load_runs(plan, latency) if "load" in parts else [],
         "slow_load": slow_upstream_runs(plan, latency)
         if "load" in parts and plan.slow_upstream
@@ -318,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         if "load" not in parts:
             data["slow_load"] = saved.get("slow_load", [])
             data["goal_runs"] = saved.get("goal_runs", [])
+            data["harness"] = saved.get("harness", {})
     data["wall_s"] = round(time.perf_counter() - began, 1)
     (WORK / f"results-{plan.name}.json").write_text(json.dumps(data, indent=2))
     write_results(data, plan.out_dir / "RESULTS.md")
