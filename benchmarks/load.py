@@ -120,6 +120,7 @@ class LoadResult:
     upstream_calls: int
     cpu_ms: dict[str, float] = field(default_factory=dict)
     load_before: float = 0.0
+    probe_ms: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -172,6 +173,8 @@ class LoadResult:
                 for name, ms in self.cpu_ms.items()
             },
             "loadavg_before": self.load_before,
+            # How fast one core was just before the run (cpu_probe_ms).
+            "probe_ms": round(self.probe_ms, 1),
         }
 
 
@@ -252,6 +255,7 @@ def run_load(
         raise RuntimeError(f"{server}/{broker}: a client failed to warm up") from failures[0]
     fake.reset()
     load_before = loadavg()
+    probe_ms = cpu_probe_ms()
     cpu_before = _cpu(server_pgid, fake_pgid, db)
     began = time.perf_counter()
     stop_at[0] = began + duration
@@ -279,6 +283,7 @@ def run_load(
         upstream_calls=sum(int(n) for n in state["counts"].values()),
         cpu_ms={k: (cpu_after[k] - cpu_before[k]) * 1000 for k in cpu_before},
         load_before=load_before,
+        probe_ms=probe_ms,
     )
 
 
@@ -291,6 +296,25 @@ def _cpu(server_pgid: int, fake_pgid: int, db: str) -> dict[str, float]:
     if db == "postgres":
         cpu["database"] = named_cpu_seconds("postgres")
     return cpu
+
+
+def cpu_probe_ms(repeats: int = 5) -> float:
+    """How long a fixed piece of pure-Python work takes on one core now (median, ms).
+
+    The machine is shared with other tenants, and its speed drifts: the same
+    code's floor broker spent 6.9 ms of server CPU per start+end at 50 clients
+    in one run and 11.4 ms (median of five) in others within the hour. Timed
+    just before each run, while the servers idle, this shows how fast the
+    machine was for that run.
+    """
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1000
 
 
 def fake_round_trip_ms(port: int, latency: Latency, *, calls: int = 50) -> float:

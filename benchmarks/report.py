@@ -99,8 +99,9 @@ def _load_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "| Server | DB | Broker | Clients | Starts+ends/s (ideal) | % of ideal "
         "| Added p50 / p99 ms | Upstream conns opened / closed per iteration "
-        "| CPU ms / iteration: server, fake, clients (, database) | Errors | Load avg |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| CPU ms / iteration: server, fake, clients (, database) | Errors | Load avg "
+        "| Probe ms |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in rows:
         cpu = r["cpu_ms_per_iteration"]
@@ -112,7 +113,7 @@ def _load_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['new_connections_per_iteration']:.2f} / "
             f"{_f(r.get('closed_connections_per_iteration'), 2)} "
             f"| {', '.join(_f(cpu[k], 1) for k in _CPU_KEYS if k in cpu)} "
-            f"| {r['errors']} | {r['loadavg_before']:.1f} |"
+            f"| {r['errors']} | {r['loadavg_before']:.1f} | {_f(r.get('probe_ms'), 1)} |"
         )
     return out
 
@@ -150,18 +151,20 @@ def _rounds_section(data: dict[str, Any]) -> list[str]:
         "back to back in the same server processes.",
         "",
         "| Server | DB | Broker | Clients | % of ideal, run by run | Median "
-        "| Added p50 ms, run by run | Median | Server CPU ms / iteration, median |",
-        "| --- | --- | --- | ---: | --- | ---: | --- | ---: | ---: |",
+        "| Added p50 ms, run by run | Median | Server CPU ms / iteration, median "
+        "| Probe ms, median |",
+        "| --- | --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for (server, db, broker, clients), rows in groups.items():
         ideal = [100 * r["fraction_of_ideal"] for r in rows]
         p50 = [r["added_p50_ms"] for r in rows]
         cpu = [r["cpu_ms_per_iteration"]["server"] for r in rows]
+        probe = [r.get("probe_ms") or 0.0 for r in rows]
         out.append(
             f"| {server} | {db} | {broker} | {clients} "
             f"| {', '.join(f'{v:.0f}' for v in ideal)} | **{statistics.median(ideal):.0f}%** "
             f"| {', '.join(f'{v:.1f}' for v in p50)} | **{statistics.median(p50):.1f}** "
-            f"| {statistics.median(cpu):.1f} |"
+            f"| {statistics.median(cpu):.1f} | {statistics.median(probe):.1f} |"
         )
     return [*out, ""]
 
@@ -291,9 +294,12 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         f"{machine['cpus']} CPUs, Python {machine['python']}. The loopback fake answers the "
         f"OpenAI client secret after {lat['openai'] * 1000:.0f} ms, the Avaturn create after "
         f"{lat['create'] * 1000:.0f} ms and the terminate after {lat['terminate'] * 1000:.0f} ms. "
-        "Server, fake, database and load generator share the machine; the load average "
-        "column is the machine's before each run (other work included), so read the "
-        "ratios side by side, not as absolute capacity.",
+        "Server, fake, database and load generator share the machine, and the machine "
+        "is shared with other tenants: the load average column is the machine's before "
+        "each run (other work included), and the probe column times a fixed piece of "
+        "pure-Python work on one core just before each run (higher is slower; it drifts "
+        "within an hour here). Read the ratios side by side, not as absolute "
+        "capacity.",
         "",
         "## Goals",
         "",
