@@ -308,8 +308,10 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         "## Session start under load",
         "",
         "Each client signs in through the login form (its own user: the per-user cap never "
-        "serialises), then loops `POST sessions/` + `DELETE sessions/<id>/` for the run's "
-        "duration after two warm-up iterations. Ideal: clients / "
+        "serialises), then loops `POST sessions/` + `DELETE sessions/<id>/` after two "
+        "warm-up iterations. Counted: the iterations that end inside a window of the run's "
+        f"duration ({data.get('duration_s', '?')} s), which opens two iterations' time "
+        "after the clients were let go together. Ideal: clients / "
         f"{(lat['openai'] + lat['create'] + lat['terminate']) * 1000:.0f} ms per iteration. "
         "Added latency: each request's time minus its upstream time (the fake counts "
         "its latency from the request's arrival, so its own work is inside it). Same "

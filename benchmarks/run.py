@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     data: dict[str, Any] = {
         "plan": plan.name,
+        "duration_s": plan.duration,
         "latency": latency.__dict__,
         "machine": {
             "python": platform.python_version(),
