@@ -262,6 +262,7 @@ def run_load(
     gate.wait()
     if failures:
         raise RuntimeError(f"{server}/{broker}: a client failed to warm up") from failures[0]
+    fake.reset()  # nothing in flight: every client waits at the barrier
     load_before = loadavg()
     probe_ms = cpu_probe_ms()
     # Counted: the iterations that end inside a window opening after the clients
@@ -273,7 +274,8 @@ def run_load(
     window[1] = window[0] + duration
     gate.wait()
     _sleep_until(window[0])
-    fake.reset()
+    # Read, not reset: a reset now would forget the secrets of starts in flight.
+    state_before = fake.state()
     cpu_before = _cpu(server_pgid, fake_pgid, db)
     _sleep_until(window[1])
     cpu_after = _cpu(server_pgid, fake_pgid, db)
@@ -294,13 +296,18 @@ def run_load(
         added_ms=added,
         start_added_ms=start_added,
         errors=counts["errors"],
-        new_connections=int(state["connections_opened"]),
-        closed_connections=int(state["connections_closed"]),
-        upstream_calls=sum(int(n) for n in state["counts"].values()),
+        new_connections=_grew(state, state_before, "connections_opened"),
+        closed_connections=_grew(state, state_before, "connections_closed"),
+        upstream_calls=sum(int(n) for n in state["counts"].values())
+        - sum(int(n) for n in state_before["counts"].values()),
         cpu_ms={k: (cpu_after[k] - cpu_before[k]) * 1000 for k in cpu_before},
         load_before=load_before,
         probe_ms=probe_ms,
     )
+
+
+def _grew(after: dict[str, Any], before: dict[str, Any], counter: str) -> int:
+    return int(after[counter]) - int(before[counter])
 
 
 def _sleep_until(moment: float) -> None:
