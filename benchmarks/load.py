@@ -4,9 +4,10 @@ Each client is a thread with one kept-alive ``http.client`` connection, its
 own user, its own session cookie and CSRF token, signed in through the real
 login form. After two warm-up iterations each, the clients loop freely; what
 counts is a window of the run's duration that opens once they have settled:
-the iterations that end inside it, and the fake's counters and the processes'
-CPU read at its edges, so "new upstream connections" counts only what the
-window opened.
+the iterations inside it (one straddling an edge for its share), the
+latencies of those that end inside it, and the fake's counters and the
+processes' CPU read at its edges, so "new upstream connections" counts only
+what the window opened.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class LoadResult:
     broker: str
     db: str
     clients: int
-    iterations: int
+    iterations: float  # inside the window; one straddling an edge counts its share
     elapsed: float
     ideal_rate: float
     added_ms: list[float] = field(repr=False)
@@ -151,7 +152,7 @@ class LoadResult:
             "broker": self.broker,
             "db": self.db,
             "clients": self.clients,
-            "iterations": self.iterations,
+            "iterations": round(self.iterations, 1),
             "elapsed_s": round(self.elapsed, 2),
             "rate_per_s": round(self.rate, 2),
             "ideal_per_s": round(self.ideal_rate, 2),
@@ -202,13 +203,15 @@ def run_load(
     lock = threading.Lock()
     added: list[float] = []
     start_added: list[float] = []
-    counts = {"iterations": 0, "errors": 0}
+    work = [0.0]  # iterations inside the window, summed over the clients
+    error_count = [0]
     failures: list[BaseException] = []
     stop = threading.Event()
     # The measured window: set before the clients are let go, read by them.
     window = [0.0, 0.0]
 
-    def one_iteration(client: Client) -> tuple[float, float] | None:
+    def one_iteration(client: Client) -> tuple[float, float, float] | None:
+        """When the start was sent, its answer came and the end's answer came; None on an error."""
         t0 = time.perf_counter()
         status, body = client.api("POST", start_path)
         t1 = time.perf_counter()
@@ -219,7 +222,7 @@ def run_load(
         t2 = time.perf_counter()
         if status != 204:
             return None
-        return t1 - t0, t2 - t1
+        return t0, t1, t2
 
     def worker(index: int) -> None:
         client = Client(port)
@@ -233,26 +236,33 @@ def run_load(
         gate.wait()  # the window is set
         mine: list[float] = []
         mine_start: list[float] = []
-        done = errors = 0
+        done = 0.0
+        errors = 0
         try:
             while not failures and not stop.is_set():
                 timing = one_iteration(client)
                 if timing is None:
                     errors += 1  # counted wherever it happens
                     continue
-                if not window[0] <= time.perf_counter() <= window[1]:
+                t0, t1, t2 = timing
+                # The share of this iteration inside the window: one straddling
+                # an edge counts in part, so a single client's figure is not
+                # rounded to whole iterations.
+                inside = min(t2, window[1]) - max(t0, window[0])
+                if inside > 0:
+                    done += inside / (t2 - t0)
+                if not window[0] <= t2 <= window[1]:
                     continue
-                done += 1
-                mine_start.append((timing[0] - latency.start) * 1000)
+                mine_start.append((t1 - t0 - latency.start) * 1000)
                 mine.append(mine_start[-1])
-                mine.append((timing[1] - latency.terminate) * 1000)
+                mine.append((t2 - t1 - latency.terminate) * 1000)
         except BaseException as exc:
             failures.append(exc)
         finally:
             client.close()
             with lock:
-                counts["iterations"] += done
-                counts["errors"] += errors
+                work[0] += done
+                error_count[0] += errors
                 added.extend(mine)
                 start_added.extend(mine_start)
 
@@ -265,8 +275,8 @@ def run_load(
     fake.reset()  # nothing in flight: every client waits at the barrier
     load_before = loadavg()
     probe_ms = cpu_probe_ms()
-    # Counted: the iterations that end inside a window opening after the clients
-    # have settled. The barrier lets every client go at the same instant; that
+    # Counted: the iterations inside a window opening after the clients have
+    # settled. The barrier lets every client go at the same instant; that
     # burst, and the wait for the last client's iteration in flight at the end,
     # would otherwise count against throughput (about 9% at 50 clients over 5 s).
     settle = SETTLE_ITERATIONS * latency.iteration
@@ -290,12 +300,12 @@ def run_load(
         broker=broker,
         db=db,
         clients=clients,
-        iterations=counts["iterations"],
+        iterations=work[0],
         elapsed=duration,
         ideal_rate=clients / latency.iteration,
         added_ms=added,
         start_added_ms=start_added,
-        errors=counts["errors"],
+        errors=error_count[0],
         new_connections=_grew(state, state_before, "connections_opened"),
         closed_connections=_grew(state, state_before, "connections_closed"),
         upstream_calls=sum(int(n) for n in state["counts"].values())

@@ -316,9 +316,10 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         "",
         "Each client signs in through the login form (its own user: the per-user cap never "
         "serialises), then loops `POST sessions/` + `DELETE sessions/<id>/` after two "
-        "warm-up iterations. Counted: the iterations that end inside a window of the run's "
+        "warm-up iterations. Counted: the iterations inside a window of the run's "
         f"duration ({data.get('duration_s', '?')} s), which opens two iterations' time "
-        "after the clients were let go together. Ideal: clients / "
+        "after the clients were let go together (one straddling an edge counts for its "
+        "share inside; latencies are those of the iterations ending inside). Ideal: clients / "
         f"{(lat['openai'] + lat['create'] + lat['terminate']) * 1000:.0f} ms per iteration. "
         "Added latency: each request's time minus its upstream time (the fake counts "
         "its latency from the request's arrival, so its own work is inside it). Same "
