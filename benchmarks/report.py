@@ -159,20 +159,17 @@ def _rounds_section(data: dict[str, Any]) -> list[str]:
         "back to back in the same server processes.",
         "",
         "| Server | DB | Broker | Clients | % of ideal, run by run | Median "
-        "| Added p50 ms, run by run | Median | Server CPU ms / iteration, median "
+        "| Added p50 ms, run by run | Median | Server CPU / iteration, median "
         "| Probe ms, median |",
         "| --- | --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for (server, db, broker, clients), rows in groups.items():
-        ideal = [100 * r["fraction_of_ideal"] for r in rows]
-        p50 = [r["added_p50_ms"] for r in rows]
-        cpu = [r["cpu_ms_per_iteration"]["server"] for r in rows]
-        probe = [r.get("probe_ms") or 0.0 for r in rows]
+        ideal = ", ".join(f"{100 * r['fraction_of_ideal']:.0f}" for r in rows)
+        p50 = ", ".join(f"{r['added_p50_ms']:.1f}" for r in rows)
         out.append(
-            f"| {server} | {db} | {broker} | {clients} "
-            f"| {', '.join(f'{v:.0f}' for v in ideal)} | **{statistics.median(ideal):.0f}%** "
-            f"| {', '.join(f'{v:.1f}' for v in p50)} | **{statistics.median(p50):.1f}** "
-            f"| {statistics.median(cpu):.1f} | {statistics.median(probe):.1f} |"
+            f"| {server} | {db} | {broker} | {clients} | {ideal} | **{_pct(rows)}** "
+            f"| {p50} | **{_median(rows, 'added_p50_ms'):.1f}** "
+            f"| {_cpu(rows)} | {_median(rows, 'probe_ms'):.1f} |"
         )
     return [*out, ""]
 
@@ -394,8 +391,8 @@ def _as_list(rows: Rows) -> list[dict[str, Any]]:
 
 def _pct(rows: Rows) -> str:
     """% of ideal of one run, or the median of several."""
-    values = [r["fraction_of_ideal"] for r in _as_list(rows)]
-    return f"{100 * statistics.median(values):.0f}%" if values else "-"
+    listed = _as_list(rows)
+    return _said(_median(listed, "fraction_of_ideal"), "fraction_of_ideal") if listed else "-"
 
 
 def _cpu(rows: Rows, key: str = "server") -> str:
