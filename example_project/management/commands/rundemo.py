@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -31,7 +31,15 @@ class Command(BaseCommand):
         if not settings.USES_REAL_SERVICES:
             from django_avaturn.testing import FakeUpstream
 
-            fake = FakeUpstream(port=settings.FAKE_UPSTREAM_PORT).start()
+            try:
+                fake = FakeUpstream(port=settings.FAKE_UPSTREAM_PORT).start()
+            except OSError as exc:
+                # Most often a rundemo (or a fake) already running: say how out.
+                raise CommandError(
+                    f"Cannot start the offline fake on 127.0.0.1:{settings.FAKE_UPSTREAM_PORT} "
+                    f"({exc.strerror or exc}). Stop whatever uses that port, or pick another "
+                    "with the AVATURN_FAKE_PORT environment variable."
+                ) from exc
             self.stdout.write(
                 self.style.WARNING(
                     f"No AVATURN_API_KEY/OPENAI_API_KEY: using the offline fake at {fake.url}."
