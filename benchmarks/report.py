@@ -423,6 +423,8 @@ def _findings(data: dict[str, Any]) -> str:
     one_ours = _judged_rows(data, "gunicorn", "sqlite", "django_avaturn", 1)
     one_floor = _judged_rows(data, "gunicorn", "sqlite", "floor", 1)
     slow = {s: _row(data, s, "sqlite", "django_avaturn", top, "slow_load") for s in ours}
+    pg_gunicorn = _row(data, "gunicorn", "postgres", "django_avaturn", top)
+    pg_gunicorn_floor = _row(data, "gunicorn", "postgres", "floor", top)
     pg_plain = _row(data, "uvicorn", "postgres", "django_avaturn", top)
     pg_pool = _row(data, "uvicorn+pool", "postgres", "django_avaturn", top)
     ten_uvicorn = _row(data, "uvicorn", "sqlite", "django_avaturn", 10)
@@ -511,6 +513,16 @@ def _findings(data: dict[str, Any]) -> str:
   column is mostly that wait. Queuing a process's threads on a Python lock
   first did not help (see "tried"). PostgreSQL is the database for a multi-process
   deployment; its backends add their own CPU per start+end (database column).
+- **PostgreSQL under gunicorn** at {top} clients: django_avaturn
+  {_pct(pg_gunicorn)} of ideal, the floor {_pct(pg_gunicorn_floor)} (single runs).
+  Every statement is a round trip to a backend on the same two cores:
+  django_avaturn makes 15 per start+end (the user's row locked, the kill
+  switch's advisory lock, `BEGIN` and `COMMIT` among them; 4 are the session
+  and user reads every broker makes), the floor those 4. Server CPU per
+  start+end {_cpu(pg_gunicorn)} against the floor's {_cpu(pg_gunicorn_floor)},
+  backend CPU {_cpu(pg_gunicorn, "database")} against
+  {_cpu(pg_gunicorn_floor, "database")}. On its own PostgreSQL host, the backend
+  CPU leaves the web server's cores.
 - **uvicorn's own `--workers N`** added about 50 ms to every request on this
   machine, a plain GET included. The ASGI rows run `UvicornWorker`s under
   gunicorn, which is also how uvicorn is usually deployed.
