@@ -178,6 +178,9 @@ def test_oversized_body_is_413_json_and_spends_nothing(
         (b'{"conversation_engine": {}}', "application/json", 400, "invalid"),
         (b'{"config": "../etc/passwd"}', "application/json", 400, "invalid"),
         (b'{"avatar_id": "not-allowed"}', "application/json", 400, "invalid"),
+        # Far under the size limit, far over what Python's decoder recurses into.
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "parse_error"),
+        (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "application/json", 400, "parse_error"),
     ],
 )
 def test_bad_bodies_get_exact_statuses_and_spend_nothing(
@@ -188,6 +191,42 @@ def test_bad_bodies_get_exact_statuses_and_spend_nothing(
     assert response["Content-Type"] == "application/json"
     assert response.json()["code"] == code
     assert live_fake.requests == []
+
+
+def test_a_deeply_nested_heartbeat_body_is_a_400_and_records_nothing(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    session = services.start_session(user).session
+    url = f"{LIST_URL}{session.session_id}/heartbeat/"
+    response = csrf_json(_client(user), "post", url, b"[" * 100_000 + b"]" * 100_000)
+    assert (response.status_code, response.json()["code"]) == (400, "parse_error")
+    session.refresh_from_db()
+    assert session.last_seen_at is None
+
+
+@pytest.mark.parametrize(
+    ("accept", "statuses"),
+    [
+        # What a browser sends: JSON, as to any other client.
+        ("text/html,application/xhtml+xml,*/*;q=0.8", (200, 404)),
+        # Only HTML will do: the API says it has none, in JSON.
+        ("text/html", (406, 406)),
+    ],
+)
+def test_answers_are_json_whatever_the_client_accepts(
+    live_fake: FakeUpstream, user: Any, accept: str, statuses: tuple[int, int]
+) -> None:
+    # DRF's browsable API is one of its default renderers; a site's defaults
+    # must not turn the API's answers, or its errors, into HTML pages.
+    client = _client(user)
+    listed = client.get(LIST_URL, HTTP_ACCEPT=accept)
+    missing = client.get(f"{LIST_URL}no-such-session/", HTTP_ACCEPT=accept)
+    assert (listed.status_code, missing.status_code) == statuses
+    assert listed["Content-Type"] == missing["Content-Type"] == "application/json"
+    if statuses == (200, 404):
+        assert (listed.json(), missing.json()["code"]) == ([], "not_found")
+    else:
+        assert listed.json()["code"] == missing.json()["code"] == "not_acceptable"
 
 
 def test_unknown_fields_are_named_in_the_error(live_fake: FakeUpstream, user: Any) -> None:
