@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from django_avaturn.models import Session
-from django_avaturn.testing import AVATURN_TERMINATE, SDK_SESSION
+from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, SDK_SESSION
 from tests.e2e.conftest import REPO_DIR, Traffic, sign_in, watch_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -242,22 +242,49 @@ def test_strict_csp_page_works_without_violations(
     assert not [line for line in traffic.console if "Content Security Policy" in line]
 
 
-def test_integrity_mismatch_refuses_the_sdk_and_ends_the_session(
+def test_integrity_mismatch_refuses_the_sdk_and_starts_nothing(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
     wrong = "sha384-" + "A" * 64
     e2e.settings.AVATURN = {**e2e.settings.AVATURN, "SDK_INTEGRITY": wrong}
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
-    with page.expect_response(lambda r: r.url.endswith("/avaturn/sessions/")) as answer:
-        page.click("[data-avaturn-start]")
-    minted = answer.value.json()
+    page.click("[data-avaturn-start]")
     page.wait_for_selector('[data-avaturn-widget][data-state="error"]', timeout=10_000)
     assert status_text(page) == "The avatar player could not be loaded."
     # The browser refused the file and the SDK never ran, even though the
     # failed modulepreload would have let a bare import() fetch it again.
     assert any("integrity" in line and "blocked" in line for line in traffic.console)
     assert e2e.fake.requests_for(SDK_SESSION) == []
-    assert_ended_everywhere(page, e2e, minted["session_id"])
+    # A player that cannot run costs nothing: no session was asked for.
+    assert not [r for r in traffic.requests if r.url.endswith("/avaturn/sessions/")]
+    assert e2e.fake.requests_for(AVATURN_CREATE) == []
+    assert not Session.objects.exists()
+
+
+def test_an_unreachable_sdk_starts_nothing_and_a_later_start_retries(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    # As behind an ad blocker or with the CDN down: the SDK's URL fails to load.
+    context, _traffic = browser_context
+    blocked = {"on": True}
+
+    def sdk_route(route: Any) -> None:
+        if blocked["on"]:
+            route.abort()
+        else:
+            route.continue_()
+
+    context.route(e2e.settings.AVATURN["SDK_URL"], sdk_route)
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="error"]', timeout=10_000)
+    assert status_text(page) == "The avatar player could not be loaded."
+    assert not [r for r in traffic.requests if r.url.endswith("/avaturn/sessions/")]
+    assert e2e.fake.requests_for(AVATURN_CREATE) == []
+
+    blocked["on"] = False
+    minted = start_session(page, e2e, traffic)
+    assert Session.objects.get().session_id == minted["session_id"]
 
 
 def test_signed_out_visitor_gets_a_clear_message(

@@ -264,20 +264,21 @@ class AvaturnWidget {
     // A previous session's video would otherwise stay under the new one.
     this.stage.replaceChildren();
     try {
-      // Fetch the SDK while the backend mints the session.
-      const sdk = loadSdk(this.config.sdkUrl, this.config.sdkIntegrity);
-      sdk.catch(() => {}); // reported below, once the session is known
-      const session = await this.createSession();
-      if (attempt !== this.attempt) return this.endSession(session.session_id);
-      this.sessionId = session.session_id;
-
+      // The player before the session: a session is billed from its start,
+      // so a browser that cannot run the player (CDN blocked, an ad blocker,
+      // a wrong integrity hash) must not create one. The tag's
+      // <link rel=modulepreload> has usually fetched it by the time of a click.
       let module;
       try {
-        module = await sdk;
+        module = await loadSdk(this.config.sdkUrl, this.config.sdkIntegrity);
       } catch (error) {
         throw new WidgetError("sdk_load_failed", error);
       }
       if (attempt !== this.attempt) return;
+
+      const session = await this.createSession();
+      if (attempt !== this.attempt) return this.endSession(session.session_id);
+      this.sessionId = session.session_id;
 
       const head = new module.AvaturnHead(this.stage, {
         sessionToken: session.token,
