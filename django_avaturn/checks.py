@@ -8,7 +8,7 @@
 ``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
 ``django_avaturn.W002``   The OpenAI API key is missing (starts answer 503).
 ``django_avaturn.W003``   ``VOICE`` is not a voice OpenAI is known to offer.
-``django_avaturn.W004``   DEBUG logging for ``urllib3``/``openai``/``httpx2`` could log keys.
+``django_avaturn.W004``   DEBUG logging of ``urllib3``, ``openai``, ``httpx2``, ``httpcore``: keys.
 ========================  ==========================================================
 """
 
@@ -37,7 +37,7 @@ def _setting(name: str) -> Any:
 
 
 def _validation_errors() -> list[CheckMessage]:
-    """Every whole-number and choice setting, through the validator the runtime uses."""
+    """Every number, choice, flag and rate setting, through the validator the runtime uses."""
     messages: list[CheckMessage] = []
     for name, rule in RULES.items():
         try:
@@ -147,9 +147,6 @@ def _type_errors() -> list[CheckMessage]:
         "INSTRUCTIONS": (str,),
         "REALTIME_SESSION": (dict,),
         "ALLOWED_AVATARS": (list, tuple, set, frozenset),
-        "OPENAI_TIMEOUT": (int, float),
-        "AVATURN_TIMEOUT": (int, float),
-        "AVATURN_CONNECT_TIMEOUT": (int, float),
         "SDK_URL": (str,),
         "SDK_INTEGRITY": (str,),
     }

@@ -16,6 +16,7 @@ from django_avaturn.avaturn_client import AvaturnClient
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.openai_client import RealtimeSecrets, with_deadline
+from django_avaturn.validation import required_int_setting, seconds_setting
 
 _lock = threading.Lock()
 _openai: RealtimeSecrets | None = None
@@ -36,13 +37,13 @@ def get_openai_secrets() -> RealtimeSecrets:
     with _lock:
         if _openai is None:
             factory = avaturn_settings.OPENAI_HTTP_CLIENT
-            timeout = float(avaturn_settings.OPENAI_TIMEOUT)
+            timeout = seconds_setting("OPENAI_TIMEOUT")
             http_client = factory() if factory is not None else openai.DefaultHttpxClient()
             client = openai.OpenAI(
                 api_key=_require("OPENAI_API_KEY", "OPENAI_API_KEY"),
                 base_url=avaturn_settings.OPENAI_BASE_URL or None,
                 timeout=timeout,
-                max_retries=int(avaturn_settings.OPENAI_MAX_RETRIES),
+                max_retries=required_int_setting("OPENAI_MAX_RETRIES"),
                 # A deadline for the whole answer, not only for each read.
                 http_client=with_deadline(http_client, timeout),
             )
@@ -57,10 +58,10 @@ def get_avaturn_client() -> AvaturnClient:
             _avaturn = AvaturnClient(
                 base_url=str(avaturn_settings.API_URL),
                 api_key=_require("API_KEY", "AVATURN_API_KEY"),
-                connect_timeout=float(avaturn_settings.AVATURN_CONNECT_TIMEOUT),
-                read_timeout=float(avaturn_settings.AVATURN_TIMEOUT),
-                terminate_retries=int(avaturn_settings.TERMINATE_RETRIES),
-                retry_backoff=float(avaturn_settings.TERMINATE_RETRY_BACKOFF),
+                connect_timeout=seconds_setting("AVATURN_CONNECT_TIMEOUT"),
+                read_timeout=seconds_setting("AVATURN_TIMEOUT"),
+                terminate_retries=required_int_setting("TERMINATE_RETRIES"),
+                retry_backoff=seconds_setting("TERMINATE_RETRY_BACKOFF"),
             )
         return _avaturn
 

@@ -25,7 +25,7 @@ from django_avaturn.exceptions import (
     SiteLimitReached,
 )
 from django_avaturn.models import ServiceSwitch, Session, SessionStatus
-from django_avaturn.validation import int_setting, required_choice_setting
+from django_avaturn.validation import flag_setting, int_setting, required_choice_setting
 
 QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
 
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 def sessions_enabled() -> bool:
     """Whether new sessions may start: the setting and the admin's switch must both allow it."""
-    if not avaturn_settings.SESSIONS_ENABLED:
+    if not flag_setting("SESSIONS_ENABLED"):
         return False
     switch = ServiceSwitch.objects.filter(pk=ServiceSwitch.SINGLETON_PK).values_list(
         "sessions_enabled", flat=True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework.throttling import UserRateThrottle
 
-from django_avaturn.conf import avaturn_settings
+from django_avaturn.validation import rate_setting
 
 
 class SessionStartThrottle(UserRateThrottle):
@@ -18,5 +18,6 @@ class SessionStartThrottle(UserRateThrottle):
     scope = "avaturn_start"
 
     def get_rate(self) -> str | None:
-        rate = avaturn_settings.START_THROTTLE_RATE
-        return str(rate) if rate else None
+        # Validated: DRF would read "10/month" as ten a minute, and fail on
+        # "10/fortnight" with a KeyError (a 500).
+        return rate_setting("START_THROTTLE_RATE")

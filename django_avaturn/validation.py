@@ -1,13 +1,14 @@
-"""The one definition of what every whole-number and choice setting accepts.
+"""The one definition of what every number, choice, flag and rate setting accepts.
 
 Both the system checks (``manage.py check``) and the code that uses a
-setting validate through here (``int_setting()``, ``choice_setting()``), so a
-value the check accepts is a value the runtime accepts, and the other way
-round.
+setting validate through here (``int_setting()``, ``seconds_setting()``,
+``choice_setting()``, ``rate_setting()``), so a value the check accepts is a
+value the runtime accepts, and the other way round.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -46,6 +47,56 @@ class Bounds:
 
 
 @dataclass(frozen=True)
+class Seconds:
+    """A duration in seconds: a number (int or float), above zero unless ``zero_ok``."""
+
+    zero_ok: bool = False
+
+    def expects(self) -> str:
+        return "a number of seconds, " + ("0 or more" if self.zero_ok else "above 0")
+
+    def check(self, name: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
+        if value < 0 or (value == 0 and not self.zero_ok):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value}.")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A setting that is ``True`` or ``False``: a string such as ``"False"`` would read as on."""
+
+    def expects(self) -> str:
+        return "True or False"
+
+    def check(self, name: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
+        return value
+
+
+# DRF's throttles read only a period's first letter, so "10/month" would
+# silently mean ten a minute: only the spellings that say what they mean.
+_RATE = re.compile(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A DRF throttle rate such as ``"10/minute"``, or ``None``/``""`` for no throttle."""
+
+    def expects(self) -> str:
+        return 'None or a rate such as "10/minute" (per second, minute, hour or day)'
+
+    def check(self, name: str, value: object) -> str | None:
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str) or not _RATE.fullmatch(value):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
+        return value
+
+
+@dataclass(frozen=True)
 class Choices:
     """A setting that takes one of a few strings."""
 
@@ -77,7 +128,26 @@ INT_SETTINGS: dict[str, Bounds] = {
     "EXPIRE_STUCK_AFTER": Bounds(1, None, "seconds"),
     "TRANSCRIPT_MAX_LENGTH": Bounds(1, None, "characters"),
     "TRANSCRIPT_RETENTION_DAYS": Bounds(0, None, "days", optional=True),
+    "SESSION_LIST_LIMIT": Bounds(1),
+    "OPENAI_MAX_RETRIES": Bounds(0),
+    "TERMINATE_RETRIES": Bounds(0),
 }
+
+SECONDS_SETTINGS: dict[str, Seconds] = {
+    "OPENAI_TIMEOUT": Seconds(),
+    "AVATURN_CONNECT_TIMEOUT": Seconds(),
+    "AVATURN_TIMEOUT": Seconds(),
+    "TERMINATE_RETRY_BACKOFF": Seconds(zero_ok=True),
+    "WIDGET_INIT_TIMEOUT": Seconds(),
+    "HEARTBEAT_INTERVAL": Seconds(),
+}
+
+FLAG_SETTINGS: dict[str, Flag] = {
+    "SESSIONS_ENABLED": Flag(),
+    "TRANSCRIPTS_ENABLED": Flag(),
+}
+
+RATE_SETTINGS: dict[str, Rate] = {"START_THROTTLE_RATE": Rate()}
 
 SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
 QUOTA_WINDOWS = frozenset({"day", "rolling"})
@@ -92,7 +162,18 @@ CHOICE_SETTINGS: dict[str, Choices] = {
 }
 
 # Every validated setting, for the system checks.
-RULES: dict[str, Bounds | Choices] = {**INT_SETTINGS, **CHOICE_SETTINGS}
+RULES: dict[str, Bounds | Seconds | Flag | Rate | Choices] = {
+    **INT_SETTINGS,
+    **SECONDS_SETTINGS,
+    **FLAG_SETTINGS,
+    **RATE_SETTINGS,
+    **CHOICE_SETTINGS,
+}
+
+
+def validated_setting(name: str) -> object:
+    """The configured value of any validated setting, or ``NotConfigured`` saying why not."""
+    return RULES[name].check(name, avaturn_settings.raw(name))
 
 
 def check_int(name: str, value: object) -> int | None:
@@ -107,6 +188,18 @@ def int_setting(name: str) -> int | None:
 
 def required_int_setting(name: str) -> int:
     return _present(name, int_setting(name))
+
+
+def seconds_setting(name: str) -> float:
+    return SECONDS_SETTINGS[name].check(name, avaturn_settings.raw(name))
+
+
+def flag_setting(name: str) -> bool:
+    return FLAG_SETTINGS[name].check(name, avaturn_settings.raw(name))
+
+
+def rate_setting(name: str) -> str | None:
+    return RATE_SETTINGS[name].check(name, avaturn_settings.raw(name))
 
 
 def choice_setting(name: str) -> str | None:

@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.utils.safestring import SafeString
 
 from django_avaturn.conf import avaturn_settings
+from django_avaturn.validation import flag_setting, seconds_setting
 
 _get_nonce: Callable[[HttpRequest], Any] | None
 try:
@@ -194,7 +195,7 @@ def widget_context(
                 "django_avaturn:session-transcripts",
                 kwargs={"session_id": SESSION_ID_PLACEHOLDER},
             )
-            if avaturn_settings.TRANSCRIPTS_ENABLED
+            if flag_setting("TRANSCRIPTS_ENABLED")
             else ""
         ),
         "session_id_placeholder": SESSION_ID_PLACEHOLDER,
@@ -203,13 +204,13 @@ def widget_context(
         "sdk_preconnect": preconnect_origin(url, request),
         "script_url": static(WIDGET_SCRIPT),
         "stylesheet_url": static(WIDGET_STYLESHEET),
-        "init_timeout": _seconds(avaturn_settings.WIDGET_INIT_TIMEOUT),
-        "heartbeat_interval": _seconds(avaturn_settings.HEARTBEAT_INTERVAL),
+        "init_timeout": _seconds(seconds_setting("WIDGET_INIT_TIMEOUT")),
+        "heartbeat_interval": _seconds(seconds_setting("HEARTBEAT_INTERVAL")),
     }
 
 
-def _seconds(value: Any) -> str:
-    return f"{float(value):g}"
+def _seconds(value: float) -> str:
+    return f"{value:g}"
 
 
 def render_widget(

@@ -281,6 +281,37 @@ def test_not_configured_is_503_without_leaking(
     assert Session.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "method"),
+    [
+        ("START_THROTTLE_RATE", "10/fortnight", "post"),
+        ("OPENAI_MAX_RETRIES", "1", "post"),
+        ("AVATURN_TIMEOUT", None, "post"),
+        ("SESSIONS_ENABLED", "False", "post"),
+        ("SESSION_LIST_LIMIT", None, "get"),
+    ],
+)
+def test_a_malformed_setting_is_a_json_503_and_spends_nothing(
+    api_client: Any, upstream: Any, settings: Any, name: str, value: Any, method: str
+) -> None:
+    # Each of these once reached int(), float() or DRF's rate parser unchecked: a 500.
+    from django_avaturn.clients import reset_clients
+
+    settings.AVATURN = {**settings.AVATURN, name: value}
+    reset_clients()
+    if method == "post":
+        response = csrf_post(api_client, LIST_URL, {})
+    else:
+        response = api_client.get(LIST_URL)
+    assert response.status_code == 503
+    assert response.json() == {
+        "code": "not_configured",
+        "detail": "The avatar service is not configured.",
+    }
+    assert upstream.openai.requests == []
+    assert Session.objects.count() == 0
+
+
 def test_throttle_applies_to_starts_only(api_client: Any, upstream: Any, settings: Any) -> None:
     from django.core.cache import cache
 

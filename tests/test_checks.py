@@ -80,6 +80,19 @@ def test_unknown_setting_is_e002(settings: Any) -> None:
         ("EXPIRE_GRACE", -1),
         ("EXPIRE_STUCK_AFTER", "5m"),
         ("TRANSCRIPT_RETENTION_DAYS", -3),
+        ("SESSION_LIST_LIMIT", None),
+        ("OPENAI_MAX_RETRIES", -1),
+        ("TERMINATE_RETRIES", 1.5),
+        ("TERMINATE_RETRY_BACKOFF", -0.5),
+        ("AVATURN_TIMEOUT", 0),
+        ("HEARTBEAT_INTERVAL", 0),
+        ("WIDGET_INIT_TIMEOUT", "20"),
+        ("SESSIONS_ENABLED", "False"),
+        ("TRANSCRIPTS_ENABLED", 1),
+        ("START_THROTTLE_RATE", "10/fortnight"),
+        # DRF reads only the first letter: this would be ten a minute.
+        ("START_THROTTLE_RATE", "10/month"),
+        ("START_THROTTLE_RATE", 10),
     ],
 )
 def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> None:
@@ -144,15 +157,26 @@ def test_debug_logging_of_http_libraries_is_w004() -> None:
 
 
 def _bad_values(name: str) -> list[Any]:
-    from django_avaturn.validation import INT_SETTINGS
+    from django_avaturn.validation import (
+        FLAG_SETTINGS,
+        INT_SETTINGS,
+        RATE_SETTINGS,
+        SECONDS_SETTINGS,
+    )
 
-    if name not in INT_SETTINGS:
-        return ["not-a-choice", 3, None, ""]
-    bounds = INT_SETTINGS[name]
-    values: list[Any] = [bounds.low - 1, "1", True, None, 1.5]
-    if bounds.high is not None:
-        values.append(bounds.high + 1)
-    return values
+    if name in INT_SETTINGS:
+        bounds = INT_SETTINGS[name]
+        values: list[Any] = [bounds.low - 1, "1", True, None, 1.5]
+        if bounds.high is not None:
+            values.append(bounds.high + 1)
+        return values
+    if name in SECONDS_SETTINGS:
+        return [0, -1, 0.0, "5", True, None, 2.5]
+    if name in FLAG_SETTINGS:
+        return ["False", 0, 1, None, True, False]
+    if name in RATE_SETTINGS:
+        return ["10/month", "10/fortnight", "0/minute", "ten/minute", 10, None, "", "5/s"]
+    return ["not-a-choice", 3, None, ""]
 
 
 def _validated_settings() -> list[str]:
@@ -165,13 +189,12 @@ def _validated_settings() -> list[str]:
 def test_the_check_and_the_runtime_accept_the_same_values(settings: Any, name: str) -> None:
     """A value `manage.py check` passes never fails at request time, and the other way round."""
     from django_avaturn.exceptions import NotConfigured
-    from django_avaturn.validation import INT_SETTINGS, choice_setting, int_setting
+    from django_avaturn.validation import validated_setting
 
-    validate = int_setting if name in INT_SETTINGS else choice_setting
     for value in _bad_values(name):
         settings.AVATURN = {**settings.AVATURN, name: value}
         try:
-            validate(name)
+            validated_setting(name)
         except NotConfigured:
             runtime_ok = False
         else:

@@ -18,7 +18,7 @@ from django_avaturn.api.views import NO_STORE, UNAVAILABLE, AvaturnAPIView
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.models import ACTIVE_STATUSES, Session, Transcript, TranscriptRole
 from django_avaturn.schema import document, session_id_parameter
-from django_avaturn.validation import QUOTA_WINDOWS, required_int_setting
+from django_avaturn.validation import QUOTA_WINDOWS, flag_setting, required_int_setting
 
 # Transcript events can arrive just after Stop; accept them for this long.
 TRANSCRIPT_GRACE = timedelta(seconds=60)
@@ -133,7 +133,7 @@ class SessionTranscriptView(AvaturnAPIView):
         },
     )
     def post(self, request: Request, session_id: str) -> Response:
-        if not avaturn_settings.TRANSCRIPTS_ENABLED:
+        if not flag_setting("TRANSCRIPTS_ENABLED"):
             raise TranscriptsDisabled()
         session = self.own_session(request, session_id)
         recently_ended = session.ended_at is not None and (

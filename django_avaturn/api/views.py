@@ -34,6 +34,7 @@ from django_avaturn.conf import avaturn_settings
 from django_avaturn.models import EndReason, Session
 from django_avaturn.schema import ERRORS, document, session_id_parameter
 from django_avaturn.session_config import AvatarNotAllowed
+from django_avaturn.validation import required_int_setting
 
 NO_STORE = {"Cache-Control": "no-store"}
 SESSION_ID_MAX_LENGTH = Session._meta.get_field("session_id").max_length or 255
@@ -89,7 +90,7 @@ class SessionListView(AvaturnAPIView):
     def get(self, request: Request) -> Response:
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
-        limit = int(avaturn_settings.SESSION_LIST_LIMIT)
+        limit = required_int_setting("SESSION_LIST_LIMIT")
         sessions = Session.objects.for_user(request.user)[:limit]
         return Response(SessionSerializer(sessions, many=True).data, headers=NO_STORE)
 
