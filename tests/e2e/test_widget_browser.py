@@ -301,6 +301,30 @@ def test_signed_out_visitor_gets_a_clear_message(
     assert e2e.fake.requests == []
 
 
+def test_a_start_ended_by_staff_meanwhile_says_it_ended(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    from django_avaturn.models import EndReason, SessionStatus
+    from django_avaturn.services import end_session
+
+    e2e.fake.set_latency(AVATURN_CREATE, 1.5)
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    with page.expect_response(lambda r: r.url.endswith("/avaturn/sessions/")) as answer:
+        page.click("[data-avaturn-start]")
+        starting = wait_for(
+            page,
+            lambda: Session.objects.filter(status=SessionStatus.STARTING).first(),
+            what="the starting row",
+        )
+        end_session(starting, reason=EndReason.ADMIN)
+    assert (answer.value.status, answer.value.json()["code"]) == (409, "session_ended")
+    page.wait_for_selector('[data-avaturn-widget][data-state="error"]')
+    assert status_text(page) == "The conversation has ended."
+    error = page.evaluate("() => document.querySelector('[data-avaturn-widget]').avaturn.state")
+    assert error == "error"
+    assert e2e.fake.live_session_ids() == set()
+
+
 def test_live_session_with_a_stub_sdk_heartbeats_tracks_the_mic_and_forwards_events(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:

@@ -72,11 +72,14 @@ const ERROR_CODE_MESSAGES = {
   site_limit_reached: "site_busy",
   sessions_disabled: "sessions_disabled",
   session_replaced: "session_replaced",
+  // Staff (or the expiry command) ended the session while it was starting.
+  session_ended: "ended",
   upstream_error: "upstream_unavailable",
   upstream_timeout: "upstream_unavailable",
   not_configured: "upstream_unavailable",
   unavailable: "upstream_unavailable",
   invalid: "invalid",
+  parse_error: "invalid",
 };
 
 class WidgetError extends Error {
