@@ -47,6 +47,7 @@ def report_tally(modeladmin: Any, request: HttpRequest, tally: Tally) -> None:
     terminated = tally[Outcome.TERMINATED]
     gone = tally[Outcome.ALREADY_GONE]
     skipped = tally[Outcome.SKIPPED]
+    stopped = tally[Outcome.STOPPED]
     if terminated:
         modeladmin.message_user(
             request,
@@ -64,6 +65,19 @@ def report_tally(modeladmin: Any, request: HttpRequest, tally: Tally) -> None:
             )
             % {"count": gone},
             messages.WARNING,
+        )
+    if stopped:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "%(count)d session was still starting: its start is stopped and ends what "
+                "Avaturn created (if that fails, the expiry command retries it).",
+                "%(count)d sessions were still starting: each start is stopped and ends what "
+                "Avaturn created (if that fails, the expiry command retries it).",
+                stopped,
+            )
+            % {"count": stopped},
+            messages.SUCCESS,
         )
     if skipped:
         modeladmin.message_user(
@@ -83,5 +97,5 @@ def report_tally(modeladmin: Any, request: HttpRequest, tally: Tally) -> None:
             tally.failed,
         ) % {"count": tally.failed, "errors": "; ".join(tally.failures)}
         modeladmin.message_user(request, scrub(text), messages.ERROR)
-    if not (terminated or gone or skipped or tally.failed):
+    if not (terminated or gone or stopped or skipped or tally.failed):
         modeladmin.message_user(request, _("No sessions were selected."), messages.INFO)

@@ -111,7 +111,9 @@ class AvaturnClient:
     def create_session(self, payload: dict[str, Any]) -> CreatedSession:
         operation = "create session"
         try:
-            response = self._send("POST", "/api/v1/sessions", operation, json=payload)
+            response = self._send(
+                "POST", "/api/v1/sessions", operation, json=payload, names_session=True
+            )
         except UpstreamTimeout:
             _log_unknown_outcome(payload, "no answer in time")
             raise
@@ -122,7 +124,7 @@ class AvaturnClient:
             found = _SESSION_ID_IN_TEXT.search(response.content)
             if found is not None:
                 raise IncompleteSession(
-                    found.group(1).decode("ascii"), response.status_code
+                    found.group(1).decode("ascii"), response.status_code, "unparseable answer"
                 ) from exc
             _log_unknown_outcome(payload, "an unparseable answer")
             raise
@@ -184,7 +186,14 @@ class AvaturnClient:
         json: dict[str, Any] | None = None,
         accept_statuses: tuple[int, ...] = (),
         read_body: bool = True,
+        names_session: bool = False,
     ) -> _Answer:
+        """One request, its whole answer read within the deadline.
+
+        ``names_session``: a 2xx answer cut short (the deadline, a dropped
+        connection) that already named a session raises ``IncompleteSession``,
+        so the caller can end what Avaturn created.
+        """
         deadline = time.monotonic() + self._deadline
         try:
             response = self._http.request(
@@ -195,13 +204,19 @@ class AvaturnClient:
         except requests.RequestException as exc:
             raise UpstreamError(service=SERVICE, operation=operation) from exc
         accepted = response.ok or response.status_code in accept_statuses
+        parts: list[bytes] = []
         try:
-            content = _read_until(response, deadline)
+            content = _read_until(response, deadline, parts)
         except (TimeoutError, requests.RequestException, OSError, ValueError) as exc:
             response.close()  # the connection is in an unknown state: never reuse it
             if accepted and not read_body:
                 # The status says it all (a DELETE): a slow body cannot undo it.
                 return _Answer(response.status_code, b"")
+            named = _SESSION_ID_IN_TEXT.search(b"".join(parts)) if names_session else None
+            if accepted and named is not None:
+                raise IncompleteSession(
+                    named.group(1).decode("ascii"), response.status_code, "answer cut short"
+                ) from exc
             if accepted and isinstance(exc, TimeoutError):
                 raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
             if accepted:
@@ -246,25 +261,27 @@ class AvaturnClient:
 
 
 class IncompleteSession(UpstreamError):
-    """Avaturn created a session but its answer lacked the token."""
+    """Avaturn created a session, named it, but the answer is unusable (no token, cut short)."""
 
-    def __init__(self, session_id: str, upstream_status: int) -> None:
+    def __init__(
+        self, session_id: str, upstream_status: int, why: str = "answer lacks token"
+    ) -> None:
         super().__init__(
             service=SERVICE,
             operation="create session",
             upstream_status=upstream_status,
-            body_excerpt="answer lacks token",
+            body_excerpt=why,
         )
         self.session_id = session_id
 
 
-def _read_until(response: requests.Response, deadline: float) -> bytes:
+def _read_until(response: requests.Response, deadline: float, parts: list[bytes]) -> bytes:
     """The whole body, or ``TimeoutError`` once ``deadline`` passes (or ``ValueError`` if huge).
 
     ``read1`` returns after one socket read, so the deadline is checked
-    between reads; each read is bounded by the read timeout.
+    between reads; each read is bounded by the read timeout. What arrived
+    before a failure stays in ``parts``: a cut-short answer may name a session.
     """
-    parts: list[bytes] = []
     size = 0
     while True:
         if time.monotonic() > deadline:

@@ -118,8 +118,10 @@ def start_session(
     try:
         created = avaturn.create_session(plan.avaturn_payload(secret.value))
     except IncompleteSession as exc:
-        _terminate_orphan(exc.session_id)
-        _mark_failed(row, exc, session_id=exc.session_id)
+        if _terminate_orphan(exc.session_id):
+            _mark_failed(row, exc, session_id=exc.session_id)
+        else:
+            _leave_for_retry(row, exc.session_id, exc)
         raise
     except AvaturnError as exc:
         _mark_failed(row, exc)
@@ -138,8 +140,10 @@ def start_session(
     if not activated:
         # Replaced, terminated by staff or stopped by the kill switch while we
         # were talking to the upstreams: end what was just created.
-        _terminate_orphan(created.session_id)
-        _finish_claimed_without_upstream(row, created.session_id)
+        if _terminate_orphan(created.session_id):
+            _finish_claimed_without_upstream(row, created.session_id)
+        else:
+            _leave_for_retry(row, created.session_id)
         row.refresh_from_db(fields=["end_reason"])
         if row.end_reason == EndReason.REPLACED:
             raise SessionReplaced()
@@ -288,17 +292,47 @@ def _mark_failed(row: Session, exc: BaseException, *, session_id: str | None = N
         logger.exception("Could not record the failed start of session row %s", row.pk)
 
 
-def _terminate_orphan(session_id: str) -> None:
-    """End an upstream session that has (or will have) no live row. Never raises."""
+def _terminate_orphan(session_id: str) -> bool:
+    """End an upstream session that has (or will have) no live row. Never raises.
+
+    False when Avaturn could not be reached: the caller must leave a row that
+    the expiry command retries (``_leave_for_retry``).
+    """
     try:
         get_avaturn_client().terminate_session(session_id)
     except AvaturnError as exc:
         logger.error(
-            "Could not terminate orphaned Avaturn session %s; it ends by itself after its "
-            "user_absent_timeout or max_duration: %s",
+            "Could not terminate orphaned Avaturn session %s; the expiry command retries it: %s",
             session_id,
             exc,
         )
+        return False
+    return True
+
+
+def _leave_for_retry(row: Session, session_id: str, exc: BaseException | None = None) -> None:
+    """Record an orphan's id on a row left ``ending``, for the expiry command to terminate.
+
+    Its sweep of rows stuck ``ending`` (``EXPIRE_STUCK_AFTER``) terminates them
+    upstream and only then gives them a final status, so a session Avaturn
+    created is never recorded as ended while it may still run. A row someone
+    else claimed keeps their end reason; a failed start's becomes
+    ``upstream_error`` (and its final status ``failed``).
+    """
+    now = timezone.now()
+    fields: dict[str, Any] = {"session_id": session_id, "updated_at": now}
+    if exc is not None:
+        fields["end_detail"] = (
+            exc.describe() if isinstance(exc, UpstreamError) else excerpt(type(exc).__name__)
+        )[:500]
+    try:
+        claimed = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
+            status=SessionStatus.ENDING, end_reason=EndReason.UPSTREAM_ERROR, **fields
+        )
+        if not claimed:
+            Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(**fields)
+    except DatabaseError:
+        logger.exception("Could not record orphaned Avaturn session %s on its row", session_id)
 
 
 # --------------------------------------------------------------------------- ending
@@ -355,18 +389,14 @@ def finish_claimed(sessions: Sequence[Session], *, notify: bool = True) -> None:
 
     One ``UPDATE`` per final status however many rows, so bulk callers (the
     admin, the expiry command) stay at a few queries per batch. A row ended
-    for ``expired`` becomes ``EXPIRED``, any other ``ENDED``. Then
+    for ``expired`` becomes ``EXPIRED``, for ``upstream_error`` (a failed
+    start's orphan, terminated later) ``FAILED``, any other ``ENDED``. Then
     ``session_ended`` is sent once per row (unless ``notify`` is false).
     """
     now = timezone.now()
     by_status: dict[SessionStatus, list[Session]] = {}
     for session in sessions:
-        final = (
-            SessionStatus.EXPIRED
-            if session.end_reason == EndReason.EXPIRED
-            else SessionStatus.ENDED
-        )
-        by_status.setdefault(final, []).append(session)
+        by_status.setdefault(_final_status(session.end_reason), []).append(session)
     for final_status, group in by_status.items():
         Session.objects.filter(pk__in=[s.pk for s in group], status=SessionStatus.ENDING).update(
             status=final_status, ended_at=now, updated_at=now
@@ -376,6 +406,15 @@ def finish_claimed(sessions: Sequence[Session], *, notify: bool = True) -> None:
     if notify:
         for session in sessions:
             _send_robust(session_ended, session=session, reason=session.end_reason)
+
+
+def _final_status(end_reason: str) -> SessionStatus:
+    if end_reason == EndReason.EXPIRED:
+        return SessionStatus.EXPIRED
+    # A failed start whose orphan was terminated later (see _leave_for_retry).
+    if end_reason == EndReason.UPSTREAM_ERROR:
+        return SessionStatus.FAILED
+    return SessionStatus.ENDED
 
 
 def release_claimed(sessions: Sequence[Session]) -> None:

@@ -47,6 +47,9 @@ class Outcome(enum.Enum):
     TERMINATED = "terminated"  # Avaturn ended it just now
     ALREADY_GONE = "already gone"  # Avaturn answered 404: it had ended by itself
     MARKED = "marked"  # recorded as ended without an upstream call
+    # Claimed while starting: its own request terminates what Avaturn creates
+    # (and leaves it for the expiry command if that fails).
+    STOPPED = "stopped while starting"
     FAILED = "failed"  # the upstream call failed; the row is live again
     SKIPPED = "skipped"  # already ended, or another caller is ending it
     WOULD_END = "would end"  # dry run
@@ -304,7 +307,8 @@ def end_sessions(
     for rows, live, starting in claimed_batches(queryset, claim_batch, batch_size=batch_size):
         claimed = {row.pk for row in (*live, *starting)}
         report(Result(row, Outcome.SKIPPED) for row in rows if row.pk not in claimed)
-        # A starting row's own request terminates whatever Avaturn creates for it.
-        report(Result(row, Outcome.TERMINATED, detail) for row in starting)
+        # A starting row's own request terminates whatever Avaturn creates for
+        # it: not terminated yet, so not reported as terminated.
+        report(Result(row, Outcome.STOPPED, detail) for row in starting)
         report(terminate_claimed(live))
     return tally

@@ -242,7 +242,14 @@ def test_action_ends_a_starting_row_for_its_own_request_to_finish(
     response = act(admin_client, [row])
     assert upstream.avaturn.delete_calls() == []
     assert (fresh(row).status, fresh(row).end_reason) == (SessionStatus.ENDING, EndReason.ADMIN)
-    assert shown_messages(response) == [("success", "Terminated 1 session.")]
+    # Not "terminated": nothing upstream has been ended yet.
+    assert shown_messages(response) == [
+        (
+            "success",
+            "1 session was still starting: its start is stopped and ends what Avaturn "
+            "created (if that fails, the expiry command retries it).",
+        )
+    ]
 
 
 def test_action_with_missing_key_claims_nothing(

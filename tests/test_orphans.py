@@ -1,0 +1,121 @@
+"""A session Avaturn created is never recorded as ended while it may still run.
+
+Three ways a start can be left holding an upstream session it must end: staff
+(or the kill switch) ended the row while it was starting, Avaturn's answer
+named the session but was unusable, or the answer was cut short after naming
+it. When ending that session fails too, the row must stay where the expiry
+command finds it and retries, not be marked ended. Real HTTP to the fake.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from django_avaturn import services
+from django_avaturn.exceptions import SessionNotLive, UpstreamError
+from django_avaturn.expiry import expire_sessions
+from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, FakeUpstream
+from django_avaturn.validation import required_int_setting
+from tests.live_fake import assert_no_orphans, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _after_stuck_window() -> Any:
+    stuck_after = required_int_setting("EXPIRE_STUCK_AFTER")
+    return timezone.now() + timedelta(seconds=stuck_after + 1)
+
+
+def _expire_later() -> None:
+    report = expire_sessions(now=_after_stuck_window())
+    assert report.failed == 0
+
+
+def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_command(
+    live_fake: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    live_fake.set_latency(AVATURN_CREATE, 1.0)
+    outcome: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            services.start_session(user)
+        except BaseException as exc:  # the answer the visitor gets
+            outcome.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    assert wait_until(lambda: Session.objects.filter(status=SessionStatus.STARTING).exists())
+    live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
+    row = Session.objects.get()
+    services.end_session(row, reason=EndReason.ADMIN)
+    thread.join(10)
+
+    assert [type(exc) for exc in outcome] == [SessionNotLive]
+    (created,) = live_fake.live_session_ids()
+    row.refresh_from_db()
+    # Not "ended": Avaturn still runs it. Left ending, with its id, for a retry.
+    assert (row.status, row.session_id, row.end_reason) == (
+        SessionStatus.ENDING,
+        created,
+        EndReason.ADMIN,
+    )
+
+    live_fake.clear_faults()
+    _expire_later()
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
+    assert live_fake.live_session_ids() == set()
+    assert_no_orphans(live_fake)
+
+
+def test_an_unusable_create_answer_whose_terminate_fails_is_retried_and_ends_failed(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    live_fake.fail(AVATURN_CREATE, mode="malformed")  # names the session, cut mid-JSON
+    live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
+
+    with pytest.raises(UpstreamError):
+        services.start_session(user)
+
+    (created,) = live_fake.live_session_ids()
+    row = Session.objects.get()
+    assert (row.status, row.session_id, row.end_reason) == (
+        SessionStatus.ENDING,
+        created,
+        EndReason.UPSTREAM_ERROR,
+    )
+    assert "unparseable answer" in row.end_detail
+
+    live_fake.clear_faults()
+    _expire_later()
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
+    assert row.ended_at is not None
+    assert live_fake.live_session_ids() == set()
+
+
+def test_a_create_answer_cut_short_after_naming_the_session_ends_that_session(
+    live_fake: FakeUpstream, user: Any, settings: Any
+) -> None:
+    # A byte every 30 ms: the id (the first ~43 bytes) arrives within the
+    # 2 s deadline (connect + read timeout), the whole ~96 bytes do not.
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 1.5}
+    live_fake.fail(AVATURN_CREATE, mode="drip", delay=0.03)
+
+    with pytest.raises(UpstreamError) as raised:
+        services.start_session(user)
+
+    assert raised.value.code == "upstream_error"
+    (sent,) = live_fake.sessions.values()
+    row = Session.objects.get()
+    assert (row.status, row.session_id) == (SessionStatus.FAILED, sent.session_id)
+    assert "cut short" in row.end_detail
+    assert live_fake.live_session_ids() == set()
