@@ -8,7 +8,7 @@
 ``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
 ``django_avaturn.W002``   The OpenAI API key is missing (starts answer 503).
 ``django_avaturn.W003``   ``VOICE`` is not a voice OpenAI is known to offer.
-``django_avaturn.W004``   DEBUG logging of ``urllib3``, ``openai``, ``httpx2``, ``httpcore``: keys.
+``django_avaturn.W004``   DEBUG logging of ``urllib3``, ``openai``, ``httpx2``, ``httpcore2``: keys.
 ========================  ==========================================================
 """
 
@@ -142,7 +142,6 @@ def _key_warnings() -> list[CheckMessage]:
 
 def _type_errors() -> list[CheckMessage]:
     expectations: dict[str, tuple[type, ...]] = {
-        "API_URL": (str,),
         "MODEL": (str,),
         "INSTRUCTIONS": (str,),
         "REALTIME_SESSION": (dict,),
@@ -209,7 +208,8 @@ def _debug_logging_warnings() -> list[CheckMessage]:
     # DEBUG; with those loggers open, the Authorization header can reach logs.
     leaky = [
         name
-        for name in ("urllib3", "openai", "httpx2", "httpcore")
+        # httpx2 logs through httpcore2; the un-suffixed names for a site on httpx.
+        for name in ("urllib3", "openai", "httpx2", "httpcore2", "httpx", "httpcore")
         if logging.getLogger(name).isEnabledFor(logging.DEBUG)
     ]
     if not leaky:

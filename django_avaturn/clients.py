@@ -9,26 +9,39 @@ the ``AVATURN`` setting changes.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
+import httpx2
 import openai
+from django.views.decorators.debug import sensitive_variables
 
 from django_avaturn.avaturn_client import AvaturnClient
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.openai_client import RealtimeSecrets, with_deadline
-from django_avaturn.validation import required_int_setting, seconds_setting
+from django_avaturn.validation import required_int_setting, seconds_setting, url_setting
+
+_Client = TypeVar("_Client")
 
 _lock = threading.Lock()
 _openai: RealtimeSecrets | None = None
 _avaturn: AvaturnClient | None = None
 
 
+@sensitive_variables("value")
 def _require(name: str, env_name: str) -> str:
     value: object = avaturn_settings.raw(name)
     if not value or not isinstance(value, str):
         raise NotConfigured(
             f"AVATURN['{name}'] is not set and the {env_name} environment variable is empty."
         )
+    # A key read from a file or a secret store often ends in a newline. Sent
+    # as is, it makes an illegal header, whose error message (which HTTP
+    # libraries log) quotes the whole header, key included.
+    value = value.strip()
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise NotConfigured(f"AVATURN['{name}'] holds characters no API key has.")
     return value
 
 
@@ -36,18 +49,7 @@ def get_openai_secrets() -> RealtimeSecrets:
     global _openai
     with _lock:
         if _openai is None:
-            factory = avaturn_settings.OPENAI_HTTP_CLIENT
-            timeout = seconds_setting("OPENAI_TIMEOUT")
-            http_client = factory() if factory is not None else openai.DefaultHttpxClient()
-            client = openai.OpenAI(
-                api_key=_require("OPENAI_API_KEY", "OPENAI_API_KEY"),
-                base_url=avaturn_settings.OPENAI_BASE_URL or None,
-                timeout=timeout,
-                max_retries=required_int_setting("OPENAI_MAX_RETRIES"),
-                # A deadline for the whole answer, not only for each read.
-                http_client=with_deadline(http_client, timeout),
-            )
-            _openai = RealtimeSecrets(client)
+            _openai = _build(_build_openai_secrets, "OpenAI")
         return _openai
 
 
@@ -55,15 +57,60 @@ def get_avaturn_client() -> AvaturnClient:
     global _avaturn
     with _lock:
         if _avaturn is None:
-            _avaturn = AvaturnClient(
-                base_url=str(avaturn_settings.API_URL),
-                api_key=_require("API_KEY", "AVATURN_API_KEY"),
-                connect_timeout=seconds_setting("AVATURN_CONNECT_TIMEOUT"),
-                read_timeout=seconds_setting("AVATURN_TIMEOUT"),
-                terminate_retries=required_int_setting("TERMINATE_RETRIES"),
-                retry_backoff=seconds_setting("TERMINATE_RETRY_BACKOFF"),
-            )
+            _avaturn = _build(_build_avaturn_client, "Avaturn")
         return _avaturn
+
+
+def _build(builder: Callable[[], _Client], service: str) -> _Client:
+    """Build a client; any failure is ``NotConfigured``, with nothing chained.
+
+    The constructors hold the API key in their frames: an exception escaping
+    one would show it on Django's debug page, or in an error report.
+    """
+    try:
+        return builder()
+    except NotConfigured:
+        raise
+    except Exception as exc:
+        raise NotConfigured(
+            f"The {service} client could not be built from the AVATURN settings "
+            f"({type(exc).__name__}); check its URL and HTTP client settings."
+        ) from None
+
+
+@sensitive_variables()
+def _build_openai_secrets() -> RealtimeSecrets:
+    factory = avaturn_settings.OPENAI_HTTP_CLIENT
+    timeout = seconds_setting("OPENAI_TIMEOUT")
+    http_client = factory() if factory is not None else openai.DefaultHttpxClient()
+    if not isinstance(http_client, httpx2.Client):
+        raise NotConfigured(
+            "AVATURN['OPENAI_HTTP_CLIENT'] must return an httpx2.Client, "
+            f"not {type(http_client).__name__}."
+        )
+    client = openai.OpenAI(
+        api_key=_require("OPENAI_API_KEY", "OPENAI_API_KEY"),
+        base_url=url_setting("OPENAI_BASE_URL"),
+        timeout=timeout,
+        max_retries=required_int_setting("OPENAI_MAX_RETRIES"),
+        # A deadline for the whole answer, not only for each read.
+        http_client=with_deadline(http_client, timeout),
+    )
+    return RealtimeSecrets(client)
+
+
+@sensitive_variables()
+def _build_avaturn_client() -> AvaturnClient:
+    base_url = url_setting("API_URL")
+    assert base_url is not None  # API_URL is not optional
+    return AvaturnClient(
+        base_url=base_url,
+        api_key=_require("API_KEY", "AVATURN_API_KEY"),
+        connect_timeout=seconds_setting("AVATURN_CONNECT_TIMEOUT"),
+        read_timeout=seconds_setting("AVATURN_TIMEOUT"),
+        terminate_retries=required_int_setting("TERMINATE_RETRIES"),
+        retry_backoff=seconds_setting("TERMINATE_RETRY_BACKOFF"),
+    )
 
 
 def reset_clients() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
@@ -97,6 +98,35 @@ class Rate:
 
 
 @dataclass(frozen=True)
+class Url:
+    """An ``http(s)://host[:port][/path]`` base URL (``None`` or ``""`` only where optional).
+
+    Checked before a client is built from it: a malformed one would fail
+    inside the client's constructor, whose frame holds the API key.
+    """
+
+    optional: bool = False
+
+    def expects(self) -> str:
+        base = "an http:// or https:// URL with a host"
+        return f"None or {base}" if self.optional else base
+
+    def check(self, name: str, value: object) -> str | None:
+        if self.optional and value in (None, ""):
+            return None
+        if not isinstance(value, str):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  # raises ValueError for a port out of range
+        except ValueError:
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
+        return value
+
+
+@dataclass(frozen=True)
 class Choices:
     """A setting that takes one of a few strings."""
 
@@ -149,6 +179,12 @@ FLAG_SETTINGS: dict[str, Flag] = {
 
 RATE_SETTINGS: dict[str, Rate] = {"START_THROTTLE_RATE": Rate()}
 
+URL_SETTINGS: dict[str, Url] = {
+    "API_URL": Url(),
+    "OPENAI_BASE_URL": Url(optional=True),
+    "SDK_API_HOST": Url(optional=True),
+}
+
 SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
 QUOTA_WINDOWS = frozenset({"day", "rolling"})
 
@@ -162,11 +198,12 @@ CHOICE_SETTINGS: dict[str, Choices] = {
 }
 
 # Every validated setting, for the system checks.
-RULES: dict[str, Bounds | Seconds | Flag | Rate | Choices] = {
+RULES: dict[str, Bounds | Seconds | Flag | Rate | Url | Choices] = {
     **INT_SETTINGS,
     **SECONDS_SETTINGS,
     **FLAG_SETTINGS,
     **RATE_SETTINGS,
+    **URL_SETTINGS,
     **CHOICE_SETTINGS,
 }
 
@@ -200,6 +237,10 @@ def flag_setting(name: str) -> bool:
 
 def rate_setting(name: str) -> str | None:
     return RATE_SETTINGS[name].check(name, avaturn_settings.raw(name))
+
+
+def url_setting(name: str) -> str | None:
+    return URL_SETTINGS[name].check(name, avaturn_settings.raw(name))
 
 
 def choice_setting(name: str) -> str | None:

@@ -289,6 +289,11 @@ def test_not_configured_is_503_without_leaking(
         ("AVATURN_TIMEOUT", None, "post"),
         ("SESSIONS_ENABLED", "False", "post"),
         ("SESSION_LIST_LIMIT", None, "get"),
+        # Both used to fail inside a client's constructor, the key in its frame,
+        # shown on Django's debug page.
+        ("API_URL", "http://[::1", "post"),
+        ("OPENAI_HTTP_CLIENT", "tests.test_api.async_http_client", "post"),
+        ("API_KEY", "two words", "post"),
     ],
 )
 def test_a_malformed_setting_is_a_json_503_and_spends_nothing(
@@ -310,6 +315,28 @@ def test_a_malformed_setting_is_a_json_503_and_spends_nothing(
     }
     assert upstream.openai.requests == []
     assert Session.objects.count() == 0
+
+
+def async_http_client() -> Any:
+    import httpx2
+
+    return httpx2.AsyncClient()
+
+
+def test_a_key_with_a_trailing_newline_is_sent_without_it(
+    api_client: Any, upstream: Any, settings: Any
+) -> None:
+    # As read from a secret file: sent as is, it is an illegal header whose
+    # error message quotes it (and HTTP libraries log that message).
+    from django_avaturn.clients import reset_clients
+
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "API_KEY": settings.AVATURN["API_KEY"] + "\n",
+        "OPENAI_API_KEY": settings.AVATURN["OPENAI_API_KEY"] + "\n",
+    }
+    reset_clients()
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
 
 
 def test_throttle_applies_to_starts_only(api_client: Any, upstream: Any, settings: Any) -> None:

@@ -93,6 +93,11 @@ def test_unknown_setting_is_e002(settings: Any) -> None:
         # DRF reads only the first letter: this would be ten a minute.
         ("START_THROTTLE_RATE", "10/month"),
         ("START_THROTTLE_RATE", 10),
+        # Malformed URLs used to fail inside a client's constructor, key in its frame.
+        ("API_URL", "http://[::1"),
+        ("API_URL", None),
+        ("OPENAI_BASE_URL", "api.openai.com/v1"),
+        ("SDK_API_HOST", "https://api.avaturn.live:99999"),
     ],
 )
 def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> None:
@@ -144,6 +149,20 @@ def test_unknown_voice_is_w003(settings: Any) -> None:
     assert ids(avaturn_messages()) == ["django_avaturn.W003"]
 
 
+@pytest.mark.parametrize("name", ["httpcore2", "httpx2", "openai"])
+def test_debug_logging_of_the_openai_sdks_http_stack_is_w004(name: str) -> None:
+    # httpx2 logs its connections through httpcore2, headers included.
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        messages = avaturn_messages()
+    finally:
+        logger.setLevel(previous)
+    assert ids(messages) == ["django_avaturn.W004"]
+    assert name in messages[0].msg
+
+
 def test_debug_logging_of_http_libraries_is_w004() -> None:
     logger = logging.getLogger("urllib3")
     previous = logger.level
@@ -162,6 +181,7 @@ def _bad_values(name: str) -> list[Any]:
         INT_SETTINGS,
         RATE_SETTINGS,
         SECONDS_SETTINGS,
+        URL_SETTINGS,
     )
 
     if name in INT_SETTINGS:
@@ -174,6 +194,8 @@ def _bad_values(name: str) -> list[Any]:
         return [0, -1, 0.0, "5", True, None, 2.5]
     if name in FLAG_SETTINGS:
         return ["False", 0, 1, None, True, False]
+    if name in URL_SETTINGS:
+        return ["http://[::1", "ftp://example.com", "http://", "http://h:99999", 3, None, ""]
     if name in RATE_SETTINGS:
         return ["10/month", "10/fortnight", "0/minute", "ten/minute", 10, None, "", "5/s"]
     return ["not-a-choice", 3, None, ""]
