@@ -15,14 +15,18 @@ as the row's ``end_detail``):
   heartbeat arrived for ``EXPIRE_IDLE_AFTER`` seconds (counted from the start
   if none ever did). The secret's expiry alone proves nothing: OpenAI lets a
   started session outlive its secret, so a session still sending heartbeats
-  is left alone until its ``max_duration``.
+  is left alone until its ``max_duration``;
+* with ``EXPIRE_IDLE_AFTER = None`` heartbeats are not consulted at all, and
+  the secret's expiry (plus ``EXPIRE_GRACE``) alone ends it, in use or not.
 
 A session that never sent a heartbeat is never judged idle by silence alone,
 because a site using its own front end instead of the widget sends none.
 
 Rows left behind by a crashed process are cleaned up too: ``starting`` for
-longer than ``EXPIRE_STUCK_AFTER`` (no session id yet, nothing upstream to
-end) become ``failed``; ``ending`` for that long are terminated again.
+longer than ``EXPIRE_STUCK_AFTER`` become ``failed`` (no session id was
+recorded, so there is nothing we can end; if the dead process's create had
+reached Avaturn, that session ends by itself, and a WARNING says so);
+``ending`` for that long are terminated again.
 
 Stale sessions are terminated upstream (404 counts as already gone) and
 recorded with status ``expired``, reason ``expired``. See ``termination``
@@ -31,6 +35,7 @@ for how this stays correct with several hosts and the admin at once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -55,6 +60,8 @@ from django_avaturn.termination import (
 from django_avaturn.validation import int_setting, required_int_setting
 
 Reporter = Callable[[Iterable[Result]], None]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,9 +173,10 @@ def expire_sessions(
 def _fail_stuck_starts(
     stuck_since: datetime, dry_run: bool, batch_size: int, report: Reporter
 ) -> None:
-    # No session id yet, so nothing upstream to end. If the starting process
+    # No session id recorded, so nothing we can end. If the starting process
     # is merely slow, it finds its row no longer starting and terminates
-    # whatever Avaturn created for it.
+    # whatever Avaturn created for it; if it died mid-create, Avaturn may run
+    # a session nobody can name until its user_absent_timeout.
     detail = "never finished starting"
 
     def claim_stuck(rows: list[Session]) -> list[Session]:
@@ -187,6 +195,14 @@ def _fail_stuck_starts(
     outcome = Outcome.WOULD_END if dry_run else Outcome.MARKED
     for rows in claimed_batches(queryset, claim_stuck, batch_size=batch_size, lock=not dry_run):
         report(Result(row, outcome, detail) for row in rows)
+        if rows and not dry_run:
+            logger.warning(
+                "Marked %d session start(s) failed that never finished (a process died "
+                "mid-start?). If one had reached Avaturn's create, that session cannot be "
+                "named; it ends by itself within its user_absent_timeout=%ss.",
+                len(rows),
+                required_int_setting("USER_ABSENT_TIMEOUT"),
+            )
 
 
 def _retry_stuck_ends(

@@ -304,10 +304,7 @@ def test_a_malformed_setting_is_a_json_503_and_spends_nothing(
 
     settings.AVATURN = {**settings.AVATURN, name: value}
     reset_clients()
-    if method == "post":
-        response = csrf_post(api_client, LIST_URL, {})
-    else:
-        response = api_client.get(LIST_URL)
+    response = csrf_post(api_client, LIST_URL, {}) if method == "post" else api_client.get(LIST_URL)
     assert response.status_code == 503
     assert response.json() == {
         "code": "not_configured",

@@ -95,7 +95,6 @@ def test_unknown_setting_is_e002(settings: Any) -> None:
         ("START_THROTTLE_RATE", 10),
         # Malformed URLs used to fail inside a client's constructor, key in its frame.
         ("API_URL", "http://[::1"),
-        ("API_URL", None),
         ("OPENAI_BASE_URL", "api.openai.com/v1"),
         ("SDK_API_HOST", "https://api.avaturn.live:99999"),
     ],

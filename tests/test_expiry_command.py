@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -378,7 +379,9 @@ def test_missing_key_fails_before_claiming_anything(settings: Any, user: Any) ->
     assert fresh(row).status == SessionStatus.LIVE
 
 
-def test_stuck_rows_are_cleaned_up(upstream: Any, user: Any) -> None:
+def test_stuck_rows_are_cleaned_up(
+    upstream: Any, user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     long_ago = timezone.now() - timedelta(minutes=30)
     starting = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
     recent_start = make(user, None, status=SessionStatus.STARTING, started_ago=None)
@@ -391,7 +394,8 @@ def test_stuck_rows_are_cleaned_up(upstream: Any, user: Any) -> None:
     )
     recent_end = make(user, "av-busy", status=SessionStatus.ENDING, end_reason=EndReason.CLIENT)
 
-    run()
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.expiry"):
+        run()
 
     row = fresh(starting)
     assert (row.status, row.end_reason, row.end_detail) == (
@@ -399,6 +403,11 @@ def test_stuck_rows_are_cleaned_up(upstream: Any, user: Any) -> None:
         EndReason.EXPIRED,
         "never finished starting",
     )
+    # Its process may have died mid-create: the operator is told what may still run.
+    (warning,) = [r for r in caplog.records if r.name == "django_avaturn.expiry"]
+    assert warning.levelno == logging.WARNING
+    assert "Marked 1 session start(s) failed" in warning.getMessage()
+    assert "user_absent_timeout" in warning.getMessage()
     assert fresh(recent_start).status == SessionStatus.STARTING
     assert upstream.avaturn.deleted == ["av-ending"]
     assert (fresh(ending).status, fresh(ending).end_reason) == (
