@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from django_avaturn import services
@@ -49,6 +50,8 @@ def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_
             services.start_session(user)
         except BaseException as exc:  # the answer the visitor gets
             outcome.append(exc)
+        finally:
+            connection.close()  # as a request's thread would
 
     thread = threading.Thread(target=start)
     thread.start()
