@@ -20,7 +20,12 @@ from django_avaturn.avaturn_client import AvaturnClient
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.openai_client import RealtimeSecrets, with_deadline
-from django_avaturn.validation import required_int_setting, seconds_setting, url_setting
+from django_avaturn.validation import (
+    required_int_setting,
+    required_url_setting,
+    seconds_setting,
+    url_setting,
+)
 
 _Client = TypeVar("_Client")
 
@@ -80,8 +85,12 @@ def _build(builder: Callable[[], _Client], service: str) -> _Client:
 
 @sensitive_variables()
 def _build_openai_secrets() -> RealtimeSecrets:
-    factory = avaturn_settings.OPENAI_HTTP_CLIENT
+    # Every setting first: a refusal then leaves no HTTP client's pool open.
+    api_key = _require("OPENAI_API_KEY", "OPENAI_API_KEY")
+    base_url = url_setting("OPENAI_BASE_URL")
     timeout = seconds_setting("OPENAI_TIMEOUT")
+    max_retries = required_int_setting("OPENAI_MAX_RETRIES")
+    factory = avaturn_settings.OPENAI_HTTP_CLIENT
     http_client = factory() if factory is not None else openai.DefaultHttpxClient()
     if not isinstance(http_client, httpx2.Client):
         raise NotConfigured(
@@ -89,10 +98,10 @@ def _build_openai_secrets() -> RealtimeSecrets:
             f"not {type(http_client).__name__}."
         )
     client = openai.OpenAI(
-        api_key=_require("OPENAI_API_KEY", "OPENAI_API_KEY"),
-        base_url=url_setting("OPENAI_BASE_URL"),
+        api_key=api_key,
+        base_url=base_url,
         timeout=timeout,
-        max_retries=required_int_setting("OPENAI_MAX_RETRIES"),
+        max_retries=max_retries,
         # A deadline for the whole answer, not only for each read.
         http_client=with_deadline(http_client, timeout),
     )
@@ -101,10 +110,8 @@ def _build_openai_secrets() -> RealtimeSecrets:
 
 @sensitive_variables()
 def _build_avaturn_client() -> AvaturnClient:
-    base_url = url_setting("API_URL")
-    assert base_url is not None  # API_URL is not optional
     return AvaturnClient(
-        base_url=base_url,
+        base_url=required_url_setting("API_URL"),
         api_key=_require("API_KEY", "AVATURN_API_KEY"),
         connect_timeout=seconds_setting("AVATURN_CONNECT_TIMEOUT"),
         read_timeout=seconds_setting("AVATURN_TIMEOUT"),

@@ -268,8 +268,13 @@ def _finish_claimed_without_upstream(row: Session, session_id: str) -> None:
     )
 
 
+def _failure_detail(exc: BaseException) -> str:
+    """What a failed start records in ``end_detail``: scrubbed, never a key."""
+    return exc.describe() if isinstance(exc, UpstreamError) else excerpt(type(exc).__name__)
+
+
 def _mark_failed(row: Session, exc: BaseException, *, session_id: str | None = None) -> None:
-    detail = exc.describe() if isinstance(exc, UpstreamError) else excerpt(type(exc).__name__)
+    detail = _failure_detail(exc)
     if isinstance(exc, UpstreamError):
         logger.warning("Avaturn session start failed: %s", detail)
     now = timezone.now()
@@ -322,9 +327,7 @@ def _leave_for_retry(row: Session, session_id: str, exc: BaseException | None = 
     now = timezone.now()
     fields: dict[str, Any] = {"session_id": session_id, "updated_at": now}
     if exc is not None:
-        fields["end_detail"] = (
-            exc.describe() if isinstance(exc, UpstreamError) else excerpt(type(exc).__name__)
-        )[:500]
+        fields["end_detail"] = _failure_detail(exc)[:500]
     try:
         claimed = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
             status=SessionStatus.ENDING, end_reason=EndReason.UPSTREAM_ERROR, **fields

@@ -243,6 +243,10 @@ def url_setting(name: str) -> str | None:
     return URL_SETTINGS[name].check(name, avaturn_settings.raw(name))
 
 
+def required_url_setting(name: str) -> str:
+    return _present(name, url_setting(name))
+
+
 def choice_setting(name: str) -> str | None:
     """The configured value of ``name``, validated (``None`` only where it is optional)."""
     return CHOICE_SETTINGS[name].check(name, avaturn_settings.raw(name))
