@@ -227,11 +227,18 @@ def _retry_stuck_ends(
             continue
         for row in rows:
             row.end_reason = row.end_reason or EndReason.EXPIRED
-        report(terminate_claimed([row for row in rows if row.session_id], upstream=upstream))
+        # Whoever claimed these meant them to end: one whose terminate fails
+        # again stays ending (its claim is freshly stamped) and is retried by
+        # a run EXPIRE_STUCK_AFTER later, never put back to live.
+        report(
+            terminate_claimed(
+                [row for row in rows if row.session_id], upstream=upstream, release=False
+            )
+        )
         # Claimed while still starting, by a start that never finished: nothing upstream.
         orphans = [row for row in rows if not row.session_id]
         if orphans:
-            services.finish_claimed(orphans, notify=False)
+            services.finish_claimed(orphans, notify=False, only_without_id=True)
             report(Result(row, Outcome.MARKED, row.end_detail) for row in orphans)
 
 

@@ -27,6 +27,7 @@ def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> N
     if instance.pk is None:
         return
     _end_sessions_of(instance, action="Deleting")
+    _terminate_pending_ends_of(instance)
 
 
 def end_sessions_of_deactivated_user(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -37,6 +38,28 @@ def end_sessions_of_deactivated_user(sender: Any, instance: Any, **kwargs: Any) 
     if getattr(instance, "is_active", True) or instance.pk is None:
         return
     _end_sessions_of(instance, action="Deactivating")
+
+
+def _terminate_pending_ends_of(instance: Any) -> None:
+    """Rows left ``ending`` for the expiry command to retry vanish with the user: try now."""
+    from django_avaturn.clients import get_avaturn_client
+
+    pending = Session.objects.filter(
+        user_id=instance.pk, status=SessionStatus.ENDING, session_id__isnull=False
+    ).values_list("session_id", flat=True)
+    for session_id in pending:
+        if session_id is None:  # (excluded by the query; for the type checker)
+            continue
+        try:
+            get_avaturn_client().terminate_session(session_id)
+        except AvaturnError as exc:
+            logger.error(
+                "Deleting user %s: could not terminate Avaturn session %s (%s). It keeps "
+                "running until its max_duration or user_absent_timeout; end it by hand.",
+                instance.pk,
+                session_id,
+                exc,
+            )
 
 
 def _end_sessions_of(instance: Any, *, action: str) -> None:

@@ -144,7 +144,11 @@ def start_session(
             _finish_claimed_without_upstream(row, created.session_id)
         else:
             _leave_for_retry(row, created.session_id)
-        row.refresh_from_db(fields=["end_reason"])
+        try:
+            row.refresh_from_db(fields=["end_reason"])
+        except Session.DoesNotExist:
+            # The user was deleted meanwhile, the row with them.
+            raise SessionNotLive() from None
         if row.end_reason == EndReason.REPLACED:
             raise SessionReplaced()
         if row.end_reason == EndReason.SHUTDOWN:
@@ -325,17 +329,33 @@ def _leave_for_retry(row: Session, session_id: str, exc: BaseException | None = 
     ``upstream_error`` (and its final status ``failed``).
     """
     now = timezone.now()
-    fields: dict[str, Any] = {"session_id": session_id, "updated_at": now}
+    fields: dict[str, Any] = {
+        "status": SessionStatus.ENDING,
+        "session_id": session_id,
+        "updated_at": now,
+    }
     if exc is not None:
         fields["end_detail"] = _failure_detail(exc)[:500]
+    # A row without an id that is no longer live: still starting, claimed by
+    # an ender, or already finished by the expiry command's sweep of stuck
+    # starts (a start slower than EXPIRE_STUCK_AFTER). Each is ours to reopen.
+    ours = Session.objects.filter(pk=row.pk, session_id__isnull=True).exclude(
+        status=SessionStatus.LIVE
+    )
     try:
-        claimed = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
-            status=SessionStatus.ENDING, end_reason=EndReason.UPSTREAM_ERROR, **fields
-        )
-        if not claimed:
-            Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(**fields)
+        updated = ours.filter(status=SessionStatus.STARTING).update(
+            end_reason=EndReason.UPSTREAM_ERROR, **fields
+        ) or ours.update(ended_at=None, **fields)
     except DatabaseError:
+        updated = 0
         logger.exception("Could not record orphaned Avaturn session %s on its row", session_id)
+    if not updated:
+        # The row is gone (its user deleted meanwhile): nothing will retry.
+        logger.error(
+            "Avaturn session %s could not be terminated and has no row to retry it from; "
+            "it ends by itself within its user_absent_timeout; end it by hand.",
+            session_id,
+        )
 
 
 # --------------------------------------------------------------------------- ending
@@ -387,7 +407,9 @@ def _terminate_claimed(session: Session, *, was_live: bool) -> EndOutcome:
     return EndOutcome.ENDED if terminated else EndOutcome.ALREADY_GONE
 
 
-def finish_claimed(sessions: Sequence[Session], *, notify: bool = True) -> None:
+def finish_claimed(
+    sessions: Sequence[Session], *, notify: bool = True, only_without_id: bool = False
+) -> None:
     """Give rows this caller claimed (moved to ``ENDING``) and terminated their final status.
 
     One ``UPDATE`` per final status however many rows, so bulk callers (the
@@ -395,15 +417,19 @@ def finish_claimed(sessions: Sequence[Session], *, notify: bool = True) -> None:
     for ``expired`` becomes ``EXPIRED``, for ``upstream_error`` (a failed
     start's orphan, terminated later) ``FAILED``, any other ``ENDED``. Then
     ``session_ended`` is sent once per row (unless ``notify`` is false).
+    ``only_without_id`` finishes only rows still without a session id: a slow
+    start may record one meanwhile (``_leave_for_retry``), and that row must
+    then wait for its terminate.
     """
     now = timezone.now()
     by_status: dict[SessionStatus, list[Session]] = {}
     for session in sessions:
         by_status.setdefault(_final_status(session.end_reason), []).append(session)
     for final_status, group in by_status.items():
-        Session.objects.filter(pk__in=[s.pk for s in group], status=SessionStatus.ENDING).update(
-            status=final_status, ended_at=now, updated_at=now
-        )
+        claimed = Session.objects.filter(pk__in=[s.pk for s in group], status=SessionStatus.ENDING)
+        if only_without_id:
+            claimed = claimed.filter(session_id__isnull=True)
+        claimed.update(status=final_status, ended_at=now, updated_at=now)
         for session in group:
             session.status, session.ended_at, session.updated_at = final_status, now, now
     if notify:

@@ -216,11 +216,17 @@ def preflight() -> None:
     terminate_concurrency()
 
 
-def terminate_claimed(rows: Sequence[Session], *, upstream: bool = True) -> list[Result]:
+def terminate_claimed(
+    rows: Sequence[Session], *, upstream: bool = True, release: bool = True
+) -> list[Result]:
     """Terminate rows this caller claimed (``ENDING``, with a session id) and finish them.
 
     With ``upstream`` false nothing is sent to Avaturn: the rows are recorded
-    as ended (``MARKED``), for sessions known to be over already.
+    as ended (``MARKED``), for sessions known to be over already. A row whose
+    terminate fails goes back to ``LIVE`` (it was live when claimed, and a
+    later end retries it), unless ``release`` is false: then it stays
+    ``ENDING``, for rows that must not read as live again (a start's orphan,
+    an end staff asked for), and the expiry command retries it.
     """
     if not rows:
         return []
@@ -248,7 +254,7 @@ def terminate_claimed(rows: Sequence[Session], *, upstream: bool = True) -> list
             results.append(Result(row, outcome, row.end_detail))
     if done:
         services.finish_claimed(done)
-    if failed:
+    if failed and release:
         services.release_claimed(failed)
     # Anything but our own errors is a bug: surface it after the rows are consistent.
     for answer in answers:

@@ -38,13 +38,7 @@ def _expire_later() -> None:
     assert report.failed == 0
 
 
-def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_command(
-    live_fake: FakeUpstream, user: Any, settings: Any
-) -> None:
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
-    live_fake.set_latency(AVATURN_CREATE, 1.0)
-    outcome: list[BaseException] = []
-
+def _start_in_thread(user: Any, outcome: list[BaseException]) -> threading.Thread:
     def start() -> None:
         try:
             services.start_session(user)
@@ -56,6 +50,16 @@ def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_
     thread = threading.Thread(target=start)
     thread.start()
     assert wait_until(lambda: Session.objects.filter(status=SessionStatus.STARTING).exists())
+    return thread
+
+
+def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_command(
+    live_fake: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    live_fake.set_latency(AVATURN_CREATE, 1.0)
+    outcome: list[BaseException] = []
+    thread = _start_in_thread(user, outcome)
     live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
     row = Session.objects.get()
     services.end_session(row, reason=EndReason.ADMIN)
@@ -71,12 +75,71 @@ def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_
         EndReason.ADMIN,
     )
 
+    # A retry that fails again keeps it ending (never live again), for the next.
+    report = expire_sessions(now=_after_stuck_window())
+    assert report.failed == 1
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDING, EndReason.ADMIN)
+
     live_fake.clear_faults()
     _expire_later()
     row.refresh_from_db()
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
     assert live_fake.live_session_ids() == set()
     assert_no_orphans(live_fake)
+
+
+def test_a_start_slower_than_the_stuck_sweep_still_leaves_its_orphan_tracked(
+    live_fake: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    live_fake.set_latency(AVATURN_CREATE, 1.0)
+    outcome: list[BaseException] = []
+    thread = _start_in_thread(user, outcome)
+    # The sweep takes the slow start for a dead one and marks it failed.
+    expire_sessions(now=_after_stuck_window())
+    assert Session.objects.get().status == SessionStatus.FAILED
+    live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
+    thread.join(10)
+
+    assert [type(exc) for exc in outcome] == [SessionNotLive]
+    (created,) = live_fake.live_session_ids()
+    row = Session.objects.get()
+    assert (row.status, row.session_id) == (SessionStatus.ENDING, created)
+
+    live_fake.clear_faults()
+    _expire_later()
+    assert live_fake.live_session_ids() == set()
+    assert Session.objects.get().status == SessionStatus.EXPIRED
+
+
+def test_deleting_a_user_mid_start_is_a_clean_refusal_and_ends_the_session(
+    live_fake: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    live_fake.set_latency(AVATURN_CREATE, 1.0)
+    outcome: list[BaseException] = []
+    thread = _start_in_thread(user, outcome)
+    user.delete()
+    thread.join(10)
+
+    assert [type(exc) for exc in outcome] == [SessionNotLive]
+    assert live_fake.live_session_ids() == set()
+    assert not Session.objects.exists()
+
+
+def test_deleting_a_user_terminates_ends_still_waiting_for_a_retry(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    session = services.start_session(user).session
+    # As _leave_for_retry leaves one: ending, with its id, Avaturn still running it.
+    Session.objects.filter(pk=session.pk).update(
+        status=SessionStatus.ENDING, end_reason=EndReason.ADMIN
+    )
+
+    user.delete()
+
+    assert live_fake.live_session_ids() == set()
 
 
 def test_an_unusable_create_answer_whose_terminate_fails_is_retried_and_ends_failed(

@@ -110,8 +110,9 @@ class Command(BaseCommand):
                 )
         if report.failed:
             raise CommandError(
-                f"{report.failed} upstream termination(s) failed; those sessions are live "
-                "again and the next run retries them."
+                f"{report.failed} upstream termination(s) failed; those sessions stay "
+                "recorded (live, or ending when an end was already asked for) and a later "
+                "run retries them."
             )
 
     def _summary(self, report: ExpiryReport) -> str:
