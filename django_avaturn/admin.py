@@ -11,7 +11,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ERROR_FLAG
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db import transaction
@@ -207,11 +209,16 @@ class SessionAdmin(_ModelAdmin):
             )
         return response
 
-    def usage_view(self, request: HttpRequest) -> HttpResponse:
+    def usage_view(self, request: HttpRequest) -> HttpResponseBase:
         """Minutes per day (a chart) and per user, for the changelist's current filters."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        filtered = self.get_changelist_instance(request).queryset
+        try:
+            filtered = self.get_changelist_instance(request).queryset
+        except IncorrectLookupParameters:
+            # As the changelist does with filters it cannot apply (it was a 500 here).
+            changelist = reverse(f"{self.admin_site.name}:django_avaturn_session_changelist")
+            return HttpResponseRedirect(f"{changelist}?{ERROR_FLAG}=1")
         days = usage.daily_usage(filtered, days=30)
         bars, peak = charts.daily_bars(days)
         per_user = usage.usage_by_user(filtered)

@@ -26,7 +26,7 @@ from django.utils.module_loading import import_string
 from django_avaturn.conf import DEFAULTS, IMPORT_STRINGS, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.limits import parse_quota
-from django_avaturn.session_config import OPENAI_VOICES
+from django_avaturn.session_config import OPENAI_VOICES, check_session_shape
 from django_avaturn.validation import RULES
 
 _HINT_SETTINGS = "See the settings reference in django-avaturn's README."
@@ -162,14 +162,18 @@ def _type_errors() -> list[CheckMessage]:
                 )
             )
     session = _setting("REALTIME_SESSION")
-    if isinstance(session, dict) and session.get("type", "realtime") != "realtime":
-        messages.append(
-            Error(
-                "AVATURN['REALTIME_SESSION']['type'] must be 'realtime' (the GA session shape).",
-                hint="Avaturn drives GA realtime sessions only; drop 'type' or make it 'realtime'.",
-                id="django_avaturn.E003",
+    if isinstance(session, dict):
+        try:
+            check_session_shape(session)  # what the start checks, so they cannot disagree
+        except NotConfigured as exc:
+            messages.append(
+                Error(
+                    f"AVATURN['REALTIME_SESSION'] is not a GA realtime session: {exc}",
+                    hint="Avaturn drives GA realtime sessions only: 'type' stays 'realtime', "
+                    "and 'audio' and 'audio.output' are dicts.",
+                    id="django_avaturn.E003",
+                )
             )
-        )
     return messages
 
 

@@ -123,12 +123,10 @@ def build_plan(
         },
         deep_merge(extra_session, hook_session),
     )
-    if realtime_session.get("type") != "realtime":
-        # Avaturn only drives GA realtime sessions; anything else fails to start.
-        raise NotConfigured('REALTIME_SESSION "type" must be "realtime".')
+    check_session_shape(realtime_session)
     # What the extra fields set wins over the shorthands, so record what is sent.
     model = str(realtime_session.get("model", model))
-    voice = str(realtime_session.get("audio", {}).get("output", {}).get("voice", voice))
+    voice = str(realtime_session["audio"]["output"].get("voice", voice))
 
     chosen_avatar = avatar_id or overrides.get("avatar_id") or avaturn_settings.AVATAR_ID or ""
     # The request may choose only from the allow-list (the hook is trusted).
@@ -163,6 +161,20 @@ def build_plan(
         config_name=config_name,
         max_duration=max_duration,
     )
+
+
+def check_session_shape(session: Mapping[str, Any]) -> None:
+    """``NotConfigured`` unless ``session`` is a GA realtime session we can read.
+
+    The merged session is read back (``audio.output.voice``): a scalar where a
+    dict belongs would fail there with an AttributeError, a 500.
+    """
+    if session.get("type", "realtime") != "realtime":
+        # Avaturn only drives GA realtime sessions; anything else fails to start.
+        raise NotConfigured('REALTIME_SESSION "type" must be "realtime".')
+    audio = session.get("audio", {})
+    if not isinstance(audio, Mapping) or not isinstance(audio.get("output", {}), Mapping):
+        raise NotConfigured('REALTIME_SESSION "audio" and "audio.output" must be dicts.')
 
 
 class AvatarNotAllowed(ValueError):

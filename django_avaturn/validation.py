@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from math import isfinite
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -57,7 +58,8 @@ class Seconds:
         return "a number of seconds, " + ("0 or more" if self.zero_ok else "above 0")
 
     def check(self, name: str, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # Not inf or nan: a socket timeout of inf overflows, and nan never compares.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not isfinite(value):
             raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
         if value < 0 or (value == 0 and not self.zero_ok):
             raise NotConfigured(f"{name} must be {self.expects()}, not {value}.")

@@ -81,6 +81,17 @@ def test_usage_page_has_a_chart_and_per_user_rows(
     assert [r["user_id"] for r in filtered.context["per_user"]] == [user.pk]
 
 
+@pytest.mark.parametrize(
+    "query", ["foo=bar", "created_at__gte=notadate", "user__id__in=1,a", "created_at__year=abc"]
+)
+def test_usage_page_sends_unusable_filters_back_to_the_changelist(
+    admin_client: Client, query: str
+) -> None:
+    response = admin_client.get(f"{USAGE}?{query}")
+    assert response.status_code == 302
+    assert response["Location"] == f"{CHANGELIST}?e=1"
+
+
 def test_usage_page_needs_view_permission(django_user_model: Any) -> None:
     nobody = logged_in(staff(django_user_model, "nobody@example.com"))
     assert nobody.get(USAGE).status_code == 403

@@ -294,6 +294,8 @@ def test_not_configured_is_503_without_leaking(
         ("API_URL", "http://[::1", "post"),
         ("OPENAI_HTTP_CLIENT", "tests.test_api.async_http_client", "post"),
         ("API_KEY", "two words", "post"),
+        ("REALTIME_SESSION", {"audio": {"output": "marin"}}, "post"),
+        ("OPENAI_TIMEOUT", float("inf"), "post"),
     ],
 )
 def test_a_malformed_setting_is_a_json_503_and_spends_nothing(

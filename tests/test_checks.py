@@ -96,6 +96,12 @@ def test_unknown_setting_is_e002(settings: Any) -> None:
         # Malformed URLs used to fail inside a client's constructor, key in its frame.
         ("API_URL", "http://[::1"),
         ("OPENAI_BASE_URL", "api.openai.com/v1"),
+        # Read back after the merge: a scalar where a dict belongs was a 500.
+        ("REALTIME_SESSION", {"audio": "x"}),
+        ("REALTIME_SESSION", {"audio": {"output": "marin"}}),
+        # A socket timeout of inf overflows; nan never compares.
+        ("OPENAI_TIMEOUT", float("inf")),
+        ("AVATURN_TIMEOUT", float("nan")),
         ("SDK_API_HOST", "https://api.avaturn.live:99999"),
     ],
 )
