@@ -371,6 +371,16 @@ def test_options_reject_nonsense(bad: str) -> None:
         call_command("avaturn_expire_sessions", "--batch-size", bad)
 
 
+@pytest.mark.parametrize(
+    "option",
+    ["--older-than", "--idle", "--batch-size", "--purge-transcripts-older-than"],
+)
+def test_options_refuse_huge_values_as_usage_errors(option: str) -> None:
+    # Each was once an OverflowError from timedelta, or a database range error.
+    with pytest.raises(CommandError, match="must be from 1 to"):
+        call_command("avaturn_expire_sessions", option, "99999999999999999999")
+
+
 def test_missing_key_fails_before_claiming_anything(settings: Any, user: Any) -> None:
     settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
     row = make(user, "av-old", started_ago=4000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -12,15 +13,23 @@ from django_avaturn.expiry import ExpiryPolicy, ExpiryReport, expire_sessions
 from django_avaturn.retention import purge_transcripts, retention_days
 from django_avaturn.termination import DEFAULT_BATCH_SIZE, Outcome, Result
 
+# Upper bounds that still mean something, so a typo is an argparse error
+# rather than an OverflowError from timedelta or a database out of range.
+TEN_YEARS_SECONDS = 10 * 366 * 86400
+MAX_BATCH_SIZE = 100_000
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number.") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1.")
-    return value
+
+def _positive_int(high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number.") from None
+        if not 1 <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {high}.")
+        return value
+
+    return parse
 
 
 class Command(BaseCommand):
@@ -38,26 +47,26 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--older-than",
-            type=_positive_int,
+            type=_positive_int(TEN_YEARS_SECONDS),
             metavar="SECONDS",
             help="Also end live sessions that started more than SECONDS ago.",
         )
         parser.add_argument(
             "--idle",
-            type=_positive_int,
+            type=_positive_int(TEN_YEARS_SECONDS),
             metavar="SECONDS",
             help="Heartbeat silence that makes a session stale (default: EXPIRE_IDLE_AFTER).",
         )
         parser.add_argument(
             "--batch-size",
-            type=_positive_int,
+            type=_positive_int(MAX_BATCH_SIZE),
             default=DEFAULT_BATCH_SIZE,
             metavar="N",
             help=f"Rows claimed per transaction (default {DEFAULT_BATCH_SIZE}).",
         )
         parser.add_argument(
             "--purge-transcripts-older-than",
-            type=_positive_int,
+            type=_positive_int(TEN_YEARS_SECONDS // 86400),
             metavar="DAYS",
             help="Delete transcripts older than DAYS (default: TRANSCRIPT_RETENTION_DAYS; "
             "none are deleted when neither is set).",
