@@ -117,6 +117,13 @@ class AvaturnClient:
         except UpstreamTimeout:
             _log_unknown_outcome(payload, "no answer in time")
             raise
+        except IncompleteSession:
+            raise
+        except UpstreamError as exc:
+            if exc.upstream_status is not None and exc.upstream_status >= 500:
+                # Avaturn had the request and failed: it may have created the session first.
+                _log_unknown_outcome(payload, f"a {exc.upstream_status} answer")
+            raise
         try:
             data = self._json(response, operation)
         except UpstreamError as exc:

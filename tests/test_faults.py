@@ -190,3 +190,18 @@ def _assert_bounded_orphan(fake: FakeUpstream) -> None:
     assert body["max_duration"] >= 60
     row = Session.objects.get()
     assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
+
+
+def test_a_create_answered_5xx_after_creating_is_logged_as_a_possible_orphan(
+    live_fake: FakeUpstream, client: APIClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Avaturn created the session, then failed to answer: nobody can name it.
+    live_fake.fail(AVATURN_CREATE, mode="create_then_status", status=502)
+    response = csrf_json(client, "post", LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    _assert_bounded_orphan(live_fake)
+    (record,) = [
+        r for r in caplog.records if r.levelno == logging.ERROR and r.name.startswith("django_av")
+    ]
+    assert "a session may be running that cannot be terminated" in record.getMessage()
+    assert "a 502 answer" in record.getMessage()
