@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
+from django_avaturn.clients import api_key
 from django_avaturn.conf import DEFAULTS, IMPORT_STRINGS, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.limits import parse_quota
@@ -129,7 +130,13 @@ def _key_warnings() -> list[CheckMessage]:
         ("API_KEY", "AVATURN_API_KEY", "Avaturn", "django_avaturn.W001"),
         ("OPENAI_API_KEY", "OPENAI_API_KEY", "OpenAI", "django_avaturn.W002"),
     ):
-        if not _setting(name):
+        try:
+            present = api_key(name) is not None
+        except NotConfigured as exc:
+            # The message names the setting, never the value.
+            messages.append(Error(str(exc), hint=_HINT_SETTINGS, id="django_avaturn.E003"))
+            continue
+        if not present:
             messages.append(
                 Warning(
                     f"No {service} API key is configured; starting a session will answer 503.",

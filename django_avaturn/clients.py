@@ -35,18 +35,33 @@ _avaturn: AvaturnClient | None = None
 
 
 @sensitive_variables("value")
-def _require(name: str, env_name: str) -> str:
+def api_key(name: str) -> str | None:
+    """The key ``AVATURN[name]`` (or its environment variable), cleaned; ``None`` if unset.
+
+    ``NotConfigured`` if it is set but cannot be a key. The system checks read
+    keys through here too.
+    """
     value: object = avaturn_settings.raw(name)
-    if not value or not isinstance(value, str):
-        raise NotConfigured(
-            f"AVATURN['{name}'] is not set and the {env_name} environment variable is empty."
-        )
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise NotConfigured(f"AVATURN['{name}'] must be a string, not {type(value).__name__}.")
     # A key read from a file or a secret store often ends in a newline. Sent
     # as is, it makes an illegal header, whose error message (which HTTP
     # libraries log) quotes the whole header, key included.
     value = value.strip()
-    if not value.isascii() or not value.isprintable() or " " in value:
+    if not value or not value.isascii() or not value.isprintable() or " " in value:
         raise NotConfigured(f"AVATURN['{name}'] holds characters no API key has.")
+    return value
+
+
+@sensitive_variables("value")
+def _require(name: str, env_name: str) -> str:
+    value = api_key(name)
+    if value is None:
+        raise NotConfigured(
+            f"AVATURN['{name}'] is not set and the {env_name} environment variable is empty."
+        )
     return value
 
 

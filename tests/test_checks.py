@@ -102,6 +102,9 @@ def test_unknown_setting_is_e002(settings: Any) -> None:
         # A socket timeout of inf overflows; nan never compares.
         ("OPENAI_TIMEOUT", float("inf")),
         ("AVATURN_TIMEOUT", float("nan")),
+        # A key that cannot be one: the start would refuse it (503), so the check does.
+        ("API_KEY", 12345),
+        ("OPENAI_API_KEY", "sk two words"),
         ("SDK_API_HOST", "https://api.avaturn.live:99999"),
     ],
 )
