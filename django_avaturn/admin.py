@@ -189,6 +189,15 @@ class SessionAdmin(_ModelAdmin):
 
     # ------------------------------------------------------------------ usage and the kill switch
 
+    def _sessions_enabled(self, request: HttpRequest) -> bool:
+        """The switch's state for the changelist; a misconfigured setting says so there."""
+        try:
+            return limits.sessions_enabled()
+        except NotConfigured as exc:
+            # The page that holds the kill switch must still open.
+            self.message_user(request, str(exc), messages.ERROR)
+            return False
+
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -203,7 +212,7 @@ class SessionAdmin(_ModelAdmin):
                     "minutes": summary.minutes,
                     "live": summary.live,
                 },
-                sessions_enabled=limits.sessions_enabled(),
+                sessions_enabled=self._sessions_enabled(request),
                 switch=switch,
                 can_use_kill_switch=self.has_terminate_permission(request),
             )

@@ -120,9 +120,11 @@ class AvaturnClient:
         except IncompleteSession:
             raise
         except UpstreamError as exc:
-            if exc.upstream_status is not None and exc.upstream_status >= 500:
-                # Avaturn had the request and failed: it may have created the session first.
-                _log_unknown_outcome(payload, f"a {exc.upstream_status} answer")
+            status = exc.upstream_status
+            if status is not None and (status >= 500 or 200 <= status < 300):
+                # A 5xx may come after the session was created; a 2xx cut short
+                # before naming it certainly does.
+                _log_unknown_outcome(payload, f"a {status} answer it could not read")
             raise
         try:
             data = self._json(response, operation)

@@ -132,8 +132,10 @@ def start_session(
         activated = _activate(row, created.session_id, expires_at)
     except Exception as exc:
         # The database failed after Avaturn started billing: end it upstream first.
-        _terminate_orphan(created.session_id)
-        _mark_failed(row, exc, session_id=created.session_id)
+        if _terminate_orphan(created.session_id):
+            _mark_failed(row, exc, session_id=created.session_id)
+        else:
+            _leave_for_retry(row, created.session_id, exc)
         if isinstance(exc, DatabaseError):
             raise StorageUnavailable() from exc
         raise
@@ -343,8 +345,10 @@ def _leave_for_retry(row: Session, session_id: str, exc: BaseException | None = 
         status=SessionStatus.LIVE
     )
     try:
-        updated = ours.filter(status=SessionStatus.STARTING).update(
-            end_reason=EndReason.UPSTREAM_ERROR, **fields
+        # A start's own row (still starting, or marked failed by the sweep of
+        # stuck starts) ends failed once terminated; a claimed one keeps its reason.
+        updated = ours.filter(status__in=(SessionStatus.STARTING, SessionStatus.FAILED)).update(
+            end_reason=EndReason.UPSTREAM_ERROR, ended_at=None, **fields
         ) or ours.update(ended_at=None, **fields)
     except DatabaseError:
         updated = 0
@@ -434,7 +438,10 @@ def finish_claimed(
             session.status, session.ended_at, session.updated_at = final_status, now, now
     if notify:
         for session in sessions:
-            _send_robust(session_ended, session=session, reason=session.end_reason)
+            # Only a session that went live (session_started was sent) ended;
+            # a start's orphan terminated on a retry never started.
+            if session.started_at is not None:
+                _send_robust(session_ended, session=session, reason=session.end_reason)
 
 
 def _final_status(end_reason: str) -> SessionStatus:

@@ -50,7 +50,9 @@ class Outcome(enum.Enum):
     # Claimed while starting: its own request terminates what Avaturn creates
     # (and leaves it for the expiry command if that fails).
     STOPPED = "stopped while starting"
-    FAILED = "failed"  # the upstream call failed; the row is live again
+    # The upstream call failed: the row is live again, or (an end already
+    # asked for) still ending, and a later expiry run retries it.
+    FAILED = "failed"
     SKIPPED = "skipped"  # already ended, or another caller is ending it
     WOULD_END = "would end"  # dry run
 

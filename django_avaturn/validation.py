@@ -81,7 +81,9 @@ class Flag:
 
 # DRF's throttles read only a period's first letter, so "10/month" would
 # silently mean ten a minute: only the spellings that say what they mean.
-_RATE = re.compile(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)")
+_RATE = re.compile(
+    r"[1-9][0-9]*/(s|secs?|seconds?|m|mins?|minutes?|h|hours?|d|days?)",
+)
 
 
 @dataclass(frozen=True)

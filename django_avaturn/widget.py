@@ -12,6 +12,7 @@ later, from the API, straight into the browser's memory.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,7 +27,10 @@ from django.urls import reverse
 from django.utils.safestring import SafeString
 
 from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import NotConfigured
 from django_avaturn.validation import flag_setting, seconds_setting
+
+logger = logging.getLogger(__name__)
 
 _get_nonce: Callable[[HttpRequest], Any] | None
 try:
@@ -216,7 +220,15 @@ def _seconds(value: float) -> str:
 def render_widget(
     context: ContextLike, *, template_name: str | None = None, **options: Any
 ) -> SafeString:
-    """Render one widget: its markup plus the (idempotent) asset tags."""
-    values = widget_context(context, **options)
+    """Render one widget: its markup plus the (idempotent) asset tags.
+
+    A setting ``manage.py check`` would refuse renders nothing but a comment
+    and logs why: the site's page must not fail over its avatar.
+    """
+    try:
+        values = widget_context(context, **options)
+    except NotConfigured as exc:
+        logger.error("The avatar widget is not rendered: %s", exc)
+        return SafeString("<!-- django-avaturn: not configured, see the server log -->")
     html = get_template(template_name or DEFAULT_TEMPLATE).render(values)
     return SafeString(html)

@@ -92,6 +92,17 @@ def test_usage_page_sends_unusable_filters_back_to_the_changelist(
     assert response["Location"] == f"{CHANGELIST}?e=1"
 
 
+def test_changelist_opens_and_says_why_with_a_malformed_kill_switch_setting(
+    admin_client: Client, settings: Any
+) -> None:
+    # The page holding the kill switch must open whatever the settings.
+    settings.AVATURN = {**settings.AVATURN, "SESSIONS_ENABLED": "yes"}
+    response = admin_client.get(CHANGELIST)
+    assert response.status_code == 200
+    errors = [str(m) for m in response.context["messages"] if m.level_tag == "error"]
+    assert errors == ["SESSIONS_ENABLED must be True or False, not 'yes'."]
+
+
 def test_usage_page_needs_view_permission(django_user_model: Any) -> None:
     nobody = logged_in(staff(django_user_model, "nobody@example.com"))
     assert nobody.get(USAGE).status_code == 403

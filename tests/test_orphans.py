@@ -14,13 +14,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from django_avaturn import services
-from django_avaturn.exceptions import SessionNotLive, UpstreamError
+from django_avaturn.exceptions import SessionNotLive, StorageUnavailable, UpstreamError
 from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.signals import session_ended
 from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, FakeUpstream
 from django_avaturn.validation import required_int_setting
 from tests.live_fake import assert_no_orphans, wait_until
@@ -110,7 +112,11 @@ def test_a_start_slower_than_the_stuck_sweep_still_leaves_its_orphan_tracked(
     live_fake.clear_faults()
     _expire_later()
     assert live_fake.live_session_ids() == set()
-    assert Session.objects.get().status == SessionStatus.EXPIRED
+    # It never went live: a failed start, whatever the sweep had marked.
+    assert (Session.objects.get().status, Session.objects.get().end_reason) == (
+        SessionStatus.FAILED,
+        EndReason.UPSTREAM_ERROR,
+    )
 
 
 def test_deleting_a_user_mid_start_is_a_clean_refusal_and_ends_the_session(
@@ -161,11 +167,49 @@ def test_an_unusable_create_answer_whose_terminate_fails_is_retried_and_ends_fai
     assert "unparseable answer" in row.end_detail
 
     live_fake.clear_faults()
-    _expire_later()
+    ended: list[Any] = []
+
+    def on_ended(sender: Any, session: Session, **kwargs: Any) -> None:
+        ended.append(session.pk)
+
+    session_ended.connect(on_ended)
+    try:
+        _expire_later()
+    finally:
+        session_ended.disconnect(on_ended)
     row.refresh_from_db()
     assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
     assert row.ended_at is not None
     assert live_fake.live_session_ids() == set()
+    # It never started (no session_started): no session_ended either.
+    assert ended == []
+
+
+def test_a_database_failure_after_create_whose_terminate_fails_is_retried(
+    live_fake: FakeUpstream, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original_update = QuerySet.update
+
+    def update(self: QuerySet[Any], **kwargs: Any) -> int:
+        if self.model is Session and kwargs.get("status") == SessionStatus.LIVE:
+            raise DatabaseError("injected: the activating UPDATE failed")
+        return original_update(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "update", update)
+    live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
+
+    with pytest.raises(StorageUnavailable):
+        services.start_session(user)
+
+    monkeypatch.undo()
+    (created,) = live_fake.live_session_ids()
+    row = Session.objects.get()
+    assert (row.status, row.session_id) == (SessionStatus.ENDING, created)
+
+    live_fake.clear_faults()
+    _expire_later()
+    assert live_fake.live_session_ids() == set()
+    assert Session.objects.get().status == SessionStatus.FAILED
 
 
 def test_a_create_answer_cut_short_after_naming_the_session_ends_that_session(

@@ -103,6 +103,20 @@ def test_transcripts_url_only_when_the_site_stores_transcripts(settings: Any) ->
     assert widget["data-transcripts-url"] == "/avaturn/sessions/__session_id__/transcripts/"
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("TRANSCRIPTS_ENABLED", 1), ("HEARTBEAT_INTERVAL", "30")]
+)
+def test_a_setting_the_check_refuses_renders_no_widget_and_no_error(
+    settings: Any, caplog: pytest.LogCaptureFixture, name: str, value: Any
+) -> None:
+    # The site's page must still render: the tag logs why and leaves a comment.
+    settings.AVATURN = {**settings.AVATURN, name: value}
+    html = render()
+    assert html.strip() == "<!-- django-avaturn: not configured, see the server log -->"
+    (record,) = [r for r in caplog.records if r.name == "django_avaturn.widget"]
+    assert name in record.getMessage()
+
+
 def test_controls_and_an_aria_live_status_region() -> None:
     tags = parse(render())
     (start,) = tags.find("button", **{"data-avaturn-start": None})  # type: ignore[arg-type]

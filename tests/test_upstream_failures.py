@@ -8,10 +8,11 @@ from typing import Any
 import httpx2
 import pytest
 import requests
+import responses
 
 from django_avaturn.models import EndReason, Session, SessionStatus
 from tests.test_api import KEYS, LIST_URL, csrf_delete, csrf_post
-from tests.upstreams import DELETE_URL
+from tests.upstreams import AVATURN_URL, DELETE_URL
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -213,3 +214,23 @@ def test_failures_log_no_key_at_any_level(
     assert text
     for key in KEYS:
         assert key not in text
+
+
+def test_a_2xx_create_answer_too_large_to_read_is_logged_as_a_possible_orphan(
+    api_client: Any, upstream: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 2xx means Avaturn created the session; cut short before naming it, the
+    # answer leaves one nobody can end, which an operator must hear about.
+    padding = "x" * (2 << 20)
+    upstream.avaturn.rsps.replace(
+        responses.POST,
+        f"{AVATURN_URL}/api/v1/sessions",
+        status=201,
+        body=f'{{"padding": "{padding}", "session_id": "av-unread", "token": "t"}}',
+        content_type="application/json",
+    )
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("a session may be running that cannot be terminated" in e for e in errors)
+    assert Session.objects.get().status == SessionStatus.FAILED
