@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
+from django.db.models import QuerySet
 
 from django_avaturn.models import ACTIVE_STATUSES, Session, SessionStatus
 from django_avaturn.testing import FakeUpstream
@@ -103,6 +104,22 @@ def run_threads(target: Callable[[int], Any], count: int) -> list[Any]:
     return results
 
 
+def fail_activation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the UPDATE that turns a started row live raise, as a database outage would.
+
+    The database is ours, not an upstream: patching Django's ``update`` is the
+    only way to fail exactly that statement, after Avaturn created the session.
+    """
+    original_update = QuerySet.update
+
+    def update(self: QuerySet[Any], **kwargs: Any) -> int:
+        if self.model is Session and kwargs.get("status") == SessionStatus.LIVE:
+            raise DatabaseError("injected: the activating UPDATE failed")
+        return original_update(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "update", update)
+
+
 def csrf_json(client: Any, method: str, url: str, data: Any = None, **extra: Any) -> Any:
     """Send JSON with a valid CSRF cookie and header, the way the widget does."""
     from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
@@ -125,6 +142,7 @@ __all__ = [
     "assert_no_orphans",
     "closed_port",
     "csrf_json",
+    "fail_activation",
     "live_fake",
     "live_row_ids",
     "run_threads",

@@ -21,8 +21,6 @@ import logging
 from typing import Any
 
 import pytest
-from django.db import DatabaseError
-from django.db.models import QuerySet
 from rest_framework.test import APIClient
 
 from django_avaturn.models import EndReason, Session, SessionStatus
@@ -32,7 +30,13 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
-from tests.live_fake import assert_no_orphans, closed_port, csrf_json, live_row_ids
+from tests.live_fake import (
+    assert_no_orphans,
+    closed_port,
+    csrf_json,
+    fail_activation,
+    live_row_ids,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -129,14 +133,7 @@ def test_fault_matrix_53_cases(
         first = Session.objects.get(session_id=response.json()["session_id"])
 
     if step == "activate":
-        original_update = QuerySet.update
-
-        def update(self: QuerySet[Any], **kwargs: Any) -> int:
-            if self.model is Session and kwargs.get("status") == SessionStatus.LIVE:
-                raise DatabaseError("injected: the activating UPDATE failed")
-            return original_update(self, **kwargs)
-
-        monkeypatch.setattr(QuerySet, "update", update)
+        fail_activation(monkeypatch)
     else:
         _inject(live_fake, settings, step, fault)
 

@@ -14,8 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import DatabaseError, connection
-from django.db.models import QuerySet
+from django.db import connection
 from django.utils import timezone
 
 from django_avaturn import services
@@ -25,7 +24,7 @@ from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.signals import session_ended
 from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, FakeUpstream
 from django_avaturn.validation import required_int_setting
-from tests.live_fake import assert_no_orphans, wait_until
+from tests.live_fake import assert_no_orphans, fail_activation, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,6 +37,28 @@ def _after_stuck_window() -> Any:
 def _expire_later() -> None:
     report = expire_sessions(now=_after_stuck_window())
     assert report.failed == 0
+
+
+def _retried_after_being_left_ending(live_fake: FakeUpstream) -> Session:
+    """The orphan is tracked (ending, with its id); once Avaturn answers, a retry ends it."""
+    (created,) = live_fake.live_session_ids()
+    row = Session.objects.get()
+    assert (row.status, row.session_id) == (SessionStatus.ENDING, created)
+    live_fake.clear_faults()
+    _expire_later()
+    assert live_fake.live_session_ids() == set()
+    row.refresh_from_db()
+    return row
+
+
+def _slow_start(
+    live_fake: FakeUpstream, settings: Any, user: Any
+) -> tuple[threading.Thread, list[BaseException]]:
+    """A start whose Avaturn create takes a second: time to act while it is starting."""
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    live_fake.set_latency(AVATURN_CREATE, 1.0)
+    outcome: list[BaseException] = []
+    return _start_in_thread(user, outcome), outcome
 
 
 def _start_in_thread(user: Any, outcome: list[BaseException]) -> threading.Thread:
@@ -58,10 +79,7 @@ def _start_in_thread(user: Any, outcome: list[BaseException]) -> threading.Threa
 def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_command(
     live_fake: FakeUpstream, user: Any, settings: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
-    live_fake.set_latency(AVATURN_CREATE, 1.0)
-    outcome: list[BaseException] = []
-    thread = _start_in_thread(user, outcome)
+    thread, outcome = _slow_start(live_fake, settings, user)
     live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
     row = Session.objects.get()
     services.end_session(row, reason=EndReason.ADMIN)
@@ -94,10 +112,7 @@ def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_
 def test_a_start_slower_than_the_stuck_sweep_still_leaves_its_orphan_tracked(
     live_fake: FakeUpstream, user: Any, settings: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
-    live_fake.set_latency(AVATURN_CREATE, 1.0)
-    outcome: list[BaseException] = []
-    thread = _start_in_thread(user, outcome)
+    thread, outcome = _slow_start(live_fake, settings, user)
     # The sweep takes the slow start for a dead one and marks it failed.
     expire_sessions(now=_after_stuck_window())
     assert Session.objects.get().status == SessionStatus.FAILED
@@ -105,27 +120,15 @@ def test_a_start_slower_than_the_stuck_sweep_still_leaves_its_orphan_tracked(
     thread.join(10)
 
     assert [type(exc) for exc in outcome] == [SessionNotLive]
-    (created,) = live_fake.live_session_ids()
-    row = Session.objects.get()
-    assert (row.status, row.session_id) == (SessionStatus.ENDING, created)
-
-    live_fake.clear_faults()
-    _expire_later()
-    assert live_fake.live_session_ids() == set()
+    row = _retried_after_being_left_ending(live_fake)
     # It never went live: a failed start, whatever the sweep had marked.
-    assert (Session.objects.get().status, Session.objects.get().end_reason) == (
-        SessionStatus.FAILED,
-        EndReason.UPSTREAM_ERROR,
-    )
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
 
 
 def test_deleting_a_user_mid_start_is_a_clean_refusal_and_ends_the_session(
     live_fake: FakeUpstream, user: Any, settings: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
-    live_fake.set_latency(AVATURN_CREATE, 1.0)
-    outcome: list[BaseException] = []
-    thread = _start_in_thread(user, outcome)
+    thread, outcome = _slow_start(live_fake, settings, user)
     user.delete()
     thread.join(10)
 
@@ -188,28 +191,14 @@ def test_an_unusable_create_answer_whose_terminate_fails_is_retried_and_ends_fai
 def test_a_database_failure_after_create_whose_terminate_fails_is_retried(
     live_fake: FakeUpstream, user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original_update = QuerySet.update
-
-    def update(self: QuerySet[Any], **kwargs: Any) -> int:
-        if self.model is Session and kwargs.get("status") == SessionStatus.LIVE:
-            raise DatabaseError("injected: the activating UPDATE failed")
-        return original_update(self, **kwargs)
-
-    monkeypatch.setattr(QuerySet, "update", update)
+    fail_activation(monkeypatch)
     live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
 
     with pytest.raises(StorageUnavailable):
         services.start_session(user)
 
     monkeypatch.undo()
-    (created,) = live_fake.live_session_ids()
-    row = Session.objects.get()
-    assert (row.status, row.session_id) == (SessionStatus.ENDING, created)
-
-    live_fake.clear_faults()
-    _expire_later()
-    assert live_fake.live_session_ids() == set()
-    assert Session.objects.get().status == SessionStatus.FAILED
+    assert _retried_after_being_left_ending(live_fake).status == SessionStatus.FAILED
 
 
 def test_a_create_answer_cut_short_after_naming_the_session_ends_that_session(
