@@ -118,10 +118,7 @@ def start_session(
     try:
         created = avaturn.create_session(plan.avaturn_payload(secret.value))
     except IncompleteSession as exc:
-        if _terminate_orphan(exc.session_id):
-            _mark_failed(row, exc, session_id=exc.session_id)
-        else:
-            _leave_for_retry(row, exc.session_id, exc)
+        _fail_with_orphan(row, exc, exc.session_id)
         raise
     except AvaturnError as exc:
         _mark_failed(row, exc)
@@ -132,10 +129,7 @@ def start_session(
         activated = _activate(row, created.session_id, expires_at)
     except Exception as exc:
         # The database failed after Avaturn started billing: end it upstream first.
-        if _terminate_orphan(created.session_id):
-            _mark_failed(row, exc, session_id=created.session_id)
-        else:
-            _leave_for_retry(row, created.session_id, exc)
+        _fail_with_orphan(row, exc, created.session_id)
         if isinstance(exc, DatabaseError):
             raise StorageUnavailable() from exc
         raise
@@ -301,6 +295,18 @@ def _mark_failed(row: Session, exc: BaseException, *, session_id: str | None = N
     except DatabaseError:
         # The expiry command ends stale STARTING rows; the upstream side is already clean.
         logger.exception("Could not record the failed start of session row %s", row.pk)
+
+
+def _fail_with_orphan(row: Session, exc: BaseException, session_id: str) -> None:
+    """A start failed after Avaturn created ``session_id``: end it, then record the failure.
+
+    If Avaturn cannot end it either, the row is left for the expiry command to
+    retry rather than recorded failed while the session may still run.
+    """
+    if _terminate_orphan(session_id):
+        _mark_failed(row, exc, session_id=session_id)
+    else:
+        _leave_for_retry(row, session_id, exc)
 
 
 def _terminate_orphan(session_id: str) -> bool:
