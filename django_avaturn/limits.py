@@ -24,7 +24,7 @@ from django_avaturn.exceptions import (
     SessionsDisabled,
     SiteLimitReached,
 )
-from django_avaturn.models import ServiceSwitch, Session, SessionStatus
+from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session, SessionStatus
 from django_avaturn.validation import flag_setting, int_setting, required_choice_setting
 
 QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
@@ -35,9 +35,6 @@ QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
 # exclusively (see hold_switch()).
 _SITE_CAP_LOCK_KEY = 0x41564154_55524E31
 _SWITCH_LOCK_KEY = 0x41564154_55524E32
-
-# Statuses that hold a slot under the caps (as in services).
-_CAPPED = (SessionStatus.STARTING, SessionStatus.LIVE)
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +109,15 @@ def lock_for_site_cap() -> None:
 
 
 def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
-    """Refuse if the site is full, counting the new row but not the ``leaving`` ones."""
-    holding = Session.objects.filter(status__in=_CAPPED).exclude(pk=new_row.pk).count()
+    """Refuse if the site is full, counting the new row but not the ``leaving`` ones.
+
+    The cap is on what may be billed, so it counts every active row, ``ending``
+    ones too: a terminate in flight, or one that failed and waits for the
+    expiry command's retry, is a session Avaturn may still be running. (The
+    per-user cap counts ``starting`` and ``live`` only: a row already ending
+    is not one its user can replace.)
+    """
+    holding = Session.objects.filter(status__in=ACTIVE_STATUSES).exclude(pk=new_row.pk).count()
     if holding - leaving + 1 > cap:
         raise SiteLimitReached()
 

@@ -101,6 +101,30 @@ def test_site_cap_at_and_around_its_boundary(
     assert csrf_post(third, LIST_URL, {}).status_code == 201
 
 
+def test_site_cap_counts_sessions_still_ending(
+    upstream: Any, settings: Any, many_users: list[Any]
+) -> None:
+    """A session whose terminate is pending (or failed, left for a retry) may still be billed."""
+    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 2}
+    first, _second, third = (client_for(u) for u in many_users)
+    assert csrf_post(first, LIST_URL, {}).status_code == 201
+    # A start whose orphan Avaturn would not end, left for the expiry command.
+    Session.objects.create(
+        user=many_users[1],
+        session_id="orphan-awaiting-retry",
+        status=SessionStatus.ENDING,
+        end_reason="upstream_error",
+    )
+
+    refused = csrf_post(third, LIST_URL, {})
+    assert (refused.status_code, refused.json()["code"]) == (503, "site_limit_reached")
+
+    Session.objects.filter(session_id="orphan-awaiting-retry").update(
+        status=SessionStatus.FAILED, ended_at=timezone.now()
+    )
+    assert csrf_post(third, LIST_URL, {}).status_code == 201
+
+
 def test_site_cap_setting_is_validated(api_client: Any, upstream: Any, settings: Any) -> None:
     settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 0}
     response = csrf_post(api_client, LIST_URL, {})
