@@ -171,11 +171,6 @@ class AvaturnSettings:
     def reload(self) -> None:
         self._cached.clear()
 
-    @property
-    def sdk_api_host(self) -> str:
-        host = self.SDK_API_HOST or self.API_URL
-        return str(host).rstrip("/")
-
     def __repr__(self) -> str:
         # Never let a key reach a debugger, a log or an error page.
         return f"<{type(self).__name__} ({SETTINGS_NAME})>"

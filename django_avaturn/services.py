@@ -34,7 +34,6 @@ from django.utils import timezone
 from django_avaturn import limits
 from django_avaturn.avaturn_client import IncompleteSession
 from django_avaturn.clients import get_avaturn_client, get_openai_secrets
-from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import (
     AvaturnError,
     SessionLimitReached,
@@ -48,7 +47,11 @@ from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.redaction import excerpt
 from django_avaturn.session_config import SessionPlan, build_plan
 from django_avaturn.signals import session_ended, session_started
-from django_avaturn.validation import required_choice_setting, required_int_setting
+from django_avaturn.validation import (
+    required_choice_setting,
+    required_int_setting,
+    sdk_api_host,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,7 @@ def start_session(
     plan = build_plan(request=request, avatar_id=avatar_id, config_name=config_name)
     policy = required_choice_setting("ON_SESSION_LIMIT")
     cap = required_int_setting("MAX_LIVE_SESSIONS_PER_USER")
+    api_host = sdk_api_host()
     # (The kill switch is read once, under the reservation's locks.)
     # Fail on missing keys before a slot is reserved or anything is spent.
     secrets = get_openai_secrets()
@@ -156,7 +160,7 @@ def start_session(
     return StartedSession(
         session=row,
         token=created.token,
-        api_host=avaturn_settings.sdk_api_host,
+        api_host=api_host,
         expires_at=expires_at,
     )
 

@@ -251,6 +251,11 @@ def required_url_setting(name: str) -> str:
     return _present(name, url_setting(name))
 
 
+def sdk_api_host() -> str:
+    """The browser SDK's ``apiHost``: ``SDK_API_HOST``, else ``API_URL``."""
+    return (url_setting("SDK_API_HOST") or required_url_setting("API_URL")).rstrip("/")
+
+
 def choice_setting(name: str) -> str | None:
     """The configured value of ``name``, validated (``None`` only where it is optional)."""
     return CHOICE_SETTINGS[name].check(name, avaturn_settings.raw(name))

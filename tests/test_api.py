@@ -282,6 +282,8 @@ def test_cap_end_oldest_fails_safe_when_the_old_session_cannot_be_ended(
         ("API_KEY", "two words", "post"),
         ("REALTIME_SESSION", {"audio": {"output": "marin"}}, "post"),
         ("OPENAI_TIMEOUT", float("inf"), "post"),
+        # Was handed to the browser unchecked, after the session was created.
+        ("SDK_API_HOST", "api.avaturn.live", "post"),
     ],
 )
 def test_a_missing_or_malformed_setting_is_a_json_503_and_spends_nothing(

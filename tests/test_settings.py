@@ -10,6 +10,7 @@ from django.test import override_settings
 from django_avaturn.conf import DEFAULTS, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.session_config import build_plan
+from django_avaturn.validation import sdk_api_host
 
 
 def test_every_default_is_returned_when_unset(settings: Any, monkeypatch: Any) -> None:
@@ -74,9 +75,9 @@ def test_dotted_paths_are_imported(settings: Any) -> None:
 
 def test_sdk_api_host_defaults_to_api_url(settings: Any) -> None:
     settings.AVATURN = {"API_URL": "http://127.0.0.1:9/"}
-    assert avaturn_settings.sdk_api_host == "http://127.0.0.1:9"
+    assert sdk_api_host() == "http://127.0.0.1:9"
     settings.AVATURN = {"API_URL": "http://a", "SDK_API_HOST": "https://proxy.example/"}
-    assert avaturn_settings.sdk_api_host == "https://proxy.example"
+    assert sdk_api_host() == "https://proxy.example"
 
 
 def hook_greeting(request: Any, config: str | None) -> dict[str, Any]:
