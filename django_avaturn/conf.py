@@ -21,6 +21,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from django_avaturn.exceptions import NotConfigured
+
 SETTINGS_NAME = "AVATURN"
 
 DEFAULT_SDK_URL = "https://cdn.jsdelivr.net/npm/@avaturn-live/web-sdk@0.3.7/dist/main.js"
@@ -128,10 +130,21 @@ def _import(name: str, value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, str):
-        return import_string(value)
+        return _import_callable(name, value)
     if isinstance(value, (list, tuple)):
-        return [import_string(item) if isinstance(item, str) else item for item in value]
+        return [_import_callable(name, item) if isinstance(item, str) else item for item in value]
     return value
+
+
+def _import_callable(name: str, path: str) -> Any:
+    """``path`` imported; ``NotConfigured`` (a JSON 503, E004 in the check) if it cannot be."""
+    try:
+        imported = import_string(path)
+    except ImportError:
+        raise NotConfigured(f"{name} names {path!r}, which cannot be imported.") from None
+    if not callable(imported):
+        raise NotConfigured(f"{name} names {path!r}, which is not callable.")
+    return imported
 
 
 class AvaturnSettings:

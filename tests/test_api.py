@@ -284,6 +284,15 @@ def test_cap_end_oldest_fails_safe_when_the_old_session_cannot_be_ended(
         ("OPENAI_TIMEOUT", float("inf"), "post"),
         # Was handed to the browser unchecked, after the session was created.
         ("SDK_API_HOST", "api.avaturn.live", "post"),
+        # Dotted paths that do not import (E004) were HTML 500s, the first
+        # before DRF's exception handling even began.
+        ("AUTHENTICATION_CLASSES", ["nowhere.Authentication"], "post"),
+        ("AUTHENTICATION_CLASSES", ["nowhere.Authentication"], "get"),
+        ("PERMISSION_CLASSES", ["nowhere.Permission"], "get"),
+        ("THROTTLE_CLASSES", ["nowhere.Throttle"], "post"),
+        ("SESSION_CONFIG_HOOK", "nowhere.hook", "post"),
+        ("QUOTA_HOOK", "nowhere.hook", "post"),
+        ("PERMISSION_CLASSES", ["django_avaturn.conf.DEFAULTS"], "get"),  # not callable
     ],
 )
 def test_a_missing_or_malformed_setting_is_a_json_503_and_spends_nothing(

@@ -31,6 +31,7 @@ from django_avaturn.api.serializers import (
     StartSessionSerializer,
 )
 from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session
 from django_avaturn.schema import ERRORS, document, session_id_parameter
 from django_avaturn.session_config import AvatarNotAllowed
@@ -44,6 +45,16 @@ UNAVAILABLE = gettext_lazy(
 )
 
 
+class _Misconfigured(BaseAuthentication):
+    """Stands in for ``AUTHENTICATION_CLASSES`` that cannot be built, and raises when used."""
+
+    def __init__(self, error: NotConfigured) -> None:
+        self.error = error
+
+    def authenticate(self, request: Request) -> None:
+        raise self.error
+
+
 class AvaturnAPIView(APIView):
     parser_classes = (JSONParser,)
     # JSON whatever the site's DEFAULT_RENDERER_CLASSES: the API promises JSON
@@ -52,7 +63,12 @@ class AvaturnAPIView(APIView):
     renderer_classes = (JSONRenderer,)
 
     def get_authenticators(self) -> list[BaseAuthentication]:
-        return [cls() for cls in avaturn_settings.AUTHENTICATION_CLASSES]
+        try:
+            return [cls() for cls in avaturn_settings.AUTHENTICATION_CLASSES]
+        except NotConfigured as exc:
+            # DRF builds authenticators before its exception handling begins:
+            # raised here, this would be Django's HTML 500.
+            return [_Misconfigured(exc)]
 
     def get_permissions(self) -> Sequence[BasePermission]:
         return [cls() for cls in avaturn_settings.PERMISSION_CLASSES]
