@@ -6,12 +6,14 @@ import json as jsonlib
 import logging
 import re
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import requests
 import requests.adapters
+import urllib3.exceptions
 
 from django_avaturn import __version__
 from django_avaturn.exceptions import UpstreamError, UpstreamTimeout
@@ -30,6 +32,16 @@ _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 # Avaturn's answers are a few hundred bytes; anything this big is not one.
 MAX_ANSWER_BYTES = 1 << 20
+# Reading an answer's body: a timeout or a dropped connection surfaces as
+# urllib3's own exceptions (raw reads bypass requests' wrapping), a huge body
+# as ValueError (see _read_until).
+_READ_FAILURES = (
+    TimeoutError,
+    OSError,
+    ValueError,
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+)
 # In a create answer too broken to parse, the id of the session it created.
 _SESSION_ID_IN_TEXT = re.compile(rb'"session_id"\s*:\s*"([A-Za-z0-9_.:\-]{1,255})"')
 
@@ -212,11 +224,17 @@ class AvaturnClient:
             raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
         except requests.RequestException as exc:
             raise UpstreamError(service=SERVICE, operation=operation) from exc
+        except Exception as exc:
+            # Not a failure requests knows (a bug in an adapter or below it).
+            # The frames under this one hold the request body, the client
+            # secret in it: unchained, no error page or reporter shows them.
+            _log_unexpected(operation, exc)
+            raise UpstreamError(service=SERVICE, operation=operation) from None
         accepted = response.ok or response.status_code in accept_statuses
         parts: list[bytes] = []
         try:
             content = _read_until(response, deadline, parts)
-        except (TimeoutError, requests.RequestException, OSError, ValueError) as exc:
+        except _READ_FAILURES as exc:
             response.close()  # the connection is in an unknown state: never reuse it
             if accepted and not read_body:
                 # The status says it all (a DELETE): a slow body cannot undo it.
@@ -226,7 +244,7 @@ class AvaturnClient:
                 raise IncompleteSession(
                     named.group(1).decode("ascii"), response.status_code, "answer cut short"
                 ) from exc
-            if accepted and isinstance(exc, TimeoutError):
+            if accepted and isinstance(exc, (TimeoutError, urllib3.exceptions.TimeoutError)):
                 raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
             if accepted:
                 raise UpstreamError(
@@ -302,6 +320,15 @@ def _read_until(response: requests.Response, deadline: float, parts: list[bytes]
         if size > MAX_ANSWER_BYTES:
             raise ValueError("the answer is too large")
         parts.append(chunk)
+
+
+def _log_unexpected(operation: str, exc: Exception) -> None:
+    # The traceback as text (code lines, not the frames' variables, which
+    # hold the request body) and the exception's type, not its message.
+    stack = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error(
+        "Avaturn %s failed with an unexpected %s:\n%s", operation, type(exc).__name__, stack
+    )
 
 
 def _log_unknown_outcome(payload: dict[str, Any], what: str) -> None:

@@ -57,6 +57,8 @@ FAULTS: dict[str, tuple[str, int]] = {
     "malformed": ("malformed", 200),
     "missing_fields": ("missing_fields", 200),
     "drip": ("drip", 200),
+    # One byte of the body every 0.8 s: a single read outlasts the read timeout.
+    "stall": ("drip", 200),
 }
 STEPS = ("mint", "create", "terminate_on_end", "terminate_replaced")
 CASES = [(step, fault) for step in STEPS for fault in FAULTS] + [("activate", "database_error")]
@@ -66,9 +68,9 @@ ROUTES = {
     "terminate_on_end": AVATURN_TERMINATE,
     "terminate_replaced": AVATURN_TERMINATE,
 }
-TIMEOUTS = {"timeout", "drip"}
+TIMEOUTS = {"timeout", "drip", "stall"}
 # Create faults after which Avaturn holds a session nobody can name (see the docstring).
-AMBIGUOUS_CREATES = {"timeout", "drip", "missing_fields"}
+AMBIGUOUS_CREATES = {"timeout", "drip", "stall", "missing_fields"}
 
 
 @pytest.fixture
@@ -91,9 +93,11 @@ def _inject(fake: FakeUpstream, settings: Any, step: str, fault: str) -> None:
             fake.end_session(session_id)
     elif mode == "timeout":
         fake.fail(route, mode=mode, delay=2.0)
-    elif mode == "drip":
+    elif fault == "drip":
         # A byte every 0.1 s: each read is well inside the 0.5 s timeout, the whole is not.
         fake.fail(route, mode=mode, delay=0.1)
+    elif fault == "stall":
+        fake.fail(route, mode=mode, delay=0.8)
     else:
         fake.fail(route, mode=mode, status=status)
 
@@ -102,7 +106,13 @@ def _expected(step: str, fault: str) -> tuple[int, str | None]:
     """The status and error code the API answers."""
     if step == "activate":
         return 503, "unavailable"
-    if step.startswith("terminate") and fault in ("404", "malformed", "missing_fields", "drip"):
+    if step.startswith("terminate") and fault in (
+        "404",
+        "malformed",
+        "missing_fields",
+        "drip",
+        "stall",
+    ):
         # Terminated (or already gone): a DELETE's answer body does not matter.
         return (204, None) if step == "terminate_on_end" else (201, None)
     if fault in TIMEOUTS:
@@ -113,7 +123,7 @@ def _expected(step: str, fault: str) -> tuple[int, str | None]:
 @pytest.mark.parametrize(
     ("step", "fault"), CASES, ids=[f"{len(CASES)}cases-{step}-{fault}" for step, fault in CASES]
 )
-def test_fault_matrix_53_cases(
+def test_fault_matrix_57_cases(
     live_fake: FakeUpstream,
     settings: Any,
     client: APIClient,
@@ -123,7 +133,7 @@ def test_fault_matrix_53_cases(
     step: str,
     fault: str,
 ) -> None:
-    assert len(CASES) == 53
+    assert len(CASES) == 57
     caplog.set_level(logging.DEBUG)
     settings.AVATURN = {**settings.AVATURN, "ON_SESSION_LIMIT": "end_oldest"}
     first: Session | None = None

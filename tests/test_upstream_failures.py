@@ -102,6 +102,26 @@ def test_avaturn_create_connection_error_is_502(api_client: Any, upstream: Any) 
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
 
 
+def test_an_unexpected_transport_failure_is_a_502_that_shows_no_client_secret(
+    api_client: Any, upstream: Any, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not a requests exception: a bug in a transport adapter, say. Unhandled,
+    # it was a 500 whose DEBUG page showed the request body's client secret.
+    settings.DEBUG = True
+    api_client.raise_request_exception = False
+    upstream.avaturn.on_create_raise(RuntimeError("an adapter bug"))
+
+    response = csrf_post(api_client, LIST_URL, {})
+
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    assert Session.objects.get().status == SessionStatus.FAILED
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "unexpected RuntimeError" in logged
+    assert upstream.avaturn.create_calls()  # the secret was sent, so it could have leaked
+    for text in (response.content.decode(), logged):
+        assert "ek_test_secret_" not in text
+
+
 @pytest.mark.parametrize("body", ["{not json", "[1]", '{"token": "t"}', '{"session_id": ""}'])
 def test_avaturn_create_malformed_answers_are_502(
     api_client: Any, upstream: Any, body: str
