@@ -218,24 +218,30 @@ def _reserve_slot(
             excess = len(holder_pks) + 1 - cap
             if excess > 0 and refuse:
                 raise SessionLimitReached()
-            replaced = (
-                list(
-                    Session.objects.filter(pk__in=holder_pks[:excess]).order_by("created_at", "pk")
-                )
-                if excess > 0
-                else []
-            )
+            replaced = _claim_replaced(holder_pks[:excess]) if excess > 0 else []
             if site_cap is not None:
                 limits.ensure_site_capacity(cap=site_cap, new_row=row, leaving=len(replaced))
-            if replaced:
-                Session.objects.filter(pk__in=[s.pk for s in replaced]).update(
-                    status=SessionStatus.ENDING,
-                    end_reason=EndReason.REPLACED,
-                    updated_at=timezone.now(),
-                )
             return row, replaced
     except DatabaseError as exc:
         raise StorageUnavailable() from exc
+
+
+def _claim_replaced(pks: list[int]) -> list[Session]:
+    """Move the rows a start replaces to ``ENDING``; return those it claimed, as claimed.
+
+    Conditional like every state change, so a row someone else ended
+    meanwhile keeps their reason. Read after the claim: on PostgreSQL a
+    starting row can go live between the read of the holders and this
+    UPDATE (its activation takes no lock the reservation holds), and it must
+    come back with its session id, or nothing would terminate it.
+    """
+    Session.objects.filter(pk__in=pks, status__in=_CAPPED_STATUSES).update(
+        status=SessionStatus.ENDING, end_reason=EndReason.REPLACED, updated_at=timezone.now()
+    )
+    claimed = Session.objects.filter(
+        pk__in=pks, status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
+    )
+    return list(claimed.order_by("created_at", "pk"))
 
 
 def _end_replaced(replaced: list[Session]) -> None:
@@ -243,8 +249,6 @@ def _end_replaced(replaced: list[Session]) -> None:
         if old.session_id is None:
             # Still starting: its own request will see it was replaced and clean up.
             continue
-        old.status = SessionStatus.ENDING
-        old.end_reason = EndReason.REPLACED
         _terminate_claimed(old, was_live=True)
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from django_avaturn import services
@@ -367,3 +368,47 @@ def test_a_kill_switch_flip_waits_for_the_reservations_in_flight(user: Any) -> N
     # So the sweep that follows a flip finds the row, and the next start is refused.
     assert Session.objects.active().filter(pk=outcome["row"].pk).exists()
     assert not limits.sessions_enabled()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's write lock orders these")
+def test_a_replaced_start_that_goes_live_meanwhile_is_replaced_with_its_id(user: Any) -> None:
+    """B replaces A while A is starting; A's activation commits just before B claims it.
+
+    B must then know A's session id (so ``_end_replaced`` terminates it), not
+    a stale copy without one: with that, B skipped it, and A ran on with its
+    row ``ending``, two sessions under a cap of one.
+    """
+    plan = build_plan()
+    row_a, _ = services._reserve_slot(user, plan, cap=1, refuse=False)
+    about_to_claim = threading.Event()
+    release = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def pause_before_the_claim(
+        execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        if sql.lstrip().upper().startswith("UPDATE") and not about_to_claim.is_set():
+            about_to_claim.set()
+            release.wait(10)
+        return execute(sql, params, many, context)
+
+    def replace() -> None:
+        try:
+            with connection.execute_wrapper(pause_before_the_claim):
+                outcome["row"], outcome["replaced"] = services._reserve_slot(
+                    user, build_plan(), cap=1, refuse=False
+                )
+        finally:
+            connection.close()
+
+    replacer = threading.Thread(target=replace)
+    replacer.start()
+    assert about_to_claim.wait(10)
+    activated = services._activate(row_a, "sess-A", timezone.now())
+    release.set()
+    replacer.join(10)
+
+    assert activated
+    assert [(old.pk, old.session_id) for old in outcome["replaced"]] == [(row_a.pk, "sess-A")]
+    row_a.refresh_from_db()
+    assert (row_a.status, row_a.end_reason) == (SessionStatus.ENDING, EndReason.REPLACED)
