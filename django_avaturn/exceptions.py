@@ -58,6 +58,17 @@ class SessionNotLive(AvaturnError):
     default_detail = _("This avatar session has ended.")
 
 
+class UserNotActive(AvaturnError):
+    """The user was deactivated (or deleted) after the request authenticated them.
+
+    Answered as the API answers an inactive user's requests.
+    """
+
+    code = "not_authenticated"
+    status_code = 403
+    default_detail = _("Authentication credentials were not provided.")
+
+
 class SessionReplaced(AvaturnError):
     """A newer start by the same user took this session's place while it started."""
 

@@ -28,6 +28,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, connection, transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -42,6 +43,7 @@ from django_avaturn.exceptions import (
     SessionsDisabled,
     StorageUnavailable,
     UpstreamError,
+    UserNotActive,
 )
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.redaction import excerpt
@@ -177,15 +179,12 @@ def _reserve_slot(
     the busy timeout instead of reading a stale count.
     """
     site_cap = limits.site_cap()
+    user_row = get_user_model()._default_manager.filter(pk=user.pk)
+    locks_rows = connection.features.has_select_for_update
     try:
         with transaction.atomic():
-            if connection.features.has_select_for_update:
-                user_model: Any = get_user_model()
-                list(
-                    user_model._default_manager.select_for_update()
-                    .filter(pk=user.pk)
-                    .values_list("pk", flat=True)
-                )
+            if locks_rows:
+                _ensure_still_active(user_row.select_for_update())
             if site_cap is not None:
                 limits.lock_for_site_cap()
             row = Session.objects.create(
@@ -197,6 +196,9 @@ def _reserve_slot(
                 config_name=plan.config_name,
                 max_duration=plan.max_duration,
             )
+            if not locks_rows:
+                # Under the write lock the INSERT took (see above).
+                _ensure_still_active(user_row)
             # Checked again under the locks (the switch may have flipped since),
             # and after the INSERT, for the write lock's sake (see above).
             limits.hold_switch()
@@ -224,6 +226,21 @@ def _reserve_slot(
             return row, replaced
     except DatabaseError as exc:
         raise StorageUnavailable() from exc
+
+
+def _ensure_still_active(user_row: QuerySet[Any]) -> None:
+    """Refuse a user deactivated or deleted since the request authenticated them.
+
+    Deactivation ends the sessions a user has (``receivers``); one reserved
+    after it would run on, for an inactive user, until it expired. Read
+    under the reservation's lock, so the two cannot miss each other.
+    """
+    fields = ["pk"]
+    if any(field.name == "is_active" for field in user_row.model._meta.concrete_fields):
+        fields.append("is_active")  # a custom user model need not have it
+    found = list(user_row.values_list(*fields))
+    if not found or (len(fields) == 2 and not found[0][1]):
+        raise UserNotActive()
 
 
 def _claim_replaced(pks: list[int]) -> list[Session]:

@@ -121,6 +121,22 @@ def test_inactive_user_is_403_even_with_a_session_cookie(
     assert len(live_fake.requests_for(AVATURN_CREATE)) == 1
 
 
+def test_a_user_deactivated_after_authenticating_cannot_start(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    # The request authenticated `user` (active); staff deactivate them before
+    # the start reserves its row. Deactivation ended nothing (there was nothing
+    # yet), so a session started now would run on for an inactive user.
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+
+    with pytest.raises(AvaturnError) as refused:
+        services.start_session(user)
+
+    assert (refused.value.status_code, refused.value.code) == (403, "not_authenticated")
+    assert live_fake.requests_for(OPENAI_CLIENT_SECRET) == []
+    assert not Session.objects.exists()
+
+
 def test_staff_without_terminate_permission_cannot_terminate(
     live_fake: FakeUpstream, django_user_model: Any, started: Session
 ) -> None:
