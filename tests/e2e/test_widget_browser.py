@@ -208,6 +208,28 @@ def test_closing_the_tab_ends_the_session(
     assert_ended_everywhere(other, e2e, minted["session_id"])
 
 
+def test_a_widget_taken_off_the_page_and_put_back_still_ends_its_sessions(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user)
+    first = start_session(page, e2e, traffic)
+    # Taken off the page (a client-side swap): its session ends.
+    page.evaluate(
+        "() => { window.parked = document.querySelector('[data-avaturn-widget]');"
+        " window.parked.remove(); }"
+    )
+    assert_ended_everywhere(page, e2e, first["session_id"])
+    # Put back and started again: leaving the page must end this one too.
+    page.evaluate("() => document.body.append(window.parked)")
+    second = start_session(page, e2e, traffic)
+    assert second["session_id"] != first["session_id"]
+    context = page.context
+    page.close()  # pagehide
+    other = context.new_page()
+    assert_ended_everywhere(other, e2e, second["session_id"])
+
+
 def test_no_key_reaches_the_page_its_traffic_or_the_console(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:

@@ -517,13 +517,24 @@ function handle(widget) {
   };
 }
 
+// The widgets on the page: pagehide and removals end their sessions.
 const widgets = new Set();
+// Every widget this module made, on the page or not.
+const widgetOf = new WeakMap();
 
 function setUp(container) {
+  const known = widgetOf.get(container);
+  if (known) {
+    // Back on the page after a removal (a swap, a move): tracked again, or
+    // its next session would outlive the page.
+    widgets.add(known);
+    return container.avaturn;
+  }
   // Idempotent: a second module evaluation or a re-scan never doubles up.
   if (container.avaturn) return container.avaturn;
   const widget = new AvaturnWidget(container);
   container.avaturn = handle(widget);
+  widgetOf.set(container, widget);
   widgets.add(widget);
   if (widget.config.autostart) widget.start();
   return container.avaturn;
