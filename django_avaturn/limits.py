@@ -8,7 +8,7 @@ concurrent starts cannot both squeeze under a limit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -28,6 +28,8 @@ from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session, Sessi
 from django_avaturn.validation import flag_setting, int_setting, required_choice_setting
 
 QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
+# Sessions that may still use minutes (an ending one is being terminated).
+_RUNNING = (SessionStatus.STARTING, SessionStatus.LIVE)
 
 # Any fixed 64-bit numbers: the keys of PostgreSQL advisory locks. The first
 # serialises starts while a site-wide cap is configured; starts hold the
@@ -226,11 +228,16 @@ def _rolling_reset(mine: Any, window_start: datetime, now: datetime) -> datetime
     return (oldest or now) + timedelta(days=1)
 
 
-def ensure_quota(user: Any, *, max_duration: int | None, new_row: Session) -> int | None:
+def ensure_quota(
+    user: Any, *, max_duration: int | None, new_row: Session, leaving: Sequence[int] = ()
+) -> int | None:
     """Refuse a start over quota; return the ``max_duration`` the quota still allows.
 
     A minutes quota also caps the new session's ``max_duration``, so Avaturn
-    itself ends the call when the day's minutes run out.
+    itself ends the call when the day's minutes run out. What the user's
+    other running sessions may still use (up to their own ``max_duration``)
+    is spoken for, or parallel sessions would each get the whole remainder;
+    the ``leaving`` rows (the ones this start replaces) give theirs back.
     """
     quota = quota_for(user)
     if quota.is_unlimited:
@@ -241,7 +248,8 @@ def ensure_quota(user: Any, *, max_duration: int | None, new_row: Session) -> in
             limit="sessions_per_day", allowed=quota.sessions_per_day, resets_at=usage.resets_at
         )
     if quota.minutes_per_day is not None:
-        remaining = quota.minutes_per_day * 60 - usage.seconds
+        promised = _still_to_run(user, exclude=[new_row.pk, *leaving])
+        remaining = quota.minutes_per_day * 60 - usage.seconds - promised
         # Avaturn will not run a session shorter than 60 s.
         if remaining < 60:
             raise QuotaExceeded(
@@ -250,3 +258,23 @@ def ensure_quota(user: Any, *, max_duration: int | None, new_row: Session) -> in
         allowed = int(remaining)
         return allowed if max_duration is None else min(max_duration, allowed)
     return max_duration
+
+
+def _still_to_run(user: Any, *, exclude: Sequence[int]) -> float:
+    """Seconds the user's running sessions may still use before their ``max_duration``.
+
+    A session without one (started before a minutes quota was set) counts
+    only what it has used so far.
+    """
+    now = timezone.now()
+    running = (
+        Session.objects.filter(user_id=user.pk, status__in=_RUNNING, max_duration__isnull=False)
+        .exclude(pk__in=exclude)
+        .values_list("started_at", "max_duration")
+    )
+    seconds = 0.0
+    for started_at, max_duration in running:
+        assert max_duration is not None  # filtered above
+        used = (now - started_at).total_seconds() if started_at is not None else 0.0
+        seconds += max(0.0, max_duration - used)
+    return seconds

@@ -211,16 +211,19 @@ def _reserve_slot(
                 .values_list("pk", flat=True)
                 if pk != row.pk
             ]
-            max_duration = limits.ensure_quota(user, max_duration=plan.max_duration, new_row=row)
+            excess = len(holder_pks) + 1 - cap
+            leaving = holder_pks[:excess] if excess > 0 and not refuse else []
+            max_duration = limits.ensure_quota(
+                user, max_duration=plan.max_duration, new_row=row, leaving=leaving
+            )
             if max_duration != plan.max_duration:
                 plan.max_duration = max_duration
                 plan.avaturn_options["max_duration"] = max_duration
                 row.max_duration = max_duration
                 row.save(update_fields=["max_duration"])
-            excess = len(holder_pks) + 1 - cap
             if excess > 0 and refuse:
                 raise SessionLimitReached()
-            replaced = _claim_replaced(holder_pks[:excess]) if excess > 0 else []
+            replaced = _claim_replaced(leaving) if leaving else []
             if site_cap is not None:
                 limits.ensure_site_capacity(cap=site_cap, new_row=row, leaving=len(replaced))
             return row, replaced

@@ -185,6 +185,44 @@ def test_minutes_quota_refuses_under_a_minute_left(
     assert upstream.openai.requests == []
 
 
+def test_parallel_sessions_share_the_minutes_quota(
+    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+) -> None:
+    # Each start was given what the quota had left, not counting what the
+    # sessions still running may yet use: two sessions, twice the quota.
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "QUOTAS": {"minutes_per_day": 30},
+        "MAX_LIVE_SESSIONS_PER_USER": 2,
+    }
+    at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    at(monkeypatch, datetime(2026, 11, 24, 12, 10, tzinfo=UTC))
+
+    refused = csrf_post(api_client, LIST_URL, {})
+
+    assert (refused.status_code, refused.json()["limit"]) == (429, "minutes_per_day")
+    assert [body["max_duration"] for body in upstream.avaturn.created] == [30 * 60]
+
+
+def test_a_replaced_session_leaves_its_remaining_minutes_to_its_successor(
+    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "QUOTAS": {"minutes_per_day": 30},
+        "ON_SESSION_LIMIT": "end_oldest",
+    }
+    at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    at(monkeypatch, datetime(2026, 11, 24, 12, 10, tzinfo=UTC))
+
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+
+    # Ten minutes used by the first; the twenty it did not use go to the second.
+    assert [body["max_duration"] for body in upstream.avaturn.created] == [30 * 60, 20 * 60]
+
+
 def test_a_call_across_midnight_is_split_between_days(
     settings: Any, user: Any, monkeypatch: Any
 ) -> None:
