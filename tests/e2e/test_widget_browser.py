@@ -426,6 +426,49 @@ def test_live_session_with_a_stub_sdk_heartbeats_tracks_the_mic_and_forwards_eve
     assert not traffic.page_errors
 
 
+@pytest.mark.parametrize(
+    ("event", "detail", "state", "message"),
+    [
+        (
+            "error",
+            {"code": "internal_error"},
+            "error",
+            "Something went wrong. Please try again.",
+        ),
+        ("dispose", None, "ended", "The conversation has ended."),
+    ],
+)
+def test_the_sdk_failing_or_ending_the_call_ends_the_session(
+    e2e: Any,
+    live_server: Any,
+    browser_context: Any,
+    user: Any,
+    event: str,
+    detail: Any,
+    state: str,
+    message: str,
+) -> None:
+    # Nobody can use the session once the SDK's call has failed or ended: left
+    # alone, the widget went on heartbeating a session that billed until
+    # Avaturn noticed the visitor was gone.
+    e2e.settings.AVATURN = {
+        **e2e.settings.AVATURN,
+        "SDK_URL": f"{e2e.sdk_server}/stub/main.js",
+        "SDK_INTEGRITY": "",
+    }
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    with page.expect_response(lambda r: r.url.endswith("/avaturn/sessions/")) as answer:
+        page.click("[data-avaturn-start]")
+    session_id = answer.value.json()["session_id"]
+    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+
+    page.evaluate("([name, detail]) => window.stubHeads[0].emit(name, detail)", [event, detail])
+
+    page.wait_for_selector(f'[data-avaturn-widget][data-state="{state}"]')
+    assert status_text(page) == message
+    assert_ended_everywhere(page, e2e, session_id)
+
+
 def test_transcripts_are_stored_when_the_site_enables_them(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:

@@ -308,13 +308,11 @@ class AvaturnWidget {
       this.startHeartbeat();
     } catch (error) {
       if (attempt !== this.attempt) return;
-      const key = error instanceof WidgetError ? error.key : "unknown";
-      this.teardown();
       if (!(error instanceof WidgetError)) console.error("[django-avaturn]", error);
-      this.setState("error", {
-        message: this.messages[key] || this.messages.unknown,
-        error: { code: key, detail: error instanceof WidgetError ? error.detail : error },
-      });
+      this.fail(
+        error instanceof WidgetError ? error.key : "unknown",
+        error instanceof WidgetError ? error.detail : error,
+      );
     }
   }
 
@@ -382,7 +380,24 @@ class AvaturnWidget {
     } else if (name === "idle") {
       // The SDK drops the stream after its idle timeout; end ours too.
       this.stop({ message: this.messages.idle_timeout });
+    } else if (name === "dispose") {
+      // The SDK ended the call on its side (our own dispose() is not heard:
+      // teardown forgets the head first). Nobody can use the session now.
+      this.stop();
+    } else if (name === "error") {
+      // The SDK's errors (limits_exceeded, internal_error, a version
+      // mismatch) end the call: end the session too, or it bills on unused.
+      this.fail(this.state === "connecting" ? "connect_failed" : "unknown", detail);
     }
+  }
+
+  fail(key, detail) {
+    this.attempt++;
+    this.teardown();
+    this.setState("error", {
+      message: this.messages[key] || this.messages.unknown,
+      error: { code: key, detail },
+    });
   }
 
   setMicrophone(on) {
