@@ -27,7 +27,12 @@ from django_avaturn.clients import api_key
 from django_avaturn.conf import DEFAULTS, IMPORT_STRINGS, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.limits import parse_quota
-from django_avaturn.session_config import OPENAI_VOICES, check_session_shape
+from django_avaturn.session_config import (
+    OPENAI_VOICES,
+    TEXT_SETTINGS,
+    check_session_shape,
+    check_text_setting,
+)
 from django_avaturn.validation import RULES
 
 _HINT_SETTINGS = "See the settings reference in django-avaturn's README."
@@ -99,7 +104,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
     messages.extend(_type_errors())
     messages.extend(_import_errors())
     voice = _setting("VOICE")
-    if isinstance(voice, str) and voice not in OPENAI_VOICES:
+    if isinstance(voice, str) and voice and voice not in OPENAI_VOICES:
         messages.append(
             Warning(
                 f"AVATURN['VOICE'] is {voice!r}, which OpenAI is not known to offer.",
@@ -149,8 +154,6 @@ def _key_warnings() -> list[CheckMessage]:
 
 def _type_errors() -> list[CheckMessage]:
     expectations: dict[str, tuple[type, ...]] = {
-        "MODEL": (str,),
-        "INSTRUCTIONS": (str,),
         "REALTIME_SESSION": (dict,),
         "ALLOWED_AVATARS": (list, tuple, set, frozenset),
         "SDK_URL": (str,),
@@ -167,6 +170,13 @@ def _type_errors() -> list[CheckMessage]:
                     hint=_HINT_SETTINGS,
                     id="django_avaturn.E003",
                 )
+            )
+    for name in TEXT_SETTINGS:
+        try:
+            check_text_setting(name, _setting(name))  # the start's own rule
+        except NotConfigured as exc:
+            messages.append(
+                Error(f"AVATURN['{name}']: {exc}", hint=_HINT_SETTINGS, id="django_avaturn.E003")
             )
     session = _setting("REALTIME_SESSION")
     if isinstance(session, dict):

@@ -68,6 +68,19 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+# The shorthands a start sends as text, and whether each may be empty.
+TEXT_SETTINGS = {"MODEL": False, "VOICE": False, "INSTRUCTIONS": True}
+
+
+def check_text_setting(name: str, value: object) -> None:
+    """``NotConfigured`` unless ``value`` can be sent as ``name`` (the check uses it too)."""
+    if not isinstance(value, str) or (not value and not TEXT_SETTINGS[name]):
+        wanted = "a string" if TEXT_SETTINGS[name] else "a non-empty string"
+        # The type, not the value: a misplaced prompt could be pages long.
+        got = "an empty string" if value == "" else type(value).__name__
+        raise NotConfigured(f"{name} must be {wanted}, not {got}.")
+
+
 def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:
     hook: Callable[..., Any] | None = avaturn_settings.SESSION_CONFIG_HOOK
     if hook is None:
@@ -107,8 +120,7 @@ def build_plan(
     voice = overrides.get("voice", avaturn_settings.VOICE)
     instructions = overrides.get("instructions", avaturn_settings.INSTRUCTIONS)
     for name, value in (("MODEL", model), ("VOICE", voice), ("INSTRUCTIONS", instructions)):
-        if not isinstance(value, str) or (name != "INSTRUCTIONS" and not value):
-            raise NotConfigured(f"{name} must be a non-empty string.")
+        check_text_setting(name, value)
 
     extra_session = avaturn_settings.REALTIME_SESSION or {}
     hook_session = overrides.get("realtime_session") or {}

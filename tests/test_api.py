@@ -284,6 +284,7 @@ def test_cap_end_oldest_fails_safe_when_the_old_session_cannot_be_ended(
         ("OPENAI_TIMEOUT", float("inf"), "post"),
         # Was handed to the browser unchecked, after the session was created.
         ("SDK_API_HOST", "api.avaturn.live", "post"),
+        ("VOICE", 123, "post"),
         # Dotted paths that do not import (E004) were HTML 500s, the first
         # before DRF's exception handling even began.
         ("AUTHENTICATION_CLASSES", ["nowhere.Authentication"], "post"),

@@ -106,6 +106,10 @@ def test_unknown_setting_is_e002(settings: Any) -> None:
         ("API_KEY", 12345),
         ("OPENAI_API_KEY", "sk two words"),
         ("SDK_API_HOST", "https://api.avaturn.live:99999"),
+        # Refused by every start (503), once passed by the check.
+        ("VOICE", 123),
+        ("VOICE", ""),
+        ("MODEL", ""),
     ],
 )
 def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> None:
