@@ -42,6 +42,9 @@ _READ_FAILURES = (
     requests.RequestException,
     urllib3.exceptions.HTTPError,
 )
+# A session id the API can carry: the column holds 255 characters, and a URL
+# path segment (sessions/<id>/) neither a slash nor control characters.
+_ADDRESSABLE_ID = re.compile(r"[^/\x00-\x1f\x7f]{1,255}")
 # In a create answer too broken to parse, the id of the session it created.
 _SESSION_ID_IN_TEXT = re.compile(rb'"session_id"\s*:\s*"([A-Za-z0-9_.:\-]{1,255})"')
 
@@ -159,10 +162,26 @@ class AvaturnClient:
                 upstream_status=response.status_code,
                 body_excerpt="answer lacks session_id",
             )
+        if not _ADDRESSABLE_ID.fullmatch(session_id):
+            # Our table could not hold it or our URLs carry it, so nobody could
+            # end it through the API: end it now, and fail the start.
+            self._end_unaddressable(session_id, payload)
+            raise UpstreamError(
+                service=SERVICE,
+                operation=operation,
+                upstream_status=response.status_code,
+                body_excerpt="answer has a session_id our API cannot address",
+            )
         if not isinstance(token, str) or not token:
             # Avaturn created a session we cannot use: the caller must end it.
             raise IncompleteSession(session_id, response.status_code)
         return CreatedSession(session_id=session_id, token=token)
+
+    def _end_unaddressable(self, session_id: str, payload: dict[str, Any]) -> None:
+        try:
+            self.terminate_session(session_id)
+        except UpstreamError:
+            _log_unknown_outcome(payload, "a session_id it could not store, nor terminate")
 
     def terminate_session(self, session_id: str) -> bool:
         """End a session now. True if it was ended, False if it was already gone (404)."""

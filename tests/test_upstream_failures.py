@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
 import pytest
@@ -120,6 +121,23 @@ def test_an_unexpected_transport_failure_is_a_502_that_shows_no_client_secret(
     assert upstream.avaturn.create_calls()  # the secret was sent, so it could have leaked
     for text in (response.content.decode(), logged):
         assert "ek_test_secret_" not in text
+
+
+@pytest.mark.parametrize("session_id", ["y" * 256, "a/b", "nul\x00id"])
+def test_a_created_session_our_api_could_not_address_is_terminated_at_once(
+    api_client: Any, upstream: Any, session_id: str
+) -> None:
+    # Stored live, its DELETE and heartbeats would be 404s (the column holds
+    # 255 characters, the URL a path segment): a visitor's Stop could not end it.
+    upstream.avaturn.on_create(201, {"session_id": session_id, "token": "t"})
+
+    response = csrf_post(api_client, LIST_URL, {})
+
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    (delete,) = upstream.avaturn.delete_calls()
+    assert delete.request.url.endswith("/api/v1/sessions/" + quote(session_id, safe=""))
+    row = Session.objects.get()
+    assert (row.status, row.session_id) == (SessionStatus.FAILED, None)
 
 
 @pytest.mark.parametrize("body", ["{not json", "[1]", '{"token": "t"}', '{"session_id": ""}'])
