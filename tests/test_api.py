@@ -56,6 +56,25 @@ def test_url_names() -> None:
     )
 
 
+def test_every_answer_is_no_store_options_and_errors_included(
+    api_client: Any, upstream: Any
+) -> None:
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    detail = f"{LIST_URL}{session_id}/"
+    answers = [
+        api_client.options(LIST_URL),
+        api_client.options(detail),
+        api_client.get(LIST_URL),
+        api_client.get(detail),
+        api_client.get(f"{LIST_URL}nobody/"),  # 404
+        api_client.put(detail),  # 405 (and 403 without CSRF: either is an answer)
+        csrf_post(api_client, f"{detail}heartbeat/", {}),
+        csrf_delete(api_client, detail),
+        api_client.get("/avaturn/usage/"),
+    ]
+    assert [a["Cache-Control"] for a in answers] == ["no-store"] * len(answers)
+
+
 def test_start_returns_only_what_the_browser_needs(
     api_client: Any, upstream: Any, user: Any
 ) -> None:

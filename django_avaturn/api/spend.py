@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from django_avaturn import limits, usage
 from django_avaturn.api.serializers import StrictSerializer
-from django_avaturn.api.views import NO_STORE, UNAVAILABLE, AvaturnAPIView
+from django_avaturn.api.views import UNAVAILABLE, AvaturnAPIView
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.models import ACTIVE_STATUSES, Session, Transcript, TranscriptRole
 from django_avaturn.schema import document, session_id_parameter
@@ -77,7 +77,7 @@ class UsageView(AvaturnAPIView):
                 for day in days
             ],
         }
-        return Response(body, headers=NO_STORE)
+        return Response(body)
 
 
 class TranscriptSerializer(StrictSerializer):
@@ -155,4 +155,4 @@ class SessionTranscriptView(AvaturnAPIView):
                 else None
             ),
         )
-        return Response({"id": line.pk}, status=201, headers=NO_STORE)
+        return Response({"id": line.pk}, status=201)

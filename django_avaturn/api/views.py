@@ -37,7 +37,6 @@ from django_avaturn.schema import ERRORS, document, session_id_parameter
 from django_avaturn.session_config import AvatarNotAllowed
 from django_avaturn.validation import required_int_setting
 
-NO_STORE = {"Cache-Control": "no-store"}
 SESSION_ID_MAX_LENGTH = Session._meta.get_field("session_id").max_length or 255
 # What a 503 means where nothing is started: the database, or a missing setting.
 UNAVAILABLE = gettext_lazy(
@@ -79,6 +78,15 @@ class AvaturnAPIView(APIView):
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return exception_handler
 
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # Every answer, OPTIONS and errors included: they are one user's
+        # sessions and tokens, never for a shared cache.
+        response["Cache-Control"] = "no-store"
+        return response
+
     def own_session(self, request: Request, session_id: str) -> Session:
         """The caller's own session; anyone else's is indistinguishable from none (404)."""
         if not request.user.is_authenticated:
@@ -108,7 +116,7 @@ class SessionListView(AvaturnAPIView):
             raise exceptions.NotAuthenticated()
         limit = required_int_setting("SESSION_LIST_LIMIT")
         sessions = Session.objects.for_user(request.user)[:limit]
-        return Response(SessionSerializer(sessions, many=True).data, headers=NO_STORE)
+        return Response(SessionSerializer(sessions, many=True).data)
 
     @document(
         operation_id="avaturn_sessions_start",
@@ -159,7 +167,7 @@ class SessionListView(AvaturnAPIView):
                 "api_host": started.api_host,
             }
         ).data
-        return Response(body, status=201, headers=NO_STORE)
+        return Response(body, status=201)
 
 
 class SessionDetailView(AvaturnAPIView):
@@ -173,7 +181,7 @@ class SessionDetailView(AvaturnAPIView):
     )
     def get(self, request: Request, session_id: str) -> Response:
         session = self.own_session(request, session_id)
-        return Response(SessionSerializer(session).data, headers=NO_STORE)
+        return Response(SessionSerializer(session).data)
 
     @document(
         operation_id="avaturn_sessions_end",
@@ -184,7 +192,7 @@ class SessionDetailView(AvaturnAPIView):
     def delete(self, request: Request, session_id: str) -> Response:
         session = self.own_session(request, session_id)
         services.end_session(session, reason=EndReason.CLIENT)
-        return Response(status=204, headers=NO_STORE)
+        return Response(status=204)
 
 
 class SessionHeartbeatView(AvaturnAPIView):
@@ -212,4 +220,4 @@ class SessionHeartbeatView(AvaturnAPIView):
     def post(self, request: Request, session_id: str) -> Response:
         session = self.own_session(request, session_id)
         services.record_heartbeat(session)
-        return Response(status=204, headers=NO_STORE)
+        return Response(status=204)
