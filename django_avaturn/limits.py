@@ -21,6 +21,7 @@ from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import (
     NotConfigured,
     QuotaExceeded,
+    SessionLimitReached,
     SessionsDisabled,
     SiteLimitReached,
 )
@@ -28,8 +29,6 @@ from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session, Sessi
 from django_avaturn.validation import flag_setting, int_setting, required_choice_setting
 
 QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
-# Sessions that may still use minutes (an ending one is being terminated).
-_RUNNING = (SessionStatus.STARTING, SessionStatus.LIVE)
 
 # Any fixed 64-bit numbers: the keys of PostgreSQL advisory locks. The first
 # serialises starts while a site-wide cap is configured; starts hold the
@@ -229,15 +228,21 @@ def _rolling_reset(mine: Any, window_start: datetime, now: datetime) -> datetime
 
 
 def ensure_quota(
-    user: Any, *, max_duration: int | None, new_row: Session, leaving: Sequence[int] = ()
+    user: Any,
+    *,
+    max_duration: int | None,
+    new_row: Session,
+    staying: Sequence[tuple[datetime | None, int | None]] = (),
 ) -> int | None:
     """Refuse a start over quota; return the ``max_duration`` the quota still allows.
 
     A minutes quota also caps the new session's ``max_duration``, so Avaturn
-    itself ends the call when the day's minutes run out. What the user's
-    other running sessions may still use (up to their own ``max_duration``)
-    is spoken for, or parallel sessions would each get the whole remainder;
-    the ``leaving`` rows (the ones this start replaces) give theirs back.
+    itself ends the call when the day's minutes run out. ``staying`` are the
+    ``(started_at, max_duration)`` of the user's other sessions that keep
+    running (not the ones this start replaces): what they may still use is
+    spoken for, or parallel sessions would each get the whole remainder. A
+    start refused only for that is ``SessionLimitReached`` (ending one of
+    them frees it), not ``QuotaExceeded``.
     """
     quota = quota_for(user)
     if quota.is_unlimited:
@@ -248,33 +253,32 @@ def ensure_quota(
             limit="sessions_per_day", allowed=quota.sessions_per_day, resets_at=usage.resets_at
         )
     if quota.minutes_per_day is not None:
-        promised = _still_to_run(user, exclude=[new_row.pk, *leaving])
-        remaining = quota.minutes_per_day * 60 - usage.seconds - promised
+        unused = quota.minutes_per_day * 60 - usage.seconds
+        remaining = unused - _still_to_run(staying)
         # Avaturn will not run a session shorter than 60 s.
-        if remaining < 60:
+        if unused < 60:
             raise QuotaExceeded(
                 limit="minutes_per_day", allowed=quota.minutes_per_day, resets_at=usage.resets_at
             )
+        if remaining < 60:
+            raise SessionLimitReached()
         allowed = int(remaining)
         return allowed if max_duration is None else min(max_duration, allowed)
     return max_duration
 
 
-def _still_to_run(user: Any, *, exclude: Sequence[int]) -> float:
-    """Seconds the user's running sessions may still use before their ``max_duration``.
+def _still_to_run(staying: Sequence[tuple[datetime | None, int | None]]) -> float:
+    """Seconds sessions may still run before their ``max_duration``.
 
     A session without one (started before a minutes quota was set) counts
-    only what it has used so far.
+    only what it has used so far. Rows left ``ending`` are not counted: they
+    are being terminated, or are a failed start's orphan that no visitor uses.
     """
     now = timezone.now()
-    running = (
-        Session.objects.filter(user_id=user.pk, status__in=_RUNNING, max_duration__isnull=False)
-        .exclude(pk__in=exclude)
-        .values_list("started_at", "max_duration")
-    )
     seconds = 0.0
-    for started_at, max_duration in running:
-        assert max_duration is not None  # filtered above
+    for started_at, max_duration in staying:
+        if max_duration is None:
+            continue
         used = (now - started_at).total_seconds() if started_at is not None else 0.0
         seconds += max(0.0, max_duration - used)
     return seconds

@@ -203,18 +203,23 @@ def _reserve_slot(
             # and after the INSERT, for the write lock's sake (see above).
             limits.hold_switch()
             limits.ensure_enabled()
-            # Only keys: the rows themselves are read when some are replaced.
-            holder_pks = [
-                pk
-                for pk in Session.objects.filter(user_id=user.pk, status__in=_CAPPED_STATUSES)
+            # Not whole rows: those are read only when some are replaced.
+            holders = [
+                (pk, started_at, max_duration)
+                for pk, started_at, max_duration in Session.objects.filter(
+                    user_id=user.pk, status__in=_CAPPED_STATUSES
+                )
                 .order_by("created_at", "pk")
-                .values_list("pk", flat=True)
+                .values_list("pk", "started_at", "max_duration")
                 if pk != row.pk
             ]
-            excess = len(holder_pks) + 1 - cap
-            leaving = holder_pks[:excess] if excess > 0 and not refuse else []
+            excess = len(holders) + 1 - cap
+            leaving = [pk for pk, *_ in holders[:excess]] if excess > 0 and not refuse else []
             max_duration = limits.ensure_quota(
-                user, max_duration=plan.max_duration, new_row=row, leaving=leaving
+                user,
+                max_duration=plan.max_duration,
+                new_row=row,
+                staying=[(started, limit) for pk, started, limit in holders if pk not in leaving],
             )
             if max_duration != plan.max_duration:
                 plan.max_duration = max_duration

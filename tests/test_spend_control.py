@@ -201,8 +201,12 @@ def test_parallel_sessions_share_the_minutes_quota(
 
     refused = csrf_post(api_client, LIST_URL, {})
 
-    assert (refused.status_code, refused.json()["limit"]) == (429, "minutes_per_day")
+    # Not "come back tomorrow": twenty minutes are unused, held by the first.
+    assert (refused.status_code, refused.json()["code"]) == (409, "session_limit_reached")
     assert [body["max_duration"] for body in upstream.avaturn.created] == [30 * 60]
+    csrf_delete(api_client, f"{LIST_URL}{Session.objects.live().get().session_id}/")
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    assert upstream.avaturn.created[-1]["max_duration"] == 20 * 60
 
 
 def test_a_replaced_session_leaves_its_remaining_minutes_to_its_successor(
