@@ -43,8 +43,9 @@ _READ_FAILURES = (
     urllib3.exceptions.HTTPError,
 )
 # A session id the API can carry: the column holds 255 characters, and a URL
-# path segment (sessions/<id>/) neither a slash nor control characters.
-_ADDRESSABLE_ID = re.compile(r"[^/\x00-\x1f\x7f]{1,255}")
+# path segment (sessions/<id>/) neither a slash, control characters, nor
+# the dot segments a browser resolves away.
+_ADDRESSABLE_ID = re.compile(r"(?!\.{1,2}$)[^/\x00-\x1f\x7f]{1,255}")
 # In a create answer too broken to parse, the id of the session it created.
 _SESSION_ID_IN_TEXT = re.compile(rb'"session_id"\s*:\s*"([A-Za-z0-9_.:\-]{1,255})"')
 
@@ -132,6 +133,9 @@ class AvaturnClient:
         except UpstreamTimeout:
             _log_unknown_outcome(payload, "no answer in time")
             raise
+        except _UnexpectedFailure:
+            _log_unknown_outcome(payload, "an unexpected failure, perhaps after sending")
+            raise
         except IncompleteSession:
             raise
         except UpstreamError as exc:
@@ -181,7 +185,13 @@ class AvaturnClient:
         try:
             self.terminate_session(session_id)
         except UpstreamError:
-            _log_unknown_outcome(payload, "a session_id it could not store, nor terminate")
+            # repr: control characters must not forge log lines.
+            logger.error(
+                "Avaturn session %s could not be recorded (an id the API cannot address) nor "
+                "terminated; it ends by itself within user_absent_timeout=%ss; end it by hand.",
+                excerpt(repr(session_id)),
+                payload.get("user_absent_timeout"),
+            )
 
     def terminate_session(self, session_id: str) -> bool:
         """End a session now. True if it was ended, False if it was already gone (404)."""
@@ -202,7 +212,7 @@ class AvaturnClient:
                 attempt += 1
                 logger.info(
                     "Retrying Avaturn terminate of %s (attempt %d): %s",
-                    session_id,
+                    excerpt(repr(session_id)),
                     attempt + 1,
                     exc.describe(),
                 )
@@ -248,7 +258,7 @@ class AvaturnClient:
             # The frames under this one hold the request body, the client
             # secret in it: unchained, no error page or reporter shows them.
             _log_unexpected(operation, exc)
-            raise UpstreamError(service=SERVICE, operation=operation) from None
+            raise _UnexpectedFailure(service=SERVICE, operation=operation) from None
         accepted = response.ok or response.status_code in accept_statuses
         parts: list[bytes] = []
         try:
@@ -304,6 +314,10 @@ class AvaturnClient:
                 body_excerpt="answer is not a JSON object",
             )
         return data
+
+
+class _UnexpectedFailure(UpstreamError):
+    """The request failed in a way requests does not know: it may have been sent."""
 
 
 class IncompleteSession(UpstreamError):

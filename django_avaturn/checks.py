@@ -4,7 +4,7 @@
 ``django_avaturn.E001``   ``rest_framework`` is not in ``INSTALLED_APPS``.
 ``django_avaturn.E002``   ``AVATURN`` is not a dict, or names a setting that does not exist.
 ``django_avaturn.E003``   A setting has the wrong type or is out of the upstream's range.
-``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import.
+``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call.
 ``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
 ``django_avaturn.W002``   The OpenAI API key is missing (starts answer 503).
 ``django_avaturn.W003``   ``VOICE`` is not a voice OpenAI is known to offer.

@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
     # Spending limits.
     "MAX_LIVE_SESSIONS_PER_USER": 1,
     "ON_SESSION_LIMIT": "end_oldest",
-    # Site-wide cap on live sessions (the Avaturn workspace has its own); None = none.
+    # Site-wide cap on sessions that may be billed (starting, live, ending); None = none.
     "MAX_LIVE_SESSIONS": None,
     # The kill switch in settings; the admin's switch (a database row) also applies.
     "SESSIONS_ENABLED": True,
@@ -140,8 +140,9 @@ def _import_callable(name: str, path: str) -> Any:
     """``path`` imported; ``NotConfigured`` (a JSON 503, E004 in the check) if it cannot be."""
     try:
         imported = import_string(path)
-    except ImportError:
-        raise NotConfigured(f"{name} names {path!r}, which cannot be imported.") from None
+    except ImportError as exc:
+        # The reason too: often a module the named one imports is missing.
+        raise NotConfigured(f"{name} names {path!r}, which cannot be imported: {exc}") from exc
     if not callable(imported):
         raise NotConfigured(f"{name} names {path!r}, which is not callable.")
     return imported
@@ -183,6 +184,13 @@ class AvaturnSettings:
 
     def reload(self) -> None:
         self._cached.clear()
+
+    @property
+    def sdk_api_host(self) -> str:
+        """The browser SDK's ``apiHost`` (e.g. for a CSP's ``connect-src``), validated."""
+        from django_avaturn.validation import sdk_api_host  # (validation imports this module)
+
+        return sdk_api_host()
 
     def __repr__(self) -> str:
         # Never let a key reach a debugger, a log or an error page.

@@ -92,8 +92,11 @@ def start_session(
 ) -> StartedSession:
     """Start an Avaturn session for ``user`` and record it.
 
-    Raises ``NotConfigured`` (nothing spent), ``SessionLimitReached`` (refuse
-    policy), ``UpstreamError``/``UpstreamTimeout`` (the row is marked failed
+    Raises ``NotConfigured`` (nothing spent), ``UserNotActive`` (the user is
+    inactive or gone: deactivated since the request authenticated them, or
+    passed in so), ``SessionLimitReached`` (refuse policy, or the running
+    sessions hold what is left of a minutes quota), ``QuotaExceeded``,
+    ``UpstreamError``/``UpstreamTimeout`` (the row is marked failed
     and no upstream session survives), ``SessionReplaced`` (a newer start by
     the same user took the slot meanwhile) or ``StorageUnavailable``.
     """

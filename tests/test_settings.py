@@ -77,7 +77,16 @@ def test_sdk_api_host_defaults_to_api_url(settings: Any) -> None:
     settings.AVATURN = {"API_URL": "http://127.0.0.1:9/"}
     assert sdk_api_host() == "http://127.0.0.1:9"
     settings.AVATURN = {"API_URL": "http://a", "SDK_API_HOST": "https://proxy.example/"}
-    assert sdk_api_host() == "https://proxy.example"
+    assert sdk_api_host() == avaturn_settings.sdk_api_host == "https://proxy.example"
+    settings.AVATURN = {"SDK_API_HOST": "proxy.example"}
+    with pytest.raises(NotConfigured):
+        avaturn_settings.sdk_api_host  # noqa: B018
+
+
+def test_a_path_that_does_not_import_says_why(settings: Any) -> None:
+    settings.AVATURN = {"SESSION_CONFIG_HOOK": "tests.nowhere.hook"}
+    with pytest.raises(NotConfigured, match=r"No module named 'tests\.nowhere'"):
+        avaturn_settings.SESSION_CONFIG_HOOK  # noqa: B018
 
 
 def hook_greeting(request: Any, config: str | None) -> dict[str, Any]:

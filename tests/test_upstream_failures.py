@@ -118,6 +118,7 @@ def test_an_unexpected_transport_failure_is_a_502_that_shows_no_client_secret(
     assert Session.objects.get().status == SessionStatus.FAILED
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "unexpected RuntimeError" in logged
+    assert "a session may be running that cannot be terminated" in logged
     assert upstream.avaturn.create_calls()  # the secret was sent, so it could have leaked
     for text in (response.content.decode(), logged):
         assert "ek_test_secret_" not in text
@@ -138,6 +139,17 @@ def test_a_created_session_our_api_could_not_address_is_terminated_at_once(
     assert delete.request.url.endswith("/api/v1/sessions/" + quote(session_id, safe=""))
     row = Session.objects.get()
     assert (row.status, row.session_id) == (SessionStatus.FAILED, None)
+
+
+@pytest.mark.parametrize("session_id", [".", ".."])
+def test_a_dot_segment_session_id_is_not_recorded_live(
+    api_client: Any, upstream: Any, session_id: str
+) -> None:
+    # sessions/../ resolves to the list in a browser: Stop could never reach it.
+    upstream.avaturn.on_create(201, {"session_id": session_id, "token": "t"})
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    assert not Session.objects.active().exists()
 
 
 @pytest.mark.parametrize("body", ["{not json", "[1]", '{"token": "t"}', '{"session_id": ""}'])
