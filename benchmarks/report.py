@@ -468,12 +468,15 @@ def _findings(data: dict[str, Any]) -> str:
   under uvicorn: holding {top} sessions in flight is no problem, running out of
   CPU is.
 - **What django_avaturn adds over the floor** is mostly the ORM: a start
-  reserves its slot in one short transaction (kill switch read, the row's
-  INSERT, the user's live sessions read) and activates the row; an end reads
-  the caller's row, claims it and finishes it. Seven statements, already the
-  fewest that keep every state change conditional; each costs 120 to 430 µs of
-  Django ORM work on this CPU for 15 to 25 µs in SQLite itself (measured
-  apart). DRF's request and serializer machinery adds about 1 ms per
+  reserves its slot in one short transaction (the row's INSERT, then reads
+  of the user, the kill switch and the user's live sessions) and activates
+  the row; an end reads the caller's row, claims it and finishes it. Eight
+  statements on SQLite (the read of the user refuses one deactivated since
+  the request authenticated them; PostgreSQL folds it into the user's row
+  lock), the fewest that keep every state change conditional; each cost 120
+  to 430 µs of Django ORM work for 15 to 25 µs in SQLite itself (measured
+  apart, with the probe near 17 ms). DRF's request and serializer
+  machinery adds about 1 ms per
   start+end. The two SDKs cost about 2 ms per start+end, the same for both.
   At one client django_avaturn adds {p50_ours} (p50) to a request.
 - **What limits a sync view under ASGI.** Django's ASGI handler runs each
