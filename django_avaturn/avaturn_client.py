@@ -144,6 +144,8 @@ class AvaturnClient:
                 # A 5xx may come after the session was created; a 2xx cut short
                 # before naming it certainly does.
                 _log_unknown_outcome(payload, f"a {status} answer it could not read")
+            elif status is None and _may_have_arrived(exc.__cause__):
+                _log_unknown_outcome(payload, "a connection dropped after sending")
             raise
         try:
             data = self._json(response, operation)
@@ -353,6 +355,22 @@ def _read_until(response: requests.Response, deadline: float, parts: list[bytes]
         if size > MAX_ANSWER_BYTES:
             raise ValueError("the answer is too large")
         parts.append(chunk)
+
+
+def _may_have_arrived(failure: BaseException | None) -> bool:
+    """Whether a request that failed on its connection may have reached Avaturn.
+
+    Only a connection that was never made (refused, unreachable) proves it
+    did not; one that dropped or reset after the request went out does not.
+    """
+    if not isinstance(failure, requests.ConnectionError) or isinstance(
+        failure, requests.ConnectTimeout
+    ):
+        return False
+    reason = failure.args[0] if failure.args else None
+    # requests wraps urllib3's MaxRetryError, whose reason is the real failure.
+    reason = getattr(reason, "reason", reason)
+    return not isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _log_unexpected(operation: str, exc: Exception) -> None:

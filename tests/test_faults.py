@@ -212,3 +212,28 @@ def test_a_create_answered_5xx_after_creating_is_logged_as_a_possible_orphan(
     ]
     assert "a session may be running that cannot be terminated" in record.getMessage()
     assert "a 502 answer" in record.getMessage()
+
+
+@pytest.mark.parametrize(("hang_up", "logged"), [(True, True), (False, False)])
+def test_a_create_whose_connection_dropped_after_sending_is_a_possible_orphan(
+    live_fake: FakeUpstream,
+    client: APIClient,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+    hang_up: bool,
+    logged: bool,
+) -> None:
+    # Hung up on after the request went out, Avaturn may have created the
+    # session; refused at connect, it cannot have.
+    if hang_up:
+        live_fake.fail(AVATURN_CREATE, mode="close")
+    else:
+        settings.AVATURN = {**settings.AVATURN, "API_URL": f"http://127.0.0.1:{closed_port()}"}
+    response = csrf_json(client, "post", LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    warned = [
+        r
+        for r in caplog.records
+        if "a session may be running that cannot be terminated" in r.getMessage()
+    ]
+    assert bool(warned) is logged
