@@ -124,7 +124,9 @@ def test_an_unexpected_transport_failure_is_a_502_that_shows_no_client_secret(
         assert "ek_test_secret_" not in text
 
 
-@pytest.mark.parametrize("session_id", ["y" * 256, "a/b", "nul\x00id"])
+# "." and "..": a browser resolves sessions/../ to the list, and so does
+# urllib3 on the way to Avaturn, so only the recording can be checked.
+@pytest.mark.parametrize("session_id", ["y" * 256, "a/b", "nul\x00id", ".", ".."])
 def test_a_created_session_our_api_could_not_address_is_terminated_at_once(
     api_client: Any, upstream: Any, session_id: str
 ) -> None:
@@ -135,21 +137,11 @@ def test_a_created_session_our_api_could_not_address_is_terminated_at_once(
     response = csrf_post(api_client, LIST_URL, {})
 
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
-    (delete,) = upstream.avaturn.delete_calls()
-    assert delete.request.url.endswith("/api/v1/sessions/" + quote(session_id, safe=""))
     row = Session.objects.get()
     assert (row.status, row.session_id) == (SessionStatus.FAILED, None)
-
-
-@pytest.mark.parametrize("session_id", [".", ".."])
-def test_a_dot_segment_session_id_is_not_recorded_live(
-    api_client: Any, upstream: Any, session_id: str
-) -> None:
-    # sessions/../ resolves to the list in a browser: Stop could never reach it.
-    upstream.avaturn.on_create(201, {"session_id": session_id, "token": "t"})
-    response = csrf_post(api_client, LIST_URL, {})
-    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
-    assert not Session.objects.active().exists()
+    if session_id.strip("."):
+        (delete,) = upstream.avaturn.delete_calls()
+        assert delete.request.url.endswith("/api/v1/sessions/" + quote(session_id, safe=""))
 
 
 @pytest.mark.parametrize("body", ["{not json", "[1]", '{"token": "t"}', '{"session_id": ""}'])

@@ -105,6 +105,13 @@ def assert_ended_everywhere(page: Any, e2e: Any, session_id: str) -> None:
     assert session.ended_at is not None or session.status == "ending"
 
 
+def close_tab_then_assert_ended(page: Any, e2e: Any, session_id: str) -> None:
+    context = page.context
+    page.close()  # pagehide: dispose() and a keepalive DELETE
+    other = context.new_page()  # keeps Playwright's event loop turning
+    assert_ended_everywhere(other, e2e, session_id)
+
+
 def test_start_reaches_the_sdk_with_our_token_then_times_out_clearly(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
@@ -202,10 +209,7 @@ def test_closing_the_tab_ends_the_session(
     e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     minted = start_session(page, e2e, traffic)
-    context = page.context
-    page.close()  # pagehide: dispose() and a keepalive DELETE
-    other = context.new_page()  # keeps Playwright's event loop turning
-    assert_ended_everywhere(other, e2e, minted["session_id"])
+    close_tab_then_assert_ended(page, e2e, minted["session_id"])
 
 
 def test_a_widget_taken_off_the_page_and_put_back_still_ends_its_sessions(
@@ -224,10 +228,7 @@ def test_a_widget_taken_off_the_page_and_put_back_still_ends_its_sessions(
     page.evaluate("() => document.body.append(window.parked)")
     second = start_session(page, e2e, traffic)
     assert second["session_id"] != first["session_id"]
-    context = page.context
-    page.close()  # pagehide
-    other = context.new_page()
-    assert_ended_everywhere(other, e2e, second["session_id"])
+    close_tab_then_assert_ended(page, e2e, second["session_id"])
 
 
 def test_no_key_reaches_the_page_its_traffic_or_the_console(
