@@ -31,6 +31,12 @@ def _clients() -> tuple[openai.OpenAI, requests.Session]:
     http = requests.Session()
     # As many kept-alive connections as a worker has threads (urllib3 keeps 10).
     http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=100))
+    # Proxy and CA settings read from the environment once, not on every call
+    # (as django_avaturn's client does): a floor must not carry avoidable work.
+    environment = http.merge_environment_settings(conf["api_url"], {}, None, None, None)
+    http.proxies.update(environment["proxies"])
+    http.verify = environment["verify"]
+    http.trust_env = False
     return openai.OpenAI(api_key=conf["openai_key"], base_url=conf["openai_url"]), http
 
 
