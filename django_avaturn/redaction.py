@@ -27,9 +27,14 @@ EXCERPT_LENGTH = 300
 def _known_secrets() -> Iterable[str]:
     for name in ("API_KEY", "OPENAI_API_KEY"):
         value = avaturn_settings.raw(name)
-        # Very short values would redact half of every message; a real key is long.
-        if isinstance(value, str) and len(value) >= 6:
-            yield value
+        if not isinstance(value, str):
+            continue
+        # As configured, and as sent: the clients strip the newline a key read
+        # from a file ends in, so an upstream echo carries the stripped form.
+        for form in {value, value.strip()}:
+            # Very short values would redact half of every message; a real key is long.
+            if len(form) >= 6:
+                yield form
 
 
 def scrub(text: str, *, extra_secrets: Iterable[str] = ()) -> str:

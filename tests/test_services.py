@@ -166,6 +166,15 @@ def test_scrub_removes_known_keys_and_credential_shapes() -> None:
     assert cleaned.count("[redacted]") == 5
 
 
+def test_scrub_removes_a_key_configured_with_surrounding_whitespace(settings: Any) -> None:
+    # Keys read from a file often end in a newline; the client sends them stripped,
+    # so an upstream echo carries the stripped key, which must be scrubbed too.
+    settings.AVATURN = {**settings.AVATURN, "API_KEY": "av-live-key-from-a-file\n"}
+    cleaned = scrub("invalid key av-live-key-from-a-file in request")
+    assert "av-live-key-from-a-file" not in cleaned
+    assert cleaned == "invalid key [redacted] in request"
+
+
 def test_excerpt_is_short_single_line_and_scrubbed() -> None:
     body = ("line one\n\n" + KEYS[0] + " " + "x" * 1000).encode()
     text = excerpt(body, limit=50)
