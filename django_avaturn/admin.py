@@ -33,7 +33,7 @@ from django_avaturn.admin_actions import (
     terminate_selected,
 )
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
-from django_avaturn.models import EndReason, ServiceSwitch, Session, Transcript
+from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
 from django_avaturn.redaction import scrub
 from django_avaturn.termination import end_sessions
 
@@ -318,8 +318,17 @@ class SessionAdmin(_ModelAdmin):
                     _("The session was already gone upstream; it is recorded as ended."),
                     messages.WARNING,
                 ),
+                services.EndOutcome.STOPPED_WHILE_STARTING: (
+                    _(
+                        "The session was still starting: its start is stopped and ends "
+                        "what Avaturn creates."
+                    ),
+                    messages.SUCCESS,
+                ),
                 services.EndOutcome.ALREADY_ENDED: (
-                    _("The session had already ended."),
+                    _("The session is already being ended.")
+                    if obj.status == SessionStatus.ENDING
+                    else _("The session had already ended."),
                     messages.INFO,
                 ),
             }[outcome]

@@ -77,6 +77,9 @@ class StartedSession:
 class EndOutcome(enum.Enum):
     ENDED = "ended"  # we terminated it upstream just now
     ALREADY_GONE = "already_gone"  # Avaturn answered 404: it had ended by itself
+    # Claimed while starting: its own request terminates what Avaturn creates
+    # (and leaves it for the expiry command if that fails). Nothing ended yet.
+    STOPPED_WHILE_STARTING = "stopped_while_starting"
     ALREADY_ENDED = "already_ended"  # the row had already ended (or someone else is ending it)
 
 
@@ -430,7 +433,7 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> EndOutcom
         status=SessionStatus.ENDING, end_reason=reason, end_detail=detail[:500], updated_at=now
     )
     session.refresh_from_db()
-    return EndOutcome.ENDED if claimed else EndOutcome.ALREADY_ENDED
+    return EndOutcome.STOPPED_WHILE_STARTING if claimed else EndOutcome.ALREADY_ENDED
 
 
 def _terminate_claimed(session: Session, *, was_live: bool) -> EndOutcome:

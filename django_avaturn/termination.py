@@ -35,7 +35,7 @@ from django_avaturn import services
 from django_avaturn.clients import get_avaturn_client
 from django_avaturn.concurrency import run_bounded, terminate_concurrency
 from django_avaturn.exceptions import AvaturnError, UpstreamError
-from django_avaturn.models import Session, SessionStatus
+from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.redaction import excerpt
 
 DEFAULT_BATCH_SIZE = 500
@@ -288,6 +288,8 @@ def end_sessions(
     own request to terminate (as ``end_session()`` does); ending and ended ones
     are skipped.
     """
+    if reason not in EndReason.values:
+        raise ValueError(f"Unknown end reason {reason!r}.")
     preflight()
     tally = Tally()
     report = tally.reporter(on_result)

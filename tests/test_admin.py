@@ -36,10 +36,10 @@ def terminate_url(row: Session) -> str:
 
 def live(user: Any, session_id: str, **fields: Any) -> Session:
     now = timezone.now()
+    fields.setdefault("status", SessionStatus.LIVE)
     return Session.objects.create(
         user=user,
         session_id=session_id,
-        status=SessionStatus.LIVE,
         started_at=now - timedelta(seconds=90),
         expires_at=now + timedelta(seconds=600),
         max_duration=3600,
@@ -362,6 +362,28 @@ def test_button_on_an_ended_session_and_bad_requests(
     assert upstream.avaturn.delete_calls() == []
     assert admin_client.get(terminate_url(row)).status_code == 405
     assert admin_client.post(f"{CHANGELIST}999999/terminate/").status_code == 404
+
+
+def test_button_on_a_starting_row_says_its_start_will_end_it(
+    admin_client: Client, upstream: Any, user: Any
+) -> None:
+    row = Session.objects.create(user=user, status=SessionStatus.STARTING)
+    response = admin_client.post(terminate_url(row), follow=True)
+    [(level, text)] = shown_messages(response)
+    # Nothing was terminated yet: its own request ends what Avaturn creates.
+    assert level == "success" and "still starting" in text
+    assert upstream.avaturn.delete_calls() == []
+    assert fresh(row).status == SessionStatus.ENDING
+
+
+def test_button_on_an_ending_row_says_it_is_being_ended(
+    admin_client: Client, upstream: Any, user: Any
+) -> None:
+    row = live(user, "av-1", status=SessionStatus.ENDING)
+    response = admin_client.post(terminate_url(row), follow=True)
+    [(level, text)] = shown_messages(response)
+    assert level == "info" and "already being ended" in text
+    assert upstream.avaturn.delete_calls() == []
 
 
 def test_button_with_missing_key(admin_client: Client, settings: Any, user: Any) -> None:

@@ -13,6 +13,7 @@ from django_avaturn.exceptions import SessionNotLive, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.redaction import excerpt, scrub
 from django_avaturn.signals import session_ended, session_started
+from django_avaturn.termination import end_sessions
 from tests.test_api import KEYS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -85,6 +86,11 @@ def test_unknown_reason_is_refused(user: Any, upstream: Any) -> None:
     session = services.start_session(user).session
     with pytest.raises(ValueError, match="Unknown end reason"):
         services.end_session(session, reason="bored")
+    # The bulk way in keeps the same rule (the reason is stored as given).
+    with pytest.raises(ValueError, match="Unknown end reason"):
+        end_sessions(Session.objects.all(), reason="bored")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.LIVE
 
 
 def test_ending_a_row_that_is_still_starting_makes_its_start_clean_up(
@@ -94,7 +100,8 @@ def test_ending_a_row_that_is_still_starting_makes_its_start_clean_up(
 
     def create_and_meanwhile_end(request: Any) -> tuple[int, dict[str, str], str]:
         row = Session.objects.get(status=SessionStatus.STARTING)
-        assert services.end_session(row, reason=EndReason.ADMIN) is services.EndOutcome.ENDED
+        outcome = services.end_session(row, reason=EndReason.ADMIN)
+        assert outcome is services.EndOutcome.STOPPED_WHILE_STARTING
         return original(request)
 
     original = upstream.avaturn._create
