@@ -114,6 +114,10 @@ if not USES_REAL_SERVICES:
             # The fake's own well-known test keys: not secrets.
             "API_KEY": "av-fake-avaturn-key",
             "OPENAI_API_KEY": "sk-fake-openai-key",
+            # The real web SDK needs the internet (a CDN, then a video call);
+            # the fake serves a stand-in that goes live without video.
+            "SDK_URL": f"{_fake}/_fake/sdk/main.js",
+            "SDK_INTEGRITY": "",
         }
     )
 if os.environ.get("AVATURN_SDK_URL"):

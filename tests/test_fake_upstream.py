@@ -689,8 +689,22 @@ def test_settings_and_urls(fake: FakeUpstream) -> None:
         "OPENAI_BASE_URL": f"{fake.url}/v1",
         "API_KEY": "av-fake-avaturn-key",
         "OPENAI_API_KEY": "sk-fake-openai-key",
+        "SDK_URL": f"{fake.url}/_fake/sdk/main.js",
+        "SDK_INTEGRITY": "",
     }
     assert "key" not in repr(fake)
+
+
+def test_serves_the_standin_sdk_to_other_origins(fake: FakeUpstream) -> None:
+    answer = requests.get(fake.standin_sdk_url, headers={"Origin": "http://127.0.0.1:8000"})
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/javascript")
+    # A module script from another origin loads only with CORS.
+    assert answer.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:8000"
+    assert "export class AvaturnHead" in answer.text
+    assert "_sdk/v0/sessions" in answer.text  # it presents the token, as the real SDK does
+    # Not a control action, though under the control prefix.
+    assert fake.state()["live_sessions"] == []
 
 
 def test_custom_keys_and_port_rules() -> None:
@@ -721,6 +735,14 @@ def test_cli_parser_defaults_and_latency() -> None:
     )
     fake = build_fake(args)
     assert fake.state()["latency"] == {OPENAI_CLIENT_SECRET: 0.5, AVATURN_TERMINATE: 1.0}
+
+
+def test_cli_help_names_every_fault_mode_and_route() -> None:
+    from django_avaturn.testing.records import FAULT_MODES, UPSTREAM_ROUTES
+
+    text = " ".join(build_parser().format_help().split())
+    for name in (*FAULT_MODES, *UPSTREAM_ROUTES, "/_fake/sdk/main.js"):
+        assert name in text
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ REQUIRED_IN_PACKAGE = [
     "django_avaturn/static/django_avaturn/avaturn-widget.css",
     "django_avaturn/templatetags/avaturn.py",
     "django_avaturn/testing/__main__.py",
+    "django_avaturn/testing/standin-sdk.js",
 ]
 FORBIDDEN_FRAGMENTS = [".sqlite3", "__pycache__", ".pyc", "node_modules", "/.sdk/", ".env"]
 

@@ -17,6 +17,20 @@ from types import FrameType
 from .fake import FakeUpstream, is_loopback_host
 from .records import AVATURN_CREATE, AVATURN_TERMINATE, OPENAI_CLIENT_SECRET
 
+CONTROL_HELP = """\
+control API (unauthenticated, hence loopback only):
+  GET  /_fake/state           live sessions, request counts, connections
+  POST /_fake/reset           forget everything
+  POST /_fake/fail            inject a fault, e.g. {"route": "avaturn.create", "status": 502}
+                              (modes: status, close, timeout, delay, malformed,
+                              missing_fields, drip, create_then_status; "times": null
+                              for every call)
+  POST /_fake/latency         {"route": "avaturn.create", "seconds": 0.3}
+  POST /_fake/clear-faults    {"route": ...} or {} for all
+routes: openai.client_secret, avaturn.create, avaturn.terminate, avaturn.task,
+sdk.session. The stand-in web SDK: GET /_fake/sdk/main.js. See docs/testing.md.
+"""
+
 
 def _seconds(text: str) -> float:
     try:
@@ -32,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m django_avaturn.testing",
         description="Serve a fake OpenAI + Avaturn Live upstream on loopback, for tests and demos.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=CONTROL_HELP,
     )
     parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="default: 8765; 0 picks a free port")

@@ -16,6 +16,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, replace
+from importlib.resources import files
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ from .records import (
     OPENAI_CLIENT_SECRET,
     SDK_PREFLIGHT,
     SDK_SESSION,
+    STANDIN_SDK,
     UNKNOWN,
     UPSTREAM_ROUTES,
     FakeSession,
@@ -60,9 +62,14 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("GET", re.compile(r"/_sdk/v0/sessions/?"), SDK_SESSION),
     ("OPTIONS", re.compile(r"/_sdk/v0/sessions/?"), SDK_PREFLIGHT),
 )
-_DAILY_ROOM_PATH = re.compile(r"/_fake/daily-room(?:/.*)?")
 _CONTROL_PREFIX = "/_fake/"
-_BROWSER_ROUTES = frozenset({SDK_SESSION, SDK_PREFLIGHT, DAILY_ROOM})
+# Under the control prefix, but for the browser: no control actions.
+_BROWSER_PATHS = (
+    (re.compile(r"/_fake/daily-room(?:/.*)?"), DAILY_ROOM),
+    (re.compile(r"/_fake/sdk/main\.js"), STANDIN_SDK),
+)
+_BROWSER_ROUTES = frozenset({SDK_SESSION, SDK_PREFLIGHT, DAILY_ROOM, STANDIN_SDK})
+STANDIN_SDK_PATH = "/_fake/sdk/main.js"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -233,13 +240,24 @@ class FakeUpstream:
         """Where `room_url` points: answers 404, so a Daily join never completes."""
         return f"{self.url}/_fake/daily-room"
 
+    @property
+    def standin_sdk_url(self) -> str:
+        """The stand-in web SDK this fake serves: a widget goes live with it offline."""
+        return f"{self.url}{STANDIN_SDK_PATH}"
+
     def settings(self) -> dict[str, str]:
-        """Entries to merge into the ``AVATURN`` Django setting."""
+        """Entries to merge into the ``AVATURN`` Django setting.
+
+        The widget loads the stand-in SDK (no integrity hash: it is served
+        from loopback): the real one needs the internet to go live.
+        """
         return {
             "API_URL": self.avaturn_url,
             "OPENAI_BASE_URL": self.openai_base_url,
             "API_KEY": self.avaturn_api_key,
             "OPENAI_API_KEY": self.openai_api_key,
+            "SDK_URL": self.standin_sdk_url,
+            "SDK_INTEGRITY": "",
         }
 
     # -- inspection ------------------------------------------------------------------
@@ -397,7 +415,7 @@ class FakeUpstream:
 
     def dispatch(self, incoming: Incoming) -> Reply:
         path = urlsplit(incoming.path).path
-        if path.startswith(_CONTROL_PREFIX) and not _DAILY_ROOM_PATH.fullmatch(path):
+        if path.startswith(_CONTROL_PREFIX) and not _browser_route(path):
             return self._control(incoming.method, path, incoming.body)
         route, params = self._match(incoming.method, path)
         record = RecordedRequest(
@@ -421,8 +439,9 @@ class FakeUpstream:
 
     @staticmethod
     def _match(method: str, path: str) -> tuple[str, dict[str, str]]:
-        if _DAILY_ROOM_PATH.fullmatch(path):
-            return DAILY_ROOM, {}
+        browser_route = _browser_route(path)
+        if browser_route is not None:
+            return browser_route, {}
         for route_method, pattern, route in _ROUTES:
             found = pattern.fullmatch(path)
             if found and route_method == method:
@@ -478,6 +497,8 @@ class FakeUpstream:
             return Reply(204)
         if route == DAILY_ROOM:
             return answers.detail(404, "Fake Daily room: a join never completes here.")
+        if route == STANDIN_SDK:
+            return _standin_sdk()
         if route == UNKNOWN:
             return answers.detail(404, "Not found (fake upstream).")
         if record.headers.get("authorization") != f"Bearer {self.avaturn_api_key}":
@@ -593,6 +614,23 @@ class FakeUpstream:
         except (TypeError, ValueError) as exc:
             return answers.detail(400, str(exc))
         return answers.json_reply(200, {"status": "ok"})
+
+
+def _browser_route(path: str) -> str | None:
+    for pattern, route in _BROWSER_PATHS:
+        if pattern.fullmatch(path):
+            return route
+    return None
+
+
+def _standin_sdk() -> Reply:
+    """The stand-in web SDK (``standin-sdk.js``): what lets a widget go live offline."""
+    body = files(__package__).joinpath("standin-sdk.js").read_bytes()
+    return Reply(
+        200,
+        body,
+        headers={"Content-Type": "text/javascript; charset=utf-8", "Cache-Control": "no-store"},
+    )
 
 
 def _call_with_args(

@@ -14,6 +14,7 @@ AVATURN_TASK = "avaturn.task"
 SDK_SESSION = "sdk.session"
 SDK_PREFLIGHT = "sdk.preflight"
 DAILY_ROOM = "fake.daily_room"
+STANDIN_SDK = "fake.standin_sdk"
 UNKNOWN = "unknown"
 
 #: The routes that stand in for a real upstream: faults and latency apply to these.

@@ -106,13 +106,11 @@ class _CORSHandler(SimpleHTTPRequestHandler):
 def sdk_server(sdk_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Serves the SDK from its own loopback origin, as a CDN would (cross-origin).
 
-    ``/main.js`` is the real SDK; ``/stub/main.js`` a stand-in for the states
-    the real one cannot reach offline.
+    ``/main.js`` is the real SDK. (The stand-in for the states the real one
+    cannot reach offline is the fake's own, ``fake.standin_sdk_url``.)
     """
     root = tmp_path_factory.mktemp("sdk-origin")
     shutil.copy(sdk_dist / "main.js", root / "main.js")
-    (root / "stub").mkdir()
-    shutil.copy(E2E_DIR / "stub-sdk.js", root / "stub" / "main.js")
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_CORSHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="sdk-server")
     thread.start()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from django_avaturn.models import Session
+from django_avaturn.models import ACTIVE_STATUSES, Session
 from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, SDK_SESSION
 from tests.e2e.conftest import REPO_DIR, Traffic, sign_in, watch_page
 
@@ -348,13 +348,34 @@ def test_a_start_ended_by_staff_meanwhile_says_it_ended(
     assert e2e.fake.live_session_ids() == set()
 
 
+def test_the_standin_sdk_refused_a_token_ends_the_session(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    # As the real SDK would fail to join: the widget gives up and ends the session.
+    e2e.settings.AVATURN = {
+        **e2e.settings.AVATURN,
+        "SDK_URL": e2e.fake.standin_sdk_url,
+        "SDK_INTEGRITY": "",
+    }
+    e2e.fake.fail(SDK_SESSION, status=401)
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="error"]')
+    wait_for(
+        page,
+        lambda: not Session.objects.filter(status__in=ACTIVE_STATUSES).exists(),
+        what="the session to end",
+    )
+    assert e2e.fake.live_session_ids() == set()
+
+
 def test_live_session_with_a_stub_sdk_heartbeats_tracks_the_mic_and_forwards_events(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
     # The real SDK cannot go live offline; a stand-in with its surface can.
     e2e.settings.AVATURN = {
         **e2e.settings.AVATURN,
-        "SDK_URL": f"{e2e.sdk_server}/stub/main.js",
+        "SDK_URL": e2e.fake.standin_sdk_url,
         "SDK_INTEGRITY": "",
     }
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
@@ -378,6 +399,8 @@ def test_live_session_with_a_stub_sdk_heartbeats_tracks_the_mic_and_forwards_eve
     }
     assert page.is_hidden("[data-avaturn-start]")
     assert status_text(page) == "Live: speak to the avatar."
+    # The stand-in joined with the token: the fake named the session it belongs to.
+    assert f"session {minted['session_id']} is live" in page.inner_text(".stub-video")
 
     # Heartbeats reach the backend while live (HEARTBEAT_INTERVAL is 1 s here).
     wait_for(
@@ -454,7 +477,7 @@ def test_the_sdk_failing_or_ending_the_call_ends_the_session(
     # Avaturn noticed the visitor was gone.
     e2e.settings.AVATURN = {
         **e2e.settings.AVATURN,
-        "SDK_URL": f"{e2e.sdk_server}/stub/main.js",
+        "SDK_URL": e2e.fake.standin_sdk_url,
         "SDK_INTEGRITY": "",
     }
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
@@ -477,7 +500,7 @@ def test_transcripts_are_stored_when_the_site_enables_them(
 
     e2e.settings.AVATURN = {
         **e2e.settings.AVATURN,
-        "SDK_URL": f"{e2e.sdk_server}/stub/main.js",
+        "SDK_URL": e2e.fake.standin_sdk_url,
         "SDK_INTEGRITY": "",
         "TRANSCRIPTS_ENABLED": True,
     }
