@@ -13,10 +13,17 @@ the interpreter nox picked.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 
 import nox
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # nox itself brings tomli on Python 3.10
+    import tomli as tomllib
 
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = False
@@ -29,6 +36,25 @@ MATRIX = [
     ("3.12", "6.0"),
     ("3.13", "6.1"),
 ]
+
+
+def _lowest_dependencies() -> list[str]:
+    """pyproject's runtime floors as pins (``openai>=3`` -> ``openai==3``), Django aside.
+
+    The oldest combination runs on them, so a floor that no longer works
+    (openai 2 lacked the httpx2 the app imports) fails here, not for a user.
+    """
+    with open("pyproject.toml", "rb") as file:
+        declared = tomllib.load(file)["project"]["dependencies"]
+    pins = []
+    for requirement in declared:
+        found = re.fullmatch(r"([A-Za-z0-9_.\-]+)>=([0-9.]+)", requirement)
+        if found is None:
+            raise ValueError(f"not a plain floor, cannot pin it: {requirement!r}")
+        name, floor = found.groups()
+        if name.lower() != "django":
+            pins.append(f"{name}=={floor}")
+    return pins
 
 
 def _available(python: str) -> bool:
@@ -61,8 +87,15 @@ def _params() -> list[nox.param]:
 @nox.session
 @nox.parametrize(("python", "django"), _params())
 def tests(session: nox.Session, django: str) -> None:
-    """The test suite (no browser, no wheel install) with every warning an error."""
-    session.install("-e", ".[test]", f"django~={django}.0")
+    """The test suite (no browser, no wheel install) with every warning an error.
+
+    The oldest combination gets the oldest versions of the other runtime
+    dependencies that pyproject.toml admits; the others get the newest.
+    """
+    oldest = (session.python, django) == MATRIX[0]
+    session.install(
+        "-e", ".[test]", f"django~={django}.0", *(_lowest_dependencies() if oldest else [])
+    )
     session.run(
         "python",
         "-m",
