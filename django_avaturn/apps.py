@@ -9,12 +9,14 @@ class AvaturnConfig(AppConfig):
 
     def ready(self) -> None:
         from django.conf import settings
+        from django.contrib.auth.signals import user_logged_out
         from django.db.models.signals import post_save, pre_delete
 
         from django_avaturn import checks  # noqa: F401  (registers the system checks)
         from django_avaturn.receivers import (
             end_sessions_of_deactivated_user,
             end_sessions_of_deleted_user,
+            end_sessions_of_signed_out_user,
         )
 
         pre_delete.connect(
@@ -26,4 +28,8 @@ class AvaturnConfig(AppConfig):
             end_sessions_of_deactivated_user,
             sender=settings.AUTH_USER_MODEL,
             dispatch_uid="django_avaturn.end_sessions_of_deactivated_user",
+        )
+        user_logged_out.connect(
+            end_sessions_of_signed_out_user,
+            dispatch_uid="django_avaturn.end_sessions_of_signed_out_user",
         )

@@ -35,6 +35,7 @@ FINAL_STATUSES = (SessionStatus.ENDED, SessionStatus.EXPIRED, SessionStatus.FAIL
 class EndReason(models.TextChoices):
     CLIENT = "client", _("Ended by the visitor's browser")
     USER = "user", _("User account deleted or deactivated")
+    SIGNED_OUT = "signed_out", _("The user signed out")
     ADMIN = "admin", _("Terminated by staff")
     EXPIRED = "expired", _("Expired")
     REPLACED = "replaced", _("Replaced by a newer session")

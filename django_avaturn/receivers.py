@@ -1,33 +1,86 @@
-"""Signal receivers connected in ``AvaturnConfig.ready()``.
+"""Signal receivers connected in ``AvaturnConfig.ready()``: a user who goes keeps no session.
 
-Deleting a user cascades to their ``Session`` rows, our only record of what
-may still be running (and billing) at Avaturn. So before the user goes, each
-of their active sessions is terminated upstream (with the client's retries).
+A user deleted, deactivated or signed out can no longer end their sessions
+from the browser (Stop and the heartbeat answer 403), so their sessions are
+ended here, with the client's retries and at most ``TERMINATE_CONCURRENCY``
+calls at once.
 
-If Avaturn still cannot be reached, the deletion goes ahead anyway: account
+The upstream calls wait for the change to commit (``transaction.on_commit``;
+at once outside a transaction). Deleting a user runs inside the deletion's
+transaction, and the admin saves inside one: calling Avaturn there would
+hold the rows' locks (on SQLite, the database's write lock) for up to the
+client's timeouts, and a rollback would leave sessions terminated that the
+database still calls live.
+
+If Avaturn still cannot be reached, the change goes ahead anyway: account
 deletion is often a legal duty, and blocking it on a vendor's outage is worse
 than the bounded cost of a session that ends by itself (``max_duration``; at
-most ``user_absent_timeout`` once the browser leaves). The failure is logged
-at ERROR with the session id, so an operator can end it by hand.
+most ``user_absent_timeout`` once the browser leaves). Each failure is logged
+at ERROR with the session id, so an operator can end it by hand. A session
+of a deleted user is terminated after its row has gone with the user, so no
+``session_ended`` is sent for it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from django.db import connections, router, transaction
+
+from django_avaturn.concurrency import run_bounded
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.termination import Outcome, Result, end_sessions
 
 logger = logging.getLogger(__name__)
 
+# Starting rows too: claimed, their own request terminates what Avaturn creates.
+_ENDABLE = (SessionStatus.STARTING, SessionStatus.LIVE)
+_STILL_RUNNING_MESSAGE = (
+    "%s user %s: could not terminate Avaturn session %s (%s). It keeps running until "
+    "its max_duration or user_absent_timeout; end it by hand."
+)
+
 
 def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
-    """``pre_delete`` of ``AUTH_USER_MODEL``: terminate the user's sessions upstream first."""
+    """``pre_delete`` of ``AUTH_USER_MODEL``: terminate the user's sessions once it is gone.
+
+    The rows cascade away with the user, so the session ids are read now. A
+    start still in flight finds its row gone and terminates what it created.
+    Rows left ``ending`` for the expiry command's retry are terminated too:
+    nothing would retry them once they are gone.
+    """
     if instance.pk is None:
         return
-    _end_sessions_of(instance, action="Deleting")
-    _terminate_pending_ends_of(instance)
+    _wait_for_starts_in_flight(instance)
+    rows = Session.objects.filter(user_id=instance.pk)
+    session_ids = [
+        session_id
+        for session_id in rows.filter(
+            status__in=(SessionStatus.LIVE, SessionStatus.ENDING), session_id__isnull=False
+        ).values_list("session_id", flat=True)
+        if session_id is not None  # (excluded by the query; for the type checker)
+    ]
+    # Django listed the rows to cascade before this signal; a start may have
+    # added one since, which would fail the deletion on its foreign key.
+    rows.delete()
+    if session_ids:
+        user_pk = instance.pk
+        _after_commit(lambda: _terminate_upstream(user_pk, session_ids))
+
+
+def _wait_for_starts_in_flight(user: Any) -> None:
+    """Take the user row's lock, as a start's reservation does (PostgreSQL).
+
+    Reservations in flight finish first (their rows are then seen here), and
+    later ones wait for the deletion and then find no user. SQLite's write
+    lock orders the two already.
+    """
+    if connections[router.db_for_write(type(user))].features.has_select_for_update:
+        manager = type(user)._default_manager
+        list(manager.select_for_update().filter(pk=user.pk).values_list("pk"))
 
 
 def end_sessions_of_deactivated_user(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -37,46 +90,54 @@ def end_sessions_of_deactivated_user(sender: Any, instance: Any, **kwargs: Any) 
     """
     if getattr(instance, "is_active", True) or instance.pk is None:
         return
-    _end_sessions_of(instance, action="Deactivating")
+    user_pk = instance.pk
+    _after_commit(lambda: _end_sessions_of(user_pk, EndReason.USER, action="Deactivating"))
 
 
-def _terminate_pending_ends_of(instance: Any) -> None:
-    """Rows left ``ending`` for the expiry command to retry vanish with the user: try now."""
+def end_sessions_of_signed_out_user(
+    sender: Any, request: Any = None, user: Any = None, **kwargs: Any
+) -> None:
+    """``user_logged_out``: signing out ends the user's sessions.
+
+    Signed out, the widget's Stop and heartbeats answer 403, so a session
+    left open in another tab could not be ended from the browser any more.
+    All of the user's sessions end, on every device: with the default
+    ``MAX_LIVE_SESSIONS_PER_USER`` of 1 there is only one.
+    """
+    if user is None or user.pk is None:
+        return
+    user_pk = user.pk
+    _after_commit(lambda: _end_sessions_of(user_pk, EndReason.SIGNED_OUT, action="Signing out"))
+
+
+def _after_commit(callback: Callable[[], None]) -> None:
+    transaction.on_commit(callback, using=router.db_for_write(Session))
+
+
+def _end_sessions_of(user_pk: Any, reason: str, *, action: str) -> None:
+    def log_failure(result: Result) -> None:
+        if result.outcome is Outcome.FAILED:
+            logger.error(
+                _STILL_RUNNING_MESSAGE, action, user_pk, result.session.session_id, result.detail
+            )
+
+    sessions = Session.objects.filter(user_id=user_pk, status__in=_ENDABLE)
+    try:
+        end_sessions(sessions, reason=reason, on_result=log_failure)
+    except AvaturnError as exc:  # not configured: nothing was claimed
+        ids = list(sessions.values_list("session_id", flat=True))
+        logger.error(_STILL_RUNNING_MESSAGE, action, user_pk, ids, exc)
+
+
+def _terminate_upstream(user_pk: Any, session_ids: list[str]) -> None:
     from django_avaturn.clients import get_avaturn_client
 
-    pending = Session.objects.filter(
-        user_id=instance.pk, status=SessionStatus.ENDING, session_id__isnull=False
-    ).values_list("session_id", flat=True)
-    for session_id in pending:
-        if session_id is None:  # (excluded by the query; for the type checker)
-            continue
-        try:
-            get_avaturn_client().terminate_session(session_id)
-        except AvaturnError as exc:
-            logger.error(
-                "Deleting user %s: could not terminate Avaturn session %s (%s). It keeps "
-                "running until its max_duration or user_absent_timeout; end it by hand.",
-                instance.pk,
-                session_id,
-                exc,
-            )
-
-
-def _end_sessions_of(instance: Any, *, action: str) -> None:
-    from django_avaturn import services  # (services imports models, which need the app registry)
-
-    sessions = Session.objects.filter(
-        user_id=instance.pk, status__in=(SessionStatus.STARTING, SessionStatus.LIVE)
-    )
-    for session in sessions:
-        try:
-            services.end_session(session, reason=EndReason.USER)
-        except AvaturnError as exc:
-            logger.error(
-                "%s user %s: could not terminate Avaturn session %s (%s). It keeps "
-                "running until its max_duration or until the browser leaves; end it by hand.",
-                action,
-                instance.pk,
-                session.session_id,
-                exc,
-            )
+    try:
+        client = get_avaturn_client()
+    except AvaturnError as exc:
+        logger.error(_STILL_RUNNING_MESSAGE, "Deleting", user_pk, session_ids, exc)
+        return
+    outcomes = run_bounded(client.terminate_session, session_ids)
+    for session_id, outcome in zip(session_ids, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            logger.error(_STILL_RUNNING_MESSAGE, "Deleting", user_pk, session_id, outcome)

@@ -1,4 +1,4 @@
-"""Deleting a user ends their sessions upstream before the rows cascade away."""
+"""A user deleted, deactivated or signed out keeps no session running upstream."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import logging
 from typing import Any
 
 import pytest
+from django.db import transaction
+from django.test import Client
 
 from django_avaturn import services
-from django_avaturn.models import Session
+from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.testing import AVATURN_TERMINATE, FakeUpstream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,8 +63,6 @@ def test_deletion_goes_ahead_when_avaturn_is_down_and_says_so_loudly(
 def test_deactivating_a_user_terminates_their_sessions(
     live_fake: FakeUpstream, user: Any, other_user: Any
 ) -> None:
-    from django_avaturn.models import EndReason, SessionStatus
-
     mine = services.start_session(user).session
     theirs = services.start_session(other_user).session
 
@@ -76,3 +76,89 @@ def test_deactivating_a_user_terminates_their_sessions(
     assert live_fake.live_session_ids() == {theirs.session_id}
     mine.refresh_from_db()
     assert (mine.status, mine.end_reason) == (SessionStatus.ENDED, EndReason.USER)
+
+
+def test_deletion_terminates_only_once_it_commits(live_fake: FakeUpstream, user: Any) -> None:
+    session_id = services.start_session(user).session.session_id
+    with transaction.atomic():
+        user.delete()
+        # Not while the deletion holds its locks: it may still roll back.
+        assert live_fake.requests_for(AVATURN_TERMINATE) == []
+    assert live_fake.live_session_ids() == set()
+    assert session_id not in live_fake.live_session_ids()
+
+
+def test_a_deletion_rolled_back_leaves_the_session_running_and_recorded(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    session = services.start_session(user).session
+
+    def delete_then_fail() -> None:
+        with transaction.atomic():
+            user.delete()
+            raise RuntimeError("the deletion fails later in its transaction")
+
+    with pytest.raises(RuntimeError):
+        delete_then_fail()
+    assert live_fake.live_session_ids() == {session.session_id}
+    session.refresh_from_db()
+    assert session.status == SessionStatus.LIVE
+
+
+def test_deactivation_ends_sessions_once_it_commits(live_fake: FakeUpstream, user: Any) -> None:
+    session = services.start_session(user).session
+    with transaction.atomic():
+        user.is_active = False
+        user.save()
+        assert live_fake.requests_for(AVATURN_TERMINATE) == []
+    assert live_fake.live_session_ids() == set()
+    session.refresh_from_db()
+    assert (session.status, session.end_reason) == (SessionStatus.ENDED, EndReason.USER)
+
+
+def test_deactivation_that_cannot_terminate_says_which_session_runs_on(
+    live_fake: FakeUpstream, user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = services.start_session(user).session
+    live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
+    with caplog.at_level(logging.ERROR, logger="django_avaturn.receivers"):
+        user.is_active = False
+        user.save()
+    [record] = [r for r in caplog.records if r.name == "django_avaturn.receivers"]
+    assert session.session_id in record.getMessage() and "503" in record.getMessage()
+    session.refresh_from_db()
+    assert session.status == SessionStatus.LIVE  # for the expiry command's idle rule
+
+
+def test_signing_out_ends_the_users_sessions(
+    live_fake: FakeUpstream, user: Any, other_user: Any
+) -> None:
+    mine = services.start_session(user).session
+    theirs = services.start_session(other_user).session
+    browser = Client()
+    browser.force_login(user)
+
+    # Django's own logout view (POST since Django 5.0).
+    assert browser.post("/accounts/logout/").status_code in (200, 302)
+
+    assert live_fake.live_session_ids() == {theirs.session_id}
+    mine.refresh_from_db()
+    assert (mine.status, mine.end_reason) == (SessionStatus.ENDED, EndReason.SIGNED_OUT)
+
+
+def test_a_start_landing_while_the_user_is_deleted_neither_fails_the_deletion_nor_runs_on(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    from django.db.models.deletion import Collector
+
+    # Django lists the rows to cascade, then deletes: a start can land between.
+    collector = Collector(using="default")
+    collector.collect([user])
+    landed = services.start_session(user).session
+
+    collector.delete()  # without an IntegrityError on the new row's foreign key
+
+    assert not Session.objects.exists()
+    assert live_fake.live_session_ids() == set()
+    terminated = {r.path.rsplit("/", 1)[1] for r in live_fake.requests_for(AVATURN_TERMINATE)}
+    assert terminated == {landed.session_id}
