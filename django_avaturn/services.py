@@ -421,19 +421,25 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> EndOutcom
     if reason not in EndReason.values:
         raise ValueError(f"Unknown end reason {reason!r}.")
     now = timezone.now()
-    claimed = Session.objects.filter(pk=session.pk, status=SessionStatus.LIVE).update(
-        status=SessionStatus.ENDING, end_reason=reason, end_detail=detail[:500], updated_at=now
-    )
-    if claimed:
-        session.status, session.end_reason = SessionStatus.ENDING, reason
-        session.end_detail, session.updated_at = detail[:500], now
+    claim = {
+        "status": SessionStatus.ENDING,
+        "end_reason": reason,
+        "end_detail": detail[:500],
+        "updated_at": now,
+    }
+    mine = Session.objects.filter(pk=session.pk)
+    # Starting first, then live: a row only moves from starting to live, so
+    # one activated between the two claims is still caught by the second.
+    if mine.filter(status=SessionStatus.STARTING).update(**claim):
+        # Its own request terminates what Avaturn creates for it.
+        session.refresh_from_db()
+        return EndOutcome.STOPPED_WHILE_STARTING
+    if mine.filter(status=SessionStatus.LIVE).update(**claim):
+        # The id is read back: the caller's copy may predate the activation.
+        session.refresh_from_db()
         return _terminate_claimed(session, was_live=True)
-    # A row still starting is claimed too: its own request terminates what it creates.
-    claimed = Session.objects.filter(pk=session.pk, status=SessionStatus.STARTING).update(
-        status=SessionStatus.ENDING, end_reason=reason, end_detail=detail[:500], updated_at=now
-    )
     session.refresh_from_db()
-    return EndOutcome.STOPPED_WHILE_STARTING if claimed else EndOutcome.ALREADY_ENDED
+    return EndOutcome.ALREADY_ENDED
 
 
 def _terminate_claimed(session: Session, *, was_live: bool) -> EndOutcome:

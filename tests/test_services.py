@@ -93,6 +93,48 @@ def test_unknown_reason_is_refused(user: Any, upstream: Any) -> None:
     assert session.status == SessionStatus.LIVE
 
 
+@pytest.mark.parametrize("statements_before", [0, 1, 2, 3])
+def test_a_row_going_live_while_end_session_claims_it_is_never_left_running(
+    user: Any, upstream: Any, statements_before: int
+) -> None:
+    """The row's start activates it at any point among end_session's statements."""
+    from django.db import connection
+    from django.utils import timezone
+
+    row = Session.objects.create(user=user, status=SessionStatus.STARTING, max_duration=600)
+    seen = []
+    activated = []
+
+    def activate(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if len(seen) == statements_before and not activated:
+            seen.append("(the activation)")  # which passes through here too
+            # What the start's _activate() does, if it runs just now.
+            activated.append(
+                Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
+                    status=SessionStatus.LIVE, session_id="av-went-live", started_at=timezone.now()
+                )
+            )
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(activate):
+        outcome = services.end_session(row, reason=EndReason.ADMIN)
+
+    row.refresh_from_db()
+    terminated = [call.request.url for call in upstream.avaturn.delete_calls()]
+    if activated == [1]:
+        # It went live before the claim caught it: terminated here.
+        assert outcome is services.EndOutcome.ENDED
+        assert terminated == ["https://avaturn.test/api/v1/sessions/av-went-live"]
+        assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
+    else:
+        # Claimed while starting: its activation fails, and its request
+        # terminates what it created (test_ending_a_row_that_is_still_starting...).
+        assert outcome is services.EndOutcome.STOPPED_WHILE_STARTING
+        assert terminated == []
+        assert (row.status, row.session_id) == (SessionStatus.ENDING, None)
+
+
 def test_ending_a_row_that_is_still_starting_makes_its_start_clean_up(
     user: Any, upstream: Any
 ) -> None:
