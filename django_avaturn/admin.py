@@ -149,9 +149,19 @@ class SessionAdmin(_ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Session | None = None) -> bool:
-        if obj is not None and obj.is_active:
+        # Deleting an active row here would forget a session that may still be
+        # billing: terminate it first. Deleting its user elsewhere in the admin
+        # is allowed: the user's deletion ends their sessions (``receivers``).
+        if obj is not None and obj.is_active and self._serves(request):
             return False
         return super().has_delete_permission(request, obj)
+
+    def _serves(self, request: HttpRequest) -> bool:
+        """Whether ``request`` is for one of this admin's own views (or for none known)."""
+        match = getattr(request, "resolver_match", None)
+        if match is None:
+            return True
+        return getattr(match.func, "model_admin", self) is self
 
     def has_terminate_permission(self, request: HttpRequest, obj: Session | None = None) -> bool:
         return request.user.has_perm(TERMINATE_PERMISSION)

@@ -179,6 +179,34 @@ def test_no_add_no_edit_no_delete_of_active_rows(admin_client: Client, user: Any
     assert not Session.objects.filter(pk=ended.pk).exists()
 
 
+def test_deleting_a_user_with_an_active_session_is_not_refused_by_the_session_admin(
+    admin_user: Any, user: Any, rf: Any
+) -> None:
+    """The user admin lists the rows a deletion cascades to and asks their admin."""
+    from django.contrib import admin
+    from django.urls import ResolverMatch
+
+    live(user, "av-1")
+    user_admin = admin.ModelAdmin(type(user), admin.site)
+
+    def ask_from(model_admin: Any) -> set[str]:
+        def view() -> None: ...
+
+        view.model_admin = model_admin  # type: ignore[attr-defined]
+        request = rf.post("/")
+        request.user = admin_user
+        request.resolver_match = ResolverMatch(view, (), {})
+        _deleted, _counts, perms_needed, _protected = user_admin.get_deleted_objects(
+            [user], request
+        )
+        return set(perms_needed)
+
+    # From the user admin's delete page: allowed (the deletion ends the session).
+    assert ask_from(user_admin) == set()
+    # From the session admin's own pages: an active row stays undeletable.
+    assert ask_from(admin.site._registry[Session]) == {"avatar session"}
+
+
 # --------------------------------------------------------------------------- the action
 
 
