@@ -301,13 +301,14 @@ class AvaturnClient:
     def _json(response: _Answer, operation: str) -> dict[str, Any]:
         try:
             data = jsonlib.loads(response.content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
+            # (Nested too deep, it is a RecursionError, whose traceback is noise.)
             raise UpstreamError(
                 service=SERVICE,
                 operation=operation,
                 upstream_status=response.status_code,
                 body_excerpt="unparseable answer: " + excerpt(response.content, limit=120),
-            ) from exc
+            ) from (None if isinstance(exc, RecursionError) else exc)
         if not isinstance(data, dict):
             raise UpstreamError(
                 service=SERVICE,

@@ -62,15 +62,16 @@ class RealtimeSecrets:
             ) from None
         except openai.APIConnectionError as exc:
             raise UpstreamError(service=SERVICE, operation=operation) from exc
-        except (openai.OpenAIError, ValueError) as exc:
+        except (openai.OpenAIError, ValueError, RecursionError) as exc:
             # A 200 with a body that is not JSON escapes the SDK as a bare
-            # JSONDecodeError (a ValueError), not as one of its own errors.
+            # JSONDecodeError (a ValueError), one nested too deep as a
+            # RecursionError, not as one of its own errors.
             raise UpstreamError(
                 service=SERVICE,
                 operation=operation,
-                upstream_status=200 if isinstance(exc, ValueError) else None,
+                upstream_status=None if isinstance(exc, openai.OpenAIError) else 200,
                 body_excerpt="unparseable answer: " + type(exc).__name__,
-            ) from exc
+            ) from (None if isinstance(exc, RecursionError) else exc)
         value = getattr(response, "value", None)
         expires_at = getattr(response, "expires_at", None)
         if not isinstance(value, str) or not value or not isinstance(expires_at, int):
@@ -80,7 +81,22 @@ class RealtimeSecrets:
                 upstream_status=200,
                 body_excerpt="answer lacks value or expires_at",
             )
+        if not _plausible_expiry(expires_at):
+            # Milliseconds, say: the start would record a nonsense expiry (or
+            # fail to convert it) after Avaturn had started billing.
+            raise UpstreamError(
+                service=SERVICE,
+                operation=operation,
+                upstream_status=200,
+                body_excerpt=f"answer's expires_at is not a time in the next day: {expires_at}",
+            )
         return ClientSecret(value=value, expires_at=expires_at)
+
+
+def _plausible_expiry(expires_at: int) -> bool:
+    """A Unix time in seconds, after now and within a day (the longest TTL is 2 hours)."""
+    now = time.time()
+    return now < expires_at <= now + 86_400
 
 
 _DEADLINE = "django_avaturn.deadline"

@@ -69,7 +69,25 @@ def test_openai_connection_refused_is_502(api_client: Any, upstream: Any) -> Non
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b'{"value": "ek_x"', b"", b"[]", b"{}"])
+NESTED_TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b'{"value": "ek_x"',
+        b"",
+        b"[]",
+        b"{}",
+        NESTED_TOO_DEEP,
+        # expires_at in milliseconds, or nowhere near now: no time a secret can expire at.
+        b'{"value": "ek_test_secret_abcdef", "expires_at": 1795559218000}',
+        b'{"value": "ek_test_secret_abcdef", "expires_at": 12}',
+        b'{"value": "ek_test_secret_abcdef", "expires_at": -1}',
+    ],
+    ids=["bad", "cut", "empty", "list", "no-fields", "deep", "ms", "past", "negative"],
+)
 def test_openai_malformed_answers_are_502(api_client: Any, upstream: Any, raw: bytes) -> None:
     upstream.openai.reply(200, raw=raw)
     response = csrf_post(api_client, LIST_URL, {})
@@ -144,7 +162,11 @@ def test_a_created_session_our_api_could_not_address_is_terminated_at_once(
         assert delete.request.url.endswith("/api/v1/sessions/" + quote(session_id, safe=""))
 
 
-@pytest.mark.parametrize("body", ["{not json", "[1]", '{"token": "t"}', '{"session_id": ""}'])
+@pytest.mark.parametrize(
+    "body",
+    ["{not json", "[1]", '{"token": "t"}', '{"session_id": ""}', NESTED_TOO_DEEP.decode()],
+    ids=["bad", "list", "no-id", "empty-id", "deep"],
+)
 def test_avaturn_create_malformed_answers_are_502(
     api_client: Any, upstream: Any, body: str
 ) -> None:
@@ -157,6 +179,20 @@ def test_avaturn_create_malformed_answers_are_502(
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
     assert Session.objects.get().status == SessionStatus.FAILED
     assert upstream.avaturn.deleted == []
+
+
+def test_a_create_answer_nested_too_deep_that_names_its_session_ends_it(
+    api_client: Any, upstream: Any
+) -> None:
+    import responses
+
+    body = '{"session_id": "deep-one", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    upstream.avaturn.rsps.replace(
+        responses.POST, "https://avaturn.test/api/v1/sessions", body=body, status=201
+    )
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    assert upstream.avaturn.deleted == ["deep-one"]
 
 
 def test_avaturn_answer_without_token_terminates_what_it_created(
