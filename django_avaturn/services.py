@@ -525,6 +525,10 @@ def record_heartbeat(session: Session) -> None:
         last_seen_at=now, updated_at=now
     )
     if not updated:
+        # Said apart: the widget then tells its visitor why the call ended.
+        ended_for = Session.objects.filter(pk=session.pk).values_list("end_reason", flat=True)
+        if list(ended_for) == [EndReason.REPLACED]:
+            raise SessionReplaced()
         raise SessionNotLive()
     session.last_seen_at = now
 

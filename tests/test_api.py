@@ -247,6 +247,13 @@ def test_heartbeat_records_last_seen(api_client: Any, upstream: Any) -> None:
     assert ended.json()["code"] == "session_ended"
 
 
+def test_a_replaced_sessions_heartbeat_says_it_was_replaced(api_client: Any, upstream: Any) -> None:
+    first = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201  # end_oldest: replaces it
+    answer = csrf_post(api_client, f"/avaturn/sessions/{first}/heartbeat/")
+    assert (answer.status_code, answer.json()["code"]) == (409, "session_replaced")
+
+
 def test_cap_refuse_policy_is_409_and_spends_nothing(
     api_client: Any, upstream: Any, settings: Any
 ) -> None:

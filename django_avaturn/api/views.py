@@ -211,7 +211,10 @@ class SessionHeartbeatView(AvaturnAPIView):
             400: gettext_lazy("`parse_error`: the body is not JSON."),
             403: "",
             404: "",
-            409: gettext_lazy("`session_ended`: the session has ended."),
+            409: gettext_lazy(
+                "`session_ended`: the session has ended; `session_replaced`: a newer start "
+                "by the same user replaced it."
+            ),
             413: "",
             415: "",
             503: UNAVAILABLE,

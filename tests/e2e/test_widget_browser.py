@@ -520,3 +520,64 @@ def test_transcripts_are_stored_when_the_site_enables_them(
     lines = set(Transcript.objects.values_list("role", "text"))
     assert lines == {("user", "What is Django?"), ("avatar", "A web framework.")}
     assert not traffic.page_errors
+
+
+def _with_standin_sdk(e2e: Any) -> None:
+    e2e.settings.AVATURN = {
+        **e2e.settings.AVATURN,
+        "SDK_URL": e2e.fake.standin_sdk_url,
+        "SDK_INTEGRITY": "",
+    }
+
+
+def test_a_late_heartbeat_answer_about_a_stopped_session_spares_the_next_one(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    _with_standin_sdk(e2e)
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    held: list[Any] = []
+
+    def hold_the_first_heartbeat(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/heartbeat/", hold_the_first_heartbeat)
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    wait_for(page, lambda: held, what="a heartbeat in flight")
+    page.click("[data-avaturn-stop]")
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    (second,) = Session.objects.filter(status__in=ACTIVE_STATUSES)
+
+    # The first session's heartbeat answers now: that session has ended.
+    held[0].fulfill(
+        status=409,
+        content_type="application/json",
+        body='{"code": "session_ended", "detail": "This avatar session has ended."}',
+    )
+    page.wait_for_timeout(500)
+
+    assert page.get_attribute("[data-avaturn-widget]", "data-state") == "live"
+    second.refresh_from_db()
+    assert second.status == "live"
+
+
+def test_a_session_replaced_from_another_tab_says_so(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    _with_standin_sdk(e2e)
+    first, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    first.click("[data-avaturn-start]")
+    first.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+
+    second = browser_context[0].new_page()
+    second.goto(live_server.url + "/")
+    second.click("[data-avaturn-start]")
+    second.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+
+    # The first tab learns it at its next heartbeat (HEARTBEAT_INTERVAL is 1 s here).
+    first.wait_for_selector('[data-avaturn-widget][data-state="ended"]')
+    assert status_text(first) == "A newer conversation replaced this one."

@@ -444,15 +444,21 @@ class AvaturnWidget {
   }
 
   async heartbeat() {
-    if (!this.sessionId || this.state !== "live") return;
+    const sessionId = this.sessionId;
+    if (!sessionId || this.state !== "live") return;
     try {
-      const response = await fetch(this.sessionUrl(this.config.heartbeatUrl, this.sessionId), {
+      const response = await fetch(this.sessionUrl(this.config.heartbeatUrl, sessionId), {
         method: "POST",
         credentials: "same-origin",
         headers: { "X-CSRFToken": this.csrfToken() },
       });
       // 404/409: the backend already ended (or never knew) this session.
-      if (response.status === 404 || response.status === 409) this.stop();
+      if (response.status !== 404 && response.status !== 409) return;
+      const code = await response.json().then((body) => body && body.code, () => undefined);
+      // A late answer about a session already left (Stop, then Start) must
+      // not end the one that replaced it.
+      if (this.sessionId !== sessionId) return;
+      this.stop({ message: this.messages[ERROR_CODE_MESSAGES[code] || "ended"] });
     } catch {
       // A missed beat is not an ending; the next one may get through.
     }
