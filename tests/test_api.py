@@ -388,6 +388,31 @@ def test_throttle_applies_to_starts_only(api_client: Any, upstream: Any, setting
     cache.clear()
 
 
+def test_a_throttle_whose_cache_is_down_answers_503_json_and_spends_nothing(
+    api_client: Any, upstream: Any, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("redis")
+    from django.core.cache import caches
+
+    settings.AVATURN = {**settings.AVATURN, "START_THROTTLE_RATE": "10/minute"}
+    # A Redis nobody listens on: every cache call fails to connect.
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        },
+    }
+    try:
+        response = csrf_post(api_client, LIST_URL, {})
+    finally:
+        caches["default"].close()
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "unavailable", response.json()
+    assert upstream.openai.requests == [] and upstream.avaturn.created == []
+    assert "throttle" in caplog.text.lower()
+
+
 def test_permission_classes_setting_is_read_per_request(
     api_client: Any, upstream: Any, settings: Any
 ) -> None:
