@@ -8,7 +8,11 @@
 ``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
 ``django_avaturn.W002``   The OpenAI API key is missing (starts answer 503).
 ``django_avaturn.W003``   ``VOICE`` is not a voice OpenAI is known to offer.
-``django_avaturn.W004``   DEBUG logging of ``urllib3``, ``openai``, ``httpx2``, ``httpcore2``: keys.
+``django_avaturn.W004``   DEBUG logging of ``urllib3``, ``openai``, ``httpx2``, ``httpcore2``
+                          (or ``httpx``, ``httpcore``): keys.
+``django_avaturn.W005``   ``HEARTBEAT_INTERVAL`` too long for ``EXPIRE_IDLE_AFTER``.
+``django_avaturn.W006``   SQLite without ``IMMEDIATE`` transactions: the caps can be overshot.
+``django_avaturn.W007``   No ``request`` context processor: the tag cannot find the CSRF token.
 ========================  ==========================================================
 """
 
@@ -21,6 +25,7 @@ from typing import Any
 from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections, router
 from django.utils.module_loading import import_string
 
 from django_avaturn.clients import api_key
@@ -243,3 +248,69 @@ def _debug_logging_warnings() -> list[CheckMessage]:
             id="django_avaturn.W004",
         )
     ]
+
+
+@register()
+def check_setup(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """What the rest of the project must provide for the settings to hold (W005 to W007)."""
+    return [
+        message
+        for message in (_heartbeat_warning(), _sqlite_warning(), _context_processor_warning())
+        if message is not None
+    ]
+
+
+def _heartbeat_warning() -> CheckMessage | None:
+    interval, idle_after = _setting("HEARTBEAT_INTERVAL"), _setting("EXPIRE_IDLE_AFTER")
+    try:
+        for name, value in (("HEARTBEAT_INTERVAL", interval), ("EXPIRE_IDLE_AFTER", idle_after)):
+            RULES[name].check(name, value)
+    except NotConfigured:
+        return None  # malformed: E003 says so
+    if idle_after is None or 2 * interval <= idle_after:  # None: idle expiry is off
+        return None
+    return Warning(
+        f"AVATURN['HEARTBEAT_INTERVAL'] ({interval} s) is more than half of "
+        f"AVATURN['EXPIRE_IDLE_AFTER'] ({idle_after} s): the expiry command would end a "
+        "session in use after one late heartbeat.",
+        hint="Keep EXPIRE_IDLE_AFTER at least twice HEARTBEAT_INTERVAL (defaults: 300 and 30).",
+        id="django_avaturn.W005",
+    )
+
+
+def _sqlite_warning() -> CheckMessage | None:
+    from django_avaturn.models import Session
+
+    alias = router.db_for_write(Session)
+    connection = connections[alias]
+    if connection.vendor != "sqlite":
+        return None
+    options = connection.settings_dict.get("OPTIONS") or {}
+    if str(options.get("transaction_mode", "")).upper() == "IMMEDIATE":
+        return None
+    return Warning(
+        f"The database {alias!r} is SQLite without IMMEDIATE transactions: concurrent starts "
+        "can read the session count before either writes, and overshoot the caps.",
+        hint=f'Add "OPTIONS": {{"transaction_mode": "IMMEDIATE"}} to DATABASES[{alias!r}].',
+        id="django_avaturn.W006",
+    )
+
+
+def _context_processor_warning() -> CheckMessage | None:
+    processor = "django.template.context_processors.request"
+    engines: list[dict[str, Any]] = [
+        engine
+        for engine in settings.TEMPLATES
+        if engine.get("BACKEND") == "django.template.backends.django.DjangoTemplates"
+    ]
+    if not engines or any(
+        processor in (engine.get("OPTIONS") or {}).get("context_processors", ())
+        for engine in engines
+    ):
+        return None
+    return Warning(
+        f"No Django template engine has the {processor!r} context processor: "
+        "{% avaturn_head %} cannot read the CSRF token, and Start answers 403.",
+        hint=f"Add {processor!r} to TEMPLATES[...]['OPTIONS']['context_processors'].",
+        id="django_avaturn.W007",
+    )

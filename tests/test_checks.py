@@ -223,3 +223,35 @@ def test_the_check_and_the_runtime_accept_the_same_values(settings: Any, name: s
             runtime_ok = True
         check_ok = not [m for m in avaturn_messages() if f"['{name}']" in m.msg]
         assert check_ok == runtime_ok, (name, value)
+
+
+def test_a_heartbeat_too_slow_for_idle_expiry_is_w005(settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 600, "EXPIRE_IDLE_AFTER": 60}
+    assert ids(avaturn_messages()) == ["django_avaturn.W005"]
+    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 30, "EXPIRE_IDLE_AFTER": 60}
+    assert avaturn_messages() == []
+    # Idle expiry off: heartbeats are not consulted.
+    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 600, "EXPIRE_IDLE_AFTER": None}
+    assert avaturn_messages() == []
+
+
+def test_sqlite_without_immediate_transactions_is_w006(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only")
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {"timeout": 20})
+    assert ids(avaturn_messages()) == ["django_avaturn.W006"]
+
+
+def test_no_request_context_processor_is_w007(settings: Any) -> None:
+    engine = settings.TEMPLATES[0]
+    processors = [
+        name
+        for name in engine["OPTIONS"]["context_processors"]
+        if name != "django.template.context_processors.request"
+    ]
+    settings.TEMPLATES = [
+        {**engine, "OPTIONS": {**engine["OPTIONS"], "context_processors": processors}}
+    ]
+    assert ids(avaturn_messages()) == ["django_avaturn.W007"]
