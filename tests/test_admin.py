@@ -470,3 +470,13 @@ def test_command_and_admin_action_race_and_terminate_each_session_once(
     statuses = Counter(Session.objects.values_list("status", flat=True))
     assert set(statuses) <= {SessionStatus.EXPIRED, SessionStatus.ENDED}
     assert sum(statuses.values()) == 40
+
+
+def test_the_admin_pages_carry_no_style_attributes(admin_client: Client, user: Any) -> None:
+    """A strict CSP (no 'unsafe-inline') drops style attributes: the styles are in a file."""
+    row = live(user, "av-1")
+    for url in (CHANGELIST, change_url(row), f"{CHANGELIST}usage/"):
+        page = admin_client.get(url).content.decode()
+        ours = page[page.index('id="content"') :]  # Django's own chrome is Django's business
+        assert " style=" not in ours, url
+        assert "django_avaturn/admin.css" in page, url
