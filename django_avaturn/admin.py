@@ -82,7 +82,7 @@ else:
 
 
 class TranscriptInline(_TabularInline):
-    """What was said, for staff; only present when the site stores transcripts."""
+    """What was said, for staff (empty unless the site stores transcripts)."""
 
     model = Transcript
     fields = ("created_at", "role", "text", "spoken_at")

@@ -222,13 +222,6 @@ class AvaturnClient:
                 continue
             return response.status_code != 404
 
-    def say(self, session_id: str, text: str) -> str:
-        """Make the avatar say ``text``; returns the task id."""
-        operation = "create task"
-        path = f"/api/v1/sessions/{quote(session_id, safe='')}/tasks"
-        data = self._json(self._send("POST", path, operation, json={"text": text}), operation)
-        return str(data.get("task_id", ""))
-
     def _send(
         self,
         method: str,

@@ -156,14 +156,24 @@ class QuotaExceeded(AvaturnError):
     code = "quota_exceeded"
     status_code = 429
 
-    def __init__(self, *, limit: str, allowed: int, resets_at: datetime) -> None:
+    def __init__(
+        self, *, limit: str, allowed: int, resets_at: datetime, rolling: bool = False
+    ) -> None:
         self.limit = limit
         self.allowed = allowed
         self.resets_at = resets_at
         if limit == "sessions_per_day":
-            text = _("You have used your %(allowed)s conversations for today.")
+            text = (
+                _("You have used your %(allowed)s conversations of the last 24 hours.")
+                if rolling
+                else _("You have used your %(allowed)s conversations for today.")
+            )
         else:
-            text = _("You have used your %(allowed)s minutes of conversation for today.")
+            text = (
+                _("You have used your %(allowed)s minutes of conversation of the last 24 hours.")
+                if rolling
+                else _("You have used your %(allowed)s minutes of conversation for today.")
+            )
         super().__init__(str(text) % {"allowed": allowed})
 
     def extra(self) -> dict[str, Any]:

@@ -248,9 +248,13 @@ def ensure_quota(
     if quota.is_unlimited:
         return max_duration
     usage = usage_for(user, exclude_pk=new_row.pk)
+    rolling = required_choice_setting("QUOTA_WINDOW") == "rolling"
     if quota.sessions_per_day is not None and usage.sessions >= quota.sessions_per_day:
         raise QuotaExceeded(
-            limit="sessions_per_day", allowed=quota.sessions_per_day, resets_at=usage.resets_at
+            limit="sessions_per_day",
+            allowed=quota.sessions_per_day,
+            resets_at=usage.resets_at,
+            rolling=rolling,
         )
     if quota.minutes_per_day is not None:
         unused = quota.minutes_per_day * 60 - usage.seconds
@@ -258,7 +262,10 @@ def ensure_quota(
         # Avaturn will not run a session shorter than 60 s.
         if unused < 60:
             raise QuotaExceeded(
-                limit="minutes_per_day", allowed=quota.minutes_per_day, resets_at=usage.resets_at
+                limit="minutes_per_day",
+                allowed=quota.minutes_per_day,
+                resets_at=usage.resets_at,
+                rolling=rolling,
             )
         if remaining < 60:
             raise SessionLimitReached()

@@ -29,6 +29,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, connection, transaction
 from django.db.models import QuerySet
+from django.dispatch import Signal
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -533,12 +534,16 @@ def record_heartbeat(session: Session) -> None:
     session.last_seen_at = now
 
 
-def _send_robust(signal: Any, **kwargs: Any) -> None:
+# For the log: a Signal's repr is "<Signal object at 0x...>".
+_SIGNAL_NAMES = {session_started: "session_started", session_ended: "session_ended"}
+
+
+def _send_robust(signal: Signal, **kwargs: Any) -> None:
     for receiver, response in signal.send_robust(sender=Session, **kwargs):
         if isinstance(response, Exception):
             logger.error(
                 "A %s receiver (%r) raised %s",
-                signal,
+                _SIGNAL_NAMES.get(signal, "signal"),
                 receiver,
                 type(response).__name__,
                 exc_info=response,

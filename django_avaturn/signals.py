@@ -6,7 +6,9 @@
     ``request`` (the ``HttpRequest`` that started it, or ``None``).
 
 ``session_ended``
-    Sent once per session, after its row reached a final status.
+    Sent once per session that went live, after its row reached a final
+    status (not for a start that failed or was stopped before going live,
+    nor for the sessions of a deleted user, whose rows are gone).
     Arguments: ``sender`` (the ``Session`` class), ``session`` (the row),
     ``reason`` (an ``EndReason`` value).
 

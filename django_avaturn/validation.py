@@ -161,7 +161,8 @@ INT_SETTINGS: dict[str, Bounds] = {
     "EXPIRE_GRACE": Bounds(0, None, "seconds"),
     "EXPIRE_STUCK_AFTER": Bounds(1, None, "seconds"),
     "TRANSCRIPT_MAX_LENGTH": Bounds(1, None, "characters"),
-    "TRANSCRIPT_RETENTION_DAYS": Bounds(0, None, "days", optional=True),
+    # At least a day, as the expiry command's --purge-transcripts-older-than.
+    "TRANSCRIPT_RETENTION_DAYS": Bounds(1, None, "days", optional=True),
     "SESSION_LIST_LIMIT": Bounds(1),
     "OPENAI_MAX_RETRIES": Bounds(0),
     "TERMINATE_RETRIES": Bounds(0),

@@ -267,6 +267,24 @@ def test_rolling_window_resets_when_the_oldest_leaves(
     assert used.resets_at == now - timedelta(hours=20) + timedelta(days=1)
 
 
+@pytest.mark.parametrize(
+    ("window", "says"), [("day", "for today"), ("rolling", "of the last 24 hours")]
+)
+def test_the_quota_message_names_the_window(
+    api_client: Any, upstream: Any, settings: Any, window: str, says: str
+) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "QUOTA_WINDOW": window,
+        "QUOTAS": {"sessions_per_day": 1},
+        "MAX_LIVE_SESSIONS_PER_USER": 5,
+    }
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    refused = csrf_post(api_client, LIST_URL, {})
+    assert refused.status_code == 429
+    assert says in refused.json()["detail"]
+
+
 def quota_by_plan(user: Any) -> dict[str, int | None]:
     return {"sessions_per_day": 1 if user.email.startswith("ada") else None}
 

@@ -2,8 +2,9 @@
 //
 // One ES module, no build step. It finds every [data-avaturn-widget]
 // container, reads its configuration from data-* attributes, and on Start:
-// asks our backend for a session (the API keys never leave the server), loads
-// the Avaturn web SDK, and connects. Everything it learns is re-dispatched as
+// loads the Avaturn web SDK (a browser that cannot run it creates nothing),
+// asks our backend for a session (the API keys never leave the server), and
+// connects. Everything it learns is re-dispatched as
 // `avaturn:<event>` CustomEvents on the container.
 //
 // Public handle: `container.avaturn` (or `window.djangoAvaturn.get(container)`)
