@@ -16,6 +16,7 @@ from django_avaturn import limits, usage
 from django_avaturn.api.serializers import StrictSerializer
 from django_avaturn.api.views import UNAVAILABLE, AvaturnAPIView
 from django_avaturn.conf import avaturn_settings
+from django_avaturn.exceptions import SessionNotLive
 from django_avaturn.models import ACTIVE_STATUSES, Session, Transcript, TranscriptRole
 from django_avaturn.schema import document, session_id_parameter
 from django_avaturn.validation import QUOTA_WINDOWS, flag_setting, required_int_setting
@@ -119,14 +120,12 @@ class SessionTranscriptView(AvaturnAPIView):
         responses={
             201: TranscriptCreatedSerializer,
             400: "",
-            403: _(
-                "`not_authenticated` or `permission_denied` (as everywhere), or "
-                "`permission_denied` because the session ended more than a minute ago."
-            ),
+            403: "",
             404: _(
                 "`not_found`: not one of the caller's sessions, or none; "
                 "`transcripts_disabled`: the site does not store transcripts."
             ),
+            409: _("`session_ended`: the session ended more than a minute ago."),
             413: "",
             415: "",
             503: UNAVAILABLE,
@@ -140,7 +139,7 @@ class SessionTranscriptView(AvaturnAPIView):
             timezone.now() - session.ended_at <= TRANSCRIPT_GRACE
         )
         if session.status not in ACTIVE_STATUSES and not recently_ended:
-            raise exceptions.PermissionDenied(_("This session has ended."))
+            raise SessionNotLive()
         serializer = TranscriptSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         timestamp = serializer.validated_data.get("timestamp")
