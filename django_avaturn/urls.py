@@ -1,8 +1,9 @@
 """Include with ``path("avaturn/", include("django_avaturn.urls"))``."""
 
 from django.db import transaction
-from django.urls import path
+from django.urls import path, re_path
 
+from django_avaturn.api.not_found import api_not_found
 from django_avaturn.api.spend import SessionTranscriptView, UsageView
 from django_avaturn.api.views import SessionDetailView, SessionHeartbeatView, SessionListView
 
@@ -32,4 +33,7 @@ urlpatterns = [
         name="session-transcripts",
     ),
     path("usage/", UsageView.as_view(), name="usage"),
+    # Last: anything else under the API's own names is a JSON 404, not an
+    # HTML page or an APPEND_SLASH redirect (see api.not_found).
+    re_path(r"^(?:sessions|usage)(?:/.*)?$", api_not_found),
 ]

@@ -477,3 +477,23 @@ def test_a_raising_quota_hook_is_a_json_503(api_client: Any, upstream: Any, sett
     assert usage.status_code == 503
     assert usage.json()["code"] == "not_configured"
     assert upstream.openai.requests == []
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_path_missing_its_slash_is_a_json_404_that_names_the_right_one(
+    api_client: Any, settings: Any, debug: bool
+) -> None:
+    # Under DEBUG, Django's APPEND_SLASH raises for a POST (an HTML 500).
+    settings.DEBUG = debug
+    response = api_client.post("/avaturn/sessions", data="{}", content_type="application/json")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+    assert "/avaturn/sessions/" in response.json()["detail"]
+    assert response["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("path", ["/avaturn/sessions/abc/nothing/", "/avaturn/usage/x"])
+def test_an_unknown_path_under_the_api_is_a_json_404(api_client: Any, path: str) -> None:
+    response = api_client.get(path)
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
+    assert "slash" not in response.json()["detail"]
