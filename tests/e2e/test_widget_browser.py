@@ -581,3 +581,24 @@ def test_a_session_replaced_from_another_tab_says_so(
     # The first tab learns it at its next heartbeat (HEARTBEAT_INTERVAL is 1 s here).
     first.wait_for_selector('[data-avaturn-widget][data-state="ended"]')
     assert status_text(first) == "A newer conversation replaced this one."
+
+
+def test_stop_whose_terminate_fails_is_retried_by_the_page(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    _with_standin_sdk(e2e)
+    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TERMINATE_RETRIES": 0}
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    e2e.fake.fail(AVATURN_TERMINATE, status=500, times=1)
+
+    with page.expect_response(lambda r: r.request.method == "DELETE") as first:
+        page.click("[data-avaturn-stop]")
+    assert first.value.status == 502  # the row stays live for a retry
+
+    # The page asks again 2 s later, and that one gets through.
+    wait_for(page, lambda: not e2e.fake.live_session_ids(), what="the retried end", timeout=10)
+    (row,) = Session.objects.all()
+    assert (row.status, row.end_reason) == ("ended", "client")
+    assert len(e2e.fake.requests_for(AVATURN_TERMINATE)) == 2

@@ -11,6 +11,9 @@
 // is `{head, state, sessionId, microphoneOn, start(), stop(), setMicrophone(on)}`.
 
 const SELECTOR = "[data-avaturn-widget]";
+// Ending a session whose terminate failed: retried after 2, 4 and 8 s.
+const END_RETRIES = 3;
+const END_RETRY_DELAY_MS = 2000;
 const STATES = ["idle", "connecting", "live", "ended", "error"];
 
 // SDK events forwarded as `avaturn:<name>`. Transcripts are also forwarded
@@ -493,16 +496,25 @@ class AvaturnWidget {
   }
 
   // Only the backend can end the Avaturn session at once (dispose() never
-  // tells Avaturn). keepalive lets the request outlive a closing tab.
-  endSession(sessionId) {
+  // tells Avaturn). keepalive lets the request outlive a closing tab. When
+  // the backend could not reach Avaturn (a 5xx: the session stays live for a
+  // retry) or the request was lost, try again while the page is still here.
+  endSession(sessionId, retriesLeft = END_RETRIES) {
     if (!sessionId) return;
+    const retry = () => {
+      if (retriesLeft <= 0) return;
+      const delay = END_RETRY_DELAY_MS * 2 ** (END_RETRIES - retriesLeft);
+      setTimeout(() => this.endSession(sessionId, retriesLeft - 1), delay);
+    };
     try {
       fetch(this.sessionUrl(this.config.sessionUrl, sessionId), {
         method: "DELETE",
         credentials: "same-origin",
         keepalive: true,
         headers: { "X-CSRFToken": this.csrfToken() },
-      }).catch(() => {});
+      }).then((response) => {
+        if (response.status >= 500) retry();
+      }, retry);
     } catch {
       // fetch itself can throw while the page is unloading
     }
