@@ -428,19 +428,22 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> EndOutcom
         "end_detail": detail[:500],
         "updated_at": now,
     }
-    mine = Session.objects.filter(pk=session.pk)
-    # Starting first, then live: a row only moves from starting to live, so
-    # one activated between the two claims is still caught by the second.
-    if mine.filter(status=SessionStatus.STARTING).update(**claim):
-        # Its own request terminates what Avaturn creates for it.
+    # One claim for both: claimed one status after the other, a row its start
+    # activated between the two statements would match neither.
+    claimed = Session.objects.filter(pk=session.pk, status__in=_CAPPED_STATUSES).update(**claim)
+    if not claimed:
         session.refresh_from_db()
-        return EndOutcome.STOPPED_WHILE_STARTING
-    if mine.filter(status=SessionStatus.LIVE).update(**claim):
-        # The id is read back: the caller's copy may predate the activation.
+        return EndOutcome.ALREADY_ENDED
+    if not (session.status == SessionStatus.LIVE and session.session_id):
+        # The caller's copy may predate the activation: read what was claimed.
+        # (A live row keeps its id, so a copy that saw it live is up to date.)
         session.refresh_from_db()
-        return _terminate_claimed(session, was_live=True)
-    session.refresh_from_db()
-    return EndOutcome.ALREADY_ENDED
+        if session.started_at is None:  # only an activation sets it
+            # Claimed while starting: its own request terminates what Avaturn creates.
+            return EndOutcome.STOPPED_WHILE_STARTING
+    session.status, session.end_reason = SessionStatus.ENDING, reason
+    session.end_detail, session.updated_at = detail[:500], now
+    return _terminate_claimed(session, was_live=True)
 
 
 def _terminate_claimed(session: Session, *, was_live: bool) -> EndOutcome:

@@ -497,3 +497,17 @@ def test_an_unknown_path_under_the_api_is_a_json_404(api_client: Any, path: str)
     response = api_client.get(path)
     assert (response.status_code, response.json()["code"]) == (404, "not_found")
     assert "slash" not in response.json()["detail"]
+
+
+def test_a_stop_costs_three_statements_on_the_sessions_table(
+    api_client: Any, upstream: Any
+) -> None:
+    """Read the caller's row, claim it, finish it: the benchmarks' end path."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    with CaptureQueriesContext(connection) as captured:
+        assert csrf_delete(api_client, f"/avaturn/sessions/{session_id}/").status_code == 204
+    ours = [q["sql"] for q in captured.captured_queries if "django_avaturn_session" in q["sql"]]
+    assert [sql.split()[0] for sql in ours] == ["SELECT", "UPDATE", "UPDATE"], ours
