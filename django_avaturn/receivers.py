@@ -122,6 +122,8 @@ def _end_sessions_of(user_pk: Any, reason: str, *, action: str) -> None:
             )
 
     sessions = Session.objects.filter(user_id=user_pk, status__in=_ENDABLE)
+    if not sessions.exists():
+        return  # the usual case, and no reason to need the keys (end_sessions checks them)
     try:
         end_sessions(sessions, reason=reason, on_result=log_failure)
     except AvaturnError as exc:  # not configured: nothing was claimed

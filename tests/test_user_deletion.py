@@ -162,3 +162,14 @@ def test_a_start_landing_while_the_user_is_deleted_neither_fails_the_deletion_no
     assert live_fake.live_session_ids() == set()
     terminated = {r.path.rsplit("/", 1)[1] for r in live_fake.requests_for(AVATURN_TERMINATE)}
     assert terminated == {landed.session_id}
+
+
+def test_signing_out_without_sessions_needs_no_keys_and_logs_nothing(
+    settings: Any, user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+    browser = Client()
+    browser.force_login(user)
+    with caplog.at_level(logging.WARNING, logger="django_avaturn"):
+        assert browser.post("/accounts/logout/").status_code in (200, 302)
+    assert [r for r in caplog.records if r.name.startswith("django_avaturn")] == []
