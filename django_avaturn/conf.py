@@ -130,13 +130,13 @@ def _import(name: str, value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, str):
-        return _import_callable(name, value)
+        return import_callable(name, value)
     if isinstance(value, (list, tuple)):
-        return [_import_callable(name, item) if isinstance(item, str) else item for item in value]
+        return [import_callable(name, item) if isinstance(item, str) else item for item in value]
     return value
 
 
-def _import_callable(name: str, path: str) -> Any:
+def import_callable(name: str, path: str) -> Any:
     """``path`` imported; ``NotConfigured`` (a JSON 503, E004 in the check) if it cannot be."""
     try:
         imported = import_string(path)
