@@ -380,3 +380,20 @@ def test_render_widget_is_usable_without_a_template() -> None:
 def test_boolean_size_is_refused() -> None:
     with pytest.raises(TypeError):
         render_widget({}, width=True)
+
+
+def test_the_scripts_fallback_messages_are_the_templates() -> None:
+    """A site's own widget template may leave messages out; the script's fallbacks fill in."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "django_avaturn"
+    template = (package / "templates/django_avaturn/widget.html").read_text()
+    script = (package / "static/django_avaturn/avaturn-widget.js").read_text()
+    in_template = dict(
+        re.findall(r'<span data-key="(\w+)">\{% translate "([^"]+)" %\}</span>', template)
+    )
+    block = script[script.index("const FALLBACK_MESSAGES = {") :]
+    block = block[: block.index("};")]
+    in_script = dict(re.findall(r'^\s+(\w+): "([^"]+)",$', block, re.M))
+    assert in_template and in_script == in_template

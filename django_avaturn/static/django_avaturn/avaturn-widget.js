@@ -48,7 +48,7 @@ const FALLBACK_MESSAGES = {
   mic_off: "Unmute microphone",
   not_authenticated: "Please sign in to talk with the avatar.",
   permission_denied: "You are not allowed to start a conversation.",
-  session_limit_reached: "You already have the most conversations allowed running.",
+  session_limit_reached: "You already have the most conversations allowed running. End one and try again.",
   quota_exceeded: "You have used your conversation allowance for now. Please come back later.",
   site_busy: "All avatars are busy right now. Please try again in a minute.",
   sessions_disabled: "Avatar conversations are switched off at the moment.",
