@@ -143,6 +143,9 @@ def test_csrf_is_enforced(api_client: Any, upstream: Any) -> None:
         ({"avatar_id": ""}, "avatar_id"),
         ({"avatar_id": "x" * 256}, "avatar_id"),
         ({"config": "no spaces"}, "config"),
+        # Not coerced to text: DRF would read these as "5" and "True".
+        ({"config": 5}, "config"),
+        ({"avatar_id": True}, "avatar_id"),
     ],
 )
 def test_bad_input_is_a_400_with_json(

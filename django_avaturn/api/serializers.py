@@ -14,7 +14,9 @@ class StrictSerializer(serializers.Serializer[Any]):
     """Refuses fields it does not declare, instead of DRF's silent ignoring.
 
     For a start, instructions, model, voice and engine are the server's to
-    choose: a request naming them (or anything else unknown) is a 400.
+    choose: a request naming them (or anything else unknown) is a 400. A
+    text field refuses a number or a boolean too, which DRF would turn into
+    a string (``{"config": 5}`` would name the config ``"5"``).
     """
 
     def to_internal_value(self, data: Any) -> Any:
@@ -23,6 +25,17 @@ class StrictSerializer(serializers.Serializer[Any]):
             if unknown:
                 raise serializers.ValidationError(
                     {name: [_("This field is not accepted.")] for name in unknown}
+                )
+            not_text = [
+                name
+                for name, field in self.fields.items()
+                if isinstance(field, serializers.CharField)
+                and data.get(name) is not None
+                and not isinstance(data[name], str)
+            ]
+            if not_text:
+                raise serializers.ValidationError(
+                    {name: [_("Must be a string.")] for name in not_text}
                 )
         return super().to_internal_value(data)
 
