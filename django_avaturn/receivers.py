@@ -56,12 +56,14 @@ def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> N
         return
     _wait_for_starts_in_flight(instance)
     rows = Session.objects.filter(user_id=instance.pk)
+    # Locked: a start whose row is read here as starting cannot activate it
+    # (and record a session id this list would miss) before the rows go; it
+    # then finds its row gone and terminates what it created.
+    locked = rows.select_for_update() if _locks_rows() else rows
     session_ids = [
         session_id
-        for session_id in rows.filter(
-            status__in=(SessionStatus.LIVE, SessionStatus.ENDING), session_id__isnull=False
-        ).values_list("session_id", flat=True)
-        if session_id is not None  # (excluded by the query; for the type checker)
+        for status, session_id in locked.values_list("status", "session_id")
+        if session_id is not None and status in (SessionStatus.LIVE, SessionStatus.ENDING)
     ]
     # Django listed the rows to cascade before this signal; a start may have
     # added one since, which would fail the deletion on its foreign key.
@@ -81,6 +83,10 @@ def _wait_for_starts_in_flight(user: Any) -> None:
     if connections[router.db_for_write(type(user))].features.has_select_for_update:
         manager = type(user)._default_manager
         list(manager.select_for_update().filter(pk=user.pk).values_list("pk"))
+
+
+def _locks_rows() -> bool:
+    return bool(connections[router.db_for_write(Session)].features.has_select_for_update)
 
 
 def end_sessions_of_deactivated_user(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -173,3 +173,44 @@ def test_signing_out_without_sessions_needs_no_keys_and_logs_nothing(
     with caplog.at_level(logging.WARNING, logger="django_avaturn"):
         assert browser.post("/accounts/logout/").status_code in (200, 302)
     assert [r for r in caplog.records if r.name.startswith("django_avaturn")] == []
+
+
+def test_an_activation_during_a_deletion_waits_and_then_finds_no_row(user: Any) -> None:
+    """The deletion reads the rows locked: the start cannot record an id it would miss."""
+    import threading
+
+    from django.db import connection
+    from django.utils import timezone
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    row = Session.objects.create(user=user, status=SessionStatus.STARTING, max_duration=600)
+    read_locked = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def pause_after_the_locked_read(
+        execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        result = execute(sql, params, many, context)
+        if "FOR UPDATE" in sql and "django_avaturn_session" in sql:
+            read_locked.set()
+            activator.join(1.0)  # it must still be waiting on the row lock
+            outcome["activation_waited"] = activator.is_alive()
+        return result
+
+    def activate() -> None:
+        assert read_locked.wait(10)
+        try:
+            outcome["activated"] = Session.objects.filter(
+                pk=row.pk, status=SessionStatus.STARTING
+            ).update(status=SessionStatus.LIVE, session_id="av-late", started_at=timezone.now())
+        finally:
+            connection.close()
+
+    activator = threading.Thread(target=activate)
+    activator.start()
+    with connection.execute_wrapper(pause_after_the_locked_read):
+        user.delete()
+    activator.join(10)
+
+    assert outcome == {"activation_waited": True, "activated": 0}
