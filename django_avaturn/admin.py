@@ -161,6 +161,9 @@ class SessionAdmin(_ModelAdmin):
         match = getattr(request, "resolver_match", None)
         if match is None:
             return True
+        # ModelAdmin.get_urls() sets ``model_admin`` on each view it wraps
+        # (undocumented, stable since Django 1.x); without it, assume ours and
+        # protect the row.
         return getattr(match.func, "model_admin", self) is self
 
     def has_terminate_permission(self, request: HttpRequest, obj: Session | None = None) -> bool:

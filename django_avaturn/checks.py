@@ -11,7 +11,7 @@
 ``django_avaturn.W004``   DEBUG logging of ``urllib3``, ``openai``, ``httpx2``, ``httpcore2``
                           (or ``httpx``, ``httpcore``): keys.
 ``django_avaturn.W005``   ``HEARTBEAT_INTERVAL`` too long for ``EXPIRE_IDLE_AFTER``.
-``django_avaturn.W006``   SQLite without ``IMMEDIATE`` transactions: the caps can be overshot.
+``django_avaturn.W006``   SQLite without ``IMMEDIATE`` transactions: "database is locked" errors.
 ``django_avaturn.W007``   No ``request`` context processor: the tag cannot find the CSRF token.
 ========================  ==========================================================
 """
@@ -285,8 +285,9 @@ def _sqlite_warning() -> CheckMessage | None:
     if str(options.get("transaction_mode", "")).upper() == "IMMEDIATE":
         return None
     return Warning(
-        f"The database {alias!r} is SQLite without IMMEDIATE transactions: concurrent starts "
-        "can read the session count before either writes, and overshoot the caps.",
+        f"The database {alias!r} is SQLite without IMMEDIATE transactions: a transaction "
+        "that reads before it writes (ending and expiring sessions, the admin's actions) "
+        "fails with 'database is locked' while another writes, instead of waiting its turn.",
         hint=f'Add "OPTIONS": {{"transaction_mode": "IMMEDIATE"}} to DATABASES[{alias!r}].',
         id="django_avaturn.W006",
     )

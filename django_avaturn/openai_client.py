@@ -94,9 +94,16 @@ class RealtimeSecrets:
 
 
 def _plausible_expiry(expires_at: int) -> bool:
-    """A Unix time in seconds, after now and within a day (the longest TTL is 2 hours)."""
+    """A Unix time in seconds within a day of now (the longest TTL is 2 hours).
+
+    The minutes either side allow for a clock that differs from OpenAI's;
+    what this refuses is milliseconds, or no time at all.
+    """
     now = time.time()
-    return now < expires_at <= now + 86_400
+    return now - _CLOCK_SKEW_SECONDS < expires_at <= now + 86_400 + _CLOCK_SKEW_SECONDS
+
+
+_CLOCK_SKEW_SECONDS = 300
 
 
 _DEADLINE = "django_avaturn.deadline"

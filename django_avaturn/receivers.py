@@ -24,6 +24,7 @@ of a deleted user is terminated after its row has gone with the user, so no
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -113,11 +114,41 @@ def end_sessions_of_signed_out_user(
     if user is None or user.pk is None:
         return
     user_pk = user.pk
-    _after_commit(lambda: _end_sessions_of(user_pk, EndReason.SIGNED_OUT, action="Signing out"))
+    _after_commit(
+        lambda: _in_background(
+            lambda: _end_sessions_of(user_pk, EndReason.SIGNED_OUT, action="Signing out")
+        )
+    )
 
 
 def _after_commit(callback: Callable[[], None]) -> None:
-    transaction.on_commit(callback, using=router.db_for_write(Session))
+    def run() -> None:
+        # Never into the caller's request: a deletion or a sign-out must go
+        # ahead whatever happens to the sessions (each failure is logged).
+        try:
+            callback()
+        except Exception:
+            logger.exception("Ending the sessions of a user who went failed")
+
+    transaction.on_commit(run, using=router.db_for_write(Session))
+
+
+def _in_background(callback: Callable[[], None]) -> None:
+    """Run ``callback`` on a thread of its own, so a sign-out does not wait on Avaturn.
+
+    Not a daemon: a process that exits (a script that signs users out) waits
+    for the terminations instead of abandoning them.
+    """
+
+    def run() -> None:
+        try:
+            callback()
+        except Exception:
+            logger.exception("Ending the sessions of a user who signed out failed")
+        finally:
+            connections.close_all()
+
+    threading.Thread(target=run, name="avaturn-sign-out", daemon=False).start()
 
 
 def _end_sessions_of(user_pk: Any, reason: str, *, action: str) -> None:

@@ -415,8 +415,10 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> EndOutcom
     """End ``session`` now: terminate it upstream once and record ``reason`` once.
 
     Idempotent: ending an ended session returns ``ALREADY_ENDED`` without
-    calling Avaturn. If Avaturn cannot be reached the row goes back to live
-    (so a later attempt, or the expiry command, can try again) and the
+    calling Avaturn. A session still starting is claimed and returns
+    ``STOPPED_WHILE_STARTING``: its own request terminates what Avaturn
+    creates. If Avaturn cannot be reached the row goes back to live (so a
+    later attempt, or the expiry command, can try again) and the
     ``UpstreamError`` propagates.
     """
     if reason not in EndReason.values:

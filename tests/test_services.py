@@ -93,7 +93,9 @@ def test_unknown_reason_is_refused(user: Any, upstream: Any) -> None:
     assert session.status == SessionStatus.LIVE
 
 
-@pytest.mark.parametrize("statements_before", [0, 1, 2, 3])
+# 0: before the claim (it went live first); 1: after it (claimed while starting).
+# end_session runs two statements when it claims a starting row: no later point.
+@pytest.mark.parametrize("statements_before", [0, 1])
 def test_a_row_going_live_while_end_session_claims_it_is_never_left_running(
     user: Any, upstream: Any, statements_before: int
 ) -> None:
@@ -120,6 +122,7 @@ def test_a_row_going_live_while_end_session_claims_it_is_never_left_running(
     with connection.execute_wrapper(activate):
         outcome = services.end_session(row, reason=EndReason.ADMIN)
 
+    assert activated  # the activation did run, at the point asked for
     row.refresh_from_db()
     terminated = [call.request.url for call in upstream.avaturn.delete_calls()]
     if activated == [1]:

@@ -12,6 +12,7 @@ from django.test import Client
 from django_avaturn import services
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.testing import AVATURN_TERMINATE, FakeUpstream
+from tests.live_fake import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,7 +86,9 @@ def test_deletion_terminates_only_once_it_commits(live_fake: FakeUpstream, user:
         # Not while the deletion holds its locks: it may still roll back.
         assert live_fake.requests_for(AVATURN_TERMINATE) == []
     assert live_fake.live_session_ids() == set()
-    assert session_id not in live_fake.live_session_ids()
+    assert [r.path.rsplit("/", 1)[1] for r in live_fake.requests_for(AVATURN_TERMINATE)] == [
+        session_id
+    ]
 
 
 def test_a_deletion_rolled_back_leaves_the_session_running_and_recorded(
@@ -131,19 +134,28 @@ def test_deactivation_that_cannot_terminate_says_which_session_runs_on(
 
 
 def test_signing_out_ends_the_users_sessions(
-    live_fake: FakeUpstream, user: Any, other_user: Any
+    live_fake: FakeUpstream, settings: Any, user: Any, other_user: Any
 ) -> None:
     mine = services.start_session(user).session
     theirs = services.start_session(other_user).session
     browser = Client()
     browser.force_login(user)
+    # Avaturn slow to answer (within the client's timeout): the sign-out must not wait.
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    live_fake.set_latency(AVATURN_TERMINATE, 1.5)
 
     # Django's own logout view (POST since Django 5.0).
     assert browser.post("/accounts/logout/").status_code in (200, 302)
+    assert "_auth_user_id" not in browser.session  # signed out already...
+    # ...before Avaturn answered (the fake ends a session on arrival, answers later).
+    assert Session.objects.get(pk=mine.pk).status != SessionStatus.ENDED
 
-    assert live_fake.live_session_ids() == {theirs.session_id}
+    assert wait_until(lambda: live_fake.live_session_ids() == {theirs.session_id}, timeout=15)
+    assert wait_until(
+        lambda: Session.objects.filter(pk=mine.pk, status=SessionStatus.ENDED).exists()
+    )
     mine.refresh_from_db()
-    assert (mine.status, mine.end_reason) == (SessionStatus.ENDED, EndReason.SIGNED_OUT)
+    assert mine.end_reason == EndReason.SIGNED_OUT
 
 
 def test_a_start_landing_while_the_user_is_deleted_neither_fails_the_deletion_nor_runs_on(
