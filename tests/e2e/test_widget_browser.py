@@ -52,6 +52,15 @@ def status_text(page: Any, selector: str = "[data-avaturn-widget]") -> str:
     return str(page.text_content(f"{selector} [data-avaturn-status]")).strip()
 
 
+def _with_standin_sdk(e2e: Any) -> None:
+    """The fake's stand-in SDK: the states the real one cannot reach offline (live...)."""
+    e2e.settings.AVATURN = {
+        **e2e.settings.AVATURN,
+        "SDK_URL": e2e.fake.standin_sdk_url,
+        "SDK_INTEGRITY": "",
+    }
+
+
 def open_signed_in(
     e2e: Any, live_server: Any, browser_context: Any, user: Any, path: str = "/"
 ) -> tuple[Any, Traffic]:
@@ -352,11 +361,7 @@ def test_the_standin_sdk_refused_a_token_ends_the_session(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
     # As the real SDK would fail to join: the widget gives up and ends the session.
-    e2e.settings.AVATURN = {
-        **e2e.settings.AVATURN,
-        "SDK_URL": e2e.fake.standin_sdk_url,
-        "SDK_INTEGRITY": "",
-    }
+    _with_standin_sdk(e2e)
     e2e.fake.fail(SDK_SESSION, status=401)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     page.click("[data-avaturn-start]")
@@ -373,11 +378,7 @@ def test_live_session_with_a_stub_sdk_heartbeats_tracks_the_mic_and_forwards_eve
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
     # The real SDK cannot go live offline; a stand-in with its surface can.
-    e2e.settings.AVATURN = {
-        **e2e.settings.AVATURN,
-        "SDK_URL": e2e.fake.standin_sdk_url,
-        "SDK_INTEGRITY": "",
-    }
+    _with_standin_sdk(e2e)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     page.evaluate(
         "() => { window.seen = [];"
@@ -475,11 +476,7 @@ def test_the_sdk_failing_or_ending_the_call_ends_the_session(
     # Nobody can use the session once the SDK's call has failed or ended: left
     # alone, the widget went on heartbeating a session that billed until
     # Avaturn noticed the visitor was gone.
-    e2e.settings.AVATURN = {
-        **e2e.settings.AVATURN,
-        "SDK_URL": e2e.fake.standin_sdk_url,
-        "SDK_INTEGRITY": "",
-    }
+    _with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     with page.expect_response(lambda r: r.url.endswith("/avaturn/sessions/")) as answer:
         page.click("[data-avaturn-start]")
@@ -498,12 +495,8 @@ def test_transcripts_are_stored_when_the_site_enables_them(
 ) -> None:
     from django_avaturn.models import Transcript
 
-    e2e.settings.AVATURN = {
-        **e2e.settings.AVATURN,
-        "SDK_URL": e2e.fake.standin_sdk_url,
-        "SDK_INTEGRITY": "",
-        "TRANSCRIPTS_ENABLED": True,
-    }
+    _with_standin_sdk(e2e)
+    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     page.click("[data-avaturn-start]")
     page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
@@ -520,14 +513,6 @@ def test_transcripts_are_stored_when_the_site_enables_them(
     lines = set(Transcript.objects.values_list("role", "text"))
     assert lines == {("user", "What is Django?"), ("avatar", "A web framework.")}
     assert not traffic.page_errors
-
-
-def _with_standin_sdk(e2e: Any) -> None:
-    e2e.settings.AVATURN = {
-        **e2e.settings.AVATURN,
-        "SDK_URL": e2e.fake.standin_sdk_url,
-        "SDK_INTEGRITY": "",
-    }
 
 
 def test_a_late_heartbeat_answer_about_a_stopped_session_spares_the_next_one(
