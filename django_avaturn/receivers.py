@@ -60,7 +60,7 @@ def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> N
     # Locked: a start whose row is read here as starting cannot activate it
     # (and record a session id this list would miss) before the rows go; it
     # then finds its row gone and terminates what it created.
-    locked = rows.select_for_update() if _locks_rows() else rows
+    locked = rows.select_for_update() if _locks_rows(Session) else rows
     session_ids = [
         session_id
         for status, session_id in locked.values_list("status", "session_id")
@@ -81,13 +81,13 @@ def _wait_for_starts_in_flight(user: Any) -> None:
     later ones wait for the deletion and then find no user. SQLite's write
     lock orders the two already.
     """
-    if connections[router.db_for_write(type(user))].features.has_select_for_update:
+    if _locks_rows(type(user)):
         manager = type(user)._default_manager
         list(manager.select_for_update().filter(pk=user.pk).values_list("pk"))
 
 
-def _locks_rows() -> bool:
-    return bool(connections[router.db_for_write(Session)].features.has_select_for_update)
+def _locks_rows(model: type[Any]) -> bool:
+    return bool(connections[router.db_for_write(model)].features.has_select_for_update)
 
 
 def end_sessions_of_deactivated_user(sender: Any, instance: Any, **kwargs: Any) -> None:

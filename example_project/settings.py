@@ -12,6 +12,12 @@ import os
 from importlib.util import find_spec
 from pathlib import Path
 
+from django_avaturn.testing import (
+    DEFAULT_AVATURN_API_KEY,
+    DEFAULT_OPENAI_API_KEY,
+    STANDIN_SDK_PATH,
+)
+
 BASE_DIR = Path(__file__).resolve().parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-only-not-secret")
@@ -112,11 +118,11 @@ if not USES_REAL_SERVICES:
             "API_URL": _fake,
             "OPENAI_BASE_URL": f"{_fake}/v1",
             # The fake's own well-known test keys: not secrets.
-            "API_KEY": "av-fake-avaturn-key",
-            "OPENAI_API_KEY": "sk-fake-openai-key",
+            "API_KEY": DEFAULT_AVATURN_API_KEY,
+            "OPENAI_API_KEY": DEFAULT_OPENAI_API_KEY,
             # The real web SDK needs the internet (a CDN, then a video call);
             # the fake serves a stand-in that goes live without video.
-            "SDK_URL": f"{_fake}/_fake/sdk/main.js",
+            "SDK_URL": f"{_fake}{STANDIN_SDK_PATH}",
             "SDK_INTEGRITY": "",
         }
     )

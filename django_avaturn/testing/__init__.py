@@ -11,7 +11,13 @@ Pure standard library: usable in any test suite, with or without Django::
 Never expose it beyond loopback: its ``/_fake/`` control API is unauthenticated.
 """
 
-from .fake import DEFAULT_AVATURN_API_KEY, DEFAULT_OPENAI_API_KEY, FakeUpstream, is_loopback_host
+from .fake import (
+    DEFAULT_AVATURN_API_KEY,
+    DEFAULT_OPENAI_API_KEY,
+    STANDIN_SDK_PATH,
+    FakeUpstream,
+    is_loopback_host,
+)
 from .records import (
     AVATURN_CREATE,
     AVATURN_TASK,
@@ -39,6 +45,7 @@ __all__ = [
     "OPENAI_CLIENT_SECRET",
     "SDK_PREFLIGHT",
     "SDK_SESSION",
+    "STANDIN_SDK_PATH",
     "UNKNOWN",
     "UPSTREAM_ROUTES",
     "FakeSession",

@@ -63,13 +63,13 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("OPTIONS", re.compile(r"/_sdk/v0/sessions/?"), SDK_PREFLIGHT),
 )
 _CONTROL_PREFIX = "/_fake/"
+STANDIN_SDK_PATH = "/_fake/sdk/main.js"
 # Under the control prefix, but for the browser: no control actions.
 _BROWSER_PATHS = (
     (re.compile(r"/_fake/daily-room(?:/.*)?"), DAILY_ROOM),
-    (re.compile(r"/_fake/sdk/main\.js"), STANDIN_SDK),
+    (re.compile(re.escape(STANDIN_SDK_PATH)), STANDIN_SDK),
 )
 _BROWSER_ROUTES = frozenset({SDK_SESSION, SDK_PREFLIGHT, DAILY_ROOM, STANDIN_SDK})
-STANDIN_SDK_PATH = "/_fake/sdk/main.js"
 
 
 def is_loopback_host(host: str) -> bool:
