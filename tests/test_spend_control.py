@@ -20,8 +20,15 @@ UTC = dt_timezone.utc
 
 
 def at(monkeypatch: Any, when: datetime) -> None:
-    """Freeze Django's clock (not ours: the app reads django.utils.timezone.now)."""
+    """Freeze Django's clock (not ours: the app reads django.utils.timezone.now).
+
+    Session.created_at's default holds the real function, bound at import
+    (and Django caches it as the field's ``_get_default``): frozen too, or a
+    start made while frozen is stamped with the real time, which counts in
+    the wrong window when the real date is near the one the test names.
+    """
     monkeypatch.setattr(timezone, "now", lambda: when)
+    monkeypatch.setattr(Session._meta.get_field("created_at"), "_get_default", lambda: when)
 
 
 def past_session(user: Any, start: datetime, minutes: float, **extra: Any) -> Session:
