@@ -15,6 +15,7 @@ from django.utils import timezone
 from django_avaturn import limits
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
 from tests.test_admin import CHANGELIST, KEYS, live, logged_in, staff
+from tests.test_spend_control import at
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,8 +60,11 @@ def test_changelist_summarises_usage_for_the_current_filter(
 
 
 def test_usage_page_has_a_chart_and_per_user_rows(
-    admin_client: Client, user: Any, other_user: Any
+    admin_client: Client, user: Any, other_user: Any, monkeypatch: Any
 ) -> None:
+    # Noon today: a session ending "25 minutes ago" just after midnight
+    # would count on the day before, and the peak would be another day's.
+    at(monkeypatch, timezone.now().replace(hour=12, minute=0, second=0, microsecond=0))
     ended(user, "a", 10)
     ended(user, "b", 5, days_ago=2)
     ended(other_user, "c", 20)

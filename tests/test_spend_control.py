@@ -278,8 +278,9 @@ def test_rolling_window_resets_when_the_oldest_leaves(
     ("window", "says"), [("day", "for today"), ("rolling", "of the last 24 hours")]
 )
 def test_the_quota_message_names_the_window(
-    api_client: Any, upstream: Any, settings: Any, window: str, says: str
+    api_client: Any, upstream: Any, settings: Any, monkeypatch: Any, window: str, says: str
 ) -> None:
+    at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))  # no midnight between starts
     settings.AVATURN = {
         **settings.AVATURN,
         "QUOTA_WINDOW": window,
