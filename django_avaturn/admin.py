@@ -34,6 +34,7 @@ from django_avaturn.admin_actions import (
 )
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
+from django_avaturn.outcomes import Outcome
 from django_avaturn.redaction import scrub
 from django_avaturn.termination import end_sessions
 
@@ -326,19 +327,19 @@ class SessionAdmin(_ModelAdmin):
             self.message_user(request, str(exc), messages.ERROR)
         else:
             text, level = {
-                services.EndOutcome.ENDED: (_("Terminated the session."), messages.SUCCESS),
-                services.EndOutcome.ALREADY_GONE: (
+                Outcome.TERMINATED: (_("Terminated the session."), messages.SUCCESS),
+                Outcome.ALREADY_GONE: (
                     _("The session was already gone upstream; it is recorded as ended."),
                     messages.WARNING,
                 ),
-                services.EndOutcome.STOPPED_WHILE_STARTING: (
+                Outcome.STOPPED: (
                     _(
                         "The session was still starting: its start is stopped and ends "
                         "what Avaturn creates."
                     ),
                     messages.SUCCESS,
                 ),
-                services.EndOutcome.ALREADY_ENDED: (
+                Outcome.SKIPPED: (
                     _("The session is already being ended.")
                     if obj.status == SessionStatus.ENDING
                     else _("The session had already ended."),

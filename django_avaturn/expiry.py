@@ -44,11 +44,11 @@ from django.db.models import Min, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from django_avaturn import services
+from django_avaturn import transitions
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.outcomes import Outcome
 from django_avaturn.termination import (
     DEFAULT_BATCH_SIZE,
-    Outcome,
     Result,
     ResultCallback,
     Tally,
@@ -238,7 +238,7 @@ def _retry_stuck_ends(
         # Claimed while still starting, by a start that never finished: nothing upstream.
         orphans = [row for row in rows if not row.session_id]
         if orphans:
-            services.finish_claimed(orphans, notify=False, only_without_id=True)
+            transitions.finish_claimed(orphans, notify=False, only_without_id=True)
             report(Result(row, Outcome.MARKED, row.end_detail) for row in orphans)
 
 

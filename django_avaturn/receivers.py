@@ -33,7 +33,8 @@ from django.db import connections, router, transaction
 from django_avaturn.concurrency import run_bounded
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.termination import Outcome, Result, end_sessions
+from django_avaturn.outcomes import Outcome
+from django_avaturn.termination import Result, end_sessions
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,33 @@ Both are sent outside any transaction of ours; a receiver that raises does
 not undo the start or the end (``send_robust`` is used and failures logged).
 """
 
+from __future__ import annotations
+
+import logging
+from typing import Any
+
 from django.dispatch import Signal
+
+logger = logging.getLogger(__name__)
 
 session_started = Signal()
 session_ended = Signal()
+
+# For the log: a Signal's repr is "<Signal object at 0x...>".
+_SIGNAL_NAMES = {session_started: "session_started", session_ended: "session_ended"}
+
+
+def send_logged(signal: Signal, **kwargs: Any) -> None:
+    """Send ``signal`` for a ``Session``; log, never raise, what a receiver raises."""
+    # Imported here: a project may import its signals before the app registry is ready.
+    from django_avaturn.models import Session
+
+    for receiver, response in signal.send_robust(sender=Session, **kwargs):
+        if isinstance(response, Exception):
+            logger.error(
+                "A %s receiver (%r) raised %s",
+                _SIGNAL_NAMES.get(signal, "signal"),
+                receiver,
+                type(response).__name__,
+                exc_info=response,
+            )

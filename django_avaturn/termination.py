@@ -12,7 +12,7 @@ of rows at a time:
    host's command sees them as no longer live and stands back.
 2. **Terminate** the claimed sessions upstream, outside any transaction, a
    bounded number at a time (``concurrency.run_bounded``).
-3. **Finish** them through the service layer in bulk: terminated or already
+3. **Finish** them in bulk (``transitions``): terminated or already
    gone rows get their final status, failed ones go back to live so a later
    run retries them.
 
@@ -22,7 +22,6 @@ rows is held in memory, however many sessions there are.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,30 +30,17 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from django_avaturn import services
+from django_avaturn import transitions
 from django_avaturn.clients import get_avaturn_client
 from django_avaturn.concurrency import run_bounded, terminate_concurrency
 from django_avaturn.exceptions import AvaturnError, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.outcomes import Outcome
 from django_avaturn.redaction import excerpt
 
 DEFAULT_BATCH_SIZE = 500
 
 T = TypeVar("T")
-
-
-class Outcome(enum.Enum):
-    TERMINATED = "terminated"  # Avaturn ended it just now
-    ALREADY_GONE = "already gone"  # Avaturn answered 404: it had ended by itself
-    MARKED = "marked"  # recorded as ended without an upstream call
-    # Claimed while starting: its own request terminates what Avaturn creates
-    # (and leaves it for the expiry command if that fails).
-    STOPPED = "stopped while starting"
-    # The upstream call failed: the row is live again, or (an end already
-    # asked for) still ending, and a later expiry run retries it.
-    FAILED = "failed"
-    SKIPPED = "skipped"  # already ended, or another caller is ending it
-    WOULD_END = "would end"  # dry run
 
 
 @dataclass(frozen=True)
@@ -233,7 +219,7 @@ def terminate_claimed(
     if not rows:
         return []
     if not upstream:
-        services.finish_claimed(rows)
+        transitions.finish_claimed(rows)
         return [Result(row, Outcome.MARKED, row.end_detail) for row in rows]
 
     client = get_avaturn_client()
@@ -255,9 +241,9 @@ def terminate_claimed(
             outcome = Outcome.TERMINATED if answer else Outcome.ALREADY_GONE
             results.append(Result(row, outcome, row.end_detail))
     if done:
-        services.finish_claimed(done)
+        transitions.finish_claimed(done)
     if failed and release:
-        services.release_claimed(failed)
+        transitions.release_claimed(failed)
     # Anything but our own errors is a bug: surface it after the rows are consistent.
     for answer in answers:
         if isinstance(answer, Exception) and not isinstance(answer, AvaturnError):

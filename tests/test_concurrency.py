@@ -22,7 +22,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from django_avaturn import services
+from django_avaturn import services, transitions
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.session_config import build_plan
@@ -404,7 +404,7 @@ def test_a_replaced_start_that_goes_live_meanwhile_is_replaced_with_its_id(user:
     replacer = threading.Thread(target=replace)
     replacer.start()
     assert about_to_claim.wait(10)
-    activated = services._activate(row_a, "sess-A", timezone.now())
+    activated = transitions.activate(row_a, "sess-A", timezone.now())
     release.set()
     replacer.join(10)
 

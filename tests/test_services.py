@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import AnonymousUser
 
-from django_avaturn import services
+from django_avaturn import services, transitions
 from django_avaturn.clients import get_avaturn_client, get_openai_secrets
 from django_avaturn.exceptions import SessionNotLive, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.outcomes import Outcome
 from django_avaturn.redaction import excerpt, scrub
 from django_avaturn.signals import session_ended, session_started
 from django_avaturn.termination import end_sessions
@@ -64,12 +65,12 @@ def test_a_failing_receiver_does_not_undo_the_start(
 
 def test_end_outcomes(user: Any, upstream: Any) -> None:
     first = services.start_session(user).session
-    assert services.end_session(first, reason=EndReason.CLIENT) is services.EndOutcome.ENDED
-    assert services.end_session(first, reason=EndReason.CLIENT) is services.EndOutcome.ALREADY_ENDED
+    assert services.end_session(first, reason=EndReason.CLIENT) is Outcome.TERMINATED
+    assert services.end_session(first, reason=EndReason.CLIENT) is Outcome.SKIPPED
 
     second = services.start_session(user).session
     upstream.avaturn.on_delete(404, {"detail": "gone"})
-    assert services.end_session(second, reason=EndReason.ADMIN) is services.EndOutcome.ALREADY_GONE
+    assert services.end_session(second, reason=EndReason.ADMIN) is Outcome.ALREADY_GONE
     second.refresh_from_db()
     assert (second.status, second.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
 
@@ -127,13 +128,13 @@ def test_a_row_going_live_while_end_session_claims_it_is_never_left_running(
     terminated = [call.request.url for call in upstream.avaturn.delete_calls()]
     if activated == [1]:
         # It went live before the claim caught it: terminated here.
-        assert outcome is services.EndOutcome.ENDED
+        assert outcome is Outcome.TERMINATED
         assert terminated == ["https://avaturn.test/api/v1/sessions/av-went-live"]
         assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
     else:
         # Claimed while starting: its activation fails, and its request
         # terminates what it created (test_ending_a_row_that_is_still_starting...).
-        assert outcome is services.EndOutcome.STOPPED_WHILE_STARTING
+        assert outcome is Outcome.STOPPED
         assert terminated == []
         assert (row.status, row.session_id) == (SessionStatus.ENDING, None)
 
@@ -146,7 +147,7 @@ def test_ending_a_row_that_is_still_starting_makes_its_start_clean_up(
     def create_and_meanwhile_end(request: Any) -> tuple[int, dict[str, str], str]:
         row = Session.objects.get(status=SessionStatus.STARTING)
         outcome = services.end_session(row, reason=EndReason.ADMIN)
-        assert outcome is services.EndOutcome.STOPPED_WHILE_STARTING
+        assert outcome is Outcome.STOPPED
         return original(request)
 
     original = upstream.avaturn._create
@@ -174,11 +175,11 @@ def test_ending_a_row_that_is_still_starting_makes_its_start_clean_up(
 
 def test_heartbeat_on_ended_session_raises(user: Any, upstream: Any) -> None:
     session = services.start_session(user).session
-    services.record_heartbeat(session)
+    transitions.record_heartbeat(session)
     assert session.last_seen_at is not None
     services.end_session(session, reason=EndReason.CLIENT)
     with pytest.raises(services.SessionNotLive):
-        services.record_heartbeat(session)
+        transitions.record_heartbeat(session)
 
 
 def test_reprs_hide_tokens_and_keys(user: Any, upstream: Any) -> None:

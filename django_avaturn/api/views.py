@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from django_avaturn import services
+from django_avaturn import services, transitions
 from django_avaturn.api.errors import exception_handler
 from django_avaturn.api.parsers import JSONParser
 from django_avaturn.api.serializers import (
@@ -222,5 +222,5 @@ class SessionHeartbeatView(AvaturnAPIView):
     )
     def post(self, request: Request, session_id: str) -> Response:
         session = self.own_session(request, session_id)
-        services.record_heartbeat(session)
+        transitions.record_heartbeat(session)
         return Response(status=204)

@@ -1,0 +1,249 @@
+"""Every change of a session row's status, each a conditional ``UPDATE``.
+
+``UPDATE ... WHERE status = ...`` lets two callers race for the same row
+(to end it, replace it, activate it) without a lock held across an upstream
+call: the loser sees zero rows updated and stands back. Nothing here talks
+to an upstream; ``services`` and ``termination`` decide when to call these,
+around their calls to Avaturn.
+
+The lifecycle: ``STARTING`` → ``LIVE`` (``activate``) → ``ENDING`` (a claim:
+``claim_for_end``, ``claim_replaced``, or the bulk claims in ``termination``)
+→ ``ENDED``/``EXPIRED``/``FAILED`` (``finish_claimed``), or back to ``LIVE``
+when the terminate failed (``release_claimed``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.db import DatabaseError
+from django.utils import timezone
+
+from django_avaturn.exceptions import SessionNotLive, SessionReplaced, UpstreamError
+from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.redaction import excerpt
+from django_avaturn.signals import send_logged, session_ended
+
+logger = logging.getLogger(__name__)
+
+# Rows that hold (or are about to hold) a slot under the per-user cap.
+CAPPED_STATUSES = (SessionStatus.STARTING, SessionStatus.LIVE)
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def activate(row: Session, session_id: str, expires_at: datetime) -> bool:
+    """``STARTING`` → ``LIVE`` with Avaturn's id; False if someone claimed the row meanwhile."""
+    now = timezone.now()
+    updated = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
+        status=SessionStatus.LIVE,
+        session_id=session_id,
+        started_at=now,
+        expires_at=expires_at,
+        updated_at=now,
+    )
+    if updated != 1:
+        return False
+    # What the UPDATE wrote, without reading the row back.
+    row.status, row.session_id, row.started_at = SessionStatus.LIVE, session_id, now
+    row.expires_at, row.updated_at = expires_at, now
+    return True
+
+
+def claim_replaced(pks: list[int]) -> list[Session]:
+    """Move the rows a start replaces to ``ENDING``; return those it claimed, as claimed.
+
+    Conditional like every state change, so a row someone else ended
+    meanwhile keeps their reason. Read after the claim: on PostgreSQL a
+    starting row can go live between the read of the holders and this
+    UPDATE (its activation takes no lock the reservation holds), and it must
+    come back with its session id, or nothing would terminate it.
+    """
+    Session.objects.filter(pk__in=pks, status__in=CAPPED_STATUSES).update(
+        status=SessionStatus.ENDING, end_reason=EndReason.REPLACED, updated_at=timezone.now()
+    )
+    claimed = Session.objects.filter(
+        pk__in=pks, status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
+    )
+    return list(claimed.order_by("created_at", "pk"))
+
+
+def finish_without_upstream(row: Session, session_id: str) -> None:
+    """A start whose row was claimed meanwhile terminated what it created: record the id, end."""
+    now = timezone.now()
+    Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(
+        status=SessionStatus.ENDED, session_id=session_id, ended_at=now, updated_at=now
+    )
+
+
+def failure_detail(exc: BaseException) -> str:
+    """What a failed start records in ``end_detail``: scrubbed, never a key."""
+    return exc.describe() if isinstance(exc, UpstreamError) else excerpt(type(exc).__name__)
+
+
+def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = None) -> None:
+    """A start failed with nothing left running upstream: its row ends ``FAILED``. Never raises."""
+    detail = failure_detail(exc)
+    if isinstance(exc, UpstreamError):
+        logger.warning("Avaturn session start failed: %s", detail)
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "status": SessionStatus.FAILED,
+        "end_detail": detail[:500],
+        "ended_at": now,
+        "updated_at": now,
+    }
+    if session_id is not None:
+        fields["session_id"] = session_id
+    try:
+        claimed = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
+            end_reason=EndReason.UPSTREAM_ERROR, **fields
+        )
+        if not claimed:
+            Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(**fields)
+    except DatabaseError:
+        # The expiry command ends stale STARTING rows; the upstream side is already clean.
+        logger.exception("Could not record the failed start of session row %s", row.pk)
+
+
+def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = None) -> None:
+    """Record an orphan's id on a row left ``ending``, for the expiry command to terminate.
+
+    Its sweep of rows stuck ``ending`` (``EXPIRE_STUCK_AFTER``) terminates them
+    upstream and only then gives them a final status, so a session Avaturn
+    created is never recorded as ended while it may still run. A row someone
+    else claimed keeps their end reason; a failed start's becomes
+    ``upstream_error`` (and its final status ``failed``). Never raises.
+    """
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "status": SessionStatus.ENDING,
+        "session_id": session_id,
+        "updated_at": now,
+    }
+    if exc is not None:
+        fields["end_detail"] = failure_detail(exc)[:500]
+    # A row without an id that is no longer live: still starting, claimed by
+    # an ender, or already finished by the expiry command's sweep of stuck
+    # starts (a start slower than EXPIRE_STUCK_AFTER). Each is ours to reopen.
+    ours = Session.objects.filter(pk=row.pk, session_id__isnull=True).exclude(
+        status=SessionStatus.LIVE
+    )
+    try:
+        # A start's own row (still starting, or marked failed by the sweep of
+        # stuck starts) ends failed once terminated; a claimed one keeps its reason.
+        updated = ours.filter(status__in=(SessionStatus.STARTING, SessionStatus.FAILED)).update(
+            end_reason=EndReason.UPSTREAM_ERROR, ended_at=None, **fields
+        ) or ours.update(ended_at=None, **fields)
+    except DatabaseError:
+        updated = 0
+        logger.exception("Could not record orphaned Avaturn session %s on its row", session_id)
+    if not updated:
+        # The row is gone (its user deleted meanwhile): nothing will retry.
+        logger.error(
+            "Avaturn session %s could not be terminated and has no row to retry it from; "
+            "it ends by itself within its user_absent_timeout; end it by hand.",
+            session_id,
+        )
+
+
+# --------------------------------------------------------------------------- ending
+
+
+def claim_for_end(session: Session, *, reason: str, detail: str) -> bool:
+    """Move ``session`` (starting or live) to ``ENDING`` for ``reason``; False if it was not.
+
+    One claim for both statuses: claimed one after the other, a row its start
+    activated between the two statements would match neither. The instance
+    is updated to what was claimed; ``started_at`` (set only by ``activate``)
+    then tells a live row from one still starting.
+    """
+    now = timezone.now()
+    claimed = Session.objects.filter(pk=session.pk, status__in=CAPPED_STATUSES).update(
+        status=SessionStatus.ENDING, end_reason=reason, end_detail=detail[:500], updated_at=now
+    )
+    if not claimed:
+        session.refresh_from_db()
+        return False
+    if not (session.status == SessionStatus.LIVE and session.session_id):
+        # The caller's copy may predate the activation: read what was claimed.
+        # (A live row keeps its id, so a copy that saw it live is up to date.)
+        session.refresh_from_db()
+    session.status, session.end_reason = SessionStatus.ENDING, reason
+    session.end_detail, session.updated_at = detail[:500], now
+    return True
+
+
+def finish_claimed(
+    sessions: Sequence[Session], *, notify: bool = True, only_without_id: bool = False
+) -> None:
+    """Give rows this caller claimed (moved to ``ENDING``) and terminated their final status.
+
+    One ``UPDATE`` per final status however many rows, so bulk callers (the
+    admin, the expiry command) stay at a few queries per batch. A row ended
+    for ``expired`` becomes ``EXPIRED``, for ``upstream_error`` (a failed
+    start's orphan, terminated later) ``FAILED``, any other ``ENDED``. Then
+    ``session_ended`` is sent once per row (unless ``notify`` is false).
+    ``only_without_id`` finishes only rows still without a session id: a slow
+    start may record one meanwhile (``leave_for_retry``), and that row must
+    then wait for its terminate.
+    """
+    now = timezone.now()
+    by_status: dict[SessionStatus, list[Session]] = {}
+    for session in sessions:
+        by_status.setdefault(_final_status(session.end_reason), []).append(session)
+    for final_status, group in by_status.items():
+        claimed = Session.objects.filter(pk__in=[s.pk for s in group], status=SessionStatus.ENDING)
+        if only_without_id:
+            claimed = claimed.filter(session_id__isnull=True)
+        claimed.update(status=final_status, ended_at=now, updated_at=now)
+        for session in group:
+            session.status, session.ended_at, session.updated_at = final_status, now, now
+    if notify:
+        for session in sessions:
+            # Only a session that went live (session_started was sent) ended;
+            # a start's orphan terminated on a retry never started.
+            if session.started_at is not None:
+                send_logged(session_ended, session=session, reason=session.end_reason)
+
+
+def _final_status(end_reason: str) -> SessionStatus:
+    if end_reason == EndReason.EXPIRED:
+        return SessionStatus.EXPIRED
+    # A failed start whose orphan was terminated later (see leave_for_retry).
+    if end_reason == EndReason.UPSTREAM_ERROR:
+        return SessionStatus.FAILED
+    return SessionStatus.ENDED
+
+
+def release_claimed(sessions: Sequence[Session]) -> None:
+    """Upstream termination failed: put claimed rows back to live so a later attempt retries."""
+    now = timezone.now()
+    Session.objects.filter(pk__in=[s.pk for s in sessions], status=SessionStatus.ENDING).update(
+        status=SessionStatus.LIVE, end_reason="", end_detail="", updated_at=now
+    )
+    for session in sessions:
+        session.status, session.end_reason, session.end_detail = SessionStatus.LIVE, "", ""
+        session.updated_at = now
+
+
+# --------------------------------------------------------------------------- heartbeat
+
+
+def record_heartbeat(session: Session) -> None:
+    """Record that the visitor's browser is still there; refuse a row no longer live."""
+    now = timezone.now()
+    updated = Session.objects.filter(pk=session.pk, status=SessionStatus.LIVE).update(
+        last_seen_at=now, updated_at=now
+    )
+    if not updated:
+        # Said apart: the widget then tells its visitor why the call ended.
+        ended_for = Session.objects.filter(pk=session.pk).values_list("end_reason", flat=True)
+        if list(ended_for) == [EndReason.REPLACED]:
+            raise SessionReplaced()
+        raise SessionNotLive()
+    session.last_seen_at = now
