@@ -14,6 +14,7 @@ from urllib.parse import quote
 import requests
 import requests.adapters
 import urllib3.exceptions
+from django.views.decorators.debug import sensitive_variables
 
 from django_avaturn import __version__
 from django_avaturn.exceptions import UpstreamError, UpstreamTimeout
@@ -124,6 +125,8 @@ class AvaturnClient:
     def close(self) -> None:
         self._http.close()
 
+    # The payload carries the OpenAI client secret: kept off Django's error pages.
+    @sensitive_variables("payload")
     def create_session(self, payload: dict[str, Any]) -> CreatedSession:
         operation = "create session"
         try:
@@ -144,18 +147,18 @@ class AvaturnClient:
                 # A 5xx may come after the session was created; a 2xx cut short
                 # before naming it certainly does.
                 _log_unknown_outcome(payload, f"a {status} answer it could not read")
-            elif status is None and _may_have_arrived(exc.__cause__):
+            elif isinstance(exc, _ConnectionLost):
                 _log_unknown_outcome(payload, "a connection dropped after sending")
             raise
         try:
             data = self._json(response, operation)
-        except UpstreamError as exc:
+        except UpstreamError:
             # A 2xx too broken to parse still created a session: end it if it names one.
             found = _SESSION_ID_IN_TEXT.search(response.content)
             if found is not None:
                 raise IncompleteSession(
                     found.group(1).decode("ascii"), response.status_code, "unparseable answer"
-                ) from exc
+                ) from None
             _log_unknown_outcome(payload, "an unparseable answer")
             raise
         session_id = data.get("session_id")
@@ -222,6 +225,7 @@ class AvaturnClient:
                 continue
             return response.status_code != 404
 
+    @sensitive_variables("json")
     def _send(
         self,
         method: str,
@@ -240,18 +244,21 @@ class AvaturnClient:
         so the caller can end what Avaturn created.
         """
         deadline = time.monotonic() + self._deadline
+        # Every error below is raised unchained (``from None``): the frames of
+        # requests and urllib3 under this one hold the request's headers (the
+        # API key) and body (the client secret), and Django's error pages and
+        # reporters print the variables of a cause's frames too.
         try:
             response = self._http.request(
                 method, self.base_url + path, json=json, timeout=self._timeout, stream=True
             )
-        except requests.Timeout as exc:
-            raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
+        except requests.Timeout:
+            raise UpstreamTimeout(service=SERVICE, operation=operation) from None
         except requests.RequestException as exc:
-            raise UpstreamError(service=SERVICE, operation=operation) from exc
+            lost = _ConnectionLost if _may_have_arrived(exc) else UpstreamError
+            raise lost(service=SERVICE, operation=operation) from None
         except Exception as exc:
             # Not a failure requests knows (a bug in an adapter or below it).
-            # The frames under this one hold the request body, the client
-            # secret in it: unchained, no error page or reporter shows them.
             _log_unexpected(operation, exc)
             raise _UnexpectedFailure(service=SERVICE, operation=operation) from None
         accepted = response.ok or response.status_code in accept_statuses
@@ -267,16 +274,16 @@ class AvaturnClient:
             if accepted and named is not None:
                 raise IncompleteSession(
                     named.group(1).decode("ascii"), response.status_code, "answer cut short"
-                ) from exc
+                ) from None
             if accepted and isinstance(exc, (TimeoutError, urllib3.exceptions.TimeoutError)):
-                raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
+                raise UpstreamTimeout(service=SERVICE, operation=operation) from None
             if accepted:
                 raise UpstreamError(
                     service=SERVICE,
                     operation=operation,
                     upstream_status=response.status_code,
                     body_excerpt="answer cut short",
-                ) from exc
+                ) from None
             content = b""  # an error answer: its status is what matters
         else:
             # Read to the end: the connection goes back to the pool for the next call.
@@ -294,14 +301,14 @@ class AvaturnClient:
     def _json(response: _Answer, operation: str) -> dict[str, Any]:
         try:
             data = jsonlib.loads(response.content)
-        except (ValueError, RecursionError) as exc:
+        except (ValueError, RecursionError):
             # (Nested too deep, it is a RecursionError, whose traceback is noise.)
             raise UpstreamError(
                 service=SERVICE,
                 operation=operation,
                 upstream_status=response.status_code,
                 body_excerpt="unparseable answer: " + excerpt(response.content, limit=120),
-            ) from (None if isinstance(exc, RecursionError) else exc)
+            ) from None
         if not isinstance(data, dict):
             raise UpstreamError(
                 service=SERVICE,
@@ -314,6 +321,10 @@ class AvaturnClient:
 
 class _UnexpectedFailure(UpstreamError):
     """The request failed in a way requests does not know: it may have been sent."""
+
+
+class _ConnectionLost(UpstreamError):
+    """The connection failed after it was made: the request may have reached Avaturn."""
 
 
 class IncompleteSession(UpstreamError):

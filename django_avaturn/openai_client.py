@@ -44,24 +44,25 @@ class RealtimeSecrets:
 
     def mint(self, *, session: dict[str, Any], ttl_seconds: int) -> ClientSecret:
         operation = "client_secrets.create"
+        # Every error below is raised unchained (``from None``): the SDK's
+        # message quotes the answer unscrubbed (an answer can echo the key),
+        # and Django's error pages print the variables of a cause's frames.
         try:
             response = self._client.realtime.client_secrets.create(
                 expires_after={"anchor": "created_at", "seconds": ttl_seconds},
                 session=session,  # type: ignore[arg-type]  # a GA session dict, validated upstream
             )
-        except openai.APITimeoutError as exc:
-            raise UpstreamTimeout(service=SERVICE, operation=operation) from exc
+        except openai.APITimeoutError:
+            raise UpstreamTimeout(service=SERVICE, operation=operation) from None
         except openai.APIStatusError as exc:
-            # Not "from exc": the SDK's message quotes the answer unscrubbed, and an
-            # answer can echo the key; a chained traceback would carry it into logs.
             raise UpstreamError(
                 service=SERVICE,
                 operation=operation,
                 upstream_status=exc.status_code,
                 body_excerpt=excerpt(exc.response.content),
             ) from None
-        except openai.APIConnectionError as exc:
-            raise UpstreamError(service=SERVICE, operation=operation) from exc
+        except openai.APIConnectionError:
+            raise UpstreamError(service=SERVICE, operation=operation) from None
         except (openai.OpenAIError, ValueError, RecursionError) as exc:
             # A 200 with a body that is not JSON escapes the SDK as a bare
             # JSONDecodeError (a ValueError), one nested too deep as a
@@ -71,7 +72,7 @@ class RealtimeSecrets:
                 operation=operation,
                 upstream_status=None if isinstance(exc, openai.OpenAIError) else 200,
                 body_excerpt="unparseable answer: " + type(exc).__name__,
-            ) from (None if isinstance(exc, RecursionError) else exc)
+            ) from None
         value = getattr(response, "value", None)
         expires_at = getattr(response, "expires_at", None)
         if not isinstance(value, str) or not value or not isinstance(expires_at, int):

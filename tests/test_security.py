@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import traceback
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.test import Client
+from django.test import Client, RequestFactory
+from django.views.debug import ExceptionReporter
 from rest_framework.test import APIClient
 
 from django_avaturn import clients, services
@@ -27,7 +29,7 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
-from tests.live_fake import FAST_TIMEOUTS, csrf_json
+from tests.live_fake import FAST_TIMEOUTS, closed_port, csrf_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -384,3 +386,52 @@ def test_session_ids_no_row_can_have_are_404_on_every_database(
     response = api_client.get(f"/avaturn/sessions/{session_id}/")
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+def _debug_page() -> str:
+    """What Django's DEBUG page (and its error e-mails) would show of the error being handled."""
+    return ExceptionReporter(
+        RequestFactory().get("/a-sites-own-view/"), *sys.exc_info()
+    ).get_traceback_html()
+
+
+@pytest.mark.parametrize(
+    ("route", "fault"),
+    [
+        (OPENAI_CLIENT_SECRET, {"mode": "close"}),
+        (OPENAI_CLIENT_SECRET, {"status": 500}),
+        (OPENAI_CLIENT_SECRET, {"mode": "timeout", "delay": 1.5}),
+        (OPENAI_CLIENT_SECRET, {"mode": "malformed"}),
+        (AVATURN_CREATE, {"mode": "close"}),
+        (AVATURN_CREATE, {"mode": "timeout", "delay": 1.5}),
+        (AVATURN_CREATE, {"status": 503}),
+        (AVATURN_CREATE, {"mode": "malformed"}),
+        (AVATURN_TERMINATE, {"mode": "close"}),
+        (AVATURN_TERMINATE, {"status": 500}),
+        ("refused", {}),
+    ],
+)
+def test_no_credential_on_a_debug_page_when_a_sites_own_view_lets_our_error_through(
+    sentinel_fake: FakeUpstream, settings: Any, user: Any, route: str, fault: dict[str, Any]
+) -> None:
+    # The README shows services.start_session()/end_session() called from a
+    # site's own view; an error it does not catch reaches Django's error page,
+    # which prints every frame's variables, those of the exception's cause too.
+    started = services.start_session(user)
+    if route == "refused":
+        settings.AVATURN = {**settings.AVATURN, "API_URL": f"http://127.0.0.1:{closed_port()}"}
+    else:
+        sentinel_fake.fail(route, **fault)
+    page = ""
+    try:
+        if route in (OPENAI_CLIENT_SECRET, AVATURN_CREATE):
+            services.start_session(user)
+        else:
+            services.end_session(started.session, reason=EndReason.CLIENT)
+    except AvaturnError:
+        page = _debug_page()
+    assert "Traceback" in page  # it failed, and the page shows where
+    secrets = [secret.value for secret in sentinel_fake.secrets_issued.values()]
+    assert secrets  # the start above minted one: the sweep below is not vacuous
+    for credential in (*SENTINELS, *secrets):
+        assert credential not in page
