@@ -193,7 +193,9 @@ def _fail_stuck_starts(
 
     queryset = Session.objects.filter(status=SessionStatus.STARTING, created_at__lt=stuck_since)
     outcome = Outcome.WOULD_END if dry_run else Outcome.MARKED
-    for rows in claimed_batches(queryset, claim_stuck, batch_size=batch_size, lock=not dry_run):
+    for rows in claimed_batches(
+        queryset, claim_stuck, batch_size=batch_size, lock=not dry_run, skip_locked=True
+    ):
         report(Result(row, outcome, detail) for row in rows)
         if rows and not dry_run:
             logger.warning(
@@ -221,7 +223,9 @@ def _retry_stuck_ends(
         )
 
     queryset = Session.objects.filter(status=SessionStatus.ENDING, updated_at__lt=stuck_since)
-    for rows in claimed_batches(queryset, claim_stuck, batch_size=batch_size, lock=not dry_run):
+    for rows in claimed_batches(
+        queryset, claim_stuck, batch_size=batch_size, lock=not dry_run, skip_locked=True
+    ):
         if dry_run:
             report(Result(row, Outcome.WOULD_END, "stuck ending") for row in rows)
             continue
@@ -276,7 +280,7 @@ def _expire_live(
         )
 
     for claimed in claimed_batches(
-        candidates, claim_stale, batch_size=batch_size, lock=not dry_run
+        candidates, claim_stale, batch_size=batch_size, lock=not dry_run, skip_locked=True
     ):
         if dry_run:
             report(Result(row, Outcome.WOULD_END, reasons[row.pk]) for row in claimed)

@@ -4,8 +4,9 @@ The admin action and the expiry command both work the same way, one batch
 of rows at a time:
 
 1. **Claim**, in one short transaction: lock the next batch of rows by
-   primary key (``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has
-   it, so several hosts share the work instead of queueing), move the ones
+   primary key (for the expiry command ``SELECT ... FOR UPDATE SKIP LOCKED``
+   where the database has it, so several hosts share the work instead of
+   queueing; the admin waits for a row another transaction holds), move the ones
    still live to ``ENDING`` with a conditional ``UPDATE`` that writes a claim
    stamp, and read back which rows carry the stamp. Those, and only those,
    are this caller's: a racing admin click, ``end_session()`` or another
@@ -101,14 +102,21 @@ def claimed_batches(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     lock: bool = True,
+    skip_locked: bool = False,
 ) -> Iterator[T]:
     """Walk ``queryset`` in primary-key batches: claim each in a short transaction.
 
     ``claim_batch(rows)`` runs inside the batch's transaction, with the rows
-    locked (``SKIP LOCKED`` where supported) when ``lock`` is true; its return
-    value is yielded after the commit, so the caller's upstream calls happen
-    outside any transaction. Keyset pagination (``pk > last``), not offsets:
-    claimed rows leave the queryset, and an offset would skip others.
+    locked when ``lock`` is true; its return value is yielded after the
+    commit, so the caller's upstream calls happen outside any transaction.
+    Keyset pagination (``pk > last``), not offsets: claimed rows leave the
+    queryset, and an offset would skip others.
+
+    ``skip_locked`` (where the database has it) passes over rows another
+    transaction holds, for good: only for a caller that runs again (the
+    expiry command, whose hosts then share the work). One that must end every
+    row it was given waits for them instead; the holders (a heartbeat, an
+    activation) are single-row UPDATEs.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1.")
@@ -117,7 +125,7 @@ def claimed_batches(
     while True:
         page = base if last_pk is None else base.filter(pk__gt=last_pk)
         with transaction.atomic():
-            if lock and connection.features.has_select_for_update_skip_locked:
+            if lock and skip_locked and connection.features.has_select_for_update_skip_locked:
                 page = page.select_for_update(skip_locked=True)
             elif lock and connection.features.has_select_for_update:
                 page = page.select_for_update()

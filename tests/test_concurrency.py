@@ -25,8 +25,10 @@ from rest_framework.test import APIClient
 from django_avaturn import services, transitions
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.outcomes import Outcome
 from django_avaturn.session_config import build_plan
 from django_avaturn.signals import session_ended
+from django_avaturn.termination import end_sessions
 from django_avaturn.testing import (
     AVATURN_CREATE,
     AVATURN_TERMINATE,
@@ -412,3 +414,38 @@ def test_a_replaced_start_that_goes_live_meanwhile_is_replaced_with_its_id(user:
     assert [(old.pk, old.session_id) for old in outcome["replaced"]] == [(row_a.pk, "sess-A")]
     row_a.refresh_from_db()
     assert (row_a.status, row_a.end_reason) == (SessionStatus.ENDING, EndReason.REPLACED)
+
+
+def test_ending_every_session_waits_for_a_row_a_heartbeat_is_updating(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    """The kill switch, the admin's action and sign-out must end every row they are given.
+
+    The expiry command may skip a row another transaction holds (SKIP LOCKED:
+    hosts share the work, and its next run sees the row). A one-off caller
+    has no next run: skipping a row a heartbeat was updating at that moment
+    left a session billing after the kill switch, with nothing reported.
+    """
+    from django.db import connections, transaction
+
+    pk = services.start_session(user).session.pk
+    holding, release = threading.Event(), threading.Event()
+
+    def heartbeat_in_flight() -> None:
+        try:
+            with transaction.atomic():
+                Session.objects.filter(pk=pk).update(last_seen_at=timezone.now())
+                holding.set()
+                release.wait(0.5)  # then commit, as a heartbeat does
+        finally:
+            connections.close_all()
+
+    beat = threading.Thread(target=heartbeat_in_flight)
+    beat.start()
+    assert holding.wait(5)
+    tally = end_sessions(Session.objects.active(), reason=EndReason.SHUTDOWN)
+    beat.join()
+
+    assert tally[Outcome.TERMINATED] == 1
+    assert Session.objects.get(pk=pk).status == SessionStatus.ENDED
+    assert_no_orphans(live_fake)
