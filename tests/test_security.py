@@ -253,6 +253,29 @@ def test_unknown_fields_are_named_in_the_error(live_fake: FakeUpstream, user: An
     assert set(response.json()["errors"]) == {"voice", "tools"}
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("", '{"\\ud800": 1}'),  # an unknown field named by a lone surrogate
+        ("transcripts/", '{"role": "\\udfff", "text": "hi"}'),  # a choice DRF quotes back
+    ],
+)
+def test_a_lone_surrogate_quoted_back_is_a_json_400_not_a_500(
+    live_fake: FakeUpstream, user: Any, settings: Any, path: str, body: str
+) -> None:
+    # Valid JSON, but a string UTF-8 cannot encode: an error message that
+    # quotes it must still render.
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    client = _client(user)
+    url = LIST_URL
+    if path:
+        url = f"{LIST_URL}{csrf_json(client, 'post', LIST_URL, {}).json()['session_id']}/{path}"
+    response = csrf_json(client, "post", url, body)
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert r"\ud" in response.content.decode("ascii")  # quoted back, escaped
+
+
 # --------------------------------------------------------------------------- the key sweep
 
 SENTINEL_AVATURN_KEY = "av-SENTINEL-avaturn-5f0c2b9e1d"

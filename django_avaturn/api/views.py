@@ -15,7 +15,6 @@ from django.utils.translation import gettext_lazy
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
@@ -24,6 +23,7 @@ from rest_framework.views import APIView
 from django_avaturn import services, transitions
 from django_avaturn.api.errors import exception_handler
 from django_avaturn.api.parsers import JSONParser
+from django_avaturn.api.renderers import AsciiJSONRenderer
 from django_avaturn.api.serializers import (
     QuotaErrorSerializer,
     SessionSerializer,
@@ -59,7 +59,7 @@ class AvaturnAPIView(APIView):
     # JSON whatever the site's DEFAULT_RENDERER_CLASSES: the API promises JSON
     # answers and errors, and DRF's browsable API would answer a browser's
     # Accept header with HTML pages.
-    renderer_classes = (JSONRenderer,)
+    renderer_classes = (AsciiJSONRenderer,)
 
     def get_authenticators(self) -> list[BaseAuthentication]:
         try:
