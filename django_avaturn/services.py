@@ -309,7 +309,7 @@ def _terminate_claimed(session: Session) -> Outcome:
         terminated = get_avaturn_client().terminate_session(session.session_id)
     except AvaturnError:
         transitions.release_claimed([session])
-        session.refresh_from_db()
+        transitions.refresh_if_present(session)
         raise
     # finish_claimed sets the final fields on the instance too: no read back.
     transitions.finish_claimed([session])

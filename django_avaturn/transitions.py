@@ -155,7 +155,7 @@ def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = N
 
 
 def claim_for_end(session: Session, *, reason: str, detail: str) -> bool:
-    """Move ``session`` (starting or live) to ``ENDING`` for ``reason``; False if it was not.
+    """Move ``session`` (starting or live) to ``ENDING`` for ``reason``; False if not (or gone).
 
     One claim for both statuses: claimed one after the other, a row its start
     activated between the two statements would match neither. The instance
@@ -167,14 +167,28 @@ def claim_for_end(session: Session, *, reason: str, detail: str) -> bool:
         status=SessionStatus.ENDING, end_reason=reason, end_detail=detail[:500], updated_at=now
     )
     if not claimed:
-        session.refresh_from_db()
+        refresh_if_present(session)
         return False
-    if not (session.status == SessionStatus.LIVE and session.session_id):
-        # The caller's copy may predate the activation: read what was claimed.
-        # (A live row keeps its id, so a copy that saw it live is up to date.)
-        session.refresh_from_db()
+    # The caller's copy may predate the activation: read what was claimed.
+    # (A live row keeps its id, so a copy that saw it live is up to date.)
+    up_to_date = session.status == SessionStatus.LIVE and session.session_id
+    if not up_to_date and not refresh_if_present(session):
+        return False
     session.status, session.end_reason = SessionStatus.ENDING, reason
     session.end_detail, session.updated_at = detail[:500], now
+    return True
+
+
+def refresh_if_present(session: Session) -> bool:
+    """Re-read ``session``; False if its row is gone.
+
+    A row goes with its user: a deletion racing an end has ended (or will
+    end) upstream whatever the row recorded (``receivers``).
+    """
+    try:
+        session.refresh_from_db()
+    except Session.DoesNotExist:
+        return False
     return True
 
 

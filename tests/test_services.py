@@ -63,6 +63,29 @@ def test_a_failing_receiver_does_not_undo_the_start(
     assert "A session_started receiver" in caplog.text and "RuntimeError" in caplog.text
 
 
+def test_ending_a_row_deleted_meanwhile_is_skipped(user: Any, upstream: Any) -> None:
+    # A Stop or the admin's button racing the deletion of the user (and with
+    # them their rows): the deletion ends what ran upstream; the end is moot.
+    row = services.start_session(user).session
+    Session.objects.filter(pk=row.pk).delete()
+    assert services.end_session(row, reason=EndReason.CLIENT) is Outcome.SKIPPED
+    assert upstream.avaturn.delete_calls() == []
+
+
+def test_a_failed_terminate_of_a_row_deleted_meanwhile_raises_the_upstream_error(
+    user: Any, upstream: Any
+) -> None:
+    row = services.start_session(user).session
+
+    def deleted_while_terminating(request: Any) -> tuple[int, dict[str, str], str]:
+        Session.objects.filter(pk=row.pk).delete()
+        return 500, {}, '{"detail": "down"}'
+
+    upstream.avaturn.on_delete_call(deleted_while_terminating)
+    with pytest.raises(UpstreamError):
+        services.end_session(row, reason=EndReason.CLIENT)
+
+
 def test_end_outcomes(user: Any, upstream: Any) -> None:
     first = services.start_session(user).session
     assert services.end_session(first, reason=EndReason.CLIENT) is Outcome.TERMINATED

@@ -118,6 +118,11 @@ class AvaturnUpstream:
     def on_delete(self, status: int, body: Any = None, **kwargs: Any) -> None:
         self.rsps.replace(responses.DELETE, DELETE_URL, status=status, json=body, **kwargs)
 
+    def on_delete_call(self, callback: Callable[[Any], tuple[int, dict[str, str], str]]) -> None:
+        """Answer terminates with ``callback(request)``: for what happens meanwhile."""
+        self.rsps.remove(responses.DELETE, DELETE_URL)
+        self.rsps.add_callback(responses.DELETE, DELETE_URL, callback=callback)
+
     def on_delete_raise(self, exc: Exception) -> None:
         self.rsps.replace(responses.DELETE, DELETE_URL, body=exc)
 
