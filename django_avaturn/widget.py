@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.http import HttpRequest
 from django.middleware.csrf import get_token
 from django.template.context import Context
@@ -186,6 +187,9 @@ def widget_context(
         "stop_label": None if stop_label is None else _text(stop_label),
         "nonce": get_csp_nonce(context, request),
         "csrf_token": get_token(request) if request is not None else "",
+        # The widget reads the current token from this cookie when it can: a
+        # sign-in in another tab rotates it, and the rendered one goes stale.
+        "csrf_cookie_name": "" if settings.CSRF_USE_SESSIONS else settings.CSRF_COOKIE_NAME,
         "sessions_url": list_url,
         "session_url": reverse(
             "django_avaturn:session-detail", kwargs={"session_id": SESSION_ID_PLACEHOLDER}

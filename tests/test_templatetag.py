@@ -92,7 +92,21 @@ def test_bare_tag_configures_the_container_through_data_attributes() -> None:
         "data-autostart": "false",
         "data-init-timeout": "20",
         "data-heartbeat-interval": "30",
+        "data-csrf-cookie-name": "csrftoken",
     }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [({"CSRF_COOKIE_NAME": "site_csrf"}, "site_csrf"), ({"CSRF_USE_SESSIONS": True}, "")],
+)
+def test_the_widget_is_told_where_the_current_csrf_token_is(
+    settings: Any, overrides: dict[str, Any], expected: str
+) -> None:
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    (widget,) = widgets(render())
+    assert widget["data-csrf-cookie-name"] == expected
 
 
 def test_transcripts_url_only_when_the_site_stores_transcripts(settings: Any) -> None:

@@ -587,3 +587,44 @@ def test_stop_whose_terminate_fails_is_retried_by_the_page(
     (row,) = Session.objects.all()
     assert (row.status, row.end_reason) == ("ended", "client")
     assert len(e2e.fake.requests_for(AVATURN_TERMINATE)) == 2
+
+
+def test_stop_after_the_csrf_token_changed_in_another_tab_still_ends_the_session(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    # Signing in again in another tab rotates the CSRF cookie; the token
+    # rendered into this page when it loaded is stale from then on.
+    _with_standin_sdk(e2e)
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    from django.middleware.csrf import _get_new_csrf_string
+
+    page.context.add_cookies(
+        [{"name": "csrftoken", "value": _get_new_csrf_string(), "url": live_server.url}]
+    )
+
+    with page.expect_response(lambda r: r.request.method == "DELETE") as answer:
+        page.click("[data-avaturn-stop]")
+    # (Not the body in the message: reading a keepalive answer's body hangs.)
+    assert answer.value.status == 204
+    (row,) = Session.objects.all()
+    assert (row.status, row.end_reason) == ("ended", "client")
+    assert not e2e.fake.live_session_ids()
+
+
+def test_a_heartbeat_refused_after_signing_out_elsewhere_ends_the_call_and_says_why(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    _with_standin_sdk(e2e)
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    # Signed out in another tab: the session cookie is gone (the sign-out
+    # receiver ends the session on the server; here it is simply forgotten).
+    page.context.clear_cookies(name="sessionid")
+
+    # The next heartbeat (HEARTBEAT_INTERVAL is 1 s here) is refused: the
+    # widget can no longer act for this visitor, so it stops saying so.
+    page.wait_for_selector('[data-avaturn-widget][data-state="ended"]')
+    assert "sign in" in status_text(page).lower()

@@ -194,6 +194,8 @@ class AvaturnWidget {
       avatarId: data.avatarId || "",
       configName: data.config || "",
       csrfToken: data.csrfToken || "",
+      // Empty when the site keeps its CSRF token in the session (no cookie).
+      csrfCookieName: data.csrfCookieName ?? "csrftoken",
     };
     this.stage = container.querySelector("[data-avaturn-stage]") || container;
     this.startButton = container.querySelector("[data-avaturn-start]");
@@ -249,8 +251,11 @@ class AvaturnWidget {
     if (this.status) this.status.textContent = this.messages[key] || this.messages.unknown;
   }
 
+  // The cookie first: signing in again in another tab rotates it, and the
+  // token rendered into this page when it loaded is then refused (403).
   csrfToken() {
-    return this.config.csrfToken || readCookie("csrftoken");
+    const current = this.config.csrfCookieName ? readCookie(this.config.csrfCookieName) : "";
+    return current || this.config.csrfToken;
   }
 
   sessionUrl(template, sessionId) {
@@ -457,12 +462,19 @@ class AvaturnWidget {
         headers: { "X-CSRFToken": this.csrfToken() },
       });
       // 404/409: the backend already ended (or never knew) this session.
-      if (response.status !== 404 && response.status !== 409) return;
+      // 401/403: this page can no longer act for its visitor (signed out in
+      // another tab, which ends their sessions): unheard, the session would
+      // end as idle anyway, and Stop would be refused too.
+      if (![401, 403, 404, 409].includes(response.status)) return;
       const code = await response.json().then((body) => body && body.code, () => undefined);
       // A late answer about a session already left (Stop, then Start) must
       // not end the one that replaced it.
       if (this.sessionId !== sessionId) return;
-      this.stop({ message: this.messages[ERROR_CODE_MESSAGES[code] || "ended"] });
+      const key =
+        response.status === 401 || response.status === 403
+          ? "not_authenticated"
+          : ERROR_CODE_MESSAGES[code] || "ended";
+      this.stop({ message: this.messages[key] });
     } catch {
       // A missed beat is not an ending; the next one may get through.
     }
