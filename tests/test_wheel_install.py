@@ -219,6 +219,8 @@ CHECK_SCRIPT = textwrap.dedent(
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)
 
+    sign_in_page = Client().get("/accounts/login/")
+    anonymous = Client().get("/avatar/")
     page = client.get("/avatar/")
     html = page.content.decode()
     sessions_url = re.search(r'data-sessions-url="([^"]+)"', html).group(1)
@@ -233,6 +235,9 @@ CHECK_SCRIPT = textwrap.dedent(
     )
     print("REPORT " + json.dumps({
         "package_file": django_avaturn.__file__,
+        "sign_in_status": sign_in_page.status_code,
+        "sign_in_page": sign_in_page.content.decode(),
+        "anonymous_redirect": anonymous.headers.get("Location", ""),
         "page_status": page.status_code,
         "page": html,
         "no_csrf_status": no_csrf.status_code,
@@ -310,8 +315,11 @@ class NewProject:
             existing = module.read_text()
             module.write_text(existing + merge_python_block(block.text, existing))
         elif block.lang == "django":
-            (self.path / "templates").mkdir(exist_ok=True)
-            (self.path / "templates" / "avatar.html").write_text(block.text)
+            named = re.fullmatch(r"\{# (templates/\S+) #\}", block.text.splitlines()[0])
+            assert named, f"README template block names no file: {block.text.splitlines()[0]!r}"
+            template = self.path / named.group(1)
+            template.parent.mkdir(parents=True, exist_ok=True)
+            template.write_text(block.text)
         else:
             pytest.fail(f"README Install section has a {block.lang!r} block this test ignores")
 
@@ -339,21 +347,14 @@ def test_wheel_installs_into_a_new_project_by_following_the_readme(
     assert set(exported) <= set(env), "the README never exported the API keys"
     project, venv, python = site.path, site.venv, site.python
 
-    # The user's own site around the README's steps: the upstream URLs of the
-    # fake (the keys came from the environment), and a page for the template.
+    # Only the upstreams' URLs are the test's own: those of the fake (the keys
+    # came from the environment). Pages, templates and sign-in are the README's.
     settings_py = project / PROJECT / "settings.py"
     settings_py.write_text(
         settings_py.read_text()
         + "\n# The test's own site:\n"
         + f"AVATURN = {{**AVATURN, 'API_URL': {fake.avaturn_url!r},"
         + f" 'OPENAI_BASE_URL': {fake.openai_base_url!r}}}\n"
-        + "TEMPLATES[0]['DIRS'] = [BASE_DIR / 'templates']\n"
-    )
-    urls_py = project / PROJECT / "urls.py"
-    urls_py.write_text(
-        urls_py.read_text()
-        + "\nfrom django.views.generic import TemplateView\n"
-        + "urlpatterns += [path('avatar/', TemplateView.as_view(template_name='avatar.html'))]\n"
     )
 
     assert "django_avaturn." not in site.manage("check", "--fail-level", "WARNING")
@@ -366,6 +367,9 @@ def test_wheel_installs_into_a_new_project_by_following_the_readme(
     report = json.loads(line.removeprefix("REPORT "))
 
     assert report["package_file"].startswith(str(venv))
+    assert report["sign_in_status"] == 200
+    assert "csrfmiddlewaretoken" in report["sign_in_page"]
+    assert report["anonymous_redirect"].startswith("/accounts/login/")
     assert report["page_status"] == 200
     assert "data-avaturn-widget" in report["page"]
     assert "/static/django_avaturn/avaturn-widget.js" in report["page"]
