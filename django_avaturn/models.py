@@ -157,7 +157,8 @@ class Session(models.Model):
         permissions = (("terminate_session", _("Can terminate avatar sessions")),)
 
     def __str__(self) -> str:
-        return self.session_id or f"(starting #{self.pk})"
+        # No upstream id yet (or ever: a start that failed first).
+        return self.session_id or f"({self.status} #{self.pk})"
 
     @property
     def is_active(self) -> bool:

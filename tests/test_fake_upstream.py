@@ -737,6 +737,13 @@ def test_cli_parser_defaults_and_latency() -> None:
     assert fake.state()["latency"] == {OPENAI_CLIENT_SECRET: 0.5, AVATURN_TERMINATE: 1.0}
 
 
+def test_cli_sets_the_keys_the_fake_accepts() -> None:
+    # Distinctive keys make a sweep for leaked keys meaningful.
+    args = build_parser().parse_args(["--openai-key", "sk-mine", "--avaturn-key", "av-mine"])
+    fake = build_fake(args)
+    assert (fake.openai_api_key, fake.avaturn_api_key) == ("sk-mine", "av-mine")
+
+
 def test_cli_help_names_every_fault_mode_and_route() -> None:
     from django_avaturn.testing.records import FAULT_MODES, UPSTREAM_ROUTES
 

@@ -219,6 +219,7 @@ def test_reprs_hide_tokens_and_keys(user: Any, upstream: Any) -> None:
         for key in KEYS:
             assert key not in text
     assert str(Session(pk=7)) == "(starting #7)"
+    assert str(Session(pk=8, status=SessionStatus.FAILED)) == "(failed #8)"
 
 
 def test_upstream_error_text() -> None:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from .fake import FakeUpstream, is_loopback_host
+from .fake import DEFAULT_AVATURN_API_KEY, DEFAULT_OPENAI_API_KEY, FakeUpstream, is_loopback_host
 from .records import AVATURN_CREATE, AVATURN_TERMINATE, OPENAI_CLIENT_SECRET
 
 CONTROL_HELP = """\
@@ -28,7 +28,8 @@ control API (unauthenticated, hence loopback only):
   POST /_fake/latency         {"route": "avaturn.create", "seconds": 0.3}
   POST /_fake/clear-faults    {"route": ...} or {} for all
 routes: openai.client_secret, avaturn.create, avaturn.terminate, avaturn.task,
-sdk.session. The stand-in web SDK: GET /_fake/sdk/main.js. See docs/testing.md.
+sdk.session. The stand-in web SDK: GET /_fake/sdk/main.js. See the README,
+"Testing your own code: the loopback fake".
 """
 
 
@@ -73,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait before each terminate answer",
     )
     parser.add_argument(
+        "--openai-key",
+        default=DEFAULT_OPENAI_API_KEY,
+        metavar="KEY",
+        help=f"the OpenAI key it accepts (default: {DEFAULT_OPENAI_API_KEY})",
+    )
+    parser.add_argument(
+        "--avaturn-key",
+        default=DEFAULT_AVATURN_API_KEY,
+        metavar="KEY",
+        help=f"the Avaturn key it accepts (default: {DEFAULT_AVATURN_API_KEY})",
+    )
+    parser.add_argument(
         "--allow-non-loopback",
         action="store_true",
         help="listen on a non-loopback host (dangerous: the control API is unauthenticated)",
@@ -90,6 +103,8 @@ def build_fake(args: argparse.Namespace) -> FakeUpstream:
         host=args.host,
         port=args.port,
         latency={route: seconds for route, seconds in latency.items() if seconds},
+        openai_api_key=args.openai_key,
+        avaturn_api_key=args.avaturn_key,
         allow_non_loopback=args.allow_non_loopback,
     )
 
