@@ -23,6 +23,7 @@ rows is held in memory, however many sessions there are.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,6 +39,8 @@ from django_avaturn.exceptions import AvaturnError, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.outcomes import Outcome
 from django_avaturn.redaction import excerpt
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 500
 
@@ -228,6 +231,12 @@ def terminate_claimed(
         return []
     if not upstream:
         transitions.finish_claimed(rows)
+        for row in rows:
+            logger.info(
+                "Recorded Avaturn session %s as ended (%s) without calling Avaturn",
+                row.session_id,
+                row.end_reason,
+            )
         return [Result(row, Outcome.MARKED, row.end_detail) for row in rows]
 
     client = get_avaturn_client()
@@ -250,6 +259,9 @@ def terminate_claimed(
             results.append(Result(row, outcome, row.end_detail))
     if done:
         transitions.finish_claimed(done)
+        for row in done:
+            # As end_session() logs a single end, so every way out leaves a line.
+            logger.info("Ended Avaturn session %s (%s)", row.session_id, row.end_reason)
     if failed and release:
         transitions.release_claimed(failed)
     # Anything but our own errors is a bug: surface it after the rows are consistent.

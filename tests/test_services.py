@@ -259,3 +259,14 @@ def test_excerpt_is_short_single_line_and_scrubbed() -> None:
     assert "\n" not in text
     assert KEYS[0] not in text
     assert excerpt(None) == ""
+
+
+def test_every_bulk_end_leaves_a_log_line(
+    user: Any, upstream: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kill switch, the admin's action, sign-out and expiry end sessions
+    # in bulk; each end must be findable in the log, as a single end is.
+    session = services.start_session(user).session
+    caplog.set_level("INFO", logger="django_avaturn")
+    end_sessions(Session.objects.all(), reason=EndReason.SHUTDOWN)
+    assert f"Ended Avaturn session {session.session_id} (shutdown)" in caplog.messages
