@@ -6,10 +6,11 @@ here. Two rules shape the code:
 * No database transaction is held open across an upstream call. A start
   reserves its slot in a short transaction (``STARTING`` row), talks to
   OpenAI and Avaturn, then activates the row with a conditional ``UPDATE``.
-* Every state change is a conditional ``UPDATE ... WHERE status = ...``, so
-  two callers racing to end (or replace) the same session cannot both win:
-  the loser sees zero rows updated and stands back. The winner alone calls
-  Avaturn's DELETE, and the row ends once, with the winner's reason.
+* Every state change is a conditional ``UPDATE ... WHERE status = ...``
+  (``transitions``), so two callers racing to end (or replace) the same
+  session cannot both win: the loser sees zero rows updated and stands back.
+  The winner alone calls Avaturn's DELETE, and the row ends once, with the
+  winner's reason.
 
 Whatever fails after Avaturn created a session, that session is terminated
 upstream before the error propagates, so nothing is left running unrecorded.
