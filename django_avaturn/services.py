@@ -243,11 +243,23 @@ def _ensure_still_active(user_row: QuerySet[Any]) -> None:
 
 
 def _end_replaced(replaced: list[Session]) -> None:
+    """Terminate the sessions a start replaces; raise the first failure after trying all.
+
+    One that Avaturn would not end goes back to live (and the start fails);
+    stopping at it would leave the rest ``ending``, still running, until the
+    expiry command's sweep of stuck ends.
+    """
+    failure: AvaturnError | None = None
     for old in replaced:
         if old.session_id is None:
             # Still starting: its own request will see it was replaced and clean up.
             continue
-        _terminate_claimed(old)
+        try:
+            _terminate_claimed(old)
+        except AvaturnError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def _fail_with_orphan(row: Session, exc: BaseException, session_id: str) -> None:

@@ -295,6 +295,33 @@ def test_cap_end_oldest_fails_safe_when_the_old_session_cannot_be_ended(
     assert len(upstream.avaturn.created) == 1
 
 
+def test_one_replaced_session_failing_to_end_does_not_strand_the_others(
+    api_client: Any, upstream: Any, settings: Any
+) -> None:
+    # A lowered cap: the next start replaces the two oldest of three.
+    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS_PER_USER": 3}
+    ids = [csrf_post(api_client, LIST_URL, {}).json()["session_id"] for _ in range(3)]
+    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS_PER_USER": 2, "TERMINATE_RETRIES": 0}
+    failed_once: list[str] = []
+
+    def first_fails(request: Any) -> tuple[int, dict[str, str], str]:
+        if not failed_once:
+            failed_once.append(request.url)
+            return 500, {}, '{"detail": "boom"}'
+        return upstream.avaturn._delete(request)
+
+    upstream.avaturn.on_delete_call(first_fails)
+    response = csrf_post(api_client, LIST_URL, {})
+
+    assert response.status_code == 502
+    # The one Avaturn would not end stays live for a retry; the other is ended
+    # now, not left ending (and billing) until the expiry command's stuck sweep.
+    assert upstream.avaturn.deleted == [ids[1]]
+    statuses = dict(Session.objects.values_list("session_id", "status"))
+    assert statuses[ids[0]] == SessionStatus.LIVE
+    assert statuses[ids[1]] == SessionStatus.ENDED
+
+
 @pytest.mark.parametrize(
     ("name", "value", "method"),
     [
