@@ -96,6 +96,11 @@ def start_session(page: Any, e2e: Any, traffic: Traffic) -> dict[str, Any]:
     return minted
 
 
+def press_start_until_live(page: Any) -> None:
+    page.click("[data-avaturn-start]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+
+
 def assert_ended_everywhere(page: Any, e2e: Any, session_id: str) -> None:
     wait_for(
         page,
@@ -498,8 +503,7 @@ def test_transcripts_are_stored_when_the_site_enables_them(
     _with_standin_sdk(e2e)
     e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
-    page.click("[data-avaturn-start]")
-    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    press_start_until_live(page)
     page.evaluate(
         "() => { const head = window.stubHeads[0];"
         " head.emit('ce_events.realtime.input_transcript',"
@@ -529,12 +533,10 @@ def test_a_late_heartbeat_answer_about_a_stopped_session_spares_the_next_one(
             held.append(route)
 
     page.route("**/heartbeat/", hold_the_first_heartbeat)
-    page.click("[data-avaturn-start]")
-    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    press_start_until_live(page)
     wait_for(page, lambda: held, what="a heartbeat in flight")
     page.click("[data-avaturn-stop]")
-    page.click("[data-avaturn-start]")
-    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    press_start_until_live(page)
     (second,) = Session.objects.filter(status__in=ACTIVE_STATUSES)
 
     # The first session's heartbeat answers now: that session has ended.
@@ -555,13 +557,11 @@ def test_a_session_replaced_from_another_tab_says_so(
 ) -> None:
     _with_standin_sdk(e2e)
     first, _traffic = open_signed_in(e2e, live_server, browser_context, user)
-    first.click("[data-avaturn-start]")
-    first.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    press_start_until_live(first)
 
     second = browser_context[0].new_page()
     second.goto(live_server.url + "/")
-    second.click("[data-avaturn-start]")
-    second.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    press_start_until_live(second)
 
     # The first tab learns it at its next heartbeat (HEARTBEAT_INTERVAL is 1 s here).
     first.wait_for_selector('[data-avaturn-widget][data-state="ended"]')
@@ -574,8 +574,7 @@ def test_stop_whose_terminate_fails_is_retried_by_the_page(
     _with_standin_sdk(e2e)
     e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TERMINATE_RETRIES": 0}
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
-    page.click("[data-avaturn-start]")
-    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    press_start_until_live(page)
     e2e.fake.fail(AVATURN_TERMINATE, status=500, times=1)
 
     with page.expect_response(lambda r: r.request.method == "DELETE") as first:
@@ -596,8 +595,7 @@ def test_stop_after_the_csrf_token_changed_in_another_tab_still_ends_the_session
     # rendered into this page when it loaded is stale from then on.
     _with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
-    page.click("[data-avaturn-start]")
-    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    press_start_until_live(page)
     from django.middleware.csrf import _get_new_csrf_string
 
     page.context.add_cookies(
@@ -618,8 +616,7 @@ def test_a_heartbeat_refused_after_signing_out_elsewhere_ends_the_call_and_says_
 ) -> None:
     _with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
-    page.click("[data-avaturn-start]")
-    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
+    press_start_until_live(page)
     # Signed out in another tab: the session cookie is gone (the sign-out
     # receiver ends the session on the server; here it is simply forgotten).
     page.context.clear_cookies(name="sessionid")
