@@ -1,1 +1,1 @@
-"""Benchmarks for django-avaturn: ``python -m benchmarks`` (see README, "Benchmarks")."""
+"""Benchmarks for django-avaturn: ``python -m benchmarks`` (see docs/contributing.md)."""

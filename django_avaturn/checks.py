@@ -45,7 +45,7 @@ from django_avaturn.session_config import (
 )
 from django_avaturn.validation import RULES
 
-_HINT_SETTINGS = "See the settings reference in django-avaturn's README."
+_HINT_SETTINGS = "See the Settings page of django-avaturn's documentation."
 
 
 def _setting(name: str) -> Any:

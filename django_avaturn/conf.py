@@ -69,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "TERMINATE_RETRY_BACKOFF": 0.25,
     # Bulk terminations (admin action, expiry command): DELETEs in flight at once.
     "TERMINATE_CONCURRENCY": 8,
-    # The expiry command (seconds; see the README's Operations section).
+    # The expiry command (seconds; see docs/operations.md).
     # A live session whose browser has sent no heartbeat for this long is
     # stale; ``None`` turns the heartbeat test off.
     "EXPIRE_IDLE_AFTER": 300,

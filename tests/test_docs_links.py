@@ -21,8 +21,12 @@ _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$", re.MULTILINE)
 
 
+def without_fences(path: Path) -> str:
+    return _FENCE.sub("", path.read_text())
+
+
 def prose(path: Path) -> str:
-    return _INLINE_CODE.sub("", _FENCE.sub("", path.read_text()))
+    return _INLINE_CODE.sub("", without_fences(path))
 
 
 def github_slug(heading: str) -> str:
@@ -32,7 +36,8 @@ def github_slug(heading: str) -> str:
 
 
 def anchors(path: Path) -> set[str]:
-    return {github_slug(heading) for heading in _HEADING.findall(prose(path))}
+    # Code in a heading is part of its slug: "### `MAX_DURATION`" is #max_duration.
+    return {github_slug(heading) for heading in _HEADING.findall(without_fences(path))}
 
 
 def relative_links(path: Path) -> list[str]:
@@ -67,3 +72,35 @@ def test_slugs_match_github() -> None:
         "testing-your-own-code-the-loopback-fake"
     )
     assert github_slug("The `AVATURN` dict") == "the-avaturn-dict"
+    assert github_slug("`MAX_DURATION`") == "max_duration"
+    assert github_slug("`django_avaturn.W004`") == "django_avaturnw004"
+    assert github_slug("1. Install the package") == "1-install-the-package"
+
+
+def test_a_heading_made_of_code_is_an_anchor(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# Settings\n\n### `MAX_DURATION`\n\n```md\n## not a heading\n```\n")
+    assert anchors(page) == {"settings", "max_duration"}
+
+
+PAGES = sorted(path for path in (REPO / "docs").glob("*.md") if path.name != "index.md")
+
+
+def test_the_readme_lists_every_page_of_the_reference() -> None:
+    listed = {target.partition("#")[0] for target in relative_links(REPO / "README.md")}
+    assert sorted(f"docs/{page.name}" for page in PAGES if f"docs/{page.name}" not in listed) == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda path: path.name)
+def test_pages_link_only_within_the_site(page: Path) -> None:
+    """The site holds docs/ plus the README and the changelog (docs/hooks.py):
+    a page linking anywhere else in the repository works on GitHub but not there."""
+    outside = [
+        target
+        for target in relative_links(page)
+        if target.partition("#")[0]
+        and "/" in target.partition("#")[0]
+        and target.partition("#")[0] not in {"../README.md", "../CHANGELOG.md"}
+        and not target.startswith("images/")
+    ]
+    assert outside == []

@@ -437,7 +437,7 @@ def _debug_page() -> str:
 def test_no_credential_on_a_debug_page_when_a_sites_own_view_lets_our_error_through(
     sentinel_fake: FakeUpstream, settings: Any, user: Any, route: str, fault: dict[str, Any]
 ) -> None:
-    # The README shows services.start_session()/end_session() called from a
+    # The Python API page shows services.start_session()/end_session() called from a
     # site's own view; an error it does not catch reaches Django's error page,
     # which prints every frame's variables, those of the exception's cause too.
     started = services.start_session(user)

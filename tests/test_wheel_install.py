@@ -30,6 +30,7 @@ import pytest
 
 from django_avaturn import __version__
 from django_avaturn.testing import FakeUpstream
+from django_avaturn.testing.__main__ import build_parser
 
 pytestmark = pytest.mark.packaging
 
@@ -250,6 +251,19 @@ CHECK_SCRIPT = textwrap.dedent(
 )
 
 
+PRINT_AVATURN = textwrap.dedent(
+    """
+    import json
+
+    import django
+    from django.conf import settings
+
+    django.setup()
+    print("AVATURN " + json.dumps(settings.AVATURN))
+    """
+)
+
+
 @dataclass
 class NewProject:
     """A fresh virtualenv in ``root`` and the project the README's steps build there."""
@@ -274,6 +288,15 @@ class NewProject:
 
     def manage(self, *args: str) -> str:
         return run(self.python, "manage.py", *args, cwd=self.path, env=self.env)
+
+    def avaturn_setting(self, env: dict[str, str], settings_module: str) -> dict[str, object]:
+        """``settings.AVATURN`` as the project computes it in ``env``."""
+        env = {**env, "DJANGO_SETTINGS_MODULE": settings_module}
+        output = run(self.python, "-c", PRINT_AVATURN, cwd=self.path, env=env)
+        (line,) = [line for line in output.splitlines() if line.startswith("AVATURN ")]
+        value = json.loads(line.removeprefix("AVATURN "))
+        assert isinstance(value, dict)
+        return value
 
     def ensure_created(self) -> None:
         if not self.created:
@@ -347,9 +370,29 @@ def test_wheel_installs_into_a_new_project_by_following_the_readme(
     assert set(exported) <= set(env), "the README never exported the API keys"
     project, venv, python = site.path, site.venv, site.python
 
+    # The README's route without keys: with DEBUG on (startproject's), the
+    # settings are those `python -m django_avaturn.testing` prints, for the
+    # fake it runs with no arguments; with DEBUG off, never.
+    without_keys = {key: value for key, value in env.items() if key not in exported}
+    cli = build_parser().parse_args([])
+    assert (cli.avaturn_key, cli.openai_key) == (fake.avaturn_api_key, fake.openai_api_key)
+    printed_by_the_fake = {
+        key: value.replace(fake.url, f"http://{cli.host}:{cli.port}")
+        for key, value in fake.settings().items()
+    }
+    offline = site.avaturn_setting(without_keys, f"{PROJECT}.settings")
+    assert {key: offline.get(key) for key in printed_by_the_fake} == printed_by_the_fake
+    settings_py = project / PROJECT / "settings.py"
+    deployed = settings_py.read_text().replace("\nDEBUG = True\n", "\nDEBUG = False\n")
+    assert "\nDEBUG = False\n" in deployed
+    (project / PROJECT / "settings_deployed.py").write_text(deployed)
+    deployed_avaturn = site.avaturn_setting(without_keys, f"{PROJECT}.settings_deployed")
+    assert set(printed_by_the_fake) & set(deployed_avaturn) == set()
+    with_keys = site.avaturn_setting(env, f"{PROJECT}.settings")
+    assert set(printed_by_the_fake) & set(with_keys) == set()
+
     # Only the upstreams' URLs are the test's own: those of the fake (the keys
     # came from the environment). Pages, templates and sign-in are the README's.
-    settings_py = project / PROJECT / "settings.py"
     settings_py.write_text(
         settings_py.read_text()
         + "\n# The test's own site:\n"

@@ -28,8 +28,8 @@ control API (unauthenticated, hence loopback only):
   POST /_fake/latency         {"route": "avaturn.create", "seconds": 0.3}
   POST /_fake/clear-faults    {"route": ...} or {} for all
 routes: openai.client_secret, avaturn.create, avaturn.terminate, avaturn.task,
-sdk.session. The stand-in web SDK: GET /_fake/sdk/main.js. See the README,
-"Testing your own code: the loopback fake".
+sdk.session. The stand-in web SDK: GET /_fake/sdk/main.js. See "Testing your own
+code" in django-avaturn's documentation.
 """
 
 

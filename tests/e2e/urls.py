@@ -18,7 +18,7 @@ STRICT_PAGE = Template(
 
 
 def strict_csp_page(request: HttpRequest) -> HttpResponse:
-    """The widget under the strictest CSP this README documents.
+    """The widget under the strictest CSP docs/widget.md documents.
 
     No 'unsafe-inline' anywhere: a style attribute or an inline script in the
     widget would be reported as a violation.
