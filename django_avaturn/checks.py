@@ -2,7 +2,8 @@
 
 ========================  ==========================================================
 ``django_avaturn.E001``   ``rest_framework`` is not in ``INSTALLED_APPS``.
-``django_avaturn.E002``   ``AVATURN`` is not a dict, or names a setting that does not exist.
+``django_avaturn.E002``   ``AVATURN`` is not a dict, or names a setting that does not exist
+                          (the hint names the closest one).
 ``django_avaturn.E003``   A setting has the wrong type or is out of the upstream's range.
 ``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call.
 ``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
@@ -13,6 +14,7 @@
 ``django_avaturn.W005``   ``HEARTBEAT_INTERVAL`` too long for ``EXPIRE_IDLE_AFTER``.
 ``django_avaturn.W006``   SQLite without ``IMMEDIATE`` transactions: "database is locked" errors.
 ``django_avaturn.W007``   No ``request`` context processor: the tag cannot find the CSRF token.
+``django_avaturn.W008``   ``AVATURN_API_KEY = ...`` (any setting outside ``AVATURN``): ignored.
 ========================  ==========================================================
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from difflib import get_close_matches
 from typing import Any
 
 from django.apps import AppConfig, apps
@@ -30,6 +33,7 @@ from django.db import connections, router
 from django_avaturn.clients import api_key
 from django_avaturn.conf import (
     DEFAULTS,
+    ENV_FALLBACKS,
     IMPORT_STRINGS,
     SETTINGS_NAME,
     avaturn_settings,
@@ -96,16 +100,10 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
                 id="django_avaturn.E002",
             )
         ]
-    messages: list[CheckMessage] = []
-    unknown = sorted(set(user_value) - set(DEFAULTS))
-    if unknown:
-        messages.append(
-            Error(
-                f"{SETTINGS_NAME} has unknown settings: {', '.join(unknown)}.",
-                hint=f"Check the spelling; {_HINT_SETTINGS}",
-                id="django_avaturn.E002",
-            )
-        )
+    messages: list[CheckMessage] = [
+        _unknown_setting_error(name) for name in sorted(set(user_value) - set(DEFAULTS), key=str)
+    ]
+    messages.extend(_misplaced_settings_warnings())
     messages.extend(_key_warnings())
     messages.extend(_validation_errors())
     quota_error = _quota_error()
@@ -124,6 +122,55 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         )
     messages.extend(_debug_logging_warnings())
     return messages
+
+
+def _unknown_setting_error(name: object) -> Error:
+    close = get_close_matches(str(name), DEFAULTS, n=1) if isinstance(name, str) else []
+    spelling = f"Did you mean {close[0]!r}? " if close else "Check the spelling. "
+    return Error(
+        f"{SETTINGS_NAME}[{name!r}] is not a django-avaturn setting.",
+        hint=spelling + _HINT_SETTINGS,
+        id="django_avaturn.E002",
+    )
+
+
+def _misplaced_settings_warnings() -> list[CheckMessage]:
+    """Django settings the app ignores that are easily taken for its own.
+
+    ``AVATURN_<NAME>`` for any of its settings, and a key's environment
+    variable name (``OPENAI_API_KEY``) set in settings.py while the app has
+    no such key: that one may be the site's own, for its own OpenAI calls.
+    """
+    prefix = f"{SETTINGS_NAME}_"
+    misplaced = {
+        attribute: attribute.removeprefix(prefix)
+        for attribute in dir(settings)
+        if attribute.startswith(prefix) and attribute.removeprefix(prefix) in DEFAULTS
+    }
+    for name, env_name in ENV_FALLBACKS.items():
+        if env_name not in misplaced and hasattr(settings, env_name) and _key_missing(name):
+            misplaced[env_name] = name
+    messages: list[CheckMessage] = []
+    for attribute, name in sorted(misplaced.items()):
+        where = f"{SETTINGS_NAME}['{name}']"
+        if name in ENV_FALLBACKS:
+            where += f" or the {ENV_FALLBACKS[name]} environment variable"
+        messages.append(
+            Warning(
+                f"settings.{attribute} is not read by django-avaturn, whose settings are "
+                f"in the {SETTINGS_NAME} dict.",
+                hint=f"Set {where} instead.",
+                id="django_avaturn.W008",
+            )
+        )
+    return messages
+
+
+def _key_missing(name: str) -> bool:
+    try:
+        return api_key(name) is None
+    except NotConfigured:
+        return False  # set, but malformed: E003 says so
 
 
 def _quota_error() -> Error | None:

@@ -41,11 +41,61 @@ def test_avaturn_not_a_dict_is_e002(settings: Any) -> None:
     assert ids(avaturn_messages()) == ["django_avaturn.E002"]
 
 
-def test_unknown_setting_is_e002(settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "MAX_DURATON": 5}
-    (message,) = avaturn_messages()
-    assert message.id == "django_avaturn.E002"
-    assert "MAX_DURATON" in message.msg
+def test_unknown_setting_is_e002_with_the_closest_name(settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "MAX_DURATON": 5, "COLOUR": "red"}
+    assert avaturn_messages() == [
+        Error(
+            "AVATURN['COLOUR'] is not a django-avaturn setting.",
+            hint="Check the spelling. See the settings reference in django-avaturn's README.",
+            id="django_avaturn.E002",
+        ),
+        Error(
+            "AVATURN['MAX_DURATON'] is not a django-avaturn setting.",
+            hint="Did you mean 'MAX_DURATION'? See the settings reference in django-avaturn's "
+            "README.",
+            id="django_avaturn.E002",
+        ),
+    ]
+
+
+def test_avaturn_settings_outside_the_dict_are_w008(settings: Any) -> None:
+    # Ignored by the app: the key below is not used, so the message must say where it goes.
+    settings.AVATURN_API_KEY = "av-outside-0123456789"
+    settings.AVATURN_MAX_DURATION = 600
+    settings.AVATURN_LOOK = "ignored: not one of ours"
+    assert avaturn_messages() == [
+        Warning(
+            "settings.AVATURN_API_KEY is not read by django-avaturn, whose settings are in "
+            "the AVATURN dict.",
+            hint="Set AVATURN['API_KEY'] or the AVATURN_API_KEY environment variable instead.",
+            id="django_avaturn.W008",
+        ),
+        Warning(
+            "settings.AVATURN_MAX_DURATION is not read by django-avaturn, whose settings are "
+            "in the AVATURN dict.",
+            hint="Set AVATURN['MAX_DURATION'] instead.",
+            id="django_avaturn.W008",
+        ),
+    ]
+    assert "av-outside" not in repr(avaturn_messages())
+
+
+def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
+    settings: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    # A site may hold its own OpenAI key under this name: only a missing key makes it ours.
+    settings.OPENAI_API_KEY = "sk-site-own-0123456789"
+    assert avaturn_messages() == []
+    settings.AVATURN = {k: v for k, v in settings.AVATURN.items() if k != "OPENAI_API_KEY"}
+    messages = avaturn_messages()
+    assert ids(messages) == ["django_avaturn.W002", "django_avaturn.W008"]
+    assert messages[0] == Warning(
+        "settings.OPENAI_API_KEY is not read by django-avaturn, whose settings are in the "
+        "AVATURN dict.",
+        hint="Set AVATURN['OPENAI_API_KEY'] or the OPENAI_API_KEY environment variable instead.",
+        id="django_avaturn.W008",
+    )
 
 
 @pytest.mark.parametrize(
