@@ -6,6 +6,7 @@
                           (the hint names the closest one).
 ``django_avaturn.E003``   A setting has the wrong type or is out of the upstream's range.
 ``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call.
+``django_avaturn.E005``   The URLconf does not include ``django_avaturn.urls``.
 ``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
 ``django_avaturn.W002``   The OpenAI API key is missing (starts answer 503).
 ``django_avaturn.W003``   ``VOICE`` is not a voice OpenAI is known to offer.
@@ -29,6 +30,7 @@ from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
+from django.urls import NoReverseMatch
 
 from django_avaturn.clients import api_key
 from django_avaturn.conf import (
@@ -291,6 +293,27 @@ def _debug_logging_warnings() -> list[CheckMessage]:
             id="django_avaturn.W004",
         )
     ]
+
+
+@register(Tags.urls)
+def check_urls(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """The session API is reachable: the widget reverses its URLs on every page."""
+    from django_avaturn.widget import MISSING_INCLUDE, api_urls
+
+    try:
+        api_urls()
+    except NoReverseMatch:
+        return [
+            Error(
+                "The widget cannot find the session API: ROOT_URLCONF does not include "
+                "django_avaturn.urls, so {% avaturn_head %} renders nothing.",
+                hint=MISSING_INCLUDE,
+                id="django_avaturn.E005",
+            )
+        ]
+    except Exception:
+        return []  # a URLconf that does not load: Django's own URL checks report it
+    return []
 
 
 @register()

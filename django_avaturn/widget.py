@@ -24,7 +24,7 @@ from django.middleware.csrf import get_token
 from django.template.context import Context
 from django.template.loader import get_template
 from django.templatetags.static import static
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import SafeString
 
 from django_avaturn.conf import avaturn_settings
@@ -172,7 +172,10 @@ def widget_context(
         request = None
     url = sdk_url(request)
     integrity = _text(avaturn_settings.SDK_INTEGRITY or "")
-    list_url = reverse("django_avaturn:session-list")
+    try:
+        urls = api_urls()
+    except NoReverseMatch:
+        raise NotConfigured(MISSING_INCLUDE) from None
     return {
         "request": request,
         "widget_id": _text(widget_id) if widget_id else next_widget_id(request),
@@ -190,22 +193,11 @@ def widget_context(
         # The widget reads the current token from this cookie when it can: a
         # sign-in in another tab rotates it, and the rendered one goes stale.
         "csrf_cookie_name": "" if settings.CSRF_USE_SESSIONS else settings.CSRF_COOKIE_NAME,
-        "sessions_url": list_url,
-        "session_url": reverse(
-            "django_avaturn:session-detail", kwargs={"session_id": SESSION_ID_PLACEHOLDER}
-        ),
-        "heartbeat_url": reverse(
-            "django_avaturn:session-heartbeat", kwargs={"session_id": SESSION_ID_PLACEHOLDER}
-        ),
+        "sessions_url": urls["sessions"],
+        "session_url": urls["session"],
+        "heartbeat_url": urls["heartbeat"],
         # Only when the site stores transcripts: otherwise the widget sends none.
-        "transcripts_url": (
-            reverse(
-                "django_avaturn:session-transcripts",
-                kwargs={"session_id": SESSION_ID_PLACEHOLDER},
-            )
-            if flag_setting("TRANSCRIPTS_ENABLED")
-            else ""
-        ),
+        "transcripts_url": urls["transcripts"] if flag_setting("TRANSCRIPTS_ENABLED") else "",
         "session_id_placeholder": SESSION_ID_PLACEHOLDER,
         "sdk_url": url,
         "sdk_integrity": integrity,
@@ -217,6 +209,27 @@ def widget_context(
     }
 
 
+def api_urls() -> dict[str, str]:
+    """The session API's URLs the widget calls (detail ones with the id placeholder).
+
+    ``NoReverseMatch`` when the project's URLconf does not include
+    ``django_avaturn.urls``; the system check E005 calls this too.
+    """
+    detail = {"session_id": SESSION_ID_PLACEHOLDER}
+    return {
+        "sessions": reverse("django_avaturn:session-list"),
+        "session": reverse("django_avaturn:session-detail", kwargs=detail),
+        "heartbeat": reverse("django_avaturn:session-heartbeat", kwargs=detail),
+        "transcripts": reverse("django_avaturn:session-transcripts", kwargs=detail),
+    }
+
+
+MISSING_INCLUDE = (
+    "The session API's URLs are not in the URLconf: add "
+    'path("avaturn/", include("django_avaturn.urls")) to your urlpatterns.'
+)
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}"
 
@@ -226,8 +239,9 @@ def render_widget(
 ) -> SafeString:
     """Render one widget: its markup plus the (idempotent) asset tags.
 
-    A setting ``manage.py check`` would refuse renders nothing but a comment
-    and logs why: the site's page must not fail over its avatar.
+    A setting ``manage.py check`` would refuse (or a URLconf without the
+    session API: E005) renders nothing but a comment and logs why: the site's
+    page must not fail over its avatar.
     """
     try:
         values = widget_context(context, **options)

@@ -305,3 +305,22 @@ def test_no_request_context_processor_is_w007(settings: Any) -> None:
         {**engine, "OPTIONS": {**engine["OPTIONS"], "context_processors": processors}}
     ]
     assert ids(avaturn_messages()) == ["django_avaturn.W007"]
+
+
+def test_a_urlconf_without_the_session_api_is_e005(settings: Any) -> None:
+    settings.ROOT_URLCONF = "tests.urls_without_api"
+    assert avaturn_messages() == [
+        Error(
+            "The widget cannot find the session API: ROOT_URLCONF does not include "
+            "django_avaturn.urls, so {% avaturn_head %} renders nothing.",
+            hint="The session API's URLs are not in the URLconf: add "
+            'path("avaturn/", include("django_avaturn.urls")) to your urlpatterns.',
+            id="django_avaturn.E005",
+        )
+    ]
+
+
+def test_the_session_api_under_its_own_instance_namespace_is_found(settings: Any) -> None:
+    # The widget reverses by the app's namespace, which any mount point satisfies.
+    settings.ROOT_URLCONF = "tests.urls_own_namespace"
+    assert avaturn_messages() == []

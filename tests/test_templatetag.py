@@ -411,3 +411,15 @@ def test_the_scripts_fallback_messages_are_the_templates() -> None:
     block = block[: block.index("};")]
     in_script = dict(re.findall(r'^\s+(\w+): "([^"]+)",$', block, re.M))
     assert in_template and in_script == in_template
+
+
+def test_a_urlconf_without_the_session_api_renders_a_comment_and_logs_the_fix(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.ROOT_URLCONF = "tests.urls_without_api"
+    html = render()
+    assert html == "<!-- django-avaturn: not configured, see the server log -->"
+    assert [r.getMessage() for r in caplog.records if r.name == "django_avaturn.widget"] == [
+        "The avatar widget is not rendered: The session API's URLs are not in the URLconf: "
+        'add path("avaturn/", include("django_avaturn.urls")) to your urlpatterns.'
+    ]
