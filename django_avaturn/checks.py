@@ -14,7 +14,8 @@
                           (or ``httpx``, ``httpcore``): keys.
 ``django_avaturn.W005``   ``HEARTBEAT_INTERVAL`` too long for ``EXPIRE_IDLE_AFTER``.
 ``django_avaturn.W006``   SQLite without ``IMMEDIATE`` transactions: "database is locked" errors.
-``django_avaturn.W007``   No ``request`` context processor: the tag cannot find the CSRF token.
+``django_avaturn.W007``   No CSRF token for the widget: cookie unreadable and no ``request``
+                          context processor.
 ``django_avaturn.W008``   ``AVATURN_API_KEY = ...`` (any setting outside ``AVATURN``): ignored.
 ========================  ==========================================================
 """
@@ -364,6 +365,17 @@ def _sqlite_warning() -> CheckMessage | None:
 
 
 def _context_processor_warning() -> CheckMessage | None:
+    """The widget finds no CSRF token by either of its two routes.
+
+    It sends the CSRF cookie when JavaScript can read it, else the token the
+    tag rendered; the tag renders one only when it finds the request in the
+    template's context (the ``request`` context processor puts it there).
+    """
+    unreadable = [
+        name for name in ("CSRF_USE_SESSIONS", "CSRF_COOKIE_HTTPONLY") if getattr(settings, name)
+    ]
+    if not unreadable:
+        return None
     processor = "django.template.context_processors.request"
     engines: list[dict[str, Any]] = [
         engine
@@ -376,8 +388,11 @@ def _context_processor_warning() -> CheckMessage | None:
     ):
         return None
     return Warning(
-        f"No Django template engine has the {processor!r} context processor: "
-        "{% avaturn_head %} cannot read the CSRF token, and Start answers 403.",
-        hint=f"Add {processor!r} to TEMPLATES[...]['OPTIONS']['context_processors'].",
+        f"{' and '.join(unreadable)} keep the CSRF token from the widget's script, and no "
+        f"Django template engine has the {processor!r} context processor: "
+        "{% avaturn_head %} renders the token only in a template whose context holds "
+        "the request; elsewhere Start answers 403.",
+        hint=f"Add {processor!r} to TEMPLATES[...]['OPTIONS']['context_processors'], "
+        "or pass the request in the template's context.",
         id="django_avaturn.W007",
     )

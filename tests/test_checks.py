@@ -294,7 +294,7 @@ def test_sqlite_without_immediate_transactions_is_w006(monkeypatch: pytest.Monke
     assert ids(avaturn_messages()) == ["django_avaturn.W006"]
 
 
-def test_no_request_context_processor_is_w007(settings: Any) -> None:
+def _without_request_processor(settings: Any) -> None:
     engine = settings.TEMPLATES[0]
     processors = [
         name
@@ -304,7 +304,49 @@ def test_no_request_context_processor_is_w007(settings: Any) -> None:
     settings.TEMPLATES = [
         {**engine, "OPTIONS": {**engine["OPTIONS"], "context_processors": processors}}
     ]
-    assert ids(avaturn_messages()) == ["django_avaturn.W007"]
+
+
+@pytest.mark.parametrize(
+    ("unreadable", "named"),
+    [
+        ({"CSRF_USE_SESSIONS": True}, "CSRF_USE_SESSIONS"),
+        ({"CSRF_COOKIE_HTTPONLY": True}, "CSRF_COOKIE_HTTPONLY"),
+        (
+            {"CSRF_USE_SESSIONS": True, "CSRF_COOKIE_HTTPONLY": True},
+            "CSRF_USE_SESSIONS and CSRF_COOKIE_HTTPONLY",
+        ),
+    ],
+)
+def test_no_csrf_token_by_either_route_is_w007(
+    settings: Any, unreadable: dict[str, bool], named: str
+) -> None:
+    _without_request_processor(settings)
+    for name, value in unreadable.items():
+        setattr(settings, name, value)
+    processor = "'django.template.context_processors.request'"
+    assert avaturn_messages() == [
+        Warning(
+            f"{named} keep the CSRF token from the widget's script, and no Django template "
+            f"engine has the {processor} context processor: {{% avaturn_head %}} renders the "
+            "token only in a template whose context holds the request; elsewhere Start "
+            "answers 403.",
+            hint=f"Add {processor} to TEMPLATES[...]['OPTIONS']['context_processors'], or "
+            "pass the request in the template's context.",
+            id="django_avaturn.W007",
+        )
+    ]
+
+
+def test_a_readable_csrf_cookie_needs_no_request_processor(settings: Any) -> None:
+    # The widget sends the cookie's token; the rendered one is only its fallback.
+    _without_request_processor(settings)
+    assert avaturn_messages() == []
+
+
+def test_the_request_processor_renders_the_token_the_cookie_cannot_give(settings: Any) -> None:
+    settings.CSRF_USE_SESSIONS = True
+    settings.CSRF_COOKIE_HTTPONLY = True
+    assert avaturn_messages() == []
 
 
 def test_a_urlconf_without_the_session_api_is_e005(settings: Any) -> None:
