@@ -7,6 +7,7 @@
 ``django_avaturn.E003``   A setting has the wrong type or is out of the upstream's range.
 ``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call.
 ``django_avaturn.E005``   The URLconf does not include ``django_avaturn.urls``.
+``django_avaturn.E006``   ``TEST_MODE`` is on with ``DEBUG`` off.
 ``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
 ``django_avaturn.W002``   The OpenAI API key is missing (starts answer 503).
 ``django_avaturn.W003``   ``VOICE`` is not a voice OpenAI is known to offer.
@@ -17,6 +18,8 @@
 ``django_avaturn.W007``   No CSRF token for the widget: cookie unreadable and no ``request``
                           context processor.
 ``django_avaturn.W008``   ``AVATURN_API_KEY = ...`` (any setting outside ``AVATURN``): ignored.
+``django_avaturn.W009``   ``TEST_MODE`` is on: sessions go to the loopback fake.
+``django_avaturn.W010``   (``--deploy``) With ``DEBUG`` off, the fake's keys or loopback URLs.
 ========================  ==========================================================
 """
 
@@ -26,6 +29,7 @@ import logging
 from collections.abc import Sequence
 from difflib import get_close_matches
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.apps import AppConfig, apps
 from django.conf import settings
@@ -33,7 +37,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
 from django.urls import NoReverseMatch
 
-from django_avaturn.clients import api_key
+from django_avaturn.clients import clean_key
 from django_avaturn.conf import (
     DEFAULTS,
     ENV_FALLBACKS,
@@ -50,13 +54,24 @@ from django_avaturn.session_config import (
     check_session_shape,
     check_text_setting,
 )
+from django_avaturn.testing import (
+    DEFAULT_AVATURN_API_KEY,
+    DEFAULT_OPENAI_API_KEY,
+    is_loopback_host,
+)
 from django_avaturn.validation import RULES
 
 _HINT_SETTINGS = "See the settings reference in django-avaturn's README."
 
 
 def _setting(name: str) -> Any:
-    return avaturn_settings.raw(name)
+    # As configured: under TEST_MODE too, the check validates what the site set
+    # (and starts no fake).
+    return avaturn_settings.configured(name)
+
+
+def _test_mode_on() -> bool:
+    return _setting("TEST_MODE") is True  # anything else but False is E003
 
 
 def _validation_errors() -> list[CheckMessage]:
@@ -171,7 +186,7 @@ def _misplaced_settings_warnings() -> list[CheckMessage]:
 
 def _key_missing(name: str) -> bool:
     try:
-        return api_key(name) is None
+        return clean_key(name, _setting(name)) is None and not _test_mode_on()
     except NotConfigured:
         return False  # set, but malformed: E003 says so
 
@@ -196,12 +211,12 @@ def _key_warnings() -> list[CheckMessage]:
         ("OPENAI_API_KEY", "OPENAI_API_KEY", "OpenAI", "django_avaturn.W002"),
     ):
         try:
-            present = api_key(name) is not None
+            present = clean_key(name, _setting(name)) is not None
         except NotConfigured as exc:
             # The message names the setting, never the value.
             messages.append(Error(str(exc), hint=_HINT_SETTINGS, id="django_avaturn.E003"))
             continue
-        if not present:
+        if not present and not _test_mode_on():  # TEST_MODE uses the fake's keys
             messages.append(
                 Warning(
                     f"No {service} API key is configured; starting a session will answer 503.",
@@ -315,6 +330,73 @@ def check_urls(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[C
     except Exception:
         return []  # a URLconf that does not load: Django's own URL checks report it
     return []
+
+
+@register()
+def check_test_mode(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """TEST_MODE is never on unnoticed (W009), and never with DEBUG off (E006)."""
+    if not _test_mode_on():
+        return []
+    if not settings.DEBUG:
+        return [
+            Error(
+                "AVATURN['TEST_MODE'] is on with DEBUG off: avatar sessions go to a loopback "
+                "fake of Avaturn and OpenAI, and visitors get a stand-in avatar.",
+                hint="Remove TEST_MODE from production settings. A test run that wants it "
+                "(Django's test runner turns DEBUG off) adds 'django_avaturn.E006' to "
+                "SILENCED_SYSTEM_CHECKS.",
+                id="django_avaturn.E006",
+            )
+        ]
+    return [
+        Warning(
+            "AVATURN['TEST_MODE'] is on: avatar sessions go to a loopback fake of Avaturn "
+            "and OpenAI, not to the real services.",
+            hint="Remove TEST_MODE to talk to the real services.",
+            id="django_avaturn.W009",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_deploy(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """``check --deploy``: with DEBUG off, no key or URL of the loopback fake's (W010)."""
+    if settings.DEBUG:
+        return []
+    found = [
+        f"AVATURN['{name}'] is its public test key"
+        for name, test_key in (
+            ("API_KEY", DEFAULT_AVATURN_API_KEY),
+            ("OPENAI_API_KEY", DEFAULT_OPENAI_API_KEY),
+        )
+        if isinstance(_setting(name), str) and _setting(name).strip() == test_key
+    ]
+    for name in ("API_URL", "OPENAI_BASE_URL", "SDK_API_HOST", "SDK_URL"):
+        host = _url_host(_setting(name))
+        if host is not None and is_loopback_host(host):
+            found.append(f"AVATURN['{name}'] is on loopback ({host})")
+    if not found:
+        return []
+    return [
+        Warning(
+            "DEBUG is off, but AVATURN is set up for the loopback fake of the upstreams: "
+            + "; ".join(found)
+            + ".",
+            hint="Production needs the real keys and the real upstream URLs (the defaults). "
+            "If a proxy of your own listens on loopback, add 'django_avaturn.W010' to "
+            "SILENCED_SYSTEM_CHECKS.",
+            id="django_avaturn.W010",
+        )
+    ]
+
+
+def _url_host(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return urlsplit(value).hostname
+    except ValueError:
+        return None  # malformed: E003 says so
 
 
 @register()
