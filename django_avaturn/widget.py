@@ -19,8 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest
 from django.middleware.csrf import get_token
+from django.shortcuts import resolve_url
 from django.template.context import Context
 from django.template.loader import get_template
 from django.templatetags.static import static
@@ -189,6 +191,8 @@ def widget_context(
         "start_label": None if start_label is None else _text(start_label),
         "stop_label": None if stop_label is None else _text(stop_label),
         "nonce": get_csp_nonce(context, request),
+        # The "Please sign in" message links here.
+        "login_url": sign_in_url(request),
         "csrf_token": get_token(request) if request is not None else "",
         # The widget reads the current token from this cookie when it can: a
         # sign-in in another tab rotates it, and the rendered one goes stale.
@@ -207,6 +211,26 @@ def widget_context(
         "init_timeout": _seconds(seconds_setting("WIDGET_INIT_TIMEOUT")),
         "heartbeat_interval": _seconds(seconds_setting("HEARTBEAT_INTERVAL")),
     }
+
+
+def sign_in_url(request: HttpRequest | None) -> str:
+    """``LOGIN_URL`` with ``?next=`` this page, as ``login_required`` redirects; ``""`` if none.
+
+    ``next`` is the page's path, or its absolute URL when ``LOGIN_URL`` is on
+    another host (a single sign-on site). Without a request there is no page
+    to return to: ``LOGIN_URL`` alone.
+    """
+    try:
+        login_url = resolve_url(settings.LOGIN_URL)
+    except NoReverseMatch:
+        return ""  # LOGIN_URL names a view the URLconf does not have: no link beats a 500
+    if request is None:
+        return login_url
+    scheme, netloc = urlsplit(login_url)[:2]
+    here = request.get_full_path()
+    if netloc and (netloc != request.get_host() or (scheme and scheme != request.scheme)):
+        here = request.build_absolute_uri()
+    return redirect_to_login(here, login_url).url
 
 
 def api_urls() -> dict[str, str]:
