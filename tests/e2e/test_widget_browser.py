@@ -654,3 +654,25 @@ def test_a_heartbeat_refused_after_signing_out_elsewhere_ends_the_call_and_says_
     assert status_text(page) == "Please sign in to talk with the avatar."
     link = page.locator("[data-avaturn-widget] [data-avaturn-status] a")
     assert link.get_attribute("href") == "/accounts/login/?next=/"
+
+
+def test_with_only_test_mode_the_widget_goes_live_against_the_in_process_fake(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, monkeypatch: Any
+) -> None:
+    from django_avaturn import test_mode
+
+    monkeypatch.delenv("AVATURN_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    e2e.settings.AVATURN = {"TEST_MODE": True}
+    fake = test_mode.fake_upstream()
+    fake.reset()
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    assert page.get_attribute("[data-avaturn-widget]", "data-sdk-url") == fake.standin_sdk_url
+
+    press_start_until_live(page)
+
+    (row,) = Session.objects.all()
+    assert fake.live_session_ids() == {row.session_id}
+    assert e2e.fake.requests == []  # the fixture's own fake: TEST_MODE needs none
+    page.click("[data-avaturn-stop]")
+    wait_for(page, lambda: not fake.live_session_ids(), what="the fake's session to end")
