@@ -23,7 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 
 from django_avaturn import charts, limits, services, usage
 from django_avaturn.admin_actions import (
@@ -68,6 +68,12 @@ def _format_seconds(delta: timedelta) -> str:
     if minutes:
         return f"{minutes}m {seconds:02d}s"
     return f"{seconds}s"
+
+
+def _started_sessions(count: int) -> str:
+    return ngettext("%(count)d started session", "%(count)d started sessions", count) % {
+        "count": count
+    }
 
 
 if TYPE_CHECKING:
@@ -226,6 +232,15 @@ class SessionAdmin(_ModelAdmin):
                     "minutes": summary.minutes,
                     "live": summary.live,
                 },
+                usage_summary_text=_(
+                    "Matching these filters: %(sessions)s, %(talked)s of conversation, %(live)s."
+                )
+                % {
+                    "sessions": _started_sessions(summary.sessions),
+                    "talked": usage.describe_duration(summary.seconds),
+                    "live": ngettext("%(count)d live now", "%(count)d live now", summary.live)
+                    % {"count": summary.live},
+                },
                 sessions_enabled=self._sessions_enabled(request),
                 switch=switch,
                 can_use_kill_switch=self.has_terminate_permission(request),
@@ -251,6 +266,7 @@ class SessionAdmin(_ModelAdmin):
         for row in per_user:
             row["user"] = users.get(row["user_id"], row["user_id"])
             row["minutes"] = round(row["seconds"] / 60, 1)
+            row["talked"] = usage.describe_duration(row["seconds"])
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -262,6 +278,12 @@ class SessionAdmin(_ModelAdmin):
             "per_user": per_user,
             "total_minutes": summary.minutes,
             "total_sessions": summary.sessions,
+            "summary_text": _("%(sessions)s, %(talked)s of conversation in the selection.")
+            % {
+                "sessions": _started_sessions(summary.sessions),
+                "talked": usage.describe_duration(summary.seconds),
+            },
+            "peak_text": usage.describe_duration(max((day.seconds for day in days), default=0)),
         }
         return TemplateResponse(request, "admin/django_avaturn/session/usage.html", context)
 

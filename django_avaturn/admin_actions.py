@@ -27,8 +27,9 @@ TERMINATE_PERMISSION = "django_avaturn.terminate_session"
 
 
 def staff_detail(request: HttpRequest) -> str:
-    """Who ended it, for ``end_detail``: the staff user's primary key, never a name."""
-    return f"by staff user #{getattr(request.user, 'pk', '?')}"
+    """Who ended it, for ``end_detail``: the staff user's username, and the key that outlives it."""
+    user = request.user
+    return f"by staff user {user.get_username()} (#{user.pk})"
 
 
 @admin.action(permissions=["terminate"], description=gettext_lazy("Terminate selected sessions"))

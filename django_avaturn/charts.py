@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from django_avaturn.usage import DayUsage
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+
+from django_avaturn.usage import DayUsage, describe_duration
 
 WIDTH = 720
 HEIGHT = 200
@@ -30,12 +33,13 @@ def daily_bars(days: Sequence[DayUsage]) -> tuple[list[Bar], float]:
     """Bars for ``days`` and the largest value in minutes (the chart's scale)."""
     if not days:
         return [], 0.0
-    peak = max(day.minutes for day in days)
+    # Scaled on seconds: a day of a few seconds still gets a bar.
+    peak_seconds = max(day.seconds for day in days)
     slot = WIDTH / len(days)
     usable = HEIGHT - AXIS
     bars = []
     for index, day in enumerate(days):
-        height = usable * day.minutes / peak if peak else 0.0
+        height = usable * day.seconds / peak_seconds if peak_seconds else 0.0
         bars.append(
             Bar(
                 x=round(index * slot + slot * 0.1, 1),
@@ -44,7 +48,13 @@ def daily_bars(days: Sequence[DayUsage]) -> tuple[list[Bar], float]:
                 height=round(height, 1),
                 # A label every week keeps thirty bars legible.
                 label=day.day.strftime("%d %b") if index % 7 == 0 else "",
-                title=f"{day.day.isoformat()}: {day.minutes} min, {day.sessions} sessions",
+                title=_("%(day)s: %(talked)s, %(sessions)s")
+                % {
+                    "day": day.day.isoformat(),
+                    "talked": describe_duration(day.seconds),
+                    "sessions": ngettext("%(count)d session", "%(count)d sessions", day.sessions)
+                    % {"count": day.sessions},
+                },
             )
         )
-    return bars, peak
+    return bars, round(peak_seconds / 60, 1)

@@ -2,9 +2,12 @@
 
 ========================  ==========================================================
 ``django_avaturn.E001``   ``rest_framework`` is not in ``INSTALLED_APPS``.
-``django_avaturn.E002``   ``AVATURN`` is not a dict, or names a setting that does not exist.
+``django_avaturn.E002``   ``AVATURN`` is not a dict, or names a setting that does not exist
+                          (the hint names the closest one).
 ``django_avaturn.E003``   A setting has the wrong type or is out of the upstream's range.
 ``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call.
+``django_avaturn.E005``   The URLconf does not include ``django_avaturn.urls``.
+``django_avaturn.E006``   ``TEST_MODE`` is on with ``DEBUG`` off.
 ``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
 ``django_avaturn.W002``   The OpenAI API key is missing (starts answer 503).
 ``django_avaturn.W003``   ``VOICE`` is not a voice OpenAI is known to offer.
@@ -12,7 +15,11 @@
                           (or ``httpx``, ``httpcore``): keys.
 ``django_avaturn.W005``   ``HEARTBEAT_INTERVAL`` too long for ``EXPIRE_IDLE_AFTER``.
 ``django_avaturn.W006``   SQLite without ``IMMEDIATE`` transactions: "database is locked" errors.
-``django_avaturn.W007``   No ``request`` context processor: the tag cannot find the CSRF token.
+``django_avaturn.W007``   No CSRF token for the widget: cookie unreadable and no ``request``
+                          context processor.
+``django_avaturn.W008``   ``AVATURN_API_KEY = ...`` (any setting outside ``AVATURN``): ignored.
+``django_avaturn.W009``   ``TEST_MODE`` is on: sessions go to the loopback fake.
+``django_avaturn.W010``   (``--deploy``) With ``DEBUG`` off, the fake's keys or loopback URLs.
 ========================  ==========================================================
 """
 
@@ -20,16 +27,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from difflib import get_close_matches
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
+from django.urls import NoReverseMatch
 
-from django_avaturn.clients import api_key
+from django_avaturn.clients import clean_key
 from django_avaturn.conf import (
     DEFAULTS,
+    ENV_FALLBACKS,
     IMPORT_STRINGS,
     SETTINGS_NAME,
     avaturn_settings,
@@ -43,13 +54,24 @@ from django_avaturn.session_config import (
     check_session_shape,
     check_text_setting,
 )
+from django_avaturn.testing import (
+    DEFAULT_AVATURN_API_KEY,
+    DEFAULT_OPENAI_API_KEY,
+    is_loopback_host,
+)
 from django_avaturn.validation import RULES
 
 _HINT_SETTINGS = "See the Settings page of django-avaturn's documentation."
 
 
 def _setting(name: str) -> Any:
-    return avaturn_settings.raw(name)
+    # As configured: under TEST_MODE too, the check validates what the site set
+    # (and starts no fake).
+    return avaturn_settings.configured(name)
+
+
+def _test_mode_on() -> bool:
+    return _setting("TEST_MODE") is True  # anything else but False is E003
 
 
 def _validation_errors() -> list[CheckMessage]:
@@ -96,16 +118,10 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
                 id="django_avaturn.E002",
             )
         ]
-    messages: list[CheckMessage] = []
-    unknown = sorted(set(user_value) - set(DEFAULTS))
-    if unknown:
-        messages.append(
-            Error(
-                f"{SETTINGS_NAME} has unknown settings: {', '.join(unknown)}.",
-                hint=f"Check the spelling; {_HINT_SETTINGS}",
-                id="django_avaturn.E002",
-            )
-        )
+    messages: list[CheckMessage] = [
+        _unknown_setting_error(name) for name in sorted(set(user_value) - set(DEFAULTS), key=str)
+    ]
+    messages.extend(_misplaced_settings_warnings())
     messages.extend(_key_warnings())
     messages.extend(_validation_errors())
     quota_error = _quota_error()
@@ -124,6 +140,55 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         )
     messages.extend(_debug_logging_warnings())
     return messages
+
+
+def _unknown_setting_error(name: object) -> Error:
+    close = get_close_matches(str(name), DEFAULTS, n=1) if isinstance(name, str) else []
+    spelling = f"Did you mean {close[0]!r}? " if close else "Check the spelling. "
+    return Error(
+        f"{SETTINGS_NAME}[{name!r}] is not a django-avaturn setting.",
+        hint=spelling + _HINT_SETTINGS,
+        id="django_avaturn.E002",
+    )
+
+
+def _misplaced_settings_warnings() -> list[CheckMessage]:
+    """Django settings the app ignores that are easily taken for its own.
+
+    ``AVATURN_<NAME>`` for any of its settings, and a key's environment
+    variable name (``OPENAI_API_KEY``) set in settings.py while the app has
+    no such key: that one may be the site's own, for its own OpenAI calls.
+    """
+    prefix = f"{SETTINGS_NAME}_"
+    misplaced = {
+        attribute: attribute.removeprefix(prefix)
+        for attribute in dir(settings)
+        if attribute.startswith(prefix) and attribute.removeprefix(prefix) in DEFAULTS
+    }
+    for name, env_name in ENV_FALLBACKS.items():
+        if env_name not in misplaced and hasattr(settings, env_name) and _key_missing(name):
+            misplaced[env_name] = name
+    messages: list[CheckMessage] = []
+    for attribute, name in sorted(misplaced.items()):
+        where = f"{SETTINGS_NAME}['{name}']"
+        if name in ENV_FALLBACKS:
+            where += f" or the {ENV_FALLBACKS[name]} environment variable"
+        messages.append(
+            Warning(
+                f"settings.{attribute} is not read by django-avaturn, whose settings are "
+                f"in the {SETTINGS_NAME} dict.",
+                hint=f"Set {where} instead.",
+                id="django_avaturn.W008",
+            )
+        )
+    return messages
+
+
+def _key_missing(name: str) -> bool:
+    try:
+        return clean_key(name, _setting(name)) is None and not _test_mode_on()
+    except NotConfigured:
+        return False  # set, but malformed: E003 says so
 
 
 def _quota_error() -> Error | None:
@@ -146,12 +211,12 @@ def _key_warnings() -> list[CheckMessage]:
         ("OPENAI_API_KEY", "OPENAI_API_KEY", "OpenAI", "django_avaturn.W002"),
     ):
         try:
-            present = api_key(name) is not None
+            present = clean_key(name, _setting(name)) is not None
         except NotConfigured as exc:
             # The message names the setting, never the value.
             messages.append(Error(str(exc), hint=_HINT_SETTINGS, id="django_avaturn.E003"))
             continue
-        if not present:
+        if not present and not _test_mode_on():  # TEST_MODE uses the fake's keys
             messages.append(
                 Warning(
                     f"No {service} API key is configured; starting a session will answer 503.",
@@ -246,6 +311,94 @@ def _debug_logging_warnings() -> list[CheckMessage]:
     ]
 
 
+@register(Tags.urls)
+def check_urls(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """The session API is reachable: the widget reverses its URLs on every page."""
+    from django_avaturn.widget import MISSING_INCLUDE, api_urls
+
+    try:
+        api_urls()
+    except NoReverseMatch:
+        return [
+            Error(
+                "The widget cannot find the session API: ROOT_URLCONF does not include "
+                "django_avaturn.urls, so {% avaturn_head %} renders nothing.",
+                hint=MISSING_INCLUDE,
+                id="django_avaturn.E005",
+            )
+        ]
+    except Exception:
+        return []  # a URLconf that does not load: Django's own URL checks report it
+    return []
+
+
+@register()
+def check_test_mode(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """TEST_MODE is never on unnoticed (W009), and never with DEBUG off (E006)."""
+    if not _test_mode_on():
+        return []
+    if not settings.DEBUG:
+        return [
+            Error(
+                "AVATURN['TEST_MODE'] is on with DEBUG off: avatar sessions go to a loopback "
+                "fake of Avaturn and OpenAI, and visitors get a stand-in avatar.",
+                hint="Remove TEST_MODE from production settings. A test run that wants it "
+                "(Django's test runner turns DEBUG off) adds 'django_avaturn.E006' to "
+                "SILENCED_SYSTEM_CHECKS.",
+                id="django_avaturn.E006",
+            )
+        ]
+    return [
+        Warning(
+            "AVATURN['TEST_MODE'] is on: avatar sessions go to a loopback fake of Avaturn "
+            "and OpenAI, not to the real services.",
+            hint="Remove TEST_MODE to talk to the real services.",
+            id="django_avaturn.W009",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_deploy(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """``check --deploy``: with DEBUG off, no key or URL of the loopback fake's (W010)."""
+    if settings.DEBUG:
+        return []
+    found = [
+        f"AVATURN['{name}'] is its public test key"
+        for name, test_key in (
+            ("API_KEY", DEFAULT_AVATURN_API_KEY),
+            ("OPENAI_API_KEY", DEFAULT_OPENAI_API_KEY),
+        )
+        if isinstance(_setting(name), str) and _setting(name).strip() == test_key
+    ]
+    for name in ("API_URL", "OPENAI_BASE_URL", "SDK_API_HOST", "SDK_URL"):
+        host = _url_host(_setting(name))
+        if host is not None and is_loopback_host(host):
+            found.append(f"AVATURN['{name}'] is on loopback ({host})")
+    if not found:
+        return []
+    return [
+        Warning(
+            "DEBUG is off, but AVATURN is set up for the loopback fake of the upstreams: "
+            + "; ".join(found)
+            + ".",
+            hint="Production needs the real keys and the real upstream URLs (the defaults). "
+            "If a proxy of your own listens on loopback, add 'django_avaturn.W010' to "
+            "SILENCED_SYSTEM_CHECKS.",
+            id="django_avaturn.W010",
+        )
+    ]
+
+
+def _url_host(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return urlsplit(value).hostname
+    except ValueError:
+        return None  # malformed: E003 says so
+
+
 @register()
 def check_setup(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
     """What the rest of the project must provide for the settings to hold (W005 to W007)."""
@@ -294,6 +447,17 @@ def _sqlite_warning() -> CheckMessage | None:
 
 
 def _context_processor_warning() -> CheckMessage | None:
+    """The widget finds no CSRF token by either of its two routes.
+
+    It sends the CSRF cookie when JavaScript can read it, else the token the
+    tag rendered; the tag renders one only when it finds the request in the
+    template's context (the ``request`` context processor puts it there).
+    """
+    unreadable = [
+        name for name in ("CSRF_USE_SESSIONS", "CSRF_COOKIE_HTTPONLY") if getattr(settings, name)
+    ]
+    if not unreadable:
+        return None
     processor = "django.template.context_processors.request"
     engines: list[dict[str, Any]] = [
         engine
@@ -306,8 +470,11 @@ def _context_processor_warning() -> CheckMessage | None:
     ):
         return None
     return Warning(
-        f"No Django template engine has the {processor!r} context processor: "
-        "{% avaturn_head %} cannot read the CSRF token, and Start answers 403.",
-        hint=f"Add {processor!r} to TEMPLATES[...]['OPTIONS']['context_processors'].",
+        f"{' and '.join(unreadable)} keep the CSRF token from the widget's script, and no "
+        f"Django template engine has the {processor!r} context processor: "
+        "{% avaturn_head %} renders the token only in a template whose context holds "
+        "the request; elsewhere Start answers 403.",
+        hint=f"Add {processor!r} to TEMPLATES[...]['OPTIONS']['context_processors'], "
+        "or pass the request in the template's context.",
         id="django_avaturn.W007",
     )

@@ -34,14 +34,18 @@ _openai: RealtimeSecrets | None = None
 _avaturn: AvaturnClient | None = None
 
 
-@sensitive_variables("value")
+@sensitive_variables()
 def api_key(name: str) -> str | None:
-    """The key ``AVATURN[name]`` (or its environment variable), cleaned; ``None`` if unset.
+    """The key ``AVATURN[name]`` (or its environment variable) in use, cleaned; ``None`` if unset.
 
-    ``NotConfigured`` if it is set but cannot be a key. The system checks read
-    keys through here too.
+    ``NotConfigured`` if it is set but cannot be a key.
     """
-    value: object = avaturn_settings.raw(name)
+    return clean_key(name, avaturn_settings.raw(name))
+
+
+@sensitive_variables("value")
+def clean_key(name: str, value: object) -> str | None:
+    """``value`` as the key ``AVATURN[name]``; the system checks read keys through here too."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):

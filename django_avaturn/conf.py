@@ -29,6 +29,9 @@ DEFAULT_SDK_URL = "https://cdn.jsdelivr.net/npm/@avaturn-live/web-sdk@0.3.7/dist
 DEFAULT_SDK_INTEGRITY = "sha384-Ooequa+Lwlhi20saTDhuRzu1zMgREazsDNQgI5GI8SAk0JNz35fC8MdMxVzE3LT7"
 
 DEFAULTS: dict[str, Any] = {
+    # True: talk to an in-process loopback fake of both upstreams instead of
+    # the real ones, with its own keys (see ``test_mode``); never in production.
+    "TEST_MODE": False,
     # Credentials. ``None`` means "read the environment variable named in
     # ENV_FALLBACKS"; they are never rendered, logged or returned.
     "API_KEY": None,
@@ -114,6 +117,21 @@ ENV_FALLBACKS: dict[str, str] = {
     "OPENAI_API_KEY": "OPENAI_API_KEY",
 }
 
+# What TEST_MODE takes from the fake instead of AVATURN: where the upstreams
+# and the browser SDK are, and the keys they accept.
+TEST_MODE_SETTINGS: frozenset[str] = frozenset(
+    {
+        "API_KEY",
+        "OPENAI_API_KEY",
+        "API_URL",
+        "OPENAI_BASE_URL",
+        "OPENAI_HTTP_CLIENT",
+        "SDK_API_HOST",
+        "SDK_URL",
+        "SDK_INTEGRITY",
+    }
+)
+
 IMPORT_STRINGS: frozenset[str] = frozenset(
     {
         "OPENAI_HTTP_CLIENT",
@@ -160,7 +178,20 @@ class AvaturnSettings:
         return value if isinstance(value, dict) else {}
 
     def raw(self, name: str) -> Any:
-        """The value as configured (defaults applied), without imports."""
+        """The value in use (defaults applied, the fake's under TEST_MODE), without imports.
+
+        Under TEST_MODE, reading one of ``TEST_MODE_SETTINGS`` starts this
+        process's fake; a malformed TEST_MODE is ``NotConfigured`` here.
+        """
+        if name in TEST_MODE_SETTINGS:
+            from django_avaturn import test_mode  # (it reads this module's settings)
+
+            if test_mode.is_on():
+                return test_mode.fake_settings()[name]
+        return self.configured(name)
+
+    def configured(self, name: str) -> Any:
+        """The value as configured (defaults and environment applied), whatever TEST_MODE says."""
         if name not in DEFAULTS:
             raise AttributeError(f"Invalid {SETTINGS_NAME} setting: {name!r}")
         value = self.user_settings.get(name, DEFAULTS[name])

@@ -15,6 +15,7 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Quer
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
+from django.utils.translation import gettext, ngettext
 
 from django_avaturn.models import Session, SessionStatus
 
@@ -28,6 +29,26 @@ class DayUsage:
     @property
     def minutes(self) -> float:
         return round(self.seconds / 60, 1)
+
+
+def describe_duration(seconds: float) -> str:
+    """``seconds`` as a person says it: "1 second", "2 minutes, 5 seconds", "3 hours, 1 minute".
+
+    The two largest units, rounded down to whole seconds (a 0.4-second call is "0 seconds").
+    """
+    total = max(int(seconds), 0)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    units = [
+        ngettext("%(count)d hour", "%(count)d hours", hours) % {"count": hours},
+        ngettext("%(count)d minute", "%(count)d minutes", minutes) % {"count": minutes},
+        ngettext("%(count)d second", "%(count)d seconds", secs) % {"count": secs},
+    ]
+    first = 0 if hours else 1 if minutes else 2
+    shown = [units[first]]
+    if first < 2 and (hours, minutes, secs)[first + 1]:
+        shown.append(units[first + 1])
+    return gettext(", ").join(shown)
 
 
 def _talked(now: datetime) -> ExpressionWrapper[CombinedExpression]:

@@ -178,6 +178,7 @@ SECONDS_SETTINGS: dict[str, Seconds] = {
 }
 
 FLAG_SETTINGS: dict[str, Flag] = {
+    "TEST_MODE": Flag(),
     "SESSIONS_ENABLED": Flag(),
     "TRANSCRIPTS_ENABLED": Flag(),
 }

@@ -19,12 +19,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest
 from django.middleware.csrf import get_token
+from django.shortcuts import resolve_url
 from django.template.context import Context
 from django.template.loader import get_template
 from django.templatetags.static import static
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import SafeString
 
 from django_avaturn.conf import avaturn_settings
@@ -172,7 +174,10 @@ def widget_context(
         request = None
     url = sdk_url(request)
     integrity = _text(avaturn_settings.SDK_INTEGRITY or "")
-    list_url = reverse("django_avaturn:session-list")
+    try:
+        urls = api_urls()
+    except NoReverseMatch:
+        raise NotConfigured(MISSING_INCLUDE) from None
     return {
         "request": request,
         "widget_id": _text(widget_id) if widget_id else next_widget_id(request),
@@ -186,26 +191,17 @@ def widget_context(
         "start_label": None if start_label is None else _text(start_label),
         "stop_label": None if stop_label is None else _text(stop_label),
         "nonce": get_csp_nonce(context, request),
+        # The "Please sign in" message links here.
+        "login_url": sign_in_url(request),
         "csrf_token": get_token(request) if request is not None else "",
         # The widget reads the current token from this cookie when it can: a
         # sign-in in another tab rotates it, and the rendered one goes stale.
         "csrf_cookie_name": "" if settings.CSRF_USE_SESSIONS else settings.CSRF_COOKIE_NAME,
-        "sessions_url": list_url,
-        "session_url": reverse(
-            "django_avaturn:session-detail", kwargs={"session_id": SESSION_ID_PLACEHOLDER}
-        ),
-        "heartbeat_url": reverse(
-            "django_avaturn:session-heartbeat", kwargs={"session_id": SESSION_ID_PLACEHOLDER}
-        ),
+        "sessions_url": urls["sessions"],
+        "session_url": urls["session"],
+        "heartbeat_url": urls["heartbeat"],
         # Only when the site stores transcripts: otherwise the widget sends none.
-        "transcripts_url": (
-            reverse(
-                "django_avaturn:session-transcripts",
-                kwargs={"session_id": SESSION_ID_PLACEHOLDER},
-            )
-            if flag_setting("TRANSCRIPTS_ENABLED")
-            else ""
-        ),
+        "transcripts_url": urls["transcripts"] if flag_setting("TRANSCRIPTS_ENABLED") else "",
         "session_id_placeholder": SESSION_ID_PLACEHOLDER,
         "sdk_url": url,
         "sdk_integrity": integrity,
@@ -217,6 +213,47 @@ def widget_context(
     }
 
 
+def sign_in_url(request: HttpRequest | None) -> str:
+    """``LOGIN_URL`` with ``?next=`` this page, as ``login_required`` redirects; ``""`` if none.
+
+    ``next`` is the page's path, or its absolute URL when ``LOGIN_URL`` is on
+    another host (a single sign-on site). Without a request there is no page
+    to return to: ``LOGIN_URL`` alone.
+    """
+    try:
+        login_url = resolve_url(settings.LOGIN_URL)
+    except NoReverseMatch:
+        return ""  # LOGIN_URL names a view the URLconf does not have: no link beats a 500
+    if request is None:
+        return login_url
+    scheme, netloc = urlsplit(login_url)[:2]
+    here = request.get_full_path()
+    if netloc and (netloc != request.get_host() or (scheme and scheme != request.scheme)):
+        here = request.build_absolute_uri()
+    return redirect_to_login(here, login_url).url
+
+
+def api_urls() -> dict[str, str]:
+    """The session API's URLs the widget calls (detail ones with the id placeholder).
+
+    ``NoReverseMatch`` when the project's URLconf does not include
+    ``django_avaturn.urls``; the system check E005 calls this too.
+    """
+    detail = {"session_id": SESSION_ID_PLACEHOLDER}
+    return {
+        "sessions": reverse("django_avaturn:session-list"),
+        "session": reverse("django_avaturn:session-detail", kwargs=detail),
+        "heartbeat": reverse("django_avaturn:session-heartbeat", kwargs=detail),
+        "transcripts": reverse("django_avaturn:session-transcripts", kwargs=detail),
+    }
+
+
+MISSING_INCLUDE = (
+    "The session API's URLs are not in the URLconf: add "
+    'path("avaturn/", include("django_avaturn.urls")) to your urlpatterns.'
+)
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}"
 
@@ -226,8 +263,9 @@ def render_widget(
 ) -> SafeString:
     """Render one widget: its markup plus the (idempotent) asset tags.
 
-    A setting ``manage.py check`` would refuse renders nothing but a comment
-    and logs why: the site's page must not fail over its avatar.
+    A setting ``manage.py check`` would refuse (or a URLconf without the
+    session API: E005) renders nothing but a comment and logs why: the site's
+    page must not fail over its avatar.
     """
     try:
         values = widget_context(context, **options)

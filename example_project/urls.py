@@ -8,6 +8,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("avaturn/", include("django_avaturn.urls")),
-    # The API's OpenAPI schema; no routes unless drf-spectacular is installed.
+    # The API's OpenAPI schema; without drf-spectacular, a JSON 404 naming the extra.
     path("api/schema/", include("django_avaturn.schema_urls")),
 ]

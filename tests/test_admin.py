@@ -210,7 +210,10 @@ def test_deleting_a_user_with_an_active_session_is_not_refused_by_the_session_ad
 # --------------------------------------------------------------------------- the action
 
 
-def test_action_terminates_and_counts(admin_client: Client, upstream: Any, user: Any) -> None:
+def test_action_terminates_and_counts(
+    admin_client: Client, upstream: Any, user: Any, django_user_model: Any
+) -> None:
+    root = django_user_model.objects.get(email="root@example.com")
     rows = [live(user, f"av-{i}") for i in range(3)]
     done = Session.objects.create(user=user, session_id="av-done", status=SessionStatus.ENDED)
 
@@ -221,7 +224,7 @@ def test_action_terminates_and_counts(admin_client: Client, upstream: Any, user:
     for row in rows:
         row = fresh(row)
         assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
-        assert row.end_detail.startswith("by staff user #")
+        assert row.end_detail == f"by staff user root@example.com (#{root.pk})"
     assert shown_messages(response) == [
         ("success", "Terminated 3 sessions."),
         ("info", "1 session had already ended (or is being ended); it was skipped."),

@@ -56,7 +56,45 @@ def test_changelist_summarises_usage_for_the_current_filter(
 
     only_ended = admin_client.get(CHANGELIST, {"status__exact": "ended"})
     assert only_ended.context["usage_summary"] == {"sessions": 2, "minutes": 30.0, "live": 0}
-    assert b"30.0 minutes of conversation" in only_ended.content
+    assert (
+        b"Matching these filters: 2 started sessions, 30 minutes of conversation, 0 live now."
+        in only_ended.content
+    )
+
+
+def test_a_single_short_session_is_counted_in_words(
+    admin_client: Client, user: Any, monkeypatch: Any
+) -> None:
+    # Noon: the bar of a session five minutes ago is today's.
+    at(monkeypatch, timezone.now().replace(hour=12, minute=0, second=0, microsecond=0))
+    start = timezone.now() - timedelta(minutes=5)
+    Session.objects.create(
+        user=user,
+        session_id="brief",
+        status=SessionStatus.ENDED,
+        started_at=start,
+        ended_at=start + timedelta(seconds=1),
+        end_reason=EndReason.CLIENT,
+    )
+    live(user, "now")  # live for 90 seconds so far
+
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert (
+        "Matching these filters: 2 started sessions, 1 minute, 31 seconds of conversation, "
+        "1 live now." in page
+    )
+    page = admin_client.get(CHANGELIST, {"status__exact": "ended"}).content.decode()
+    assert (
+        "Matching these filters: 1 started session, 1 second of conversation, 0 live now." in page
+    )
+
+    usage = admin_client.get(USAGE, {"status__exact": "ended"})
+    text = usage.content.decode()
+    assert "1 started session, 1 second of conversation in the selection." in text
+    assert "Tallest bar: 1 second." in text
+    assert "<td>1 second</td>" in text
+    (bar,) = [bar for bar in usage.context["bars"] if bar.height]
+    assert bar.title.endswith(": 1 second, 1 session")
 
 
 def test_usage_page_has_a_chart_and_per_user_rows(
@@ -79,6 +117,14 @@ def test_usage_page_has_a_chart_and_per_user_rows(
     ]
     assert len(response.context["bars"]) == 30
     assert response.context["peak"] == 30.0
+    text = response.content.decode()
+    assert "3 started sessions, 35 minutes of conversation in the selection." in text
+    assert "Tallest bar: 30 minutes." in text
+    assert "<th>Time talked</th>" in text
+    assert "<td>20 minutes</td>" in text
+    assert [bar.title for bar in response.context["bars"] if bar.height][-1].endswith(
+        ": 30 minutes, 2 sessions"
+    )
     assert response.content.count(b"<rect") == 30
     # Filters carry over from the changelist.
     filtered = admin_client.get(USAGE, {"user__id__exact": user.pk})
@@ -215,3 +261,25 @@ def test_purge_works_in_batches(user: Any) -> None:
     assert Transcript.objects.count() == 0
     with pytest.raises(NotConfigured):
         retention_days(-1)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [
+        (0, "0 seconds"),
+        (0.9, "0 seconds"),
+        (1, "1 second"),
+        (59.5, "59 seconds"),
+        (60, "1 minute"),
+        (61, "1 minute, 1 second"),
+        (125, "2 minutes, 5 seconds"),
+        (3600, "1 hour"),
+        (3659, "1 hour"),
+        (3660, "1 hour, 1 minute"),
+        (7322, "2 hours, 2 minutes"),
+    ],
+)
+def test_durations_are_said_in_words(seconds: float, said: str) -> None:
+    from django_avaturn.usage import describe_duration
+
+    assert describe_duration(seconds) == said

@@ -41,11 +41,61 @@ def test_avaturn_not_a_dict_is_e002(settings: Any) -> None:
     assert ids(avaturn_messages()) == ["django_avaturn.E002"]
 
 
-def test_unknown_setting_is_e002(settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "MAX_DURATON": 5}
-    (message,) = avaturn_messages()
-    assert message.id == "django_avaturn.E002"
-    assert "MAX_DURATON" in message.msg
+def test_unknown_setting_is_e002_with_the_closest_name(settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "MAX_DURATON": 5, "COLOUR": "red"}
+    assert avaturn_messages() == [
+        Error(
+            "AVATURN['COLOUR'] is not a django-avaturn setting.",
+            hint="Check the spelling. See the settings reference in django-avaturn's README.",
+            id="django_avaturn.E002",
+        ),
+        Error(
+            "AVATURN['MAX_DURATON'] is not a django-avaturn setting.",
+            hint="Did you mean 'MAX_DURATION'? See the settings reference in django-avaturn's "
+            "README.",
+            id="django_avaturn.E002",
+        ),
+    ]
+
+
+def test_avaturn_settings_outside_the_dict_are_w008(settings: Any) -> None:
+    # Ignored by the app: the key below is not used, so the message must say where it goes.
+    settings.AVATURN_API_KEY = "av-outside-0123456789"
+    settings.AVATURN_MAX_DURATION = 600
+    settings.AVATURN_LOOK = "ignored: not one of ours"
+    assert avaturn_messages() == [
+        Warning(
+            "settings.AVATURN_API_KEY is not read by django-avaturn, whose settings are in "
+            "the AVATURN dict.",
+            hint="Set AVATURN['API_KEY'] or the AVATURN_API_KEY environment variable instead.",
+            id="django_avaturn.W008",
+        ),
+        Warning(
+            "settings.AVATURN_MAX_DURATION is not read by django-avaturn, whose settings are "
+            "in the AVATURN dict.",
+            hint="Set AVATURN['MAX_DURATION'] instead.",
+            id="django_avaturn.W008",
+        ),
+    ]
+    assert "av-outside" not in repr(avaturn_messages())
+
+
+def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
+    settings: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    # A site may hold its own OpenAI key under this name: only a missing key makes it ours.
+    settings.OPENAI_API_KEY = "sk-site-own-0123456789"
+    assert avaturn_messages() == []
+    settings.AVATURN = {k: v for k, v in settings.AVATURN.items() if k != "OPENAI_API_KEY"}
+    messages = avaturn_messages()
+    assert ids(messages) == ["django_avaturn.W002", "django_avaturn.W008"]
+    assert messages[0] == Warning(
+        "settings.OPENAI_API_KEY is not read by django-avaturn, whose settings are in the "
+        "AVATURN dict.",
+        hint="Set AVATURN['OPENAI_API_KEY'] or the OPENAI_API_KEY environment variable instead.",
+        id="django_avaturn.W008",
+    )
 
 
 @pytest.mark.parametrize(
@@ -221,7 +271,12 @@ def test_the_check_and_the_runtime_accept_the_same_values(settings: Any, name: s
             runtime_ok = False
         else:
             runtime_ok = True
-        check_ok = not [m for m in avaturn_messages() if f"['{name}']" in m.msg]
+        # E003 is the check's "malformed" (E006, say, is about a well-formed TEST_MODE).
+        check_ok = not [
+            m
+            for m in avaturn_messages()
+            if m.id == "django_avaturn.E003" and f"['{name}']" in m.msg
+        ]
         assert check_ok == runtime_ok, (name, value)
 
 
@@ -244,7 +299,7 @@ def test_sqlite_without_immediate_transactions_is_w006(monkeypatch: pytest.Monke
     assert ids(avaturn_messages()) == ["django_avaturn.W006"]
 
 
-def test_no_request_context_processor_is_w007(settings: Any) -> None:
+def _without_request_processor(settings: Any) -> None:
     engine = settings.TEMPLATES[0]
     processors = [
         name
@@ -254,4 +309,65 @@ def test_no_request_context_processor_is_w007(settings: Any) -> None:
     settings.TEMPLATES = [
         {**engine, "OPTIONS": {**engine["OPTIONS"], "context_processors": processors}}
     ]
-    assert ids(avaturn_messages()) == ["django_avaturn.W007"]
+
+
+@pytest.mark.parametrize(
+    ("unreadable", "named"),
+    [
+        ({"CSRF_USE_SESSIONS": True}, "CSRF_USE_SESSIONS"),
+        ({"CSRF_COOKIE_HTTPONLY": True}, "CSRF_COOKIE_HTTPONLY"),
+        (
+            {"CSRF_USE_SESSIONS": True, "CSRF_COOKIE_HTTPONLY": True},
+            "CSRF_USE_SESSIONS and CSRF_COOKIE_HTTPONLY",
+        ),
+    ],
+)
+def test_no_csrf_token_by_either_route_is_w007(
+    settings: Any, unreadable: dict[str, bool], named: str
+) -> None:
+    _without_request_processor(settings)
+    for name, value in unreadable.items():
+        setattr(settings, name, value)
+    processor = "'django.template.context_processors.request'"
+    assert avaturn_messages() == [
+        Warning(
+            f"{named} keep the CSRF token from the widget's script, and no Django template "
+            f"engine has the {processor} context processor: {{% avaturn_head %}} renders the "
+            "token only in a template whose context holds the request; elsewhere Start "
+            "answers 403.",
+            hint=f"Add {processor} to TEMPLATES[...]['OPTIONS']['context_processors'], or "
+            "pass the request in the template's context.",
+            id="django_avaturn.W007",
+        )
+    ]
+
+
+def test_a_readable_csrf_cookie_needs_no_request_processor(settings: Any) -> None:
+    # The widget sends the cookie's token; the rendered one is only its fallback.
+    _without_request_processor(settings)
+    assert avaturn_messages() == []
+
+
+def test_the_request_processor_renders_the_token_the_cookie_cannot_give(settings: Any) -> None:
+    settings.CSRF_USE_SESSIONS = True
+    settings.CSRF_COOKIE_HTTPONLY = True
+    assert avaturn_messages() == []
+
+
+def test_a_urlconf_without_the_session_api_is_e005(settings: Any) -> None:
+    settings.ROOT_URLCONF = "tests.urls_without_api"
+    assert avaturn_messages() == [
+        Error(
+            "The widget cannot find the session API: ROOT_URLCONF does not include "
+            "django_avaturn.urls, so {% avaturn_head %} renders nothing.",
+            hint="The session API's URLs are not in the URLconf: add "
+            'path("avaturn/", include("django_avaturn.urls")) to your urlpatterns.',
+            id="django_avaturn.E005",
+        )
+    ]
+
+
+def test_the_session_api_under_its_own_instance_namespace_is_found(settings: Any) -> None:
+    # The widget reverses by the app's namespace, which any mount point satisfies.
+    settings.ROOT_URLCONF = "tests.urls_own_namespace"
+    assert avaturn_messages() == []

@@ -310,8 +310,8 @@ def test_dry_run_changes_nothing(upstream: Any, user: Any) -> None:
     assert upstream.avaturn.delete_calls() == []
     lines = out.strip().splitlines()
     assert lines == [
-        f"(starting #{stuck.pk}) (user {user.pk}): would end, never finished starting",
-        f"av-old (user {user.pk}): would end, ran past its max_duration of 3600 s",
+        f"(starting #{stuck.pk}) (user ada@example.com): would end, never finished starting",
+        "av-old (user ada@example.com): would end, ran past its max_duration of 3600 s",
         "Dry run: would end 2 session(s); nothing changed.",
     ]
     assert err == ""
@@ -330,7 +330,7 @@ def test_verbosity(upstream: Any, user: Any) -> None:
     make(user, "av-c", started_ago=4000)
     out, _ = run(verbosity=2)
     assert out.strip().splitlines()[0] == (
-        f"av-c (user {user.pk}): terminated, ran past its max_duration of 3600 s"
+        "av-c (user ada@example.com): terminated, ran past its max_duration of 3600 s"
     )
     assert len(out.strip().splitlines()) == 2
 

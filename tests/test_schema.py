@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def test_everything_works_without_drf_spectacular() -> None:
         from django_avaturn.api.views import SessionListView
         from example_project import settings as example
 
-        assert schema_urls.urlpatterns == []
+        assert [p.callback for p in schema_urls.urlpatterns] == [schema_urls.schema_not_installed]
         assert not hasattr(SessionListView.post, "kwargs")
         assert "drf_spectacular" not in example.INSTALLED_APPS
         assert resolve("/avaturn/sessions/").url_name == "session-list"
@@ -162,3 +163,36 @@ def test_everything_works_without_drf_spectacular() -> None:
     result = _run([sys.executable, "-c", code], DJANGO_SETTINGS_MODULE="tests.settings")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_the_example_projects_schema_url_names_the_extra_when_it_is_missing(
+    tmp_path: Path,
+) -> None:
+    """After the README's "Try it" install (no [schema] extra), /api/schema/ says what to do."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        sys.modules["drf_spectacular"] = None
+        import django
+        django.setup()
+        from django.test import Client
+
+        response = Client().get("/api/schema/")
+        print(json.dumps([response.status_code, response["Content-Type"], response.json()]))
+        """
+    )
+    result = _run(
+        [sys.executable, "-c", code],
+        DJANGO_SETTINGS_MODULE="example_project.settings",
+        EXAMPLE_DB_PATH=str(tmp_path / "example.sqlite3"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        404,
+        "application/json",
+        {
+            "code": "not_found",
+            "detail": "The OpenAPI schema needs drf-spectacular, which is not installed: "
+            'pip install "django-avaturn[schema]" (in a checkout: pip install -e ".[schema]").',
+        },
+    ]

@@ -93,6 +93,7 @@ def test_bare_tag_configures_the_container_through_data_attributes() -> None:
         "data-init-timeout": "20",
         "data-heartbeat-interval": "30",
         "data-csrf-cookie-name": "csrftoken",
+        "data-login-url": "/accounts/login/?next=/",
     }
 
 
@@ -301,6 +302,8 @@ def test_without_a_request() -> None:
     (widget,) = widgets(html)
     # The script falls back to the csrftoken cookie.
     assert "data-csrf-token" not in widget
+    # No page to come back to.
+    assert widget["data-login-url"] == "/accounts/login/"
     assert str(widget["id"]).startswith("avaturn-")
 
 
@@ -411,3 +414,50 @@ def test_the_scripts_fallback_messages_are_the_templates() -> None:
     block = block[: block.index("};")]
     in_script = dict(re.findall(r'^\s+(\w+): "([^"]+)",$', block, re.M))
     assert in_template and in_script == in_template
+
+
+def test_a_urlconf_without_the_session_api_renders_a_comment_and_logs_the_fix(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.ROOT_URLCONF = "tests.urls_without_api"
+    html = render()
+    assert html == "<!-- django-avaturn: not configured, see the server log -->"
+    assert [r.getMessage() for r in caplog.records if r.name == "django_avaturn.widget"] == [
+        "The avatar widget is not rendered: The session API's URLs are not in the URLconf: "
+        'add path("avaturn/", include("django_avaturn.urls")) to your urlpatterns.'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("login_url", "page", "expected"),
+    [
+        # As login_required redirects: the page, query string included, comes back.
+        ("/accounts/login/", "/talk/?topic=a b", "/accounts/login/?next=/talk/%3Ftopic%3Da%2520b"),
+        # A URL name, and a LOGIN_URL that has a query string of its own.
+        ("login", "/talk/", "/accounts/login/?next=/talk/"),
+        ("/signin/?lang=fr", "/talk/", "/signin/?lang=fr&next=/talk/"),
+        # Another host (single sign-on): it needs the page's absolute URL.
+        (
+            "https://sso.example.com/login",
+            "/talk/",
+            "https://sso.example.com/login?next=http%3A//testserver/talk/",
+        ),
+        (
+            "http://testserver/accounts/login/",
+            "/talk/",
+            "http://testserver/accounts/login/?next=/talk/",
+        ),
+    ],
+)
+def test_the_sign_in_message_links_to_login_url_and_back(
+    settings: Any, login_url: str, page: str, expected: str
+) -> None:
+    settings.LOGIN_URL = login_url
+    (widget,) = widgets(render(request=RequestFactory().get(page)))
+    assert widget["data-login-url"] == expected
+
+
+def test_a_login_url_naming_no_view_leaves_the_message_unlinked(settings: Any) -> None:
+    settings.LOGIN_URL = "no-such-view"
+    (widget,) = widgets(render())
+    assert "data-login-url" not in widget

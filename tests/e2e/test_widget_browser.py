@@ -330,12 +330,39 @@ def test_signed_out_visitor_gets_a_clear_message(
     context, traffic = browser_context
     page = context.new_page()
     watch_page(page, traffic)
-    page.goto(live_server.url + "/strict-csp/")
+    page.goto(live_server.url + "/strict-csp/?hello=1")
     page.wait_for_function("() => !!document.querySelector('#strict')?.avaturn")
     page.click("[data-avaturn-start]")
     page.wait_for_selector("#strict[data-state='error']")
     assert status_text(page, "#strict") == "Please sign in to talk with the avatar."
+    # A link to LOGIN_URL that brings the visitor back to this page.
+    link = page.locator("#strict [data-avaturn-status] a")
+    assert link.get_attribute("href") == "/accounts/login/?next=/strict-csp/%3Fhello%3D1"
+    assert link.text_content() == "Please sign in to talk with the avatar."
     assert e2e.fake.requests == []
+
+
+def test_the_sign_in_link_is_there_without_the_templates_messages(
+    e2e: Any, live_server: Any, browser_context: Any
+) -> None:
+    """A site's own widget template may drop the messages: the script's fallback links too."""
+    context, traffic = browser_context
+    page = context.new_page()
+    watch_page(page, traffic)
+    page.goto(live_server.url + "/strict-csp/")
+    page.wait_for_function("() => !!document.querySelector('#strict')?.avaturn")
+    # As a template without the messages would render the widget.
+    page.evaluate("document.querySelector('#strict template[data-avaturn-messages]').remove()")
+    page.evaluate(
+        "(() => { const w = document.querySelector('#strict'); const copy = w.cloneNode(true);"
+        " copy.id = 'copy'; w.replaceWith(copy); })()"
+    )
+    page.wait_for_function("() => !!document.querySelector('#copy')?.avaturn")
+    page.click("#copy [data-avaturn-start]")
+    page.wait_for_selector("#copy[data-state='error']")
+    link = page.locator("#copy [data-avaturn-status] a")
+    assert link.get_attribute("href") == "/accounts/login/?next=/strict-csp/"
+    assert link.text_content() == "Please sign in to talk with the avatar."
 
 
 def test_a_start_ended_by_staff_meanwhile_says_it_ended(
@@ -624,4 +651,28 @@ def test_a_heartbeat_refused_after_signing_out_elsewhere_ends_the_call_and_says_
     # The next heartbeat (HEARTBEAT_INTERVAL is 1 s here) is refused: the
     # widget can no longer act for this visitor, so it stops saying so.
     page.wait_for_selector('[data-avaturn-widget][data-state="ended"]')
-    assert "sign in" in status_text(page).lower()
+    assert status_text(page) == "Please sign in to talk with the avatar."
+    link = page.locator("[data-avaturn-widget] [data-avaturn-status] a")
+    assert link.get_attribute("href") == "/accounts/login/?next=/"
+
+
+def test_with_only_test_mode_the_widget_goes_live_against_the_in_process_fake(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, monkeypatch: Any
+) -> None:
+    from django_avaturn import test_mode
+
+    monkeypatch.delenv("AVATURN_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    e2e.settings.AVATURN = {"TEST_MODE": True}
+    fake = test_mode.fake_upstream()
+    fake.reset()
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    assert page.get_attribute("[data-avaturn-widget]", "data-sdk-url") == fake.standin_sdk_url
+
+    press_start_until_live(page)
+
+    (row,) = Session.objects.all()
+    assert fake.live_session_ids() == {row.session_id}
+    assert e2e.fake.requests == []  # the fixture's own fake: TEST_MODE needs none
+    page.click("[data-avaturn-stop]")
+    wait_for(page, lambda: not fake.live_session_ids(), what="the fake's session to end")

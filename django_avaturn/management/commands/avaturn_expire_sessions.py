@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_avaturn.exceptions import NotConfigured
@@ -81,8 +82,18 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         verbosity: int = options["verbosity"]
 
+        usernames: dict[Any, str] = {}
+
+        def username(user_id: Any) -> str:
+            # Once per user and run: a batch of one user's sessions costs one query.
+            if user_id not in usernames:
+                user = get_user_model()._default_manager.filter(pk=user_id).first()
+                usernames[user_id] = user.get_username() if user is not None else f"#{user_id}"
+            return usernames[user_id]
+
         def on_result(result: Result) -> None:
-            line = f"{result.session} (user {result.session.user_id}): {result.outcome.value}"
+            user = username(result.session.user_id)
+            line = f"{result.session} (user {user}): {result.outcome.value}"
             if result.detail:
                 line += f", {result.detail}"
             if result.outcome is Outcome.FAILED:

@@ -196,6 +196,8 @@ class AvaturnWidget {
       csrfToken: data.csrfToken || "",
       // Empty when the site keeps its CSRF token in the session (no cookie).
       csrfCookieName: data.csrfCookieName ?? "csrftoken",
+      // LOGIN_URL with ?next= this page: the sign-in message links there.
+      loginUrl: data.loginUrl || "",
     };
     this.stage = container.querySelector("[data-avaturn-stage]") || container;
     this.startButton = container.querySelector("[data-avaturn-start]");
@@ -228,7 +230,7 @@ class AvaturnWidget {
     );
   }
 
-  setState(state, { message, error } = {}) {
+  setState(state, { message, error, href } = {}) {
     const previous = this.state;
     this.state = state;
     this.container.dataset.state = state;
@@ -243,12 +245,30 @@ class AvaturnWidget {
     if (this.micButton) this.micButton.hidden = state !== "live";
     this.container.setAttribute("aria-busy", state === "connecting" ? "true" : "false");
     const text = message || this.messages[state] || "";
-    if (this.status) this.status.textContent = text;
+    this.showStatus(text, href);
     this.emit("state", { state, previous, message: text, error: error || null });
   }
 
   showNotice(key) {
-    if (this.status) this.status.textContent = this.messages[key] || this.messages.unknown;
+    this.showStatus(this.messages[key] || this.messages.unknown, this.linkFor(key));
+  }
+
+  // The status line, as a link when `href` is given (text only: never markup).
+  showStatus(text, href) {
+    if (!this.status) return;
+    if (!href) {
+      this.status.textContent = text;
+      return;
+    }
+    const link = document.createElement("a");
+    link.href = href;
+    link.textContent = text;
+    this.status.replaceChildren(link);
+  }
+
+  // Where a message links: the sign-in one to LOGIN_URL, when the site has one.
+  linkFor(key) {
+    return key === "not_authenticated" ? this.config.loginUrl : "";
   }
 
   // The cookie first: signing in again in another tab rotates it, and the
@@ -406,6 +426,7 @@ class AvaturnWidget {
     this.setState("error", {
       message: this.messages[key] || this.messages.unknown,
       error: { code: key, detail },
+      href: this.linkFor(key),
     });
   }
 
@@ -474,18 +495,18 @@ class AvaturnWidget {
         response.status === 401 || response.status === 403
           ? "not_authenticated"
           : ERROR_CODE_MESSAGES[code] || "ended";
-      this.stop({ message: this.messages[key] });
+      this.stop({ message: this.messages[key], href: this.linkFor(key) });
     } catch {
       // A missed beat is not an ending; the next one may get through.
     }
   }
 
   // Stop button, pagehide, removal from the page, idle: end everything now.
-  stop({ message } = {}) {
+  stop({ message, href } = {}) {
     const wasActive = this.state === "connecting" || this.state === "live";
     this.attempt++;
     this.teardown();
-    if (wasActive) this.setState("ended", { message });
+    if (wasActive) this.setState("ended", { message, href });
   }
 
   teardown() {

@@ -1,0 +1,72 @@
+"""``AVATURN["TEST_MODE"]``: the app talks to a loopback fake instead of Avaturn and OpenAI.
+
+One setting, in the manner of django-anymail's test backend: the first time
+this process needs an upstream (a start, the widget's SDK URL), it starts a
+:class:`~django_avaturn.testing.FakeUpstream` on a free loopback port, and
+every setting in ``conf.TEST_MODE_SETTINGS`` (the upstream URLs, the keys,
+the browser SDK's URL) comes from that fake instead of ``AVATURN``. A start
+then goes live against it, and the widget loads its stand-in SDK, which goes
+live without a video call.
+
+What makes it safe to offer:
+
+- the site's configured keys are never sent anywhere: the fake's own public
+  test keys replace them, and nothing reaches a real upstream, so nothing is
+  billed;
+- the fake listens on loopback only (its control API is unauthenticated);
+- it is never silently on: ``manage.py check`` (which ``runserver`` and
+  ``migrate`` run) warns whenever it is on (W009) and is an error with DEBUG
+  off (E006), and the process logs a warning when it starts the fake.
+
+Each process has its own fake (a session started in one worker is unknown
+to another's), and the browser must reach this host's loopback: it is for
+development on one machine and for test suites, not for serving anyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django_avaturn.testing import FakeUpstream
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_fake: FakeUpstream | None = None
+
+
+def is_on() -> bool:
+    """``AVATURN["TEST_MODE"]``, validated (``NotConfigured`` unless True or False)."""
+    from django_avaturn.validation import flag_setting  # (validation imports conf)
+
+    return flag_setting("TEST_MODE")
+
+
+def fake_upstream() -> FakeUpstream:
+    """This process's fake, started on first use; for a test to inspect or steer."""
+    global _fake
+    with _lock:
+        if _fake is None:
+            from django_avaturn.testing import FakeUpstream
+
+            _fake = FakeUpstream().start()
+            logger.warning(
+                "AVATURN['TEST_MODE'] is on: sessions go to a loopback fake of Avaturn and "
+                "OpenAI at %s, not to the real services.",
+                _fake.url,
+            )
+        return _fake
+
+
+def fake_settings() -> dict[str, Any]:
+    """What TEST_MODE reads instead of ``AVATURN``: the fake's, and no HTTP client of the site's."""
+    return {
+        **fake_upstream().settings(),
+        # The browser talks to the fake too, and the default HTTP client reaches it
+        # (a site's own client may be a proxy, or a transport of its tests).
+        "SDK_API_HOST": None,
+        "OPENAI_HTTP_CLIENT": None,
+    }

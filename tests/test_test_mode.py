@@ -1,0 +1,228 @@
+"""``AVATURN["TEST_MODE"]``: one setting, the app talks to the loopback fake, never unnoticed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from django.core.checks import Error, Warning, run_checks
+from django.template import Context, Template
+from django.test import RequestFactory
+
+from django_avaturn import test_mode
+from django_avaturn.conf import TEST_MODE_SETTINGS, avaturn_settings
+from django_avaturn.models import Session, SessionStatus
+from django_avaturn.testing import (
+    AVATURN_CREATE,
+    AVATURN_TERMINATE,
+    DEFAULT_AVATURN_API_KEY,
+    DEFAULT_OPENAI_API_KEY,
+    OPENAI_CLIENT_SECRET,
+    FakeUpstream,
+)
+from tests.test_api import LIST_URL, csrf_delete, csrf_post
+
+# What a site might have configured: under TEST_MODE it must never leave the process.
+SITE_KEYS = {"API_KEY": "av-site-real-key-0123456789", "OPENAI_API_KEY": "sk-site-real-0123456789"}
+
+
+@pytest.fixture
+def fake(settings: Any, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
+    """TEST_MODE on, with nothing else configured: no keys in AVATURN or the environment."""
+    monkeypatch.delenv("AVATURN_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    settings.AVATURN = {"TEST_MODE": True}
+    upstream = test_mode.fake_upstream()
+    upstream.reset()
+    return upstream
+
+
+def avaturn_messages(*, deploy: bool = False) -> list[Any]:
+    return [
+        m
+        for m in run_checks(include_deployment_checks=deploy)
+        if m.id.startswith("django_avaturn.")
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_start_with_only_test_mode_goes_live_against_the_fake(
+    fake: FakeUpstream, api_client: Any
+) -> None:
+    response = csrf_post(api_client, LIST_URL, {})
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["api_host"] == fake.url
+    row = Session.objects.get()
+    assert (row.session_id, row.status) == (body["session_id"], SessionStatus.LIVE)
+    assert fake.live_session_ids() == {body["session_id"]}
+    # The token the browser gets is the one the fake's SDK endpoint takes.
+    joined = requests.get(
+        f"{body['api_host']}/_sdk/v0/sessions",
+        headers={"X-Session-Token": body["token"]},
+        timeout=5,
+    )
+    assert (joined.status_code, joined.json()["id"]) == (200, body["session_id"])
+
+    ended = csrf_delete(api_client, f"{LIST_URL}{body['session_id']}/")
+
+    assert ended.status_code == 204
+    assert fake.live_session_ids() == set()
+    assert len(fake.requests_for(AVATURN_TERMINATE)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sites_own_keys_never_leave_the_process(
+    fake: FakeUpstream, api_client: Any, settings: Any
+) -> None:
+    settings.AVATURN = {"TEST_MODE": True, **SITE_KEYS, "API_URL": "https://api.avaturn.live"}
+
+    response = csrf_post(api_client, LIST_URL, {})
+
+    assert response.status_code == 201, response.content
+    (secret,) = fake.requests_for(OPENAI_CLIENT_SECRET)
+    (create,) = fake.requests_for(AVATURN_CREATE)
+    assert secret.headers["authorization"] == f"Bearer {DEFAULT_OPENAI_API_KEY}"
+    assert create.headers["authorization"] == f"Bearer {DEFAULT_AVATURN_API_KEY}"
+    for request in fake.requests:
+        sent = repr(request.headers) + request.body.decode()
+        assert not any(key in sent for key in SITE_KEYS.values())
+
+
+def test_the_widget_loads_the_fakes_stand_in_sdk(fake: FakeUpstream) -> None:
+    html = Template("{% load avaturn %}{% avaturn_head %}").render(
+        Context({"request": RequestFactory().get("/")})
+    )
+    assert f'data-sdk-url="{fake.standin_sdk_url}"' in html
+    assert "integrity=" not in html
+
+
+def test_the_fake_supplies_every_test_mode_setting(fake: FakeUpstream) -> None:
+    assert set(test_mode.fake_settings()) == TEST_MODE_SETTINGS
+    assert avaturn_settings.raw("API_URL") == fake.url
+    assert avaturn_settings.configured("API_URL") == "https://api.avaturn.live"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_malformed_test_mode_refuses_starts(
+    settings: Any, api_client: Any, upstream: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "TEST_MODE": "yes"}
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (503, "not_configured")
+    assert upstream.avaturn.created == []
+    assert not Session.objects.exists()
+
+
+@pytest.fixture
+def no_fake_yet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process as if no fake had been started yet; any it starts is stopped after."""
+    monkeypatch.setattr(test_mode, "_fake", None)
+    yield
+    if test_mode._fake is not None:
+        test_mode._fake.stop()
+
+
+def test_starting_the_fake_is_logged(
+    no_fake_yet: None, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.AVATURN = {"TEST_MODE": True}
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.test_mode"):
+        url = avaturn_settings.raw("API_URL")
+        avaturn_settings.raw("OPENAI_API_KEY")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"AVATURN['TEST_MODE'] is on: sessions go to a loopback fake of Avaturn and OpenAI "
+        f"at {url}, not to the real services."
+    ]
+
+
+def test_off_it_starts_nothing(no_fake_yet: None) -> None:
+    assert avaturn_settings.raw("API_URL") == "https://avaturn.test"
+    assert test_mode._fake is None
+
+
+def test_the_checks_start_no_fake(no_fake_yet: None, settings: Any) -> None:
+    settings.AVATURN = {"TEST_MODE": True}
+    settings.DEBUG = True
+    avaturn_messages(deploy=True)
+    assert test_mode._fake is None
+
+
+def test_test_mode_with_debug_off_is_e006(settings: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("AVATURN_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    # No keys: TEST_MODE does not need them, so no W001/W002 either.
+    settings.AVATURN = {"TEST_MODE": True}
+    settings.DEBUG = False
+    assert avaturn_messages() == [
+        Error(
+            "AVATURN['TEST_MODE'] is on with DEBUG off: avatar sessions go to a loopback fake "
+            "of Avaturn and OpenAI, and visitors get a stand-in avatar.",
+            hint="Remove TEST_MODE from production settings. A test run that wants it "
+            "(Django's test runner turns DEBUG off) adds 'django_avaturn.E006' to "
+            "SILENCED_SYSTEM_CHECKS.",
+            id="django_avaturn.E006",
+        )
+    ]
+
+
+def test_test_mode_is_never_silently_on_w009(settings: Any) -> None:
+    settings.AVATURN = {**settings.AVATURN, "TEST_MODE": True}
+    settings.DEBUG = True
+    assert avaturn_messages() == [
+        Warning(
+            "AVATURN['TEST_MODE'] is on: avatar sessions go to a loopback fake of Avaturn "
+            "and OpenAI, not to the real services.",
+            hint="Remove TEST_MODE to talk to the real services.",
+            id="django_avaturn.W009",
+        )
+    ]
+
+
+def test_deploy_check_names_the_fakes_keys_and_loopback_urls_w010(settings: Any) -> None:
+    with FakeUpstream() as local:
+        settings.AVATURN = {**settings.AVATURN, **local.settings()}
+    settings.AVATURN["SDK_API_HOST"] = "http://[::1]:8765"
+    settings.DEBUG = False
+    assert avaturn_messages(deploy=True) == [
+        Warning(
+            "DEBUG is off, but AVATURN is set up for the loopback fake of the upstreams: "
+            "AVATURN['API_KEY'] is its public test key; "
+            "AVATURN['OPENAI_API_KEY'] is its public test key; "
+            "AVATURN['API_URL'] is on loopback (127.0.0.1); "
+            "AVATURN['OPENAI_BASE_URL'] is on loopback (127.0.0.1); "
+            "AVATURN['SDK_API_HOST'] is on loopback (::1); "
+            "AVATURN['SDK_URL'] is on loopback (127.0.0.1).",
+            hint="Production needs the real keys and the real upstream URLs (the defaults). "
+            "If a proxy of your own listens on loopback, add 'django_avaturn.W010' to "
+            "SILENCED_SYSTEM_CHECKS.",
+            id="django_avaturn.W010",
+        )
+    ]
+    # Only with --deploy, and only with DEBUG off.
+    assert avaturn_messages() == []
+    settings.DEBUG = True
+    assert avaturn_messages(deploy=True) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("API_KEY", f"{DEFAULT_AVATURN_API_KEY}\n"), ("API_URL", "http://localhost:9000")],
+)
+def test_deploy_check_one_setting_of_the_fakes_is_enough(
+    settings: Any, name: str, value: str
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, name: value}
+    settings.DEBUG = False
+    (message,) = avaturn_messages(deploy=True)
+    assert message.id == "django_avaturn.W010"
+    assert f"AVATURN['{name}']" in message.msg
+
+
+def test_deploy_check_is_clean_for_real_upstreams(settings: Any) -> None:
+    settings.DEBUG = False
+    assert avaturn_messages(deploy=True) == []
