@@ -1,4 +1,4 @@
-"""What a visitor sees of the widget before and without its script.
+"""What a visitor sees of the widget before and without its script, and the stand-in's stage.
 
 A site that does not serve its static files (DEBUG off, no whitenoise) shows
 the widget's markup alone: it must say it is loading, not offer a Start that
@@ -13,7 +13,9 @@ import pytest
 
 from tests.e2e.conftest import Traffic, sign_in, watch_page
 from tests.e2e.test_widget_browser import (
+    _with_standin_sdk,
     open_signed_in,
+    press_start_until_live,
     status_text,
 )
 
@@ -45,3 +47,16 @@ def test_the_script_enables_start_and_invites_the_visitor(
     assert status_text(page) == "Press Start to talk with the avatar."
     assert page.is_enabled("[data-avaturn-start]")
 
+
+def test_the_standin_player_fills_the_stage_as_the_real_one_does(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    _with_standin_sdk(e2e)
+    page, _ = open_signed_in(e2e, live_server, browser_context, user)
+    press_start_until_live(page)
+
+    stage = page.locator("[data-avaturn-stage]").bounding_box()
+    player = page.locator("[data-avaturn-stage] .stub-video").bounding_box()
+    assert stage is not None and player is not None
+    assert stage["height"] > 100
+    assert player == stage
