@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import django
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
@@ -232,6 +233,17 @@ class SessionAdmin(_ModelAdmin):
             )
         return response
 
+    def page_context(self, request: HttpRequest, title: str) -> dict[str, Any]:
+        """The context a page of ours needs to look like the admin's own pages."""
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": title,
+            # Django 6.1's admin styles only breadcrumbs marked up as a list
+            # (includes/breadcrumbs.html); 5.2 and 6.0 only the older <div>.
+            "breadcrumbs_as_list": django.VERSION >= (6, 1),
+        }
+
     def usage_view(self, request: HttpRequest) -> HttpResponseBase:
         """Minutes per day (a chart) and per user, for the changelist's current filters."""
         if not self.has_view_permission(request):
@@ -252,9 +264,7 @@ class SessionAdmin(_ModelAdmin):
             row["user"] = users.get(row["user_id"], row["user_id"])
             row["minutes"] = round(row["seconds"] / 60, 1)
         context = {
-            **self.admin_site.each_context(request),
-            "opts": self.model._meta,
-            "title": _("Avatar usage"),
+            **self.page_context(request, _("Avatar usage")),
             "bars": bars,
             "peak": peak,
             "chart_width": charts.WIDTH,
