@@ -276,16 +276,24 @@ class SessionAdmin(_ModelAdmin):
         return TemplateResponse(request, "admin/django_avaturn/session/usage.html", context)
 
     def kill_switch_view(self, request: HttpRequest) -> HttpResponseBase:
-        """Stop new sessions and terminate every running one, or allow sessions again."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
+        """Stop new sessions and terminate every running one, or allow sessions again.
+
+        Stopping takes two steps, as Django's delete action does: a GET, or
+        the changelist's POST, shows a page saying how many sessions would be
+        terminated, and changes nothing; only its POST with ``confirm=yes``
+        stops them. Allowing sessions again is harmless and needs no page.
+        """
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
         if not self.has_terminate_permission(request):
             raise PermissionDenied
         changelist = reverse(f"{self.admin_site.name}:django_avaturn_session_changelist")
-        if request.POST.get("enable") == "1":
+        if request.method == "POST" and request.POST.get("enable") == "1":
             limits.set_sessions_enabled(True, by=request.user)
             self.message_user(request, _("New sessions are allowed again."), messages.SUCCESS)
             return HttpResponseRedirect(changelist)
+        if request.method == "GET" or request.POST.get("confirm") != "yes":
+            return self.kill_switch_confirmation(request)
         reason = request.POST.get("reason", "").strip()
         limits.set_sessions_enabled(False, by=request.user, reason=reason)
         self.message_user(
@@ -300,6 +308,20 @@ class SessionAdmin(_ModelAdmin):
         else:
             report_tally(self, request, tally)
         return HttpResponseRedirect(changelist)
+
+    def kill_switch_confirmation(self, request: HttpRequest) -> TemplateResponse:
+        """The page that asks before the kill switch stops everything."""
+        data = request.POST if request.method == "POST" else request.GET
+        context = {
+            **self.page_context(request, _("Are you sure?")),
+            "running": Session.objects.filter(
+                status__in=(SessionStatus.STARTING, SessionStatus.LIVE)
+            ).count(),
+            "reason": data.get("reason", "").strip(),
+        }
+        return TemplateResponse(
+            request, "admin/django_avaturn/session/kill_switch_confirmation.html", context
+        )
 
     def change_view(
         self,

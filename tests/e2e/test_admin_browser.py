@@ -92,6 +92,15 @@ def test_the_kill_switch_button_stops_everything_and_turns_back_on(
     with page.expect_navigation():
         page.click("#avaturn-kill-switch button")
 
+    # A page asks first, saying what will happen; nothing has happened yet.
+    assert "the 2 sessions running now (starting or live) will be terminated" in page.inner_text(
+        "#content-main"
+    )
+    assert len(e2e.fake.live_session_ids()) == 2
+    assert limits.sessions_enabled()
+    with page.expect_navigation():
+        page.click("input[type=submit][value='Yes, stop all sessions']")
+
     assert "Terminated 2 sessions." in page.text_content("ul.messagelist")
     assert "New sessions are stopped (kill switch). billing incident" in page.text_content(
         "p.errornote"
