@@ -7,11 +7,13 @@ these on 5.2, 6.0 and 6.1, whose admins mark breadcrumbs up differently.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from django_avaturn import limits
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus
@@ -188,3 +190,22 @@ def test_allowing_sessions_again_needs_no_confirmation(admin_client: Client) -> 
     response = admin_client.post(KILL, {"enable": "1"})
     assert (response.status_code, response["Location"]) == (302, CHANGELIST)
     assert limits.sessions_enabled()
+
+
+# ---------------------------------------------------------------- the session list
+
+
+def test_created_may_wrap_between_date_and_time_and_still_sorts(
+    admin_client: Client, user: Any
+) -> None:
+    older = live(user, "older", created_at=timezone.now() - timedelta(days=2))
+    newer = live(user, "newer")
+
+    default = admin_client.get(CHANGELIST)
+    by_created = admin_client.get(CHANGELIST, {"o": "6"})  # the sixth column, ascending
+
+    assert [row.pk for row in default.context["cl"].result_list] == [newer.pk, older.pk]
+    assert [row.pk for row in by_created.context["cl"].result_list] == [older.pk, newer.pk]
+    cells = parse(default.content.decode()).find("td", **{"class": "field-created"})
+    assert len(cells) == 2
+    assert default.content.count(b'<span class="nowrap">') == 4
