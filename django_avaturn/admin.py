@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import django
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
@@ -22,6 +23,8 @@ from django.http.response import HttpResponseBase, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.formats import date_format, time_format
+from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -107,7 +110,7 @@ class TranscriptInline(_TabularInline):
 
 @admin.register(Session)
 class SessionAdmin(_ModelAdmin):
-    list_display = ("__str__", "user", "status", "age_or_duration", "end_reason", "created_at")
+    list_display = ("__str__", "user", "status", "age_or_duration", "end_reason", "created")
     list_filter = ("status", "end_reason", "created_at")
     date_hierarchy = "created_at"
     list_select_related = ("user",)
@@ -128,6 +131,22 @@ class SessionAdmin(_ModelAdmin):
             return _("%(age)s old") % {"age": _format_seconds(timezone.now() - obj.created_at)}
         duration = obj.duration
         return _format_seconds(duration) if duration is not None else "—"
+
+    @admin.display(
+        description=Session._meta.get_field("created_at").verbose_name, ordering="created_at"
+    )
+    def created(self, obj: Session) -> str:
+        """``created_at`` as the admin shows it, but free to wrap between date and time.
+
+        The admin keeps a date-time column on one line (about 170px), which
+        leaves the list too wide beside the filters in a 1100px window.
+        """
+        when = timezone.localtime(obj.created_at)
+        return format_html(
+            '<span class="nowrap">{}</span> <span class="nowrap">{}</span>',
+            date_format(when, "DATE_FORMAT"),
+            time_format(when, "TIME_FORMAT"),
+        )
 
     @admin.display(description=gettext_lazy("end detail"))
     def scrubbed_end_detail(self, obj: Session) -> str:
@@ -247,6 +266,17 @@ class SessionAdmin(_ModelAdmin):
             )
         return response
 
+    def page_context(self, request: HttpRequest, title: str) -> dict[str, Any]:
+        """The context a page of ours needs to look like the admin's own pages."""
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": title,
+            # Django 6.1's admin styles only breadcrumbs marked up as a list
+            # (includes/breadcrumbs.html); 5.2 and 6.0 only the older <div>.
+            "breadcrumbs_as_list": django.VERSION >= (6, 1),
+        }
+
     def usage_view(self, request: HttpRequest) -> HttpResponseBase:
         """Minutes per day (a chart) and per user, for the changelist's current filters."""
         if not self.has_view_permission(request):
@@ -268,9 +298,7 @@ class SessionAdmin(_ModelAdmin):
             row["minutes"] = round(row["seconds"] / 60, 1)
             row["talked"] = usage.describe_duration(row["seconds"])
         context = {
-            **self.admin_site.each_context(request),
-            "opts": self.model._meta,
-            "title": _("Avatar usage"),
+            **self.page_context(request, _("Avatar usage")),
             "bars": bars,
             "peak": peak,
             "chart_width": charts.WIDTH,
@@ -288,16 +316,24 @@ class SessionAdmin(_ModelAdmin):
         return TemplateResponse(request, "admin/django_avaturn/session/usage.html", context)
 
     def kill_switch_view(self, request: HttpRequest) -> HttpResponseBase:
-        """Stop new sessions and terminate every running one, or allow sessions again."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
+        """Stop new sessions and terminate every running one, or allow sessions again.
+
+        Stopping takes two steps, as Django's delete action does: a GET, or
+        the changelist's POST, shows a page saying how many sessions would be
+        terminated, and changes nothing; only its POST with ``confirm=yes``
+        stops them. Allowing sessions again is harmless and needs no page.
+        """
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
         if not self.has_terminate_permission(request):
             raise PermissionDenied
         changelist = reverse(f"{self.admin_site.name}:django_avaturn_session_changelist")
-        if request.POST.get("enable") == "1":
+        if request.method == "POST" and request.POST.get("enable") == "1":
             limits.set_sessions_enabled(True, by=request.user)
             self.message_user(request, _("New sessions are allowed again."), messages.SUCCESS)
             return HttpResponseRedirect(changelist)
+        if request.method == "GET" or request.POST.get("confirm") != "yes":
+            return self.kill_switch_confirmation(request)
         reason = request.POST.get("reason", "").strip()
         limits.set_sessions_enabled(False, by=request.user, reason=reason)
         self.message_user(
@@ -312,6 +348,20 @@ class SessionAdmin(_ModelAdmin):
         else:
             report_tally(self, request, tally)
         return HttpResponseRedirect(changelist)
+
+    def kill_switch_confirmation(self, request: HttpRequest) -> TemplateResponse:
+        """The page that asks before the kill switch stops everything."""
+        data = request.POST if request.method == "POST" else request.GET
+        context = {
+            **self.page_context(request, _("Are you sure?")),
+            "running": Session.objects.filter(
+                status__in=(SessionStatus.STARTING, SessionStatus.LIVE)
+            ).count(),
+            "reason": data.get("reason", "").strip(),
+        }
+        return TemplateResponse(
+            request, "admin/django_avaturn/session/kill_switch_confirmation.html", context
+        )
 
     def change_view(
         self,

@@ -166,7 +166,9 @@ def test_kill_switch_stops_new_sessions_and_terminates_running_ones(
     for n in range(3):
         live(user, f"run-{n}")
 
-    response = admin_client.post(KILL, {"enable": "0", "reason": "billing incident"}, follow=True)
+    response = admin_client.post(
+        KILL, {"enable": "0", "reason": "billing incident", "confirm": "yes"}, follow=True
+    )
 
     assert response.status_code == 200
     assert sorted(upstream.avaturn.deleted) == ["run-0", "run-1", "run-2"]
@@ -190,8 +192,7 @@ def test_kill_switch_stops_new_sessions_and_terminates_running_ones(
 def test_kill_switch_needs_the_terminate_permission(django_user_model: Any, user: Any) -> None:
     viewer = logged_in(staff(django_user_model, "v@example.com", "view_session"))
     row = live(user, "x")
-    assert viewer.post(KILL, {"enable": "0"}).status_code == 403
-    assert viewer.get(KILL).status_code == 405
+    assert viewer.post(KILL, {"enable": "0", "confirm": "yes"}).status_code == 403
     assert limits.sessions_enabled()
     row.refresh_from_db()
     assert row.status == SessionStatus.LIVE
@@ -202,7 +203,7 @@ def test_kill_switch_needs_csrf(django_user_model: Any) -> None:
     root = django_user_model.objects.create_superuser(email="r2@example.com", password="pw")
     client = Client(enforce_csrf_checks=True)
     client.force_login(root)
-    assert client.post(KILL, {"enable": "0"}).status_code == 403
+    assert client.post(KILL, {"enable": "0", "confirm": "yes"}).status_code == 403
     assert limits.sessions_enabled()
 
 

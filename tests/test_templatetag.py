@@ -145,6 +145,15 @@ def test_controls_and_an_aria_live_status_region() -> None:
     assert tags.find("div", **{"data-avaturn-stage": None})  # type: ignore[arg-type]
 
 
+def test_until_its_script_runs_the_widget_says_it_is_loading_and_start_is_disabled() -> None:
+    """Static files not served: what a visitor sees is the markup alone, no dead Start."""
+    html = render()
+    (start,) = parse(html).find("button", **{"data-avaturn-start": None})  # type: ignore[arg-type]
+    assert "disabled" in start
+    status = html.split("data-avaturn-status>", 1)[1].split("</p>", 1)[0]
+    assert status == "Loading the avatar…"
+
+
 def test_no_inline_script() -> None:
     html = render("{% avaturn_head %}{% avaturn_head autostart=True %}", csp_nonce="abc")
     scripts = parse(html).find("script")

@@ -46,11 +46,14 @@ export class AvaturnHead {
     video.textContent =
       `Stand-in avatar: session ${session.id} is live on the loopback fake. ` +
       "There is no video or audio offline.";
+    // Fills the element given, as the real player's video does (100% by 100%).
     // Through the CSSOM, which a strict style-src allows (a style attribute it would not).
     for (const [name, value] of Object.entries({
       display: "grid",
       "place-items": "center",
-      "min-height": "12rem",
+      "box-sizing": "border-box",
+      width: "100%",
+      height: "100%",
       padding: "1rem",
       "text-align": "center",
       background: "#eef2f7",

@@ -92,6 +92,15 @@ def test_the_kill_switch_button_stops_everything_and_turns_back_on(
     with page.expect_navigation():
         page.click("#avaturn-kill-switch button")
 
+    # A page asks first, saying what will happen; nothing has happened yet.
+    assert "the 2 sessions running now (starting or live) will be terminated" in page.inner_text(
+        "#content-main"
+    )
+    assert len(e2e.fake.live_session_ids()) == 2
+    assert limits.sessions_enabled()
+    with page.expect_navigation():
+        page.click("input[type=submit][value='Yes, stop all sessions']")
+
     assert "Terminated 2 sessions." in page.text_content("ul.messagelist")
     assert "New sessions are stopped (kill switch). billing incident" in page.text_content(
         "p.errornote"
@@ -106,3 +115,44 @@ def test_the_kill_switch_button_stops_everything_and_turns_back_on(
         page.click("#avaturn-kill-switch button")
     wait_for(page, limits.sessions_enabled, what="the switch back on")
     assert page.query_selector("p.errornote") is None
+
+
+def test_at_1100px_with_the_sidebar_open_every_column_shows_and_the_title_fits(
+    e2e: Any, live_server: Any, browser_context: Any, django_user_model: Any
+) -> None:
+    """The changelist in a common laptop window, the kill switch's notice showing."""
+    (running,) = _live_sessions(django_user_model, 1)
+    Session.objects.create(
+        user=running.user,
+        session_id="an-ended-one",
+        status=SessionStatus.ENDED,
+        end_reason=EndReason.USER,  # the longest reason
+    )
+    limits.set_sessions_enabled(False, reason="billing incident")
+    page = _open_changelist(live_server, browser_context, django_user_model)
+    page.set_viewport_size({"width": 1100, "height": 800})
+    assert page.is_visible("#nav-sidebar")
+
+    layout = page.evaluate(
+        """() => {
+            const results = document.querySelector('#changelist-form .results');
+            const edge = results.getBoundingClientRect().right;
+            const title = document.createRange();
+            title.selectNodeContents(document.querySelector('#content h1'));
+            return {
+                hidden: results.scrollWidth - results.clientWidth,
+                cut: [...document.querySelectorAll('#result_list thead th')]
+                    .filter(th => th.getBoundingClientRect().right > edge + 1)
+                    .map(th => th.textContent.trim()),
+                titleLines: new Set([...title.getClientRects()].map(r => Math.round(r.top))).size,
+                notice: document.querySelector('p.errornote').textContent.trim(),
+            };
+        }"""
+    )
+
+    assert layout == {
+        "hidden": 0,
+        "cut": [],
+        "titleLines": 1,
+        "notice": "New sessions are stopped (kill switch). billing incident",
+    }

@@ -2,14 +2,12 @@
 loopback fake of both upstreams.
 
 Run with ``pytest -m browser``; ``.ci/install-browser-deps`` installs chromium,
-playwright and the SDK. Set ``AVATURN_UPDATE_SCREENSHOT=1`` to refresh
-``docs/screenshot.png`` from the example page.
+playwright and the SDK. (The documentation's screenshots come from
+``scripts/screenshots.py``.)
 """
 
 from __future__ import annotations
 
-import base64
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 
 from django_avaturn.models import ACTIVE_STATUSES, Session
 from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, SDK_SESSION
-from tests.e2e.conftest import REPO_DIR, Traffic, sign_in, watch_page
+from tests.e2e.conftest import Traffic, sign_in, watch_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -131,7 +129,6 @@ def test_start_reaches_the_sdk_with_our_token_then_times_out_clearly(
 ) -> None:
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     assert widget_state(page) == "idle"
-    before = page.screenshot(full_page=True)
 
     minted = start_session(page, e2e, traffic)
 
@@ -140,7 +137,6 @@ def test_start_reaches_the_sdk_with_our_token_then_times_out_clearly(
     assert sdk_request.headers["x-session-token"] == minted["token"]
     assert minted["api_host"] == e2e.fake.url
     assert widget_state(page) == "connecting"
-    connecting = page.screenshot(full_page=True)
     # Downloaded once: the preload, the integrity-checked script and import()
     # all share one fetch.
     assert [r.url for r in traffic.requests if r.url.endswith("/main.js")] == [
@@ -156,28 +152,6 @@ def test_start_reaches_the_sdk_with_our_token_then_times_out_clearly(
     # The start button is back, usable, and the stage was emptied.
     assert page.is_enabled("[data-avaturn-start]")
     assert page.eval_on_selector("[data-avaturn-stage]", "el => el.childElementCount") == 0
-
-    if os.environ.get("AVATURN_UPDATE_SCREENSHOT"):
-        save_screenshot(page.context, before, connecting)
-
-
-def save_screenshot(context: Any, before: bytes, after: bytes) -> None:
-    """docs/screenshot.png: the example page before and after Start, side by side."""
-    page = context.new_page()
-    page.set_viewport_size({"width": 2 * 450 + 3 * 16, "height": 400})
-    images = "".join(
-        f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-        f"<figcaption>{caption}</figcaption></figure>"
-        for png, caption in ((before, "Before Start"), (after, "After Start: connecting"))
-    )
-    page.set_content(
-        "<style>body{margin:0;display:flex;gap:16px;padding:16px;background:#e9ecf2;"
-        "font:14px system-ui}figure{margin:0;background:#fff;box-shadow:0 1px 4px #0003}"
-        "img{display:block;width:450px}figcaption{padding:6px 10px;color:#444}</style>" + images
-    )
-    (REPO_DIR / "docs").mkdir(exist_ok=True)
-    page.screenshot(path=str(REPO_DIR / "docs" / "screenshot.png"), full_page=True)
-    page.close()
 
 
 def test_stop_ends_the_session_at_once(

@@ -213,6 +213,11 @@ class AvaturnWidget {
     this.startButton?.addEventListener("click", () => this.start());
     this.stopButton?.addEventListener("click", () => this.stop());
     this.micButton?.addEventListener("click", () => this.setMicrophone(!this.microphoneOn));
+
+    // The markup renders Start disabled and a "loading" status, which stay
+    // for good on a page where this script never runs.
+    if (this.startButton) this.startButton.disabled = false;
+    if (this.status) this.status.textContent = this.messages.idle;
   }
 
   readMessages() {
