@@ -46,13 +46,13 @@ def test_unknown_setting_is_e002_with_the_closest_name(settings: Any) -> None:
     assert avaturn_messages() == [
         Error(
             "AVATURN['COLOUR'] is not a django-avaturn setting.",
-            hint="Check the spelling. See the settings reference in django-avaturn's README.",
+            hint="Check the spelling. See the Settings page of django-avaturn's documentation.",
             id="django_avaturn.E002",
         ),
         Error(
             "AVATURN['MAX_DURATON'] is not a django-avaturn setting.",
-            hint="Did you mean 'MAX_DURATION'? See the settings reference in django-avaturn's "
-            "README.",
+            hint="Did you mean 'MAX_DURATION'? See the Settings page of django-avaturn's "
+            "documentation.",
             id="django_avaturn.E002",
         ),
     ]
