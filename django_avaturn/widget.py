@@ -197,6 +197,8 @@ def widget_context(
         "heartbeat_url": reverse(
             "django_avaturn:session-heartbeat", kwargs={"session_id": SESSION_ID_PLACEHOLDER}
         ),
+        # Where a page that leaves mid-start ends the start it has no session id for.
+        "abandon_url": reverse("django_avaturn:session-abandon"),
         # Only when the site stores transcripts: otherwise the widget sends none.
         "transcripts_url": (
             reverse(
