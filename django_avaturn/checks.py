@@ -13,6 +13,7 @@
 ``django_avaturn.W005``   ``HEARTBEAT_INTERVAL`` too long for ``EXPIRE_IDLE_AFTER``.
 ``django_avaturn.W006``   SQLite without ``IMMEDIATE`` transactions: "database is locked" errors.
 ``django_avaturn.W007``   No ``request`` context processor: the tag cannot find the CSRF token.
+``django_avaturn.W008``   ``TRANSCRIPT_MAX_BYTES`` below ``TRANSCRIPT_MAX_LENGTH``: lines refused.
 ========================  ==========================================================
 """
 
@@ -122,8 +123,30 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
                 id="django_avaturn.W003",
             )
         )
+    transcript_warning = _transcript_cap_warning()
+    if transcript_warning is not None:
+        messages.append(transcript_warning)
     messages.extend(_debug_logging_warnings())
     return messages
+
+
+def _transcript_cap_warning() -> CheckMessage | None:
+    names = ("TRANSCRIPTS_ENABLED", "TRANSCRIPT_MAX_LENGTH", "TRANSCRIPT_MAX_BYTES")
+    try:
+        for name in names:
+            RULES[name].check(name, _setting(name))
+    except NotConfigured:
+        return None  # malformed: E003 says so
+    enabled, length, size = (_setting(name) for name in names)
+    if not enabled or size >= length:
+        return None
+    return Warning(
+        f"AVATURN['TRANSCRIPT_MAX_BYTES'] ({size}) is less than AVATURN['TRANSCRIPT_MAX_LENGTH'] "
+        f"({length} characters): a line of a length the API accepts may never fit in a "
+        "session's transcript, and is refused (413).",
+        hint="Allow at least TRANSCRIPT_MAX_LENGTH bytes; a character takes 1 to 4 in UTF-8.",
+        id="django_avaturn.W008",
+    )
 
 
 def _quota_error() -> Error | None:

@@ -152,6 +152,18 @@ class Session(models.Model):
         _("ended"), null=True, blank=True, help_text=_("When the session ended.")
     )
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
+    # Counted by the one conditional UPDATE that admits each line (see transcripts),
+    # so concurrent posts cannot pass the caps; lines purged later stay counted.
+    transcript_lines = models.PositiveIntegerField(
+        _("transcript lines"),
+        default=0,
+        help_text=_("Transcript lines stored for this session (before any retention purge)."),
+    )
+    transcript_bytes = models.PositiveBigIntegerField(
+        _("transcript bytes"),
+        default=0,
+        help_text=_("Their text's size in UTF-8 bytes."),
+    )
 
     objects: ClassVar[SessionQuerySet] = SessionQuerySet.as_manager()  # type: ignore[assignment]
 
