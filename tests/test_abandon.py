@@ -10,9 +10,13 @@ commit and the start's look at what was abandoned.
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +26,12 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from django_avaturn import services
-from django_avaturn.exceptions import AvaturnError
+from django_avaturn.exceptions import AvaturnError, SessionNotLive
 from django_avaturn.models import ACTIVE_STATUSES, EndReason, Session, SessionStatus
 from django_avaturn.testing import AVATURN_CREATE, OPENAI_CLIENT_SECRET, FakeUpstream
 from tests.live_fake import assert_no_orphans, wait_until
 from tests.test_api import LIST_URL, csrf_post
+from tests.test_concurrency import _redis_reachable, _redis_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -276,3 +281,51 @@ def test_abandons_at_any_moment_of_a_start_leave_nothing_running(
 
     assert set(outcomes) <= {"started", "session_ended"}, outcomes
     assert_no_orphans(live_fake)
+
+
+_REMEMBER_SCRIPT = """
+import sys
+
+import django
+
+django.setup()
+from django_avaturn import abandonment
+
+abandonment.remember(int(sys.argv[1]), sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(not _redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
+def test_an_abandon_handled_by_another_process_reaches_the_start_through_a_shared_cache(
+    settings: Any, upstream: Any, user: Any
+) -> None:
+    prefix = f"{os.environ.get('AVATURN_TEST_REDIS_PREFIX', 'avaturn_ab')}-{uuid.uuid4().hex}"
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _redis_url(),
+            "KEY_PREFIX": prefix,
+        }
+    }
+    ref = new_ref()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings_redis",
+        "AVATURN_TEST_REDIS_URL": _redis_url(),
+        "AVATURN_TEST_REDIS_PREFIX": prefix,
+    }
+    subprocess.run(
+        [sys.executable, "-c", _REMEMBER_SCRIPT, str(user.pk), ref],
+        env=env,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        with pytest.raises(SessionNotLive):
+            services.start_session(user, client_ref=ref)
+    finally:
+        cache.clear()  # this test's own prefix only
+    assert upstream.openai.requests == []
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ABANDONED)
