@@ -14,10 +14,12 @@ import django
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import ERROR_FLAG
+from django.contrib.admin.views.main import ERROR_FLAG, PAGE_VAR
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.core.paginator import Paginator
 from django.db import transaction
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.http.response import HttpResponseBase, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -40,6 +42,21 @@ from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStat
 from django_avaturn.outcomes import Outcome
 from django_avaturn.redaction import scrub
 from django_avaturn.termination import end_sessions
+from django_avaturn.validation import flag_setting
+
+# Lines of a transcript on one admin page: the change page shows the first page.
+TRANSCRIPT_PAGE_SIZE = 200
+VIEW_TRANSCRIPT_PERMISSION = "django_avaturn.view_transcript"
+
+
+def _transcript_lines(session: Session) -> QuerySet[Transcript]:
+    """``session``'s lines in the order they were said, with only what a page shows."""
+    return (
+        Transcript.objects.filter(session=session)
+        .only("created_at", "role", "text", "spoken_at")
+        .order_by("created_at", "pk")
+    )
+
 
 _FIELDS = (
     "session_id",
@@ -59,6 +76,9 @@ _FIELDS = (
     "last_seen_at",
     "ended_at",
     "updated_at",
+    "client_ref",
+    "transcript_lines",
+    "transcript_bytes",
 )
 
 
@@ -85,29 +105,6 @@ else:  # ModelAdmin is generic only in the type stubs
     _ModelAdmin = admin.ModelAdmin
 
 
-if TYPE_CHECKING:
-    _TabularInline = admin.TabularInline[Transcript, Session]
-else:
-    _TabularInline = admin.TabularInline
-
-
-class TranscriptInline(_TabularInline):
-    """What was said, for staff (empty unless the site stores transcripts)."""
-
-    model = Transcript
-    fields = ("created_at", "role", "text", "spoken_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Session)
 class SessionAdmin(_ModelAdmin):
     list_display = ("__str__", "user", "status", "age_or_duration", "end_reason", "created")
@@ -118,7 +115,6 @@ class SessionAdmin(_ModelAdmin):
     fields = _FIELDS
     readonly_fields = _FIELDS
     actions = (terminate_selected,)
-    inlines = (TranscriptInline,)
     change_form_template = "admin/django_avaturn/session/change_form.html"
     change_list_template = "admin/django_avaturn/session/change_list.html"
 
@@ -222,6 +218,11 @@ class SessionAdmin(_ModelAdmin):
                 "<path:object_id>/terminate/",
                 self.admin_site.admin_view(view),
                 name="django_avaturn_session_terminate",
+            ),
+            path(
+                "<path:object_id>/transcript/",
+                self.admin_site.admin_view(self.transcript_view),
+                name="django_avaturn_session_transcript",
             ),
             *super().get_urls(),
         ]
@@ -375,6 +376,74 @@ class SessionAdmin(_ModelAdmin):
             "can_terminate": self.has_terminate_permission(request),
         }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    # ------------------------------------------------------------------ the transcript
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Session | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context["transcript"] = self._transcript_preview(request, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _may_read_transcripts(self, request: HttpRequest, obj: Session) -> bool:
+        # What people said is more private than the session's record: its own permission.
+        return self.has_view_permission(request, obj) and request.user.has_perm(
+            VIEW_TRANSCRIPT_PERMISSION
+        )
+
+    def _transcript_preview(self, request: HttpRequest, obj: Session) -> dict[str, Any] | None:
+        """The change page's transcript section: its first page of lines, or None for none.
+
+        Two queries whatever the transcript's length (a count, a page). No
+        section where the site stores no transcripts and none are left from
+        when it did, nor for staff who may not read them.
+        """
+        if not self._may_read_transcripts(request, obj):
+            return None
+        try:
+            enabled = flag_setting("TRANSCRIPTS_ENABLED")
+        except NotConfigured:
+            enabled = False  # the check reports the setting; the page must still open
+        lines = _transcript_lines(obj)
+        total = lines.count()
+        if not total and not enabled:
+            return None
+        return {
+            "enabled": enabled,
+            "total": total,
+            "lines": list(lines[:TRANSCRIPT_PAGE_SIZE]),
+            "url": reverse(
+                f"{self.admin_site.name}:django_avaturn_session_transcript", args=(obj.pk,)
+            ),
+        }
+
+    def transcript_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        """Every line of one session's transcript, a page at a time (``?p=``)."""
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(_("No such avatar session."))
+        if not self._may_read_transcripts(request, obj):
+            raise PermissionDenied
+        page = Paginator(_transcript_lines(obj), TRANSCRIPT_PAGE_SIZE).get_page(
+            request.GET.get(PAGE_VAR)
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": obj,
+            "title": _("Transcript of %(session)s") % {"session": obj},
+            "page": page,
+            "page_range": page.paginator.get_elided_page_range(page.number),
+            "page_var": PAGE_VAR,
+        }
+        return TemplateResponse(request, "admin/django_avaturn/session/transcript.html", context)
 
     def terminate_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
         if request.method != "POST":

@@ -20,6 +20,7 @@
 ``django_avaturn.W008``   ``AVATURN_API_KEY = ...`` (any setting outside ``AVATURN``): ignored.
 ``django_avaturn.W009``   ``TEST_MODE`` is on: sessions go to the loopback fake.
 ``django_avaturn.W010``   (``--deploy``) With ``DEBUG`` off, the fake's keys or loopback URLs.
+``django_avaturn.W011``   ``TRANSCRIPT_MAX_BYTES`` below ``TRANSCRIPT_MAX_LENGTH``: lines refused.
 ========================  ==========================================================
 """
 
@@ -138,6 +139,9 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
                 id="django_avaturn.W003",
             )
         )
+    transcript_warning = _transcript_cap_warning()
+    if transcript_warning is not None:
+        messages.append(transcript_warning)
     messages.extend(_debug_logging_warnings())
     return messages
 
@@ -189,6 +193,25 @@ def _key_missing(name: str) -> bool:
         return clean_key(name, _setting(name)) is None and not _test_mode_on()
     except NotConfigured:
         return False  # set, but malformed: E003 says so
+
+
+def _transcript_cap_warning() -> CheckMessage | None:
+    names = ("TRANSCRIPTS_ENABLED", "TRANSCRIPT_MAX_LENGTH", "TRANSCRIPT_MAX_BYTES")
+    try:
+        for name in names:
+            RULES[name].check(name, _setting(name))
+    except NotConfigured:
+        return None  # malformed: E003 says so
+    enabled, length, size = (_setting(name) for name in names)
+    if not enabled or size >= length:
+        return None
+    return Warning(
+        f"AVATURN['TRANSCRIPT_MAX_BYTES'] ({size}) is less than AVATURN['TRANSCRIPT_MAX_LENGTH'] "
+        f"({length} characters): a line of a length the API accepts may never fit in a "
+        "session's transcript, and is refused (413).",
+        hint="Allow at least TRANSCRIPT_MAX_LENGTH bytes; a character takes 1 to 4 in UTF-8.",
+        id="django_avaturn.W011",
+    )
 
 
 def _quota_error() -> Error | None:

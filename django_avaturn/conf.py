@@ -97,6 +97,12 @@ DEFAULTS: dict[str, Any] = {
     # Transcripts (privacy: off unless the site turns them on).
     "TRANSCRIPTS_ENABLED": False,
     "TRANSCRIPT_MAX_LENGTH": 4000,
+    # Per session, whatever its length: lines, and their text's UTF-8 bytes. Beyond
+    # either a line is refused (413). Both fit an hour's talk many times over.
+    "TRANSCRIPT_MAX_LINES": 3600,
+    "TRANSCRIPT_MAX_BYTES": 2_000_000,
+    # Per user, across their sessions; None or "" turns it off.
+    "TRANSCRIPT_THROTTLE_RATE": "60/minute",
     # Days to keep transcripts; the expiry command purges older ones. None = forever.
     "TRANSCRIPT_RETENTION_DAYS": None,
     # The REST API.

@@ -130,6 +130,14 @@ class StorageUnavailable(AvaturnError):
     default_detail = _("The avatar service is temporarily unavailable. Please try again.")
 
 
+class TranscriptFull(AvaturnError):
+    """A line would take its session past ``TRANSCRIPT_MAX_LINES`` or ``TRANSCRIPT_MAX_BYTES``."""
+
+    code = "transcript_full"
+    status_code = 413
+    default_detail = _("This session's transcript is full; no more lines are stored.")
+
+
 class SessionsDisabled(AvaturnError):
     """The kill switch is off: no new session may start."""
 

@@ -31,6 +31,11 @@ class SessionStatus(models.TextChoices):
 ACTIVE_STATUSES = (SessionStatus.STARTING, SessionStatus.LIVE, SessionStatus.ENDING)
 FINAL_STATUSES = (SessionStatus.ENDED, SessionStatus.EXPIRED, SessionStatus.FAILED)
 
+# A start's client reference: what the API accepts (a UUID's 36 characters fit).
+CLIENT_REF_PATTERN = r"^[A-Za-z0-9_-]+$"
+CLIENT_REF_MIN_LENGTH = 16
+CLIENT_REF_MAX_LENGTH = 64
+
 
 class EndReason(models.TextChoices):
     CLIENT = "client", _("Ended by the visitor's browser")
@@ -41,6 +46,7 @@ class EndReason(models.TextChoices):
     REPLACED = "replaced", _("Replaced by a newer session")
     UPSTREAM_ERROR = "upstream_error", _("Upstream error")
     SHUTDOWN = "shutdown", _("Stopped by the kill switch")
+    ABANDONED = "abandoned", _("The visitor's page left while it started")
 
 
 class SessionQuerySet(models.QuerySet["Session"]):
@@ -109,6 +115,15 @@ class Session(models.Model):
         blank=True,
         help_text=_("The widget's config name passed to the session config hook, if any."),
     )
+    client_ref = models.CharField(
+        _("client reference"),
+        max_length=CLIENT_REF_MAX_LENGTH,
+        blank=True,
+        help_text=_(
+            "The reference the visitor's page gave its start, so that it can abandon the "
+            "start before it knows the session id."
+        ),
+    )
     max_duration = models.PositiveIntegerField(
         _("max duration"),
         null=True,
@@ -137,6 +152,18 @@ class Session(models.Model):
         _("ended"), null=True, blank=True, help_text=_("When the session ended.")
     )
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
+    # Counted by the one conditional UPDATE that admits each line (see transcripts),
+    # so concurrent posts cannot pass the caps; lines purged later stay counted.
+    transcript_lines = models.PositiveIntegerField(
+        _("transcript lines"),
+        default=0,
+        help_text=_("Transcript lines stored for this session (before any retention purge)."),
+    )
+    transcript_bytes = models.PositiveBigIntegerField(
+        _("transcript bytes"),
+        default=0,
+        help_text=_("Their text's size in UTF-8 bytes."),
+    )
 
     objects: ClassVar[SessionQuerySet] = SessionQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -147,6 +174,8 @@ class Session(models.Model):
         indexes = (
             # A user's active sessions: the cap check on every start.
             models.Index(fields=("user", "status"), name="avaturn_user_status_idx"),
+            # A user's start by its client reference: abandoning it.
+            models.Index(fields=("user", "client_ref"), name="avaturn_user_client_ref_idx"),
             # Active sessions by age: the expiry command.
             models.Index(
                 fields=("created_at",),

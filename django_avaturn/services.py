@@ -30,7 +30,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from django_avaturn import limits, transitions
+from django_avaturn import abandonment, limits, transitions
 from django_avaturn.avaturn_client import IncompleteSession
 from django_avaturn.clients import get_avaturn_client, get_openai_secrets
 from django_avaturn.exceptions import (
@@ -77,8 +77,12 @@ def start_session(
     request: HttpRequest | None = None,
     avatar_id: str | None = None,
     config_name: str = "",
+    client_ref: str = "",
 ) -> StartedSession:
     """Start an Avaturn session for ``user`` and record it.
+
+    ``client_ref`` names the start for ``abandon_start()``, for a caller that
+    may leave before it learns the session id (the widget's page going away).
 
     Raises ``NotConfigured`` (nothing spent), ``UserNotActive`` (the user is
     inactive or gone: deactivated since the request authenticated them, or
@@ -86,7 +90,8 @@ def start_session(
     sessions hold what is left of a minutes quota), ``QuotaExceeded``,
     ``UpstreamError``/``UpstreamTimeout`` (the row is marked failed
     and no upstream session survives), ``SessionReplaced`` (a newer start by
-    the same user took the slot meanwhile) or ``StorageUnavailable``.
+    the same user took the slot meanwhile), ``SessionNotLive`` (staff or its
+    own page ended it meanwhile) or ``StorageUnavailable``.
     """
     if not getattr(user, "is_authenticated", False) or user.pk is None:
         raise ValueError("Sessions belong to a signed-in user.")
@@ -99,12 +104,19 @@ def start_session(
     secrets = get_openai_secrets()
     avaturn = get_avaturn_client()
 
-    row, replaced = _reserve_slot(user, plan, cap=cap, refuse=policy == "refuse")
+    row, replaced = _reserve_slot(
+        user, plan, cap=cap, refuse=policy == "refuse", client_ref=client_ref
+    )
     try:
         _end_replaced(replaced)
     except AvaturnError as exc:
         transitions.mark_failed(row, exc)
         raise
+    # After the row is committed: an abandon that found no row had remembered
+    # the reference first (see abandonment). Nothing is spent for this start.
+    if client_ref and abandonment.was_abandoned(user.pk, client_ref):
+        transitions.end_unstarted(row, reason=EndReason.ABANDONED)
+        raise SessionNotLive()
 
     try:
         secret = secrets.mint(session=plan.realtime_session, ttl_seconds=plan.client_secret_ttl)
@@ -159,7 +171,7 @@ def start_session(
 
 
 def _reserve_slot(
-    user: AbstractBaseUser, plan: SessionPlan, *, cap: int, refuse: bool
+    user: AbstractBaseUser, plan: SessionPlan, *, cap: int, refuse: bool, client_ref: str = ""
 ) -> tuple[Session, list[Session]]:
     """Insert a STARTING row under every limit; return it and the rows it replaces.
 
@@ -186,6 +198,7 @@ def _reserve_slot(
                 voice=plan.voice,
                 config_name=plan.config_name,
                 max_duration=plan.max_duration,
+                client_ref=client_ref,
             )
             if not locks_rows:
                 # Under the write lock the INSERT took (see above).
@@ -313,6 +326,31 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> Outcome:
         # Claimed while starting: its own request terminates what Avaturn creates.
         return Outcome.STOPPED
     return _terminate_claimed(session)
+
+
+def abandon_start(user: AbstractBaseUser, client_ref: str) -> None:
+    """The caller's page left its start named ``client_ref``: leave nothing of it running.
+
+    Idempotent, and only ever about ``user``'s own starts. A start still
+    starting is claimed, and its own request terminates what Avaturn creates
+    the moment the create returns; one already live is ended now; one whose
+    row does not exist yet (this request overtook it) is remembered, and
+    refused once its row is reserved. Raises ``UpstreamError`` when Avaturn
+    could not end a live one (the row stays live, as for ``end_session()``).
+    """
+    # First, before looking for the row: see abandonment for why.
+    abandonment.remember(user.pk, client_ref)
+    failure: AvaturnError | None = None
+    started = Session.objects.filter(
+        user_id=user.pk, client_ref=client_ref, status__in=transitions.CAPPED_STATUSES
+    )
+    for session in started:
+        try:
+            end_session(session, reason=EndReason.ABANDONED)
+        except AvaturnError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def _terminate_claimed(session: Session) -> Outcome:

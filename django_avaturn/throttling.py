@@ -1,4 +1,4 @@
-"""Throttling session starts, which are the calls that spend money."""
+"""Throttling session starts, which are the calls that spend money, and transcript lines."""
 
 from __future__ import annotations
 
@@ -38,4 +38,26 @@ class SessionStartThrottle(UserRateThrottle):
             # ConnectionError, a database cache's DatabaseError): an HTML 500
             # otherwise.
             logger.exception("The start throttle could not reach its cache")
+            raise StorageUnavailable() from exc
+
+
+class TranscriptThrottle(UserRateThrottle):
+    """Per-user rate limit on transcript lines, from ``AVATURN["TRANSCRIPT_THROTTLE_RATE"]``.
+
+    Across all the user's sessions; the per-session caps (``transcripts``) are
+    the hard bound, this keeps one client from writing them full in seconds.
+    Counts in Django's default cache like the start throttle, and refuses
+    (``503 unavailable``) when that cache cannot be reached.
+    """
+
+    scope = "avaturn_transcript"
+
+    def get_rate(self) -> str | None:
+        return rate_setting("TRANSCRIPT_THROTTLE_RATE")
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        try:
+            return super().allow_request(request, view)
+        except Exception as exc:
+            logger.exception("The transcript throttle could not reach its cache")
             raise StorageUnavailable() from exc

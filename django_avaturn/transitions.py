@@ -80,6 +80,19 @@ def finish_without_upstream(row: Session, session_id: str) -> None:
     )
 
 
+def end_unstarted(row: Session, *, reason: str) -> None:
+    """End a start's own row before it asked Avaturn for anything: there is nothing to terminate.
+
+    Claimed as any end is, so a racing ender that claimed it first keeps its
+    reason; then finished at once either way, since this start will never
+    record a session id (the claim's "its own request terminates what Avaturn
+    creates" is this request, which creates nothing). Never sends
+    ``session_ended``: the session never started.
+    """
+    claim_for_end(row, reason=reason, detail="")
+    finish_claimed([row], notify=False, only_without_id=True)
+
+
 def failure_detail(exc: BaseException) -> str:
     """What a failed start records in ``end_detail``: scrubbed, never a key."""
     return exc.describe() if isinstance(exc, UpstreamError) else excerpt(type(exc).__name__)

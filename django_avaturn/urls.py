@@ -5,7 +5,12 @@ from django.urls import path, re_path
 
 from django_avaturn.api.not_found import api_not_found
 from django_avaturn.api.spend import SessionTranscriptView, UsageView
-from django_avaturn.api.views import SessionDetailView, SessionHeartbeatView, SessionListView
+from django_avaturn.api.views import (
+    SessionAbandonView,
+    SessionDetailView,
+    SessionHeartbeatView,
+    SessionListView,
+)
 
 app_name = "django_avaturn"
 
@@ -16,6 +21,13 @@ urlpatterns = [
         "sessions/",
         transaction.non_atomic_requests(SessionListView.as_view()),
         name="session-list",
+    ),
+    # Before the detail route, which would take "abandon" for a session id
+    # (Avaturn's ids are random; none is that word).
+    path(
+        "sessions/abandon/",
+        transaction.non_atomic_requests(SessionAbandonView.as_view()),
+        name="session-abandon",
     ),
     path(
         "sessions/<str:session_id>/",

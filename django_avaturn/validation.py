@@ -161,6 +161,8 @@ INT_SETTINGS: dict[str, Bounds] = {
     "EXPIRE_GRACE": Bounds(0, None, "seconds"),
     "EXPIRE_STUCK_AFTER": Bounds(1, None, "seconds"),
     "TRANSCRIPT_MAX_LENGTH": Bounds(1, None, "characters"),
+    "TRANSCRIPT_MAX_LINES": Bounds(1, None, "lines"),
+    "TRANSCRIPT_MAX_BYTES": Bounds(1, None, "bytes"),
     # At least a day, as the expiry command's --purge-transcripts-older-than.
     "TRANSCRIPT_RETENTION_DAYS": Bounds(1, None, "days", optional=True),
     "SESSION_LIST_LIMIT": Bounds(1),
@@ -183,7 +185,10 @@ FLAG_SETTINGS: dict[str, Flag] = {
     "TRANSCRIPTS_ENABLED": Flag(),
 }
 
-RATE_SETTINGS: dict[str, Rate] = {"START_THROTTLE_RATE": Rate()}
+RATE_SETTINGS: dict[str, Rate] = {
+    "START_THROTTLE_RATE": Rate(),
+    "TRANSCRIPT_THROTTLE_RATE": Rate(),
+}
 
 URL_SETTINGS: dict[str, Url] = {
     "API_URL": Url(),

@@ -200,6 +200,8 @@ def widget_context(
         "sessions_url": urls["sessions"],
         "session_url": urls["session"],
         "heartbeat_url": urls["heartbeat"],
+        # Where a page that leaves mid-start ends the start it has no session id for.
+        "abandon_url": urls["abandon"],
         # Only when the site stores transcripts: otherwise the widget sends none.
         "transcripts_url": urls["transcripts"] if flag_setting("TRANSCRIPTS_ENABLED") else "",
         "session_id_placeholder": SESSION_ID_PLACEHOLDER,
@@ -245,6 +247,7 @@ def api_urls() -> dict[str, str]:
         "session": reverse("django_avaturn:session-detail", kwargs=detail),
         "heartbeat": reverse("django_avaturn:session-heartbeat", kwargs=detail),
         "transcripts": reverse("django_avaturn:session-transcripts", kwargs=detail),
+        "abandon": reverse("django_avaturn:session-abandon"),
     }
 
 

@@ -4,12 +4,15 @@ and the expiry command's transcript purge."""
 from __future__ import annotations
 
 import io
+import re
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_avaturn import limits
@@ -207,18 +210,130 @@ def test_kill_switch_needs_csrf(django_user_model: Any) -> None:
     assert limits.sessions_enabled()
 
 
-def test_transcripts_show_inline_read_only(admin_client: Client, user: Any) -> None:
+def transcript_page(row: Session) -> str:
+    return f"{CHANGELIST}{row.pk}/transcript/"
+
+
+def say(row: Session, count: int) -> None:
+    Transcript.objects.bulk_create(
+        (
+            Transcript(session=row, role="user" if n % 2 else "avatar", text=f"line {n:05d}")
+            for n in range(count)
+        ),
+        batch_size=5000,
+    )
+
+
+def shown_lines(page: str) -> list[str]:
+    return re.findall(r"<tr data-transcript-line>.*?<td>(line \d+)</td>", page, re.DOTALL)
+
+
+def test_transcripts_show_read_only_on_the_change_page(
+    admin_client: Client, user: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
     row = live(user, "talk")
-    Transcript.objects.create(session=row, role="user", text="What is Django?")
+    Transcript.objects.create(session=row, role="user", text="What is <b>Django</b>?")
     Transcript.objects.create(session=row, role="avatar", text="A web framework.")
 
     page = admin_client.get(f"{CHANGELIST}{row.pk}/change/").content.decode()
 
-    assert "What is Django?" in page
-    assert "A web framework." in page
-    assert 'name="transcripts-0-text"' not in page  # not editable
+    section = page.split('id="avaturn-transcript"')[1]
+    assert "What is &lt;b&gt;Django&lt;/b&gt;?" in section  # escaped, as any text a visitor sent
+    assert "A web framework." in section
+    assert "<textarea" not in section and "<input" not in section
+    assert transcript_page(row) not in page  # all of it is here: no link to more
     for key in KEYS:
         assert key not in page
+
+
+def test_a_30000_line_transcript_shows_one_page_in_a_constant_number_of_queries(
+    admin_client: Client, user: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    short, long = live(user, "short"), live(user, "long")
+    say(short, 3)
+    say(long, 30_000)
+
+    def render(row: Session) -> tuple[str, list[str]]:
+        with CaptureQueriesContext(connection) as captured:
+            response = admin_client.get(f"{CHANGELIST}{row.pk}/change/")
+        assert response.status_code == 200
+        return response.content.decode(), [q["sql"] for q in captured.captured_queries]
+
+    render(short)  # the first request of a process also fills caches (content types)
+    _, short_queries = render(short)
+    page, queries = render(long)
+
+    # The same statements for 3 lines and for 30,000: a count, and one page.
+    assert len(queries) == len(short_queries)
+    on_lines = [sql for sql in queries if "avaturn_transcript" in sql.lower()]
+    assert len(on_lines) == 2
+    assert any("LIMIT 200" in sql.upper() for sql in on_lines)
+    # Only that page reaches the page, in the order it was said.
+    assert shown_lines(page) == [f"line {n:05d}" for n in range(200)]
+    assert f'href="{transcript_page(long)}"' in page
+    assert "Read all 30000 lines" in page
+
+
+def test_the_transcript_page_reads_the_rest_a_page_at_a_time(
+    admin_client: Client, user: Any, settings: Any
+) -> None:
+    row = live(user, "chatty")
+    say(row, 450)
+
+    first = admin_client.get(transcript_page(row))
+    last = admin_client.get(transcript_page(row), {"p": 3})
+    beyond = admin_client.get(transcript_page(row), {"p": "nonsense"})
+
+    assert first.status_code == last.status_code == beyond.status_code == 200
+    assert shown_lines(first.content.decode()) == [f"line {n:05d}" for n in range(200)]
+    assert shown_lines(last.content.decode()) == [f"line {n:05d}" for n in range(400, 450)]
+    assert "Lines 401 to 450 of 450." in last.content.decode()
+    assert 'href="?p=2"' in last.content.decode()
+    assert shown_lines(beyond.content.decode())[0] == "line 00000"  # a bad page number: the first
+
+
+def test_reading_transcripts_takes_their_own_permission(
+    django_user_model: Any, user: Any, settings: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    row = live(user, "private")
+    say(row, 3)
+    sessions_only = logged_in(staff(django_user_model, "v@example.com", "view_session"))
+    both = logged_in(staff(django_user_model, "t@example.com", "view_session", "view_transcript"))
+
+    page = sessions_only.get(f"{CHANGELIST}{row.pk}/change/").content.decode()
+    assert 'id="avaturn-transcript"' not in page and "line 00000" not in page
+    assert sessions_only.get(transcript_page(row)).status_code == 403
+
+    assert shown_lines(both.get(f"{CHANGELIST}{row.pk}/change/").content.decode())
+    assert both.get(transcript_page(row)).status_code == 200
+    assert both.get(f"{CHANGELIST}999999/transcript/").status_code == 404
+    # Not staff at all: the admin's login page.
+    outsider = logged_in(user)
+    answer = outsider.get(transcript_page(row))
+    assert answer.status_code == 302 and "/login/" in answer["Location"]
+
+
+def test_no_transcript_section_while_transcripts_are_off(
+    admin_client: Client, user: Any, settings: Any
+) -> None:
+    row = live(user, "quiet")
+
+    off = admin_client.get(f"{CHANGELIST}{row.pk}/change/").content.decode()
+    assert 'id="avaturn-transcript"' not in off and ">Transcript<" not in off
+
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    on = admin_client.get(f"{CHANGELIST}{row.pk}/change/").content.decode()
+    assert "No transcript lines are stored for this session yet." in on
+
+    # Turned off later: the lines stored meanwhile stay readable, and say why no more come.
+    say(row, 2)
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": False}
+    later = admin_client.get(f"{CHANGELIST}{row.pk}/change/").content.decode()
+    assert shown_lines(later) == ["line 00000", "line 00001"]
+    assert "Transcripts are off on this site" in later
 
 
 def test_expiry_command_purges_old_transcripts(settings: Any, user: Any, upstream: Any) -> None:

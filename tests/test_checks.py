@@ -125,6 +125,9 @@ def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
         ("QUOTAS", {"sessions_per_day": -1}),
         ("QUOTAS", [5]),
         ("TRANSCRIPT_MAX_LENGTH", 0),
+        ("TRANSCRIPT_MAX_LINES", 0),
+        ("TRANSCRIPT_MAX_BYTES", "2MB"),
+        ("TRANSCRIPT_THROTTLE_RATE", "60/month"),
         ("TERMINATE_CONCURRENCY", 0),
         ("EXPIRE_IDLE_AFTER", 0),
         ("EXPIRE_GRACE", -1),
@@ -287,6 +290,16 @@ def test_a_heartbeat_too_slow_for_idle_expiry_is_w005(settings: Any) -> None:
     assert avaturn_messages() == []
     # Idle expiry off: heartbeats are not consulted.
     settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 600, "EXPIRE_IDLE_AFTER": None}
+    assert avaturn_messages() == []
+
+
+def test_a_transcript_byte_cap_below_one_line_is_w011(settings: Any) -> None:
+    small = {"TRANSCRIPT_MAX_LENGTH": 4000, "TRANSCRIPT_MAX_BYTES": 1000}
+    settings.AVATURN = {**settings.AVATURN, **small}
+    assert avaturn_messages() == []  # transcripts are off: nothing is refused
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    assert ids(avaturn_messages()) == ["django_avaturn.W011"]
+    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPT_MAX_BYTES": 4000}
     assert avaturn_messages() == []
 
 

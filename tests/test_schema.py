@@ -28,13 +28,16 @@ OPERATIONS = {
     ("/avaturn/sessions/", "post"): {
         "201", "400", "403", "409", "413", "415", "429", "502", "503", "504",
     },
+    ("/avaturn/sessions/abandon/", "post"): {
+        "204", "400", "403", "413", "415", "502", "503", "504",
+    },
     ("/avaturn/sessions/{session_id}/", "get"): {"200", "403", "404", "503"},
     ("/avaturn/sessions/{session_id}/", "delete"): {"204", "403", "404", "502", "503", "504"},
     ("/avaturn/sessions/{session_id}/heartbeat/", "post"): {
         "204", "400", "403", "404", "409", "413", "415", "503",
     },
     ("/avaturn/sessions/{session_id}/transcripts/", "post"): {
-        "201", "400", "403", "404", "409", "413", "415", "503",
+        "201", "400", "403", "404", "409", "413", "415", "429", "503",
     },
     ("/avaturn/usage/", "get"): {"200", "403", "503"},
 }  # fmt: skip
@@ -116,6 +119,20 @@ def test_error_components(schema: dict[str, Any]) -> None:
     assert start["responses"]["429"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/QuotaError"
     }
+
+
+def test_client_ref_is_documented_as_the_api_checks_it(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    start = components["StartSessionRequest"]
+    abandon = components["AbandonStartRequest"]
+    assert "client_ref" not in start.get("required", [])
+    assert abandon["required"] == ["client_ref"]
+    for field in (start["properties"]["client_ref"], abandon["properties"]["client_ref"]):
+        assert (field["pattern"], field["minLength"], field["maxLength"]) == (
+            "^[A-Za-z0-9_-]+$",
+            16,
+            64,
+        )
 
 
 def test_session_id_is_one_url_segment(schema: dict[str, Any]) -> None:

@@ -427,3 +427,109 @@ def test_bad_transcripts_are_400(
     response = csrf_post(api_client, transcript_url(session_id), payload)
     assert response.status_code == 400
     assert response.json()["code"] == "invalid"
+
+
+def _enable_transcripts(settings: Any, **extra: Any) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "TRANSCRIPTS_ENABLED": True,
+        "TRANSCRIPT_THROTTLE_RATE": None,
+        **extra,
+    }
+
+
+def test_a_sessions_transcript_stops_at_its_line_cap(
+    api_client: Any, upstream: Any, settings: Any
+) -> None:
+    _enable_transcripts(settings, TRANSCRIPT_MAX_LINES=3)
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    url = transcript_url(session_id)
+
+    answers = [csrf_post(api_client, url, {"role": "user", "text": f"line {n}"}) for n in range(5)]
+
+    assert [a.status_code for a in answers] == [201, 201, 201, 413, 413]
+    refused = answers[-1].json()
+    assert refused["code"] == "transcript_full" and refused["detail"]
+    assert list(Transcript.objects.values_list("text", flat=True)) == ["line 0", "line 1", "line 2"]
+    row = Session.objects.get(session_id=session_id)
+    assert (row.transcript_lines, row.transcript_bytes) == (3, 18)
+    # Another session of the same user has caps of its own.
+    other = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    assert csrf_post(
+        api_client, transcript_url(other), {"role": "user", "text": "x"}
+    ).status_code == (201)
+
+
+def test_a_sessions_transcript_stops_at_its_byte_cap_counted_in_utf8(
+    api_client: Any, upstream: Any, settings: Any
+) -> None:
+    _enable_transcripts(settings, TRANSCRIPT_MAX_BYTES=10)
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    url = transcript_url(session_id)
+
+    # Four characters, eight bytes: "é" and "ü" are two bytes each in UTF-8.
+    assert csrf_post(api_client, url, {"role": "user", "text": "éüéü"}).status_code == 201
+    # Three more bytes would make eleven: refused, and nothing counted for it.
+    too_many = csrf_post(api_client, url, {"role": "user", "text": "abc"})
+    assert (too_many.status_code, too_many.json()["code"]) == (413, "transcript_full")
+    # Two more make exactly ten: stored.
+    assert csrf_post(api_client, url, {"role": "avatar", "text": "ok"}).status_code == 201
+    # A line larger than the whole cap on its own never fits.
+    fresh = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    assert csrf_post(
+        api_client, transcript_url(fresh), {"role": "user", "text": "€" * 4}
+    ).status_code == (413)
+
+    row = Session.objects.get(session_id=session_id)
+    assert (row.transcript_lines, row.transcript_bytes) == (2, 10)
+    assert Transcript.objects.count() == 2
+
+
+def test_transcript_lines_are_throttled_per_user_with_retry_after(
+    api_client: Any, upstream: Any, settings: Any, user: Any
+) -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+    _enable_transcripts(settings, TRANSCRIPT_THROTTLE_RATE="2/minute")
+    first = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    second = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    try:
+        answers = [
+            csrf_post(api_client, transcript_url(session_id), {"role": "user", "text": "hi"})
+            for session_id in (first, second, second)
+        ]
+    finally:
+        cache.clear()
+
+    # Per user, across their sessions: the third line is one too many.
+    assert [a.status_code for a in answers] == [201, 201, 429]
+    assert answers[2].json()["code"] == "throttled"
+    assert 0 < int(answers[2]["Retry-After"]) <= 60
+    assert Transcript.objects.count() == 2
+
+
+def test_the_line_cap_holds_under_simultaneous_posts(
+    live_fake: Any, settings: Any, user: Any
+) -> None:
+    """Real threads, one connection each: the cap is checked where the count is raised."""
+    from django_avaturn import services
+    from tests.live_fake import csrf_json, run_threads
+
+    _enable_transcripts(settings, TRANSCRIPT_MAX_LINES=5, TRANSCRIPT_MAX_BYTES=1000)
+    session_id = services.start_session(user).session.session_id
+
+    def post(index: int) -> int:
+        from rest_framework.test import APIClient
+
+        client = APIClient(enforce_csrf_checks=True)
+        client.force_login(user)
+        body = {"role": "user", "text": f"line number {index:02d}"}
+        return int(csrf_json(client, "post", transcript_url(session_id), body).status_code)
+
+    results = run_threads(post, 16)
+
+    assert sorted(results) == [201] * 5 + [413] * 11, results
+    assert Transcript.objects.count() == 5
+    row = Session.objects.get(session_id=session_id)
+    assert (row.transcript_lines, row.transcript_bytes) == (5, 5 * len("line number 00"))

@@ -85,6 +85,7 @@ def test_bare_tag_configures_the_container_through_data_attributes() -> None:
         "data-sessions-url": "/avaturn/sessions/",
         "data-session-url": "/avaturn/sessions/__session_id__/",
         "data-heartbeat-url": "/avaturn/sessions/__session_id__/heartbeat/",
+        "data-abandon-url": "/avaturn/sessions/abandon/",
         "data-session-id-placeholder": "__session_id__",
         "data-sdk-url": DEFAULT_SDK_URL,
         "data-sdk-integrity": DEFAULT_SDK_INTEGRITY,

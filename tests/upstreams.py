@@ -89,6 +89,7 @@ class AvaturnUpstream:
         self.created: list[dict[str, Any]] = []
         self.deleted: list[str] = []
         self._ids = itertools.count(1)
+        self._before_create: Callable[[Any], None] | None = None
         rsps.add_callback(responses.POST, f"{AVATURN_URL}/api/v1/sessions", callback=self._create)
         rsps.add_callback(
             responses.DELETE,
@@ -97,6 +98,8 @@ class AvaturnUpstream:
         )
 
     def _create(self, request: Any) -> tuple[int, dict[str, str], str]:
+        if self._before_create is not None:
+            self._before_create(request)
         body = json.loads(request.body)
         self.created.append(body)
         n = next(self._ids)
@@ -111,6 +114,10 @@ class AvaturnUpstream:
         self.rsps.replace(
             responses.POST, f"{AVATURN_URL}/api/v1/sessions", status=status, json=body, **kwargs
         )
+
+    def before_create(self, callback: Callable[[Any], None]) -> None:
+        """Run ``callback(request)`` while each create is in flight, then answer it as usual."""
+        self._before_create = callback
 
     def on_create_raise(self, exc: Exception) -> None:
         self.rsps.replace(responses.POST, f"{AVATURN_URL}/api/v1/sessions", body=exc)

@@ -7,7 +7,13 @@ from typing import Any
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
-from django_avaturn.models import EndReason, Session
+from django_avaturn.models import (
+    CLIENT_REF_MAX_LENGTH,
+    CLIENT_REF_MIN_LENGTH,
+    CLIENT_REF_PATTERN,
+    EndReason,
+    Session,
+)
 
 
 class StrictSerializer(serializers.Serializer[Any]):
@@ -40,8 +46,23 @@ class StrictSerializer(serializers.Serializer[Any]):
         return super().to_internal_value(data)
 
 
+class ClientRefField(serializers.RegexField):
+    """A start's client reference: short, URL-safe, and long enough not to repeat by chance."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            CLIENT_REF_PATTERN,
+            min_length=CLIENT_REF_MIN_LENGTH,
+            max_length=CLIENT_REF_MAX_LENGTH,
+            **kwargs,
+        )
+
+
 class StartSessionSerializer(StrictSerializer):
-    """What a visitor may choose when starting: an allowed avatar, a widget config name."""
+    """What a visitor may choose when starting: an allowed avatar, a widget config name.
+
+    And the start's own ``client_ref``, to abandon it by before its answer arrives.
+    """
 
     avatar_id = serializers.CharField(
         max_length=255, required=False, help_text=_("One of the site's allowed avatars.")
@@ -52,6 +73,19 @@ class StartSessionSerializer(StrictSerializer):
         required=False,
         help_text=_("A widget config name, handed to the site's session config hook."),
     )
+    client_ref = ClientRefField(
+        required=False,
+        help_text=_(
+            "A fresh random reference for this start (a UUID, say), so that "
+            "`POST sessions/abandon/` can end it before its answer arrives."
+        ),
+    )
+
+
+class AbandonStartSerializer(StrictSerializer):
+    """Which of the caller's starts their page left."""
+
+    client_ref = ClientRefField(help_text=_("The `client_ref` the start was sent with."))
 
 
 class StartedSessionSerializer(serializers.Serializer[Any]):

@@ -11,14 +11,16 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import exceptions, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 
-from django_avaturn import limits, usage
+from django_avaturn import limits, transcripts, usage
 from django_avaturn.api.serializers import StrictSerializer
 from django_avaturn.api.views import UNAVAILABLE, AvaturnAPIView
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import SessionNotLive
-from django_avaturn.models import ACTIVE_STATUSES, Session, Transcript, TranscriptRole
+from django_avaturn.models import ACTIVE_STATUSES, Session, TranscriptRole
 from django_avaturn.schema import document, session_id_parameter
+from django_avaturn.throttling import TranscriptThrottle
 from django_avaturn.validation import QUOTA_WINDOWS, flag_setting, required_int_setting
 
 # Transcript events can arrive just after Stop; accept them for this long.
@@ -108,12 +110,18 @@ class TranscriptCreatedSerializer(serializers.Serializer[Any]):
 class SessionTranscriptView(AvaturnAPIView):
     """``POST``: store one transcript line of the caller's own session (when enabled)."""
 
+    def get_throttles(self) -> list[BaseThrottle]:
+        # Not counted while transcripts are off: those requests store nothing.
+        return [TranscriptThrottle()] if flag_setting("TRANSCRIPTS_ENABLED") else []
+
     @document(
         operation_id="avaturn_sessions_transcripts_create",
         summary=_("Store one transcript line of the caller's own session"),
         description=_(
             "Only when `TRANSCRIPTS_ENABLED`; the session must be live or have "
-            "ended in the last minute."
+            "ended in the last minute. At most `TRANSCRIPT_MAX_LINES` lines and "
+            "`TRANSCRIPT_MAX_BYTES` bytes of text (UTF-8) per session, and "
+            "`TRANSCRIPT_THROTTLE_RATE` lines per user."
         ),
         parameters=session_id_parameter(),
         request=TranscriptSerializer,
@@ -126,8 +134,16 @@ class SessionTranscriptView(AvaturnAPIView):
                 "`transcripts_disabled`: the site does not store transcripts."
             ),
             409: _("`session_ended`: the session ended more than a minute ago."),
-            413: "",
+            413: _(
+                "`transcript_full`: the session already holds `TRANSCRIPT_MAX_LINES` lines, "
+                "or this line would take it past `TRANSCRIPT_MAX_BYTES`; "
+                "`request_too_large`: the body is larger than `DATA_UPLOAD_MAX_MEMORY_SIZE`."
+            ),
             415: "",
+            429: _(
+                "`throttled`: more lines than `TRANSCRIPT_THROTTLE_RATE` allows; "
+                "`Retry-After` says when to retry."
+            ),
             503: UNAVAILABLE,
         },
     )
@@ -143,8 +159,8 @@ class SessionTranscriptView(AvaturnAPIView):
         serializer = TranscriptSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         timestamp = serializer.validated_data.get("timestamp")
-        line = Transcript.objects.create(
-            session=session,
+        line = transcripts.store_line(
+            session,
             role=serializer.validated_data["role"],
             text=serializer.validated_data["text"],
             # The SDK's timestamps are milliseconds since the epoch.

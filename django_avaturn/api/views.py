@@ -1,4 +1,4 @@
-"""The session API: start, list, end and heartbeat the caller's own sessions.
+"""The session API: start, list, end, abandon and heartbeat the caller's own sessions.
 
 Authentication, permission and throttle classes come from ``AVATURN`` at
 request time (not in class bodies), so ``override_settings`` reaches them.
@@ -25,6 +25,7 @@ from django_avaturn.api.errors import exception_handler
 from django_avaturn.api.parsers import JSONParser
 from django_avaturn.api.renderers import AsciiJSONRenderer
 from django_avaturn.api.serializers import (
+    AbandonStartSerializer,
     QuotaErrorSerializer,
     SessionSerializer,
     StartedSessionSerializer,
@@ -133,7 +134,8 @@ class SessionListView(AvaturnAPIView):
             409: gettext_lazy(
                 '`session_limit_reached`: at the cap with `ON_SESSION_LIMIT = "refuse"`; '
                 "`session_replaced`: a newer start by the same user replaced this one; "
-                "`session_ended`: staff ended it while it started."
+                "`session_ended`: staff ended it, or its `client_ref` was abandoned, "
+                "while it started."
             ),
             413: "",
             415: "",
@@ -154,6 +156,7 @@ class SessionListView(AvaturnAPIView):
                 request=request._request,
                 avatar_id=serializer.validated_data.get("avatar_id"),
                 config_name=serializer.validated_data.get("config", ""),
+                client_ref=serializer.validated_data.get("client_ref", ""),
             )
         except AvatarNotAllowed as exc:
             raise exceptions.ValidationError(
@@ -168,6 +171,40 @@ class SessionListView(AvaturnAPIView):
             }
         ).data
         return Response(body, status=201)
+
+
+class SessionAbandonView(AvaturnAPIView):
+    """``POST``: the caller's page left a start before its answer came; end what it starts."""
+
+    @document(
+        operation_id="avaturn_sessions_abandon",
+        summary=gettext_lazy("Abandon one of the caller's starts by its client reference"),
+        description=gettext_lazy(
+            "For a page that leaves while its start is in flight, or whose start got no "
+            "answer: it knows the `client_ref` it sent, not the session id. A start still "
+            "starting ends as soon as Avaturn has created its session (the start answers "
+            "409 `session_ended`); a live one ends now; one not reserved yet is refused "
+            "when it is. Idempotent, and 204 whether or not such a start exists."
+        ),
+        request=AbandonStartSerializer,
+        responses={
+            204: None,
+            400: "",
+            403: "",
+            413: "",
+            415: "",
+            502: "",
+            503: UNAVAILABLE,
+            504: "",
+        },
+    )
+    def post(self, request: Request) -> Response:
+        if not request.user.is_authenticated:
+            raise exceptions.NotAuthenticated()
+        serializer = AbandonStartSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.abandon_start(request.user, serializer.validated_data["client_ref"])
+        return Response(status=204)
 
 
 class SessionDetailView(AvaturnAPIView):

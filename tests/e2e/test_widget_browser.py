@@ -363,6 +363,79 @@ def test_a_start_ended_by_staff_meanwhile_says_it_ended(
     assert e2e.fake.live_session_ids() == set()
 
 
+def _ended_within(fake: Any, latency: float, seconds: float) -> Any:
+    """The fake's one session, ended at most ``seconds`` after its create answered."""
+    (created,) = fake.sessions.values()
+    assert not created.live, "the session still runs upstream"
+    answered = created.created_at + latency  # the fake holds its answer for the latency
+    assert created.ended_at - answered <= seconds, created.ended_at - answered
+    return created
+
+
+def test_leaving_the_page_while_connecting_ends_the_start_when_its_create_returns(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    from django_avaturn.models import EndReason, SessionStatus
+
+    latency = 2.0
+    e2e.fake.set_latency(AVATURN_CREATE, latency)
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page.click("[data-avaturn-start]")
+    wait_for(page, lambda: e2e.fake.requests_for(AVATURN_CREATE), what="the create in flight")
+    assert widget_state(page) == "connecting"
+
+    # Navigating away fires pagehide while the start's answer is still to come.
+    page.goto(live_server.url + "/accounts/login/")
+
+    created = wait_for(
+        page,
+        lambda: [s for s in e2e.fake.sessions.values() if not s.live],
+        timeout=latency + 10,
+        what="the created session to be terminated",
+    )
+    _ended_within(e2e.fake, latency, 5)
+    # (Playwright does not report a leaving page's keepalive request: the row tells.)
+    row = wait_for(
+        page,
+        lambda: Session.objects.filter(status=SessionStatus.ENDED).first(),
+        what="the ended row",
+    )
+    assert (row.session_id, row.end_reason) == (created[0].session_id, EndReason.ABANDONED)
+    assert e2e.fake.live_session_ids() == set()
+
+
+def test_a_start_whose_answer_is_dropped_is_abandoned_by_the_page(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    from django_avaturn.models import EndReason, SessionStatus
+
+    latency = 1.0
+    e2e.fake.set_latency(AVATURN_CREATE, latency)
+    page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
+
+    def proxy_drops_the_answer(route: Any) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        route.fetch()  # the server starts the session...
+        route.abort("connectionreset")  # ...and the page never hears of it
+
+    page.route("**/avaturn/sessions/", proxy_drops_the_answer)
+    page.click("[data-avaturn-start]")
+
+    page.wait_for_selector('[data-avaturn-widget][data-state="error"]')
+    assert status_text(page) == "Could not reach the server. Check your connection and try again."
+    wait_for(
+        page,
+        lambda: Session.objects.filter(status=SessionStatus.ENDED).exists(),
+        what="the abandoned session to end",
+    )
+    _ended_within(e2e.fake, latency, 5)
+    (row,) = Session.objects.all()
+    assert row.end_reason == EndReason.ABANDONED
+    assert e2e.fake.live_session_ids() == set()
+
+
 def test_the_standin_sdk_refused_a_token_ends_the_session(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:

@@ -11,7 +11,7 @@
 // is `{head, state, sessionId, microphoneOn, start(), stop(), setMicrophone(on)}`.
 
 const SELECTOR = "[data-avaturn-widget]";
-// Ending a session whose terminate failed: retried after 2, 4 and 8 s.
+// Ending (or abandoning) a session whose terminate failed: retried after 2, 4 and 8 s.
 const END_RETRIES = 3;
 const END_RETRY_DELAY_MS = 2000;
 const STATES = ["idle", "connecting", "live", "ended", "error"];
@@ -160,6 +160,16 @@ function positiveNumber(value, fallback) {
   return Number.isFinite(number) && number > 0 ? number : fallback;
 }
 
+// A fresh reference for each start, so the page can abandon it before it
+// knows the session id. randomUUID() needs a secure context; getRandomValues
+// does not.
+function newClientRef() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) =>
+    byte.toString(16).padStart(2, "0"),
+  ).join("");
+}
+
 function withTimeout(promise, ms) {
   let timer;
   const timeout = new Promise((_, reject) => {
@@ -176,6 +186,8 @@ class AvaturnWidget {
     this.sessionId = null;
     this.microphoneOn = false;
     this.attempt = 0; // bumped by every start and stop; stale awaits see it
+    // The client_ref of the start whose answer has not come yet, if any.
+    this.pendingRef = null;
     this.heartbeatTimer = null;
 
     const data = container.dataset;
@@ -183,6 +195,9 @@ class AvaturnWidget {
       sessionsUrl: data.sessionsUrl,
       sessionUrl: data.sessionUrl,
       heartbeatUrl: data.heartbeatUrl,
+      // (Derived for a site template that predates the attribute.)
+      abandonUrl:
+        data.abandonUrl || new URL("abandon/", new URL(data.sessionsUrl, document.baseURI)).href,
       transcriptsUrl: data.transcriptsUrl || "",
       placeholder: data.sessionIdPlaceholder || "__session_id__",
       sdkUrl: data.sdkUrl,
@@ -313,7 +328,15 @@ class AvaturnWidget {
       }
       if (attempt !== this.attempt) return;
 
-      const session = await this.createSession();
+      const clientRef = newClientRef();
+      this.pendingRef = clientRef;
+      let session;
+      try {
+        session = await this.createSession(clientRef);
+      } finally {
+        // Answered or failed: from here the session id, not the reference, ends it.
+        if (this.pendingRef === clientRef) this.pendingRef = null;
+      }
       if (attempt !== this.attempt) return this.endSession(session.session_id);
       this.sessionId = session.session_id;
 
@@ -350,8 +373,10 @@ class AvaturnWidget {
     }
   }
 
-  async createSession() {
-    const body = {};
+  // A start that gets no answer of ours (the network, or a proxy that gave up
+  // on it) may still be running on the server: it is abandoned by its reference.
+  async createSession(clientRef) {
+    const body = { client_ref: clientRef };
     if (this.config.avatarId) body.avatar_id = this.config.avatarId;
     if (this.config.configName) body.config = this.config.configName;
     let response;
@@ -367,6 +392,7 @@ class AvaturnWidget {
         body: JSON.stringify(body),
       });
     } catch (error) {
+      this.abandonStart(clientRef);
       throw new WidgetError("network", error);
     }
     let payload = null;
@@ -377,6 +403,8 @@ class AvaturnWidget {
     }
     if (!response.ok) {
       const code = payload && typeof payload.code === "string" ? payload.code : "";
+      // Our 4xx answers mean nothing runs; a 5xx or a proxy's page may not.
+      if (!code || response.status >= 500) this.abandonStart(clientRef);
       throw new WidgetError(messageKeyFor(response.status, code), {
         status: response.status,
         code,
@@ -384,6 +412,7 @@ class AvaturnWidget {
       });
     }
     if (!payload || !payload.session_id || !payload.token || !payload.api_host) {
+      this.abandonStart(clientRef);
       throw new WidgetError("unknown", { status: response.status });
     }
     return payload;
@@ -531,26 +560,49 @@ class AvaturnWidget {
       this.endSession(this.sessionId);
       this.sessionId = null;
     }
+    if (this.pendingRef) {
+      // Left mid-start (pagehide, Stop, removal): the session id is not known yet.
+      this.abandonStart(this.pendingRef);
+      this.pendingRef = null;
+    }
   }
 
   // Only the backend can end the Avaturn session at once (dispose() never
-  // tells Avaturn). keepalive lets the request outlive a closing tab. When
-  // the backend could not reach Avaturn (a 5xx: the session stays live for a
-  // retry) or the request was lost, try again while the page is still here.
-  endSession(sessionId, retriesLeft = END_RETRIES) {
+  // tells Avaturn).
+  endSession(sessionId) {
     if (!sessionId) return;
+    this.sendUntilDone(() => [
+      this.sessionUrl(this.config.sessionUrl, sessionId),
+      { method: "DELETE", headers: { "X-CSRFToken": this.csrfToken() } },
+    ]);
+  }
+
+  // The page left a start before its answer came (see createSession too):
+  // the backend ends whatever that start creates, found by its reference.
+  abandonStart(clientRef) {
+    this.sendUntilDone(() => [
+      this.config.abandonUrl,
+      {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-CSRFToken": this.csrfToken() },
+        body: JSON.stringify({ client_ref: clientRef }),
+      },
+    ]);
+  }
+
+  // keepalive lets the request outlive a closing tab. When the backend could
+  // not reach Avaturn (a 5xx: the session stays live for a retry) or the
+  // request was lost, try again while the page is still here. request()
+  // gives [url, options] afresh for each try: the CSRF token may rotate.
+  sendUntilDone(request, retriesLeft = END_RETRIES) {
     const retry = () => {
       if (retriesLeft <= 0) return;
       const delay = END_RETRY_DELAY_MS * 2 ** (END_RETRIES - retriesLeft);
-      setTimeout(() => this.endSession(sessionId, retriesLeft - 1), delay);
+      setTimeout(() => this.sendUntilDone(request, retriesLeft - 1), delay);
     };
     try {
-      fetch(this.sessionUrl(this.config.sessionUrl, sessionId), {
-        method: "DELETE",
-        credentials: "same-origin",
-        keepalive: true,
-        headers: { "X-CSRFToken": this.csrfToken() },
-      }).then((response) => {
+      const [url, options] = request();
+      fetch(url, { ...options, credentials: "same-origin", keepalive: true }).then((response) => {
         if (response.status >= 500) retry();
       }, retry);
     } catch {

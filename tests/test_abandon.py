@@ -1,0 +1,331 @@
+"""A page that leaves while its start is in flight leaves nothing running.
+
+The widget names each start with a ``client_ref`` and, on pagehide mid-start
+(or a start that got no answer), posts it to ``sessions/abandon/``. Each
+order of the two requests is covered: the abandon while the start is
+starting, after it went live, before its row exists, and between the row's
+commit and the start's look at what was abandoned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from django.db import connection
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from django_avaturn import services
+from django_avaturn.exceptions import AvaturnError, SessionNotLive
+from django_avaturn.models import ACTIVE_STATUSES, EndReason, Session, SessionStatus
+from django_avaturn.testing import AVATURN_CREATE, OPENAI_CLIENT_SECRET, FakeUpstream
+from tests.live_fake import assert_no_orphans, wait_until
+from tests.test_api import LIST_URL, csrf_post
+from tests.test_concurrency import _redis_reachable, _redis_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ABANDON_URL = "/avaturn/sessions/abandon/"
+
+
+@pytest.fixture(autouse=True)
+def _forget_abandoned() -> Any:
+    # The memory of abandoned starts lives in the cache; user ids repeat across tests.
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def new_ref() -> str:
+    return str(uuid.uuid4())
+
+
+def signed_in(user: Any) -> APIClient:
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+def test_url_name() -> None:
+    assert reverse("django_avaturn:session-abandon") == ABANDON_URL
+
+
+def test_abandoning_a_start_in_flight_ends_what_it_creates_when_the_create_returns(
+    api_client: Any, upstream: Any, user: Any
+) -> None:
+    ref = new_ref()
+    abandoned: list[Any] = []
+
+    def page_leaves(request: Any) -> None:
+        # The page goes away while Avaturn is creating the session.
+        abandoned.append(csrf_post(signed_in(user), ABANDON_URL, {"client_ref": ref}))
+        assert Session.objects.get().status == SessionStatus.ENDING
+
+    upstream.avaturn.before_create(page_leaves)
+
+    response = csrf_post(api_client, LIST_URL, {"client_ref": ref})
+
+    assert [a.status_code for a in abandoned] == [204]
+    assert (response.status_code, response.json()["code"]) == (409, "session_ended")
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ABANDONED)
+    assert row.client_ref == ref
+    # Created, then terminated by the start's own request as soon as it returned.
+    assert row.session_id == "av-sess-1"
+    assert upstream.avaturn.deleted == ["av-sess-1"]
+
+
+def test_abandoning_a_live_start_ends_it_now_and_again_changes_nothing(
+    api_client: Any, upstream: Any
+) -> None:
+    ref = new_ref()
+    started = csrf_post(api_client, LIST_URL, {"client_ref": ref})
+    assert started.status_code == 201
+
+    first = csrf_post(api_client, ABANDON_URL, {"client_ref": ref})
+    second = csrf_post(api_client, ABANDON_URL, {"client_ref": ref})
+
+    assert (first.status_code, second.status_code) == (204, 204)
+    assert first["Cache-Control"] == "no-store"
+    assert upstream.avaturn.deleted == [started.json()["session_id"]]
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ABANDONED)
+    assert row.ended_at is not None
+
+
+def test_an_abandon_that_overtakes_its_start_refuses_it_before_anything_is_spent(
+    api_client: Any, upstream: Any
+) -> None:
+    ref = new_ref()
+    # No row yet: the abandon arrived first (another connection, a queue).
+    assert csrf_post(api_client, ABANDON_URL, {"client_ref": ref}).status_code == 204
+    assert not Session.objects.exists()
+
+    response = csrf_post(api_client, LIST_URL, {"client_ref": ref})
+
+    assert (response.status_code, response.json()["code"]) == (409, "session_ended")
+    assert upstream.openai.requests == []
+    assert upstream.avaturn.create_calls() == []
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ABANDONED)
+    assert (row.session_id, row.started_at) == (None, None)
+    # Another start, with a reference of its own, is not affected.
+    assert csrf_post(api_client, LIST_URL, {"client_ref": new_ref()}).status_code == 201
+
+
+def test_an_abandon_between_the_reservation_and_its_check_is_seen_by_both(
+    api_client: Any, upstream: Any, user: Any
+) -> None:
+    """The abandon finds the row just committed; the start finds the abandon: one end, no spend.
+
+    Reached through a replacement: the start terminates the session it
+    replaces after its row is committed and before it asks what was abandoned.
+    """
+    first = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    ref = new_ref()
+    abandoned: list[Any] = []
+
+    def page_leaves_meanwhile(request: Any) -> tuple[int, dict[str, str], str]:
+        abandoned.append(csrf_post(signed_in(user), ABANDON_URL, {"client_ref": ref}))
+        upstream.avaturn.deleted.append(request.url.rsplit("/", 1)[1])
+        return 200, {}, json.dumps({"status": "terminated"})
+
+    upstream.avaturn.on_delete_call(page_leaves_meanwhile)
+
+    response = csrf_post(api_client, LIST_URL, {"client_ref": ref})
+
+    assert [a.status_code for a in abandoned] == [204]
+    assert (response.status_code, response.json()["code"]) == (409, "session_ended")
+    assert upstream.avaturn.deleted == [first]  # the replaced one, and only it
+    assert len(upstream.openai.requests) == len(upstream.avaturn.create_calls()) == 1
+    row = Session.objects.get(client_ref=ref)
+    assert (row.status, row.end_reason, row.session_id) == (
+        SessionStatus.ENDED,
+        EndReason.ABANDONED,
+        None,
+    )
+    assert not Session.objects.active().exists()
+
+
+def test_one_user_cannot_abandon_anothers_start(
+    api_client: Any, upstream: Any, user: Any, other_user: Any
+) -> None:
+    ref = new_ref()
+    theirs = services.start_session(other_user, client_ref=ref).session
+
+    # Their live session, by its reference: 204 as for any reference, and untouched.
+    assert csrf_post(api_client, ABANDON_URL, {"client_ref": ref}).status_code == 204
+    theirs.refresh_from_db()
+    assert theirs.status == SessionStatus.LIVE
+    assert upstream.avaturn.deleted == []
+
+    # Nor their start yet to come: the memory of an abandon is the caller's own.
+    later = new_ref()
+    assert csrf_post(api_client, ABANDON_URL, {"client_ref": later}).status_code == 204
+    started = csrf_post(signed_in(other_user), LIST_URL, {"client_ref": later})
+    assert started.status_code == 201, started.content
+
+
+def test_an_abandon_avaturn_does_not_honour_is_a_502_and_the_row_stays_live(
+    api_client: Any, upstream: Any
+) -> None:
+    ref = new_ref()
+    session_id = csrf_post(api_client, LIST_URL, {"client_ref": ref}).json()["session_id"]
+    upstream.avaturn.on_delete(500, {"detail": "boom"})
+
+    response = csrf_post(api_client, ABANDON_URL, {"client_ref": ref})
+
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
+    row = Session.objects.get(session_id=session_id)
+    # As a failed DELETE: live again, for a retry or the expiry command.
+    assert (row.status, row.end_reason) == (SessionStatus.LIVE, "")
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({}, "client_ref"),
+        ({"client_ref": "too-short"}, "client_ref"),
+        ({"client_ref": "x" * 65}, "client_ref"),
+        ({"client_ref": "spaces are not url safe"}, "client_ref"),
+        ({"client_ref": "0123456789abcdef/"}, "client_ref"),
+        ({"client_ref": 12345678901234567890}, "client_ref"),
+        ({"client_ref": None}, "client_ref"),
+        ({"client_ref": str(uuid.uuid4()), "session_id": "av-sess-1"}, "session_id"),
+    ],
+)
+def test_bad_abandons_are_400_with_json(
+    api_client: Any, upstream: Any, payload: Any, field: str
+) -> None:
+    response = csrf_post(api_client, ABANDON_URL, payload)
+    assert response.status_code == 400
+    body = response.json()
+    assert (body["code"], set(body["errors"])) == ("invalid", {field})
+
+
+@pytest.mark.parametrize("payload", [{"client_ref": "short"}, {"client_ref": "ä" * 20}])
+def test_a_start_with_a_bad_client_ref_is_400_and_spends_nothing(
+    api_client: Any, upstream: Any, payload: Any
+) -> None:
+    response = csrf_post(api_client, LIST_URL, payload)
+    assert (response.status_code, response.json()["code"]) == (400, "invalid")
+    assert set(response.json()["errors"]) == {"client_ref"}
+    assert upstream.openai.requests == []
+
+
+def test_abandon_needs_a_signed_in_caller_csrf_and_post(
+    client: Any, api_client: Any, upstream: Any
+) -> None:
+    body = json.dumps({"client_ref": new_ref()})
+    anonymous = client.post(ABANDON_URL, data=body, content_type="application/json")
+    no_csrf = api_client.post(ABANDON_URL, data=body, content_type="application/json")
+    wrong_method = api_client.get(ABANDON_URL)
+    not_json = csrf_post(api_client, ABANDON_URL)  # an empty body
+
+    assert (anonymous.status_code, anonymous.json()["code"]) == (403, "not_authenticated")
+    assert no_csrf.status_code == 403 and "CSRF" in no_csrf.json()["detail"]
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+    assert (not_json.status_code, not_json.json()["code"]) == (400, "invalid")
+
+
+def test_abandons_at_any_moment_of_a_start_leave_nothing_running(
+    live_fake: FakeUpstream, settings: Any, user: Any
+) -> None:
+    """Real threads and the fake over HTTP: wherever the abandon lands, nothing survives it.
+
+    Before the reservation, while minting, while creating, after the
+    activation: each start ends refused or ended, and Avaturn runs nothing.
+    """
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5, "OPENAI_TIMEOUT": 5}
+    live_fake.set_latency(OPENAI_CLIENT_SECRET, 0.03)
+    live_fake.set_latency(AVATURN_CREATE, 0.06)
+    delays = [0.0, 0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.25, 0.4]
+    random.Random(17).shuffle(delays)
+    outcomes: list[str] = []
+
+    for delay in delays:
+        ref = new_ref()
+        outcome: list[str] = []
+
+        def start(ref: str = ref, outcome: list[str] = outcome) -> None:
+            try:
+                services.start_session(user, client_ref=ref)
+                outcome.append("started")
+            except AvaturnError as exc:
+                outcome.append(exc.code)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=start)
+        thread.start()
+        threading.Event().wait(delay)
+        services.abandon_start(user, ref)
+        thread.join(timeout=20)
+        assert not thread.is_alive()
+        outcomes += outcome
+        # Within moments of the start's own end, nothing of it runs.
+        assert wait_until(lambda: not live_fake.live_session_ids(), timeout=5), delay
+        row = Session.objects.get(client_ref=ref)
+        assert row.status not in ACTIVE_STATUSES, (delay, row.status)
+        assert row.end_reason == EndReason.ABANDONED, (delay, row.end_reason)
+
+    assert set(outcomes) <= {"started", "session_ended"}, outcomes
+    assert_no_orphans(live_fake)
+
+
+_REMEMBER_SCRIPT = """
+import sys
+
+import django
+
+django.setup()
+from django_avaturn import abandonment
+
+abandonment.remember(int(sys.argv[1]), sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(not _redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
+def test_an_abandon_handled_by_another_process_reaches_the_start_through_a_shared_cache(
+    settings: Any, upstream: Any, user: Any
+) -> None:
+    prefix = f"{os.environ.get('AVATURN_TEST_REDIS_PREFIX', 'avaturn_ab')}-{uuid.uuid4().hex}"
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _redis_url(),
+            "KEY_PREFIX": prefix,
+        }
+    }
+    ref = new_ref()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings_redis",
+        "AVATURN_TEST_REDIS_URL": _redis_url(),
+        "AVATURN_TEST_REDIS_PREFIX": prefix,
+    }
+    subprocess.run(
+        [sys.executable, "-c", _REMEMBER_SCRIPT, str(user.pk), ref],
+        env=env,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        with pytest.raises(SessionNotLive):
+            services.start_session(user, client_ref=ref)
+    finally:
+        cache.clear()  # this test's own prefix only
+    assert upstream.openai.requests == []
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ABANDONED)
