@@ -194,7 +194,7 @@ def test_a_start_waits_for_the_users_session_still_ending(
     """
     settings.AVATURN = {**settings.AVATURN, **PATIENT, "TERMINATE_RETRIES": 1}
     old = services.start_session(user).session
-    live_fake.fail(AVATURN_TERMINATE, status=503, delay=0.4)
+    live_fake.fail(AVATURN_TERMINATE, status=503, delay=1.0)
     stopped: list[Any] = []
 
     def stop() -> None:
@@ -292,8 +292,9 @@ def test_a_stop_that_fails_while_a_start_waits_for_it_fails_the_start(
     live_fake: FakeUpstream, settings: Any, user: Any
 ) -> None:
     """The old session went back to live: it holds the slot, so the new start creates nothing."""
+    settings.AVATURN = {**settings.AVATURN, **PATIENT}
     old = services.start_session(user).session
-    live_fake.fail(AVATURN_TERMINATE, status=503, delay=0.4)
+    live_fake.fail(AVATURN_TERMINATE, status=503, delay=1.0)
     stopped: list[int] = []
 
     def stop() -> None:
@@ -319,8 +320,9 @@ def test_a_stop_that_fails_while_a_start_waits_for_it_fails_the_start(
 
 
 def test_staff_ending_a_start_that_waits_stops_it_before_it_creates_anything(
-    live_fake: FakeUpstream, user: Any
+    live_fake: FakeUpstream, settings: Any, user: Any
 ) -> None:
+    settings.AVATURN = {**settings.AVATURN, **PATIENT}  # it would wait up to 50 s
     stuck = in_flight_start(user)
     outcome: list[Any] = []
 
