@@ -158,6 +158,22 @@ class SiteLimitReached(AvaturnError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class SessionStillEnding(AvaturnError):
+    """A session of the user's that this start must see ended first did not end in time.
+
+    Nothing was created for this start. The session may still run upstream:
+    its terminate is slow, or failed and waits for the expiry command's retry.
+    """
+
+    code = "session_still_ending"
+    status_code = 503
+    default_detail = _("Your previous avatar session is still ending. Please try again shortly.")
+    retry_after = 30
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class QuotaExceeded(AvaturnError):
     """One of the user's quotas is used up until ``resets_at``."""
 

@@ -114,9 +114,11 @@ def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
 
     The cap is on what may be billed, so it counts every active row, ``ending``
     ones too: a terminate in flight, or one that failed and waits for the
-    expiry command's retry, is a session Avaturn may still be running. (The
-    per-user cap counts ``starting`` and ``live`` only: a row already ending
-    is not one its user can replace.)
+    expiry command's retry, is a session Avaturn may still be running. The
+    ``leaving`` rows (those the start replaces) are not counted: the start
+    creates nothing until they have ended (``services._wait_for_ends``).
+    (The per-user cap counts ``starting`` and ``live`` only: a row already
+    ending is not one its user can replace; the start waits for it instead.)
     """
     holding = Session.objects.filter(status__in=ACTIVE_STATUSES).exclude(pk=new_row.pk).count()
     if holding - leaving + 1 > cap:

@@ -61,7 +61,9 @@ ERRORS: dict[int, str | Promise] = {
     502: _("`upstream_error`: OpenAI or Avaturn refused, failed, or answered nonsense."),
     503: _(
         "`not_configured` (a key or setting is missing), `sessions_disabled` (the kill "
-        "switch), `site_limit_reached` (`Retry-After: 60`) or `unavailable` (the database)."
+        "switch), `site_limit_reached` (`Retry-After: 60`), `session_still_ending` (a start: "
+        "a session of the caller's did not end in time; `Retry-After: 30`) or `unavailable` "
+        "(the database)."
     ),
     504: _("`upstream_timeout`: an upstream did not answer in time."),
 }

@@ -19,16 +19,18 @@ upstream before the error propagates, so nothing is left running unrecorded.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import datetime
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import Any
+from typing import Any, NoReturn
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, connection, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from django_avaturn import abandonment, limits, transitions
 from django_avaturn.avaturn_client import IncompleteSession
@@ -39,10 +41,11 @@ from django_avaturn.exceptions import (
     SessionNotLive,
     SessionReplaced,
     SessionsDisabled,
+    SessionStillEnding,
     StorageUnavailable,
     UserNotActive,
 )
-from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.models import ACTIVE_STATUSES, FINAL_STATUSES, EndReason, Session, SessionStatus
 from django_avaturn.outcomes import Outcome
 from django_avaturn.session_config import SessionPlan, build_plan
 from django_avaturn.signals import send_logged, session_started
@@ -50,6 +53,7 @@ from django_avaturn.validation import (
     required_choice_setting,
     required_int_setting,
     sdk_api_host,
+    seconds_setting,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,7 +95,13 @@ def start_session(
     ``UpstreamError``/``UpstreamTimeout`` (the row is marked failed
     and no upstream session survives), ``SessionReplaced`` (a newer start by
     the same user took the slot meanwhile), ``SessionNotLive`` (staff or its
-    own page ended it meanwhile) or ``StorageUnavailable``.
+    own page ended it meanwhile), ``SessionStillEnding`` (a session it must
+    see ended first did not end; nothing was created) or
+    ``StorageUnavailable``.
+
+    Nothing is created upstream while a session this start replaces, or one
+    of the user's already ending, may still run there (``_wait_for_ends``):
+    the caps bound the sessions alive at Avaturn, not only the rows.
     """
     if not getattr(user, "is_authenticated", False) or user.pk is None:
         raise ValueError("Sessions belong to a signed-in user.")
@@ -99,16 +109,18 @@ def start_session(
     policy = required_choice_setting("ON_SESSION_LIMIT")
     cap = required_int_setting("MAX_LIVE_SESSIONS_PER_USER")
     api_host = sdk_api_host()
+    bounds = UpstreamBounds.from_settings()
     # (The kill switch is read once, under the reservation's locks.)
     # Fail on missing keys before a slot is reserved or anything is spent.
     secrets = get_openai_secrets()
     avaturn = get_avaturn_client()
 
-    row, replaced = _reserve_slot(
+    reservation = _reserve_slot(
         user, plan, cap=cap, refuse=policy == "refuse", client_ref=client_ref
     )
+    row = reservation.row
     try:
-        _end_replaced(replaced)
+        _end_replaced(reservation.replaced)
     except AvaturnError as exc:
         transitions.mark_failed(row, exc)
         raise
@@ -117,6 +129,11 @@ def start_session(
     if client_ref and abandonment.was_abandoned(user.pk, client_ref):
         transitions.end_unstarted(row, reason=EndReason.ABANDONED)
         raise SessionNotLive()
+    # Those just terminated have ended; any other may still be running upstream.
+    ended = {old.pk for old in reservation.replaced if old.status in FINAL_STATUSES}
+    still_ending = [pk for pk in reservation.ending if pk not in ended]
+    if still_ending:
+        _wait_for_ends(row, still_ending, bounds)
 
     try:
         secret = secrets.mint(session=plan.realtime_session, ttl_seconds=plan.client_secret_ttl)
@@ -154,11 +171,7 @@ def start_session(
         except Session.DoesNotExist:
             # The user was deleted meanwhile, the row with them.
             raise SessionNotLive() from None
-        if row.end_reason == EndReason.REPLACED:
-            raise SessionReplaced()
-        if row.end_reason == EndReason.SHUTDOWN:
-            raise SessionsDisabled()
-        raise SessionNotLive()
+        raise _claimed_error(row.end_reason)
 
     send_logged(session_started, session=row, request=request)
     logger.info("Started Avaturn session %s for user %s", row.session_id, row.user_id)
@@ -170,10 +183,36 @@ def start_session(
     )
 
 
+def _claimed_error(end_reason: str) -> AvaturnError:
+    """What a start answers when its row was claimed (ended) before it went live."""
+    if end_reason == EndReason.REPLACED:
+        return SessionReplaced()
+    if end_reason == EndReason.SHUTDOWN:
+        return SessionsDisabled()
+    return SessionNotLive()
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A start's ``STARTING`` row, and the user's sessions it must see end before it creates.
+
+    ``replaced``: the rows this start claimed (``ENDING``, reason
+    ``replaced``); it terminates the live ones itself. ``ending``: the
+    primary keys of every row of the user's that may still run upstream
+    and that the cap did not count: those it replaced (claimed by it or,
+    in a race, by someone else), and those already ending (a Stop's
+    terminate in flight, an earlier start's replaced rows).
+    """
+
+    row: Session
+    replaced: list[Session] = field(default_factory=list)
+    ending: list[int] = field(default_factory=list)
+
+
 def _reserve_slot(
     user: AbstractBaseUser, plan: SessionPlan, *, cap: int, refuse: bool, client_ref: str = ""
-) -> tuple[Session, list[Session]]:
-    """Insert a STARTING row under every limit; return it and the rows it replaces.
+) -> Reservation:
+    """Insert a STARTING row under every limit; return it with the rows it replaces.
 
     PostgreSQL serialises a user's concurrent starts on the user row's lock
     (and all starts on an advisory lock while a site-wide cap is set). SQLite
@@ -207,16 +246,20 @@ def _reserve_slot(
             # and after the INSERT, for the write lock's sake (see above).
             limits.hold_switch()
             limits.ensure_enabled()
-            # Not whole rows: those are read only when some are replaced.
-            holders = [
-                (pk, started_at, max_duration)
-                for pk, started_at, max_duration in Session.objects.filter(
-                    user_id=user.pk, status__in=transitions.CAPPED_STATUSES
-                )
+            # Not whole rows: those are read only when some are replaced. One
+            # read for both: the rows the cap counts, and those already ending.
+            mine = (
+                Session.objects.filter(user_id=user.pk, status__in=ACTIVE_STATUSES)
+                .exclude(pk=row.pk)
                 .order_by("created_at", "pk")
-                .values_list("pk", "started_at", "max_duration")
-                if pk != row.pk
-            ]
+                .values_list("pk", "status", "started_at", "max_duration")
+            )
+            holders, ending = [], []
+            for pk, status, started_at, max_duration in mine:
+                if status in transitions.CAPPED_STATUSES:
+                    holders.append((pk, started_at, max_duration))
+                else:
+                    ending.append(pk)
             excess = len(holders) + 1 - cap
             leaving = [pk for pk, *_ in holders[:excess]] if excess > 0 and not refuse else []
             max_duration = limits.ensure_quota(
@@ -234,8 +277,9 @@ def _reserve_slot(
                 raise SessionLimitReached()
             replaced = transitions.claim_replaced(leaving) if leaving else []
             if site_cap is not None:
+                # The replaced rows are not counted: this start sees them end first.
                 limits.ensure_site_capacity(cap=site_cap, new_row=row, leaving=len(replaced))
-            return row, replaced
+            return Reservation(row, replaced, ending=[*leaving, *ending])
     except DatabaseError as exc:
         raise StorageUnavailable() from exc
 
@@ -255,6 +299,130 @@ def _ensure_still_active(user_row: QuerySet[Any]) -> None:
         raise UserNotActive()
 
 
+# How long a start polls between two reads of the rows it waits for (seconds).
+_FIRST_PAUSE = 0.02
+_LONGEST_PAUSE = 0.25
+# The OpenAI SDK waits up to 8 seconds between its retries.
+_OPENAI_RETRY_PAUSE = 8.0
+
+
+@dataclass(frozen=True)
+class UpstreamBounds:
+    """The longest the upstream calls of a start or an end can take, from the settings.
+
+    ``terminate``: one terminate with its retries and their backoff.
+    ``start``: a start's mint, create, and the terminate of what it created
+    if it must (the row was claimed meanwhile, say): everything a start does
+    upstream once it stops waiting. A start waits at most ``start`` too.
+    """
+
+    terminate: float
+    start: float
+
+    @classmethod
+    def from_settings(cls) -> UpstreamBounds:
+        avaturn_call = seconds_setting("AVATURN_CONNECT_TIMEOUT") + seconds_setting(
+            "AVATURN_TIMEOUT"
+        )
+        retries = required_int_setting("TERMINATE_RETRIES")
+        backoff = seconds_setting("TERMINATE_RETRY_BACKOFF")
+        terminate = (retries + 1) * avaturn_call + backoff * (2**retries - 1)
+        openai_retries = required_int_setting("OPENAI_MAX_RETRIES")
+        mint = (openai_retries + 1) * seconds_setting(
+            "OPENAI_TIMEOUT"
+        ) + openai_retries * _OPENAI_RETRY_PAUSE
+        return cls(terminate=terminate, start=mint + avaturn_call + terminate)
+
+
+def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None:
+    """Return once none of the rows ``pks`` may still run upstream; else fail the start.
+
+    The per-user and site caps count what may run at Avaturn, so a start
+    creates nothing while a session it replaced (or one of the user's
+    already ending) may still be alive: a create in flight, a terminate not
+    yet answered. It polls, outside any transaction, until each row is
+    final, or could no longer have an upstream call in flight (see
+    ``_in_flight_until``): a row claimed while it started whose start died
+    (nothing we could end). A row whose terminate failed (ending past that
+    time, or back to live) still holds its slot: the start fails. So does
+    one still in flight after ``UpstreamBounds.start``. If this start's own
+    row is claimed meanwhile (a newer start replaced it, staff, the kill
+    switch), it ends it and stops, having created nothing.
+    """
+    give_up = time.monotonic() + bounds.start
+    pause = _FIRST_PAUSE
+    while True:
+        try:
+            states = {
+                state.pk: state
+                for state in Session.objects.filter(pk__in=[row.pk, *pks]).only(
+                    "status", "end_reason", "session_id", "created_at", "updated_at"
+                )
+            }
+        except DatabaseError as exc:
+            transitions.mark_failed(row, exc)
+            raise StorageUnavailable() from exc
+        own = states.pop(row.pk, None)
+        if own is None:
+            raise SessionNotLive()  # the user was deleted meanwhile, the row with them
+        if own.status != SessionStatus.STARTING:
+            _stop_unstarted(row, own)
+        now = timezone.now()
+        waiting = False
+        for other in states.values():
+            if other.status in FINAL_STATUSES:
+                continue
+            in_flight = other.status == SessionStatus.ENDING and now < _in_flight_until(
+                other, bounds
+            )
+            if in_flight:
+                waiting = True
+            elif other.status != SessionStatus.ENDING or other.session_id is not None:
+                # Its terminate failed (back to live, or left ending for the
+                # expiry command's retry): it may still run, and holds its slot.
+                _give_up(row, pks, "a session of the user's could not be ended")
+        if not waiting:
+            return
+        if time.monotonic() + pause > give_up:
+            _give_up(row, pks, "a session of the user's did not end in time")
+        time.sleep(pause)
+        pause = min(pause * 1.5, _LONGEST_PAUSE)
+
+
+def _in_flight_until(other: Session, bounds: UpstreamBounds) -> datetime:
+    """The latest an ``ending`` row may still have an upstream call in flight.
+
+    With a session id, it is a terminate, begun when the row was claimed
+    (``updated_at``). Without one, the row was claimed while its start was
+    waiting or talking to the upstreams: that start waits at most
+    ``bounds.start`` after its reservation (``created_at``), then takes at
+    most as long again to create and, having found its row claimed,
+    terminate what it created.
+    """
+    if other.session_id is not None:
+        return other.updated_at + timedelta(seconds=bounds.terminate)
+    return other.created_at + timedelta(seconds=2 * bounds.start)
+
+
+def _give_up(row: Session, pks: list[int], why: str) -> NoReturn:
+    exc = SessionStillEnding()
+    logger.warning("Session start (row %s) created nothing: %s (rows %s)", row.pk, why, pks)
+    transitions.mark_failed(row, exc)
+    raise exc
+
+
+def _stop_unstarted(row: Session, claimed: Session) -> NoReturn:
+    """This start's row was claimed while it waited: end it (nothing was created) and raise."""
+    if claimed.status == SessionStatus.ENDING:
+        row.status, row.end_reason, row.started_at = (
+            SessionStatus.ENDING,
+            claimed.end_reason,
+            None,
+        )
+        transitions.finish_claimed([row], only_without_id=True)
+    raise _claimed_error(claimed.end_reason)
+
+
 def _end_replaced(replaced: list[Session]) -> None:
     """Terminate the sessions a start replaces; raise the first failure after trying all.
 
@@ -265,7 +433,8 @@ def _end_replaced(replaced: list[Session]) -> None:
     failure: AvaturnError | None = None
     for old in replaced:
         if old.session_id is None:
-            # Still starting: its own request will see it was replaced and clean up.
+            # Still starting: its own request ends what it creates (_wait_for_ends
+            # waits for that), or stops before creating anything.
             continue
         try:
             _terminate_claimed(old)

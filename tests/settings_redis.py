@@ -14,4 +14,7 @@ CACHES = {
         "KEY_PREFIX": os.environ.get("AVATURN_TEST_REDIS_PREFIX", "django-avaturn-tests"),
     }
 }
-AVATURN = {**AVATURN, "START_THROTTLE_RATE": "2/minute"}
+AVATURN = {
+    **AVATURN,
+    "START_THROTTLE_RATE": os.environ.get("AVATURN_TEST_THROTTLE_RATE", "2/minute"),
+}

@@ -311,12 +311,12 @@ def test_a_reservation_takes_sqlites_write_lock_before_it_reads(
     real.transaction_mode = None  # a plain (deferred) BEGIN
     try:
         with connection.execute_wrapper(after_first_read):
-            row, replaced = services._reserve_slot(user, plan, cap=1, refuse=True)
+            reservation = services._reserve_slot(user, plan, cap=1, refuse=True)
     finally:
         real.transaction_mode = configured_mode
     writer.join(25)
     assert not writer.is_alive() and not writer_errors
-    assert row.status == SessionStatus.STARTING and replaced == []
+    assert reservation.row.status == SessionStatus.STARTING and reservation.replaced == []
     assert django_user_model.objects.get(pk=other.pk).is_staff
 
 
@@ -342,7 +342,7 @@ def test_a_kill_switch_flip_waits_for_the_reservations_in_flight(user: Any) -> N
     def reserve() -> None:
         try:
             with connection.execute_wrapper(pause_after_the_switch_read):
-                outcome["row"], _ = services._reserve_slot(user, build_plan(), cap=1, refuse=True)
+                outcome["row"] = services._reserve_slot(user, build_plan(), cap=1, refuse=True).row
             outcome["committed_before_flip"] = not flipped.is_set()
         finally:
             connection.close()
@@ -381,7 +381,7 @@ def test_a_replaced_start_that_goes_live_meanwhile_is_replaced_with_its_id(user:
     row ``ending``, two sessions under a cap of one.
     """
     plan = build_plan()
-    row_a, _ = services._reserve_slot(user, plan, cap=1, refuse=False)
+    row_a = services._reserve_slot(user, plan, cap=1, refuse=False).row
     about_to_claim = threading.Event()
     release = threading.Event()
     outcome: dict[str, Any] = {}
@@ -397,9 +397,9 @@ def test_a_replaced_start_that_goes_live_meanwhile_is_replaced_with_its_id(user:
     def replace() -> None:
         try:
             with connection.execute_wrapper(pause_before_the_claim):
-                outcome["row"], outcome["replaced"] = services._reserve_slot(
+                outcome["replaced"] = services._reserve_slot(
                     user, build_plan(), cap=1, refuse=False
-                )
+                ).replaced
         finally:
             connection.close()
 

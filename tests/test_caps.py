@@ -1,0 +1,369 @@
+"""The caps bound what runs at Avaturn, not only the rows we keep.
+
+Concurrent starts through the API, on real threads and database
+connections, against the loopback fake over HTTP. The fake stamps each
+session's create and terminate as they arrive, so the number of sessions
+alive upstream at every instant can be read off its records and compared
+with the caps. These run on SQLite and on PostgreSQL
+(``AVATURN_TEST_DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from django_avaturn import services
+from django_avaturn.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.outcomes import Outcome
+from django_avaturn.session_config import build_plan
+from django_avaturn.testing import (
+    AVATURN_CREATE,
+    AVATURN_TERMINATE,
+    OPENAI_CLIENT_SECRET,
+    FakeUpstream,
+)
+from tests.live_fake import assert_no_orphans, csrf_json, run_threads, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LIST_URL = "/avaturn/sessions/"
+STARTERS = 30
+# Generous: thirty threads on a loaded 2-core machine may wait to connect.
+PATIENT = {
+    "AVATURN_CONNECT_TIMEOUT": 10,
+    "AVATURN_TIMEOUT": 10,
+    "OPENAI_TIMEOUT": 10,
+}
+
+
+def peak_alive(fake: FakeUpstream, session_ids: Iterable[str] | None = None) -> int:
+    """The most sessions the fake had alive at once (created, not yet terminated).
+
+    An end and a create stamped at the same instant count as one after the
+    other: the end arrived first.
+    """
+    sessions = fake.sessions.values()
+    if session_ids is not None:
+        wanted = set(session_ids)
+        sessions = [s for s in sessions if s.session_id in wanted]
+    events = sorted(
+        [(s.created_at, 1) for s in sessions]
+        + [(s.ended_at if s.ended_at is not None else math.inf, -1) for s in sessions]
+    )
+    alive = peak = 0
+    for _at, step in events:
+        alive += step
+        peak = max(peak, alive)
+    return peak
+
+
+def start_via_api(user: Any) -> Any:
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    response = csrf_json(client, "post", LIST_URL, {})
+    body = response.json()
+    return response.status_code, body.get("code") or body.get("session_id")
+
+
+def overlapping_creates(fake: FakeUpstream) -> None:
+    """Latency on every upstream call, so that starts are all in flight together."""
+    fake.set_latency(OPENAI_CLIENT_SECRET, 0.02)
+    fake.set_latency(AVATURN_CREATE, 0.1)
+    fake.set_latency(AVATURN_TERMINATE, 0.02)
+
+
+def test_the_peak_helper_counts_sessions_alive_together(live_fake: FakeUpstream) -> None:
+    """The measure itself, on sessions made through the real clients."""
+    plan = build_plan()
+    avaturn = get_avaturn_client()
+
+    def create() -> str:
+        secret = get_openai_secrets().mint(
+            session=plan.realtime_session, ttl_seconds=plan.client_secret_ttl
+        )
+        return avaturn.create_session(plan.avaturn_payload(secret.value)).session_id
+
+    first, second = create(), create()
+    avaturn.terminate_session(first)
+    third = create()
+
+    assert peak_alive(live_fake) == 2
+    assert peak_alive(live_fake, [first, third]) == 1
+    assert peak_alive(live_fake, [second, third]) == 2
+
+
+@pytest.mark.parametrize("policy", ["end_oldest", "refuse"])
+def test_one_users_simultaneous_starts_never_run_two_sessions_at_avaturn(
+    live_fake: FakeUpstream, settings: Any, user: Any, policy: str
+) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        **PATIENT,
+        "MAX_LIVE_SESSIONS_PER_USER": 1,
+        "ON_SESSION_LIMIT": policy,
+    }
+    overlapping_creates(live_fake)
+
+    results = run_threads(lambda _: start_via_api(user), STARTERS)
+
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert peak_alive(live_fake) == 1, results
+    statuses = {status for status, _ in results}
+    assert 201 in statuses, results
+    if policy == "refuse":
+        assert sorted(results)[0][0] == 201 and [s for s, _ in results].count(201) == 1
+        assert {code for status, code in results if status != 201} == {"session_limit_reached"}
+    else:
+        assert {code for status, code in results if status != 201} <= {"session_replaced"}
+    assert Session.objects.live().count() == 1
+    assert_no_orphans(live_fake)
+
+
+@pytest.mark.parametrize("policy", ["end_oldest", "refuse"])
+def test_a_cap_of_two_holds_at_avaturn_under_simultaneous_starts(
+    live_fake: FakeUpstream, settings: Any, user: Any, policy: str
+) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        **PATIENT,
+        "MAX_LIVE_SESSIONS_PER_USER": 2,
+        "ON_SESSION_LIMIT": policy,
+    }
+    overlapping_creates(live_fake)
+
+    results = run_threads(lambda _: start_via_api(user), STARTERS)
+
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert peak_alive(live_fake) <= 2, results
+    if policy == "refuse":
+        assert [status for status, _ in results].count(201) == 2, results
+        assert len(live_fake.requests_for(AVATURN_CREATE)) == 2
+    assert Session.objects.live().count() == 2
+    assert_no_orphans(live_fake)
+
+
+def test_the_site_cap_holds_at_avaturn_while_users_replace_their_own_sessions(
+    live_fake: FakeUpstream, settings: Any, django_user_model: Any
+) -> None:
+    settings.AVATURN = {
+        **settings.AVATURN,
+        **PATIENT,
+        "MAX_LIVE_SESSIONS": 2,
+        "MAX_LIVE_SESSIONS_PER_USER": 1,
+        "ON_SESSION_LIMIT": "end_oldest",
+    }
+    overlapping_creates(live_fake)
+    users = [
+        django_user_model.objects.create_user(email=f"site{n}@example.com", password="pw")
+        for n in range(3)
+    ]
+
+    # Each user starts several times at once: their later starts replace their earlier ones.
+    results = run_threads(lambda n: start_via_api(users[n % len(users)]), 15)
+
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert peak_alive(live_fake) <= 2, results
+    assert {code for status, code in results if status != 201} <= {
+        "session_replaced",
+        "site_limit_reached",
+    }, results
+    assert 1 <= Session.objects.live().count() <= 2
+    assert_no_orphans(live_fake)
+
+
+def test_a_start_waits_for_the_users_session_still_ending(
+    live_fake: FakeUpstream, settings: Any, user: Any
+) -> None:
+    """The visitor pressed Stop, then Start: the new session is created after the old one ended.
+
+    Avaturn answers the first terminate late with a 503 (without ending the
+    session); the retry ends it. Meanwhile the row is ``ending``, and the
+    session is still running upstream.
+    """
+    settings.AVATURN = {**settings.AVATURN, **PATIENT, "TERMINATE_RETRIES": 1}
+    old = services.start_session(user).session
+    live_fake.fail(AVATURN_TERMINATE, status=503, delay=1.0)
+    stopped: list[Any] = []
+
+    def stop() -> None:
+        try:
+            client = APIClient(enforce_csrf_checks=True)
+            client.force_login(user)
+            stopped.append(csrf_json(client, "delete", f"{LIST_URL}{old.session_id}/").status_code)
+        finally:
+            connection.close()
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    assert wait_until(lambda: live_fake.counts().get(AVATURN_TERMINATE, 0) == 1)
+    assert Session.objects.get(pk=old.pk).status == SessionStatus.ENDING
+
+    status, _ = start_via_api(user)
+    stopper.join(10)
+
+    assert (status, stopped) == (201, [204])
+    assert peak_alive(live_fake) == 1
+    old.refresh_from_db()
+    assert (old.status, old.end_reason) == (SessionStatus.ENDED, EndReason.CLIENT)
+    assert_no_orphans(live_fake)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def in_flight_start(user: Any, **fields: Any) -> Session:
+    """A row as another process's start leaves it while it talks to the upstreams."""
+    return Session.objects.create(user=user, status=SessionStatus.STARTING, **fields)
+
+
+def test_a_start_gives_up_on_a_replaced_start_that_does_not_finish_and_creates_nothing(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    """The replaced start's process is still (or no longer) busy: the wait is bounded.
+
+    With FAST_TIMEOUTS a start's upstream calls take at most 2.5 s (mint
+    0.5, create 1, terminate 1); a start waits no longer than that.
+    """
+    stuck = in_flight_start(user)
+    began = time.monotonic()
+    status, code = start_via_api(user)
+    waited = time.monotonic() - began
+
+    assert (status, code) == (503, "session_still_ending")
+    assert 2.0 < waited < 10, waited
+    row = Session.objects.exclude(pk=stuck.pk).get()
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
+    assert row.session_id is None
+    assert live_fake.requests == []  # not even a client secret was minted
+    stuck.refresh_from_db()
+    assert (stuck.status, stuck.end_reason) == (SessionStatus.ENDING, EndReason.REPLACED)
+
+
+def test_a_session_whose_terminate_failed_holds_its_users_slot(
+    live_fake: FakeUpstream, api_client: Any, user: Any
+) -> None:
+    """Left ``ending`` with its id for the expiry command's retry, it may still run."""
+    Session.objects.create(
+        user=user, status=SessionStatus.ENDING, session_id="left-for-retry", end_reason="client"
+    )
+    Session.objects.filter(session_id="left-for-retry").update(
+        updated_at=timezone.now() - timedelta(hours=1)
+    )
+    began = time.monotonic()
+    response = csrf_json(api_client, "post", LIST_URL, {})
+
+    assert time.monotonic() - began < 2  # at once: nothing is in flight to wait for
+    assert response.status_code == 503
+    assert response.json() == {
+        "code": "session_still_ending",
+        "detail": "Your previous avatar session is still ending. Please try again shortly.",
+    }
+    assert response["Retry-After"] == "30"
+    assert live_fake.requests == []
+    assert Session.objects.get(session_id=None).status == SessionStatus.FAILED
+
+
+def test_a_claimed_start_whose_process_died_long_ago_does_not_hold_the_slot(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    """Ending without an id, and too old for its start to be running: nothing we know of runs."""
+    dead = in_flight_start(user, created_at=timezone.now() - timedelta(hours=1))
+    Session.objects.filter(pk=dead.pk).update(
+        status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
+    )
+    status, _ = start_via_api(user)
+    assert status == 201
+    assert Session.objects.live().count() == 1
+
+
+def test_a_stop_that_fails_while_a_start_waits_for_it_fails_the_start(
+    live_fake: FakeUpstream, settings: Any, user: Any
+) -> None:
+    """The old session went back to live: it holds the slot, so the new start creates nothing."""
+    settings.AVATURN = {**settings.AVATURN, **PATIENT}
+    old = services.start_session(user).session
+    live_fake.fail(AVATURN_TERMINATE, status=503, delay=1.0)
+    stopped: list[int] = []
+
+    def stop() -> None:
+        try:
+            client = APIClient(enforce_csrf_checks=True)
+            client.force_login(user)
+            stopped.append(csrf_json(client, "delete", f"{LIST_URL}{old.session_id}/").status_code)
+        finally:
+            connection.close()
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    assert wait_until(lambda: live_fake.counts().get(AVATURN_TERMINATE, 0) == 1)
+
+    assert start_via_api(user) == (503, "session_still_ending")
+    stopper.join(10)
+
+    assert stopped == [502]
+    assert len(live_fake.requests_for(AVATURN_CREATE)) == 1
+    old.refresh_from_db()
+    assert old.status == SessionStatus.LIVE
+    assert_no_orphans(live_fake)
+
+
+def test_staff_ending_a_start_that_waits_stops_it_before_it_creates_anything(
+    live_fake: FakeUpstream, settings: Any, user: Any
+) -> None:
+    settings.AVATURN = {**settings.AVATURN, **PATIENT}  # it would wait up to 50 s
+    stuck = in_flight_start(user)
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcome.append(start_via_api(user))
+        finally:
+            connection.close()
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    waiting = Session.objects.exclude(pk=stuck.pk)
+    assert wait_until(lambda: waiting.filter(status=SessionStatus.STARTING).exists())
+    assert services.end_session(waiting.get(), reason=EndReason.ADMIN) is Outcome.STOPPED
+    starter.join(10)
+
+    assert outcome == [(409, "session_ended")]
+    row = waiting.get()
+    assert (row.status, row.end_reason, row.session_id) == (
+        SessionStatus.ENDED,
+        EndReason.ADMIN,
+        None,
+    )
+    assert live_fake.requests == []
+
+
+def test_a_start_that_replaces_nothing_or_a_live_session_reads_nothing_after_reserving(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    """Waiting costs a read per poll, only for starts that have something to wait for.
+
+    After the reservation commits: activate; or, having replaced (and
+    terminated) a live session, finish that one, then activate.
+    """
+
+    def statements_after_the_reservation() -> list[str]:
+        with CaptureQueriesContext(connection) as captured:
+            services.start_session(user)
+        verbs = [q["sql"].split()[0].upper() for q in captured.captured_queries]
+        return verbs[verbs.index("COMMIT") + 1 :]
+
+    assert statements_after_the_reservation() == ["UPDATE"]
+    assert statements_after_the_reservation() == ["UPDATE", "UPDATE"]
+    assert Session.objects.live().count() == 1
