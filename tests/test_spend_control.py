@@ -505,7 +505,8 @@ def test_transcript_lines_are_throttled_per_user_with_retry_after(
     # Per user, across their sessions: the third line is one too many.
     assert [a.status_code for a in answers] == [201, 201, 429]
     assert answers[2].json()["code"] == "throttled"
-    assert 0 < int(answers[2]["Retry-After"]) <= 60
+    # A slot is kept a second past the rate's period (caches that round expiry down).
+    assert 0 < int(answers[2]["Retry-After"]) <= 61
     assert Transcript.objects.count() == 2
 
 
