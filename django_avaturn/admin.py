@@ -44,6 +44,7 @@ _FIELDS = (
     "status",
     "end_reason",
     "scrubbed_end_detail",
+    "awaiting_retry",
     "age_or_duration",
     "avatar_id",
     "model",
@@ -319,7 +320,10 @@ class SessionAdmin(_ModelAdmin):
         except UpstreamError as exc:
             self.message_user(
                 request,
-                _("Avaturn did not terminate the session; it is still live: %(error)s")
+                _(
+                    "Avaturn did not terminate the session; it stays ending and the expiry "
+                    "command retries it: %(error)s"
+                )
                 % {"error": scrub(exc.describe())},
                 messages.ERROR,
             )
@@ -340,7 +344,10 @@ class SessionAdmin(_ModelAdmin):
                     messages.SUCCESS,
                 ),
                 Outcome.SKIPPED: (
-                    _("The session is already being ended.")
+                    _(
+                        "The session is already being ended; if that fails, it stays ending "
+                        "and the expiry command retries it."
+                    )
                     if obj.status == SessionStatus.ENDING
                     else _("The session had already ended."),
                     messages.INFO,

@@ -22,11 +22,13 @@ as the row's ``end_detail``):
 A session that never sent a heartbeat is never judged idle by silence alone,
 because a site using its own front end instead of the widget sends none.
 
-Rows left behind by a crashed process are cleaned up too: ``starting`` for
-longer than ``EXPIRE_STUCK_AFTER`` become ``failed`` (no session id was
-recorded, so there is nothing we can end; if the dead process's create had
-reached Avaturn, that session ends by itself, and a WARNING says so);
-``ending`` for that long are terminated again.
+Rows left behind are cleaned up too: ``starting`` for longer than
+``EXPIRE_STUCK_AFTER`` become ``failed`` (no session id was recorded, so
+there is nothing we can end; if the dead process's create had reached
+Avaturn, that session ends by itself, and a WARNING says so). ``ending``
+ones whose terminate failed (``awaiting_retry``) are terminated again on
+every run, and so are those left ``ending`` for ``EXPIRE_STUCK_AFTER`` by
+a process that died.
 
 Stale sessions are terminated upstream (404 counts as already gone) and
 recorded with status ``expired``, reason ``expired``. See ``termination``
@@ -70,6 +72,8 @@ class ExpiryPolicy:
 
     idle: int | None
     grace: int
+    # Rows left starting, or ending (not awaiting a retry), this long belong to
+    # a dead process.
     stuck_after: int
     default_max_duration: int
     older_than: int | None = None
@@ -210,8 +214,9 @@ def _fail_stuck_starts(
 def _retry_stuck_ends(
     stuck_since: datetime, dry_run: bool, upstream: bool, batch_size: int, report: Reporter
 ) -> None:
-    # The process that claimed these died before it finished them: claim
-    # them again (a fresh stamp, so two hosts cannot both) and finish the job.
+    # Their terminate failed (awaiting_retry), or the process that claimed
+    # them died before it finished them: claim them again (a fresh stamp, so
+    # two hosts cannot both) and finish the job.
     def claim_stuck(rows: list[Session]) -> list[Session]:
         if dry_run:
             return rows
@@ -220,9 +225,12 @@ def _retry_stuck_ends(
             from_status=SessionStatus.ENDING,
             detail_for=lambda row: row.end_detail or "stuck ending",
             status=SessionStatus.ENDING,
+            awaiting_retry=False,
         )
 
-    queryset = Session.objects.filter(status=SessionStatus.ENDING, updated_at__lt=stuck_since)
+    queryset = Session.objects.filter(status=SessionStatus.ENDING).filter(
+        Q(awaiting_retry=True) | Q(updated_at__lt=stuck_since)
+    )
     for rows in claimed_batches(
         queryset, claim_stuck, batch_size=batch_size, lock=not dry_run, skip_locked=True
     ):
@@ -232,8 +240,7 @@ def _retry_stuck_ends(
         for row in rows:
             row.end_reason = row.end_reason or EndReason.EXPIRED
         # Whoever claimed these meant them to end: one whose terminate fails
-        # again stays ending (its claim is freshly stamped) and is retried by
-        # a run EXPIRE_STUCK_AFTER later, never put back to live.
+        # again stays ending, awaiting_retry, for the next run; never live.
         report(
             terminate_claimed(
                 [row for row in rows if row.session_id], upstream=upstream, release=False

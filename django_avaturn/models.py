@@ -136,6 +136,14 @@ class Session(models.Model):
     ended_at = models.DateTimeField(
         _("ended"), null=True, blank=True, help_text=_("When the session ended.")
     )
+    awaiting_retry = models.BooleanField(
+        _("awaiting retry"),
+        default=False,
+        help_text=_(
+            "Ending, its terminate failed and nobody is retrying it now: the expiry "
+            "command's next run does."
+        ),
+    )
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     objects: ClassVar[SessionQuerySet] = SessionQuerySet.as_manager()  # type: ignore[assignment]

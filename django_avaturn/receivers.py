@@ -16,9 +16,10 @@ If Avaturn still cannot be reached, the change goes ahead anyway: account
 deletion is often a legal duty, and blocking it on a vendor's outage is worse
 than the bounded cost of a session that ends by itself (``max_duration``; at
 most ``user_absent_timeout`` once the browser leaves). Each failure is logged
-at ERROR with the session id, so an operator can end it by hand. A session
-of a deleted user is terminated after its row has gone with the user, so no
-``session_ended`` is sent for it.
+at ERROR with the session id. A session of a deleted user is terminated
+after its row has gone with the user (nothing retries it: an operator ends
+it by hand), so no ``session_ended`` is sent for it; any other user's stays
+``ending`` and the expiry command's next run retries it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ _ENDABLE = (SessionStatus.STARTING, SessionStatus.LIVE)
 _STILL_RUNNING_MESSAGE = (
     "%s user %s: could not terminate Avaturn session %s (%s). It keeps running until "
     "its max_duration or user_absent_timeout; end it by hand."
+)
+_LEFT_FOR_RETRY_MESSAGE = (
+    "%s user %s: could not terminate Avaturn session %s (%s). Its row stays ending and "
+    "the expiry command's next run retries it."
 )
 
 
@@ -129,7 +134,7 @@ def _after_commit(callback: Callable[[], None]) -> None:
         try:
             callback()
         except Exception:
-            logger.exception("Ending the sessions of a user who went failed")
+            logger.exception("Ending the sessions of a user who signed out failed")
 
     transaction.on_commit(run, using=router.db_for_write(Session))
 
@@ -156,7 +161,7 @@ def _end_sessions_of(user_pk: Any, reason: str, *, action: str) -> None:
     def log_failure(result: Result) -> None:
         if result.outcome is Outcome.FAILED:
             logger.error(
-                _STILL_RUNNING_MESSAGE, action, user_pk, result.session.session_id, result.detail
+                _LEFT_FOR_RETRY_MESSAGE, action, user_pk, result.session.session_id, result.detail
             )
 
     sessions = Session.objects.filter(user_id=user_pk, status__in=_ENDABLE)

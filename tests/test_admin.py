@@ -224,7 +224,7 @@ def test_action_terminates_and_counts(admin_client: Client, upstream: Any, user:
         assert row.end_detail.startswith("by staff user #")
     assert shown_messages(response) == [
         ("success", "Terminated 3 sessions."),
-        ("info", "1 session had already ended (or is being ended); it was skipped."),
+        ("info", "1 session had already ended; it was skipped."),
     ]
 
 
@@ -246,7 +246,7 @@ def test_action_reports_already_gone(admin_client: Client, upstream: Any, user: 
     ],
     ids=["5xx", "timeout"],
 )
-def test_action_failures_leave_rows_live_and_say_so(
+def test_action_failures_leave_rows_ending_for_the_expiry_command_and_say_so(
     admin_client: Client, upstream: Any, user: Any, fail: Any
 ) -> None:
     row = live(user, "av-fail")
@@ -254,10 +254,15 @@ def test_action_failures_leave_rows_live_and_say_so(
 
     response = act(admin_client, [row])
 
-    assert fresh(row).status == SessionStatus.LIVE
+    # Staff asked for the end: never live again, and the next expiry run retries it.
+    assert (fresh(row).status, fresh(row).end_reason) == (SessionStatus.ENDING, EndReason.ADMIN)
+    assert fresh(row).awaiting_retry
     [(level, text)] = shown_messages(response)
     assert level == "error"
-    assert text.startswith("1 session could not be terminated and is still live: av-fail: ")
+    assert text.startswith(
+        "1 session could not be terminated; it stays ending and the expiry command "
+        "retries it: av-fail: "
+    )
     assert "avaturn terminate session failed" in text
     for key in KEYS:
         assert key not in response.content.decode()
@@ -366,8 +371,8 @@ def test_button_terminates_with_csrf(django_user_model: Any, upstream: Any, user
     ("setup", "expected"),
     [
         (lambda up: up.avaturn.on_delete(404), ("warning", "already gone")),
-        (lambda up: up.avaturn.on_delete(500), ("error", "still live")),
-        (lambda up: up.avaturn.on_delete_raise(requests.ReadTimeout()), ("error", "still live")),
+        (lambda up: up.avaturn.on_delete(500), ("error", "stays ending")),
+        (lambda up: up.avaturn.on_delete_raise(requests.ReadTimeout()), ("error", "stays ending")),
     ],
     ids=["404", "5xx", "timeout"],
 )

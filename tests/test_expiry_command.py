@@ -428,6 +428,35 @@ def test_stuck_rows_are_cleaned_up(
     assert fresh(recent_end).status == SessionStatus.ENDING
 
 
+def test_an_end_left_for_a_retry_is_retried_on_the_next_run_not_after_the_stuck_window(
+    upstream: Any, user: Any
+) -> None:
+    awaiting = make(user, "av-retry", status=SessionStatus.ENDING, end_reason=EndReason.SHUTDOWN)
+    Session.objects.filter(pk=awaiting.pk).update(awaiting_retry=True)
+    in_flight = make(user, "av-busy", status=SessionStatus.ENDING, end_reason=EndReason.CLIENT)
+    upstream.avaturn.on_delete(503)
+
+    # It fails again: still ending (never live), still awaiting, and the command says so.
+    with pytest.raises(CommandError, match="1 upstream termination"):
+        run()
+    row = fresh(awaiting)
+    assert (row.status, row.end_reason, row.awaiting_retry) == (
+        SessionStatus.ENDING,
+        EndReason.SHUTDOWN,
+        True,
+    )
+
+    upstream.avaturn.on_delete(200, {})
+    out, _ = run()
+
+    assert "1 terminated" in out
+    assert (fresh(awaiting).status, fresh(awaiting).awaiting_retry) == (SessionStatus.ENDED, False)
+    # An end in flight elsewhere (a recent claim, not awaiting) is left to its caller.
+    assert fresh(in_flight).status == SessionStatus.ENDING
+    called = {call.request.url.rsplit("/", 1)[1] for call in upstream.avaturn.delete_calls()}
+    assert called == {"av-retry"}
+
+
 def test_batches_keep_queries_flat(upstream: Any, user: Any) -> None:
     def queries_for(n: int) -> int:
         for i in range(n):

@@ -10,7 +10,9 @@ from django.db import transaction
 from django.test import Client
 
 from django_avaturn import services
+from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.outcomes import Outcome
 from django_avaturn.testing import AVATURN_TERMINATE, FakeUpstream
 from tests.live_fake import wait_until
 
@@ -129,8 +131,16 @@ def test_deactivation_that_cannot_terminate_says_which_session_runs_on(
         user.save()
     [record] = [r for r in caplog.records if r.name == "django_avaturn.receivers"]
     assert session.session_id in record.getMessage() and "503" in record.getMessage()
+    assert "the expiry command's next run retries it" in record.getMessage()
     session.refresh_from_db()
-    assert session.status == SessionStatus.LIVE  # for the expiry command's idle rule
+    # Its browser can no longer end it: never live again, and the next run retries it.
+    assert (session.status, session.end_reason) == (SessionStatus.ENDING, EndReason.USER)
+    assert session.awaiting_retry
+    live_fake.clear_faults()
+    assert expire_sessions().tally[Outcome.TERMINATED] == 1
+    session.refresh_from_db()
+    assert (session.status, session.end_reason) == (SessionStatus.ENDED, EndReason.USER)
+    assert live_fake.live_session_ids() == set()
 
 
 def test_signing_out_ends_the_users_sessions(
