@@ -73,6 +73,10 @@ DEFAULTS: dict[str, Any] = {
     # A live session whose browser has sent no heartbeat for this long is
     # stale; ``None`` turns the heartbeat test off.
     "EXPIRE_IDLE_AFTER": 300,
+    # A live session whose browser sent no heartbeat this long after it went
+    # live never joined it (the page was left during the start); ``None``
+    # turns this test off (as does EXPIRE_IDLE_AFTER = None).
+    "EXPIRE_UNJOINED_AFTER": 90,
     # Slack added to the secret's expiry and the session's max_duration
     # before they count, for clock skew and Avaturn's own shutdown.
     "EXPIRE_GRACE": 60,

@@ -11,6 +11,8 @@ as the row's ``end_detail``):
 * it has run past its ``max_duration`` plus ``EXPIRE_GRACE``: Avaturn's hard
   cap, so the session has certainly ended upstream;
 * its browser sent heartbeats, and none for ``EXPIRE_IDLE_AFTER`` seconds;
+* its browser never sent one, ``EXPIRE_UNJOINED_AFTER`` seconds after it
+  went live: nobody joined it (the page was left while it started);
 * its OpenAI client secret expired more than ``EXPIRE_GRACE`` ago and no
   heartbeat arrived for ``EXPIRE_IDLE_AFTER`` seconds (counted from the start
   if none ever did). The secret's expiry alone proves nothing: OpenAI lets a
@@ -19,8 +21,9 @@ as the row's ``end_detail``):
 * with ``EXPIRE_IDLE_AFTER = None`` heartbeats are not consulted at all, and
   the secret's expiry (plus ``EXPIRE_GRACE``) alone ends it, in use or not.
 
-A session that never sent a heartbeat is never judged idle by silence alone,
-because a site using its own front end instead of the widget sends none.
+A site whose own front end sends no heartbeats sets
+``EXPIRE_UNJOINED_AFTER = None`` (or ``EXPIRE_IDLE_AFTER = None``, which
+turns every heartbeat test off).
 
 Rows left behind are cleaned up too: ``starting`` for longer than
 ``EXPIRE_STUCK_AFTER`` become ``failed`` (no session id was recorded, so
@@ -77,6 +80,8 @@ class ExpiryPolicy:
     stuck_after: int
     default_max_duration: int
     older_than: int | None = None
+    # No heartbeat this long after going live: nobody joined (needs ``idle``).
+    unjoined: int | None = None
 
     @classmethod
     def from_settings(
@@ -89,6 +94,7 @@ class ExpiryPolicy:
             stuck_after=required_int_setting("EXPIRE_STUCK_AFTER"),
             default_max_duration=required_int_setting("MAX_DURATION"),
             older_than=older_than,
+            unjoined=int_setting("EXPIRE_UNJOINED_AFTER"),
         )
 
     # ------------------------------------------------------------------ live rows
@@ -110,7 +116,11 @@ class ExpiryPolicy:
         if session.last_seen_at is not None:
             if session.last_seen_at < silent_since:
                 return f"no heartbeat for more than {self.idle} s"
-        elif secret_gone and began < silent_since:
+            return None
+        # Never a heartbeat: activation does not set last_seen_at, only one does.
+        if self.unjoined is not None and began < now - timedelta(seconds=self.unjoined):
+            return f"no heartbeat within {self.unjoined} s of going live (never joined)"
+        if secret_gone and began < silent_since:
             return f"client secret expired, no heartbeat for {self.idle} s"
         return None
 
@@ -128,6 +138,9 @@ class ExpiryPolicy:
             silent_since = now - timedelta(seconds=self.idle)
             q |= Q(last_seen_at__lt=silent_since)
             q |= secret_gone & Q(last_seen_at__isnull=True, began__lt=silent_since)
+            if self.unjoined is not None:
+                unjoined_since = now - timedelta(seconds=self.unjoined)
+                q |= Q(last_seen_at__isnull=True, began__lt=unjoined_since)
         if self.older_than is not None:
             q |= Q(began__lt=now - timedelta(seconds=self.older_than))
         return q

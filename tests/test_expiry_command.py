@@ -129,12 +129,30 @@ def test_older_than_comes_first_and_idle_none_trusts_the_secret() -> None:
     assert policy.stale_because(row_at(started_ago=50, seen_ago=1000), NOW) is None
 
 
-@pytest.mark.parametrize("idle", [None, 300])
-def test_sql_filter_is_a_superset_of_the_policy(user: Any, idle: int | None) -> None:
-    policy = ExpiryPolicy(idle=idle, grace=60, stuck_after=300, default_max_duration=3600)
+def test_a_session_nobody_joined_is_stale_after_the_unjoined_threshold() -> None:
+    policy = ExpiryPolicy(
+        idle=300, grace=60, stuck_after=300, default_max_duration=3600, unjoined=90
+    )
+    never_joined = "no heartbeat within 90 s of going live (never joined)"
+    assert policy.stale_because(row_at(started_ago=91), NOW) == never_joined
+    assert policy.stale_because(row_at(started_ago=89), NOW) is None
+    # One heartbeat since it went live: its browser joined; the idle rule applies.
+    assert policy.stale_because(row_at(started_ago=1000, seen_ago=200), NOW) is None
+    # Heartbeats not consulted at all: neither is their absence.
+    off = ExpiryPolicy(idle=None, grace=60, stuck_after=300, default_max_duration=3600, unjoined=90)
+    assert off.stale_because(row_at(started_ago=1000), NOW) is None
+
+
+@pytest.mark.parametrize(("idle", "unjoined"), [(None, 90), (300, None), (300, 90)])
+def test_sql_filter_is_a_superset_of_the_policy(
+    user: Any, idle: int | None, unjoined: int | None
+) -> None:
+    policy = ExpiryPolicy(
+        idle=idle, grace=60, stuck_after=300, default_max_duration=3600, unjoined=unjoined
+    )
     now = timezone.now()
     n = 0
-    for started_ago in (10, 200, 400, 700, 3700):
+    for started_ago in (10, 100, 200, 400, 700, 3700):
         for expires_in in (None, -400, -30, 500):
             for seen_ago in (None, 5, 350):
                 for max_duration in (None, 60, 3600):
@@ -351,6 +369,30 @@ def test_no_upstream_marks_only(upstream: Any, user: Any) -> None:
     assert upstream.avaturn.delete_calls() == []
     assert fresh(row).status == SessionStatus.EXPIRED
     assert "1 marked without an upstream call" in out
+
+
+def test_a_session_whose_browser_never_joined_ends_on_the_first_run_after_90_s(
+    upstream: Any, user: Any, settings: Any
+) -> None:
+    """A page left while its start was in flight: the session went live, nobody came."""
+    unjoined = make(user, "av-unjoined", started_ago=91)
+    joining = make(user, "av-joining", started_ago=80)
+    joined = make(user, "av-joined", started_ago=200, seen_ago=10)
+
+    run()
+
+    assert (fresh(unjoined).status, fresh(unjoined).end_detail) == (
+        SessionStatus.EXPIRED,
+        "no heartbeat within 90 s of going live (never joined)",
+    )
+    assert upstream.avaturn.deleted == ["av-unjoined"]
+    assert fresh(joining).status == fresh(joined).status == SessionStatus.LIVE
+
+    # A site whose own front end sends no heartbeats turns the rule off.
+    settings.AVATURN = {**settings.AVATURN, "EXPIRE_UNJOINED_AFTER": None}
+    quiet = make(user, "av-quiet", started_ago=1000)
+    run()
+    assert fresh(quiet).status == SessionStatus.LIVE
 
 
 def test_older_than_and_idle_options(upstream: Any, user: Any) -> None:
