@@ -36,6 +36,7 @@ class EndReason(models.TextChoices):
     CLIENT = "client", _("Ended by the visitor's browser")
     USER = "user", _("User account deleted or deactivated")
     SIGNED_OUT = "signed_out", _("The user signed out")
+    PASSWORD_CHANGED = "password_changed", _("The user's password changed")
     ADMIN = "admin", _("Terminated by staff")
     EXPIRED = "expired", _("Expired")
     REPLACED = "replaced", _("Replaced by a newer session")

@@ -15,4 +15,9 @@ class Migration(migrations.Migration):
             name='awaiting_retry',
             field=models.BooleanField(default=False, help_text="Ending, its terminate failed and nobody is retrying it now: the expiry command's next run does.", verbose_name='awaiting retry'),
         ),
+        migrations.AlterField(
+            model_name='session',
+            name='end_reason',
+            field=models.CharField(blank=True, choices=[('client', "Ended by the visitor's browser"), ('user', 'User account deleted or deactivated'), ('signed_out', 'The user signed out'), ('password_changed', "The user's password changed"), ('admin', 'Terminated by staff'), ('expired', 'Expired'), ('replaced', 'Replaced by a newer session'), ('upstream_error', 'Upstream error'), ('shutdown', 'Stopped by the kill switch')], help_text='Why the session ended; set once, by whoever ended it.', max_length=32, verbose_name='end reason'),
+        ),
     ]
