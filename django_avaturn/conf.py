@@ -80,7 +80,9 @@ DEFAULTS: dict[str, Any] = {
     # Slack added to the secret's expiry and the session's max_duration
     # before they count, for clock skew and Avaturn's own shutdown.
     "EXPIRE_GRACE": 60,
-    # A row left starting or ending this long belongs to a crashed process.
+    # A row left ending this long belongs to a crashed process. (One left
+    # starting: once the start's own upstream timeouts have run out, see
+    # clients.longest_start.)
     "EXPIRE_STUCK_AFTER": 300,
     # Spending limits.
     "MAX_LIVE_SESSIONS_PER_USER": 1,

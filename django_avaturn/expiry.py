@@ -25,13 +25,13 @@ A site whose own front end sends no heartbeats sets
 ``EXPIRE_UNJOINED_AFTER = None`` (or ``EXPIRE_IDLE_AFTER = None``, which
 turns every heartbeat test off).
 
-Rows left behind are cleaned up too: ``starting`` for longer than
-``EXPIRE_STUCK_AFTER`` become ``failed`` (no session id was recorded, so
-there is nothing we can end; if the dead process's create had reached
-Avaturn, that session ends by itself, and a WARNING says so). ``ending``
-ones whose terminate failed (``awaiting_retry``) are terminated again on
-every run, and so are those left ``ending`` for ``EXPIRE_STUCK_AFTER`` by
-a process that died.
+Rows left behind are cleaned up too: ``starting`` for longer than the
+start's own upstream calls can take (``clients.longest_start``) become
+``failed`` (no session id was recorded, so there is nothing we can end; if
+the dead process's create had reached Avaturn, that session ends by itself,
+and a WARNING says so). ``ending`` ones whose terminate failed
+(``awaiting_retry``) are terminated again on every run, and so are those
+left ``ending`` for ``EXPIRE_STUCK_AFTER`` by a process that died.
 
 Stale sessions are terminated upstream (404 counts as already gone) and
 recorded with status ``expired``, reason ``expired``. See ``termination``
@@ -50,6 +50,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from django_avaturn import transitions
+from django_avaturn.clients import longest_start
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.outcomes import Outcome
 from django_avaturn.termination import (
@@ -75,13 +76,14 @@ class ExpiryPolicy:
 
     idle: int | None
     grace: int
-    # Rows left starting, or ending (not awaiting a retry), this long belong to
-    # a dead process.
+    # Rows left ending this long (not awaiting a retry) belong to a dead process.
     stuck_after: int
     default_max_duration: int
     older_than: int | None = None
     # No heartbeat this long after going live: nobody joined (needs ``idle``).
     unjoined: int | None = None
+    # Rows left starting this long belong to a dead process (None: ``stuck_after``).
+    starting_after: float | None = None
 
     @classmethod
     def from_settings(
@@ -95,6 +97,7 @@ class ExpiryPolicy:
             default_max_duration=required_int_setting("MAX_DURATION"),
             older_than=older_than,
             unjoined=int_setting("EXPIRE_UNJOINED_AFTER"),
+            starting_after=longest_start(),
         )
 
     # ------------------------------------------------------------------ live rows
@@ -180,8 +183,9 @@ def expire_sessions(
     tally = Tally()
     report = tally.reporter(on_result)
 
+    starting_after = policy.stuck_after if policy.starting_after is None else policy.starting_after
+    _fail_stuck_starts(now - timedelta(seconds=starting_after), dry_run, batch_size, report)
     stuck_since = now - timedelta(seconds=policy.stuck_after)
-    _fail_stuck_starts(stuck_since, dry_run, batch_size, report)
     _retry_stuck_ends(stuck_since, dry_run, upstream, batch_size, report)
     _expire_live(policy, now, dry_run, upstream, batch_size, report)
     return ExpiryReport(tally=tally, dry_run=dry_run)

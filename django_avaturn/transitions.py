@@ -155,7 +155,8 @@ def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = N
         fields["end_detail"] = failure_detail(exc)[:500]
     # A row without an id that is no longer live: still starting, claimed by
     # an ender, or already finished by the expiry command's sweep of stuck
-    # starts (a start slower than EXPIRE_STUCK_AFTER). Each is ours to reopen.
+    # starts (a start slower than its upstream timeouts allow, see
+    # clients.longest_start). Each is ours to reopen.
     ours = Session.objects.filter(pk=row.pk, session_id__isnull=True).exclude(
         status=SessionStatus.LIVE
     )

@@ -15,6 +15,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from django_avaturn.clients import longest_start
 from django_avaturn.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.management.commands.avaturn_expire_sessions import Command
 from django_avaturn.models import EndReason, Session, SessionStatus
@@ -468,6 +469,53 @@ def test_stuck_rows_are_cleaned_up(
     )
     assert fresh(ending_no_id).status == SessionStatus.ENDED
     assert fresh(recent_end).status == SessionStatus.ENDING
+
+
+def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
+    upstream: Any, user: Any, settings: Any
+) -> None:
+    """Not after a fixed EXPIRE_STUCK_AFTER: a dead start holds the caps as long as a live one."""
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "AVATURN_CONNECT_TIMEOUT": 5.0,
+        "AVATURN_TIMEOUT": 20.0,
+        "TERMINATE_RETRIES": 2,
+        "TERMINATE_RETRY_BACKOFF": 0.25,
+        "OPENAI_TIMEOUT": 15.0,
+        "OPENAI_MAX_RETRIES": 1,
+    }
+    # The replaced session's terminate: 3 attempts of 25 s, 0.25 + 0.5 s between;
+    # the client secret: 2 attempts of 15 s, up to 8 s between; the create: 25 s;
+    # and 30 s for the database.
+    assert longest_start() == 75.75 + 38 + 25 + 30
+
+    def starting(seconds_ago: float) -> Session:
+        row = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
+        created = timezone.now() - timedelta(seconds=seconds_ago)
+        Session.objects.filter(pk=row.pk).update(created_at=created)
+        return row
+
+    dead = starting(175)  # well short of EXPIRE_STUCK_AFTER (300 s)
+    alive = starting(160)
+
+    run()
+
+    assert (fresh(dead).status, fresh(dead).end_detail) == (
+        SessionStatus.FAILED,
+        "never finished starting",
+    )
+    assert fresh(alive).status == SessionStatus.STARTING
+
+    # Longer timeouts, a longer wait; "refuse" replaces nothing, so no terminate.
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "AVATURN_TIMEOUT": 120.0,
+        "ON_SESSION_LIMIT": "refuse",
+    }
+    assert longest_start() == 38 + 125 + 30
+    slow = starting(185)
+    run()
+    assert fresh(slow).status == SessionStatus.STARTING
 
 
 def test_an_end_left_for_a_retry_is_retried_on_the_next_run_not_after_the_stuck_window(
