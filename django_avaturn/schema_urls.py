@@ -8,6 +8,8 @@ has no routes, so the include is safe either way.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.urls import URLPattern, path
 
 from django_avaturn.schema import SCHEMA_SETTINGS, SPECTACULAR_INSTALLED
@@ -19,6 +21,20 @@ urlpatterns: list[URLPattern] = []
 if SPECTACULAR_INSTALLED:
     from drf_spectacular.views import SpectacularAPIView
 
+    class AvaturnSchemaView(SpectacularAPIView):
+        """The schema of our one API version (``SCHEMA_SETTINGS["VERSION"]``).
+
+        A version the request asks for (``?version=``, or the project's DRF
+        versioning) is ignored: drf-spectacular would put it as given into
+        the schema and into the answer's ``Content-Disposition``, where a
+        quote adds a parameter and a newline is a 500.
+        """
+
+        versioning_class = None
+
+        def _get_version_parameter(self, request: Any) -> None:
+            return None
+
     urlpatterns.append(
-        path("", SpectacularAPIView.as_view(custom_settings=SCHEMA_SETTINGS), name="schema")
+        path("", AvaturnSchemaView.as_view(custom_settings=SCHEMA_SETTINGS), name="schema")
     )
