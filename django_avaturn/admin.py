@@ -129,6 +129,20 @@ class SessionAdmin(_ModelAdmin):
         # Scrubbed when stored; scrubbed again here in case a key changed since.
         return scrub(obj.end_detail)
 
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """The list for ``request``'s filters; a NUL in any of them is an invalid filter.
+
+        No stored value holds one, and PostgreSQL cannot even compare one: the
+        query would fail (a 500) where the admin redirects with ``?e=1`` for
+        other filters it cannot apply (the list and the usage page both).
+        """
+        if any(
+            "\x00" in key or any("\x00" in value for value in values)
+            for key, values in request.GET.lists()
+        ):
+            raise IncorrectLookupParameters("A filter value holds a NUL character.")
+        return super().get_changelist_instance(request)
+
     def get_search_fields(self, request: HttpRequest) -> list[str]:
         """The session id, and the user's login and email fields, whatever they are called."""
         user_model: Any = get_user_model()

@@ -142,6 +142,31 @@ def test_filters_by_status_and_reason(admin_client: Client, user: Any) -> None:
     assert [str(r) for r in response.context["cl"].result_list] == ["av-done"]
 
 
+@pytest.mark.parametrize("page", ["", "usage/"], ids=["list", "usage"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "status__exact=%00",
+        "end_reason__exact=live%00",
+        "status__exact=live&status__exact=%00",
+        "q=%00",
+        "user__id__exact=%00",
+        "created_at__gte=%00",
+        "o=%00",
+        "%00=1",
+    ],
+)
+def test_a_nul_in_a_filter_is_an_invalid_filter_not_a_500(
+    admin_client: Client, user: Any, page: str, query: str
+) -> None:
+    """PostgreSQL cannot compare a NUL: the query failed there, a 500 on both pages."""
+    live(user, "av-1")
+    response = admin_client.get(f"{CHANGELIST}{page}?{query}")
+    # As for any filter the admin cannot apply.
+    assert (response.status_code, response["Location"]) == (302, f"{CHANGELIST}?e=1")
+    assert admin_client.get(f"{CHANGELIST}{page}?status__exact=live").status_code == 200
+
+
 def test_change_page_is_read_only_and_scrubbed(admin_client: Client, user: Any) -> None:
     row = live(
         user,
