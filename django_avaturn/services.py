@@ -142,11 +142,14 @@ def start_session(
             row.refresh_from_db(fields=["end_reason"])
         except Session.DoesNotExist:
             # The user was deleted meanwhile, the row with them.
-            raise SessionNotLive() from None
+            raise UserNotActive() from None
         if row.end_reason == EndReason.REPLACED:
             raise SessionReplaced()
         if row.end_reason == EndReason.SHUTDOWN:
             raise SessionsDisabled()
+        if row.end_reason == EndReason.USER:
+            # Deactivated meanwhile: answered as the reservation answers an inactive user.
+            raise UserNotActive()
         raise SessionNotLive()
 
     send_logged(session_started, session=row, request=request)
