@@ -64,6 +64,7 @@ _FIELDS = (
     "status",
     "end_reason",
     "scrubbed_end_detail",
+    "awaiting_retry",
     "age_or_duration",
     "avatar_id",
     "model",
@@ -148,6 +149,20 @@ class SessionAdmin(_ModelAdmin):
     def scrubbed_end_detail(self, obj: Session) -> str:
         # Scrubbed when stored; scrubbed again here in case a key changed since.
         return scrub(obj.end_detail)
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """The list for ``request``'s filters; a NUL in any of them is an invalid filter.
+
+        No stored value holds one, and PostgreSQL cannot even compare one: the
+        query would fail (a 500) where the admin redirects with ``?e=1`` for
+        other filters it cannot apply (the list and the usage page both).
+        """
+        if any(
+            "\x00" in key or any("\x00" in value for value in values)
+            for key, values in request.GET.lists()
+        ):
+            raise IncorrectLookupParameters("A filter value holds a NUL character.")
+        return super().get_changelist_instance(request)
 
     def get_search_fields(self, request: HttpRequest) -> list[str]:
         """The session id, and the user's login and email fields, whatever they are called."""
@@ -460,7 +475,10 @@ class SessionAdmin(_ModelAdmin):
         except UpstreamError as exc:
             self.message_user(
                 request,
-                _("Avaturn did not terminate the session; it is still live: %(error)s")
+                _(
+                    "Avaturn did not terminate the session; it stays ending and the expiry "
+                    "command retries it: %(error)s"
+                )
                 % {"error": scrub(exc.describe())},
                 messages.ERROR,
             )
@@ -481,7 +499,10 @@ class SessionAdmin(_ModelAdmin):
                     messages.SUCCESS,
                 ),
                 Outcome.SKIPPED: (
-                    _("The session is already being ended.")
+                    _(
+                        "The session is already being ended; if that fails, it stays ending "
+                        "and the expiry command retries it."
+                    )
                     if obj.status == SessionStatus.ENDING
                     else _("The session had already ended."),
                     messages.INFO,

@@ -50,6 +50,7 @@ def report_tally(modeladmin: Any, request: HttpRequest, tally: Tally) -> None:
     gone = tally[Outcome.ALREADY_GONE]
     skipped = tally[Outcome.SKIPPED]
     stopped = tally[Outcome.STOPPED]
+    ending = tally[Outcome.ALREADY_ENDING]
     if terminated:
         modeladmin.message_user(
             request,
@@ -81,12 +82,25 @@ def report_tally(modeladmin: Any, request: HttpRequest, tally: Tally) -> None:
             % {"count": stopped},
             messages.SUCCESS,
         )
+    if ending:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "%(count)d session was already being ended; if that fails, it stays ending "
+                "and the expiry command retries it.",
+                "%(count)d sessions were already being ended; if that fails, they stay ending "
+                "and the expiry command retries them.",
+                ending,
+            )
+            % {"count": ending},
+            messages.INFO,
+        )
     if skipped:
         modeladmin.message_user(
             request,
             ngettext(
-                "%(count)d session had already ended (or is being ended); it was skipped.",
-                "%(count)d sessions had already ended (or are being ended); they were skipped.",
+                "%(count)d session had already ended; it was skipped.",
+                "%(count)d sessions had already ended; they were skipped.",
                 skipped,
             )
             % {"count": skipped},
@@ -94,10 +108,12 @@ def report_tally(modeladmin: Any, request: HttpRequest, tally: Tally) -> None:
         )
     if tally.failed:
         text = ngettext(
-            "%(count)d session could not be terminated and is still live: %(errors)s",
-            "%(count)d sessions could not be terminated and are still live: %(errors)s",
+            "%(count)d session could not be terminated; it stays ending and the expiry "
+            "command retries it: %(errors)s",
+            "%(count)d sessions could not be terminated; they stay ending and the expiry "
+            "command retries them: %(errors)s",
             tally.failed,
         ) % {"count": tally.failed, "errors": "; ".join(tally.failures)}
         modeladmin.message_user(request, scrub(text), messages.ERROR)
-    if not (terminated or gone or stopped or skipped or tally.failed):
+    if not (terminated or gone or stopped or ending or skipped or tally.failed):
         modeladmin.message_user(request, _("No sessions were selected."), messages.INFO)

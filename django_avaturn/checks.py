@@ -21,6 +21,7 @@
 ``django_avaturn.W009``   ``TEST_MODE`` is on: sessions go to the loopback fake.
 ``django_avaturn.W010``   (``--deploy``) With ``DEBUG`` off, the fake's keys or loopback URLs.
 ``django_avaturn.W011``   ``TRANSCRIPT_MAX_BYTES`` below ``TRANSCRIPT_MAX_LENGTH``: lines refused.
+``django_avaturn.W012``   The widget's first heartbeat may come after ``EXPIRE_UNJOINED_AFTER``.
 ========================  ==========================================================
 """
 
@@ -424,10 +425,15 @@ def _url_host(value: object) -> str | None:
 
 @register()
 def check_setup(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    """What the rest of the project must provide for the settings to hold (W005 to W007)."""
+    """What the rest of the project must provide for the settings to hold (W005 to W007, W012)."""
     return [
         message
-        for message in (_heartbeat_warning(), _sqlite_warning(), _context_processor_warning())
+        for message in (
+            _heartbeat_warning(),
+            _sqlite_warning(),
+            _context_processor_warning(),
+            _first_heartbeat_warning(),
+        )
         if message is not None
     ]
 
@@ -447,6 +453,35 @@ def _heartbeat_warning() -> CheckMessage | None:
         "session in use after one late heartbeat.",
         hint="Keep EXPIRE_IDLE_AFTER at least twice HEARTBEAT_INTERVAL (defaults: 300 and 30).",
         id="django_avaturn.W005",
+    )
+
+
+def _first_heartbeat_warning() -> CheckMessage | None:
+    """The widget joins (up to ``WIDGET_INIT_TIMEOUT``), then beats every ``HEARTBEAT_INTERVAL``.
+
+    Its first heartbeat must reach the server before ``EXPIRE_UNJOINED_AFTER``
+    with one interval to spare (as W005 allows one late heartbeat), or the
+    expiry command ends a session whose visitor did join.
+    """
+    names = ("WIDGET_INIT_TIMEOUT", "HEARTBEAT_INTERVAL", "EXPIRE_IDLE_AFTER")
+    values = {name: _setting(name) for name in (*names, "EXPIRE_UNJOINED_AFTER")}
+    try:
+        for name, value in values.items():
+            RULES[name].check(name, value)
+    except NotConfigured:
+        return None  # malformed: E003 says so
+    unjoined = values["EXPIRE_UNJOINED_AFTER"]
+    if unjoined is None or values["EXPIRE_IDLE_AFTER"] is None:  # the rule is off
+        return None
+    first_beat = values["WIDGET_INIT_TIMEOUT"] + 2 * values["HEARTBEAT_INTERVAL"]
+    if first_beat <= unjoined:
+        return None
+    return Warning(
+        f"AVATURN['EXPIRE_UNJOINED_AFTER'] ({unjoined} s) is shorter than "
+        f"WIDGET_INIT_TIMEOUT plus twice HEARTBEAT_INTERVAL ({first_beat:g} s): the expiry "
+        "command could end a session whose visitor joined before the widget's first heartbeat.",
+        hint="Raise EXPIRE_UNJOINED_AFTER or lower HEARTBEAT_INTERVAL (defaults: 90, 20 and 30).",
+        id="django_avaturn.W012",
     )
 
 

@@ -21,6 +21,7 @@ from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.openai_client import RealtimeSecrets, with_deadline
 from django_avaturn.validation import (
+    required_choice_setting,
     required_int_setting,
     required_url_setting,
     seconds_setting,
@@ -28,6 +29,14 @@ from django_avaturn.validation import (
 )
 
 _Client = TypeVar("_Client")
+
+# The OpenAI SDK's longest wait between two retries of a call whose answer
+# names none (its MAX_RETRY_DELAY). An answer with Retry-After may ask for up
+# to two minutes; a start that slow outlives longest_start() and is then
+# failed by the expiry command, and what it created is terminated.
+OPENAI_RETRY_WAIT = 8.0
+# For the database work around a start's upstream calls (lock waits included).
+START_MARGIN = 30.0
 
 _lock = threading.Lock()
 _openai: RealtimeSecrets | None = None
@@ -137,6 +146,38 @@ def _build_avaturn_client() -> AvaturnClient:
         terminate_retries=required_int_setting("TERMINATE_RETRIES"),
         retry_backoff=seconds_setting("TERMINATE_RETRY_BACKOFF"),
     )
+
+
+def longest_terminate() -> float:
+    """Seconds one Avaturn terminate may take: every attempt to its deadline, and the backoffs.
+
+    As ``AvaturnClient.terminate_session`` makes them: ``TERMINATE_RETRIES``
+    retries, each attempt bounded by connect plus read timeout, waiting
+    ``TERMINATE_RETRY_BACKOFF`` doubled each time in between.
+    """
+    attempt = seconds_setting("AVATURN_CONNECT_TIMEOUT") + seconds_setting("AVATURN_TIMEOUT")
+    retries = required_int_setting("TERMINATE_RETRIES")
+    backoff = seconds_setting("TERMINATE_RETRY_BACKOFF")
+    return (retries + 1) * attempt + backoff * ((1 << retries) - 1)
+
+
+def longest_start() -> float:
+    """Seconds a start may keep its row ``starting``: its upstream calls, plus ``START_MARGIN``.
+
+    In order (``services.start_session``): ending the session it replaces
+    (with ``ON_SESSION_LIMIT = "end_oldest"``), minting the OpenAI client
+    secret (``OPENAI_MAX_RETRIES`` retries of up to ``OPENAI_TIMEOUT`` each),
+    and Avaturn's create (one attempt, never retried). A row starting longer
+    belongs to a process that died; the expiry command fails it.
+    """
+    replaced = (
+        longest_terminate() if required_choice_setting("ON_SESSION_LIMIT") == "end_oldest" else 0
+    )
+    openai_retries = required_int_setting("OPENAI_MAX_RETRIES")
+    openai_timeout = seconds_setting("OPENAI_TIMEOUT")
+    mint = (openai_retries + 1) * openai_timeout + openai_retries * OPENAI_RETRY_WAIT
+    create = seconds_setting("AVATURN_CONNECT_TIMEOUT") + seconds_setting("AVATURN_TIMEOUT")
+    return replaced + mint + create + START_MARGIN
 
 
 def reset_clients() -> None:

@@ -76,10 +76,16 @@ DEFAULTS: dict[str, Any] = {
     # A live session whose browser has sent no heartbeat for this long is
     # stale; ``None`` turns the heartbeat test off.
     "EXPIRE_IDLE_AFTER": 300,
+    # A live session whose browser sent no heartbeat this long after it went
+    # live never joined it (the page was left during the start); ``None``
+    # turns this test off (as does EXPIRE_IDLE_AFTER = None).
+    "EXPIRE_UNJOINED_AFTER": 90,
     # Slack added to the secret's expiry and the session's max_duration
     # before they count, for clock skew and Avaturn's own shutdown.
     "EXPIRE_GRACE": 60,
-    # A row left starting or ending this long belongs to a crashed process.
+    # A row left ending this long belongs to a crashed process. (One left
+    # starting: once the start's own upstream timeouts have run out, see
+    # clients.longest_start.)
     "EXPIRE_STUCK_AFTER": 300,
     # Spending limits.
     "MAX_LIVE_SESSIONS_PER_USER": 1,

@@ -11,6 +11,8 @@ as the row's ``end_detail``):
 * it has run past its ``max_duration`` plus ``EXPIRE_GRACE``: Avaturn's hard
   cap, so the session has certainly ended upstream;
 * its browser sent heartbeats, and none for ``EXPIRE_IDLE_AFTER`` seconds;
+* its browser never sent one, ``EXPIRE_UNJOINED_AFTER`` seconds after it
+  went live: nobody joined it (the page was left while it started);
 * its OpenAI client secret expired more than ``EXPIRE_GRACE`` ago and no
   heartbeat arrived for ``EXPIRE_IDLE_AFTER`` seconds (counted from the start
   if none ever did). The secret's expiry alone proves nothing: OpenAI lets a
@@ -19,14 +21,17 @@ as the row's ``end_detail``):
 * with ``EXPIRE_IDLE_AFTER = None`` heartbeats are not consulted at all, and
   the secret's expiry (plus ``EXPIRE_GRACE``) alone ends it, in use or not.
 
-A session that never sent a heartbeat is never judged idle by silence alone,
-because a site using its own front end instead of the widget sends none.
+A site whose own front end sends no heartbeats sets
+``EXPIRE_UNJOINED_AFTER = None`` (or ``EXPIRE_IDLE_AFTER = None``, which
+turns every heartbeat test off).
 
-Rows left behind by a crashed process are cleaned up too: ``starting`` for
-longer than ``EXPIRE_STUCK_AFTER`` become ``failed`` (no session id was
-recorded, so there is nothing we can end; if the dead process's create had
-reached Avaturn, that session ends by itself, and a WARNING says so);
-``ending`` for that long are terminated again.
+Rows left behind are cleaned up too: ``starting`` for longer than the
+start's own upstream calls can take (``clients.longest_start``) become
+``failed`` (no session id was recorded, so there is nothing we can end; if
+the dead process's create had reached Avaturn, that session ends by itself,
+and a WARNING says so). ``ending`` ones whose terminate failed
+(``awaiting_retry``) are terminated again on every run, and so are those
+left ``ending`` for ``EXPIRE_STUCK_AFTER`` by a process that died.
 
 Stale sessions are terminated upstream (404 counts as already gone) and
 recorded with status ``expired``, reason ``expired``. See ``termination``
@@ -45,6 +50,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from django_avaturn import transitions
+from django_avaturn.clients import longest_start
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.outcomes import Outcome
 from django_avaturn.termination import (
@@ -70,9 +76,14 @@ class ExpiryPolicy:
 
     idle: int | None
     grace: int
+    # Rows left ending this long (not awaiting a retry) belong to a dead process.
     stuck_after: int
     default_max_duration: int
     older_than: int | None = None
+    # No heartbeat this long after going live: nobody joined (needs ``idle``).
+    unjoined: int | None = None
+    # Rows left starting this long belong to a dead process (None: ``stuck_after``).
+    starting_after: float | None = None
 
     @classmethod
     def from_settings(
@@ -85,6 +96,8 @@ class ExpiryPolicy:
             stuck_after=required_int_setting("EXPIRE_STUCK_AFTER"),
             default_max_duration=required_int_setting("MAX_DURATION"),
             older_than=older_than,
+            unjoined=int_setting("EXPIRE_UNJOINED_AFTER"),
+            starting_after=longest_start(),
         )
 
     # ------------------------------------------------------------------ live rows
@@ -106,7 +119,11 @@ class ExpiryPolicy:
         if session.last_seen_at is not None:
             if session.last_seen_at < silent_since:
                 return f"no heartbeat for more than {self.idle} s"
-        elif secret_gone and began < silent_since:
+            return None
+        # Never a heartbeat: activation does not set last_seen_at, only one does.
+        if self.unjoined is not None and began < now - timedelta(seconds=self.unjoined):
+            return f"no heartbeat within {self.unjoined} s of going live (never joined)"
+        if secret_gone and began < silent_since:
             return f"client secret expired, no heartbeat for {self.idle} s"
         return None
 
@@ -124,6 +141,9 @@ class ExpiryPolicy:
             silent_since = now - timedelta(seconds=self.idle)
             q |= Q(last_seen_at__lt=silent_since)
             q |= secret_gone & Q(last_seen_at__isnull=True, began__lt=silent_since)
+            if self.unjoined is not None:
+                unjoined_since = now - timedelta(seconds=self.unjoined)
+                q |= Q(last_seen_at__isnull=True, began__lt=unjoined_since)
         if self.older_than is not None:
             q |= Q(began__lt=now - timedelta(seconds=self.older_than))
         return q
@@ -163,8 +183,9 @@ def expire_sessions(
     tally = Tally()
     report = tally.reporter(on_result)
 
+    starting_after = policy.stuck_after if policy.starting_after is None else policy.starting_after
+    _fail_stuck_starts(now - timedelta(seconds=starting_after), dry_run, batch_size, report)
     stuck_since = now - timedelta(seconds=policy.stuck_after)
-    _fail_stuck_starts(stuck_since, dry_run, batch_size, report)
     _retry_stuck_ends(stuck_since, dry_run, upstream, batch_size, report)
     _expire_live(policy, now, dry_run, upstream, batch_size, report)
     return ExpiryReport(tally=tally, dry_run=dry_run)
@@ -210,8 +231,9 @@ def _fail_stuck_starts(
 def _retry_stuck_ends(
     stuck_since: datetime, dry_run: bool, upstream: bool, batch_size: int, report: Reporter
 ) -> None:
-    # The process that claimed these died before it finished them: claim
-    # them again (a fresh stamp, so two hosts cannot both) and finish the job.
+    # Their terminate failed (awaiting_retry), or the process that claimed
+    # them died before it finished them: claim them again (a fresh stamp, so
+    # two hosts cannot both) and finish the job.
     def claim_stuck(rows: list[Session]) -> list[Session]:
         if dry_run:
             return rows
@@ -220,9 +242,12 @@ def _retry_stuck_ends(
             from_status=SessionStatus.ENDING,
             detail_for=lambda row: row.end_detail or "stuck ending",
             status=SessionStatus.ENDING,
+            awaiting_retry=False,
         )
 
-    queryset = Session.objects.filter(status=SessionStatus.ENDING, updated_at__lt=stuck_since)
+    queryset = Session.objects.filter(status=SessionStatus.ENDING).filter(
+        Q(awaiting_retry=True) | Q(updated_at__lt=stuck_since)
+    )
     for rows in claimed_batches(
         queryset, claim_stuck, batch_size=batch_size, lock=not dry_run, skip_locked=True
     ):
@@ -232,8 +257,7 @@ def _retry_stuck_ends(
         for row in rows:
             row.end_reason = row.end_reason or EndReason.EXPIRED
         # Whoever claimed these meant them to end: one whose terminate fails
-        # again stays ending (its claim is freshly stamped) and is retried by
-        # a run EXPIRE_STUCK_AFTER later, never put back to live.
+        # again stays ending, awaiting_retry, for the next run; never live.
         report(
             terminate_claimed(
                 [row for row in rows if row.session_id], upstream=upstream, release=False

@@ -41,6 +41,7 @@ class EndReason(models.TextChoices):
     CLIENT = "client", _("Ended by the visitor's browser")
     USER = "user", _("User account deleted or deactivated")
     SIGNED_OUT = "signed_out", _("The user signed out")
+    PASSWORD_CHANGED = "password_changed", _("The user's password changed")
     ADMIN = "admin", _("Terminated by staff")
     EXPIRED = "expired", _("Expired")
     REPLACED = "replaced", _("Replaced by a newer session")
@@ -150,6 +151,14 @@ class Session(models.Model):
     )
     ended_at = models.DateTimeField(
         _("ended"), null=True, blank=True, help_text=_("When the session ended.")
+    )
+    awaiting_retry = models.BooleanField(
+        _("awaiting retry"),
+        default=False,
+        help_text=_(
+            "Ending, its terminate failed and nobody is retrying it now: the expiry "
+            "command's next run does."
+        ),
     )
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
     # Counted by the one conditional UPDATE that admits each line (see transcripts),

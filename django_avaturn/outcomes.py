@@ -16,8 +16,11 @@ class Outcome(enum.Enum):
     # Claimed while starting: its own request terminates what Avaturn creates
     # (and leaves it for the expiry command if that fails). Nothing ended yet.
     STOPPED = "stopped while starting"
-    # The upstream call failed: the row is live again, or (an end already
-    # asked for) still ending, and a later expiry run retries it.
+    # Another caller's end was in flight: it finishes the row, or, if its
+    # terminate fails, leaves it ending for the expiry command, never live.
+    ALREADY_ENDING = "already being ended"
+    # The upstream call failed: the row is live again (an end its asker
+    # retries), or still ending, and the expiry command's next run retries it.
     FAILED = "failed"
     SKIPPED = "skipped"  # already ended, or another caller is ending it
     WOULD_END = "would end"  # dry run

@@ -1,9 +1,10 @@
 """Signal receivers connected in ``AvaturnConfig.ready()``: a user who goes keeps no session.
 
-A user deleted, deactivated or signed out can no longer end their sessions
-from the browser (Stop and the heartbeat answer 403), so their sessions are
-ended here, with the client's retries and at most ``TERMINATE_CONCURRENCY``
-calls at once.
+A user deleted, deactivated, signed out or whose password changed can no
+longer end their sessions from the browser (Stop and the heartbeat answer
+403: a new password hash signs out every other browser, as Django checks
+the session's auth hash), so their sessions are ended here, with the
+client's retries and at most ``TERMINATE_CONCURRENCY`` calls at once.
 
 The upstream calls wait for the change to commit (``transaction.on_commit``;
 at once outside a transaction). Deleting a user runs inside the deletion's
@@ -16,9 +17,10 @@ If Avaturn still cannot be reached, the change goes ahead anyway: account
 deletion is often a legal duty, and blocking it on a vendor's outage is worse
 than the bounded cost of a session that ends by itself (``max_duration``; at
 most ``user_absent_timeout`` once the browser leaves). Each failure is logged
-at ERROR with the session id, so an operator can end it by hand. A session
-of a deleted user is terminated after its row has gone with the user, so no
-``session_ended`` is sent for it.
+at ERROR with the session id. A session of a deleted user is terminated
+after its row has gone with the user (nothing retries it: an operator ends
+it by hand), so no ``session_ended`` is sent for it; any other user's stays
+``ending`` and the expiry command's next run retries it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ _STILL_RUNNING_MESSAGE = (
     "%s user %s: could not terminate Avaturn session %s (%s). It keeps running until "
     "its max_duration or user_absent_timeout; end it by hand."
 )
+_LEFT_FOR_RETRY_MESSAGE = (
+    "%s user %s: could not terminate Avaturn session %s (%s). Its row stays ending and "
+    "the expiry command's next run retries it."
+)
+# Set on a user instance by note_password_change() for the post_save that follows.
+_PASSWORD_CHANGED = "_django_avaturn_password_changed"
 
 
 def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -102,6 +110,54 @@ def end_sessions_of_deactivated_user(sender: Any, instance: Any, **kwargs: Any) 
     _after_commit(lambda: _end_sessions_of(user_pk, EndReason.USER, action="Deactivating"))
 
 
+def note_password_change(
+    sender: Any, instance: Any, raw: bool = False, update_fields: Any = None, **kwargs: Any
+) -> None:
+    """``pre_save`` of ``AUTH_USER_MODEL``: will this save change the stored password hash?
+
+    Compared with the stored hash, not with what the instance was loaded
+    with: a set_password(), a reset, a hash assigned directly, an unusable
+    password, a hash upgraded at sign-in. Each signs the user out of every
+    other browser (Django checks the session's auth hash, derived from the
+    password hash), so those browsers can no longer end their sessions.
+    Costs one query per save that may write the password; none for saves
+    limited to other fields (``update_fields``, as sign-in's ``last_login``).
+    """
+    instance.__dict__.pop(_PASSWORD_CHANGED, None)
+    if raw or instance.pk is None or instance._state.adding:
+        return
+    if update_fields is not None and "password" not in update_fields:
+        return
+    fields = {field.attname for field in sender._meta.concrete_fields}
+    if "password" not in fields or "password" in instance.get_deferred_fields():
+        return
+    stored = list(
+        sender._default_manager.using(kwargs.get("using"))
+        .filter(pk=instance.pk)
+        .values_list("password", flat=True)
+    )
+    if stored and stored[0] != instance.password:
+        instance.__dict__[_PASSWORD_CHANGED] = True
+
+
+def end_sessions_after_password_change(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """``post_save`` of ``AUTH_USER_MODEL``: a new password hash ends the user's sessions.
+
+    As signing out does, on a thread of its own once the change commits: the
+    request that changed the password does not wait on Avaturn.
+    """
+    if not instance.__dict__.pop(_PASSWORD_CHANGED, False) or instance.pk is None:
+        return
+    user_pk = instance.pk
+    _after_commit(
+        lambda: _in_background(
+            lambda: _end_sessions_of(
+                user_pk, EndReason.PASSWORD_CHANGED, action="Changing the password of"
+            )
+        )
+    )
+
+
 def end_sessions_of_signed_out_user(
     sender: Any, request: Any = None, user: Any = None, **kwargs: Any
 ) -> None:
@@ -135,7 +191,7 @@ def _after_commit(callback: Callable[[], None]) -> None:
 
 
 def _in_background(callback: Callable[[], None]) -> None:
-    """Run ``callback`` on a thread of its own, so a sign-out does not wait on Avaturn.
+    """Run ``callback`` on a thread of its own: a sign-out or a password change does not wait.
 
     Not a daemon: a process that exits (a script that signs users out) waits
     for the terminations instead of abandoning them.
@@ -145,18 +201,18 @@ def _in_background(callback: Callable[[], None]) -> None:
         try:
             callback()
         except Exception:
-            logger.exception("Ending the sessions of a user who signed out failed")
+            logger.exception("Ending the sessions of a user who went failed")
         finally:
             connections.close_all()
 
-    threading.Thread(target=run, name="avaturn-sign-out", daemon=False).start()
+    threading.Thread(target=run, name="avaturn-end-sessions", daemon=False).start()
 
 
 def _end_sessions_of(user_pk: Any, reason: str, *, action: str) -> None:
     def log_failure(result: Result) -> None:
         if result.outcome is Outcome.FAILED:
             logger.error(
-                _STILL_RUNNING_MESSAGE, action, user_pk, result.session.session_id, result.detail
+                _LEFT_FOR_RETRY_MESSAGE, action, user_pk, result.session.session_id, result.detail
             )
 
     sessions = Session.objects.filter(user_id=user_pk, status__in=_ENDABLE)

@@ -10,6 +10,8 @@ must not page anyone).
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.http import HttpRequest, JsonResponse
 from django.urls import URLPattern, path
 from django.utils.translation import gettext as _
@@ -39,8 +41,22 @@ urlpatterns: list[URLPattern] = []
 if SPECTACULAR_INSTALLED:
     from drf_spectacular.views import SpectacularAPIView
 
+    class AvaturnSchemaView(SpectacularAPIView):
+        """The schema of our one API version (``SCHEMA_SETTINGS["VERSION"]``).
+
+        A version the request asks for (``?version=``, or the project's DRF
+        versioning) is ignored: drf-spectacular would put it as given into
+        the schema and into the answer's ``Content-Disposition``, where a
+        quote adds a parameter and a newline is a 500.
+        """
+
+        versioning_class = None
+
+        def _get_version_parameter(self, request: Any) -> None:
+            return None
+
     urlpatterns.append(
-        path("", SpectacularAPIView.as_view(custom_settings=SCHEMA_SETTINGS), name="schema")
+        path("", AvaturnSchemaView.as_view(custom_settings=SCHEMA_SETTINGS), name="schema")
     )
 else:
     urlpatterns.append(path("", schema_not_installed, name="schema"))

@@ -37,6 +37,7 @@ from django_avaturn.avaturn_client import IncompleteSession
 from django_avaturn.clients import get_avaturn_client, get_openai_secrets
 from django_avaturn.exceptions import (
     AvaturnError,
+    NotConfigured,
     SessionLimitReached,
     SessionNotLive,
     SessionReplaced,
@@ -170,7 +171,7 @@ def start_session(
             row.refresh_from_db(fields=["end_reason"])
         except Session.DoesNotExist:
             # The user was deleted meanwhile, the row with them.
-            raise SessionNotLive() from None
+            raise UserNotActive() from None
         raise _claimed_error(row.end_reason)
 
     send_logged(session_started, session=row, request=request)
@@ -189,6 +190,9 @@ def _claimed_error(end_reason: str) -> AvaturnError:
         return SessionReplaced()
     if end_reason == EndReason.SHUTDOWN:
         return SessionsDisabled()
+    if end_reason == EndReason.USER:
+        # Deactivated meanwhile: answered as the reservation answers an inactive user.
+        return UserNotActive()
     return SessionNotLive()
 
 
@@ -482,14 +486,20 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> Outcome:
 
     Returns ``TERMINATED``, or ``ALREADY_GONE`` when Avaturn had ended it by
     itself. Idempotent: ending an ended session returns ``SKIPPED`` without
-    calling Avaturn. A session still starting is claimed and returns
-    ``STOPPED``: its own request terminates what Avaturn creates. If Avaturn
-    cannot be reached the row goes back to live (so a later attempt, or the
-    expiry command, can try again) and the ``UpstreamError`` propagates.
+    calling Avaturn; so does one whose end is in flight elsewhere, which is
+    taken over so that end cannot be undone. A session still starting is
+    claimed and returns ``STOPPED``: its own request terminates what Avaturn
+    creates. If Avaturn cannot be reached the ``UpstreamError`` propagates
+    and the row goes back to live for a retry when its asker retries (the
+    visitor, a replacing start, the expiry command; see
+    ``transitions.release_claimed``), else stays ending for the expiry
+    command's next run.
     """
     if reason not in EndReason.values:
         raise ValueError(f"Unknown end reason {reason!r}.")
     if not transitions.claim_for_end(session, reason=reason, detail=detail):
+        if session.status == SessionStatus.ENDING:
+            transitions.take_over([session])
         return Outcome.SKIPPED
     if session.started_at is None:  # only an activation sets it
         # Claimed while starting: its own request terminates what Avaturn creates.
@@ -526,7 +536,14 @@ def _terminate_claimed(session: Session) -> Outcome:
     """Terminate a live row this caller moved to ENDING, then give it its final status."""
     assert session.session_id is not None
     try:
-        terminated = get_avaturn_client().terminate_session(session.session_id)
+        client = get_avaturn_client()
+    except NotConfigured:
+        # Nothing was sent, and nothing can be until the setting is fixed.
+        transitions.release_claimed([session], sent=False)
+        transitions.refresh_if_present(session)
+        raise
+    try:
+        terminated = client.terminate_session(session.session_id)
     except AvaturnError:
         transitions.release_claimed([session])
         transitions.refresh_if_present(session)

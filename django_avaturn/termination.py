@@ -14,8 +14,9 @@ of rows at a time:
 2. **Terminate** the claimed sessions upstream, outside any transaction, a
    bounded number at a time (``concurrency.run_bounded``).
 3. **Finish** them in bulk (``transitions``): terminated or already
-   gone rows get their final status, failed ones go back to live so a later
-   run retries them.
+   gone rows get their final status; failed ones stay ending, awaiting the
+   expiry command's next run (or, for the expiry command's own stale sweep,
+   go back to live so that its next run judges them again).
 
 Each step costs a fixed number of queries per batch, and only one batch of
 rows is held in memory, however many sessions there are.
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from django_avaturn import transitions
@@ -171,12 +172,14 @@ def claim(
     *,
     from_status: str,
     detail_for: Callable[[Session], str],
+    only: Q | None = None,
     **fields: Any,
 ) -> list[Session]:
     """Move the rows still in ``from_status`` to ``fields``; return exactly those this call moved.
 
     One ``UPDATE`` per distinct detail, then one ``SELECT`` for the claim
     stamp, which makes the answer exact even on a database without row locks.
+    ``only`` narrows the ``UPDATE`` further (the caller passes rows that match it).
     """
     stamp = timezone.now()
     groups: dict[str, list[Any]] = {}
@@ -189,7 +192,10 @@ def claim(
         values = dict(fields, updated_at=stamp)
         if detail:
             values["end_detail"] = detail[:500]
-        Session.objects.filter(pk__in=pks, status=from_status).update(**values)
+        targets = Session.objects.filter(pk__in=pks, status=from_status)
+        if only is not None:
+            targets = targets.filter(only)
+        targets.update(**values)
     candidates = [pk for pks in groups.values() for pk in pks]
     won = set(
         Session.objects.filter(pk__in=candidates, updated_at=stamp).values_list("pk", flat=True)
@@ -222,10 +228,11 @@ def terminate_claimed(
 
     With ``upstream`` false nothing is sent to Avaturn: the rows are recorded
     as ended (``MARKED``), for sessions known to be over already. A row whose
-    terminate fails goes back to ``LIVE`` (it was live when claimed, and a
-    later end retries it), unless ``release`` is false: then it stays
-    ``ENDING``, for rows that must not read as live again (a start's orphan,
-    an end staff asked for), and the expiry command retries it.
+    terminate fails goes back to ``LIVE`` where ``transitions.release_claimed``
+    allows (a later end retries it), unless ``release`` is false: then it
+    stays ``ENDING``, ``awaiting_retry``, for rows that must not read as live
+    again (a start's orphan, an end staff asked for), and the expiry
+    command's next run retries it.
     """
     if not rows:
         return []
@@ -262,8 +269,8 @@ def terminate_claimed(
         for row in done:
             # As end_session() logs a single end, so every way out leaves a line.
             logger.info("Ended Avaturn session %s (%s)", row.session_id, row.end_reason)
-    if failed and release:
-        transitions.release_claimed(failed)
+    if failed:
+        (transitions.release_claimed if release else transitions.await_retry)(failed)
     # Anything but our own errors is a bug: surface it after the rows are consistent.
     for answer in answers:
         if isinstance(answer, Exception) and not isinstance(answer, AvaturnError):
@@ -280,6 +287,17 @@ def _describe(exc: Exception) -> str:
 # --------------------------------------------------------------------------- the admin's way in
 
 
+@dataclass(frozen=True)
+class _Claimed:
+    """What ``end_sessions`` claimed of one batch of ``rows``."""
+
+    rows: list[Session]
+    live: list[Session]
+    starting: list[Session]
+    retrying: list[Session]
+    in_flight: list[Session]
+
+
 def end_sessions(
     queryset: QuerySet[Session],
     *,
@@ -288,11 +306,15 @@ def end_sessions(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_result: ResultCallback | None = None,
 ) -> Tally:
-    """End every session in ``queryset``, whatever its status, as ``end_session()`` would.
+    """End every session in ``queryset``, whatever its status; none may run on.
 
-    Live sessions are terminated upstream; starting ones are claimed for their
-    own request to terminate (as ``end_session()`` does); ending and ended ones
-    are skipped.
+    Live sessions are terminated upstream; one whose terminate fails stays
+    ending, for the expiry command's next run, never live again. Starting
+    ones are claimed for their own request to terminate (as ``end_session()``
+    does). Ending ones: those awaiting a retry are terminated now; those whose
+    end is in flight elsewhere are taken over (``ALREADY_ENDING``), so that
+    end, if it fails, leaves them for the expiry command instead of putting
+    them back to live. Ended ones are skipped.
     """
     if reason not in EndReason.values:
         raise ValueError(f"Unknown end reason {reason!r}.")
@@ -303,7 +325,9 @@ def end_sessions(
     def reason_detail(row: Session) -> str:
         return detail
 
-    def claim_batch(rows: list[Session]) -> tuple[list[Session], list[Session], list[Session]]:
+    def claim_batch(rows: list[Session]) -> _Claimed:
+        # Read before the claims below move rows to ENDING.
+        ending = [row for row in rows if row.status == SessionStatus.ENDING]
         live = claim(
             rows,
             from_status=SessionStatus.LIVE,
@@ -318,13 +342,27 @@ def end_sessions(
             status=SessionStatus.ENDING,
             end_reason=reason,
         )
-        return rows, live, starting
+        # Left for a retry, nobody's now: retried here, with the reason they have.
+        retrying = claim(
+            [row for row in ending if row.awaiting_retry and row.session_id],
+            from_status=SessionStatus.ENDING,
+            detail_for=lambda row: "",
+            only=Q(awaiting_retry=True),
+            status=SessionStatus.ENDING,
+            awaiting_retry=False,
+        )
+        retried = {row.pk for row in retrying}
+        in_flight = [row for row in ending if row.pk not in retried and not row.awaiting_retry]
+        transitions.take_over(in_flight)
+        return _Claimed(rows, live, starting, retrying, in_flight)
 
-    for rows, live, starting in claimed_batches(queryset, claim_batch, batch_size=batch_size):
-        claimed = {row.pk for row in (*live, *starting)}
-        report(Result(row, Outcome.SKIPPED) for row in rows if row.pk not in claimed)
+    for batch in claimed_batches(queryset, claim_batch, batch_size=batch_size):
+        handled = {row.pk for row in (*batch.live, *batch.starting, *batch.retrying)}
+        handled.update(row.pk for row in batch.in_flight)
+        report(Result(row, Outcome.SKIPPED) for row in batch.rows if row.pk not in handled)
         # A starting row's own request terminates whatever Avaturn creates for
         # it: not terminated yet, so not reported as terminated.
-        report(Result(row, Outcome.STOPPED, detail) for row in starting)
-        report(terminate_claimed(live))
+        report(Result(row, Outcome.STOPPED, detail) for row in batch.starting)
+        report(Result(row, Outcome.ALREADY_ENDING, row.end_detail) for row in batch.in_flight)
+        report(terminate_claimed([*batch.live, *batch.retrying], release=False))
     return tally

@@ -8,8 +8,15 @@ around their calls to Avaturn.
 
 The lifecycle: ``STARTING`` → ``LIVE`` (``activate``) → ``ENDING`` (a claim:
 ``claim_for_end``, ``claim_replaced``, or the bulk claims in ``termination``)
-→ ``ENDED``/``EXPIRED``/``FAILED`` (``finish_claimed``), or back to ``LIVE``
-when the terminate failed (``release_claimed``).
+→ ``ENDED``/``EXPIRED``/``FAILED`` (``finish_claimed``). When the terminate
+fails, the row goes back to ``LIVE`` for its asker to retry
+(``release_claimed``) only if that asker retries and nobody has asked for the
+end since; otherwise it stays ``ENDING``, ``awaiting_retry``, and the expiry
+command's next run terminates it.
+
+Each claim writes ``updated_at`` (the claim stamp); ``take_over`` writes a
+fresh one on a row whose end is in flight, which is how a later asker (staff,
+the kill switch, the visitor) keeps that end from being undone.
 """
 
 from __future__ import annotations
@@ -19,10 +26,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from django_avaturn.exceptions import SessionNotLive, SessionReplaced, UpstreamError
+from django_avaturn import limits
+from django_avaturn.exceptions import (
+    NotConfigured,
+    SessionNotLive,
+    SessionReplaced,
+    UpstreamError,
+)
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.redaction import excerpt
 from django_avaturn.signals import send_logged, session_ended
@@ -31,6 +44,13 @@ logger = logging.getLogger(__name__)
 
 # Rows that hold (or are about to hold) a slot under the per-user cap.
 CAPPED_STATUSES = (SessionStatus.STARTING, SessionStatus.LIVE)
+
+# Ends whose asker retries a failed terminate itself, so the row goes back to
+# live for it: the widget retries its Stop, a replacing start fails (and its
+# visitor may start again), the next expiry run judges the row again. An end
+# asked for by staff, the kill switch or a user who went is never undone: a
+# failed terminate leaves its row ending for the expiry command.
+RETRIED_BY_ASKER = (EndReason.CLIENT, EndReason.REPLACED, EndReason.EXPIRED)
 
 
 # --------------------------------------------------------------------------- starting
@@ -76,7 +96,11 @@ def finish_without_upstream(row: Session, session_id: str) -> None:
     """A start whose row was claimed meanwhile terminated what it created: record the id, end."""
     now = timezone.now()
     Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(
-        status=SessionStatus.ENDED, session_id=session_id, ended_at=now, updated_at=now
+        status=SessionStatus.ENDED,
+        session_id=session_id,
+        ended_at=now,
+        updated_at=now,
+        awaiting_retry=False,
     )
 
 
@@ -109,6 +133,7 @@ def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = No
         "end_detail": detail[:500],
         "ended_at": now,
         "updated_at": now,
+        "awaiting_retry": False,
     }
     if session_id is not None:
         fields["session_id"] = session_id
@@ -126,8 +151,8 @@ def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = No
 def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = None) -> None:
     """Record an orphan's id on a row left ``ending``, for the expiry command to terminate.
 
-    Its sweep of rows stuck ``ending`` (``EXPIRE_STUCK_AFTER``) terminates them
-    upstream and only then gives them a final status, so a session Avaturn
+    The row is ``awaiting_retry``: the command's next run terminates it
+    upstream and only then gives it a final status, so a session Avaturn
     created is never recorded as ended while it may still run. A row someone
     else claimed keeps their end reason; a failed start's becomes
     ``upstream_error`` (and its final status ``failed``). Never raises.
@@ -137,12 +162,14 @@ def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = N
         "status": SessionStatus.ENDING,
         "session_id": session_id,
         "updated_at": now,
+        "awaiting_retry": True,
     }
     if exc is not None:
         fields["end_detail"] = failure_detail(exc)[:500]
     # A row without an id that is no longer live: still starting, claimed by
     # an ender, or already finished by the expiry command's sweep of stuck
-    # starts (a start slower than EXPIRE_STUCK_AFTER). Each is ours to reopen.
+    # starts (a start slower than its upstream timeouts allow, see
+    # clients.longest_start). Each is ours to reopen.
     ours = Session.objects.filter(pk=row.pk, session_id__isnull=True).exclude(
         status=SessionStatus.LIVE
     )
@@ -227,9 +254,10 @@ def finish_claimed(
         claimed = Session.objects.filter(pk__in=[s.pk for s in group], status=SessionStatus.ENDING)
         if only_without_id:
             claimed = claimed.filter(session_id__isnull=True)
-        claimed.update(status=final_status, ended_at=now, updated_at=now)
+        claimed.update(status=final_status, ended_at=now, updated_at=now, awaiting_retry=False)
         for session in group:
             session.status, session.ended_at, session.updated_at = final_status, now, now
+            session.awaiting_retry = False
     if notify:
         for session in sessions:
             # Only a session that went live (session_started was sent) ended;
@@ -247,15 +275,89 @@ def _final_status(end_reason: str) -> SessionStatus:
     return SessionStatus.ENDED
 
 
-def release_claimed(sessions: Sequence[Session]) -> None:
-    """Upstream termination failed: put claimed rows back to live so a later attempt retries."""
+def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
+    """Upstream termination failed: put claimed rows back to live for their asker to retry.
+
+    Only a row still as its caller claimed it (the same claim stamp: nobody
+    took it over since, see ``take_over``), ended for a reason whose asker
+    retries (``RETRIED_BY_ASKER``; any reason when nothing was ``sent``: a
+    setting is missing, so nobody could have terminated it), and only while
+    the kill switch is on. Every other row stays ``ENDING``,
+    ``awaiting_retry``: the expiry command's next run terminates it; one the
+    kill switch kept from going live takes the switch as its reason.
+    Ordered against a flip of the switch (``limits.hold_switch``): either the
+    flip's sweep finds the row live again and ends it, or this sees the
+    switch off.
+    """
+    if not sessions:
+        return
     now = timezone.now()
-    Session.objects.filter(pk__in=[s.pk for s in sessions], status=SessionStatus.ENDING).update(
-        status=SessionStatus.LIVE, end_reason="", end_detail="", updated_at=now
-    )
+    pks = [session.pk for session in sessions]
+    by_stamp: dict[datetime, list[Any]] = {}
     for session in sessions:
-        session.status, session.end_reason, session.end_detail = SessionStatus.LIVE, "", ""
+        by_stamp.setdefault(session.updated_at, []).append(session.pk)
+    with transaction.atomic():
+        limits.hold_switch()
+        try:
+            switched_off = not limits.sessions_enabled()
+            enabled = not switched_off
+        except NotConfigured:
+            # Unsure whether sessions may run: nothing goes back to live.
+            switched_off, enabled = False, False
+        if enabled:
+            for stamp, group in by_stamp.items():
+                releasable = Session.objects.filter(
+                    pk__in=group, status=SessionStatus.ENDING, updated_at=stamp
+                )
+                if sent:
+                    releasable = releasable.filter(end_reason__in=RETRIED_BY_ASKER)
+                releasable.update(
+                    status=SessionStatus.LIVE, end_reason="", end_detail="", updated_at=now
+                )
+        kept = Session.objects.filter(pk__in=pks, status=SessionStatus.ENDING)
+        if switched_off:
+            kept.filter(end_reason__in=RETRIED_BY_ASKER).update(end_reason=EndReason.SHUTDOWN)
+        kept.update(awaiting_retry=True, updated_at=now)
+        fields = ("status", "end_reason", "end_detail", "awaiting_retry")
+        states = {
+            values[0]: values[1:]
+            for values in Session.objects.filter(pk__in=pks).values_list("pk", *fields)
+        }
+    # The callers' copies, as written (a row gone with its user is left as it was).
+    for session in sessions:
+        for name, value in zip(fields, states.get(session.pk, ()), strict=False):
+            setattr(session, name, value)
         session.updated_at = now
+
+
+def await_retry(sessions: Sequence[Session]) -> None:
+    """A terminate failed for rows that must not read as live again: the expiry command retries."""
+    if not sessions:
+        return
+    now = timezone.now()
+    Session.objects.filter(
+        pk__in=[session.pk for session in sessions], status=SessionStatus.ENDING
+    ).update(awaiting_retry=True, updated_at=now)
+    for session in sessions:
+        if session.status == SessionStatus.ENDING:
+            session.awaiting_retry, session.updated_at = True, now
+
+
+def take_over(sessions: Sequence[Session]) -> None:
+    """Someone else's end of these ``ENDING`` rows is in flight: make sure it is not undone.
+
+    A fresh claim stamp: if that end's terminate fails, ``release_claimed``
+    no longer finds the row as it claimed it, so the row stays ending for the
+    expiry command instead of going back to live. A succeeding end finishes
+    it as usual. Rows already ``awaiting_retry`` are the expiry command's.
+    """
+    if not sessions:
+        return
+    Session.objects.filter(
+        pk__in=[session.pk for session in sessions],
+        status=SessionStatus.ENDING,
+        awaiting_retry=False,
+    ).update(updated_at=timezone.now())
 
 
 # --------------------------------------------------------------------------- heartbeat

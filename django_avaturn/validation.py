@@ -158,6 +158,7 @@ INT_SETTINGS: dict[str, Bounds] = {
     "MAX_LIVE_SESSIONS": Bounds(1, optional=True),
     "TERMINATE_CONCURRENCY": Bounds(1),
     "EXPIRE_IDLE_AFTER": Bounds(1, None, "seconds", optional=True),
+    "EXPIRE_UNJOINED_AFTER": Bounds(1, None, "seconds", optional=True),
     "EXPIRE_GRACE": Bounds(0, None, "seconds"),
     "EXPIRE_STUCK_AFTER": Bounds(1, None, "seconds"),
     "TRANSCRIPT_MAX_LENGTH": Bounds(1, None, "characters"),

@@ -142,6 +142,31 @@ def test_filters_by_status_and_reason(admin_client: Client, user: Any) -> None:
     assert [str(r) for r in response.context["cl"].result_list] == ["av-done"]
 
 
+@pytest.mark.parametrize("page", ["", "usage/"], ids=["list", "usage"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "status__exact=%00",
+        "end_reason__exact=live%00",
+        "status__exact=live&status__exact=%00",
+        "q=%00",
+        "user__id__exact=%00",
+        "created_at__gte=%00",
+        "o=%00",
+        "%00=1",
+    ],
+)
+def test_a_nul_in_a_filter_is_an_invalid_filter_not_a_500(
+    admin_client: Client, user: Any, page: str, query: str
+) -> None:
+    """PostgreSQL cannot compare a NUL: the query failed there, a 500 on both pages."""
+    live(user, "av-1")
+    response = admin_client.get(f"{CHANGELIST}{page}?{query}")
+    # As for any filter the admin cannot apply.
+    assert (response.status_code, response["Location"]) == (302, f"{CHANGELIST}?e=1")
+    assert admin_client.get(f"{CHANGELIST}{page}?status__exact=live").status_code == 200
+
+
 def test_change_page_is_read_only_and_scrubbed(admin_client: Client, user: Any) -> None:
     row = live(
         user,
@@ -227,7 +252,7 @@ def test_action_terminates_and_counts(
         assert row.end_detail == f"by staff user root@example.com (#{root.pk})"
     assert shown_messages(response) == [
         ("success", "Terminated 3 sessions."),
-        ("info", "1 session had already ended (or is being ended); it was skipped."),
+        ("info", "1 session had already ended; it was skipped."),
     ]
 
 
@@ -249,7 +274,7 @@ def test_action_reports_already_gone(admin_client: Client, upstream: Any, user: 
     ],
     ids=["5xx", "timeout"],
 )
-def test_action_failures_leave_rows_live_and_say_so(
+def test_action_failures_leave_rows_ending_for_the_expiry_command_and_say_so(
     admin_client: Client, upstream: Any, user: Any, fail: Any
 ) -> None:
     row = live(user, "av-fail")
@@ -257,10 +282,15 @@ def test_action_failures_leave_rows_live_and_say_so(
 
     response = act(admin_client, [row])
 
-    assert fresh(row).status == SessionStatus.LIVE
+    # Staff asked for the end: never live again, and the next expiry run retries it.
+    assert (fresh(row).status, fresh(row).end_reason) == (SessionStatus.ENDING, EndReason.ADMIN)
+    assert fresh(row).awaiting_retry
     [(level, text)] = shown_messages(response)
     assert level == "error"
-    assert text.startswith("1 session could not be terminated and is still live: av-fail: ")
+    assert text.startswith(
+        "1 session could not be terminated; it stays ending and the expiry command "
+        "retries it: av-fail: "
+    )
     assert "avaturn terminate session failed" in text
     for key in KEYS:
         assert key not in response.content.decode()
@@ -369,8 +399,8 @@ def test_button_terminates_with_csrf(django_user_model: Any, upstream: Any, user
     ("setup", "expected"),
     [
         (lambda up: up.avaturn.on_delete(404), ("warning", "already gone")),
-        (lambda up: up.avaturn.on_delete(500), ("error", "still live")),
-        (lambda up: up.avaturn.on_delete_raise(requests.ReadTimeout()), ("error", "still live")),
+        (lambda up: up.avaturn.on_delete(500), ("error", "stays ending")),
+        (lambda up: up.avaturn.on_delete_raise(requests.ReadTimeout()), ("error", "stays ending")),
     ],
     ids=["404", "5xx", "timeout"],
 )

@@ -284,7 +284,13 @@ def test_the_check_and_the_runtime_accept_the_same_values(settings: Any, name: s
 
 
 def test_a_heartbeat_too_slow_for_idle_expiry_is_w005(settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 600, "EXPIRE_IDLE_AFTER": 60}
+    # (W008, the first heartbeat against EXPIRE_UNJOINED_AFTER, has a test of its own.)
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "HEARTBEAT_INTERVAL": 600,
+        "EXPIRE_IDLE_AFTER": 60,
+        "EXPIRE_UNJOINED_AFTER": None,
+    }
     assert ids(avaturn_messages()) == ["django_avaturn.W005"]
     settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 30, "EXPIRE_IDLE_AFTER": 60}
     assert avaturn_messages() == []
@@ -301,6 +307,21 @@ def test_a_transcript_byte_cap_below_one_line_is_w011(settings: Any) -> None:
     assert ids(avaturn_messages()) == ["django_avaturn.W011"]
     settings.AVATURN = {**settings.AVATURN, "TRANSCRIPT_MAX_BYTES": 4000}
     assert avaturn_messages() == []
+
+
+def test_a_first_heartbeat_too_late_for_the_unjoined_rule_is_w012(settings: Any) -> None:
+    # The widget joins (up to 20 s), then beats every 40 s: 20 + 2 x 40 > 90.
+    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 40, "WIDGET_INIT_TIMEOUT": 20}
+    [message] = avaturn_messages()
+    assert message.id == "django_avaturn.W012"
+    assert "EXPIRE_UNJOINED_AFTER" in message.msg and "(100 s)" in message.msg
+    # Exactly one interval to spare is enough; so is the rule turned off.
+    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 35}
+    assert avaturn_messages() == []
+    for off in ("EXPIRE_UNJOINED_AFTER", "EXPIRE_IDLE_AFTER"):
+        settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 40, off: None}
+        assert avaturn_messages() == []
+        settings.AVATURN = {k: v for k, v in settings.AVATURN.items() if k != off}
 
 
 def test_sqlite_without_immediate_transactions_is_w006(monkeypatch: pytest.MonkeyPatch) -> None:

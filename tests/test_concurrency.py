@@ -24,6 +24,7 @@ from rest_framework.test import APIClient
 
 from django_avaturn import services, transitions
 from django_avaturn.exceptions import AvaturnError
+from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.outcomes import Outcome
 from django_avaturn.session_config import build_plan
@@ -448,4 +449,125 @@ def test_ending_every_session_waits_for_a_row_a_heartbeat_is_updating(
 
     assert tally[Outcome.TERMINATED] == 1
     assert Session.objects.get(pk=pk).status == SessionStatus.ENDED
+    assert_no_orphans(live_fake)
+
+
+# --------------------------------------------------------------------------- ends in flight
+
+
+def _browser(user: Any) -> APIClient:
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+def _staff(django_user_model: Any) -> Any:
+    from django.test import Client
+
+    root = django_user_model.objects.create_superuser(email="root@example.com", password="pw")
+    client = Client()
+    client.force_login(root)
+    return client
+
+
+def _heartbeat(client: APIClient, session_id: str) -> Any:
+    return csrf_json(client, "post", f"/avaturn/sessions/{session_id}/heartbeat/")
+
+
+def _staff_acts(how: str, staff: Any, row: Session) -> None:
+    changelist = "/admin/django_avaturn/session/"
+    if how == "kill switch":  # "Stop all sessions now"
+        response = staff.post(f"{changelist}kill-switch/", {"reason": "runaway spend"})
+    elif how == "terminate selected":
+        response = staff.post(
+            changelist,
+            {"action": "terminate_selected", "_selected_action": [row.pk], "index": 0},
+        )
+    else:  # the change page's Terminate button
+        response = staff.post(f"{changelist}{row.pk}/terminate/")
+    assert response.status_code == 302
+
+
+@pytest.mark.parametrize("staff_action", ["kill switch", "terminate selected", "terminate button"])
+@pytest.mark.parametrize("end_in_flight", ["replaced", "stopped"])
+def test_staff_ending_a_session_whose_failing_end_is_in_flight_leaves_nothing_billing(
+    live_fake: FakeUpstream,
+    settings: Any,
+    user: Any,
+    django_user_model: Any,
+    end_in_flight: str,
+    staff_action: str,
+) -> None:
+    """The visitor's session is being ended (a second tab replaces it, or Stop), and
+    Avaturn answers that terminate 503 three times, a second apart; a second in, staff
+    stop it. The failed end must not put the row back to live: its heartbeats would
+    keep answering 204, and no expiry run would end it before its max_duration.
+    """
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "AVATURN_TIMEOUT": 5,  # a second's wait is an answer, not a timeout
+        "TERMINATE_RETRIES": 2,
+    }
+    browser = _browser(user)
+    session_id = csrf_json(browser, "post", "/avaturn/sessions/").json()["session_id"]
+    assert _heartbeat(browser, session_id).status_code == 204
+    row = Session.objects.get(session_id=session_id)
+    staff = _staff(django_user_model)
+    live_fake.fail(AVATURN_TERMINATE, status=503, times=3, delay=1.0)
+    answers: list[Any] = []
+
+    def end() -> None:
+        try:
+            tab = _browser(user)
+            if end_in_flight == "replaced":  # a second tab's start
+                answers.append(csrf_json(tab, "post", "/avaturn/sessions/"))
+            else:  # the owner presses Stop
+                answers.append(csrf_json(tab, "delete", f"/avaturn/sessions/{session_id}/"))
+        finally:
+            connection.close()
+
+    ender = threading.Thread(target=end)
+    ender.start()
+    # A second in: the first of the three attempts has reached Avaturn.
+    assert wait_until(lambda: len(live_fake.requests_for(AVATURN_TERMINATE)) >= 1)
+    _staff_acts(staff_action, staff, row)
+    ender.join(timeout=30)
+    assert not ender.is_alive()
+
+    # All three attempts failed, and the session still runs upstream...
+    assert len(live_fake.requests_for(AVATURN_TERMINATE)) == 3
+    assert answers and answers[0].status_code >= 500
+    assert live_fake.live_session_ids() == {session_id}
+    # ...but its row is not live again: its heartbeats are refused...
+    assert _heartbeat(browser, session_id).status_code == 409
+    assert not Session.objects.filter(status=SessionStatus.LIVE).exists()
+    row.refresh_from_db()
+    assert row.status == SessionStatus.ENDING
+    assert row.awaiting_retry
+    if staff_action == "kill switch":
+        assert row.end_reason == EndReason.SHUTDOWN
+
+    # ...and the next expiry run retries it, and counts it.
+    report = expire_sessions()
+    assert report.tally[Outcome.TERMINATED] == 1
+    row.refresh_from_db()
+    assert (row.status, row.awaiting_retry) == (SessionStatus.ENDED, False)
+    assert_no_orphans(live_fake)
+
+
+def test_a_terminate_failing_before_the_kill_switch_flips_is_ended_by_its_sweep(
+    live_fake: FakeUpstream, settings: Any, user: Any, django_user_model: Any
+) -> None:
+    """The other order: the failed end put the row back to live first, and the sweep ends it."""
+    browser = _browser(user)
+    session_id = csrf_json(browser, "post", "/avaturn/sessions/").json()["session_id"]
+    live_fake.fail(AVATURN_TERMINATE, status=503)  # (no retries: FAST_TIMEOUTS)
+    stop = csrf_json(browser, "delete", f"/avaturn/sessions/{session_id}/")
+    assert stop.status_code == 502
+    assert Session.objects.get(session_id=session_id).status == SessionStatus.LIVE
+
+    _staff_acts("kill switch", _staff(django_user_model), Session.objects.get())
+
+    row = Session.objects.get(session_id=session_id)
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.SHUTDOWN)
     assert_no_orphans(live_fake)

@@ -15,6 +15,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from django_avaturn.clients import longest_start
 from django_avaturn.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.management.commands.avaturn_expire_sessions import Command
 from django_avaturn.models import EndReason, Session, SessionStatus
@@ -129,12 +130,30 @@ def test_older_than_comes_first_and_idle_none_trusts_the_secret() -> None:
     assert policy.stale_because(row_at(started_ago=50, seen_ago=1000), NOW) is None
 
 
-@pytest.mark.parametrize("idle", [None, 300])
-def test_sql_filter_is_a_superset_of_the_policy(user: Any, idle: int | None) -> None:
-    policy = ExpiryPolicy(idle=idle, grace=60, stuck_after=300, default_max_duration=3600)
+def test_a_session_nobody_joined_is_stale_after_the_unjoined_threshold() -> None:
+    policy = ExpiryPolicy(
+        idle=300, grace=60, stuck_after=300, default_max_duration=3600, unjoined=90
+    )
+    never_joined = "no heartbeat within 90 s of going live (never joined)"
+    assert policy.stale_because(row_at(started_ago=91), NOW) == never_joined
+    assert policy.stale_because(row_at(started_ago=89), NOW) is None
+    # One heartbeat since it went live: its browser joined; the idle rule applies.
+    assert policy.stale_because(row_at(started_ago=1000, seen_ago=200), NOW) is None
+    # Heartbeats not consulted at all: neither is their absence.
+    off = ExpiryPolicy(idle=None, grace=60, stuck_after=300, default_max_duration=3600, unjoined=90)
+    assert off.stale_because(row_at(started_ago=1000), NOW) is None
+
+
+@pytest.mark.parametrize(("idle", "unjoined"), [(None, 90), (300, None), (300, 90)])
+def test_sql_filter_is_a_superset_of_the_policy(
+    user: Any, idle: int | None, unjoined: int | None
+) -> None:
+    policy = ExpiryPolicy(
+        idle=idle, grace=60, stuck_after=300, default_max_duration=3600, unjoined=unjoined
+    )
     now = timezone.now()
     n = 0
-    for started_ago in (10, 200, 400, 700, 3700):
+    for started_ago in (10, 100, 200, 400, 700, 3700):
         for expires_in in (None, -400, -30, 500):
             for seen_ago in (None, 5, 350):
                 for max_duration in (None, 60, 3600):
@@ -353,6 +372,30 @@ def test_no_upstream_marks_only(upstream: Any, user: Any) -> None:
     assert "1 marked without an upstream call" in out
 
 
+def test_a_session_whose_browser_never_joined_ends_on_the_first_run_after_90_s(
+    upstream: Any, user: Any, settings: Any
+) -> None:
+    """A page left while its start was in flight: the session went live, nobody came."""
+    unjoined = make(user, "av-unjoined", started_ago=91)
+    joining = make(user, "av-joining", started_ago=80)
+    joined = make(user, "av-joined", started_ago=200, seen_ago=10)
+
+    run()
+
+    assert (fresh(unjoined).status, fresh(unjoined).end_detail) == (
+        SessionStatus.EXPIRED,
+        "no heartbeat within 90 s of going live (never joined)",
+    )
+    assert upstream.avaturn.deleted == ["av-unjoined"]
+    assert fresh(joining).status == fresh(joined).status == SessionStatus.LIVE
+
+    # A site whose own front end sends no heartbeats turns the rule off.
+    settings.AVATURN = {**settings.AVATURN, "EXPIRE_UNJOINED_AFTER": None}
+    quiet = make(user, "av-quiet", started_ago=1000)
+    run()
+    assert fresh(quiet).status == SessionStatus.LIVE
+
+
 def test_older_than_and_idle_options(upstream: Any, user: Any) -> None:
     young = make(user, "av-young", started_ago=30, seen_ago=1)
     older = make(user, "av-older", started_ago=200, seen_ago=1)
@@ -426,6 +469,82 @@ def test_stuck_rows_are_cleaned_up(
     )
     assert fresh(ending_no_id).status == SessionStatus.ENDED
     assert fresh(recent_end).status == SessionStatus.ENDING
+
+
+def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
+    upstream: Any, user: Any, settings: Any
+) -> None:
+    """Not after a fixed EXPIRE_STUCK_AFTER: a dead start holds the caps as long as a live one."""
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "AVATURN_CONNECT_TIMEOUT": 5.0,
+        "AVATURN_TIMEOUT": 20.0,
+        "TERMINATE_RETRIES": 2,
+        "TERMINATE_RETRY_BACKOFF": 0.25,
+        "OPENAI_TIMEOUT": 15.0,
+        "OPENAI_MAX_RETRIES": 1,
+    }
+    # The replaced session's terminate: 3 attempts of 25 s, 0.25 + 0.5 s between;
+    # the client secret: 2 attempts of 15 s, up to 8 s between; the create: 25 s;
+    # and 30 s for the database.
+    assert longest_start() == 75.75 + 38 + 25 + 30
+
+    def starting(seconds_ago: float) -> Session:
+        row = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
+        created = timezone.now() - timedelta(seconds=seconds_ago)
+        Session.objects.filter(pk=row.pk).update(created_at=created)
+        return row
+
+    dead = starting(175)  # well short of EXPIRE_STUCK_AFTER (300 s)
+    alive = starting(160)
+
+    run()
+
+    assert (fresh(dead).status, fresh(dead).end_detail) == (
+        SessionStatus.FAILED,
+        "never finished starting",
+    )
+    assert fresh(alive).status == SessionStatus.STARTING
+
+    # Longer timeouts, a longer wait; "refuse" replaces nothing, so no terminate.
+    settings.AVATURN = {
+        **settings.AVATURN,
+        "AVATURN_TIMEOUT": 120.0,
+        "ON_SESSION_LIMIT": "refuse",
+    }
+    assert longest_start() == 38 + 125 + 30
+    slow = starting(185)
+    run()
+    assert fresh(slow).status == SessionStatus.STARTING
+
+
+def test_an_end_left_for_a_retry_is_retried_on_the_next_run_not_after_the_stuck_window(
+    upstream: Any, user: Any
+) -> None:
+    awaiting = make(user, "av-retry", status=SessionStatus.ENDING, end_reason=EndReason.SHUTDOWN)
+    Session.objects.filter(pk=awaiting.pk).update(awaiting_retry=True)
+    in_flight = make(user, "av-busy", status=SessionStatus.ENDING, end_reason=EndReason.CLIENT)
+    upstream.avaturn.on_delete(503)
+
+    # It fails again: still ending (never live), still awaiting, and the command says so.
+    with pytest.raises(CommandError, match="1 upstream termination"):
+        run()
+    row = fresh(awaiting)
+    assert (row.status, row.end_reason, row.awaiting_retry) == (
+        SessionStatus.ENDING,
+        EndReason.SHUTDOWN,
+        True,
+    )
+
+    upstream.avaturn.on_delete(200, {})
+    out, _ = run()
+
+    assert "1 terminated" in out
+    assert (fresh(awaiting).status, fresh(awaiting).awaiting_retry) == (SessionStatus.ENDED, False)
+    # An end in flight elsewhere (a recent claim, not awaiting) is left to its caller.
+    assert fresh(in_flight).status == SessionStatus.ENDING
+    called = {call.request.url.rsplit("/", 1)[1] for call in upstream.avaturn.delete_calls()}
+    assert called == {"av-retry"}
 
 
 def test_batches_keep_queries_flat(upstream: Any, user: Any) -> None:

@@ -18,7 +18,12 @@ from django.db import connection
 from django.utils import timezone
 
 from django_avaturn import services
-from django_avaturn.exceptions import SessionNotLive, StorageUnavailable, UpstreamError
+from django_avaturn.exceptions import (
+    SessionNotLive,
+    StorageUnavailable,
+    UpstreamError,
+    UserNotActive,
+)
 from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.signals import session_ended
@@ -132,9 +137,47 @@ def test_deleting_a_user_mid_start_is_a_clean_refusal_and_ends_the_session(
     user.delete()
     thread.join(10)
 
-    assert [type(exc) for exc in outcome] == [SessionNotLive]
+    # As a start for a user already deleted is refused: 403 not_authenticated.
+    assert [type(exc) for exc in outcome] == [UserNotActive]
     assert live_fake.live_session_ids() == set()
     assert not Session.objects.exists()
+
+
+def test_deactivating_a_user_mid_start_answers_403_as_an_inactive_users_start(
+    live_fake: FakeUpstream, user: Any, settings: Any
+) -> None:
+    """Not a 409 ``session_ended``: the user can no longer act, whatever they retry."""
+    from rest_framework.test import APIClient
+
+    from tests.live_fake import csrf_json
+
+    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    live_fake.set_latency(AVATURN_CREATE, 1.0)
+    browser = APIClient(enforce_csrf_checks=True)
+    browser.force_login(user)
+    answers: list[Any] = []
+
+    def start() -> None:
+        try:
+            answers.append(csrf_json(browser, "post", "/avaturn/sessions/"))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    assert wait_until(lambda: Session.objects.filter(status=SessionStatus.STARTING).exists())
+    user.is_active = False
+    user.save()
+    thread.join(10)
+
+    [answer] = answers
+    assert (answer.status_code, answer.json()["code"]) == (403, "not_authenticated")
+    # The same answer a start gets once the user is inactive.
+    assert csrf_json(browser, "post", "/avaturn/sessions/").status_code == 403
+    assert (Session.objects.get().end_reason, live_fake.live_session_ids()) == (
+        EndReason.USER,
+        set(),
+    )
 
 
 def test_deleting_a_user_terminates_ends_still_waiting_for_a_retry(

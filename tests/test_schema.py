@@ -157,6 +157,24 @@ def test_only_our_endpoints_are_published(client: Any, settings: Any) -> None:
     assert response.json()["info"]["title"] == SCHEMA_SETTINGS["TITLE"]
 
 
+@pytest.mark.parametrize(
+    "version",
+    ["1\"; filename*=UTF-8''evil.html", "1\r\nX-Injected: yes", "1\x00\x07\x1b", "v\u2028"],
+    ids=["quote", "newline", "control", "line-separator"],
+)
+def test_a_version_parameter_is_neither_a_500_nor_a_header_parameter(
+    client: Any, settings: Any, version: str
+) -> None:
+    settings.ROOT_URLCONF = "example_project.urls"
+    response = client.get(
+        "/api/schema/", {"version": version}, HTTP_ACCEPT="application/vnd.oai.openapi+json"
+    )
+    assert response.status_code == 200
+    # The app's one version, whatever was asked for: nothing of the query is echoed.
+    assert response["Content-Disposition"] == f'inline; filename="{SCHEMA_SETTINGS["TITLE"]}.json"'
+    assert response.json()["info"]["version"] == SCHEMA_SETTINGS["VERSION"]
+
+
 def test_everything_works_without_drf_spectacular() -> None:
     # A fresh interpreter in which drf_spectacular cannot be imported.
     code = textwrap.dedent(

@@ -64,6 +64,49 @@ def test_kill_switch_row_refuses_and_can_be_turned_back_on(api_client: Any, upst
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
 
 
+def test_a_session_the_kill_switch_cannot_terminate_is_never_live_again(
+    api_client: Any, upstream: Any
+) -> None:
+    from django_avaturn.expiry import expire_sessions
+    from django_avaturn.models import EndReason
+    from django_avaturn.termination import end_sessions
+
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    heartbeat = f"/avaturn/sessions/{session_id}/heartbeat/"
+    upstream.avaturn.on_delete(503)
+
+    limits.set_sessions_enabled(False, reason="runaway spend")
+    tally = end_sessions(Session.objects.active(), reason=EndReason.SHUTDOWN)
+
+    assert tally.failed == 1
+    assert csrf_post(api_client, heartbeat).status_code == 409
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDING, EndReason.SHUTDOWN)
+    assert row.awaiting_retry
+    # The next expiry run retries it (Avaturn answers again).
+    upstream.avaturn.on_delete(200, {})
+    assert expire_sessions().tally.ended == 1
+    assert Session.objects.get().status == SessionStatus.ENDED
+
+
+def test_a_visitors_failed_stop_under_the_kill_switch_waits_for_the_expiry_command(
+    api_client: Any, upstream: Any
+) -> None:
+    """A Stop whose terminate fails goes back to live for the widget to retry, unless
+    the kill switch is off: then it stays ending, with the switch as its reason."""
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    upstream.avaturn.on_delete(503)
+    limits.set_sessions_enabled(False)
+
+    assert csrf_delete(api_client, f"/avaturn/sessions/{session_id}/").status_code == 502
+
+    row = Session.objects.get()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDING, "shutdown")
+    assert row.awaiting_retry
+    # The widget's retry of Stop: the end is the expiry command's now, and that is no error.
+    assert csrf_delete(api_client, f"/avaturn/sessions/{session_id}/").status_code == 204
+
+
 # ------------------------------------------------------------------ site-wide cap
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ from django.db import transaction
 from django.test import Client
 
 from django_avaturn import services
+from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.outcomes import Outcome
 from django_avaturn.testing import AVATURN_TERMINATE, FakeUpstream
 from tests.live_fake import wait_until
 
@@ -129,8 +132,16 @@ def test_deactivation_that_cannot_terminate_says_which_session_runs_on(
         user.save()
     [record] = [r for r in caplog.records if r.name == "django_avaturn.receivers"]
     assert session.session_id in record.getMessage() and "503" in record.getMessage()
+    assert "the expiry command's next run retries it" in record.getMessage()
     session.refresh_from_db()
-    assert session.status == SessionStatus.LIVE  # for the expiry command's idle rule
+    # Its browser can no longer end it: never live again, and the next run retries it.
+    assert (session.status, session.end_reason) == (SessionStatus.ENDING, EndReason.USER)
+    assert session.awaiting_retry
+    live_fake.clear_faults()
+    assert expire_sessions().tally[Outcome.TERMINATED] == 1
+    session.refresh_from_db()
+    assert (session.status, session.end_reason) == (SessionStatus.ENDED, EndReason.USER)
+    assert live_fake.live_session_ids() == set()
 
 
 def test_signing_out_ends_the_users_sessions(
@@ -226,3 +237,68 @@ def test_an_activation_during_a_deletion_waits_and_then_finds_no_row(user: Any) 
     activator.join(10)
 
     assert outcome == {"activation_waited": True, "activated": 0}
+
+
+def _ended_for_password_change(session: Session) -> bool:
+    return Session.objects.filter(
+        pk=session.pk, status=SessionStatus.ENDED, end_reason=EndReason.PASSWORD_CHANGED
+    ).exists()
+
+
+def test_changing_the_password_ends_the_users_sessions(
+    live_fake: FakeUpstream, user: Any, other_user: Any
+) -> None:
+    """Django signs every other browser out (their session auth hash no longer matches):
+    those can no longer stop their sessions, so the change ends them, as signing out does."""
+    mine = services.start_session(user).session
+    theirs = services.start_session(other_user).session
+    browser = Client()
+    browser.force_login(user)
+
+    response = browser.post(
+        "/accounts/password_change/",
+        {"old_password": "pw", "new_password1": "a-new-pw-42", "new_password2": "a-new-pw-42"},
+    )
+
+    assert response.status_code == 302
+    assert wait_until(lambda: _ended_for_password_change(mine), timeout=15)
+    assert live_fake.live_session_ids() == {theirs.session_id}
+
+
+def test_a_password_set_elsewhere_ends_them_too(live_fake: FakeUpstream, user: Any) -> None:
+    from django.contrib.auth.hashers import make_password
+
+    first = services.start_session(user).session
+    # A reset, a management command, another process: a fresh instance, set and saved.
+    loaded = type(user).objects.get(pk=user.pk)
+    loaded.set_password("reset-by-email")
+    loaded.save()
+    assert wait_until(lambda: _ended_for_password_change(first), timeout=15)
+
+    # A hash written directly, saved with only that field.
+    second = services.start_session(user).session
+    loaded.password = make_password("written-directly")
+    loaded.save(update_fields=["password"])
+    assert wait_until(lambda: _ended_for_password_change(second), timeout=15)
+    assert live_fake.live_session_ids() == set()
+
+
+def test_saves_that_keep_the_password_end_nothing(
+    live_fake: FakeUpstream, user: Any, django_assert_num_queries: Any
+) -> None:
+    session = services.start_session(user).session
+    user.email = "ada.lovelace@example.com"
+    user.save()
+    # Signing in writes last_login only: not even a query to compare the hash.
+    with django_assert_num_queries(1):
+        user.save(update_fields=["last_login"])
+    browser = Client()
+    assert browser.login(email="ada.lovelace@example.com", password="pw")
+
+    # Any ending in the background (none is expected) has finished before we look.
+    for thread in threading.enumerate():
+        if thread.name == "avaturn-end-sessions":
+            thread.join(15)
+    session.refresh_from_db()
+    assert session.status == SessionStatus.LIVE
+    assert live_fake.live_session_ids() == {session.session_id}
