@@ -27,6 +27,7 @@ from rest_framework.test import APIClient
 
 from django_avaturn import services
 from django_avaturn.exceptions import AvaturnError, SessionNotLive
+from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import ACTIVE_STATUSES, EndReason, Session, SessionStatus
 from django_avaturn.testing import AVATURN_CREATE, OPENAI_CLIENT_SECRET, FakeUpstream
 from tests.live_fake import assert_no_orphans, wait_until
@@ -176,7 +177,7 @@ def test_one_user_cannot_abandon_anothers_start(
     assert started.status_code == 201, started.content
 
 
-def test_an_abandon_avaturn_does_not_honour_is_a_502_and_the_row_stays_live(
+def test_an_abandon_avaturn_does_not_honour_is_a_502_and_left_for_the_expiry_command(
     api_client: Any, upstream: Any
 ) -> None:
     ref = new_ref()
@@ -187,8 +188,16 @@ def test_an_abandon_avaturn_does_not_honour_is_a_502_and_the_row_stays_live(
 
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
     row = Session.objects.get(session_id=session_id)
-    # As a failed DELETE: live again, for a retry or the expiry command.
-    assert (row.status, row.end_reason) == (SessionStatus.LIVE, "")
+    # Its page is gone, so nobody retries: never live again, the expiry command's to end.
+    assert (row.status, row.end_reason, row.awaiting_retry) == (
+        SessionStatus.ENDING,
+        "abandoned",
+        True,
+    )
+    upstream.avaturn.on_delete(200, {})
+    expire_sessions()
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, "abandoned")
 
 
 @pytest.mark.parametrize(

@@ -477,7 +477,9 @@ def _heartbeat(client: APIClient, session_id: str) -> Any:
 def _staff_acts(how: str, staff: Any, row: Session) -> None:
     changelist = "/admin/django_avaturn/session/"
     if how == "kill switch":  # "Stop all sessions now"
-        response = staff.post(f"{changelist}kill-switch/", {"reason": "runaway spend"})
+        response = staff.post(
+            f"{changelist}kill-switch/", {"reason": "runaway spend", "confirm": "yes"}
+        )
     elif how == "terminate selected":
         response = staff.post(
             changelist,
