@@ -223,11 +223,6 @@ def summarize(queryset: QuerySet[Session], *, now: datetime | None = None) -> Su
     )
 
 
-def total_seconds(queryset: QuerySet[Session]) -> float:
-    """Seconds talked in all started sessions of ``queryset`` (live ones up to now)."""
-    return summarize(queryset).seconds
-
-
 def usage_by_user(
     queryset: QuerySet[Session], *, limit: int = 100, now: datetime | None = None
 ) -> list[dict[str, Any]]:
