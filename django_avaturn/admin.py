@@ -303,10 +303,12 @@ class SessionAdmin(_ModelAdmin):
             # As the changelist does with filters it cannot apply (it was a 500 here).
             changelist = reverse(f"{self.admin_site.name}:django_avaturn_session_changelist")
             return HttpResponseRedirect(f"{changelist}?{ERROR_FLAG}=1")
-        days = usage.daily_usage(filtered, days=30)
+        # One clock for every figure, so a running session adds the same seconds to each.
+        now = timezone.now()
+        days = usage.daily_usage(filtered, days=30, now=now)
         bars, peak = charts.daily_bars(days)
-        per_user = usage.usage_by_user(filtered)
-        summary = usage.summarize(filtered)
+        per_user = usage.usage_by_user(filtered, now=now)
+        summary = usage.summarize(filtered, now=now)
         user_model: Any = get_user_model()
         users = user_model._default_manager.in_bulk([row["user_id"] for row in per_user])
         for row in per_user:

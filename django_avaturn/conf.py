@@ -228,13 +228,6 @@ class AvaturnSettings:
     def reload(self) -> None:
         self._cached.clear()
 
-    @property
-    def sdk_api_host(self) -> str:
-        """The browser SDK's ``apiHost`` (e.g. for a CSP's ``connect-src``), validated."""
-        from django_avaturn.validation import sdk_api_host  # (validation imports this module)
-
-        return sdk_api_host()
-
     def __repr__(self) -> str:
         # Never let a key reach a debugger, a log or an error page.
         return f"<{type(self).__name__} ({SETTINGS_NAME})>"

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
+from django_avaturn import usage
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import (
     NotConfigured,
@@ -25,7 +25,7 @@ from django_avaturn.exceptions import (
     SessionsDisabled,
     SiteLimitReached,
 )
-from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session, SessionStatus
+from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session
 from django_avaturn.validation import flag_setting, int_setting, required_choice_setting
 
 QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
@@ -182,51 +182,34 @@ def _window(now: datetime) -> tuple[datetime, datetime]:
     # user's zone (timezone.activate in a middleware) gets their midnight.
     zone = timezone.get_current_timezone()
     today = timezone.localtime(now, zone).date()
-    start = timezone.make_aware(datetime.combine(today, time.min), zone)
-    resets_at = timezone.make_aware(datetime.combine(today + timedelta(days=1), time.min), zone)
-    return start, resets_at
+    return usage.day_start(today, zone), usage.day_start(today + timedelta(days=1), zone)
 
 
 def usage_for(user: Any, *, now: datetime | None = None, exclude_pk: int | None = None) -> Usage:
-    """Sessions started and seconds talked by ``user`` in the current window."""
+    """``user``'s sessions and seconds talked in the current window, as ``usage`` counts them.
+
+    One query. A ``"day"`` window is today's entry of ``usage.daily_usage``;
+    a rolling one the last 24 hours, and it resets when its oldest session
+    leaves it.
+    """
     now = now or timezone.now()
     window_start, resets_at = _window(now)
-    mine = Session.objects.filter(user_id=user.pk)
+    rolling = required_choice_setting("QUOTA_WINDOW") == "rolling"
+    mine = Session.objects.for_user(user)
     if exclude_pk is not None:
         mine = mine.exclude(pk=exclude_pk)
     # Starts still in flight count too, or concurrent starts could all slip under the limit.
-    sessions = (
-        mine.filter(created_at__gte=window_start).exclude(status=SessionStatus.FAILED).count()
+    used = usage.window_usage(
+        mine, since=window_start, until=None if rolling else resets_at, now=now
     )
-    rows = (
-        mine.filter(started_at__isnull=False, started_at__lt=now)
-        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=window_start))
-        .values_list("started_at", "ended_at")
+    if rolling:
+        resets_at = (used.first_start or now) + timedelta(days=1)
+    return Usage(
+        sessions=used.sessions,
+        seconds=used.seconds,
+        window_start=window_start,
+        resets_at=resets_at,
     )
-    seconds = 0.0
-    for started_at, ended_at in rows.iterator():
-        assert started_at is not None  # filtered above
-        # Only the part of each session inside the window counts: a call
-        # across midnight is split between the two days.
-        begin = max(started_at, window_start)
-        end = min(ended_at or now, now)
-        if end > begin:
-            seconds += (end - begin).total_seconds()
-    if required_choice_setting("QUOTA_WINDOW") == "rolling":
-        resets_at = _rolling_reset(mine, window_start, now)
-    return Usage(sessions=sessions, seconds=seconds, window_start=window_start, resets_at=resets_at)
-
-
-def _rolling_reset(mine: Any, window_start: datetime, now: datetime) -> datetime:
-    """When the oldest session still inside the last 24 hours leaves it."""
-    oldest = (
-        mine.filter(created_at__gte=window_start)
-        .exclude(status=SessionStatus.FAILED)
-        .order_by("created_at")
-        .values_list("created_at", flat=True)
-        .first()
-    )
-    return (oldest or now) + timedelta(days=1)
 
 
 def ensure_quota(

@@ -32,6 +32,7 @@ def ended(user: Any, session_id: str, minutes: int, days_ago: int = 0) -> Sessio
         user=user,
         session_id=session_id,
         status=SessionStatus.ENDED,
+        created_at=start,  # sessions count on the day their start began
         started_at=start,
         ended_at=start + timedelta(minutes=minutes),
         end_reason=EndReason.CLIENT,

@@ -35,8 +35,10 @@ class QuotaSerializer(serializers.Serializer[Any]):
 
 class DayUsageSerializer(serializers.Serializer[Any]):
     date = serializers.DateField()
-    sessions = serializers.IntegerField(min_value=0)
-    minutes = serializers.FloatField(min_value=0)
+    sessions = serializers.IntegerField(min_value=0, help_text=_("Started that day."))
+    minutes = serializers.FloatField(
+        min_value=0, help_text=_("Talked that day: a call across midnight is split.")
+    )
 
 
 class UsageSerializer(serializers.Serializer[Any]):
@@ -45,10 +47,20 @@ class UsageSerializer(serializers.Serializer[Any]):
     window = serializers.ChoiceField(choices=sorted(QUOTA_WINDOWS))
     window_start = serializers.DateTimeField()
     resets_at = serializers.DateTimeField()
-    sessions = serializers.IntegerField(min_value=0, help_text=_("Started in this window."))
-    minutes = serializers.FloatField(min_value=0, help_text=_("Talked in this window."))
+    sessions = serializers.IntegerField(
+        min_value=0, help_text=_("Started in this window (every start but a failed one).")
+    )
+    minutes = serializers.FloatField(
+        min_value=0, help_text=_("Talked in this window, up to now: only its part of a call.")
+    )
     quota = QuotaSerializer()
-    days = DayUsageSerializer(many=True, help_text=_("The last 30 days, oldest first."))
+    days = DayUsageSerializer(
+        many=True,
+        help_text=_(
+            "The last 30 days, oldest first; today's entry is the window's figures "
+            'when the window is "day".'
+        ),
+    )
 
 
 class UsageView(AvaturnAPIView):
@@ -63,8 +75,10 @@ class UsageView(AvaturnAPIView):
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
         quota = limits.quota_for(request.user)
-        current = limits.usage_for(request.user)
-        days = usage.daily_usage(Session.objects.for_user(request.user), days=USAGE_DAYS)
+        # One clock for both, so a running session adds the same seconds to each.
+        now = timezone.now()
+        current = limits.usage_for(request.user, now=now)
+        days = usage.daily_usage(Session.objects.for_user(request.user), days=USAGE_DAYS, now=now)
         body = {
             "window": avaturn_settings.QUOTA_WINDOW,
             "window_start": current.window_start.isoformat(),
