@@ -416,13 +416,14 @@ def test_the_scripts_fallback_messages_are_the_templates() -> None:
 
     package = Path(__file__).resolve().parent.parent / "django_avaturn"
     template = (package / "templates/django_avaturn/widget.html").read_text()
-    script = (package / "static/django_avaturn/avaturn-widget.js").read_text()
+    script = (package / "static/django_avaturn/widget/messages.js").read_text()
     in_template = dict(
         re.findall(r'<span data-key="(\w+)">\{% translate "([^"]+)" %\}</span>', template)
     )
-    block = script[script.index("const FALLBACK_MESSAGES = {") :]
+    block = script[script.index("export const FALLBACK_MESSAGES = {") :]
     block = block[: block.index("};")]
-    in_script = dict(re.findall(r'^\s+(\w+): "([^"]+)",$', block, re.M))
+    # One entry a line, or its value on the next when the formatter wraps it.
+    in_script = dict(re.findall(r'^\s+(\w+):\s+"([^"]+)",$', block, re.M))
     assert in_template and in_script == in_template
 
 

@@ -46,12 +46,28 @@ REQUIRED_IN_PACKAGE = [
     "django_avaturn/migrations/0001_initial.py",
     "django_avaturn/templates/django_avaturn/widget.html",
     "django_avaturn/static/django_avaturn/avaturn-widget.js",
+    # The modules the entry script imports (tests/test_widget_modules.py walks them).
+    *sorted(
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "django_avaturn/static/django_avaturn/widget").glob("*.js")
+    ),
     "django_avaturn/static/django_avaturn/avaturn-widget.css",
     "django_avaturn/templatetags/avaturn.py",
     "django_avaturn/testing/__main__.py",
     "django_avaturn/testing/standin-sdk.js",
 ]
-FORBIDDEN_FRAGMENTS = [".sqlite3", "__pycache__", ".pyc", "node_modules", "/.sdk/", ".env"]
+FORBIDDEN_FRAGMENTS = [
+    ".sqlite3",
+    "__pycache__",
+    ".pyc",
+    "node_modules",
+    "/.sdk/",
+    ".env",
+    # The JavaScript tooling: development only.
+    "package.json",
+    "package-lock.json",
+    "biome.json",
+]
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
