@@ -26,9 +26,7 @@ from django_avaturn.exceptions import (
     SiteLimitReached,
 )
 from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session
-from django_avaturn.validation import QUOTA_KEYS, Quota, parse_quota
-
-__all__ = ["QUOTA_KEYS", "Quota", "parse_quota"]  # (defined with the QUOTAS rule)
+from django_avaturn.validation import Quota, parse_quota
 
 # Any fixed 64-bit numbers: the keys of PostgreSQL advisory locks. The first
 # serialises starts while a site-wide cap is configured; starts hold the

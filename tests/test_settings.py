@@ -103,7 +103,7 @@ def test_an_invalid_value_raises_the_same_error_at_every_read(settings: Any) -> 
 
 
 def test_values_come_typed_as_their_readers_use_them(settings: Any) -> None:
-    from django_avaturn.limits import Quota
+    from django_avaturn.validation import Quota
 
     settings.AVATURN = {"QUOTAS": {"minutes_per_day": 30}, "OPENAI_TIMEOUT": 5, "AVATAR_ID": ""}
     assert Quota(minutes_per_day=30) == avaturn_settings.QUOTAS
