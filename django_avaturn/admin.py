@@ -37,12 +37,12 @@ from django_avaturn.admin_actions import (
     staff_detail,
     terminate_selected,
 )
+from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
 from django_avaturn.outcomes import Outcome
 from django_avaturn.redaction import scrub
 from django_avaturn.termination import end_sessions
-from django_avaturn.validation import flag_setting
 
 # Lines of a transcript on one admin page: the change page shows the first page.
 TRANSCRIPT_PAGE_SIZE = 200
@@ -425,7 +425,7 @@ class SessionAdmin(_ModelAdmin):
         if not self._may_read_transcripts(request, obj):
             return None
         try:
-            enabled = flag_setting("TRANSCRIPTS_ENABLED")
+            enabled = avaturn_settings.TRANSCRIPTS_ENABLED
         except NotConfigured:
             enabled = False  # the check reports the setting; the page must still open
         lines = _transcript_lines(obj)

@@ -4,7 +4,7 @@
 ``django_avaturn.E001``   ``rest_framework`` is not in ``INSTALLED_APPS``.
 ``django_avaturn.E002``   ``AVATURN`` is not a dict, or names a setting that does not exist
                           (the hint names the closest one).
-``django_avaturn.E003``   A setting has the wrong type or is out of the upstream's range.
+``django_avaturn.E003``   A setting is refused by its rule: wrong type, or out of range.
 ``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call.
 ``django_avaturn.E005``   The URLconf does not include ``django_avaturn.urls``.
 ``django_avaturn.E006``   ``TEST_MODE`` is on with ``DEBUG`` off.
@@ -39,29 +39,14 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
 from django.urls import NoReverseMatch
 
-from django_avaturn.clients import clean_key
-from django_avaturn.conf import (
-    DEFAULTS,
-    ENV_FALLBACKS,
-    IMPORT_STRINGS,
-    SETTINGS_NAME,
-    avaturn_settings,
-    import_callable,
-)
+from django_avaturn.conf import DEFAULTS, ENV_FALLBACKS, RULES, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.limits import parse_quota
-from django_avaturn.session_config import (
-    OPENAI_VOICES,
-    TEXT_SETTINGS,
-    check_session_shape,
-    check_text_setting,
-)
+from django_avaturn.session_config import OPENAI_VOICES
 from django_avaturn.testing import (
     DEFAULT_AVATURN_API_KEY,
     DEFAULT_OPENAI_API_KEY,
     is_loopback_host,
 )
-from django_avaturn.validation import RULES
 
 _HINT_SETTINGS = "See the Settings page of django-avaturn's documentation."
 
@@ -77,7 +62,11 @@ def _test_mode_on() -> bool:
 
 
 def _validation_errors() -> list[CheckMessage]:
-    """Every number, choice, flag and rate setting, through the validator the runtime uses."""
+    """Every setting, through the rule ``avaturn_settings`` applies when it is read.
+
+    E003, or the rule's own id (E004 for a dotted path that does not import).
+    The message never holds a key: ``validation.clean_key`` names only the setting.
+    """
     messages: list[CheckMessage] = []
     for name, rule in RULES.items():
         try:
@@ -87,7 +76,7 @@ def _validation_errors() -> list[CheckMessage]:
                 Error(
                     f"AVATURN['{name}']: {exc}",
                     hint=f"Set AVATURN['{name}'] to {rule.expects()}.",
-                    id="django_avaturn.E003",
+                    id=rule.check_id,
                 )
             )
     return messages
@@ -126,11 +115,6 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
     messages.extend(_misplaced_settings_warnings())
     messages.extend(_key_warnings())
     messages.extend(_validation_errors())
-    quota_error = _quota_error()
-    if quota_error is not None:
-        messages.append(quota_error)
-    messages.extend(_type_errors())
-    messages.extend(_import_errors())
     voice = _setting("VOICE")
     if isinstance(voice, str) and voice and voice not in OPENAI_VOICES:
         messages.append(
@@ -191,7 +175,7 @@ def _misplaced_settings_warnings() -> list[CheckMessage]:
 
 def _key_missing(name: str) -> bool:
     try:
-        return clean_key(name, _setting(name)) is None and not _test_mode_on()
+        return RULES[name].check(name, _setting(name)) is None and not _test_mode_on()
     except NotConfigured:
         return False  # set, but malformed: E003 says so
 
@@ -215,32 +199,13 @@ def _transcript_cap_warning() -> CheckMessage | None:
     )
 
 
-def _quota_error() -> Error | None:
-    # The same parser the start uses, so the check and the runtime cannot disagree.
-    try:
-        parse_quota(_setting("QUOTAS"))
-    except NotConfigured as exc:
-        return Error(
-            f"AVATURN['QUOTAS'] is invalid: {exc}",
-            hint='For example {"sessions_per_day": 5, "minutes_per_day": 30}.',
-            id="django_avaturn.E003",
-        )
-    return None
-
-
 def _key_warnings() -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     for name, env_name, service, check_id in (
         ("API_KEY", "AVATURN_API_KEY", "Avaturn", "django_avaturn.W001"),
         ("OPENAI_API_KEY", "OPENAI_API_KEY", "OpenAI", "django_avaturn.W002"),
     ):
-        try:
-            present = clean_key(name, _setting(name)) is not None
-        except NotConfigured as exc:
-            # The message names the setting, never the value.
-            messages.append(Error(str(exc), hint=_HINT_SETTINGS, id="django_avaturn.E003"))
-            continue
-        if not present and not _test_mode_on():  # TEST_MODE uses the fake's keys
+        if _key_missing(name):  # (TEST_MODE uses the fake's keys)
             messages.append(
                 Warning(
                     f"No {service} API key is configured; starting a session will answer 503.",
@@ -248,69 +213,6 @@ def _key_warnings() -> list[CheckMessage]:
                     id=check_id,
                 )
             )
-    return messages
-
-
-def _type_errors() -> list[CheckMessage]:
-    expectations: dict[str, tuple[type, ...]] = {
-        "REALTIME_SESSION": (dict,),
-        "ALLOWED_AVATARS": (list, tuple, set, frozenset),
-        "SDK_URL": (str,),
-        "SDK_INTEGRITY": (str,),
-    }
-    messages: list[CheckMessage] = []
-    for name, types in expectations.items():
-        value = _setting(name)
-        if isinstance(value, bool) or not isinstance(value, types):
-            messages.append(
-                Error(
-                    f"AVATURN['{name}'] must be {' or '.join(t.__name__ for t in types)}, "
-                    f"not {type(value).__name__}.",
-                    hint=_HINT_SETTINGS,
-                    id="django_avaturn.E003",
-                )
-            )
-    for name in TEXT_SETTINGS:
-        try:
-            check_text_setting(name, _setting(name))  # the start's own rule
-        except NotConfigured as exc:
-            messages.append(
-                Error(f"AVATURN['{name}']: {exc}", hint=_HINT_SETTINGS, id="django_avaturn.E003")
-            )
-    session = _setting("REALTIME_SESSION")
-    if isinstance(session, dict):
-        try:
-            check_session_shape(session)  # what the start checks, so they cannot disagree
-        except NotConfigured as exc:
-            messages.append(
-                Error(
-                    f"AVATURN['REALTIME_SESSION'] is not a GA realtime session: {exc}",
-                    hint="Avaturn drives GA realtime sessions only: 'type' stays 'realtime', "
-                    "and 'audio' and 'audio.output' are dicts.",
-                    id="django_avaturn.E003",
-                )
-            )
-    return messages
-
-
-def _import_errors() -> list[CheckMessage]:
-    """Every dotted path, through the import the runtime does (a JSON 503 there)."""
-    messages: list[CheckMessage] = []
-    for name in sorted(IMPORT_STRINGS):
-        value = _setting(name)
-        for path in value if isinstance(value, (list, tuple)) else [value]:
-            if not isinstance(path, str):
-                continue
-            try:
-                import_callable(f"AVATURN['{name}']", path)
-            except NotConfigured as exc:
-                messages.append(
-                    Error(
-                        str(exc),
-                        hint="Use a dotted path to an importable callable or class.",
-                        id="django_avaturn.E004",
-                    )
-                )
     return messages
 
 

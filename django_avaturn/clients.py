@@ -20,13 +20,6 @@ from django_avaturn.avaturn_client import AvaturnClient
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.openai_client import RealtimeSecrets, with_deadline
-from django_avaturn.validation import (
-    required_choice_setting,
-    required_int_setting,
-    required_url_setting,
-    seconds_setting,
-    url_setting,
-)
 
 _Client = TypeVar("_Client")
 
@@ -43,34 +36,9 @@ _openai: RealtimeSecrets | None = None
 _avaturn: AvaturnClient | None = None
 
 
-@sensitive_variables()
-def api_key(name: str) -> str | None:
-    """The key ``AVATURN[name]`` (or its environment variable) in use, cleaned; ``None`` if unset.
-
-    ``NotConfigured`` if it is set but cannot be a key.
-    """
-    return clean_key(name, avaturn_settings.raw(name))
-
-
-@sensitive_variables("value")
-def clean_key(name: str, value: object) -> str | None:
-    """``value`` as the key ``AVATURN[name]``; the system checks read keys through here too."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise NotConfigured(f"AVATURN['{name}'] must be a string, not {type(value).__name__}.")
-    # A key read from a file or a secret store often ends in a newline. Sent
-    # as is, it makes an illegal header, whose error message (which HTTP
-    # libraries log) quotes the whole header, key included.
-    value = value.strip()
-    if not value or not value.isascii() or not value.isprintable() or " " in value:
-        raise NotConfigured(f"AVATURN['{name}'] holds characters no API key has.")
-    return value
-
-
 @sensitive_variables("value")
 def _require(name: str, env_name: str) -> str:
-    value = api_key(name)
+    value: str | None = getattr(avaturn_settings, name)  # cleaned (see validation.clean_key)
     if value is None:
         raise NotConfigured(
             f"AVATURN['{name}'] is not set and the {env_name} environment variable is empty."
@@ -115,9 +83,9 @@ def _build(builder: Callable[[], _Client], service: str) -> _Client:
 def _build_openai_secrets() -> RealtimeSecrets:
     # Every setting first: a refusal then leaves no HTTP client's pool open.
     api_key = _require("OPENAI_API_KEY", "OPENAI_API_KEY")
-    base_url = url_setting("OPENAI_BASE_URL")
-    timeout = seconds_setting("OPENAI_TIMEOUT")
-    max_retries = required_int_setting("OPENAI_MAX_RETRIES")
+    base_url = avaturn_settings.OPENAI_BASE_URL
+    timeout = avaturn_settings.OPENAI_TIMEOUT
+    max_retries = avaturn_settings.OPENAI_MAX_RETRIES
     factory = avaturn_settings.OPENAI_HTTP_CLIENT
     http_client = factory() if factory is not None else openai.DefaultHttpxClient()
     if not isinstance(http_client, httpx2.Client):
@@ -139,12 +107,12 @@ def _build_openai_secrets() -> RealtimeSecrets:
 @sensitive_variables()
 def _build_avaturn_client() -> AvaturnClient:
     return AvaturnClient(
-        base_url=required_url_setting("API_URL"),
+        base_url=avaturn_settings.API_URL,
         api_key=_require("API_KEY", "AVATURN_API_KEY"),
-        connect_timeout=seconds_setting("AVATURN_CONNECT_TIMEOUT"),
-        read_timeout=seconds_setting("AVATURN_TIMEOUT"),
-        terminate_retries=required_int_setting("TERMINATE_RETRIES"),
-        retry_backoff=seconds_setting("TERMINATE_RETRY_BACKOFF"),
+        connect_timeout=avaturn_settings.AVATURN_CONNECT_TIMEOUT,
+        read_timeout=avaturn_settings.AVATURN_TIMEOUT,
+        terminate_retries=avaturn_settings.TERMINATE_RETRIES,
+        retry_backoff=avaturn_settings.TERMINATE_RETRY_BACKOFF,
     )
 
 
@@ -155,9 +123,9 @@ def longest_terminate() -> float:
     retries, each attempt bounded by connect plus read timeout, waiting
     ``TERMINATE_RETRY_BACKOFF`` doubled each time in between.
     """
-    attempt = seconds_setting("AVATURN_CONNECT_TIMEOUT") + seconds_setting("AVATURN_TIMEOUT")
-    retries = required_int_setting("TERMINATE_RETRIES")
-    backoff = seconds_setting("TERMINATE_RETRY_BACKOFF")
+    attempt = avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
+    retries = avaturn_settings.TERMINATE_RETRIES
+    backoff = avaturn_settings.TERMINATE_RETRY_BACKOFF
     return (retries + 1) * attempt + backoff * ((1 << retries) - 1)
 
 
@@ -170,13 +138,11 @@ def longest_start() -> float:
     and Avaturn's create (one attempt, never retried). A row starting longer
     belongs to a process that died; the expiry command fails it.
     """
-    replaced = (
-        longest_terminate() if required_choice_setting("ON_SESSION_LIMIT") == "end_oldest" else 0
-    )
-    openai_retries = required_int_setting("OPENAI_MAX_RETRIES")
-    openai_timeout = seconds_setting("OPENAI_TIMEOUT")
+    replaced = longest_terminate() if avaturn_settings.ON_SESSION_LIMIT == "end_oldest" else 0
+    openai_retries = avaturn_settings.OPENAI_MAX_RETRIES
+    openai_timeout = avaturn_settings.OPENAI_TIMEOUT
     mint = (openai_retries + 1) * openai_timeout + openai_retries * OPENAI_RETRY_WAIT
-    create = seconds_setting("AVATURN_CONNECT_TIMEOUT") + seconds_setting("AVATURN_TIMEOUT")
+    create = avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
     return replaced + mint + create + START_MARGIN
 
 

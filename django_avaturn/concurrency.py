@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from django_avaturn.validation import required_int_setting
+from django_avaturn.conf import avaturn_settings
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -24,7 +24,7 @@ R = TypeVar("R")
 
 def terminate_concurrency() -> int:
     """The configured number of upstream calls allowed in flight at once."""
-    return required_int_setting("TERMINATE_CONCURRENCY")
+    return avaturn_settings.TERMINATE_CONCURRENCY
 
 
 def run_bounded(

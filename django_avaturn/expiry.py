@@ -51,6 +51,7 @@ from django.utils import timezone
 
 from django_avaturn import transitions
 from django_avaturn.clients import longest_start
+from django_avaturn.conf import avaturn_settings
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.outcomes import Outcome
 from django_avaturn.termination import (
@@ -63,7 +64,6 @@ from django_avaturn.termination import (
     preflight,
     terminate_claimed,
 )
-from django_avaturn.validation import int_setting, required_int_setting
 
 Reporter = Callable[[Iterable[Result]], None]
 
@@ -91,12 +91,12 @@ class ExpiryPolicy:
     ) -> ExpiryPolicy:
         """The configured policy, with the command's ``idle`` and ``older_than`` over it."""
         return cls(
-            idle=idle if idle is not None else int_setting("EXPIRE_IDLE_AFTER"),
-            grace=required_int_setting("EXPIRE_GRACE"),
-            stuck_after=required_int_setting("EXPIRE_STUCK_AFTER"),
-            default_max_duration=required_int_setting("MAX_DURATION"),
+            idle=idle if idle is not None else avaturn_settings.EXPIRE_IDLE_AFTER,
+            grace=avaturn_settings.EXPIRE_GRACE,
+            stuck_after=avaturn_settings.EXPIRE_STUCK_AFTER,
+            default_max_duration=avaturn_settings.MAX_DURATION,
             older_than=older_than,
-            unjoined=int_setting("EXPIRE_UNJOINED_AFTER"),
+            unjoined=avaturn_settings.EXPIRE_UNJOINED_AFTER,
             starting_after=longest_start(),
         )
 
@@ -224,7 +224,7 @@ def _fail_stuck_starts(
                 "mid-start?). If one had reached Avaturn's create, that session cannot be "
                 "named; it ends by itself within its user_absent_timeout=%ss.",
                 len(rows),
-                required_int_setting("USER_ABSENT_TIMEOUT"),
+                avaturn_settings.USER_ABSENT_TIMEOUT,
             )
 
 

@@ -8,7 +8,7 @@ concurrent starts cannot both squeeze under a limit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,9 +26,7 @@ from django_avaturn.exceptions import (
     SiteLimitReached,
 )
 from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session
-from django_avaturn.validation import flag_setting, int_setting, required_choice_setting
-
-QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
+from django_avaturn.validation import Quota, parse_quota
 
 # Any fixed 64-bit numbers: the keys of PostgreSQL advisory locks. The first
 # serialises starts while a site-wide cap is configured; starts hold the
@@ -45,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 def sessions_enabled() -> bool:
     """Whether new sessions may start: the setting and the admin's switch must both allow it."""
-    if not flag_setting("SESSIONS_ENABLED"):
+    if not avaturn_settings.SESSIONS_ENABLED:
         return False
     switch = ServiceSwitch.objects.filter(pk=ServiceSwitch.SINGLETON_PK).values_list(
         "sessions_enabled", flat=True
@@ -95,7 +93,7 @@ def set_sessions_enabled(enabled: bool, *, by: Any = None, reason: str = "") -> 
 
 
 def site_cap() -> int | None:
-    return int_setting("MAX_LIVE_SESSIONS")
+    return avaturn_settings.MAX_LIVE_SESSIONS
 
 
 def lock_for_site_cap() -> None:
@@ -129,16 +127,6 @@ def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
 
 
 @dataclass(frozen=True)
-class Quota:
-    sessions_per_day: int | None = None
-    minutes_per_day: int | None = None
-
-    @property
-    def is_unlimited(self) -> bool:
-        return self.sessions_per_day is None and self.minutes_per_day is None
-
-
-@dataclass(frozen=True)
 class Usage:
     sessions: int
     seconds: float
@@ -148,8 +136,10 @@ class Usage:
 
 def quota_for(user: Any) -> Quota:
     hook = avaturn_settings.QUOTA_HOOK
+    if hook is None:
+        return avaturn_settings.QUOTAS
     try:
-        raw: Any = hook(user) if hook is not None else avaturn_settings.QUOTAS
+        raw: Any = hook(user)
     except Exception as exc:
         # The site's own code failed: log its traceback, answer a JSON 503, not a 500.
         logger.exception("QUOTA_HOOK raised")
@@ -157,26 +147,9 @@ def quota_for(user: Any) -> Quota:
     return parse_quota(raw)
 
 
-def parse_quota(raw: Any) -> Quota:
-    """``QUOTAS`` (or a hook's answer) as a ``Quota``; ``NotConfigured`` if malformed."""
-    if raw is None:
-        return Quota()
-    if not isinstance(raw, Mapping) or set(raw) - QUOTA_KEYS:
-        raise NotConfigured(f"Quotas must be a dict with keys among {sorted(QUOTA_KEYS)}.")
-    values: dict[str, int | None] = {}
-    for key in QUOTA_KEYS:
-        value = raw.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
-        ):
-            raise NotConfigured(f"Quota {key} must be None or a whole number, not {value!r}.")
-        values[key] = value
-    return Quota(**values)
-
-
 def _window(now: datetime) -> tuple[datetime, datetime]:
     """The current quota window and when it resets."""
-    if required_choice_setting("QUOTA_WINDOW") == "rolling":
+    if avaturn_settings.QUOTA_WINDOW == "rolling":
         return now - timedelta(days=1), now + timedelta(days=1)
     # The calendar day in the active time zone: a site that activates each
     # user's zone (timezone.activate in a middleware) gets their midnight.
@@ -194,7 +167,7 @@ def usage_for(user: Any, *, now: datetime | None = None, exclude_pk: int | None 
     """
     now = now or timezone.now()
     window_start, resets_at = _window(now)
-    rolling = required_choice_setting("QUOTA_WINDOW") == "rolling"
+    rolling = avaturn_settings.QUOTA_WINDOW == "rolling"
     mine = Session.objects.for_user(user)
     if exclude_pk is not None:
         mine = mine.exclude(pk=exclude_pk)
@@ -233,7 +206,7 @@ def ensure_quota(
     if quota.is_unlimited:
         return max_duration
     usage = usage_for(user, exclude_pk=new_row.pk)
-    rolling = required_choice_setting("QUOTA_WINDOW") == "rolling"
+    rolling = avaturn_settings.QUOTA_WINDOW == "rolling"
     if quota.sessions_per_day is not None and usage.sessions >= quota.sessions_per_day:
         raise QuotaExceeded(
             limit="sessions_per_day",

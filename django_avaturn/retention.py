@@ -6,17 +6,18 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from django_avaturn.conf import avaturn_settings
 from django_avaturn.models import Transcript
-from django_avaturn.validation import check_int, int_setting
 
 DEFAULT_BATCH_SIZE = 5000
 
 
 def retention_days(override: int | None = None) -> int | None:
     """Days to keep transcripts: the command's ``override``, else the setting (None: forever)."""
-    if override is not None:
-        return check_int("TRANSCRIPT_RETENTION_DAYS", override)
-    return int_setting("TRANSCRIPT_RETENTION_DAYS")
+    if override is None:
+        return avaturn_settings.TRANSCRIPT_RETENTION_DAYS
+    days: int | None = avaturn_settings.validate("TRANSCRIPT_RETENTION_DAYS", override)
+    return days
 
 
 def purge_transcripts(

@@ -35,6 +35,7 @@ from django.utils import timezone
 from django_avaturn import abandonment, limits, transitions
 from django_avaturn.avaturn_client import IncompleteSession
 from django_avaturn.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn.conf import avaturn_settings, sdk_api_host
 from django_avaturn.exceptions import (
     AvaturnError,
     NotConfigured,
@@ -50,12 +51,6 @@ from django_avaturn.models import ACTIVE_STATUSES, FINAL_STATUSES, EndReason, Se
 from django_avaturn.outcomes import Outcome
 from django_avaturn.session_config import SessionPlan, build_plan
 from django_avaturn.signals import send_logged, session_started
-from django_avaturn.validation import (
-    required_choice_setting,
-    required_int_setting,
-    sdk_api_host,
-    seconds_setting,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +102,8 @@ def start_session(
     if not getattr(user, "is_authenticated", False) or user.pk is None:
         raise ValueError("Sessions belong to a signed-in user.")
     plan = build_plan(request=request, avatar_id=avatar_id, config_name=config_name)
-    policy = required_choice_setting("ON_SESSION_LIMIT")
-    cap = required_int_setting("MAX_LIVE_SESSIONS_PER_USER")
+    policy = avaturn_settings.ON_SESSION_LIMIT
+    cap = avaturn_settings.MAX_LIVE_SESSIONS_PER_USER
     api_host = sdk_api_host()
     bounds = UpstreamBounds.from_settings()
     # (The kill switch is read once, under the reservation's locks.)
@@ -325,16 +320,13 @@ class UpstreamBounds:
 
     @classmethod
     def from_settings(cls) -> UpstreamBounds:
-        avaturn_call = seconds_setting("AVATURN_CONNECT_TIMEOUT") + seconds_setting(
-            "AVATURN_TIMEOUT"
-        )
-        retries = required_int_setting("TERMINATE_RETRIES")
-        backoff = seconds_setting("TERMINATE_RETRY_BACKOFF")
+        avaturn_call = avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
+        retries = avaturn_settings.TERMINATE_RETRIES
+        backoff = avaturn_settings.TERMINATE_RETRY_BACKOFF
         terminate = (retries + 1) * avaturn_call + backoff * (2**retries - 1)
-        openai_retries = required_int_setting("OPENAI_MAX_RETRIES")
-        mint = (openai_retries + 1) * seconds_setting(
-            "OPENAI_TIMEOUT"
-        ) + openai_retries * _OPENAI_RETRY_PAUSE
+        openai_retries = avaturn_settings.OPENAI_MAX_RETRIES
+        openai_timeout = avaturn_settings.OPENAI_TIMEOUT
+        mint = (openai_retries + 1) * openai_timeout + openai_retries * _OPENAI_RETRY_PAUSE
         return cls(terminate=terminate, start=mint + avaturn_call + terminate)
 
 

@@ -17,12 +17,7 @@ from django.http import HttpRequest
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.validation import (
-    check_int,
-    choice_setting,
-    required_choice_setting,
-    required_int_setting,
-)
+from django_avaturn.validation import check_session_shape
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +63,6 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
-# The shorthands a start sends as text, and whether each may be empty.
-TEXT_SETTINGS = {"MODEL": False, "VOICE": False, "INSTRUCTIONS": True}
-
-
-def check_text_setting(name: str, value: object) -> None:
-    """``NotConfigured`` unless ``value`` can be sent as ``name`` (the check uses it too)."""
-    if not isinstance(value, str) or (not value and not TEXT_SETTINGS[name]):
-        wanted = "a string" if TEXT_SETTINGS[name] else "a non-empty string"
-        # The type, not the value: a misplaced prompt could be pages long.
-        got = "an empty string" if value == "" else type(value).__name__
-        raise NotConfigured(f"{name} must be {wanted}, not {got}.")
-
-
 def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:
     hook: Callable[..., Any] | None = avaturn_settings.SESSION_CONFIG_HOOK
     if hook is None:
@@ -104,6 +86,13 @@ def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:
     return dict(result)
 
 
+def _overridden(overrides: Mapping[str, Any], key: str, name: str) -> Any:
+    """The hook's ``key`` if it returned one, else the setting ``name``; through ``name``'s rule."""
+    if key in overrides:
+        return avaturn_settings.validate(name, overrides[key])
+    return getattr(avaturn_settings, name)
+
+
 def build_plan(
     *,
     request: HttpRequest | None = None,
@@ -116,15 +105,14 @@ def build_plan(
     """
     overrides = _call_hook(request, config_name)
 
-    model = overrides.get("model", avaturn_settings.MODEL)
-    voice = overrides.get("voice", avaturn_settings.VOICE)
-    instructions = overrides.get("instructions", avaturn_settings.INSTRUCTIONS)
-    for name, value in (("MODEL", model), ("VOICE", voice), ("INSTRUCTIONS", instructions)):
-        check_text_setting(name, value)
+    # Each the setting, or what the hook returned in its place, through the setting's rule.
+    model: str = _overridden(overrides, "model", "MODEL")
+    voice: str = _overridden(overrides, "voice", "VOICE")
+    instructions: str = _overridden(overrides, "instructions", "INSTRUCTIONS")
 
-    extra_session = avaturn_settings.REALTIME_SESSION or {}
+    extra_session = avaturn_settings.REALTIME_SESSION
     hook_session = overrides.get("realtime_session") or {}
-    if not isinstance(extra_session, Mapping) or not isinstance(hook_session, Mapping):
+    if not isinstance(hook_session, Mapping):
         raise NotConfigured("REALTIME_SESSION must be a dict of GA session fields.")
     realtime_session = deep_merge(
         {
@@ -140,28 +128,27 @@ def build_plan(
     model = str(realtime_session.get("model", model))
     voice = str(realtime_session["audio"]["output"].get("voice", voice))
 
-    chosen_avatar = avatar_id or overrides.get("avatar_id") or avaturn_settings.AVATAR_ID or ""
+    default_avatar = avaturn_settings.AVATAR_ID
+    chosen_avatar = avatar_id or overrides.get("avatar_id") or default_avatar or ""
     # The request may choose only from the allow-list (the hook is trusted).
-    allowed = (avaturn_settings.AVATAR_ID, *(avaturn_settings.ALLOWED_AVATARS or ()))
+    allowed = (default_avatar, *avaturn_settings.ALLOWED_AVATARS)
     if avatar_id and avatar_id not in allowed:
         raise AvatarNotAllowed(avatar_id)
 
-    ttl = required_int_setting("CLIENT_SECRET_TTL")
+    ttl = avaturn_settings.CLIENT_SECRET_TTL
     # The hook may shorten (or lengthen) a session, within Avaturn's range.
-    max_duration = check_int(
-        "MAX_DURATION", overrides.get("max_duration", avaturn_settings.MAX_DURATION)
-    )
-    absent = required_int_setting("USER_ABSENT_TIMEOUT")
+    max_duration: int = _overridden(overrides, "max_duration", "MAX_DURATION")
+    absent = avaturn_settings.USER_ABSENT_TIMEOUT
 
     options: dict[str, Any] = {"max_duration": max_duration, "user_absent_timeout": absent}
     if chosen_avatar:
         options["avatar_id"] = str(chosen_avatar)
-    background = choice_setting("BACKGROUND")
+    background = avaturn_settings.BACKGROUND
     if background:
         options["background"] = background
-    render_model = choice_setting("RENDER_MODEL")
+    render_model = avaturn_settings.RENDER_MODEL
     if render_model:
-        options[required_choice_setting("RENDER_MODEL_FIELD")] = render_model
+        options[avaturn_settings.RENDER_MODEL_FIELD] = render_model
 
     return SessionPlan(
         realtime_session=realtime_session,
@@ -173,20 +160,6 @@ def build_plan(
         config_name=config_name,
         max_duration=max_duration,
     )
-
-
-def check_session_shape(session: Mapping[str, Any]) -> None:
-    """``NotConfigured`` unless ``session`` is a GA realtime session we can read.
-
-    The merged session is read back (``audio.output.voice``): a scalar where a
-    dict belongs would fail there with an AttributeError, a 500.
-    """
-    if session.get("type", "realtime") != "realtime":
-        # Avaturn only drives GA realtime sessions; anything else fails to start.
-        raise NotConfigured('REALTIME_SESSION "type" must be "realtime".')
-    audio = session.get("audio", {})
-    if not isinstance(audio, Mapping) or not isinstance(audio.get("output", {}), Mapping):
-        raise NotConfigured('REALTIME_SESSION "audio" and "audio.output" must be dicts.')
 
 
 class AvatarNotAllowed(ValueError):

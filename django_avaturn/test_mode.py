@@ -40,9 +40,9 @@ _fake: FakeUpstream | None = None
 
 def is_on() -> bool:
     """``AVATURN["TEST_MODE"]``, validated (``NotConfigured`` unless True or False)."""
-    from django_avaturn.validation import flag_setting  # (validation imports conf)
+    from django_avaturn.conf import avaturn_settings  # (conf imports this module lazily too)
 
-    return flag_setting("TEST_MODE")
+    return avaturn_settings.TEST_MODE
 
 
 def fake_upstream() -> FakeUpstream:

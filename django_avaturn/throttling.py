@@ -32,8 +32,8 @@ from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import StorageUnavailable
-from django_avaturn.validation import rate_setting
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class SlotRateThrottle(BaseThrottle):
     def __init__(self) -> None:
         # Validated: DRF would read "10/month" as ten a minute, and fail on
         # "10/fortnight" with a KeyError (a 500).
-        self.rate = rate_setting(self.rate_setting)
+        self.rate: str | None = getattr(avaturn_settings, self.rate_setting)
         self._free_at: float | None = None
 
     def get_cache_key(self, request: Request, view: Any) -> str:

@@ -17,9 +17,9 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import F
 
+from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import TranscriptFull
 from django_avaturn.models import Session, Transcript
-from django_avaturn.validation import required_int_setting
 
 
 def utf8_size(text: str) -> int:
@@ -33,8 +33,8 @@ def utf8_size(text: str) -> int:
 
 def store_line(session: Session, *, role: str, text: str, spoken_at: datetime | None) -> Transcript:
     """Store one line of ``session``'s transcript, or raise ``TranscriptFull``."""
-    max_lines = required_int_setting("TRANSCRIPT_MAX_LINES")
-    max_bytes = required_int_setting("TRANSCRIPT_MAX_BYTES")
+    max_lines = avaturn_settings.TRANSCRIPT_MAX_LINES
+    max_bytes = avaturn_settings.TRANSCRIPT_MAX_BYTES
     size = utf8_size(text)
     with transaction.atomic():
         # Not updated_at: it is the bulk claims' stamp (termination.claim), and a

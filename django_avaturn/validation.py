@@ -1,29 +1,50 @@
-"""The one definition of what every number, choice, flag and rate setting accepts.
+"""What each ``AVATURN`` setting accepts: the rule classes of the table in ``conf``.
 
-Both the system checks (``manage.py check``) and the code that uses a
-setting validate through here (``int_setting()``, ``seconds_setting()``,
-``choice_setting()``, ``rate_setting()``), so a value the check accepts is a
-value the runtime accepts, and the other way round.
+A rule's ``check(name, value)`` returns the value as the code uses it, or
+raises ``NotConfigured`` saying what is wrong (a JSON 503 at the API);
+``expects()`` says what it accepts (the system check's hint), and
+``check_id`` is the check's id for a refused value. ``conf.avaturn_settings``
+applies the rules when a setting is read and the system checks iterate the
+same table, so a value the check accepts is a value the runtime accepts, and
+the other way round.
+
+This module imports nothing of the app's but its exceptions: ``conf`` builds
+on it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from math import isfinite
-from typing import TypeVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
-from django_avaturn.conf import avaturn_settings
+from django.utils.module_loading import import_string
+from django.views.decorators.debug import sensitive_variables
+
 from django_avaturn.exceptions import NotConfigured
 
-_T = TypeVar("_T")
+MALFORMED = "django_avaturn.E003"
+NOT_IMPORTABLE = "django_avaturn.E004"
+
+
+class Rule(Protocol):
+    """What one setting accepts."""
+
+    check_id: ClassVar[str]
+
+    def expects(self) -> str: ...
+
+    def check(self, name: str, value: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
 class Bounds:
     """A whole-number setting's range."""
 
+    check_id: ClassVar[str] = MALFORMED
     low: int
     high: int | None = None
     unit: str = ""
@@ -52,6 +73,7 @@ class Bounds:
 class Seconds:
     """A duration in seconds: a number (int or float), above zero unless ``zero_ok``."""
 
+    check_id: ClassVar[str] = MALFORMED
     zero_ok: bool = False
 
     def expects(self) -> str:
@@ -69,6 +91,8 @@ class Seconds:
 @dataclass(frozen=True)
 class Flag:
     """A setting that is ``True`` or ``False``: a string such as ``"False"`` would read as on."""
+
+    check_id: ClassVar[str] = MALFORMED
 
     def expects(self) -> str:
         return "True or False"
@@ -90,6 +114,8 @@ _RATE = re.compile(
 class Rate:
     """A DRF throttle rate such as ``"10/minute"``, or ``None``/``""`` for no throttle."""
 
+    check_id: ClassVar[str] = MALFORMED
+
     def expects(self) -> str:
         return 'None or a rate such as "10/minute" (per second, minute, hour or day)'
 
@@ -109,6 +135,7 @@ class Url:
     inside the client's constructor, whose frame holds the API key.
     """
 
+    check_id: ClassVar[str] = MALFORMED
     optional: bool = False
 
     def expects(self) -> str:
@@ -134,6 +161,7 @@ class Url:
 class Choices:
     """A setting that takes one of a few strings."""
 
+    check_id: ClassVar[str] = MALFORMED
     values: frozenset[str]
     optional: bool = False  # None or "" is allowed (and means "Avaturn's default")
 
@@ -148,132 +176,196 @@ class Choices:
         return value
 
 
-INT_SETTINGS: dict[str, Bounds] = {
-    # OpenAI's and Avaturn's documented ranges (see upstream.md).
-    "CLIENT_SECRET_TTL": Bounds(10, 7200, "seconds"),
-    "MAX_DURATION": Bounds(60, 86400, "seconds"),
-    "USER_ABSENT_TIMEOUT": Bounds(10, None, "seconds"),
-    # Ours.
-    "MAX_LIVE_SESSIONS_PER_USER": Bounds(1),
-    "MAX_LIVE_SESSIONS": Bounds(1, optional=True),
-    "TERMINATE_CONCURRENCY": Bounds(1),
-    "EXPIRE_IDLE_AFTER": Bounds(1, None, "seconds", optional=True),
-    "EXPIRE_UNJOINED_AFTER": Bounds(1, None, "seconds", optional=True),
-    "EXPIRE_GRACE": Bounds(0, None, "seconds"),
-    "EXPIRE_STUCK_AFTER": Bounds(1, None, "seconds"),
-    "TRANSCRIPT_MAX_LENGTH": Bounds(1, None, "characters"),
-    "TRANSCRIPT_MAX_LINES": Bounds(1, None, "lines"),
-    "TRANSCRIPT_MAX_BYTES": Bounds(1, None, "bytes"),
-    # At least a day, as the expiry command's --purge-transcripts-older-than.
-    "TRANSCRIPT_RETENTION_DAYS": Bounds(1, None, "days", optional=True),
-    "SESSION_LIST_LIMIT": Bounds(1),
-    "OPENAI_MAX_RETRIES": Bounds(0),
-    "TERMINATE_RETRIES": Bounds(0),
-}
+@dataclass(frozen=True)
+class Text:
+    """A string, non-empty unless ``empty_ok``; with ``optional``, ``None`` (or ``""``) too.
 
-SECONDS_SETTINGS: dict[str, Seconds] = {
-    "OPENAI_TIMEOUT": Seconds(),
-    "AVATURN_CONNECT_TIMEOUT": Seconds(),
-    "AVATURN_TIMEOUT": Seconds(),
-    "TERMINATE_RETRY_BACKOFF": Seconds(zero_ok=True),
-    "WIDGET_INIT_TIMEOUT": Seconds(),
-    "HEARTBEAT_INTERVAL": Seconds(),
-}
+    A refusal names the type, never the value: a misplaced prompt could be
+    pages long.
+    """
 
-FLAG_SETTINGS: dict[str, Flag] = {
-    "TEST_MODE": Flag(),
-    "SESSIONS_ENABLED": Flag(),
-    "TRANSCRIPTS_ENABLED": Flag(),
-}
+    check_id: ClassVar[str] = MALFORMED
+    empty_ok: bool = False
+    optional: bool = False
 
-RATE_SETTINGS: dict[str, Rate] = {
-    "START_THROTTLE_RATE": Rate(),
-    "TRANSCRIPT_THROTTLE_RATE": Rate(),
-}
+    def expects(self) -> str:
+        text = "a string" if self.empty_ok else "a non-empty string"
+        return f"None or {text}" if self.optional else text
 
-URL_SETTINGS: dict[str, Url] = {
-    "API_URL": Url(),
-    "OPENAI_BASE_URL": Url(optional=True),
-    "SDK_API_HOST": Url(optional=True),
-}
+    def check(self, name: str, value: object) -> str | None:
+        if self.optional and value in (None, ""):
+            return None
+        if not isinstance(value, str) or (not value and not self.empty_ok):
+            got = "an empty string" if value == "" else type(value).__name__
+            raise NotConfigured(f"{name} must be {self.expects()}, not {got}.")
+        return value
+
+
+@dataclass(frozen=True)
+class Strings:
+    """A list (or tuple or set) of non-empty strings; a string alone is refused, not split."""
+
+    check_id: ClassVar[str] = MALFORMED
+
+    def expects(self) -> str:
+        return 'a list of non-empty strings, such as ["avatar-1"]'
+
+    def check(self, name: str, value: object) -> tuple[str, ...]:
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {type(value).__name__}.")
+        if not all(isinstance(item, str) and item for item in value):
+            raise NotConfigured(f"{name} must be {self.expects()}; it holds other items.")
+        return tuple(value)
+
+
+@sensitive_variables("value")
+def clean_key(name: str, value: object) -> str | None:
+    """``value`` as the key ``AVATURN[name]``, whitespace stripped; ``None`` if unset."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise NotConfigured(f"{name} must be a string, not {type(value).__name__}.")
+    # A key read from a file or a secret store often ends in a newline. Sent
+    # as is, it makes an illegal header, whose error message (which HTTP
+    # libraries log) quotes the whole header, key included.
+    value = value.strip()
+    if not value or not value.isascii() or not value.isprintable() or " " in value:
+        raise NotConfigured(f"{name} holds characters no API key has.")
+    return value
+
+
+@dataclass(frozen=True)
+class Key:
+    """An API key (``None`` or ``""``: unset); a refusal never quotes the value."""
+
+    check_id: ClassVar[str] = MALFORMED
+
+    def expects(self) -> str:
+        return "the API key, a string without spaces or control characters"
+
+    def check(self, name: str, value: object) -> str | None:
+        return clean_key(name, value)
+
+
+QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})
+
+
+@dataclass(frozen=True)
+class Quota:
+    sessions_per_day: int | None = None
+    minutes_per_day: int | None = None
+
+    @property
+    def is_unlimited(self) -> bool:
+        return self.sessions_per_day is None and self.minutes_per_day is None
+
+
+def parse_quota(raw: Any) -> Quota:
+    """``QUOTAS`` (or a ``QUOTA_HOOK``'s answer) as a ``Quota``; ``NotConfigured`` if malformed."""
+    if raw is None:
+        return Quota()
+    if not isinstance(raw, Mapping) or set(raw) - QUOTA_KEYS:
+        raise NotConfigured(f"Quotas must be a dict with keys among {sorted(QUOTA_KEYS)}.")
+    values: dict[str, int | None] = {}
+    for key in QUOTA_KEYS:
+        value = raw.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise NotConfigured(f"Quota {key} must be None or a whole number, not {value!r}.")
+        values[key] = value
+    return Quota(**values)
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """``QUOTAS``: a dict of ``QUOTA_KEYS`` to whole numbers or ``None``, read as a ``Quota``."""
+
+    check_id: ClassVar[str] = MALFORMED
+
+    def expects(self) -> str:
+        return 'a dict such as {"sessions_per_day": 5, "minutes_per_day": 30}'
+
+    def check(self, name: str, value: object) -> Quota:
+        return parse_quota(value)
+
+
+def check_session_shape(session: Mapping[str, Any]) -> None:
+    """``NotConfigured`` unless ``session`` is a GA realtime session we can read.
+
+    The merged session is read back (``audio.output.voice``): a scalar where a
+    dict belongs would fail there with an AttributeError, a 500.
+    """
+    if session.get("type", "realtime") != "realtime":
+        # Avaturn only drives GA realtime sessions; anything else fails to start.
+        raise NotConfigured('REALTIME_SESSION "type" must be "realtime".')
+    audio = session.get("audio", {})
+    if not isinstance(audio, Mapping) or not isinstance(audio.get("output", {}), Mapping):
+        raise NotConfigured('REALTIME_SESSION "audio" and "audio.output" must be dicts.')
+
+
+@dataclass(frozen=True)
+class RealtimeSession:
+    """``REALTIME_SESSION``: a dict of GA realtime session fields (merged over the shorthands)."""
+
+    check_id: ClassVar[str] = MALFORMED
+
+    def expects(self) -> str:
+        return (
+            "a dict of GA realtime session fields ('type' stays 'realtime'; 'audio' and "
+            "'audio.output' are dicts)"
+        )
+
+    def check(self, name: str, value: object) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise NotConfigured(
+                f"{name} must be a dict of GA session fields, not {type(value).__name__}."
+            )
+        check_session_shape(value)
+        return value
+
+
+def import_callable(name: str, path: str) -> Callable[..., Any]:
+    """``path`` imported; ``NotConfigured`` if it cannot be, or is not callable."""
+    try:
+        imported = import_string(path)
+    except ImportError as exc:
+        # The reason too: often a module the named one imports is missing.
+        raise NotConfigured(f"{name} names {path!r}, which cannot be imported: {exc}") from exc
+    if not callable(imported):
+        raise NotConfigured(f"{name} names {path!r}, which is not callable.")
+    return imported  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class DottedPath:
+    """A dotted path to a callable (``None``: none), imported; with ``many``, a list of them.
+
+    An entry may also be the callable itself (a class, as DRF allows).
+    """
+
+    check_id: ClassVar[str] = NOT_IMPORTABLE
+    many: bool = False
+
+    def expects(self) -> str:
+        if self.many:
+            return "a list of dotted paths to importable classes"
+        return "None or a dotted path to an importable callable"
+
+    def check(self, name: str, value: object) -> Any:
+        if self.many:
+            if not isinstance(value, (list, tuple)):
+                raise NotConfigured(f"{name} must be {self.expects()}, not {type(value).__name__}.")
+            return [self._one(name, item) for item in value]
+        return None if value is None else self._one(name, value)
+
+    def _one(self, name: str, value: object) -> Callable[..., Any]:
+        if isinstance(value, str):
+            return import_callable(name, value)
+        if not callable(value):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {type(value).__name__}.")
+        return value
+
 
 SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
 QUOTA_WINDOWS = frozenset({"day", "rolling"})
-
-CHOICE_SETTINGS: dict[str, Choices] = {
-    "ON_SESSION_LIMIT": Choices(SESSION_LIMIT_POLICIES),
-    "QUOTA_WINDOW": Choices(QUOTA_WINDOWS),
-    # Avaturn's documented values (see upstream.md).
-    "BACKGROUND": Choices(frozenset({"transparent", "default"}), optional=True),
-    "RENDER_MODEL": Choices(frozenset({"delta", "golf"}), optional=True),
-    "RENDER_MODEL_FIELD": Choices(frozenset({"model", "render_model"})),
-}
-
-# Every validated setting, for the system checks.
-RULES: dict[str, Bounds | Seconds | Flag | Rate | Url | Choices] = {
-    **INT_SETTINGS,
-    **SECONDS_SETTINGS,
-    **FLAG_SETTINGS,
-    **RATE_SETTINGS,
-    **URL_SETTINGS,
-    **CHOICE_SETTINGS,
-}
-
-
-def validated_setting(name: str) -> object:
-    """The configured value of any validated setting, or ``NotConfigured`` saying why not."""
-    return RULES[name].check(name, avaturn_settings.raw(name))
-
-
-def check_int(name: str, value: object) -> int | None:
-    """``value`` as the whole number ``name`` takes, or ``NotConfigured`` saying why not."""
-    return INT_SETTINGS[name].check(name, value)
-
-
-def int_setting(name: str) -> int | None:
-    """The configured value of ``name``, validated (``None`` only where it is optional)."""
-    return check_int(name, avaturn_settings.raw(name))
-
-
-def required_int_setting(name: str) -> int:
-    return _present(name, int_setting(name))
-
-
-def seconds_setting(name: str) -> float:
-    return SECONDS_SETTINGS[name].check(name, avaturn_settings.raw(name))
-
-
-def flag_setting(name: str) -> bool:
-    return FLAG_SETTINGS[name].check(name, avaturn_settings.raw(name))
-
-
-def rate_setting(name: str) -> str | None:
-    return RATE_SETTINGS[name].check(name, avaturn_settings.raw(name))
-
-
-def url_setting(name: str) -> str | None:
-    return URL_SETTINGS[name].check(name, avaturn_settings.raw(name))
-
-
-def required_url_setting(name: str) -> str:
-    return _present(name, url_setting(name))
-
-
-def sdk_api_host() -> str:
-    """The browser SDK's ``apiHost``: ``SDK_API_HOST``, else ``API_URL``."""
-    return (url_setting("SDK_API_HOST") or required_url_setting("API_URL")).rstrip("/")
-
-
-def choice_setting(name: str) -> str | None:
-    """The configured value of ``name``, validated (``None`` only where it is optional)."""
-    return CHOICE_SETTINGS[name].check(name, avaturn_settings.raw(name))
-
-
-def required_choice_setting(name: str) -> str:
-    return _present(name, choice_setting(name))
-
-
-def _present(name: str, value: _T | None) -> _T:
-    if value is None:  # only optional settings may be None; this one is not
-        raise NotConfigured(f"{name} must be set.")
-    return value

@@ -31,7 +31,6 @@ from django.utils.safestring import SafeString
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.validation import flag_setting, seconds_setting
 
 logger = logging.getLogger(__name__)
 
@@ -203,15 +202,15 @@ def widget_context(
         # Where a page that leaves mid-start ends the start it has no session id for.
         "abandon_url": urls["abandon"],
         # Only when the site stores transcripts: otherwise the widget sends none.
-        "transcripts_url": urls["transcripts"] if flag_setting("TRANSCRIPTS_ENABLED") else "",
+        "transcripts_url": urls["transcripts"] if avaturn_settings.TRANSCRIPTS_ENABLED else "",
         "session_id_placeholder": SESSION_ID_PLACEHOLDER,
         "sdk_url": url,
         "sdk_integrity": integrity,
         "sdk_preconnect": preconnect_origin(url, request),
         "script_url": static(WIDGET_SCRIPT),
         "stylesheet_url": static(WIDGET_STYLESHEET),
-        "init_timeout": _seconds(seconds_setting("WIDGET_INIT_TIMEOUT")),
-        "heartbeat_interval": _seconds(seconds_setting("HEARTBEAT_INTERVAL")),
+        "init_timeout": _seconds(avaturn_settings.WIDGET_INIT_TIMEOUT),
+        "heartbeat_interval": _seconds(avaturn_settings.HEARTBEAT_INTERVAL),
     }
 
 

@@ -201,6 +201,19 @@ def test_avatar_allow_list(api_client: Any, upstream: Any, settings: Any) -> Non
     assert upstream.avaturn.created[-1]["avatar_id"] == "default-av"
 
 
+def test_an_allow_list_given_as_a_string_refuses_starts(
+    api_client: Any, upstream: Any, settings: Any
+) -> None:
+    # A string is not split into its characters: "a" is not an allowed avatar.
+    settings.AVATURN = {**settings.AVATURN, "ALLOWED_AVATARS": "avatar-1"}
+    for body in ({"avatar_id": "a"}, {"avatar_id": "avatar-1"}, {}):
+        response = csrf_post(api_client, LIST_URL, body)
+        assert (response.status_code, response.json()["code"]) == (503, "not_configured")
+    assert upstream.openai.requests == []
+    assert upstream.avaturn.created == []
+    assert not Session.objects.exists()
+
+
 def test_list_shows_own_sessions_without_tokens(
     api_client: Any, upstream: Any, other_user: Any
 ) -> None:
@@ -350,6 +363,9 @@ def test_one_replaced_session_failing_to_end_does_not_strand_the_others(
         ("SESSION_CONFIG_HOOK", "nowhere.hook", "post"),
         ("QUOTA_HOOK", "nowhere.hook", "post"),
         ("PERMISSION_CLASSES", ["django_avaturn.conf.DEFAULTS"], "get"),  # not callable
+        # Once sent as str(5), and split into characters.
+        ("AVATAR_ID", 5, "post"),
+        ("ALLOWED_AVATARS", "avatar-1", "post"),
     ],
 )
 def test_a_missing_or_malformed_setting_is_a_json_503_and_spends_nothing(

@@ -163,6 +163,11 @@ def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
         ("VOICE", 123),
         ("VOICE", ""),
         ("MODEL", ""),
+        # Read without a rule once: an avatar id sent as str(5), a list split into characters.
+        ("AVATAR_ID", 5),
+        ("ALLOWED_AVATARS", "avatar-1"),
+        ("ALLOWED_AVATARS", ["avatar-1", 2]),
+        ("SDK_URL", ""),
     ],
 )
 def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> None:
@@ -179,6 +184,8 @@ def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> No
         ("SESSION_CONFIG_HOOK", "tests.nowhere.hook"),
         ("PERMISSION_CLASSES", ["rest_framework.permissions.Nope"]),
         ("OPENAI_HTTP_CLIENT", "django_avaturn.__version__"),
+        ("QUOTA_HOOK", 3),
+        ("THROTTLE_CLASSES", "django_avaturn.throttling.SessionStartThrottle"),
     ],
 )
 def test_unimportable_paths_are_e004(settings: Any, name: str, value: Any) -> None:
@@ -229,33 +236,28 @@ def test_debug_logging_of_http_libraries_is_w004(name: str) -> None:
 
 
 def _bad_values(name: str) -> list[Any]:
-    from django_avaturn.validation import (
-        FLAG_SETTINGS,
-        INT_SETTINGS,
-        RATE_SETTINGS,
-        SECONDS_SETTINGS,
-        URL_SETTINGS,
-    )
+    from django_avaturn.conf import RULES
+    from django_avaturn.validation import Bounds, Flag, Rate, Seconds, Url
 
-    if name in INT_SETTINGS:
-        bounds = INT_SETTINGS[name]
-        values: list[Any] = [bounds.low - 1, "1", True, None, 1.5]
-        if bounds.high is not None:
-            values.append(bounds.high + 1)
+    rule = RULES[name]
+    if isinstance(rule, Bounds):
+        values: list[Any] = [rule.low - 1, "1", True, None, 1.5]
+        if rule.high is not None:
+            values.append(rule.high + 1)
         return values
-    if name in SECONDS_SETTINGS:
+    if isinstance(rule, Seconds):
         return [0, -1, 0.0, "5", True, None, 2.5]
-    if name in FLAG_SETTINGS:
+    if isinstance(rule, Flag):
         return ["False", 0, 1, None, True, False]
-    if name in URL_SETTINGS:
+    if isinstance(rule, Url):
         return ["http://[::1", "ftp://example.com", "http://", "http://h:99999", 3, None, ""]
-    if name in RATE_SETTINGS:
+    if isinstance(rule, Rate):
         return ["10/month", "10/fortnight", "0/minute", "ten/minute", 10, None, "", "5/s"]
-    return ["not-a-choice", 3, None, ""]
+    return ["not-a-choice", 3, None, "", ["x"], [""], {"type": "x"}, {"minutes_per_day": -1}]
 
 
 def _validated_settings() -> list[str]:
-    from django_avaturn.validation import RULES
+    from django_avaturn.conf import RULES
 
     return sorted(RULES)
 
@@ -263,22 +265,23 @@ def _validated_settings() -> list[str]:
 @pytest.mark.parametrize("name", _validated_settings())
 def test_the_check_and_the_runtime_accept_the_same_values(settings: Any, name: str) -> None:
     """A value `manage.py check` passes never fails at request time, and the other way round."""
+    from django_avaturn.conf import avaturn_settings
     from django_avaturn.exceptions import NotConfigured
-    from django_avaturn.validation import validated_setting
 
     for value in _bad_values(name):
         settings.AVATURN = {**settings.AVATURN, name: value}
         try:
-            validated_setting(name)
+            getattr(avaturn_settings, name)
         except NotConfigured:
             runtime_ok = False
         else:
             runtime_ok = True
-        # E003 is the check's "malformed" (E006, say, is about a well-formed TEST_MODE).
+        # E003 is the check's "malformed", E004 a dotted path's (E006, say, is about a
+        # well-formed TEST_MODE).
         check_ok = not [
             m
             for m in avaturn_messages()
-            if m.id == "django_avaturn.E003" and f"['{name}']" in m.msg
+            if m.id in ("django_avaturn.E003", "django_avaturn.E004") and f"['{name}']" in m.msg
         ]
         assert check_ok == runtime_ok, (name, value)
 

@@ -18,6 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_avaturn import services
+from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import (
     SessionNotLive,
     StorageUnavailable,
@@ -28,14 +29,13 @@ from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.signals import session_ended
 from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, FakeUpstream
-from django_avaturn.validation import required_int_setting
 from tests.live_fake import assert_no_orphans, fail_activation, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _after_stuck_window() -> Any:
-    stuck_after = required_int_setting("EXPIRE_STUCK_AFTER")
+    stuck_after = avaturn_settings.EXPIRE_STUCK_AFTER
     return timezone.now() + timedelta(seconds=stuck_after + 1)
 
 

@@ -7,10 +7,9 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from django_avaturn.conf import DEFAULTS, avaturn_settings
+from django_avaturn.conf import DEFAULTS, AvaturnSettings, avaturn_settings, sdk_api_host
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.session_config import build_plan
-from django_avaturn.validation import sdk_api_host
 
 
 def test_every_default_is_returned_when_unset(settings: Any, monkeypatch: Any) -> None:
@@ -59,6 +58,58 @@ def test_keys_fall_back_to_the_environment(settings: Any, monkeypatch: Any) -> N
     assert avaturn_settings.OPENAI_API_KEY == "from-env-openai"
     settings.AVATURN = {"API_KEY": "from-settings"}
     assert avaturn_settings.API_KEY == "from-settings"
+
+
+def test_a_key_is_read_anew_each_time_and_stripped(settings: Any, monkeypatch: Any) -> None:
+    # Not cached: a rotated environment variable applies without a restart.
+    settings.AVATURN = {}
+    monkeypatch.setenv("AVATURN_API_KEY", "av-first-0123456789\n")
+    assert avaturn_settings.API_KEY == "av-first-0123456789"
+    monkeypatch.setenv("AVATURN_API_KEY", "av-second-0123456789")
+    assert avaturn_settings.API_KEY == "av-second-0123456789"
+    monkeypatch.setenv("AVATURN_API_KEY", "av two words")
+    with pytest.raises(NotConfigured, match="holds characters") as refused:
+        avaturn_settings.API_KEY  # noqa: B018
+    assert "two words" not in str(refused.value)
+
+
+def test_every_setting_is_typed_for_its_readers() -> None:
+    # The annotations mypy reads avaturn_settings.NAME through: one per key of the table.
+    assert set(AvaturnSettings.__annotations__) == set(DEFAULTS)
+
+
+def test_a_valid_value_is_read_once_and_cached(settings: Any) -> None:
+    settings.AVATURN = {"MAX_DURATION": 900}
+    assert avaturn_settings.MAX_DURATION == 900
+    # Changed behind Django's back (no setting_changed): the cached value stands.
+    settings.AVATURN["MAX_DURATION"] = "nonsense"
+    assert avaturn_settings.MAX_DURATION == 900
+    settings.AVATURN = {"MAX_DURATION": 600}  # setting_changed drops the cache
+    assert avaturn_settings.MAX_DURATION == 600
+
+
+def test_an_invalid_value_raises_the_same_error_at_every_read(settings: Any) -> None:
+    settings.AVATURN = {"ALLOWED_AVATARS": "avatar-1"}
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(NotConfigured) as refused:
+            avaturn_settings.ALLOWED_AVATARS  # noqa: B018
+        messages.add(str(refused.value))
+    assert messages == {
+        'ALLOWED_AVATARS must be a list of non-empty strings, such as ["avatar-1"], not str.'
+    }
+    settings.AVATURN = {"ALLOWED_AVATARS": ["avatar-1"]}
+    assert avaturn_settings.ALLOWED_AVATARS == ("avatar-1",)
+
+
+def test_values_come_typed_as_their_readers_use_them(settings: Any) -> None:
+    from django_avaturn.validation import Quota
+
+    settings.AVATURN = {"QUOTAS": {"minutes_per_day": 30}, "OPENAI_TIMEOUT": 5, "AVATAR_ID": ""}
+    assert Quota(minutes_per_day=30) == avaturn_settings.QUOTAS
+    assert avaturn_settings.OPENAI_TIMEOUT == 5.0
+    assert isinstance(avaturn_settings.OPENAI_TIMEOUT, float)
+    assert avaturn_settings.AVATAR_ID is None
 
 
 def test_repr_never_shows_keys() -> None:

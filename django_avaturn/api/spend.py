@@ -21,7 +21,7 @@ from django_avaturn.exceptions import SessionNotLive
 from django_avaturn.models import ACTIVE_STATUSES, Session, TranscriptRole
 from django_avaturn.schema import document, session_id_parameter
 from django_avaturn.throttling import TranscriptThrottle
-from django_avaturn.validation import QUOTA_WINDOWS, flag_setting, required_int_setting
+from django_avaturn.validation import QUOTA_WINDOWS
 
 # Transcript events can arrive just after Stop; accept them for this long.
 TRANSCRIPT_GRACE = timedelta(seconds=60)
@@ -103,7 +103,7 @@ class TranscriptSerializer(StrictSerializer):
     timestamp = serializers.FloatField(required=False, min_value=0, max_value=4_102_444_800_000)
 
     def validate_text(self, value: str) -> str:
-        limit = required_int_setting("TRANSCRIPT_MAX_LENGTH")
+        limit = avaturn_settings.TRANSCRIPT_MAX_LENGTH
         if len(value) > limit:
             raise serializers.ValidationError(
                 _("Ensure this field has no more than %(limit)d characters.") % {"limit": limit}
@@ -126,7 +126,7 @@ class SessionTranscriptView(AvaturnAPIView):
 
     def get_throttles(self) -> list[BaseThrottle]:
         # Not counted while transcripts are off: those requests store nothing.
-        return [TranscriptThrottle()] if flag_setting("TRANSCRIPTS_ENABLED") else []
+        return [TranscriptThrottle()] if avaturn_settings.TRANSCRIPTS_ENABLED else []
 
     @document(
         operation_id="avaturn_sessions_transcripts_create",
@@ -162,7 +162,7 @@ class SessionTranscriptView(AvaturnAPIView):
         },
     )
     def post(self, request: Request, session_id: str) -> Response:
-        if not flag_setting("TRANSCRIPTS_ENABLED"):
+        if not avaturn_settings.TRANSCRIPTS_ENABLED:
             raise TranscriptsDisabled()
         session = self.own_session(request, session_id)
         recently_ended = session.ended_at is not None and (

@@ -36,7 +36,6 @@ from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session
 from django_avaturn.schema import ERRORS, document, session_id_parameter
 from django_avaturn.session_config import AvatarNotAllowed
-from django_avaturn.validation import required_int_setting
 
 SESSION_ID_MAX_LENGTH = Session._meta.get_field("session_id").max_length or 255
 # What a 503 means where nothing is started: the database, or a missing setting.
@@ -115,7 +114,7 @@ class SessionListView(AvaturnAPIView):
     def get(self, request: Request) -> Response:
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
-        limit = required_int_setting("SESSION_LIST_LIMIT")
+        limit = avaturn_settings.SESSION_LIST_LIMIT
         sessions = Session.objects.for_user(request.user)[:limit]
         return Response(SessionSerializer(sessions, many=True).data)
 
