@@ -30,9 +30,8 @@ from django_avaturn.exceptions import AvaturnError, SessionNotLive
 from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import ACTIVE_STATUSES, EndReason, Session, SessionStatus
 from django_avaturn.testing import AVATURN_CREATE, OPENAI_CLIENT_SECRET, FakeUpstream
+from tests.helpers import LIST_URL, csrf_post, redis_reachable, redis_url
 from tests.live_fake import assert_no_orphans, wait_until
-from tests.test_api import LIST_URL, csrf_post
-from tests.test_concurrency import _redis_reachable, _redis_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -304,7 +303,7 @@ abandonment.remember(int(sys.argv[1]), sys.argv[2])
 """
 
 
-@pytest.mark.skipif(not _redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
+@pytest.mark.skipif(not redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
 def test_an_abandon_handled_by_another_process_reaches_the_start_through_a_shared_cache(
     settings: Any, upstream: Any, user: Any
 ) -> None:
@@ -312,7 +311,7 @@ def test_an_abandon_handled_by_another_process_reaches_the_start_through_a_share
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": _redis_url(),
+            "LOCATION": redis_url(),
             "KEY_PREFIX": prefix,
         }
     }
@@ -320,7 +319,7 @@ def test_an_abandon_handled_by_another_process_reaches_the_start_through_a_share
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_redis",
-        "AVATURN_TEST_REDIS_URL": _redis_url(),
+        "AVATURN_TEST_REDIS_URL": redis_url(),
         "AVATURN_TEST_REDIS_PREFIX": prefix,
     }
     subprocess.run(

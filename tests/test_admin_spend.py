@@ -17,8 +17,7 @@ from django.utils import timezone
 
 from django_avaturn import limits
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
-from tests.test_admin import CHANGELIST, KEYS, live, logged_in, staff
-from tests.test_spend_control import at
+from tests.helpers import CHANGELIST, KEYS, at, live, logged_in, staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -165,7 +164,7 @@ def test_usage_page_needs_view_permission(django_user_model: Any) -> None:
 def test_kill_switch_stops_new_sessions_and_terminates_running_ones(
     admin_client: Client, user: Any, upstream: Any, api_client: Any
 ) -> None:
-    from tests.test_api import LIST_URL, csrf_post
+    from tests.helpers import LIST_URL, csrf_post
 
     for n in range(3):
         live(user, f"run-{n}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -10,35 +9,9 @@ import pytest
 from django.urls import reverse
 
 from django_avaturn.models import EndReason, Session, SessionStatus
+from tests.helpers import KEYS, LIST_URL, csrf_delete, csrf_post
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-LIST_URL = "/avaturn/sessions/"
-KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
-
-
-def csrf_post(client: Any, url: str, data: Any = None, **extra: Any) -> Any:
-    """POST the way the widget does: JSON body plus the CSRF cookie's token in a header."""
-    client.get(LIST_URL)  # any response sets no cookie by itself; fetch one explicitly
-    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
-
-    secret = _get_new_csrf_string()
-    client.cookies["csrftoken"] = secret
-    return client.post(
-        url,
-        data=json.dumps(data) if data is not None else None,
-        content_type="application/json",
-        HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret),
-        **extra,
-    )
-
-
-def csrf_delete(client: Any, url: str) -> Any:
-    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
-
-    secret = _get_new_csrf_string()
-    client.cookies["csrftoken"] = secret
-    return client.delete(url, HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret))
 
 
 def assert_no_keys(text: str) -> None:

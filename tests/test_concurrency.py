@@ -7,7 +7,6 @@ PostgreSQL (``AVATURN_TEST_DATABASE_URL``); the guarantees are the same.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,6 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 from django.db import connection
@@ -36,6 +34,7 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
+from tests.helpers import redis_reachable, redis_url
 from tests.live_fake import (
     assert_no_orphans,
     csrf_json,
@@ -172,19 +171,6 @@ def test_ending_a_session_while_it_starts_leaves_nothing_running(
 # --------------------------------------------------------------------------- throttling
 
 
-def _redis_url() -> str:
-    return os.environ.get("AVATURN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def _redis_reachable() -> bool:
-    parsed = urlparse(_redis_url())
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 _THROTTLE_SCRIPT = """
 import sys
 from types import SimpleNamespace
@@ -204,7 +190,7 @@ def _allowed_in_another_process(user_pk: int, prefix: str) -> bool:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_redis",
-        "AVATURN_TEST_REDIS_URL": _redis_url(),
+        "AVATURN_TEST_REDIS_URL": redis_url(),
         "AVATURN_TEST_REDIS_PREFIX": prefix,
     }
     out = subprocess.run(
@@ -219,7 +205,7 @@ def _allowed_in_another_process(user_pk: int, prefix: str) -> bool:
     return out.stdout.strip() == "True"
 
 
-@pytest.mark.skipif(not _redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
+@pytest.mark.skipif(not redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
 def test_start_throttle_is_shared_across_processes_through_redis(settings: Any) -> None:
     from django_avaturn.throttling import SessionStartThrottle
 
@@ -227,7 +213,7 @@ def test_start_throttle_is_shared_across_processes_through_redis(settings: Any) 
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": _redis_url(),
+            "LOCATION": redis_url(),
             "KEY_PREFIX": prefix,
         }
     }

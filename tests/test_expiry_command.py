@@ -20,10 +20,9 @@ from django_avaturn.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.management.commands.avaturn_expire_sessions import Command
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.signals import session_ended
+from tests.helpers import KEYS
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
 
 
 def make(

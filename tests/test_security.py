@@ -30,7 +30,8 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
-from tests.live_fake import FAST_TIMEOUTS, closed_port, csrf_json
+from tests.helpers import closed_port
+from tests.live_fake import FAST_TIMEOUTS, csrf_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

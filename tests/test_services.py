@@ -15,7 +15,7 @@ from django_avaturn.outcomes import Outcome
 from django_avaturn.redaction import excerpt, scrub
 from django_avaturn.signals import session_ended, session_started
 from django_avaturn.termination import end_sessions
-from tests.test_api import KEYS
+from tests.helpers import KEYS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

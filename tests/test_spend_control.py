@@ -12,35 +12,11 @@ from django.utils import timezone
 
 from django_avaturn import limits
 from django_avaturn.models import Session, SessionStatus, Transcript
-from tests.test_api import LIST_URL, csrf_delete, csrf_post
+from tests.helpers import LIST_URL, at, csrf_delete, csrf_post, past_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 UTC = dt_timezone.utc
-
-
-def at(monkeypatch: Any, when: datetime) -> None:
-    """Freeze Django's clock (not ours: the app reads django.utils.timezone.now).
-
-    Session.created_at's default holds the real function, bound at import
-    (and Django caches it as the field's ``_get_default``): frozen too, or a
-    start made while frozen is stamped with the real time, which counts in
-    the wrong window when the real date is near the one the test names.
-    """
-    monkeypatch.setattr(timezone, "now", lambda: when)
-    monkeypatch.setattr(Session._meta.get_field("created_at"), "_get_default", lambda: when)
-
-
-def past_session(user: Any, start: datetime, minutes: float, **extra: Any) -> Session:
-    return Session.objects.create(
-        user=user,
-        session_id=f"old-{start.isoformat()}-{minutes}",
-        status=extra.pop("status", SessionStatus.ENDED),
-        created_at=start,
-        started_at=start,
-        ended_at=start + timedelta(minutes=minutes) if minutes else None,
-        **extra,
-    )
 
 
 # ------------------------------------------------------------------ kill switch

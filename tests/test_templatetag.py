@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -14,34 +13,9 @@ from django.utils.safestring import SafeString
 
 from django_avaturn.conf import DEFAULT_SDK_INTEGRITY, DEFAULT_SDK_URL
 from django_avaturn.widget import get_csp_nonce, render_widget
+from tests.helpers import parse
 
 HOSTILE = "\"'><script>alert(1)</script>&amp;"
-
-
-class Tags(HTMLParser):
-    """Every start tag of a fragment, with its attributes unescaped."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def find(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
-        return [
-            found
-            for name, found in self.tags
-            if name == tag
-            and all(key in found and found[key] == value for key, value in attrs.items())
-        ]
-
-
-def parse(html: str) -> Tags:
-    tags = Tags()
-    tags.feed(html)
-    tags.close()
-    return tags
 
 
 def render(source: str = "{% avaturn_head %}", **context: Any) -> str:

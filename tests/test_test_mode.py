@@ -23,7 +23,7 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
-from tests.test_api import LIST_URL, csrf_delete, csrf_post
+from tests.helpers import LIST_URL, csrf_delete, csrf_post
 
 # What a site might have configured: under TEST_MODE it must never leave the process.
 SITE_KEYS = {"API_KEY": "av-site-real-key-0123456789", "OPENAI_API_KEY": "sk-site-real-0123456789"}

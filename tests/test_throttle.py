@@ -29,8 +29,8 @@ from django.test import AsyncClient
 
 from django_avaturn.testing import AVATURN_CREATE, FakeUpstream
 from django_avaturn.throttling import SessionStartThrottle
+from tests.helpers import redis_reachable, redis_url
 from tests.live_fake import csrf_json, run_threads
-from tests.test_concurrency import _redis_reachable, _redis_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,7 +54,7 @@ def cache_config(kind: str) -> dict[str, Any]:
         return {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": CACHE_TABLE}
     return {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": _redis_url(),
+        "LOCATION": redis_url(),
         "KEY_PREFIX": redis_prefix(),
     }
 
@@ -63,7 +63,7 @@ def cache_config(kind: str) -> dict[str, Any]:
 def start_cache(request: pytest.FixtureRequest, settings: Any) -> Iterator[str]:
     """The default cache, of each kind in turn, empty."""
     kind: str = request.param
-    if kind == "redis" and not _redis_reachable():
+    if kind == "redis" and not redis_reachable():
         pytest.skip("no Redis at AVATURN_TEST_REDIS_URL")
     settings.CACHES = {"default": cache_config(kind)}
     if kind == "database":
@@ -156,13 +156,13 @@ print(sum(SessionStartThrottle().allow_request(request, None) for _ in range(tri
 """
 
 
-@pytest.mark.skipif(not _redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
+@pytest.mark.skipif(not redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
 def test_processes_starting_at_once_share_the_rate_through_redis() -> None:
     """As gunicorn's or uvicorn's worker processes: 6 processes, 5 starts each, at 10/minute."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_redis",
-        "AVATURN_TEST_REDIS_URL": _redis_url(),
+        "AVATURN_TEST_REDIS_URL": redis_url(),
         "AVATURN_TEST_REDIS_PREFIX": redis_prefix(),
         "AVATURN_TEST_THROTTLE_RATE": "10/minute",
     }

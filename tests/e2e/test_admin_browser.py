@@ -14,8 +14,7 @@ import pytest
 from django_avaturn import limits
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.services import start_session
-from tests.e2e.conftest import Traffic, sign_in, watch_page
-from tests.e2e.test_widget_browser import wait_for
+from tests.e2e.browser import Traffic, sign_in, wait_for, watch_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

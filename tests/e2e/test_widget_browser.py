@@ -8,67 +8,26 @@ playwright and the SDK. (The documentation's screenshots come from
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from django_avaturn.models import ACTIVE_STATUSES, Session
 from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, SDK_SESSION
-from tests.e2e.conftest import Traffic, sign_in, watch_page
+from tests.e2e.browser import (
+    Traffic,
+    open_signed_in,
+    press_start_until_live,
+    status_text,
+    wait_for,
+    watch_page,
+    widget_state,
+    with_standin_sdk,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 ENDED_STATUSES = {"ended", "ending"}
-
-
-def wait_for(
-    page: Any, condition: Callable[[], Any], *, timeout: float = 10.0, what: str = ""
-) -> Any:
-    """Poll ``condition`` while letting Playwright run.
-
-    Playwright's sync API only dispatches events (and the route handler that
-    lets each request through) while the test is inside one of its calls, so
-    a plain ``time.sleep`` would stall the very requests being waited for.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        page.wait_for_timeout(50)
-
-
-def widget_state(page: Any, selector: str = "[data-avaturn-widget]") -> str:
-    return str(page.get_attribute(selector, "data-state"))
-
-
-def status_text(page: Any, selector: str = "[data-avaturn-widget]") -> str:
-    return str(page.text_content(f"{selector} [data-avaturn-status]")).strip()
-
-
-def _with_standin_sdk(e2e: Any) -> None:
-    """The fake's stand-in SDK: the states the real one cannot reach offline (live...)."""
-    e2e.settings.AVATURN = {
-        **e2e.settings.AVATURN,
-        "SDK_URL": e2e.fake.standin_sdk_url,
-        "SDK_INTEGRITY": "",
-    }
-
-
-def open_signed_in(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any, path: str = "/"
-) -> tuple[Any, Traffic]:
-    context, traffic = browser_context
-    sign_in(context, live_server.url, user)
-    page = context.new_page()
-    watch_page(page, traffic)
-    page.goto(live_server.url + path)
-    page.wait_for_function("() => !!document.querySelector('[data-avaturn-widget]')?.avaturn")
-    return page, traffic
 
 
 def start_session(page: Any, e2e: Any, traffic: Traffic) -> dict[str, Any]:
@@ -92,11 +51,6 @@ def start_session(page: Any, e2e: Any, traffic: Traffic) -> dict[str, Any]:
             f"browser: {[(r.method, r.url) for r in traffic.requests]}"
         ) from None
     return minted
-
-
-def press_start_until_live(page: Any) -> None:
-    page.click("[data-avaturn-start]")
-    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
 
 
 def assert_ended_everywhere(page: Any, e2e: Any, session_id: str) -> None:
@@ -440,7 +394,7 @@ def test_the_standin_sdk_refused_a_token_ends_the_session(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
     # As the real SDK would fail to join: the widget gives up and ends the session.
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     e2e.fake.fail(SDK_SESSION, status=401)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     page.click("[data-avaturn-start]")
@@ -457,7 +411,7 @@ def test_live_session_with_a_stub_sdk_heartbeats_tracks_the_mic_and_forwards_eve
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
     # The real SDK cannot go live offline; a stand-in with its surface can.
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     page.evaluate(
         "() => { window.seen = [];"
@@ -555,7 +509,7 @@ def test_the_sdk_failing_or_ending_the_call_ends_the_session(
     # Nobody can use the session once the SDK's call has failed or ended: left
     # alone, the widget went on heartbeating a session that billed until
     # Avaturn noticed the visitor was gone.
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     with page.expect_response(lambda r: r.url.endswith("/avaturn/sessions/")) as answer:
         page.click("[data-avaturn-start]")
@@ -574,7 +528,7 @@ def test_transcripts_are_stored_when_the_site_enables_them(
 ) -> None:
     from django_avaturn.models import Transcript
 
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
@@ -596,7 +550,7 @@ def test_transcripts_are_stored_when_the_site_enables_them(
 def test_a_late_heartbeat_answer_about_a_stopped_session_spares_the_next_one(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     held: list[Any] = []
 
@@ -629,7 +583,7 @@ def test_a_late_heartbeat_answer_about_a_stopped_session_spares_the_next_one(
 def test_a_session_replaced_from_another_tab_says_so(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     first, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(first)
 
@@ -645,7 +599,7 @@ def test_a_session_replaced_from_another_tab_says_so(
 def test_stop_whose_terminate_fails_is_retried_by_the_page(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TERMINATE_RETRIES": 0}
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
@@ -667,7 +621,7 @@ def test_stop_after_the_csrf_token_changed_in_another_tab_still_ends_the_session
 ) -> None:
     # Signing in again in another tab rotates the CSRF cookie; the token
     # rendered into this page when it loaded is stale from then on.
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
     from django.middleware.csrf import _get_new_csrf_string
@@ -688,7 +642,7 @@ def test_stop_after_the_csrf_token_changed_in_another_tab_still_ends_the_session
 def test_a_heartbeat_refused_after_signing_out_elsewhere_ends_the_call_and_says_why(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
     # Signed out in another tab: the session cookie is gone (the sign-out
