@@ -18,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_avaturn.models import EndReason, Session, SessionStatus
-from tests.helpers import CHANGELIST, KEYS, live, logged_in, staff
+from tests.helpers import CHANGELIST, KEYS, AvaturnOverrides, live, logged_in, staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -284,9 +284,9 @@ def test_action_ends_a_starting_row_for_its_own_request_to_finish(
 
 
 def test_action_with_missing_key_claims_nothing(
-    admin_client: Client, settings: Any, user: Any
+    admin_client: Client, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+    avaturn(API_KEY=None)
     row = live(user, "av-1")
     response = act(admin_client, [row])
     assert fresh(row).status == SessionStatus.LIVE
@@ -417,8 +417,10 @@ def test_button_on_an_ending_row_says_it_is_being_ended(
     assert upstream.avaturn.delete_calls() == []
 
 
-def test_button_with_missing_key(admin_client: Client, settings: Any, user: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+def test_button_with_missing_key(
+    admin_client: Client, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    avaturn(API_KEY=None)
     row = live(user, "av-1")
     response = admin_client.post(terminate_url(row), follow=True)
     [(level, _text)] = shown_messages(response)

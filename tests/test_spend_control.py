@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from django_avaturn import limits
 from django_avaturn.models import Session, SessionStatus, Transcript
-from tests.helpers import LIST_URL, at, csrf_delete, csrf_post, past_session
+from tests.helpers import LIST_URL, AvaturnOverrides, at, csrf_delete, csrf_post, past_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,9 +23,9 @@ UTC = dt_timezone.utc
 
 
 def test_kill_switch_setting_refuses_before_spending(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "SESSIONS_ENABLED": False}
+    avaturn(SESSIONS_ENABLED=False)
     response = csrf_post(api_client, LIST_URL, {})
     assert response.status_code == 503
     assert response.json()["code"] == "sessions_disabled"
@@ -103,9 +103,9 @@ def client_for(user: Any) -> Any:
 
 
 def test_site_cap_at_and_around_its_boundary(
-    upstream: Any, settings: Any, many_users: list[Any]
+    upstream: Any, avaturn: AvaturnOverrides, many_users: list[Any]
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 2}
+    avaturn(MAX_LIVE_SESSIONS=2)
     first, second, third = (client_for(u) for u in many_users)
     assert csrf_post(first, LIST_URL, {}).status_code == 201
     assert csrf_post(second, LIST_URL, {}).status_code == 201  # exactly at the cap
@@ -128,10 +128,10 @@ def test_site_cap_at_and_around_its_boundary(
 
 
 def test_site_cap_counts_sessions_still_ending(
-    upstream: Any, settings: Any, many_users: list[Any]
+    upstream: Any, avaturn: AvaturnOverrides, many_users: list[Any]
 ) -> None:
     """A session whose terminate is pending (or failed, left for a retry) may still be billed."""
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 2}
+    avaturn(MAX_LIVE_SESSIONS=2)
     first, _second, third = (client_for(u) for u in many_users)
     assert csrf_post(first, LIST_URL, {}).status_code == 201
     # A start whose orphan Avaturn would not end, left for the expiry command.
@@ -151,8 +151,10 @@ def test_site_cap_counts_sessions_still_ending(
     assert csrf_post(third, LIST_URL, {}).status_code == 201
 
 
-def test_site_cap_setting_is_validated(api_client: Any, upstream: Any, settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 0}
+def test_site_cap_setting_is_validated(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
+) -> None:
+    avaturn(MAX_LIVE_SESSIONS=0)
     response = csrf_post(api_client, LIST_URL, {})
     assert (response.status_code, response.json()["code"]) == (503, "not_configured")
 
@@ -161,9 +163,9 @@ def test_site_cap_setting_is_validated(api_client: Any, upstream: Any, settings:
 
 
 def test_sessions_per_day_boundary_and_reset_time(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"sessions_per_day": 2}}
+    avaturn(QUOTAS={"sessions_per_day": 2})
     at(monkeypatch, datetime(2026, 11, 24, 15, 0, tzinfo=UTC))
     # Yesterday's sessions and failed starts do not count.
     past_session(user, datetime(2026, 11, 23, 23, 0, tzinfo=UTC), 5)
@@ -188,9 +190,9 @@ def test_sessions_per_day_boundary_and_reset_time(
 
 
 def test_minutes_quota_caps_the_new_sessions_max_duration(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"minutes_per_day": 30}}
+    avaturn(QUOTAS={"minutes_per_day": 30})
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     past_session(user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 25)
 
@@ -200,9 +202,9 @@ def test_minutes_quota_caps_the_new_sessions_max_duration(
 
 
 def test_minutes_quota_refuses_under_a_minute_left(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"minutes_per_day": 30}}
+    avaturn(QUOTAS={"minutes_per_day": 30})
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     past_session(user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 29.5)
     refused = csrf_post(api_client, LIST_URL, {})
@@ -212,15 +214,11 @@ def test_minutes_quota_refuses_under_a_minute_left(
 
 
 def test_parallel_sessions_share_the_minutes_quota(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
     # Each start was given what the quota had left, not counting what the
     # sessions still running may yet use: two sessions, twice the quota.
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "QUOTAS": {"minutes_per_day": 30},
-        "MAX_LIVE_SESSIONS_PER_USER": 2,
-    }
+    avaturn(QUOTAS={"minutes_per_day": 30}, MAX_LIVE_SESSIONS_PER_USER=2)
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     at(monkeypatch, datetime(2026, 11, 24, 12, 10, tzinfo=UTC))
@@ -236,13 +234,9 @@ def test_parallel_sessions_share_the_minutes_quota(
 
 
 def test_a_replaced_session_leaves_its_remaining_minutes_to_its_successor(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "QUOTAS": {"minutes_per_day": 30},
-        "ON_SESSION_LIMIT": "end_oldest",
-    }
+    avaturn(QUOTAS={"minutes_per_day": 30}, ON_SESSION_LIMIT="end_oldest")
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     at(monkeypatch, datetime(2026, 11, 24, 12, 10, tzinfo=UTC))
@@ -281,9 +275,9 @@ def test_the_day_is_the_current_time_zones_day(settings: Any, user: Any, monkeyp
 
 
 def test_rolling_window_resets_when_the_oldest_leaves(
-    settings: Any, user: Any, monkeypatch: Any
+    avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTA_WINDOW": "rolling"}
+    avaturn(QUOTA_WINDOW="rolling")
     now = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
     at(monkeypatch, now)
     past_session(user, now - timedelta(hours=30), 10)
@@ -297,15 +291,15 @@ def test_rolling_window_resets_when_the_oldest_leaves(
     ("window", "says"), [("day", "for today"), ("rolling", "of the last 24 hours")]
 )
 def test_the_quota_message_names_the_window(
-    api_client: Any, upstream: Any, settings: Any, monkeypatch: Any, window: str, says: str
+    api_client: Any,
+    upstream: Any,
+    avaturn: AvaturnOverrides,
+    monkeypatch: Any,
+    window: str,
+    says: str,
 ) -> None:
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))  # no midnight between starts
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "QUOTA_WINDOW": window,
-        "QUOTAS": {"sessions_per_day": 1},
-        "MAX_LIVE_SESSIONS_PER_USER": 5,
-    }
+    avaturn(QUOTA_WINDOW=window, QUOTAS={"sessions_per_day": 1}, MAX_LIVE_SESSIONS_PER_USER=5)
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     refused = csrf_post(api_client, LIST_URL, {})
     assert refused.status_code == 429
@@ -317,13 +311,9 @@ def quota_by_plan(user: Any) -> dict[str, int | None]:
 
 
 def test_quota_hook_varies_by_user(
-    api_client: Any, upstream: Any, settings: Any, other_user: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, other_user: Any
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "QUOTA_HOOK": "tests.test_spend_control.quota_by_plan",
-        "MAX_LIVE_SESSIONS_PER_USER": 5,
-    }
+    avaturn(QUOTA_HOOK="tests.test_spend_control.quota_by_plan", MAX_LIVE_SESSIONS_PER_USER=5)
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     assert csrf_post(api_client, LIST_URL, {}).status_code == 429
     bob = client_for(other_user)
@@ -334,9 +324,9 @@ def test_quota_hook_varies_by_user(
     "quotas", [{"sessions_per_day": -1}, {"minutes": 5}, {"minutes_per_day": "5"}, [1]]
 )
 def test_bad_quotas_are_configuration_errors(
-    api_client: Any, upstream: Any, settings: Any, quotas: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, quotas: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": quotas}
+    avaturn(QUOTAS=quotas)
     response = csrf_post(api_client, LIST_URL, {})
     assert (response.status_code, response.json()["code"]) == (503, "not_configured")
 
@@ -345,9 +335,9 @@ def test_bad_quotas_are_configuration_errors(
 
 
 def test_usage_endpoint_shows_own_usage_only(
-    api_client: Any, settings: Any, user: Any, other_user: Any, monkeypatch: Any
+    api_client: Any, avaturn: AvaturnOverrides, user: Any, other_user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"minutes_per_day": 60}}
+    avaturn(QUOTAS={"minutes_per_day": 60})
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     past_session(user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 12)
     past_session(user, datetime(2026, 11, 22, 9, 0, tzinfo=UTC), 3)
@@ -387,9 +377,9 @@ def test_transcripts_are_refused_when_disabled(api_client: Any, upstream: Any) -
 
 
 def test_transcripts_are_stored_for_own_live_session(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     response = csrf_post(
         api_client,
@@ -407,9 +397,9 @@ def test_transcripts_are_stored_for_own_live_session(
 
 
 def test_transcripts_refused_for_other_users_sessions(
-    api_client: Any, upstream: Any, settings: Any, other_user: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, other_user: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     Session.objects.create(user=other_user, session_id="theirs", status=SessionStatus.LIVE)
     response = csrf_post(api_client, transcript_url("theirs"), {"role": "user", "text": "x"})
     assert response.status_code == 404
@@ -417,9 +407,9 @@ def test_transcripts_refused_for_other_users_sessions(
 
 
 def test_transcripts_refused_long_after_the_end(
-    api_client: Any, upstream: Any, settings: Any, user: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     past_session(user, timezone.now() - timedelta(hours=1), 5)
     old = Session.objects.get()
     response = csrf_post(api_client, transcript_url(old.session_id), {"role": "user", "text": "x"})
@@ -439,22 +429,17 @@ def test_transcripts_refused_long_after_the_end(
     ],
 )
 def test_bad_transcripts_are_400(
-    api_client: Any, upstream: Any, settings: Any, payload: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, payload: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     response = csrf_post(api_client, transcript_url(session_id), payload)
     assert response.status_code == 400
     assert response.json()["code"] == "invalid"
 
 
-def _enable_transcripts(settings: Any, **extra: Any) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "TRANSCRIPTS_ENABLED": True,
-        "TRANSCRIPT_THROTTLE_RATE": None,
-        **extra,
-    }
+def _enable_transcripts(avaturn: AvaturnOverrides, **extra: Any) -> None:
+    avaturn(TRANSCRIPTS_ENABLED=True, TRANSCRIPT_THROTTLE_RATE=None, **extra)
 
 
 def test_a_sessions_transcript_stops_at_its_line_cap(

@@ -15,10 +15,9 @@ from django_avaturn import limits
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.services import start_session
 from tests.e2e.browser import Traffic, sign_in, wait_for, watch_page
+from tests.helpers import CHANGELIST
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-CHANGELIST = "/admin/django_avaturn/session/"
 
 
 def _live_sessions(django_user_model: Any, count: int) -> list[Session]:

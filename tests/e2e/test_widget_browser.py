@@ -24,6 +24,7 @@ from tests.e2e.browser import (
     widget_state,
     with_standin_sdk,
 )
+from tests.helpers import AvaturnOverrides
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -109,9 +110,9 @@ def test_start_reaches_the_sdk_with_our_token_then_times_out_clearly(
 
 
 def test_stop_ends_the_session_at_once(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
+    avaturn(WIDGET_INIT_TIMEOUT=60)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     posts: list[str] = []
     page.on(
@@ -146,18 +147,18 @@ def test_stop_ends_the_session_at_once(
 
 
 def test_closing_the_tab_ends_the_session(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
+    avaturn(WIDGET_INIT_TIMEOUT=60)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     minted = start_session(page, e2e, traffic)
     close_tab_then_assert_ended(page, e2e, minted["session_id"])
 
 
 def test_a_widget_taken_off_the_page_and_put_back_still_ends_its_sessions(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
+    avaturn(WIDGET_INIT_TIMEOUT=60)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     first = start_session(page, e2e, traffic)
     # Taken off the page (a client-side swap): its session ends.
@@ -208,10 +209,10 @@ def test_strict_csp_page_works_without_violations(
 
 
 def test_integrity_mismatch_refuses_the_sdk_and_starts_nothing(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     wrong = "sha384-" + "A" * 64
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "SDK_INTEGRITY": wrong}
+    avaturn(SDK_INTEGRITY=wrong)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     page.click("[data-avaturn-start]")
     page.wait_for_selector('[data-avaturn-widget][data-state="error"]', timeout=10_000)
@@ -524,12 +525,12 @@ def test_the_sdk_failing_or_ending_the_call_ends_the_session(
 
 
 def test_transcripts_are_stored_when_the_site_enables_them(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     from django_avaturn.models import Transcript
 
     with_standin_sdk(e2e)
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
     page.evaluate(
@@ -597,10 +598,10 @@ def test_a_session_replaced_from_another_tab_says_so(
 
 
 def test_stop_whose_terminate_fails_is_retried_by_the_page(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     with_standin_sdk(e2e)
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TERMINATE_RETRIES": 0}
+    avaturn(TERMINATE_RETRIES=0)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
     e2e.fake.fail(AVATURN_TERMINATE, status=500, times=1)
