@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,27 @@ import responses
 
 from django_avaturn.clients import reset_clients
 from tests import upstreams
-from tests.helpers import AvaturnOverrides, closed_port, demo_env, rundemo, wait_for_port
+from tests.helpers import (
+    AvaturnOverrides,
+    closed_port,
+    demo_env,
+    live_skip_reason,
+    rundemo,
+    wait_for_port,
+)
 
 pytest_plugins = ("tests.live_fake",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``live`` reach the real services: skipped unless asked, saying how."""
+    reason = live_skip_reason(os.environ)
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.get_closest_marker("live") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -60,6 +61,30 @@ class AvaturnOverrides:
 
     def __getitem__(self, key: str) -> Any:
         return self._settings.AVATURN[key]
+
+
+# ---------------------------------------------------------------------- live
+
+LIVE_ENV = ("AVATURN_LIVE_TESTS", "AVATURN_API_KEY", "OPENAI_API_KEY")
+
+
+def live_skip_reason(environ: Mapping[str, str]) -> str | None:
+    """Why ``live`` tests (against the real Avaturn and OpenAI) are skipped, or None to run them.
+
+    They run only when asked (``AVATURN_LIVE_TESTS=1``) and given both real keys.
+    """
+    missing = [
+        name
+        for name in LIVE_ENV
+        if not (environ.get(name) == "1" if name == "AVATURN_LIVE_TESTS" else environ.get(name))
+    ]
+    if not missing:
+        return None
+    return (
+        "contract test against the real Avaturn and OpenAI (one short session each): "
+        "set AVATURN_LIVE_TESTS=1, AVATURN_API_KEY and OPENAI_API_KEY to run it "
+        f"(missing: {', '.join(missing)})"
+    )
 
 
 # ------------------------------------------------------------------ requests

@@ -18,7 +18,7 @@ from pytest_django.fixtures import Settings
 
 from django_avaturn.conf import avaturn_settings
 from tests import settings as test_settings
-from tests.helpers import AvaturnOverrides
+from tests.helpers import AvaturnOverrides, live_skip_reason
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -111,3 +111,19 @@ def test_avaturn_overrides_are_undone_when_the_test_ends() -> None:
     wrapper._finalize()
     assert django_settings.AVATURN == test_settings.AVATURN
     assert avaturn_settings.MAX_DURATION == 3600
+
+
+# ------------------------------------------------------------------ live tests
+
+LIVE = {"AVATURN_LIVE_TESTS": "1", "AVATURN_API_KEY": "av-real", "OPENAI_API_KEY": "sk-real"}
+
+
+def test_live_tests_run_only_when_asked_and_given_both_keys() -> None:
+    assert live_skip_reason(LIVE) is None
+    assert "AVATURN_LIVE_TESTS" in str(live_skip_reason({**LIVE, "AVATURN_LIVE_TESTS": "0"}))
+    for key in ("AVATURN_LIVE_TESTS", "AVATURN_API_KEY", "OPENAI_API_KEY"):
+        reason = live_skip_reason({name: v for name, v in LIVE.items() if name != key})
+        assert reason is not None and f"missing: {key}" in reason
+    reason = live_skip_reason({})
+    assert reason is not None
+    assert "missing: AVATURN_LIVE_TESTS, AVATURN_API_KEY, OPENAI_API_KEY" in reason
