@@ -83,9 +83,9 @@ def _start_in_thread(user: Any, outcome: list[BaseException]) -> threading.Threa
 
 
 def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_command(
-    live_fake: FakeUpstream, user: Any, settings: Any
+    live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    thread, outcome = _slow_start(live_fake, settings, user)
+    thread, outcome = _slow_start(live_fake, avaturn, user)
     live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
     row = Session.objects.get()
     services.end_session(row, reason=EndReason.ADMIN)
@@ -116,9 +116,9 @@ def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_
 
 
 def test_a_start_slower_than_the_stuck_sweep_still_leaves_its_orphan_tracked(
-    live_fake: FakeUpstream, user: Any, settings: Any
+    live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    thread, outcome = _slow_start(live_fake, settings, user)
+    thread, outcome = _slow_start(live_fake, avaturn, user)
     # The sweep takes the slow start for a dead one and marks it failed.
     expire_sessions(now=_after_stuck_window())
     assert Session.objects.get().status == SessionStatus.FAILED
@@ -132,9 +132,9 @@ def test_a_start_slower_than_the_stuck_sweep_still_leaves_its_orphan_tracked(
 
 
 def test_deleting_a_user_mid_start_is_a_clean_refusal_and_ends_the_session(
-    live_fake: FakeUpstream, user: Any, settings: Any
+    live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    thread, outcome = _slow_start(live_fake, settings, user)
+    thread, outcome = _slow_start(live_fake, avaturn, user)
     user.delete()
     thread.join(10)
 

@@ -443,9 +443,9 @@ def _enable_transcripts(avaturn: AvaturnOverrides, **extra: Any) -> None:
 
 
 def test_a_sessions_transcript_stops_at_its_line_cap(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    _enable_transcripts(settings, TRANSCRIPT_MAX_LINES=3)
+    _enable_transcripts(avaturn, TRANSCRIPT_MAX_LINES=3)
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     url = transcript_url(session_id)
 
@@ -465,9 +465,9 @@ def test_a_sessions_transcript_stops_at_its_line_cap(
 
 
 def test_a_sessions_transcript_stops_at_its_byte_cap_counted_in_utf8(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    _enable_transcripts(settings, TRANSCRIPT_MAX_BYTES=10)
+    _enable_transcripts(avaturn, TRANSCRIPT_MAX_BYTES=10)
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     url = transcript_url(session_id)
 
@@ -490,12 +490,12 @@ def test_a_sessions_transcript_stops_at_its_byte_cap_counted_in_utf8(
 
 
 def test_transcript_lines_are_throttled_per_user_with_retry_after(
-    api_client: Any, upstream: Any, settings: Any, user: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     from django.core.cache import cache
 
     cache.clear()
-    _enable_transcripts(settings, TRANSCRIPT_THROTTLE_RATE="2/minute")
+    _enable_transcripts(avaturn, TRANSCRIPT_THROTTLE_RATE="2/minute")
     first = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     second = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     try:
@@ -515,13 +515,13 @@ def test_transcript_lines_are_throttled_per_user_with_retry_after(
 
 
 def test_the_line_cap_holds_under_simultaneous_posts(
-    live_fake: Any, settings: Any, user: Any
+    live_fake: Any, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     """Real threads, one connection each: the cap is checked where the count is raised."""
     from django_avaturn import services
     from tests.live_fake import csrf_json, run_threads
 
-    _enable_transcripts(settings, TRANSCRIPT_MAX_LINES=5, TRANSCRIPT_MAX_BYTES=1000)
+    _enable_transcripts(avaturn, TRANSCRIPT_MAX_LINES=5, TRANSCRIPT_MAX_BYTES=1000)
     session_id = services.start_session(user).session.session_id
 
     def post(index: int) -> int:
