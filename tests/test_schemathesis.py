@@ -104,7 +104,7 @@ def example_api(
     }
     # The example's settings and its default throttle, with transcripts on (the
     # example leaves them off) so that endpoint's success path is exercised too.
-    avaturn(**example, START_THROTTLE_RATE="10/minute", TRANSCRIPTS_ENABLED=True)
+    avaturn(**{**example, "START_THROTTLE_RATE": "10/minute", "TRANSCRIPTS_ENABLED": True})
     cache.clear()
     # As Django's test client does: the handler would otherwise close the test's
     # connection (and its transaction) after every answer.

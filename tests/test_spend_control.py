@@ -439,7 +439,8 @@ def test_bad_transcripts_are_400(
 
 
 def _enable_transcripts(avaturn: AvaturnOverrides, **extra: Any) -> None:
-    avaturn(TRANSCRIPTS_ENABLED=True, TRANSCRIPT_THROTTLE_RATE=None, **extra)
+    # (extra may set the throttle rate: it wins over the None here)
+    avaturn(**{"TRANSCRIPTS_ENABLED": True, "TRANSCRIPT_THROTTLE_RATE": None, **extra})
 
 
 def test_a_sessions_transcript_stops_at_its_line_cap(
