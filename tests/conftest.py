@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -8,8 +10,27 @@ import responses
 
 from django_avaturn.clients import reset_clients
 from tests import upstreams
+from tests.helpers import (
+    AvaturnOverrides,
+    closed_port,
+    demo_env,
+    live_skip_reason,
+    rundemo,
+    wait_for_port,
+)
 
 pytest_plugins = ("tests.live_fake",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``live`` reach the real services: skipped unless asked, saying how."""
+    reason = live_skip_reason(os.environ)
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.get_closest_marker("live") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +68,12 @@ def upstream(
 
 
 @pytest.fixture
+def avaturn(settings: Any) -> AvaturnOverrides:
+    """Override ``AVATURN`` keys for one test: ``avaturn(MAX_DURATION=60)``."""
+    return AvaturnOverrides(settings)
+
+
+@pytest.fixture
 def user(django_user_model: Any) -> Any:
     return django_user_model.objects.create_user(email="ada@example.com", password="pw")
 
@@ -63,3 +90,16 @@ def api_client(user: Any) -> Any:
     client = APIClient(enforce_csrf_checks=True)
     client.force_login(user)
     return client
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A running ``rundemo``: the site's URL and its fake's URL."""
+    site_port, fake_port = closed_port(), closed_port()
+    proc = rundemo(demo_env(tmp_path, fake_port), f"127.0.0.1:{site_port}")
+    try:
+        wait_for_port(site_port, proc)
+        yield f"http://127.0.0.1:{site_port}", f"http://127.0.0.1:{fake_port}"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

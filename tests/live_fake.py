@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,13 +45,6 @@ def live_fake(_live_fake_server: FakeUpstream, settings: Any) -> FakeUpstream:
     avaturn.pop("OPENAI_HTTP_CLIENT", None)
     settings.AVATURN = avaturn
     return _live_fake_server
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on: connecting to it is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def live_row_ids() -> set[str]:
@@ -140,7 +132,6 @@ __all__ = [
     "ACTIVE_STATUSES",
     "FAST_TIMEOUTS",
     "assert_no_orphans",
-    "closed_port",
     "csrf_json",
     "fail_activation",
     "live_fake",

@@ -30,9 +30,8 @@ from django_avaturn.exceptions import AvaturnError, SessionNotLive
 from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import ACTIVE_STATUSES, EndReason, Session, SessionStatus
 from django_avaturn.testing import AVATURN_CREATE, OPENAI_CLIENT_SECRET, FakeUpstream
+from tests.helpers import LIST_URL, AvaturnOverrides, csrf_post, redis_reachable, redis_url
 from tests.live_fake import assert_no_orphans, wait_until
-from tests.test_api import LIST_URL, csrf_post
-from tests.test_concurrency import _redis_reachable, _redis_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -248,14 +247,14 @@ def test_abandon_needs_a_signed_in_caller_csrf_and_post(
 
 
 def test_abandons_at_any_moment_of_a_start_leave_nothing_running(
-    live_fake: FakeUpstream, settings: Any, user: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     """Real threads and the fake over HTTP: wherever the abandon lands, nothing survives it.
 
     Before the reservation, while minting, while creating, after the
     activation: each start ends refused or ended, and Avaturn runs nothing.
     """
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5, "OPENAI_TIMEOUT": 5}
+    avaturn(AVATURN_TIMEOUT=5, OPENAI_TIMEOUT=5)
     live_fake.set_latency(OPENAI_CLIENT_SECRET, 0.03)
     live_fake.set_latency(AVATURN_CREATE, 0.06)
     delays = [0.0, 0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.25, 0.4]
@@ -304,7 +303,7 @@ abandonment.remember(int(sys.argv[1]), sys.argv[2])
 """
 
 
-@pytest.mark.skipif(not _redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
+@pytest.mark.skipif(not redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
 def test_an_abandon_handled_by_another_process_reaches_the_start_through_a_shared_cache(
     settings: Any, upstream: Any, user: Any
 ) -> None:
@@ -312,7 +311,7 @@ def test_an_abandon_handled_by_another_process_reaches_the_start_through_a_share
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": _redis_url(),
+            "LOCATION": redis_url(),
             "KEY_PREFIX": prefix,
         }
     }
@@ -320,7 +319,7 @@ def test_an_abandon_handled_by_another_process_reaches_the_start_through_a_share
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_redis",
-        "AVATURN_TEST_REDIS_URL": _redis_url(),
+        "AVATURN_TEST_REDIS_URL": redis_url(),
         "AVATURN_TEST_REDIS_PREFIX": prefix,
     }
     subprocess.run(

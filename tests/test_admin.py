@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import requests
-from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
@@ -19,11 +18,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_avaturn.models import EndReason, Session, SessionStatus
+from tests.helpers import CHANGELIST, KEYS, AvaturnOverrides, live, logged_in, staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-CHANGELIST = "/admin/django_avaturn/session/"
-KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
 
 
 def change_url(row: Session) -> str:
@@ -32,33 +29,6 @@ def change_url(row: Session) -> str:
 
 def terminate_url(row: Session) -> str:
     return f"{CHANGELIST}{row.pk}/terminate/"
-
-
-def live(user: Any, session_id: str, **fields: Any) -> Session:
-    now = timezone.now()
-    fields.setdefault("status", SessionStatus.LIVE)
-    return Session.objects.create(
-        user=user,
-        session_id=session_id,
-        started_at=now - timedelta(seconds=90),
-        expires_at=now + timedelta(seconds=600),
-        max_duration=3600,
-        **fields,
-    )
-
-
-def staff(django_user_model: Any, email: str, *perms: str) -> Any:
-    user = django_user_model.objects.create_user(email=email, password="pw", is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="django_avaturn", codename__in=perms)
-    )
-    return user
-
-
-def logged_in(user: Any) -> Client:
-    client = Client(enforce_csrf_checks=False)
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -314,9 +284,9 @@ def test_action_ends_a_starting_row_for_its_own_request_to_finish(
 
 
 def test_action_with_missing_key_claims_nothing(
-    admin_client: Client, settings: Any, user: Any
+    admin_client: Client, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+    avaturn(API_KEY=None)
     row = live(user, "av-1")
     response = act(admin_client, [row])
     assert fresh(row).status == SessionStatus.LIVE
@@ -447,8 +417,10 @@ def test_button_on_an_ending_row_says_it_is_being_ended(
     assert upstream.avaturn.delete_calls() == []
 
 
-def test_button_with_missing_key(admin_client: Client, settings: Any, user: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+def test_button_with_missing_key(
+    admin_client: Client, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    avaturn(API_KEY=None)
     row = live(user, "av-1")
     response = admin_client.post(terminate_url(row), follow=True)
     [(level, _text)] = shown_messages(response)

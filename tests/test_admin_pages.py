@@ -17,8 +17,7 @@ from django.utils import timezone
 
 from django_avaturn import limits
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus
-from tests.test_admin import CHANGELIST, live, logged_in, staff
-from tests.test_templatetag import parse
+from tests.helpers import CHANGELIST, live, logged_in, parse, staff
 
 pytestmark = pytest.mark.django_db
 

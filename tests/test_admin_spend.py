@@ -17,8 +17,7 @@ from django.utils import timezone
 
 from django_avaturn import limits
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
-from tests.test_admin import CHANGELIST, KEYS, live, logged_in, staff
-from tests.test_spend_control import at
+from tests.helpers import CHANGELIST, KEYS, AvaturnOverrides, at, live, logged_in, staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -147,10 +146,10 @@ def test_usage_page_sends_unusable_filters_back_to_the_changelist(
 
 
 def test_changelist_opens_and_says_why_with_a_malformed_kill_switch_setting(
-    admin_client: Client, settings: Any
+    admin_client: Client, avaturn: AvaturnOverrides
 ) -> None:
     # The page holding the kill switch must open whatever the settings.
-    settings.AVATURN = {**settings.AVATURN, "SESSIONS_ENABLED": "yes"}
+    avaturn(SESSIONS_ENABLED="yes")
     response = admin_client.get(CHANGELIST)
     assert response.status_code == 200
     errors = [str(m) for m in response.context["messages"] if m.level_tag == "error"]
@@ -165,7 +164,7 @@ def test_usage_page_needs_view_permission(django_user_model: Any) -> None:
 def test_kill_switch_stops_new_sessions_and_terminates_running_ones(
     admin_client: Client, user: Any, upstream: Any, api_client: Any
 ) -> None:
-    from tests.test_api import LIST_URL, csrf_post
+    from tests.helpers import LIST_URL, csrf_post
 
     for n in range(3):
         live(user, f"run-{n}")
@@ -230,9 +229,9 @@ def shown_lines(page: str) -> list[str]:
 
 
 def test_transcripts_show_read_only_on_the_change_page(
-    admin_client: Client, user: Any, settings: Any
+    admin_client: Client, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     row = live(user, "talk")
     Transcript.objects.create(session=row, role="user", text="What is <b>Django</b>?")
     Transcript.objects.create(session=row, role="avatar", text="A web framework.")
@@ -249,9 +248,9 @@ def test_transcripts_show_read_only_on_the_change_page(
 
 
 def test_a_30000_line_transcript_shows_one_page_in_a_constant_number_of_queries(
-    admin_client: Client, user: Any, settings: Any
+    admin_client: Client, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     short, long = live(user, "short"), live(user, "long")
     say(short, 3)
     say(long, 30_000)
@@ -296,9 +295,9 @@ def test_the_transcript_page_reads_the_rest_a_page_at_a_time(
 
 
 def test_reading_transcripts_takes_their_own_permission(
-    django_user_model: Any, user: Any, settings: Any
+    django_user_model: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     row = live(user, "private")
     say(row, 3)
     sessions_only = logged_in(staff(django_user_model, "v@example.com", "view_session"))
@@ -318,26 +317,28 @@ def test_reading_transcripts_takes_their_own_permission(
 
 
 def test_no_transcript_section_while_transcripts_are_off(
-    admin_client: Client, user: Any, settings: Any
+    admin_client: Client, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     row = live(user, "quiet")
 
     off = admin_client.get(f"{CHANGELIST}{row.pk}/change/").content.decode()
     assert 'id="avaturn-transcript"' not in off and ">Transcript<" not in off
 
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     on = admin_client.get(f"{CHANGELIST}{row.pk}/change/").content.decode()
     assert "No transcript lines are stored for this session yet." in on
 
     # Turned off later: the lines stored meanwhile stay readable, and say why no more come.
     say(row, 2)
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": False}
+    avaturn(TRANSCRIPTS_ENABLED=False)
     later = admin_client.get(f"{CHANGELIST}{row.pk}/change/").content.decode()
     assert shown_lines(later) == ["line 00000", "line 00001"]
     assert "Transcripts are off on this site" in later
 
 
-def test_expiry_command_purges_old_transcripts(settings: Any, user: Any, upstream: Any) -> None:
+def test_expiry_command_purges_old_transcripts(
+    avaturn: AvaturnOverrides, user: Any, upstream: Any
+) -> None:
     row = ended(user, "old", 5)
     old_line = Transcript.objects.create(session=row, role="user", text="old")
     Transcript.objects.filter(pk=old_line.pk).update(created_at=timezone.now() - timedelta(days=40))
@@ -347,7 +348,7 @@ def test_expiry_command_purges_old_transcripts(settings: Any, user: Any, upstrea
     call_command("avaturn_expire_sessions", "--dry-run", stdout=out)
     assert "older than" not in out.getvalue()  # no retention configured: nothing purged
 
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPT_RETENTION_DAYS": 30}
+    avaturn(TRANSCRIPT_RETENTION_DAYS=30)
     out = io.StringIO()
     call_command("avaturn_expire_sessions", "--dry-run", stdout=out)
     assert "Would delete 1 transcript line(s) older than 30 day(s)." in out.getvalue()

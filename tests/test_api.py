@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -10,35 +9,9 @@ import pytest
 from django.urls import reverse
 
 from django_avaturn.models import EndReason, Session, SessionStatus
+from tests.helpers import KEYS, LIST_URL, AvaturnOverrides, csrf_delete, csrf_post
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-LIST_URL = "/avaturn/sessions/"
-KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
-
-
-def csrf_post(client: Any, url: str, data: Any = None, **extra: Any) -> Any:
-    """POST the way the widget does: JSON body plus the CSRF cookie's token in a header."""
-    client.get(LIST_URL)  # any response sets no cookie by itself; fetch one explicitly
-    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
-
-    secret = _get_new_csrf_string()
-    client.cookies["csrftoken"] = secret
-    return client.post(
-        url,
-        data=json.dumps(data) if data is not None else None,
-        content_type="application/json",
-        HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret),
-        **extra,
-    )
-
-
-def csrf_delete(client: Any, url: str) -> Any:
-    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
-
-    secret = _get_new_csrf_string()
-    client.cookies["csrftoken"] = secret
-    return client.delete(url, HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret))
 
 
 def assert_no_keys(text: str) -> None:
@@ -187,8 +160,8 @@ def test_form_bodies_are_415(api_client: Any, upstream: Any) -> None:
     assert response.json()["code"] == "unsupported_media_type"
 
 
-def test_avatar_allow_list(api_client: Any, upstream: Any, settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "AVATAR_ID": "default-av", "ALLOWED_AVATARS": ["ok-av"]}
+def test_avatar_allow_list(api_client: Any, upstream: Any, avaturn: AvaturnOverrides) -> None:
+    avaturn(AVATAR_ID="default-av", ALLOWED_AVATARS=["ok-av"])
     refused = csrf_post(api_client, LIST_URL, {"avatar_id": "other-av"})
     assert refused.status_code == 400
     assert refused.json()["errors"] == {"avatar_id": ["This avatar is not available."]}
@@ -271,9 +244,9 @@ def test_a_replaced_sessions_heartbeat_says_it_was_replaced(api_client: Any, ups
 
 
 def test_cap_refuse_policy_is_409_and_spends_nothing(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "ON_SESSION_LIMIT": "refuse"}
+    avaturn(ON_SESSION_LIMIT="refuse")
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     response = csrf_post(api_client, LIST_URL, {})
     assert response.status_code == 409
@@ -282,8 +255,10 @@ def test_cap_refuse_policy_is_409_and_spends_nothing(
     assert Session.objects.live().count() == 1
 
 
-def test_cap_end_oldest_policy_replaces(api_client: Any, upstream: Any, settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS_PER_USER": 2}
+def test_cap_end_oldest_policy_replaces(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
+) -> None:
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=2)
     ids = [csrf_post(api_client, LIST_URL, {}).json()["session_id"] for _ in range(3)]
 
     assert upstream.avaturn.deleted == [ids[0]]
@@ -309,12 +284,12 @@ def test_cap_end_oldest_fails_safe_when_the_old_session_cannot_be_ended(
 
 
 def test_one_replaced_session_failing_to_end_does_not_strand_the_others(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
     # A lowered cap: the next start replaces the two oldest of three.
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS_PER_USER": 3}
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=3)
     ids = [csrf_post(api_client, LIST_URL, {}).json()["session_id"] for _ in range(3)]
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS_PER_USER": 2, "TERMINATE_RETRIES": 0}
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=2, TERMINATE_RETRIES=0)
     failed_once: list[str] = []
 
     def first_fails(request: Any) -> tuple[int, dict[str, str], str]:
@@ -371,7 +346,7 @@ def test_one_replaced_session_failing_to_end_does_not_strand_the_others(
 def test_a_missing_or_malformed_setting_is_a_json_503_and_spends_nothing(
     api_client: Any,
     upstream: Any,
-    settings: Any,
+    avaturn: AvaturnOverrides,
     monkeypatch: Any,
     name: str,
     value: Any,
@@ -382,7 +357,7 @@ def test_a_missing_or_malformed_setting_is_a_json_503_and_spends_nothing(
     from django_avaturn.clients import reset_clients
 
     monkeypatch.delenv("AVATURN_API_KEY", raising=False)
-    settings.AVATURN = {**settings.AVATURN, name: value}
+    avaturn(**{name: value})
     reset_clients()
     response = csrf_post(api_client, LIST_URL, {}) if method == "post" else api_client.get(LIST_URL)
     assert response.status_code == 503
@@ -401,30 +376,27 @@ def async_http_client() -> Any:
 
 
 def test_a_key_with_a_trailing_newline_is_sent_without_it(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, settings: Any, avaturn: AvaturnOverrides
 ) -> None:
     # As read from a secret file: sent as is, it is an illegal header whose
     # error message quotes it (and HTTP libraries log that message).
     from django_avaturn.clients import reset_clients
 
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "API_KEY": settings.AVATURN["API_KEY"] + "\n",
-        "OPENAI_API_KEY": settings.AVATURN["OPENAI_API_KEY"] + "\n",
-    }
+    avaturn(
+        API_KEY=settings.AVATURN["API_KEY"] + "\n",
+        OPENAI_API_KEY=settings.AVATURN["OPENAI_API_KEY"] + "\n",
+    )
     reset_clients()
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
 
 
-def test_throttle_applies_to_starts_only(api_client: Any, upstream: Any, settings: Any) -> None:
+def test_throttle_applies_to_starts_only(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
+) -> None:
     from django.core.cache import cache
 
     cache.clear()
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "START_THROTTLE_RATE": "2/minute",
-        "MAX_LIVE_SESSIONS_PER_USER": 5,
-    }
+    avaturn(START_THROTTLE_RATE="2/minute", MAX_LIVE_SESSIONS_PER_USER=5)
     statuses = [csrf_post(api_client, LIST_URL, {}).status_code for _ in range(3)]
     assert statuses == [201, 201, 429]
     throttled = csrf_post(api_client, LIST_URL, {})
@@ -435,12 +407,16 @@ def test_throttle_applies_to_starts_only(api_client: Any, upstream: Any, setting
 
 
 def test_a_throttle_whose_cache_is_down_answers_503_json_and_spends_nothing(
-    api_client: Any, upstream: Any, settings: Any, caplog: pytest.LogCaptureFixture
+    api_client: Any,
+    upstream: Any,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+    avaturn: AvaturnOverrides,
 ) -> None:
     pytest.importorskip("redis")
     from django.core.cache import caches
 
-    settings.AVATURN = {**settings.AVATURN, "START_THROTTLE_RATE": "10/minute"}
+    avaturn(START_THROTTLE_RATE="10/minute")
     # A Redis nobody listens on: every cache call fails to connect.
     settings.CACHES = {
         **settings.CACHES,
@@ -460,12 +436,9 @@ def test_a_throttle_whose_cache_is_down_answers_503_json_and_spends_nothing(
 
 
 def test_permission_classes_setting_is_read_per_request(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
-    }
+    avaturn(PERMISSION_CLASSES=["rest_framework.permissions.IsAdminUser"])
     response = csrf_post(api_client, LIST_URL, {})
     assert response.status_code == 403
     assert response.json()["code"] == "permission_denied"
@@ -501,10 +474,10 @@ def raising_hook(*args: Any) -> Any:
 
 
 def test_a_raising_session_config_hook_is_a_json_503(
-    api_client: Any, upstream: Any, settings: Any, caplog: pytest.LogCaptureFixture
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Found by schemathesis: the example's hook assumed a user model with get_short_name().
-    settings.AVATURN = {**settings.AVATURN, "SESSION_CONFIG_HOOK": "tests.test_api.raising_hook"}
+    avaturn(SESSION_CONFIG_HOOK="tests.test_api.raising_hook")
     response = csrf_post(api_client, LIST_URL, {})
     assert response.status_code == 503
     assert response.json() == {
@@ -516,8 +489,10 @@ def test_a_raising_session_config_hook_is_a_json_503(
     assert hook_record.exc_info is not None  # the site's traceback reaches its log
 
 
-def test_a_raising_quota_hook_is_a_json_503(api_client: Any, upstream: Any, settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTA_HOOK": "tests.test_api.raising_hook"}
+def test_a_raising_quota_hook_is_a_json_503(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
+) -> None:
+    avaturn(QUOTA_HOOK="tests.test_api.raising_hook")
     assert csrf_post(api_client, LIST_URL, {}).status_code == 503
     usage = api_client.get("/avaturn/usage/")
     assert usage.status_code == 503

@@ -34,11 +34,11 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
+from tests.helpers import LIST_URL, AvaturnOverrides
 from tests.live_fake import assert_no_orphans, csrf_json, run_threads, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LIST_URL = "/avaturn/sessions/"
 STARTERS = 30
 # Generous: thirty threads on a loaded 2-core machine may wait to connect.
 PATIENT = {
@@ -106,14 +106,9 @@ def test_the_peak_helper_counts_sessions_alive_together(live_fake: FakeUpstream)
 
 @pytest.mark.parametrize("policy", ["end_oldest", "refuse"])
 def test_one_users_simultaneous_starts_never_run_two_sessions_at_avaturn(
-    live_fake: FakeUpstream, settings: Any, user: Any, policy: str
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, policy: str
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        **PATIENT,
-        "MAX_LIVE_SESSIONS_PER_USER": 1,
-        "ON_SESSION_LIMIT": policy,
-    }
+    avaturn(**PATIENT, MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT=policy)
     overlapping_creates(live_fake)
 
     results = run_threads(lambda _: start_via_api(user), STARTERS)
@@ -133,14 +128,9 @@ def test_one_users_simultaneous_starts_never_run_two_sessions_at_avaturn(
 
 @pytest.mark.parametrize("policy", ["end_oldest", "refuse"])
 def test_a_cap_of_two_holds_at_avaturn_under_simultaneous_starts(
-    live_fake: FakeUpstream, settings: Any, user: Any, policy: str
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, policy: str
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        **PATIENT,
-        "MAX_LIVE_SESSIONS_PER_USER": 2,
-        "ON_SESSION_LIMIT": policy,
-    }
+    avaturn(**PATIENT, MAX_LIVE_SESSIONS_PER_USER=2, ON_SESSION_LIMIT=policy)
     overlapping_creates(live_fake)
 
     results = run_threads(lambda _: start_via_api(user), STARTERS)
@@ -155,15 +145,11 @@ def test_a_cap_of_two_holds_at_avaturn_under_simultaneous_starts(
 
 
 def test_the_site_cap_holds_at_avaturn_while_users_replace_their_own_sessions(
-    live_fake: FakeUpstream, settings: Any, django_user_model: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, django_user_model: Any
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        **PATIENT,
-        "MAX_LIVE_SESSIONS": 2,
-        "MAX_LIVE_SESSIONS_PER_USER": 1,
-        "ON_SESSION_LIMIT": "end_oldest",
-    }
+    avaturn(
+        **PATIENT, MAX_LIVE_SESSIONS=2, MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT="end_oldest"
+    )
     overlapping_creates(live_fake)
     users = [
         django_user_model.objects.create_user(email=f"site{n}@example.com", password="pw")
@@ -184,7 +170,7 @@ def test_the_site_cap_holds_at_avaturn_while_users_replace_their_own_sessions(
 
 
 def test_a_start_waits_for_the_users_session_still_ending(
-    live_fake: FakeUpstream, settings: Any, user: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     """The visitor pressed Stop, then Start: the new session is created after the old one ended.
 
@@ -192,7 +178,7 @@ def test_a_start_waits_for_the_users_session_still_ending(
     session); the retry ends it. Meanwhile the row is ``ending``, and the
     session is still running upstream.
     """
-    settings.AVATURN = {**settings.AVATURN, **PATIENT, "TERMINATE_RETRIES": 1}
+    avaturn(**PATIENT, TERMINATE_RETRIES=1)
     old = services.start_session(user).session
     live_fake.fail(AVATURN_TERMINATE, status=503, delay=1.0)
     stopped: list[Any] = []
@@ -289,10 +275,10 @@ def test_a_claimed_start_whose_process_died_long_ago_does_not_hold_the_slot(
 
 
 def test_a_stop_that_fails_while_a_start_waits_for_it_fails_the_start(
-    live_fake: FakeUpstream, settings: Any, user: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     """The old session went back to live: it holds the slot, so the new start creates nothing."""
-    settings.AVATURN = {**settings.AVATURN, **PATIENT}
+    avaturn(**PATIENT)
     old = services.start_session(user).session
     live_fake.fail(AVATURN_TERMINATE, status=503, delay=1.0)
     stopped: list[int] = []
@@ -320,9 +306,9 @@ def test_a_stop_that_fails_while_a_start_waits_for_it_fails_the_start(
 
 
 def test_staff_ending_a_start_that_waits_stops_it_before_it_creates_anything(
-    live_fake: FakeUpstream, settings: Any, user: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, **PATIENT}  # it would wait up to 50 s
+    avaturn(**PATIENT)  # it would wait up to 50 s
     stuck = in_flight_start(user)
     outcome: list[Any] = []
 

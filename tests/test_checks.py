@@ -9,6 +9,8 @@ import pytest
 from django.core.checks import Error, Warning, run_checks
 from django.test import override_settings
 
+from tests.helpers import AvaturnOverrides
+
 
 def ids(messages: list[Any]) -> list[str]:
     return sorted(m.id for m in messages if m.id.startswith("django_avaturn."))
@@ -41,8 +43,8 @@ def test_avaturn_not_a_dict_is_e002(settings: Any) -> None:
     assert ids(avaturn_messages()) == ["django_avaturn.E002"]
 
 
-def test_unknown_setting_is_e002_with_the_closest_name(settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "MAX_DURATON": 5, "COLOUR": "red"}
+def test_unknown_setting_is_e002_with_the_closest_name(avaturn: AvaturnOverrides) -> None:
+    avaturn(MAX_DURATON=5, COLOUR="red")
     assert avaturn_messages() == [
         Error(
             "AVATURN['COLOUR'] is not a django-avaturn setting.",
@@ -170,8 +172,8 @@ def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
         ("SDK_URL", ""),
     ],
 )
-def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, name: value}
+def test_malformed_settings_are_e003(avaturn: AvaturnOverrides, name: str, value: Any) -> None:
+    avaturn(**{name: value})
     messages = avaturn_messages()
     assert ids(messages) == ["django_avaturn.E003"]
     assert name in messages[0].msg
@@ -188,8 +190,8 @@ def test_malformed_settings_are_e003(settings: Any, name: str, value: Any) -> No
         ("THROTTLE_CLASSES", "django_avaturn.throttling.SessionStartThrottle"),
     ],
 )
-def test_unimportable_paths_are_e004(settings: Any, name: str, value: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, name: value}
+def test_unimportable_paths_are_e004(avaturn: AvaturnOverrides, name: str, value: Any) -> None:
+    avaturn(**{name: value})
     messages = avaturn_messages()
     assert ids(messages) == ["django_avaturn.E004"]
     assert name in messages[0].msg
@@ -216,8 +218,8 @@ def test_env_keys_satisfy_the_check(settings: Any, monkeypatch: Any) -> None:
     assert avaturn_messages() == []
 
 
-def test_unknown_voice_is_w003(settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "VOICE": "robot"}
+def test_unknown_voice_is_w003(avaturn: AvaturnOverrides) -> None:
+    avaturn(VOICE="robot")
     assert ids(avaturn_messages()) == ["django_avaturn.W003"]
 
 
@@ -263,13 +265,15 @@ def _validated_settings() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _validated_settings())
-def test_the_check_and_the_runtime_accept_the_same_values(settings: Any, name: str) -> None:
+def test_the_check_and_the_runtime_accept_the_same_values(
+    avaturn: AvaturnOverrides, name: str
+) -> None:
     """A value `manage.py check` passes never fails at request time, and the other way round."""
     from django_avaturn.conf import avaturn_settings
     from django_avaturn.exceptions import NotConfigured
 
     for value in _bad_values(name):
-        settings.AVATURN = {**settings.AVATURN, name: value}
+        avaturn(**{name: value})
         try:
             getattr(avaturn_settings, name)
         except NotConfigured:
@@ -286,40 +290,37 @@ def test_the_check_and_the_runtime_accept_the_same_values(settings: Any, name: s
         assert check_ok == runtime_ok, (name, value)
 
 
-def test_a_heartbeat_too_slow_for_idle_expiry_is_w005(settings: Any) -> None:
+def test_a_heartbeat_too_slow_for_idle_expiry_is_w005(avaturn: AvaturnOverrides) -> None:
     # (W008, the first heartbeat against EXPIRE_UNJOINED_AFTER, has a test of its own.)
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "HEARTBEAT_INTERVAL": 600,
-        "EXPIRE_IDLE_AFTER": 60,
-        "EXPIRE_UNJOINED_AFTER": None,
-    }
+    avaturn(HEARTBEAT_INTERVAL=600, EXPIRE_IDLE_AFTER=60, EXPIRE_UNJOINED_AFTER=None)
     assert ids(avaturn_messages()) == ["django_avaturn.W005"]
-    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 30, "EXPIRE_IDLE_AFTER": 60}
+    avaturn(HEARTBEAT_INTERVAL=30, EXPIRE_IDLE_AFTER=60)
     assert avaturn_messages() == []
     # Idle expiry off: heartbeats are not consulted.
-    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 600, "EXPIRE_IDLE_AFTER": None}
+    avaturn(HEARTBEAT_INTERVAL=600, EXPIRE_IDLE_AFTER=None)
     assert avaturn_messages() == []
 
 
-def test_a_transcript_byte_cap_below_one_line_is_w011(settings: Any) -> None:
+def test_a_transcript_byte_cap_below_one_line_is_w011(avaturn: AvaturnOverrides) -> None:
     small = {"TRANSCRIPT_MAX_LENGTH": 4000, "TRANSCRIPT_MAX_BYTES": 1000}
-    settings.AVATURN = {**settings.AVATURN, **small}
+    avaturn(**small)
     assert avaturn_messages() == []  # transcripts are off: nothing is refused
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     assert ids(avaturn_messages()) == ["django_avaturn.W011"]
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPT_MAX_BYTES": 4000}
+    avaturn(TRANSCRIPT_MAX_BYTES=4000)
     assert avaturn_messages() == []
 
 
-def test_a_first_heartbeat_too_late_for_the_unjoined_rule_is_w012(settings: Any) -> None:
+def test_a_first_heartbeat_too_late_for_the_unjoined_rule_is_w012(
+    settings: Any, avaturn: AvaturnOverrides
+) -> None:
     # The widget joins (up to 20 s), then beats every 40 s: 20 + 2 x 40 > 90.
-    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 40, "WIDGET_INIT_TIMEOUT": 20}
+    avaturn(HEARTBEAT_INTERVAL=40, WIDGET_INIT_TIMEOUT=20)
     [message] = avaturn_messages()
     assert message.id == "django_avaturn.W012"
     assert "EXPIRE_UNJOINED_AFTER" in message.msg and "(100 s)" in message.msg
     # Exactly one interval to spare is enough; so is the rule turned off.
-    settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 35}
+    avaturn(HEARTBEAT_INTERVAL=35)
     assert avaturn_messages() == []
     for off in ("EXPIRE_UNJOINED_AFTER", "EXPIRE_IDLE_AFTER"):
         settings.AVATURN = {**settings.AVATURN, "HEARTBEAT_INTERVAL": 40, off: None}

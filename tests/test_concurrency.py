@@ -7,7 +7,6 @@ PostgreSQL (``AVATURN_TEST_DATABASE_URL``); the guarantees are the same.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,6 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 from django.db import connection
@@ -36,6 +34,7 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
+from tests.helpers import AvaturnOverrides, redis_reachable, redis_url
 from tests.live_fake import (
     assert_no_orphans,
     csrf_json,
@@ -59,18 +58,16 @@ def _start(user: Any) -> str:
 
 @pytest.mark.parametrize("policy", ["refuse", "end_oldest"])
 def test_50_simultaneous_starts_leave_one_live_session_and_no_orphan(
-    live_fake: FakeUpstream, settings: Any, user: Any, policy: str
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, policy: str
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "MAX_LIVE_SESSIONS_PER_USER": 1,
-        "ON_SESSION_LIMIT": policy,
-        # Generous: 50 threads on a loaded 2-core machine may wait to connect.
-        "AVATURN_CONNECT_TIMEOUT": 10,
-        "AVATURN_TIMEOUT": 10,
-        "OPENAI_TIMEOUT": 10,
-        "TERMINATE_RETRIES": 2,
-    }
+    avaturn(
+        MAX_LIVE_SESSIONS_PER_USER=1,
+        ON_SESSION_LIMIT=policy,
+        AVATURN_CONNECT_TIMEOUT=10,
+        AVATURN_TIMEOUT=10,
+        OPENAI_TIMEOUT=10,
+        TERMINATE_RETRIES=2,
+    )
     # Latency on every upstream call, so the starts are all in flight together.
     live_fake.set_latency(OPENAI_CLIENT_SECRET, 0.02)
     live_fake.set_latency(AVATURN_CREATE, 0.05)
@@ -141,9 +138,9 @@ def test_simultaneous_ends_terminate_once_and_record_one_reason(
 
 
 def test_ending_a_session_while_it_starts_leaves_nothing_running(
-    live_fake: FakeUpstream, settings: Any, user: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    avaturn(AVATURN_TIMEOUT=5)
     live_fake.set_latency(AVATURN_CREATE, 0.3)
     outcome: list[Any] = []
 
@@ -172,19 +169,6 @@ def test_ending_a_session_while_it_starts_leaves_nothing_running(
 # --------------------------------------------------------------------------- throttling
 
 
-def _redis_url() -> str:
-    return os.environ.get("AVATURN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def _redis_reachable() -> bool:
-    parsed = urlparse(_redis_url())
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 _THROTTLE_SCRIPT = """
 import sys
 from types import SimpleNamespace
@@ -204,7 +188,7 @@ def _allowed_in_another_process(user_pk: int, prefix: str) -> bool:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_redis",
-        "AVATURN_TEST_REDIS_URL": _redis_url(),
+        "AVATURN_TEST_REDIS_URL": redis_url(),
         "AVATURN_TEST_REDIS_PREFIX": prefix,
     }
     out = subprocess.run(
@@ -219,19 +203,21 @@ def _allowed_in_another_process(user_pk: int, prefix: str) -> bool:
     return out.stdout.strip() == "True"
 
 
-@pytest.mark.skipif(not _redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
-def test_start_throttle_is_shared_across_processes_through_redis(settings: Any) -> None:
+@pytest.mark.skipif(not redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
+def test_start_throttle_is_shared_across_processes_through_redis(
+    settings: Any, avaturn: AvaturnOverrides
+) -> None:
     from django_avaturn.throttling import SessionStartThrottle
 
     prefix = f"django-avaturn-tests-{uuid.uuid4().hex}"
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": _redis_url(),
+            "LOCATION": redis_url(),
             "KEY_PREFIX": prefix,
         }
     }
-    settings.AVATURN = {**settings.AVATURN, "START_THROTTLE_RATE": "2/minute"}
+    avaturn(START_THROTTLE_RATE="2/minute")
     user = SimpleNamespace(pk=4242, is_authenticated=True)
     request = SimpleNamespace(user=user, META={"REMOTE_ADDR": "127.0.0.1"})
     # Keys carry a fresh prefix and expire with the rate's window: nothing to clean up.
@@ -244,15 +230,9 @@ def test_start_throttle_is_shared_across_processes_through_redis(settings: Any) 
 
 
 def test_the_site_wide_cap_holds_under_simultaneous_starts_by_many_users(
-    live_fake: FakeUpstream, settings: Any, django_user_model: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, django_user_model: Any
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "MAX_LIVE_SESSIONS": 3,
-        "AVATURN_CONNECT_TIMEOUT": 10,
-        "AVATURN_TIMEOUT": 10,
-        "OPENAI_TIMEOUT": 10,
-    }
+    avaturn(MAX_LIVE_SESSIONS=3, AVATURN_CONNECT_TIMEOUT=10, AVATURN_TIMEOUT=10, OPENAI_TIMEOUT=10)
     live_fake.set_latency(OPENAI_CLIENT_SECRET, 0.02)
     live_fake.set_latency(AVATURN_CREATE, 0.05)
     users = [
@@ -494,7 +474,7 @@ def _staff_acts(how: str, staff: Any, row: Session) -> None:
 @pytest.mark.parametrize("end_in_flight", ["replaced", "stopped"])
 def test_staff_ending_a_session_whose_failing_end_is_in_flight_leaves_nothing_billing(
     live_fake: FakeUpstream,
-    settings: Any,
+    avaturn: AvaturnOverrides,
     user: Any,
     django_user_model: Any,
     end_in_flight: str,
@@ -505,11 +485,7 @@ def test_staff_ending_a_session_whose_failing_end_is_in_flight_leaves_nothing_bi
     stop it. The failed end must not put the row back to live: its heartbeats would
     keep answering 204, and no expiry run would end it before its max_duration.
     """
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "AVATURN_TIMEOUT": 5,  # a second's wait is an answer, not a timeout
-        "TERMINATE_RETRIES": 2,
-    }
+    avaturn(AVATURN_TIMEOUT=5, TERMINATE_RETRIES=2)
     browser = _browser(user)
     session_id = csrf_json(browser, "post", "/avaturn/sessions/").json()["session_id"]
     assert _heartbeat(browser, session_id).status_code == 204

@@ -20,10 +20,9 @@ from django_avaturn.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.management.commands.avaturn_expire_sessions import Command
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.signals import session_ended
+from tests.helpers import KEYS, AvaturnOverrides
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
 
 
 def make(
@@ -373,7 +372,7 @@ def test_no_upstream_marks_only(upstream: Any, user: Any) -> None:
 
 
 def test_a_session_whose_browser_never_joined_ends_on_the_first_run_after_90_s(
-    upstream: Any, user: Any, settings: Any
+    upstream: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     """A page left while its start was in flight: the session went live, nobody came."""
     unjoined = make(user, "av-unjoined", started_ago=91)
@@ -390,7 +389,7 @@ def test_a_session_whose_browser_never_joined_ends_on_the_first_run_after_90_s(
     assert fresh(joining).status == fresh(joined).status == SessionStatus.LIVE
 
     # A site whose own front end sends no heartbeats turns the rule off.
-    settings.AVATURN = {**settings.AVATURN, "EXPIRE_UNJOINED_AFTER": None}
+    avaturn(EXPIRE_UNJOINED_AFTER=None)
     quiet = make(user, "av-quiet", started_ago=1000)
     run()
     assert fresh(quiet).status == SessionStatus.LIVE
@@ -424,8 +423,8 @@ def test_options_refuse_huge_values_as_usage_errors(option: str) -> None:
         call_command("avaturn_expire_sessions", option, "99999999999999999999")
 
 
-def test_missing_key_fails_before_claiming_anything(settings: Any, user: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+def test_missing_key_fails_before_claiming_anything(avaturn: AvaturnOverrides, user: Any) -> None:
+    avaturn(API_KEY=None)
     row = make(user, "av-old", started_ago=4000)
     with pytest.raises(CommandError, match="API_KEY"):
         run()
@@ -472,18 +471,17 @@ def test_stuck_rows_are_cleaned_up(
 
 
 def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
-    upstream: Any, user: Any, settings: Any
+    upstream: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     """Not after a fixed EXPIRE_STUCK_AFTER: a dead start holds the caps as long as a live one."""
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "AVATURN_CONNECT_TIMEOUT": 5.0,
-        "AVATURN_TIMEOUT": 20.0,
-        "TERMINATE_RETRIES": 2,
-        "TERMINATE_RETRY_BACKOFF": 0.25,
-        "OPENAI_TIMEOUT": 15.0,
-        "OPENAI_MAX_RETRIES": 1,
-    }
+    avaturn(
+        AVATURN_CONNECT_TIMEOUT=5.0,
+        AVATURN_TIMEOUT=20.0,
+        TERMINATE_RETRIES=2,
+        TERMINATE_RETRY_BACKOFF=0.25,
+        OPENAI_TIMEOUT=15.0,
+        OPENAI_MAX_RETRIES=1,
+    )
     # The replaced session's terminate: 3 attempts of 25 s, 0.25 + 0.5 s between;
     # the client secret: 2 attempts of 15 s, up to 8 s between; the create: 25 s;
     # and 30 s for the database.
@@ -507,11 +505,7 @@ def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
     assert fresh(alive).status == SessionStatus.STARTING
 
     # Longer timeouts, a longer wait; "refuse" replaces nothing, so no terminate.
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "AVATURN_TIMEOUT": 120.0,
-        "ON_SESSION_LIMIT": "refuse",
-    }
+    avaturn(AVATURN_TIMEOUT=120.0, ON_SESSION_LIMIT="refuse")
     assert longest_start() == 38 + 125 + 30
     slow = starting(185)
     run()
@@ -641,11 +635,11 @@ def test_run_bounded_keeps_order_isolates_failures_and_bounds_threads() -> None:
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, "8"])
-def test_terminate_concurrency_must_be_a_positive_int(settings: Any, bad: Any) -> None:
+def test_terminate_concurrency_must_be_a_positive_int(avaturn: AvaturnOverrides, bad: Any) -> None:
     from django_avaturn.concurrency import terminate_concurrency
     from django_avaturn.exceptions import NotConfigured
 
-    settings.AVATURN = {**settings.AVATURN, "TERMINATE_CONCURRENCY": bad}
+    avaturn(TERMINATE_CONCURRENCY=bad)
     with pytest.raises(NotConfigured):
         terminate_concurrency()
 

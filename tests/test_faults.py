@@ -30,9 +30,9 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
+from tests.helpers import LIST_URL, AvaturnOverrides, closed_port
 from tests.live_fake import (
     assert_no_orphans,
-    closed_port,
     csrf_json,
     fail_activation,
     live_row_ids,
@@ -40,7 +40,6 @@ from tests.live_fake import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LIST_URL = "/avaturn/sessions/"
 
 # name -> how to inject it on the fake: (mode, status)
 FAULTS: dict[str, tuple[str, int]] = {
@@ -132,10 +131,11 @@ def test_fault_matrix_57_cases(
     caplog: pytest.LogCaptureFixture,
     step: str,
     fault: str,
+    avaturn: AvaturnOverrides,
 ) -> None:
     assert len(CASES) == 57
     caplog.set_level(logging.DEBUG)
-    settings.AVATURN = {**settings.AVATURN, "ON_SESSION_LIMIT": "end_oldest"}
+    avaturn(ON_SESSION_LIMIT="end_oldest")
     first: Session | None = None
     if step.startswith("terminate"):
         response = csrf_json(client, "post", LIST_URL, {})
@@ -159,7 +159,7 @@ def test_fault_matrix_57_cases(
         assert response.json()["code"] == code
         assert response["Content-Type"] == "application/json"
     monkeypatch.undo()
-    settings.AVATURN = {**settings.AVATURN, **live_fake.settings()}
+    avaturn(**live_fake.settings())
 
     if step == "create" and fault in AMBIGUOUS_CREATES:
         _assert_bounded_orphan(live_fake)
@@ -218,7 +218,7 @@ def test_a_create_answered_5xx_after_creating_is_logged_as_a_possible_orphan(
 def test_a_create_whose_connection_dropped_after_sending_is_a_possible_orphan(
     live_fake: FakeUpstream,
     client: APIClient,
-    settings: Any,
+    avaturn: AvaturnOverrides,
     caplog: pytest.LogCaptureFixture,
     hang_up: bool,
     logged: bool,
@@ -228,7 +228,7 @@ def test_a_create_whose_connection_dropped_after_sending_is_a_possible_orphan(
     if hang_up:
         live_fake.fail(AVATURN_CREATE, mode="close")
     else:
-        settings.AVATURN = {**settings.AVATURN, "API_URL": f"http://127.0.0.1:{closed_port()}"}
+        avaturn(API_URL=f"http://127.0.0.1:{closed_port()}")
     response = csrf_json(client, "post", LIST_URL, {})
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
     warned = [

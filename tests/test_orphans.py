@@ -29,6 +29,7 @@ from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.signals import session_ended
 from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, FakeUpstream
+from tests.helpers import AvaturnOverrides
 from tests.live_fake import assert_no_orphans, fail_activation, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,10 +58,10 @@ def _retried_after_being_left_ending(live_fake: FakeUpstream) -> Session:
 
 
 def _slow_start(
-    live_fake: FakeUpstream, settings: Any, user: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> tuple[threading.Thread, list[BaseException]]:
     """A start whose Avaturn create takes a second: time to act while it is starting."""
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    avaturn(AVATURN_TIMEOUT=5)
     live_fake.set_latency(AVATURN_CREATE, 1.0)
     outcome: list[BaseException] = []
     return _start_in_thread(user, outcome), outcome
@@ -82,9 +83,9 @@ def _start_in_thread(user: Any, outcome: list[BaseException]) -> threading.Threa
 
 
 def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_command(
-    live_fake: FakeUpstream, user: Any, settings: Any
+    live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    thread, outcome = _slow_start(live_fake, settings, user)
+    thread, outcome = _slow_start(live_fake, avaturn, user)
     live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
     row = Session.objects.get()
     services.end_session(row, reason=EndReason.ADMIN)
@@ -115,9 +116,9 @@ def test_a_start_ended_meanwhile_whose_terminate_fails_is_retried_by_the_expiry_
 
 
 def test_a_start_slower_than_the_stuck_sweep_still_leaves_its_orphan_tracked(
-    live_fake: FakeUpstream, user: Any, settings: Any
+    live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    thread, outcome = _slow_start(live_fake, settings, user)
+    thread, outcome = _slow_start(live_fake, avaturn, user)
     # The sweep takes the slow start for a dead one and marks it failed.
     expire_sessions(now=_after_stuck_window())
     assert Session.objects.get().status == SessionStatus.FAILED
@@ -131,9 +132,9 @@ def test_a_start_slower_than_the_stuck_sweep_still_leaves_its_orphan_tracked(
 
 
 def test_deleting_a_user_mid_start_is_a_clean_refusal_and_ends_the_session(
-    live_fake: FakeUpstream, user: Any, settings: Any
+    live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    thread, outcome = _slow_start(live_fake, settings, user)
+    thread, outcome = _slow_start(live_fake, avaturn, user)
     user.delete()
     thread.join(10)
 
@@ -144,14 +145,14 @@ def test_deleting_a_user_mid_start_is_a_clean_refusal_and_ends_the_session(
 
 
 def test_deactivating_a_user_mid_start_answers_403_as_an_inactive_users_start(
-    live_fake: FakeUpstream, user: Any, settings: Any
+    live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     """Not a 409 ``session_ended``: the user can no longer act, whatever they retry."""
     from rest_framework.test import APIClient
 
     from tests.live_fake import csrf_json
 
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    avaturn(AVATURN_TIMEOUT=5)
     live_fake.set_latency(AVATURN_CREATE, 1.0)
     browser = APIClient(enforce_csrf_checks=True)
     browser.force_login(user)
@@ -245,11 +246,11 @@ def test_a_database_failure_after_create_whose_terminate_fails_is_retried(
 
 
 def test_a_create_answer_cut_short_after_naming_the_session_ends_that_session(
-    live_fake: FakeUpstream, user: Any, settings: Any
+    live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     # A byte every 30 ms: the id (the first ~43 bytes) arrives within the
     # 2 s deadline (connect + read timeout), the whole ~96 bytes do not.
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 1.5}
+    avaturn(AVATURN_TIMEOUT=1.5)
     live_fake.fail(AVATURN_CREATE, mode="drip", delay=0.03)
 
     with pytest.raises(UpstreamError) as raised:

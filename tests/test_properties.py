@@ -19,12 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from django_avaturn.models import Session
+from tests.helpers import KEYS, LIST_URL
 from tests.live_fake import csrf_json
 
 pytestmark = pytest.mark.django_db
 
-KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
-LIST_URL = "/avaturn/sessions/"
 FIXTURES_OK = settings(
     max_examples=60,
     deadline=None,

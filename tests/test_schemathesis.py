@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import AvaturnOverrides
+
 schemathesis = pytest.importorskip(
     "schemathesis", reason="schemathesis is not installed (pip install -e '.[test]')"
 )
@@ -90,7 +92,9 @@ schema = _published_schema()
 
 
 @pytest.fixture
-def example_api(live_fake: FakeUpstream, settings: Any) -> Iterator[None]:
+def example_api(
+    live_fake: FakeUpstream, settings: Any, avaturn: AvaturnOverrides
+) -> Iterator[None]:
     """The example project's URLs and AVATURN settings, pointed at the fake."""
     settings.ROOT_URLCONF = EXAMPLE_URLCONF
     example = {
@@ -100,12 +104,7 @@ def example_api(live_fake: FakeUpstream, settings: Any) -> Iterator[None]:
     }
     # The example's settings and its default throttle, with transcripts on (the
     # example leaves them off) so that endpoint's success path is exercised too.
-    settings.AVATURN = {
-        **settings.AVATURN,
-        **example,
-        "START_THROTTLE_RATE": "10/minute",
-        "TRANSCRIPTS_ENABLED": True,
-    }
+    avaturn(**{**example, "START_THROTTLE_RATE": "10/minute", "TRANSCRIPTS_ENABLED": True})
     cache.clear()
     # As Django's test client does: the handler would otherwise close the test's
     # connection (and its transaction) after every answer.

@@ -30,11 +30,10 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
-from tests.live_fake import FAST_TIMEOUTS, closed_port, csrf_json
+from tests.helpers import LIST_URL, AvaturnOverrides, closed_port
+from tests.live_fake import FAST_TIMEOUTS, csrf_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-LIST_URL = "/avaturn/sessions/"
 
 
 def _client(user: Any) -> APIClient:
@@ -262,11 +261,11 @@ def test_unknown_fields_are_named_in_the_error(live_fake: FakeUpstream, user: An
     ],
 )
 def test_a_lone_surrogate_quoted_back_is_a_json_400_not_a_500(
-    live_fake: FakeUpstream, user: Any, settings: Any, path: str, body: str
+    live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides, path: str, body: str
 ) -> None:
     # Valid JSON, but a string UTF-8 cannot encode: an error message that
     # quotes it must still render.
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     client = _client(user)
     url = LIST_URL
     if path:
@@ -439,14 +438,18 @@ def _debug_page() -> str:
     ],
 )
 def test_no_credential_on_a_debug_page_when_a_sites_own_view_lets_our_error_through(
-    sentinel_fake: FakeUpstream, settings: Any, user: Any, route: str, fault: dict[str, Any]
+    sentinel_fake: FakeUpstream,
+    avaturn: AvaturnOverrides,
+    user: Any,
+    route: str,
+    fault: dict[str, Any],
 ) -> None:
     # The Python API page shows services.start_session()/end_session() called from a
     # site's own view; an error it does not catch reaches Django's error page,
     # which prints every frame's variables, those of the exception's cause too.
     started = services.start_session(user)
     if route == "refused":
-        settings.AVATURN = {**settings.AVATURN, "API_URL": f"http://127.0.0.1:{closed_port()}"}
+        avaturn(API_URL=f"http://127.0.0.1:{closed_port()}")
     else:
         sentinel_fake.fail(route, **fault)
     page = ""

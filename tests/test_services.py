@@ -15,7 +15,7 @@ from django_avaturn.outcomes import Outcome
 from django_avaturn.redaction import excerpt, scrub
 from django_avaturn.signals import session_ended, session_started
 from django_avaturn.termination import end_sessions
-from tests.test_api import KEYS
+from tests.helpers import KEYS, AvaturnOverrides
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -243,10 +243,12 @@ def test_scrub_removes_known_keys_and_credential_shapes() -> None:
     assert cleaned.count("[redacted]") == 5
 
 
-def test_scrub_removes_a_key_configured_with_surrounding_whitespace(settings: Any) -> None:
+def test_scrub_removes_a_key_configured_with_surrounding_whitespace(
+    avaturn: AvaturnOverrides,
+) -> None:
     # Keys read from a file often end in a newline; the client sends them stripped,
     # so an upstream echo carries the stripped key, which must be scrubbed too.
-    settings.AVATURN = {**settings.AVATURN, "API_KEY": "av-live-key-from-a-file\n"}
+    avaturn(API_KEY="av-live-key-from-a-file\n")
     cleaned = scrub("invalid key av-live-key-from-a-file in request")
     assert "av-live-key-from-a-file" not in cleaned
     assert cleaned == "invalid key [redacted] in request"

@@ -12,44 +12,20 @@ from django.utils import timezone
 
 from django_avaturn import limits
 from django_avaturn.models import Session, SessionStatus, Transcript
-from tests.test_api import LIST_URL, csrf_delete, csrf_post
+from tests.helpers import LIST_URL, AvaturnOverrides, at, csrf_delete, csrf_post, past_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 UTC = dt_timezone.utc
 
 
-def at(monkeypatch: Any, when: datetime) -> None:
-    """Freeze Django's clock (not ours: the app reads django.utils.timezone.now).
-
-    Session.created_at's default holds the real function, bound at import
-    (and Django caches it as the field's ``_get_default``): frozen too, or a
-    start made while frozen is stamped with the real time, which counts in
-    the wrong window when the real date is near the one the test names.
-    """
-    monkeypatch.setattr(timezone, "now", lambda: when)
-    monkeypatch.setattr(Session._meta.get_field("created_at"), "_get_default", lambda: when)
-
-
-def past_session(user: Any, start: datetime, minutes: float, **extra: Any) -> Session:
-    return Session.objects.create(
-        user=user,
-        session_id=f"old-{start.isoformat()}-{minutes}",
-        status=extra.pop("status", SessionStatus.ENDED),
-        created_at=start,
-        started_at=start,
-        ended_at=start + timedelta(minutes=minutes) if minutes else None,
-        **extra,
-    )
-
-
 # ------------------------------------------------------------------ kill switch
 
 
 def test_kill_switch_setting_refuses_before_spending(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "SESSIONS_ENABLED": False}
+    avaturn(SESSIONS_ENABLED=False)
     response = csrf_post(api_client, LIST_URL, {})
     assert response.status_code == 503
     assert response.json()["code"] == "sessions_disabled"
@@ -127,9 +103,9 @@ def client_for(user: Any) -> Any:
 
 
 def test_site_cap_at_and_around_its_boundary(
-    upstream: Any, settings: Any, many_users: list[Any]
+    upstream: Any, avaturn: AvaturnOverrides, many_users: list[Any]
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 2}
+    avaturn(MAX_LIVE_SESSIONS=2)
     first, second, third = (client_for(u) for u in many_users)
     assert csrf_post(first, LIST_URL, {}).status_code == 201
     assert csrf_post(second, LIST_URL, {}).status_code == 201  # exactly at the cap
@@ -152,10 +128,10 @@ def test_site_cap_at_and_around_its_boundary(
 
 
 def test_site_cap_counts_sessions_still_ending(
-    upstream: Any, settings: Any, many_users: list[Any]
+    upstream: Any, avaturn: AvaturnOverrides, many_users: list[Any]
 ) -> None:
     """A session whose terminate is pending (or failed, left for a retry) may still be billed."""
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 2}
+    avaturn(MAX_LIVE_SESSIONS=2)
     first, _second, third = (client_for(u) for u in many_users)
     assert csrf_post(first, LIST_URL, {}).status_code == 201
     # A start whose orphan Avaturn would not end, left for the expiry command.
@@ -175,8 +151,10 @@ def test_site_cap_counts_sessions_still_ending(
     assert csrf_post(third, LIST_URL, {}).status_code == 201
 
 
-def test_site_cap_setting_is_validated(api_client: Any, upstream: Any, settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS": 0}
+def test_site_cap_setting_is_validated(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
+) -> None:
+    avaturn(MAX_LIVE_SESSIONS=0)
     response = csrf_post(api_client, LIST_URL, {})
     assert (response.status_code, response.json()["code"]) == (503, "not_configured")
 
@@ -185,9 +163,9 @@ def test_site_cap_setting_is_validated(api_client: Any, upstream: Any, settings:
 
 
 def test_sessions_per_day_boundary_and_reset_time(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"sessions_per_day": 2}}
+    avaturn(QUOTAS={"sessions_per_day": 2})
     at(monkeypatch, datetime(2026, 11, 24, 15, 0, tzinfo=UTC))
     # Yesterday's sessions and failed starts do not count.
     past_session(user, datetime(2026, 11, 23, 23, 0, tzinfo=UTC), 5)
@@ -212,9 +190,9 @@ def test_sessions_per_day_boundary_and_reset_time(
 
 
 def test_minutes_quota_caps_the_new_sessions_max_duration(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"minutes_per_day": 30}}
+    avaturn(QUOTAS={"minutes_per_day": 30})
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     past_session(user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 25)
 
@@ -224,9 +202,9 @@ def test_minutes_quota_caps_the_new_sessions_max_duration(
 
 
 def test_minutes_quota_refuses_under_a_minute_left(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"minutes_per_day": 30}}
+    avaturn(QUOTAS={"minutes_per_day": 30})
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     past_session(user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 29.5)
     refused = csrf_post(api_client, LIST_URL, {})
@@ -236,15 +214,11 @@ def test_minutes_quota_refuses_under_a_minute_left(
 
 
 def test_parallel_sessions_share_the_minutes_quota(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
     # Each start was given what the quota had left, not counting what the
     # sessions still running may yet use: two sessions, twice the quota.
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "QUOTAS": {"minutes_per_day": 30},
-        "MAX_LIVE_SESSIONS_PER_USER": 2,
-    }
+    avaturn(QUOTAS={"minutes_per_day": 30}, MAX_LIVE_SESSIONS_PER_USER=2)
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     at(monkeypatch, datetime(2026, 11, 24, 12, 10, tzinfo=UTC))
@@ -260,13 +234,9 @@ def test_parallel_sessions_share_the_minutes_quota(
 
 
 def test_a_replaced_session_leaves_its_remaining_minutes_to_its_successor(
-    api_client: Any, upstream: Any, settings: Any, user: Any, monkeypatch: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "QUOTAS": {"minutes_per_day": 30},
-        "ON_SESSION_LIMIT": "end_oldest",
-    }
+    avaturn(QUOTAS={"minutes_per_day": 30}, ON_SESSION_LIMIT="end_oldest")
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     at(monkeypatch, datetime(2026, 11, 24, 12, 10, tzinfo=UTC))
@@ -305,9 +275,9 @@ def test_the_day_is_the_current_time_zones_day(settings: Any, user: Any, monkeyp
 
 
 def test_rolling_window_resets_when_the_oldest_leaves(
-    settings: Any, user: Any, monkeypatch: Any
+    avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTA_WINDOW": "rolling"}
+    avaturn(QUOTA_WINDOW="rolling")
     now = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
     at(monkeypatch, now)
     past_session(user, now - timedelta(hours=30), 10)
@@ -321,15 +291,15 @@ def test_rolling_window_resets_when_the_oldest_leaves(
     ("window", "says"), [("day", "for today"), ("rolling", "of the last 24 hours")]
 )
 def test_the_quota_message_names_the_window(
-    api_client: Any, upstream: Any, settings: Any, monkeypatch: Any, window: str, says: str
+    api_client: Any,
+    upstream: Any,
+    avaturn: AvaturnOverrides,
+    monkeypatch: Any,
+    window: str,
+    says: str,
 ) -> None:
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))  # no midnight between starts
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "QUOTA_WINDOW": window,
-        "QUOTAS": {"sessions_per_day": 1},
-        "MAX_LIVE_SESSIONS_PER_USER": 5,
-    }
+    avaturn(QUOTA_WINDOW=window, QUOTAS={"sessions_per_day": 1}, MAX_LIVE_SESSIONS_PER_USER=5)
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     refused = csrf_post(api_client, LIST_URL, {})
     assert refused.status_code == 429
@@ -341,13 +311,9 @@ def quota_by_plan(user: Any) -> dict[str, int | None]:
 
 
 def test_quota_hook_varies_by_user(
-    api_client: Any, upstream: Any, settings: Any, other_user: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, other_user: Any
 ) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "QUOTA_HOOK": "tests.test_spend_control.quota_by_plan",
-        "MAX_LIVE_SESSIONS_PER_USER": 5,
-    }
+    avaturn(QUOTA_HOOK="tests.test_spend_control.quota_by_plan", MAX_LIVE_SESSIONS_PER_USER=5)
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     assert csrf_post(api_client, LIST_URL, {}).status_code == 429
     bob = client_for(other_user)
@@ -358,9 +324,9 @@ def test_quota_hook_varies_by_user(
     "quotas", [{"sessions_per_day": -1}, {"minutes": 5}, {"minutes_per_day": "5"}, [1]]
 )
 def test_bad_quotas_are_configuration_errors(
-    api_client: Any, upstream: Any, settings: Any, quotas: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, quotas: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": quotas}
+    avaturn(QUOTAS=quotas)
     response = csrf_post(api_client, LIST_URL, {})
     assert (response.status_code, response.json()["code"]) == (503, "not_configured")
 
@@ -369,9 +335,9 @@ def test_bad_quotas_are_configuration_errors(
 
 
 def test_usage_endpoint_shows_own_usage_only(
-    api_client: Any, settings: Any, user: Any, other_user: Any, monkeypatch: Any
+    api_client: Any, avaturn: AvaturnOverrides, user: Any, other_user: Any, monkeypatch: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "QUOTAS": {"minutes_per_day": 60}}
+    avaturn(QUOTAS={"minutes_per_day": 60})
     at(monkeypatch, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     past_session(user, datetime(2026, 11, 24, 9, 0, tzinfo=UTC), 12)
     past_session(user, datetime(2026, 11, 22, 9, 0, tzinfo=UTC), 3)
@@ -411,9 +377,9 @@ def test_transcripts_are_refused_when_disabled(api_client: Any, upstream: Any) -
 
 
 def test_transcripts_are_stored_for_own_live_session(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     response = csrf_post(
         api_client,
@@ -431,9 +397,9 @@ def test_transcripts_are_stored_for_own_live_session(
 
 
 def test_transcripts_refused_for_other_users_sessions(
-    api_client: Any, upstream: Any, settings: Any, other_user: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, other_user: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     Session.objects.create(user=other_user, session_id="theirs", status=SessionStatus.LIVE)
     response = csrf_post(api_client, transcript_url("theirs"), {"role": "user", "text": "x"})
     assert response.status_code == 404
@@ -441,9 +407,9 @@ def test_transcripts_refused_for_other_users_sessions(
 
 
 def test_transcripts_refused_long_after_the_end(
-    api_client: Any, upstream: Any, settings: Any, user: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     past_session(user, timezone.now() - timedelta(hours=1), 5)
     old = Session.objects.get()
     response = csrf_post(api_client, transcript_url(old.session_id), {"role": "user", "text": "x"})
@@ -463,28 +429,24 @@ def test_transcripts_refused_long_after_the_end(
     ],
 )
 def test_bad_transcripts_are_400(
-    api_client: Any, upstream: Any, settings: Any, payload: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, payload: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     response = csrf_post(api_client, transcript_url(session_id), payload)
     assert response.status_code == 400
     assert response.json()["code"] == "invalid"
 
 
-def _enable_transcripts(settings: Any, **extra: Any) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "TRANSCRIPTS_ENABLED": True,
-        "TRANSCRIPT_THROTTLE_RATE": None,
-        **extra,
-    }
+def _enable_transcripts(avaturn: AvaturnOverrides, **extra: Any) -> None:
+    # (extra may set the throttle rate: it wins over the None here)
+    avaturn(**{"TRANSCRIPTS_ENABLED": True, "TRANSCRIPT_THROTTLE_RATE": None, **extra})
 
 
 def test_a_sessions_transcript_stops_at_its_line_cap(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    _enable_transcripts(settings, TRANSCRIPT_MAX_LINES=3)
+    _enable_transcripts(avaturn, TRANSCRIPT_MAX_LINES=3)
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     url = transcript_url(session_id)
 
@@ -504,9 +466,9 @@ def test_a_sessions_transcript_stops_at_its_line_cap(
 
 
 def test_a_sessions_transcript_stops_at_its_byte_cap_counted_in_utf8(
-    api_client: Any, upstream: Any, settings: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    _enable_transcripts(settings, TRANSCRIPT_MAX_BYTES=10)
+    _enable_transcripts(avaturn, TRANSCRIPT_MAX_BYTES=10)
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     url = transcript_url(session_id)
 
@@ -529,12 +491,12 @@ def test_a_sessions_transcript_stops_at_its_byte_cap_counted_in_utf8(
 
 
 def test_transcript_lines_are_throttled_per_user_with_retry_after(
-    api_client: Any, upstream: Any, settings: Any, user: Any
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     from django.core.cache import cache
 
     cache.clear()
-    _enable_transcripts(settings, TRANSCRIPT_THROTTLE_RATE="2/minute")
+    _enable_transcripts(avaturn, TRANSCRIPT_THROTTLE_RATE="2/minute")
     first = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     second = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     try:
@@ -554,13 +516,13 @@ def test_transcript_lines_are_throttled_per_user_with_retry_after(
 
 
 def test_the_line_cap_holds_under_simultaneous_posts(
-    live_fake: Any, settings: Any, user: Any
+    live_fake: Any, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     """Real threads, one connection each: the cap is checked where the count is raised."""
     from django_avaturn import services
     from tests.live_fake import csrf_json, run_threads
 
-    _enable_transcripts(settings, TRANSCRIPT_MAX_LINES=5, TRANSCRIPT_MAX_BYTES=1000)
+    _enable_transcripts(avaturn, TRANSCRIPT_MAX_LINES=5, TRANSCRIPT_MAX_BYTES=1000)
     session_id = services.start_session(user).session.session_id
 
     def post(index: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -14,34 +13,9 @@ from django.utils.safestring import SafeString
 
 from django_avaturn.conf import DEFAULT_SDK_INTEGRITY, DEFAULT_SDK_URL
 from django_avaturn.widget import get_csp_nonce, render_widget
+from tests.helpers import AvaturnOverrides, parse
 
 HOSTILE = "\"'><script>alert(1)</script>&amp;"
-
-
-class Tags(HTMLParser):
-    """Every start tag of a fragment, with its attributes unescaped."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def find(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
-        return [
-            found
-            for name, found in self.tags
-            if name == tag
-            and all(key in found and found[key] == value for key, value in attrs.items())
-        ]
-
-
-def parse(html: str) -> Tags:
-    tags = Tags()
-    tags.feed(html)
-    tags.close()
-    return tags
 
 
 def render(source: str = "{% avaturn_head %}", **context: Any) -> str:
@@ -111,10 +85,10 @@ def test_the_widget_is_told_where_the_current_csrf_token_is(
     assert widget["data-csrf-cookie-name"] == expected
 
 
-def test_transcripts_url_only_when_the_site_stores_transcripts(settings: Any) -> None:
+def test_transcripts_url_only_when_the_site_stores_transcripts(avaturn: AvaturnOverrides) -> None:
     (widget,) = widgets(render())
     assert "data-transcripts-url" not in widget
-    settings.AVATURN = {**settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    avaturn(TRANSCRIPTS_ENABLED=True)
     (widget,) = widgets(render())
     assert widget["data-transcripts-url"] == "/avaturn/sessions/__session_id__/transcripts/"
 
@@ -123,10 +97,10 @@ def test_transcripts_url_only_when_the_site_stores_transcripts(settings: Any) ->
     ("name", "value"), [("TRANSCRIPTS_ENABLED", 1), ("HEARTBEAT_INTERVAL", "30")]
 )
 def test_a_setting_the_check_refuses_renders_no_widget_and_no_error(
-    settings: Any, caplog: pytest.LogCaptureFixture, name: str, value: Any
+    avaturn: AvaturnOverrides, caplog: pytest.LogCaptureFixture, name: str, value: Any
 ) -> None:
     # The site's page must still render: the tag logs why and leaves a comment.
-    settings.AVATURN = {**settings.AVATURN, name: value}
+    avaturn(**{name: value})
     html = render()
     assert html.strip() == "<!-- django-avaturn: not configured, see the server log -->"
     (record,) = [r for r in caplog.records if r.name == "django_avaturn.widget"]
@@ -317,8 +291,8 @@ def test_without_a_request() -> None:
     assert str(widget["id"]).startswith("avaturn-")
 
 
-def test_empty_integrity_omits_integrity_and_crossorigin(settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "SDK_INTEGRITY": ""}
+def test_empty_integrity_omits_integrity_and_crossorigin(avaturn: AvaturnOverrides) -> None:
+    avaturn(SDK_INTEGRITY="")
     html = render()
     (preload,) = parse(html).find("link", rel="modulepreload")
     assert preload == {"rel": "modulepreload", "href": DEFAULT_SDK_URL}
@@ -326,12 +300,8 @@ def test_empty_integrity_omits_integrity_and_crossorigin(settings: Any) -> None:
     assert "data-sdk-integrity" not in widget
 
 
-def test_custom_sdk_url_and_integrity(settings: Any) -> None:
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "SDK_URL": "https://cdn.example.com/sdk/main.js?v=1&x=2",
-        "SDK_INTEGRITY": "sha384-abc",
-    }
+def test_custom_sdk_url_and_integrity(avaturn: AvaturnOverrides) -> None:
+    avaturn(SDK_URL="https://cdn.example.com/sdk/main.js?v=1&x=2", SDK_INTEGRITY="sha384-abc")
     html = render()
     assert 'href="https://cdn.example.com/sdk/main.js?v=1&amp;x=2"' in html
     tags = parse(html)
@@ -355,17 +325,17 @@ def test_custom_sdk_url_and_integrity(settings: Any) -> None:
     ],
 )
 def test_same_origin_sdk_gets_no_preconnect(
-    settings: Any, sdk_url: str, expected_href: str
+    avaturn: AvaturnOverrides, sdk_url: str, expected_href: str
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "SDK_URL": sdk_url, "SDK_INTEGRITY": ""}
+    avaturn(SDK_URL=sdk_url, SDK_INTEGRITY="")
     tags = parse(render())
     assert not tags.find("link", rel="preconnect")
     (preload,) = tags.find("link", rel="modulepreload")
     assert preload["href"] == expected_href
 
 
-def test_timeouts_come_from_settings(settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "WIDGET_INIT_TIMEOUT": 2.5, "HEARTBEAT_INTERVAL": 5}
+def test_timeouts_come_from_settings(avaturn: AvaturnOverrides) -> None:
+    avaturn(WIDGET_INIT_TIMEOUT=2.5, HEARTBEAT_INTERVAL=5)
     (widget,) = widgets(render())
     assert widget["data-init-timeout"] == "2.5"
     assert widget["data-heartbeat-interval"] == "5"

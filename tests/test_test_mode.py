@@ -23,7 +23,7 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
-from tests.test_api import LIST_URL, csrf_delete, csrf_post
+from tests.helpers import LIST_URL, AvaturnOverrides, csrf_delete, csrf_post
 
 # What a site might have configured: under TEST_MODE it must never leave the process.
 SITE_KEYS = {"API_KEY": "av-site-real-key-0123456789", "OPENAI_API_KEY": "sk-site-real-0123456789"}
@@ -109,9 +109,9 @@ def test_the_fake_supplies_every_test_mode_setting(fake: FakeUpstream) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_malformed_test_mode_refuses_starts(
-    settings: Any, api_client: Any, upstream: Any
+    avaturn: AvaturnOverrides, api_client: Any, upstream: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TEST_MODE": "yes"}
+    avaturn(TEST_MODE="yes")
     response = csrf_post(api_client, LIST_URL, {})
     assert (response.status_code, response.json()["code"]) == (503, "not_configured")
     assert upstream.avaturn.created == []
@@ -170,8 +170,8 @@ def test_test_mode_with_debug_off_is_e006(settings: Any, monkeypatch: Any) -> No
     ]
 
 
-def test_test_mode_is_never_silently_on_w009(settings: Any) -> None:
-    settings.AVATURN = {**settings.AVATURN, "TEST_MODE": True}
+def test_test_mode_is_never_silently_on_w009(settings: Any, avaturn: AvaturnOverrides) -> None:
+    avaturn(TEST_MODE=True)
     settings.DEBUG = True
     assert avaturn_messages() == [
         Warning(
@@ -183,9 +183,11 @@ def test_test_mode_is_never_silently_on_w009(settings: Any) -> None:
     ]
 
 
-def test_deploy_check_names_the_fakes_keys_and_loopback_urls_w010(settings: Any) -> None:
+def test_deploy_check_names_the_fakes_keys_and_loopback_urls_w010(
+    settings: Any, avaturn: AvaturnOverrides
+) -> None:
     with FakeUpstream() as local:
-        settings.AVATURN = {**settings.AVATURN, **local.settings()}
+        avaturn(**local.settings())
     settings.AVATURN["SDK_API_HOST"] = "http://[::1]:8765"
     settings.DEBUG = False
     assert avaturn_messages(deploy=True) == [
@@ -214,9 +216,9 @@ def test_deploy_check_names_the_fakes_keys_and_loopback_urls_w010(settings: Any)
     [("API_KEY", f"{DEFAULT_AVATURN_API_KEY}\n"), ("API_URL", "http://localhost:9000")],
 )
 def test_deploy_check_one_setting_of_the_fakes_is_enough(
-    settings: Any, name: str, value: str
+    settings: Any, avaturn: AvaturnOverrides, name: str, value: str
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, name: value}
+    avaturn(**{name: value})
     settings.DEBUG = False
     (message,) = avaturn_messages(deploy=True)
     assert message.id == "django_avaturn.W010"

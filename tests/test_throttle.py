@@ -29,13 +29,12 @@ from django.test import AsyncClient
 
 from django_avaturn.testing import AVATURN_CREATE, FakeUpstream
 from django_avaturn.throttling import SessionStartThrottle
+from tests.helpers import LIST_URL, AvaturnOverrides, redis_reachable, redis_url
 from tests.live_fake import csrf_json, run_threads
-from tests.test_concurrency import _redis_reachable, _redis_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 THREADS = 50
-LIST_URL = "/avaturn/sessions/"
 CACHE_TABLE = "avaturn_test_throttle_cache"
 
 
@@ -54,7 +53,7 @@ def cache_config(kind: str) -> dict[str, Any]:
         return {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": CACHE_TABLE}
     return {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": _redis_url(),
+        "LOCATION": redis_url(),
         "KEY_PREFIX": redis_prefix(),
     }
 
@@ -63,7 +62,7 @@ def cache_config(kind: str) -> dict[str, Any]:
 def start_cache(request: pytest.FixtureRequest, settings: Any) -> Iterator[str]:
     """The default cache, of each kind in turn, empty."""
     kind: str = request.param
-    if kind == "redis" and not _redis_reachable():
+    if kind == "redis" and not redis_reachable():
         pytest.skip("no Redis at AVATURN_TEST_REDIS_URL")
     settings.CACHES = {"default": cache_config(kind)}
     if kind == "database":
@@ -86,9 +85,9 @@ def allowed(pk: int) -> tuple[bool, float | None]:
 
 
 def test_fifty_simultaneous_starts_at_ten_a_minute_let_exactly_ten_through(
-    start_cache: str, settings: Any
+    start_cache: str, avaturn: AvaturnOverrides
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "START_THROTTLE_RATE": "10/minute"}
+    avaturn(START_THROTTLE_RATE="10/minute")
 
     results = run_threads(lambda _: allowed(7), THREADS)
 
@@ -103,9 +102,11 @@ def test_fifty_simultaneous_starts_at_ten_a_minute_let_exactly_ten_through(
     assert not ok and wait is not None and wait > 50
 
 
-def test_a_window_admits_the_rate_again_once_it_has_passed(start_cache: str, settings: Any) -> None:
+def test_a_window_admits_the_rate_again_once_it_has_passed(
+    start_cache: str, avaturn: AvaturnOverrides
+) -> None:
     """A slot taken at t is free again from t + D (plus the second caches may round away)."""
-    settings.AVATURN = {**settings.AVATURN, "START_THROTTLE_RATE": "2/second"}
+    avaturn(START_THROTTLE_RATE="2/second")
     assert [allowed(9)[0] for _ in range(3)] == [True, True, False]
     time.sleep(2.1)
     assert [allowed(9)[0] for _ in range(3)] == [True, True, False]
@@ -113,6 +114,7 @@ def test_a_window_admits_the_rate_again_once_it_has_passed(start_cache: str, set
 
 def test_slots_whose_window_passed_are_taken_again_once_each_on_the_database_cache(
     settings: Any,
+    avaturn: AvaturnOverrides,
 ) -> None:
     """Expired slots stay in the cache table until culled.
 
@@ -125,7 +127,7 @@ def test_slots_whose_window_passed_are_taken_again_once_each_on_the_database_cac
     call_command("createcachetable", verbosity=0)
     cache = caches["default"]
     cache.clear()
-    settings.AVATURN = {**settings.AVATURN, "START_THROTTLE_RATE": "5/minute"}
+    avaturn(START_THROTTLE_RATE="5/minute")
     try:
         assert [allowed(11)[0] for _ in range(6)] == [True] * 5 + [False]
         with connection.cursor() as cursor:  # their window passed long ago
@@ -156,13 +158,13 @@ print(sum(SessionStartThrottle().allow_request(request, None) for _ in range(tri
 """
 
 
-@pytest.mark.skipif(not _redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
+@pytest.mark.skipif(not redis_reachable(), reason="no Redis at AVATURN_TEST_REDIS_URL")
 def test_processes_starting_at_once_share_the_rate_through_redis() -> None:
     """As gunicorn's or uvicorn's worker processes: 6 processes, 5 starts each, at 10/minute."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_redis",
-        "AVATURN_TEST_REDIS_URL": _redis_url(),
+        "AVATURN_TEST_REDIS_URL": redis_url(),
         "AVATURN_TEST_REDIS_PREFIX": redis_prefix(),
         "AVATURN_TEST_THROTTLE_RATE": "10/minute",
     }
@@ -183,7 +185,7 @@ def test_processes_starting_at_once_share_the_rate_through_redis() -> None:
 
 
 def test_simultaneous_starts_through_the_api_answer_json_429_with_retry_after(
-    live_fake: FakeUpstream, settings: Any, user: Any
+    live_fake: FakeUpstream, settings: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     """On the database cache: the one every site has."""
     from rest_framework.test import APIClient
@@ -192,14 +194,13 @@ def test_simultaneous_starts_through_the_api_answer_json_429_with_retry_after(
     call_command("createcachetable", verbosity=0)
     caches["default"].clear()
 
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "START_THROTTLE_RATE": "10/minute",
-        "MAX_LIVE_SESSIONS_PER_USER": 50,
-        "AVATURN_CONNECT_TIMEOUT": 10,
-        "AVATURN_TIMEOUT": 10,
-        "OPENAI_TIMEOUT": 10,
-    }
+    avaturn(
+        START_THROTTLE_RATE="10/minute",
+        MAX_LIVE_SESSIONS_PER_USER=50,
+        AVATURN_CONNECT_TIMEOUT=10,
+        AVATURN_TIMEOUT=10,
+        OPENAI_TIMEOUT=10,
+    )
 
     def start(_: int) -> Any:
         client = APIClient(enforce_csrf_checks=True)
@@ -225,14 +226,10 @@ def fresh_locmem(settings: Any) -> Iterator[None]:
 
 
 def test_simultaneous_starts_through_the_asgi_handler_let_exactly_ten_through(
-    live_fake: FakeUpstream, fresh_locmem: None, settings: Any, user: Any
+    live_fake: FakeUpstream, fresh_locmem: None, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     """As under uvicorn: the sync view runs on the handler's thread, requests interleave."""
-    settings.AVATURN = {
-        **settings.AVATURN,
-        "START_THROTTLE_RATE": "10/minute",
-        "MAX_LIVE_SESSIONS_PER_USER": 50,
-    }
+    avaturn(START_THROTTLE_RATE="10/minute", MAX_LIVE_SESSIONS_PER_USER=50)
     client = AsyncClient()
     client.force_login(user)
 

@@ -12,7 +12,7 @@ import requests
 import responses
 
 from django_avaturn.models import EndReason, Session, SessionStatus
-from tests.test_api import KEYS, LIST_URL, csrf_delete, csrf_post
+from tests.helpers import KEYS, LIST_URL, csrf_delete, csrf_post
 from tests.upstreams import AVATURN_URL, DELETE_URL
 
 pytestmark = pytest.mark.django_db(transaction=True)

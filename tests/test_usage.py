@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 
 from django_avaturn import limits, usage
 from django_avaturn.models import EndReason, Session, SessionStatus
-from tests.test_admin import CHANGELIST, logged_in
-from tests.test_spend_control import at, past_session
+from tests.helpers import CHANGELIST, at, logged_in, past_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

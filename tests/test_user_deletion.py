@@ -15,15 +15,16 @@ from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.outcomes import Outcome
 from django_avaturn.testing import AVATURN_TERMINATE, FakeUpstream
+from tests.helpers import AvaturnOverrides
 from tests.live_fake import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_deleting_a_user_terminates_their_live_sessions_first(
-    live_fake: FakeUpstream, settings: Any, user: Any, other_user: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, other_user: Any
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "MAX_LIVE_SESSIONS_PER_USER": 2}
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=2)
     mine = {services.start_session(user).session.session_id for _ in range(2)}
     theirs = services.start_session(other_user).session.session_id
 
@@ -145,14 +146,14 @@ def test_deactivation_that_cannot_terminate_says_which_session_runs_on(
 
 
 def test_signing_out_ends_the_users_sessions(
-    live_fake: FakeUpstream, settings: Any, user: Any, other_user: Any
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, other_user: Any
 ) -> None:
     mine = services.start_session(user).session
     theirs = services.start_session(other_user).session
     browser = Client()
     browser.force_login(user)
     # Avaturn slow to answer (within the client's timeout): the sign-out must not wait.
-    settings.AVATURN = {**settings.AVATURN, "AVATURN_TIMEOUT": 5}
+    avaturn(AVATURN_TIMEOUT=5)
     live_fake.set_latency(AVATURN_TERMINATE, 1.5)
 
     # Django's own logout view (POST since Django 5.0).
@@ -188,9 +189,9 @@ def test_a_start_landing_while_the_user_is_deleted_neither_fails_the_deletion_no
 
 
 def test_signing_out_without_sessions_needs_no_keys_and_logs_nothing(
-    settings: Any, user: Any, caplog: pytest.LogCaptureFixture
+    avaturn: AvaturnOverrides, user: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings.AVATURN = {**settings.AVATURN, "API_KEY": None}
+    avaturn(API_KEY=None)
     browser = Client()
     browser.force_login(user)
     with caplog.at_level(logging.WARNING, logger="django_avaturn"):

@@ -20,40 +20,24 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from django_avaturn.testing import FakeUpstream
-
-E2E_DIR = Path(__file__).resolve().parent
-REPO_DIR = E2E_DIR.parent.parent
-SDK_VERSION = "0.3.7"
-SDK_PREFIX = E2E_DIR / ".sdk"
-SDK_DIST = SDK_PREFIX / "node_modules" / "@avaturn-live" / "web-sdk" / "dist"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # A microphone without a permission prompt: the widget asks for one.
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
-ALLOW_ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
-
-
-def _missing(reason: str) -> NoReturn:
-    """Skip the browser tests, unless CI asked for them to run (then fail loudly)."""
-    if os.environ.get("AVATURN_REQUIRE_BROWSER_TESTS") == "1":
-        pytest.fail(f"browser tests are required here but cannot run: {reason}")
-    pytest.skip(reason)
+from tests.e2e.browser import (
+    ALLOW_ASYNC_UNSAFE,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO_DIR,
+    SDK_DIST,
+    SDK_PREFIX,
+    SDK_VERSION,
+    Traffic,
+    is_loopback,
+    missing,
+)
 
 
 def sri(data: bytes) -> str:
@@ -66,7 +50,7 @@ def sdk_dist() -> Path:
     if not (SDK_DIST / "main.js").is_file():
         npm = shutil.which("npm")
         if npm is None:
-            _missing("npm is missing: run .ci/install-browser-deps to install the web SDK")
+            missing("npm is missing: run .ci/install-browser-deps to install the web SDK")
         SDK_PREFIX.mkdir(exist_ok=True)
         result = subprocess.run(
             [
@@ -86,7 +70,7 @@ def sdk_dist() -> Path:
             check=False,
         )
         if result.returncode != 0 or not (SDK_DIST / "main.js").is_file():
-            _missing(f"could not install @avaturn-live/web-sdk from npm: {result.stderr[-500:]}")
+            missing(f"could not install @avaturn-live/web-sdk from npm: {result.stderr[-500:]}")
     return SDK_DIST
 
 
@@ -130,11 +114,11 @@ def sdk_integrity(sdk_dist: Path) -> str:
 @pytest.fixture(scope="session")
 def playwright_browser() -> Iterator[Any]:
     if not Path(CHROMIUM).is_file():
-        _missing(f"{CHROMIUM} is missing: run .ci/install-browser-deps (apt-get install chromium)")
+        missing(f"{CHROMIUM} is missing: run .ci/install-browser-deps (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("the playwright package is missing: run .ci/install-browser-deps")
+        missing("the playwright package is missing: run .ci/install-browser-deps")
     # Playwright's sync API keeps an event loop running in this thread while
     # it is open; Django would then refuse the tests' own ORM queries and the
     # test database's setup and flushes. The live server is unaffected (it has
@@ -159,33 +143,6 @@ def playwright_browser() -> Iterator[Any]:
 def fake() -> Iterator[FakeUpstream]:
     with FakeUpstream() as upstream:
         yield upstream
-
-
-class Traffic:
-    """Everything the browser sent and received, and where it tried to go."""
-
-    def __init__(self) -> None:
-        self.requests: list[Any] = []
-        self.responses: list[Any] = []
-        self.console: list[str] = []
-        self.page_errors: list[str] = []
-        self.blocked: list[str] = []
-        self.held: list[Any] = []
-
-    def texts(self) -> Iterator[str]:
-        """Every URL, header, body and console line seen (for the no-key check)."""
-        for request in self.requests:
-            yield request.url
-            yield repr(request.headers)
-            yield request.post_data or ""
-        for response in self.responses:
-            yield repr(response.headers)
-            try:
-                yield response.text()
-            except Exception:
-                yield ""
-        yield from self.console
-        yield from self.page_errors
 
 
 @pytest.fixture
@@ -225,13 +182,6 @@ def e2e(
     return E2E
 
 
-def _is_loopback(url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme in {"data", "blob", "about"}:
-        return True
-    return (parts.hostname or "") in LOOPBACK_HOSTS
-
-
 @pytest.fixture
 def browser_context(playwright_browser: Any) -> Iterator[tuple[Any, Traffic]]:
     """A fresh browser profile that can reach loopback only."""
@@ -240,7 +190,7 @@ def browser_context(playwright_browser: Any) -> Iterator[tuple[Any, Traffic]]:
 
     def route(route: Any) -> None:
         url = route.request.url
-        if _is_loopback(url):
+        if is_loopback(url):
             route.continue_()
             return
         traffic.blocked.append(url)
@@ -261,18 +211,3 @@ def browser_context(playwright_browser: Any) -> Iterator[tuple[Any, Traffic]]:
             with contextlib.suppress(Exception):
                 held.abort()
         context.close()
-
-
-def sign_in(context: Any, live_server_url: str, user: Any) -> None:
-    """Give the browser the session cookie of a signed-in user."""
-    from django.test import Client
-
-    client = Client()
-    client.force_login(user)
-    cookie = client.cookies["sessionid"]
-    context.add_cookies([{"name": "sessionid", "value": cookie.value, "url": live_server_url}])
-
-
-def watch_page(page: Any, traffic: Traffic) -> None:
-    page.on("console", lambda message: traffic.console.append(f"{message.type}: {message.text}"))
-    page.on("pageerror", lambda error: traffic.page_errors.append(str(error)))

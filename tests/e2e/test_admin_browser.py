@@ -14,12 +14,10 @@ import pytest
 from django_avaturn import limits
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.services import start_session
-from tests.e2e.conftest import Traffic, sign_in, watch_page
-from tests.e2e.test_widget_browser import wait_for
+from tests.e2e.browser import Traffic, sign_in, wait_for, watch_page
+from tests.helpers import CHANGELIST
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-CHANGELIST = "/admin/django_avaturn/session/"
 
 
 def _live_sessions(django_user_model: Any, count: int) -> list[Session]:

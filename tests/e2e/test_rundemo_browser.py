@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.conftest import Traffic, watch_page
-from tests.e2e.test_widget_browser import wait_for
-from tests.test_rundemo import demo  # noqa: F401 (a fixture)
+from tests.e2e.browser import Traffic, wait_for, watch_page
 
 pytestmark = pytest.mark.browser
 
@@ -25,7 +23,7 @@ def _live_at_fake(fake: str) -> list[str]:
 
 
 def test_rundemo_goes_live_offline_and_stops(
-    demo: tuple[str, str],  # noqa: F811 (the fixture imported above)
+    demo: tuple[str, str],
     browser_context: tuple[Any, Traffic],
 ) -> None:
     site, fake = demo

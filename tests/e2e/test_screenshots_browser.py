@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM, REPO_DIR, _missing
+from tests.e2e.browser import CHROMIUM, REPO_DIR, missing
 
 pytestmark = pytest.mark.browser
 
@@ -30,7 +30,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_the_screenshot_script_makes_the_four_pictures(tmp_path: Path) -> None:
     if not Path(CHROMIUM).is_file():
-        _missing(f"{CHROMIUM} is missing: run .ci/install-browser-deps")
+        missing(f"{CHROMIUM} is missing: run .ci/install-browser-deps")
     pytest.importorskip("playwright", reason="run .ci/install-browser-deps")
 
     result = subprocess.run(

@@ -8,67 +8,27 @@ playwright and the SDK. (The documentation's screenshots come from
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from django_avaturn.models import ACTIVE_STATUSES, Session
 from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, SDK_SESSION
-from tests.e2e.conftest import Traffic, sign_in, watch_page
+from tests.e2e.browser import (
+    Traffic,
+    open_signed_in,
+    press_start_until_live,
+    status_text,
+    wait_for,
+    watch_page,
+    widget_state,
+    with_standin_sdk,
+)
+from tests.helpers import AvaturnOverrides
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 ENDED_STATUSES = {"ended", "ending"}
-
-
-def wait_for(
-    page: Any, condition: Callable[[], Any], *, timeout: float = 10.0, what: str = ""
-) -> Any:
-    """Poll ``condition`` while letting Playwright run.
-
-    Playwright's sync API only dispatches events (and the route handler that
-    lets each request through) while the test is inside one of its calls, so
-    a plain ``time.sleep`` would stall the very requests being waited for.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        page.wait_for_timeout(50)
-
-
-def widget_state(page: Any, selector: str = "[data-avaturn-widget]") -> str:
-    return str(page.get_attribute(selector, "data-state"))
-
-
-def status_text(page: Any, selector: str = "[data-avaturn-widget]") -> str:
-    return str(page.text_content(f"{selector} [data-avaturn-status]")).strip()
-
-
-def _with_standin_sdk(e2e: Any) -> None:
-    """The fake's stand-in SDK: the states the real one cannot reach offline (live...)."""
-    e2e.settings.AVATURN = {
-        **e2e.settings.AVATURN,
-        "SDK_URL": e2e.fake.standin_sdk_url,
-        "SDK_INTEGRITY": "",
-    }
-
-
-def open_signed_in(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any, path: str = "/"
-) -> tuple[Any, Traffic]:
-    context, traffic = browser_context
-    sign_in(context, live_server.url, user)
-    page = context.new_page()
-    watch_page(page, traffic)
-    page.goto(live_server.url + path)
-    page.wait_for_function("() => !!document.querySelector('[data-avaturn-widget]')?.avaturn")
-    return page, traffic
 
 
 def start_session(page: Any, e2e: Any, traffic: Traffic) -> dict[str, Any]:
@@ -92,11 +52,6 @@ def start_session(page: Any, e2e: Any, traffic: Traffic) -> dict[str, Any]:
             f"browser: {[(r.method, r.url) for r in traffic.requests]}"
         ) from None
     return minted
-
-
-def press_start_until_live(page: Any) -> None:
-    page.click("[data-avaturn-start]")
-    page.wait_for_selector('[data-avaturn-widget][data-state="live"]')
 
 
 def assert_ended_everywhere(page: Any, e2e: Any, session_id: str) -> None:
@@ -155,9 +110,9 @@ def test_start_reaches_the_sdk_with_our_token_then_times_out_clearly(
 
 
 def test_stop_ends_the_session_at_once(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
+    avaturn(WIDGET_INIT_TIMEOUT=60)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     posts: list[str] = []
     page.on(
@@ -192,18 +147,18 @@ def test_stop_ends_the_session_at_once(
 
 
 def test_closing_the_tab_ends_the_session(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
+    avaturn(WIDGET_INIT_TIMEOUT=60)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     minted = start_session(page, e2e, traffic)
     close_tab_then_assert_ended(page, e2e, minted["session_id"])
 
 
 def test_a_widget_taken_off_the_page_and_put_back_still_ends_its_sessions(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "WIDGET_INIT_TIMEOUT": 60}
+    avaturn(WIDGET_INIT_TIMEOUT=60)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     first = start_session(page, e2e, traffic)
     # Taken off the page (a client-side swap): its session ends.
@@ -254,10 +209,10 @@ def test_strict_csp_page_works_without_violations(
 
 
 def test_integrity_mismatch_refuses_the_sdk_and_starts_nothing(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     wrong = "sha384-" + "A" * 64
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "SDK_INTEGRITY": wrong}
+    avaturn(SDK_INTEGRITY=wrong)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     page.click("[data-avaturn-start]")
     page.wait_for_selector('[data-avaturn-widget][data-state="error"]', timeout=10_000)
@@ -440,7 +395,7 @@ def test_the_standin_sdk_refused_a_token_ends_the_session(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
     # As the real SDK would fail to join: the widget gives up and ends the session.
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     e2e.fake.fail(SDK_SESSION, status=401)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     page.click("[data-avaturn-start]")
@@ -457,7 +412,7 @@ def test_live_session_with_a_stub_sdk_heartbeats_tracks_the_mic_and_forwards_eve
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
     # The real SDK cannot go live offline; a stand-in with its surface can.
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     page.evaluate(
         "() => { window.seen = [];"
@@ -555,7 +510,7 @@ def test_the_sdk_failing_or_ending_the_call_ends_the_session(
     # Nobody can use the session once the SDK's call has failed or ended: left
     # alone, the widget went on heartbeating a session that billed until
     # Avaturn noticed the visitor was gone.
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     with page.expect_response(lambda r: r.url.endswith("/avaturn/sessions/")) as answer:
         page.click("[data-avaturn-start]")
@@ -570,12 +525,12 @@ def test_the_sdk_failing_or_ending_the_call_ends_the_session(
 
 
 def test_transcripts_are_stored_when_the_site_enables_them(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
     from django_avaturn.models import Transcript
 
-    _with_standin_sdk(e2e)
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TRANSCRIPTS_ENABLED": True}
+    with_standin_sdk(e2e)
+    avaturn(TRANSCRIPTS_ENABLED=True)
     page, traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
     page.evaluate(
@@ -596,7 +551,7 @@ def test_transcripts_are_stored_when_the_site_enables_them(
 def test_a_late_heartbeat_answer_about_a_stopped_session_spares_the_next_one(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     held: list[Any] = []
 
@@ -629,7 +584,7 @@ def test_a_late_heartbeat_answer_about_a_stopped_session_spares_the_next_one(
 def test_a_session_replaced_from_another_tab_says_so(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     first, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(first)
 
@@ -643,10 +598,10 @@ def test_a_session_replaced_from_another_tab_says_so(
 
 
 def test_stop_whose_terminate_fails_is_retried_by_the_page(
-    e2e: Any, live_server: Any, browser_context: Any, user: Any
+    e2e: Any, live_server: Any, browser_context: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    _with_standin_sdk(e2e)
-    e2e.settings.AVATURN = {**e2e.settings.AVATURN, "TERMINATE_RETRIES": 0}
+    with_standin_sdk(e2e)
+    avaturn(TERMINATE_RETRIES=0)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
     e2e.fake.fail(AVATURN_TERMINATE, status=500, times=1)
@@ -667,7 +622,7 @@ def test_stop_after_the_csrf_token_changed_in_another_tab_still_ends_the_session
 ) -> None:
     # Signing in again in another tab rotates the CSRF cookie; the token
     # rendered into this page when it loaded is stale from then on.
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
     from django.middleware.csrf import _get_new_csrf_string
@@ -688,7 +643,7 @@ def test_stop_after_the_csrf_token_changed_in_another_tab_still_ends_the_session
 def test_a_heartbeat_refused_after_signing_out_elsewhere_ends_the_call_and_says_why(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, _traffic = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
     # Signed out in another tab: the session cookie is gone (the sign-out

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Traffic, sign_in, watch_page
-from tests.e2e.test_widget_browser import (
-    _with_standin_sdk,
+from tests.e2e.browser import (
+    Traffic,
     open_signed_in,
     press_start_until_live,
+    sign_in,
     status_text,
+    watch_page,
+    with_standin_sdk,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -51,7 +53,7 @@ def test_the_script_enables_start_and_invites_the_visitor(
 def test_the_standin_player_fills_the_stage_as_the_real_one_does(
     e2e: Any, live_server: Any, browser_context: Any, user: Any
 ) -> None:
-    _with_standin_sdk(e2e)
+    with_standin_sdk(e2e)
     page, _ = open_signed_in(e2e, live_server, browser_context, user)
     press_start_until_live(page)
 
