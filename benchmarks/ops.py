@@ -81,9 +81,9 @@ def naive(upstream: bool, time_cap: float) -> int:
     """The loop a first version writes: every stale row, one at a time, one save each."""
     from django.utils import timezone
 
-    from django_avaturn.clients import get_avaturn_client
-    from django_avaturn.expiry import ExpiryPolicy
     from django_avaturn.models import EndReason, Session, SessionStatus
+    from django_avaturn.sessions.expiry import ExpiryPolicy
+    from django_avaturn.upstream.clients import get_avaturn_client
 
     policy = ExpiryPolicy.from_settings()
     now = timezone.now()
@@ -107,8 +107,8 @@ def naive(upstream: bool, time_cap: float) -> int:
 def expire(mode: str, upstream: bool, batch_size: int, time_cap: float) -> dict[str, Any]:
     from django.db import connection
 
-    from django_avaturn.expiry import expire_sessions
     from django_avaturn.models import Session, SessionStatus
+    from django_avaturn.sessions.expiry import expire_sessions
 
     total = Session.objects.filter(status=SessionStatus.LIVE).count()
     counter = QueryCounter()
@@ -145,9 +145,9 @@ def admin(sessions: int) -> dict[str, Any]:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from django_avaturn.clients import get_avaturn_client, get_openai_secrets
-    from django_avaturn.concurrency import terminate_concurrency
     from django_avaturn.models import Session, SessionStatus
+    from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
+    from django_avaturn.upstream.pool import terminate_concurrency
 
     staff, _ = get_user_model().objects.get_or_create(
         username="bench-admin", defaults={"is_staff": True, "is_superuser": True}

@@ -39,7 +39,6 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
 from django.urls import NoReverseMatch
 
-from django_avaturn.clients import clean_key
 from django_avaturn.conf import (
     DEFAULTS,
     ENV_FALLBACKS,
@@ -49,18 +48,19 @@ from django_avaturn.conf import (
     import_callable,
 )
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.limits import parse_quota
-from django_avaturn.session_config import (
+from django_avaturn.sessions.plan import (
     OPENAI_VOICES,
     TEXT_SETTINGS,
     check_session_shape,
     check_text_setting,
 )
+from django_avaturn.spend.limits import parse_quota
 from django_avaturn.testing import (
     DEFAULT_AVATURN_API_KEY,
     DEFAULT_OPENAI_API_KEY,
     is_loopback_host,
 )
+from django_avaturn.upstream.clients import clean_key
 from django_avaturn.validation import RULES
 
 _HINT_SETTINGS = "See the Settings page of django-avaturn's documentation."

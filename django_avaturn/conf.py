@@ -114,7 +114,7 @@ DEFAULTS: dict[str, Any] = {
     # The REST API.
     "AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "THROTTLE_CLASSES": ["django_avaturn.throttling.SessionStartThrottle"],
+    "THROTTLE_CLASSES": ["django_avaturn.api.throttling.SessionStartThrottle"],
     "START_THROTTLE_RATE": "10/minute",
     "SESSION_LIST_LIMIT": 50,
     # The widget ({% avaturn_head %}).
@@ -240,6 +240,6 @@ avaturn_settings = AvaturnSettings()
 def _reload_avaturn_settings(*, setting: str, **kwargs: Any) -> None:
     if setting == SETTINGS_NAME:
         avaturn_settings.reload()
-        from django_avaturn import clients  # (imported here: clients imports conf)
+        from django_avaturn.upstream import clients  # (imported here: clients imports conf)
 
         clients.reset_clients()

@@ -15,8 +15,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from django_avaturn import limits
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus
+from django_avaturn.spend import limits
 from tests.test_admin import CHANGELIST, live, logged_in, staff
 from tests.test_templatetag import parse
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from django_avaturn.conf import DEFAULTS
-from django_avaturn.limits import QUOTA_KEYS
+from django_avaturn.spend.limits import QUOTA_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS_PAGE = REPO / "docs" / "settings.md"

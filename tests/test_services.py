@@ -7,14 +7,15 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import AnonymousUser
 
-from django_avaturn import services, transitions
-from django_avaturn.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn import services
 from django_avaturn.exceptions import SessionNotLive, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
-from django_avaturn.redaction import excerpt, scrub
+from django_avaturn.sessions import transitions
+from django_avaturn.sessions.ending import end_sessions
+from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.signals import session_ended, session_started
-from django_avaturn.termination import end_sessions
+from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn.upstream.redaction import excerpt, scrub
 from tests.test_api import KEYS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -201,7 +202,7 @@ def test_heartbeat_on_ended_session_raises(user: Any, upstream: Any) -> None:
     transitions.record_heartbeat(session)
     assert session.last_seen_at is not None
     services.end_session(session, reason=EndReason.CLIENT)
-    with pytest.raises(services.SessionNotLive):
+    with pytest.raises(SessionNotLive):
         transitions.record_heartbeat(session)
 
 

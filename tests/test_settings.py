@@ -9,7 +9,7 @@ from django.test import override_settings
 
 from django_avaturn.conf import DEFAULTS, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.session_config import build_plan
+from django_avaturn.sessions.plan import build_plan
 from django_avaturn.validation import sdk_api_host
 
 

@@ -30,8 +30,9 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from django_avaturn import charts, limits, services, usage
-from django_avaturn.admin_actions import (
+from django_avaturn import services
+from django_avaturn.admin import charts
+from django_avaturn.admin.actions import (
     TERMINATE_PERMISSION,
     report_tally,
     staff_detail,
@@ -39,9 +40,10 @@ from django_avaturn.admin_actions import (
 )
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
-from django_avaturn.outcomes import Outcome
-from django_avaturn.redaction import scrub
-from django_avaturn.termination import end_sessions
+from django_avaturn.sessions.ending import end_sessions
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.spend import limits, usage
+from django_avaturn.upstream.redaction import scrub
 from django_avaturn.validation import flag_setting
 
 # Lines of a transcript on one admin page: the change page shows the first page.

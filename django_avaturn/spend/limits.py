@@ -16,7 +16,6 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from django_avaturn import usage
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import (
     NotConfigured,
@@ -26,6 +25,7 @@ from django_avaturn.exceptions import (
     SiteLimitReached,
 )
 from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session
+from django_avaturn.spend import usage
 from django_avaturn.validation import flag_setting, int_setting, required_choice_setting
 
 QUOTA_KEYS = frozenset({"sessions_per_day", "minutes_per_day"})

@@ -49,11 +49,9 @@ from django.db.models import Min, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from django_avaturn import transitions
-from django_avaturn.clients import longest_start
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
-from django_avaturn.termination import (
+from django_avaturn.sessions import transitions
+from django_avaturn.sessions.ending import (
     DEFAULT_BATCH_SIZE,
     Result,
     ResultCallback,
@@ -63,6 +61,8 @@ from django_avaturn.termination import (
     preflight,
     terminate_claimed,
 )
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.upstream.clients import longest_start
 from django_avaturn.validation import int_setting, required_int_setting
 
 Reporter = Callable[[Iterable[Result]], None]

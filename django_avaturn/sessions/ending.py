@@ -33,13 +33,13 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from django_avaturn import transitions
-from django_avaturn.clients import get_avaturn_client
-from django_avaturn.concurrency import run_bounded, terminate_concurrency
 from django_avaturn.exceptions import AvaturnError, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
-from django_avaturn.redaction import excerpt
+from django_avaturn.sessions import transitions
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.upstream.clients import get_avaturn_client
+from django_avaturn.upstream.pool import run_bounded, terminate_concurrency
+from django_avaturn.upstream.redaction import excerpt
 
 logger = logging.getLogger(__name__)
 

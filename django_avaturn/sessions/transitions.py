@@ -29,7 +29,6 @@ from typing import Any
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from django_avaturn import limits
 from django_avaturn.exceptions import (
     NotConfigured,
     SessionNotLive,
@@ -37,8 +36,9 @@ from django_avaturn.exceptions import (
     UpstreamError,
 )
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.redaction import excerpt
 from django_avaturn.signals import send_logged, session_ended
+from django_avaturn.spend import limits
+from django_avaturn.upstream.redaction import excerpt
 
 logger = logging.getLogger(__name__)
 

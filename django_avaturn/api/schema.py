@@ -36,7 +36,7 @@ SCHEMA_SETTINGS: dict[str, Any] = {
         "transcripts. Every error is JSON `{code, detail}` (plus `errors` for 400s)."
     ),
     "VERSION": __version__,
-    "PREPROCESSING_HOOKS": ["django_avaturn.schema.only_avaturn_endpoints"],
+    "PREPROCESSING_HOOKS": ["django_avaturn.api.schema.only_avaturn_endpoints"],
     "COMPONENT_SPLIT_REQUEST": True,
 }
 

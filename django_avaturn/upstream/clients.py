@@ -16,10 +16,10 @@ import httpx2
 import openai
 from django.views.decorators.debug import sensitive_variables
 
-from django_avaturn.avaturn_client import AvaturnClient
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.openai_client import RealtimeSecrets, with_deadline
+from django_avaturn.upstream.avaturn import AvaturnClient
+from django_avaturn.upstream.openai import RealtimeSecrets, with_deadline
 from django_avaturn.validation import (
     required_choice_setting,
     required_int_setting,

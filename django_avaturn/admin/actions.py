@@ -16,9 +16,9 @@ from django.utils.translation import gettext_lazy, ngettext
 
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session
-from django_avaturn.outcomes import Outcome
-from django_avaturn.redaction import scrub
-from django_avaturn.termination import Tally, end_sessions
+from django_avaturn.sessions.ending import Tally, end_sessions
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.upstream.redaction import scrub
 
 if TYPE_CHECKING:
     from django_avaturn.admin import SessionAdmin
