@@ -4,12 +4,7 @@ The lifecycle itself lives in ``django_avaturn.sessions``; this module only
 names its public entry points.
 """
 
-from django_avaturn.sessions.ending import end_sessions
-from django_avaturn.sessions.starting import (
-    StartedSession,
-    abandon_start,
-    end_session,
-    start_session,
-)
+from django_avaturn.sessions.ending import abandon_start, end_session, end_sessions
+from django_avaturn.sessions.starting import StartedSession, start_session
 
 __all__ = ["StartedSession", "abandon_start", "end_session", "end_sessions", "start_session"]

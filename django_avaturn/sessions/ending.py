@@ -29,13 +29,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from django_avaturn.exceptions import AvaturnError, UpstreamError
+from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.sessions import transitions
+from django_avaturn.sessions import abandonment, transitions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.upstream.clients import get_avaturn_client
 from django_avaturn.upstream.pool import run_bounded, terminate_concurrency
@@ -54,6 +55,8 @@ class Result:
     outcome: Outcome
     # Why it was chosen, or for a failure the scrubbed upstream error.
     detail: str = ""
+    # For a failed terminate: what it raised.
+    error: Exception | None = field(default=None, compare=False, repr=False)
 
 
 ResultCallback = Callable[[Result], None]
@@ -226,13 +229,16 @@ def terminate_claimed(
 ) -> list[Result]:
     """Terminate rows this caller claimed (``ENDING``, with a session id) and finish them.
 
-    With ``upstream`` false nothing is sent to Avaturn: the rows are recorded
-    as ended (``MARKED``), for sessions known to be over already. A row whose
-    terminate fails goes back to ``LIVE`` where ``transitions.release_claimed``
-    allows (a later end retries it), unless ``release`` is false: then it
-    stays ``ENDING``, ``awaiting_retry``, for rows that must not read as live
-    again (a start's orphan, an end staff asked for), and the expiry
-    command's next run retries it.
+    The one terminate-then-finish: a single end, a start's replaced
+    sessions, the admin's and the kill switch's bulk ends and the expiry
+    command all come through here. With ``upstream`` false nothing is sent
+    to Avaturn: the rows are recorded as ended (``MARKED``), for sessions
+    known to be over already. A row whose terminate fails goes back to
+    ``LIVE`` where ``transitions.release_claimed`` allows (a later end
+    retries it), unless ``release`` is false: then it stays ``ENDING``,
+    ``awaiting_retry``, for rows that must not read as live again (a start's
+    orphan, an end staff asked for), and the expiry command's next run
+    retries it. A failed row's ``Result`` carries the error.
     """
     if not rows:
         return []
@@ -246,7 +252,13 @@ def terminate_claimed(
             )
         return [Result(row, Outcome.MARKED, row.end_detail) for row in rows]
 
-    client = get_avaturn_client()
+    try:
+        client = get_avaturn_client()
+    except NotConfigured:
+        # Nothing was sent, and nothing can be until the setting is fixed.
+        if release:
+            transitions.release_claimed(rows, sent=False)
+        raise
 
     def terminate(row: Session) -> bool:
         assert row.session_id is not None
@@ -259,16 +271,22 @@ def terminate_claimed(
     for row, answer in zip(rows, answers, strict=True):
         if isinstance(answer, Exception):
             failed.append(row)
-            results.append(Result(row, Outcome.FAILED, _describe(answer)))
+            results.append(Result(row, Outcome.FAILED, _describe(answer), error=answer))
         else:
             done.append(row)
             outcome = Outcome.TERMINATED if answer else Outcome.ALREADY_GONE
             results.append(Result(row, outcome, row.end_detail))
     if done:
+        # finish_claimed sets the final fields on the instances too: no read back.
         transitions.finish_claimed(done)
-        for row in done:
-            # As end_session() logs a single end, so every way out leaves a line.
-            logger.info("Ended Avaturn session %s (%s)", row.session_id, row.end_reason)
+        for row, answer in zip(rows, answers, strict=True):
+            if not isinstance(answer, Exception):
+                logger.info(
+                    "Ended Avaturn session %s (%s)%s",
+                    row.session_id,
+                    row.end_reason,
+                    "" if answer else ", already gone upstream",
+                )
     if failed:
         (transitions.release_claimed if release else transitions.await_retry)(failed)
     # Anything but our own errors is a bug: surface it after the rows are consistent.
@@ -276,6 +294,24 @@ def terminate_claimed(
         if isinstance(answer, Exception) and not isinstance(answer, AvaturnError):
             raise answer
     return results
+
+
+def end_claimed(session: Session) -> Outcome:
+    """Terminate one live row this caller claimed, then finish it; raise if Avaturn would not.
+
+    On failure the row is as ``transitions.release_claimed`` left it (back
+    to live for an asker who retries, else ending for the expiry command),
+    re-read, and the ``AvaturnError`` propagates.
+    """
+    try:
+        (result,) = terminate_claimed([session])
+    except NotConfigured:
+        transitions.refresh_if_present(session)
+        raise
+    if result.error is not None:
+        transitions.refresh_if_present(session)
+        raise result.error
+    return result.outcome
 
 
 def _describe(exc: Exception) -> str:
@@ -366,3 +402,57 @@ def end_sessions(
         report(Result(row, Outcome.ALREADY_ENDING, row.end_detail) for row in batch.in_flight)
         report(terminate_claimed([*batch.live, *batch.retrying], release=False))
     return tally
+
+
+# --------------------------------------------------------------------------- one session
+
+
+def end_session(session: Session, *, reason: str, detail: str = "") -> Outcome:
+    """End ``session`` now: terminate it upstream once and record ``reason`` once.
+
+    Returns ``TERMINATED``, or ``ALREADY_GONE`` when Avaturn had ended it by
+    itself. Idempotent: ending an ended session returns ``SKIPPED`` without
+    calling Avaturn; so does one whose end is in flight elsewhere, which is
+    taken over so that end cannot be undone. A session still starting is
+    claimed and returns ``STOPPED``: its own request terminates what Avaturn
+    creates. If Avaturn cannot be reached the ``UpstreamError`` propagates
+    and the row goes back to live for a retry when its asker retries (the
+    visitor, a replacing start, the expiry command; see
+    ``transitions.release_claimed``), else stays ending for the expiry
+    command's next run.
+    """
+    if reason not in EndReason.values:
+        raise ValueError(f"Unknown end reason {reason!r}.")
+    if not transitions.claim_for_end(session, reason=reason, detail=detail):
+        if session.status == SessionStatus.ENDING:
+            transitions.take_over([session])
+        return Outcome.SKIPPED
+    if session.started_at is None:  # only an activation sets it
+        # Claimed while starting: its own request terminates what Avaturn creates.
+        return Outcome.STOPPED
+    return end_claimed(session)
+
+
+def abandon_start(user: AbstractBaseUser, client_ref: str) -> None:
+    """The caller's page left its start named ``client_ref``: leave nothing of it running.
+
+    Idempotent, and only ever about ``user``'s own starts. A start still
+    starting is claimed, and its own request terminates what Avaturn creates
+    the moment the create returns; one already live is ended now; one whose
+    row does not exist yet (this request overtook it) is remembered, and
+    refused once its row is reserved. Raises ``UpstreamError`` when Avaturn
+    could not end a live one (the row stays live, as for ``end_session()``).
+    """
+    # First, before looking for the row: see abandonment for why.
+    abandonment.remember(user.pk, client_ref)
+    failure: AvaturnError | None = None
+    started = Session.objects.filter(
+        user_id=user.pk, client_ref=client_ref, status__in=transitions.CAPPED_STATUSES
+    )
+    for session in started:
+        try:
+            end_session(session, reason=EndReason.ABANDONED)
+        except AvaturnError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure

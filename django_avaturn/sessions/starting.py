@@ -34,7 +34,6 @@ from django.utils import timezone
 
 from django_avaturn.exceptions import (
     AvaturnError,
-    NotConfigured,
     SessionLimitReached,
     SessionNotLive,
     SessionReplaced,
@@ -45,7 +44,7 @@ from django_avaturn.exceptions import (
 )
 from django_avaturn.models import ACTIVE_STATUSES, FINAL_STATUSES, EndReason, Session, SessionStatus
 from django_avaturn.sessions import abandonment, transitions
-from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.sessions.ending import end_claimed
 from django_avaturn.sessions.plan import SessionPlan, build_plan
 from django_avaturn.signals import send_logged, session_started
 from django_avaturn.spend import limits
@@ -442,7 +441,7 @@ def _end_replaced(replaced: list[Session]) -> None:
             # waits for that), or stops before creating anything.
             continue
         try:
-            _terminate_claimed(old)
+            end_claimed(old)
         except AvaturnError as exc:
             failure = failure or exc
     if failure is not None:
@@ -477,84 +476,3 @@ def _terminate_orphan(session_id: str) -> bool:
         )
         return False
     return True
-
-
-# --------------------------------------------------------------------------- ending
-
-
-def end_session(session: Session, *, reason: str, detail: str = "") -> Outcome:
-    """End ``session`` now: terminate it upstream once and record ``reason`` once.
-
-    Returns ``TERMINATED``, or ``ALREADY_GONE`` when Avaturn had ended it by
-    itself. Idempotent: ending an ended session returns ``SKIPPED`` without
-    calling Avaturn; so does one whose end is in flight elsewhere, which is
-    taken over so that end cannot be undone. A session still starting is
-    claimed and returns ``STOPPED``: its own request terminates what Avaturn
-    creates. If Avaturn cannot be reached the ``UpstreamError`` propagates
-    and the row goes back to live for a retry when its asker retries (the
-    visitor, a replacing start, the expiry command; see
-    ``transitions.release_claimed``), else stays ending for the expiry
-    command's next run.
-    """
-    if reason not in EndReason.values:
-        raise ValueError(f"Unknown end reason {reason!r}.")
-    if not transitions.claim_for_end(session, reason=reason, detail=detail):
-        if session.status == SessionStatus.ENDING:
-            transitions.take_over([session])
-        return Outcome.SKIPPED
-    if session.started_at is None:  # only an activation sets it
-        # Claimed while starting: its own request terminates what Avaturn creates.
-        return Outcome.STOPPED
-    return _terminate_claimed(session)
-
-
-def abandon_start(user: AbstractBaseUser, client_ref: str) -> None:
-    """The caller's page left its start named ``client_ref``: leave nothing of it running.
-
-    Idempotent, and only ever about ``user``'s own starts. A start still
-    starting is claimed, and its own request terminates what Avaturn creates
-    the moment the create returns; one already live is ended now; one whose
-    row does not exist yet (this request overtook it) is remembered, and
-    refused once its row is reserved. Raises ``UpstreamError`` when Avaturn
-    could not end a live one (the row stays live, as for ``end_session()``).
-    """
-    # First, before looking for the row: see abandonment for why.
-    abandonment.remember(user.pk, client_ref)
-    failure: AvaturnError | None = None
-    started = Session.objects.filter(
-        user_id=user.pk, client_ref=client_ref, status__in=transitions.CAPPED_STATUSES
-    )
-    for session in started:
-        try:
-            end_session(session, reason=EndReason.ABANDONED)
-        except AvaturnError as exc:
-            failure = failure or exc
-    if failure is not None:
-        raise failure
-
-
-def _terminate_claimed(session: Session) -> Outcome:
-    """Terminate a live row this caller moved to ENDING, then give it its final status."""
-    assert session.session_id is not None
-    try:
-        client = get_avaturn_client()
-    except NotConfigured:
-        # Nothing was sent, and nothing can be until the setting is fixed.
-        transitions.release_claimed([session], sent=False)
-        transitions.refresh_if_present(session)
-        raise
-    try:
-        terminated = client.terminate_session(session.session_id)
-    except AvaturnError:
-        transitions.release_claimed([session])
-        transitions.refresh_if_present(session)
-        raise
-    # finish_claimed sets the final fields on the instance too: no read back.
-    transitions.finish_claimed([session])
-    logger.info(
-        "Ended Avaturn session %s (%s)%s",
-        session.session_id,
-        session.end_reason,
-        "" if terminated else ", already gone upstream",
-    )
-    return Outcome.TERMINATED if terminated else Outcome.ALREADY_GONE
