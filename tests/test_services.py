@@ -271,3 +271,18 @@ def test_every_bulk_end_leaves_a_log_line(
     caplog.set_level("INFO", logger="django_avaturn")
     end_sessions(Session.objects.all(), reason=EndReason.SHUTDOWN)
     assert f"Ended Avaturn session {session.session_id} (shutdown)" in caplog.messages
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["end_session", "end_sessions"])
+def test_an_end_detail_is_cut_to_what_the_model_field_holds(
+    user: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch, bulk: bool
+) -> None:
+    # The length comes from Session.end_detail, not from a number of its own.
+    monkeypatch.setattr(Session._meta.get_field("end_detail"), "max_length", 40)
+    session = services.start_session(user).session
+    if bulk:
+        end_sessions(Session.objects.filter(pk=session.pk), reason=EndReason.ADMIN, detail="x" * 99)
+    else:
+        services.end_session(session, reason=EndReason.ADMIN, detail="x" * 99)
+    session.refresh_from_db()
+    assert (session.status, session.end_detail) == (SessionStatus.ENDED, "x" * 40)

@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
-from django.utils import timezone
 
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
@@ -168,51 +167,6 @@ def _batch_source(queryset: QuerySet[Session]) -> QuerySet[Session]:
     if plain:
         return queryset.order_by()
     return Session.objects.filter(pk__in=queryset.order_by().values("pk"))
-
-
-def claim(
-    rows: Sequence[Session],
-    *,
-    from_status: str,
-    detail_for: Callable[[Session], str],
-    only: Q | None = None,
-    **fields: Any,
-) -> list[Session]:
-    """Move the rows still in ``from_status`` to ``fields``; return exactly those this call moved.
-
-    One ``UPDATE`` per distinct detail, then one ``SELECT`` for the claim
-    stamp, which makes the answer exact even on a database without row locks.
-    ``only`` narrows the ``UPDATE`` further (the caller passes rows that match it).
-    """
-    stamp = timezone.now()
-    groups: dict[str, list[Any]] = {}
-    for row in rows:
-        if row.status == from_status:
-            groups.setdefault(detail_for(row), []).append(row.pk)
-    if not groups:
-        return []
-    for detail, pks in groups.items():
-        values = dict(fields, updated_at=stamp)
-        if detail:
-            values["end_detail"] = detail[:500]
-        targets = Session.objects.filter(pk__in=pks, status=from_status)
-        if only is not None:
-            targets = targets.filter(only)
-        targets.update(**values)
-    candidates = [pk for pks in groups.values() for pk in pks]
-    won = set(
-        Session.objects.filter(pk__in=candidates, updated_at=stamp).values_list("pk", flat=True)
-    )
-    claimed = []
-    for row in rows:
-        if row.pk in won:
-            for name, value in fields.items():
-                setattr(row, name, value)
-            if detail := detail_for(row):
-                row.end_detail = detail[:500]
-            row.updated_at = stamp
-            claimed.append(row)
-    return claimed
 
 
 # --------------------------------------------------------------------------- terminate
@@ -364,14 +318,14 @@ def end_sessions(
     def claim_batch(rows: list[Session]) -> _Claimed:
         # Read before the claims below move rows to ENDING.
         ending = [row for row in rows if row.status == SessionStatus.ENDING]
-        live = claim(
+        live = transitions.claim_rows(
             rows,
             from_status=SessionStatus.LIVE,
             detail_for=reason_detail,
             status=SessionStatus.ENDING,
             end_reason=reason,
         )
-        starting = claim(
+        starting = transitions.claim_rows(
             rows,
             from_status=SessionStatus.STARTING,
             detail_for=reason_detail,
@@ -379,7 +333,7 @@ def end_sessions(
             end_reason=reason,
         )
         # Left for a retry, nobody's now: retried here, with the reason they have.
-        retrying = claim(
+        retrying = transitions.claim_rows(
             [row for row in ending if row.awaiting_retry and row.session_id],
             from_status=SessionStatus.ENDING,
             detail_for=lambda row: "",

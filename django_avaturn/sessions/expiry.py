@@ -56,7 +56,6 @@ from django_avaturn.sessions.ending import (
     Result,
     ResultCallback,
     Tally,
-    claim,
     claimed_batches,
     preflight,
     terminate_claimed,
@@ -203,14 +202,7 @@ def _fail_stuck_starts(
     def claim_stuck(rows: list[Session]) -> list[Session]:
         if dry_run:
             return rows
-        return claim(
-            rows,
-            from_status=SessionStatus.STARTING,
-            detail_for=lambda row: detail,
-            status=SessionStatus.FAILED,
-            end_reason=EndReason.EXPIRED,
-            ended_at=timezone.now(),
-        )
+        return transitions.fail_stuck_starts(rows, detail=detail)
 
     queryset = Session.objects.filter(status=SessionStatus.STARTING, created_at__lt=stuck_since)
     outcome = Outcome.WOULD_END if dry_run else Outcome.MARKED
@@ -237,7 +229,7 @@ def _retry_stuck_ends(
     def claim_stuck(rows: list[Session]) -> list[Session]:
         if dry_run:
             return rows
-        return claim(
+        return transitions.claim_rows(
             rows,
             from_status=SessionStatus.ENDING,
             detail_for=lambda row: row.end_detail or "stuck ending",
@@ -295,7 +287,7 @@ def _expire_live(
         stale = [row for row in rows if row.pk in reasons]
         if dry_run:
             return stale
-        return claim(
+        return transitions.claim_rows(
             stale,
             from_status=SessionStatus.LIVE,
             detail_for=lambda row: reasons[row.pk],

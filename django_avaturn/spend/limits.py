@@ -70,10 +70,7 @@ def hold_switch(*, exclusive: bool = False) -> None:
     reservations in flight, and a start that comes later waits for the flip
     and reads its outcome. SQLite's single write lock already orders them.
     """
-    if connection.vendor == "postgresql":
-        lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT {lock}(%s)", [_SWITCH_LOCK_KEY - 2**63])
+    _advisory_lock(_SWITCH_LOCK_KEY, shared=not exclusive)
 
 
 def set_sessions_enabled(enabled: bool, *, by: Any = None, reason: str = "") -> ServiceSwitch:
@@ -104,9 +101,16 @@ def lock_for_site_cap() -> None:
     SQLite already serialises writers (the start's INSERT comes first); other
     databases get no extra lock and the cap may be overshot by concurrent starts.
     """
+    _advisory_lock(_SITE_CAP_LOCK_KEY)
+
+
+def _advisory_lock(key: int, *, shared: bool = False) -> None:
+    """Hold PostgreSQL's advisory lock ``key`` until this transaction ends; elsewhere nothing."""
     if connection.vendor == "postgresql":
+        lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SITE_CAP_LOCK_KEY - 2**63])
+            # The keys are unsigned 64-bit numbers; PostgreSQL takes a signed bigint.
+            cursor.execute(f"SELECT {lock}(%s)", [key - 2**63])
 
 
 def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
