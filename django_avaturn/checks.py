@@ -48,6 +48,7 @@ from django_avaturn.conf import (
     import_callable,
 )
 from django_avaturn.exceptions import NotConfigured
+from django_avaturn.models import Session
 from django_avaturn.sessions.plan import (
     OPENAI_VOICES,
     TEXT_SETTINGS,
@@ -62,6 +63,7 @@ from django_avaturn.testing import (
 )
 from django_avaturn.upstream.clients import clean_key
 from django_avaturn.validation import RULES
+from django_avaturn.widget import MISSING_INCLUDE, api_urls
 
 _HINT_SETTINGS = "See the Settings page of django-avaturn's documentation."
 
@@ -338,8 +340,6 @@ def _debug_logging_warnings() -> list[CheckMessage]:
 @register(Tags.urls)
 def check_urls(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
     """The session API is reachable: the widget reverses its URLs on every page."""
-    from django_avaturn.widget import MISSING_INCLUDE, api_urls
-
     try:
         api_urls()
     except NoReverseMatch:
@@ -486,8 +486,6 @@ def _first_heartbeat_warning() -> CheckMessage | None:
 
 
 def _sqlite_warning() -> CheckMessage | None:
-    from django_avaturn.models import Session
-
     alias = router.db_for_write(Session)
     connection = connections[alias]
     if connection.vendor != "sqlite":

@@ -240,6 +240,3 @@ avaturn_settings = AvaturnSettings()
 def _reload_avaturn_settings(*, setting: str, **kwargs: Any) -> None:
     if setting == SETTINGS_NAME:
         avaturn_settings.reload()
-        from django_avaturn.upstream import clients  # (imported here: clients imports conf)
-
-        clients.reset_clients()

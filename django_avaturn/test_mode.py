@@ -29,6 +29,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from django_avaturn.validation import flag_setting
+
 if TYPE_CHECKING:
     from django_avaturn.testing import FakeUpstream
 
@@ -40,8 +42,6 @@ _fake: FakeUpstream | None = None
 
 def is_on() -> bool:
     """``AVATURN["TEST_MODE"]``, validated (``NotConfigured`` unless True or False)."""
-    from django_avaturn.validation import flag_setting  # (validation imports conf)
-
     return flag_setting("TEST_MODE")
 
 

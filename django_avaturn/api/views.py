@@ -262,3 +262,16 @@ class SessionHeartbeatView(AvaturnAPIView):
         session = self.own_session(request, session_id)
         transitions.record_heartbeat(session)
         return Response(status=204)
+
+
+Endpoint = tuple[Any, ...]
+
+
+def only_avaturn_endpoints(endpoints: list[Endpoint], **kwargs: Any) -> list[Endpoint]:
+    """drf-spectacular preprocessing hook: keep this app's endpoints, wherever they are included."""
+    return [
+        endpoint
+        for endpoint in endpoints
+        if isinstance(getattr(endpoint[3], "cls", None), type)
+        and issubclass(endpoint[3].cls, AvaturnAPIView)
+    ]
