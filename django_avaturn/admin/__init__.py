@@ -190,7 +190,7 @@ class SessionAdmin(_ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Session | None = None) -> bool:
         # Deleting an active row here would forget a session that may still be
         # billing: terminate it first. Deleting its user elsewhere in the admin
-        # is allowed: the user's deletion ends their sessions (``receivers``).
+        # is allowed: the user's deletion ends their sessions (``users``).
         if obj is not None and obj.is_active and self._serves(request):
             return False
         return super().has_delete_permission(request, obj)
@@ -302,7 +302,7 @@ class SessionAdmin(_ModelAdmin):
         try:
             filtered = self.get_changelist_instance(request).queryset
         except IncorrectLookupParameters:
-            # As the changelist does with filters it cannot apply (it was a 500 here).
+            # As the changelist does with filters it cannot apply: a redirect, never a 500.
             changelist = reverse(f"{self.admin_site.name}:django_avaturn_session_changelist")
             return HttpResponseRedirect(f"{changelist}?{ERROR_FLAG}=1")
         # One clock for every figure, so a running session adds the same seconds to each.

@@ -1,6 +1,6 @@
 """Admin actions and the messages that report them.
 
-Thin shells over ``termination.end_sessions()`` and ``services.end_session()``:
+Thin shells over ``sessions.ending.end_sessions()`` and ``end_session()``:
 the admin decides who may act and what the person reads, nothing else.
 """
 

@@ -1,7 +1,10 @@
-"""Ending many sessions at once, safely beside other hosts and other callers.
+"""Ending sessions: one (``end_session``) or many (``end_sessions``), and the terminate they share.
 
-The admin action and the expiry command both work the same way, one batch
-of rows at a time:
+Every end terminates through ``terminate_claimed``, then finishes the rows
+through ``transitions``. A single end claims its row and terminates it
+(``end_claimed``). Bulk ends (the admin, the kill switch, user events, the
+expiry command) work one batch of rows at a time, safely beside other hosts
+and other callers:
 
 1. **Claim**, in one short transaction: lock the next batch of rows by
    primary key (for the expiry command ``SELECT ... FOR UPDATE SKIP LOCKED``
@@ -12,7 +15,7 @@ of rows at a time:
    are this caller's: a racing admin click, ``end_session()`` or another
    host's command sees them as no longer live and stands back.
 2. **Terminate** the claimed sessions upstream, outside any transaction, a
-   bounded number at a time (``concurrency.run_bounded``).
+   bounded number at a time (``upstream.pool.run_bounded``).
 3. **Finish** them in bulk (``transitions``): terminated or already
    gone rows get their final status; failed ones stay ending, awaiting the
    expiry command's next run (or, for the expiry command's own stale sweep,

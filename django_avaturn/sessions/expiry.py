@@ -26,7 +26,7 @@ A site whose own front end sends no heartbeats sets
 turns every heartbeat test off).
 
 Rows left behind are cleaned up too: ``starting`` for longer than the
-start's own upstream calls can take (``clients.longest_start``) become
+start's own upstream calls can take (``upstream.clients.longest_start``) become
 ``failed`` (no session id was recorded, so there is nothing we can end; if
 the dead process's create had reached Avaturn, that session ends by itself,
 and a WARNING says so). ``ending`` ones whose terminate failed
@@ -34,7 +34,7 @@ and a WARNING says so). ``ending`` ones whose terminate failed
 left ``ending`` for ``EXPIRE_STUCK_AFTER`` by a process that died.
 
 Stale sessions are terminated upstream (404 counts as already gone) and
-recorded with status ``expired``, reason ``expired``. See ``termination``
+recorded with status ``expired``, reason ``expired``. See ``sessions.ending``
 for how this stays correct with several hosts and the admin at once.
 """
 

@@ -1,7 +1,8 @@
-"""Starting and ending sessions: the one place that coordinates upstreams and the database.
+"""Starting a session: reserve a slot, mint the OpenAI secret, create it at Avaturn, go live.
 
-Views, the admin, the management command and the widget all come through
-here. Two rules shape the code:
+``start_session`` is the only way a session starts (the API view, and your
+own code through ``django_avaturn.services``). Ends live in
+``sessions.ending``. Two rules shape the code:
 
 * No database transaction is held open across an upstream call. A start
   reserves its slot in a short transaction (``STARTING`` row), talks to
@@ -291,7 +292,7 @@ def _reserve_slot(
 def _ensure_still_active(user_row: QuerySet[Any]) -> None:
     """Refuse a user deactivated or deleted since the request authenticated them.
 
-    Deactivation ends the sessions a user has (``receivers``); one reserved
+    Deactivation ends the sessions a user has (``users``); one reserved
     after it would run on, for an inactive user, until it expired. Read
     under the reservation's lock, so the two cannot miss each other.
     """

@@ -3,11 +3,11 @@
 ``UPDATE ... WHERE status = ...`` lets two callers race for the same row
 (to end it, replace it, activate it) without a lock held across an upstream
 call: the loser sees zero rows updated and stands back. Nothing here talks
-to an upstream; ``services`` and ``termination`` decide when to call these,
+to an upstream; ``starting`` and ``ending`` decide when to call these,
 around their calls to Avaturn.
 
 The lifecycle: ``STARTING`` → ``LIVE`` (``activate``) → ``ENDING`` (a claim:
-``claim_for_end``, ``claim_replaced``, or the bulk claims in ``termination``)
+``claim_for_end``, ``claim_replaced``, or the bulk ``claim_rows``)
 → ``ENDED``/``EXPIRED``/``FAILED`` (``finish_claimed``). When the terminate
 fails, the row goes back to ``LIVE`` for its asker to retry
 (``release_claimed``) only if that asker retries and nobody has asked for the
@@ -175,7 +175,7 @@ def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = N
     # A row without an id that is no longer live: still starting, claimed by
     # an ender, or already finished by the expiry command's sweep of stuck
     # starts (a start slower than its upstream timeouts allow, see
-    # clients.longest_start). Each is ours to reopen.
+    # upstream.clients.longest_start). Each is ours to reopen.
     ours = Session.objects.filter(pk=row.pk, session_id__isnull=True).exclude(
         status=SessionStatus.LIVE
     )
@@ -232,7 +232,7 @@ def refresh_if_present(session: Session) -> bool:
     """Re-read ``session``; False if its row is gone.
 
     A row goes with its user: a deletion racing an end has ended (or will
-    end) upstream whatever the row recorded (``receivers``).
+    end) upstream whatever the row recorded (``users``).
     """
     try:
         session.refresh_from_db()

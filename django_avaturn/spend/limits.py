@@ -1,6 +1,6 @@
 """Spend controls checked on every start: kill switch, site-wide cap, per-user quotas.
 
-All of them run inside the start's slot reservation (see ``services``), so
+All of them run inside the start's slot reservation (see ``sessions.starting``), so
 they see the same serialised view of the table as the per-user cap and two
 concurrent starts cannot both squeeze under a limit.
 """
@@ -120,7 +120,7 @@ def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
     ones too: a terminate in flight, or one that failed and waits for the
     expiry command's retry, is a session Avaturn may still be running. The
     ``leaving`` rows (those the start replaces) are not counted: the start
-    creates nothing until they have ended (``services._wait_for_ends``).
+    creates nothing until they have ended (``sessions.starting._wait_for_ends``).
     (The per-user cap counts ``starting`` and ``live`` only: a row already
     ending is not one its user can replace; the start waits for it instead.)
     """
