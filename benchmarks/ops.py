@@ -51,13 +51,15 @@ def seed(rows: int) -> dict[str, Any]:
     table = Session._meta.db_table
     columns = (
         "session_id, user_id, status, end_reason, end_detail, avatar_id, model, voice, "
-        "config_name, max_duration, created_at, started_at, expires_at, updated_at"
+        "config_name, max_duration, created_at, started_at, expires_at, updated_at, "
+        "client_ref, awaiting_retry, transcript_lines, transcript_bytes"
     )
 
     def row(i: int) -> tuple[Any, ...]:
         return (
             f"bench-{i:08d}", user.pk, "live", "", "", "", "gpt-realtime", "marin",
             "", 600, long_ago, long_ago, long_ago + timedelta(minutes=10), long_ago,
+            "", False, 0, 0,
         )  # fmt: skip
 
     with transaction.atomic(), connection.cursor() as cursor:
@@ -67,7 +69,7 @@ def seed(rows: int) -> dict[str, Any]:
                 for i in range(rows):
                     copy.write_row(row(i))
         else:
-            sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * 14)})"
+            sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * 18)})"
             chunk = 50_000
             for start in range(0, rows, chunk):
                 cursor.executemany(sql, [row(i) for i in range(start, min(rows, start + chunk))])
@@ -81,9 +83,9 @@ def naive(upstream: bool, time_cap: float) -> int:
     """The loop a first version writes: every stale row, one at a time, one save each."""
     from django.utils import timezone
 
-    from django_avaturn.clients import get_avaturn_client
-    from django_avaturn.expiry import ExpiryPolicy
     from django_avaturn.models import EndReason, Session, SessionStatus
+    from django_avaturn.sessions.expiry import ExpiryPolicy
+    from django_avaturn.upstream.clients import get_avaturn_client
 
     policy = ExpiryPolicy.from_settings()
     now = timezone.now()
@@ -107,8 +109,8 @@ def naive(upstream: bool, time_cap: float) -> int:
 def expire(mode: str, upstream: bool, batch_size: int, time_cap: float) -> dict[str, Any]:
     from django.db import connection
 
-    from django_avaturn.expiry import expire_sessions
     from django_avaturn.models import Session, SessionStatus
+    from django_avaturn.sessions.expiry import expire_sessions
 
     total = Session.objects.filter(status=SessionStatus.LIVE).count()
     counter = QueryCounter()
@@ -145,9 +147,9 @@ def admin(sessions: int) -> dict[str, Any]:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from django_avaturn.clients import get_avaturn_client, get_openai_secrets
-    from django_avaturn.concurrency import terminate_concurrency
     from django_avaturn.models import Session, SessionStatus
+    from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
+    from django_avaturn.upstream.pool import terminate_concurrency
 
     staff, _ = get_user_model().objects.get_or_create(
         username="bench-admin", defaults={"is_staff": True, "is_superuser": True}

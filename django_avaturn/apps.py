@@ -13,7 +13,7 @@ class AvaturnConfig(AppConfig):
         from django.db.models.signals import post_save, pre_delete, pre_save
 
         from django_avaturn import checks  # noqa: F401  (registers the system checks)
-        from django_avaturn.receivers import (
+        from django_avaturn.users import (
             end_sessions_after_password_change,
             end_sessions_of_deactivated_user,
             end_sessions_of_deleted_user,

@@ -41,12 +41,14 @@ from django.urls import NoReverseMatch
 
 from django_avaturn.conf import DEFAULTS, ENV_FALLBACKS, RULES, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.session_config import OPENAI_VOICES
+from django_avaturn.models import Session
+from django_avaturn.sessions.plan import OPENAI_VOICES
 from django_avaturn.testing import (
     DEFAULT_AVATURN_API_KEY,
     DEFAULT_OPENAI_API_KEY,
     is_loopback_host,
 )
+from django_avaturn.widget import MISSING_INCLUDE, api_urls
 
 _HINT_SETTINGS = "See the Settings page of django-avaturn's documentation."
 
@@ -240,8 +242,6 @@ def _debug_logging_warnings() -> list[CheckMessage]:
 @register(Tags.urls)
 def check_urls(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
     """The session API is reachable: the widget reverses its URLs on every page."""
-    from django_avaturn.widget import MISSING_INCLUDE, api_urls
-
     try:
         api_urls()
     except NoReverseMatch:
@@ -388,8 +388,6 @@ def _first_heartbeat_warning() -> CheckMessage | None:
 
 
 def _sqlite_warning() -> CheckMessage | None:
-    from django_avaturn.models import Session
-
     alias = router.db_for_write(Session)
     connection = connections[alias]
     if connection.vendor != "sqlite":

@@ -157,7 +157,7 @@ SETTINGS: dict[str, Setting] = {
         ["rest_framework.permissions.IsAuthenticated"], DottedPath(many=True)
     ),
     "THROTTLE_CLASSES": Setting(
-        ["django_avaturn.throttling.SessionStartThrottle"], DottedPath(many=True)
+        ["django_avaturn.api.throttling.SessionStartThrottle"], DottedPath(many=True)
     ),
     "START_THROTTLE_RATE": Setting("10/minute", Rate()),
     "SESSION_LIST_LIMIT": Setting(50, Bounds(1)),
@@ -325,6 +325,3 @@ def sdk_api_host() -> str:
 def _reload_avaturn_settings(*, setting: str, **kwargs: Any) -> None:
     if setting == SETTINGS_NAME:
         avaturn_settings.reload()
-        from django_avaturn import clients  # (imported here: clients imports conf)
-
-        clients.reset_clients()

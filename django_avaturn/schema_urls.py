@@ -16,7 +16,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import URLPattern, path
 from django.utils.translation import gettext as _
 
-from django_avaturn.schema import SCHEMA_SETTINGS, SPECTACULAR_INSTALLED
+from django_avaturn.api.schema import SCHEMA_SETTINGS, SPECTACULAR_INSTALLED
 
 app_name = "django_avaturn_schema"
 

@@ -38,7 +38,7 @@ INSTALLED_APPS = [
 # The OpenAPI schema at /api/schema/ (and `manage.py spectacular`) when the
 # optional drf-spectacular is installed: pip install -e ".[schema]".
 if find_spec("drf_spectacular") is not None:
-    from django_avaturn.schema import SCHEMA_SETTINGS
+    from django_avaturn.api.schema import SCHEMA_SETTINGS
 
     INSTALLED_APPS.append("drf_spectacular")
     SPECTACULAR_SETTINGS = SCHEMA_SETTINGS

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import responses
 
-from django_avaturn.clients import reset_clients
+from django_avaturn.upstream.clients import reset_clients
 from tests import upstreams
 from tests.helpers import (
     AvaturnOverrides,

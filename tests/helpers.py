@@ -4,7 +4,7 @@ row factories, a clock freezer, an HTML tag parser and the Redis probe.
 Shared test code lives in helper modules (this one, ``upstreams.py`` for the
 transport-level upstreams, ``live_fake.py`` for the loopback fake, and
 ``e2e/browser.py`` for the browser tests), never in a ``test_*`` module: no
-test module imports another (``test_layout.py`` checks it).
+test module imports another (``test_suite_layout.py`` checks it).
 """
 
 from __future__ import annotations

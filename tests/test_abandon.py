@@ -27,8 +27,8 @@ from rest_framework.test import APIClient
 
 from django_avaturn import services
 from django_avaturn.exceptions import AvaturnError, SessionNotLive
-from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import ACTIVE_STATUSES, EndReason, Session, SessionStatus
+from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.testing import AVATURN_CREATE, OPENAI_CLIENT_SECRET, FakeUpstream
 from tests.helpers import LIST_URL, AvaturnOverrides, csrf_post, redis_reachable, redis_url
 from tests.live_fake import assert_no_orphans, wait_until
@@ -297,7 +297,7 @@ import sys
 import django
 
 django.setup()
-from django_avaturn import abandonment
+from django_avaturn.sessions import abandonment
 
 abandonment.remember(int(sys.argv[1]), sys.argv[2])
 """

@@ -15,8 +15,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from django_avaturn import limits
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus
+from django_avaturn.spend import limits
 from tests.helpers import CHANGELIST, live, logged_in, parse, staff
 
 pytestmark = pytest.mark.django_db

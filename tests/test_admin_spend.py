@@ -15,8 +15,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_avaturn import limits
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
+from django_avaturn.spend import limits
 from tests.helpers import CHANGELIST, KEYS, AvaturnOverrides, at, live, logged_in, staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -366,7 +366,7 @@ def test_expiry_command_purges_old_transcripts(
 
 def test_purge_works_in_batches(user: Any) -> None:
     from django_avaturn.exceptions import NotConfigured
-    from django_avaturn.retention import purge_transcripts, retention_days
+    from django_avaturn.sessions.retention import purge_transcripts, retention_days
 
     row = ended(user, "many", 5)
     Transcript.objects.bulk_create(
@@ -398,6 +398,6 @@ def test_purge_works_in_batches(user: Any) -> None:
     ],
 )
 def test_durations_are_said_in_words(seconds: float, said: str) -> None:
-    from django_avaturn.usage import describe_duration
+    from django_avaturn.spend.usage import describe_duration
 
     assert describe_duration(seconds) == said

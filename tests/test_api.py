@@ -354,7 +354,7 @@ def test_a_missing_or_malformed_setting_is_a_json_503_and_spends_nothing(
 ) -> None:
     # But for the missing key, each of these was once a 500 (int(), float(), DRF's
     # rate parser or a client's constructor) or was read loosely.
-    from django_avaturn.clients import reset_clients
+    from django_avaturn.upstream.clients import reset_clients
 
     monkeypatch.delenv("AVATURN_API_KEY", raising=False)
     avaturn(**{name: value})
@@ -380,7 +380,7 @@ def test_a_key_with_a_trailing_newline_is_sent_without_it(
 ) -> None:
     # As read from a secret file: sent as is, it is an illegal header whose
     # error message quotes it (and HTTP libraries log that message).
-    from django_avaturn.clients import reset_clients
+    from django_avaturn.upstream.clients import reset_clients
 
     avaturn(
         API_KEY=settings.AVATURN["API_KEY"] + "\n",

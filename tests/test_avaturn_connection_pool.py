@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 
-from django_avaturn.avaturn_client import AvaturnClient
 from django_avaturn.testing import FakeUpstream
 from django_avaturn.testing.records import AVATURN_TERMINATE
+from django_avaturn.upstream.avaturn import AvaturnClient
 
 CALLERS = 24
 

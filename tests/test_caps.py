@@ -24,16 +24,16 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from django_avaturn import services
-from django_avaturn.clients import get_avaturn_client, get_openai_secrets
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
-from django_avaturn.session_config import build_plan
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.sessions.plan import build_plan
 from django_avaturn.testing import (
     AVATURN_CREATE,
     AVATURN_TERMINATE,
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
+from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
 from tests.helpers import LIST_URL, AvaturnOverrides
 from tests.live_fake import assert_no_orphans, csrf_json, run_threads, wait_until
 

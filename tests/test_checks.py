@@ -187,7 +187,7 @@ def test_malformed_settings_are_e003(avaturn: AvaturnOverrides, name: str, value
         ("PERMISSION_CLASSES", ["rest_framework.permissions.Nope"]),
         ("OPENAI_HTTP_CLIENT", "django_avaturn.__version__"),
         ("QUOTA_HOOK", 3),
-        ("THROTTLE_CLASSES", "django_avaturn.throttling.SessionStartThrottle"),
+        ("THROTTLE_CLASSES", "django_avaturn.api.throttling.SessionStartThrottle"),
     ],
 )
 def test_unimportable_paths_are_e004(avaturn: AvaturnOverrides, name: str, value: Any) -> None:

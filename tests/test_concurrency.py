@@ -20,14 +20,15 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from django_avaturn import services, transitions
+from django_avaturn import services
 from django_avaturn.exceptions import AvaturnError
-from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
-from django_avaturn.session_config import build_plan
+from django_avaturn.sessions import starting, transitions
+from django_avaturn.sessions.ending import end_sessions
+from django_avaturn.sessions.expiry import expire_sessions
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.sessions.plan import build_plan
 from django_avaturn.signals import session_ended
-from django_avaturn.termination import end_sessions
 from django_avaturn.testing import (
     AVATURN_CREATE,
     AVATURN_TERMINATE,
@@ -176,7 +177,7 @@ from types import SimpleNamespace
 import django
 
 django.setup()
-from django_avaturn.throttling import SessionStartThrottle
+from django_avaturn.api.throttling import SessionStartThrottle
 
 user = SimpleNamespace(pk=int(sys.argv[1]), is_authenticated=True)
 request = SimpleNamespace(user=user, META={"REMOTE_ADDR": "127.0.0.1"})
@@ -207,7 +208,7 @@ def _allowed_in_another_process(user_pk: int, prefix: str) -> bool:
 def test_start_throttle_is_shared_across_processes_through_redis(
     settings: Any, avaturn: AvaturnOverrides
 ) -> None:
-    from django_avaturn.throttling import SessionStartThrottle
+    from django_avaturn.api.throttling import SessionStartThrottle
 
     prefix = f"django-avaturn-tests-{uuid.uuid4().hex}"
     settings.CACHES = {
@@ -292,7 +293,7 @@ def test_a_reservation_takes_sqlites_write_lock_before_it_reads(
     real.transaction_mode = None  # a plain (deferred) BEGIN
     try:
         with connection.execute_wrapper(after_first_read):
-            reservation = services._reserve_slot(user, plan, cap=1, refuse=True)
+            reservation = starting._reserve_slot(user, plan, cap=1, refuse=True)
     finally:
         real.transaction_mode = configured_mode
     writer.join(25)
@@ -304,7 +305,7 @@ def test_a_reservation_takes_sqlites_write_lock_before_it_reads(
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's write lock orders these")
 def test_a_kill_switch_flip_waits_for_the_reservations_in_flight(user: Any) -> None:
     """A start that read "on" must commit its row before the flip, so the sweep after sees it."""
-    from django_avaturn import limits
+    from django_avaturn.spend import limits
 
     read_switch = threading.Event()
     release = threading.Event()
@@ -323,7 +324,7 @@ def test_a_kill_switch_flip_waits_for_the_reservations_in_flight(user: Any) -> N
     def reserve() -> None:
         try:
             with connection.execute_wrapper(pause_after_the_switch_read):
-                outcome["row"] = services._reserve_slot(user, build_plan(), cap=1, refuse=True).row
+                outcome["row"] = starting._reserve_slot(user, build_plan(), cap=1, refuse=True).row
             outcome["committed_before_flip"] = not flipped.is_set()
         finally:
             connection.close()
@@ -362,7 +363,7 @@ def test_a_replaced_start_that_goes_live_meanwhile_is_replaced_with_its_id(user:
     row ``ending``, two sessions under a cap of one.
     """
     plan = build_plan()
-    row_a = services._reserve_slot(user, plan, cap=1, refuse=False).row
+    row_a = starting._reserve_slot(user, plan, cap=1, refuse=False).row
     about_to_claim = threading.Event()
     release = threading.Event()
     outcome: dict[str, Any] = {}
@@ -378,7 +379,7 @@ def test_a_replaced_start_that_goes_live_meanwhile_is_replaced_with_its_id(user:
     def replace() -> None:
         try:
             with connection.execute_wrapper(pause_before_the_claim):
-                outcome["replaced"] = services._reserve_slot(
+                outcome["replaced"] = starting._reserve_slot(
                     user, build_plan(), cap=1, refuse=False
                 ).replaced
         finally:

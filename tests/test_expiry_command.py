@@ -15,11 +15,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_avaturn.clients import longest_start
-from django_avaturn.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.management.commands.avaturn_expire_sessions import Command
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.sessions.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.signals import session_ended
+from django_avaturn.upstream.clients import longest_start
 from tests.helpers import KEYS, AvaturnOverrides
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -446,7 +446,7 @@ def test_stuck_rows_are_cleaned_up(
     )
     recent_end = make(user, "av-busy", status=SessionStatus.ENDING, end_reason=EndReason.CLIENT)
 
-    with caplog.at_level(logging.WARNING, logger="django_avaturn.expiry"):
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.sessions.expiry"):
         run()
 
     row = fresh(starting)
@@ -456,7 +456,7 @@ def test_stuck_rows_are_cleaned_up(
         "never finished starting",
     )
     # Its process may have died mid-create: the operator is told what may still run.
-    (warning,) = [r for r in caplog.records if r.name == "django_avaturn.expiry"]
+    (warning,) = [r for r in caplog.records if r.name == "django_avaturn.sessions.expiry"]
     assert warning.levelno == logging.WARNING
     assert "Marked 1 session start(s) failed" in warning.getMessage()
     assert "user_absent_timeout" in warning.getMessage()
@@ -609,7 +609,7 @@ def test_run_bounded_keeps_order_isolates_failures_and_bounds_threads() -> None:
     import threading
     import time
 
-    from django_avaturn.concurrency import run_bounded
+    from django_avaturn.upstream.pool import run_bounded
 
     in_flight, peak = 0, 0
     lock = threading.Lock()
@@ -636,8 +636,8 @@ def test_run_bounded_keeps_order_isolates_failures_and_bounds_threads() -> None:
 
 @pytest.mark.parametrize("bad", [0, -1, True, "8"])
 def test_terminate_concurrency_must_be_a_positive_int(avaturn: AvaturnOverrides, bad: Any) -> None:
-    from django_avaturn.concurrency import terminate_concurrency
     from django_avaturn.exceptions import NotConfigured
+    from django_avaturn.upstream.pool import terminate_concurrency
 
     avaturn(TERMINATE_CONCURRENCY=bad)
     with pytest.raises(NotConfigured):
@@ -647,7 +647,7 @@ def test_terminate_concurrency_must_be_a_positive_int(avaturn: AvaturnOverrides,
 def test_a_bug_in_a_worker_surfaces_after_the_rows_are_made_consistent(
     upstream: Any, user: Any, monkeypatch: Any
 ) -> None:
-    from django_avaturn.avaturn_client import AvaturnClient
+    from django_avaturn.upstream.avaturn import AvaturnClient
 
     ok = make(user, "av-ok", started_ago=4000)
     buggy = make(user, "av-bug", started_ago=4000)

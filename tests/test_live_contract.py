@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from django_avaturn.conf import DEFAULTS
-from django_avaturn.session_config import SessionPlan, build_plan
+from django_avaturn.sessions.plan import SessionPlan, build_plan
 from django_avaturn.testing import FakeUpstream
 from tests.helpers import AvaturnOverrides
 

@@ -25,8 +25,8 @@ from django_avaturn.exceptions import (
     UpstreamError,
     UserNotActive,
 )
-from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.signals import session_ended
 from django_avaturn.testing import AVATURN_CREATE, AVATURN_TERMINATE, FakeUpstream
 from tests.helpers import AvaturnOverrides

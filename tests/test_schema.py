@@ -19,7 +19,7 @@ pytest.importorskip(
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.settings import patched_settings
 
-from django_avaturn.schema import SCHEMA_SETTINGS
+from django_avaturn.api.schema import SCHEMA_SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 ERROR_REF = "#/components/schemas/Error"

@@ -19,17 +19,18 @@ from django.test import Client, RequestFactory
 from django.views.debug import ExceptionReporter
 from rest_framework.test import APIClient
 
-from django_avaturn import clients, services
+from django_avaturn import services
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import AvaturnError
-from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.testing import (
     AVATURN_CREATE,
     AVATURN_TERMINATE,
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
+from django_avaturn.upstream import clients
 from tests.helpers import LIST_URL, AvaturnOverrides, closed_port
 from tests.live_fake import FAST_TIMEOUTS, csrf_json
 

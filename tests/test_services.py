@@ -7,14 +7,15 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import AnonymousUser
 
-from django_avaturn import services, transitions
-from django_avaturn.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn import services
 from django_avaturn.exceptions import SessionNotLive, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
-from django_avaturn.redaction import excerpt, scrub
+from django_avaturn.sessions import transitions
+from django_avaturn.sessions.ending import end_sessions
+from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.signals import session_ended, session_started
-from django_avaturn.termination import end_sessions
+from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn.upstream.redaction import excerpt, scrub
 from tests.helpers import KEYS, AvaturnOverrides
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -201,7 +202,7 @@ def test_heartbeat_on_ended_session_raises(user: Any, upstream: Any) -> None:
     transitions.record_heartbeat(session)
     assert session.last_seen_at is not None
     services.end_session(session, reason=EndReason.CLIENT)
-    with pytest.raises(services.SessionNotLive):
+    with pytest.raises(SessionNotLive):
         transitions.record_heartbeat(session)
 
 
@@ -272,3 +273,18 @@ def test_every_bulk_end_leaves_a_log_line(
     caplog.set_level("INFO", logger="django_avaturn")
     end_sessions(Session.objects.all(), reason=EndReason.SHUTDOWN)
     assert f"Ended Avaturn session {session.session_id} (shutdown)" in caplog.messages
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["end_session", "end_sessions"])
+def test_an_end_detail_is_cut_to_what_the_model_field_holds(
+    user: Any, upstream: Any, monkeypatch: pytest.MonkeyPatch, bulk: bool
+) -> None:
+    # The length comes from Session.end_detail, not from a number of its own.
+    monkeypatch.setattr(Session._meta.get_field("end_detail"), "max_length", 40)
+    session = services.start_session(user).session
+    if bulk:
+        end_sessions(Session.objects.filter(pk=session.pk), reason=EndReason.ADMIN, detail="x" * 99)
+    else:
+        services.end_session(session, reason=EndReason.ADMIN, detail="x" * 99)
+    session.refresh_from_db()
+    assert (session.status, session.end_detail) == (SessionStatus.ENDED, "x" * 40)

@@ -9,7 +9,7 @@ from django.test import override_settings
 
 from django_avaturn.conf import DEFAULTS, AvaturnSettings, avaturn_settings, sdk_api_host
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.session_config import build_plan
+from django_avaturn.sessions.plan import build_plan
 
 
 def test_every_default_is_returned_when_unset(settings: Any, monkeypatch: Any) -> None:

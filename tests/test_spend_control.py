@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.utils import timezone
 
-from django_avaturn import limits
 from django_avaturn.models import Session, SessionStatus, Transcript
+from django_avaturn.spend import limits
 from tests.helpers import LIST_URL, AvaturnOverrides, at, csrf_delete, csrf_post, past_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,9 +43,9 @@ def test_kill_switch_row_refuses_and_can_be_turned_back_on(api_client: Any, upst
 def test_a_session_the_kill_switch_cannot_terminate_is_never_live_again(
     api_client: Any, upstream: Any
 ) -> None:
-    from django_avaturn.expiry import expire_sessions
     from django_avaturn.models import EndReason
-    from django_avaturn.termination import end_sessions
+    from django_avaturn.sessions.ending import end_sessions
+    from django_avaturn.sessions.expiry import expire_sessions
 
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     heartbeat = f"/avaturn/sessions/{session_id}/heartbeat/"

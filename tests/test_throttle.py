@@ -27,8 +27,8 @@ from django.core.management import call_command
 from django.db import connection, connections
 from django.test import AsyncClient
 
+from django_avaturn.api.throttling import SessionStartThrottle
 from django_avaturn.testing import AVATURN_CREATE, FakeUpstream
-from django_avaturn.throttling import SessionStartThrottle
 from tests.helpers import LIST_URL, AvaturnOverrides, redis_reachable, redis_url
 from tests.live_fake import csrf_json, run_threads
 
@@ -149,7 +149,7 @@ from types import SimpleNamespace
 import django
 
 django.setup()
-from django_avaturn.throttling import SessionStartThrottle
+from django_avaturn.api.throttling import SessionStartThrottle
 
 user_pk, tries, at = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 request = SimpleNamespace(user=SimpleNamespace(pk=user_pk, is_authenticated=True), META={})

@@ -1,6 +1,6 @@
 """Usage has one definition: the quota, ``GET usage/`` and the admin read the same figures.
 
-The rule (``django_avaturn.usage``): every start counts but one that failed
+The rule (``django_avaturn.spend.usage``): every start counts but one that failed
 before it went live, on the day it was made; talk time runs from
 ``started_at`` to ``ended_at`` (or now) and is split at each midnight of the
 current time zone. These run on SQLite and, with ``AVATURN_TEST_DATABASE_URL``,
@@ -20,8 +20,8 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django_avaturn import limits, usage
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.spend import limits, usage
 from tests.helpers import CHANGELIST, at, logged_in, past_session
 
 pytestmark = pytest.mark.django_db(transaction=True)

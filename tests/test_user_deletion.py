@@ -11,9 +11,9 @@ from django.db import transaction
 from django.test import Client
 
 from django_avaturn import services
-from django_avaturn.expiry import expire_sessions
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
+from django_avaturn.sessions.expiry import expire_sessions
+from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.testing import AVATURN_TERMINATE, FakeUpstream
 from tests.helpers import AvaturnOverrides
 from tests.live_fake import wait_until
@@ -54,12 +54,12 @@ def test_deletion_goes_ahead_when_avaturn_is_down_and_says_so_loudly(
     session_id = services.start_session(user).session.session_id
     live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
 
-    with caplog.at_level(logging.ERROR, logger="django_avaturn.receivers"):
+    with caplog.at_level(logging.ERROR, logger="django_avaturn.users"):
         user.delete()
 
     assert not Session.objects.exists()
     assert live_fake.live_session_ids() == {session_id}  # bounded by max_duration
-    [record] = [r for r in caplog.records if r.name == "django_avaturn.receivers"]
+    [record] = [r for r in caplog.records if r.name == "django_avaturn.users"]
     assert record.levelno == logging.ERROR
     assert session_id in record.getMessage()
     assert "503" in record.getMessage()
@@ -128,10 +128,10 @@ def test_deactivation_that_cannot_terminate_says_which_session_runs_on(
 ) -> None:
     session = services.start_session(user).session
     live_fake.fail(AVATURN_TERMINATE, status=503, times=None)
-    with caplog.at_level(logging.ERROR, logger="django_avaturn.receivers"):
+    with caplog.at_level(logging.ERROR, logger="django_avaturn.users"):
         user.is_active = False
         user.save()
-    [record] = [r for r in caplog.records if r.name == "django_avaturn.receivers"]
+    [record] = [r for r in caplog.records if r.name == "django_avaturn.users"]
     assert session.session_id in record.getMessage() and "503" in record.getMessage()
     assert "the expiry command's next run retries it" in record.getMessage()
     session.refresh_from_db()

@@ -13,14 +13,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 
-from django_avaturn import limits, transcripts, usage
+from django_avaturn.api.schema import document, session_id_parameter
 from django_avaturn.api.serializers import StrictSerializer
+from django_avaturn.api.throttling import TranscriptThrottle
 from django_avaturn.api.views import UNAVAILABLE, AvaturnAPIView
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import SessionNotLive
 from django_avaturn.models import ACTIVE_STATUSES, Session, TranscriptRole
-from django_avaturn.schema import document, session_id_parameter
-from django_avaturn.throttling import TranscriptThrottle
+from django_avaturn.sessions import transcripts
+from django_avaturn.spend import limits, usage
 from django_avaturn.validation import QUOTA_WINDOWS
 
 # Transcript events can arrive just after Stop; accept them for this long.

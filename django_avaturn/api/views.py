@@ -20,10 +20,11 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from django_avaturn import services, transitions
+from django_avaturn import services
 from django_avaturn.api.errors import exception_handler
 from django_avaturn.api.parsers import JSONParser
 from django_avaturn.api.renderers import AsciiJSONRenderer
+from django_avaturn.api.schema import ERRORS, document, session_id_parameter
 from django_avaturn.api.serializers import (
     AbandonStartSerializer,
     QuotaErrorSerializer,
@@ -34,8 +35,8 @@ from django_avaturn.api.serializers import (
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session
-from django_avaturn.schema import ERRORS, document, session_id_parameter
-from django_avaturn.session_config import AvatarNotAllowed
+from django_avaturn.sessions import transitions
+from django_avaturn.sessions.plan import AvatarNotAllowed
 
 SESSION_ID_MAX_LENGTH = Session._meta.get_field("session_id").max_length or 255
 # What a 503 means where nothing is started: the database, or a missing setting.
@@ -260,3 +261,16 @@ class SessionHeartbeatView(AvaturnAPIView):
         session = self.own_session(request, session_id)
         transitions.record_heartbeat(session)
         return Response(status=204)
+
+
+Endpoint = tuple[Any, ...]
+
+
+def only_avaturn_endpoints(endpoints: list[Endpoint], **kwargs: Any) -> list[Endpoint]:
+    """drf-spectacular preprocessing hook: keep this app's endpoints, wherever they are included."""
+    return [
+        endpoint
+        for endpoint in endpoints
+        if isinstance(getattr(endpoint[3], "cls", None), type)
+        and issubclass(endpoint[3].cls, AvaturnAPIView)
+    ]

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from django_avaturn import limits
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.services import start_session
+from django_avaturn.spend import limits
 from tests.e2e.browser import Traffic, sign_in, wait_for, watch_page
 from tests.helpers import CHANGELIST
 

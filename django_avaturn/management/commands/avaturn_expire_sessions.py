@@ -10,10 +10,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.expiry import ExpiryPolicy, ExpiryReport, expire_sessions
-from django_avaturn.outcomes import Outcome
-from django_avaturn.retention import purge_transcripts, retention_days
-from django_avaturn.termination import DEFAULT_BATCH_SIZE, Result
+from django_avaturn.sessions.ending import DEFAULT_BATCH_SIZE, Result
+from django_avaturn.sessions.expiry import ExpiryPolicy, ExpiryReport, expire_sessions
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.sessions.retention import purge_transcripts, retention_days
 
 # Upper bounds that still mean something, so a typo is an argparse error
 # rather than an OverflowError from timedelta or a database out of range.

@@ -36,7 +36,7 @@ SCHEMA_SETTINGS: dict[str, Any] = {
         "transcripts. Every error is JSON `{code, detail}` (plus `errors` for 400s)."
     ),
     "VERSION": __version__,
-    "PREPROCESSING_HOOKS": ["django_avaturn.schema.only_avaturn_endpoints"],
+    "PREPROCESSING_HOOKS": ["django_avaturn.api.views.only_avaturn_endpoints"],
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
@@ -95,6 +95,7 @@ def document(
     from drf_spectacular.utils import OpenApiResponse, extend_schema
     from rest_framework.settings import api_settings
 
+    # Imported when used: settings modules import SCHEMA_SETTINGS, before models can be.
     from django_avaturn.api.serializers import ErrorSerializer
 
     def describe(status: int, value: Any) -> Any:
@@ -141,19 +142,4 @@ def session_id_parameter() -> list[Any]:
             pattern=r"^[^/]+$",
             description=str(_("The session's id, as `POST sessions/` answered it.")),
         )
-    ]
-
-
-Endpoint = tuple[Any, ...]
-
-
-def only_avaturn_endpoints(endpoints: list[Endpoint], **kwargs: Any) -> list[Endpoint]:
-    """drf-spectacular preprocessing hook: keep this app's endpoints, wherever they are included."""
-    from django_avaturn.api.views import AvaturnAPIView
-
-    return [
-        endpoint
-        for endpoint in endpoints
-        if isinstance(getattr(endpoint[3], "cls", None), type)
-        and issubclass(endpoint[3].cls, AvaturnAPIView)
     ]

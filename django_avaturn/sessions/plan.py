@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.http import HttpRequest
@@ -44,7 +44,6 @@ class SessionPlan:
     voice: str
     config_name: str
     max_duration: int | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def avaturn_payload(self, client_secret: str) -> dict[str, Any]:
         payload = dict(self.avaturn_options)

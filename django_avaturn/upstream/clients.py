@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 import openai
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.views.decorators.debug import sensitive_variables
 
-from django_avaturn.avaturn_client import AvaturnClient
-from django_avaturn.conf import avaturn_settings
+from django_avaturn.conf import SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.openai_client import RealtimeSecrets, with_deadline
+from django_avaturn.upstream.avaturn import AvaturnClient
+from django_avaturn.upstream.openai import RealtimeSecrets, with_deadline
 
 _Client = TypeVar("_Client")
 
@@ -157,3 +159,10 @@ def reset_clients() -> None:
             _openai.close()
         _openai = None
         _avaturn = None
+
+
+@receiver(setting_changed)
+def _reset_on_settings_change(*, setting: str, **kwargs: Any) -> None:
+    # Clients are built from AVATURN (keys, timeouts, pool sizes): a change rebuilds them.
+    if setting == SETTINGS_NAME:
+        reset_clients()

@@ -1,7 +1,10 @@
-"""Ending many sessions at once, safely beside other hosts and other callers.
+"""Ending sessions: one (``end_session``) or many (``end_sessions``), and the terminate they share.
 
-The admin action and the expiry command both work the same way, one batch
-of rows at a time:
+Every end terminates through ``terminate_claimed``, then finishes the rows
+through ``transitions``. A single end claims its row and terminates it
+(``end_claimed``). Bulk ends (the admin, the kill switch, user events, the
+expiry command) work one batch of rows at a time, safely beside other hosts
+and other callers:
 
 1. **Claim**, in one short transaction: lock the next batch of rows by
    primary key (for the expiry command ``SELECT ... FOR UPDATE SKIP LOCKED``
@@ -12,7 +15,7 @@ of rows at a time:
    are this caller's: a racing admin click, ``end_session()`` or another
    host's command sees them as no longer live and stands back.
 2. **Terminate** the claimed sessions upstream, outside any transaction, a
-   bounded number at a time (``concurrency.run_bounded``).
+   bounded number at a time (``upstream.pool.run_bounded``).
 3. **Finish** them in bulk (``transitions``): terminated or already
    gone rows get their final status; failed ones stay ending, awaiting the
    expiry command's next run (or, for the expiry command's own stale sweep,
@@ -29,17 +32,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
-from django.utils import timezone
 
-from django_avaturn import transitions
-from django_avaturn.clients import get_avaturn_client
-from django_avaturn.concurrency import run_bounded, terminate_concurrency
-from django_avaturn.exceptions import AvaturnError, UpstreamError
+from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
-from django_avaturn.redaction import excerpt
+from django_avaturn.sessions import abandonment, transitions
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.upstream.clients import get_avaturn_client
+from django_avaturn.upstream.pool import run_bounded, terminate_concurrency
+from django_avaturn.upstream.redaction import excerpt
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class Result:
     outcome: Outcome
     # Why it was chosen, or for a failure the scrubbed upstream error.
     detail: str = ""
+    # For a failed terminate: what it raised.
+    error: Exception | None = field(default=None, compare=False, repr=False)
 
 
 ResultCallback = Callable[[Result], None]
@@ -167,51 +172,6 @@ def _batch_source(queryset: QuerySet[Session]) -> QuerySet[Session]:
     return Session.objects.filter(pk__in=queryset.order_by().values("pk"))
 
 
-def claim(
-    rows: Sequence[Session],
-    *,
-    from_status: str,
-    detail_for: Callable[[Session], str],
-    only: Q | None = None,
-    **fields: Any,
-) -> list[Session]:
-    """Move the rows still in ``from_status`` to ``fields``; return exactly those this call moved.
-
-    One ``UPDATE`` per distinct detail, then one ``SELECT`` for the claim
-    stamp, which makes the answer exact even on a database without row locks.
-    ``only`` narrows the ``UPDATE`` further (the caller passes rows that match it).
-    """
-    stamp = timezone.now()
-    groups: dict[str, list[Any]] = {}
-    for row in rows:
-        if row.status == from_status:
-            groups.setdefault(detail_for(row), []).append(row.pk)
-    if not groups:
-        return []
-    for detail, pks in groups.items():
-        values = dict(fields, updated_at=stamp)
-        if detail:
-            values["end_detail"] = detail[:500]
-        targets = Session.objects.filter(pk__in=pks, status=from_status)
-        if only is not None:
-            targets = targets.filter(only)
-        targets.update(**values)
-    candidates = [pk for pks in groups.values() for pk in pks]
-    won = set(
-        Session.objects.filter(pk__in=candidates, updated_at=stamp).values_list("pk", flat=True)
-    )
-    claimed = []
-    for row in rows:
-        if row.pk in won:
-            for name, value in fields.items():
-                setattr(row, name, value)
-            if detail := detail_for(row):
-                row.end_detail = detail[:500]
-            row.updated_at = stamp
-            claimed.append(row)
-    return claimed
-
-
 # --------------------------------------------------------------------------- terminate
 
 
@@ -226,13 +186,16 @@ def terminate_claimed(
 ) -> list[Result]:
     """Terminate rows this caller claimed (``ENDING``, with a session id) and finish them.
 
-    With ``upstream`` false nothing is sent to Avaturn: the rows are recorded
-    as ended (``MARKED``), for sessions known to be over already. A row whose
-    terminate fails goes back to ``LIVE`` where ``transitions.release_claimed``
-    allows (a later end retries it), unless ``release`` is false: then it
-    stays ``ENDING``, ``awaiting_retry``, for rows that must not read as live
-    again (a start's orphan, an end staff asked for), and the expiry
-    command's next run retries it.
+    The one terminate-then-finish: a single end, a start's replaced
+    sessions, the admin's and the kill switch's bulk ends and the expiry
+    command all come through here. With ``upstream`` false nothing is sent
+    to Avaturn: the rows are recorded as ended (``MARKED``), for sessions
+    known to be over already. A row whose terminate fails goes back to
+    ``LIVE`` where ``transitions.release_claimed`` allows (a later end
+    retries it), unless ``release`` is false: then it stays ``ENDING``,
+    ``awaiting_retry``, for rows that must not read as live again (a start's
+    orphan, an end staff asked for), and the expiry command's next run
+    retries it. A failed row's ``Result`` carries the error.
     """
     if not rows:
         return []
@@ -246,7 +209,13 @@ def terminate_claimed(
             )
         return [Result(row, Outcome.MARKED, row.end_detail) for row in rows]
 
-    client = get_avaturn_client()
+    try:
+        client = get_avaturn_client()
+    except NotConfigured:
+        # Nothing was sent, and nothing can be until the setting is fixed.
+        if release:
+            transitions.release_claimed(rows, sent=False)
+        raise
 
     def terminate(row: Session) -> bool:
         assert row.session_id is not None
@@ -259,16 +228,22 @@ def terminate_claimed(
     for row, answer in zip(rows, answers, strict=True):
         if isinstance(answer, Exception):
             failed.append(row)
-            results.append(Result(row, Outcome.FAILED, _describe(answer)))
+            results.append(Result(row, Outcome.FAILED, _describe(answer), error=answer))
         else:
             done.append(row)
             outcome = Outcome.TERMINATED if answer else Outcome.ALREADY_GONE
             results.append(Result(row, outcome, row.end_detail))
     if done:
+        # finish_claimed sets the final fields on the instances too: no read back.
         transitions.finish_claimed(done)
-        for row in done:
-            # As end_session() logs a single end, so every way out leaves a line.
-            logger.info("Ended Avaturn session %s (%s)", row.session_id, row.end_reason)
+        for row, answer in zip(rows, answers, strict=True):
+            if not isinstance(answer, Exception):
+                logger.info(
+                    "Ended Avaturn session %s (%s)%s",
+                    row.session_id,
+                    row.end_reason,
+                    "" if answer else ", already gone upstream",
+                )
     if failed:
         (transitions.release_claimed if release else transitions.await_retry)(failed)
     # Anything but our own errors is a bug: surface it after the rows are consistent.
@@ -276,6 +251,24 @@ def terminate_claimed(
         if isinstance(answer, Exception) and not isinstance(answer, AvaturnError):
             raise answer
     return results
+
+
+def end_claimed(session: Session) -> Outcome:
+    """Terminate one live row this caller claimed, then finish it; raise if Avaturn would not.
+
+    On failure the row is as ``transitions.release_claimed`` left it (back
+    to live for an asker who retries, else ending for the expiry command),
+    re-read, and the ``AvaturnError`` propagates.
+    """
+    try:
+        (result,) = terminate_claimed([session])
+    except NotConfigured:
+        transitions.refresh_if_present(session)
+        raise
+    if result.error is not None:
+        transitions.refresh_if_present(session)
+        raise result.error
+    return result.outcome
 
 
 def _describe(exc: Exception) -> str:
@@ -328,14 +321,14 @@ def end_sessions(
     def claim_batch(rows: list[Session]) -> _Claimed:
         # Read before the claims below move rows to ENDING.
         ending = [row for row in rows if row.status == SessionStatus.ENDING]
-        live = claim(
+        live = transitions.claim_rows(
             rows,
             from_status=SessionStatus.LIVE,
             detail_for=reason_detail,
             status=SessionStatus.ENDING,
             end_reason=reason,
         )
-        starting = claim(
+        starting = transitions.claim_rows(
             rows,
             from_status=SessionStatus.STARTING,
             detail_for=reason_detail,
@@ -343,7 +336,7 @@ def end_sessions(
             end_reason=reason,
         )
         # Left for a retry, nobody's now: retried here, with the reason they have.
-        retrying = claim(
+        retrying = transitions.claim_rows(
             [row for row in ending if row.awaiting_retry and row.session_id],
             from_status=SessionStatus.ENDING,
             detail_for=lambda row: "",
@@ -366,3 +359,57 @@ def end_sessions(
         report(Result(row, Outcome.ALREADY_ENDING, row.end_detail) for row in batch.in_flight)
         report(terminate_claimed([*batch.live, *batch.retrying], release=False))
     return tally
+
+
+# --------------------------------------------------------------------------- one session
+
+
+def end_session(session: Session, *, reason: str, detail: str = "") -> Outcome:
+    """End ``session`` now: terminate it upstream once and record ``reason`` once.
+
+    Returns ``TERMINATED``, or ``ALREADY_GONE`` when Avaturn had ended it by
+    itself. Idempotent: ending an ended session returns ``SKIPPED`` without
+    calling Avaturn; so does one whose end is in flight elsewhere, which is
+    taken over so that end cannot be undone. A session still starting is
+    claimed and returns ``STOPPED``: its own request terminates what Avaturn
+    creates. If Avaturn cannot be reached the ``UpstreamError`` propagates
+    and the row goes back to live for a retry when its asker retries (the
+    visitor, a replacing start, the expiry command; see
+    ``transitions.release_claimed``), else stays ending for the expiry
+    command's next run.
+    """
+    if reason not in EndReason.values:
+        raise ValueError(f"Unknown end reason {reason!r}.")
+    if not transitions.claim_for_end(session, reason=reason, detail=detail):
+        if session.status == SessionStatus.ENDING:
+            transitions.take_over([session])
+        return Outcome.SKIPPED
+    if session.started_at is None:  # only an activation sets it
+        # Claimed while starting: its own request terminates what Avaturn creates.
+        return Outcome.STOPPED
+    return end_claimed(session)
+
+
+def abandon_start(user: AbstractBaseUser, client_ref: str) -> None:
+    """The caller's page left its start named ``client_ref``: leave nothing of it running.
+
+    Idempotent, and only ever about ``user``'s own starts. A start still
+    starting is claimed, and its own request terminates what Avaturn creates
+    the moment the create returns; one already live is ended now; one whose
+    row does not exist yet (this request overtook it) is remembered, and
+    refused once its row is reserved. Raises ``UpstreamError`` when Avaturn
+    could not end a live one (the row stays live, as for ``end_session()``).
+    """
+    # First, before looking for the row: see abandonment for why.
+    abandonment.remember(user.pk, client_ref)
+    failure: AvaturnError | None = None
+    started = Session.objects.filter(
+        user_id=user.pk, client_ref=client_ref, status__in=transitions.CAPPED_STATUSES
+    )
+    for session in started:
+        try:
+            end_session(session, reason=EndReason.ABANDONED)
+        except AvaturnError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure

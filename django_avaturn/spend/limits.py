@@ -1,6 +1,6 @@
 """Spend controls checked on every start: kill switch, site-wide cap, per-user quotas.
 
-All of them run inside the start's slot reservation (see ``services``), so
+All of them run inside the start's slot reservation (see ``sessions.starting``), so
 they see the same serialised view of the table as the per-user cap and two
 concurrent starts cannot both squeeze under a limit.
 """
@@ -16,7 +16,6 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from django_avaturn import usage
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import (
     NotConfigured,
@@ -26,7 +25,11 @@ from django_avaturn.exceptions import (
     SiteLimitReached,
 )
 from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session
-from django_avaturn.validation import Quota, parse_quota
+from django_avaturn.spend import usage
+from django_avaturn.validation import (
+    Quota,
+    parse_quota,
+)
 
 # Any fixed 64-bit numbers: the keys of PostgreSQL advisory locks. The first
 # serialises starts while a site-wide cap is configured; starts hold the
@@ -68,10 +71,7 @@ def hold_switch(*, exclusive: bool = False) -> None:
     reservations in flight, and a start that comes later waits for the flip
     and reads its outcome. SQLite's single write lock already orders them.
     """
-    if connection.vendor == "postgresql":
-        lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT {lock}(%s)", [_SWITCH_LOCK_KEY - 2**63])
+    _advisory_lock(_SWITCH_LOCK_KEY, shared=not exclusive)
 
 
 def set_sessions_enabled(enabled: bool, *, by: Any = None, reason: str = "") -> ServiceSwitch:
@@ -102,9 +102,16 @@ def lock_for_site_cap() -> None:
     SQLite already serialises writers (the start's INSERT comes first); other
     databases get no extra lock and the cap may be overshot by concurrent starts.
     """
+    _advisory_lock(_SITE_CAP_LOCK_KEY)
+
+
+def _advisory_lock(key: int, *, shared: bool = False) -> None:
+    """Hold PostgreSQL's advisory lock ``key`` until this transaction ends; elsewhere nothing."""
     if connection.vendor == "postgresql":
+        lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SITE_CAP_LOCK_KEY - 2**63])
+            # The keys are unsigned 64-bit numbers; PostgreSQL takes a signed bigint.
+            cursor.execute(f"SELECT {lock}(%s)", [key - 2**63])
 
 
 def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
@@ -114,7 +121,7 @@ def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
     ones too: a terminate in flight, or one that failed and waits for the
     expiry command's retry, is a session Avaturn may still be running. The
     ``leaving`` rows (those the start replaces) are not counted: the start
-    creates nothing until they have ended (``services._wait_for_ends``).
+    creates nothing until they have ended (``sessions.starting._wait_for_ends``).
     (The per-user cap counts ``starting`` and ``live`` only: a row already
     ending is not one its user can replace; the start waits for it instead.)
     """

@@ -32,11 +32,12 @@ from typing import Any
 
 from django.db import connections, router, transaction
 
-from django_avaturn.concurrency import run_bounded
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
-from django_avaturn.termination import Result, end_sessions
+from django_avaturn.sessions.ending import Result, end_sessions
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.upstream.clients import get_avaturn_client
+from django_avaturn.upstream.pool import run_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +227,6 @@ def _end_sessions_of(user_pk: Any, reason: str, *, action: str) -> None:
 
 
 def _terminate_upstream(user_pk: Any, session_ids: list[str]) -> None:
-    from django_avaturn.clients import get_avaturn_client
-
     try:
         client = get_avaturn_client()
     except AvaturnError as exc:

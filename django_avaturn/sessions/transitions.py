@@ -3,11 +3,11 @@
 ``UPDATE ... WHERE status = ...`` lets two callers race for the same row
 (to end it, replace it, activate it) without a lock held across an upstream
 call: the loser sees zero rows updated and stands back. Nothing here talks
-to an upstream; ``services`` and ``termination`` decide when to call these,
+to an upstream; ``starting`` and ``ending`` decide when to call these,
 around their calls to Avaturn.
 
 The lifecycle: ``STARTING`` → ``LIVE`` (``activate``) → ``ENDING`` (a claim:
-``claim_for_end``, ``claim_replaced``, or the bulk claims in ``termination``)
+``claim_for_end``, ``claim_replaced``, or the bulk ``claim_rows``)
 → ``ENDED``/``EXPIRED``/``FAILED`` (``finish_claimed``). When the terminate
 fails, the row goes back to ``LIVE`` for its asker to retry
 (``release_claimed``) only if that asker retries and nobody has asked for the
@@ -22,14 +22,14 @@ the kill switch, the visitor) keeps that end from being undone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from django_avaturn import limits
 from django_avaturn.exceptions import (
     NotConfigured,
     SessionNotLive,
@@ -37,8 +37,9 @@ from django_avaturn.exceptions import (
     UpstreamError,
 )
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.redaction import excerpt
 from django_avaturn.signals import send_logged, session_ended
+from django_avaturn.spend import limits
+from django_avaturn.upstream.redaction import excerpt
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ CAPPED_STATUSES = (SessionStatus.STARTING, SessionStatus.LIVE)
 # asked for by staff, the kill switch or a user who went is never undone: a
 # failed terminate leaves its row ending for the expiry command.
 RETRIED_BY_ASKER = (EndReason.CLIENT, EndReason.REPLACED, EndReason.EXPIRED)
+
+
+def clip_detail(detail: str) -> str:
+    """``detail`` cut to what ``Session.end_detail`` holds (the model field's ``max_length``)."""
+    return detail[: Session._meta.get_field("end_detail").max_length]
 
 
 # --------------------------------------------------------------------------- starting
@@ -130,7 +136,7 @@ def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = No
     now = timezone.now()
     fields: dict[str, Any] = {
         "status": SessionStatus.FAILED,
-        "end_detail": detail[:500],
+        "end_detail": clip_detail(detail),
         "ended_at": now,
         "updated_at": now,
         "awaiting_retry": False,
@@ -165,11 +171,11 @@ def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = N
         "awaiting_retry": True,
     }
     if exc is not None:
-        fields["end_detail"] = failure_detail(exc)[:500]
+        fields["end_detail"] = clip_detail(failure_detail(exc))
     # A row without an id that is no longer live: still starting, claimed by
     # an ender, or already finished by the expiry command's sweep of stuck
     # starts (a start slower than its upstream timeouts allow, see
-    # clients.longest_start). Each is ours to reopen.
+    # upstream.clients.longest_start). Each is ours to reopen.
     ours = Session.objects.filter(pk=row.pk, session_id__isnull=True).exclude(
         status=SessionStatus.LIVE
     )
@@ -204,7 +210,10 @@ def claim_for_end(session: Session, *, reason: str, detail: str) -> bool:
     """
     now = timezone.now()
     claimed = Session.objects.filter(pk=session.pk, status__in=CAPPED_STATUSES).update(
-        status=SessionStatus.ENDING, end_reason=reason, end_detail=detail[:500], updated_at=now
+        status=SessionStatus.ENDING,
+        end_reason=reason,
+        end_detail=clip_detail(detail),
+        updated_at=now,
     )
     if not claimed:
         refresh_if_present(session)
@@ -215,7 +224,7 @@ def claim_for_end(session: Session, *, reason: str, detail: str) -> bool:
     if not up_to_date and not refresh_if_present(session):
         return False
     session.status, session.end_reason = SessionStatus.ENDING, reason
-    session.end_detail, session.updated_at = detail[:500], now
+    session.end_detail, session.updated_at = clip_detail(detail), now
     return True
 
 
@@ -223,7 +232,7 @@ def refresh_if_present(session: Session) -> bool:
     """Re-read ``session``; False if its row is gone.
 
     A row goes with its user: a deletion racing an end has ended (or will
-    end) upstream whatever the row recorded (``receivers``).
+    end) upstream whatever the row recorded (``users``).
     """
     try:
         session.refresh_from_db()
@@ -358,6 +367,71 @@ def take_over(sessions: Sequence[Session]) -> None:
         status=SessionStatus.ENDING,
         awaiting_retry=False,
     ).update(updated_at=timezone.now())
+
+
+# --------------------------------------------------------------------------- bulk claims
+
+
+def claim_rows(
+    rows: Sequence[Session],
+    *,
+    from_status: str,
+    detail_for: Callable[[Session], str],
+    only: Q | None = None,
+    **fields: Any,
+) -> list[Session]:
+    """Move the rows still in ``from_status`` to ``fields``; return exactly those this call moved.
+
+    One ``UPDATE`` per distinct detail, then one ``SELECT`` for the claim
+    stamp, which makes the answer exact even on a database without row locks.
+    ``only`` narrows the ``UPDATE`` further (the caller passes rows that match it).
+    """
+    stamp = timezone.now()
+    groups: dict[str, list[Any]] = {}
+    for row in rows:
+        if row.status == from_status:
+            groups.setdefault(detail_for(row), []).append(row.pk)
+    if not groups:
+        return []
+    for detail, pks in groups.items():
+        values = dict(fields, updated_at=stamp)
+        if detail:
+            values["end_detail"] = clip_detail(detail)
+        targets = Session.objects.filter(pk__in=pks, status=from_status)
+        if only is not None:
+            targets = targets.filter(only)
+        targets.update(**values)
+    candidates = [pk for pks in groups.values() for pk in pks]
+    won = set(
+        Session.objects.filter(pk__in=candidates, updated_at=stamp).values_list("pk", flat=True)
+    )
+    claimed = []
+    for row in rows:
+        if row.pk in won:
+            for name, value in fields.items():
+                setattr(row, name, value)
+            if detail := detail_for(row):
+                row.end_detail = clip_detail(detail)
+            row.updated_at = stamp
+            claimed.append(row)
+    return claimed
+
+
+def fail_stuck_starts(rows: Sequence[Session], *, detail: str) -> list[Session]:
+    """``STARTING`` → ``FAILED`` (reason ``expired``) for starts a dead process left behind.
+
+    They never recorded a session id, so there is nothing to terminate: the
+    row ends at once, failed (it never went live), and the reason says the
+    expiry command ended it. Returns the rows this call moved.
+    """
+    return claim_rows(
+        rows,
+        from_status=SessionStatus.STARTING,
+        detail_for=lambda row: detail,
+        status=SessionStatus.FAILED,
+        end_reason=EndReason.EXPIRED,
+        ended_at=timezone.now(),
+    )
 
 
 # --------------------------------------------------------------------------- heartbeat

@@ -30,8 +30,9 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from django_avaturn import charts, limits, services, usage
-from django_avaturn.admin_actions import (
+from django_avaturn import services
+from django_avaturn.admin import charts
+from django_avaturn.admin.actions import (
     TERMINATE_PERMISSION,
     report_tally,
     staff_detail,
@@ -40,9 +41,10 @@ from django_avaturn.admin_actions import (
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
-from django_avaturn.outcomes import Outcome
-from django_avaturn.redaction import scrub
-from django_avaturn.termination import end_sessions
+from django_avaturn.sessions.ending import end_sessions
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.spend import limits, usage
+from django_avaturn.upstream.redaction import scrub
 
 # Lines of a transcript on one admin page: the change page shows the first page.
 TRANSCRIPT_PAGE_SIZE = 200
@@ -188,7 +190,7 @@ class SessionAdmin(_ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Session | None = None) -> bool:
         # Deleting an active row here would forget a session that may still be
         # billing: terminate it first. Deleting its user elsewhere in the admin
-        # is allowed: the user's deletion ends their sessions (``receivers``).
+        # is allowed: the user's deletion ends their sessions (``users``).
         if obj is not None and obj.is_active and self._serves(request):
             return False
         return super().has_delete_permission(request, obj)
@@ -300,7 +302,7 @@ class SessionAdmin(_ModelAdmin):
         try:
             filtered = self.get_changelist_instance(request).queryset
         except IncorrectLookupParameters:
-            # As the changelist does with filters it cannot apply (it was a 500 here).
+            # As the changelist does with filters it cannot apply: a redirect, never a 500.
             changelist = reverse(f"{self.admin_site.name}:django_avaturn_session_changelist")
             return HttpResponseRedirect(f"{changelist}?{ERROR_FLAG}=1")
         # One clock for every figure, so a running session adds the same seconds to each.

@@ -1,6 +1,6 @@
 """Admin actions and the messages that report them.
 
-Thin shells over ``termination.end_sessions()`` and ``services.end_session()``:
+Thin shells over ``sessions.ending.end_sessions()`` and ``end_session()``:
 the admin decides who may act and what the person reads, nothing else.
 """
 
@@ -16,9 +16,9 @@ from django.utils.translation import gettext_lazy, ngettext
 
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session
-from django_avaturn.outcomes import Outcome
-from django_avaturn.redaction import scrub
-from django_avaturn.termination import Tally, end_sessions
+from django_avaturn.sessions.ending import Tally, end_sessions
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.upstream.redaction import scrub
 
 if TYPE_CHECKING:
     from django_avaturn.admin import SessionAdmin

@@ -37,7 +37,7 @@ def store_line(session: Session, *, role: str, text: str, spoken_at: datetime | 
     max_bytes = avaturn_settings.TRANSCRIPT_MAX_BYTES
     size = utf8_size(text)
     with transaction.atomic():
-        # Not updated_at: it is the bulk claims' stamp (termination.claim), and a
+        # Not updated_at: it is the bulk claims' stamp (transitions.claim_rows), and a
         # line is no change of the session's state.
         admitted = Session.objects.filter(
             pk=session.pk,

@@ -26,7 +26,7 @@ A site whose own front end sends no heartbeats sets
 turns every heartbeat test off).
 
 Rows left behind are cleaned up too: ``starting`` for longer than the
-start's own upstream calls can take (``clients.longest_start``) become
+start's own upstream calls can take (``upstream.clients.longest_start``) become
 ``failed`` (no session id was recorded, so there is nothing we can end; if
 the dead process's create had reached Avaturn, that session ends by itself,
 and a WARNING says so). ``ending`` ones whose terminate failed
@@ -34,7 +34,7 @@ and a WARNING says so). ``ending`` ones whose terminate failed
 left ``ending`` for ``EXPIRE_STUCK_AFTER`` by a process that died.
 
 Stale sessions are terminated upstream (404 counts as already gone) and
-recorded with status ``expired``, reason ``expired``. See ``termination``
+recorded with status ``expired``, reason ``expired``. See ``sessions.ending``
 for how this stays correct with several hosts and the admin at once.
 """
 
@@ -49,21 +49,20 @@ from django.db.models import Min, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from django_avaturn import transitions
-from django_avaturn.clients import longest_start
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.outcomes import Outcome
-from django_avaturn.termination import (
+from django_avaturn.sessions import transitions
+from django_avaturn.sessions.ending import (
     DEFAULT_BATCH_SIZE,
     Result,
     ResultCallback,
     Tally,
-    claim,
     claimed_batches,
     preflight,
     terminate_claimed,
 )
+from django_avaturn.sessions.outcomes import Outcome
+from django_avaturn.upstream.clients import longest_start
 
 Reporter = Callable[[Iterable[Result]], None]
 
@@ -203,14 +202,7 @@ def _fail_stuck_starts(
     def claim_stuck(rows: list[Session]) -> list[Session]:
         if dry_run:
             return rows
-        return claim(
-            rows,
-            from_status=SessionStatus.STARTING,
-            detail_for=lambda row: detail,
-            status=SessionStatus.FAILED,
-            end_reason=EndReason.EXPIRED,
-            ended_at=timezone.now(),
-        )
+        return transitions.fail_stuck_starts(rows, detail=detail)
 
     queryset = Session.objects.filter(status=SessionStatus.STARTING, created_at__lt=stuck_since)
     outcome = Outcome.WOULD_END if dry_run else Outcome.MARKED
@@ -237,7 +229,7 @@ def _retry_stuck_ends(
     def claim_stuck(rows: list[Session]) -> list[Session]:
         if dry_run:
             return rows
-        return claim(
+        return transitions.claim_rows(
             rows,
             from_status=SessionStatus.ENDING,
             detail_for=lambda row: row.end_detail or "stuck ending",
@@ -295,7 +287,7 @@ def _expire_live(
         stale = [row for row in rows if row.pk in reasons]
         if dry_run:
             return stale
-        return claim(
+        return transitions.claim_rows(
             stale,
             from_status=SessionStatus.LIVE,
             detail_for=lambda row: reasons[row.pk],

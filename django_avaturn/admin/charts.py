@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
-from django_avaturn.usage import DayUsage, describe_duration
+from django_avaturn.spend.usage import DayUsage, describe_duration
 
 WIDTH = 720
 HEIGHT = 200

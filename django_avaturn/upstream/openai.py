@@ -12,7 +12,7 @@ import httpx2
 import openai
 
 from django_avaturn.exceptions import UpstreamError, UpstreamTimeout
-from django_avaturn.redaction import excerpt
+from django_avaturn.upstream.redaction import excerpt
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from django_avaturn import __version__
 from django_avaturn.exceptions import UpstreamError, UpstreamTimeout
-from django_avaturn.redaction import excerpt
+from django_avaturn.upstream.redaction import excerpt
 
 logger = logging.getLogger(__name__)
 

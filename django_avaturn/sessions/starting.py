@@ -1,0 +1,471 @@
+"""Starting a session: reserve a slot, mint the OpenAI secret, create it at Avaturn, go live.
+
+``start_session`` is the only way a session starts (the API view, and your
+own code through ``django_avaturn.services``). Ends live in
+``sessions.ending``. Two rules shape the code:
+
+* No database transaction is held open across an upstream call. A start
+  reserves its slot in a short transaction (``STARTING`` row), talks to
+  OpenAI and Avaturn, then activates the row with a conditional ``UPDATE``.
+* Every state change is a conditional ``UPDATE ... WHERE status = ...``
+  (``transitions``), so two callers racing to end (or replace) the same
+  session cannot both win: the loser sees zero rows updated and stands back.
+  The winner alone calls Avaturn's DELETE, and the row ends once, with the
+  winner's reason.
+
+Whatever fails after Avaturn created a session, that session is terminated
+upstream before the error propagates, so nothing is left running unrecorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any, NoReturn
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import DatabaseError, connection, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from django_avaturn.conf import avaturn_settings, sdk_api_host
+from django_avaturn.exceptions import (
+    AvaturnError,
+    SessionLimitReached,
+    SessionNotLive,
+    SessionReplaced,
+    SessionsDisabled,
+    SessionStillEnding,
+    StorageUnavailable,
+    UserNotActive,
+)
+from django_avaturn.models import ACTIVE_STATUSES, FINAL_STATUSES, EndReason, Session, SessionStatus
+from django_avaturn.sessions import abandonment, transitions
+from django_avaturn.sessions.ending import end_claimed
+from django_avaturn.sessions.plan import SessionPlan, build_plan
+from django_avaturn.signals import send_logged, session_started
+from django_avaturn.spend import limits
+from django_avaturn.upstream.avaturn import IncompleteSession
+from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StartedSession:
+    """What the browser needs to join a session. ``token`` is for the browser only."""
+
+    session: Session
+    token: str
+    api_host: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"StartedSession(session_id={self.session.session_id!r}, token='[redacted]')"
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def start_session(
+    user: AbstractBaseUser,
+    *,
+    request: HttpRequest | None = None,
+    avatar_id: str | None = None,
+    config_name: str = "",
+    client_ref: str = "",
+) -> StartedSession:
+    """Start an Avaturn session for ``user`` and record it.
+
+    ``client_ref`` names the start for ``abandon_start()``, for a caller that
+    may leave before it learns the session id (the widget's page going away).
+
+    Raises ``NotConfigured`` (nothing spent), ``UserNotActive`` (the user is
+    inactive or gone: deactivated since the request authenticated them, or
+    passed in so), ``SessionLimitReached`` (refuse policy, or the running
+    sessions hold what is left of a minutes quota), ``QuotaExceeded``,
+    ``UpstreamError``/``UpstreamTimeout`` (the row is marked failed
+    and no upstream session survives), ``SessionReplaced`` (a newer start by
+    the same user took the slot meanwhile), ``SessionNotLive`` (staff or its
+    own page ended it meanwhile), ``SessionStillEnding`` (a session it must
+    see ended first did not end; nothing was created) or
+    ``StorageUnavailable``.
+
+    Nothing is created upstream while a session this start replaces, or one
+    of the user's already ending, may still run there (``_wait_for_ends``):
+    the caps bound the sessions alive at Avaturn, not only the rows.
+    """
+    if not getattr(user, "is_authenticated", False) or user.pk is None:
+        raise ValueError("Sessions belong to a signed-in user.")
+    plan = build_plan(request=request, avatar_id=avatar_id, config_name=config_name)
+    policy = avaturn_settings.ON_SESSION_LIMIT
+    cap = avaturn_settings.MAX_LIVE_SESSIONS_PER_USER
+    api_host = sdk_api_host()
+    bounds = UpstreamBounds.from_settings()
+    # (The kill switch is read once, under the reservation's locks.)
+    # Fail on missing keys before a slot is reserved or anything is spent.
+    secrets = get_openai_secrets()
+    avaturn = get_avaturn_client()
+
+    reservation = _reserve_slot(
+        user, plan, cap=cap, refuse=policy == "refuse", client_ref=client_ref
+    )
+    row = reservation.row
+    try:
+        _end_replaced(reservation.replaced)
+    except AvaturnError as exc:
+        transitions.mark_failed(row, exc)
+        raise
+    # After the row is committed: an abandon that found no row had remembered
+    # the reference first (see abandonment). Nothing is spent for this start.
+    if client_ref and abandonment.was_abandoned(user.pk, client_ref):
+        transitions.end_unstarted(row, reason=EndReason.ABANDONED)
+        raise SessionNotLive()
+    # Those just terminated have ended; any other may still be running upstream.
+    ended = {old.pk for old in reservation.replaced if old.status in FINAL_STATUSES}
+    still_ending = [pk for pk in reservation.ending if pk not in ended]
+    if still_ending:
+        _wait_for_ends(row, still_ending, bounds)
+
+    try:
+        secret = secrets.mint(session=plan.realtime_session, ttl_seconds=plan.client_secret_ttl)
+    except AvaturnError as exc:
+        transitions.mark_failed(row, exc)
+        raise
+
+    try:
+        created = avaturn.create_session(plan.avaturn_payload(secret.value))
+    except IncompleteSession as exc:
+        _fail_with_orphan(row, exc, exc.session_id)
+        raise
+    except AvaturnError as exc:
+        transitions.mark_failed(row, exc)
+        raise
+
+    expires_at = datetime.fromtimestamp(secret.expires_at, tz=dt_timezone.utc)
+    try:
+        activated = transitions.activate(row, created.session_id, expires_at)
+    except Exception as exc:
+        # The database failed after Avaturn started billing: end it upstream first.
+        _fail_with_orphan(row, exc, created.session_id)
+        if isinstance(exc, DatabaseError):
+            raise StorageUnavailable() from exc
+        raise
+    if not activated:
+        # Replaced, terminated by staff or stopped by the kill switch while we
+        # were talking to the upstreams: end what was just created.
+        if _terminate_orphan(created.session_id):
+            transitions.finish_without_upstream(row, created.session_id)
+        else:
+            transitions.leave_for_retry(row, created.session_id)
+        try:
+            row.refresh_from_db(fields=["end_reason"])
+        except Session.DoesNotExist:
+            # The user was deleted meanwhile, the row with them.
+            raise UserNotActive() from None
+        raise _claimed_error(row.end_reason)
+
+    send_logged(session_started, session=row, request=request)
+    logger.info("Started Avaturn session %s for user %s", row.session_id, row.user_id)
+    return StartedSession(
+        session=row,
+        token=created.token,
+        api_host=api_host,
+        expires_at=expires_at,
+    )
+
+
+def _claimed_error(end_reason: str) -> AvaturnError:
+    """What a start answers when its row was claimed (ended) before it went live."""
+    if end_reason == EndReason.REPLACED:
+        return SessionReplaced()
+    if end_reason == EndReason.SHUTDOWN:
+        return SessionsDisabled()
+    if end_reason == EndReason.USER:
+        # Deactivated meanwhile: answered as the reservation answers an inactive user.
+        return UserNotActive()
+    return SessionNotLive()
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A start's ``STARTING`` row, and the user's sessions it must see end before it creates.
+
+    ``replaced``: the rows this start claimed (``ENDING``, reason
+    ``replaced``); it terminates the live ones itself. ``ending``: the
+    primary keys of every row of the user's that may still run upstream
+    and that the cap did not count: those it replaced (claimed by it or,
+    in a race, by someone else), and those already ending (a Stop's
+    terminate in flight, an earlier start's replaced rows).
+    """
+
+    row: Session
+    replaced: list[Session] = field(default_factory=list)
+    ending: list[int] = field(default_factory=list)
+
+
+def _reserve_slot(
+    user: AbstractBaseUser, plan: SessionPlan, *, cap: int, refuse: bool, client_ref: str = ""
+) -> Reservation:
+    """Insert a STARTING row under every limit; return it with the rows it replaces.
+
+    PostgreSQL serialises a user's concurrent starts on the user row's lock
+    (and all starts on an advisory lock while a site-wide cap is set). SQLite
+    has no row locks, but the INSERT comes first so the transaction takes
+    SQLite's write lock before it reads anything: concurrent starts queue on
+    the busy timeout instead of reading a stale count.
+    """
+    site_cap = limits.site_cap()
+    user_row = get_user_model()._default_manager.filter(pk=user.pk)
+    locks_rows = connection.features.has_select_for_update
+    try:
+        with transaction.atomic():
+            if locks_rows:
+                _ensure_still_active(user_row.select_for_update())
+            if site_cap is not None:
+                limits.lock_for_site_cap()
+            row = Session.objects.create(
+                user_id=user.pk,
+                status=SessionStatus.STARTING,
+                avatar_id=plan.avatar_id,
+                model=plan.model,
+                voice=plan.voice,
+                config_name=plan.config_name,
+                max_duration=plan.max_duration,
+                client_ref=client_ref,
+            )
+            if not locks_rows:
+                # Under the write lock the INSERT took (see above).
+                _ensure_still_active(user_row)
+            # Checked again under the locks (the switch may have flipped since),
+            # and after the INSERT, for the write lock's sake (see above).
+            limits.hold_switch()
+            limits.ensure_enabled()
+            # Not whole rows: those are read only when some are replaced. One
+            # read for both: the rows the cap counts, and those already ending.
+            mine = (
+                Session.objects.filter(user_id=user.pk, status__in=ACTIVE_STATUSES)
+                .exclude(pk=row.pk)
+                .order_by("created_at", "pk")
+                .values_list("pk", "status", "started_at", "max_duration")
+            )
+            holders, ending = [], []
+            for pk, status, started_at, max_duration in mine:
+                if status in transitions.CAPPED_STATUSES:
+                    holders.append((pk, started_at, max_duration))
+                else:
+                    ending.append(pk)
+            excess = len(holders) + 1 - cap
+            leaving = [pk for pk, *_ in holders[:excess]] if excess > 0 and not refuse else []
+            max_duration = limits.ensure_quota(
+                user,
+                max_duration=plan.max_duration,
+                new_row=row,
+                staying=[(started, limit) for pk, started, limit in holders if pk not in leaving],
+            )
+            if max_duration != plan.max_duration:
+                plan.max_duration = max_duration
+                plan.avaturn_options["max_duration"] = max_duration
+                row.max_duration = max_duration
+                row.save(update_fields=["max_duration"])
+            if excess > 0 and refuse:
+                raise SessionLimitReached()
+            replaced = transitions.claim_replaced(leaving) if leaving else []
+            if site_cap is not None:
+                # The replaced rows are not counted: this start sees them end first.
+                limits.ensure_site_capacity(cap=site_cap, new_row=row, leaving=len(replaced))
+            return Reservation(row, replaced, ending=[*leaving, *ending])
+    except DatabaseError as exc:
+        raise StorageUnavailable() from exc
+
+
+def _ensure_still_active(user_row: QuerySet[Any]) -> None:
+    """Refuse a user deactivated or deleted since the request authenticated them.
+
+    Deactivation ends the sessions a user has (``users``); one reserved
+    after it would run on, for an inactive user, until it expired. Read
+    under the reservation's lock, so the two cannot miss each other.
+    """
+    fields = ["pk"]
+    if any(field.name == "is_active" for field in user_row.model._meta.concrete_fields):
+        fields.append("is_active")  # a custom user model need not have it
+    found = list(user_row.values_list(*fields))
+    if not found or (len(fields) == 2 and not found[0][1]):
+        raise UserNotActive()
+
+
+# How long a start polls between two reads of the rows it waits for (seconds).
+_FIRST_PAUSE = 0.02
+_LONGEST_PAUSE = 0.25
+# The OpenAI SDK waits up to 8 seconds between its retries.
+_OPENAI_RETRY_PAUSE = 8.0
+
+
+@dataclass(frozen=True)
+class UpstreamBounds:
+    """The longest the upstream calls of a start or an end can take, from the settings.
+
+    ``terminate``: one terminate with its retries and their backoff.
+    ``start``: a start's mint, create, and the terminate of what it created
+    if it must (the row was claimed meanwhile, say): everything a start does
+    upstream once it stops waiting. A start waits at most ``start`` too.
+    """
+
+    terminate: float
+    start: float
+
+    @classmethod
+    def from_settings(cls) -> UpstreamBounds:
+        avaturn_call = avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
+        retries = avaturn_settings.TERMINATE_RETRIES
+        backoff = avaturn_settings.TERMINATE_RETRY_BACKOFF
+        terminate = (retries + 1) * avaturn_call + backoff * (2**retries - 1)
+        openai_retries = avaturn_settings.OPENAI_MAX_RETRIES
+        openai_timeout = avaturn_settings.OPENAI_TIMEOUT
+        mint = (openai_retries + 1) * openai_timeout + openai_retries * _OPENAI_RETRY_PAUSE
+        return cls(terminate=terminate, start=mint + avaturn_call + terminate)
+
+
+def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None:
+    """Return once none of the rows ``pks`` may still run upstream; else fail the start.
+
+    The per-user and site caps count what may run at Avaturn, so a start
+    creates nothing while a session it replaced (or one of the user's
+    already ending) may still be alive: a create in flight, a terminate not
+    yet answered. It polls, outside any transaction, until each row is
+    final, or could no longer have an upstream call in flight (see
+    ``_in_flight_until``): a row claimed while it started whose start died
+    (nothing we could end). A row whose terminate failed (ending past that
+    time, or back to live) still holds its slot: the start fails. So does
+    one still in flight after ``UpstreamBounds.start``. If this start's own
+    row is claimed meanwhile (a newer start replaced it, staff, the kill
+    switch), it ends it and stops, having created nothing.
+    """
+    give_up = time.monotonic() + bounds.start
+    pause = _FIRST_PAUSE
+    while True:
+        try:
+            states = {
+                state.pk: state
+                for state in Session.objects.filter(pk__in=[row.pk, *pks]).only(
+                    "status", "end_reason", "session_id", "created_at", "updated_at"
+                )
+            }
+        except DatabaseError as exc:
+            transitions.mark_failed(row, exc)
+            raise StorageUnavailable() from exc
+        own = states.pop(row.pk, None)
+        if own is None:
+            raise SessionNotLive()  # the user was deleted meanwhile, the row with them
+        if own.status != SessionStatus.STARTING:
+            _stop_unstarted(row, own)
+        now = timezone.now()
+        waiting = False
+        for other in states.values():
+            if other.status in FINAL_STATUSES:
+                continue
+            in_flight = other.status == SessionStatus.ENDING and now < _in_flight_until(
+                other, bounds
+            )
+            if in_flight:
+                waiting = True
+            elif other.status != SessionStatus.ENDING or other.session_id is not None:
+                # Its terminate failed (back to live, or left ending for the
+                # expiry command's retry): it may still run, and holds its slot.
+                _give_up(row, pks, "a session of the user's could not be ended")
+        if not waiting:
+            return
+        if time.monotonic() + pause > give_up:
+            _give_up(row, pks, "a session of the user's did not end in time")
+        time.sleep(pause)
+        pause = min(pause * 1.5, _LONGEST_PAUSE)
+
+
+def _in_flight_until(other: Session, bounds: UpstreamBounds) -> datetime:
+    """The latest an ``ending`` row may still have an upstream call in flight.
+
+    With a session id, it is a terminate, begun when the row was claimed
+    (``updated_at``). Without one, the row was claimed while its start was
+    waiting or talking to the upstreams: that start waits at most
+    ``bounds.start`` after its reservation (``created_at``), then takes at
+    most as long again to create and, having found its row claimed,
+    terminate what it created.
+    """
+    if other.session_id is not None:
+        return other.updated_at + timedelta(seconds=bounds.terminate)
+    return other.created_at + timedelta(seconds=2 * bounds.start)
+
+
+def _give_up(row: Session, pks: list[int], why: str) -> NoReturn:
+    exc = SessionStillEnding()
+    logger.warning("Session start (row %s) created nothing: %s (rows %s)", row.pk, why, pks)
+    transitions.mark_failed(row, exc)
+    raise exc
+
+
+def _stop_unstarted(row: Session, claimed: Session) -> NoReturn:
+    """This start's row was claimed while it waited: end it (nothing was created) and raise."""
+    if claimed.status == SessionStatus.ENDING:
+        row.status, row.end_reason, row.started_at = (
+            SessionStatus.ENDING,
+            claimed.end_reason,
+            None,
+        )
+        transitions.finish_claimed([row], only_without_id=True)
+    raise _claimed_error(claimed.end_reason)
+
+
+def _end_replaced(replaced: list[Session]) -> None:
+    """Terminate the sessions a start replaces; raise the first failure after trying all.
+
+    One that Avaturn would not end goes back to live (and the start fails);
+    stopping at it would leave the rest ``ending``, still running, until the
+    expiry command's sweep of stuck ends.
+    """
+    failure: AvaturnError | None = None
+    for old in replaced:
+        if old.session_id is None:
+            # Still starting: its own request ends what it creates (_wait_for_ends
+            # waits for that), or stops before creating anything.
+            continue
+        try:
+            end_claimed(old)
+        except AvaturnError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
+def _fail_with_orphan(row: Session, exc: BaseException, session_id: str) -> None:
+    """A start failed after Avaturn created ``session_id``: end it, then record the failure.
+
+    If Avaturn cannot end it either, the row is left for the expiry command to
+    retry rather than recorded failed while the session may still run.
+    """
+    if _terminate_orphan(session_id):
+        transitions.mark_failed(row, exc, session_id=session_id)
+    else:
+        transitions.leave_for_retry(row, session_id, exc)
+
+
+def _terminate_orphan(session_id: str) -> bool:
+    """End an upstream session that has (or will have) no live row. Never raises.
+
+    False when Avaturn could not be reached: the caller must leave a row that
+    the expiry command retries (``_leave_for_retry``).
+    """
+    try:
+        get_avaturn_client().terminate_session(session_id)
+    except AvaturnError as exc:
+        logger.error(
+            "Could not terminate orphaned Avaturn session %s; the expiry command retries it: %s",
+            session_id,
+            exc,
+        )
+        return False
+    return True
