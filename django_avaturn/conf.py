@@ -62,8 +62,8 @@ class Setting:
 
 
 # Every setting. CLIENT_SECRET_TTL, MAX_DURATION, USER_ABSENT_TIMEOUT, BACKGROUND
-# and RENDER_MODEL(_FIELD) take OpenAI's and Avaturn's documented values (see
-# upstream.md); the other ranges are ours.
+# and RENDER_MODEL(_FIELD) take OpenAI's and Avaturn's documented values; the
+# other ranges are ours.
 SETTINGS: dict[str, Setting] = {
     # True: talk to an in-process loopback fake of both upstreams instead of
     # the real ones, with its own keys (see ``test_mode``); never in production.

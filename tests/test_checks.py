@@ -148,10 +148,10 @@ def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
         # DRF reads only the first letter: this would be ten a minute.
         ("START_THROTTLE_RATE", "10/month"),
         ("START_THROTTLE_RATE", 10),
-        # Malformed URLs used to fail inside a client's constructor, key in its frame.
+        # A malformed URL must be refused before a client's constructor (key in its frame) sees it.
         ("API_URL", "http://[::1"),
         ("OPENAI_BASE_URL", "api.openai.com/v1"),
-        # Read back after the merge: a scalar where a dict belongs was a 500.
+        # Read back after the merge: a scalar where a dict belongs is refused, not a 500.
         ("REALTIME_SESSION", {"audio": "x"}),
         ("REALTIME_SESSION", {"audio": {"output": "marin"}}),
         # A socket timeout of inf overflows; nan never compares.

@@ -124,8 +124,8 @@ def test_avaturn_create_connection_error_is_502(api_client: Any, upstream: Any) 
 def test_an_unexpected_transport_failure_is_a_502_that_shows_no_client_secret(
     api_client: Any, upstream: Any, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Not a requests exception: a bug in a transport adapter, say. Unhandled,
-    # it was a 500 whose DEBUG page showed the request body's client secret.
+    # Not a requests exception: a bug in a transport adapter, say. It must not be a
+    # 500 whose DEBUG page shows the request body's client secret.
     settings.DEBUG = True
     api_client.raise_request_exception = False
     upstream.avaturn.on_create_raise(RuntimeError("an adapter bug"))
