@@ -25,15 +25,21 @@ from rest_framework.test import APIClient
 
 from django_avaturn import services
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.sessions.plan import build_plan
+from django_avaturn.spend.limits import usage_for
 from django_avaturn.testing import (
     AVATURN_CREATE,
     AVATURN_TERMINATE,
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
-from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn.upstream.clients import (
+    get_avaturn_client,
+    get_openai_secrets,
+    unknown_outcome_hold,
+)
 from tests.helpers import LIST_URL, AvaturnOverrides
 from tests.live_fake import assert_no_orphans, csrf_json, run_threads, wait_until
 
@@ -235,6 +241,55 @@ def test_a_start_gives_up_on_a_replaced_start_that_does_not_finish_and_creates_n
     assert live_fake.requests == []  # not even a client secret was minted
     stuck.refresh_from_db()
     assert (stuck.status, stuck.end_reason) == (SessionStatus.ENDING, EndReason.REPLACED)
+
+
+@pytest.mark.parametrize("policy", ["refuse", "end_oldest"])
+def test_a_create_with_an_unknown_outcome_holds_the_slot_until_avaturn_has_ended_it(
+    live_fake: FakeUpstream,
+    avaturn: AvaturnOverrides,
+    user: Any,
+    django_user_model: Any,
+    policy: str,
+) -> None:
+    """Avaturn created the session but answered too late: it may run until its user-absent timeout.
+
+    The failed start's row keeps its slot (ending, upstream_error, no id), so
+    the user's next start creates nothing and is refused at once (the hold
+    outlasts any start's wait), the site cap counts it, the quota does not;
+    the expiry command frees the slot only once Avaturn has ended whatever
+    the create started.
+    """
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT=policy)
+    live_fake.fail(AVATURN_CREATE, mode="timeout", delay=1.0)
+
+    assert start_via_api(user) == (504, "upstream_timeout")
+    assert wait_until(lambda: len(live_fake.sessions) == 1)  # the fake did create it
+    held = Session.objects.get()
+    assert (held.status, held.end_reason, held.session_id, held.awaiting_retry) == (
+        SessionStatus.ENDING,
+        EndReason.UPSTREAM_ERROR,
+        None,
+        False,
+    )
+    began = time.monotonic()
+    assert start_via_api(user) == (503, "session_still_ending")
+    assert time.monotonic() - began < 2  # at once: waiting could not outlast the hold
+    avaturn(MAX_LIVE_SESSIONS=1)
+    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
+    assert start_via_api(other) == (503, "site_limit_reached")
+    assert len(live_fake.requests_for(AVATURN_CREATE)) == 1
+    assert peak_alive(live_fake) == 1
+    assert usage_for(user).sessions == 0  # what failed is not spent from a quota
+
+    avaturn(EXPIRE_STUCK_AFTER=1)  # not "stuck": it is held on purpose
+    hold = timedelta(seconds=unknown_outcome_hold())
+    expire_sessions(now=held.created_at + hold - timedelta(seconds=1))
+    held.refresh_from_db()
+    assert held.status == SessionStatus.ENDING
+    expire_sessions(now=held.created_at + hold + timedelta(seconds=1))
+    held.refresh_from_db()
+    assert (held.status, held.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
+    assert not Session.objects.active().exists()
 
 
 def test_a_session_whose_terminate_failed_holds_its_users_slot(

@@ -154,6 +154,57 @@ def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = No
         logger.exception("Could not record the failed start of session row %s", row.pk)
 
 
+def unknown_outcome() -> Q:
+    """Rows whose start's create has an unknown outcome (see ``hold_unknown_outcome``)."""
+    return Q(
+        status=SessionStatus.ENDING,
+        end_reason=EndReason.UPSTREAM_ERROR,
+        session_id__isnull=True,
+        awaiting_retry=False,
+    )
+
+
+def is_unknown_outcome(row: Session) -> bool:
+    """Whether ``row`` (status, end_reason, session_id, awaiting_retry loaded) is one of those."""
+    return (
+        row.status == SessionStatus.ENDING
+        and row.end_reason == EndReason.UPSTREAM_ERROR
+        and row.session_id is None
+        and not row.awaiting_retry
+    )
+
+
+def hold_unknown_outcome(row: Session, exc: BaseException) -> None:
+    """A start's create may have started a session it cannot name: the row keeps its slot.
+
+    ``ENDING``, reason ``upstream_error``, no session id, not awaiting a
+    retry (nothing can be terminated): both caps count it, a later start of
+    the user's waits for it or is refused, and the expiry command finishes it
+    ``FAILED`` once Avaturn has ended any such session by itself
+    (``upstream.clients.unknown_outcome_hold`` after ``created_at``). Quotas
+    do not count it (``usage.counted``). A row claimed meanwhile (replaced,
+    staff, the kill switch) takes this reason too: what holds it is the
+    unknown outcome, not the claim. Never raises.
+    """
+    detail = failure_detail(exc)
+    logger.warning("Avaturn session start had an unknown outcome: %s", detail)
+    try:
+        Session.objects.filter(
+            pk=row.pk,
+            status__in=(SessionStatus.STARTING, SessionStatus.ENDING),
+            session_id__isnull=True,
+        ).update(
+            status=SessionStatus.ENDING,
+            end_reason=EndReason.UPSTREAM_ERROR,
+            end_detail=clip_detail(detail),
+            updated_at=timezone.now(),
+            awaiting_retry=False,
+        )
+    except DatabaseError:
+        # The expiry command fails the stale starting row; the slot is then freed early.
+        logger.exception("Could not record the unknown outcome of session row %s", row.pk)
+
+
 def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = None) -> None:
     """Record an orphan's id on a row left ``ending``, for the expiry command to terminate.
 

@@ -148,6 +148,18 @@ def longest_start() -> float:
     return replaced + mint + create + START_MARGIN
 
 
+def unknown_outcome_hold() -> float:
+    """Seconds after its reservation that a start's unknown-outcome create may still run.
+
+    A create with no usable answer (``UpstreamError.may_be_running``) may have
+    started a session nobody can name, so nobody can end it: it was sent at
+    most ``longest_start()`` after the reservation, and Avaturn ends a session
+    no browser joined after ``USER_ABSENT_TIMEOUT`` (its token never reached
+    one). Until then the row holds its slot under both caps.
+    """
+    return longest_start() + avaturn_settings.USER_ABSENT_TIMEOUT
+
+
 def reset_clients() -> None:
     """Drop the cached clients (settings changed, or a key was rotated)."""
     global _openai, _avaturn
