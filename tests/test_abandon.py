@@ -29,7 +29,12 @@ from django_avaturn import services
 from django_avaturn.exceptions import AvaturnError, SessionNotLive
 from django_avaturn.models import ACTIVE_STATUSES, EndReason, Session, SessionStatus
 from django_avaturn.sessions.expiry import expire_sessions
-from django_avaturn.testing import AVATURN_CREATE, OPENAI_CLIENT_SECRET, FakeUpstream
+from django_avaturn.testing import (
+    AVATURN_CREATE,
+    AVATURN_TERMINATE,
+    OPENAI_CLIENT_SECRET,
+    FakeUpstream,
+)
 from tests.helpers import LIST_URL, AvaturnOverrides, csrf_post, redis_reachable, redis_url
 from tests.live_fake import assert_no_orphans, wait_until
 
@@ -197,6 +202,47 @@ def test_an_abandon_avaturn_does_not_honour_is_a_502_and_left_for_the_expiry_com
     expire_sessions()
     row.refresh_from_db()
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, "abandoned")
+
+
+def test_an_abandon_keeps_a_stop_in_flight_from_being_undone(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    """The visitor's Stop is terminating when the page leaves; that terminate then fails.
+
+    A failed Stop goes back to live for the widget to retry, but the page
+    that would retry is gone: the abandon takes the end over, so the row
+    stays ending for the expiry command, which terminates it.
+    """
+    ref = new_ref()
+    row = services.start_session(user, client_ref=ref).session
+    live_fake.fail(AVATURN_TERMINATE, status=503, delay=0.3)
+    failures: list[BaseException] = []
+
+    def stop() -> None:
+        try:
+            services.end_session(row, reason=EndReason.CLIENT)
+        except AvaturnError as exc:
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    assert wait_until(lambda: live_fake.counts().get(AVATURN_TERMINATE, 0) == 1)
+    services.abandon_start(user, ref)
+    stopper.join(10)
+
+    assert len(failures) == 1  # the Stop's terminate failed
+    row.refresh_from_db()
+    assert (row.status, row.end_reason, row.awaiting_retry) == (
+        SessionStatus.ENDING,
+        EndReason.CLIENT,
+        True,
+    )
+    expire_sessions()
+    row.refresh_from_db()
+    assert row.status == SessionStatus.ENDED
+    assert_no_orphans(live_fake)
 
 
 @pytest.mark.parametrize(
