@@ -123,16 +123,18 @@ def start_session(
         user, plan, cap=cap, refuse=policy == "refuse", client_ref=client_ref
     )
     row = reservation.row
+    # After the row is committed: an abandon that found no row had remembered
+    # the reference first (see abandonment). Before anything is ended or
+    # spent: the sessions it claimed to replace were sent nothing, and run on.
+    if client_ref and abandonment.was_abandoned(user.pk, client_ref):
+        transitions.release_claimed(reservation.replaced, sent=False)
+        transitions.end_unstarted(row, reason=EndReason.ABANDONED)
+        raise SessionNotLive()
     try:
         _end_replaced(reservation.replaced)
     except AvaturnError as exc:
         transitions.mark_failed(row, exc)
         raise
-    # After the row is committed: an abandon that found no row had remembered
-    # the reference first (see abandonment). Nothing is spent for this start.
-    if client_ref and abandonment.was_abandoned(user.pk, client_ref):
-        transitions.end_unstarted(row, reason=EndReason.ABANDONED)
-        raise SessionNotLive()
     # Those just terminated have ended; any other may still be running upstream.
     ended = {old.pk for old in reservation.replaced if old.status in FINAL_STATUSES}
     still_ending = [pk for pk in reservation.ending if pk not in ended]

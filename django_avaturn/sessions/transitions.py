@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, transaction
-from django.db.models import Q
+from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
 from django_avaturn.exceptions import (
@@ -338,10 +338,13 @@ def _final_status(end_reason: str) -> SessionStatus:
 def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
     """Upstream termination failed: put claimed rows back to live for their asker to retry.
 
-    Only a row still as its caller claimed it (the same claim stamp: nobody
-    took it over since, see ``take_over``), ended for a reason whose asker
-    retries (``RETRIED_BY_ASKER``; any reason when nothing was ``sent``: a
-    setting is missing, so nobody could have terminated it), and only while
+    A row claimed while it was starting (no session id; only when nothing
+    was ``sent``: an abandoned start's replacements) goes back to starting,
+    for its own start to activate. Only a row still as its caller claimed
+    it (the same claim stamp: nobody took it over since, see ``take_over``),
+    ended for a reason whose asker retries (``RETRIED_BY_ASKER``; any reason
+    when nothing was ``sent``: a setting is missing, or the start that
+    claimed it was abandoned, so nobody terminated it), and only while
     the kill switch is on. Every other row stays ``ENDING``,
     ``awaiting_retry``: the expiry command's next run terminates it; one the
     kill switch kept from going live takes the switch as its reason.
@@ -371,9 +374,11 @@ def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
                 )
                 if sent:
                     releasable = releasable.filter(end_reason__in=RETRIED_BY_ASKER)
-                releasable.update(
-                    status=SessionStatus.LIVE, end_reason="", end_detail="", updated_at=now
+                back = Case(
+                    When(session_id__isnull=True, then=Value(SessionStatus.STARTING)),
+                    default=Value(SessionStatus.LIVE),
                 )
+                releasable.update(status=back, end_reason="", end_detail="", updated_at=now)
         kept = Session.objects.filter(pk__in=pks, status=SessionStatus.ENDING)
         if switched_off:
             kept.filter(end_reason__in=RETRIED_BY_ASKER).update(end_reason=EndReason.SHUTDOWN)
