@@ -21,6 +21,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from openai._constants import MAX_RETRY_AFTER_DELAY
 from rest_framework.test import APIClient
 
 from django_avaturn import services
@@ -28,6 +29,7 @@ from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.sessions.plan import build_plan
+from django_avaturn.sessions.starting import UpstreamBounds, _in_flight_until
 from django_avaturn.spend.limits import usage_for
 from django_avaturn.testing import (
     AVATURN_CREATE,
@@ -36,6 +38,7 @@ from django_avaturn.testing import (
     FakeUpstream,
 )
 from django_avaturn.upstream.clients import (
+    OPENAI_RETRY_WAIT,
     get_avaturn_client,
     get_openai_secrets,
     unknown_outcome_hold,
@@ -290,6 +293,44 @@ def test_a_create_with_an_unknown_outcome_holds_the_slot_until_avaturn_has_ended
     held.refresh_from_db()
     assert (held.status, held.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
     assert not Session.objects.active().exists()
+
+
+def test_how_long_a_start_in_flight_is_waited_for_allows_its_worst_case_and_a_margin(
+    avaturn: AvaturnOverrides, user: Any
+) -> None:
+    avaturn(
+        AVATURN_CONNECT_TIMEOUT=5.0,
+        AVATURN_TIMEOUT=20.0,
+        TERMINATE_RETRIES=2,
+        TERMINATE_RETRY_BACKOFF=0.25,
+        OPENAI_TIMEOUT=15.0,
+        OPENAI_MAX_RETRIES=1,
+        USER_ABSENT_TIMEOUT=60,
+    )
+    # A terminate: 3 attempts of 25 s, 0.25 + 0.5 s between. The client
+    # secret: 2 attempts of 15 s and, between them, a Retry-After the OpenAI
+    # SDK honours up to 120 s. The create: 25 s. A start's own calls once it
+    # stops waiting: 150 + 25 + 75.75 (what it created, its row claimed).
+    terminate, calls = 75.75, 150 + 25 + 75.75
+    # Reserved, it ends what it replaces, waits at most its calls' time, then
+    # makes them; plus the 30 s the expiry's crashed-start threshold allows too.
+    in_flight = terminate + calls + calls + 30
+    assert OPENAI_RETRY_WAIT >= MAX_RETRY_AFTER_DELAY
+    bounds = UpstreamBounds.from_settings()
+    assert (bounds.terminate, bounds.start) == (terminate, calls)
+
+    claimed = in_flight_start(user)
+    Session.objects.filter(pk=claimed.pk).update(
+        status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
+    )
+    claimed.refresh_from_db()
+    assert _in_flight_until(claimed, bounds) == claimed.created_at + timedelta(seconds=in_flight)
+    Session.objects.filter(pk=claimed.pk).update(end_reason=EndReason.UPSTREAM_ERROR)
+    claimed.refresh_from_db()
+    # A create with an unknown outcome: and then Avaturn's user-absent timeout.
+    assert _in_flight_until(claimed, bounds) == claimed.created_at + timedelta(
+        seconds=in_flight + 60
+    )
 
 
 def test_a_session_whose_terminate_failed_holds_its_users_slot(

@@ -55,6 +55,9 @@ from django_avaturn.upstream.avaturn import IncompleteSession
 from django_avaturn.upstream.clients import (
     get_avaturn_client,
     get_openai_secrets,
+    longest_in_flight,
+    longest_start_calls,
+    longest_terminate,
     unknown_outcome_hold,
 )
 
@@ -318,8 +321,6 @@ def _ensure_still_active(user_row: QuerySet[Any]) -> None:
 # How long a start polls between two reads of the rows it waits for (seconds).
 _FIRST_PAUSE = 0.02
 _LONGEST_PAUSE = 0.25
-# The OpenAI SDK waits up to 8 seconds between its retries.
-_OPENAI_RETRY_PAUSE = 8.0
 
 
 @dataclass(frozen=True)
@@ -330,25 +331,24 @@ class UpstreamBounds:
     ``start``: a start's mint, create, and the terminate of what it created
     if it must (the row was claimed meanwhile, say): everything a start does
     upstream once it stops waiting. A start waits at most ``start`` too.
+    ``in_flight``: the latest after its reservation that a start may still
+    call an upstream. ``unknown_outcome``: how long a row whose create had
+    an unknown outcome holds its slot. All from ``upstream.clients``, whose
+    ``longest_start`` (the expiry's crashed-start threshold) shares their
+    parts and margin.
     """
 
     terminate: float
     start: float
-    # How long a row whose create had an unknown outcome holds its slot.
+    in_flight: float
     unknown_outcome: float
 
     @classmethod
     def from_settings(cls) -> UpstreamBounds:
-        avaturn_call = avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
-        retries = avaturn_settings.TERMINATE_RETRIES
-        backoff = avaturn_settings.TERMINATE_RETRY_BACKOFF
-        terminate = (retries + 1) * avaturn_call + backoff * (2**retries - 1)
-        openai_retries = avaturn_settings.OPENAI_MAX_RETRIES
-        openai_timeout = avaturn_settings.OPENAI_TIMEOUT
-        mint = (openai_retries + 1) * openai_timeout + openai_retries * _OPENAI_RETRY_PAUSE
         return cls(
-            terminate=terminate,
-            start=mint + avaturn_call + terminate,
+            terminate=longest_terminate(),
+            start=longest_start_calls(),
+            in_flight=longest_in_flight(),
             unknown_outcome=unknown_outcome_hold(),
         )
 
@@ -426,17 +426,16 @@ def _in_flight_until(other: Session, bounds: UpstreamBounds) -> datetime:
     (``updated_at``). A create with an unknown outcome
     (``transitions.is_unknown_outcome``) may have started a session that
     runs until ``bounds.unknown_outcome`` after its reservation. Without
-    either, the row was claimed while its start was
-    waiting or talking to the upstreams: that start waits at most
-    ``bounds.start`` after its reservation (``created_at``), then takes at
-    most as long again to create and, having found its row claimed,
-    terminate what it created.
+    either, the row was claimed while its start was ending what it replaced,
+    waiting or talking to the upstreams: that start makes its last upstream
+    call (the terminate of what it created, having found its row claimed)
+    at most ``bounds.in_flight`` after its reservation (``created_at``).
     """
     if other.session_id is not None:
         return other.updated_at + timedelta(seconds=bounds.terminate)
     if transitions.is_unknown_outcome(other):
         return other.created_at + timedelta(seconds=bounds.unknown_outcome)
-    return other.created_at + timedelta(seconds=2 * bounds.start)
+    return other.created_at + timedelta(seconds=bounds.in_flight)
 
 
 def _give_up(row: Session, pks: list[int], why: str) -> NoReturn:
