@@ -399,7 +399,10 @@ def _sqlite_warning() -> CheckMessage | None:
         f"The database {alias!r} is SQLite without IMMEDIATE transactions: a transaction "
         "that reads before it writes (ending and expiring sessions, the admin's actions) "
         "fails with 'database is locked' while another writes, instead of waiting its turn.",
-        hint=f'Add "OPTIONS": {{"transaction_mode": "IMMEDIATE"}} to DATABASES[{alias!r}].',
+        hint=(
+            f'Add "OPTIONS": {{"transaction_mode": "IMMEDIATE", "timeout": 20}} '
+            f"to DATABASES[{alias!r}]."
+        ),
         id="django_avaturn.W006",
     )
 

@@ -84,6 +84,11 @@ class UpstreamError(AvaturnError):
     status_code = 502
     default_detail = _("The avatar service is unavailable. Please try again shortly.")
 
+    # True when Avaturn's create may have started a session this error leaves
+    # unnamed (no answer in time, a 5xx, an answer cut short before its id):
+    # that session may run, and bill, until Avaturn's user-absent timeout.
+    may_be_running = False
+
     def __init__(
         self,
         detail: str | None = None,

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -28,6 +29,7 @@ from django.test import Client
 from django.utils import timezone
 
 from django_avaturn.models import Session, SessionStatus
+from django_avaturn.sessions.expiry import ExpiryPolicy, expire_sessions
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 LIST_URL = "/avaturn/sessions/"
@@ -266,3 +268,13 @@ def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 60.0)
         except OSError:
             time.sleep(0.1)
     pytest.fail(f"rundemo did not listen on {port} within {timeout} s")
+
+
+def release_held_starts() -> None:
+    """Finish the rows of creates with an unknown outcome, as if their hold had passed.
+
+    The expiry command does this once Avaturn has ended whatever such a
+    create may have started; here at once, so that a test can go on to the
+    user's next start.
+    """
+    expire_sessions(policy=replace(ExpiryPolicy.from_settings(), unknown_outcome_after=0))

@@ -28,8 +28,14 @@ from rest_framework.test import APIClient
 from django_avaturn import services
 from django_avaturn.exceptions import AvaturnError, SessionNotLive
 from django_avaturn.models import ACTIVE_STATUSES, EndReason, Session, SessionStatus
+from django_avaturn.sessions import abandonment
 from django_avaturn.sessions.expiry import expire_sessions
-from django_avaturn.testing import AVATURN_CREATE, OPENAI_CLIENT_SECRET, FakeUpstream
+from django_avaturn.testing import (
+    AVATURN_CREATE,
+    AVATURN_TERMINATE,
+    OPENAI_CLIENT_SECRET,
+    FakeUpstream,
+)
 from tests.helpers import LIST_URL, AvaturnOverrides, csrf_post, redis_reachable, redis_url
 from tests.live_fake import assert_no_orphans, wait_until
 
@@ -124,29 +130,30 @@ def test_an_abandon_that_overtakes_its_start_refuses_it_before_anything_is_spent
 
 
 def test_an_abandon_between_the_reservation_and_its_check_is_seen_by_both(
-    api_client: Any, upstream: Any, user: Any
+    api_client: Any, upstream: Any, user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The abandon finds the row just committed; the start finds the abandon: one end, no spend.
 
-    Reached through a replacement: the start terminates the session it
-    replaces after its row is committed and before it asks what was abandoned.
+    The page's abandon is sent the moment the start, its row committed,
+    asks what was abandoned. The session the start would have replaced was
+    sent nothing, and runs on.
     """
     first = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     ref = new_ref()
     abandoned: list[Any] = []
+    was_abandoned = abandonment.was_abandoned
 
-    def page_leaves_meanwhile(request: Any) -> tuple[int, dict[str, str], str]:
-        abandoned.append(csrf_post(signed_in(user), ABANDON_URL, {"client_ref": ref}))
-        upstream.avaturn.deleted.append(request.url.rsplit("/", 1)[1])
-        return 200, {}, json.dumps({"status": "terminated"})
+    def page_leaves_meanwhile(user_pk: Any, client_ref: str) -> bool:
+        abandoned.append(csrf_post(signed_in(user), ABANDON_URL, {"client_ref": client_ref}))
+        return was_abandoned(user_pk, client_ref)
 
-    upstream.avaturn.on_delete_call(page_leaves_meanwhile)
+    monkeypatch.setattr(abandonment, "was_abandoned", page_leaves_meanwhile)
 
     response = csrf_post(api_client, LIST_URL, {"client_ref": ref})
 
     assert [a.status_code for a in abandoned] == [204]
     assert (response.status_code, response.json()["code"]) == (409, "session_ended")
-    assert upstream.avaturn.deleted == [first]  # the replaced one, and only it
+    assert upstream.avaturn.deleted == []
     assert len(upstream.openai.requests) == len(upstream.avaturn.create_calls()) == 1
     row = Session.objects.get(client_ref=ref)
     assert (row.status, row.end_reason, row.session_id) == (
@@ -154,7 +161,7 @@ def test_an_abandon_between_the_reservation_and_its_check_is_seen_by_both(
         EndReason.ABANDONED,
         None,
     )
-    assert not Session.objects.active().exists()
+    assert Session.objects.get(session_id=first).status == SessionStatus.LIVE
 
 
 def test_one_user_cannot_abandon_anothers_start(
@@ -197,6 +204,77 @@ def test_an_abandon_avaturn_does_not_honour_is_a_502_and_left_for_the_expiry_com
     expire_sessions()
     row.refresh_from_db()
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, "abandoned")
+
+
+def test_an_abandon_keeps_a_stop_in_flight_from_being_undone(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    """The visitor's Stop is terminating when the page leaves; that terminate then fails.
+
+    A failed Stop goes back to live for the widget to retry, but the page
+    that would retry is gone: the abandon takes the end over, so the row
+    stays ending for the expiry command, which terminates it.
+    """
+    ref = new_ref()
+    row = services.start_session(user, client_ref=ref).session
+    live_fake.fail(AVATURN_TERMINATE, status=503, delay=0.3)
+    failures: list[BaseException] = []
+
+    def stop() -> None:
+        try:
+            services.end_session(row, reason=EndReason.CLIENT)
+        except AvaturnError as exc:
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    assert wait_until(lambda: live_fake.counts().get(AVATURN_TERMINATE, 0) == 1)
+    services.abandon_start(user, ref)
+    stopper.join(10)
+
+    assert len(failures) == 1  # the Stop's terminate failed
+    row.refresh_from_db()
+    assert (row.status, row.end_reason, row.awaiting_retry) == (
+        SessionStatus.ENDING,
+        EndReason.CLIENT,
+        True,
+    )
+    expire_sessions()
+    row.refresh_from_db()
+    assert row.status == SessionStatus.ENDED
+    assert_no_orphans(live_fake)
+
+
+def test_an_abandoned_start_leaves_the_session_it_would_replace_running(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    """The page left mid-start: the same user's call in another tab must not end with it."""
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT="end_oldest")
+    other = services.start_session(user).session
+    # A start of the same user's still talking to the upstreams, in a third tab.
+    # (Two holders over a cap of one: the start replaces both.)
+    starting = Session.objects.create(user=user, status=SessionStatus.STARTING)
+    ref = new_ref()
+    services.abandon_start(user, ref)
+
+    with pytest.raises(SessionNotLive):
+        services.start_session(user, client_ref=ref)
+
+    other.refresh_from_db()
+    assert (other.status, other.end_reason) == (SessionStatus.LIVE, "")
+    assert other.session_id in live_fake.live_session_ids()
+    assert live_fake.requests_for(AVATURN_TERMINATE) == []
+    starting.refresh_from_db()
+    assert (starting.status, starting.end_reason) == (SessionStatus.STARTING, "")
+    row = Session.objects.get(client_ref=ref)
+    assert (row.status, row.end_reason, row.session_id) == (
+        SessionStatus.ENDED,
+        EndReason.ABANDONED,
+        None,
+    )
+    assert len(live_fake.requests_for(AVATURN_CREATE)) == 1
 
 
 @pytest.mark.parametrize(

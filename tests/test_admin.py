@@ -297,6 +297,25 @@ def test_action_with_missing_key_claims_nothing(
 # --------------------------------------------------------------------------- permissions
 
 
+@pytest.mark.parametrize("selected", [["abc"], ["1\x00"], ["\x00"], ["1", "2.5"]])
+def test_a_selection_that_names_no_row_is_refused_not_a_500(
+    admin_client: Client, upstream: Any, user: Any, selected: list[str]
+) -> None:
+    """A forged or garbled selection: the action ends nothing and says so."""
+    row = live(user, "av-1")
+    response = admin_client.post(
+        CHANGELIST,
+        {"action": "terminate_selected", "_selected_action": selected, "index": 0},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert ("warning", "The selection is not valid; no sessions were changed.") in shown_messages(
+        response
+    )
+    assert fresh(row).status == SessionStatus.LIVE
+    assert upstream.avaturn.deleted == []
+
+
 def test_staff_without_the_permission_sees_no_action_and_cannot_post_it(
     viewer: Client, operator: Client, upstream: Any, user: Any
 ) -> None:

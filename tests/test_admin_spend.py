@@ -192,6 +192,29 @@ def test_kill_switch_stops_new_sessions_and_terminates_running_ones(
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
 
 
+def test_a_kill_switch_reason_with_control_characters_still_stops_everything(
+    admin_client: Client, user: Any, upstream: Any
+) -> None:
+    """PostgreSQL refuses a NUL in text: the switch must still go off, and the sweep run."""
+    live(user, "run-0")
+    reason = "x\x00y\x07\x1b[31m z\n" + "w" * 300
+
+    response = admin_client.post(KILL, {"enable": "0", "reason": reason, "confirm": "yes"})
+
+    assert response.status_code == 302
+    assert not limits.sessions_enabled()
+    switch = ServiceSwitch.objects.get()
+    assert switch.reason == ("xy[31m z " + "w" * 300)[:200]
+    assert upstream.avaturn.deleted == ["run-0"]
+    assert Session.objects.get().status == SessionStatus.ENDED
+
+
+def test_the_switch_cleans_any_callers_reason() -> None:
+    switch = limits.set_sessions_enabled(False, reason="\x00" * 10 + "ok\tthen" + "!" * 500)
+    assert switch.reason == ("ok then" + "!" * 500)[:200]
+    assert ServiceSwitch.objects.get().reason == switch.reason
+
+
 def test_kill_switch_needs_the_terminate_permission(django_user_model: Any, user: Any) -> None:
     viewer = logged_in(staff(django_user_model, "v@example.com", "view_session"))
     row = live(user, "x")

@@ -21,19 +21,28 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from openai._constants import MAX_RETRY_AFTER_DELAY
 from rest_framework.test import APIClient
 
 from django_avaturn import services
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.sessions.plan import build_plan
+from django_avaturn.sessions.starting import UpstreamBounds, _in_flight_until
+from django_avaturn.spend.limits import usage_for
 from django_avaturn.testing import (
     AVATURN_CREATE,
     AVATURN_TERMINATE,
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
-from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn.upstream.clients import (
+    OPENAI_RETRY_WAIT,
+    get_avaturn_client,
+    get_openai_secrets,
+    unknown_outcome_hold,
+)
 from tests.helpers import LIST_URL, AvaturnOverrides
 from tests.live_fake import assert_no_orphans, csrf_json, run_threads, wait_until
 
@@ -235,6 +244,93 @@ def test_a_start_gives_up_on_a_replaced_start_that_does_not_finish_and_creates_n
     assert live_fake.requests == []  # not even a client secret was minted
     stuck.refresh_from_db()
     assert (stuck.status, stuck.end_reason) == (SessionStatus.ENDING, EndReason.REPLACED)
+
+
+@pytest.mark.parametrize("policy", ["refuse", "end_oldest"])
+def test_a_create_with_an_unknown_outcome_holds_the_slot_until_avaturn_has_ended_it(
+    live_fake: FakeUpstream,
+    avaturn: AvaturnOverrides,
+    user: Any,
+    django_user_model: Any,
+    policy: str,
+) -> None:
+    """Avaturn created the session but answered too late: it may run until its user-absent timeout.
+
+    The failed start's row keeps its slot (ending, upstream_error, no id), so
+    the user's next start creates nothing and is refused at once (the hold
+    outlasts any start's wait), the site cap counts it, the quota does not;
+    the expiry command frees the slot only once Avaturn has ended whatever
+    the create started.
+    """
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT=policy)
+    live_fake.fail(AVATURN_CREATE, mode="timeout", delay=1.0)
+
+    assert start_via_api(user) == (504, "upstream_timeout")
+    assert wait_until(lambda: len(live_fake.sessions) == 1)  # the fake did create it
+    held = Session.objects.get()
+    assert (held.status, held.end_reason, held.session_id, held.awaiting_retry) == (
+        SessionStatus.ENDING,
+        EndReason.UPSTREAM_ERROR,
+        None,
+        False,
+    )
+    began = time.monotonic()
+    assert start_via_api(user) == (503, "session_still_ending")
+    assert time.monotonic() - began < 2  # at once: waiting could not outlast the hold
+    avaturn(MAX_LIVE_SESSIONS=1)
+    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
+    assert start_via_api(other) == (503, "site_limit_reached")
+    assert len(live_fake.requests_for(AVATURN_CREATE)) == 1
+    assert peak_alive(live_fake) == 1
+    assert usage_for(user).sessions == 0  # what failed is not spent from a quota
+
+    avaturn(EXPIRE_STUCK_AFTER=1)  # not "stuck": it is held on purpose
+    hold = timedelta(seconds=unknown_outcome_hold())
+    expire_sessions(now=held.created_at + hold - timedelta(seconds=1))
+    held.refresh_from_db()
+    assert held.status == SessionStatus.ENDING
+    expire_sessions(now=held.created_at + hold + timedelta(seconds=1))
+    held.refresh_from_db()
+    assert (held.status, held.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
+    assert not Session.objects.active().exists()
+
+
+def test_how_long_a_start_in_flight_is_waited_for_allows_its_worst_case_and_a_margin(
+    avaturn: AvaturnOverrides, user: Any
+) -> None:
+    avaturn(
+        AVATURN_CONNECT_TIMEOUT=5.0,
+        AVATURN_TIMEOUT=20.0,
+        TERMINATE_RETRIES=2,
+        TERMINATE_RETRY_BACKOFF=0.25,
+        OPENAI_TIMEOUT=15.0,
+        OPENAI_MAX_RETRIES=1,
+        USER_ABSENT_TIMEOUT=60,
+    )
+    # A terminate: 3 attempts of 25 s, 0.25 + 0.5 s between. The client
+    # secret: 2 attempts of 15 s and, between them, a Retry-After the OpenAI
+    # SDK honours up to 120 s. The create: 25 s. A start's own calls once it
+    # stops waiting: 150 + 25 + 75.75 (what it created, its row claimed).
+    terminate, calls = 75.75, 150 + 25 + 75.75
+    # Reserved, it ends what it replaces, waits at most its calls' time, then
+    # makes them; plus the 30 s the expiry's crashed-start threshold allows too.
+    in_flight = terminate + calls + calls + 30
+    assert OPENAI_RETRY_WAIT >= MAX_RETRY_AFTER_DELAY
+    bounds = UpstreamBounds.from_settings()
+    assert (bounds.terminate, bounds.start) == (terminate, calls)
+
+    claimed = in_flight_start(user)
+    Session.objects.filter(pk=claimed.pk).update(
+        status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
+    )
+    claimed.refresh_from_db()
+    assert _in_flight_until(claimed, bounds) == claimed.created_at + timedelta(seconds=in_flight)
+    Session.objects.filter(pk=claimed.pk).update(end_reason=EndReason.UPSTREAM_ERROR)
+    claimed.refresh_from_db()
+    # A create with an unknown outcome: and then Avaturn's user-absent timeout.
+    assert _in_flight_until(claimed, bounds) == claimed.created_at + timedelta(
+        seconds=in_flight + 60
+    )
 
 
 def test_a_session_whose_terminate_failed_holds_its_users_slot(

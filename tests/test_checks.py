@@ -334,7 +334,12 @@ def test_sqlite_without_immediate_transactions_is_w006(monkeypatch: pytest.Monke
     if connection.vendor != "sqlite":
         pytest.skip("SQLite only")
     monkeypatch.setitem(connection.settings_dict, "OPTIONS", {"timeout": 20})
-    assert ids(avaturn_messages()) == ["django_avaturn.W006"]
+    (message,) = avaturn_messages()
+    assert message.id == "django_avaturn.W006"
+    # The README's step: both options, the wait for the lock with the mode.
+    assert message.hint == (
+        'Add "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20} to DATABASES[\'default\'].'
+    )
 
 
 def _without_request_processor(settings: Any) -> None:

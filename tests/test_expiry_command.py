@@ -483,9 +483,9 @@ def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
         OPENAI_MAX_RETRIES=1,
     )
     # The replaced session's terminate: 3 attempts of 25 s, 0.25 + 0.5 s between;
-    # the client secret: 2 attempts of 15 s, up to 8 s between; the create: 25 s;
-    # and 30 s for the database.
-    assert longest_start() == 75.75 + 38 + 25 + 30
+    # the client secret: 2 attempts of 15 s, up to 120 s between (a Retry-After
+    # the OpenAI SDK honours); the create: 25 s; and 30 s for the database.
+    assert longest_start() == 75.75 + 150 + 25 + 30
 
     def starting(seconds_ago: float) -> Session:
         row = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
@@ -493,8 +493,8 @@ def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
         Session.objects.filter(pk=row.pk).update(created_at=created)
         return row
 
-    dead = starting(175)  # well short of EXPIRE_STUCK_AFTER (300 s)
-    alive = starting(160)
+    dead = starting(290)  # short of EXPIRE_STUCK_AFTER (300 s)
+    alive = starting(270)
 
     run()
 
@@ -506,8 +506,8 @@ def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
 
     # Longer timeouts, a longer wait; "refuse" replaces nothing, so no terminate.
     avaturn(AVATURN_TIMEOUT=120.0, ON_SESSION_LIMIT="refuse")
-    assert longest_start() == 38 + 125 + 30
-    slow = starting(185)
+    assert longest_start() == 150 + 125 + 30
+    slow = starting(295)
     run()
     assert fresh(slow).status == SessionStatus.STARTING
 

@@ -121,6 +121,24 @@ def test_error_components(schema: dict[str, Any]) -> None:
     }
 
 
+def _descriptions(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [
+            v for k, v in node.items() if k in ("description", "summary") and isinstance(v, str)
+        ]
+        return found + [text for value in node.values() for text in _descriptions(value)]
+    if isinstance(node, list):
+        return [text for value in node for text in _descriptions(value)]
+    return []
+
+
+def test_descriptions_are_markdown_for_api_clients(schema: dict[str, Any]) -> None:
+    """OpenAPI descriptions are CommonMark: no reStructuredText, no names of our modules."""
+    texts = _descriptions(schema)
+    assert len(texts) > 20
+    assert [t for t in texts if "``" in t or ":func:" in t or ".py" in t] == []
+
+
 def test_client_ref_is_documented_as_the_api_checks_it(schema: dict[str, Any]) -> None:
     components = schema["components"]["schemas"]
     start = components["StartSessionRequest"]

@@ -31,7 +31,7 @@ from django_avaturn.testing import (
     FakeUpstream,
 )
 from django_avaturn.upstream import clients
-from tests.helpers import LIST_URL, AvaturnOverrides, closed_port
+from tests.helpers import LIST_URL, AvaturnOverrides, closed_port, release_held_starts
 from tests.live_fake import FAST_TIMEOUTS, csrf_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -329,15 +329,19 @@ def test_no_key_anywhere(
     keep(csrf_json(client, "post", f"{url}heartbeat/"))  # 409: ended
 
     # Every failure of a start, with upstream bodies that echo the keys.
+    # (A create with an unknown outcome holds the user's slot: released after each.)
     for route in (OPENAI_CLIENT_SECRET, AVATURN_CREATE):
         for status in (400, 401, 403, 422, 429, 500, 503):
             sentinel_fake.fail(route, status=status, body=_echo(route, status))
             keep(csrf_json(client, "post", LIST_URL, {}))
+            release_held_starts()
         for mode in ("malformed", "missing_fields", "close"):
             sentinel_fake.fail(route, mode=mode)
             keep(csrf_json(client, "post", LIST_URL, {}))
+            release_held_starts()
         sentinel_fake.fail(route, mode="timeout", delay=1.5)
         keep(csrf_json(client, "post", LIST_URL, {}))
+        release_held_starts()
 
     # Failed ends and a failed replacement, echoing the keys.
     live = keep(csrf_json(client, "post", LIST_URL, {})).json()

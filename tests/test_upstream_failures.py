@@ -18,6 +18,16 @@ from tests.upstreams import AVATURN_URL, DELETE_URL
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def assert_held() -> None:
+    """A create with an unknown outcome: the row holds its slot, nothing to terminate."""
+    row = Session.objects.get()
+    assert (row.status, row.end_reason, row.session_id) == (
+        SessionStatus.ENDING,
+        EndReason.UPSTREAM_ERROR,
+        None,
+    )
+
+
 def assert_nothing_running(upstream: Any) -> None:
     """Every session Avaturn created was either live in our table or terminated."""
     created = [f"av-sess-{n}" for n in range(1, len(upstream.avaturn.created) + 1)]
@@ -102,7 +112,9 @@ def test_avaturn_create_status_failures(api_client: Any, upstream: Any, status: 
     response = csrf_post(api_client, LIST_URL, {})
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
     row = Session.objects.get()
-    assert row.status == SessionStatus.FAILED
+    # A 5xx may come after Avaturn created the session: the row holds its slot.
+    assert row.status == (SessionStatus.ENDING if status >= 500 else SessionStatus.FAILED)
+    assert row.end_reason == EndReason.UPSTREAM_ERROR
     assert f"({status})" in row.end_detail
     assert KEYS[0] not in row.end_detail
     assert "[redacted]" in row.end_detail
@@ -112,7 +124,7 @@ def test_avaturn_create_timeout_is_504(api_client: Any, upstream: Any) -> None:
     upstream.avaturn.on_create_raise(requests.ReadTimeout("slow"))
     response = csrf_post(api_client, LIST_URL, {})
     assert (response.status_code, response.json()["code"]) == (504, "upstream_timeout")
-    assert Session.objects.get().status == SessionStatus.FAILED
+    assert_held()
 
 
 def test_avaturn_create_connection_error_is_502(api_client: Any, upstream: Any) -> None:
@@ -133,7 +145,7 @@ def test_an_unexpected_transport_failure_is_a_502_that_shows_no_client_secret(
     response = csrf_post(api_client, LIST_URL, {})
 
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
-    assert Session.objects.get().status == SessionStatus.FAILED
+    assert_held()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "unexpected RuntimeError" in logged
     assert "a session may be running that cannot be terminated" in logged
@@ -177,7 +189,7 @@ def test_avaturn_create_malformed_answers_are_502(
     )
     response = csrf_post(api_client, LIST_URL, {})
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
-    assert Session.objects.get().status == SessionStatus.FAILED
+    assert_held()  # a 2xx without a usable id: a session may run
     assert upstream.avaturn.deleted == []
 
 
@@ -311,4 +323,4 @@ def test_a_2xx_create_answer_too_large_to_read_is_logged_as_a_possible_orphan(
     assert (response.status_code, response.json()["code"]) == (502, "upstream_error")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("a session may be running that cannot be terminated" in e for e in errors)
-    assert Session.objects.get().status == SessionStatus.FAILED
+    assert_held()

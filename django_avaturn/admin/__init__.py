@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import django
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ERROR_FLAG, PAGE_VAR
 from django.contrib.auth import get_user_model
-from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import QuerySet
@@ -165,6 +166,32 @@ class SessionAdmin(_ModelAdmin):
         ):
             raise IncorrectLookupParameters("A filter value holds a NUL character.")
         return super().get_changelist_instance(request)
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        """Run an action, but only on a selection of primary keys: a forged one ends nothing.
+
+        Django filters the rows by the posted ``_selected_action`` values as
+        they come: one that is no primary key (``abc``, a NUL) raised from the
+        query, a 500. Refused here, with a message, as an empty selection is.
+        """
+        pk = self.model._meta.pk
+        assert pk is not None
+        for value in request.POST.getlist(ACTION_CHECKBOX_NAME):
+            try:
+                if "\x00" in value:
+                    raise ValidationError("A NUL character.")
+                pk.to_python(value)
+            except ValidationError:
+                self.message_user(
+                    request,
+                    _("The selection is not valid; no sessions were changed."),
+                    messages.WARNING,
+                )
+                return None
+        # (Django 6 passes where the action form was, too.)
+        return super().response_action(request, queryset, *args, **kwargs)
 
     def get_search_fields(self, request: HttpRequest) -> list[str]:
         """The session id, and the user's login and email fields, whatever they are called."""

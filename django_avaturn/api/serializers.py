@@ -17,12 +17,12 @@ from django_avaturn.models import (
 
 
 class StrictSerializer(serializers.Serializer[Any]):
-    """Refuses fields it does not declare, instead of DRF's silent ignoring.
+    """A field the body does not declare is refused (a 400), never ignored.
 
     For a start, instructions, model, voice and engine are the server's to
     choose: a request naming them (or anything else unknown) is a 400. A
-    text field refuses a number or a boolean too, which DRF would turn into
-    a string (``{"config": 5}`` would name the config ``"5"``).
+    text field refuses a number or a boolean too (`{"config": 5}` is a 400,
+    not the config `"5"`).
     """
 
     def to_internal_value(self, data: Any) -> Any:
@@ -61,7 +61,7 @@ class ClientRefField(serializers.RegexField):
 class StartSessionSerializer(StrictSerializer):
     """What a visitor may choose when starting: an allowed avatar, a widget config name.
 
-    And the start's own ``client_ref``, to abandon it by before its answer arrives.
+    And the start's own `client_ref`, to abandon it by before its answer arrives.
     """
 
     avatar_id = serializers.CharField(
@@ -124,7 +124,7 @@ class SessionSerializer(serializers.ModelSerializer[Session]):
 
 
 class ErrorSerializer(serializers.Serializer[Any]):
-    """Every error answer of the API (documentation only: ``errors.py`` builds them)."""
+    """Every error answer of the API: a stable `code` and a readable `detail`."""
 
     code = serializers.CharField(help_text=_("A stable, machine-readable error code."))
     detail = serializers.CharField(help_text=_("A readable message; never a key or a traceback."))
@@ -137,7 +137,7 @@ class ErrorSerializer(serializers.Serializer[Any]):
 
 
 class QuotaErrorSerializer(ErrorSerializer):
-    """A 429: ``throttled``, or ``quota_exceeded`` with the quota that ran out."""
+    """A 429: `throttled`, or `quota_exceeded` with the quota that ran out."""
 
     limit = serializers.ChoiceField(
         choices=["sessions_per_day", "minutes_per_day"],

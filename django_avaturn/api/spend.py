@@ -43,7 +43,7 @@ class DayUsageSerializer(serializers.Serializer[Any]):
 
 
 class UsageSerializer(serializers.Serializer[Any]):
-    """The answer of ``GET usage/`` (documentation only: the view builds it)."""
+    """The answer of `GET usage/`: the caller's usage in the quota's window, and per day."""
 
     window = serializers.ChoiceField(choices=sorted(QUOTA_WINDOWS))
     window_start = serializers.DateTimeField()
@@ -65,7 +65,7 @@ class UsageSerializer(serializers.Serializer[Any]):
 
 
 class UsageView(AvaturnAPIView):
-    """``GET``: the caller's own usage: today's window against the quota, and the last 30 days."""
+    """`GET`: the caller's own usage: today's window against the quota, and the last 30 days."""
 
     @document(
         operation_id="avaturn_usage_retrieve",
@@ -123,7 +123,7 @@ class TranscriptCreatedSerializer(serializers.Serializer[Any]):
 
 
 class SessionTranscriptView(AvaturnAPIView):
-    """``POST``: store one transcript line of the caller's own session (when enabled)."""
+    """`POST`: store one transcript line of the caller's own session (when enabled)."""
 
     def get_throttles(self) -> list[BaseThrottle]:
         # Not counted while transcripts are off: those requests store nothing.

@@ -100,7 +100,7 @@ class AvaturnAPIView(APIView):
 
 
 class SessionListView(AvaturnAPIView):
-    """``GET``: the caller's own sessions, newest first. ``POST``: start one."""
+    """`GET`: the caller's own sessions, newest first. `POST`: start one."""
 
     def get_throttles(self) -> list[BaseThrottle]:
         if self.request.method != "POST":
@@ -174,7 +174,7 @@ class SessionListView(AvaturnAPIView):
 
 
 class SessionAbandonView(AvaturnAPIView):
-    """``POST``: the caller's page left a start before its answer came; end what it starts."""
+    """`POST`: the caller's page left a start before its answer came; end what it starts."""
 
     @document(
         operation_id="avaturn_sessions_abandon",
@@ -208,7 +208,7 @@ class SessionAbandonView(AvaturnAPIView):
 
 
 class SessionDetailView(AvaturnAPIView):
-    """``GET``: one of the caller's sessions. ``DELETE``: end it (idempotent)."""
+    """`GET`: one of the caller's sessions. `DELETE`: end it (idempotent)."""
 
     @document(
         operation_id="avaturn_sessions_retrieve",
@@ -233,7 +233,7 @@ class SessionDetailView(AvaturnAPIView):
 
 
 class SessionHeartbeatView(AvaturnAPIView):
-    """``POST``: the widget is still on the page; records ``last_seen_at``."""
+    """`POST`: the widget is still on the page; records ``last_seen_at``."""
 
     @document(
         operation_id="avaturn_sessions_heartbeat",

@@ -397,15 +397,18 @@ def abandon_start(user: AbstractBaseUser, client_ref: str) -> None:
     starting is claimed, and its own request terminates what Avaturn creates
     the moment the create returns; one already live is ended now; one whose
     row does not exist yet (this request overtook it) is remembered, and
-    refused once its row is reserved. Raises ``UpstreamError`` when Avaturn
-    could not end a live one (the row stays live, as for ``end_session()``).
+    refused once its row is reserved. One whose end is in flight (its Stop
+    terminating) is taken over: the page that would retry a failed Stop is
+    gone, so a failed terminate leaves it ending for the expiry command.
+    Raises ``UpstreamError`` when Avaturn could not end a live one (it stays
+    ending, awaiting the expiry command's retry).
     """
     # First, before looking for the row: see abandonment for why.
     abandonment.remember(user.pk, client_ref)
     failure: AvaturnError | None = None
-    started = Session.objects.filter(
-        user_id=user.pk, client_ref=client_ref, status__in=transitions.CAPPED_STATUSES
-    )
+    mine = Session.objects.filter(user_id=user.pk, client_ref=client_ref)
+    transitions.take_over(list(mine.filter(status=SessionStatus.ENDING, awaiting_retry=False)))
+    started = mine.filter(status__in=transitions.CAPPED_STATUSES)
     for session in started:
         try:
             end_session(session, reason=EndReason.ABANDONED)

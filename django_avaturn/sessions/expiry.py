@@ -31,7 +31,11 @@ start's own upstream calls can take (``upstream.clients.longest_start``) become
 the dead process's create had reached Avaturn, that session ends by itself,
 and a WARNING says so). ``ending`` ones whose terminate failed
 (``awaiting_retry``) are terminated again on every run, and so are those
-left ``ending`` for ``EXPIRE_STUCK_AFTER`` by a process that died.
+left ``ending`` for ``EXPIRE_STUCK_AFTER`` by a process that died. A start
+whose create had an unknown outcome (no answer in time, a 5xx) is left
+``ending`` holding its slot, with nothing to terminate, until Avaturn has
+ended whatever it may have created (``upstream.clients.unknown_outcome_hold``
+after its reservation); then it becomes ``failed``.
 
 Stale sessions are terminated upstream (404 counts as already gone) and
 recorded with status ``expired``, reason ``expired``. See ``sessions.ending``
@@ -62,7 +66,7 @@ from django_avaturn.sessions.ending import (
     terminate_claimed,
 )
 from django_avaturn.sessions.outcomes import Outcome
-from django_avaturn.upstream.clients import longest_start
+from django_avaturn.upstream.clients import longest_start, unknown_outcome_hold
 
 Reporter = Callable[[Iterable[Result]], None]
 
@@ -83,6 +87,9 @@ class ExpiryPolicy:
     unjoined: int | None = None
     # Rows left starting this long belong to a dead process (None: ``stuck_after``).
     starting_after: float | None = None
+    # A create with an unknown outcome holds its row's slot this long after
+    # the reservation (None: ``stuck_after``, as any row left ending).
+    unknown_outcome_after: float | None = None
 
     @classmethod
     def from_settings(
@@ -97,6 +104,7 @@ class ExpiryPolicy:
             older_than=older_than,
             unjoined=avaturn_settings.EXPIRE_UNJOINED_AFTER,
             starting_after=longest_start(),
+            unknown_outcome_after=unknown_outcome_hold(),
         )
 
     # ------------------------------------------------------------------ live rows
@@ -185,7 +193,11 @@ def expire_sessions(
     starting_after = policy.stuck_after if policy.starting_after is None else policy.starting_after
     _fail_stuck_starts(now - timedelta(seconds=starting_after), dry_run, batch_size, report)
     stuck_since = now - timedelta(seconds=policy.stuck_after)
-    _retry_stuck_ends(stuck_since, dry_run, upstream, batch_size, report)
+    unknown_after = (
+        policy.stuck_after if policy.unknown_outcome_after is None else policy.unknown_outcome_after
+    )
+    unknown_since = now - timedelta(seconds=unknown_after)
+    _retry_stuck_ends(stuck_since, unknown_since, dry_run, upstream, batch_size, report)
     _expire_live(policy, now, dry_run, upstream, batch_size, report)
     return ExpiryReport(tally=tally, dry_run=dry_run)
 
@@ -221,11 +233,18 @@ def _fail_stuck_starts(
 
 
 def _retry_stuck_ends(
-    stuck_since: datetime, dry_run: bool, upstream: bool, batch_size: int, report: Reporter
+    stuck_since: datetime,
+    unknown_since: datetime,
+    dry_run: bool,
+    upstream: bool,
+    batch_size: int,
+    report: Reporter,
 ) -> None:
     # Their terminate failed (awaiting_retry), or the process that claimed
     # them died before it finished them: claim them again (a fresh stamp, so
-    # two hosts cannot both) and finish the job.
+    # two hosts cannot both) and finish the job. A start whose create had an
+    # unknown outcome holds its slot until Avaturn has ended whatever it may
+    # have created (reserved before ``unknown_since``), then ends failed.
     def claim_stuck(rows: list[Session]) -> list[Session]:
         if dry_run:
             return rows
@@ -237,8 +256,10 @@ def _retry_stuck_ends(
             awaiting_retry=False,
         )
 
+    unknown = transitions.unknown_outcome()
+    stuck = (Q(awaiting_retry=True) | Q(updated_at__lt=stuck_since)) & ~unknown
     queryset = Session.objects.filter(status=SessionStatus.ENDING).filter(
-        Q(awaiting_retry=True) | Q(updated_at__lt=stuck_since)
+        stuck | (unknown & Q(created_at__lt=unknown_since))
     )
     for rows in claimed_batches(
         queryset, claim_stuck, batch_size=batch_size, lock=not dry_run, skip_locked=True

@@ -42,6 +42,7 @@ from django_avaturn.exceptions import (
     SessionsDisabled,
     SessionStillEnding,
     StorageUnavailable,
+    UpstreamError,
     UserNotActive,
 )
 from django_avaturn.models import ACTIVE_STATUSES, FINAL_STATUSES, EndReason, Session, SessionStatus
@@ -51,7 +52,14 @@ from django_avaturn.sessions.plan import SessionPlan, build_plan
 from django_avaturn.signals import send_logged, session_started
 from django_avaturn.spend import limits
 from django_avaturn.upstream.avaturn import IncompleteSession
-from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
+from django_avaturn.upstream.clients import (
+    get_avaturn_client,
+    get_openai_secrets,
+    longest_in_flight,
+    longest_start_calls,
+    longest_terminate,
+    unknown_outcome_hold,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +98,13 @@ def start_session(
     passed in so), ``SessionLimitReached`` (refuse policy, or the running
     sessions hold what is left of a minutes quota), ``QuotaExceeded``,
     ``UpstreamError``/``UpstreamTimeout`` (the row is marked failed
-    and no upstream session survives), ``SessionReplaced`` (a newer start by
-    the same user took the slot meanwhile), ``SessionNotLive`` (staff or its
-    own page ended it meanwhile), ``SessionStillEnding`` (a session it must
-    see ended first did not end; nothing was created) or
-    ``StorageUnavailable``.
+    and no upstream session survives; or, when Avaturn's create may have
+    started a session it did not name, the row is left ending and holds its
+    slot until that session cannot run: ``transitions.hold_unknown_outcome``),
+    ``SessionReplaced`` (a newer start by the same user took the slot
+    meanwhile), ``SessionNotLive`` (staff or its own page ended it
+    meanwhile), ``SessionStillEnding`` (a session it must see ended first
+    did not end; nothing was created) or ``StorageUnavailable``.
 
     Nothing is created upstream while a session this start replaces, or one
     of the user's already ending, may still run there (``_wait_for_ends``):
@@ -116,16 +126,18 @@ def start_session(
         user, plan, cap=cap, refuse=policy == "refuse", client_ref=client_ref
     )
     row = reservation.row
+    # After the row is committed: an abandon that found no row had remembered
+    # the reference first (see abandonment). Before anything is ended or
+    # spent: the sessions it claimed to replace were sent nothing, and run on.
+    if client_ref and abandonment.was_abandoned(user.pk, client_ref):
+        transitions.release_claimed(reservation.replaced, sent=False)
+        transitions.end_unstarted(row, reason=EndReason.ABANDONED)
+        raise SessionNotLive()
     try:
         _end_replaced(reservation.replaced)
     except AvaturnError as exc:
         transitions.mark_failed(row, exc)
         raise
-    # After the row is committed: an abandon that found no row had remembered
-    # the reference first (see abandonment). Nothing is spent for this start.
-    if client_ref and abandonment.was_abandoned(user.pk, client_ref):
-        transitions.end_unstarted(row, reason=EndReason.ABANDONED)
-        raise SessionNotLive()
     # Those just terminated have ended; any other may still be running upstream.
     ended = {old.pk for old in reservation.replaced if old.status in FINAL_STATUSES}
     still_ending = [pk for pk in reservation.ending if pk not in ended]
@@ -142,6 +154,13 @@ def start_session(
         created = avaturn.create_session(plan.avaturn_payload(secret.value))
     except IncompleteSession as exc:
         _fail_with_orphan(row, exc, exc.session_id)
+        raise
+    except UpstreamError as exc:
+        if exc.may_be_running:
+            # A session nobody can name may run: the row keeps its slot until it cannot.
+            transitions.hold_unknown_outcome(row, exc)
+        else:
+            transitions.mark_failed(row, exc)
         raise
     except AvaturnError as exc:
         transitions.mark_failed(row, exc)
@@ -302,8 +321,6 @@ def _ensure_still_active(user_row: QuerySet[Any]) -> None:
 # How long a start polls between two reads of the rows it waits for (seconds).
 _FIRST_PAUSE = 0.02
 _LONGEST_PAUSE = 0.25
-# The OpenAI SDK waits up to 8 seconds between its retries.
-_OPENAI_RETRY_PAUSE = 8.0
 
 
 @dataclass(frozen=True)
@@ -314,21 +331,26 @@ class UpstreamBounds:
     ``start``: a start's mint, create, and the terminate of what it created
     if it must (the row was claimed meanwhile, say): everything a start does
     upstream once it stops waiting. A start waits at most ``start`` too.
+    ``in_flight``: the latest after its reservation that a start may still
+    call an upstream. ``unknown_outcome``: how long a row whose create had
+    an unknown outcome holds its slot. All from ``upstream.clients``, whose
+    ``longest_start`` (the expiry's crashed-start threshold) shares their
+    parts and margin.
     """
 
     terminate: float
     start: float
+    in_flight: float
+    unknown_outcome: float
 
     @classmethod
     def from_settings(cls) -> UpstreamBounds:
-        avaturn_call = avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
-        retries = avaturn_settings.TERMINATE_RETRIES
-        backoff = avaturn_settings.TERMINATE_RETRY_BACKOFF
-        terminate = (retries + 1) * avaturn_call + backoff * (2**retries - 1)
-        openai_retries = avaturn_settings.OPENAI_MAX_RETRIES
-        openai_timeout = avaturn_settings.OPENAI_TIMEOUT
-        mint = (openai_retries + 1) * openai_timeout + openai_retries * _OPENAI_RETRY_PAUSE
-        return cls(terminate=terminate, start=mint + avaturn_call + terminate)
+        return cls(
+            terminate=longest_terminate(),
+            start=longest_start_calls(),
+            in_flight=longest_in_flight(),
+            unknown_outcome=unknown_outcome_hold(),
+        )
 
 
 def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None:
@@ -342,7 +364,9 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
     ``_in_flight_until``): a row claimed while it started whose start died
     (nothing we could end). A row whose terminate failed (ending past that
     time, or back to live) still holds its slot: the start fails. So does
-    one still in flight after ``UpstreamBounds.start``. If this start's own
+    one still in flight after ``UpstreamBounds.start``; one whose create had
+    an unknown outcome, and may run longer than this start may wait, fails
+    it at once. If this start's own
     row is claimed meanwhile (a newer start replaced it, staff, the kill
     switch), it ends it and stops, having created nothing.
     """
@@ -353,7 +377,12 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
             states = {
                 state.pk: state
                 for state in Session.objects.filter(pk__in=[row.pk, *pks]).only(
-                    "status", "end_reason", "session_id", "created_at", "updated_at"
+                    "status",
+                    "end_reason",
+                    "session_id",
+                    "awaiting_retry",
+                    "created_at",
+                    "updated_at",
                 )
             }
         except DatabaseError as exc:
@@ -369,10 +398,14 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
         for other in states.values():
             if other.status in FINAL_STATUSES:
                 continue
-            in_flight = other.status == SessionStatus.ENDING and now < _in_flight_until(
-                other, bounds
-            )
-            if in_flight:
+            until = _in_flight_until(other, bounds)
+            in_flight = other.status == SessionStatus.ENDING and now < until
+            if in_flight and transitions.is_unknown_outcome(other):
+                # Nothing ends it sooner: wait only if this start may wait that long.
+                if until > now + timedelta(seconds=give_up - time.monotonic()):
+                    _give_up(row, pks, "a session of the user's may run after a failed create")
+                waiting = True
+            elif in_flight:
                 waiting = True
             elif other.status != SessionStatus.ENDING or other.session_id is not None:
                 # Its terminate failed (back to live, or left ending for the
@@ -390,15 +423,19 @@ def _in_flight_until(other: Session, bounds: UpstreamBounds) -> datetime:
     """The latest an ``ending`` row may still have an upstream call in flight.
 
     With a session id, it is a terminate, begun when the row was claimed
-    (``updated_at``). Without one, the row was claimed while its start was
-    waiting or talking to the upstreams: that start waits at most
-    ``bounds.start`` after its reservation (``created_at``), then takes at
-    most as long again to create and, having found its row claimed,
-    terminate what it created.
+    (``updated_at``). A create with an unknown outcome
+    (``transitions.is_unknown_outcome``) may have started a session that
+    runs until ``bounds.unknown_outcome`` after its reservation. Without
+    either, the row was claimed while its start was ending what it replaced,
+    waiting or talking to the upstreams: that start makes its last upstream
+    call (the terminate of what it created, having found its row claimed)
+    at most ``bounds.in_flight`` after its reservation (``created_at``).
     """
     if other.session_id is not None:
         return other.updated_at + timedelta(seconds=bounds.terminate)
-    return other.created_at + timedelta(seconds=2 * bounds.start)
+    if transitions.is_unknown_outcome(other):
+        return other.created_at + timedelta(seconds=bounds.unknown_outcome)
+    return other.created_at + timedelta(seconds=bounds.in_flight)
 
 
 def _give_up(row: Session, pks: list[int], why: str) -> NoReturn:

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, transaction
-from django.db.models import Q
+from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
 from django_avaturn.exceptions import (
@@ -152,6 +152,57 @@ def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = No
     except DatabaseError:
         # The expiry command ends stale STARTING rows; the upstream side is already clean.
         logger.exception("Could not record the failed start of session row %s", row.pk)
+
+
+def unknown_outcome() -> Q:
+    """Rows whose start's create has an unknown outcome (see ``hold_unknown_outcome``)."""
+    return Q(
+        status=SessionStatus.ENDING,
+        end_reason=EndReason.UPSTREAM_ERROR,
+        session_id__isnull=True,
+        awaiting_retry=False,
+    )
+
+
+def is_unknown_outcome(row: Session) -> bool:
+    """Whether ``row`` (status, end_reason, session_id, awaiting_retry loaded) is one of those."""
+    return (
+        row.status == SessionStatus.ENDING
+        and row.end_reason == EndReason.UPSTREAM_ERROR
+        and row.session_id is None
+        and not row.awaiting_retry
+    )
+
+
+def hold_unknown_outcome(row: Session, exc: BaseException) -> None:
+    """A start's create may have started a session it cannot name: the row keeps its slot.
+
+    ``ENDING``, reason ``upstream_error``, no session id, not awaiting a
+    retry (nothing can be terminated): both caps count it, a later start of
+    the user's waits for it or is refused, and the expiry command finishes it
+    ``FAILED`` once Avaturn has ended any such session by itself
+    (``upstream.clients.unknown_outcome_hold`` after ``created_at``). Quotas
+    do not count it (``usage.counted``). A row claimed meanwhile (replaced,
+    staff, the kill switch) takes this reason too: what holds it is the
+    unknown outcome, not the claim. Never raises.
+    """
+    detail = failure_detail(exc)
+    logger.warning("Avaturn session start had an unknown outcome: %s", detail)
+    try:
+        Session.objects.filter(
+            pk=row.pk,
+            status__in=(SessionStatus.STARTING, SessionStatus.ENDING),
+            session_id__isnull=True,
+        ).update(
+            status=SessionStatus.ENDING,
+            end_reason=EndReason.UPSTREAM_ERROR,
+            end_detail=clip_detail(detail),
+            updated_at=timezone.now(),
+            awaiting_retry=False,
+        )
+    except DatabaseError:
+        # The expiry command fails the stale starting row; the slot is then freed early.
+        logger.exception("Could not record the unknown outcome of session row %s", row.pk)
 
 
 def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = None) -> None:
@@ -287,10 +338,13 @@ def _final_status(end_reason: str) -> SessionStatus:
 def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
     """Upstream termination failed: put claimed rows back to live for their asker to retry.
 
-    Only a row still as its caller claimed it (the same claim stamp: nobody
-    took it over since, see ``take_over``), ended for a reason whose asker
-    retries (``RETRIED_BY_ASKER``; any reason when nothing was ``sent``: a
-    setting is missing, so nobody could have terminated it), and only while
+    A row claimed while it was starting (no session id; only when nothing
+    was ``sent``: an abandoned start's replacements) goes back to starting,
+    for its own start to activate. Only a row still as its caller claimed
+    it (the same claim stamp: nobody took it over since, see ``take_over``),
+    ended for a reason whose asker retries (``RETRIED_BY_ASKER``; any reason
+    when nothing was ``sent``: a setting is missing, or the start that
+    claimed it was abandoned, so nobody terminated it), and only while
     the kill switch is on. Every other row stays ``ENDING``,
     ``awaiting_retry``: the expiry command's next run terminates it; one the
     kill switch kept from going live takes the switch as its reason.
@@ -320,9 +374,11 @@ def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
                 )
                 if sent:
                     releasable = releasable.filter(end_reason__in=RETRIED_BY_ASKER)
-                releasable.update(
-                    status=SessionStatus.LIVE, end_reason="", end_detail="", updated_at=now
+                back = Case(
+                    When(session_id__isnull=True, then=Value(SessionStatus.STARTING)),
+                    default=Value(SessionStatus.LIVE),
                 )
+                releasable.update(status=back, end_reason="", end_detail="", updated_at=now)
         kept = Session.objects.filter(pk__in=pks, status=SessionStatus.ENDING)
         if switched_off:
             kept.filter(end_reason__in=RETRIED_BY_ASKER).update(end_reason=EndReason.SHUTDOWN)

@@ -8,6 +8,7 @@ concurrent starts cannot both squeeze under a limit.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -74,14 +75,32 @@ def hold_switch(*, exclusive: bool = False) -> None:
     _advisory_lock(_SWITCH_LOCK_KEY, shared=not exclusive)
 
 
+def clean_reason(reason: str) -> str:
+    """``reason`` as ``ServiceSwitch.reason`` holds it, whoever passed it.
+
+    No control characters (PostgreSQL refuses a NUL in text, and the others
+    would garble a log line or a page): tabs and line breaks become spaces,
+    the rest go, as do lone surrogates (no encoding holds them). Cut to the
+    field's ``max_length``.
+    """
+    kept = (
+        " " if char in "\t\n\r" else char
+        for char in reason
+        if char in "\t\n\r" or unicodedata.category(char) not in ("Cc", "Cs")
+    )
+    return "".join(kept)[: ServiceSwitch._meta.get_field("reason").max_length]
+
+
 def set_sessions_enabled(enabled: bool, *, by: Any = None, reason: str = "") -> ServiceSwitch:
+    """Allow new sessions (``enabled``) or stop them; ``reason`` is cleaned (``clean_reason``)."""
+    reason = clean_reason(reason)
     with transaction.atomic():
         hold_switch(exclusive=True)
         switch, _created = ServiceSwitch.objects.update_or_create(
             pk=ServiceSwitch.SINGLETON_PK,
             defaults={
                 "sessions_enabled": enabled,
-                "reason": reason[:200],
+                "reason": reason,
                 "changed_at": timezone.now(),
                 "changed_by": by if getattr(by, "pk", None) is not None else None,
             },

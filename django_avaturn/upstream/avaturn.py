@@ -133,11 +133,11 @@ class AvaturnClient:
             response = self._send(
                 "POST", "/api/v1/sessions", operation, json=payload, names_session=True
             )
-        except UpstreamTimeout:
-            _log_unknown_outcome(payload, "no answer in time")
+        except UpstreamTimeout as exc:
+            _unknown_outcome(exc, payload, "no answer in time")
             raise
-        except _UnexpectedFailure:
-            _log_unknown_outcome(payload, "an unexpected failure, perhaps after sending")
+        except _UnexpectedFailure as exc:
+            _unknown_outcome(exc, payload, "an unexpected failure, perhaps after sending")
             raise
         except IncompleteSession:
             raise
@@ -146,30 +146,33 @@ class AvaturnClient:
             if status is not None and (status >= 500 or 200 <= status < 300):
                 # A 5xx may come after the session was created; a 2xx cut short
                 # before naming it certainly does.
-                _log_unknown_outcome(payload, f"a {status} answer it could not read")
+                _unknown_outcome(exc, payload, f"a {status} answer it could not read")
             elif isinstance(exc, _ConnectionLost):
-                _log_unknown_outcome(payload, "a connection dropped after sending")
+                _unknown_outcome(exc, payload, "a connection dropped after sending")
             raise
         try:
             data = self._json(response, operation)
-        except UpstreamError:
+        except UpstreamError as exc:
             # A 2xx too broken to parse still created a session: end it if it names one.
             found = _SESSION_ID_IN_TEXT.search(response.content)
             if found is not None:
                 raise IncompleteSession(
                     found.group(1).decode("ascii"), response.status_code, "unparseable answer"
                 ) from None
-            _log_unknown_outcome(payload, "an unparseable answer")
+            _unknown_outcome(exc, payload, "an unparseable answer")
             raise
         session_id = data.get("session_id")
         token = data.get("token")
         if not isinstance(session_id, str) or not session_id:
-            _log_unknown_outcome(payload, "an answer without session_id")
-            raise UpstreamError(
-                service=SERVICE,
-                operation=operation,
-                upstream_status=response.status_code,
-                body_excerpt="answer lacks session_id",
+            raise _unknown_outcome(
+                UpstreamError(
+                    service=SERVICE,
+                    operation=operation,
+                    upstream_status=response.status_code,
+                    body_excerpt="answer lacks session_id",
+                ),
+                payload,
+                "an answer without session_id",
             )
         if not _ADDRESSABLE_ID.fullmatch(session_id):
             # Our table could not hold it or our URLs carry it, so nobody could
@@ -387,7 +390,9 @@ def _log_unexpected(operation: str, exc: Exception) -> None:
     )
 
 
-def _log_unknown_outcome(payload: dict[str, Any], what: str) -> None:
+def _unknown_outcome(exc: UpstreamError, payload: dict[str, Any], what: str) -> UpstreamError:
+    """Mark ``exc`` as leaving a session that may be running (``may_be_running``), and log it."""
+    exc.may_be_running = True
     # Avaturn may have created (and may bill) a session whose id we never
     # learnt. It has no endpoint to list sessions, so nobody can end it now:
     # it ends by itself once no browser joins (user_absent_timeout) or at
@@ -399,3 +404,4 @@ def _log_unknown_outcome(payload: dict[str, Any], what: str) -> None:
         payload.get("user_absent_timeout"),
         payload.get("max_duration"),
     )
+    return exc

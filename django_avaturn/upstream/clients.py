@@ -25,12 +25,12 @@ from django_avaturn.upstream.openai import RealtimeSecrets, with_deadline
 
 _Client = TypeVar("_Client")
 
-# The OpenAI SDK's longest wait between two retries of a call whose answer
-# names none (its MAX_RETRY_DELAY). An answer with Retry-After may ask for up
-# to two minutes; a start that slow outlives longest_start() and is then
-# failed by the expiry command, and what it created is terminated.
-OPENAI_RETRY_WAIT = 8.0
-# For the database work around a start's upstream calls (lock waits included).
+# The OpenAI SDK's longest wait between two retries: it honours a server's
+# Retry-After up to two minutes (its MAX_RETRY_AFTER_DELAY), and waits at
+# most 8 s when the answer names none.
+OPENAI_RETRY_WAIT = 120.0
+# For the database work around a start's upstream calls (lock waits included):
+# every bound below on how long a start runs adds it once.
 START_MARGIN = 30.0
 
 _lock = threading.Lock()
@@ -131,6 +131,37 @@ def longest_terminate() -> float:
     return (retries + 1) * attempt + backoff * ((1 << retries) - 1)
 
 
+def longest_mint() -> float:
+    """Seconds minting an OpenAI client secret may take: every attempt, and the waits between."""
+    retries = avaturn_settings.OPENAI_MAX_RETRIES
+    return (retries + 1) * avaturn_settings.OPENAI_TIMEOUT + retries * OPENAI_RETRY_WAIT
+
+
+def longest_create() -> float:
+    """Seconds Avaturn's create may take (one attempt, never retried)."""
+    return avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
+
+
+def longest_start_calls() -> float:
+    """Seconds of a start's upstream calls once it stops waiting for other rows.
+
+    Its mint, its create, and the terminate of what it created when its row
+    was claimed meanwhile. A start waits for the user's ending rows at most
+    this long too (``sessions.starting._wait_for_ends``).
+    """
+    return longest_mint() + longest_create() + longest_terminate()
+
+
+def longest_in_flight() -> float:
+    """The latest after its reservation that a start may still make an upstream call.
+
+    It terminates the sessions it replaces, waits for the user's other ending
+    rows (at most ``longest_start_calls()``), then makes its own calls; plus
+    ``START_MARGIN`` for the database work between.
+    """
+    return longest_terminate() + 2 * longest_start_calls() + START_MARGIN
+
+
 def longest_start() -> float:
     """Seconds a start may keep its row ``starting``: its upstream calls, plus ``START_MARGIN``.
 
@@ -141,11 +172,19 @@ def longest_start() -> float:
     belongs to a process that died; the expiry command fails it.
     """
     replaced = longest_terminate() if avaturn_settings.ON_SESSION_LIMIT == "end_oldest" else 0
-    openai_retries = avaturn_settings.OPENAI_MAX_RETRIES
-    openai_timeout = avaturn_settings.OPENAI_TIMEOUT
-    mint = (openai_retries + 1) * openai_timeout + openai_retries * OPENAI_RETRY_WAIT
-    create = avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
-    return replaced + mint + create + START_MARGIN
+    return replaced + longest_mint() + longest_create() + START_MARGIN
+
+
+def unknown_outcome_hold() -> float:
+    """Seconds after its reservation that a start's unknown-outcome create may still run.
+
+    A create with no usable answer (``UpstreamError.may_be_running``) may have
+    started a session nobody can name, so nobody can end it: it was sent at
+    most ``longest_in_flight()`` after the reservation, and Avaturn ends a
+    session no browser joined after ``USER_ABSENT_TIMEOUT`` (its token never
+    reached one). Until then the row holds its slot under both caps.
+    """
+    return longest_in_flight() + avaturn_settings.USER_ABSENT_TIMEOUT
 
 
 def reset_clients() -> None:
