@@ -286,10 +286,10 @@ def test_a_create_with_an_unknown_outcome_holds_the_slot_until_avaturn_has_ended
 
     avaturn(EXPIRE_STUCK_AFTER=1)  # not "stuck": it is held on purpose
     hold = timedelta(seconds=unknown_outcome_hold())
-    expire_sessions(now=held.created_at + hold - timedelta(seconds=1))
+    expire_sessions(now=held.updated_at + hold - timedelta(seconds=1))
     held.refresh_from_db()
     assert held.status == SessionStatus.ENDING
-    expire_sessions(now=held.created_at + hold + timedelta(seconds=1))
+    expire_sessions(now=held.updated_at + hold + timedelta(seconds=1))
     held.refresh_from_db()
     assert (held.status, held.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
     assert not Session.objects.active().exists()
@@ -327,10 +327,10 @@ def test_how_long_a_start_in_flight_is_waited_for_allows_its_worst_case_and_a_ma
     assert _in_flight_until(claimed, bounds) == claimed.created_at + timedelta(seconds=in_flight)
     Session.objects.filter(pk=claimed.pk).update(end_reason=EndReason.UPSTREAM_ERROR)
     claimed.refresh_from_db()
-    # A create with an unknown outcome: and then Avaturn's user-absent timeout.
-    assert _in_flight_until(claimed, bounds) == claimed.created_at + timedelta(
-        seconds=in_flight + 60
-    )
+    # A create with an unknown outcome, counted from when the start gave up on it
+    # (the row's hold): what Avaturn may still have been processing (30 s), then
+    # its user-absent timeout.
+    assert _in_flight_until(claimed, bounds) == claimed.updated_at + timedelta(seconds=30 + 60)
 
 
 def test_a_session_whose_terminate_failed_holds_its_users_slot(

@@ -35,7 +35,7 @@ left ``ending`` for ``EXPIRE_STUCK_AFTER`` by a process that died. A start
 whose create had an unknown outcome (no answer in time, a 5xx) is left
 ``ending`` holding its slot, with nothing to terminate, until Avaturn has
 ended whatever it may have created (``upstream.clients.unknown_outcome_hold``
-after its reservation); then it becomes ``failed``.
+after it was held); then it becomes ``failed``.
 
 Stale sessions are terminated upstream (404 counts as already gone) and
 recorded with status ``expired``, reason ``expired``. See ``sessions.ending``
@@ -259,7 +259,7 @@ def _retry_stuck_ends(
     unknown = transitions.unknown_outcome()
     stuck = (Q(awaiting_retry=True) | Q(updated_at__lt=stuck_since)) & ~unknown
     queryset = Session.objects.filter(status=SessionStatus.ENDING).filter(
-        stuck | (unknown & Q(created_at__lt=unknown_since))
+        stuck | (unknown & Q(updated_at__lt=unknown_since))
     )
     for rows in claimed_batches(
         queryset, claim_stuck, batch_size=batch_size, lock=not dry_run, skip_locked=True

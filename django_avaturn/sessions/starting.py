@@ -401,10 +401,8 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
             until = _in_flight_until(other, bounds)
             in_flight = other.status == SessionStatus.ENDING and now < until
             if in_flight and transitions.is_unknown_outcome(other):
-                # Nothing ends it sooner: wait only if this start may wait that long.
-                if until > now + timedelta(seconds=give_up - time.monotonic()):
-                    _give_up(row, pks, "a session of the user's may run after a failed create")
-                waiting = True
+                # Nothing ends it sooner than its hold, longer than a request should wait.
+                _give_up(row, pks, "a session of the user's may run after a failed create")
             elif in_flight:
                 waiting = True
             elif other.status != SessionStatus.ENDING or other.session_id is not None:
@@ -425,7 +423,7 @@ def _in_flight_until(other: Session, bounds: UpstreamBounds) -> datetime:
     With a session id, it is a terminate, begun when the row was claimed
     (``updated_at``). A create with an unknown outcome
     (``transitions.is_unknown_outcome``) may have started a session that
-    runs until ``bounds.unknown_outcome`` after its reservation. Without
+    runs until ``bounds.unknown_outcome`` after it was held (``updated_at``). Without
     either, the row was claimed while its start was ending what it replaced,
     waiting or talking to the upstreams: that start makes its last upstream
     call (the terminate of what it created, having found its row claimed)
@@ -434,7 +432,7 @@ def _in_flight_until(other: Session, bounds: UpstreamBounds) -> datetime:
     if other.session_id is not None:
         return other.updated_at + timedelta(seconds=bounds.terminate)
     if transitions.is_unknown_outcome(other):
-        return other.created_at + timedelta(seconds=bounds.unknown_outcome)
+        return other.updated_at + timedelta(seconds=bounds.unknown_outcome)
     return other.created_at + timedelta(seconds=bounds.in_flight)
 
 

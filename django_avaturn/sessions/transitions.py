@@ -181,7 +181,7 @@ def hold_unknown_outcome(row: Session, exc: BaseException) -> None:
     retry (nothing can be terminated): both caps count it, a later start of
     the user's waits for it or is refused, and the expiry command finishes it
     ``FAILED`` once Avaturn has ended any such session by itself
-    (``upstream.clients.unknown_outcome_hold`` after ``created_at``). Quotas
+    (``upstream.clients.unknown_outcome_hold`` after ``updated_at``). Quotas
     do not count it (``usage.counted``). A row claimed meanwhile (replaced,
     staff, the kill switch) takes this reason too: what holds it is the
     unknown outcome, not the claim. Never raises.

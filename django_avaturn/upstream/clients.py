@@ -176,15 +176,17 @@ def longest_start() -> float:
 
 
 def unknown_outcome_hold() -> float:
-    """Seconds after its reservation that a start's unknown-outcome create may still run.
+    """Seconds after a create's outcome became unknown that its session may still run.
 
     A create with no usable answer (``UpstreamError.may_be_running``) may have
-    started a session nobody can name, so nobody can end it: it was sent at
-    most ``longest_in_flight()`` after the reservation, and Avaturn ends a
-    session no browser joined after ``USER_ABSENT_TIMEOUT`` (its token never
-    reached one). Until then the row holds its slot under both caps.
+    started a session nobody can name, so nobody can end it. The row is held
+    once the client has given up on the create (the row's ``updated_at``), so
+    Avaturn created nothing after that but what it was still processing
+    (``START_MARGIN``), and it ends a session no browser joined after
+    ``USER_ABSENT_TIMEOUT`` (its token never reached one). Until then the row
+    holds its slot under both caps.
     """
-    return longest_in_flight() + avaturn_settings.USER_ABSENT_TIMEOUT
+    return START_MARGIN + avaturn_settings.USER_ABSENT_TIMEOUT
 
 
 def reset_clients() -> None:
