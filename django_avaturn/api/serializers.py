@@ -91,7 +91,13 @@ class AbandonStartSerializer(StrictSerializer):
 class StartedSessionSerializer(serializers.Serializer[Any]):
     session_id = serializers.CharField()
     token = serializers.CharField(help_text=_("The per-session token for the browser SDK."))
-    expires_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text=_(
+            "When the OpenAI client secret expires (openai-realtime); null for engines "
+            "bounded by max_duration alone."
+        ),
+    )
     api_host = serializers.CharField(help_text=_("The SDK's apiHost."))
 
 

@@ -21,6 +21,7 @@ from django.views.decorators.debug import sensitive_variables
 from django_avaturn.conf import SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.upstream.avaturn import AvaturnClient
+from django_avaturn.upstream.cartesia import CartesiaClient
 from django_avaturn.upstream.openai import RealtimeSecrets, with_deadline
 
 _Client = TypeVar("_Client")
@@ -36,6 +37,7 @@ START_MARGIN = 30.0
 _lock = threading.Lock()
 _openai: RealtimeSecrets | None = None
 _avaturn: AvaturnClient | None = None
+_cartesia: CartesiaClient | None = None
 
 
 @sensitive_variables("value")
@@ -62,6 +64,14 @@ def get_avaturn_client() -> AvaturnClient:
         if _avaturn is None:
             _avaturn = _build(_build_avaturn_client, "Avaturn")
         return _avaturn
+
+
+def get_cartesia_client() -> CartesiaClient:
+    global _cartesia
+    with _lock:
+        if _cartesia is None:
+            _cartesia = _build(_build_cartesia_client, "Cartesia")
+        return _cartesia
 
 
 def _build(builder: Callable[[], _Client], service: str) -> _Client:
@@ -118,6 +128,24 @@ def _build_avaturn_client() -> AvaturnClient:
     )
 
 
+@sensitive_variables()
+def _build_cartesia_client() -> CartesiaClient:
+    section = avaturn_settings.CARTESIA  # (read anew: the key may come from the environment)
+    api_key = section["API_KEY"]
+    if api_key is None:
+        raise NotConfigured(
+            "AVATURN['CARTESIA']['API_KEY'] is not set and the CARTESIA_API_KEY "
+            "environment variable is empty."
+        )
+    return CartesiaClient(
+        base_url=section["API_URL"],
+        api_key=api_key,
+        version=section["VERSION"],
+        connect_timeout=avaturn_settings.AVATURN_CONNECT_TIMEOUT,
+        read_timeout=avaturn_settings.AVATURN_TIMEOUT,
+    )
+
+
 def longest_terminate() -> float:
     """Seconds one Avaturn terminate may take: every attempt to its deadline, and the backoffs.
 
@@ -145,20 +173,21 @@ def longest_start() -> float:
     openai_timeout = avaturn_settings.OPENAI_TIMEOUT
     mint = (openai_retries + 1) * openai_timeout + openai_retries * OPENAI_RETRY_WAIT
     create = avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
-    return replaced + mint + create + START_MARGIN
+    # A Cartesia token is one call within an Avaturn call's deadline.
+    return replaced + max(mint, create) + create + START_MARGIN
 
 
 def reset_clients() -> None:
     """Drop the cached clients (settings changed, or a key was rotated)."""
-    global _openai, _avaturn
+    global _openai, _avaturn, _cartesia
     with _lock:
         # Close, not just drop: a dropped client's pooled sockets linger until collected.
-        if _avaturn is not None:
-            _avaturn.close()
-        if _openai is not None:
-            _openai.close()
+        for client in (_avaturn, _openai, _cartesia):
+            if client is not None:
+                client.close()
         _openai = None
         _avaturn = None
+        _cartesia = None
 
 
 @receiver(setting_changed)
