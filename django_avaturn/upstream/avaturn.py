@@ -317,6 +317,22 @@ class AvaturnClient(PooledClient):
                 payload.get("user_absent_timeout"),
             )
 
+    @sensitive_variables("text")
+    def create_task(self, session_id: str, text: str) -> str:
+        """Queue ``text`` for the avatar to speak; the task's id. A 404 is ``UpstreamError``."""
+        operation = "create task"
+        path = f"/api/v1/sessions/{quote(session_id, safe='')}/tasks"
+        answer = self._send("POST", path, operation, json={"text": text})
+        task_id = self._json(answer, operation).get("task_id")
+        if not isinstance(task_id, str) or not task_id:
+            raise UpstreamError(
+                service=SERVICE,
+                operation=operation,
+                upstream_status=answer.status_code,
+                body_excerpt="answer lacks task_id",
+            )
+        return task_id
+
     def terminate_session(self, session_id: str) -> bool:
         """End a session now. True if it was ended, False if it was already gone (404)."""
         operation = "terminate session"
