@@ -69,6 +69,7 @@ def test_the_default_engine_is_openai_realtime_and_the_row_says_so(
     assert engine["type"] == "openai-realtime"
     assert engine["client_secret"] in live_fake.secrets_issued
     assert response.json()["expires_at"] is not None
+    assert response.json()["engine"] == "openai-realtime"  # the widget's transcript switch
 
 
 # ---------------------------------------------------------------------- cartesia
@@ -82,6 +83,7 @@ def test_a_cartesia_start_mints_a_token_per_start_and_never_stores_it(
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["expires_at"] is None  # bounded by max_duration, not by the token
+    assert body["engine"] == "cartesia"
 
     (mint,) = live_fake.requests_for(CARTESIA_ACCESS_TOKEN)
     assert mint.headers["authorization"] == "Bearer sk_car_fake-cartesia-key"

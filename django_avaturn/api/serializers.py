@@ -12,6 +12,7 @@ from django_avaturn.models import (
     CLIENT_REF_MIN_LENGTH,
     CLIENT_REF_PATTERN,
     EndReason,
+    Engine,
     Session,
 )
 
@@ -99,6 +100,9 @@ class StartedSessionSerializer(serializers.Serializer[Any]):
         ),
     )
     api_host = serializers.CharField(help_text=_("The SDK's apiHost."))
+    engine = serializers.ChoiceField(
+        choices=Engine.choices, help_text=_("The conversation engine the session talks with.")
+    )
 
 
 class SessionSerializer(serializers.ModelSerializer[Session]):
