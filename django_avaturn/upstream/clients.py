@@ -163,9 +163,10 @@ def longest_start() -> float:
     """Seconds a start may keep its row ``starting``: its upstream calls, plus ``START_MARGIN``.
 
     In order (``services.start_session``): ending the session it replaces
-    (with ``ON_SESSION_LIMIT = "end_oldest"``), minting the OpenAI client
-    secret (``OPENAI_MAX_RETRIES`` retries of up to ``OPENAI_TIMEOUT`` each),
-    and Avaturn's create (one attempt, never retried). A row starting longer
+    (with ``ON_SESSION_LIMIT = "end_oldest"``), minting the engine's credential
+    (the OpenAI client secret: ``OPENAI_MAX_RETRIES`` retries of up to
+    ``OPENAI_TIMEOUT`` each; a Cartesia token: one Avaturn-length call), and
+    Avaturn's create (one attempt, never retried). A row starting longer
     belongs to a process that died; the expiry command fails it.
     """
     replaced = longest_terminate() if avaturn_settings.ON_SESSION_LIMIT == "end_oldest" else 0
@@ -173,8 +174,14 @@ def longest_start() -> float:
     openai_timeout = avaturn_settings.OPENAI_TIMEOUT
     mint = (openai_retries + 1) * openai_timeout + openai_retries * OPENAI_RETRY_WAIT
     create = avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
-    # A Cartesia token is one call within an Avaturn call's deadline.
-    return replaced + max(mint, create) + create + START_MARGIN
+    only_openai = (
+        avaturn_settings.ENGINE == "openai-realtime"
+        and avaturn_settings.SESSION_CONFIG_HOOK is None
+    )
+    # Another engine may be chosen: a Cartesia token is one call within an Avaturn
+    # call's deadline (the external engine's HOOK is the site's own code: unbounded).
+    credential = mint if only_openai else max(mint, create)
+    return replaced + credential + create + START_MARGIN
 
 
 def reset_clients() -> None:
