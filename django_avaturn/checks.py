@@ -130,6 +130,66 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
     if transcript_warning is not None:
         messages.append(transcript_warning)
     messages.extend(_debug_logging_warnings())
+    messages.extend(_engine_errors())
+    return messages
+
+
+def _section(name: str) -> dict[str, Any] | None:
+    """The engine section ``name`` through its rule; None if malformed (E003 says so)."""
+    try:
+        checked: dict[str, Any] = RULES[name].check(name, _setting(name))
+    except NotConfigured:
+        return None
+    return checked
+
+
+def _engine_errors() -> list[CheckMessage]:
+    """E007 for the chosen ENGINE without what it needs; E008 for a ws:// engine URL.
+
+    What a start of that engine would refuse (``sessions.engines.require``),
+    reported at deploy rather than on the first start. The hook may choose an
+    engine or its options per start, so E007 looks only at ``ENGINE``; a ws://
+    URL is refused outside DEBUG whichever way it is chosen.
+    """
+    messages: list[CheckMessage] = []
+    engine = _setting("ENGINE")
+    missing: list[tuple[str, str]] = []
+    cartesia = _section("CARTESIA")
+    if engine == "cartesia" and cartesia is not None:
+        if cartesia["API_KEY"] is None and not _test_mode_on():
+            missing.append(("CARTESIA']['API_KEY", "or the CARTESIA_API_KEY environment variable"))
+        if cartesia["AGENT_ID"] is None:
+            missing.append(("CARTESIA']['AGENT_ID", "the Line agent's id"))
+    external = _section("EXTERNAL_ENGINE")
+    if (
+        engine == "external"
+        and external is not None
+        and not external["URL"]
+        and external["HOOK"] is None
+    ):
+        missing.append(("EXTERNAL_ENGINE']['URL", "or AVATURN['EXTERNAL_ENGINE']['HOOK']"))
+    text_echo = _section("TEXT_ECHO")
+    if engine == "text-echo" and text_echo is not None and text_echo["VOICE_ID"] is None:
+        missing.append(("TEXT_ECHO']['VOICE_ID", "the text-to-speech voice"))
+    for name, what in missing:
+        messages.append(
+            Error(
+                f"AVATURN['ENGINE'] is {engine!r}, but AVATURN['{name}'] is not set: every "
+                "start will answer 503.",
+                hint=f"Set AVATURN['{name}'] ({what}), or choose another ENGINE.",
+                id="django_avaturn.E007",
+            )
+        )
+    url = external["URL"] if external is not None else None
+    if isinstance(url, str) and url.startswith("ws://") and not settings.DEBUG:
+        messages.append(
+            Error(
+                "AVATURN['EXTERNAL_ENGINE']['URL'] is a ws:// URL while DEBUG is off: the "
+                "visitor's voice would cross the internet unencrypted, and starts refuse it.",
+                hint="Use the engine's wss:// URL.",
+                id="django_avaturn.E008",
+            )
+        )
     return messages
 
 

@@ -29,19 +29,24 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from django_avaturn.validation import (
+    ENGINES,
     QUOTA_WINDOWS,
     SESSION_LIMIT_POLICIES,
     Bounds,
     Choices,
     DottedPath,
     Flag,
+    Headers,
     Key,
+    Numbers,
     Quota,
     Quotas,
     Rate,
     RealtimeSession,
     Rule,
     Seconds,
+    Section,
+    SocketUrl,
     Strings,
     Text,
     Url,
@@ -51,6 +56,37 @@ SETTINGS_NAME = "AVATURN"
 
 DEFAULT_SDK_URL = "https://cdn.jsdelivr.net/npm/@avaturn-live/web-sdk@0.3.7/dist/main.js"
 DEFAULT_SDK_INTEGRITY = "sha384-Ooequa+Lwlhi20saTDhuRzu1zMgREazsDNQgI5GI8SAk0JNz35fC8MdMxVzE3LT7"
+
+
+# The conversation engines' own settings (see docs/engines.md).
+CARTESIA = Section(
+    (
+        # ``None``: the CARTESIA_API_KEY environment variable. Never rendered or logged.
+        ("API_KEY", None, Key()),
+        ("AGENT_ID", None, Text(optional=True)),
+        ("API_URL", "https://api.cartesia.ai", Url()),
+        ("VERSION", "2025-04-16", Text()),
+        # Seconds a minted access token is valid for joining (Cartesia allows up to an hour).
+        ("TOKEN_TTL", 300, Bounds(1, 3600, "seconds")),
+    ),
+    env=(("API_KEY", "CARTESIA_API_KEY"),),
+)
+EXTERNAL_ENGINE = Section(
+    (
+        ("URL", None, SocketUrl(optional=True)),
+        # Sent by Avaturn on the engine's WebSocket upgrade; never logged or rendered.
+        ("HEADERS", {}, Headers()),
+        ("SAMPLE_RATE", 24000, Numbers(frozenset({16000, 24000}))),
+        # Dotted path to ``hook(request, plan) -> {"url", "headers"}``, called per start.
+        ("HOOK", None, DottedPath()),
+    )
+)
+TEXT_ECHO = Section(
+    (
+        ("TTS_ENGINE", "elevenlabs", Choices(frozenset({"elevenlabs", "google"}))),
+        ("VOICE_ID", None, Text(optional=True)),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +117,11 @@ SETTINGS: dict[str, Setting] = {
     # Dotted path to a zero-argument callable returning an ``httpx2.Client``
     # for the OpenAI SDK (proxies, custom TLS, or a transport in tests).
     "OPENAI_HTTP_CLIENT": Setting(None, DottedPath()),
+    # Which conversation engine a session talks with (the hook may choose per start).
+    "ENGINE": Setting("openai-realtime", Choices(ENGINES)),
+    "CARTESIA": Setting(CARTESIA.defaults(), CARTESIA),
+    "EXTERNAL_ENGINE": Setting(EXTERNAL_ENGINE.defaults(), EXTERNAL_ENGINE),
+    "TEXT_ECHO": Setting(TEXT_ECHO.defaults(), TEXT_ECHO),
     # The OpenAI Realtime session (GA shape) the avatar talks with.
     "MODEL": Setting("gpt-realtime", Text()),
     "VOICE": Setting("marin", Text()),
@@ -175,6 +216,8 @@ ENV_FALLBACKS: dict[str, str] = {
     "API_KEY": "AVATURN_API_KEY",
     "OPENAI_API_KEY": "OPENAI_API_KEY",
 }
+# Read anew each time, never cached: they hold a key that may come from the environment.
+READ_ANEW: frozenset[str] = frozenset({*ENV_FALLBACKS, "CARTESIA"})
 
 # What TEST_MODE takes from the fake instead of AVATURN: where the upstreams
 # and the browser SDK are, and the keys they accept.
@@ -188,8 +231,11 @@ TEST_MODE_SETTINGS: frozenset[str] = frozenset(
         "SDK_API_HOST",
         "SDK_URL",
         "SDK_INTEGRITY",
+        "CARTESIA",
     }
 )
+# Of those, the ones whose value is a dict: the fake's entries are merged over the site's.
+TEST_MODE_SECTIONS: frozenset[str] = frozenset({"CARTESIA"})
 
 
 class AvaturnSettings:
@@ -206,6 +252,10 @@ class AvaturnSettings:
     SDK_API_HOST: str | None
     OPENAI_BASE_URL: str | None
     OPENAI_HTTP_CLIENT: Callable[[], Any] | None
+    ENGINE: str
+    CARTESIA: dict[str, Any]
+    EXTERNAL_ENGINE: dict[str, Any]
+    TEXT_ECHO: dict[str, Any]
     MODEL: str
     VOICE: str
     INSTRUCTIONS: str
@@ -271,7 +321,11 @@ class AvaturnSettings:
             from django_avaturn import test_mode  # (it reads this module's settings)
 
             if test_mode.is_on():
-                return test_mode.fake_settings()[name]
+                fake = test_mode.fake_settings()[name]
+                if name in TEST_MODE_SECTIONS:
+                    configured = self.configured(name)
+                    return {**(configured if isinstance(configured, Mapping) else {}), **fake}
+                return fake
         return self.configured(name)
 
     def configured(self, name: str) -> Any:
@@ -301,7 +355,7 @@ class AvaturnSettings:
         value = self.validate(name, self.raw(name))  # (raw raises for an unknown name)
         # Keys are deliberately not cached: the environment may change
         # between requests (secrets rotation) and reading it is cheap.
-        if name not in ENV_FALLBACKS:
+        if name not in READ_ANEW:
             self._cached[name] = value
         return value
 

@@ -58,6 +58,15 @@ class SessionNotLive(AvaturnError):
     default_detail = _("This avatar session has ended.")
 
 
+class EngineIgnoresTasks(AvaturnError):
+    """The session's engine does nothing with a task (Cartesia ignores them; the external
+    engine's protocol has none), so ``say()`` refuses rather than pretend."""
+
+    code = "engine_ignores_tasks"
+    status_code = 409
+    default_detail = _("This avatar's conversation engine cannot be told what to say.")
+
+
 class UserNotActive(AvaturnError):
     """The user was deactivated (or deleted) after the request authenticated them.
 

@@ -50,6 +50,15 @@ class EndReason(models.TextChoices):
     ABANDONED = "abandoned", _("The visitor's page left while it started")
 
 
+class Engine(models.TextChoices):
+    """Avaturn's conversation engines: what the avatar listens and speaks with."""
+
+    OPENAI_REALTIME = "openai-realtime", _("OpenAI Realtime")
+    CARTESIA = "cartesia", _("Cartesia Line agent")
+    EXTERNAL = "external", _("External WebSocket engine")
+    TEXT_ECHO = "text-echo", _("Text echo")
+
+
 class SessionQuerySet(models.QuerySet["Session"]):
     def active(self) -> SessionQuerySet:
         """Sessions that may be running upstream (starting, live or ending)."""
@@ -103,6 +112,13 @@ class Session(models.Model):
     )
     avatar_id = models.CharField(
         _("avatar"), max_length=255, blank=True, help_text=_("The Avaturn avatar used.")
+    )
+    engine = models.CharField(
+        _("engine"),
+        max_length=20,
+        choices=Engine.choices,
+        default=Engine.OPENAI_REALTIME,
+        help_text=_("The conversation engine the session talks with."),
     )
     model = models.CharField(
         _("model"), max_length=100, blank=True, help_text=_("The OpenAI Realtime model.")

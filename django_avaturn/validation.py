@@ -14,6 +14,7 @@ on it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -367,5 +368,118 @@ class DottedPath:
         return value
 
 
+@dataclass(frozen=True)
+class Numbers:
+    """A whole number that takes one of a few values."""
+
+    check_id: ClassVar[str] = MALFORMED
+    values: frozenset[int]
+
+    def expects(self) -> str:
+        return f"one of {sorted(self.values)}"
+
+    def check(self, name: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value not in self.values:
+            raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
+        return value
+
+
+@dataclass(frozen=True)
+class SocketUrl:
+    """A ``wss://`` (or ``ws://``) URL with a host; ``None`` or ``""`` where optional.
+
+    Whether ``ws://`` may be used (DEBUG only) is the engine's check, not the rule's.
+    """
+
+    check_id: ClassVar[str] = MALFORMED
+    optional: bool = False
+
+    def expects(self) -> str:
+        base = "a wss:// (or, with DEBUG on, ws://) URL with a host"
+        return f"None or {base}" if self.optional else base
+
+    def check(self, name: str, value: object) -> str | None:
+        if self.optional and value in (None, ""):
+            return None
+        if not isinstance(value, str):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {type(value).__name__}.")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  # raises ValueError for a port out of range
+        except ValueError:
+            raise NotConfigured(f"{name} must be {self.expects()}.") from None
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            # Not quoted: a signed per-session URL carries a credential.
+            raise NotConfigured(f"{name} must be {self.expects()}.")
+        return value
+
+
+# A header name as RFC 9110 allows it (a token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+@dataclass(frozen=True)
+class Headers:
+    """Extra HTTP headers: a dict of header names to printable values; values never quoted."""
+
+    check_id: ClassVar[str] = MALFORMED
+
+    def expects(self) -> str:
+        return 'a dict of header names to string values, such as {"X-Engine-Secret": "..."}'
+
+    @sensitive_variables("value")
+    def check(self, name: str, value: object) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {type(value).__name__}.")
+        for key, item in value.items():
+            if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key):
+                raise NotConfigured(f"{name} holds a key that is no header name.")
+            if not isinstance(item, str) or not item.isprintable() or not item.isascii():
+                raise NotConfigured(f"{name}[{key!r}] must be a printable ASCII string.")
+        return dict(value)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A dict of sub-settings, each with its default and rule; keys not listed are refused.
+
+    Returns every key, defaults filled in. ``env``: sub-keys read from an
+    environment variable when unset (``None``), as the top-level keys are.
+    """
+
+    check_id: ClassVar[str] = MALFORMED
+    fields: tuple[tuple[str, Any, Rule], ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+    def defaults(self) -> dict[str, Any]:
+        return {key: default for key, default, _ in self.fields}
+
+    def expects(self) -> str:
+        return f"a dict with keys among {[key for key, _, _ in self.fields]}"
+
+    @sensitive_variables("value", "raw")
+    def check(self, name: str, value: object) -> dict[str, Any]:
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise NotConfigured(f"{name} must be {self.expects()}, not {type(value).__name__}.")
+        unknown = set(value) - {key for key, _, _ in self.fields}
+        if unknown:
+            raise NotConfigured(
+                f"{name} has unknown keys {sorted(map(str, unknown))}; expected {self.expects()}."
+            )
+        env = dict(self.env)
+        checked: dict[str, Any] = {}
+        for key, default, rule in self.fields:
+            raw = value.get(key, default)
+            if raw is None and key in env:
+                raw = os.environ.get(env[key]) or None
+            checked[key] = rule.check(f"{name}['{key}']", raw)
+        return checked
+
+
+ENGINES = frozenset({"openai-realtime", "cartesia", "external", "text-echo"})
 SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
 QUOTA_WINDOWS = frozenset({"day", "rolling"})

@@ -204,6 +204,8 @@ def widget_context(
         # Only when the site stores transcripts: otherwise the widget sends none.
         "transcripts_url": urls["transcripts"] if avaturn_settings.TRANSCRIPTS_ENABLED else "",
         "session_id_placeholder": SESSION_ID_PLACEHOLDER,
+        # The site's engine; the widget posts transcripts only for one that sends them.
+        "engine": avaturn_settings.ENGINE,
         "sdk_url": url,
         "sdk_integrity": integrity,
         "sdk_preconnect": preconnect_origin(url, request),

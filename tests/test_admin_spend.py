@@ -134,6 +134,32 @@ def test_usage_page_has_a_chart_and_per_user_rows(
     assert [r["user_id"] for r in filtered.context["per_user"]] == [user.pk]
 
 
+def test_usage_page_groups_by_engine_and_the_changelist_filters_by_it(
+    admin_client: Client, user: Any, other_user: Any, monkeypatch: Any
+) -> None:
+    at(monkeypatch, timezone.now().replace(hour=12, minute=0, second=0, microsecond=0))
+    ended(user, "a", 10)
+    ended(other_user, "b", 20)
+    Session.objects.filter(session_id="b").update(engine="cartesia")
+    ended(other_user, "c", 4)
+    Session.objects.filter(session_id="c").update(engine="cartesia")
+
+    response = admin_client.get(USAGE)
+    rows = response.context["per_engine"]
+    assert [(r["engine"], r["sessions"], r["talked"]) for r in rows] == [
+        ("cartesia", 2, "24 minutes"),
+        ("openai-realtime", 1, "10 minutes"),
+    ]
+    text = response.content.decode()
+    assert "<h2>Per engine</h2>" in text
+    assert '?engine__exact=cartesia">Cartesia Line agent</a>' in text
+
+    listed = admin_client.get(CHANGELIST, {"engine__exact": "cartesia"})
+    assert sorted(row.session_id for row in listed.context["cl"].result_list) == ["b", "c"]
+    only = admin_client.get(USAGE, {"engine__exact": "openai-realtime"})
+    assert [r["engine"] for r in only.context["per_engine"]] == ["openai-realtime"]
+
+
 @pytest.mark.parametrize(
     "query", ["foo=bar", "created_at__gte=notadate", "user__id__in=1,a", "created_at__year=abc"]
 )

@@ -55,7 +55,7 @@ def test_start_returns_only_what_the_browser_needs(
 
     assert response.status_code == 201, response.content
     body = response.json()
-    assert set(body) == {"session_id", "token", "expires_at", "api_host"}
+    assert set(body) == {"session_id", "token", "expires_at", "api_host", "engine"}
     assert body["session_id"] == "av-sess-1"
     assert body["token"] == "av-token-1"
     assert body["api_host"] == "https://avaturn.test"

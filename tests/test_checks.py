@@ -414,3 +414,67 @@ def test_the_session_api_under_its_own_instance_namespace_is_found(settings: Any
     # The widget reverses by the app's namespace, which any mount point satisfies.
     settings.ROOT_URLCONF = "tests.urls_own_namespace"
     assert avaturn_messages() == []
+
+
+def test_an_engine_without_what_a_start_needs_is_e007(
+    avaturn: AvaturnOverrides, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CARTESIA_API_KEY", raising=False)
+    avaturn(ENGINE="cartesia")
+    assert avaturn_messages() == [
+        Error(
+            "AVATURN['ENGINE'] is 'cartesia', but AVATURN['CARTESIA']['API_KEY'] is not set: "
+            "every start will answer 503.",
+            hint="Set AVATURN['CARTESIA']['API_KEY'] (or the CARTESIA_API_KEY environment "
+            "variable), or choose another ENGINE.",
+            id="django_avaturn.E007",
+        ),
+        Error(
+            "AVATURN['ENGINE'] is 'cartesia', but AVATURN['CARTESIA']['AGENT_ID'] is not set: "
+            "every start will answer 503.",
+            hint="Set AVATURN['CARTESIA']['AGENT_ID'] (the Line agent's id), or choose another "
+            "ENGINE.",
+            id="django_avaturn.E007",
+        ),
+    ]
+    monkeypatch.setenv("CARTESIA_API_KEY", "sk_car_from_the_environment")
+    avaturn(CARTESIA={"AGENT_ID": "agent_abc"})
+    assert avaturn_messages() == []
+
+    avaturn(ENGINE="external")
+    assert ids(avaturn_messages()) == ["django_avaturn.E007"]
+    avaturn(EXTERNAL_ENGINE={"HOOK": "tests.test_checks.ids"})
+    assert avaturn_messages() == []
+
+    avaturn(ENGINE="text-echo")
+    assert ids(avaturn_messages()) == ["django_avaturn.E007"]
+    avaturn(TEXT_ECHO={"VOICE_ID": "voice-1"})
+    assert avaturn_messages() == []
+
+
+@pytest.mark.parametrize(("debug", "expected"), [(False, ["django_avaturn.E008"]), (True, [])])
+def test_a_ws_engine_url_outside_debug_is_e008(
+    avaturn: AvaturnOverrides, settings: Any, debug: bool, expected: list[str]
+) -> None:
+    settings.DEBUG = debug
+    # Checked whatever ENGINE says: the session hook may choose the external engine.
+    avaturn(EXTERNAL_ENGINE={"URL": "ws://engine.example.com/avaturn"})
+    assert ids(avaturn_messages()) == expected
+    avaturn(EXTERNAL_ENGINE={"URL": "wss://engine.example.com/avaturn"})
+    assert avaturn_messages() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ENGINE", "pipecat"),
+        ("CARTESIA", {"TOKEN_TTL": 0}),
+        ("EXTERNAL_ENGINE", {"SAMPLE_RATE": 8000}),
+        ("TEXT_ECHO", {"VOICE": "typo"}),
+    ],
+)
+def test_malformed_engine_settings_are_e003(
+    avaturn: AvaturnOverrides, name: str, value: Any
+) -> None:
+    avaturn(**{name: value})
+    assert ids(avaturn_messages()) == ["django_avaturn.E003"]

@@ -27,6 +27,7 @@ from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.testing import (
     AVATURN_CREATE,
     AVATURN_TERMINATE,
+    CARTESIA_ACCESS_TOKEN,
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
@@ -255,3 +256,35 @@ def test_a_create_whose_connection_dropped_after_sending_is_a_possible_orphan(
         if "a session may be running that cannot be terminated" in r.getMessage()
     ]
     assert bool(warned) is logged
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_cartesia_token_fault_after_the_reservation_spends_nothing_at_avaturn(
+    live_fake: FakeUpstream, client: APIClient, avaturn: AvaturnOverrides, fault: str
+) -> None:
+    # The Cartesia engine's credential step: a token minted after the slot was reserved.
+    cartesia = {**live_fake.settings()["CARTESIA"], "AGENT_ID": "agent_abc"}
+    mode, status = FAULTS[fault]
+    if mode == "refused":
+        cartesia["API_URL"] = f"http://127.0.0.1:{closed_port()}"
+    elif mode == "timeout":
+        live_fake.fail(CARTESIA_ACCESS_TOKEN, mode=mode, delay=2.0)
+    elif mode == "drip":
+        live_fake.fail(CARTESIA_ACCESS_TOKEN, mode=mode, delay=0.1 if fault == "drip" else 0.8)
+    else:
+        live_fake.fail(CARTESIA_ACCESS_TOKEN, mode=mode, status=status)
+    avaturn(ENGINE="cartesia", CARTESIA=cartesia)
+
+    response = csrf_json(client, "post", LIST_URL, {})
+
+    expected = (504, "upstream_timeout") if fault in TIMEOUTS else (502, "upstream_error")
+    assert (response.status_code, response.json()["code"]) == expected, response.content
+    row = Session.objects.get()
+    assert (row.engine, row.status, row.end_reason) == (
+        "cartesia",
+        SessionStatus.FAILED,
+        EndReason.UPSTREAM_ERROR,
+    )
+    assert "cartesia" in row.end_detail
+    assert live_fake.requests_for(AVATURN_CREATE) == []  # nothing spent at Avaturn
+    assert_no_orphans(live_fake)

@@ -69,7 +69,7 @@ def test_any_start_body_is_201_or_a_json_400(api_client: Any, upstream: Any, bod
     response = csrf_json(api_client, "post", LIST_URL, json.dumps(body))
     data = _assert_clean_json(response, {201, 400})
     if response.status_code == 201:
-        assert set(data) == {"session_id", "token", "expires_at", "api_host"}
+        assert set(data) == {"session_id", "token", "expires_at", "api_host", "engine"}
         assert isinstance(body, dict) and set(body) <= {"config"}
     else:
         assert data["code"] in {"invalid", "parse_error"}

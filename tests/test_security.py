@@ -27,6 +27,7 @@ from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.testing import (
     AVATURN_CREATE,
     AVATURN_TERMINATE,
+    CARTESIA_ACCESS_TOKEN,
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
@@ -281,24 +282,36 @@ def test_a_lone_surrogate_quoted_back_is_a_json_400_not_a_500(
 
 SENTINEL_AVATURN_KEY = "av-SENTINEL-avaturn-5f0c2b9e1d"
 SENTINEL_OPENAI_KEY = "sk-SENTINEL-openai-8a7d6c5b4e"
-SENTINELS = (SENTINEL_AVATURN_KEY, SENTINEL_OPENAI_KEY)
+SENTINEL_CARTESIA_KEY = "car-SENTINEL-cartesia-3e2d1c0b9a"
+SENTINEL_HEADER = "hdr-SENTINEL-external-7c6b5a4d3e"
+SENTINELS = (SENTINEL_AVATURN_KEY, SENTINEL_OPENAI_KEY, SENTINEL_CARTESIA_KEY, SENTINEL_HEADER)
 
 
 @pytest.fixture
 def sentinel_fake(settings: Any) -> Iterator[FakeUpstream]:
     with FakeUpstream(
-        openai_api_key=SENTINEL_OPENAI_KEY, avaturn_api_key=SENTINEL_AVATURN_KEY
+        openai_api_key=SENTINEL_OPENAI_KEY,
+        avaturn_api_key=SENTINEL_AVATURN_KEY,
+        cartesia_api_key=SENTINEL_CARTESIA_KEY,
     ) as fake:
         avaturn = {**settings.AVATURN, **fake.settings(), **FAST_TIMEOUTS}
         avaturn.pop("OPENAI_HTTP_CLIENT", None)
         avaturn["ON_SESSION_LIMIT"] = "end_oldest"
+        avaturn["CARTESIA"] = {**avaturn["CARTESIA"], "AGENT_ID": "agent_sweep"}
+        avaturn["EXTERNAL_ENGINE"] = {
+            "URL": "wss://engine.example.com/avaturn",
+            "HEADERS": {"X-Engine-Secret": SENTINEL_HEADER},
+        }
         settings.AVATURN = avaturn
         yield fake
 
 
 def _echo(route: str, status: int) -> dict[str, Any]:
     """An error body that repeats the key back, as careless upstreams do."""
-    text = f"Incorrect API key provided: {SENTINELS[0]} / Bearer {SENTINELS[1]}"
+    text = (
+        f"Incorrect API key provided: {SENTINELS[0]} / Bearer {SENTINELS[1]}"
+        f" / {SENTINEL_CARTESIA_KEY} / X-Engine-Secret: {SENTINEL_HEADER}"
+    )
     if route == OPENAI_CLIENT_SECRET:
         return {"error": {"message": text, "type": "invalid_request_error", "code": status}}
     return {"detail": text, "headers": {"Authorization": f"Bearer {SENTINEL_AVATURN_KEY}"}}
@@ -306,6 +319,7 @@ def _echo(route: str, status: int) -> dict[str, Any]:
 
 def test_no_key_anywhere(
     sentinel_fake: FakeUpstream,
+    settings: Any,
     user: Any,
     django_user_model: Any,
     caplog: pytest.LogCaptureFixture,
@@ -342,6 +356,21 @@ def test_no_key_anywhere(
         sentinel_fake.fail(route, mode="timeout", delay=1.5)
         keep(csrf_json(client, "post", LIST_URL, {}))
         release_held_starts()
+
+    # The other engines: a success each, and Cartesia's and Avaturn's failures echoing them.
+    for engine in ("cartesia", "external"):
+        settings.AVATURN = {**settings.AVATURN, "ENGINE": engine}
+        keep(csrf_json(client, "post", LIST_URL, {}))
+        routes = (
+            (CARTESIA_ACCESS_TOKEN, AVATURN_CREATE) if engine == "cartesia" else (AVATURN_CREATE,)
+        )
+        for route in routes:
+            for status in (400, 401, 500):
+                sentinel_fake.fail(route, status=status, body=_echo(route, status))
+                keep(csrf_json(client, "post", LIST_URL, {}))
+            sentinel_fake.fail(route, mode="malformed")
+            keep(csrf_json(client, "post", LIST_URL, {}))
+    settings.AVATURN = {**settings.AVATURN, "ENGINE": "openai-realtime"}
 
     # Failed ends and a failed replacement, echoing the keys.
     live = keep(csrf_json(client, "post", LIST_URL, {})).json()
@@ -401,7 +430,16 @@ def test_no_key_anywhere(
         r.headers.get("authorization") == f"Bearer {SENTINEL_AVATURN_KEY}"
         for r in sentinel_fake.requests
     )
+    assert any(
+        r.headers.get("authorization") == f"Bearer {SENTINEL_CARTESIA_KEY}"
+        for r in sentinel_fake.requests
+    )
+    assert any(
+        r.json["conversation_engine"].get("headers") == {"X-Engine-Secret": SENTINEL_HEADER}
+        for r in sentinel_fake.requests_for(AVATURN_CREATE)
+    )
     assert Session.objects.filter(end_detail__contains="redacted").exists()
+    assert Session.objects.filter(engine="cartesia", end_detail__contains="redacted").exists()
     # ... and nothing else did.
     text = "\n".join(seen)
     assert len(caplog.records) > 50

@@ -61,6 +61,7 @@ def test_bare_tag_configures_the_container_through_data_attributes() -> None:
         "data-heartbeat-url": "/avaturn/sessions/__session_id__/heartbeat/",
         "data-abandon-url": "/avaturn/sessions/abandon/",
         "data-session-id-placeholder": "__session_id__",
+        "data-engine": "openai-realtime",
         "data-sdk-url": DEFAULT_SDK_URL,
         "data-sdk-integrity": DEFAULT_SDK_INTEGRITY,
         "data-audio-source": "true",
@@ -91,6 +92,12 @@ def test_transcripts_url_only_when_the_site_stores_transcripts(avaturn: AvaturnO
     avaturn(TRANSCRIPTS_ENABLED=True)
     (widget,) = widgets(render())
     assert widget["data-transcripts-url"] == "/avaturn/sessions/__session_id__/transcripts/"
+
+
+def test_the_widget_is_told_the_engine(avaturn: AvaturnOverrides) -> None:
+    avaturn(ENGINE="cartesia")
+    (widget,) = widgets(render())
+    assert widget["data-engine"] == "cartesia"
 
 
 @pytest.mark.parametrize(

@@ -434,7 +434,7 @@ def test_wheel_installs_into_a_new_project_by_following_the_readme(
     assert "/static/django_avaturn/avaturn-widget.js" in report["page"]
     assert report["no_csrf_status"] == 403
     assert report["start_status"] == 201, report["start_raw"]
-    assert set(report["start_body"]) == {"session_id", "token", "expires_at", "api_host"}
+    assert set(report["start_body"]) == {"session_id", "token", "expires_at", "api_host", "engine"}
     for key in exported.values():
         assert key not in report["start_raw"]
         assert key not in report["page"]

@@ -41,7 +41,14 @@ from django_avaturn.admin.actions import (
 )
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
-from django_avaturn.models import EndReason, ServiceSwitch, Session, SessionStatus, Transcript
+from django_avaturn.models import (
+    EndReason,
+    Engine,
+    ServiceSwitch,
+    Session,
+    SessionStatus,
+    Transcript,
+)
 from django_avaturn.sessions.ending import end_sessions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.spend import limits, usage
@@ -70,6 +77,7 @@ _FIELDS = (
     "awaiting_retry",
     "age_or_duration",
     "avatar_id",
+    "engine",
     "model",
     "voice",
     "config_name",
@@ -112,7 +120,7 @@ else:  # ModelAdmin is generic only in the type stubs
 @admin.register(Session)
 class SessionAdmin(_ModelAdmin):
     list_display = ("__str__", "user", "status", "age_or_duration", "end_reason", "created")
-    list_filter = ("status", "end_reason", "created_at")
+    list_filter = ("status", "end_reason", "engine", "created_at")
     date_hierarchy = "created_at"
     list_select_related = ("user",)
     ordering = ("-created_at", "-pk")
@@ -337,6 +345,11 @@ class SessionAdmin(_ModelAdmin):
         days = usage.daily_usage(filtered, days=30, now=now)
         bars, peak = charts.daily_bars(days)
         per_user = usage.usage_by_user(filtered, now=now)
+        per_engine = usage.usage_by_engine(filtered, now=now)
+        engines = dict(Engine.choices)
+        for row in per_engine:
+            row["label"] = engines.get(row["engine"], row["engine"])
+            row["talked"] = usage.describe_duration(row["seconds"])
         summary = usage.summarize(filtered, now=now)
         user_model: Any = get_user_model()
         users = user_model._default_manager.in_bulk([row["user_id"] for row in per_user])
@@ -351,6 +364,7 @@ class SessionAdmin(_ModelAdmin):
             "chart_width": charts.WIDTH,
             "chart_height": charts.HEIGHT,
             "per_user": per_user,
+            "per_engine": per_engine,
             "total_minutes": summary.minutes,
             "total_sessions": summary.sessions,
             "summary_text": _("%(sessions)s, %(talked)s of conversation in the selection.")

@@ -12,6 +12,7 @@ from django_avaturn.models import (
     CLIENT_REF_MIN_LENGTH,
     CLIENT_REF_PATTERN,
     EndReason,
+    Engine,
     Session,
 )
 
@@ -91,8 +92,17 @@ class AbandonStartSerializer(StrictSerializer):
 class StartedSessionSerializer(serializers.Serializer[Any]):
     session_id = serializers.CharField()
     token = serializers.CharField(help_text=_("The per-session token for the browser SDK."))
-    expires_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text=_(
+            "When the OpenAI client secret expires (openai-realtime); null for engines "
+            "bounded by max_duration alone."
+        ),
+    )
     api_host = serializers.CharField(help_text=_("The SDK's apiHost."))
+    engine = serializers.ChoiceField(
+        choices=Engine.choices, help_text=_("The conversation engine the session talks with.")
+    )
 
 
 class SessionSerializer(serializers.ModelSerializer[Session]):

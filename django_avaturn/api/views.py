@@ -168,6 +168,7 @@ class SessionListView(AvaturnAPIView):
                 "token": started.token,
                 "expires_at": started.expires_at,
                 "api_host": started.api_host,
+                "engine": started.session.engine,
             }
         ).data
         return Response(body, status=201)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.http import HttpRequest
@@ -28,8 +28,30 @@ OPENAI_VOICES = frozenset(
 
 # What a SESSION_CONFIG_HOOK may return; anything else is a configuration error.
 HOOK_KEYS = frozenset(
-    {"instructions", "model", "voice", "avatar_id", "realtime_session", "max_duration"}
+    {
+        "instructions",
+        "model",
+        "voice",
+        "avatar_id",
+        "realtime_session",
+        "max_duration",
+        "engine",
+        "cartesia",
+        "external_engine",
+        "text_echo",
+    }
 )
+# Per engine: the hook's key, the setting it overrides, and the sub-keys it may set
+# (the keys and the external engine's hook stay in settings).
+ENGINE_OPTIONS: dict[str, tuple[str, str, frozenset[str]]] = {
+    "cartesia": ("cartesia", "CARTESIA", frozenset({"AGENT_ID"})),
+    "external": (
+        "external_engine",
+        "EXTERNAL_ENGINE",
+        frozenset({"URL", "HEADERS", "SAMPLE_RATE"}),
+    ),
+    "text-echo": ("text_echo", "TEXT_ECHO", frozenset({"TTS_ENGINE", "VOICE_ID"})),
+}
 
 
 @dataclass
@@ -44,10 +66,20 @@ class SessionPlan:
     voice: str
     config_name: str
     max_duration: int | None
+    engine: str = "openai-realtime"
+    # The chosen engine's section (CARTESIA, EXTERNAL_ENGINE or TEXT_ECHO), validated,
+    # with the hook's options applied; empty for openai-realtime. It may hold the
+    # external engine's headers: never in a repr.
+    engine_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def avaturn_payload(self, client_secret: str) -> dict[str, Any]:
+        """The create body for an openai-realtime session with this client secret."""
+        return self.payload_with({"type": "openai-realtime", "client_secret": client_secret})
+
+    def payload_with(self, conversation_engine: Mapping[str, Any]) -> dict[str, Any]:
+        """The create body, with the engine object the start's credential step made."""
         payload = dict(self.avaturn_options)
-        payload["conversation_engine"] = {"type": "openai-realtime", "client_secret": client_secret}
+        payload["conversation_engine"] = dict(conversation_engine)
         return payload
 
 
@@ -103,29 +135,17 @@ def build_plan(
     Raises ``NotConfigured`` for any invalid value, before anything is sent upstream.
     """
     overrides = _call_hook(request, config_name)
+    engine: str = _overridden(overrides, "engine", "ENGINE")
 
-    # Each the setting, or what the hook returned in its place, through the setting's rule.
-    model: str = _overridden(overrides, "model", "MODEL")
-    voice: str = _overridden(overrides, "voice", "VOICE")
-    instructions: str = _overridden(overrides, "instructions", "INSTRUCTIONS")
-
-    extra_session = avaturn_settings.REALTIME_SESSION
-    hook_session = overrides.get("realtime_session") or {}
-    if not isinstance(hook_session, Mapping):
-        raise NotConfigured("REALTIME_SESSION must be a dict of GA session fields.")
-    realtime_session = deep_merge(
-        {
-            "type": "realtime",
-            "model": model,
-            "instructions": instructions,
-            "audio": {"output": {"voice": voice}},
-        },
-        deep_merge(extra_session, hook_session),
-    )
-    check_session_shape(realtime_session)
-    # What the extra fields set wins over the shorthands, so record what is sent.
-    model = str(realtime_session.get("model", model))
-    voice = str(realtime_session["audio"]["output"].get("voice", voice))
+    realtime_session: dict[str, Any] = {}
+    engine_options: dict[str, Any] = {}
+    model = voice = ""
+    if engine == "openai-realtime":
+        realtime_session, model, voice = _realtime_session(overrides)
+    else:
+        engine_options = _engine_options(engine, overrides)
+        if engine == "text-echo":
+            voice = engine_options["VOICE_ID"] or ""
 
     default_avatar = avaturn_settings.AVATAR_ID
     chosen_avatar = avatar_id or overrides.get("avatar_id") or default_avatar or ""
@@ -158,7 +178,54 @@ def build_plan(
         voice=voice,
         config_name=config_name,
         max_duration=max_duration,
+        engine=engine,
+        engine_options=engine_options,
     )
+
+
+def _realtime_session(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], str, str]:
+    """The OpenAI Realtime session to mint a secret for, with the model and voice it uses."""
+    # Each the setting, or what the hook returned in its place, through the setting's rule.
+    model: str = _overridden(overrides, "model", "MODEL")
+    voice: str = _overridden(overrides, "voice", "VOICE")
+    instructions: str = _overridden(overrides, "instructions", "INSTRUCTIONS")
+
+    extra_session = avaturn_settings.REALTIME_SESSION
+    hook_session = overrides.get("realtime_session") or {}
+    if not isinstance(hook_session, Mapping):
+        raise NotConfigured("REALTIME_SESSION must be a dict of GA session fields.")
+    realtime_session = deep_merge(
+        {
+            "type": "realtime",
+            "model": model,
+            "instructions": instructions,
+            "audio": {"output": {"voice": voice}},
+        },
+        deep_merge(extra_session, hook_session),
+    )
+    check_session_shape(realtime_session)
+    # What the extra fields set wins over the shorthands, so record what is sent.
+    model = str(realtime_session.get("model", model))
+    voice = str(realtime_session["audio"]["output"].get("voice", voice))
+    return realtime_session, model, voice
+
+
+def _engine_options(engine: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine's settings section with the hook's options over it, through its rule."""
+    hook_key, name, allowed = ENGINE_OPTIONS[engine]
+    chosen = overrides.get(hook_key) or {}
+    if not isinstance(chosen, Mapping) or set(chosen) - allowed:
+        raise NotConfigured(
+            f"SESSION_CONFIG_HOOK's {hook_key!r} must be a dict with keys among {sorted(allowed)}."
+        )
+    configured = avaturn_settings.raw(name)
+    if configured is not None and not isinstance(configured, Mapping):
+        avaturn_settings.validate(name, configured)  # raises, saying what is wrong
+    base = configured if isinstance(configured, Mapping) else {}
+    options: dict[str, Any] = avaturn_settings.validate(name, {**base, **chosen})
+    # The Cartesia key stays with the client that uses it, out of the plan.
+    options.pop("API_KEY", None)
+    return options
 
 
 class AvatarNotAllowed(ValueError):

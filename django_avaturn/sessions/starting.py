@@ -1,4 +1,4 @@
-"""Starting a session: reserve a slot, mint the OpenAI secret, create it at Avaturn, go live.
+"""Starting a session: reserve a slot, mint the engine's credential, create it at Avaturn, go live.
 
 ``start_session`` is the only way a session starts (the API view, and your
 own code through ``django_avaturn.services``). Ends live in
@@ -23,7 +23,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
 from typing import Any, NoReturn
 
 from django.contrib.auth import get_user_model
@@ -46,7 +45,7 @@ from django_avaturn.exceptions import (
     UserNotActive,
 )
 from django_avaturn.models import ACTIVE_STATUSES, FINAL_STATUSES, EndReason, Session, SessionStatus
-from django_avaturn.sessions import abandonment, transitions
+from django_avaturn.sessions import abandonment, engines, transitions
 from django_avaturn.sessions.ending import end_claimed
 from django_avaturn.sessions.plan import SessionPlan, build_plan
 from django_avaturn.signals import send_logged, session_started
@@ -54,7 +53,6 @@ from django_avaturn.spend import limits
 from django_avaturn.upstream.avaturn import IncompleteSession
 from django_avaturn.upstream.clients import (
     get_avaturn_client,
-    get_openai_secrets,
     longest_in_flight,
     longest_start_calls,
     longest_terminate,
@@ -71,7 +69,9 @@ class StartedSession:
     session: Session
     token: str
     api_host: str
-    expires_at: datetime
+    # When the engine's credential expires (the OpenAI client secret); None for
+    # engines whose session is bounded by max_duration alone.
+    expires_at: datetime | None
 
     def __repr__(self) -> str:
         return f"StartedSession(session_id={self.session.session_id!r}, token='[redacted]')"
@@ -119,7 +119,7 @@ def start_session(
     bounds = UpstreamBounds.from_settings()
     # (The kill switch is read once, under the reservation's locks.)
     # Fail on missing keys before a slot is reserved or anything is spent.
-    secrets = get_openai_secrets()
+    engines.require(plan)
     avaturn = get_avaturn_client()
 
     reservation = _reserve_slot(
@@ -145,13 +145,13 @@ def start_session(
         _wait_for_ends(row, still_ending, bounds)
 
     try:
-        secret = secrets.mint(session=plan.realtime_session, ttl_seconds=plan.client_secret_ttl)
+        credential = engines.prepare(plan, request)
     except AvaturnError as exc:
         transitions.mark_failed(row, exc)
         raise
 
     try:
-        created = avaturn.create_session(plan.avaturn_payload(secret.value))
+        created = avaturn.create_session(plan.payload_with(credential.conversation_engine))
     except IncompleteSession as exc:
         _fail_with_orphan(row, exc, exc.session_id)
         raise
@@ -166,7 +166,7 @@ def start_session(
         transitions.mark_failed(row, exc)
         raise
 
-    expires_at = datetime.fromtimestamp(secret.expires_at, tz=dt_timezone.utc)
+    expires_at = credential.expires_at
     try:
         activated = transitions.activate(row, created.session_id, expires_at)
     except Exception as exc:
@@ -254,6 +254,7 @@ def _reserve_slot(
                 avatar_id=plan.avatar_id,
                 model=plan.model,
                 voice=plan.voice,
+                engine=plan.engine,
                 config_name=plan.config_name,
                 max_duration=plan.max_duration,
                 client_ref=client_ref,

@@ -62,7 +62,7 @@ def clip_detail(detail: str) -> str:
 # --------------------------------------------------------------------------- starting
 
 
-def activate(row: Session, session_id: str, expires_at: datetime) -> bool:
+def activate(row: Session, session_id: str, expires_at: datetime | None) -> bool:
     """``STARTING`` → ``LIVE`` with Avaturn's id; False if someone claimed the row meanwhile."""
     now = timezone.now()
     updated = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(

@@ -227,9 +227,23 @@ def usage_by_user(
     queryset: QuerySet[Session], *, limit: int = 100, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Sessions and seconds talked per user in ``queryset``, most talk first, in one query."""
+    return _usage_by("user_id", queryset, limit=limit, now=now)
+
+
+def usage_by_engine(
+    queryset: QuerySet[Session], *, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Sessions and seconds talked per conversation engine in ``queryset``, in one query."""
+    return _usage_by("engine", queryset, limit=None, now=now)
+
+
+def _usage_by(
+    column: str, queryset: QuerySet[Session], *, limit: int | None, now: datetime | None
+) -> list[dict[str, Any]]:
+    """``{column, "sessions", "seconds"}`` per value of ``column``, most talk first."""
     rows = (
         queryset.filter(counted())
-        .values("user_id")
+        .values(column)
         .annotate(
             sessions=Count("pk"),
             talked=Coalesce(
@@ -238,11 +252,11 @@ def usage_by_user(
                 output_field=DurationField(),
             ),
         )
-        .order_by("-talked", "-sessions", "user_id")[:limit]
+        .order_by("-talked", "-sessions", column)
     )
     return [
-        {"user_id": row["user_id"], "sessions": row["sessions"], "seconds": _seconds(row["talked"])}
-        for row in rows
+        {column: row[column], "sessions": row["sessions"], "seconds": _seconds(row["talked"])}
+        for row in (rows[:limit] if limit is not None else rows)
     ]
 
 

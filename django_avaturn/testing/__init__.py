@@ -1,5 +1,6 @@
-"""A loopback fake of OpenAI's client-secret endpoint, Avaturn Live's REST API
-and the Avaturn browser SDK's session endpoint, for tests and local demos.
+"""A loopback fake of OpenAI's client-secret endpoint, Cartesia's access-token
+endpoint, Avaturn Live's REST API (sessions and tasks) and the Avaturn browser
+SDK's session endpoint, for tests and local demos.
 
 Pure standard library: usable in any test suite, with or without Django::
 
@@ -13,6 +14,7 @@ Never expose it beyond loopback: its ``/_fake/`` control API is unauthenticated.
 
 from .fake import (
     DEFAULT_AVATURN_API_KEY,
+    DEFAULT_CARTESIA_API_KEY,
     DEFAULT_OPENAI_API_KEY,
     STANDIN_SDK_PATH,
     FakeUpstream,
@@ -22,6 +24,7 @@ from .records import (
     AVATURN_CREATE,
     AVATURN_TASK,
     AVATURN_TERMINATE,
+    CARTESIA_ACCESS_TOKEN,
     DAILY_ROOM,
     FAULT_MODES,
     OPENAI_CLIENT_SECRET,
@@ -31,6 +34,7 @@ from .records import (
     UPSTREAM_ROUTES,
     FakeSession,
     IssuedSecret,
+    IssuedToken,
     RecordedRequest,
 )
 
@@ -38,8 +42,10 @@ __all__ = [
     "AVATURN_CREATE",
     "AVATURN_TASK",
     "AVATURN_TERMINATE",
+    "CARTESIA_ACCESS_TOKEN",
     "DAILY_ROOM",
     "DEFAULT_AVATURN_API_KEY",
+    "DEFAULT_CARTESIA_API_KEY",
     "DEFAULT_OPENAI_API_KEY",
     "FAULT_MODES",
     "OPENAI_CLIENT_SECRET",
@@ -51,6 +57,7 @@ __all__ = [
     "FakeSession",
     "FakeUpstream",
     "IssuedSecret",
+    "IssuedToken",
     "RecordedRequest",
     "is_loopback_host",
 ]

@@ -14,7 +14,13 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from .fake import DEFAULT_AVATURN_API_KEY, DEFAULT_OPENAI_API_KEY, FakeUpstream, is_loopback_host
+from .fake import (
+    DEFAULT_AVATURN_API_KEY,
+    DEFAULT_CARTESIA_API_KEY,
+    DEFAULT_OPENAI_API_KEY,
+    FakeUpstream,
+    is_loopback_host,
+)
 from .records import AVATURN_CREATE, AVATURN_TERMINATE, OPENAI_CLIENT_SECRET
 
 CONTROL_HELP = """\
@@ -27,9 +33,9 @@ control API (unauthenticated, hence loopback only):
                               for every call)
   POST /_fake/latency         {"route": "avaturn.create", "seconds": 0.3}
   POST /_fake/clear-faults    {"route": ...} or {} for all
-routes: openai.client_secret, avaturn.create, avaturn.terminate, avaturn.task,
-sdk.session. The stand-in web SDK: GET /_fake/sdk/main.js. See "Testing your own
-code" in django-avaturn's documentation.
+routes: openai.client_secret, cartesia.access_token, avaturn.create,
+avaturn.terminate, avaturn.task, sdk.session. The stand-in web SDK: GET
+/_fake/sdk/main.js. See "Testing your own code" in django-avaturn's documentation.
 """
 
 
@@ -46,7 +52,7 @@ def _seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m django_avaturn.testing",
-        description="Serve a fake OpenAI + Avaturn Live upstream on loopback, for tests and demos.",
+        description="Serve fake OpenAI, Cartesia and Avaturn Live on loopback, for tests, demos.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=CONTROL_HELP,
     )
@@ -86,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the Avaturn key it accepts (default: {DEFAULT_AVATURN_API_KEY})",
     )
     parser.add_argument(
+        "--cartesia-key",
+        default=DEFAULT_CARTESIA_API_KEY,
+        metavar="KEY",
+        help=f"the Cartesia key it accepts (default: {DEFAULT_CARTESIA_API_KEY})",
+    )
+    parser.add_argument(
         "--allow-non-loopback",
         action="store_true",
         help="listen on a non-loopback host (dangerous: the control API is unauthenticated)",
@@ -105,6 +117,7 @@ def build_fake(args: argparse.Namespace) -> FakeUpstream:
         latency={route: seconds for route, seconds in latency.items() if seconds},
         openai_api_key=args.openai_key,
         avaturn_api_key=args.avaturn_key,
+        cartesia_api_key=args.cartesia_key,
         allow_non_loopback=args.allow_non_loopback,
     )
 

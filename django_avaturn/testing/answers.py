@@ -12,6 +12,8 @@ CLIENT_SECRET_MIN_SECONDS = 10
 CLIENT_SECRET_MAX_SECONDS = 7200
 CLIENT_SECRET_DEFAULT_SECONDS = 600
 MAX_DURATION_RANGE = (60, 86400)
+ACCESS_TOKEN_DEFAULT_SECONDS = 60
+ACCESS_TOKEN_MAX_SECONDS = 3600
 USER_ABSENT_TIMEOUT_MIN = 10
 
 # What OpenAI fills in for a GA realtime session the caller left unspecified.
@@ -168,10 +170,9 @@ def create_body_problem(payload: Any) -> Reply | None:
     engine = payload.get("conversation_engine")
     if not isinstance(engine, dict):
         return detail(422, "conversation_engine: field required")
-    if engine.get("type") != "openai-realtime":
-        return detail(422, "conversation_engine.type: this fake supports only 'openai-realtime'")
-    if not isinstance(engine.get("client_secret"), str):
-        return detail(422, "conversation_engine.client_secret: field required")
+    problem = engine_problem(engine)
+    if problem is not None:
+        return problem
     if "avatar_id" in payload and not isinstance(payload["avatar_id"], str):
         return detail(422, "avatar_id: must be a string")
     low, high = MAX_DURATION_RANGE
@@ -186,6 +187,60 @@ def create_body_problem(payload: Any) -> Reply | None:
                 422,
                 f"user_absent_timeout: must be an integer of at least {USER_ABSENT_TIMEOUT_MIN}",
             )
+    return None
+
+
+ENGINE_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "openai-realtime": ("client_secret",),
+    "cartesia": ("access_token", "agent_id"),
+    "external": ("url",),
+    "text-echo": (),
+}
+EXTERNAL_SAMPLE_RATES = (16000, 24000)
+TTS_ENGINES = ("elevenlabs", "google")
+
+
+def engine_problem(engine: Mapping[str, Any]) -> Reply | None:
+    """The 422 Avaturn would give this ``conversation_engine`` object's shape, or None."""
+    kind = engine.get("type")
+    if not isinstance(kind, str) or kind not in ENGINE_FIELDS:
+        return detail(422, f"conversation_engine.type: must be one of {sorted(ENGINE_FIELDS)}")
+    for name in ENGINE_FIELDS[kind]:
+        if not isinstance(engine.get(name), str) or not engine[name]:
+            return detail(422, f"conversation_engine.{name}: field required")
+    if kind == "external":
+        if not engine["url"].startswith(("ws://", "wss://")):
+            return detail(422, "conversation_engine.url: must be a ws:// or wss:// URL")
+        headers = engine.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+            isinstance(value, str) for value in headers.values()
+        ):
+            return detail(422, "conversation_engine.headers: must map names to strings")
+        audio = engine.get("audio", {})
+        rate = audio.get("user", {}).get("sample_rate", 24000) if isinstance(audio, dict) else None
+        if rate not in EXTERNAL_SAMPLE_RATES:
+            return detail(422, "conversation_engine.audio.user.sample_rate: 16000 or 24000")
+    if kind == "text-echo":
+        tts = engine.get("tts")
+        if (
+            not isinstance(tts, dict)
+            or tts.get("engine") not in TTS_ENGINES
+            or not isinstance(tts.get("voice_id"), str)
+        ):
+            return detail(422, "conversation_engine.tts: {engine, voice_id} required")
+    return None
+
+
+def access_token_problem(payload: Any) -> Reply | None:
+    """The 400 Cartesia would give this access-token request, or None if it is valid."""
+    if not isinstance(payload, dict):
+        return detail(400, "The request body must be a JSON object.")
+    grants = payload.get("grants")
+    if not isinstance(grants, dict) or not grants or set(grants) - {"agent", "stt", "tts"}:
+        return detail(400, "grants: an object of agent, stt and tts flags is required")
+    seconds = payload.get("expires_in", ACCESS_TOKEN_DEFAULT_SECONDS)
+    if not is_int(seconds) or not 1 <= seconds <= ACCESS_TOKEN_MAX_SECONDS:
+        return detail(400, f"expires_in: must be an integer from 1 to {ACCESS_TOKEN_MAX_SECONDS}")
     return None
 
 

@@ -1,5 +1,5 @@
-"""`FakeUpstream`: OpenAI client secrets, Avaturn Live's REST API and the
-browser SDK's session endpoint, served over real HTTP on loopback.
+"""`FakeUpstream`: OpenAI client secrets, Cartesia access tokens, Avaturn Live's
+REST API and the browser SDK's session endpoint, served over real HTTP on loopback.
 
 For tests, benchmarks and local demos only. It accepts anything that carries
 its own fake keys and has a control API under ``/_fake/`` that anyone who can
@@ -26,6 +26,7 @@ from .records import (
     AVATURN_CREATE,
     AVATURN_TASK,
     AVATURN_TERMINATE,
+    CARTESIA_ACCESS_TOKEN,
     DAILY_ROOM,
     DEFAULT_DELAYS,
     FAULT_MODES,
@@ -45,6 +46,7 @@ from .records import (
     Fault,
     Incoming,
     IssuedSecret,
+    IssuedToken,
     RecordedRequest,
     Reply,
 )
@@ -52,10 +54,14 @@ from .server import FakeHTTPServer
 
 DEFAULT_OPENAI_API_KEY = "sk-fake-openai-key"
 DEFAULT_AVATURN_API_KEY = "av-fake-avaturn-key"
+DEFAULT_CARTESIA_API_KEY = "sk_car_fake-cartesia-key"
+# The Cartesia-Version the fake requires a request to name (the one Avaturn's guide uses).
+CARTESIA_VERSIONS = frozenset({"2025-04-16"})
 RECENT_REQUESTS_IN_STATE = 100
 
 _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("POST", re.compile(r"/v1/realtime/client_secrets/?"), OPENAI_CLIENT_SECRET),
+    ("POST", re.compile(r"/access-token/?"), CARTESIA_ACCESS_TOKEN),
     ("POST", re.compile(r"/api/v1/sessions/?"), AVATURN_CREATE),
     ("DELETE", re.compile(r"/api/v1/sessions/(?P<session_id>[^/]+)/?"), AVATURN_TERMINATE),
     ("POST", re.compile(r"/api/v1/sessions/(?P<session_id>[^/]+)/tasks/?"), AVATURN_TASK),
@@ -93,7 +99,7 @@ def _check_seconds(seconds: float, what: str) -> float:
 
 
 class FakeUpstream:
-    """Both upstreams on ``http://127.0.0.1:<port>``, with recording and fault injection.
+    """Every upstream on ``http://127.0.0.1:<port>``, with recording and fault injection.
 
     Use it as a context manager, or call `start()` and `stop()`::
 
@@ -110,6 +116,7 @@ class FakeUpstream:
         port: int = 0,
         openai_api_key: str = DEFAULT_OPENAI_API_KEY,
         avaturn_api_key: str = DEFAULT_AVATURN_API_KEY,
+        cartesia_api_key: str = DEFAULT_CARTESIA_API_KEY,
         latency: Mapping[str, float] | None = None,
         gone_avatars: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
@@ -124,6 +131,7 @@ class FakeUpstream:
         self.port = port
         self.openai_api_key = openai_api_key
         self.avaturn_api_key = avaturn_api_key
+        self.cartesia_api_key = cartesia_api_key
         self.clock = clock
         #: Avatar ids that answer 410 Gone on create. Safe to edit while serving.
         self.gone_avatars: set[str] = set(gone_avatars)
@@ -144,6 +152,7 @@ class FakeUpstream:
         self._sessions: dict[str, FakeSession] = {}
         self._live_by_token: dict[str, str] = {}
         self._secrets: dict[str, IssuedSecret] = {}
+        self._tokens: dict[str, IssuedToken] = {}
         self._faults: dict[str, deque[Fault]] = {}
         self._latency = dict(self._initial_latency)
         self._connections = 0
@@ -245,17 +254,24 @@ class FakeUpstream:
         """The stand-in web SDK this fake serves: a widget goes live with it offline."""
         return f"{self.url}{STANDIN_SDK_PATH}"
 
-    def settings(self) -> dict[str, str]:
+    @property
+    def cartesia_url(self) -> str:
+        return self.url
+
+    def settings(self) -> dict[str, Any]:
         """Entries to merge into the ``AVATURN`` Django setting.
 
         The widget loads the stand-in SDK (no integrity hash: it is served
         from loopback): the real one needs the internet to go live.
+        ``CARTESIA`` holds only the URL and key: merged over a site's
+        ``CARTESIA`` it replaces it, so add the ``AGENT_ID`` after.
         """
         return {
             "API_URL": self.avaturn_url,
             "OPENAI_BASE_URL": self.openai_base_url,
             "API_KEY": self.avaturn_api_key,
             "OPENAI_API_KEY": self.openai_api_key,
+            "CARTESIA": {"API_URL": self.cartesia_url, "API_KEY": self.cartesia_api_key},
             "SDK_URL": self.standin_sdk_url,
             "SDK_INTEGRITY": "",
         }
@@ -275,6 +291,12 @@ class FakeUpstream:
     def sessions(self) -> dict[str, FakeSession]:
         with self._lock:
             return dict(self._sessions)
+
+    @property
+    def tokens_issued(self) -> dict[str, IssuedToken]:
+        """The Cartesia access tokens handed out, by value."""
+        with self._lock:
+            return dict(self._tokens)
 
     def live_session_ids(self) -> set[str]:
         with self._lock:
@@ -317,6 +339,7 @@ class FakeUpstream:
                     "created_at": session.created_at,
                     "ended_at": session.ended_at,
                     "tasks": list(session.tasks),
+                    "engine": session.engine,
                 }
                 for session in self._sessions.values()
             ]
@@ -328,6 +351,7 @@ class FakeUpstream:
                 "connections_opened": self._connections,
                 "connections_closed": self._closed,
                 "secrets_issued": len(self._secrets),
+                "tokens_issued": len(self._tokens),
                 "faults": [
                     {k: v for k, v in asdict(fault).items() if k != "body"}
                     for queue in self._faults.values()
@@ -491,6 +515,8 @@ class FakeUpstream:
     def _handle(self, route: str, params: dict[str, str], record: RecordedRequest) -> Reply:
         if route == OPENAI_CLIENT_SECRET:
             return self._client_secret(record)
+        if route == CARTESIA_ACCESS_TOKEN:
+            return self._access_token(record)
         if route == SDK_SESSION:
             return self._sdk_session(record)
         if route == SDK_PREFLIGHT:
@@ -527,18 +553,47 @@ class FakeUpstream:
             200, {"value": value, "expires_at": expires_at, "session": session}
         )
 
+    def _access_token(self, record: RecordedRequest) -> Reply:
+        if record.headers.get("authorization") != f"Bearer {self.cartesia_api_key}":
+            return answers.detail(401, "Invalid or missing API key.")
+        if record.headers.get("cartesia-version") not in CARTESIA_VERSIONS:
+            return answers.detail(400, "Cartesia-Version: a supported version is required.")
+        problem = answers.access_token_problem(record.json)
+        if problem is not None:
+            return problem
+        now = int(self.clock())
+        seconds = record.json.get("expires_in", answers.ACCESS_TOKEN_DEFAULT_SECONDS)
+        value = f"ctk_fake_{secrets.token_hex(16)}"
+        self._tokens[value] = IssuedToken(value, now + seconds, dict(record.json["grants"]), now)
+        return answers.json_reply(200, {"token": value})
+
+    def _credential_problem(self, engine: Mapping[str, Any], now: float) -> Reply | None:
+        """422 unless the engine's credential is one this fake issued, unexpired."""
+        if engine["type"] == "openai-realtime":
+            issued = self._secrets.get(engine["client_secret"])
+            if issued is None or issued.expires_at <= now:
+                return answers.detail(
+                    422, "conversation_engine.client_secret: not a valid, unexpired client secret"
+                )
+        if engine["type"] == "cartesia":
+            token = self._tokens.get(engine["access_token"])
+            if token is None or token.expires_at <= now or not token.grants.get("agent"):
+                return answers.detail(
+                    422, "conversation_engine.access_token: not a valid, unexpired agent token"
+                )
+        return None
+
     def _create(self, record: RecordedRequest) -> Reply:
         problem = answers.create_body_problem(record.json)
         if problem is not None:
             return problem
         body: dict[str, Any] = record.json
-        secret_value = body["conversation_engine"]["client_secret"]
-        issued = self._secrets.get(secret_value)
+        engine = body["conversation_engine"]
         now = self.clock()
-        if issued is None or issued.expires_at <= now:
-            return answers.detail(
-                422, "conversation_engine.client_secret: not a valid, unexpired client secret"
-            )
+        problem = self._credential_problem(engine, now)
+        if problem is not None:
+            return problem
+        secret_value = engine.get("client_secret") or engine.get("access_token") or ""
         avatar_id = body.get("avatar_id")
         if avatar_id in self.gone_avatars:
             return answers.detail(410, f"Avatar {avatar_id!r} no longer exists.")

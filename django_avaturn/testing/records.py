@@ -11,6 +11,7 @@ OPENAI_CLIENT_SECRET = "openai.client_secret"
 AVATURN_CREATE = "avaturn.create"
 AVATURN_TERMINATE = "avaturn.terminate"
 AVATURN_TASK = "avaturn.task"
+CARTESIA_ACCESS_TOKEN = "cartesia.access_token"
 SDK_SESSION = "sdk.session"
 SDK_PREFLIGHT = "sdk.preflight"
 DAILY_ROOM = "fake.daily_room"
@@ -19,7 +20,14 @@ UNKNOWN = "unknown"
 
 #: The routes that stand in for a real upstream: faults and latency apply to these.
 UPSTREAM_ROUTES = frozenset(
-    {OPENAI_CLIENT_SECRET, AVATURN_CREATE, AVATURN_TERMINATE, AVATURN_TASK, SDK_SESSION}
+    {
+        OPENAI_CLIENT_SECRET,
+        CARTESIA_ACCESS_TOKEN,
+        AVATURN_CREATE,
+        AVATURN_TERMINATE,
+        AVATURN_TASK,
+        SDK_SESSION,
+    }
 )
 
 # Fault modes. "status" and "close" answer without doing the work; every other
@@ -78,12 +86,24 @@ class IssuedSecret:
 
 
 @dataclass(frozen=True)
+class IssuedToken:
+    """A Cartesia access token the fake handed out."""
+
+    value: str
+    expires_at: int
+    grants: Mapping[str, Any]
+    created_at: int
+
+
+@dataclass(frozen=True)
 class FakeSession:
     """An Avaturn session the fake created."""
 
     session_id: str
     token: str
     client_secret: str
+    """The engine's credential it was created with: the OpenAI client secret, the
+    Cartesia access token, or "" (external, text-echo)."""
     body: Mapping[str, Any]
     created_at: float
     ended_at: float | None = None
@@ -92,6 +112,11 @@ class FakeSession:
     @property
     def live(self) -> bool:
         return self.ended_at is None
+
+    @property
+    def engine(self) -> str:
+        engine = self.body.get("conversation_engine")
+        return str(engine.get("type", "")) if isinstance(engine, Mapping) else ""
 
     @property
     def avatar_id(self) -> str | None:

@@ -71,17 +71,17 @@ class CreatedSession:
         return f"CreatedSession(session_id={self.session_id!r}, token='[redacted]')"
 
 
-class AvaturnClient:
-    """Create and terminate Avaturn Live sessions.
-
-    ``create_session`` is never retried: a lost answer may still have created
-    a (billed) session, and a retry would create a second one. Terminating is
-    idempotent, so ``terminate_session`` retries connection errors and 5xx.
+class PooledClient:
+    """One upstream's JSON API over one pooled ``requests.Session``.
 
     ``requests`` applies its read timeout to each socket read, so an answer
     dripping a byte at a time would never time out. Every call therefore also
     has a deadline for the whole answer: connect timeout plus read timeout.
+    Errors are ``UpstreamError``/``UpstreamTimeout`` naming ``service``, with
+    a scrubbed excerpt of the answer.
     """
+
+    service = SERVICE
 
     def __init__(
         self,
@@ -90,14 +90,11 @@ class AvaturnClient:
         api_key: str,
         connect_timeout: float,
         read_timeout: float,
-        terminate_retries: int = 2,
-        retry_backoff: float = 0.25,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = (connect_timeout, read_timeout)
         self._deadline = connect_timeout + read_timeout
-        self._terminate_retries = terminate_retries
-        self._retry_backoff = retry_backoff
         self._http = requests.Session()
         # requests keeps only 10 idle connections per host: a process with more
         # threads than that (gunicorn --threads 32) discarded the rest after each
@@ -116,6 +113,7 @@ class AvaturnClient:
                 "Authorization": f"Bearer {api_key}",
                 "User-Agent": USER_AGENT,
                 "Accept": "application/json",
+                **(headers or {}),
             }
         )
 
@@ -124,6 +122,127 @@ class AvaturnClient:
 
     def close(self) -> None:
         self._http.close()
+
+    @sensitive_variables("json")
+    def _send(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        *,
+        json: dict[str, Any] | None = None,
+        accept_statuses: tuple[int, ...] = (),
+        read_body: bool = True,
+        names_session: bool = False,
+    ) -> _Answer:
+        """One request, its whole answer read within the deadline.
+
+        ``names_session``: a 2xx answer cut short (the deadline, a dropped
+        connection) that already named a session raises ``IncompleteSession``,
+        so the caller can end what Avaturn created.
+        """
+        deadline = time.monotonic() + self._deadline
+        # Every error below is raised unchained (``from None``): the frames of
+        # requests and urllib3 under this one hold the request's headers (the
+        # API key) and body (the client secret), and Django's error pages and
+        # reporters print the variables of a cause's frames too.
+        try:
+            response = self._http.request(
+                method, self.base_url + path, json=json, timeout=self._timeout, stream=True
+            )
+        except requests.Timeout:
+            raise UpstreamTimeout(service=self.service, operation=operation) from None
+        except requests.RequestException as exc:
+            lost = _ConnectionLost if _may_have_arrived(exc) else UpstreamError
+            raise lost(service=self.service, operation=operation) from None
+        except Exception as exc:
+            # Not a failure requests knows (a bug in an adapter or below it).
+            _log_unexpected(self.service, operation, exc)
+            raise _UnexpectedFailure(service=self.service, operation=operation) from None
+        accepted = response.ok or response.status_code in accept_statuses
+        parts: list[bytes] = []
+        try:
+            content = _read_until(response, deadline, parts)
+        except _READ_FAILURES as exc:
+            response.close()  # the connection is in an unknown state: never reuse it
+            if accepted and not read_body:
+                # The status says it all (a DELETE): a slow body cannot undo it.
+                return _Answer(response.status_code, b"")
+            named = _SESSION_ID_IN_TEXT.search(b"".join(parts)) if names_session else None
+            if accepted and named is not None:
+                raise IncompleteSession(
+                    named.group(1).decode("ascii"), response.status_code, "answer cut short"
+                ) from None
+            if accepted and isinstance(exc, (TimeoutError, urllib3.exceptions.TimeoutError)):
+                raise UpstreamTimeout(service=self.service, operation=operation) from None
+            if accepted:
+                raise UpstreamError(
+                    service=self.service,
+                    operation=operation,
+                    upstream_status=response.status_code,
+                    body_excerpt="answer cut short",
+                ) from None
+            content = b""  # an error answer: its status is what matters
+        else:
+            # Read to the end: the connection goes back to the pool for the next call.
+            response.raw.release_conn()
+        if accepted:
+            return _Answer(response.status_code, content)
+        raise UpstreamError(
+            service=self.service,
+            operation=operation,
+            upstream_status=response.status_code,
+            body_excerpt=excerpt(content, extra_secrets=_engine_secrets(json)),
+        )
+
+    def _json(self, response: _Answer, operation: str) -> dict[str, Any]:
+        try:
+            data = jsonlib.loads(response.content)
+        except (ValueError, RecursionError):
+            # (Nested too deep, it is a RecursionError, whose traceback is noise.)
+            raise UpstreamError(
+                service=self.service,
+                operation=operation,
+                upstream_status=response.status_code,
+                body_excerpt="unparseable answer: " + excerpt(response.content, limit=120),
+            ) from None
+        if not isinstance(data, dict):
+            raise UpstreamError(
+                service=self.service,
+                operation=operation,
+                upstream_status=response.status_code,
+                body_excerpt="answer is not a JSON object",
+            )
+        return data
+
+
+class AvaturnClient(PooledClient):
+    """Create and terminate Avaturn Live sessions, and queue their speech.
+
+    ``create_session`` is never retried: a lost answer may still have created
+    a (billed) session, and a retry would create a second one. Terminating is
+    idempotent, so ``terminate_session`` retries connection errors and 5xx.
+    ``create_task`` is not retried either: a retry could say the text twice.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        read_timeout: float,
+        terminate_retries: int = 2,
+        retry_backoff: float = 0.25,
+    ) -> None:
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        self._terminate_retries = terminate_retries
+        self._retry_backoff = retry_backoff
 
     # The payload carries the OpenAI client secret: kept off Django's error pages.
     @sensitive_variables("payload")
@@ -201,6 +320,22 @@ class AvaturnClient:
                 payload.get("user_absent_timeout"),
             )
 
+    @sensitive_variables("text")
+    def create_task(self, session_id: str, text: str) -> str:
+        """Queue ``text`` for the avatar to speak; the task's id. A 404 is ``UpstreamError``."""
+        operation = "create task"
+        path = f"/api/v1/sessions/{quote(session_id, safe='')}/tasks"
+        answer = self._send("POST", path, operation, json={"text": text})
+        task_id = self._json(answer, operation).get("task_id")
+        if not isinstance(task_id, str) or not task_id:
+            raise UpstreamError(
+                service=SERVICE,
+                operation=operation,
+                upstream_status=answer.status_code,
+                body_excerpt="answer lacks task_id",
+            )
+        return task_id
+
     def terminate_session(self, session_id: str) -> bool:
         """End a session now. True if it was ended, False if it was already gone (404)."""
         operation = "terminate session"
@@ -227,99 +362,6 @@ class AvaturnClient:
                 time.sleep(self._retry_backoff * (2 ** (attempt - 1)))
                 continue
             return response.status_code != 404
-
-    @sensitive_variables("json")
-    def _send(
-        self,
-        method: str,
-        path: str,
-        operation: str,
-        *,
-        json: dict[str, Any] | None = None,
-        accept_statuses: tuple[int, ...] = (),
-        read_body: bool = True,
-        names_session: bool = False,
-    ) -> _Answer:
-        """One request, its whole answer read within the deadline.
-
-        ``names_session``: a 2xx answer cut short (the deadline, a dropped
-        connection) that already named a session raises ``IncompleteSession``,
-        so the caller can end what Avaturn created.
-        """
-        deadline = time.monotonic() + self._deadline
-        # Every error below is raised unchained (``from None``): the frames of
-        # requests and urllib3 under this one hold the request's headers (the
-        # API key) and body (the client secret), and Django's error pages and
-        # reporters print the variables of a cause's frames too.
-        try:
-            response = self._http.request(
-                method, self.base_url + path, json=json, timeout=self._timeout, stream=True
-            )
-        except requests.Timeout:
-            raise UpstreamTimeout(service=SERVICE, operation=operation) from None
-        except requests.RequestException as exc:
-            lost = _ConnectionLost if _may_have_arrived(exc) else UpstreamError
-            raise lost(service=SERVICE, operation=operation) from None
-        except Exception as exc:
-            # Not a failure requests knows (a bug in an adapter or below it).
-            _log_unexpected(operation, exc)
-            raise _UnexpectedFailure(service=SERVICE, operation=operation) from None
-        accepted = response.ok or response.status_code in accept_statuses
-        parts: list[bytes] = []
-        try:
-            content = _read_until(response, deadline, parts)
-        except _READ_FAILURES as exc:
-            response.close()  # the connection is in an unknown state: never reuse it
-            if accepted and not read_body:
-                # The status says it all (a DELETE): a slow body cannot undo it.
-                return _Answer(response.status_code, b"")
-            named = _SESSION_ID_IN_TEXT.search(b"".join(parts)) if names_session else None
-            if accepted and named is not None:
-                raise IncompleteSession(
-                    named.group(1).decode("ascii"), response.status_code, "answer cut short"
-                ) from None
-            if accepted and isinstance(exc, (TimeoutError, urllib3.exceptions.TimeoutError)):
-                raise UpstreamTimeout(service=SERVICE, operation=operation) from None
-            if accepted:
-                raise UpstreamError(
-                    service=SERVICE,
-                    operation=operation,
-                    upstream_status=response.status_code,
-                    body_excerpt="answer cut short",
-                ) from None
-            content = b""  # an error answer: its status is what matters
-        else:
-            # Read to the end: the connection goes back to the pool for the next call.
-            response.raw.release_conn()
-        if accepted:
-            return _Answer(response.status_code, content)
-        raise UpstreamError(
-            service=SERVICE,
-            operation=operation,
-            upstream_status=response.status_code,
-            body_excerpt=excerpt(content),
-        )
-
-    @staticmethod
-    def _json(response: _Answer, operation: str) -> dict[str, Any]:
-        try:
-            data = jsonlib.loads(response.content)
-        except (ValueError, RecursionError):
-            # (Nested too deep, it is a RecursionError, whose traceback is noise.)
-            raise UpstreamError(
-                service=SERVICE,
-                operation=operation,
-                upstream_status=response.status_code,
-                body_excerpt="unparseable answer: " + excerpt(response.content, limit=120),
-            ) from None
-        if not isinstance(data, dict):
-            raise UpstreamError(
-                service=SERVICE,
-                operation=operation,
-                upstream_status=response.status_code,
-                body_excerpt="answer is not a JSON object",
-            )
-        return data
 
 
 class _UnexpectedFailure(UpstreamError):
@@ -381,12 +423,26 @@ def _may_have_arrived(failure: BaseException | None) -> bool:
     return not isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
-def _log_unexpected(operation: str, exc: Exception) -> None:
+def _engine_secrets(payload: dict[str, Any] | None) -> list[str]:
+    """The credentials a create body carries, to scrub from an answer that echoes them."""
+    engine = (payload or {}).get("conversation_engine")
+    if not isinstance(engine, dict):
+        return []
+    found = [engine.get("client_secret"), engine.get("access_token")]
+    headers = engine.get("headers")
+    if isinstance(headers, dict):
+        found.extend(headers.values())
+    # (The URL too: a signed per-session URL is a credential.)
+    found.append(engine.get("url"))
+    return [value for value in found if isinstance(value, str) and len(value) >= 6]
+
+
+def _log_unexpected(service: str, operation: str, exc: Exception) -> None:
     # The traceback as text (code lines, not the frames' variables, which
     # hold the request body) and the exception's type, not its message.
     stack = "".join(traceback.format_tb(exc.__traceback__))
     logger.error(
-        "Avaturn %s failed with an unexpected %s:\n%s", operation, type(exc).__name__, stack
+        "%s %s failed with an unexpected %s:\n%s", service, operation, type(exc).__name__, stack
     )
 
 

@@ -21,6 +21,7 @@ from django.views.decorators.debug import sensitive_variables
 from django_avaturn.conf import SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.upstream.avaturn import AvaturnClient
+from django_avaturn.upstream.cartesia import CartesiaClient
 from django_avaturn.upstream.openai import RealtimeSecrets, with_deadline
 
 _Client = TypeVar("_Client")
@@ -36,6 +37,7 @@ START_MARGIN = 30.0
 _lock = threading.Lock()
 _openai: RealtimeSecrets | None = None
 _avaturn: AvaturnClient | None = None
+_cartesia: CartesiaClient | None = None
 
 
 @sensitive_variables("value")
@@ -62,6 +64,14 @@ def get_avaturn_client() -> AvaturnClient:
         if _avaturn is None:
             _avaturn = _build(_build_avaturn_client, "Avaturn")
         return _avaturn
+
+
+def get_cartesia_client() -> CartesiaClient:
+    global _cartesia
+    with _lock:
+        if _cartesia is None:
+            _cartesia = _build(_build_cartesia_client, "Cartesia")
+        return _cartesia
 
 
 def _build(builder: Callable[[], _Client], service: str) -> _Client:
@@ -118,6 +128,24 @@ def _build_avaturn_client() -> AvaturnClient:
     )
 
 
+@sensitive_variables()
+def _build_cartesia_client() -> CartesiaClient:
+    section = avaturn_settings.CARTESIA  # (read anew: the key may come from the environment)
+    api_key = section["API_KEY"]
+    if api_key is None:
+        raise NotConfigured(
+            "AVATURN['CARTESIA']['API_KEY'] is not set and the CARTESIA_API_KEY "
+            "environment variable is empty."
+        )
+    return CartesiaClient(
+        base_url=section["API_URL"],
+        api_key=api_key,
+        version=section["VERSION"],
+        connect_timeout=avaturn_settings.AVATURN_CONNECT_TIMEOUT,
+        read_timeout=avaturn_settings.AVATURN_TIMEOUT,
+    )
+
+
 def longest_terminate() -> float:
     """Seconds one Avaturn terminate may take: every attempt to its deadline, and the backoffs.
 
@@ -142,14 +170,29 @@ def longest_create() -> float:
     return avaturn_settings.AVATURN_CONNECT_TIMEOUT + avaturn_settings.AVATURN_TIMEOUT
 
 
+def longest_credential() -> float:
+    """Seconds minting a start's engine credential may take.
+
+    The OpenAI client secret (``longest_mint``) where only openai-realtime can
+    be chosen; else a Cartesia token may be minted instead, one call within an
+    Avaturn call's deadline (the external engine's HOOK is the site's own
+    code, which no setting bounds).
+    """
+    only_openai = (
+        avaturn_settings.ENGINE == "openai-realtime"
+        and avaturn_settings.SESSION_CONFIG_HOOK is None
+    )
+    return longest_mint() if only_openai else max(longest_mint(), longest_create())
+
+
 def longest_start_calls() -> float:
     """Seconds of a start's upstream calls once it stops waiting for other rows.
 
-    Its mint, its create, and the terminate of what it created when its row
-    was claimed meanwhile. A start waits for the user's ending rows at most
+    Its credential, its create, and the terminate of what it created when its
+    row was claimed meanwhile. A start waits for the user's ending rows at most
     this long too (``sessions.starting._wait_for_ends``).
     """
-    return longest_mint() + longest_create() + longest_terminate()
+    return longest_credential() + longest_create() + longest_terminate()
 
 
 def longest_in_flight() -> float:
@@ -166,13 +209,14 @@ def longest_start() -> float:
     """Seconds a start may keep its row ``starting``: its upstream calls, plus ``START_MARGIN``.
 
     In order (``services.start_session``): ending the session it replaces
-    (with ``ON_SESSION_LIMIT = "end_oldest"``), minting the OpenAI client
-    secret (``OPENAI_MAX_RETRIES`` retries of up to ``OPENAI_TIMEOUT`` each),
-    and Avaturn's create (one attempt, never retried). A row starting longer
+    (with ``ON_SESSION_LIMIT = "end_oldest"``), minting the engine's credential
+    (the OpenAI client secret: ``OPENAI_MAX_RETRIES`` retries of up to
+    ``OPENAI_TIMEOUT`` each; a Cartesia token: one Avaturn-length call), and
+    Avaturn's create (one attempt, never retried). A row starting longer
     belongs to a process that died; the expiry command fails it.
     """
     replaced = longest_terminate() if avaturn_settings.ON_SESSION_LIMIT == "end_oldest" else 0
-    return replaced + longest_mint() + longest_create() + START_MARGIN
+    return replaced + longest_credential() + longest_create() + START_MARGIN
 
 
 def unknown_outcome_hold() -> float:
@@ -191,15 +235,15 @@ def unknown_outcome_hold() -> float:
 
 def reset_clients() -> None:
     """Drop the cached clients (settings changed, or a key was rotated)."""
-    global _openai, _avaturn
+    global _openai, _avaturn, _cartesia
     with _lock:
         # Close, not just drop: a dropped client's pooled sockets linger until collected.
-        if _avaturn is not None:
-            _avaturn.close()
-        if _openai is not None:
-            _openai.close()
+        for client in (_avaturn, _openai, _cartesia):
+            if client is not None:
+                client.close()
         _openai = None
         _avaturn = None
+        _cartesia = None
 
 
 @receiver(setting_changed)

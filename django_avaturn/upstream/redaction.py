@@ -6,8 +6,9 @@ secret, a token), so every excerpt we keep goes through ``scrub()`` first.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from django_avaturn.conf import avaturn_settings
 
@@ -18,16 +19,29 @@ REDACTED = "[redacted]"
 _CREDENTIAL_PATTERNS = (
     re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
     re.compile(r"\bek_[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"\bsk_car_[A-Za-z0-9_\-]{8,}"),
     re.compile(r"(?i)\bbearer\s+[A-Za-z0-9_\-\.=:+/]{8,}"),
 )
 
 EXCERPT_LENGTH = 300
 
 
-def _known_secrets() -> Iterable[str]:
+def _configured_secrets() -> Iterable[object]:
+    """The site's own keys and engine secrets as configured (however malformed)."""
     for name in ("API_KEY", "OPENAI_API_KEY"):
         # The site's own keys, also under TEST_MODE (whose fake has public test keys).
-        value = avaturn_settings.configured(name)
+        yield avaturn_settings.configured(name)
+    cartesia = avaturn_settings.configured("CARTESIA")
+    cartesia_key = cartesia.get("API_KEY") if isinstance(cartesia, Mapping) else None
+    yield cartesia_key or os.environ.get("CARTESIA_API_KEY")
+    external = avaturn_settings.configured("EXTERNAL_ENGINE")
+    headers = external.get("HEADERS") if isinstance(external, Mapping) else None
+    if isinstance(headers, Mapping):
+        yield from headers.values()
+
+
+def _known_secrets() -> Iterable[str]:
+    for value in _configured_secrets():
         if not isinstance(value, str):
             continue
         # As configured, and as sent: the clients strip the newline a key read
@@ -48,11 +62,13 @@ def scrub(text: str, *, extra_secrets: Iterable[str] = ()) -> str:
     return text
 
 
-def excerpt(body: bytes | str | None, *, limit: int = EXCERPT_LENGTH) -> str:
+def excerpt(
+    body: bytes | str | None, *, limit: int = EXCERPT_LENGTH, extra_secrets: Iterable[str] = ()
+) -> str:
     """A short, single-line, scrubbed excerpt of an upstream response body."""
     if body is None:
         return ""
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     # Scrub before truncating so a key cut in half cannot survive as a prefix.
-    text = scrub(" ".join(text.split()))
+    text = scrub(" ".join(text.split()), extra_secrets=extra_secrets)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -8,6 +8,7 @@ import {
   newClientRef,
   positiveNumber,
   readConfig,
+  sendsTranscripts,
 } from "../../django_avaturn/static/django_avaturn/widget/config.js";
 
 const BASE = "https://site.example/talk/";
@@ -38,6 +39,7 @@ describe("readConfig", () => {
         heartbeatUrl: "/avaturn/sessions/__session_id__/heartbeat/",
         abandonUrl: "/avaturn/sessions/abandon/",
         sessionIdPlaceholder: "__session_id__",
+        engine: "openai-realtime",
         sdkUrl: "https://cdn.example/main.js",
         sdkIntegrity: "sha384-x",
         audioSource: "true",
@@ -56,6 +58,7 @@ describe("readConfig", () => {
       heartbeatUrl: "/avaturn/sessions/__session_id__/heartbeat/",
       abandonUrl: "/avaturn/sessions/abandon/",
       transcriptsUrl: "",
+      engine: "openai-realtime",
       placeholder: "__session_id__",
       sdkUrl: "https://cdn.example/main.js",
       sdkIntegrity: "sha384-x",
@@ -118,5 +121,29 @@ describe("newClientRef", () => {
   test("the fallback pads every byte to two digits", () => {
     const zeros = { getRandomValues: (array) => array.fill(0x0a) };
     assert.equal(newClientRef(zeros), "0a".repeat(16));
+  });
+});
+
+describe("the engine", () => {
+  test("read from data-engine, openai-realtime when a template predates it", () => {
+    assert.equal(readConfig({ sessionsUrl: "/s/", engine: "cartesia" }, BASE).engine, "cartesia");
+    assert.equal(readConfig({ sessionsUrl: "/s/" }, BASE).engine, "openai-realtime");
+  });
+
+  test("only openai-realtime sends transcripts: the widget posts none for the others", () => {
+    assert.equal(sendsTranscripts("openai-realtime"), true);
+    for (const engine of ["cartesia", "external", "text-echo", "", undefined]) {
+      assert.equal(sendsTranscripts(engine), false, String(engine));
+    }
+  });
+
+  test("the widget asks before posting a transcript line", () => {
+    const source = readFileSync(
+      new URL("../../django_avaturn/static/django_avaturn/widget/widget.js", import.meta.url),
+      "utf8",
+    );
+    const save = source.slice(source.indexOf("saveTranscript(role, detail) {"));
+    const guard = save.indexOf("sendsTranscripts(this.engine || this.config.engine)");
+    assert.ok(guard > 0 && guard < save.indexOf("apiRequest("));
   });
 });

@@ -11,6 +11,12 @@ export function positiveNumber(value, fallback) {
   return Number.isFinite(number) && number > 0 ? number : fallback;
 }
 
+// Only Avaturn's openai-realtime engine sends transcript events to the SDK:
+// with any other engine the widget has no words to post.
+export function sendsTranscripts(engine) {
+  return engine === "openai-realtime";
+}
+
 // `dataset` is the container's; `baseURI` the page's, for derived URLs.
 export function readConfig(data, baseURI) {
   return {
@@ -20,6 +26,8 @@ export function readConfig(data, baseURI) {
     // (Derived for a site template that predates the attribute.)
     abandonUrl: data.abandonUrl || new URL("abandon/", new URL(data.sessionsUrl, baseURI)).href,
     transcriptsUrl: data.transcriptsUrl || "",
+    // The site's conversation engine; a start's answer names the one it used.
+    engine: data.engine || "openai-realtime",
     placeholder: data.sessionIdPlaceholder || "__session_id__",
     sdkUrl: data.sdkUrl,
     sdkIntegrity: data.sdkIntegrity || "",

@@ -1,7 +1,7 @@
 // One widget: its container's buttons and status line, the SDK's head, and
 // the session behind them, from Start to its end.
 
-import { readConfig, newClientRef } from "./config.js";
+import { readConfig, newClientRef, sendsTranscripts } from "./config.js";
 import { WidgetError, withTimeout } from "./errors.js";
 import {
   HEARTBEAT_ENDING_STATUSES,
@@ -165,6 +165,7 @@ export class AvaturnWidget {
       }
       if (attempt !== this.attempt) return this.endSession(session.session_id);
       this.sessionId = session.session_id;
+      this.engine = session.engine || this.config.engine;
 
       const head = new module.AvaturnHead(this.stage, {
         sessionToken: session.token,
@@ -300,6 +301,7 @@ export class AvaturnWidget {
   saveTranscript(role, detail) {
     const text = detail && typeof detail.transcript === "string" ? detail.transcript.trim() : "";
     if (!this.config.transcriptsUrl || !this.sessionId || !text) return;
+    if (!sendsTranscripts(this.engine || this.config.engine)) return;
     const body = { role, text };
     if (typeof detail.timestamp === "number" && detail.timestamp >= 0) {
       body.timestamp = detail.timestamp;
