@@ -368,8 +368,10 @@ def test_no_key_anywhere(
             for status in (400, 401, 500):
                 sentinel_fake.fail(route, status=status, body=_echo(route, status))
                 keep(csrf_json(client, "post", LIST_URL, {}))
+                release_held_starts()
             sentinel_fake.fail(route, mode="malformed")
             keep(csrf_json(client, "post", LIST_URL, {}))
+            release_held_starts()
     settings.AVATURN = {**settings.AVATURN, "ENGINE": "openai-realtime"}
 
     # Failed ends and a failed replacement, echoing the keys.
