@@ -65,6 +65,7 @@ def fake_settings() -> dict[str, Any]:
     """What TEST_MODE reads instead of ``AVATURN``: the fake's, and no HTTP client of the site's."""
     return {
         **fake_upstream().settings(),
+        "CARTESIA": fake_upstream().cartesia_settings(),
         # The browser talks to the fake too, and the default HTTP client reaches it
         # (a site's own client may be a proxy, or a transport of its tests).
         "SDK_API_HOST": None,

@@ -37,7 +37,7 @@ def client(user: Any) -> APIClient:
 
 
 def _cartesia(fake: FakeUpstream, avaturn: AvaturnOverrides, **extra: Any) -> None:
-    avaturn(ENGINE="cartesia", CARTESIA={**fake.settings()["CARTESIA"], **extra})
+    avaturn(ENGINE="cartesia", CARTESIA={**fake.cartesia_settings(), **extra})
 
 
 def _start(client: APIClient, body: Any = None) -> Any:
@@ -148,7 +148,7 @@ def choose_by_user(request: Any, config: str | None) -> dict[str, Any]:
 def test_the_hook_chooses_the_engine_and_its_agent_per_user(
     live_fake: FakeUpstream, client: APIClient, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    avaturn(SESSION_CONFIG_HOOK=choose_by_user, CARTESIA=live_fake.settings()["CARTESIA"])
+    avaturn(SESSION_CONFIG_HOOK=choose_by_user, CARTESIA=live_fake.cartesia_settings())
     assert _start(client).status_code == 201
     assert Session.objects.get().engine == "openai-realtime"
 

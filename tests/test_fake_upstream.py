@@ -689,9 +689,13 @@ def test_settings_and_urls(fake: FakeUpstream) -> None:
         "OPENAI_BASE_URL": f"{fake.url}/v1",
         "API_KEY": "av-fake-avaturn-key",
         "OPENAI_API_KEY": "sk-fake-openai-key",
-        "CARTESIA": {"API_URL": fake.url, "API_KEY": "sk_car_fake-cartesia-key"},
         "SDK_URL": f"{fake.url}/_fake/sdk/main.js",
         "SDK_INTEGRITY": "",
+    }
+    assert fake.cartesia_settings(AGENT_ID="agent_x") == {
+        "API_URL": fake.url,
+        "API_KEY": "sk_car_fake-cartesia-key",
+        "AGENT_ID": "agent_x",
     }
     assert "key" not in repr(fake)
 

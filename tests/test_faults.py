@@ -263,7 +263,7 @@ def test_a_cartesia_token_fault_after_the_reservation_spends_nothing_at_avaturn(
     live_fake: FakeUpstream, client: APIClient, avaturn: AvaturnOverrides, fault: str
 ) -> None:
     # The Cartesia engine's credential step: a token minted after the slot was reserved.
-    cartesia = {**live_fake.settings()["CARTESIA"], "AGENT_ID": "agent_abc"}
+    cartesia = {**live_fake.cartesia_settings(), "AGENT_ID": "agent_abc"}
     mode, status = FAULTS[fault]
     if mode == "refused":
         cartesia["API_URL"] = f"http://127.0.0.1:{closed_port()}"

@@ -297,7 +297,7 @@ def sentinel_fake(settings: Any) -> Iterator[FakeUpstream]:
         avaturn = {**settings.AVATURN, **fake.settings(), **FAST_TIMEOUTS}
         avaturn.pop("OPENAI_HTTP_CLIENT", None)
         avaturn["ON_SESSION_LIMIT"] = "end_oldest"
-        avaturn["CARTESIA"] = {**avaturn["CARTESIA"], "AGENT_ID": "agent_sweep"}
+        avaturn["CARTESIA"] = fake.cartesia_settings(AGENT_ID="agent_sweep")
         avaturn["EXTERNAL_ENGINE"] = {
             "URL": "wss://engine.example.com/avaturn",
             "HEADERS": {"X-Engine-Secret": SENTINEL_HEADER},

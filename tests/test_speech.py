@@ -49,7 +49,7 @@ def test_say_is_refused_for_an_engine_that_ignores_tasks(
 ) -> None:
     avaturn(
         ENGINE=engine,
-        CARTESIA={**live_fake.settings()["CARTESIA"], "AGENT_ID": "agent_abc"},
+        CARTESIA={**live_fake.cartesia_settings(), "AGENT_ID": "agent_abc"},
         EXTERNAL_ENGINE={"URL": "wss://engine.example.com/avaturn"},
     )
     row = _live(user)

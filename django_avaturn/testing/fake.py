@@ -262,19 +262,24 @@ class FakeUpstream:
         """Entries to merge into the ``AVATURN`` Django setting.
 
         The widget loads the stand-in SDK (no integrity hash: it is served
-        from loopback): the real one needs the internet to go live.
-        ``CARTESIA`` holds only the URL and key: merged over a site's
-        ``CARTESIA`` it replaces it, so add the ``AGENT_ID`` after.
+        from loopback): the real one needs the internet to go live. For the
+        Cartesia engine, merge ``cartesia_settings()`` into ``CARTESIA`` too.
         """
         return {
             "API_URL": self.avaturn_url,
             "OPENAI_BASE_URL": self.openai_base_url,
             "API_KEY": self.avaturn_api_key,
             "OPENAI_API_KEY": self.openai_api_key,
-            "CARTESIA": {"API_URL": self.cartesia_url, "API_KEY": self.cartesia_api_key},
             "SDK_URL": self.standin_sdk_url,
             "SDK_INTEGRITY": "",
         }
+
+    def cartesia_settings(self, **extra: Any) -> dict[str, Any]:
+        """Entries of the ``CARTESIA`` section for this fake (its URL and key), plus ``extra``.
+
+        ``fake.cartesia_settings(AGENT_ID="agent_test")`` is a whole section.
+        """
+        return {"API_URL": self.cartesia_url, "API_KEY": self.cartesia_api_key, **extra}
 
     # -- inspection ------------------------------------------------------------------
 
