@@ -52,14 +52,14 @@ def seed(rows: int) -> dict[str, Any]:
     columns = (
         "session_id, user_id, status, end_reason, end_detail, avatar_id, model, voice, "
         "config_name, max_duration, created_at, started_at, expires_at, updated_at, "
-        "client_ref, awaiting_retry, transcript_lines, transcript_bytes"
+        "client_ref, awaiting_retry, transcript_lines, transcript_bytes, engine"
     )
 
     def row(i: int) -> tuple[Any, ...]:
         return (
             f"bench-{i:08d}", user.pk, "live", "", "", "", "gpt-realtime", "marin",
             "", 600, long_ago, long_ago, long_ago + timedelta(minutes=10), long_ago,
-            "", False, 0, 0,
+            "", False, 0, 0, "openai-realtime",
         )  # fmt: skip
 
     with transaction.atomic(), connection.cursor() as cursor:
@@ -69,7 +69,8 @@ def seed(rows: int) -> dict[str, Any]:
                 for i in range(rows):
                     copy.write_row(row(i))
         else:
-            sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * 18)})"
+            placeholders = ", ".join(["%s"] * len(row(0)))
+            sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
             chunk = 50_000
             for start in range(0, rows, chunk):
                 cursor.executemany(sql, [row(i) for i in range(start, min(rows, start + chunk))])
