@@ -81,6 +81,28 @@ EXTERNAL_ENGINE = Section(
         ("HOOK", None, DottedPath()),
     )
 )
+# The site engine (django_avaturn.engine): OpenAI Realtime bridged by this site,
+# which runs its own tools. The conversation itself takes MODEL, VOICE,
+# INSTRUCTIONS and REALTIME_SESSION, as openai-realtime does.
+SITE_ENGINE = Section(
+    (
+        # The origin Avaturn reaches this site's engine socket at: wss://example.com
+        # (a path prefix is kept); ws:// only with DEBUG on.
+        ("PUBLIC_URL", None, SocketUrl(optional=True)),
+        # Modules whose @tool functions the model may call.
+        ("TOOLS", [], Strings()),
+        # How long one tool call may run before the model is told it timed out.
+        ("TOOL_TIMEOUT", 10, Bounds(1, 300, "seconds")),
+        # A call still running after this long: the avatar says it is checking (None: never).
+        ("TOOL_NOTICE_AFTER", 2, Bounds(1, 60, "seconds", optional=True)),
+        # Store each call's arguments with its record (they may hold personal data).
+        ("RECORD_TOOL_ARGUMENTS", False, Flag()),
+        # Seconds Avaturn has, from the start, to open the engine socket (its token's age).
+        ("CONNECT_WITHIN", 120, Bounds(10, 900, "seconds")),
+        # Where the engine opens OpenAI Realtime; None: the openai SDK's own default.
+        ("OPENAI_WEBSOCKET_URL", None, SocketUrl(optional=True)),
+    )
+)
 TEXT_ECHO = Section(
     (
         ("TTS_ENGINE", "elevenlabs", Choices(frozenset({"elevenlabs", "google"}))),
@@ -122,6 +144,7 @@ SETTINGS: dict[str, Setting] = {
     "CARTESIA": Setting(CARTESIA.defaults(), CARTESIA),
     "EXTERNAL_ENGINE": Setting(EXTERNAL_ENGINE.defaults(), EXTERNAL_ENGINE),
     "TEXT_ECHO": Setting(TEXT_ECHO.defaults(), TEXT_ECHO),
+    "SITE_ENGINE": Setting(SITE_ENGINE.defaults(), SITE_ENGINE),
     # The OpenAI Realtime session (GA shape) the avatar talks with.
     "MODEL": Setting("gpt-realtime", Text()),
     "VOICE": Setting("marin", Text()),
@@ -256,6 +279,7 @@ class AvaturnSettings:
     CARTESIA: dict[str, Any]
     EXTERNAL_ENGINE: dict[str, Any]
     TEXT_ECHO: dict[str, Any]
+    SITE_ENGINE: dict[str, Any]
     MODEL: str
     VOICE: str
     INSTRUCTIONS: str

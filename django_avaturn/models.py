@@ -57,6 +57,9 @@ class Engine(models.TextChoices):
     CARTESIA = "cartesia", _("Cartesia Line agent")
     EXTERNAL = "external", _("External WebSocket engine")
     TEXT_ECHO = "text-echo", _("Text echo")
+    # Avaturn's external engine pointed at this site: OpenAI Realtime bridged
+    # by the site itself, which runs its own tools (django_avaturn.engine).
+    SITE = "site", _("Site engine (OpenAI Realtime with the site's tools)")
 
 
 class SessionQuerySet(models.QuerySet["Session"]):
@@ -175,6 +178,17 @@ class Session(models.Model):
             "Ending, its terminate failed and nobody is retrying it now: the expiry "
             "command's next run does."
         ),
+    )
+    # The site engine only: the hash of the per-session secret Avaturn sends on
+    # the engine socket's upgrade, and when that socket was accepted (once).
+    engine_secret_hash = models.CharField(
+        _("engine secret hash"), max_length=128, blank=True, editable=False
+    )
+    engine_connected_at = models.DateTimeField(
+        _("engine connected"),
+        null=True,
+        blank=True,
+        help_text=_("When Avaturn's engine socket reached the site (the site engine only)."),
     )
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
     # Counted by the one conditional UPDATE that admits each line (see transcripts),
@@ -299,3 +313,44 @@ class Transcript(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_role_display()}: {self.text[:60]}"
+
+
+class ToolCallStatus(models.TextChoices):
+    OK = "ok", _("Answered")
+    ERROR = "error", _("Refused by the tool (ToolError)")
+    FAILED = "failed", _("Raised an exception")
+    TIMEOUT = "timeout", _("Timed out")
+    DENIED = "denied", _("Denied (user, session or permission)")
+    INVALID = "invalid", _("Invalid arguments or unknown tool")
+
+
+class ToolCall(models.Model):
+    """One call of a site tool by the site engine's model, recorded as it ends."""
+
+    session = models.ForeignKey(
+        Session,
+        on_delete=models.CASCADE,
+        related_name="tool_calls",
+        verbose_name=_("session"),
+        help_text=_("Deleted with its session."),
+    )
+    call_id = models.CharField(_("call id"), max_length=100)
+    tool = models.CharField(_("tool"), max_length=100)
+    status = models.CharField(_("status"), max_length=10, choices=ToolCallStatus.choices)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"))
+    arguments = models.JSONField(
+        _("arguments"),
+        null=True,
+        blank=True,
+        help_text=_("Only when AVATURN['SITE_ENGINE']['RECORD_TOOL_ARGUMENTS'] is on."),
+    )
+    created_at = models.DateTimeField(_("called"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("tool call")
+        verbose_name_plural = _("tool calls")
+        ordering = ("created_at", "pk")
+        indexes = (models.Index(fields=("session", "created_at"), name="avaturn_toolcall_idx"),)
+
+    def __str__(self) -> str:
+        return f"{self.tool} ({self.status})"
