@@ -147,9 +147,14 @@ class Bridge:
         elif kind == protocol.PLAYBACK_ENDED:
             segments.playback_ended(message.get("segment_uid"))
         elif kind == protocol.PLAYBACK_INTERRUPTED:
-            segments.playback_interrupted(
-                message.get("segment_uid"), message.get("played_duration")
+            truncation = segments.playback_interrupted(
+                message.get("segment_uid"), message.get("played_duration"), self._clock()
             )
+            if truncation is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._realtime.send_raw(
+                        protocol.item_truncate(truncation.item_id, truncation.audio_end_ms)
+                    )
         elif kind == protocol.AVATURN_ERROR:
             logger.warning(
                 "Avaturn reported an error: %s: %s",

@@ -194,10 +194,10 @@ class Segments:
         if segment.played_ms is not None:
             return segment.played_ms
         if segment.playback_started_at is not None:
-            return int((now - segment.playback_started_at) * 1000)
+            return round((now - segment.playback_started_at) * 1000)
         if self._reports_playback:
             return 0
-        return int((now - segment.first_audio_at) * 1000)
+        return round((now - segment.first_audio_at) * 1000)
 
     # Avaturn's reports.
 
@@ -222,15 +222,26 @@ class Segments:
             segment.played_ms = segment.generated_ms
             self._finish(segment)
 
-    def playback_interrupted(self, segment_uid: object, played_duration: object) -> None:
+    def playback_interrupted(
+        self, segment_uid: object, played_duration: object, now: float
+    ) -> Truncation | None:
+        """Avaturn cut a segment's playback short: the model's item is cut to match.
+
+        After our own barge-in the segment is already forgotten (its truncation went
+        with the interrupt) and this returns None.
+        """
         self._reports_playback = True
         segment = self._find(segment_uid)
         if segment is None:
-            return
+            return None
         if isinstance(played_duration, (int, float)) and not isinstance(played_duration, bool):
             # Seconds, as Avaturn's reference engine reads it (inferred: not documented).
-            segment.played_ms = max(0, int(played_duration * 1000))
+            segment.played_ms = max(0, round(played_duration * 1000))
+        played = self._played_ms(segment, now)
         self._finish(segment)
+        if played >= segment.generated_ms:
+            return None
+        return Truncation(segment.item_id, max(0, played))
 
     def _finish(self, segment: Segment) -> None:
         # A segment still open leaves the queue when it is closed.
