@@ -277,7 +277,12 @@ def main(argv: list[str] | None = None) -> None:
             for count in counts:
                 for server in servers:
                     log(f"engine: {server} x{count}, round {round_}")
-                    result = measure_one(server, count, plan.duration, peer.port)
+                    try:
+                        result = measure_one(server, count, plan.duration, peer.port)
+                    except Exception as exc:  # one failed measurement; the rest still run
+                        log(f"  failed: {exc!r}")
+                        result = {"server": server, "conversations": count, "connected": 0,
+                                  "errors": [repr(exc)[:300]], "error_count": 1}  # fmt: skip
                     result["round"] = round_
                     data["runs"].append(result)
                     log("  " + json.dumps(result))
