@@ -43,9 +43,12 @@ class Conversation:
 
     async def open(self) -> None:
         self.ws = await connect(
-            self.url, additional_headers=self.headers, max_size=None, compression=None,
+            self.url,
+            additional_headers=self.headers,
+            max_size=None,
+            compression=None,
             open_timeout=60,
-        )  # fmt: skip
+        )
         self.tasks = [asyncio.create_task(self.talk()), asyncio.create_task(self.listen())]
 
     async def talk(self) -> None:
@@ -88,11 +91,25 @@ class Conversation:
                     self.segment = event.get("segment_uid")
                     segments += 1
                     stats.segments += 1
-                    await self.ws.send(dumps({"type": "avatar.speech.segment.created",
-                                              "segment_uid": self.segment, "segment_id": segments}))  # fmt: skip
+                    await self.ws.send(
+                        dumps(
+                            {
+                                "type": "avatar.speech.segment.created",
+                                "segment_uid": self.segment,
+                                "segment_id": segments,
+                            }
+                        )
+                    )
                 elif kind == "avatar.speech.segment.close":
-                    await self.ws.send(dumps({"type": "avatar.speech.segment.closed",
-                                              "segment_uid": self.segment, "segment_id": segments}))  # fmt: skip
+                    await self.ws.send(
+                        dumps(
+                            {
+                                "type": "avatar.speech.segment.closed",
+                                "segment_uid": self.segment,
+                                "segment_id": segments,
+                            }
+                        )
+                    )
                     self.segment = None
         except ConnectionClosed:
             pass
@@ -147,20 +164,33 @@ async def main() -> None:
 
     began = time.monotonic()
     await asyncio.gather(*(open_one(c) for c in conversations))
-    print(dumps({"connected": len(conversations) - len(failed), "failed": failed,
-                 "connect_s": round(time.monotonic() - began, 2)}), flush=True)  # fmt: skip
+    print(
+        dumps(
+            {
+                "connected": len(conversations) - len(failed),
+                "failed": failed,
+                "connect_s": round(time.monotonic() - began, 2),
+            }
+        ),
+        flush=True,
+    )
     window = await loop.run_in_executor(None, ask)
     begin, end = int(window["from"]), int(window["to"])
     await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
     errors = list(stats.errors)
     await asyncio.gather(*(c.close() for c in conversations), return_exceptions=True)
-    print(dumps({
-        "down": percentiles([ms for at, ms in stats.down if begin <= at < end]),
-        "sent": sum(1 for at in stats.sent if begin <= at < end),
-        "segments": stats.segments,
-        "errors": sorted(set(errors))[:20],
-        "error_count": len(errors),
-    }), flush=True)  # fmt: skip
+    print(
+        dumps(
+            {
+                "down": percentiles([ms for at, ms in stats.down if begin <= at < end]),
+                "sent": sum(1 for at in stats.sent if begin <= at < end),
+                "segments": stats.segments,
+                "errors": sorted(set(errors))[:20],
+                "error_count": len(errors),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

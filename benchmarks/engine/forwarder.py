@@ -1,4 +1,4 @@
-"""The baseline: a bare asyncio forwarder of the same frames, ``python -m benchmarks.engine.forwarder``.
+"""The baseline, a bare asyncio forwarder: ``python -m benchmarks.engine.forwarder``.
 
 The least any engine between Avaturn and OpenAI Realtime must do, with
 nothing else: a plain ``websockets`` server (on uvloop, as uvicorn runs) that
@@ -27,11 +27,22 @@ from websockets.exceptions import ConnectionClosed
 
 from benchmarks.engine.frames import dumps, run
 
-SESSION_UPDATE = dumps({"type": "session.update", "session": {
-    "type": "realtime", "output_modalities": ["audio"],
-    "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
-                        "turn_detection": {"type": "server_vad"}},
-              "output": {"format": {"type": "audio/pcm", "rate": 24000}}}}})  # fmt: skip
+SESSION_UPDATE = dumps(
+    {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "turn_detection": {"type": "server_vad"},
+                },
+                "output": {"format": {"type": "audio/pcm", "rate": 24000}},
+            },
+        },
+    }
+)
 RESPONSE_CREATE = dumps({"type": "response.create"})
 
 
@@ -45,9 +56,11 @@ class Forwarder:
 
     async def handler(self, avaturn: ServerConnection) -> None:
         async with connect(
-            self.openai_url, additional_headers={"Authorization": "Bearer sk-bench"},
-            max_size=None, compression=None,
-        ) as openai:  # fmt: skip
+            self.openai_url,
+            additional_headers={"Authorization": "Bearer sk-bench"},
+            max_size=None,
+            compression=None,
+        ) as openai:
             await openai.send(SESSION_UPDATE)
             pumps = {
                 asyncio.create_task(self.up(avaturn, openai)),
@@ -82,13 +95,15 @@ class Forwarder:
                 if kind == "response.output_audio.delta":
                     if segment is None:
                         segment = uuid.uuid4().hex
-                        await avaturn.send(dumps({"type": "avatar.speech.segment.create",
-                                                  "segment_uid": segment}))  # fmt: skip
+                        await avaturn.send(
+                            dumps({"type": "avatar.speech.segment.create", "segment_uid": segment})
+                        )
                     await avaturn.send(a2b(event["delta"]))
                 elif kind in ("response.output_audio.done", "response.done"):
                     if segment is not None:
-                        await avaturn.send(dumps({"type": "avatar.speech.segment.close",
-                                                  "segment_uid": segment}))  # fmt: skip
+                        await avaturn.send(
+                            dumps({"type": "avatar.speech.segment.close", "segment_uid": segment})
+                        )
                         segment = None
                 elif kind == "response.function_call_arguments.done":
                     task = asyncio.create_task(
@@ -100,8 +115,18 @@ class Forwarder:
     async def call(self, openai: ClientConnection, call_id: str, arguments: str) -> None:
         output = await trivial_tool(arguments)
         with contextlib.suppress(ConnectionClosed):
-            await openai.send(dumps({"type": "conversation.item.create", "item": {
-                "type": "function_call_output", "call_id": call_id, "output": output}}))  # fmt: skip
+            await openai.send(
+                dumps(
+                    {
+                        "type": "conversation.item.create",
+                        "item": {
+                            "type": "function_call_output",
+                            "call_id": call_id,
+                            "output": output,
+                        },
+                    }
+                )
+            )
             await openai.send(RESPONSE_CREATE)
 
 

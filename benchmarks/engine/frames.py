@@ -33,7 +33,9 @@ TAIL = struct.pack(
 # 24 and 936 are both multiples of 3: the stamp's base64 never mixes with the tail's.
 TAIL_B64 = base64.b64encode(TAIL).decode()
 STAMP_B64_CHARS = STAMP.size * 4 // 3
-assert STAMP.size % 3 == 0 and len(TAIL) % 3 == 0 and STAMP.size + len(TAIL) == FRAME_BYTES
+assert STAMP.size % 3 == 0
+assert len(TAIL) % 3 == 0
+assert STAMP.size + len(TAIL) == FRAME_BYTES
 
 
 def frame(conversation: int, sequence: int) -> bytes:

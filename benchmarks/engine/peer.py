@@ -32,12 +32,12 @@ from websockets.exceptions import ConnectionClosed
 
 from benchmarks.engine.frames import (
     FRAME_MS,
-    run,
     FRAMES_PER_S,
     dumps,
     frame_b64,
     percentiles,
     read_stamp_b64,
+    run,
 )
 
 TOOL_EVERY = 3
@@ -66,8 +66,15 @@ class Peer:
         self.connections += 1
         sender = asyncio.create_task(self.speak(ws))
         try:
-            await ws.send(dumps({"type": "session.created", "event_id": "evt_0",
-                                 "session": {"type": "realtime", "id": f"sess_{next(_ids)}"}}))  # fmt: skip
+            await ws.send(
+                dumps(
+                    {
+                        "type": "session.created",
+                        "event_id": "evt_0",
+                        "session": {"type": "realtime", "id": f"sess_{next(_ids)}"},
+                    }
+                )
+            )
             await self.listen(ws)
         except ConnectionClosed:
             pass
@@ -100,8 +107,15 @@ class Peer:
                     else:
                         tools.append((now, (now - sent) / 1e6))
             elif kind == "session.update":
-                await ws.send(dumps({"type": "session.updated", "event_id": "evt_1",
-                                     "session": event.get("session", {})}))  # fmt: skip
+                await ws.send(
+                    dumps(
+                        {
+                            "type": "session.updated",
+                            "event_id": "evt_1",
+                            "session": event.get("session", {}),
+                        }
+                    )
+                )
 
     async def speak(self, ws: ServerConnection) -> None:
         """Responses back to back, one frame every 20 ms from a random phase."""
@@ -112,37 +126,94 @@ class Peer:
         conversation = next(_ids) & 0xFFFF
         try:
             for number in itertools.count(1):
-                response_id, item_id = f"resp_{conversation}_{number}", f"item_{conversation}_{number}"
+                response_id, item_id = (
+                    f"resp_{conversation}_{number}",
+                    f"item_{conversation}_{number}",
+                )
                 head = (
                     '{"type":"response.output_audio.delta","event_id":"e","response_id":"'
                     f'{response_id}","item_id":"{item_id}","output_index":0,"content_index":0,'
                     '"delta":"'
                 )
                 await asyncio.sleep(max(0.0, start + tick * period - loop.time()))
-                await ws.send(dumps({"type": "response.created", "event_id": "e", "response": {
-                    "id": response_id, "object": "realtime.response", "status": "in_progress",
-                    "output": []}}))  # fmt: skip
+                await ws.send(
+                    dumps(
+                        {
+                            "type": "response.created",
+                            "event_id": "e",
+                            "response": {
+                                "id": response_id,
+                                "object": "realtime.response",
+                                "status": "in_progress",
+                                "output": [],
+                            },
+                        }
+                    )
+                )
                 if number % TOOL_EVERY == 0:
                     call_id = f"call_{conversation}_{number}"
                     self.calls[call_id] = time.monotonic_ns()
-                    await ws.send(dumps({
-                        "type": "response.function_call_arguments.done", "event_id": "e",
-                        "response_id": response_id, "item_id": item_id, "output_index": 0,
-                        "call_id": call_id, "name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}))  # fmt: skip
-                    await ws.send(dumps({"type": "response.done", "event_id": "e", "response": {
-                        "id": response_id, "status": "completed", "output": [{
-                            "type": "function_call", "id": item_id, "call_id": call_id,
-                            "name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}]}}))  # fmt: skip
+                    await ws.send(
+                        dumps(
+                            {
+                                "type": "response.function_call_arguments.done",
+                                "event_id": "e",
+                                "response_id": response_id,
+                                "item_id": item_id,
+                                "output_index": 0,
+                                "call_id": call_id,
+                                "name": TOOL_NAME,
+                                "arguments": TOOL_ARGUMENTS,
+                            }
+                        )
+                    )
+                    await ws.send(
+                        dumps(
+                            {
+                                "type": "response.done",
+                                "event_id": "e",
+                                "response": {
+                                    "id": response_id,
+                                    "status": "completed",
+                                    "output": [
+                                        {
+                                            "type": "function_call",
+                                            "id": item_id,
+                                            "call_id": call_id,
+                                            "name": TOOL_NAME,
+                                            "arguments": TOOL_ARGUMENTS,
+                                        }
+                                    ],
+                                },
+                            }
+                        )
+                    )
                     continue
                 for sequence in range(FRAMES_PER_S):
                     await asyncio.sleep(max(0.0, start + tick * period - loop.time()))
                     tick += 1
                     await ws.send(head + frame_b64(conversation, sequence) + '"}')
-                await ws.send(dumps({"type": "response.output_audio.done", "event_id": "e",
-                                     "response_id": response_id, "item_id": item_id,
-                                     "output_index": 0, "content_index": 0}))  # fmt: skip
-                await ws.send(dumps({"type": "response.done", "event_id": "e", "response": {
-                    "id": response_id, "status": "completed", "output": []}}))  # fmt: skip
+                await ws.send(
+                    dumps(
+                        {
+                            "type": "response.output_audio.done",
+                            "event_id": "e",
+                            "response_id": response_id,
+                            "item_id": item_id,
+                            "output_index": 0,
+                            "content_index": 0,
+                        }
+                    )
+                )
+                await ws.send(
+                    dumps(
+                        {
+                            "type": "response.done",
+                            "event_id": "e",
+                            "response": {"id": response_id, "status": "completed", "output": []},
+                        }
+                    )
+                )
         except ConnectionClosed:
             pass
 
@@ -153,10 +224,18 @@ class Peer:
         tools = [ms for at, ms in self.tools if begin <= at < end]
         self.up = [sample for sample in self.up if sample[0] >= end]
         self.tools = [sample for sample in self.tools if sample[0] >= end]
-        await ws.send(dumps({
-            "up": percentiles(up), "tool": percentiles(tools), "open": self.open,
-            "connections": self.connections, "protocol_errors": self.protocol_errors,
-            "calls_unanswered": len(self.calls)}))  # fmt: skip
+        await ws.send(
+            dumps(
+                {
+                    "up": percentiles(up),
+                    "tool": percentiles(tools),
+                    "open": self.open,
+                    "connections": self.connections,
+                    "protocol_errors": self.protocol_errors,
+                    "calls_unanswered": len(self.calls),
+                }
+            )
+        )
 
 
 async def serve_forever(port: int) -> None:

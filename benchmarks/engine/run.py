@@ -44,6 +44,8 @@ from benchmarks.procs import PYTHON, ROOT, WORK, Proc, bench_env, free_port, loa
 
 OUT = ROOT / "benchmarks"
 SERVERS = ("forwarder", "engine")
+# Measured only when asked (--only): what a change to the engine would give.
+EXPERIMENTS = ("engine-direct",)
 WARM_UP_S = 1.0
 SETTLE_S = 1.0
 
@@ -155,18 +157,29 @@ def server_under_test(name: str, peer_port: int, count: int) -> Iterator[tuple[P
     """The server and the source of its conversations (``conversations(n)``)."""
     if name == "forwarder":
         port = free_port()
-        argv = [PYTHON, "-m", "benchmarks.engine.forwarder", "--port", str(port),
-                "--openai-url", f"ws://127.0.0.1:{peer_port}/v1/realtime?model=bench"]  # fmt: skip
+        argv = [
+            PYTHON,
+            "-m",
+            "benchmarks.engine.forwarder",
+            "--port",
+            str(port),
+            "--openai-url",
+            f"ws://127.0.0.1:{peer_port}/v1/realtime?model=bench",
+        ]
         with Proc.start("engine-forwarder", argv, port=port, env=bench_env()) as proc:
 
             def conversations(n: int) -> list[dict[str, Any]]:
                 return [{"url": f"ws://127.0.0.1:{port}/", "headers": {}} for _ in range(n)]
 
             yield proc, conversations
-    elif name == "engine":
+    elif name in ("engine", "engine-direct"):
         from benchmarks.engine import site
 
-        with site.engine_server(peer_port, count + 1) as (proc, conversations):
+        direct = name == "engine-direct"
+        with site.engine_server(peer_port, count + 1, direct_dispatch=direct) as (
+            proc,
+            conversations,
+        ):
             yield proc, conversations
     else:
         raise ValueError(name)
@@ -218,7 +231,9 @@ def measure_one(server: str, count: int, duration: float, peer_port: int) -> dic
         up=peer["up"],
         down=measured["down"],
         tool=peer["tool"],
-        cpu_pct_per_conversation=round(100 * (cpu_end - cpu_begin) / (wall_end - wall_begin) / n, 3),
+        cpu_pct_per_conversation=round(
+            100 * (cpu_end - cpu_begin) / (wall_end - wall_begin) / n, 3
+        ),
         cpu_pct_total=round(100 * (cpu_end - cpu_begin) / (wall_end - wall_begin), 1),
         rss_base_mb=round(rss_base / 2**20, 1),
         rss_mb=round(max(rss_begin, rss_end) / 2**20, 1),
@@ -241,9 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="counts 1, 10, 100; 3 rounds")
     size.add_argument("--smoke", action="store_true", help="seconds; for CI, writes to .work/")
-    parser.add_argument("--only", choices=SERVERS, action="append", help="repeatable")
-    parser.add_argument("--counts", type=lambda s: tuple(int(c) for c in s.split(",")),
-                        help="e.g. 1,10,100 (instead of the plan's)")  # fmt: skip
+    parser.add_argument("--only", choices=SERVERS + EXPERIMENTS, action="append", help="repeatable")
+    parser.add_argument(
+        "--counts",
+        type=lambda s: tuple(int(c) for c in s.split(",")),
+        help="e.g. 1,10,100 (instead of the plan's)",
+    )
     parser.add_argument("--rounds", type=int, help="instead of the plan's")
     parser.add_argument(
         "--report-only", action="store_true", help="re-render from the plan's last results JSON"
@@ -258,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     counts = args.counts or plan.counts
     rounds = args.rounds or plan.rounds
-    servers = tuple(s for s in plan.servers if not args.only or s in args.only)
+    servers = tuple(s for s in plan.servers + EXPERIMENTS if s in (args.only or plan.servers))
     WORK.mkdir(parents=True, exist_ok=True)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -268,8 +286,11 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": rounds,
         "counts": list(counts),
         "servers": list(servers),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "loadavg_at_start": loadavg()},  # fmt: skip
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": loadavg(),
+        },
         "runs": [],
     }
     with start_peer() as peer:
@@ -281,8 +302,13 @@ def main(argv: list[str] | None = None) -> None:
                         result = measure_one(server, count, plan.duration, peer.port)
                     except Exception as exc:  # one failed measurement; the rest still run
                         log(f"  failed: {exc!r}")
-                        result = {"server": server, "conversations": count, "connected": 0,
-                                  "errors": [repr(exc)[:300]], "error_count": 1}  # fmt: skip
+                        result = {
+                            "server": server,
+                            "conversations": count,
+                            "connected": 0,
+                            "errors": [repr(exc)[:300]],
+                            "error_count": 1,
+                        }
                     result["round"] = round_
                     data["runs"].append(result)
                     log("  " + json.dumps(result))

@@ -1,4 +1,4 @@
-"""The benchmark's settings with the site engine on: ``DJANGO_SETTINGS_MODULE=benchmarks.engine.settings``.
+"""The benchmark's settings with the site engine on (``benchmarks.engine.settings``).
 
 The engine opens OpenAI Realtime at the benchmark's peer
 (``BENCH_ENGINE_PEER_URL``), its socket's public URL is the server's own

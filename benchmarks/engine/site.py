@@ -23,18 +23,26 @@ DB_PATH = WORK / "engine.sqlite3"
 
 
 def env(port: int, peer_port: int) -> dict[str, str]:
-    return bench_env({
-        "DJANGO_SETTINGS_MODULE": "benchmarks.engine.settings",
-        "BENCH_DB": "sqlite",
-        "EXAMPLE_DB_PATH": str(DB_PATH),
-        "BENCH_ENGINE_PUBLIC_URL": f"ws://127.0.0.1:{port}",
-        "BENCH_ENGINE_PEER_URL": f"ws://127.0.0.1:{peer_port}/v1",
-    })  # fmt: skip
+    return bench_env(
+        {
+            "DJANGO_SETTINGS_MODULE": "benchmarks.engine.settings",
+            "BENCH_DB": "sqlite",
+            "EXAMPLE_DB_PATH": str(DB_PATH),
+            "BENCH_ENGINE_PUBLIC_URL": f"ws://127.0.0.1:{port}",
+            "BENCH_ENGINE_PEER_URL": f"ws://127.0.0.1:{peer_port}/v1",
+        }
+    )
 
 
 def manage(args: list[str], environ: dict[str, str]) -> str:
-    done = subprocess.run([PYTHON, "-m", "benchmarks.engine.site", *args], cwd=ROOT, env=environ,
-                          check=True, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [PYTHON, "-m", "benchmarks.engine.site", *args],
+        cwd=ROOT,
+        env=environ,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return done.stdout
 
 
@@ -43,23 +51,44 @@ _migrated = False
 
 @contextmanager
 def engine_server(
-    peer_port: int, rows: int
+    peer_port: int, rows: int, *, direct_dispatch: bool = False
 ) -> Iterator[tuple[Proc, Callable[[int], list[dict[str, Any]]]]]:
     """uvicorn serving the site engine (one process, uvloop, httptools, websockets)."""
     global _migrated
     port = free_port()
     environ = env(port, peer_port)
+    if direct_dispatch:
+        environ["BENCH_ENGINE_DIRECT_DISPATCH"] = "1"
     if not _migrated:
         DB_PATH.unlink(missing_ok=True)
         manage(["migrate"], environ)
         _migrated = True
     made: list[dict[str, Any]] = json.loads(manage(["rows", str(rows)], environ))
     argv = [
-        PYTHON, "-m", "uvicorn", "benchmarks.engine.asgi:application", "--host", "127.0.0.1",
-        "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
-        "--ws-max-size", str(1 << 24), "--ws-per-message-deflate", "false",
-        "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "benchmarks.engine.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--ws",
+        "websockets",
+        "--ws-max-size",
+        str(1 << 24),
+        "--ws-per-message-deflate",
+        "false",
+        "--lifespan",
+        "off",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
 
     def conversations(n: int) -> list[dict[str, Any]]:
         taken = made[:n]
@@ -91,16 +120,21 @@ def make_rows(count: int) -> list[dict[str, Any]]:
     made = []
     for user in users:
         row = Session.objects.create(
-            user=user, status=SessionStatus.LIVE, engine=Engine.SITE,
-            session_id=f"bench-{uuid.uuid4().hex}", started_at=timezone.now(),
-        )  # fmt: skip
+            user=user,
+            status=SessionStatus.LIVE,
+            engine=Engine.SITE,
+            session_id=f"bench-{uuid.uuid4().hex}",
+            started_at=timezone.now(),
+        )
         credentials = tokens.mint(row.pk)
         Session.objects.filter(pk=row.pk).update(engine_secret_hash=credentials.secret_hash)
         tokens.hand_over(row.pk, realtime_session=realtime, tools=list(options["TOOLS"]))
-        made.append({
-            "url": tokens.socket_url(options["PUBLIC_URL"], credentials.token),
-            "headers": {tokens.SECRET_HEADER: credentials.secret},
-        })  # fmt: skip
+        made.append(
+            {
+                "url": tokens.socket_url(options["PUBLIC_URL"], credentials.token),
+                "headers": {tokens.SECRET_HEADER: credentials.secret},
+            }
+        )
     return made
 
 
