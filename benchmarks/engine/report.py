@@ -122,6 +122,16 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         "machine falls on both alike. Read the engine beside the forwarder, not as absolute "
         "capacity.",
         "",
+        *(
+            [
+                "Measured in a later invocation than the rest (`--only`): "
+                f"{', '.join(data['separate_runs'])}; compare it with the forwarder with that "
+                "in mind.",
+                "",
+            ]
+            if data.get("separate_runs")
+            else []
+        ),
         "## Goals",
         "",
         *goals(summary, counts),

@@ -314,6 +314,16 @@ def main(argv: list[str] | None = None) -> None:
                     log("  " + json.dumps(result))
     data["machine"]["loadavg_at_end"] = loadavg()
     data["wall_s"] = round(time.perf_counter() - began, 1)
+    if args.only and saved_path.exists():
+        # Re-running some servers keeps the others' runs from the plan's last run.
+        saved = json.loads(saved_path.read_text())
+        data["runs"] = [r for r in saved["runs"] if r["server"] not in servers] + data["runs"]
+        data["servers"] = [
+            s for s in SERVERS + EXPERIMENTS if s in servers or s in saved["servers"]
+        ]
+        data["separate_runs"] = sorted({*saved.get("separate_runs", []), *servers})
+        for key in ("machine", "wall_s", "duration_s", "rounds", "counts"):
+            data[key] = saved[key]
     saved_path.write_text(json.dumps(data, indent=2))
     write_results(data, plan.out_dir / "ENGINE_RESULTS.md")
     log(f"done in {data['wall_s']} s: {plan.out_dir / 'ENGINE_RESULTS.md'}")
