@@ -63,7 +63,7 @@ class Plan:
 PLANS = {
     "full": Plan("full", (1, 10, 50, 100, 200), 5, 5.0),
     "quick": Plan("quick", (1, 10, 100), 3, 3.0),
-    "smoke": Plan("smoke", (1, 2), 1, 1.0, out_dir=WORK / "smoke"),
+    "smoke": Plan("smoke", (1, 2), 1, 3.0, out_dir=WORK / "smoke"),
 }
 
 
