@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
+import requests
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 
-from django_avaturn.testing import AvaturnEngineClient
+from django_avaturn.testing import AvaturnEngineClient, FakeUpstream
 from django_avaturn.testing.engine_client import microphone_frame
 
 T = TypeVar("T")
@@ -300,3 +301,116 @@ def test_bad_options_are_refused() -> None:
         AvaturnEngineClient("ws://127.0.0.1:1/", microphone="music")
     with pytest.raises(ValueError, match="sample_rate"):
         AvaturnEngineClient("ws://127.0.0.1:1/", sample_rate=44100)
+
+
+# -- FakeUpstream connects the client itself ----------------------------------------
+
+
+def create_external(fake: FakeUpstream, url: str, **engine: Any) -> str:
+    body = {
+        "avatar_id": "av_1",
+        "conversation_engine": {
+            "type": "external",
+            "url": url,
+            "headers": {"X-Avaturn-Engine-Secret": "per-session"},
+            **engine,
+        },
+    }
+    answer = requests.post(
+        f"{fake.avaturn_url}/api/v1/sessions",
+        json=body,
+        headers={"Authorization": f"Bearer {fake.avaturn_api_key}"},
+        timeout=5,
+    )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["session_id"])
+
+
+def delete(fake: FakeUpstream, session_id: str) -> int:
+    answer = requests.delete(
+        f"{fake.avaturn_url}/api/v1/sessions/{session_id}",
+        headers={"Authorization": f"Bearer {fake.avaturn_api_key}"},
+        timeout=5,
+    )
+    return answer.status_code
+
+
+def test_the_fake_upstream_connects_to_a_loopback_engine_and_delete_closes_it() -> None:
+    engine = Engine()
+
+    async def go() -> tuple[FakeUpstream, str]:
+        async with engine_at(engine) as url:
+            with FakeUpstream(engine_client_options={"microphone": "tone"}) as fake:
+                audio = {"user": {"sample_rate": 16000}}
+                session_id = await asyncio.to_thread(create_external, fake, url, audio=audio)
+                await engine.until(lambda: len(engine.frames) >= 2)
+                client = fake.engine_client(session_id)
+                assert client is not None and client.connected
+                assert fake.state()["sessions"][0]["engine_connection"]["connected"] is True
+                assert await asyncio.to_thread(delete, fake, session_id) == 200
+                await engine.until(lambda: engine.closed_with is not None)
+                assert await asyncio.to_thread(client.wait_closed)
+        return fake, session_id
+
+    fake, session_id = run(go())
+    assert engine.headers["x-avaturn-engine-secret"] == "per-session"
+    assert engine.path == "/avaturn/engine/tok123/"
+    assert len(engine.frames[0]) == 640  # 20 ms at the session's 16 kHz
+    assert engine.closed_with == (1000, "visitor gone")
+    client = fake.engine_clients[session_id]
+    assert client.closed_by == "client"
+    assert fake.live_session_ids() == set()
+
+
+def test_the_engine_closing_its_socket_ends_the_fake_session() -> None:
+    async def script(engine: Engine, ws: ServerConnection) -> None:
+        await engine.until(lambda: len(engine.frames) >= 1)
+        await ws.close(1011, "openai went away")
+
+    engine = Engine(script)
+
+    async def go() -> tuple[FakeUpstream, str]:
+        async with engine_at(engine) as url:
+            with FakeUpstream() as fake:
+                session_id = await asyncio.to_thread(create_external, fake, url)
+                await asyncio.to_thread(
+                    fake.engine_clients[session_id].wait_until,
+                    lambda: session_id not in fake.live_session_ids(),
+                )
+        return fake, session_id
+
+    fake, session_id = run(go())
+    assert fake.live_session_ids() == set()
+    assert fake.sessions[session_id].ended_at is not None
+    client = fake.engine_clients[session_id]
+    assert (client.closed_by, client.close_code) == ("engine", 1011)
+
+
+def test_a_refused_engine_socket_ends_the_fake_session() -> None:
+    engine = Engine(refuse=403)
+
+    async def go() -> tuple[FakeUpstream, str]:
+        async with engine_at(engine) as url:
+            with FakeUpstream() as fake:
+                session_id = await asyncio.to_thread(create_external, fake, url)
+                client = fake.engine_clients[session_id]
+                await asyncio.to_thread(client.wait_until, lambda: client.closed)
+                await asyncio.to_thread(
+                    client.wait_until, lambda: session_id not in fake.live_session_ids()
+                )
+        return fake, session_id
+
+    fake, session_id = run(go())
+    client = fake.engine_clients[session_id]
+    assert (client.closed_by, client.refused_status) == ("failed", 403)
+    assert session_id not in fake.live_session_ids()
+
+
+def test_engines_beyond_loopback_are_not_connected_unless_asked() -> None:
+    with FakeUpstream() as fake:
+        session_id = create_external(fake, "wss://engine.example.com/avaturn/engine/t/")
+        assert fake.engine_client(session_id) is None
+        assert session_id in fake.live_session_ids()
+    with FakeUpstream(connect_engines=False) as fake:
+        session_id = create_external(fake, "ws://127.0.0.1:9/")
+        assert fake.engine_clients == {}
