@@ -177,3 +177,74 @@ def test_the_bridge_runs_over_the_sdk_connection_until_openai_closes(avaturn: An
         ]
 
     run_with_server(test)
+
+
+def test_a_scripted_conversation_with_the_shipped_fake(avaturn: Any) -> None:
+    """h-fakes' FakeRealtime: a tool call, a barge-in, an advisory error, an abnormal close."""
+    from django_avaturn.testing.realtime import (
+        AdvisoryError,
+        BargeIn,
+        CallTool,
+        Close,
+        FakeRealtime,
+        Speak,
+    )
+    from tests.engine_helpers import SegmentChecker
+
+    script = [
+        Speak("Hello there."),
+        CallTool("count_orders", '{"status": "open"}'),
+        BargeIn(),
+        AdvisoryError(),
+        Close(code=1011, reason="server error"),
+    ]
+    calls: list[tuple[str, str]] = []
+
+    async def run_tool(call_id: str, name: str, arguments: str) -> str:
+        calls.append((name, arguments))
+        return '{"count": 2}'
+
+    with FakeRealtime(script=script) as fake:
+        avaturn(OPENAI_API_KEY=fake.api_key)
+
+        async def main() -> tuple[EndCause, str, MemoryAvaturn]:
+            connection = await connect_realtime(
+                model="gpt-realtime",
+                session_config={},
+                tools=[TOOL],
+                websocket_url=fake.websocket_base_url,
+            )
+            socket = MemoryAvaturn()
+            bridge = Bridge(socket, connection, run_tool=run_tool)
+            task = asyncio.get_running_loop().create_task(bridge.run())
+
+            async def microphone() -> None:
+                while not task.done():
+                    await bridge.feed_audio(pcm(20))
+                    await asyncio.sleep(0.005)
+
+            mic = asyncio.get_running_loop().create_task(microphone())
+            cause = await asyncio.wait_for(task, 20)
+            await mic
+            return cause, bridge.end_detail, socket
+
+        cause, detail, socket = asyncio.run(main())
+        assert fake.wait_until(lambda: fake.open_connections == 0)
+        record = fake.connections[0]
+
+    assert cause == EndCause.OPENAI_FAILED
+    assert "code 1011" in detail
+    assert calls == [("count_orders", '{"status": "open"}')]
+    assert record.function_call_outputs[0]["output"] == '{"count": 2}'
+    # The barge-in: interrupted, truncated within what was generated (the fake refuses
+    # anything past it), cancelled.
+    assert "avatar.speech.interrupt" in socket.types()
+    # Without playback reports, earlier answers may still be queued at Avaturn: each
+    # unheard item is cut, the interrupted one last; none past what it generated.
+    assert record.truncates
+    assert all(t["content_index"] == 0 for t in record.truncates)
+    truncation_errors = [e for e in record.errors_sent if e.get("code") != "server_error"]
+    assert truncation_errors == []
+    assert "response.cancel" in record.event_types()
+    assert SegmentChecker().check(socket.sent) == []
+    assert len(record.session_updates) == 1
