@@ -538,3 +538,15 @@ def test_audio_deltas_without_ids_are_skipped(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING):
         run(test)
     assert "audio delta without audio or ids" in caplog.text
+
+
+def test_say_after_the_end_is_a_no_op() -> None:
+    async def test() -> None:
+        realtime = MemoryRealtime()
+        bridge = Bridge(MemoryAvaturn(), realtime)
+        await bridge.stop()
+        await bridge.run()
+        await bridge.say("Anyone there?")
+        assert realtime.sent == []
+
+    run(test)
