@@ -19,6 +19,7 @@ thread of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import sys
@@ -153,6 +154,7 @@ class AvaturnEngineClient:
         self._playing: _Playback | None = None
         self._counter = 0
         self._closing_by_us = False
+        self._close_requested = False
         self._done: asyncio.Event | None = None
         self.connected = False
         self.refused_status: int | None = None
@@ -186,6 +188,9 @@ class AvaturnEngineClient:
             self._finish("failed", None, None)
             raise
         self.connected = True
+        if self._close_requested:  # close() came while the upgrade was under way
+            self._closing_by_us = True
+            await self._ws.close(1000, "visitor gone")
         self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._play())]
         if self.microphone is not None:
             self._tasks.append(asyncio.ensure_future(self._stream()))
@@ -193,8 +198,11 @@ class AvaturnEngineClient:
 
     async def aclose(self, code: int = 1000, reason: str = "visitor gone") -> None:
         """Close the socket as Avaturn does when the visitor leaves, and wait for the end."""
+        self._close_requested = True
         ws = self._ws
-        if ws is not None and not self.closed:
+        if ws is None:  # not connected (yet): aconnect() closes what it opens
+            return
+        if not self.closed:
             self._closing_by_us = True
             await ws.close(code, reason)
         await self.await_closed()
@@ -283,10 +291,9 @@ class AvaturnEngineClient:
             except RuntimeError:  # the loop stopped meanwhile
                 future = None
             if future is not None and wait:
-                try:
+                # An error here means the loop ended while closing: it is closed anyway.
+                with contextlib.suppress(Exception):
                     future.result(timeout=10)
-                except Exception:  # the loop ended while closing: it is closed anyway
-                    pass
         if wait:
             thread.join(timeout=10)
 
@@ -415,7 +422,9 @@ class AvaturnEngineClient:
                 )
                 index += 1
                 if self.paced:
-                    await asyncio.sleep(max(0.0, start + index * FRAME_MS / 1000 - time.monotonic()))
+                    await asyncio.sleep(
+                        max(0.0, start + index * FRAME_MS / 1000 - time.monotonic())
+                    )
                 else:
                     await asyncio.sleep(0)
         except ConnectionClosed:
@@ -433,11 +442,12 @@ class AvaturnEngineClient:
         except ConnectionClosed:
             pass
         received = ws.protocol.close_rcvd
+        how = "engine" if received is not None else "abnormal"
         if self._closing_by_us:
             how = "client"
-        else:
-            how = "engine" if received is not None else "abnormal"
-        self._finish(how, received.code if received else None, received.reason if received else None)
+        self._finish(
+            how, received.code if received else None, received.reason if received else None
+        )
 
     def _finish(self, how: str, code: int | None, reason: str | None) -> None:
         with self._lock:
@@ -520,8 +530,11 @@ class AvaturnEngineClient:
             self._open = segment
             self._queue.append(segment)
         await self._send(
-            {"type": "avatar.speech.segment.created", "segment_id": segment.segment_id,
-             "segment_uid": uid}
+            {
+                "type": "avatar.speech.segment.created",
+                "segment_id": segment.segment_id,
+                "segment_uid": uid,
+            }
         )
 
     async def _close_segment(self, message: dict[str, Any]) -> None:
@@ -535,8 +548,11 @@ class AvaturnEngineClient:
             segment.closed_at = time.time()
             self._open = None
         await self._send(
-            {"type": "avatar.speech.segment.closed", "segment_id": segment.segment_id,
-             "segment_uid": segment.segment_uid}
+            {
+                "type": "avatar.speech.segment.closed",
+                "segment_id": segment.segment_id,
+                "segment_uid": segment.segment_uid,
+            }
         )
 
     async def _interrupt(self) -> None:
@@ -560,8 +576,12 @@ class AvaturnEngineClient:
             segment.interrupted_at = time.time()
             segment.played_duration = round(playing.played_ms / 1000, 3)
         await self._send(
-            {"type": "avatar.speech.segment.playback.interrupted", "segment_id": segment.segment_id,
-             "segment_uid": segment.segment_uid, "played_duration": segment.played_duration}
+            {
+                "type": "avatar.speech.segment.playback.interrupted",
+                "segment_id": segment.segment_id,
+                "segment_uid": segment.segment_uid,
+                "played_duration": segment.played_duration,
+            }
         )
 
     def _advance(self, playback: _Playback, now: float) -> None:
@@ -586,9 +606,12 @@ class AvaturnEngineClient:
                     segment = self._queue[0]
                     self._playing = _Playback(segment, now, last=now)
                     segment.playback_started_at = time.time()
-                    event = {"type": "avatar.speech.segment.playback.started",
-                             "segment_id": segment.segment_id, "segment_uid": segment.segment_uid,
-                             "timestamp": segment.playback_started_at}
+                    event = {
+                        "type": "avatar.speech.segment.playback.started",
+                        "segment_id": segment.segment_id,
+                        "segment_uid": segment.segment_uid,
+                        "timestamp": segment.playback_started_at,
+                    }
             if event is not None:
                 await self._send(event)
                 continue
@@ -603,9 +626,12 @@ class AvaturnEngineClient:
                             self._queue.pop(0)
                         segment.playback_ended_at = time.time()
                     await self._send(
-                        {"type": "avatar.speech.segment.playback.ended",
-                         "segment_id": segment.segment_id, "segment_uid": segment.segment_uid,
-                         "timestamp": segment.playback_ended_at}
+                        {
+                            "type": "avatar.speech.segment.playback.ended",
+                            "segment_id": segment.segment_id,
+                            "segment_uid": segment.segment_uid,
+                            "timestamp": segment.playback_ended_at,
+                        }
                     )
                     continue
             with self._lock:

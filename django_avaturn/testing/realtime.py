@@ -25,8 +25,10 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
-from typing import Any, Union
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -88,13 +90,15 @@ class CallTool:
 
 @dataclass(frozen=True)
 class BargeIn:
-    """A response speaking `say` is interrupted: after `interrupt_after_ms` of its audio
-    has been sent, the visitor starts speaking (``speech_started``). `late_audio_ms`
-    more audio follows (what a client must drop), then the fake waits up to
+    """A turn (the visitor's `asked`) whose response speaking `say` is interrupted:
+    after `interrupt_after_ms` of its audio has been sent, the visitor starts speaking
+    (``speech_started``). `late_audio_ms` more audio follows (what a client must drop),
+    then the fake waits up to
     `cancel_within` seconds for ``response.cancel`` (the response ends ``cancelled``)
     before sending the rest. The visitor's interjection is transcribed as `heard`."""
 
     say: str = "Let me tell you all about it, it is a long story"
+    asked: str = "Tell me a story."
     heard: str = "Wait, stop."
     after_audio_ms: int = 200
     audio_ms: int = 2000
@@ -125,7 +129,7 @@ class Close:
     after_audio_ms: int = 0
 
 
-Step = Union[Speak, CallTool, BargeIn, AdvisoryError, Close]
+Step = Speak | CallTool | BargeIn | AdvisoryError | Close
 
 
 @dataclass(frozen=True)
@@ -144,14 +148,27 @@ def rundemo_script(tool_name: str = DEMO_TOOL_NAME, *, after_audio_ms: int = 300
     `after_audio_ms` of the visitor's audio, forever."""
     return Script(
         steps=(
-            Speak("Hello! I am a fake avatar running offline.", heard="Hi there.",
-                  after_audio_ms=after_audio_ms, audio_ms=1500),
-            CallTool(tool_name, heard="Who am I?", say="You are: {output}",
-                     after_audio_ms=after_audio_ms, audio_ms=2000),
+            Speak(
+                "Hello! I am a fake avatar running offline.",
+                heard="Hi there.",
+                after_audio_ms=after_audio_ms,
+                audio_ms=1500,
+            ),
+            CallTool(
+                tool_name,
+                heard="Who am I?",
+                say="You are: {output}",
+                after_audio_ms=after_audio_ms,
+                audio_ms=2000,
+            ),
         ),
         repeat=(
-            Speak("I hear you. This is a scripted answer.", heard="(the visitor spoke)",
-                  after_audio_ms=after_audio_ms, audio_ms=1500),
+            Speak(
+                "I hear you. This is a scripted answer.",
+                heard="(the visitor spoke)",
+                after_audio_ms=after_audio_ms,
+                audio_ms=1500,
+            ),
         ),
     )
 
@@ -238,7 +255,11 @@ class _Session:
         await self.ws.send(json.dumps(event))
 
     async def error(
-        self, message: str, *, code: str | None, type: str = "invalid_request_error",
+        self,
+        message: str,
+        *,
+        code: str | None,
+        type: str = "invalid_request_error",
         param: str | None = None,
     ) -> None:
         error = {"type": type, "code": code, "message": message, "param": param, "event_id": None}
@@ -316,7 +337,11 @@ class _Session:
             else:
                 response = event.get("response")
                 text = response.get("instructions") if isinstance(response, dict) else None
-                task = asyncio.ensure_future(self.respond(str(text or "Okay."), 400, 100))
+                # Active from now: a second response.create meanwhile is refused.
+                self.active_response = _id("resp")
+                task = asyncio.ensure_future(
+                    self.respond(str(text or "Okay."), 400, 100, self.active_response)
+                )
                 self.free_responses.add(task)
                 task.add_done_callback(self.free_responses.discard)
 
@@ -367,8 +392,7 @@ class _Session:
     async def play(self, script: Iterable[Step]) -> None:
         await self.send("session.created", session=self.session)
         for step in script:
-            needed = step.after_audio_ms
-            await self.wait_for(lambda: self.audio_ms_total - self.audio_ms_mark >= needed)
+            await self.wait_for(partial(self.heard_enough, step.after_audio_ms))
             await self.wait_for(lambda: self.active_response is None)
             if isinstance(step, Close):
                 await self.close(step)
@@ -382,9 +406,13 @@ class _Session:
                 await self.user_turn(step.heard)
                 await self.call_tool(step)
             else:
-                await self.user_turn(step.heard)
+                await self.user_turn(step.asked)
                 await self.barge_in(step)
             self.audio_ms_mark = self.audio_ms_total
+
+    def heard_enough(self, ms: int) -> bool:
+        """Whether `ms` of the visitor's audio arrived since the previous step."""
+        return self.audio_ms_total - self.audio_ms_mark >= ms
 
     async def close(self, step: Close) -> None:
         with self.fake._lock:
@@ -408,35 +436,56 @@ class _Session:
             transcript=heard,
         )
 
-    async def start_response(self) -> tuple[str, str]:
-        response_id, item_id = _id("resp"), _id("item")
+    async def start_response(self, response_id: str | None = None) -> tuple[str, str]:
+        response_id, item_id = response_id or _id("resp"), _id("item")
         self.active_response = response_id
         self.cancel_requested = False
         await self.send(
             "response.created",
-            response={"id": response_id, "object": "realtime.response", "status": "in_progress",
-                      "output": []},
+            response={
+                "id": response_id,
+                "object": "realtime.response",
+                "status": "in_progress",
+                "output": [],
+            },
         )
         return response_id, item_id
 
     async def end_response(self, response_id: str, status: str, output: list[Any]) -> None:
         await self.send(
             "response.done",
-            response={"id": response_id, "object": "realtime.response", "status": status,
-                      "output": output},
+            response={
+                "id": response_id,
+                "object": "realtime.response",
+                "status": status,
+                "output": output,
+            },
         )
         self.active_response = None
         self.changed.set()
 
-    async def audio(self, response_id: str, item_id: str, start_ms: int, ms: int, chunk_ms: int) -> int:
-        """Send `ms` of audio from `start_ms`; stops early on cancel. Returns ms sent."""
+    async def audio(
+        self,
+        response_id: str,
+        item_id: str,
+        start_ms: int,
+        ms: int,
+        chunk_ms: int,
+        *,
+        in_flight: bool = False,
+    ) -> int:
+        """Send `ms` of audio from `start_ms`; stops early on cancel unless the audio
+        is `in_flight` (already on its way). Returns the ms sent."""
         sent = 0
-        while sent < ms and not self.cancel_requested:
+        while sent < ms and (in_flight or not self.cancel_requested):
             size = min(chunk_ms, ms - sent)
             delta = base64.b64encode(pcm_tone(size, start_ms=start_ms + sent)).decode()
             await self.send(
                 "response.output_audio.delta",
-                response_id=response_id, item_id=item_id, output_index=0, content_index=0,
+                response_id=response_id,
+                item_id=item_id,
+                output_index=0,
+                content_index=0,
                 delta=delta,
             )
             sent += size
@@ -445,24 +494,43 @@ class _Session:
         return sent
 
     async def finish_audio(self, response_id: str, item_id: str, text: str, status: str) -> None:
-        where = {"response_id": response_id, "item_id": item_id, "output_index": 0,
-                 "content_index": 0}
+        where = {
+            "response_id": response_id,
+            "item_id": item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
         await self.send("response.output_audio.done", **where)
         await self.send("response.output_audio_transcript.done", **where, transcript=text)
-        item = {"id": item_id, "type": "message", "role": "assistant", "status": status,
-                "content": [{"type": "output_audio", "transcript": text}]}
+        item = {
+            "id": item_id,
+            "type": "message",
+            "role": "assistant",
+            "status": status,
+            "content": [{"type": "output_audio", "transcript": text}],
+        }
         await self.end_response(response_id, status, [item])
 
-    async def respond(self, text: str, audio_ms: int, chunk_ms: int) -> None:
-        response_id, item_id = await self.start_response()
-        await self.send(
-            "response.output_item.added", response_id=response_id, output_index=0,
-            item={"id": item_id, "type": "message", "role": "assistant", "status": "in_progress",
-                  "content": []},
-        )
+    async def respond(
+        self, text: str, audio_ms: int, chunk_ms: int, response_id: str | None = None
+    ) -> None:
+        response_id, item_id = await self.start_response(response_id)
+        await self.output_item(response_id, item_id)
         await self.audio(response_id, item_id, 0, audio_ms, chunk_ms)
         status = "cancelled" if self.cancel_requested else "completed"
         await self.finish_audio(response_id, item_id, text, status)
+
+    async def output_item(self, response_id: str, item_id: str) -> None:
+        item = {
+            "id": item_id,
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
+        await self.send(
+            "response.output_item.added", response_id=response_id, output_index=0, item=item
+        )
 
     async def call_tool(self, step: CallTool) -> None:
         call_id = step.call_id or _id("call")
@@ -470,11 +538,21 @@ class _Session:
         self.awaiting_output = call_id
         await self.send(
             "response.function_call_arguments.done",
-            response_id=response_id, item_id=item_id, output_index=0, call_id=call_id,
-            name=step.name, arguments=step.arguments,
+            response_id=response_id,
+            item_id=item_id,
+            output_index=0,
+            call_id=call_id,
+            name=step.name,
+            arguments=step.arguments,
         )
-        item = {"id": item_id, "type": "function_call", "status": "completed", "call_id": call_id,
-                "name": step.name, "arguments": step.arguments}
+        item = {
+            "id": item_id,
+            "type": "function_call",
+            "status": "completed",
+            "call_id": call_id,
+            "name": step.name,
+            "arguments": step.arguments,
+        }
         await self.end_response(response_id, "completed", [item])
 
         arrived = await self.wait_for(lambda: self.pending_creates > 0, step.output_within)
@@ -496,12 +574,16 @@ class _Session:
 
     async def barge_in(self, step: BargeIn) -> None:
         response_id, item_id = await self.start_response()
+        await self.output_item(response_id, item_id)
         sent = await self.audio(response_id, item_id, 0, step.interrupt_after_ms, step.chunk_ms)
         await self.send(
-            "input_audio_buffer.speech_started", audio_start_ms=int(self.audio_ms_total),
+            "input_audio_buffer.speech_started",
+            audio_start_ms=int(self.audio_ms_total),
             item_id=_id("item"),
         )
-        sent += await self.audio(response_id, item_id, sent, step.late_audio_ms, step.chunk_ms)
+        sent += await self.audio(
+            response_id, item_id, sent, step.late_audio_ms, step.chunk_ms, in_flight=True
+        )
         await self.wait_for(lambda: self.cancel_requested, step.cancel_within)
         await self.audio(response_id, item_id, sent, step.audio_ms - sent, step.chunk_ms)
         status = "cancelled" if self.cancel_requested else "completed"
@@ -562,7 +644,7 @@ class FakeRealtime:
             asyncio.set_event_loop(loop)
             try:
                 self._server = loop.run_until_complete(self._serve())
-                self.port = self._server.sockets[0].getsockname()[1]
+                self.port = next(iter(self._server.sockets)).getsockname()[1]
             except BaseException as exc:  # reported to start()'s caller
                 failure.append(exc)
                 ready.set()
@@ -706,12 +788,10 @@ class FakeRealtime:
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None  # set once the handshake succeeded
-        from urllib.parse import parse_qs, urlsplit
-
-        query = parse_qs(urlsplit(request.path).query)
+        models = parse_qs(urlsplit(request.path).query).get("model")
         record = RealtimeConnection(
             path=request.path,
-            model=(query.get("model") or [None])[0],
+            model=models[0] if models else None,
             headers={k.lower(): v for k, v in request.headers.raw_items()},
             opened_at=time.time(),
         )
