@@ -8,6 +8,9 @@
 ``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call.
 ``django_avaturn.E005``   The URLconf does not include ``django_avaturn.urls``.
 ``django_avaturn.E006``   ``TEST_MODE`` is on with ``DEBUG`` off.
+``django_avaturn.E007``   The chosen ``ENGINE`` lacks a setting it needs.
+``django_avaturn.E008``   An engine's socket URL is ``ws://`` with ``DEBUG`` off.
+``django_avaturn.E009``   ``ENGINE`` is ``"site"`` but Django Channels is not installed.
 ``django_avaturn.W001``   The Avaturn API key is missing (starts answer 503).
 ``django_avaturn.W002``   The OpenAI API key is missing (starts answer 503).
 ``django_avaturn.W003``   ``VOICE`` is not a voice OpenAI is known to offer.
@@ -22,6 +25,8 @@
 ``django_avaturn.W010``   (``--deploy``) With ``DEBUG`` off, the fake's keys or loopback URLs.
 ``django_avaturn.W011``   ``TRANSCRIPT_MAX_BYTES`` below ``TRANSCRIPT_MAX_LENGTH``: lines refused.
 ``django_avaturn.W012``   The widget's first heartbeat may come after ``EXPIRE_UNJOINED_AFTER``.
+``django_avaturn.W013``   ``ENGINE`` is ``"site"`` with the in-memory channel layer, ``DEBUG`` off.
+``django_avaturn.W014``   ``ENGINE`` is ``"site"`` with no channel layer (``CHANNEL_LAYERS``).
 ========================  ==========================================================
 """
 
@@ -144,7 +149,8 @@ def _section(name: str) -> dict[str, Any] | None:
 
 
 def _engine_errors() -> list[CheckMessage]:
-    """E007 for the chosen ENGINE without what it needs; E008 for a ws:// engine URL.
+    """E007 for the chosen ENGINE without what it needs; E008 for a ws:// engine URL;
+    E009, W013 and W014 for the site engine's Channels.
 
     What a start of that engine would refuse (``sessions.engines.require``),
     reported at deploy rather than on the first start. The hook may choose an
@@ -171,6 +177,11 @@ def _engine_errors() -> list[CheckMessage]:
     text_echo = _section("TEXT_ECHO")
     if engine == "text-echo" and text_echo is not None and text_echo["VOICE_ID"] is None:
         missing.append(("TEXT_ECHO']['VOICE_ID", "the text-to-speech voice"))
+    site = _section("SITE_ENGINE")
+    if engine == "site" and site is not None and not site["PUBLIC_URL"]:
+        missing.append(
+            ("SITE_ENGINE']['PUBLIC_URL", "the wss:// origin Avaturn reaches this site at")
+        )
     for name, what in missing:
         messages.append(
             Error(
@@ -180,17 +191,70 @@ def _engine_errors() -> list[CheckMessage]:
                 id="django_avaturn.E007",
             )
         )
-    url = external["URL"] if external is not None else None
-    if isinstance(url, str) and url.startswith("ws://") and not settings.DEBUG:
-        messages.append(
-            Error(
-                "AVATURN['EXTERNAL_ENGINE']['URL'] is a ws:// URL while DEBUG is off: the "
-                "visitor's voice would cross the internet unencrypted, and starts refuse it.",
-                hint="Use the engine's wss:// URL.",
-                id="django_avaturn.E008",
+    urls = [
+        ("EXTERNAL_ENGINE']['URL", external["URL"] if external is not None else None),
+        ("SITE_ENGINE']['PUBLIC_URL", site["PUBLIC_URL"] if site is not None else None),
+    ]
+    for name, url in urls:
+        if isinstance(url, str) and url.startswith("ws://") and not settings.DEBUG:
+            messages.append(
+                Error(
+                    f"AVATURN['{name}'] is a ws:// URL while DEBUG is off: the visitor's "
+                    "voice would cross the internet unencrypted, and starts refuse it.",
+                    hint="Use the engine's wss:// URL.",
+                    id="django_avaturn.E008",
+                )
             )
-        )
+    if engine == "site":
+        messages.extend(_channels_messages())
     return messages
+
+
+def _channels_messages() -> list[CheckMessage]:
+    """E009: no Channels for the site engine; W013/W014: a layer that cannot reach its consumers.
+
+    Whether several processes serve the site cannot be told from here, so the
+    in-memory layer (one process only) is reported whenever DEBUG is off.
+    """
+    try:
+        import channels  # noqa: F401
+    except ImportError:
+        return [
+            Error(
+                "AVATURN['ENGINE'] is 'site', but Django Channels is not installed: "
+                "nothing can serve the engine socket, and every start will answer 503.",
+                hint="pip install 'django-avaturn[engine]', and route the socket "
+                "(see the site engine's documentation).",
+                id="django_avaturn.E009",
+            )
+        ]
+    layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
+    backend = (layers.get("default") or {}).get("BACKEND") if isinstance(layers, dict) else None
+    if not backend:
+        return [
+            Warning(
+                "AVATURN['ENGINE'] is 'site' but no channel layer is configured: ending a "
+                "session does not close its engine at once (it closes when Avaturn's "
+                "session ends), and messages to a conversation answer 503.",
+                hint="Set CHANNEL_LAYERS, with channels_redis.core.RedisChannelLayer when "
+                "more than one process serves the site.",
+                id="django_avaturn.W014",
+            )
+        ]
+    if backend == "channels.layers.InMemoryChannelLayer" and not settings.DEBUG:
+        return [
+            Warning(
+                "AVATURN['ENGINE'] is 'site' with the in-memory channel layer: it reaches "
+                "only consumers in the same process, so with more than one worker or host "
+                "ending a session, say() and page messages miss conversations held by "
+                "another process.",
+                hint="Use channels_redis.core.RedisChannelLayer (or add "
+                "'django_avaturn.W013' to SILENCED_SYSTEM_CHECKS if one process serves "
+                "the site).",
+                id="django_avaturn.W013",
+            )
+        ]
+    return []
 
 
 def _unknown_setting_error(name: object) -> Error:

@@ -211,6 +211,9 @@ SETTINGS: dict[str, Setting] = {
     "TRANSCRIPT_MAX_BYTES": Setting(2_000_000, Bounds(1, None, "bytes")),
     # Per user, across their sessions; None or "" turns it off.
     "TRANSCRIPT_THROTTLE_RATE": Setting("60/minute", Rate()),
+    # The page's messages to its site engine conversation (POST sessions/<id>/messages/),
+    # per user across their sessions; None or "" turns it off.
+    "MESSAGE_THROTTLE_RATE": Setting("30/minute", Rate()),
     # Days to keep transcripts; the expiry command purges older ones. None = forever.
     "TRANSCRIPT_RETENTION_DAYS": Setting(None, Bounds(1, None, "days", optional=True)),
     # The REST API.
@@ -316,6 +319,7 @@ class AvaturnSettings:
     TRANSCRIPT_MAX_LINES: int
     TRANSCRIPT_MAX_BYTES: int
     TRANSCRIPT_THROTTLE_RATE: str | None
+    MESSAGE_THROTTLE_RATE: str | None
     TRANSCRIPT_RETENTION_DAYS: int | None
     AUTHENTICATION_CLASSES: list[type[Any]]
     PERMISSION_CLASSES: list[type[Any]]

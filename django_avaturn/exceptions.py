@@ -144,6 +144,22 @@ class StorageUnavailable(AvaturnError):
     default_detail = _("The avatar service is temporarily unavailable. Please try again.")
 
 
+class EngineTakesNoMessages(AvaturnError):
+    """Only the site engine's sessions take messages from the page (``POST .../messages/``)."""
+
+    code = "engine_takes_no_messages"
+    status_code = 409
+    default_detail = _("This avatar's conversation engine takes no messages.")
+
+
+class MessageTooLarge(AvaturnError):
+    """A page's message is larger than the engine passes on (``MESSAGE_MAX_BYTES``)."""
+
+    code = "message_too_large"
+    status_code = 413
+    default_detail = _("This message is too large.")
+
+
 class TranscriptFull(AvaturnError):
     """A line would take its session past ``TRANSCRIPT_MAX_LINES`` or ``TRANSCRIPT_MAX_BYTES``."""
 

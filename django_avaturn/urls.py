@@ -3,6 +3,7 @@
 from django.db import transaction
 from django.urls import path, re_path
 
+from django_avaturn.api.engine import SessionMessageView
 from django_avaturn.api.not_found import api_not_found
 from django_avaturn.api.spend import SessionTranscriptView, UsageView
 from django_avaturn.api.views import (
@@ -43,6 +44,11 @@ urlpatterns = [
         "sessions/<str:session_id>/transcripts/",
         transaction.non_atomic_requests(SessionTranscriptView.as_view()),
         name="session-transcripts",
+    ),
+    path(
+        "sessions/<str:session_id>/messages/",
+        transaction.non_atomic_requests(SessionMessageView.as_view()),
+        name="session-messages",
     ),
     path("usage/", UsageView.as_view(), name="usage"),
     # Last: anything else under the API's own names is a JSON 404, not an

@@ -480,6 +480,6 @@ class Section:
         return checked
 
 
-ENGINES = frozenset({"openai-realtime", "cartesia", "external", "text-echo"})
+ENGINES = frozenset({"openai-realtime", "cartesia", "external", "text-echo", "site"})
 SESSION_LIMIT_POLICIES = frozenset({"end_oldest", "refuse"})
 QUOTA_WINDOWS = frozenset({"day", "rolling"})

@@ -126,6 +126,14 @@ class TranscriptThrottle(SlotRateThrottle):
     rate_setting = "TRANSCRIPT_THROTTLE_RATE"
 
 
+class EngineMessageThrottle(SlotRateThrottle):
+    """Per-user rate limit on the page's messages to its site engine conversation,
+    from ``AVATURN["MESSAGE_THROTTLE_RATE"]``."""
+
+    scope = "avaturn_message"
+    rate_setting = "MESSAGE_THROTTLE_RATE"
+
+
 class _CacheSlots:
     """Slots as plain cache keys: ``add`` is atomic on Redis (``SET NX``), memcached
     and the local-memory cache (under its lock), and an expired key counts as absent."""

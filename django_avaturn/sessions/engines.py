@@ -20,8 +20,10 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.views.decorators.debug import sensitive_variables
 
+from django_avaturn.engine import tokens
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.models import Engine
+from django_avaturn.models import Engine, Session
+from django_avaturn.sessions import transitions
 from django_avaturn.sessions.plan import SessionPlan
 from django_avaturn.upstream.clients import (
     get_cartesia_client,
@@ -62,8 +64,28 @@ def require(plan: SessionPlan) -> None:
             )
         if options.get("URL"):
             check_socket_url("AVATURN['EXTERNAL_ENGINE']['URL']", options["URL"])
+    elif plan.engine == Engine.SITE:
+        require_site_engine(options)
     elif plan.engine == Engine.TEXT_ECHO and not options.get("VOICE_ID"):
         raise NotConfigured("AVATURN['TEXT_ECHO']['VOICE_ID'] is not set (nor chosen by the hook).")
+
+
+def require_site_engine(options: Mapping[str, Any]) -> None:
+    """What the site engine needs: Channels, its public URL, the OpenAI key, its tools."""
+    try:
+        import channels  # noqa: F401
+    except ImportError:
+        raise NotConfigured(
+            "AVATURN['ENGINE'] 'site' needs Django Channels: pip install 'django-avaturn[engine]'."
+        ) from None
+    if not options.get("PUBLIC_URL"):
+        raise NotConfigured("AVATURN['SITE_ENGINE']['PUBLIC_URL'] is not set.")
+    check_socket_url("AVATURN['SITE_ENGINE']['PUBLIC_URL']", options["PUBLIC_URL"])
+    # The engine opens OpenAI with the site's key: fail now, not when Avaturn connects.
+    get_openai_secrets()
+    from django_avaturn.engine.tools import load_registry
+
+    load_registry(options.get("TOOLS") or [])
 
 
 def check_socket_url(name: str, url: str) -> None:
@@ -73,13 +95,22 @@ def check_socket_url(name: str, url: str) -> None:
 
 
 @sensitive_variables()
-def prepare(plan: SessionPlan, request: HttpRequest | None) -> EngineCredential:
+def prepare(
+    plan: SessionPlan, request: HttpRequest | None, row: Session | None = None
+) -> EngineCredential:
     """Mint the engine's credential; its ``conversation_engine`` object for Avaturn's create.
 
-    Raises ``UpstreamError``/``UpstreamTimeout`` (a mint failed) or
-    ``NotConfigured`` (the external engine's hook failed or answered badly).
+    ``row`` is the start's own row (still starting): the site engine's token
+    names it and it keeps the hash of the socket's secret. Raises
+    ``UpstreamError``/``UpstreamTimeout`` (a mint failed), ``NotConfigured``
+    (the external engine's hook failed or answered badly) or
+    ``StorageUnavailable`` (the site engine's hand-over could not be stored).
     """
     options = plan.engine_options
+    if plan.engine == Engine.SITE:
+        if row is None:
+            raise ValueError("The site engine's credential names the start's row.")
+        return _site_socket(plan, row)
     if plan.engine == Engine.OPENAI_REALTIME:
         secret = get_openai_secrets().mint(
             session=plan.realtime_session, ttl_seconds=plan.client_secret_ttl
@@ -141,3 +172,24 @@ def _external_socket(plan: SessionPlan, request: HttpRequest | None) -> tuple[st
         raise NotConfigured("The external engine has no URL (settings, session hook or HOOK).")
     check_socket_url("The external engine's URL", url)
     return url, headers
+
+
+@sensitive_variables()
+def _site_socket(plan: SessionPlan, row: Session) -> EngineCredential:
+    """The ``external`` engine object pointing Avaturn at this site's own engine socket."""
+    options = plan.engine_options
+    credentials = tokens.mint(row.pk)
+    transitions.store_engine_secret(row, credentials.secret_hash)
+    tokens.hand_over(
+        row.pk, realtime_session=plan.realtime_session, tools=list(options.get("TOOLS") or [])
+    )
+    return EngineCredential(
+        {
+            "type": "external",
+            "url": tokens.socket_url(options["PUBLIC_URL"], credentials.token),
+            "headers": {tokens.SECRET_HEADER: credentials.secret},
+            # OpenAI Realtime's only PCM rate: nothing is resampled.
+            "audio": {"user": {"sample_rate": 24000}},
+        },
+        None,
+    )

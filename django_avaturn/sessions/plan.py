@@ -39,6 +39,7 @@ HOOK_KEYS = frozenset(
         "cartesia",
         "external_engine",
         "text_echo",
+        "site_engine",
     }
 )
 # Per engine: the hook's key, the setting it overrides, and the sub-keys it may set
@@ -51,6 +52,7 @@ ENGINE_OPTIONS: dict[str, tuple[str, str, frozenset[str]]] = {
         frozenset({"URL", "HEADERS", "SAMPLE_RATE"}),
     ),
     "text-echo": ("text_echo", "TEXT_ECHO", frozenset({"TTS_ENGINE", "VOICE_ID"})),
+    "site": ("site_engine", "SITE_ENGINE", frozenset({"TOOLS"})),
 }
 
 
@@ -67,7 +69,7 @@ class SessionPlan:
     config_name: str
     max_duration: int | None
     engine: str = "openai-realtime"
-    # The chosen engine's section (CARTESIA, EXTERNAL_ENGINE or TEXT_ECHO), validated,
+    # The chosen engine's section (CARTESIA, EXTERNAL_ENGINE, TEXT_ECHO or SITE_ENGINE), validated,
     # with the hook's options applied; empty for openai-realtime. It may hold the
     # external engine's headers: never in a repr.
     engine_options: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -140,9 +142,10 @@ def build_plan(
     realtime_session: dict[str, Any] = {}
     engine_options: dict[str, Any] = {}
     model = voice = ""
-    if engine == "openai-realtime":
+    if engine in ("openai-realtime", "site"):
+        # The site engine opens OpenAI Realtime itself, with this session.
         realtime_session, model, voice = _realtime_session(overrides)
-    else:
+    if engine != "openai-realtime":
         engine_options = _engine_options(engine, overrides)
         if engine == "text-echo":
             voice = engine_options["VOICE_ID"] or ""
@@ -181,6 +184,11 @@ def build_plan(
         engine=engine,
         engine_options=engine_options,
     )
+
+
+def realtime_session_from_settings() -> dict[str, Any]:
+    """The OpenAI Realtime session the settings alone make (no hook, no request)."""
+    return _realtime_session({})[0]
 
 
 def _realtime_session(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], str, str]:

@@ -1,21 +1,27 @@
 """Server-side speech: make a live avatar say something (``say``).
 
 Through Avaturn's tasks endpoint, for a site's view, signal receiver or task
-queue. Never retried: a task whose answer was lost may have been queued,
-and a retry could say the text twice.
+queue; for the site engine, through the channel layer to the consumer that
+holds the session's sockets, which asks the model to speak it. Never
+retried: a task whose answer was lost may have been queued, and a retry
+could say the text twice.
 """
 
 from __future__ import annotations
 
+import uuid
+
 from django.db import DatabaseError
 
+from django_avaturn.engine import layer
 from django_avaturn.exceptions import (
     EngineIgnoresTasks,
+    NotConfigured,
     SessionNotLive,
     StorageUnavailable,
     UpstreamError,
 )
-from django_avaturn.models import Session, SessionStatus
+from django_avaturn.models import Engine, Session, SessionStatus
 from django_avaturn.sessions.engines import TASK_ENGINES
 from django_avaturn.upstream.clients import get_avaturn_client
 
@@ -31,7 +37,10 @@ def say(session: Session, text: str) -> str:
     or Avaturn no longer knows the session), ``EngineIgnoresTasks`` (Cartesia
     and external engines do nothing with a task), ``UpstreamError`` or
     ``UpstreamTimeout`` (Avaturn failed; the text may or may not be queued),
-    ``StorageUnavailable``.
+    ``StorageUnavailable``; for the site engine ``NotConfigured`` (no channel
+    layer). The site engine's id is ours (its text goes through the channel
+    layer, not Avaturn's tasks), and the engine speaks it when its consumer
+    receives it.
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("say() needs a non-empty text.")
@@ -51,6 +60,12 @@ def say(session: Session, text: str) -> str:
     status, session_id, engine = current
     if status != SessionStatus.LIVE or not session_id:
         raise SessionNotLive()
+    if engine == Engine.SITE:
+        try:
+            layer.send_sync(session.pk, layer.say_message(text))
+        except layer.NoChannelLayer as exc:
+            raise NotConfigured(str(exc)) from None
+        return uuid.uuid4().hex
     if engine not in TASK_ENGINES:
         raise EngineIgnoresTasks()
     try:

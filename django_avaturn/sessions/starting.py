@@ -145,7 +145,7 @@ def start_session(
         _wait_for_ends(row, still_ending, bounds)
 
     try:
-        credential = engines.prepare(plan, request)
+        credential = engines.prepare(plan, request, row)
     except AvaturnError as exc:
         transitions.mark_failed(row, exc)
         raise

@@ -36,7 +36,8 @@ from django_avaturn.exceptions import (
     SessionReplaced,
     UpstreamError,
 )
-from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.engine import layer
+from django_avaturn.models import Engine, EndReason, Session, SessionStatus
 from django_avaturn.signals import send_logged, session_ended
 from django_avaturn.spend import limits
 from django_avaturn.upstream.redaction import excerpt
@@ -101,13 +102,15 @@ def claim_replaced(pks: list[int]) -> list[Session]:
 def finish_without_upstream(row: Session, session_id: str) -> None:
     """A start whose row was claimed meanwhile terminated what it created: record the id, end."""
     now = timezone.now()
-    Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(
+    finished = Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(
         status=SessionStatus.ENDED,
         session_id=session_id,
         ended_at=now,
         updated_at=now,
         awaiting_retry=False,
     )
+    if finished:
+        tell_site_engine([row])
 
 
 def end_unstarted(row: Session, *, reason: str) -> None:
@@ -148,7 +151,12 @@ def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = No
             end_reason=EndReason.UPSTREAM_ERROR, **fields
         )
         if not claimed:
-            Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(**fields)
+            claimed = Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(
+                **fields
+            )
+        if claimed:
+            row.end_reason = row.end_reason or EndReason.UPSTREAM_ERROR
+            tell_site_engine([row])
     except DatabaseError:
         # The expiry command ends stale STARTING rows; the upstream side is already clean.
         logger.exception("Could not record the failed start of session row %s", row.pk)
@@ -318,12 +326,26 @@ def finish_claimed(
         for session in group:
             session.status, session.ended_at, session.updated_at = final_status, now, now
             session.awaiting_retry = False
+    tell_site_engine(sessions)
     if notify:
         for session in sessions:
             # Only a session that went live (session_started was sent) ended;
             # a start's orphan terminated on a retry never started.
             if session.started_at is not None:
                 send_logged(session_ended, session=session, reason=session.end_reason)
+
+
+def tell_site_engine(sessions: Sequence[Session]) -> None:
+    """These rows' ends are final: a site engine socket of theirs closes, once committed.
+
+    Through the channel layer (``engine.layer``), so the consumer holding the
+    sockets closes both at once, in whichever process or host it runs.
+    Never raises. An end the consumer itself recorded tells it too; it is
+    closing already and ignores that.
+    """
+    ended = [(s.pk, s.end_reason) for s in sessions if s.engine == Engine.SITE]
+    if ended:
+        transaction.on_commit(lambda: layer.tell_ended(ended))
 
 
 def _final_status(end_reason: str) -> SessionStatus:
@@ -480,7 +502,7 @@ def fail_stuck_starts(rows: Sequence[Session], *, detail: str) -> list[Session]:
     row ends at once, failed (it never went live), and the reason says the
     expiry command ended it. Returns the rows this call moved.
     """
-    return claim_rows(
+    failed = claim_rows(
         rows,
         from_status=SessionStatus.STARTING,
         detail_for=lambda row: detail,
@@ -488,6 +510,9 @@ def fail_stuck_starts(rows: Sequence[Session], *, detail: str) -> list[Session]:
         end_reason=EndReason.EXPIRED,
         ended_at=timezone.now(),
     )
+    # A site engine socket may have connected to a start its process never finished.
+    tell_site_engine(failed)
+    return failed
 
 
 # --------------------------------------------------------------------------- heartbeat
@@ -506,3 +531,33 @@ def record_heartbeat(session: Session) -> None:
             raise SessionReplaced()
         raise SessionNotLive()
     session.last_seen_at = now
+
+
+# --------------------------------------------------------------------------- the site engine
+
+
+def store_engine_secret(row: Session, secret_hash: str) -> None:
+    """Record the hash of the site engine socket's secret on a start's own row (still starting)."""
+    Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
+        engine_secret_hash=secret_hash
+    )
+    row.engine_secret_hash = secret_hash
+
+
+def mark_engine_connected(pk: int) -> bool:
+    """The engine socket of row ``pk`` is being accepted: True once, False ever after.
+
+    The token's single use: only the first socket finds ``engine_connected_at``
+    empty. Only a site engine row still starting (Avaturn may connect before
+    its create has answered) or live, never one ending or ended.
+    """
+    now = timezone.now()
+    return (
+        Session.objects.filter(
+            pk=pk,
+            engine=Engine.SITE,
+            status__in=CAPPED_STATUSES,
+            engine_connected_at__isnull=True,
+        ).update(engine_connected_at=now)
+        == 1
+    )

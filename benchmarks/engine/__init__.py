@@ -1,0 +1,1 @@
+"""The site engine's benchmark: ``python -m benchmarks engine`` (see ``run``)."""

@@ -1,0 +1,86 @@
+"""The page's messages to its own site engine conversation: ``POST sessions/<id>/messages/``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
+
+from django_avaturn.api.schema import document, session_id_parameter
+from django_avaturn.api.serializers import StrictSerializer
+from django_avaturn.api.throttling import EngineMessageThrottle
+from django_avaturn.api.views import AvaturnAPIView
+from django_avaturn.engine import layer
+from django_avaturn.exceptions import (
+    EngineTakesNoMessages,
+    MessageTooLarge,
+    NotConfigured,
+    SessionNotLive,
+)
+from django_avaturn.models import Engine, SessionStatus
+
+
+class EngineMessageSerializer(StrictSerializer):
+    data = serializers.DictField(
+        help_text=_(
+            "Any JSON object; at most 4000 bytes as compact JSON. The page receives it "
+            "as the `detail` of an `avaturn:message` event."
+        )
+    )
+
+
+class SessionMessageView(AvaturnAPIView):
+    """`POST`: send a message to the caller's own live site engine conversation."""
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        return [EngineMessageThrottle()]
+
+    @document(
+        operation_id="avaturn_sessions_messages_create",
+        summary=_("Send a message to the caller's own live site engine conversation"),
+        description=_(
+            "Only for a live session of the site engine (`ENGINE = \"site\"`). Delivered "
+            "through the channel layer to the process holding the conversation, which "
+            "passes it to the page (`sdk.message.send`). At most `MESSAGE_THROTTLE_RATE` "
+            "messages per user."
+        ),
+        parameters=session_id_parameter(),
+        request=EngineMessageSerializer,
+        responses={
+            202: None,
+            400: "",
+            403: "",
+            404: _("`not_found`: not one of the caller's sessions, or none."),
+            409: _(
+                "`session_ended`: the session is not live; `engine_takes_no_messages`: "
+                "its engine is not the site engine."
+            ),
+            413: _("`message_too_large`: `data` is larger than 4000 bytes as JSON."),
+            415: "",
+            429: _("`throttled`: more messages than `MESSAGE_THROTTLE_RATE` allows."),
+            503: _(
+                "`not_configured`: no channel layer (`CHANNEL_LAYERS`); "
+                "`unavailable`: the database failed."
+            ),
+        },
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        session = self.own_session(request, session_id)
+        if session.engine != Engine.SITE:
+            raise EngineTakesNoMessages()
+        if session.status != SessionStatus.LIVE:
+            raise SessionNotLive()
+        serializer = EngineMessageSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data["data"]
+        if layer.message_size(data) > layer.BROWSER_MESSAGE_MAX_BYTES:
+            raise MessageTooLarge()
+        try:
+            layer.send_sync(session.pk, layer.browser_message(data))
+        except layer.NoChannelLayer as exc:
+            raise NotConfigured(str(exc)) from None
+        return Response(status=202)

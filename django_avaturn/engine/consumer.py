@@ -1,0 +1,329 @@
+"""The site engine's socket: Avaturn's ``external`` engine connects here.
+
+``SiteEngineConsumer`` authenticates the socket before accepting it (the
+token in the URL, the secret in ``X-Avaturn-Engine-Secret``, see
+``tokens``), opens OpenAI Realtime (``realtime.connect_realtime``), and
+runs the ``Bridge`` between the two with the site's tools (``ToolRunner``).
+It joins its session's channel-layer group (``layer``), so the rest of the
+site can end the call, speak, or send the page a message from any process.
+
+Whichever side ends, both sockets close and the row records why:
+
+- Avaturn closes (the visitor left, ``max_duration``, a terminate): OpenAI is
+  closed; the row ends ``client`` with the close code in its detail (a
+  server shutting down closes the socket with 1012, and the detail says so).
+- OpenAI closes or fails: Avaturn's socket is closed (1011, which ends the
+  Avaturn session); the row ends ``upstream_error`` with the reason.
+- The site ends the session (Stop, staff, the kill switch, expiry, a newer
+  start): ``transitions`` tells the group once the end is committed, and both
+  sockets close at once (1000); the row already says why.
+
+Every end of the row goes through ``ending.end_session``, which terminates
+the Avaturn session too (usually answered "already gone"): nothing is left
+running whichever way the call ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.utils import timezone
+
+from django_avaturn.conf import avaturn_settings
+from django_avaturn.engine import layer, tokens
+from django_avaturn.engine.bridge import Bridge, EndCause
+from django_avaturn.engine.realtime import connect_realtime
+from django_avaturn.engine.tools import ToolRunner, load_registry
+from django_avaturn.exceptions import AvaturnError, TranscriptFull
+from django_avaturn.models import Engine, EndReason, Session
+from django_avaturn.sessions import ending, transcripts, transitions
+from django_avaturn.sessions.plan import realtime_session_from_settings
+from django_avaturn.upstream.redaction import excerpt
+
+logger = logging.getLogger(__name__)
+
+# Policy violation: what every refusal closes with, before accept (HTTP 403).
+REFUSED = 1008
+# The socket's ends, as Avaturn sees them.
+SITE_ENDED = 1000
+UPSTREAM_FAILED = 1011
+# What uvicorn and daphne close their sockets with when they shut down.
+SERVER_SHUTDOWN = 1012
+# How long an end waits for the bridge's tool tasks to wind down.
+STOP_WAIT = 5.0
+# A close frame's reason holds at most 123 bytes.
+MAX_CLOSE_REASON = 123
+
+
+def authenticate(token: str, headers: Any) -> Session:
+    """The row this socket may serve, marked connected; ``tokens.Refused`` otherwise.
+
+    In order: the token's signature and age, the row it names (a site
+    engine row, starting or live, whose user is active), the secret against
+    the row's hash, then the single use (``transitions.mark_engine_connected``),
+    so that a refused attempt never uses the token up.
+    """
+    pk = tokens.session_pk(token)
+    row = Session.objects.select_related("user").filter(pk=pk).first()
+    if row is None:
+        raise tokens.Refused(f"session row {pk} does not exist")
+    if row.engine != Engine.SITE:
+        raise tokens.Refused(f"session row {pk} is not a site engine session")
+    if row.status not in transitions.CAPPED_STATUSES:
+        raise tokens.Refused(f"session row {pk} is {row.status}")
+    if not tokens.secret_matches(tokens.secret_from_headers(headers), row.engine_secret_hash):
+        raise tokens.Refused(f"the {tokens.SECRET_HEADER} header of session row {pk} is wrong")
+    if not row.user.is_active:
+        raise tokens.Refused(f"the user of session row {pk} is not active")
+    if not transitions.mark_engine_connected(pk):
+        raise tokens.Refused(f"the token of session row {pk} was used already (or it ended)")
+    return row
+
+
+def end_row(pk: int, reason: str, detail: str) -> None:
+    """End row ``pk`` for ``reason`` (terminating its Avaturn session); never raises."""
+    row = Session.objects.filter(pk=pk).first()
+    if row is None:
+        return
+    try:
+        ending.end_session(row, reason=reason, detail=detail)
+    except AvaturnError as exc:
+        # The row stays ending (or live, for the visitor's own end) for the expiry command.
+        logger.warning("Could not end session row %s after its engine socket closed: %s", pk, exc)
+    except Exception:
+        logger.exception("Could not end session row %s after its engine socket closed", pk)
+
+
+def store_transcript(row: Session, role: str, text: str) -> None:
+    text = text.strip()[: avaturn_settings.TRANSCRIPT_MAX_LENGTH]
+    if not text:
+        return
+    try:
+        transcripts.store_line(row, role=role, text=text, spoken_at=timezone.now())
+    except TranscriptFull:
+        logger.info("The transcript of session row %s is full; a line was dropped", row.pk)
+
+
+class _AvaturnSide:
+    """The bridge's view of Avaturn's socket: this consumer's sends."""
+
+    def __init__(self, consumer: SiteEngineConsumer) -> None:
+        self._consumer = consumer
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._consumer.send(bytes_data=data)
+
+    async def send_text(self, text: str) -> None:
+        await self._consumer.send(text_data=text)
+
+
+class SiteEngineConsumer(AsyncWebsocketConsumer):
+    """One conversation: Avaturn's socket, OpenAI's, and the bridge between them."""
+
+    row: Session | None = None
+    bridge: Bridge | None = None
+    realtime: Any = None
+    bridge_task: asyncio.Task[None] | None = None
+    group: str | None = None
+    finished: bool = False
+
+    # ------------------------------------------------------------------ connecting
+
+    async def connect(self) -> None:
+        token = str(self.scope.get("url_route", {}).get("kwargs", {}).get("token", ""))
+        try:
+            row = await database_sync_to_async(authenticate)(token, self.scope.get("headers", []))
+        except tokens.Refused as refusal:
+            # Never the token or the secret: only why.
+            logger.warning("Refused a site engine socket: %s.", refusal)
+            await self.close(code=REFUSED)
+            return
+        self.row = row
+        await self.accept()
+        logger.info("Site engine socket connected for session row %s", row.pk)
+        if self.channel_layer is not None:
+            self.group = layer.group_name(row.pk)
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        else:
+            logger.warning(
+                "No channel layer: the site cannot end session row %s's engine at once, "
+                "nor send it messages (set CHANNEL_LAYERS).",
+                row.pk,
+            )
+        # Frames Avaturn sends meanwhile wait in this consumer's queue: nothing is lost.
+        try:
+            await self._open(row)
+        except Exception as exc:
+            detail = _describe(exc)
+            logger.warning("Site engine of session row %s could not start: %s", row.pk, detail)
+            await self._finish(
+                EndReason.UPSTREAM_ERROR,
+                f"The site engine could not open OpenAI Realtime: {detail}",
+                close_code=UPSTREAM_FAILED,
+                close_reason="The engine could not reach OpenAI.",
+            )
+
+    async def _open(self, row: Session) -> None:
+        handed = await database_sync_to_async(tokens.handed_over)(row.pk)
+        if handed is None:
+            logger.warning(
+                "Session row %s's start handed its engine nothing (is the default cache shared "
+                "by every process?): the settings' session and tools are used.",
+                row.pk,
+            )
+            handed = {
+                "realtime_session": realtime_session_from_settings(),
+                "tools": list(avaturn_settings.SITE_ENGINE["TOOLS"]),
+            }
+        options = avaturn_settings.SITE_ENGINE
+        registry = load_registry(handed["tools"])
+        session_config: dict[str, Any] = handed["realtime_session"]
+        self.realtime = await connect_realtime(
+            model=str(session_config.get("model") or avaturn_settings.MODEL),
+            session_config=session_config,
+            tools=registry.definitions(),
+            websocket_url=options["OPENAI_WEBSOCKET_URL"],
+        )
+        if self.finished:  # the site ended it meanwhile
+            await self._close_realtime()
+            return
+        loop = asyncio.get_running_loop()
+
+        def send_to_browser(data: dict[str, Any]) -> None:
+            # From a sync tool's thread or from the loop alike.
+            if self.bridge is not None and not self.finished:
+                asyncio.run_coroutine_threadsafe(self.bridge.send_to_browser(data), loop)
+
+        runner = ToolRunner(
+            registry,
+            session=row,
+            user=row.user,
+            timeout=options["TOOL_TIMEOUT"],
+            record_arguments=options["RECORD_TOOL_ARGUMENTS"],
+            send_to_browser=send_to_browser,
+        )
+        self.bridge = Bridge(
+            _AvaturnSide(self),
+            self.realtime,
+            run_tool=runner,
+            on_transcript=self._transcript if avaturn_settings.TRANSCRIPTS_ENABLED else None,
+            tool_notice_after=options["TOOL_NOTICE_AFTER"],
+        )
+        self.bridge_task = asyncio.create_task(self._run_bridge(self.bridge))
+
+    async def _transcript(self, role: str, text: str) -> None:
+        if self.row is not None:
+            await database_sync_to_async(store_transcript)(self.row, role, text)
+
+    async def _run_bridge(self, bridge: Bridge) -> None:
+        try:
+            cause = await bridge.run()
+        except Exception as exc:
+            logger.exception("The site engine's bridge failed")
+            cause, detail = EndCause.OPENAI_FAILED, f"The bridge failed: {_describe(exc)}"
+        else:
+            detail = getattr(bridge, "end_detail", "") or ""
+        if cause is EndCause.STOPPED:
+            return
+        if cause is EndCause.OPENAI_CLOSED:
+            detail = detail or "OpenAI Realtime closed the connection."
+        else:
+            detail = detail or "OpenAI Realtime failed."
+        await self._finish(
+            EndReason.UPSTREAM_ERROR,
+            detail,
+            close_code=UPSTREAM_FAILED,
+            close_reason=detail,
+        )
+
+    # ------------------------------------------------------------------ Avaturn's frames
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        bridge = self.bridge
+        if bridge is None or self.finished:
+            return
+        if bytes_data is not None:
+            await bridge.feed_audio(bytes_data)
+        elif text_data is not None:
+            await bridge.feed_message(text_data)
+
+    async def disconnect(self, code: int) -> None:
+        if self.row is None:
+            return  # refused before accept
+        if code == SERVER_SHUTDOWN:
+            detail = "The server shut down (1012) while the conversation ran."
+        else:
+            detail = f"Avaturn closed the engine socket ({code})."
+        await self._finish(EndReason.CLIENT, detail)
+
+    # ------------------------------------------------------------------ the channel layer
+
+    async def avaturn_engine_end(self, event: dict[str, Any]) -> None:
+        """The site ended the session: the row says why; close both sockets now."""
+        await self._finish(None, close_code=SITE_ENDED, close_reason="The session ended.")
+
+    async def avaturn_engine_browser(self, event: dict[str, Any]) -> None:
+        data = event.get("data")
+        if self.bridge is not None and not self.finished and isinstance(data, dict):
+            await self.bridge.send_to_browser(data)
+
+    async def avaturn_engine_say(self, event: dict[str, Any]) -> None:
+        text = event.get("text")
+        if self.bridge is not None and not self.finished and isinstance(text, str):
+            await self.bridge.say(text)
+
+    # ------------------------------------------------------------------ ending
+
+    async def _finish(
+        self,
+        reason: str | None,
+        detail: str = "",
+        *,
+        close_code: int | None = None,
+        close_reason: str = "",
+    ) -> None:
+        """End the conversation once: the bridge, OpenAI, Avaturn's socket (if asked), the row."""
+        if self.finished:
+            return
+        self.finished = True
+        bridge, task = self.bridge, self.bridge_task
+        if bridge is not None:
+            with contextlib.suppress(Exception):
+                await bridge.stop()
+        if task is not None and task is not asyncio.current_task():
+            try:
+                await asyncio.wait_for(task, STOP_WAIT)
+            except (asyncio.TimeoutError, Exception):
+                task.cancel()
+        await self._close_realtime()
+        if close_code is not None:
+            reason_bytes = close_reason.encode("utf-8")[:MAX_CLOSE_REASON]
+            await self.close(code=close_code, reason=reason_bytes.decode("utf-8", "ignore"))
+        if self.group is not None and self.channel_layer is not None:
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+        if reason is not None and self.row is not None:
+            await database_sync_to_async(end_row)(self.row.pk, reason, detail)
+        logger.info(
+            "Site engine socket of session row %s closed (%s)",
+            self.row.pk if self.row is not None else "?",
+            reason or "ended by the site",
+        )
+
+    async def _close_realtime(self) -> None:
+        realtime, self.realtime = self.realtime, None
+        if realtime is not None:
+            try:
+                await realtime.close()
+            except Exception as exc:
+                logger.info("Closing OpenAI Realtime failed: %s", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    return excerpt(f"{type(exc).__name__}: {exc}")
+

@@ -1,0 +1,723 @@
+"""The site's tools: ``@tool``, their registry, and running one call of the model's.
+
+A tool is a plain function (sync or async) whose first parameter is the
+``ToolContext``; the rest are its arguments, described to the model by a JSON
+schema made from their type hints and the docstring (``engine/schema.py``).
+The model never chooses whose data a tool sees: ``ctx.user`` is the session's
+user, re-read from the database for every call.
+
+``ToolRunner`` is the bridge's ``run_tool``. For each call it re-checks that
+the session is still starting or live, that its user is still active and,
+when the tool names one, that the user has its permission; validates the
+arguments; runs the tool within its timeout (a sync tool in a thread of its
+own, never on the socket's loop); records a ``ToolCall`` row; and returns the
+JSON text the model reads: ``{"result": ...}`` or ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import enum
+import inspect
+import json
+import logging
+import re
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib import import_module
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from asgiref.sync import sync_to_async
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import close_old_connections, connections
+
+from django_avaturn.engine.schema import (
+    ArgumentError,
+    Field,
+    Object,
+    annotated_description,
+    parse_docstring,
+    resolve_hints,
+    shape_of,
+)
+from django_avaturn.exceptions import NotConfigured
+
+if TYPE_CHECKING:
+    from django_avaturn.models import Session
+
+logger = logging.getLogger(__name__)
+
+# OpenAI's rule for a function's name.
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# send_to_browser's data, as compact JSON. Daily (which carries Avaturn's app
+# messages) caps one near 4096 bytes, and our envelope and Avaturn's own go
+# around the data: well under it.
+BROWSER_MESSAGE_MAX_BYTES = 3000
+# Sync tools running at once in this process. A tool thread past its timeout
+# cannot be killed and keeps its slot until it returns.
+MAX_TOOL_THREADS = 32
+# Call ids whose outcome a runner remembers (one conversation's worth and more).
+REMEMBERED_CALLS = 512
+# What a recorded call's unparseable arguments are cut to.
+RAW_ARGUMENTS_KEPT = 1000
+
+TOOL_ATTRIBUTE = "avaturn_tool"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ToolError(Exception):
+    """Raised by a tool to refuse: its message is given to the model, to tell the user."""
+
+    def __init__(self, message: str) -> None:
+        self.message = str(message)
+        super().__init__(self.message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolContext:
+    """What a tool knows besides its arguments: who it acts for, and where.
+
+    ``user`` and ``session`` are the session's, read from the database when
+    the call began (never taken from the model's arguments). ``call_id`` is
+    the model's id of this call: the same call is never run twice in one
+    session, so it can serve as an idempotency key for what the tool does
+    elsewhere. ``deliver`` is where ``send_to_browser``'s checked data goes (the
+    runner's; in a test of your own tool, ``list.append`` will do).
+    """
+
+    user: Any
+    session: Session
+    call_id: str
+    deliver: Callable[[dict[str, Any]], None] = dataclasses.field(repr=False, compare=False)
+
+    def send_to_browser(self, data: dict[str, Any]) -> None:
+        """Send ``data`` to the visitor's page (an ``avaturn:message`` event's ``detail``).
+
+        Callable from a sync tool's thread and from an async tool alike. The
+        data must be a JSON-serialisable dict of at most
+        ``BROWSER_MESSAGE_MAX_BYTES`` bytes as JSON: send a link or an id,
+        not a document. It is copied when called, so changing it later changes
+        nothing sent.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"send_to_browser() takes a dict, not {type(data).__name__}.")
+        try:
+            encoded = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"send_to_browser()'s data must be JSON-serialisable: {exc}") from None
+        size = len(encoded.encode("utf-8"))
+        if size > BROWSER_MESSAGE_MAX_BYTES:
+            raise ValueError(
+                f"send_to_browser()'s data is {size} bytes as JSON; one message holds at most "
+                f"{BROWSER_MESSAGE_MAX_BYTES}. Send a link or an id rather than the content."
+            )
+        self.deliver(json.loads(encoded))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    """A function the model may call, as ``@tool`` described it."""
+
+    name: str
+    description: str
+    func: Callable[..., Any]
+    parameters: Object
+    permission: str | None = None
+    timeout: float | None = None
+    is_async: bool = False
+
+    def definition(self) -> dict[str, Any]:
+        """The tool as OpenAI Realtime's session config lists it (a GA function tool)."""
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters.schema(),
+        }
+
+    @property
+    def origin(self) -> str:
+        return f"{self.func.__module__}.{self.func.__qualname__}"
+
+
+@overload
+def tool(func: F, /) -> F: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    permission: str | None = None,
+    timeout: float | None = None,
+) -> Callable[[F], F]: ...
+
+
+def tool(
+    func: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    permission: str | None = None,
+    timeout: float | None = None,
+) -> F | Callable[[F], F]:
+    """Make ``func`` a tool the model may call: ``@tool`` or ``@tool(name=..., ...)``.
+
+    ``name`` defaults to the function's name, ``description`` to its
+    docstring's text before the first section. ``permission``
+    (``"app_label.codename"``) is checked with ``user.has_perm`` on every
+    call. ``timeout`` (seconds) overrides ``SITE_ENGINE["TOOL_TIMEOUT"]``.
+    The function itself is returned unchanged, so it can still be called
+    directly (in your own tests, with a ``ToolContext``).
+    """
+
+    def decorate(function: F) -> F:
+        spec = _describe(
+            function, name=name, description=description, permission=permission, timeout=timeout
+        )
+        setattr(function, TOOL_ATTRIBUTE, spec)
+        return function
+
+    return decorate(func) if func is not None else decorate
+
+
+def _describe(
+    func: Callable[..., Any],
+    *,
+    name: str | None,
+    description: str | None,
+    permission: str | None,
+    timeout: float | None,
+) -> Tool:
+    where = f"@tool {getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
+    if not callable(func):
+        raise TypeError(f"{where}: @tool decorates a function.")
+    tool_name = getattr(func, "__name__", "") if name is None else name
+    if not isinstance(tool_name, str) or not NAME_PATTERN.match(tool_name):
+        raise ValueError(
+            f"{where}: the tool's name {tool_name!r} must be 1 to 64 letters, digits, "
+            "underscores or hyphens."
+        )
+    if permission is not None and (
+        not isinstance(permission, str) or permission.count(".") != 1 or " " in permission
+    ):
+        raise ValueError(f"{where}: permission must read 'app_label.codename', not {permission!r}.")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300
+    ):
+        raise ValueError(f"{where}: timeout must be a number of seconds above 0, at most 300.")
+    params = list(inspect.signature(func).parameters.values())
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise TypeError(f"{where}: its first parameter must be the context (ctx: ToolContext).")
+    # ToolContext resolves even where a module imports it only under TYPE_CHECKING.
+    hints = resolve_hints(func, where, {"ToolContext": ToolContext})
+    first = hints.get(params[0].name)
+    if first is not None and first is not ToolContext:
+        raise TypeError(f"{where}: its first parameter is the context; annotate it ToolContext.")
+    summary, documented = parse_docstring(inspect.getdoc(func))
+    fields = []
+    for param in params[1:]:
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise TypeError(f"{where}: *args and **kwargs cannot be described to the model.")
+        if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise TypeError(f"{where}: {param.name!r} is positional-only; tools take keywords.")
+        if param.name not in hints:
+            raise TypeError(f"{where}: parameter {param.name!r} needs a type hint.")
+        hint = hints[param.name]
+        fields.append(
+            Field(
+                param.name,
+                shape_of(hint, f"{where}, parameter {param.name!r}"),
+                param.default is inspect.Parameter.empty,
+                annotated_description(hint) or documented.get(param.name, ""),
+            )
+        )
+    return Tool(
+        name=tool_name,
+        description=summary if description is None else description,
+        func=func,
+        parameters=Object(fields),
+        permission=permission,
+        timeout=None if timeout is None else float(timeout),
+        is_async=inspect.iscoroutinefunction(func),
+    )
+
+
+# ---------------------------------------------------------------------- the registry
+
+
+class ToolRegistry:
+    """The tools one conversation offers the model, by name."""
+
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for spec in tools:
+            self.add(spec)
+
+    def add(self, spec: Tool) -> None:
+        """Add ``spec``; ``NotConfigured`` if another tool already has its name."""
+        existing = self._tools.get(spec.name)
+        if existing is spec:
+            return
+        if existing is not None:
+            raise NotConfigured(
+                f"Two site tools are named {spec.name!r}: {existing.origin} and {spec.origin}. "
+                "Rename one with @tool(name=...)."
+            )
+        self._tools[spec.name] = spec
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def definitions(self) -> list[dict[str, Any]]:
+        """Every tool as the Realtime session config's ``tools`` lists them."""
+        return [spec.definition() for spec in self._tools.values()]
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+
+def tools_in(module: ModuleType) -> list[Tool]:
+    """The ``@tool`` functions bound at ``module``'s top level (defined or imported there)."""
+    found = []
+    for attribute, value in list(vars(module).items()):
+        if not callable(value):
+            continue
+        spec = getattr(value, TOOL_ATTRIBUTE, None)
+        if not isinstance(spec, Tool):
+            continue
+        if spec.func is not value:
+            # Another decorator over @tool copied its attribute: the runner would
+            # call the inner function and skip that decorator.
+            raise NotConfigured(
+                f"{module.__name__}.{attribute}: put @tool outermost, above other decorators."
+            )
+        found.append(spec)
+    return found
+
+
+def load_registry(modules: Sequence[str]) -> ToolRegistry:
+    """The tools of ``modules`` (``SITE_ENGINE["TOOLS"]``); ``NotConfigured`` if one is wrong."""
+    from django_avaturn.upstream.redaction import scrub
+
+    registry = ToolRegistry()
+    for dotted in modules:
+        try:
+            module = import_module(dotted)
+        except Exception as exc:
+            raise NotConfigured(
+                f"AVATURN['SITE_ENGINE']['TOOLS'] names {dotted!r}, which cannot be imported: "
+                f"{type(exc).__name__}: {scrub(str(exc))}"
+            ) from exc
+        found = tools_in(module)
+        if not found:
+            raise NotConfigured(
+                f"AVATURN['SITE_ENGINE']['TOOLS'] names {dotted!r}, which has no @tool functions."
+            )
+        for spec in found:
+            registry.add(spec)
+    return registry
+
+
+# ---------------------------------------------------------------------- running a call
+
+
+class _Overran(Exception):
+    """The tool did not finish within its timeout (ours, not a TimeoutError of the tool's)."""
+
+
+class _NoThread(Exception):
+    """Every tool thread is taken."""
+
+
+class _ResultEncoder(DjangoJSONEncoder):
+    """Django's encoder (dates, decimals, UUIDs, lazy strings), plus dataclasses and enums."""
+
+    def default(self, o: Any) -> Any:
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return dataclasses.asdict(o)
+        if isinstance(o, enum.Enum):
+            return o.value
+        return super().default(o)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    status: str
+    output: str
+
+
+def _error(status: str, message: str) -> _Outcome:
+    return _Outcome(status, json.dumps({"error": message}, ensure_ascii=False))
+
+
+# Slots for sync tools' threads. Each runs in a daemon thread of its own rather
+# than a ThreadPoolExecutor, whose threads the interpreter joins at exit: a tool
+# stuck past its timeout must not hold up the process's shutdown.
+_tool_slots = threading.BoundedSemaphore(MAX_TOOL_THREADS)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # cancelled: the call timed out or its conversation ended
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _run_sync_tool(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    context: contextvars.Context,
+    func: Callable[..., Any],
+    ctx: ToolContext,
+    kwargs: dict[str, Any],
+) -> None:
+    result: Any = None
+    error: BaseException | None = None
+    try:
+        close_old_connections()
+        result = context.run(func, ctx, **kwargs)
+    except BaseException as exc:  # handed to the loop, which sorts them out
+        error = exc
+    finally:
+        connections.close_all()  # this thread's own connections: it ends here
+        _tool_slots.release()
+    # A loop closed while the tool ran raises RuntimeError: nobody waits for it then.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _in_db_thread(func: Callable[[], Any]) -> Callable[[], Any]:
+    """``func`` with stale connections closed around it, as Channels does for consumers."""
+
+    def run() -> Any:
+        close_old_connections()
+        try:
+            return func()
+        finally:
+            close_old_connections()
+
+    return run
+
+
+class ToolRunner:
+    """Runs the model's tool calls for one session: the bridge's ``run_tool``.
+
+    ``send_to_browser`` is called on the socket's loop with each message a
+    tool sends (already checked and copied); it may return an awaitable,
+    which is awaited in order, one after another.
+
+    Idempotency: a call id seen before in this session is not run again; its
+    first outcome is returned (awaited, if it is still running), and it
+    stays recorded once. The engine socket is single-use, so one runner sees
+    all of a session's calls.
+    """
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        *,
+        session: Session,
+        user: Any,
+        timeout: float,
+        record_arguments: bool,
+        send_to_browser: Callable[[dict[str, Any]], object],
+    ) -> None:
+        self.registry = registry
+        self.session = session
+        self.user = user
+        self.timeout = float(timeout)
+        self.record_arguments = record_arguments
+        self._send = send_to_browser
+        self._calls: OrderedDict[str, asyncio.Future[str]] = OrderedDict()
+        self._sending = asyncio.Lock()
+        self._sends: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_settings(
+        cls,
+        registry: ToolRegistry,
+        *,
+        session: Session,
+        send_to_browser: Callable[[dict[str, Any]], object],
+    ) -> ToolRunner:
+        """A runner for ``session`` (and its user) with ``AVATURN["SITE_ENGINE"]``'s timeout
+        and argument recording."""
+        from django_avaturn.conf import avaturn_settings
+
+        engine = avaturn_settings.SITE_ENGINE
+        return cls(
+            registry,
+            session=session,
+            user=session.user,
+            timeout=engine["TOOL_TIMEOUT"],
+            record_arguments=engine["RECORD_TOOL_ARGUMENTS"],
+            send_to_browser=send_to_browser,
+        )
+
+    async def __call__(self, call_id: str, name: str, arguments: str) -> str:
+        """Run the model's call ``call_id`` of ``name``; the JSON text the model reads back."""
+        earlier = self._calls.get(call_id)
+        if earlier is not None:
+            return await asyncio.shield(earlier)
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = done
+        while len(self._calls) > REMEMBERED_CALLS:
+            self._calls.popitem(last=False)
+        try:
+            output = await self._call(call_id, name, arguments)
+        except BaseException:
+            # Cancelled with its conversation: a retry of the id may run it.
+            self._calls.pop(call_id, None)
+            done.cancel()
+            raise
+        done.set_result(output)
+        return output
+
+    async def _call(self, call_id: str, name: str, arguments: str) -> str:
+        started = time.monotonic()
+        parsed, parse_error = _parse_arguments(arguments)
+        recorded: Any = None
+        if self.record_arguments:
+            recorded = arguments[:RAW_ARGUMENTS_KEPT] if parse_error else parsed
+        try:
+            outcome = await self._outcome(call_id, name, parsed, parse_error)
+        except asyncio.CancelledError:
+            # The conversation ended mid-call: record it without waiting (nothing
+            # may be awaited once cancelled), then let the cancellation through.
+            self._record_later(call_id, name, "failed", started, recorded)
+            raise
+        await self._record(call_id, name, outcome.status, started, recorded)
+        return outcome.output
+
+    async def _outcome(
+        self, call_id: str, name: str, parsed: Any, parse_error: str | None
+    ) -> _Outcome:
+        spec = self.registry.get(name)
+        if spec is None:
+            listed = ", ".join(repr(known.name) for known in self.registry) or "none"
+            return _error(
+                "invalid", f"There is no tool named {name[:64]!r}. The tools are: {listed}."
+            )
+        access = await sync_to_async(_in_db_thread(lambda: self._recheck(spec)))()
+        if isinstance(access, str):
+            return _error("denied", access)
+        user, session = access
+        if parse_error is not None:
+            return _error("invalid", parse_error)
+        try:
+            kwargs = spec.parameters.check(parsed, "")
+        except ArgumentError as exc:
+            return _error("invalid", f"Invalid arguments: {exc} Call {spec.name} again, corrected.")
+        ended = threading.Event()
+        ctx = ToolContext(user, session, call_id, self._deliverer(ended))
+        timeout = spec.timeout or self.timeout
+        try:
+            result = await self._run(spec, ctx, kwargs, timeout)
+        except _NoThread:
+            return _error("failed", "The tool failed. Tell the user it could not be done now.")
+        except _Overran:
+            return _error(
+                "timeout",
+                f"The tool did not answer within {timeout:g} seconds. Tell the user it could "
+                "not be done just now.",
+            )
+        except ToolError as exc:
+            return _error("error", exc.message)
+        except Exception as exc:
+            _log_failure(spec.name, exc)
+            return _error("failed", "The tool failed. Tell the user it could not be done now.")
+        finally:
+            ended.set()
+        try:
+            return _Outcome("ok", json.dumps({"result": result}, cls=_ResultEncoder))
+        except (TypeError, ValueError) as exc:
+            _log_failure(spec.name, exc)
+            return _error("failed", "The tool failed. Tell the user it could not be done now.")
+
+    def _recheck(self, spec: Tool) -> tuple[Any, Session] | str:
+        """The session's user and row as they are now, or why the call may not run."""
+        from django_avaturn.models import Session, SessionStatus
+
+        row = Session.objects.select_related("user").filter(pk=self.session.pk).first()
+        if row is None or row.status not in (SessionStatus.STARTING, SessionStatus.LIVE):
+            return "This conversation has ended; the tool cannot run."
+        user = row.user
+        if user.pk != self.user.pk or not getattr(user, "is_active", True):
+            return "The user's account is not active; the tool cannot run."
+        if spec.permission and not user.has_perm(spec.permission):
+            return "The user is not allowed to use this tool. Tell them so."
+        return user, row
+
+    async def _run(
+        self, spec: Tool, ctx: ToolContext, kwargs: dict[str, Any], timeout: float
+    ) -> Any:
+        """The tool's return value; ``_Overran`` if it overran ``timeout``."""
+        loop = asyncio.get_running_loop()
+        waited: asyncio.Future[Any]
+        if spec.is_async:
+            waited = loop.create_task(spec.func(ctx, **kwargs))
+        else:
+            if not _tool_slots.acquire(blocking=False):
+                logger.error(
+                    "Site tool %r not run: all %d tool threads are busy (tools stuck past "
+                    "their timeout?).",
+                    spec.name,
+                    MAX_TOOL_THREADS,
+                )
+                raise _NoThread
+            waited = loop.create_future()
+            # A daemon thread; past the timeout it cannot be stopped, so it is left
+            # to finish on its own and its result is dropped.
+            threading.Thread(
+                target=_run_sync_tool,
+                args=(loop, waited, contextvars.copy_context(), spec.func, ctx, kwargs),
+                name=f"avaturn-tool-{spec.name}",
+                daemon=True,
+            ).start()
+        try:
+            finished, _ = await asyncio.wait({waited}, timeout=timeout)
+        except asyncio.CancelledError:
+            waited.cancel()
+            raise
+        if not finished:
+            # An async tool is cancelled, not awaited: one that ignores the
+            # cancellation must not hold up the conversation.
+            waited.cancel()
+            waited.add_done_callback(_consume)
+            raise _Overran
+        return waited.result()
+
+    def _deliverer(self, ended: threading.Event) -> Callable[[dict[str, Any]], None]:
+        loop = asyncio.get_running_loop()
+
+        def deliver(data: dict[str, Any]) -> None:
+            if ended.is_set():
+                raise RuntimeError("This tool call has ended; send_to_browser() is closed.")
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                self._forward(data)
+            else:
+                loop.call_soon_threadsafe(self._forward, data)
+
+        return deliver
+
+    def _forward(self, data: dict[str, Any]) -> None:
+        """On the loop: hand ``data`` to the host's ``send_to_browser``, in order."""
+        try:
+            sent = self._send(data)
+        except Exception as exc:
+            logger.error("Sending a tool's message to the browser failed: %s", type(exc).__name__)
+            return
+        if inspect.isawaitable(sent):
+            task = asyncio.get_running_loop().create_task(self._in_order(sent))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _in_order(self, sending: Any) -> None:
+        async with self._sending:  # asyncio's locks are FIFO: messages keep their order
+            try:
+                await sending
+            except Exception as exc:
+                logger.error(
+                    "Sending a tool's message to the browser failed: %s", type(exc).__name__
+                )
+
+    async def _record(
+        self, call_id: str, name: str, status: str, started: float, arguments: Any
+    ) -> None:
+        duration_ms = round((time.monotonic() - started) * 1000)
+        try:
+            await sync_to_async(
+                _in_db_thread(lambda: self._write(call_id, name, status, duration_ms, arguments))
+            )()
+        except Exception as exc:  # the model's answer matters more than its record
+            logger.error("Could not record a call of site tool %r: %s", name, type(exc).__name__)
+
+    def _record_later(
+        self, call_id: str, name: str, status: str, started: float, arguments: Any
+    ) -> None:
+        duration_ms = round((time.monotonic() - started) * 1000)
+
+        def write() -> None:
+            try:
+                self._write(call_id, name, status, duration_ms, arguments)
+            except Exception as exc:
+                logger.error(
+                    "Could not record a call of site tool %r: %s", name, type(exc).__name__
+                )
+            finally:
+                connections.close_all()
+
+        threading.Thread(target=write, name="avaturn-tool-record", daemon=True).start()
+
+    def _write(
+        self, call_id: str, name: str, status: str, duration_ms: int, arguments: Any
+    ) -> None:
+        from django_avaturn.models import ToolCall
+
+        ToolCall.objects.create(
+            session_id=self.session.pk,
+            call_id=call_id[:100],
+            tool=name[:100],
+            status=status,
+            duration_ms=duration_ms,
+            arguments=arguments if self.record_arguments else None,
+        )
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome so that asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _parse_arguments(arguments: str) -> tuple[Any, str | None]:
+    if not arguments or not arguments.strip():
+        return {}, None
+    try:
+        parsed = json.loads(arguments)
+    except ValueError as exc:
+        return None, f"The arguments are not valid JSON ({exc}). Send a JSON object."
+    if not isinstance(parsed, dict):
+        return None, "The arguments must be a JSON object."
+    return parsed, None
+
+
+def _log_failure(name: str, exc: BaseException) -> None:
+    """Log a tool's exception: its type and where it was raised, never its message.
+
+    The message may quote the arguments (personal data) or anything else the
+    tool held; the frames (file, line, function, source line) show where.
+    """
+    frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+    logger.error(
+        "Site tool %r failed with %s (its message is not logged). Where:\n%s",
+        name,
+        f"{type(exc).__module__}.{type(exc).__qualname__}",
+        frames.rstrip(),
+    )

@@ -1,0 +1,468 @@
+"""Site tools: the registry, and the runner's calls end to end (real threads, rows, permissions)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission
+
+from django_avaturn.engine import ToolContext, ToolError, tool
+from django_avaturn.engine.tools import (
+    BROWSER_MESSAGE_MAX_BYTES,
+    ToolRegistry,
+    ToolRunner,
+    load_registry,
+    tools_in,
+)
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.models import SessionStatus, ToolCall, ToolCallStatus
+from tests import engine_tools_example as example
+from tests.helpers import live
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+EXAMPLE = "tests.engine_tools_example"
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coroutine)
+
+
+class Browser:
+    """The host's send_to_browser: an async callable, as the bridge's is."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.loop_threads: set[int] = set()
+
+    async def __call__(self, data: dict[str, Any]) -> None:
+        self.loop_threads.add(threading.get_ident())
+        await asyncio.sleep(0)
+        self.sent.append(data)
+
+
+@pytest.fixture
+def session(user: Any) -> Any:
+    return live(user, "sess-tools", engine="site")
+
+
+@pytest.fixture
+def browser() -> Browser:
+    return Browser()
+
+
+@pytest.fixture
+def runner(session: Any, browser: Browser) -> ToolRunner:
+    return ToolRunner(
+        load_registry([EXAMPLE]),
+        session=session,
+        user=session.user,
+        timeout=5,
+        record_arguments=False,
+        send_to_browser=browser,
+    )
+
+
+def call(runner: ToolRunner, call_id: str, name: str, arguments: Any = None) -> Any:
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+    return json.loads(run(runner(call_id, name, text)))
+
+
+def row(call_id: str) -> ToolCall:
+    return ToolCall.objects.get(call_id=call_id)
+
+
+# ---------------------------------------------------------------------- the registry
+
+
+def test_load_registry_collects_a_modules_tools_in_realtime_shape() -> None:
+    registry = load_registry([EXAMPLE])
+    assert "whoami" in registry
+    assert registry.get("add") is example.add.avaturn_tool  # type: ignore[attr-defined]
+    assert registry.get("nope") is None
+    definitions = {d["name"]: d for d in registry.definitions()}
+    assert len(definitions) == len(registry) == 12
+    assert definitions["add"] == {
+        "type": "function",
+        "name": "add",
+        "description": "Add two whole numbers.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "description": "The first number."},
+                "b": {"type": "integer", "description": "The second number."},
+            },
+            "required": ["a"],
+            "additionalProperties": False,
+        },
+    }
+
+
+def test_a_tool_reexported_by_a_second_module_counts_once() -> None:
+    registry = load_registry([EXAMPLE, "tests.engine_tools_reexport"])
+    assert [spec.name for spec in registry].count("add") == 1
+
+
+def test_two_tools_with_one_name_are_refused_naming_both() -> None:
+    with pytest.raises(NotConfigured) as raised:
+        load_registry([EXAMPLE, "tests.engine_tools_duplicate"])
+    message = str(raised.value)
+    assert "'whoami'" in message
+    assert "tests.engine_tools_example.whoami" in message
+    assert "tests.engine_tools_duplicate.another_whoami" in message
+
+
+def test_a_module_that_cannot_be_imported_is_named() -> None:
+    with pytest.raises(NotConfigured) as raised:
+        load_registry(["tests.no_such_tools"])
+    assert "'tests.no_such_tools'" in str(raised.value)
+    assert "ModuleNotFoundError" in str(raised.value)
+
+
+def test_a_module_whose_tool_is_unsupported_is_named_with_the_reason() -> None:
+    with pytest.raises(NotConfigured) as raised:
+        load_registry(["tests.engine_tools_unsupported"])
+    message = str(raised.value)
+    assert "'tests.engine_tools_unsupported'" in message
+    assert "TypeError" in message
+    assert "parameter 'names'" in message
+    assert "not a supported tool parameter type" in message
+
+
+def test_a_module_without_tools_is_refused() -> None:
+    with pytest.raises(NotConfigured, match="has no @tool functions"):
+        load_registry(["tests.helpers"])
+
+
+def test_another_decorator_over_tool_is_refused() -> None:
+    with pytest.raises(NotConfigured, match=r"engine_tools_wrapped\.hidden: put @tool outermost"):
+        load_registry(["tests.engine_tools_wrapped"])
+
+
+def test_a_registry_refuses_a_second_tool_of_one_name() -> None:
+    @tool(name="add")
+    def other_add(ctx: ToolContext) -> int:
+        """Another add."""
+        return 0
+
+    with pytest.raises(NotConfigured):
+        ToolRegistry([example.add.avaturn_tool, other_add.avaturn_tool])  # type: ignore[attr-defined]
+
+
+def test_tools_in_lists_the_modules_tools() -> None:
+    names = {spec.name for spec in tools_in(example)}
+    assert {"whoami", "add", "slow_sync", "show_card_async"} <= names
+
+
+# ---------------------------------------------------------------------- calls that answer
+
+
+def test_a_sync_tool_runs_in_a_thread_as_the_sessions_user(
+    runner: ToolRunner, session: Any
+) -> None:
+    answer = call(runner, "call-1", "whoami")
+    assert answer == {
+        "result": {
+            "email": "ada@example.com",
+            "session": session.pk,
+            "call_id": "call-1",
+            "thread": "avaturn-tool-whoami",
+        }
+    }
+    recorded = row("call-1")
+    assert (recorded.tool, recorded.status, recorded.session_id) == (
+        "whoami",
+        ToolCallStatus.OK,
+        session.pk,
+    )
+    assert recorded.arguments is None
+    assert recorded.duration_ms >= 0
+
+
+def test_an_async_tool_runs_on_the_loop(runner: ToolRunner) -> None:
+    answer = call(runner, "call-a", "whoami_async")
+    assert answer == {
+        "result": {"email": "ada@example.com", "thread": threading.current_thread().name}
+    }
+    assert row("call-a").status == ToolCallStatus.OK
+
+
+def test_arguments_are_recorded_only_when_the_site_opts_in(session: Any, browser: Browser) -> None:
+    def runner_recording(record: bool) -> ToolRunner:
+        return ToolRunner(
+            load_registry([EXAMPLE]),
+            session=session,
+            user=session.user,
+            timeout=5,
+            record_arguments=record,
+            send_to_browser=browser,
+        )
+
+    assert call(runner_recording(True), "rec-1", "add", {"a": 2, "b": 3}) == {"result": 5}
+    assert call(runner_recording(False), "rec-2", "add", {"a": 2}) == {"result": 2}
+    assert call(runner_recording(True), "rec-3", "add", "{not json") == {
+        "error": (
+            "The arguments are not valid JSON (Expecting property name enclosed in double "
+            "quotes: line 1 column 2 (char 1)). Send a JSON object."
+        )
+    }
+    assert row("rec-1").arguments == {"a": 2, "b": 3}
+    assert row("rec-2").arguments is None
+    assert row("rec-3").arguments == "{not json"
+    assert row("rec-3").status == ToolCallStatus.INVALID
+
+
+def test_empty_arguments_are_an_empty_object(runner: ToolRunner) -> None:
+    assert call(runner, "empty", "whoami", "")["result"]["call_id"] == "empty"
+
+
+def test_a_result_json_cannot_hold_fails(
+    runner: ToolRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="django_avaturn.engine.tools"):
+        answer = call(runner, "set", "unserialisable")
+    assert answer == {"error": "The tool failed. Tell the user it could not be done now."}
+    assert row("set").status == ToolCallStatus.FAILED
+    assert "'unserialisable' failed with builtins.TypeError" in caplog.text
+
+
+# ---------------------------------------------------------------------- refusals and failures
+
+
+def test_a_tool_error_is_given_to_the_model(runner: ToolRunner) -> None:
+    answer = call(runner, "te", "cancel_order", {"order": "A-17"})
+    assert answer == {"error": "Order A-17 has already shipped; it cannot be cancelled."}
+    assert row("te").status == ToolCallStatus.ERROR
+
+
+def test_another_exception_is_logged_without_its_message_and_the_model_told_only_it_failed(
+    runner: ToolRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    private = "Ada's card ends 4242"
+    with caplog.at_level(logging.DEBUG):
+        answer = call(runner, "boom", "explode", {"note": private})
+    assert answer == {"error": "The tool failed. Tell the user it could not be done now."}
+    assert row("boom").status == ToolCallStatus.FAILED
+    [record] = [r for r in caplog.records if r.name == "django_avaturn.engine.tools"]
+    text = record.getMessage() + (record.exc_text or "")
+    assert "'explode' failed with builtins.ValueError" in text
+    assert "engine_tools_example.py" in text  # where it was raised
+    assert private not in caplog.text
+    assert "4242" not in caplog.text
+    assert record.exc_info is None
+
+
+def test_an_unknown_tool_is_invalid_and_recorded(runner: ToolRunner) -> None:
+    answer = call(runner, "unk", "delete_everything", {})
+    assert answer["error"].startswith("There is no tool named 'delete_everything'. The tools are: ")
+    assert "'whoami'" in answer["error"]
+    recorded = row("unk")
+    assert (recorded.tool, recorded.status) == ("delete_everything", ToolCallStatus.INVALID)
+
+
+def test_an_argument_of_the_wrong_type_is_invalid_and_the_tool_not_run(
+    runner: ToolRunner,
+) -> None:
+    answer = call(runner, "bad", "add", {"a": "two"})
+    assert answer == {
+        "error": "Invalid arguments: a: expected an integer, got a string. Call add again, "
+        "corrected."
+    }
+    assert example.RUNS["bad"] == 0
+    assert row("bad").status == ToolCallStatus.INVALID
+
+
+def test_arguments_that_are_not_an_object_are_invalid(runner: ToolRunner) -> None:
+    assert call(runner, "arr", "add", "[1, 2]") == {"error": "The arguments must be a JSON object."}
+
+
+def test_a_deactivated_user_is_refused_mid_session(runner: ToolRunner, user: Any) -> None:
+    assert call(runner, "before", "add", {"a": 1}) == {"result": 1}
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    answer = call(runner, "after", "add", {"a": 1})
+    assert answer == {"error": "The user's account is not active; the tool cannot run."}
+    assert example.RUNS["after"] == 0
+    assert row("after").status == ToolCallStatus.DENIED
+
+
+@pytest.mark.parametrize("status", [SessionStatus.ENDING, SessionStatus.ENDED])
+def test_a_session_no_longer_live_is_refused(runner: ToolRunner, session: Any, status: str) -> None:
+    type(session).objects.filter(pk=session.pk).update(status=status)
+    answer = call(runner, f"ended-{status}", "add", {"a": 1})
+    assert answer == {"error": "This conversation has ended; the tool cannot run."}
+    assert example.RUNS[f"ended-{status}"] == 0
+    assert row(f"ended-{status}").status == ToolCallStatus.DENIED
+
+
+def test_a_starting_session_may_call(runner: ToolRunner, session: Any) -> None:
+    type(session).objects.filter(pk=session.pk).update(status=SessionStatus.STARTING)
+    assert call(runner, "starting", "add", {"a": 4}) == {"result": 4}
+
+
+def test_a_tools_permission_is_checked_on_every_call(runner: ToolRunner, user: Any) -> None:
+    answer = call(runner, "perm-1", "recorded_calls")
+    assert answer == {"error": "The user is not allowed to use this tool. Tell them so."}
+    assert row("perm-1").status == ToolCallStatus.DENIED
+    # Granted mid-conversation: the next call sees it (the user is read anew).
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="django_avaturn", codename="view_toolcall")
+    )
+    assert call(runner, "perm-2", "recorded_calls") == {"result": 1}
+    assert row("perm-2").status == ToolCallStatus.OK
+
+
+def test_a_sync_tool_past_its_timeout_is_answered_without_waiting_for_its_thread(
+    runner: ToolRunner,
+) -> None:
+    example.SLOW_RELEASE.clear()
+    example.SLOW_FINISHED.clear()
+    try:
+        answer = call(runner, "slow", "slow_sync")
+        assert example.SLOW_STARTED.is_set()
+        # The thread cannot be killed: it is still running, and was not waited for.
+        assert not example.SLOW_FINISHED.is_set()
+    finally:
+        example.SLOW_RELEASE.set()
+    assert answer == {
+        "error": "The tool did not answer within 0.2 seconds. Tell the user it could not be "
+        "done just now."
+    }
+    recorded = row("slow")
+    assert recorded.status == ToolCallStatus.TIMEOUT
+    assert recorded.duration_ms >= 200
+    assert example.SLOW_FINISHED.wait(10)
+
+
+def test_an_async_tool_past_its_timeout_is_cancelled(runner: ToolRunner) -> None:
+    async def scenario() -> str:
+        output = await runner("slow-a", "slow_async", "{}")
+        await asyncio.sleep(0.05)  # the cancelled task's turn to see its cancellation
+        return output
+
+    answer = json.loads(run(scenario()))
+    assert answer["error"].startswith("The tool did not answer within 0.2 seconds.")
+    assert example.CANCELLED == ["slow-a"]
+    assert row("slow-a").status == ToolCallStatus.TIMEOUT
+
+
+def test_the_runners_timeout_applies_to_tools_without_their_own(
+    session: Any, browser: Browser
+) -> None:
+    @tool
+    async def sleepy(ctx: ToolContext) -> str:
+        """Sleeps."""
+        await asyncio.sleep(30)
+        return "late"
+
+    runner = ToolRunner(
+        ToolRegistry([sleepy.avaturn_tool]),  # type: ignore[attr-defined]
+        session=session,
+        user=session.user,
+        timeout=0.1,
+        record_arguments=False,
+        send_to_browser=browser,
+    )
+    assert call(runner, "sleepy", "sleepy")["error"].startswith(
+        "The tool did not answer within 0.1 seconds."
+    )
+
+
+# ---------------------------------------------------------------------- idempotency
+
+
+def test_a_call_id_seen_before_returns_its_first_outcome_without_running_again(
+    runner: ToolRunner,
+) -> None:
+    async def scenario() -> list[str]:
+        first = await runner("same", "add", '{"a": 1, "b": 1}')
+        again = await runner("same", "add", '{"a": 1, "b": 1}')
+        # Two at once: one run, both get its answer.
+        both = await asyncio.gather(
+            runner("twice", "add", '{"a": 5}'), runner("twice", "add", '{"a": 5}')
+        )
+        return [first, again, *both]
+
+    outputs = [json.loads(output) for output in run(scenario())]
+    assert outputs == [{"result": 2}, {"result": 2}, {"result": 5}, {"result": 5}]
+    assert example.RUNS["same"] == 1
+    assert example.RUNS["twice"] == 1
+    assert ToolCall.objects.filter(call_id="same").count() == 1
+    assert ToolCall.objects.filter(call_id="twice").count() == 1
+
+
+def test_a_refused_call_id_is_not_run_when_repeated(runner: ToolRunner) -> None:
+    async def scenario() -> tuple[str, str]:
+        return await runner("r", "add", '{"a": "x"}'), await runner("r", "add", '{"a": 1}')
+
+    first, second = run(scenario())
+    assert first == second
+    assert example.RUNS["r"] == 0
+
+
+# ---------------------------------------------------------------------- send_to_browser
+
+
+def test_a_sync_tool_sends_to_the_browser_from_its_thread(
+    runner: ToolRunner, browser: Browser
+) -> None:
+    assert call(runner, "card", "show_card", {"title": "Your order"}) == {"result": "shown"}
+    assert browser.sent == [{"card": "Your order", "n": 1}, {"card": "Your order", "n": 2}]
+    # Delivered on the socket's loop (the test's main thread here), not the tool's thread.
+    assert browser.loop_threads == {threading.get_ident()}
+
+
+def test_an_async_tool_sends_to_the_browser(runner: ToolRunner, browser: Browser) -> None:
+    assert call(runner, "card-a", "show_card_async", {"title": "Map"}) == {"result": "shown"}
+    assert browser.sent == [{"card": "Map", "n": 1}, {"card": "Map", "n": 2}]
+
+
+def test_a_sync_send_to_browser_of_the_host_works_too(session: Any) -> None:
+    sent: list[dict[str, Any]] = []
+    runner = ToolRunner(
+        load_registry([EXAMPLE]),
+        session=session,
+        user=session.user,
+        timeout=5,
+        record_arguments=False,
+        send_to_browser=sent.append,
+    )
+    assert call(runner, "card-s", "show_card", {"title": "T"}) == {"result": "shown"}
+    assert sent == [{"card": "T", "n": 1}, {"card": "T", "n": 2}]
+
+
+@pytest.mark.parametrize(
+    ("what", "answer"),
+    [
+        (
+            "big",
+            f"ValueError: send_to_browser()'s data is 5011 bytes as JSON; one message holds at "
+            f"most {BROWSER_MESSAGE_MAX_BYTES}. Send a link or an id rather than the content.",
+        ),
+        (
+            "object",
+            "TypeError: send_to_browser()'s data must be JSON-serialisable: Object of type "
+            "object is not JSON serializable",
+        ),
+        ("list", "TypeError: send_to_browser() takes a dict, not list."),
+    ],
+)
+def test_send_to_browser_refuses_what_a_message_cannot_carry(
+    runner: ToolRunner, browser: Browser, what: str, answer: str
+) -> None:
+    assert call(runner, f"too-{what}", "show_too_much", {"what": what}) == {"result": answer}
+    assert browser.sent == []
+
+
+def test_a_tool_context_can_be_made_for_a_tools_own_unit_test(session: Any) -> None:
+    sent: list[dict[str, Any]] = []
+    ctx = ToolContext(user=session.user, session=session, call_id="t1", deliver=sent.append)
+    assert example.show_card(ctx, "Direct") == "shown"
+    assert sent == [{"card": "Direct", "n": 1}, {"card": "Direct", "n": 2}]
+    with pytest.raises(ToolError, match="already shipped"):
+        example.cancel_order(ctx, "B-2")
