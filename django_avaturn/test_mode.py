@@ -30,12 +30,13 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from django_avaturn.testing import FakeUpstream
+    from django_avaturn.testing import FakeRealtime, FakeUpstream
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _fake: FakeUpstream | None = None
+_realtime: FakeRealtime | None = None
 
 
 def is_on() -> bool:
@@ -59,6 +60,26 @@ def fake_upstream() -> FakeUpstream:
                 _fake.url,
             )
         return _fake
+
+
+def fake_realtime() -> FakeRealtime:
+    """This process's fake OpenAI Realtime server for the site engine, started on first
+    use: it accepts the OpenAI key test mode uses and plays ``rundemo_script()``.
+    Its ``websocket_base_url`` is where the site engine opens OpenAI in test mode.
+    Needs ``websockets`` (``django-avaturn[engine]``)."""
+    global _realtime
+    key = fake_upstream().openai_api_key
+    with _lock:
+        if _realtime is None:
+            from django_avaturn.testing import FakeRealtime
+
+            _realtime = FakeRealtime(api_key=key).start()
+            logger.warning(
+                "AVATURN['TEST_MODE'] is on: the site engine talks to a loopback fake of "
+                "OpenAI Realtime at %s, not to the real service.",
+                _realtime.websocket_base_url,
+            )
+        return _realtime
 
 
 def fake_settings() -> dict[str, Any]:

@@ -228,3 +228,28 @@ def test_deploy_check_one_setting_of_the_fakes_is_enough(
 def test_deploy_check_is_clean_for_real_upstreams(settings: Any) -> None:
     settings.DEBUG = False
     assert avaturn_messages(deploy=True) == []
+
+
+@pytest.fixture
+def no_fake_realtime_yet() -> Iterator[None]:
+    if test_mode._realtime is not None:
+        test_mode._realtime.stop()
+    test_mode._realtime = None
+    yield
+    if test_mode._realtime is not None:
+        test_mode._realtime.stop()
+    test_mode._realtime = None
+
+
+def test_the_site_engines_fake_realtime_takes_the_key_test_mode_uses(
+    fake: FakeUpstream, no_fake_realtime_yet: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.test_mode"):
+        realtime = test_mode.fake_realtime()
+    assert test_mode.fake_realtime() is realtime and realtime.running
+    assert realtime.api_key == avaturn_settings.raw("OPENAI_API_KEY") == fake.openai_api_key
+    assert realtime.websocket_base_url.startswith("ws://127.0.0.1:")
+    assert [r.getMessage() for r in caplog.records] == [
+        "AVATURN['TEST_MODE'] is on: the site engine talks to a loopback fake of OpenAI "
+        f"Realtime at {realtime.websocket_base_url}, not to the real service."
+    ]

@@ -10,7 +10,14 @@ Pure standard library: usable in any test suite, with or without Django::
         ...  # point AVATURN settings at fake.settings()
 
 Never expose it beyond loopback: its ``/_fake/`` control API is unauthenticated.
+
+For the site engine (these need ``websockets``, which ``django-avaturn[engine]``
+brings): `FakeRealtime`, a scripted OpenAI Realtime WebSocket server, and
+`AvaturnEngineClient`, Avaturn's side of an external engine's socket. They are
+imported on first use, so the rest works with the standard library alone.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .fake import (
     DEFAULT_AVATURN_API_KEY,
@@ -38,6 +45,44 @@ from .records import (
     RecordedRequest,
 )
 
+if TYPE_CHECKING:
+    from .engine_client import AvaturnEngineClient, Segment
+    from .realtime import (
+        AdvisoryError,
+        BargeIn,
+        CallTool,
+        Close,
+        FakeRealtime,
+        RealtimeConnection,
+        Script,
+        Speak,
+        rundemo_script,
+    )
+
+_LAZY = {
+    "AvaturnEngineClient": "engine_client",
+    "Segment": "engine_client",
+    "AdvisoryError": "realtime",
+    "BargeIn": "realtime",
+    "CallTool": "realtime",
+    "Close": "realtime",
+    "FakeRealtime": "realtime",
+    "RealtimeConnection": "realtime",
+    "Script": "realtime",
+    "Speak": "realtime",
+    "rundemo_script": "realtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f"{__name__}.{module}"), name)
+
+
 __all__ = [
     "AVATURN_CREATE",
     "AVATURN_TASK",
@@ -54,10 +99,21 @@ __all__ = [
     "STANDIN_SDK_PATH",
     "UNKNOWN",
     "UPSTREAM_ROUTES",
+    "AdvisoryError",
+    "AvaturnEngineClient",
+    "BargeIn",
+    "CallTool",
+    "Close",
+    "FakeRealtime",
     "FakeSession",
     "FakeUpstream",
     "IssuedSecret",
     "IssuedToken",
+    "RealtimeConnection",
     "RecordedRequest",
+    "Script",
+    "Segment",
+    "Speak",
     "is_loopback_host",
+    "rundemo_script",
 ]

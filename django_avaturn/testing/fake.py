@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, replace
 from importlib.resources import files
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import answers
@@ -51,6 +51,9 @@ from .records import (
     Reply,
 )
 from .server import FakeHTTPServer
+
+if TYPE_CHECKING:
+    from .engine_client import AvaturnEngineClient
 
 DEFAULT_OPENAI_API_KEY = "sk-fake-openai-key"
 DEFAULT_AVATURN_API_KEY = "av-fake-avaturn-key"
@@ -121,6 +124,8 @@ class FakeUpstream:
         gone_avatars: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
         allow_non_loopback: bool = False,
+        connect_engines: bool | None = None,
+        engine_client_options: Mapping[str, Any] | None = None,
     ) -> None:
         if not allow_non_loopback and not is_loopback_host(host):
             raise ValueError(
@@ -133,6 +138,11 @@ class FakeUpstream:
         self.avaturn_api_key = avaturn_api_key
         self.cartesia_api_key = cartesia_api_key
         self.clock = clock
+        #: Connect an `AvaturnEngineClient` to an external engine's URL, as Avaturn
+        #: does once the session exists: None for loopback URLs only, True for any.
+        self.connect_engines = connect_engines
+        #: Keyword arguments for each `AvaturnEngineClient` (``microphone``, ``playback_rate``...).
+        self.engine_client_options: dict[str, Any] = dict(engine_client_options or {})
         #: Avatar ids that answer 410 Gone on create. Safe to edit while serving.
         self.gone_avatars: set[str] = set(gone_avatars)
         self._initial_gone = frozenset(self.gone_avatars)
@@ -157,6 +167,7 @@ class FakeUpstream:
         self._latency = dict(self._initial_latency)
         self._connections = 0
         self._closed = 0
+        self._engine_clients: dict[str, AvaturnEngineClient] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -186,6 +197,7 @@ class FakeUpstream:
         server, thread = self._server, self._thread
         if server is None:
             return
+        self._close_engine_clients()
         self._stopping.set()  # wakes handlers sleeping on a delay or drip
         server.shutdown()
         server.close_open_connections()
@@ -303,6 +315,16 @@ class FakeUpstream:
         with self._lock:
             return dict(self._tokens)
 
+    @property
+    def engine_clients(self) -> dict[str, AvaturnEngineClient]:
+        """The engine client connected for each external-engine session, by session id."""
+        with self._lock:
+            return dict(self._engine_clients)
+
+    def engine_client(self, session_id: str) -> AvaturnEngineClient | None:
+        with self._lock:
+            return self._engine_clients.get(session_id)
+
     def live_session_ids(self) -> set[str]:
         with self._lock:
             return {sid for sid, session in self._sessions.items() if session.live}
@@ -345,6 +367,11 @@ class FakeUpstream:
                     "ended_at": session.ended_at,
                     "tasks": list(session.tasks),
                     "engine": session.engine,
+                    "engine_connection": (
+                        self._engine_clients[session.session_id].summary()
+                        if session.session_id in self._engine_clients
+                        else None
+                    ),
                 }
                 for session in self._sessions.values()
             ]
@@ -372,7 +399,10 @@ class FakeUpstream:
     # -- control ---------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget sessions, secrets, requests, counters and faults; restore latency."""
+        """Forget sessions, secrets, requests, counters and faults; restore latency.
+
+        Engine clients still connected are closed first, as ending their sessions would."""
+        self._close_engine_clients()
         with self._lock:
             self._init_state()
             self.gone_avatars.clear()
@@ -611,7 +641,38 @@ class FakeUpstream:
         )
         self._sessions[session.session_id] = session
         self._live_by_token[session.token] = session.session_id
+        if engine["type"] == "external" and self._should_connect(engine["url"]):
+            self._connect_engine(session.session_id, engine)
         return answers.json_reply(201, {"session_id": session.session_id, "token": session.token})
+
+    def _should_connect(self, url: str) -> bool:
+        if self.connect_engines is not None:
+            return self.connect_engines
+        return is_loopback_host(urlsplit(url).hostname or "")
+
+    def _connect_engine(self, session_id: str, engine: Mapping[str, Any]) -> None:
+        """Connect to the external engine as Avaturn does, from a thread of the client's own.
+
+        The engine closing its socket, or refusing it, ends the session."""
+        from .engine_client import AvaturnEngineClient  # needs websockets: only when used
+
+        def closed(client: AvaturnEngineClient) -> None:
+            if client.closed_by != "client":
+                self.end_session(session_id)
+
+        audio = engine.get("audio")
+        user = audio.get("user") if isinstance(audio, dict) else None
+        rate = user.get("sample_rate", 24000) if isinstance(user, dict) else 24000
+        options = {"sample_rate": rate, **self.engine_client_options, "on_close": closed}
+        client = AvaturnEngineClient(engine["url"], engine.get("headers") or {}, **options)
+        self._engine_clients[session_id] = client
+        client.start(wait=False)
+
+    def _close_engine_clients(self) -> None:
+        with self._lock:
+            clients = list(self._engine_clients.values())
+        for client in clients:
+            client.close()
 
     def _end(self, session_id: str) -> bool:
         session = self._sessions.get(session_id)
@@ -619,6 +680,9 @@ class FakeUpstream:
             return False
         self._sessions[session_id] = replace(session, ended_at=self.clock())
         self._live_by_token.pop(session.token, None)
+        client = self._engine_clients.get(session_id)
+        if client is not None:  # the session's end closes the engine's stream
+            client.close(wait=False)
         return True
 
     def _terminate(self, session_id: str) -> Reply:
