@@ -218,7 +218,6 @@ class SegmentChecker:
                 if message["segment_uid"] != self.open:
                     self.problems.append(f"#{index}: closing a segment that is not open")
                 self.open = None
-            elif kind == "avatar.speech.interrupt":
-                if self.open is not None:
-                    self.problems.append(f"#{index}: interrupt with a segment open")
+            elif kind == "avatar.speech.interrupt" and self.open is not None:
+                self.problems.append(f"#{index}: interrupt with a segment open")
         return self.problems

@@ -299,6 +299,14 @@ _SCALARS: dict[Any, Scalar] = {
 }
 
 
+# A TypedDict key's Required[X] / NotRequired[X] (Python 3.11+): what it holds is X.
+_KEY_QUALIFIERS = tuple(
+    qualifier
+    for qualifier in (getattr(typing, "Required", None), getattr(typing, "NotRequired", None))
+    if qualifier is not None
+)
+
+
 def _is_typeddict(annotation: Any) -> bool:
     return isinstance(annotation, type) and typing.is_typeddict(annotation)
 
@@ -307,7 +315,7 @@ def shape_of(annotation: Any, where: str) -> Shape:
     """The ``Shape`` of ``annotation``; ``TypeError`` naming ``where`` if it is not supported."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Annotated:
+    if origin is typing.Annotated or (origin is not None and origin in _KEY_QUALIFIERS):
         return shape_of(args[0], where)
     if annotation in _SCALARS and isinstance(annotation, (type, type(None))):
         return _SCALARS[annotation]
