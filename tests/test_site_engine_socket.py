@@ -20,7 +20,8 @@ from channels.testing import WebsocketCommunicator
 from django_avaturn import services
 from django_avaturn.engine import layer, tokens
 from django_avaturn.engine.routing import websocket_urlpatterns
-from django_avaturn.models import EndReason, Session, SessionStatus, Transcript
+from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
+from django_avaturn.testing.realtime import CallTool, Close, FakeRealtime, Script
 from tests.helpers import AvaturnOverrides, closed_port, live
 from tests.realtime_loopback import LoopbackRealtime
 
@@ -480,3 +481,74 @@ def test_the_kill_switch_closes_every_engine(
 
     run(test)
     assert set(Session.objects.values_list("end_reason", flat=True)) == {EndReason.SHUTDOWN}
+
+
+# ---------------------------------------------------------------------- with the scripted fake
+
+
+def test_a_scripted_conversation_runs_the_sites_tool_as_the_sessions_user(
+    avaturn: AvaturnOverrides, settings: Any, upstream: Any, user: Any
+) -> None:
+    """Start → talk → a tool that shows a card → OpenAI goes away: h-fakes' FakeRealtime."""
+    script = Script(
+        [
+            CallTool("whoami", call_id="call_who", after_audio_ms=40),
+            CallTool(
+                "show_card",
+                arguments='{"title": "Order 7"}',
+                call_id="call_card",
+                after_audio_ms=40,
+            ),
+            Close(code=1011, reason="scripted end", after_audio_ms=40),
+        ]
+    )
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    with FakeRealtime(script, api_key="sk-test-openai-0123456789") as fake:
+        avaturn(
+            ENGINE="site",
+            SITE_ENGINE={
+                "PUBLIC_URL": "wss://avatar.example.com",
+                "OPENAI_WEBSOCKET_URL": fake.websocket_base_url,
+                "TOOLS": ["tests.engine_tools_example"],
+            },
+        )
+        row, token, secret = site_row(user)
+        page: list[dict[str, Any]] = []
+
+        async def test() -> None:
+            communicator = socket(token, secret)
+            assert (await communicator.connect(TIMEOUT))[0] is True
+            close: dict[str, Any] | None = None
+            deadline = time.monotonic() + 3 * TIMEOUT
+            while close is None:
+                assert time.monotonic() < deadline, "the script did not end"
+                await communicator.send_to(bytes_data=PCM)
+                # (receive_output's timeout would cancel the application: look first.)
+                while not await communicator.receive_nothing(0.02):
+                    output = await communicator.receive_output(TIMEOUT)
+                    if output["type"] == "websocket.close":
+                        close = output
+                        break
+                    text = output.get("text")
+                    if text and json.loads(text)["type"] == "sdk.message.send":
+                        page.append(json.loads(text)["data"])
+            assert close["code"] == 1011
+            await communicator.disconnect()
+            ended_row = await ended(row.pk)
+            assert ended_row.end_reason == EndReason.UPSTREAM_ERROR
+            assert "scripted end" in ended_row.end_detail
+
+        run(test)
+        assert fake.wait_until(lambda: fake.open_connections == 0)
+        (connection,) = fake.connections
+        outputs = {item["call_id"]: item["output"] for item in connection.function_call_outputs}
+        who = json.loads(outputs["call_who"])["result"]
+        # The user is the session's: the model never chose it.
+        assert (who["email"], who["session"]) == (user.email, row.pk)
+        assert json.loads(outputs["call_card"]) == {"result": "shown"}
+        assert page == [
+            {"type": "django_avaturn.message", "data": {"card": "Order 7", "n": 1}},
+            {"type": "django_avaturn.message", "data": {"card": "Order 7", "n": 2}},
+        ]
+    calls = set(ToolCall.objects.filter(session=row).values_list("tool", "status"))
+    assert calls == {("whoami", "ok"), ("show_card", "ok")}
