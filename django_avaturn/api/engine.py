@@ -52,7 +52,7 @@ class SessionMessageView(AvaturnAPIView):
         parameters=session_id_parameter(),
         request=EngineMessageSerializer,
         responses={
-            202: None,
+            204: None,
             400: "",
             403: "",
             404: _("`not_found`: not one of the caller's sessions, or none."),
@@ -84,4 +84,4 @@ class SessionMessageView(AvaturnAPIView):
             layer.send_sync(session.pk, layer.browser_message(data))
         except layer.NoChannelLayer as exc:
             raise NotConfigured(str(exc)) from None
-        return Response(status=202)
+        return Response(status=204)
