@@ -432,3 +432,16 @@ def test_the_channel_layer_checks(
     assert _ids() == expected
     avaturn(ENGINE="openai-realtime")
     assert _ids() == []
+
+
+def test_a_page_cannot_write_a_site_engine_sessions_transcript(
+    api_client: APIClient, user: Any, avaturn: AvaturnOverrides
+) -> None:
+    """The engine records both sides itself; a line posted by the page would be a forgery."""
+    avaturn(TRANSCRIPTS_ENABLED=True)
+    row = live(user, "sess-1", engine="site")
+    response = csrf_post(
+        api_client, "/avaturn/sessions/sess-1/transcripts/", {"role": "avatar", "text": "Hi"}
+    )
+    assert (response.status_code, response.json()["code"]) == (409, "transcript_from_engine")
+    assert not row.transcripts.exists()
