@@ -158,8 +158,9 @@ def test_barge_in_while_a_finished_response_still_plays_clamps_to_what_was_gener
         async with Running() as r:
             # The clock is past the end of the 300 ms generated: clamped (OpenAI refuses
             # a truncation past its audio) — here Avaturn never reported playback.
+            # The response is still generating, its audio arriving slower than it plays.
+            await r.realtime.push(response_created("r1"))
             await r.speak("r1", "item-1", pcm(300))
-            await r.realtime.push(response_done("r1"))
             r.clock.now += 3
             await r.realtime.push(SPEECH_STARTED)
             assert r.realtime.of_type("conversation.item.truncate")[0]["audio_end_ms"] == 300
@@ -537,3 +538,15 @@ def test_audio_deltas_without_ids_are_skipped(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING):
         run(test)
     assert "audio delta without audio or ids" in caplog.text
+
+
+def test_say_after_the_end_is_a_no_op() -> None:
+    async def test() -> None:
+        realtime = MemoryRealtime()
+        bridge = Bridge(MemoryAvaturn(), realtime)
+        await bridge.stop()
+        await bridge.run()
+        await bridge.say("Anyone there?")
+        assert realtime.sent == []
+
+    run(test)

@@ -60,10 +60,20 @@ def test_barge_in_closes_interrupts_and_truncates_to_what_was_played() -> None:
 def test_the_truncation_is_clamped_to_what_was_generated() -> None:
     segments = Segments()
     segments.audio("r1", "i1", 500 * MS, 0.0)
+    segments.playback_started(None, 0.1)
+    # 5 s later the clock says far more than the 500 ms that reached us; the response
+    # is still generating (its item may be longer): cut at what was generated.
+    assert segments.barge_in(5.1).truncations == [Truncation("i1", 500)]
+
+
+def test_a_finished_segment_heard_in_full_by_the_clock_is_not_cut() -> None:
+    segments = Segments()
+    segments.audio("r1", "i1", 500 * MS, 0.0)
     segments.response_done("r1")
     segments.playback_started(None, 0.1)
-    # 5 s later the clock says far more than the 500 ms there ever was.
-    assert segments.barge_in(5.1).truncations == [Truncation("i1", 500)]
+    result = segments.barge_in(5.1)
+    assert result.truncations == []
+    assert result.to_avaturn == [protocol.INTERRUPT]
 
 
 def test_played_duration_reported_by_avaturn_wins_over_the_clock() -> None:
@@ -115,3 +125,15 @@ def test_reports_for_unknown_segments_change_nothing() -> None:
     segments.response_done("r1")
     assert segments.playback_interrupted(None, "not a number", 0.0) == Truncation("i1", 0)
     assert not segments.speaking
+
+
+def test_without_playback_reports_queued_segments_play_one_after_another() -> None:
+    segments = Segments()
+    segments.audio("r1", "i1", 1000 * MS, 0.0)  # plays 0.0 - 1.0
+    segments.response_done("r1")
+    segments.audio("r2", "i2", 1000 * MS, 0.1)  # queued: plays 1.0 - 2.0
+    segments.response_done("r2")
+    segments.audio("r3", "i3", 500 * MS, 0.2)  # queued: plays 2.0 - 2.5
+    result = segments.barge_in(1.4)
+    # r1 was heard in full: not cut; r2 400 ms; r3 nothing yet.
+    assert result.truncations == [Truncation("i2", 400), Truncation("i3", 0)]

@@ -169,8 +169,15 @@ class Bridge:
         await self._avaturn.send_text(protocol.browser_message(data))
 
     async def say(self, text: str) -> None:
-        """Have the avatar speak ``text`` (after the current response, if one is active)."""
-        await self._create_response(SAY_INSTRUCTIONS.format(text=text))
+        """Have the avatar speak ``text`` (after the current response, if one is active).
+
+        A no-op once the conversation has ended; a text still waiting when the visitor
+        barges in is dropped with the response it waited for.
+        """
+        if self._stopped:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await self._create_response(SAY_INSTRUCTIONS.format(text=text))
 
     async def stop(self) -> None:
         """End the conversation: run() returns STOPPED; running tool calls are cancelled."""

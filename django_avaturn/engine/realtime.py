@@ -1,50 +1,112 @@
-"""Opening OpenAI Realtime from the server (h-consumer's stand-in until h-bridge's lands).
+"""Opening OpenAI Realtime from the server, for the site engine's bridge.
 
-``connect_realtime`` opens the socket with the ``openai`` SDK and sends one
-``session.update``. Replaced by h-bridge's module at merge.
+The ``openai`` SDK's realtime client connects with the site's key (never sent
+anywhere else); one ``session.update`` then fixes what the bridge relies on: PCM16 at
+24 kHz both ways, server VAD turn detection, the input transcription when transcripts
+are kept, and the registry's tools. The bridge sends prepared JSON strings with
+``send_raw`` and reads ``recv_bytes``: the SDK's typed helpers cost far more CPU.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
+from django.views.decorators.debug import sensitive_variables
 from openai import AsyncOpenAI
+
+# Imported with this module, not on the first connect: the SDK's realtime types take
+# tens to hundreds of milliseconds to import, which would land on a live call.
+from openai.resources.realtime.realtime import AsyncRealtimeConnection  # noqa: F401
+from openai.types.websocket_connection_options import WebSocketConnectionOptions
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import protocol
+from django_avaturn.engine.bridge import RealtimeSocket
 from django_avaturn.exceptions import NotConfigured
 
+PCM_24K: dict[str, Any] = {"type": "audio/pcm", "rate": protocol.SAMPLE_RATE}
+# Used when the session asks for none: OpenAI's server VAD, which also tells the
+# bridge when the visitor starts speaking (barge-in).
+DEFAULT_TURN_DETECTION: dict[str, Any] = {"type": "server_vad"}
+DEFAULT_TRANSCRIPTION: dict[str, Any] = {"model": "gpt-4o-mini-transcribe"}
 
+
+class _NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The socket's logger, never at DEBUG.
+
+    ``websockets`` logs every handshake header at DEBUG, the ``Authorization: Bearer``
+    carrying the site's key among them, and every frame after it. It reads the level
+    once per connection (``isEnabledFor(DEBUG)``), so this turns both off whatever the
+    site's logging configuration; INFO and above still reach ``websockets.client``.
+    """
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's name
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_SOCKET_OPTIONS = cast(
+    WebSocketConnectionOptions,
+    {"logger": _NoDebugLogger(logging.getLogger("websockets.client"), {})},
+)
+
+
+def session_for_bridge(
+    session_config: Mapping[str, Any], tools: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The GA session the bridge needs, from the site's (``SessionPlan.realtime_session``).
+
+    The audio formats are forced (the bridge never resamples); turn detection and the
+    input transcription are the site's when it set them.
+    """
+    session = copy.deepcopy(dict(session_config))
+    session["type"] = "realtime"
+    audio = session.setdefault("audio", {})
+    audio_in = audio.setdefault("input", {})
+    audio_out = audio.setdefault("output", {})
+    audio_in["format"] = dict(PCM_24K)
+    audio_out["format"] = dict(PCM_24K)
+    if audio_in.get("turn_detection") is None:
+        audio_in["turn_detection"] = dict(DEFAULT_TURN_DETECTION)
+    if avaturn_settings.TRANSCRIPTS_ENABLED and not audio_in.get("transcription"):
+        audio_in["transcription"] = dict(DEFAULT_TRANSCRIPTION)
+    if tools:
+        session["tools"] = [dict(tool) for tool in tools]
+        session.setdefault("tool_choice", "auto")
+    return session
+
+
+@sensitive_variables("api_key")
 async def connect_realtime(
     *,
     model: str,
-    session_config: dict[str, Any],
-    tools: list[dict[str, Any]],
+    session_config: Mapping[str, Any],
+    tools: Sequence[Mapping[str, Any]],
     websocket_url: str | None,
-) -> Any:
+) -> RealtimeSocket:
+    """Open OpenAI Realtime and configure it; the caller closes what this returns.
+
+    ``websocket_url`` (``SITE_ENGINE["OPENAI_WEBSOCKET_URL"]``) replaces the SDK's own
+    address (a loopback fake in tests). Raises ``NotConfigured`` without a key; the
+    SDK's and ``websockets``' errors when the connection fails.
+    """
     api_key = avaturn_settings.OPENAI_API_KEY
     if not api_key:
-        raise NotConfigured("The OpenAI API key is not set.")
-    client = AsyncOpenAI(api_key=api_key, websocket_base_url=websocket_url)
-    options: dict[str, Any] = {"model": model}
-    if "max_retries" in inspect.signature(client.realtime.connect).parameters:
-        options["max_retries"] = 0
-    connection = await client.realtime.connect(**options).enter()
-    session = dict(session_config)
-    session["audio"] = {
-        **session.get("audio", {}),
-        "input": {
-            **session.get("audio", {}).get("input", {}),
-            "format": {"type": "audio/pcm", "rate": 24000},
-            "turn_detection": {"type": "server_vad"},
-        },
-        "output": {
-            **session.get("audio", {}).get("output", {}),
-            "format": {"type": "audio/pcm", "rate": 24000},
-        },
-    }
-    if tools:
-        session["tools"] = tools
-    await connection.send_raw(protocol.session_update(session))
+        raise NotConfigured(
+            "AVATURN['OPENAI_API_KEY'] is not set and the OPENAI_API_KEY environment "
+            "variable is empty."
+        )
+    client = AsyncOpenAI(api_key=api_key, websocket_base_url=websocket_url, max_retries=0)
+    connection = await client.realtime.connect(
+        model=model, websocket_connection_options=_SOCKET_OPTIONS
+    ).enter()
+    try:
+        await connection.send_raw(
+            protocol.session_update(session_for_bridge(session_config, tools))
+        )
+    except BaseException:
+        await connection.close()
+        raise
     return connection

@@ -23,7 +23,8 @@ What the visitor heard is estimated per segment, in this order:
    which Avaturn plays its buffered segments).
 4. Before Avaturn has reported any playback: our clock since the segment's first
    audio, as Avaturn's reference engine estimates it (its OpenAI Realtime service
-   measures from the first audio it received).
+   measures from the first audio it received), a segment starting no earlier than
+   the one before it ends (segments play one after another).
 
 Avaturn's playback reports are matched to segments by ``segment_uid``; a report
 without one applies to the oldest unfinished segment (inferred: Avaturn plays
@@ -175,29 +176,43 @@ class Segments:
         result = BargeIn()
         if not self.unfinished:
             return result
+        still_generating = self.current
         close = self._close()
         if close is not None:
             result.to_avaturn.append(close)
         result.to_avaturn.append(protocol.INTERRUPT)
+        queue_free_at: float | None = None
         for segment in self.unfinished:
             self.drop_response(segment.response_id)
-            if segment.played_ms is not None and segment.played_ms >= segment.generated_ms:
+            played = self._played_ms(segment, now, queue_free_at)
+            if not self._reports_playback:
+                # Segments play one after another: the next starts when this one ends.
+                start = segment.first_audio_at
+                if queue_free_at is not None and queue_free_at > start:
+                    start = queue_free_at
+                queue_free_at = start + segment.generated_ms / 1000
+            if played >= segment.generated_ms and segment is not still_generating:
                 continue  # heard in full: nothing to cut
-            played = self._played_ms(segment, now)
-            result.truncations.append(
-                Truncation(segment.item_id, max(0, min(played, segment.generated_ms)))
-            )
+            # The open segment's item may hold more audio than reached us: it is cut even
+            # when all that reached us was heard.
+            result.truncations.append(Truncation(segment.item_id, played))
         self.unfinished.clear()
         return result
 
-    def _played_ms(self, segment: Segment, now: float) -> int:
+    def _played_ms(self, segment: Segment, now: float, queue_free_at: float | None = None) -> int:
+        """What was heard of ``segment`` by ``now``, clamped to what was generated."""
         if segment.played_ms is not None:
-            return segment.played_ms
-        if segment.playback_started_at is not None:
-            return round((now - segment.playback_started_at) * 1000)
-        if self._reports_playback:
-            return 0
-        return round((now - segment.first_audio_at) * 1000)
+            played = segment.played_ms
+        elif segment.playback_started_at is not None:
+            played = round((now - segment.playback_started_at) * 1000)
+        elif self._reports_playback:
+            played = 0
+        else:
+            start = segment.first_audio_at
+            if queue_free_at is not None and queue_free_at > start:
+                start = queue_free_at
+            played = round((now - start) * 1000)
+        return max(0, min(played, segment.generated_ms))
 
     # Avaturn's reports.
 
@@ -241,7 +256,7 @@ class Segments:
         self._finish(segment)
         if played >= segment.generated_ms:
             return None
-        return Truncation(segment.item_id, max(0, played))
+        return Truncation(segment.item_id, played)
 
     def _finish(self, segment: Segment) -> None:
         # A segment still open leaves the queue when it is closed.

@@ -1,0 +1,250 @@
+"""connect_realtime through the openai SDK against a real loopback WebSocket server.
+
+The server (the ``websockets`` package, on this test's loop) records the upgrade and
+every client event; it stands in for OpenAI until the shipped fake replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from django_avaturn.engine.bridge import Bridge, EndCause
+from django_avaturn.engine.realtime import connect_realtime
+from django_avaturn.exceptions import NotConfigured
+from tests.engine_helpers import MemoryAvaturn, audio_delta, pcm, response_done
+from tests.helpers import KEYS
+
+OPENAI_KEY = KEYS[1]
+TOOL = {
+    "type": "function",
+    "name": "count_orders",
+    "description": "Count the user's orders.",
+    "parameters": {"type": "object", "properties": {}},
+}
+
+
+class Loopback:
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.received: list[dict[str, Any]] = []
+        self.got = asyncio.Condition()
+        self.script: list[dict[str, Any]] = []
+        self.close_code = 1000
+
+    async def handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        self.paths.append(ws.request.path)
+        self.headers.append({k.lower(): v for k, v in ws.request.headers.raw_items()})
+        await ws.send(json.dumps({"type": "session.created", "session": {}}))
+        async for message in ws:
+            assert isinstance(message, str)  # OpenAI reads JSON text frames
+            event = json.loads(message)
+            async with self.got:
+                self.received.append(event)
+                self.got.notify_all()
+            if event["type"] == "input_audio_buffer.append" and self.script:
+                for item in self.script:
+                    await ws.send(json.dumps(item))
+                await ws.close(self.close_code, "done")
+                return
+
+    async def wait_for(self, count: int) -> None:
+        async with self.got:
+            await asyncio.wait_for(self.got.wait_for(lambda: len(self.received) >= count), 5)
+
+
+def run_with_server(test: Any) -> None:
+    async def main() -> None:
+        loopback = Loopback()
+        async with serve(loopback.handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            await asyncio.wait_for(test(loopback, f"ws://127.0.0.1:{port}/v1"), 15)
+
+    asyncio.run(main())
+
+
+def test_connect_sends_one_session_update_and_the_key_stays_out_of_logs(
+    avaturn: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    avaturn(TRANSCRIPTS_ENABLED=True)
+    session_config = {
+        "type": "realtime",
+        "model": "gpt-realtime",
+        "instructions": "Be brief.",
+        "audio": {"output": {"voice": "marin", "format": {"type": "audio/pcmu"}}},
+    }
+
+    async def test(loopback: Loopback, url: str) -> None:
+        connection = await connect_realtime(
+            model="gpt-realtime", session_config=session_config, tools=[TOOL], websocket_url=url
+        )
+        try:
+            await loopback.wait_for(1)
+        finally:
+            await connection.close()
+        assert loopback.paths == ["/v1/realtime?model=gpt-realtime"]
+        assert loopback.headers[0]["authorization"] == f"Bearer {OPENAI_KEY}"
+        assert loopback.received == [
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "model": "gpt-realtime",
+                    "instructions": "Be brief.",
+                    "audio": {
+                        "input": {
+                            "format": {"type": "audio/pcm", "rate": 24000},
+                            "turn_detection": {"type": "server_vad"},
+                            "transcription": {"model": "gpt-4o-mini-transcribe"},
+                        },
+                        # The site's voice kept, its format replaced: nothing is resampled.
+                        "output": {
+                            "voice": "marin",
+                            "format": {"type": "audio/pcm", "rate": 24000},
+                        },
+                    },
+                    "tools": [TOOL],
+                    "tool_choice": "auto",
+                },
+            }
+        ]
+        # The caller's config is not changed.
+        assert "input" not in session_config["audio"]
+
+    with caplog.at_level(logging.DEBUG):
+        run_with_server(test)
+    # The site's side only: the stand-in server (playing OpenAI) logs what it received.
+    ours = [r for r in caplog.records if not r.name.startswith("websockets.server")]
+    assert any(r.name.startswith("openai") for r in ours)  # the SDK logged its connect
+    assert not [r for r in ours if OPENAI_KEY in r.getMessage()]
+
+
+def test_without_transcripts_no_transcription_is_asked_for(avaturn: Any) -> None:
+    avaturn(TRANSCRIPTS_ENABLED=False)
+
+    async def test(loopback: Loopback, url: str) -> None:
+        connection = await connect_realtime(
+            model="m", session_config={}, tools=[], websocket_url=url
+        )
+        await loopback.wait_for(1)
+        await connection.close()
+        session = loopback.received[0]["session"]
+        assert "transcription" not in session["audio"]["input"]
+        assert "tools" not in session
+
+    run_with_server(test)
+
+
+def test_no_key_is_a_configuration_error(avaturn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    avaturn(OPENAI_API_KEY=None)
+    with pytest.raises(NotConfigured):
+        asyncio.run(
+            connect_realtime(model="m", session_config={}, tools=[], websocket_url="ws://x")
+        )
+
+
+def test_the_bridge_runs_over_the_sdk_connection_until_openai_closes(avaturn: Any) -> None:
+    async def test(loopback: Loopback, url: str) -> None:
+        loopback.script = [
+            audio_delta("r1", "i1", pcm(20, 7)),
+            response_done("r1"),
+        ]
+        connection = await connect_realtime(
+            model="m", session_config={}, tools=[], websocket_url=url
+        )
+        avaturn_socket = MemoryAvaturn()
+        bridge = Bridge(avaturn_socket, connection)
+        task = asyncio.get_running_loop().create_task(bridge.run())
+        await bridge.feed_audio(pcm(20, 3))
+        assert await asyncio.wait_for(task, 5) == EndCause.OPENAI_CLOSED
+        assert "code 1000: done" in bridge.end_detail
+        append = loopback.received[1]
+        assert append["type"] == "input_audio_buffer.append"
+        assert base64.b64decode(append["audio"]) == pcm(20, 3)
+        assert avaturn_socket.audio() == pcm(20, 7)
+        assert avaturn_socket.types() == [
+            "avatar.speech.segment.create",
+            "avatar.speech.segment.close",
+        ]
+
+    run_with_server(test)
+
+
+def test_a_scripted_conversation_with_the_shipped_fake(avaturn: Any) -> None:
+    """h-fakes' FakeRealtime: a tool call, a barge-in, an advisory error, an abnormal close."""
+    from django_avaturn.testing.realtime import (
+        AdvisoryError,
+        BargeIn,
+        CallTool,
+        Close,
+        FakeRealtime,
+        Speak,
+    )
+    from tests.engine_helpers import SegmentChecker
+
+    script = [
+        Speak("Hello there."),
+        CallTool("count_orders", '{"status": "open"}'),
+        BargeIn(),
+        AdvisoryError(),
+        Close(code=1011, reason="server error"),
+    ]
+    calls: list[tuple[str, str]] = []
+
+    async def run_tool(call_id: str, name: str, arguments: str) -> str:
+        calls.append((name, arguments))
+        return '{"count": 2}'
+
+    with FakeRealtime(script=script) as fake:
+        avaturn(OPENAI_API_KEY=fake.api_key)
+
+        async def main() -> tuple[EndCause, str, MemoryAvaturn]:
+            connection = await connect_realtime(
+                model="gpt-realtime",
+                session_config={},
+                tools=[TOOL],
+                websocket_url=fake.websocket_base_url,
+            )
+            socket = MemoryAvaturn()
+            bridge = Bridge(socket, connection, run_tool=run_tool)
+            task = asyncio.get_running_loop().create_task(bridge.run())
+
+            async def microphone() -> None:
+                while not task.done():
+                    await bridge.feed_audio(pcm(20))
+                    await asyncio.sleep(0.005)
+
+            mic = asyncio.get_running_loop().create_task(microphone())
+            cause = await asyncio.wait_for(task, 20)
+            await mic
+            return cause, bridge.end_detail, socket
+
+        cause, detail, socket = asyncio.run(main())
+        assert fake.wait_until(lambda: fake.open_connections == 0)
+        record = fake.connections[0]
+
+    assert cause == EndCause.OPENAI_FAILED
+    assert "code 1011" in detail
+    assert calls == [("count_orders", '{"status": "open"}')]
+    assert record.function_call_outputs[0]["output"] == '{"count": 2}'
+    # The barge-in: interrupted, truncated within what was generated (the fake refuses
+    # anything past it), cancelled.
+    assert "avatar.speech.interrupt" in socket.types()
+    # Without playback reports, earlier answers may still be queued at Avaturn: each
+    # unheard item is cut, the interrupted one last; none past what it generated.
+    assert record.truncates
+    assert all(t["content_index"] == 0 for t in record.truncates)
+    truncation_errors = [e for e in record.errors_sent if e.get("code") != "server_error"]
+    assert truncation_errors == []
+    assert "response.cancel" in record.event_types()
+    assert SegmentChecker().check(socket.sent) == []
+    assert len(record.session_updates) == 1
