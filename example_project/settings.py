@@ -43,6 +43,15 @@ if find_spec("drf_spectacular") is not None:
     INSTALLED_APPS.append("drf_spectacular")
     SPECTACULAR_SETTINGS = SCHEMA_SETTINGS
 
+# With Channels and daphne installed, runserver (and so rundemo) serves the ASGI
+# application, the site engine's socket included; without them, WSGI as before.
+SERVES_ASGI = find_spec("channels") is not None and find_spec("daphne") is not None
+if SERVES_ASGI:
+    INSTALLED_APPS.insert(0, "daphne")
+    # One process serves the demo: the in-memory layer is enough here (W013 says
+    # why a deployment needs channels_redis).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -126,6 +135,18 @@ if not USES_REAL_SERVICES:
             "SDK_INTEGRITY": "",
         }
     )
+if os.environ.get("AVATURN_DEMO_ENGINE") == "site":
+    # The site engine: Avaturn connects to this site, which opens OpenAI itself and
+    # runs example_project.avatar_tools. AVATURN_PUBLIC_URL: where Avaturn reaches it.
+    AVATURN["ENGINE"] = "site"
+    AVATURN["SITE_ENGINE"] = {
+        "PUBLIC_URL": os.environ.get("AVATURN_PUBLIC_URL", "ws://127.0.0.1:8000"),
+        "TOOLS": ["example_project.avatar_tools"],
+    }
+    if not USES_REAL_SERVICES:
+        AVATURN["SITE_ENGINE"]["OPENAI_WEBSOCKET_URL"] = os.environ.get(
+            "AVATURN_FAKE_REALTIME_URL", f"ws://127.0.0.1:{FAKE_UPSTREAM_PORT + 1}/v1"
+        )
 if os.environ.get("AVATURN_SDK_URL"):
     AVATURN["SDK_URL"] = os.environ["AVATURN_SDK_URL"]
     AVATURN["SDK_INTEGRITY"] = os.environ.get("AVATURN_SDK_INTEGRITY", "")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.urls import reverse
 
 from django_avaturn.engine import ToolContext, ToolError, tool
 from django_avaturn.engine.tools import (
@@ -23,7 +24,7 @@ from django_avaturn.engine.tools import (
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import SessionStatus, ToolCall, ToolCallStatus
 from tests import engine_tools_example as example
-from tests.helpers import live
+from tests.helpers import live, logged_in, staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -466,3 +467,43 @@ def test_a_tool_context_can_be_made_for_a_tools_own_unit_test(session: Any) -> N
     assert sent == [{"card": "Direct", "n": 1}, {"card": "Direct", "n": 2}]
     with pytest.raises(ToolError, match="already shipped"):
         example.cancel_order(ctx, "B-2")
+
+
+# ---------------------------------------------------------------------- the admin
+
+
+def test_the_session_admin_shows_its_tool_calls_read_only(
+    session: Any, user: Any, django_user_model: Any
+) -> None:
+    ToolCall.objects.create(
+        session=session, call_id="c-1", tool="whoami", status=ToolCallStatus.OK, duration_ms=12
+    )
+    ToolCall.objects.create(
+        session=session,
+        call_id="c-2",
+        tool="find_order",
+        status=ToolCallStatus.DENIED,
+        duration_ms=3,
+        # A model could be talked into putting anything in its arguments.
+        arguments={"order": "A-17", "note": "sk-test-openai-0123456789"},
+    )
+    other = live(user, "sess-other", engine="openai-realtime")
+    viewer = staff(django_user_model, "staff@example.com", "view_session", "view_toolcall")
+    client = logged_in(viewer)
+
+    page = client.get(reverse("admin:django_avaturn_session_change", args=(session.pk,)))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Tool calls" in html
+    assert "whoami" in html
+    assert "find_order" in html
+    assert "Denied (user, session or permission)" in html
+    assert "A-17" in html
+    assert "sk-test-openai-0123456789" not in html
+    assert "[redacted]" in html
+    assert 'name="tool_calls-TOTAL_FORMS"' in html
+    assert "tool_calls-0-DELETE" not in html  # nothing to delete, change or add
+
+    page = client.get(reverse("admin:django_avaturn_session_change", args=(other.pk,)))
+    assert page.status_code == 200
+    assert "Tool calls" not in page.content.decode()

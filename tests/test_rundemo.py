@@ -11,6 +11,7 @@ import re
 import socket
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.helpers import closed_port, demo_env, rundemo
@@ -65,3 +66,16 @@ def test_rundemo_says_how_out_when_the_fake_port_is_taken(tmp_path: Path) -> Non
     assert f"Cannot start the offline fake on 127.0.0.1:{fake_port}" in output
     assert "AVATURN_FAKE_PORT" in output
     assert "Traceback" not in output
+
+
+def test_rundemo_serves_the_site_engines_socket_over_asgi(demo: tuple[str, str]) -> None:
+    """With Channels and daphne installed, rundemo serves ASGI: the engine's route
+    answers, and refuses a socket without a valid token before accepting it."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    site, _ = demo
+    url = site.replace("http://", "ws://") + "/avaturn/engine/not-a-token/"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers={"X-Avaturn-Engine-Secret": "nope"}, open_timeout=10)
+    assert refused.value.response.status_code == 403

@@ -39,6 +39,9 @@ OPERATIONS = {
     ("/avaturn/sessions/{session_id}/transcripts/", "post"): {
         "201", "400", "403", "404", "409", "413", "415", "429", "503",
     },
+    ("/avaturn/sessions/{session_id}/messages/", "post"): {
+        "204", "400", "403", "404", "409", "413", "415", "429", "503",
+    },
     ("/avaturn/usage/", "get"): {"200", "403", "503"},
 }  # fmt: skip
 

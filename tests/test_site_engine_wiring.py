@@ -278,7 +278,7 @@ def test_the_owner_sends_the_page_a_message_through_the_layer(
     channel = _listen(row.pk)
     data = {"type": "card", "title": "Order 7", "items": [1, 2]}
     response = csrf_post(api_client, _messages("sess-1"), {"data": data})
-    assert response.status_code == 202, response.content
+    assert response.status_code == 204, response.content
     assert _received(channel) == {"type": "avaturn.engine.browser", "data": data}
 
 
@@ -345,7 +345,7 @@ def test_a_message_too_large_is_413(api_client: APIClient, user: Any, settings: 
     channel = _listen(row.pk)
     at_limit = {"t": "x" * (layer.BROWSER_MESSAGE_MAX_BYTES - len('{"t":""}'))}
     assert layer.message_size(at_limit) == layer.BROWSER_MESSAGE_MAX_BYTES
-    assert csrf_post(api_client, _messages("sess-1"), {"data": at_limit}).status_code == 202
+    assert csrf_post(api_client, _messages("sess-1"), {"data": at_limit}).status_code == 204
     assert _received(channel)["data"] == at_limit
     too_large = {"t": at_limit["t"] + "x"}
     response = csrf_post(api_client, _messages("sess-1"), {"data": too_large})
@@ -361,7 +361,7 @@ def test_messages_are_throttled_per_user(
     avaturn(MESSAGE_THROTTLE_RATE="2/minute")
     live(user, "sess-1", engine="site")
     for _ in range(2):
-        assert csrf_post(api_client, _messages("sess-1"), {"data": {}}).status_code == 202
+        assert csrf_post(api_client, _messages("sess-1"), {"data": {}}).status_code == 204
     response = csrf_post(api_client, _messages("sess-1"), {"data": {}})
     assert (response.status_code, response.json()["code"]) == (429, "throttled")
     assert int(response["Retry-After"]) >= 1
@@ -432,3 +432,16 @@ def test_the_channel_layer_checks(
     assert _ids() == expected
     avaturn(ENGINE="openai-realtime")
     assert _ids() == []
+
+
+def test_a_page_cannot_write_a_site_engine_sessions_transcript(
+    api_client: APIClient, user: Any, avaturn: AvaturnOverrides
+) -> None:
+    """The engine records both sides itself; a line posted by the page would be a forgery."""
+    avaturn(TRANSCRIPTS_ENABLED=True)
+    row = live(user, "sess-1", engine="site")
+    response = csrf_post(
+        api_client, "/avaturn/sessions/sess-1/transcripts/", {"role": "avatar", "text": "Hi"}
+    )
+    assert (response.status_code, response.json()["code"]) == (409, "transcript_from_engine")
+    assert not row.transcripts.exists()

@@ -39,6 +39,7 @@ from django_avaturn.admin.actions import (
     staff_detail,
     terminate_selected,
 )
+from django_avaturn.admin.tool_calls import ToolCallInline
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import (
@@ -128,7 +129,14 @@ class SessionAdmin(_ModelAdmin):
     readonly_fields = _FIELDS
     actions = (terminate_selected,)
     change_form_template = "admin/django_avaturn/session/change_form.html"
+    inlines = (ToolCallInline,)
     change_list_template = "admin/django_avaturn/session/change_list.html"
+
+    def get_inlines(self, request: HttpRequest, obj: Session | None) -> list[Any]:
+        # Tool calls: only the site engine makes them.
+        if obj is not None and obj.engine == Engine.SITE:
+            return [ToolCallInline]
+        return []
 
     # ------------------------------------------------------------------ display
 

@@ -25,7 +25,8 @@ from django_avaturn.models import Engine, SessionStatus
 
 
 class EngineMessageSerializer(StrictSerializer):
-    data = serializers.DictField(
+    # The metaclass takes declared fields off the class: ``.data`` stays DRF's.
+    data = serializers.DictField(  # type: ignore[assignment]
         help_text=_(
             "Any JSON object; at most 4000 bytes as compact JSON. The page receives it "
             "as the `detail` of an `avaturn:message` event."
@@ -43,7 +44,7 @@ class SessionMessageView(AvaturnAPIView):
         operation_id="avaturn_sessions_messages_create",
         summary=_("Send a message to the caller's own live site engine conversation"),
         description=_(
-            "Only for a live session of the site engine (`ENGINE = \"site\"`). Delivered "
+            'Only for a live session of the site engine (`ENGINE = "site"`). Delivered '
             "through the channel layer to the process holding the conversation, which "
             "passes it to the page (`sdk.message.send`). At most `MESSAGE_THROTTLE_RATE` "
             "messages per user."
@@ -51,7 +52,7 @@ class SessionMessageView(AvaturnAPIView):
         parameters=session_id_parameter(),
         request=EngineMessageSerializer,
         responses={
-            202: None,
+            204: None,
             400: "",
             403: "",
             404: _("`not_found`: not one of the caller's sessions, or none."),
@@ -83,4 +84,4 @@ class SessionMessageView(AvaturnAPIView):
             layer.send_sync(session.pk, layer.browser_message(data))
         except layer.NoChannelLayer as exc:
             raise NotConfigured(str(exc)) from None
-        return Response(status=202)
+        return Response(status=204)

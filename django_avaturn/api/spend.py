@@ -19,7 +19,7 @@ from django_avaturn.api.throttling import TranscriptThrottle
 from django_avaturn.api.views import UNAVAILABLE, AvaturnAPIView
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import SessionNotLive
-from django_avaturn.models import ACTIVE_STATUSES, Session, TranscriptRole
+from django_avaturn.models import ACTIVE_STATUSES, Engine, Session, TranscriptRole
 from django_avaturn.sessions import transcripts
 from django_avaturn.spend import limits, usage
 from django_avaturn.validation import QUOTA_WINDOWS
@@ -118,6 +118,12 @@ class TranscriptsDisabled(exceptions.APIException):
     default_code = "transcripts_disabled"
 
 
+class TranscriptFromEngine(exceptions.APIException):
+    status_code = 409
+    default_detail = _("The site engine records this session's transcript itself.")
+    default_code = "transcript_from_engine"
+
+
 class TranscriptCreatedSerializer(serializers.Serializer[Any]):
     id = serializers.IntegerField()
 
@@ -148,7 +154,10 @@ class SessionTranscriptView(AvaturnAPIView):
                 "`not_found`: not one of the caller's sessions, or none; "
                 "`transcripts_disabled`: the site does not store transcripts."
             ),
-            409: _("`session_ended`: the session ended more than a minute ago."),
+            409: _(
+                "`session_ended`: the session ended more than a minute ago; "
+                "`transcript_from_engine`: the site engine records this session's lines."
+            ),
             413: _(
                 "`transcript_full`: the session already holds `TRANSCRIPT_MAX_LINES` lines, "
                 "or this line would take it past `TRANSCRIPT_MAX_BYTES`; "
@@ -166,6 +175,9 @@ class SessionTranscriptView(AvaturnAPIView):
         if not avaturn_settings.TRANSCRIPTS_ENABLED:
             raise TranscriptsDisabled()
         session = self.own_session(request, session_id)
+        if session.engine == Engine.SITE:
+            # Authoritative from the engine: a page may not add lines of its own.
+            raise TranscriptFromEngine()
         recently_ended = session.ended_at is not None and (
             timezone.now() - session.ended_at <= TRANSCRIPT_GRACE
         )

@@ -40,7 +40,7 @@ from django_avaturn.engine.bridge import Bridge, EndCause
 from django_avaturn.engine.realtime import connect_realtime
 from django_avaturn.engine.tools import ToolRunner, load_registry
 from django_avaturn.exceptions import AvaturnError, TranscriptFull
-from django_avaturn.models import Engine, EndReason, Session
+from django_avaturn.models import EndReason, Engine, Session
 from django_avaturn.sessions import ending, transcripts, transitions
 from django_avaturn.sessions.plan import realtime_session_from_settings
 from django_avaturn.upstream.redaction import excerpt
@@ -122,7 +122,7 @@ class _AvaturnSide:
         await self._consumer.send(text_data=text)
 
 
-class SiteEngineConsumer(AsyncWebsocketConsumer):
+class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Channels is untyped
     """One conversation: Avaturn's socket, OpenAI's, and the bridge between them."""
 
     row: Session | None = None
@@ -326,4 +326,3 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):
 
 def _describe(exc: BaseException) -> str:
     return excerpt(f"{type(exc).__name__}: {exc}")
-

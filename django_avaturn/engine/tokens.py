@@ -69,10 +69,10 @@ def socket_url(public_url: str, token: str) -> str:
     return public_url.rstrip("/") + "/" + SOCKET_PATH.format(token=token)
 
 
-def session_pk(token: str, *, max_age: float | None = None) -> int:
+def session_pk(token: str, *, max_age: int | None = None) -> int:
     """The row a token names; ``Refused`` if its signature is wrong or it expired."""
     if max_age is None:
-        max_age = avaturn_settings.SITE_ENGINE["CONNECT_WITHIN"]
+        max_age = int(avaturn_settings.SITE_ENGINE["CONNECT_WITHIN"])
     try:
         payload = signing.loads(token, salt=SALT, max_age=max_age)
     except signing.SignatureExpired:
@@ -92,7 +92,9 @@ def secret_matches(presented: str | None, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(presented), stored_hash)
 
 
-def secret_from_headers(headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> str | None:
+def secret_from_headers(
+    headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
+) -> str | None:
     """The secret header's value from an ASGI scope's headers; None if absent or not ASCII."""
     for name, value in headers:
         if name.lower() == SECRET_HEADER_KEY:

@@ -30,14 +30,14 @@ from django.db import DatabaseError, transaction
 from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
+from django_avaturn.engine import layer
 from django_avaturn.exceptions import (
     NotConfigured,
     SessionNotLive,
     SessionReplaced,
     UpstreamError,
 )
-from django_avaturn.engine import layer
-from django_avaturn.models import Engine, EndReason, Session, SessionStatus
+from django_avaturn.models import EndReason, Engine, Session, SessionStatus
 from django_avaturn.signals import send_logged, session_ended
 from django_avaturn.spend import limits
 from django_avaturn.upstream.redaction import excerpt

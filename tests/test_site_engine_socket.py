@@ -1,0 +1,554 @@
+"""The site engine's socket: the real ASGI route under Channels' communicator, real
+rows, and a loopback OpenAI Realtime server. Every refusal of its authentication,
+and every direction a conversation ends in."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from django_avaturn import services
+from django_avaturn.engine import layer, tokens
+from django_avaturn.engine.routing import websocket_urlpatterns
+from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
+from django_avaturn.testing.realtime import CallTool, Close, FakeRealtime, Script
+from tests.helpers import AvaturnOverrides, closed_port, live
+from tests.realtime_loopback import LoopbackRealtime
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+PCM = b"\x01\x00" * 480  # 20 ms of PCM16 at 24 kHz
+TIMEOUT = 5
+
+
+@pytest.fixture
+def realtime() -> Iterator[LoopbackRealtime]:
+    server = LoopbackRealtime().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def engine(
+    avaturn: AvaturnOverrides, settings: Any, realtime: LoopbackRealtime, upstream: Any
+) -> Any:
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    avaturn(
+        ENGINE="site",
+        SITE_ENGINE={
+            "PUBLIC_URL": "wss://avatar.example.com",
+            "OPENAI_WEBSOCKET_URL": realtime.url,
+        },
+    )
+    return upstream
+
+
+def site_row(user: Any, session_id: str = "sess-1", **fields: Any) -> tuple[Session, str, str]:
+    """A site engine row and the token and secret its start gave Avaturn."""
+    started_at = fields.pop("started_at", False)
+    row = live(user, session_id, **{"engine": "site", **fields})
+    if started_at is None:
+        Session.objects.filter(pk=row.pk).update(started_at=None)
+    credentials = tokens.mint(row.pk)
+    Session.objects.filter(pk=row.pk).update(engine_secret_hash=credentials.secret_hash)
+    return row, credentials.token, credentials.secret
+
+
+def socket(token: str, secret: str | None) -> WebsocketCommunicator:
+    headers = [] if secret is None else [(b"x-avaturn-engine-secret", secret.encode())]
+    return WebsocketCommunicator(
+        URLRouter(websocket_urlpatterns), f"/avaturn/engine/{token}/", headers=headers
+    )
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    async_to_sync(test)()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def row_of(pk: int) -> Session:
+    return await sync_to_async(Session.objects.get)(pk=pk)
+
+
+async def ended(pk: int) -> Session:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        row = await row_of(pk)
+        if row.status in (SessionStatus.ENDED, SessionStatus.FAILED):
+            return row
+        assert time.monotonic() < deadline, f"row still {row.status}"
+        await asyncio.sleep(0.02)
+
+
+async def closed_with(communicator: WebsocketCommunicator) -> dict[str, Any]:
+    """The close the engine sent Avaturn (skipping anything sent before it)."""
+    while True:
+        output = await communicator.receive_output(TIMEOUT)
+        if output["type"] == "websocket.close":
+            return output
+
+
+# ---------------------------------------------------------------------- refusals
+
+
+def _refused(communicator: WebsocketCommunicator) -> None:
+    async def attempt() -> None:
+        connected, code = await communicator.connect(TIMEOUT)
+        assert (connected, code) == (False, 1008)
+
+    run(attempt)
+
+
+def _assert_logged_without(caplog: pytest.LogCaptureFixture, *credentials: str) -> None:
+    assert "Refused a site engine socket" in caplog.text
+    for credential in credentials:
+        assert credential not in caplog.text
+
+
+def test_a_bad_signature_is_refused(
+    engine: Any, user: Any, realtime: LoopbackRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    row, token, secret = site_row(user)
+    forged = token[:-3] + ("abc" if not token.endswith("abc") else "xyz")
+    with caplog.at_level(logging.WARNING):
+        _refused(socket(forged, secret))
+    _assert_logged_without(caplog, forged, secret)
+    assert "signature" in caplog.text
+    assert realtime.connections == 0
+    row.refresh_from_db()
+    assert row.engine_connected_at is None
+
+
+def test_an_expired_token_is_refused(
+    engine: Any,
+    user: Any,
+    realtime: LoopbackRealtime,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    row = live(user, "sess-1", engine="site")
+    signed_at = time.time() - 121  # CONNECT_WITHIN is 120 s
+    with monkeypatch.context() as patched:
+        patched.setattr("django.core.signing.time.time", lambda: signed_at)
+        credentials = tokens.mint(row.pk)
+    Session.objects.filter(pk=row.pk).update(engine_secret_hash=credentials.secret_hash)
+    with caplog.at_level(logging.WARNING):
+        _refused(socket(credentials.token, credentials.secret))
+    _assert_logged_without(caplog, credentials.token, credentials.secret)
+    assert "expired" in caplog.text
+    assert realtime.connections == 0
+
+
+def test_another_sessions_secret_is_refused(
+    engine: Any, user: Any, realtime: LoopbackRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    row, token, _ = site_row(user)
+    _, _, other_secret = site_row(user, "sess-2")
+    with caplog.at_level(logging.WARNING):
+        _refused(socket(token, other_secret))
+    _assert_logged_without(caplog, token, other_secret)
+    row.refresh_from_db()
+    assert row.engine_connected_at is None  # a refusal does not use the token up
+
+
+@pytest.mark.parametrize("secret", [None, "", "not-the-secret"])
+def test_a_missing_or_wrong_secret_is_refused(
+    engine: Any, user: Any, realtime: LoopbackRealtime, secret: str | None
+) -> None:
+    row, token, _ = site_row(user)
+    _refused(socket(token, secret))
+    assert realtime.connections == 0
+    row.refresh_from_db()
+    assert row.engine_connected_at is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"status": SessionStatus.ENDED},
+        {"status": SessionStatus.ENDING},
+        {"status": SessionStatus.FAILED},
+        {"engine": "openai-realtime"},
+    ],
+)
+def test_a_row_ended_or_of_another_engine_is_refused(
+    engine: Any, user: Any, realtime: LoopbackRealtime, fields: dict[str, Any]
+) -> None:
+    _, token, secret = site_row(user, **fields)
+    _refused(socket(token, secret))
+    assert realtime.connections == 0
+
+
+def test_a_token_naming_no_row_is_refused(engine: Any, realtime: LoopbackRealtime) -> None:
+    credentials = tokens.mint(999_999)
+    _refused(socket(credentials.token, credentials.secret))
+
+
+def test_an_inactive_user_is_refused(engine: Any, user: Any, realtime: LoopbackRealtime) -> None:
+    _, token, secret = site_row(user)
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    _refused(socket(token, secret))
+
+
+def test_a_token_is_used_once(engine: Any, user: Any, realtime: LoopbackRealtime) -> None:
+    _, token, secret = site_row(user)
+
+    async def test() -> None:
+        first = socket(token, secret)
+        assert (await first.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        second = socket(token, secret)
+        assert await second.connect(TIMEOUT) == (False, 1008)
+        # The first conversation goes on.
+        await first.send_to(bytes_data=PCM)
+        await eventually(lambda: len(realtime.of_type("input_audio_buffer.append")) == 1)
+        await first.disconnect()
+
+    run(test)
+    assert realtime.connections == 1
+
+
+def test_a_row_still_starting_is_accepted(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    """Avaturn may connect before its create has answered the start."""
+    row, token, secret = site_row(user, status=SessionStatus.STARTING, started_at=None)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await communicator.disconnect()
+
+    run(test)
+    row.refresh_from_db()
+    assert row.engine_connected_at is not None
+
+
+# ---------------------------------------------------------------------- the conversation
+
+
+def test_audio_flows_both_ways_and_opens_openai_with_the_sites_key(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    realtime.reply_audio = b"\x02\x00" * 480
+    _, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await communicator.send_to(bytes_data=PCM)
+        created = json.loads(await communicator.receive_from(TIMEOUT))
+        assert created["type"] == "avatar.speech.segment.create"
+        assert await communicator.receive_from(TIMEOUT) == realtime.reply_audio
+        closed = json.loads(await communicator.receive_from(TIMEOUT))
+        assert closed == {
+            "type": "avatar.speech.segment.close",
+            "segment_uid": created["segment_uid"],
+        }
+        await communicator.disconnect()
+
+    run(test)
+    (append,) = realtime.of_type("input_audio_buffer.append")
+    assert append["audio"] == base64.b64encode(PCM).decode()
+    assert realtime.authorizations == ["Bearer sk-test-openai-0123456789"]
+
+
+def test_the_engine_writes_both_sides_of_the_transcript(
+    engine: Any, user: Any, realtime: LoopbackRealtime, avaturn: AvaturnOverrides
+) -> None:
+    avaturn(TRANSCRIPTS_ENABLED=True)
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await sync_to_async(realtime.push)(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": "item_u",
+                "transcript": "Where is my order?",
+            }
+        )
+        await sync_to_async(realtime.push)(
+            {
+                "type": "response.output_audio_transcript.done",
+                "response_id": "resp_1",
+                "item_id": "item_a",
+                "transcript": "It shipped today.",
+            }
+        )
+        count = sync_to_async(Transcript.objects.filter(session_id=row.pk).count)
+        deadline = time.monotonic() + TIMEOUT
+        while await count() < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await communicator.disconnect()
+
+    run(test)
+    lines = list(Transcript.objects.filter(session=row).order_by("pk").values_list("role", "text"))
+    assert lines == [("user", "Where is my order?"), ("avatar", "It shipped today.")]
+
+
+def test_a_message_from_the_site_reaches_the_page(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await layer.send(row.pk, layer.browser_message({"kind": "card", "n": 1}))
+        sent = json.loads(await communicator.receive_from(TIMEOUT))
+        assert sent == {
+            "type": "sdk.message.send",
+            "data": {"type": "django_avaturn.message", "data": {"kind": "card", "n": 1}},
+        }
+        await communicator.disconnect()
+
+    run(test)
+
+
+def test_say_asks_the_model_to_speak(engine: Any, user: Any, realtime: LoopbackRealtime) -> None:
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await sync_to_async(services.say)(row, "Your parcel is out for delivery.")
+        await eventually(lambda: bool(realtime.of_type("response.create")))
+        await communicator.disconnect()
+
+    run(test)
+    (create,) = realtime.of_type("response.create")
+    assert "Your parcel is out for delivery." in json.dumps(create)
+
+
+# ---------------------------------------------------------------------- ending
+
+
+def test_avaturn_closing_closes_openai_and_ends_the_row(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await communicator.disconnect(code=1000)
+        ended_row = await ended(row.pk)
+        assert (ended_row.status, ended_row.end_reason) == (SessionStatus.ENDED, EndReason.CLIENT)
+        assert "Avaturn closed the engine socket (1000)" in ended_row.end_detail
+        await eventually(lambda: realtime.open == 0)
+
+    run(test)
+    # Its Avaturn session is terminated too (nothing left running).
+    assert engine.avaturn.deleted == ["sess-1"]
+
+
+def test_a_server_shutdown_is_what_the_row_says(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await communicator.disconnect(code=1012)  # what uvicorn and daphne send on shutdown
+        ended_row = await ended(row.pk)
+        assert ended_row.end_reason == EndReason.CLIENT
+        assert "server shut down" in ended_row.end_detail
+        await eventually(lambda: realtime.open == 0)
+
+    run(test)
+
+
+@pytest.mark.parametrize(
+    ("how", "detail"),
+    [("close", "OpenAI closed the connection"), ("drop", "OpenAI's connection failed")],
+)
+def test_openai_closing_or_failing_closes_avaturns_socket_and_says_why(
+    engine: Any, user: Any, realtime: LoopbackRealtime, how: str, detail: str
+) -> None:
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        if how == "close":
+            await sync_to_async(realtime.close_all)(1000, "session over")
+        else:
+            await sync_to_async(realtime.drop_all)()
+        close = await closed_with(communicator)
+        assert close["code"] == 1011
+        assert detail in close.get("reason", "")
+        await communicator.disconnect()
+        ended_row = await ended(row.pk)
+        assert ended_row.end_reason == EndReason.UPSTREAM_ERROR
+        assert detail in ended_row.end_detail
+        await eventually(lambda: realtime.open == 0)
+
+    run(test)
+    assert engine.avaturn.deleted == ["sess-1"]
+
+
+def test_openai_unreachable_closes_avaturns_socket_and_ends_the_row(
+    engine: Any, user: Any, avaturn: AvaturnOverrides
+) -> None:
+    avaturn(
+        SITE_ENGINE={
+            "PUBLIC_URL": "wss://avatar.example.com",
+            "OPENAI_WEBSOCKET_URL": f"ws://127.0.0.1:{closed_port()}/v1",
+        }
+    )
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        close = await closed_with(communicator)
+        assert close["code"] == 1011
+        await communicator.disconnect()
+        ended_row = await ended(row.pk)
+        assert ended_row.end_reason == EndReason.UPSTREAM_ERROR
+        assert "could not open OpenAI Realtime" in ended_row.end_detail
+
+    run(test)
+
+
+@pytest.mark.parametrize("reason", [EndReason.CLIENT, EndReason.ADMIN, EndReason.REPLACED])
+def test_the_site_ending_the_session_closes_both_sockets_at_once(
+    engine: Any, user: Any, realtime: LoopbackRealtime, reason: str
+) -> None:
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await sync_to_async(services.end_session)(row, reason=reason)
+        close = await closed_with(communicator)
+        assert close["code"] == 1000
+        await eventually(lambda: realtime.open == 0)
+        await communicator.disconnect()
+
+    run(test)
+    row.refresh_from_db()
+    # The site's end, as the site recorded it: the engine's close adds nothing.
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, reason)
+    assert engine.avaturn.deleted == ["sess-1"]
+
+
+def test_the_kill_switch_closes_every_engine(
+    engine: Any, user: Any, other_user: Any, realtime: LoopbackRealtime
+) -> None:
+    first = site_row(user)
+    second = site_row(other_user, "sess-2")
+
+    async def test() -> None:
+        communicators = [socket(token, secret) for _, token, secret in (first, second)]
+        for communicator in communicators:
+            assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 2)
+        await sync_to_async(services.end_sessions)(Session.objects.all(), reason=EndReason.SHUTDOWN)
+        for communicator in communicators:
+            assert (await closed_with(communicator))["code"] == 1000
+            await communicator.disconnect()
+        await eventually(lambda: realtime.open == 0)
+
+    run(test)
+    assert set(Session.objects.values_list("end_reason", flat=True)) == {EndReason.SHUTDOWN}
+
+
+# ---------------------------------------------------------------------- with the scripted fake
+
+
+def test_a_scripted_conversation_runs_the_sites_tool_as_the_sessions_user(
+    avaturn: AvaturnOverrides, settings: Any, upstream: Any, user: Any
+) -> None:
+    """Start → talk → a tool that shows a card → OpenAI goes away: h-fakes' FakeRealtime."""
+    script = Script(
+        [
+            CallTool("whoami", call_id="call_who", after_audio_ms=40),
+            CallTool(
+                "show_card",
+                arguments='{"title": "Order 7"}',
+                call_id="call_card",
+                after_audio_ms=40,
+            ),
+            Close(code=1011, reason="scripted end", after_audio_ms=40),
+        ]
+    )
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    with FakeRealtime(script, api_key="sk-test-openai-0123456789") as fake:
+        avaturn(
+            ENGINE="site",
+            SITE_ENGINE={
+                "PUBLIC_URL": "wss://avatar.example.com",
+                "OPENAI_WEBSOCKET_URL": fake.websocket_base_url,
+                "TOOLS": ["tests.engine_tools_example"],
+            },
+        )
+        row, token, secret = site_row(user)
+        page: list[dict[str, Any]] = []
+
+        async def test() -> None:
+            communicator = socket(token, secret)
+            assert (await communicator.connect(TIMEOUT))[0] is True
+            close: dict[str, Any] | None = None
+            deadline = time.monotonic() + 3 * TIMEOUT
+            while close is None:
+                assert time.monotonic() < deadline, "the script did not end"
+                await communicator.send_to(bytes_data=PCM)
+                # (receive_output's timeout would cancel the application: look first.)
+                while not await communicator.receive_nothing(0.02):
+                    output = await communicator.receive_output(TIMEOUT)
+                    if output["type"] == "websocket.close":
+                        close = output
+                        break
+                    text = output.get("text")
+                    if text and json.loads(text)["type"] == "sdk.message.send":
+                        page.append(json.loads(text)["data"])
+            assert close["code"] == 1011
+            await communicator.disconnect()
+            ended_row = await ended(row.pk)
+            assert ended_row.end_reason == EndReason.UPSTREAM_ERROR
+            assert "scripted end" in ended_row.end_detail
+
+        run(test)
+        assert fake.wait_until(lambda: fake.open_connections == 0)
+        (connection,) = fake.connections
+        outputs = {item["call_id"]: item["output"] for item in connection.function_call_outputs}
+        who = json.loads(outputs["call_who"])["result"]
+        # The user is the session's: the model never chose it.
+        assert (who["email"], who["session"]) == (user.email, row.pk)
+        assert json.loads(outputs["call_card"]) == {"result": "shown"}
+        assert page == [
+            {"type": "django_avaturn.message", "data": {"card": "Order 7", "n": 1}},
+            {"type": "django_avaturn.message", "data": {"card": "Order 7", "n": 2}},
+        ]
+    calls = set(ToolCall.objects.filter(session=row).values_list("tool", "status"))
+    assert calls == {("whoami", "ok"), ("show_card", "ok")}
