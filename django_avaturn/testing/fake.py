@@ -9,6 +9,7 @@ reach it may use: never expose it beyond loopback.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import secrets
 import threading
@@ -19,7 +20,7 @@ from dataclasses import asdict, replace
 from importlib.resources import files
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from . import answers
 from .records import (
@@ -79,6 +80,9 @@ _BROWSER_PATHS = (
     (re.compile(re.escape(STANDIN_SDK_PATH)), STANDIN_SDK),
 )
 _BROWSER_ROUTES = frozenset({SDK_SESSION, SDK_PREFLIGHT, DAILY_ROOM, STANDIN_SDK})
+# The stand-in SDK polls here for the engine's messages to the page (see
+# send_browser_message); polled, so never recorded as a request.
+_SDK_MESSAGES_PATH = re.compile(r"/_sdk/v0/sessions/messages/?")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -163,6 +167,7 @@ class FakeUpstream:
         self._live_by_token: dict[str, str] = {}
         self._secrets: dict[str, IssuedSecret] = {}
         self._tokens: dict[str, IssuedToken] = {}
+        self._browser_messages: dict[str, list[dict[str, Any]]] = {}
         self._faults: dict[str, deque[Fault]] = {}
         self._latency = dict(self._initial_latency)
         self._connections = 0
@@ -474,6 +479,8 @@ class FakeUpstream:
 
     def dispatch(self, incoming: Incoming) -> Reply:
         path = urlsplit(incoming.path).path
+        if _SDK_MESSAGES_PATH.fullmatch(path):
+            return self._sdk_messages(incoming)
         if path.startswith(_CONTROL_PREFIX) and not _browser_route(path):
             return self._control(incoming.method, path, incoming.body)
         route, params = self._match(incoming.method, path)
@@ -713,6 +720,57 @@ class FakeUpstream:
                 "session_config": {"uses_stacked_alpha": False},
             },
         )
+
+    # -- the engine's messages to the page, delivered by the stand-in SDK ---------------
+
+    def send_browser_message(self, session_id: str, message: Mapping[str, Any]) -> None:
+        """Deliver `message` to the page of a live session, as Avaturn delivers the
+        ``data`` of an engine's ``sdk.message.send``: the stand-in SDK, polling
+        ``GET /_sdk/v0/sessions/messages?after=<n>`` with the session token, hands
+        it to ``head.on(message["type"])`` and shows it in its placeholder.
+
+        ``ValueError`` for a session that is not live here or a message that is
+        not a JSON object with a string ``type`` (the SDK would drop it).
+        """
+        if not isinstance(message, Mapping) or not isinstance(message.get("type"), str):
+            raise ValueError("a browser message is a JSON object with a string 'type'")
+        try:  # a copy, and JSON as it would travel
+            payload: dict[str, Any] = json.loads(json.dumps(dict(message)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a browser message must be JSON: {exc}") from None
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or not session.live:
+                raise ValueError(f"no live session {session_id!r} at the fake")
+            self._browser_messages.setdefault(session_id, []).append(payload)
+
+    def browser_messages(self, session_id: str) -> list[dict[str, Any]]:
+        """What `send_browser_message` delivered to a session's page, in order."""
+        with self._lock:
+            return list(self._browser_messages.get(session_id, ()))
+
+    def _sdk_messages(self, incoming: Incoming) -> Reply:
+        if incoming.method == "OPTIONS":
+            reply = Reply(204)
+        elif incoming.method != "GET":
+            reply = answers.detail(405, "Method not allowed.")
+        else:
+            query = parse_qs(urlsplit(incoming.path).query)
+            after = query.get("after", ["0"])[0]
+            with self._lock:
+                session_id = self._live_by_token.get(incoming.headers.get("x-session-token", ""))
+                messages = self._browser_messages.get(session_id or "", [])
+                if session_id is None:
+                    reply = answers.detail(401, "Invalid or expired session token.")
+                elif not after.isdigit():
+                    reply = answers.detail(400, "after: a count of messages already seen")
+                else:
+                    reply = answers.json_reply(
+                        200, {"messages": messages[int(after) :], "next": len(messages)}
+                    )
+        preflight = incoming.method == "OPTIONS"
+        reply.headers.update(_cors_headers(incoming.headers, preflight=preflight))
+        return reply
 
     # -- control API -------------------------------------------------------------------
 

@@ -678,3 +678,85 @@ def test_with_only_test_mode_the_widget_goes_live_against_the_in_process_fake(
     assert e2e.fake.requests == []  # the fixture's own fake: TEST_MODE needs none
     page.click("[data-avaturn-stop]")
     wait_for(page, lambda: not fake.live_session_ids(), what="the fake's session to end")
+
+
+def test_the_engines_messages_become_events_and_cards_and_the_page_can_send_one(
+    e2e: Any, live_server: Any, browser_context: Any, user: Any
+) -> None:
+    # What a site engine's tool sends the page (sdk.message.send), played by
+    # the fake as Avaturn passes it on: the stand-in SDK delivers it as the
+    # real one delivers an app message, and shows it.
+    with_standin_sdk(e2e)
+    page, traffic = open_signed_in(e2e, live_server, browser_context, user)
+    page.evaluate(
+        "() => { window.messages = [];"
+        " document.addEventListener('avaturn:message', e => window.messages.push("
+        "{detail: e.detail, bubbles: e.bubbles, composed: e.composed,"
+        " from: e.target.id})); }"
+    )
+    press_start_until_live(page)
+    (session,) = Session.objects.filter(user=user)
+    widget_id = page.get_attribute("[data-avaturn-widget]", "id")
+
+    booking = {"title": "Your next booking", "when": "Tuesday 10:00", "seats": 2}
+    e2e.fake.send_browser_message(
+        session.session_id, {"type": "django_avaturn.message", "data": booking}
+    )
+    # An app message of another type is not ours to re-dispatch.
+    e2e.fake.send_browser_message(session.session_id, {"type": "other.app", "data": {"x": 1}})
+    page.wait_for_selector(".stub-message >> nth=1")
+    cards = page.locator(".stub-message").all_inner_texts()
+    assert "title: Your next booking" in cards[0]
+    assert "seats: 2" in cards[0]
+    assert page.evaluate("() => window.messages") == [
+        {"detail": booking, "bubbles": True, "composed": True, "from": widget_id}
+    ]
+
+    # The page's message to its own conversation goes to the session API.
+    # (The endpoint is answered here by the browser's route: this checks what
+    # the widget sends, the API's tests what the server does with it.)
+    sent: list[Any] = []
+
+    def answer(route: Any) -> None:
+        sent.append(route.request)
+        if len(sent) == 1:
+            route.fulfill(status=202, json={"status": "accepted"})
+        else:
+            route.fulfill(status=429, json={"code": "throttled", "detail": "Slow down."})
+
+    page.route("**/messages/", answer)
+    assert (
+        page.evaluate(
+            "() => document.querySelector('[data-avaturn-widget]').avaturn"
+            ".sendMessage({kind: 'filter', value: 'red'}).then(() => 'sent')"
+        )
+        == "sent"
+    )
+    (request,) = sent
+    assert request.method == "POST"
+    assert request.url == f"{live_server.url}/avaturn/sessions/{session.session_id}/messages/"
+    assert request.post_data_json == {"data": {"kind": "filter", "value": "red"}}
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    expected_token = cookies.get("csrftoken") or page.get_attribute(
+        "[data-avaturn-widget]", "data-csrf-token"
+    )
+    assert expected_token
+    assert request.headers["x-csrftoken"] == expected_token
+    refused = page.evaluate(
+        "() => document.querySelector('[data-avaturn-widget]').avaturn"
+        ".sendMessage({kind: 'again'}).catch(e => [e.name, e.code, e.status, e.detail])"
+    )
+    assert refused == ["MessageError", "throttled", 429, "Slow down."]
+
+    # Once the conversation ended: no request, a clear refusal, and polling stops.
+    page.click("[data-avaturn-stop]")
+    page.wait_for_selector('[data-avaturn-widget][data-state="ended"]')
+    assert (
+        page.evaluate(
+            "() => document.querySelector('[data-avaturn-widget]').avaturn"
+            ".sendMessage({kind: 'late'}).catch(e => e.code)"
+        )
+        == "not_live"
+    )
+    assert len(sent) == 2
+    assert not traffic.page_errors

@@ -58,6 +58,7 @@ describe("readConfig", () => {
       heartbeatUrl: "/avaturn/sessions/__session_id__/heartbeat/",
       abandonUrl: "/avaturn/sessions/abandon/",
       transcriptsUrl: "",
+      messagesUrl: "",
       engine: "openai-realtime",
       placeholder: "__session_id__",
       sdkUrl: "https://cdn.example/main.js",

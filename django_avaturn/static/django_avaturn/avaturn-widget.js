@@ -9,7 +9,8 @@
 // `avaturn:<event>` CustomEvents on the container.
 //
 // Public handle: `container.avaturn` (or `window.djangoAvaturn.get(container)`)
-// is `{head, state, sessionId, microphoneOn, start(), stop(), setMicrophone(on)}`.
+// is `{head, state, sessionId, microphoneOn, start(), stop(), setMicrophone(on),
+// sendMessage(data)}`.
 
 import { AvaturnWidget, handle } from "./widget/widget.js";
 

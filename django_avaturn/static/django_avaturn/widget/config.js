@@ -26,6 +26,8 @@ export function readConfig(data, baseURI) {
     // (Derived for a site template that predates the attribute.)
     abandonUrl: data.abandonUrl || new URL("abandon/", new URL(data.sessionsUrl, baseURI)).href,
     transcriptsUrl: data.transcriptsUrl || "",
+    // (Derived from sessionUrl when the tag renders none: see appmessages.js.)
+    messagesUrl: data.messagesUrl || "",
     // The site's conversation engine; a start's answer names the one it used.
     engine: data.engine || "openai-realtime",
     placeholder: data.sessionIdPlaceholder || "__session_id__",

@@ -1,6 +1,13 @@
 // One widget: its container's buttons and status line, the SDK's head, and
 // the session behind them, from Start to its end.
 
+import {
+  APP_MESSAGE_TYPE,
+  MessageError,
+  appMessageData,
+  messagesUrl,
+  postMessage,
+} from "./appmessages.js";
 import { readConfig, newClientRef, sendsTranscripts } from "./config.js";
 import { WidgetError, withTimeout } from "./errors.js";
 import {
@@ -248,6 +255,21 @@ export class AvaturnWidget {
         this.onSdkEvent(name, detail);
       });
     }
+    // The engine's messages for the page (see appmessages.js): the inner data only.
+    head.on(APP_MESSAGE_TYPE, (message) => {
+      if (this.head !== head) return;
+      const data = appMessageData(message);
+      if (data) this.emit("message", data);
+    });
+  }
+
+  // A message to this page's own live conversation, through the session API.
+  sendMessage(data) {
+    if (this.state !== "live" || !this.sessionId) {
+      return Promise.reject(new MessageError("not_live"));
+    }
+    const url = messagesUrl(this.config, this.sessionId, document.baseURI);
+    return postMessage(pageFetch, url, this.csrfToken(), data);
   }
 
   onSdkEvent(name, detail) {
@@ -417,5 +439,6 @@ export function handle(widget) {
     start: () => widget.start(),
     stop: () => widget.stop(),
     setMicrophone: (on) => widget.setMicrophone(on),
+    sendMessage: (data) => widget.sendMessage(data),
   };
 }
