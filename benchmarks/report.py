@@ -476,7 +476,14 @@ def write_goals(data: dict[str, Any], path: Path) -> None:
     text = path.read_text()
     goals_at = text.index("## Goals\n")
     goals_end = text.index("\n## ", goals_at + 1)
-    text = text[:goals_at] + "\n".join(["## Goals", "", *_goals(data), ""]) + text[goals_end:]
+    note = (
+        f"Rewritten by `python -m benchmarks --only goals` ({data['wall_s']:.0f} s, load "
+        f"average {data['machine']['loadavg_at_start']:.1f} at its start, other helpers "
+        "running): the goals and their rounds. Every other section is from the last run "
+        "that measured it."
+    )
+    goals = ["## Goals", "", note, "", *_goals(data), ""]
+    text = text[:goals_at] + "\n".join(goals) + text[goals_end:]
     rounds_at = text.index("### The goals' configurations, repeated")
     rounds_end = text.index("\n##", rounds_at + 1)
     rounds = "\n".join(_rounds_section(data)).rstrip("\n") + "\n"
