@@ -92,6 +92,57 @@ TRIED = "\n".join(
 )
 
 
+# python -m benchmarks.profile, SQLite, median of 5 rounds of 100 starts+ends,
+# django_avaturn and the floor in the same process and rounds.
+IN_PROCESS = "\n".join(
+    [
+        "`python -m benchmarks.profile`: `POST sessions/` + `DELETE sessions/<id>/` through "
+        "Django's test client in one process against the fake answering at once, "
+        "django_avaturn and the floor in the same rounds (median of 5 rounds of 100; CPU "
+        "of that process only). Of django_avaturn's statements, 4 are the session and user "
+        "reads the floor makes too. Per start+end in one process (ORM statement against "
+        "the same statement through a cursor): a conditional UPDATE 278 µs against 44 µs, "
+        "the reservation's read of the user's rows 399 µs against 15 µs; a thread hop "
+        "(`sync_to_async`) 55 µs.",
+        "",
+        "| Change | Statements | Commits | CPU µs, django_avaturn / floor | Ratio | Commit |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| Before (ddb5d0f) | 13 | 5 | 13,145 / 7,265 | 1.81 | - |",
+        "| The hottest statements written once per shape, not built by the ORM per call "
+        "(`sessions/statements.py`: activation, claim, a single end's finish, the "
+        "reservation's read) | 13 | 5 | 11,959 / 7,110 | 1.68 | `Start and end: the "
+        "hottest statements written once per shape` |",
+        "",
+        "What remains above the floor, per start+end (one process, wrapped timers): the "
+        "database work 3.1 ms (reservation with its INSERT and three reads, activation, the "
+        "end's read, claim and finish), DRF's request, negotiation and serializers about "
+        "0.8 ms, the start's larger Avaturn payload and plan about 0.5 ms. The upstream "
+        "clients cost what the floor's do (create 491 against 502 µs, terminate 442 "
+        "against 440 µs, mint 886 against 882 µs with the same session).",
+        "",
+    ]
+)
+
+ASYNC = "\n".join(
+    [
+        "Under uvicorn Django runs a sync view on a thread of its own: one hop "
+        "(`sync_to_async`) per request, 55 µs of CPU here (measured in one process, "
+        "3,000 hops). An async start view would still run its database work on threads: "
+        "the session and user reads of authentication (DRF's are sync), the reservation "
+        "and the activation (2 hops) for a start, the read, claim and finish for an end "
+        "(at least 2), and the Avaturn client is `requests` (a hop per call, or a new "
+        "async client). So it would make more hops than the sync view's one per request, "
+        "not fewer. The uvicorn floor spends about 1.8 times the gunicorn floor's server CPU "
+        "per start+end with no hop of django_avaturn's at all: that cost is the ASGI "
+        "server, a thread per request and a database connection per request "
+        "(`CONN_MAX_AGE = 0`; Django's pool on PostgreSQL, the `uvicorn+pool` rows), which "
+        "an async view does not remove. At most 0.1 ms of a start+end's 30 to 50 ms of "
+        "server CPU could be saved, within the rounds' noise: not built.",
+        "",
+    ]
+)
+
+
 def _f(value: Any, digits: int = 0) -> str:
     if value is None:
         return "-"
@@ -239,39 +290,77 @@ def _slowness(data: dict[str, Any], row: dict[str, Any]) -> str:
     return f"{row['clients'] / row['ideal_per_s'] / normal:.0f}"
 
 
+# The goals, each a ratio to the floor broker measured in the same rounds
+# (goal_runs: the floor and django_avaturn back to back in the same server
+# processes), each figure the median of those rounds. One definition each.
+GOAL_CLIENTS = 50
+THROUGHPUT_RATIO_GOAL = 0.85  # django_avaturn's starts+ends/s over the floor's, at 50 clients
+CPU_RATIO_GOAL = 1.35  # server CPU per start+end over the floor's, at 50 clients
+ADDED_P50_MARGIN_MS = 4.0  # added p50 at 1 client, minus the floor's
+
+
+def goal_figures(data: dict[str, Any], server: str, db: str) -> dict[str, float] | None:
+    """The three goal figures of one server and database, from the repeated rounds."""
+    runs = data.get("goal_runs", [])
+
+    def rows(broker: str, clients: int) -> list[dict[str, Any]]:
+        return [r for r in runs if _key(r) == (server, db, broker, clients)]
+
+    top = max((r["clients"] for r in runs), default=0)
+    ours, floor = rows("django_avaturn", top), rows("floor", top)
+    ours_1, floor_1 = rows("django_avaturn", 1), rows("floor", 1)
+    if not (ours and floor and ours_1 and floor_1):
+        return None
+
+    def cpu(rs: list[dict[str, Any]]) -> float:
+        return float(statistics.median(r["cpu_ms_per_iteration"]["server"] for r in rs))
+
+    return {
+        "clients": top,
+        "throughput_ratio": _median(ours, "rate_per_s") / _median(floor, "rate_per_s"),
+        "ours_fraction": _median(ours, "fraction_of_ideal"),
+        "floor_fraction": _median(floor, "fraction_of_ideal"),
+        "cpu_ratio": cpu(ours) / cpu(floor),
+        "ours_cpu_ms": cpu(ours),
+        "floor_cpu_ms": cpu(floor),
+        "ours_p50_ms": _median(ours_1, "added_p50_ms"),
+        "floor_p50_ms": _median(floor_1, "added_p50_ms"),
+    }
+
+
 def _goals(data: dict[str, Any]) -> list[str]:
-    load = [r for r in data["load"] if r["broker"] == "django_avaturn"]
-    top = max((r["clients"] for r in load), default=0)
-    out = []
-    for server, target in (("gunicorn", 0.90), ("uvicorn", 0.80)):
-        for r in [r for r in load if r["server"] == server and r["clients"] == top]:
-            judged = _judged_rows(data, server, r["db"], "django_avaturn", top)
-            floor = _judged_rows(data, server, r["db"], "floor", top)
-            value = _median(judged, "fraction_of_ideal")
-            out.append(
-                f"- {server}, {r['db']}, {top} clients: {_said(value, 'fraction_of_ideal')} of "
-                f"ideal (goal {target:.0%}): {_goal(value >= target)}"
-                f"{_about(judged, floor, 'fraction_of_ideal')}."
-            )
-    for r in load:
-        if r["clients"] == 1:
-            judged = _judged_rows(data, r["server"], r["db"], "django_avaturn", 1)
-            floor = _judged_rows(data, r["server"], r["db"], "floor", 1)
-            value = _median(judged, "added_p50_ms")
-            out.append(
-                f"- Added latency p50, {r['server']}, {r['db']}, 1 client: "
-                f"{_said(value, 'added_p50_ms')} (goal < 5 ms): {_goal(value < 5)}"
-                f"{_about(judged, floor, 'added_p50_ms')}."
-            )
-    for r in data.get("slow_load", []):
-        if r["broker"] != "django_avaturn":
+    runs = data.get("goal_runs", [])
+    rounds = max((r.get("round", 1) for r in runs), default=0)
+    out = [
+        f"Each goal is a ratio to the `floor` broker measured in the same run: {rounds} "
+        "rounds of each configuration, django_avaturn and the floor back to back in the "
+        "same server processes, each figure the median of the rounds (section "
+        '"The goals\' configurations, repeated"). Throughput and CPU at '
+        f"{GOAL_CLIENTS} clients; added latency at 1 client.",
+        "",
+    ]
+    configs = sorted({(r["server"], r["db"]) for r in runs}, key=lambda c: (c[1] != "sqlite", c))
+    for server, db in configs:
+        f = goal_figures(data, server, db)
+        if f is None:
             continue
-        target = 0.90 if r["server"] == "gunicorn" else 0.80
-        out.append(
-            f"- The same at upstreams {_slowness(data, r)} times slower, {r['server']}, "
-            f"{r['db']}, {r['clients']} clients: {100 * r['fraction_of_ideal']:.0f}% of ideal "
-            f"(goal {target:.0%}): {_goal(r['fraction_of_ideal'] >= target)}."
-        )
+        margin = f["ours_p50_ms"] - f["floor_p50_ms"]
+        out += [
+            f"- {server}, {db}, {f['clients']:.0f} clients, throughput: "
+            f"{f['throughput_ratio']:.2f} of the floor's (goal at least "
+            f"{THROUGHPUT_RATIO_GOAL:.2f}): "
+            f"{_goal(f['throughput_ratio'] >= THROUGHPUT_RATIO_GOAL)} "
+            f"({100 * f['ours_fraction']:.0f}% of ideal against "
+            f"{100 * f['floor_fraction']:.0f}%).",
+            f"- {server}, {db}, {f['clients']:.0f} clients, server CPU per start+end: "
+            f"{f['cpu_ratio']:.2f} times the floor's (goal at most {CPU_RATIO_GOAL:.2f}): "
+            f"{_goal(f['cpu_ratio'] <= CPU_RATIO_GOAL)} ({f['ours_cpu_ms']:.1f} ms against "
+            f"{f['floor_cpu_ms']:.1f} ms).",
+            f"- {server}, {db}, 1 client, added p50: {f['ours_p50_ms']:.1f} ms, the floor's "
+            f"plus {margin:.1f} ms (goal at most plus {ADDED_P50_MARGIN_MS:.0f} ms): "
+            f"{_goal(margin <= ADDED_P50_MARGIN_MS)} (the floor: {f['floor_p50_ms']:.1f} ms).",
+        ]
+    load = [r for r in data.get("load", []) if r["broker"] == "django_avaturn"]
     worst = max((r["new_connections_per_iteration"] for r in load), default=0.0)
     closed = max((r.get("closed_connections_per_iteration") or 0.0 for r in load), default=0.0)
     out.append(
@@ -355,6 +444,12 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             for r in data["admin"]
         ],
         "",
+        "## Start and end path, in process",
+        "",
+        IN_PROCESS,
+        "## An async start path under uvicorn",
+        "",
+        ASYNC,
         "## Fixes, before and after",
         "",
         BEFORE_AFTER,
@@ -366,6 +461,45 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         _reflow(_findings(data)),
     ]
     path.write_text("\n".join(lines))
+
+
+def write_goals(data: dict[str, Any], path: Path) -> None:
+    """Re-write only the goals and their rounds in ``path`` (``--only goals``).
+
+    The other sections stay as the last run that measured them wrote them.
+    """
+    if not path.exists():
+        path.write_text(
+            "# Benchmark results\n\n## Goals\n\n## Load\n\n"
+            "### The goals' configurations, repeated\n\n## End\n"
+        )
+    text = path.read_text()
+    goals_at = text.index("## Goals\n")
+    goals_end = text.index("\n## ", goals_at + 1)
+    note = (
+        f"Rewritten by `python -m benchmarks --only goals` ({data['wall_s']:.0f} s, load "
+        f"average {data['machine']['loadavg_at_start']:.1f} at its start, other helpers "
+        "running): the goals and their rounds. Every other section is from the last run "
+        "that measured it."
+    )
+    goals = ["## Goals", "", note, "", *_goals(data), ""]
+    text = text[:goals_at] + "\n".join(goals) + text[goals_end:]
+    rounds_at = text.index("### The goals' configurations, repeated")
+    rounds_end = text.index("\n##", rounds_at + 1)
+    rounds = "\n".join(_rounds_section(data)).rstrip("\n") + "\n"
+    text = text[:rounds_at] + rounds + text[rounds_end:]
+    for title, body in (
+        ("## Start and end path, in process", IN_PROCESS),
+        ("## An async start path under uvicorn", ASYNC),
+    ):
+        if title in text:
+            at = text.index(title)
+            end = text.index("\n## ", at + 1) + 1
+            text = text[:at] + text[end:]
+        fixes = text.find("## Fixes, before and after")
+        at = fixes if fixes >= 0 else len(text)
+        text = text[:at] + f"{title}\n\n{body}\n" + text[at:]
+    path.write_text(text)
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str, str, int]:

@@ -11,6 +11,7 @@ Django runs each sync request on a thread of its own under ASGI.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from benchmarks.procs import BIN, WORK, Proc, bench_env, free_port
@@ -25,7 +26,11 @@ THREADS = 64
 
 def db_env(db: str) -> dict[str, str]:
     if db == "postgres":
-        return {"BENCH_DB": "postgres", "BENCH_PG_NAME": "avaturn_bench"}
+        # BENCH_PG_NAME in the environment names another database (several runs at once).
+        return {
+            "BENCH_DB": "postgres",
+            "BENCH_PG_NAME": os.environ.get("BENCH_PG_NAME", "avaturn_bench"),
+        }
     return {"BENCH_DB": "sqlite", "EXAMPLE_DB_PATH": str(WORK / "load.sqlite3")}
 
 

@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import DatabaseError, connection
-from django.db.models import QuerySet
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 
 from django_avaturn.models import ACTIVE_STATUSES, Session, SessionStatus
 from django_avaturn.testing import FakeUpstream
@@ -99,17 +98,20 @@ def run_threads(target: Callable[[int], Any], count: int) -> list[Any]:
 def fail_activation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the UPDATE that turns a started row live raise, as a database outage would.
 
-    The database is ours, not an upstream: patching Django's ``update`` is the
-    only way to fail exactly that statement, after Avaturn created the session.
+    The database is ours, not an upstream: a wrapper around the connection's
+    statements is the only way to fail exactly that one (the one that sets
+    ``started_at``), after Avaturn created the session.
     """
-    original_update = QuerySet.update
 
-    def update(self: QuerySet[Any], **kwargs: Any) -> int:
-        if self.model is Session and kwargs.get("status") == SessionStatus.LIVE:
+    def fail(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        started = connection.ops.quote_name("started_at")
+        if sql.startswith("UPDATE") and f"{started} = %s" in sql.split(" WHERE ")[0]:
             raise DatabaseError("injected: the activating UPDATE failed")
-        return original_update(self, **kwargs)
+        return execute(sql, params, many, context)
 
-    monkeypatch.setattr(QuerySet, "update", update)
+    # The thread's own connection object (the proxy would not restore the list on undo).
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    monkeypatch.setattr(wrapper, "execute_wrappers", [*wrapper.execute_wrappers, fail])
 
 
 def csrf_json(client: Any, method: str, url: str, data: Any = None, **extra: Any) -> Any:

@@ -221,17 +221,9 @@ def test_avaturn_answer_without_token_terminates_what_it_created(
 def test_database_failure_after_create_terminates_upstream(
     api_client: Any, upstream: Any, monkeypatch: Any
 ) -> None:
-    from django.db import DatabaseError
-    from django.db.models import QuerySet
+    from tests.live_fake import fail_activation
 
-    real_update = QuerySet.update
-
-    def failing_update(self: QuerySet[Any], **kwargs: Any) -> int:
-        if kwargs.get("status") == SessionStatus.LIVE:
-            raise DatabaseError("disk full")
-        return real_update(self, **kwargs)
-
-    monkeypatch.setattr(QuerySet, "update", failing_update)
+    fail_activation(monkeypatch)
     response = csrf_post(api_client, LIST_URL, {})
 
     assert (response.status_code, response.json()["code"]) == (503, "unavailable")

@@ -45,7 +45,7 @@ from django_avaturn.exceptions import (
     UserNotActive,
 )
 from django_avaturn.models import ACTIVE_STATUSES, FINAL_STATUSES, EndReason, Session, SessionStatus
-from django_avaturn.sessions import abandonment, engines, transitions
+from django_avaturn.sessions import abandonment, engines, statements, transitions
 from django_avaturn.sessions.ending import end_claimed
 from django_avaturn.sessions.plan import SessionPlan, build_plan
 from django_avaturn.signals import send_logged, session_started
@@ -268,12 +268,7 @@ def _reserve_slot(
             limits.ensure_enabled()
             # Not whole rows: those are read only when some are replaced. One
             # read for both: the rows the cap counts, and those already ending.
-            mine = (
-                Session.objects.filter(user_id=user.pk, status__in=ACTIVE_STATUSES)
-                .exclude(pk=row.pk)
-                .order_by("created_at", "pk")
-                .values_list("pk", "status", "started_at", "max_duration")
-            )
+            mine = statements.active_rows(user.pk, ACTIVE_STATUSES, other_than=row.pk)
             holders, ending = [], []
             for pk, status, started_at, max_duration in mine:
                 if status in transitions.CAPPED_STATUSES:

@@ -38,6 +38,7 @@ from django_avaturn.exceptions import (
     UpstreamError,
 )
 from django_avaturn.models import EndReason, Engine, Session, SessionStatus
+from django_avaturn.sessions import statements
 from django_avaturn.signals import send_logged, session_ended
 from django_avaturn.spend import limits
 from django_avaturn.upstream.redaction import excerpt
@@ -66,7 +67,9 @@ def clip_detail(detail: str) -> str:
 def activate(row: Session, session_id: str, expires_at: datetime | None) -> bool:
     """``STARTING`` → ``LIVE`` with Avaturn's id; False if someone claimed the row meanwhile."""
     now = timezone.now()
-    updated = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
+    updated = statements.update_row(
+        row.pk,
+        (SessionStatus.STARTING,),
         status=SessionStatus.LIVE,
         session_id=session_id,
         started_at=now,
@@ -268,7 +271,9 @@ def claim_for_end(session: Session, *, reason: str, detail: str) -> bool:
     then tells a live row from one still starting.
     """
     now = timezone.now()
-    claimed = Session.objects.filter(pk=session.pk, status__in=CAPPED_STATUSES).update(
+    claimed = statements.update_row(
+        session.pk,
+        CAPPED_STATUSES,
         status=SessionStatus.ENDING,
         end_reason=reason,
         end_detail=clip_detail(detail),
@@ -319,10 +324,19 @@ def finish_claimed(
     for session in sessions:
         by_status.setdefault(_final_status(session.end_reason), []).append(session)
     for final_status, group in by_status.items():
-        claimed = Session.objects.filter(pk__in=[s.pk for s in group], status=SessionStatus.ENDING)
-        if only_without_id:
-            claimed = claimed.filter(session_id__isnull=True)
-        claimed.update(status=final_status, ended_at=now, updated_at=now, awaiting_retry=False)
+        fields = {"status": final_status, "ended_at": now, "updated_at": now}
+        if len(group) == 1 and not only_without_id:
+            # A single end's row: the statement is cheaper written once (statements).
+            statements.update_row(
+                group[0].pk, (SessionStatus.ENDING,), **fields, awaiting_retry=False
+            )
+        else:
+            claimed = Session.objects.filter(
+                pk__in=[s.pk for s in group], status=SessionStatus.ENDING
+            )
+            if only_without_id:
+                claimed = claimed.filter(session_id__isnull=True)
+            claimed.update(**fields, awaiting_retry=False)
         for session in group:
             session.status, session.ended_at, session.updated_at = final_status, now, now
             session.awaiting_retry = False
