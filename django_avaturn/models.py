@@ -184,10 +184,6 @@ class Session(models.Model):
     engine_secret_hash = models.CharField(
         _("engine secret hash"), max_length=128, blank=True, editable=False
     )
-    # What the start chose for the site engine's conversation (the OpenAI Realtime
-    # session, the tool modules), read when Avaturn's socket arrives, perhaps in
-    # another process. No credential is ever stored here.
-    engine_config = models.JSONField(_("engine config"), default=dict, blank=True, editable=False)
     engine_connected_at = models.DateTimeField(
         _("engine connected"),
         null=True,
