@@ -9,18 +9,20 @@ test module imports another (``test_suite_layout.py`` checks it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import pytest
@@ -33,6 +35,8 @@ from django_avaturn.sessions.expiry import ExpiryPolicy, expire_sessions
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 LIST_URL = "/avaturn/sessions/"
+T = TypeVar("T")
+
 CHANGELIST = "/admin/django_avaturn/session/"
 # The keys in tests/settings.py: none may appear in any response, page or log.
 KEYS = ("av-test-key-0123456789", "sk-test-openai-0123456789")
@@ -278,3 +282,13 @@ def release_held_starts() -> None:
     user's next start.
     """
     expire_sessions(policy=replace(ExpiryPolicy.from_settings(), unknown_outcome_after=0))
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a thread of its own.
+
+    In a full run the browser tests leave Playwright's event loop running on
+    the main thread, where ``asyncio.run`` and ``async_to_sync`` refuse to start.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

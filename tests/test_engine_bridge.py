@@ -36,10 +36,11 @@ from tests.engine_helpers import (
     response_created,
     response_done,
 )
+from tests.helpers import run_coroutine
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 10))
+    run_coroutine(asyncio.wait_for(test(), 10))
 
 
 # Audio both ways.

@@ -16,6 +16,7 @@ from websockets.http11 import Request, Response
 
 from django_avaturn.testing import AvaturnEngineClient, FakeUpstream
 from django_avaturn.testing.engine_client import microphone_frame
+from tests.helpers import run_coroutine
 
 T = TypeVar("T")
 Script = Callable[["Engine", ServerConnection], Awaitable[None]]
@@ -25,7 +26,7 @@ def run(coroutine: Awaitable[T]) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coroutine, 15)
 
-    return asyncio.run(bounded())
+    return run_coroutine(bounded())
 
 
 class Engine:

@@ -27,6 +27,7 @@ from tests.engine_helpers import (
     response_created,
     response_done,
 )
+from tests.helpers import run_coroutine
 
 REPORTS = ("created", "closed", "playback.started", "playback.ended", "playback.interrupted")
 
@@ -144,4 +145,4 @@ async def play(steps: list[tuple[Any, ...]]) -> list[str]:  # noqa: C901 - one b
 def test_no_interleaving_puts_audio_outside_a_segment_or_opens_two(
     steps: list[tuple[Any, ...]],
 ) -> None:
-    assert asyncio.run(play(steps)) == []
+    assert run_coroutine(play(steps)) == []

@@ -19,7 +19,7 @@ from django_avaturn.engine.bridge import Bridge, EndCause
 from django_avaturn.engine.realtime import connect_realtime
 from django_avaturn.exceptions import NotConfigured
 from tests.engine_helpers import MemoryAvaturn, audio_delta, pcm, response_done
-from tests.helpers import KEYS
+from tests.helpers import KEYS, run_coroutine
 
 OPENAI_KEY = KEYS[1]
 TOOL = {
@@ -68,7 +68,7 @@ def run_with_server(test: Any) -> None:
             port = server.sockets[0].getsockname()[1]
             await asyncio.wait_for(test(loopback, f"ws://127.0.0.1:{port}/v1"), 15)
 
-    asyncio.run(main())
+    run_coroutine(main())
 
 
 def test_connect_sends_one_session_update_and_the_key_stays_out_of_logs(
@@ -147,7 +147,7 @@ def test_no_key_is_a_configuration_error(avaturn: Any, monkeypatch: pytest.Monke
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     avaturn(OPENAI_API_KEY=None)
     with pytest.raises(NotConfigured):
-        asyncio.run(
+        run_coroutine(
             connect_realtime(model="m", session_config={}, tools=[], websocket_url="ws://x")
         )
 
@@ -228,7 +228,7 @@ def test_a_scripted_conversation_with_the_shipped_fake(avaturn: Any) -> None:
             await mic
             return cause, bridge.end_detail, socket
 
-        cause, detail, socket = asyncio.run(main())
+        cause, detail, socket = run_coroutine(main())
         assert fake.wait_until(lambda: fake.open_connections == 0)
         record = fake.connections[0]
 

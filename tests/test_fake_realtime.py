@@ -25,6 +25,7 @@ from django_avaturn.testing import (
     rundemo_script,
 )
 from django_avaturn.testing.realtime import BYTES_PER_MS, pcm_tone
+from tests.helpers import run_coroutine
 
 T = TypeVar("T")
 SILENCE_20MS = json.dumps(
@@ -36,7 +37,7 @@ def run(coroutine: Awaitable[T]) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coroutine, 10)
 
-    return asyncio.run(bounded())
+    return run_coroutine(bounded())
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
@@ -22,7 +22,7 @@ from django_avaturn.engine import layer, tokens
 from django_avaturn.engine.routing import websocket_urlpatterns
 from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
 from django_avaturn.testing.realtime import CallTool, Close, FakeRealtime, Script
-from tests.helpers import AvaturnOverrides, closed_port, live
+from tests.helpers import AvaturnOverrides, closed_port, live, run_coroutine
 from tests.realtime_loopback import LoopbackRealtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -73,7 +73,7 @@ def socket(token: str, secret: str | None) -> WebsocketCommunicator:
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
-    async_to_sync(test)()
+    run_coroutine(test())
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:

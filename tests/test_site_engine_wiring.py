@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.core import signing
 from django.core.cache import caches
 from django.core.checks import run_checks
@@ -19,7 +18,7 @@ from django_avaturn.exceptions import NotConfigured, SessionNotLive
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.sessions import transitions
 from django_avaturn.testing import AVATURN_CREATE, FakeUpstream
-from tests.helpers import LIST_URL, AvaturnOverrides, csrf_post, live
+from tests.helpers import LIST_URL, AvaturnOverrides, csrf_post, live, run_coroutine
 from tests.live_fake import csrf_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,7 +40,7 @@ def _listen(row_pk: int) -> str:
         await channel_layer.group_add(layer.group_name(row_pk), name)
         return name
 
-    return async_to_sync(join)()
+    return run_coroutine(join())
 
 
 def _received(channel: str) -> dict[str, Any]:
@@ -49,7 +48,7 @@ def _received(channel: str) -> dict[str, Any]:
         message: dict[str, Any] = await layer.get_layer().receive(channel)
         return message
 
-    return async_to_sync(receive)()
+    return run_coroutine(receive())
 
 
 def _nothing_waiting(channel: str) -> bool:

@@ -45,6 +45,13 @@ class Command(BaseCommand):
                     f"No AVATURN_API_KEY/OPENAI_API_KEY: using the offline fake at {fake.url}."
                 )
             )
+            if settings.AVATURN.get("ENGINE") == "site":
+                from django_avaturn.testing import FakeRealtime
+
+                # The site engine opens OpenAI itself: the scripted fake, where settings
+                # point SITE_ENGINE["OPENAI_WEBSOCKET_URL"] (the fake's port + 1).
+                realtime = FakeRealtime(port=settings.FAKE_UPSTREAM_PORT + 1).start()
+                self.stdout.write(f"The site engine talks to the offline fake at {realtime.url}.")
         self.stdout.write(f"Open http://{addrport}/ and sign in as demo / demo.")
         # No autoreloader: it would run this command twice and start a second fake.
         call_command("runserver", addrport, use_reloader=False)
