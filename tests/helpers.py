@@ -287,8 +287,8 @@ def release_held_starts() -> None:
 def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on a thread of its own.
 
-    In a full run the browser tests leave Playwright's event loop running on
-    the main thread, where ``asyncio.run`` and ``async_to_sync`` refuse to start.
+    Callable whether or not the calling thread runs an event loop (a browser
+    test's Playwright keeps one running on the main thread while its module runs).
     """
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()

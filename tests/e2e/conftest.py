@@ -111,7 +111,7 @@ def sdk_integrity(sdk_dist: Path) -> str:
     return sri((sdk_dist / "main.js").read_bytes())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_browser() -> Iterator[Any]:
     if not Path(CHROMIUM).is_file():
         missing(f"{CHROMIUM} is missing: run .ci/install-browser-deps (apt-get install chromium)")
@@ -123,6 +123,8 @@ def playwright_browser() -> Iterator[Any]:
     # it is open; Django would then refuse the tests' own ORM queries and the
     # test database's setup and flushes. The live server is unaffected (it has
     # its own thread), so this only lifts the guard for the test code itself.
+    # Module scope: the loop stops with the module's last browser test, so the
+    # tests after it (async_to_sync, asyncio.run) see a thread without one.
     previous = os.environ.get(ALLOW_ASYNC_UNSAFE)
     os.environ[ALLOW_ASYNC_UNSAFE] = "true"
     try:
