@@ -184,6 +184,10 @@ class Session(models.Model):
     engine_secret_hash = models.CharField(
         _("engine secret hash"), max_length=128, blank=True, editable=False
     )
+    # What the socket opens OpenAI Realtime with: {"realtime_session": the session
+    # the start's plan resolved (hook included), "tools": the tool module paths}.
+    # Written with the secret's hash, in one statement, before Avaturn is asked.
+    engine_plan = models.JSONField(_("engine plan"), null=True, blank=True, editable=False)
     engine_connected_at = models.DateTimeField(
         _("engine connected"),
         null=True,

@@ -18,9 +18,11 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
 from django_avaturn import services
+from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import layer, tokens
 from django_avaturn.engine.routing import websocket_urlpatterns
 from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
+from django_avaturn.sessions.plan import realtime_session_from_settings
 from django_avaturn.testing.realtime import CallTool, Close, FakeRealtime, Script
 from tests.helpers import AvaturnOverrides, closed_port, live, run_coroutine
 from tests.realtime_loopback import LoopbackRealtime
@@ -61,8 +63,17 @@ def site_row(user: Any, session_id: str = "sess-1", **fields: Any) -> tuple[Sess
     if started_at is None:
         Session.objects.filter(pk=row.pk).update(started_at=None)
     credentials = tokens.mint(row.pk)
-    Session.objects.filter(pk=row.pk).update(engine_secret_hash=credentials.secret_hash)
+    Session.objects.filter(pk=row.pk).update(
+        engine_secret_hash=credentials.secret_hash, engine_plan=settings_plan()
+    )
     return row, credentials.token, credentials.secret
+
+
+def settings_plan() -> dict[str, Any]:
+    """The engine plan a start with no session hook leaves on its row."""
+    return tokens.engine_plan(
+        realtime_session_from_settings(), list(avaturn_settings.SITE_ENGINE["TOOLS"])
+    )
 
 
 def socket(token: str, secret: str | None) -> WebsocketCommunicator:
@@ -148,7 +159,9 @@ def test_an_expired_token_is_refused(
     with monkeypatch.context() as patched:
         patched.setattr("django.core.signing.time.time", lambda: signed_at)
         credentials = tokens.mint(row.pk)
-    Session.objects.filter(pk=row.pk).update(engine_secret_hash=credentials.secret_hash)
+    Session.objects.filter(pk=row.pk).update(
+        engine_secret_hash=credentials.secret_hash, engine_plan=settings_plan()
+    )
     with caplog.at_level(logging.WARNING):
         _refused(socket(credentials.token, credentials.secret))
     _assert_logged_without(caplog, credentials.token, credentials.secret)
@@ -177,6 +190,17 @@ def test_a_missing_or_wrong_secret_is_refused(
     assert realtime.connections == 0
     row.refresh_from_db()
     assert row.engine_connected_at is None
+
+
+def test_a_row_without_an_engine_plan_is_refused(
+    engine: Any, user: Any, realtime: LoopbackRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    row, token, secret = site_row(user)
+    Session.objects.filter(pk=row.pk).update(engine_plan=None)
+    with caplog.at_level(logging.WARNING):
+        _refused(socket(token, secret))
+    assert "no engine plan" in caplog.text
+    assert realtime.connections == 0
 
 
 @pytest.mark.parametrize(
@@ -269,6 +293,25 @@ def test_audio_flows_both_ways_and_opens_openai_with_the_sites_key(
     (append,) = realtime.of_type("input_audio_buffer.append")
     assert append["audio"] == base64.b64encode(PCM).decode()
     assert realtime.authorizations == ["Bearer sk-test-openai-0123456789"]
+
+
+def test_openai_is_opened_with_the_rows_engine_plan(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    row, token, secret = site_row(user)
+    plan = settings_plan()
+    plan["realtime_session"]["instructions"] = "Only about this visitor's orders."
+    Session.objects.filter(pk=row.pk).update(engine_plan=plan)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: bool(realtime.of_type("session.update")))
+        await communicator.disconnect()
+
+    run(test)
+    (update,) = realtime.of_type("session.update")
+    assert update["session"]["instructions"] == "Only about this visitor's orders."
 
 
 def test_the_engine_writes_both_sides_of_the_transcript(

@@ -83,10 +83,9 @@ def test_a_start_points_avaturn_at_the_sites_socket_with_a_token_and_a_hashed_se
     assert row.engine_connected_at is None
     # Neither leaves the server in the start's answer.
     assert secret not in response.content.decode() and token not in response.content.decode()
-    # What the socket opens OpenAI with is handed over once.
-    handed = tokens.handed_over(row.pk)
-    assert handed is not None and handed["realtime_session"]["model"] == "gpt-realtime"
-    assert tokens.handed_over(row.pk) is None
+    # What the socket opens OpenAI with is on the row.
+    assert row.engine_plan is not None
+    assert row.engine_plan["realtime_session"]["model"] == "gpt-realtime"
 
 
 def test_each_start_has_its_own_token_and_secret(
@@ -107,10 +106,10 @@ def test_the_hook_may_choose_the_tools_and_the_instructions(
     _site(avaturn)
     avaturn(SESSION_CONFIG_HOOK="tests.test_site_engine_wiring.hook")
     assert csrf_json(api_client, "post", LIST_URL, {}).status_code == 201
-    handed = tokens.handed_over(Session.objects.get().pk)
-    assert handed is not None
-    assert handed["tools"] == []
-    assert handed["realtime_session"]["instructions"] == "Only about orders."
+    plan = Session.objects.get().engine_plan
+    assert plan is not None
+    assert plan["tools"] == []
+    assert plan["realtime_session"]["instructions"] == "Only about orders."
 
 
 def hook(request: Any, config: str | None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 ``python -m benchmarks.engine.site migrate`` prepares the SQLite database;
 ``python -m benchmarks.engine.site rows N`` adds N live site engine sessions
 (a user each), mints each a token and a secret as a start does
-(``tokens.mint``, the secret's hash on the row, ``tokens.hand_over``) and
+(``tokens.mint``, the secret's hash and the engine plan on the row) and
 prints what Avaturn would be given: the socket's URL and its headers.
 """
 
@@ -127,8 +127,10 @@ def make_rows(count: int) -> list[dict[str, Any]]:
             started_at=timezone.now(),
         )
         credentials = tokens.mint(row.pk)
-        Session.objects.filter(pk=row.pk).update(engine_secret_hash=credentials.secret_hash)
-        tokens.hand_over(row.pk, realtime_session=realtime, tools=list(options["TOOLS"]))
+        Session.objects.filter(pk=row.pk).update(
+            engine_secret_hash=credentials.secret_hash,
+            engine_plan=tokens.engine_plan(realtime, list(options["TOOLS"])),
+        )
         made.append(
             {
                 "url": tokens.socket_url(options["PUBLIC_URL"], credentials.token),

@@ -42,7 +42,6 @@ from django_avaturn.engine.tools import ToolRunner, load_registry
 from django_avaturn.exceptions import AvaturnError, TranscriptFull
 from django_avaturn.models import EndReason, Engine, Session
 from django_avaturn.sessions import ending, transcripts, transitions
-from django_avaturn.sessions.plan import realtime_session_from_settings
 from django_avaturn.upstream.redaction import excerpt
 
 logger = logging.getLogger(__name__)
@@ -78,6 +77,9 @@ def authenticate(token: str, headers: Any) -> Session:
         raise tokens.Refused(f"session row {pk} is {row.status}")
     if not tokens.secret_matches(tokens.secret_from_headers(headers), row.engine_secret_hash):
         raise tokens.Refused(f"the {tokens.SECRET_HEADER} header of session row {pk} is wrong")
+    if not isinstance(row.engine_plan, dict):
+        # Written with the secret's hash: a row without it was not made by a start.
+        raise tokens.Refused(f"session row {pk} has no engine plan")
     if not row.user.is_active:
         raise tokens.Refused(f"the user of session row {pk} is not active")
     if not transitions.mark_engine_connected(pk):
@@ -169,20 +171,10 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             )
 
     async def _open(self, row: Session) -> None:
-        handed = await database_sync_to_async(tokens.handed_over)(row.pk)
-        if handed is None:
-            logger.warning(
-                "Session row %s's start handed its engine nothing (is the default cache shared "
-                "by every process?): the settings' session and tools are used.",
-                row.pk,
-            )
-            handed = {
-                "realtime_session": realtime_session_from_settings(),
-                "tools": list(avaturn_settings.SITE_ENGINE["TOOLS"]),
-            }
+        plan: dict[str, Any] = row.engine_plan or {}
         options = avaturn_settings.SITE_ENGINE
-        registry = load_registry(handed["tools"])
-        session_config: dict[str, Any] = handed["realtime_session"]
+        registry = load_registry(list(plan.get("tools") or []))
+        session_config: dict[str, Any] = plan.get("realtime_session") or {}
         self.realtime = await connect_realtime(
             model=str(session_config.get("model") or avaturn_settings.MODEL),
             session_config=session_config,

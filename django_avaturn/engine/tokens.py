@@ -10,10 +10,9 @@ once (``transitions.mark_engine_connected``). The secret travels in the
 
 Neither the token nor the secret is ever logged: a refusal says only why.
 
-The start also hands the socket what the conversation is made of (the
-OpenAI Realtime session its plan resolved, the hook's choice of tools
-included), through Django's default cache (``hand_over``, ``handed_over``):
-with several processes that cache must be shared, as the throttles' is.
+The start also leaves the socket what the conversation is made of, on the
+row (``Session.engine_plan``, written with the secret's hash): the OpenAI
+Realtime session its plan resolved and the tools, the hook's choice included.
 """
 
 from __future__ import annotations
@@ -25,10 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core import signing
-from django.core.cache import caches
 
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import StorageUnavailable
 
 SALT = "django_avaturn.engine.socket"
 SECRET_HEADER = "X-Avaturn-Engine-Secret"
@@ -105,27 +102,6 @@ def secret_from_headers(
     return None
 
 
-def _hand_over_key(row_pk: int) -> str:
-    return f"avaturn_engine_plan_{int(row_pk)}"
-
-
-def hand_over(row_pk: int, *, realtime_session: dict[str, Any], tools: list[str]) -> None:
-    """Keep what the socket of row ``row_pk`` will open OpenAI with, until it connects."""
-    timeout = avaturn_settings.SITE_ENGINE["CONNECT_WITHIN"] + 60
-    try:
-        caches["default"].set(
-            _hand_over_key(row_pk),
-            {"realtime_session": realtime_session, "tools": tools},
-            timeout,
-        )
-    except Exception as exc:
-        raise StorageUnavailable() from exc
-
-
-def handed_over(row_pk: int) -> dict[str, Any] | None:
-    """What the start of row ``row_pk`` handed over (and forget it); None if nothing is there."""
-    key = _hand_over_key(row_pk)
-    cache = caches["default"]
-    value = cache.get(key)
-    cache.delete(key)
-    return value if isinstance(value, dict) else None
+def engine_plan(realtime_session: dict[str, Any], tools: list[str]) -> dict[str, Any]:
+    """What a site engine row keeps for its socket (``Session.engine_plan``)."""
+    return {"realtime_session": realtime_session, "tools": tools}

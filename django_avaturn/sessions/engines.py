@@ -179,9 +179,10 @@ def _site_socket(plan: SessionPlan, row: Session) -> EngineCredential:
     """The ``external`` engine object pointing Avaturn at this site's own engine socket."""
     options = plan.engine_options
     credentials = tokens.mint(row.pk)
-    transitions.store_engine_secret(row, credentials.secret_hash)
-    tokens.hand_over(
-        row.pk, realtime_session=plan.realtime_session, tools=list(options.get("TOOLS") or [])
+    transitions.store_engine_socket(
+        row,
+        credentials.secret_hash,
+        tokens.engine_plan(plan.realtime_session, list(options.get("TOOLS") or [])),
     )
     return EngineCredential(
         {

@@ -550,12 +550,13 @@ def record_heartbeat(session: Session) -> None:
 # --------------------------------------------------------------------------- the site engine
 
 
-def store_engine_secret(row: Session, secret_hash: str) -> None:
-    """Record the hash of the site engine socket's secret on a start's own row (still starting)."""
+def store_engine_socket(row: Session, secret_hash: str, plan: dict[str, Any]) -> None:
+    """Record, on a start's own row (still starting), what its site engine socket will need:
+    the hash of the socket's secret and the plan it opens OpenAI Realtime with."""
     Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
-        engine_secret_hash=secret_hash
+        engine_secret_hash=secret_hash, engine_plan=plan
     )
-    row.engine_secret_hash = secret_hash
+    row.engine_secret_hash, row.engine_plan = secret_hash, plan
 
 
 def mark_engine_connected(pk: int) -> bool:
