@@ -511,6 +511,24 @@ def test_say_asks_for_the_text_after_the_active_response() -> None:
     run(test)
 
 
+def test_a_page_message_joins_the_conversation_and_is_answered_after_the_active_response() -> None:
+    async def test() -> None:
+        async with Running() as r:
+            await r.realtime.push(response_created("r1"))
+            await r.bridge.page_message({"chose": "red"}, respond=True)
+            (item,) = r.realtime.of_type("conversation.item.create")
+            assert item["item"]["role"] == "user"
+            assert item["item"]["content"][0]["text"].endswith('{"chose":"red"}')
+            assert r.realtime.of_type("response.create") == []
+            await r.realtime.push(response_done("r1"))
+            assert r.realtime.of_type("response.create") == [{"type": "response.create"}]
+            await r.bridge.page_message({"chose": "blue"})
+            assert len(r.realtime.of_type("conversation.item.create")) == 2
+            assert len(r.realtime.of_type("response.create")) == 1
+
+    run(test)
+
+
 def test_send_to_browser_wraps_the_data_in_our_namespaced_type() -> None:
     async def test() -> None:
         async with Running() as r:
@@ -548,6 +566,7 @@ def test_say_after_the_end_is_a_no_op() -> None:
         await bridge.stop()
         await bridge.run()
         await bridge.say("Anyone there?")
+        await bridge.page_message({"still": "here"}, respond=True)
         assert realtime.sent == []
 
     run(test)

@@ -351,8 +351,9 @@ def test_the_engine_writes_both_sides_of_the_transcript(
     assert lines == [("user", "Where is my order?"), ("avatar", "It shipped today.")]
 
 
-def test_a_message_from_the_site_reaches_the_page(
-    engine: Any, user: Any, realtime: LoopbackRealtime
+@pytest.mark.parametrize("respond", [False, True])
+def test_a_message_from_the_page_reaches_the_model_as_the_visitors_input(
+    engine: Any, user: Any, realtime: LoopbackRealtime, respond: bool
 ) -> None:
     row, token, secret = site_row(user)
 
@@ -360,15 +361,22 @@ def test_a_message_from_the_site_reaches_the_page(
         communicator = socket(token, secret)
         assert (await communicator.connect(TIMEOUT))[0] is True
         await eventually(lambda: realtime.open == 1)
-        await layer.send(row.pk, layer.browser_message({"kind": "card", "n": 1}))
-        sent = json.loads(await communicator.receive_from(TIMEOUT))
-        assert sent == {
-            "type": "sdk.message.send",
-            "data": {"type": "django_avaturn.message", "data": {"kind": "card", "n": 1}},
-        }
+        message = layer.page_message({"kind": "card", "n": 1}, respond=respond)
+        await layer.send(row.pk, message)
+        await eventually(lambda: bool(realtime.of_type("conversation.item.create")))
+        if respond:
+            await eventually(lambda: bool(realtime.of_type("response.create")))
         await communicator.disconnect()
 
     run(test)
+    (created,) = realtime.of_type("conversation.item.create")
+    item = created["item"]
+    assert (item["type"], item["role"]) == ("message", "user")
+    (content,) = item["content"]
+    assert content["type"] == "input_text"
+    assert content["text"].endswith('{"kind":"card","n":1}')
+    assert "Not spoken" in content["text"]
+    assert len(realtime.of_type("response.create")) == (1 if respond else 0)
 
 
 def test_say_asks_the_model_to_speak(engine: Any, user: Any, realtime: LoopbackRealtime) -> None:

@@ -268,7 +268,7 @@ def _messages(session_id: str) -> str:
     return f"/avaturn/sessions/{session_id}/messages/"
 
 
-def test_the_owner_sends_the_page_a_message_through_the_layer(
+def test_the_owners_page_sends_its_conversation_a_message_through_the_layer(
     api_client: APIClient, user: Any, settings: Any
 ) -> None:
     settings.CHANNEL_LAYERS = IN_MEMORY
@@ -277,7 +277,19 @@ def test_the_owner_sends_the_page_a_message_through_the_layer(
     data = {"type": "card", "title": "Order 7", "items": [1, 2]}
     response = csrf_post(api_client, _messages("sess-1"), {"data": data})
     assert response.status_code == 204, response.content
-    assert _received(channel) == {"type": "avaturn.engine.browser", "data": data}
+    assert _received(channel) == {"type": "avaturn.engine.page", "data": data, "respond": False}
+    response = csrf_post(api_client, _messages("sess-1"), {"data": data, "respond": True})
+    assert response.status_code == 204, response.content
+    assert _received(channel) == {"type": "avaturn.engine.page", "data": data, "respond": True}
+
+
+def test_respond_must_be_a_boolean(api_client: APIClient, user: Any, settings: Any) -> None:
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    row = live(user, "sess-1", engine="site")
+    channel = _listen(row.pk)
+    response = csrf_post(api_client, _messages("sess-1"), {"data": {}, "respond": "maybe"})
+    assert response.status_code == 400
+    assert _nothing_waiting(channel)
 
 
 def test_another_users_session_is_404_and_gets_nothing(
@@ -341,8 +353,8 @@ def test_a_message_too_large_is_413(api_client: APIClient, user: Any, settings: 
     settings.CHANNEL_LAYERS = IN_MEMORY
     row = live(user, "sess-1", engine="site")
     channel = _listen(row.pk)
-    at_limit = {"t": "x" * (layer.BROWSER_MESSAGE_MAX_BYTES - len('{"t":""}'))}
-    assert layer.message_size(at_limit) == layer.BROWSER_MESSAGE_MAX_BYTES
+    at_limit = {"t": "x" * (layer.PAGE_MESSAGE_MAX_BYTES - len('{"t":""}'))}
+    assert layer.message_size(at_limit) == layer.PAGE_MESSAGE_MAX_BYTES
     assert csrf_post(api_client, _messages("sess-1"), {"data": at_limit}).status_code == 204
     assert _received(channel)["data"] == at_limit
     too_large = {"t": at_limit["t"] + "x"}

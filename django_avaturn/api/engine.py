@@ -28,9 +28,13 @@ class EngineMessageSerializer(StrictSerializer):
     # The metaclass takes declared fields off the class: ``.data`` stays DRF's.
     data = serializers.DictField(  # type: ignore[assignment]
         help_text=_(
-            "Any JSON object; at most 4000 bytes as compact JSON. The page receives it "
-            "as the `detail` of an `avaturn:message` event."
+            "Any JSON object; at most 4000 bytes as compact JSON. The model receives it "
+            "as the visitor's input from the page (not spoken)."
         )
+    )
+    respond = serializers.BooleanField(
+        default=False,
+        help_text=_("Whether the model answers it at once (otherwise it is context)."),
     )
 
 
@@ -46,8 +50,8 @@ class SessionMessageView(AvaturnAPIView):
         description=_(
             'Only for a live session of the site engine (`ENGINE = "site"`). Delivered '
             "through the channel layer to the process holding the conversation, which "
-            "passes it to the page (`sdk.message.send`). At most `MESSAGE_THROTTLE_RATE` "
-            "messages per user."
+            "gives it to the model as the visitor's input from the page. At most "
+            "`MESSAGE_THROTTLE_RATE` messages per user."
         ),
         parameters=session_id_parameter(),
         request=EngineMessageSerializer,
@@ -78,10 +82,11 @@ class SessionMessageView(AvaturnAPIView):
         serializer = EngineMessageSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data["data"]
-        if layer.message_size(data) > layer.BROWSER_MESSAGE_MAX_BYTES:
+        if layer.message_size(data) > layer.PAGE_MESSAGE_MAX_BYTES:
             raise MessageTooLarge()
+        message = layer.page_message(data, respond=serializer.validated_data["respond"])
         try:
-            layer.send_sync(session.pk, layer.browser_message(data))
+            layer.send_sync(session.pk, message)
         except layer.NoChannelLayer as exc:
             raise NotConfigured(str(exc)) from None
         return Response(status=204)

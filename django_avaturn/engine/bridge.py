@@ -108,8 +108,8 @@ class Bridge:
         # Why run() returned, in words for the session row and the log (no secrets).
         self.end_detail = ""
         self._active_response: str | None = None
-        # A response.create waiting for the active response to finish (OpenAI allows one
-        # active response at a time): the instructions, or "" for a plain one.
+        # The response.create events waiting for the active response to finish (OpenAI
+        # allows one active response at a time), in order.
         self._queued_responses: list[str] = []
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -178,6 +178,20 @@ class Bridge:
             return
         with contextlib.suppress(ConnectionClosed):
             await self._create_response(SAY_INSTRUCTIONS.format(text=text))
+
+    async def page_message(self, data: dict[str, Any], *, respond: bool = False) -> None:
+        """Give the model a message from the visitor's page, as the visitor's input.
+
+        With ``respond`` the model answers it (after the current response, if one is
+        active); without, it is context for the model's next answer. A no-op once the
+        conversation has ended.
+        """
+        if self._stopped:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await self._realtime.send_raw(protocol.page_message(data))
+            if respond:
+                await self._request_response(protocol.RESPONSE_CREATE)
 
     async def stop(self) -> None:
         """End the conversation: run() returns STOPPED; running tool calls are cancelled."""
@@ -326,7 +340,10 @@ class Bridge:
         await self._realtime.send_raw(data)
 
     async def _create_response(self, instructions: str) -> None:
-        data = protocol.response_with_instructions(instructions)
+        await self._request_response(protocol.response_with_instructions(instructions))
+
+    async def _request_response(self, data: str) -> None:
+        """Send ``data`` (a ``response.create``) now, or once the active response is done."""
         if self._active_response is not None:
             self._queued_responses.append(data)
         else:

@@ -259,10 +259,11 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         """The site ended the session: the row says why; close both sockets now."""
         await self._finish(None, close_code=SITE_ENDED, close_reason="The session ended.")
 
-    async def avaturn_engine_browser(self, event: dict[str, Any]) -> None:
+    async def avaturn_engine_page(self, event: dict[str, Any]) -> None:
+        """The visitor's page sent its conversation a message (the messages endpoint)."""
         data = event.get("data")
         if self.bridge is not None and not self.finished and isinstance(data, dict):
-            await self.bridge.send_to_browser(data)
+            await self.bridge.page_message(data, respond=event.get("respond") is True)
 
     async def avaturn_engine_say(self, event: dict[str, Any]) -> None:
         text = event.get("text")

@@ -9,7 +9,8 @@ without Channels: then there is no layer, and the senders say so
 Messages (the consumer's handler is the type with "." as "_"):
 
 - ``avaturn.engine.end``: the site ended the session; close both sockets now.
-- ``avaturn.engine.browser``: ``data`` (a dict) goes to the page (``sdk.message.send``).
+- ``avaturn.engine.page``: the page's message ``data`` (a dict) goes to the model
+  as the visitor's input; with ``respond`` true the model answers it.
 - ``avaturn.engine.say``: the avatar speaks ``text``.
 """
 
@@ -25,17 +26,16 @@ from asgiref.sync import async_to_sync
 logger = logging.getLogger(__name__)
 
 END = "avaturn.engine.end"
-BROWSER = "avaturn.engine.browser"
+PAGE = "avaturn.engine.page"
 SAY = "avaturn.engine.say"
 
 
-# A message for the page, as compact JSON: Daily's app messages hold 4096 bytes,
-# and the engine's wrapper (``{"type": "django_avaturn.message", "data": ...}``) the rest.
-BROWSER_MESSAGE_MAX_BYTES = 4000
+# A message from the page, as compact JSON: it goes into the model's context.
+PAGE_MESSAGE_MAX_BYTES = 4000
 
 
 def message_size(data: dict[str, Any]) -> int:
-    """What ``data`` weighs against ``BROWSER_MESSAGE_MAX_BYTES``: its compact JSON in UTF-8."""
+    """What ``data`` weighs against ``PAGE_MESSAGE_MAX_BYTES``: its compact JSON in UTF-8."""
     return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
 
 
@@ -74,8 +74,8 @@ def send_sync(row_pk: int, message: dict[str, Any]) -> None:
     async_to_sync(send)(row_pk, message)
 
 
-def browser_message(data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": BROWSER, "data": data}
+def page_message(data: dict[str, Any], *, respond: bool = False) -> dict[str, Any]:
+    return {"type": PAGE, "data": data, "respond": respond}
 
 
 def say_message(text: str) -> dict[str, Any]:

@@ -117,5 +117,27 @@ def response_with_instructions(instructions: str, *, out_of_band: bool = False) 
     return json.dumps({"type": "response.create", "response": response})
 
 
+# How a message from the visitor's page reads to the model: the visitor's own
+# input (a user item), marked as not spoken, never an instruction of the site's.
+PAGE_MESSAGE_TEXT: Final = "(Not spoken: the visitor's web page sent this message.) {data}"
+
+
+def page_message(data: dict[str, Any]) -> str:
+    """A message from the visitor's page, added to the conversation as the visitor's input."""
+    text = PAGE_MESSAGE_TEXT.format(
+        data=json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    )
+    return json.dumps(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+            },
+        }
+    )
+
+
 def session_update(session: dict[str, Any]) -> str:
     return json.dumps({"type": "session.update", "session": session})

@@ -75,8 +75,8 @@ describe("messagesUrl", () => {
 });
 
 describe("postMessage", () => {
-  test("POSTs {data} as JSON with the CSRF token and resolves on 202", async () => {
-    const { fetchImpl, calls } = recordingFetch(202, { status: "accepted" });
+  test("POSTs {data} as JSON with the CSRF token and resolves on 204", async () => {
+    const { fetchImpl, calls } = recordingFetch(204);
     const data = { kind: "note", text: "hi" };
     assert.equal(await postMessage(fetchImpl, "/m/", "tok", data), undefined);
     assert.equal(calls.length, 1);
@@ -87,6 +87,12 @@ describe("postMessage", () => {
     assert.equal(options.headers["X-CSRFToken"], "tok");
     assert.equal(options.headers["Content-Type"], "application/json");
     assert.deepEqual(JSON.parse(options.body), { data });
+  });
+
+  test("{respond: true} asks the model to answer", async () => {
+    const { fetchImpl, calls } = recordingFetch(204);
+    await postMessage(fetchImpl, "/m/", "tok", { chose: "red" }, { respond: true });
+    assert.deepEqual(JSON.parse(calls[0].options.body), { data: { chose: "red" }, respond: true });
   });
 
   test("an error answer rejects with the API's code, status and detail", async () => {

@@ -10,7 +10,7 @@
 //
 // Public handle: `container.avaturn` (or `window.djangoAvaturn.get(container)`)
 // is `{head, state, sessionId, microphoneOn, start(), stop(), setMicrophone(on),
-// sendMessage(data)}`.
+// sendMessage(data, {respond})}`.
 
 import { AvaturnWidget, handle } from "./widget/widget.js";
 

@@ -43,9 +43,10 @@ export function messagesUrl(config, sessionId, baseURI) {
   return new URL("messages/", new URL(detail, baseURI)).href;
 }
 
-// POST `{data}` to `url`; resolves once the API accepted it (202), rejects
-// with a TypeError for data that is not a JSON object, or a MessageError.
-export async function postMessage(fetchImpl, url, csrfToken, data) {
+// POST `{data}` (and `respond: true` when asked) to `url`; resolves once the
+// API accepted it (204), rejects with a TypeError for data that is not a JSON
+// object, or a MessageError.
+export async function postMessage(fetchImpl, url, csrfToken, data, { respond = false } = {}) {
   if (!isPlainObject(data)) throw new TypeError("sendMessage(data): data must be an object");
   try {
     JSON.stringify(data);
@@ -54,7 +55,8 @@ export async function postMessage(fetchImpl, url, csrfToken, data) {
   }
   let response;
   try {
-    response = await apiRequest(fetchImpl, url, { csrfToken, json: { data }, acceptJson: true });
+    const json = respond ? { data, respond: true } : { data };
+    response = await apiRequest(fetchImpl, url, { csrfToken, json, acceptJson: true });
   } catch (error) {
     throw new MessageError("network", { cause: error });
   }

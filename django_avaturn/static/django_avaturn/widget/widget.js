@@ -263,13 +263,14 @@ export class AvaturnWidget {
     });
   }
 
-  // A message to this page's own live conversation, through the session API.
-  sendMessage(data) {
+  // A message to this page's own live conversation, through the session API:
+  // the model reads it as the visitor's input; `{respond: true}` has it answer.
+  sendMessage(data, options = {}) {
     if (this.state !== "live" || !this.sessionId) {
       return Promise.reject(new MessageError("not_live"));
     }
     const url = messagesUrl(this.config, this.sessionId, document.baseURI);
-    return postMessage(pageFetch, url, this.csrfToken(), data);
+    return postMessage(pageFetch, url, this.csrfToken(), data, options);
   }
 
   onSdkEvent(name, detail) {
@@ -439,6 +440,6 @@ export function handle(widget) {
     start: () => widget.start(),
     stop: () => widget.stop(),
     setMicrophone: (on) => widget.setMicrophone(on),
-    sendMessage: (data) => widget.sendMessage(data),
+    sendMessage: (data, options) => widget.sendMessage(data, options),
   };
 }
