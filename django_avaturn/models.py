@@ -48,6 +48,7 @@ class EndReason(models.TextChoices):
     UPSTREAM_ERROR = "upstream_error", _("Upstream error")
     SHUTDOWN = "shutdown", _("Stopped by the kill switch")
     ABANDONED = "abandoned", _("The visitor's page left while it started")
+    ENGINE_CLOSED = "engine_closed", _("Avaturn closed the site engine's socket")
 
 
 class Engine(models.TextChoices):

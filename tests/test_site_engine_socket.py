@@ -409,13 +409,40 @@ def test_avaturn_closing_closes_openai_and_ends_the_row(
         await eventually(lambda: realtime.open == 1)
         await communicator.disconnect(code=1000)
         ended_row = await ended(row.pk)
-        assert (ended_row.status, ended_row.end_reason) == (SessionStatus.ENDED, EndReason.CLIENT)
+        assert (ended_row.status, ended_row.end_reason) == (
+            SessionStatus.ENDED,
+            EndReason.ENGINE_CLOSED,
+        )
         assert "Avaturn closed the engine socket (1000)" in ended_row.end_detail
         await eventually(lambda: realtime.open == 0)
 
     run(test)
     # Its Avaturn session is terminated too (nothing left running).
     assert engine.avaturn.deleted == ["sess-1"]
+
+
+def test_a_failed_terminate_after_avaturn_closes_leaves_the_row_to_the_expiry_command(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    row, token, secret = site_row(user)
+    engine.avaturn.on_delete(500, {"detail": "busy"})
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await communicator.disconnect(code=1000)
+        await eventually(lambda: realtime.open == 0)
+        deadline = time.monotonic() + TIMEOUT
+        while not (await row_of(row.pk)).awaiting_retry:
+            assert time.monotonic() < deadline, "the row was never left for a retry"
+            await asyncio.sleep(0.02)
+
+    run(test)
+    row.refresh_from_db()
+    # Not live again: nobody would end it but the expiry command, which now will.
+    assert (row.status, row.end_reason) == (SessionStatus.ENDING, EndReason.ENGINE_CLOSED)
+    assert engine.avaturn.delete_calls()
 
 
 def test_a_server_shutdown_is_what_the_row_says(
@@ -429,7 +456,7 @@ def test_a_server_shutdown_is_what_the_row_says(
         await eventually(lambda: realtime.open == 1)
         await communicator.disconnect(code=1012)  # what uvicorn and daphne send on shutdown
         ended_row = await ended(row.pk)
-        assert ended_row.end_reason == EndReason.CLIENT
+        assert ended_row.end_reason == EndReason.ENGINE_CLOSED
         assert "server shut down" in ended_row.end_detail
         await eventually(lambda: realtime.open == 0)
 

@@ -10,8 +10,11 @@ site can end the call, speak, or send the page a message from any process.
 Whichever side ends, both sockets close and the row records why:
 
 - Avaturn closes (the visitor left, ``max_duration``, a terminate): OpenAI is
-  closed; the row ends ``client`` with the close code in its detail (a
+  closed; the row ends ``engine_closed`` with the close code in its detail (a
   server shutting down closes the socket with 1012, and the detail says so).
+  Avaturn never reopens the socket, so its session is terminated; if that
+  fails the row stays ending for the expiry command (``engine_closed`` is not
+  a reason whose asker retries), never live again.
 - OpenAI closes or fails: Avaturn's socket is closed (1011, which ends the
   Avaturn session); the row ends ``upstream_error`` with the reason.
 - The site ends the session (Stop, staff, the kill switch, expiry, a newer
@@ -251,7 +254,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             detail = "The server shut down (1012) while the conversation ran."
         else:
             detail = f"Avaturn closed the engine socket ({code})."
-        await self._finish(EndReason.CLIENT, detail)
+        await self._finish(EndReason.ENGINE_CLOSED, detail)
 
     # ------------------------------------------------------------------ the channel layer
 
