@@ -52,14 +52,15 @@ def seed(rows: int) -> dict[str, Any]:
     columns = (
         "session_id, user_id, status, end_reason, end_detail, avatar_id, model, voice, "
         "config_name, max_duration, created_at, started_at, expires_at, updated_at, "
-        "client_ref, awaiting_retry, transcript_lines, transcript_bytes, engine"
+        "client_ref, awaiting_retry, transcript_lines, transcript_bytes, engine, "
+        "engine_secret_hash"
     )
 
     def row(i: int) -> tuple[Any, ...]:
         return (
             f"bench-{i:08d}", user.pk, "live", "", "", "", "gpt-realtime", "marin",
             "", 600, long_ago, long_ago, long_ago + timedelta(minutes=10), long_ago,
-            "", False, 0, 0, "openai-realtime",
+            "", False, 0, 0, "openai-realtime", "",
         )  # fmt: skip
 
     with transaction.atomic(), connection.cursor() as cursor:
