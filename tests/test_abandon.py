@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from django.core.cache import cache
 from django.db import connection
 from django.urls import reverse
@@ -411,7 +412,11 @@ def test_an_abandon_handled_by_another_process_reaches_the_start_through_a_share
         with pytest.raises(SessionNotLive):
             services.start_session(user, client_ref=ref)
     finally:
-        cache.clear()  # this test's own prefix only
+        # This test's own keys only: RedisCache.clear() would FLUSHDB, under any
+        # other test process sharing the database.
+        with redis.Redis.from_url(redis_url()) as client:
+            for key in client.scan_iter(f"{prefix}:*"):
+                client.delete(key)
     assert upstream.openai.requests == []
     row = Session.objects.get()
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ABANDONED)
