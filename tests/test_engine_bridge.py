@@ -401,6 +401,7 @@ def test_a_slow_tool_gets_one_checking_notice_then_its_answer() -> None:
                 {
                     "type": "response.create",
                     "response": {"instructions": CHECKING_NOTICE, "conversation": "none"},
+                    "event_id": "django_avaturn_response_1",
                 }
             ]
             # The notice is spoken like any response (its own segment).
@@ -521,10 +522,42 @@ def test_a_page_message_joins_the_conversation_and_is_answered_after_the_active_
             assert item["item"]["content"][0]["text"].endswith('{"chose":"red"}')
             assert r.realtime.of_type("response.create") == []
             await r.realtime.push(response_done("r1"))
-            assert r.realtime.of_type("response.create") == [{"type": "response.create"}]
+            (create,) = r.realtime.of_type("response.create")
+            assert create == {"type": "response.create", "event_id": "django_avaturn_response_1"}
             await r.bridge.page_message({"chose": "blue"})
             assert len(r.realtime.of_type("conversation.item.create")) == 2
             assert len(r.realtime.of_type("response.create")) == 1
+
+    run(test)
+
+
+def test_an_error_about_another_event_leaves_the_response_create_waiting() -> None:
+    async def test() -> None:
+        async with Running() as r:
+            await r.bridge.say("First.")
+            (first,) = r.realtime.of_type("response.create")
+            # A cancel refused because the turn detection had cancelled already.
+            await r.realtime.push(
+                {
+                    "type": "error",
+                    "error": {"code": "response_cancel_not_active", "event_id": "evt_cancel"},
+                }
+            )
+            await r.bridge.say("Second.")
+            assert len(r.realtime.of_type("response.create")) == 1  # still one active
+            # The create itself refused: none will start, so the waiting one goes now.
+            await r.realtime.push(
+                {
+                    "type": "error",
+                    "error": {
+                        "code": "conversation_already_has_active_response",
+                        "event_id": first["event_id"],
+                    },
+                }
+            )
+            second = r.realtime.of_type("response.create")[-1]
+            assert "Second." in second["response"]["instructions"]
+            assert second["event_id"] != first["event_id"]
 
     run(test)
 

@@ -120,6 +120,10 @@ class Bridge:
         self._stopped = False
         self._stop_waiter: asyncio.Future[None] | None = None
         self._last_error = ""
+        # The event_id of the response.create sent last, which OpenAI has not yet
+        # answered with response.created: an error naming it means it was refused.
+        self._create_event_id = ""
+        self._creates_sent = 0
 
     # The host's calls.
 
@@ -308,7 +312,7 @@ class Bridge:
         elif kind == "response.output_audio_transcript.done":
             await self._transcript("avatar", event.get("transcript"))
         elif kind == "error":
-            self._on_error(event)
+            await self._on_error(event)
 
     async def _on_response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response")
@@ -337,7 +341,11 @@ class Bridge:
         # Active until its response.created/response.done say otherwise: nothing else is
         # created in between (OpenAI refuses a second active response).
         self._active_response = ""
-        await self._realtime.send_raw(data)
+        self._creates_sent += 1
+        self._create_event_id = f"django_avaturn_response_{self._creates_sent}"
+        event = json.loads(data)
+        event["event_id"] = self._create_event_id
+        await self._realtime.send_raw(json.dumps(event, separators=(",", ":")))
 
     async def _create_response(self, instructions: str) -> None:
         await self._request_response(protocol.response_with_instructions(instructions))
@@ -349,20 +357,25 @@ class Bridge:
         else:
             await self._send_response(data)
 
-    def _on_error(self, event: dict[str, Any]) -> None:
+    async def _on_error(self, event: dict[str, Any]) -> None:
         error = event.get("error")
         if isinstance(error, dict):
             code = _short(error.get("code") or error.get("type") or "unknown")
             message = _short(error.get("message") or "")
+            refused_event = error.get("event_id")
         else:
-            code, message = "unknown", ""
+            code, message, refused_event = "unknown", "", None
         self._last_error = code
-        if self._active_response == "":
-            # Most likely the response.create just sent was refused: none will start.
-            self._active_response = None
         # Advisory: OpenAI refuses one client event and the conversation goes on (a
         # fatal error is followed by OpenAI closing the socket, which ends run()).
         logger.warning("OpenAI Realtime error (the call goes on): %s: %s", code, message)
+        # The response.create awaiting its response.created was refused (the error names
+        # it, or names no event at all): none will start, so what waits goes now. An
+        # error about another event (a response.cancel after the turn detection had
+        # cancelled already) leaves it waiting.
+        if self._active_response == "" and refused_event in (None, self._create_event_id):
+            self._active_response = None
+            await self._after_response()
 
     async def _barge_in(self) -> None:
         result = self.segments.barge_in(self._clock())
