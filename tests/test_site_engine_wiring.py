@@ -18,7 +18,14 @@ from django_avaturn.exceptions import NotConfigured, SessionNotLive
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.sessions import transitions
 from django_avaturn.testing import AVATURN_CREATE, FakeUpstream
-from tests.helpers import LIST_URL, AvaturnOverrides, csrf_post, live, run_coroutine
+from tests.helpers import (
+    LIST_URL,
+    AvaturnOverrides,
+    closed_port,
+    csrf_post,
+    live,
+    run_coroutine,
+)
 from tests.live_fake import csrf_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -375,6 +382,21 @@ def test_messages_are_throttled_per_user(
     response = csrf_post(api_client, _messages("sess-1"), {"data": {}})
     assert (response.status_code, response.json()["code"]) == (429, "throttled")
     assert int(response["Retry-After"]) >= 1
+
+
+def test_a_channel_layer_that_cannot_be_reached_is_503_not_500(
+    api_client: APIClient, user: Any, settings: Any
+) -> None:
+    pytest.importorskip("channels_redis")
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{closed_port()}/0"]},
+        }
+    }
+    live(user, "sess-1", engine="site")
+    response = csrf_post(api_client, _messages("sess-1"), {"data": {}})
+    assert (response.status_code, response.json()["code"]) == (503, "unavailable")
 
 
 def test_without_a_channel_layer_a_message_is_503(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.utils.translation import gettext_lazy as _
@@ -20,8 +21,12 @@ from django_avaturn.exceptions import (
     MessageTooLarge,
     NotConfigured,
     SessionNotLive,
+    StorageUnavailable,
 )
 from django_avaturn.models import Engine, SessionStatus
+from django_avaturn.upstream.redaction import excerpt
+
+logger = logging.getLogger(__name__)
 
 
 class EngineMessageSerializer(StrictSerializer):
@@ -69,7 +74,7 @@ class SessionMessageView(AvaturnAPIView):
             429: _("`throttled`: more messages than `MESSAGE_THROTTLE_RATE` allows."),
             503: _(
                 "`not_configured`: no channel layer (`CHANNEL_LAYERS`); "
-                "`unavailable`: the database failed."
+                "`unavailable`: the database or the channel layer failed."
             ),
         },
     )
@@ -89,4 +94,12 @@ class SessionMessageView(AvaturnAPIView):
             layer.send_sync(session.pk, message)
         except layer.NoChannelLayer as exc:
             raise NotConfigured(str(exc)) from None
+        except Exception as exc:
+            # The layer's store (Redis) failed or is full: each backend raises its own.
+            logger.warning(
+                "Could not send session row %s its page's message: %s",
+                session.pk,
+                excerpt(repr(exc)),
+            )
+            raise StorageUnavailable() from None
         return Response(status=204)
