@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -552,3 +553,33 @@ def test_a_scripted_conversation_runs_the_sites_tool_as_the_sessions_user(
         ]
     calls = set(ToolCall.objects.filter(session=row).values_list("tool", "status"))
     assert calls == {("whoami", "ok"), ("show_card", "ok")}
+
+
+# ---------------------------------------------------------------------- the frames' path
+
+
+def test_frames_reach_openai_while_the_shared_database_thread_is_busy(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    """Avaturn's frames never wait on the one thread that thread-sensitive database calls
+    share (Channels' dispatch hops to it before every message to close old connections)."""
+    _, token, secret = site_row(user)
+    release = threading.Event()
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: bool(realtime.of_type("session.update")))
+        held = asyncio.ensure_future(sync_to_async(release.wait, thread_sensitive=True)())
+        try:
+            for n in range(5):
+                await communicator.send_to(bytes_data=bytes([n]) * 960)
+            await eventually(lambda: len(realtime.of_type("input_audio_buffer.append")) == 5)
+        finally:
+            release.set()
+            await held
+        await communicator.disconnect()
+
+    run(test)
+    appended = [e["audio"] for e in realtime.of_type("input_audio_buffer.append")]
+    assert appended == [base64.b64encode(bytes([n]) * 960).decode() for n in range(5)]

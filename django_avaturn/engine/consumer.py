@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from django_avaturn.conf import avaturn_settings
@@ -242,6 +245,63 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         )
 
     # ------------------------------------------------------------------ Avaturn's frames
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' ``AsyncConsumer.__call__``, without a task per message.
+
+        The same contract: one handler runs at a time (Avaturn's socket and the channel
+        layer alike), and ``StopConsumer`` from a handler ends the consumer. Channels
+        waits on a fresh task per message (``await_many_dispatch``), so each of Avaturn's
+        frames cost several turns of the event loop, and with many conversations on one
+        loop those turns, not the CPU, capped the frames a conversation could forward.
+        Here each source is read by a loop of its own that takes every message already
+        queued at once, and a lock (taken without a turn when free) keeps the handlers
+        one at a time.
+        """
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.base_send = send
+        sources = [receive]
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            sources.append(self.channel_receive)
+        one_at_a_time = asyncio.Lock()
+
+        async def pump(source: Any) -> None:
+            while True:
+                message = await source()
+                async with one_at_a_time:
+                    await self.dispatch(message)
+
+        pumps = [asyncio.ensure_future(pump(source)) for source in sources]
+        try:
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                with contextlib.suppress(StopConsumer):
+                    task.result()
+        finally:
+            for task in pumps:
+                task.cancel()
+            for task in pumps:
+                with contextlib.suppress(asyncio.CancelledError, StopConsumer):
+                    await task
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Avaturn's frames straight to ``receive``; every other message as Channels does.
+
+        Channels' ``dispatch`` first awaits ``aclose_old_connections()``, a hop through the
+        one thread that every ``database_sync_to_async`` call of the process shares: fifty
+        hops a second per conversation for the audio alone, queued behind every other
+        conversation's database work. A frame's handling touches no database (the bridge
+        never does), and this consumer's own database work all goes through
+        ``database_sync_to_async``, which closes stale connections before and after each
+        call: nothing is left for the per-frame hop to close.
+        """
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         bridge = self.bridge
