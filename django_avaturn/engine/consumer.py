@@ -36,6 +36,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.utils import timezone
+from websockets.exceptions import ConnectionClosed
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import layer, tokens
@@ -112,6 +113,15 @@ def store_transcript(row: Session, role: str, text: str) -> None:
         logger.info("The transcript of session row %s is full; a line was dropped", row.pk)
 
 
+class AvaturnGone(Exception):
+    """Sending to Avaturn failed: its socket is gone (the server's exception is chained)."""
+
+
+# What a server raises from a send once the client has gone: uvicorn's
+# ``ClientDisconnected`` (an ``OSError``), ``websockets``' ``ConnectionClosed``.
+_SEND_FAILURES = (OSError, ConnectionClosed)
+
+
 class _AvaturnSide:
     """The bridge's view of Avaturn's socket: this consumer's sends."""
 
@@ -119,10 +129,16 @@ class _AvaturnSide:
         self._consumer = consumer
 
     async def send_bytes(self, data: bytes) -> None:
-        await self._consumer.send(bytes_data=data)
+        try:
+            await self._consumer.send(bytes_data=data)
+        except _SEND_FAILURES as exc:
+            raise AvaturnGone(_describe(exc)) from exc
 
     async def send_text(self, text: str) -> None:
-        await self._consumer.send(text_data=text)
+        try:
+            await self._consumer.send(text_data=text)
+        except _SEND_FAILURES as exc:
+            raise AvaturnGone(_describe(exc)) from exc
 
 
 class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Channels is untyped
@@ -134,6 +150,11 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     bridge_task: asyncio.Task[None] | None = None
     group: str | None = None
     finished: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set once Avaturn's socket is gone (websocket.disconnect) or the conversation ended.
+        self._settled = asyncio.Event()
 
     # ------------------------------------------------------------------ connecting
 
@@ -226,6 +247,9 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     async def _run_bridge(self, bridge: Bridge) -> None:
         try:
             cause = await bridge.run()
+        except AvaturnGone as gone:
+            await self._avaturn_gone(str(gone))
+            return
         except Exception as exc:
             logger.exception("The site engine's bridge failed")
             cause, detail = EndCause.OPENAI_FAILED, f"The bridge failed: {_describe(exc)}"
@@ -312,7 +336,25 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         elif text_data is not None:
             await bridge.feed_message(text_data)
 
+    async def _avaturn_gone(self, failure: str) -> None:
+        """A send to Avaturn failed: Avaturn's side ended, whichever message comes first.
+
+        The server delivers ``websocket.disconnect`` (with Avaturn's close code) once
+        its socket is gone; ``disconnect`` ends the row with it. Should none come within
+        ``STOP_WAIT``, the row ends ``client`` all the same, with the failed send in its
+        detail. Never ``upstream_error``: OpenAI did nothing wrong.
+        """
+        if self.finished:
+            return  # the disconnect (or the site's end) came first
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), STOP_WAIT)
+        await self._finish(
+            EndReason.CLIENT,
+            f"Avaturn's engine socket closed while the engine sent to it ({failure}).",
+        )
+
     async def disconnect(self, code: int) -> None:
+        self._settled.set()
         if self.row is None:
             return  # refused before accept
         if code == SERVER_SHUTDOWN:
@@ -330,7 +372,9 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     async def avaturn_engine_browser(self, event: dict[str, Any]) -> None:
         data = event.get("data")
         if self.bridge is not None and not self.finished and isinstance(data, dict):
-            await self.bridge.send_to_browser(data)
+            # A socket gone meanwhile: its disconnect follows and ends the conversation.
+            with contextlib.suppress(AvaturnGone):
+                await self.bridge.send_to_browser(data)
 
     async def avaturn_engine_say(self, event: dict[str, Any]) -> None:
         text = event.get("text")
@@ -351,6 +395,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         if self.finished:
             return
         self.finished = True
+        self._settled.set()
         bridge, task = self.bridge, self.bridge_task
         if bridge is not None:
             with contextlib.suppress(Exception):
