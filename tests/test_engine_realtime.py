@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from django_avaturn.engine.bridge import Bridge, EndCause
-from django_avaturn.engine.realtime import connect_realtime
+from django_avaturn.engine.realtime import _client, connect_realtime
 from django_avaturn.exceptions import NotConfigured
 from tests.engine_helpers import MemoryAvaturn, audio_delta, pcm, response_done
 from tests.helpers import KEYS, run_coroutine
@@ -125,6 +125,28 @@ def test_connect_sends_one_session_update_and_the_key_stays_out_of_logs(
     ours = [r for r in caplog.records if not r.name.startswith("websockets.server")]
     assert any(r.name.startswith("openai") for r in ours)  # the SDK logged its connect
     assert not [r for r in ours if OPENAI_KEY in r.getMessage()]
+
+
+def test_conversations_share_a_client_until_the_key_changes(avaturn: Any) -> None:
+    """The SDK client is made once per key and address; a rotated key is used at once."""
+    rotated = "sk-test-openai-rotated-9876543210"
+
+    async def test(loopback: Loopback, url: str) -> None:
+        for key in (OPENAI_KEY, OPENAI_KEY, rotated):
+            avaturn(OPENAI_API_KEY=key)
+            connection = await connect_realtime(
+                model="gpt-realtime", session_config={}, tools=[], websocket_url=url
+            )
+            await connection.close()
+        assert [h["authorization"] for h in loopback.headers] == [
+            f"Bearer {OPENAI_KEY}",
+            f"Bearer {OPENAI_KEY}",
+            f"Bearer {rotated}",
+        ]
+        assert _client(OPENAI_KEY, url) is _client(OPENAI_KEY, url)
+        assert _client(rotated, url) is not _client(OPENAI_KEY, url)
+
+    run_with_server(test)
 
 
 def test_without_transcripts_no_transcription_is_asked_for(avaturn: Any) -> None:

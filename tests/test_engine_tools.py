@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 
@@ -514,3 +515,25 @@ def test_the_session_admin_shows_its_tool_calls_read_only(
     page = client.get(reverse("admin:django_avaturn_session_change", args=(other.pk,)))
     assert page.status_code == 200
     assert "Tool calls" not in page.content.decode()
+
+
+# ---------------------------------------------------------------------- the database
+
+
+def test_a_call_runs_while_the_shared_database_thread_is_busy(runner: ToolRunner) -> None:
+    """A call's check and record never wait on the one thread that thread-sensitive calls
+    share (sockets authenticated, sessions ended): the tools' steps have a thread of
+    their own."""
+    release = threading.Event()
+
+    async def test() -> Any:
+        # The process's shared thread, held as another conversation's slow step would.
+        held = asyncio.ensure_future(sync_to_async(release.wait, thread_sensitive=True)())
+        try:
+            return await asyncio.wait_for(runner("busy", "add", '{"a": 2, "b": 3}'), 5)
+        finally:
+            release.set()
+            await held
+
+    assert json.loads(run(test())) == {"result": 5}
+    assert row("busy").status == ToolCallStatus.OK

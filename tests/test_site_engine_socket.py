@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from uvicorn.protocols.utils import ClientDisconnected
 
 from django_avaturn import services
 from django_avaturn.conf import avaturn_settings
@@ -630,3 +632,112 @@ def test_a_scripted_conversation_runs_the_sites_tool_as_the_sessions_user(
         ]
     calls = set(ToolCall.objects.filter(session=row).values_list("tool", "status"))
     assert calls == {("whoami", "ok"), ("show_card", "ok")}
+
+
+# ---------------------------------------------------------------------- the frames' path
+
+
+def test_frames_reach_openai_while_the_shared_database_thread_is_busy(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    """Avaturn's frames never wait on the one thread that thread-sensitive database calls
+    share (Channels' dispatch hops to it before every message to close old connections)."""
+    _, token, secret = site_row(user)
+    release = threading.Event()
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: bool(realtime.of_type("session.update")))
+        held = asyncio.ensure_future(sync_to_async(release.wait, thread_sensitive=True)())
+        try:
+            for n in range(5):
+                await communicator.send_to(bytes_data=bytes([n]) * 960)
+            await eventually(lambda: len(realtime.of_type("input_audio_buffer.append")) == 5)
+        finally:
+            release.set()
+            await held
+        await communicator.disconnect()
+
+    run(test)
+    appended = [e["audio"] for e in realtime.of_type("input_audio_buffer.append")]
+    assert appended == [base64.b64encode(bytes([n]) * 960).decode() for n in range(5)]
+
+
+class LeftAvaturn:
+    """The server's side of Avaturn's socket as uvicorn behaves once Avaturn has left:
+    every frame sent raises uvicorn's ``ClientDisconnected``; ``websocket.disconnect``
+    reaches the consumer when the test puts it in."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.gone = False
+        self.failed_sends = 0
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.incoming.get()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.gone and message["type"] == "websocket.send":
+            self.failed_sends += 1
+            raise ClientDisconnected
+        self.sent.append(message)
+
+    def scope(self, token: str, secret: str) -> dict[str, Any]:
+        return {
+            "type": "websocket",
+            "path": f"/avaturn/engine/{token}/",
+            "raw_path": f"/avaturn/engine/{token}/".encode(),
+            "query_string": b"",
+            "headers": [(b"x-avaturn-engine-secret", secret.encode())],
+            "subprotocols": [],
+        }
+
+
+@pytest.mark.parametrize("disconnect", ["after the failed send", "never"])
+def test_avaturn_leaving_while_the_engine_sends_ends_the_row_as_avaturns(
+    engine: Any,
+    user: Any,
+    realtime: LoopbackRealtime,
+    caplog: pytest.LogCaptureFixture,
+    disconnect: str,
+) -> None:
+    """A send to Avaturn failing because Avaturn left is Avaturn's end (``client``), not
+    OpenAI's, and an ordinary disconnect logs no traceback."""
+    realtime.reply_audio = b"\x02\x00" * 480
+    row, token, secret = site_row(user)
+    left = LeftAvaturn()
+
+    async def test() -> None:
+        app = URLRouter(websocket_urlpatterns)
+        await left.incoming.put({"type": "websocket.connect"})
+        task = asyncio.ensure_future(app(left.scope(token, secret), left.receive, left.send))
+        await eventually(lambda: bool(realtime.of_type("session.update")))
+        assert left.sent[0]["type"] == "websocket.accept"
+        left.gone = True
+        # Audio in: OpenAI answers with audio, which the engine fails to send to Avaturn.
+        await left.incoming.put({"type": "websocket.receive", "bytes": PCM})
+        await eventually(lambda: left.failed_sends > 0)
+        if disconnect == "never":
+            # The row still ends (after STOP_WAIT), as Avaturn's.
+            ended_row = await ended(row.pk)
+            assert "closed while the engine sent to it" in ended_row.end_detail
+            assert "ClientDisconnected" in ended_row.end_detail
+            await left.incoming.put({"type": "websocket.disconnect", "code": 1006})
+        else:
+            await asyncio.sleep(0.1)  # the failed send is handled before the disconnect
+            await left.incoming.put({"type": "websocket.disconnect", "code": 1006})
+            ended_row = await ended(row.pk)
+            assert "Avaturn closed the engine socket (1006)" in ended_row.end_detail
+        assert (ended_row.status, ended_row.end_reason) == (
+            SessionStatus.ENDED,
+            EndReason.ENGINE_CLOSED,
+        )
+        await asyncio.wait_for(task, TIMEOUT)
+        await eventually(lambda: realtime.open == 0)
+
+    with caplog.at_level(logging.INFO):
+        run(test)
+    assert "bridge failed" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

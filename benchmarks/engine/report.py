@@ -232,9 +232,6 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         "(its p99 far above a few milliseconds, at the highest counts), the peer and the "
         "clients have run out of CPU on this machine, and the server's figures there measure "
         "the harness as much as the server.",
-        "- `engine-direct`, when present, is an experiment, not the engine as shipped: the same "
-        "engine with Avaturn's frames dispatched without Channels' per-message "
-        "`aclose_old_connections()` (a hop through the process's one database thread).",
         "- CPU of one server process; a real deployment with several workers divides the "
         "conversations among them.",
         "",

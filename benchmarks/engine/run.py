@@ -44,8 +44,8 @@ from benchmarks.procs import PYTHON, ROOT, WORK, Proc, bench_env, free_port, loa
 
 OUT = ROOT / "benchmarks"
 SERVERS = ("forwarder", "engine")
-# Measured only when asked (--only): what a change to the engine would give.
-EXPERIMENTS = ("engine-direct",)
+# Measured only when asked (--only): what a change to the engine would give (none now).
+EXPERIMENTS: tuple[str, ...] = ()
 WARM_UP_S = 1.0
 SETTLE_S = 1.0
 
@@ -172,14 +172,10 @@ def server_under_test(name: str, peer_port: int, count: int) -> Iterator[tuple[P
                 return [{"url": f"ws://127.0.0.1:{port}/", "headers": {}} for _ in range(n)]
 
             yield proc, conversations
-    elif name in ("engine", "engine-direct"):
+    elif name == "engine":
         from benchmarks.engine import site
 
-        direct = name == "engine-direct"
-        with site.engine_server(peer_port, count + 1, direct_dispatch=direct) as (
-            proc,
-            conversations,
-        ):
+        with site.engine_server(peer_port, count + 1) as (proc, conversations):
             yield proc, conversations
     else:
         raise ValueError(name)

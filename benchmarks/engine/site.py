@@ -51,14 +51,12 @@ _migrated = False
 
 @contextmanager
 def engine_server(
-    peer_port: int, rows: int, *, direct_dispatch: bool = False
+    peer_port: int, rows: int
 ) -> Iterator[tuple[Proc, Callable[[int], list[dict[str, Any]]]]]:
     """uvicorn serving the site engine (one process, uvloop, httptools, websockets)."""
     global _migrated
     port = free_port()
     environ = env(port, peer_port)
-    if direct_dispatch:
-        environ["BENCH_ENGINE_DIRECT_DISPATCH"] = "1"
     if not _migrated:
         DB_PATH.unlink(missing_ok=True)
         manage(["migrate"], environ)

@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.utils import timezone
+from websockets.exceptions import ConnectionClosed
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import layer, tokens
@@ -114,6 +118,15 @@ def store_transcript(row: Session, role: str, text: str) -> None:
         logger.info("The transcript of session row %s is full; a line was dropped", row.pk)
 
 
+class AvaturnGone(Exception):
+    """Sending to Avaturn failed: its socket is gone (the server's exception is chained)."""
+
+
+# What a server raises from a send once the client has gone: uvicorn's
+# ``ClientDisconnected`` (an ``OSError``), ``websockets``' ``ConnectionClosed``.
+_SEND_FAILURES = (OSError, ConnectionClosed)
+
+
 class _AvaturnSide:
     """The bridge's view of Avaturn's socket: this consumer's sends."""
 
@@ -121,10 +134,16 @@ class _AvaturnSide:
         self._consumer = consumer
 
     async def send_bytes(self, data: bytes) -> None:
-        await self._consumer.send(bytes_data=data)
+        try:
+            await self._consumer.send(bytes_data=data)
+        except _SEND_FAILURES as exc:
+            raise AvaturnGone(_describe(exc)) from exc
 
     async def send_text(self, text: str) -> None:
-        await self._consumer.send(text_data=text)
+        try:
+            await self._consumer.send(text_data=text)
+        except _SEND_FAILURES as exc:
+            raise AvaturnGone(_describe(exc)) from exc
 
 
 class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Channels is untyped
@@ -136,6 +155,11 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     bridge_task: asyncio.Task[None] | None = None
     group: str | None = None
     finished: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set once Avaturn's socket is gone (websocket.disconnect) or the conversation ended.
+        self._settled = asyncio.Event()
 
     # ------------------------------------------------------------------ connecting
 
@@ -218,6 +242,9 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     async def _run_bridge(self, bridge: Bridge) -> None:
         try:
             cause = await bridge.run()
+        except AvaturnGone as gone:
+            await self._avaturn_gone(str(gone))
+            return
         except Exception as exc:
             logger.exception("The site engine's bridge failed")
             cause, detail = EndCause.OPENAI_FAILED, f"The bridge failed: {_describe(exc)}"
@@ -238,6 +265,63 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
 
     # ------------------------------------------------------------------ Avaturn's frames
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' ``AsyncConsumer.__call__``, without a task per message.
+
+        The same contract: one handler runs at a time (Avaturn's socket and the channel
+        layer alike), and ``StopConsumer`` from a handler ends the consumer. Channels
+        waits on a fresh task per message (``await_many_dispatch``), so each of Avaturn's
+        frames cost several turns of the event loop, and with many conversations on one
+        loop those turns, not the CPU, capped the frames a conversation could forward.
+        Here each source is read by a loop of its own that takes every message already
+        queued at once, and a lock (taken without a turn when free) keeps the handlers
+        one at a time.
+        """
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.base_send = send
+        sources = [receive]
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            sources.append(self.channel_receive)
+        one_at_a_time = asyncio.Lock()
+
+        async def pump(source: Any) -> None:
+            while True:
+                message = await source()
+                async with one_at_a_time:
+                    await self.dispatch(message)
+
+        pumps = [asyncio.ensure_future(pump(source)) for source in sources]
+        try:
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                with contextlib.suppress(StopConsumer):
+                    task.result()
+        finally:
+            for task in pumps:
+                task.cancel()
+            for task in pumps:
+                with contextlib.suppress(asyncio.CancelledError, StopConsumer):
+                    await task
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Avaturn's frames straight to ``receive``; every other message as Channels does.
+
+        Channels' ``dispatch`` first awaits ``aclose_old_connections()``, a hop through the
+        one thread that every ``database_sync_to_async`` call of the process shares: fifty
+        hops a second per conversation for the audio alone, queued behind every other
+        conversation's database work. A frame's handling touches no database (the bridge
+        never does), and this consumer's own database work all goes through
+        ``database_sync_to_async``, which closes stale connections before and after each
+        call: nothing is left for the per-frame hop to close.
+        """
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         bridge = self.bridge
         if bridge is None or self.finished:
@@ -247,7 +331,25 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         elif text_data is not None:
             await bridge.feed_message(text_data)
 
+    async def _avaturn_gone(self, failure: str) -> None:
+        """A send to Avaturn failed: Avaturn's side ended, whichever message comes first.
+
+        The server delivers ``websocket.disconnect`` (with Avaturn's close code) once
+        its socket is gone; ``disconnect`` ends the row with it. Should none come within
+        ``STOP_WAIT``, the row ends ``engine_closed`` all the same, with the failed send in its
+        detail. Never ``upstream_error``: OpenAI did nothing wrong.
+        """
+        if self.finished:
+            return  # the disconnect (or the site's end) came first
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), STOP_WAIT)
+        await self._finish(
+            EndReason.ENGINE_CLOSED,
+            f"Avaturn's engine socket closed while the engine sent to it ({failure}).",
+        )
+
     async def disconnect(self, code: int) -> None:
+        self._settled.set()
         if self.row is None:
             return  # refused before accept
         if code == SERVER_SHUTDOWN:
@@ -287,6 +389,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         if self.finished:
             return
         self.finished = True
+        self._settled.set()
         bridge, task = self.bridge, self.bridge_task
         if bridge is not None:
             with contextlib.suppress(Exception):

@@ -10,6 +10,7 @@ are kept, and the registry's tools. The bridge sends prepared JSON strings with
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -78,6 +79,18 @@ def session_for_bridge(
     return session
 
 
+@functools.lru_cache(maxsize=4)
+def _client(api_key: str, websocket_url: str | None) -> AsyncOpenAI:
+    """One SDK client per key and address for the process, shared by every conversation.
+
+    Making one costs about 20 ms of CPU (its HTTP client's TLS context), a burst on the
+    event loop when many conversations start at once. The realtime connection only
+    reads the key and the address from it and opens a socket of its own, so any loop
+    may use the shared client; a new key (rotated in the settings) makes a new one.
+    """
+    return AsyncOpenAI(api_key=api_key, websocket_base_url=websocket_url, max_retries=0)
+
+
 @sensitive_variables("api_key")
 async def connect_realtime(
     *,
@@ -98,7 +111,7 @@ async def connect_realtime(
             "AVATURN['OPENAI_API_KEY'] is not set and the OPENAI_API_KEY environment "
             "variable is empty."
         )
-    client = AsyncOpenAI(api_key=api_key, websocket_base_url=websocket_url, max_retries=0)
+    client = _client(api_key, websocket_url)
     connection = await client.realtime.connect(
         model=model, websocket_connection_options=_SOCKET_OPTIONS
     ).enter()

@@ -30,6 +30,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -421,6 +422,23 @@ def _in_db_thread(func: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
+# Every conversation's tool database steps, one at a time on a thread of their own.
+_DB_STEPS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avaturn-tool-db")
+
+
+async def _run_db(func: Callable[[], Any]) -> Any:
+    """``func`` (one short database step of a tool call) on the tools' own database thread.
+
+    Not on the thread that ``thread_sensitive`` calls share: that one serves every
+    conversation's sockets (authenticated there) and ends, which then queued behind the
+    tools' checks and records. Nor on a pool of threads: each thread more contends for
+    the GIL with the sockets' event loop, and the frames' latency paid for it. Each step
+    is a whole unit (no transaction spans two); its connection is that thread's own,
+    closed around the step as Channels does for its calls.
+    """
+    return await sync_to_async(_in_db_thread(func), thread_sensitive=False, executor=_DB_STEPS)()
+
+
 class ToolRunner:
     """Runs the model's tool calls for one session: the bridge's ``run_tool``.
 
@@ -520,7 +538,7 @@ class ToolRunner:
             return _error(
                 "invalid", f"There is no tool named {name[:64]!r}. The tools are: {listed}."
             )
-        access = await sync_to_async(_in_db_thread(lambda: self._recheck(spec)))()
+        access = await _run_db(lambda: self._recheck(spec))
         if isinstance(access, str):
             return _error("denied", access)
         user, session = access
@@ -652,9 +670,7 @@ class ToolRunner:
     ) -> None:
         duration_ms = round((time.monotonic() - started) * 1000)
         try:
-            await sync_to_async(
-                _in_db_thread(lambda: self._write(call_id, name, status, duration_ms, arguments))
-            )()
+            await _run_db(lambda: self._write(call_id, name, status, duration_ms, arguments))
         except Exception as exc:  # the model's answer matters more than its record
             logger.error("Could not record a call of site tool %r: %s", name, type(exc).__name__)
 
