@@ -330,7 +330,7 @@ def test_the_site_ending_it_in_another_process_closes_both_sockets(
 
     row = ended(site, row)
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
-    assert wait_until(lambda: client.closed, TIMEOUT)
+    assert wait_until(lambda: client.closed, TIMEOUT), site.server.log()
     if avaturn_answers == "already_gone":
         assert (client.closed_by, client.close_code) == ("engine", 1000)
     assert wait_until(lambda: openai.closed_at is not None, TIMEOUT)
