@@ -27,6 +27,8 @@
 ``django_avaturn.W012``   The widget's first heartbeat may come after ``EXPIRE_UNJOINED_AFTER``.
 ``django_avaturn.W013``   ``ENGINE`` is ``"site"`` with the in-memory channel layer, ``DEBUG`` off.
 ``django_avaturn.W014``   ``ENGINE`` is ``"site"`` with no channel layer (``CHANNEL_LAYERS``).
+``django_avaturn.W015``   ``ENGINE`` is ``"site"`` with ``channels_redis`` on redis-py 8 and a
+                          host without a ``socket_timeout`` above its 5 s blocking read.
 ========================  ==========================================================
 """
 
@@ -35,8 +37,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from difflib import get_close_matches
+from importlib import metadata
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from django.apps import AppConfig, apps
 from django.conf import settings
@@ -150,7 +153,7 @@ def _section(name: str) -> dict[str, Any] | None:
 
 def _engine_errors() -> list[CheckMessage]:
     """E007 for the chosen ENGINE without what it needs; E008 for a ws:// engine URL;
-    E009, W013 and W014 for the site engine's Channels.
+    E009, W013, W014 and W015 for the site engine's Channels.
 
     What a start of that engine would refuse (``sessions.engines.require``),
     reported at deploy rather than on the first start. The hook may choose an
@@ -211,7 +214,8 @@ def _engine_errors() -> list[CheckMessage]:
 
 
 def _channels_messages() -> list[CheckMessage]:
-    """E009: no Channels for the site engine; W013/W014: a layer that cannot reach its consumers.
+    """E009: no Channels for the site engine; W013/W014/W015: a layer that cannot reach
+    its consumers, or that ends them.
 
     Whether several processes serve the site cannot be told from here, so the
     in-memory layer (one process only) is reported whenever DEBUG is off.
@@ -254,7 +258,65 @@ def _channels_messages() -> list[CheckMessage]:
                 id="django_avaturn.W013",
             )
         ]
+    if backend == REDIS_CHANNEL_LAYER and _redis_reads_time_out(layers["default"]):
+        return [
+            Warning(
+                "AVATURN['ENGINE'] is 'site' with channels_redis on redis-py 8, whose "
+                "reads time out after 5 s unless told otherwise: the layer's receive "
+                "blocks up to 5 s in Redis, so every engine consumer fails with a "
+                "TimeoutError about 5 s into its conversation, and the call drops.",
+                hint="Give each host a socket_timeout above 5 s: CHANNEL_LAYERS['default']"
+                "['CONFIG']['hosts'] = [{'address': 'redis://...', 'socket_timeout': 10}].",
+                id="django_avaturn.W015",
+            )
+        ]
     return []
+
+
+REDIS_CHANNEL_LAYER = "channels_redis.core.RedisChannelLayer"
+# How long channels_redis's receive() blocks in Redis (BZPOPMIN), in seconds.
+REDIS_LAYER_BLOCKING_READ = 5
+# redis-py 8's read timeout when a connection is given none (before 8: no timeout).
+REDIS_PY_8_DEFAULT_TIMEOUT = 5
+
+
+def _redis_major_version() -> int | None:
+    try:
+        return int(metadata.version("redis").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def _redis_reads_time_out(layer: Any) -> bool:
+    """Whether a host of this channels_redis layer reads with a timeout of 5 s or less.
+
+    A host is a URL string (``?socket_timeout=`` in its query), a ``(host, port)``
+    pair, or a dict of the connection pool's arguments (``socket_timeout`` among
+    them); None is no timeout. Only redis-py 8 gives a host without one a 5 s timeout.
+    """
+    major = _redis_major_version()
+    if major is None or major < 8:
+        return False
+    config = layer.get("CONFIG") if isinstance(layer, dict) else None
+    hosts = (config or {}).get("hosts") if isinstance(config, dict) else None
+    if not hosts:
+        hosts = [("localhost", 6379)]  # channels_redis's default
+    for host in hosts if isinstance(hosts, (list, tuple)) else [hosts]:
+        timeout: Any = REDIS_PY_8_DEFAULT_TIMEOUT
+        if isinstance(host, dict) and "socket_timeout" in host:
+            timeout = host["socket_timeout"]
+        elif isinstance(host, str):
+            given = parse_qs(urlsplit(host).query).get("socket_timeout")
+            if given:
+                try:
+                    timeout = float(given[-1])
+                except ValueError:
+                    continue  # redis-py refuses it when connecting: not this check's to say
+        if timeout is None:
+            continue
+        if isinstance(timeout, (int, float)) and timeout <= REDIS_LAYER_BLOCKING_READ:
+            return True
+    return False
 
 
 def _unknown_setting_error(name: object) -> Error:

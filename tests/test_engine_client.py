@@ -407,6 +407,40 @@ def test_a_refused_engine_socket_ends_the_fake_session() -> None:
     assert session_id not in fake.live_session_ids()
 
 
+def test_the_engines_messages_reach_the_sessions_page_through_the_fake() -> None:
+    """As Avaturn passes an engine's sdk.message.send on: the stand-in SDK's poll gets it."""
+    card = {"type": "django_avaturn.message", "data": {"card": "Signed in as", "text": "ada"}}
+
+    async def script(engine: Engine, ws: ServerConnection) -> None:
+        await engine.until(lambda: len(engine.frames) >= 1)
+        await send(ws, "sdk.message.send", data=card)
+        await send(ws, "sdk.message.send", data={"no": "type"})  # the SDK would drop it
+
+    engine = Engine(script)
+
+    async def go() -> tuple[FakeUpstream, str, dict[str, Any]]:
+        async with engine_at(engine) as url:
+            with FakeUpstream() as fake:
+                session_id = await asyncio.to_thread(create_external, fake, url)
+                client = fake.engine_clients[session_id]
+                await asyncio.to_thread(
+                    client.wait_until, lambda: len(client.browser_messages) == 2
+                )
+                token = fake.sessions[session_id].token
+                polled = await asyncio.to_thread(
+                    requests.get,
+                    f"{fake.url}/_sdk/v0/sessions/messages?after=0",
+                    headers={"X-Session-Token": token},
+                    timeout=5,
+                )
+                await asyncio.to_thread(delete, fake, session_id)
+        return fake, session_id, polled.json()
+
+    fake, session_id, polled = run(go())
+    assert polled == {"messages": [card], "next": 1}
+    assert fake.browser_messages(session_id) == [card]
+
+
 def test_engines_beyond_loopback_are_not_connected_unless_asked() -> None:
     with FakeUpstream() as fake:
         session_id = create_external(fake, "wss://engine.example.com/avaturn/engine/t/")

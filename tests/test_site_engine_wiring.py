@@ -4,6 +4,7 @@ messages endpoint, say(), and its system checks. The socket itself: test_site_en
 from __future__ import annotations
 
 import sys
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -32,6 +33,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 PUBLIC_URL = "wss://avatar.example.com/app"
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# As docs/site-engine.md configures it (never connected to here).
+REDIS_LAYER = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [{"address": "redis://redis.example.com:6379/0", "socket_timeout": 10}]
+        },
+    }
+}
 
 
 def _site(avaturn: AvaturnOverrides, **options: Any) -> None:
@@ -418,7 +428,7 @@ def _ids() -> list[str]:
 def test_the_site_engine_needs_its_public_url_e007(
     avaturn: AvaturnOverrides, settings: Any
 ) -> None:
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}
+    settings.CHANNEL_LAYERS = REDIS_LAYER
     avaturn(ENGINE="site")
     assert _ids() == ["django_avaturn.E007"]
     avaturn(SITE_ENGINE={"PUBLIC_URL": "wss://avatar.example.com"})
@@ -448,7 +458,7 @@ def test_the_site_engine_without_channels_is_e009(
         (IN_MEMORY, False, ["django_avaturn.W013"]),
         (IN_MEMORY, True, []),
         ({}, False, ["django_avaturn.W014"]),
-        ({"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}, False, []),
+        (REDIS_LAYER, False, []),
     ],
 )
 def test_the_channel_layer_checks(
@@ -462,6 +472,43 @@ def test_the_channel_layer_checks(
     settings.CHANNEL_LAYERS = layers
     _site(avaturn)
     assert _ids() == expected
+    avaturn(ENGINE="openai-realtime")
+    assert _ids() == []
+
+
+REDIS_PY_8 = int(metadata.version("redis").split(".")[0]) >= 8
+
+
+@pytest.mark.skipif(not REDIS_PY_8, reason="redis-py 8's default read timeout only")
+@pytest.mark.parametrize(
+    ("hosts", "warned"),
+    [
+        (None, True),  # channels_redis's default host
+        (["redis://r:6379/0"], True),
+        ([("r", 6379)], True),
+        ([{"address": "redis://r:6379/0"}], True),
+        ([{"address": "redis://r:6379/0", "socket_timeout": 5}], True),
+        ([{"address": "redis://r:6379/0", "socket_timeout": 10}, "redis://s:6379/0"], True),
+        ([{"address": "redis://r:6379/0", "socket_timeout": 10}], False),
+        ([{"address": "redis://r:6379/0", "socket_timeout": None}], False),
+        ([{"host": "r", "port": 6379, "socket_timeout": 30}], False),
+        (["redis://r:6379/0?socket_timeout=10"], False),
+        (["redis://r:6379/0?socket_timeout=2"], True),
+    ],
+)
+def test_a_redis_layer_whose_reads_time_out_before_its_blocking_read_is_w015(
+    avaturn: AvaturnOverrides, settings: Any, hosts: list[Any] | None, warned: bool
+) -> None:
+    """redis-py 8 times reads out after 5 s; channels_redis blocks 5 s in Redis (BZPOPMIN).
+
+    tests/e2e/test_site_engine_servers shows the consumer dying of it under a real server.
+    """
+    config = {} if hosts is None else {"CONFIG": {"hosts": hosts}}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", **config}
+    }
+    _site(avaturn)
+    assert _ids() == (["django_avaturn.W015"] if warned else [])
     avaturn(ENGINE="openai-realtime")
     assert _ids() == []
 

@@ -114,7 +114,9 @@ class AvaturnEngineClient:
     live microphone; False sends frames back to back. `playback_rate`: 1.0 plays
     received audio in real time; higher plays faster (for quick tests).
     `on_close` is called once, from the client's loop, when the socket is closed
-    by either side or the connection fails.
+    by either side or the connection fails. `on_browser_message` is called, from
+    the client's loop, with the ``data`` of each ``sdk.message.send``: what Avaturn
+    passes on to the page.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class AvaturnEngineClient:
         playback_rate: float = 1.0,
         open_timeout: float = 10.0,
         on_close: Callable[[AvaturnEngineClient], None] | None = None,
+        on_browser_message: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if microphone is not None and microphone not in MICROPHONES:
             raise ValueError(f"microphone must be one of {MICROPHONES} or None")
@@ -143,6 +146,7 @@ class AvaturnEngineClient:
         self.playback_rate = playback_rate
         self.open_timeout = open_timeout
         self.on_close = on_close
+        self.on_browser_message = on_browser_message
         self._lock = threading.Lock()
         self._state = EngineClientState()
         self._ws: ClientConnection | None = None
@@ -504,6 +508,8 @@ class AvaturnEngineClient:
             if isinstance(data, dict):
                 with self._lock:
                     self._state.browser_messages.append(data)
+                if self.on_browser_message is not None:
+                    self.on_browser_message(data)
             else:
                 self._violation("sdk.message.send without a data object")
         else:

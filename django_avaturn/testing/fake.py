@@ -8,6 +8,7 @@ reach it may use: never expose it beyond loopback.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import re
@@ -667,10 +668,21 @@ class FakeUpstream:
             if client.closed_by != "client":
                 self.end_session(session_id)
 
+        def to_page(data: dict[str, Any]) -> None:
+            # As Avaturn passes an engine's message on to the page: the stand-in SDK
+            # polls for it. Dropped once the session has ended, or when it has no type.
+            with contextlib.suppress(ValueError):
+                self.send_browser_message(session_id, data)
+
         audio = engine.get("audio")
         user = audio.get("user") if isinstance(audio, dict) else None
         rate = user.get("sample_rate", 24000) if isinstance(user, dict) else 24000
-        options = {"sample_rate": rate, **self.engine_client_options, "on_close": closed}
+        options = {
+            "sample_rate": rate,
+            **self.engine_client_options,
+            "on_close": closed,
+            "on_browser_message": to_page,
+        }
         client = AvaturnEngineClient(engine["url"], engine.get("headers") or {}, **options)
         self._engine_clients[session_id] = client
         client.start(wait=False)
@@ -727,7 +739,9 @@ class FakeUpstream:
         """Deliver `message` to the page of a live session, as Avaturn delivers the
         ``data`` of an engine's ``sdk.message.send``: the stand-in SDK, polling
         ``GET /_sdk/v0/sessions/messages?after=<n>`` with the session token, hands
-        it to ``head.on(message["type"])`` and shows it in its placeholder.
+        it to ``head.on(message["type"])`` and shows it in its placeholder. The
+        engine client this fake connects for an external engine sends each of its
+        engine's ``sdk.message.send`` here itself.
 
         ``ValueError`` for a session that is not live here or a message that is
         not a JSON object with a string ``type`` (the SDK would drop it).

@@ -38,6 +38,7 @@ from tests.e2e.browser import (
     is_loopback,
     missing,
 )
+from tests.helpers import closed_port, demo_env, rundemo, wait_for_port
 
 
 def sri(data: bytes) -> str:
@@ -213,3 +214,28 @@ def browser_context(playwright_browser: Any) -> Iterator[tuple[Any, Traffic]]:
             with contextlib.suppress(Exception):
                 held.abort()
         context.close()
+
+
+@pytest.fixture
+def site_engine_demo(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``rundemo`` with ``AVATURN_DEMO_ENGINE=site``, offline: its URL and its fake's URL.
+
+    The site engine's socket is served by rundemo's own server (daphne's
+    runserver), which Avaturn's fake side connects to; OpenAI is the
+    scripted ``FakeRealtime`` rundemo starts (``rundemo_script``).
+    """
+    ports: set[int] = set()
+    while len(ports) < 3:  # a port closed_port() gave may come back: three distinct
+        ports.add(closed_port())
+    site_port, fake_port, realtime_port = sorted(ports)
+    env = demo_env(tmp_path, fake_port)
+    env["AVATURN_DEMO_ENGINE"] = "site"
+    env["AVATURN_PUBLIC_URL"] = f"ws://127.0.0.1:{site_port}"
+    env["AVATURN_FAKE_REALTIME_URL"] = f"ws://127.0.0.1:{realtime_port}/v1"
+    proc = rundemo(env, f"127.0.0.1:{site_port}")
+    try:
+        wait_for_port(site_port, proc)
+        yield f"http://127.0.0.1:{site_port}", f"http://127.0.0.1:{fake_port}"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -8,6 +8,7 @@ no real keys are configured, and serves the site.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -48,9 +49,20 @@ class Command(BaseCommand):
             if settings.AVATURN.get("ENGINE") == "site":
                 from django_avaturn.testing import FakeRealtime
 
-                # The site engine opens OpenAI itself: the scripted fake, where settings
-                # point SITE_ENGINE["OPENAI_WEBSOCKET_URL"] (the fake's port + 1).
-                realtime = FakeRealtime(port=settings.FAKE_UPSTREAM_PORT + 1).start()
+                # The site engine opens OpenAI itself: the scripted fake, on the port
+                # SITE_ENGINE["OPENAI_WEBSOCKET_URL"] names (AVATURN_FAKE_REALTIME_URL,
+                # by default the fake's port + 1).
+                url = settings.AVATURN["SITE_ENGINE"]["OPENAI_WEBSOCKET_URL"]
+                port = urlsplit(url).port or settings.FAKE_UPSTREAM_PORT + 1
+                try:
+                    realtime = FakeRealtime(port=port).start()
+                except OSError as exc:
+                    fake.stop()
+                    raise CommandError(
+                        f"Cannot start the offline OpenAI Realtime fake on 127.0.0.1:{port} "
+                        f"({exc.strerror or exc}). Pick another port with "
+                        "AVATURN_FAKE_REALTIME_URL (ws://127.0.0.1:<port>/v1)."
+                    ) from exc
                 self.stdout.write(f"The site engine talks to the offline fake at {realtime.url}.")
         self.stdout.write(f"Open http://{addrport}/ and sign in as demo / demo.")
         # No autoreloader: it would run this command twice and start a second fake.
