@@ -447,6 +447,49 @@ def test_a_failed_terminate_after_avaturn_closes_leaves_the_row_to_the_expiry_co
     assert engine.avaturn.delete_calls()
 
 
+def test_a_cancelled_consumer_still_ends_the_row_and_closes_openai(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    """daphne stops an application by cancelling it (shutdown, its close timeout)."""
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        communicator.future.cancel()
+        ended_row = await ended(row.pk)
+        assert ended_row.end_reason == EndReason.ENGINE_CLOSED
+        await eventually(lambda: realtime.open == 0)
+
+    run(test)
+    assert engine.avaturn.deleted == ["sess-1"]
+
+
+def test_a_channel_layer_that_fails_to_join_does_not_strand_the_conversation(
+    engine: Any, user: Any, realtime: LoopbackRealtime, settings: Any
+) -> None:
+    pytest.importorskip("channels_redis")
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{closed_port()}/0"]},
+        }
+    }
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await communicator.disconnect(code=1000)
+        ended_row = await ended(row.pk)
+        assert ended_row.end_reason == EndReason.ENGINE_CLOSED
+        await eventually(lambda: realtime.open == 0)
+
+    run(test)
+
+
 def test_a_server_shutdown_is_what_the_row_says(
     engine: Any, user: Any, realtime: LoopbackRealtime
 ) -> None:
@@ -483,7 +526,7 @@ def test_openai_closing_or_failing_closes_avaturns_socket_and_says_why(
         else:
             await sync_to_async(realtime.drop_all)()
         close = await closed_with(communicator)
-        assert close["code"] == 1011
+        assert close["code"] == 4011
         assert detail in close.get("reason", "")
         await communicator.disconnect()
         ended_row = await ended(row.pk)
@@ -510,7 +553,7 @@ def test_openai_unreachable_closes_avaturns_socket_and_ends_the_row(
         communicator = socket(token, secret)
         assert (await communicator.connect(TIMEOUT))[0] is True
         close = await closed_with(communicator)
-        assert close["code"] == 1011
+        assert close["code"] == 4011
         await communicator.disconnect()
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.UPSTREAM_ERROR
@@ -612,7 +655,7 @@ def test_a_scripted_conversation_runs_the_sites_tool_as_the_sessions_user(
                     text = output.get("text")
                     if text and json.loads(text)["type"] == "sdk.message.send":
                         page.append(json.loads(text)["data"])
-            assert close["code"] == 1011
+            assert close["code"] == 4011
             await communicator.disconnect()
             ended_row = await ended(row.pk)
             assert ended_row.end_reason == EndReason.UPSTREAM_ERROR

@@ -15,7 +15,7 @@ Whichever side ends, both sockets close and the row records why:
   Avaturn never reopens the socket, so its session is terminated; if that
   fails the row stays ending for the expiry command (``engine_closed`` is not
   a reason whose asker retries), never live again.
-- OpenAI closes or fails: Avaturn's socket is closed (1011, which ends the
+- OpenAI closes or fails: Avaturn's socket is closed (4011, which ends the
   Avaturn session); the row ends ``upstream_error`` with the reason.
 - The site ends the session (Stop, staff, the kill switch, expiry, a newer
   start): ``transitions`` tells the group once the end is committed, and both
@@ -57,9 +57,13 @@ logger = logging.getLogger(__name__)
 REFUSED = 1008
 # The socket's ends, as Avaturn sees them.
 SITE_ENDED = 1000
-UPSTREAM_FAILED = 1011
+# 1011 ("internal error") in the private range: daphne lets an application close
+# only with 1000 or 3000-4999. Any close ends the Avaturn session.
+UPSTREAM_FAILED = 4011
 # What uvicorn and daphne close their sockets with when they shut down.
 SERVER_SHUTDOWN = 1012
+# Seconds between tries to read the channel layer after it failed.
+LAYER_RETRY = 1.0
 # How long an end waits for the bridge's tool tasks to wind down.
 STOP_WAIT = 5.0
 # A close frame's reason holds at most 123 bytes.
@@ -176,8 +180,19 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         await self.accept()
         logger.info("Site engine socket connected for session row %s", row.pk)
         if self.channel_layer is not None:
-            self.group = layer.group_name(row.pk)
-            await self.channel_layer.group_add(self.group, self.channel_name)
+            group = layer.group_name(row.pk)
+            try:
+                await self.channel_layer.group_add(group, self.channel_name)
+            except Exception as exc:
+                # Avaturn's terminate still closes the socket; the site's own ends
+                # reach it that way, later than through the layer.
+                logger.warning(
+                    "Could not join session row %s's channel-layer group: %s",
+                    row.pk,
+                    _describe(exc),
+                )
+            else:
+                self.group = group
         else:
             logger.warning(
                 "No channel layer: the site cannot end session row %s's engine at once, "
@@ -237,7 +252,10 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
 
     async def _transcript(self, role: str, text: str) -> None:
         if self.row is not None:
-            await database_sync_to_async(store_transcript)(self.row, role, text)
+            # Not on the thread every consumer's database work shares: the bridge awaits this.
+            await database_sync_to_async(store_transcript, thread_sensitive=False)(
+                self.row, role, text
+            )
 
     async def _run_bridge(self, bridge: Bridge) -> None:
         try:
@@ -293,7 +311,27 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 async with one_at_a_time:
                     await self.dispatch(message)
 
-        pumps = [asyncio.ensure_future(pump(source)) for source in sources]
+        async def pump_layer(source: Any) -> None:
+            # The layer's store failing (Redis down, a read timing out) must not end a
+            # conversation Avaturn still holds: the site's ends then reach it through
+            # Avaturn's terminate instead, until the layer answers again.
+            while True:
+                try:
+                    message = await source()
+                except Exception as exc:
+                    logger.warning(
+                        "Site engine socket: the channel layer failed (%s); retrying in %g s.",
+                        _describe(exc),
+                        LAYER_RETRY,
+                    )
+                    await asyncio.sleep(LAYER_RETRY)
+                    continue
+                async with one_at_a_time:
+                    await self.dispatch(message)
+
+        pumps = [asyncio.ensure_future(pump(receive))]
+        if len(sources) > 1:
+            pumps.append(asyncio.ensure_future(pump_layer(sources[1])))
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -305,6 +343,13 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             for task in pumps:
                 with contextlib.suppress(asyncio.CancelledError, StopConsumer):
                     await task
+            if self.row is not None and not self.finished:
+                # Cancelled (daphne stops an application that way, without a disconnect
+                # first, on shutdown or after its close timeout): still end it all.
+                await self._finish(
+                    EndReason.ENGINE_CLOSED,
+                    "The server stopped the conversation without a close from Avaturn.",
+                )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Avaturn's frames straight to ``receive``; every other message as Channels does.
@@ -399,15 +444,24 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 await asyncio.wait_for(task, STOP_WAIT)
             except (asyncio.TimeoutError, Exception):
                 task.cancel()
-        await self._close_realtime()
-        if close_code is not None:
-            reason_bytes = close_reason.encode("utf-8")[:MAX_CLOSE_REASON]
-            await self.close(code=close_code, reason=reason_bytes.decode("utf-8", "ignore"))
-        if self.group is not None and self.channel_layer is not None:
-            with contextlib.suppress(Exception):
-                await self.channel_layer.group_discard(self.group, self.channel_name)
-        if reason is not None and self.row is not None:
-            await database_sync_to_async(end_row)(self.row.pk, reason, detail)
+        try:
+            await self._close_realtime()
+            if close_code is not None:
+                reason_bytes = close_reason.encode("utf-8")[:MAX_CLOSE_REASON]
+                try:
+                    await self.close(code=close_code, reason=reason_bytes.decode("utf-8", "ignore"))
+                except Exception as exc:  # the socket is gone already, or the server refused
+                    logger.info("Closing Avaturn's engine socket failed: %s", _describe(exc))
+            if self.group is not None and self.channel_layer is not None:
+                with contextlib.suppress(Exception):
+                    await self.channel_layer.group_discard(self.group, self.channel_name)
+        finally:
+            # Whatever failed above (or cancelled this), the row ends. Off the shared
+            # database thread: the terminate may wait on Avaturn for its timeout.
+            if reason is not None and self.row is not None:
+                await database_sync_to_async(end_row, thread_sensitive=False)(
+                    self.row.pk, reason, detail
+                )
         logger.info(
             "Site engine socket of session row %s closed (%s)",
             self.row.pk if self.row is not None else "?",

@@ -276,15 +276,7 @@ def test_a_conversation_talks_runs_tools_and_ends_when_avaturn_closes(
     assert_nothing_running(site)
 
 
-def test_openai_closing_ends_the_conversation(
-    site: Site, user: Any, request: pytest.FixtureRequest
-) -> None:
-    if site.server.server == "daphne":
-        # daphne (autobahn) sends only 1000 or 3000-4999 from an application: the
-        # consumer's close with 1011 raises there, and its end stops half-way.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="daphne refuses the consumer's close code 1011")
-        )
+def test_openai_closing_ends_the_conversation(site: Site, user: Any) -> None:
     site.realtime.script = Script(
         [
             Speak("One moment.", after_audio_ms=60, audio_ms=200),
@@ -297,7 +289,7 @@ def test_openai_closing_ends_the_conversation(
     assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
     assert "scripted end" in row.end_detail
     assert wait_until(lambda: client.closed, TIMEOUT)
-    assert (client.closed_by, client.close_code) == ("engine", 1011)
+    assert (client.closed_by, client.close_code) == ("engine", 4011)
     assert len(closed_segments(client)) == 1
     assert_nothing_running(site)
 
