@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -226,12 +227,13 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         if self.finished:  # the site ended it meanwhile
             await self._close_realtime()
             return
-        loop = asyncio.get_running_loop()
 
-        def send_to_browser(data: dict[str, Any]) -> None:
-            # From a sync tool's thread or from the loop alike.
+        def send_to_browser(data: dict[str, Any]) -> Awaitable[None] | None:
+            # On the loop (the runner forwards a sync tool's messages there): the send
+            # it awaits, in the order the tool sent them, and logs if it fails.
             if self.bridge is not None and not self.finished:
-                asyncio.run_coroutine_threadsafe(self.bridge.send_to_browser(data), loop)
+                return self.bridge.send_to_browser(data)
+            return None
 
         runner = ToolRunner(
             registry,
