@@ -154,4 +154,5 @@ class EngineServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_WITHIN)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
