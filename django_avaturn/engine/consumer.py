@@ -5,7 +5,8 @@ token in the URL, the secret in ``X-Avaturn-Engine-Secret``, see
 ``tokens``), opens OpenAI Realtime (``realtime.connect_realtime``), and
 runs the ``Bridge`` between the two with the site's tools (``ToolRunner``).
 It joins its session's channel-layer group (``layer``), so the rest of the
-site can end the call, speak, or send the page a message from any process.
+site can end the call, have the avatar speak, or pass the model a message
+from the visitor's page, from any process.
 
 Whichever side ends, both sockets close and the row records why:
 
@@ -20,6 +21,8 @@ Whichever side ends, both sockets close and the row records why:
 - The site ends the session (Stop, staff, the kill switch, expiry, a newer
   start): ``transitions`` tells the group once the end is committed, and both
   sockets close at once (1000); the row already says why.
+- The server cancels the consumer (daphne's shutdown and close timeout): the
+  row ends ``engine_closed`` and OpenAI is closed all the same.
 
 Every end of the row goes through ``ending.end_session``, which terminates
 the Avaturn session too (usually answered "already gone"): nothing is left
