@@ -90,6 +90,30 @@ def test_the_reservation_read_of_a_user_with_no_other_rows_and_one_gone(user: An
     assert gone.user_active is False
 
 
+def test_the_callers_row_is_the_row_the_orm_loads(django_user_model: Any, user: Any) -> None:
+    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
+    row = live(
+        user,
+        "mine",
+        engine=Engine.SITE,
+        engine_secret_hash="hash",
+        last_seen_at=timezone.now(),
+        awaiting_retry=True,
+    )
+    live(other, "theirs")
+
+    found = statements.own_row("mine", user.pk)
+
+    assert found is not None
+    expected = Session.objects.get(pk=row.pk)
+    names = [field.attname for field in Session._meta.concrete_fields]
+    assert [getattr(found, name) for name in names] == [getattr(expected, name) for name in names]
+    assert not found._state.adding
+    assert found._state.db == expected._state.db
+    assert statements.own_row("theirs", user.pk) is None
+    assert statements.own_row("nobody's", user.pk) is None
+
+
 def test_a_new_row_is_inserted_as_the_orm_creates_it(user: Any) -> None:
     seen: list[tuple[str, bool | None, bool]] = []
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.shortcuts import get_object_or_404
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from rest_framework import exceptions
@@ -35,7 +34,7 @@ from django_avaturn.api.serializers import (
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session
-from django_avaturn.sessions import transitions
+from django_avaturn.sessions import statements, transitions
 from django_avaturn.sessions.plan import AvatarNotAllowed
 
 SESSION_ID_MAX_LENGTH = Session._meta.get_field("session_id").max_length or 255
@@ -96,7 +95,10 @@ class AvaturnAPIView(APIView):
         # one, and would fail the query): such an id is simply not found.
         if len(session_id) > SESSION_ID_MAX_LENGTH or "\x00" in session_id:
             raise exceptions.NotFound()
-        return get_object_or_404(Session, session_id=session_id, user=request.user)
+        session = statements.own_row(session_id, request.user.pk)
+        if session is None:
+            raise exceptions.NotFound()
+        return session
 
 
 class SessionListView(AvaturnAPIView):

@@ -13,8 +13,9 @@ the ORM's: an ``UPDATE`` sends no signals (``QuerySet.update`` sends none)
 and answers its row count, an ``INSERT`` sends ``pre_save`` and
 ``post_save`` as ``Model.save`` does; the router's database.
 
-Only ``transitions`` (status changes) and ``starting`` (the reservation's
-statements) use these; anything not on the start and end path stays plain ORM.
+Only ``transitions`` (status changes), ``starting`` (the reservation's
+statements) and the API's read of the caller's row use these; anything not
+on the start and end path stays plain ORM.
 """
 
 from __future__ import annotations
@@ -161,6 +162,42 @@ def insert_row(row: Session) -> None:
     post_save.send(
         sender=Session, instance=row, created=True, update_fields=None, raw=False, using=alias
     )
+
+
+@lru_cache(maxsize=16)
+def _own_row_sql(alias: str) -> str:
+    quote = connections[alias].ops.quote_name
+    columns = ", ".join(quote(_column(name)) for name in _ROW_FIELDS)
+    return (
+        f"SELECT {columns} FROM {quote(_META.db_table)} "  # noqa: S608 (names quoted)
+        f"WHERE {quote(_column('session_id'))} = %s AND {quote(_column('user'))} = %s"
+    )
+
+
+# Every column of a row, as the ORM loads a whole one.
+_ROW_FIELDS = tuple(field.name for field in _META.concrete_fields)
+_ROW_ATTNAMES = [field.attname for field in _META.concrete_fields]
+
+
+def own_row(session_id: str, user_pk: Any) -> Session | None:
+    """``Session.objects.get(session_id=session_id, user_id=user_pk)``, or None if there is none.
+
+    The whole row, from the read router's database, built by ``Session.from_db``
+    as the ORM builds it (``session_id`` is unique: one row at most).
+    """
+    alias = router.db_for_read(Session)
+    connection = connections[alias]
+    params = [
+        _field("session_id").get_db_prep_value(session_id, connection),
+        _field("user").get_db_prep_value(user_pk, connection),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_own_row_sql(alias), params)
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    values = _converted(found, _converters(alias, _ROW_FIELDS), connection)
+    return Session.from_db(alias, _ROW_ATTNAMES, values)
 
 
 @dataclass(frozen=True)
