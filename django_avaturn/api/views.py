@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from django_avaturn import services
 from django_avaturn.api.errors import exception_handler
+from django_avaturn.api.negotiation import SingleRendererNegotiation
 from django_avaturn.api.parsers import JSONParser
 from django_avaturn.api.renderers import AsciiJSONRenderer
 from django_avaturn.api.schema import ERRORS, document, session_id_parameter
@@ -30,6 +31,7 @@ from django_avaturn.api.serializers import (
     SessionSerializer,
     StartedSessionSerializer,
     StartSessionSerializer,
+    started_body,
 )
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
@@ -60,6 +62,7 @@ class AvaturnAPIView(APIView):
     # answers and errors, and DRF's browsable API would answer a browser's
     # Accept header with HTML pages.
     renderer_classes = (AsciiJSONRenderer,)
+    content_negotiation_class = SingleRendererNegotiation
 
     def get_authenticators(self) -> list[BaseAuthentication]:
         try:
@@ -164,15 +167,13 @@ class SessionListView(AvaturnAPIView):
             raise exceptions.ValidationError(
                 {"avatar_id": [_("This avatar is not available.")]}
             ) from exc
-        body = StartedSessionSerializer(
-            {
-                "session_id": started.session.session_id,
-                "token": started.token,
-                "expires_at": started.expires_at,
-                "api_host": started.api_host,
-                "engine": started.session.engine,
-            }
-        ).data
+        body = started_body(
+            session_id=started.session.session_id,
+            token=started.token,
+            expires_at=started.expires_at,
+            api_host=started.api_host,
+            engine=started.session.engine,
+        )
         return Response(body, status=201)
 
 
