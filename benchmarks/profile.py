@@ -14,6 +14,10 @@ cumulative entries for django_avaturn (``--profile``).
 ``avaturn_bench_profile``); the default is a SQLite file under
 ``benchmarks/.work/``. CPU figures move with the machine's load: compare
 the two brokers of one invocation, and the median of ``--rounds``.
+``cpu_ratio`` divides the two brokers' medians; ``cpu_ratio_paired`` is the
+median of each round's own ratio (its two brokers back to back, the first
+one alternating), which a machine whose speed moves between rounds moves
+less.
 """
 
 from __future__ import annotations
@@ -87,6 +91,10 @@ def _summary(
             "cpu_us_rounds": [round(value) for value in cpu[broker]],
         }
     result["cpu_ratio"] = round(result["django_avaturn"]["cpu_us"] / result["floor"]["cpu_us"], 2)
+    # Each round's two brokers ran back to back: their ratio pairs figures taken
+    # at the same speed of a shared machine, which moves between rounds.
+    paired = [ours / floor for ours, floor in zip(cpu["django_avaturn"], cpu["floor"], strict=True)]
+    result["cpu_ratio_paired"] = round(statistics.median(paired), 2)
     return result
 
 
@@ -123,18 +131,13 @@ def main(argv: list[str] | None = None) -> None:
         real_commit = connection.commit
 
         def commit() -> None:
+            # An atomic block's exit calls commit(), which calls the backend's
+            # _commit: counted once, here. A write in autocommit mode commits
+            # in the driver, without either (Counting counts those).
             commits[0] += 1
             real_commit()
 
         connection.commit = commit  # type: ignore[method-assign]
-        # Atomic blocks commit through the backend's _commit, not commit().
-        real_private = connection._commit
-
-        def private_commit() -> None:
-            commits[0] += 1
-            real_private()
-
-        connection._commit = private_commit  # type: ignore[method-assign]
 
         def iteration(broker: str) -> None:
             start, end = BROKERS[broker]
@@ -162,8 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         cpu: dict[str, list[float]] = {broker: [] for broker in brokers}
         kinds: dict[str, Counter[str]] = {}
         commit_counts: dict[str, int] = {}
-        for _ in range(args.rounds):
-            for broker in brokers:
+        for index in range(args.rounds):
+            # Each broker first in every other round: neither always runs on a warmer cache.
+            for broker in brokers if index % 2 == 0 else brokers[::-1]:
                 micros, kinds[broker], commit_counts[broker] = run(broker, args.n)
                 cpu[broker].append(micros)
         result = _summary(args, brokers, cpu, kinds, commit_counts)

@@ -87,38 +87,78 @@ TRIED = "\n".join(
         "hop of its own (`MiddlewareMixin.__acall__`) | uvicorn, 15 s runs: 73.9 / 70.4, "
         "72.6 / 76.3; gunicorn: 82.6 / 84.5, 90.0 / 88.8 "
         "| Not kept: within the noise, and a site's middleware is the site's |",
+        "| PostgreSQL: the kill switch's shared advisory lock taken by the reservation's "
+        "INSERT (`RETURNING id, pg_advisory_xact_lock_shared(...)`, still after the row "
+        "and before the switch's read) instead of a `SELECT` of its own "
+        "| One round trip fewer per start (12 statements to 11) "
+        "| In process (`benchmarks.profile --db postgres`, paired CPU ratio to the floor, "
+        "15 rounds of 50): 1.67 / 1.67, 1.69 / 1.72 "
+        "| Not kept: no gain in the web process, and the lock would hide in the INSERT |",
         "",
     ]
 )
 
 
-# python -m benchmarks.profile, SQLite, median of 5 rounds of 100 starts+ends,
-# django_avaturn and the floor in the same process and rounds.
+# python -m benchmarks.profile, django_avaturn and the floor in the same process
+# and rounds (SQLite unless the row says PostgreSQL).
 IN_PROCESS = "\n".join(
     [
         "`python -m benchmarks.profile`: `POST sessions/` + `DELETE sessions/<id>/` through "
         "Django's test client in one process against the fake answering at once, "
-        "django_avaturn and the floor in the same rounds (median of 5 rounds of 100; CPU "
-        "of that process only). Of django_avaturn's statements, 4 are the session and user "
-        "reads the floor makes too. Per start+end in one process (ORM statement against "
-        "the same statement through a cursor): a conditional UPDATE 278 µs against 44 µs, "
-        "the reservation's read of the user's rows 399 µs against 15 µs; a thread hop "
-        "(`sync_to_async`) 55 µs.",
+        "django_avaturn and the floor in the same rounds (CPU of that process only). Of "
+        "django_avaturn's statements, 4 are the session and user reads the floor makes "
+        "too. Per start+end in one process (ORM statement against the same statement "
+        "through a cursor): a conditional UPDATE 278 µs against 44 µs, the reservation's "
+        "read of the user's rows 399 µs against 15 µs; a thread hop (`sync_to_async`) "
+        "55 µs.",
         "",
-        "| Change | Statements | Commits | CPU µs, django_avaturn / floor | Ratio | Commit |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
-        "| Before (ddb5d0f) | 13 | 5 | 13,145 / 7,265 | 1.81 | - |",
+        "The first two rows: median of 5 rounds of 100, the ratio of the two brokers' "
+        "medians. From `benchmarks.profile: each round's own ratio` on: 15 rounds of 50, "
+        "the brokers' order alternating, and the paired ratio is the median of each "
+        "round's own ratio (the machine's speed moved the ratio of medians by 0.2 to 0.3 "
+        "between invocations of the same code); each row's code measured twice, "
+        "interleaved with the others', CPU µs from the first.",
+        "",
+        "| Change | Statements | Commits | CPU µs, django_avaturn / floor | Ratio "
+        "| Paired ratio | Commit |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| Before (ddb5d0f) | 13 | 5 | 13,145 / 7,265 | 1.81 | - | - |",
         "| The hottest statements written once per shape, not built by the ORM per call "
         "(`sessions/statements.py`: activation, claim, a single end's finish, the "
-        "reservation's read) | 13 | 5 | 11,959 / 7,110 | 1.68 | `Start and end: the "
+        "reservation's read) | 13 | 5 | 11,959 / 7,110 | 1.68 | - | `Start and end: the "
         "hottest statements written once per shape` |",
+        "| Before the changes below, measured again (2ec2a0d): the harness had counted an "
+        "atomic block's commit twice (`commit()` calls the backend's `_commit()`, both "
+        "wrapped) | 13 | 4 | 8,143 / 4,588 "
+        "| 1.77 | 1.88, 1.90 | `benchmarks.profile: count an atomic block's commit once` |",
+        "| The reservation's reads of the user, the kill switch and the user's rows in one "
+        "statement; its INSERT (and PostgreSQL's lock of the user) written once, with "
+        "`Model.save`'s signals and defaults | 11 | 4 | 7,823 / 4,762 | 1.64 | 1.64, 1.67 "
+        "| `Slot reservation: one read for the user, the kill switch and the user's rows` |",
+        "| The caller's own row (end, detail, heartbeat) read by a statement written once, "
+        "not `get_object_or_404` | 11 | 4 | 7,779 / 4,942 | 1.57 | 1.60, 1.69 "
+        "| `API: the caller's own row read by a statement written once` |",
+        "| DRF's content negotiation answered at once where its answer is fixed (167 µs "
+        "to 16 µs for the two requests); the start's answer written without building its "
+        "serializer (about 90 µs); `EndReason.values` a set built once | 11 | 4 "
+        "| 7,633 / 5,174 | 1.48 | 1.51, 1.53 | `API: content negotiation answered at once "
+        "where its answer is fixed` |",
+        "| PostgreSQL, before the three changes above and after them (`--db postgres`, "
+        "once each; `BEGIN` and `COMMIT` are not counted there) | 13, 12 | 4, 4 "
+        "| 10,670 / 5,518, 8,455 / 4,909 | 1.93, 1.72 | 1.91, 1.75 | the three above |",
         "",
-        "What remains above the floor, per start+end (one process, wrapped timers): the "
-        "database work 3.1 ms (reservation with its INSERT and three reads, activation, the "
-        "end's read, claim and finish), DRF's request, negotiation and serializers about "
-        "0.8 ms, the start's larger Avaturn payload and plan about 0.5 ms. The upstream "
-        "clients cost what the floor's do (create 491 against 502 µs, terminate 442 "
-        "against 440 µs, mint 886 against 882 µs with the same session).",
+        "What remains above the floor, per start+end (one process, wrapped timers, thread "
+        "CPU; 5,926 µs against the floor's 4,028 in that run): the database work about "
+        "0.95 ms (the reservation 0.41 ms: `BEGIN`, the INSERT, one read, `COMMIT`; the "
+        "activation 0.16; the end's read 0.10, claim 0.10 and finish 0.15), most of it "
+        "SQLite executing and committing the writes; DRF about 0.45 ms for the two "
+        "requests (the start's body validated by its serializer 0.14, parsed 0.06, DRF's "
+        "Request 0.06, the answer written and rendered 0.05, permissions, throttles and "
+        "headers 0.04); the plan and the upstream bounds from the settings 0.09 ms. "
+        "Logging formats nothing it does not emit (`logger.info` with `%s` arguments, "
+        "below the example's level), and the two signals with no receiver cost 7 µs. The "
+        "upstream clients cost what the floor's do (create 491 against 502 µs, terminate "
+        "442 against 440 µs, mint 886 against 882 µs with the same session).",
         "",
     ]
 )
@@ -617,18 +657,19 @@ def _findings(data: dict[str, Any]) -> str:
   table) reach {_pct(slow["gunicorn"])} under gunicorn and {_pct(slow["uvicorn"])}
   under uvicorn: holding {top} sessions in flight is no problem, running out of
   CPU is.
-- **What django_avaturn adds over the floor** is mostly the ORM: a start
-  reserves its slot in one short transaction (the row's INSERT, then reads
-  of the user, the kill switch and the user's live sessions) and activates
-  the row; an end reads the caller's row, claims it and finishes it. Eight
-  statements on SQLite (the read of the user refuses one deactivated since
-  the request authenticated them; PostgreSQL folds it into the user's row
-  lock), the fewest that keep every state change conditional; each cost 120
-  to 430 µs of Django ORM work for 15 to 25 µs in SQLite itself (measured
-  apart, with the probe near 17 ms). DRF's request and serializer
-  machinery adds about 1 ms per
-  start+end. The two SDKs cost about 2 ms per start+end, the same for both.
-  At one client django_avaturn adds {p50_ours} (p50) to a request.
+- **What django_avaturn adds over the floor** is mostly database work: a
+  start reserves its slot in one short transaction (the row's INSERT, then
+  one read of the user, the kill switch and the user's live sessions) and
+  activates the row; an end reads the caller's row, claims it and finishes
+  it. Six statements on SQLite (PostgreSQL reads and locks the user's row
+  first, and takes the kill switch's lock), the fewest that keep every state
+  change conditional, each written once per shape (`sessions/statements.py`):
+  built by the ORM, each had cost 120 to 430 µs of Python for 15 to 25 µs in
+  SQLite itself. In one process a start+end costs about 1.5 times the floor's
+  CPU: the database work about 0.95 ms above it, DRF's request and serializer
+  machinery about 0.45 ms (section "Start and end path, in process"). The two
+  SDKs cost about 2 ms per start+end, the same for both. At one client
+  django_avaturn adds {p50_ours} (p50) to a request.
 - **What limits a sync view under ASGI.** Django's ASGI handler runs each
   sync request on a thread of its own (`asgiref`'s `ThreadSensitiveContext`),
   so requests do not serialise (10 clients: {_pct(ten_uvicorn)} of ideal). The cost is
@@ -669,7 +710,7 @@ def _findings(data: dict[str, Any]) -> str:
 - **PostgreSQL under gunicorn** at {top} clients: django_avaturn
   {_pct(pg_gunicorn)} of ideal, the floor {_pct(pg_gunicorn_floor)} (single runs).
   Every statement is a round trip to a backend on the same two cores:
-  django_avaturn makes 15 per start+end (the user's row locked, the kill
+  django_avaturn makes 14 per start+end (the user's row locked, the kill
   switch's advisory lock, `BEGIN` and `COMMIT` among them; 4 are the session
   and user reads every broker makes), the floor those 4. Server CPU per
   start+end {_cpu(pg_gunicorn)} against the floor's {_cpu(pg_gunicorn_floor)},

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.shortcuts import get_object_or_404
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from rest_framework import exceptions
@@ -22,6 +21,7 @@ from rest_framework.views import APIView
 
 from django_avaturn import services
 from django_avaturn.api.errors import exception_handler
+from django_avaturn.api.negotiation import SingleRendererNegotiation
 from django_avaturn.api.parsers import JSONParser
 from django_avaturn.api.renderers import AsciiJSONRenderer
 from django_avaturn.api.schema import ERRORS, document, session_id_parameter
@@ -31,11 +31,12 @@ from django_avaturn.api.serializers import (
     SessionSerializer,
     StartedSessionSerializer,
     StartSessionSerializer,
+    started_body,
 )
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session
-from django_avaturn.sessions import transitions
+from django_avaturn.sessions import statements, transitions
 from django_avaturn.sessions.plan import AvatarNotAllowed
 
 SESSION_ID_MAX_LENGTH = Session._meta.get_field("session_id").max_length or 255
@@ -61,6 +62,7 @@ class AvaturnAPIView(APIView):
     # answers and errors, and DRF's browsable API would answer a browser's
     # Accept header with HTML pages.
     renderer_classes = (AsciiJSONRenderer,)
+    content_negotiation_class = SingleRendererNegotiation
 
     def get_authenticators(self) -> list[BaseAuthentication]:
         try:
@@ -96,7 +98,10 @@ class AvaturnAPIView(APIView):
         # one, and would fail the query): such an id is simply not found.
         if len(session_id) > SESSION_ID_MAX_LENGTH or "\x00" in session_id:
             raise exceptions.NotFound()
-        return get_object_or_404(Session, session_id=session_id, user=request.user)
+        session = statements.own_row(session_id, request.user.pk)
+        if session is None:
+            raise exceptions.NotFound()
+        return session
 
 
 class SessionListView(AvaturnAPIView):
@@ -162,15 +167,13 @@ class SessionListView(AvaturnAPIView):
             raise exceptions.ValidationError(
                 {"avatar_id": [_("This avatar is not available.")]}
             ) from exc
-        body = StartedSessionSerializer(
-            {
-                "session_id": started.session.session_id,
-                "token": started.token,
-                "expires_at": started.expires_at,
-                "api_host": started.api_host,
-                "engine": started.session.engine,
-            }
-        ).data
+        body = started_body(
+            session_id=started.session.session_id,
+            token=started.token,
+            expires_at=started.expires_at,
+            api_host=started.api_host,
+            engine=started.session.engine,
+        )
         return Response(body, status=201)
 
 

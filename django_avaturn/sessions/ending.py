@@ -47,6 +47,8 @@ from django_avaturn.upstream.redaction import excerpt
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 500
+# EndReason.values builds its list anew at each read.
+END_REASONS = frozenset(EndReason.values)
 
 T = TypeVar("T")
 
@@ -309,7 +311,7 @@ def end_sessions(
     end, if it fails, leaves them for the expiry command instead of putting
     them back to live. Ended ones are skipped.
     """
-    if reason not in EndReason.values:
+    if reason not in END_REASONS:
         raise ValueError(f"Unknown end reason {reason!r}.")
     preflight()
     tally = Tally()
@@ -378,7 +380,7 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> Outcome:
     ``transitions.release_claimed``), else stays ending for the expiry
     command's next run.
     """
-    if reason not in EndReason.values:
+    if reason not in END_REASONS:
         raise ValueError(f"Unknown end reason {reason!r}.")
     if not transitions.claim_for_end(session, reason=reason, detail=detail):
         if session.status == SessionStatus.ENDING:

@@ -28,7 +28,6 @@ from typing import Any, NoReturn
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, connection, transaction
-from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -240,15 +239,14 @@ def _reserve_slot(
     the busy timeout instead of reading a stale count.
     """
     site_cap = limits.site_cap()
-    user_row = get_user_model()._default_manager.filter(pk=user.pk)
     locks_rows = connection.features.has_select_for_update
     try:
         with transaction.atomic():
             if locks_rows:
-                _ensure_still_active(user_row.select_for_update())
+                _ensure_still_active(user.pk, lock=True)
             if site_cap is not None:
                 limits.lock_for_site_cap()
-            row = Session.objects.create(
+            row = Session(
                 user_id=user.pk,
                 status=SessionStatus.STARTING,
                 avatar_id=plan.avatar_id,
@@ -259,16 +257,12 @@ def _reserve_slot(
                 max_duration=plan.max_duration,
                 client_ref=client_ref,
             )
-            if not locks_rows:
-                # Under the write lock the INSERT took (see above).
-                _ensure_still_active(user_row)
-            # Checked again under the locks (the switch may have flipped since),
-            # and after the INSERT, for the write lock's sake (see above).
+            statements.insert_row(row)
+            # The switch is read under its lock (it may have flipped since the
+            # request began), and on SQLite the user under the write lock the
+            # INSERT took (see above).
             limits.hold_switch()
-            limits.ensure_enabled()
-            # Not whole rows: those are read only when some are replaced. One
-            # read for both: the rows the cap counts, and those already ending.
-            mine = statements.active_rows(user.pk, ACTIVE_STATUSES, other_than=row.pk)
+            mine = _read_under_locks(row, with_user=not locks_rows)
             holders, ending = [], []
             for pk, status, started_at, max_duration in mine:
                 if status in transitions.CAPPED_STATUSES:
@@ -299,18 +293,50 @@ def _reserve_slot(
         raise StorageUnavailable() from exc
 
 
-def _ensure_still_active(user_row: QuerySet[Any]) -> None:
+def _read_under_locks(row: Session, *, with_user: bool) -> list[tuple[Any, ...]]:
+    """Refuse an inactive user (if ``with_user``) or a switched-off site; else the user's rows.
+
+    The rows: ``(pk, status, started_at, max_duration)`` of the user's other
+    active rows, oldest first (not whole rows: those are read only when some
+    are replaced); both the rows the cap counts and those already ending.
+    One statement where the user, the switch and the sessions share a
+    database (``statements.reservation_read``), else one read each.
+    """
+    if statements.one_database():
+        read = statements.reservation_read(
+            row.user_id, ACTIVE_STATUSES, other_than=row.pk, with_user=with_user
+        )
+        if read.user_active is False:
+            raise UserNotActive()
+        if not limits.enabled_with(read.switch):
+            raise SessionsDisabled()
+        return read.rows
+    if with_user:
+        _ensure_still_active(row.user_id, lock=False)
+    limits.ensure_enabled()
+    return statements.active_rows(row.user_id, ACTIVE_STATUSES, other_than=row.pk)
+
+
+def _ensure_still_active(user_pk: Any, *, lock: bool) -> None:
     """Refuse a user deactivated or deleted since the request authenticated them.
 
     Deactivation ends the sessions a user has (``users``); one reserved
     after it would run on, for an inactive user, until it expired. Read
-    under the reservation's lock, so the two cannot miss each other.
+    under the reservation's lock (``lock``: the user row's own, which
+    deactivation's UPDATE takes too), so the two cannot miss each other.
     """
-    fields = ["pk"]
-    if any(field.name == "is_active" for field in user_row.model._meta.concrete_fields):
-        fields.append("is_active")  # a custom user model need not have it
-    found = list(user_row.values_list(*fields))
-    if not found or (len(fields) == 2 and not found[0][1]):
+    if statements.one_database():
+        active = statements.user_active(user_pk, lock=lock)
+    else:
+        user_row = get_user_model()._default_manager.filter(pk=user_pk)
+        if lock:
+            user_row = user_row.select_for_update()
+        fields = ["pk"]
+        if any(field.name == "is_active" for field in user_row.model._meta.concrete_fields):
+            fields.append("is_active")  # a custom user model need not have it
+        found = list(user_row.values_list(*fields))
+        active = bool(found) and (len(fields) == 1 or bool(found[0][1]))
+    if not active:
         raise UserNotActive()
 
 

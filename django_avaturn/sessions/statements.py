@@ -1,32 +1,37 @@
 """The session path's hottest statements, written once per shape instead of built per call.
 
-A start and an end run a handful of single-row statements whose shape never
-changes: a conditional ``UPDATE`` of one row by primary key and status, the
-read of the user's active rows. Built through the ORM each time, every one
-of them spent 200 to 400 µs of Python building and compiling the query for
-some 20 to 40 µs in SQLite (``python -m benchmarks.profile``). Here the SQL
-text of each shape is made once per database alias from the model's own
+A start and an end run a handful of statements whose shape never changes: a
+conditional ``UPDATE`` of one row by primary key and status, the new row's
+``INSERT``, the reservation's reads. Built through the ORM each time, every
+one of them spent 200 to 400 µs of Python building and compiling the query
+for some 20 to 40 µs in SQLite (``python -m benchmarks.profile``). Here the
+SQL text of each shape is made once per database alias from the models' own
 metadata (quoted by the backend, ``%s`` placeholders as every Django backend
 takes), and the values go through the fields' own ``get_db_prep_save`` and,
 read back, through the backend's converters, as the ORM does. Semantics are
-the ORM's: no signals (``QuerySet.update`` sends none), the row count as the
-answer, the write router's database.
+the ORM's: an ``UPDATE`` sends no signals (``QuerySet.update`` sends none)
+and answers its row count, an ``INSERT`` sends ``pre_save`` and
+``post_save`` as ``Model.save`` does; the router's database.
 
-Only ``transitions`` (status changes) and ``starting`` (the reservation's
-read) use these; anything not on the start and end path stays plain ORM.
+Only ``transitions`` (status changes), ``starting`` (the reservation's
+statements) and the API's read of the caller's row use these; anything not
+on the start and end path stays plain ORM.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field
+from django.db.models import Field, Model
+from django.db.models.signals import post_save, pre_save
 
-from django_avaturn.models import Session
+from django_avaturn.models import ServiceSwitch, Session
 
 _META = Session._meta
 
@@ -112,6 +117,231 @@ def active_rows(user_pk: Any, statuses: Sequence[str], *, other_than: Any) -> li
         rows = cursor.fetchall()
     converters = _converters(alias, ACTIVE_ROW_FIELDS)
     return [_converted(row, converters, connection) for row in rows]
+
+
+# What an INSERT of a new row writes: every column but the generated primary key.
+_INSERT_FIELDS = [field for field in _META.local_concrete_fields if field is not _META.auto_field]
+
+
+@lru_cache(maxsize=16)
+def _insert_sql(alias: str) -> str:
+    quote = connections[alias].ops.quote_name
+    columns = ", ".join(quote(field.column) for field in _INSERT_FIELDS)  # type: ignore[arg-type]
+    marks = ", ".join(["%s"] * len(_INSERT_FIELDS))
+    return f"INSERT INTO {quote(_META.db_table)} ({columns}) VALUES ({marks})"  # noqa: S608
+
+
+def insert_row(row: Session) -> None:
+    """``row.save()`` of a new ``row`` (as ``Session.objects.create`` saves it), cheaper.
+
+    The ORM's semantics: ``pre_save`` and ``post_save`` (``created``) are
+    sent, each field's ``pre_save`` fills its default or ``auto_now``, the
+    primary key comes back from the database, and the instance is then a
+    saved one of the write router's database.
+    """
+    if not row._state.adding:
+        raise ValueError("insert_row() saves a new row only.")
+    alias, connection = _connection()
+    pre_save.send(sender=Session, instance=row, raw=False, using=alias, update_fields=None)
+    params = [
+        field.get_db_prep_save(field.pre_save(row, True), connection) for field in _INSERT_FIELDS
+    ]
+    sql = _insert_sql(alias)
+    # Declared by the backends that return columns from an INSERT, not by the base class.
+    ops: Any = connection.ops
+    with connection.cursor() as cursor:
+        if connection.features.can_return_columns_from_insert:
+            returning, returning_params = ops.return_insert_columns([_field("pk")])
+            cursor.execute(f"{sql} {returning}", [*params, *returning_params])
+            (value,) = ops.fetch_returned_insert_columns(cursor, returning_params)
+        else:
+            cursor.execute(sql, params)
+            value = ops.last_insert_id(cursor, _META.db_table, _column("pk"))
+    row.pk = value
+    row._state.adding, row._state.db = False, alias
+    post_save.send(
+        sender=Session, instance=row, created=True, update_fields=None, raw=False, using=alias
+    )
+
+
+@lru_cache(maxsize=16)
+def _own_row_sql(alias: str) -> str:
+    quote = connections[alias].ops.quote_name
+    columns = ", ".join(quote(_column(name)) for name in _ROW_FIELDS)
+    return (
+        f"SELECT {columns} FROM {quote(_META.db_table)} "  # noqa: S608 (names quoted)
+        f"WHERE {quote(_column('session_id'))} = %s AND {quote(_column('user'))} = %s"
+    )
+
+
+# Every column of a row, as the ORM loads a whole one.
+_ROW_FIELDS = tuple(field.name for field in _META.concrete_fields)
+_ROW_ATTNAMES = [field.attname for field in _META.concrete_fields]
+
+
+def own_row(session_id: str, user_pk: Any) -> Session | None:
+    """``Session.objects.get(session_id=session_id, user_id=user_pk)``, or None if there is none.
+
+    The whole row, from the read router's database, built by ``Session.from_db``
+    as the ORM builds it (``session_id`` is unique: one row at most).
+    """
+    alias = router.db_for_read(Session)
+    connection = connections[alias]
+    params = [
+        _field("session_id").get_db_prep_value(session_id, connection),
+        _field("user").get_db_prep_value(user_pk, connection),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_own_row_sql(alias), params)
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    values = _converted(found, _converters(alias, _ROW_FIELDS), connection)
+    return Session.from_db(alias, _ROW_ATTNAMES, values)
+
+
+@dataclass(frozen=True)
+class ReservationRead:
+    """What a start's reservation reads, under its locks, in one statement.
+
+    ``user_active``: None when the user was not read (``with_user`` false),
+    else False for a user deactivated or gone. ``switch``: the admin's kill
+    switch row, None when there is none (enabled). ``rows``: as
+    ``active_rows`` answers.
+    """
+
+    user_active: bool | None
+    switch: bool | None
+    rows: list[tuple[Any, ...]]
+
+
+def one_database() -> bool:
+    """Whether the user, the kill switch and the sessions are read from one database.
+
+    The reservation's single read joins them; a site routing them apart
+    reads each where its router says (``starting``).
+    """
+    alias = router.db_for_write(Session)
+    return (
+        router.db_for_read(get_user_model()) == alias and router.db_for_read(ServiceSwitch) == alias
+    )
+
+
+def _user_has_is_active(user_model: type[Model]) -> bool:
+    # A custom user model need not have it: then any existing user may start.
+    return any(field.name == "is_active" for field in user_model._meta.concrete_fields)
+
+
+def _column_of(model: type[Model], name: str) -> str:
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    column = getattr(field, "column", None)
+    assert isinstance(column, str)
+    return column
+
+
+@lru_cache(maxsize=16)
+def _user_active_sql(alias: str, user_model: type[Model], lock: bool) -> str:
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    active = quote(_column_of(user_model, "is_active")) if _user_has_is_active(user_model) else "1"
+    sql = (
+        f"SELECT {active} FROM {quote(user_model._meta.db_table)} "  # noqa: S608 (names quoted)
+        f"WHERE {quote(_column_of(user_model, 'pk'))} = %s"
+    )
+    # As the ORM's select_for_update(): nothing where the database has no row locks.
+    if lock and connection.features.has_select_for_update:
+        return f"{sql} {connection.ops.for_update_sql()}"
+    return sql
+
+
+def user_active(user_pk: Any, *, lock: bool) -> bool:
+    """Whether the user exists and is active (any existing one, without ``is_active``).
+
+    With ``lock``, the read takes the user row's lock (``SELECT ... FOR
+    UPDATE``, where the database has row locks) until the transaction ends.
+    Call only when ``one_database()``.
+    """
+    alias, connection = _connection()
+    user_model = get_user_model()
+    pk = user_model._meta.pk
+    assert pk is not None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _user_active_sql(alias, user_model, lock), [pk.get_db_prep_value(user_pk, connection)]
+        )
+        found = cursor.fetchall()
+    return bool(found) and bool(found[0][0])
+
+
+@lru_cache(maxsize=16)
+def _reservation_sql(alias: str, statuses: int, with_user: bool, user_model: type[Model]) -> str:
+    quote = connections[alias].ops.quote_name
+    scalars = []
+    if with_user:
+        active = (
+            quote(_column_of(user_model, "is_active")) if _user_has_is_active(user_model) else "1"
+        )
+        scalars.append(
+            f"(SELECT {active} FROM {quote(user_model._meta.db_table)} "  # noqa: S608 (names quoted)
+            f"WHERE {quote(_column_of(user_model, 'pk'))} = %s)"
+        )
+    scalars.append(
+        f"(SELECT {quote(_column_of(ServiceSwitch, 'sessions_enabled'))} "  # noqa: S608
+        f"FROM {quote(ServiceSwitch._meta.db_table)} "
+        f"WHERE {quote(_column_of(ServiceSwitch, 'pk'))} = %s)"
+    )
+    row = quote("row")
+    columns = ", ".join(f"{row}.{quote(_column(name))}" for name in ACTIVE_ROW_FIELDS)
+    status_in = ", ".join(["%s"] * statuses)
+    # One row of scalars whatever the user has, joined with their active rows.
+    return (
+        f"SELECT {', '.join(scalars)}, {columns} FROM (SELECT 1 AS {quote('one')}) "  # noqa: S608
+        f"{quote('one')} LEFT JOIN {quote(_META.db_table)} {row} "
+        f"ON {row}.{quote(_column('user'))} = %s AND {row}.{quote(_column('status'))} "
+        f"IN ({status_in}) AND NOT ({row}.{quote(_column('pk'))} = %s) "
+        f"ORDER BY {row}.{quote(_column('created_at'))} ASC, {row}.{quote(_column('pk'))} ASC"
+    )
+
+
+def reservation_read(
+    user_pk: Any, statuses: Sequence[str], *, other_than: Any, with_user: bool
+) -> ReservationRead:
+    """The user's ``is_active`` (if ``with_user``), the switch row and ``active_rows``, at once.
+
+    The same facts as the three reads ``_ensure_still_active``,
+    ``limits.sessions_enabled`` (its row) and ``active_rows`` make one
+    after the other (call only when ``one_database()``).
+    """
+    alias, connection = _connection()
+    user_model = get_user_model()
+    params: list[Any] = []
+    if with_user:
+        user_pk_field = user_model._meta.pk
+        assert user_pk_field is not None
+        params.append(user_pk_field.get_db_prep_value(user_pk, connection))
+    switch_pk = ServiceSwitch._meta.pk
+    assert switch_pk is not None
+    params += [
+        switch_pk.get_db_prep_value(ServiceSwitch.SINGLETON_PK, connection),
+        _field("user").get_db_prep_value(user_pk, connection),
+        *_statuses(statuses, connection),
+        _field("pk").get_db_prep_value(other_than, connection),
+    ]
+    sql = _reservation_sql(alias, len(statuses), with_user, user_model)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchall()
+    scalars = 2 if with_user else 1
+    first = found[0]
+    user_active = (first[0] is not None and bool(first[0])) if with_user else None
+    switch = first[scalars - 1]
+    converters = _converters(alias, ACTIVE_ROW_FIELDS)
+    rows = [
+        _converted(values[scalars:], converters, connection)
+        for values in found
+        if values[scalars] is not None  # the LEFT JOIN's row when the user has none
+    ]
+    return ReservationRead(user_active, None if switch is None else bool(switch), rows)
 
 
 def _statuses(statuses: Sequence[str], connection: BaseDatabaseWrapper) -> list[Any]:

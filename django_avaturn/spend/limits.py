@@ -55,6 +55,11 @@ def sessions_enabled() -> bool:
     return all(switch)  # no row yet: enabled
 
 
+def enabled_with(switch: bool | None) -> bool:
+    """``sessions_enabled()`` given the switch row's ``sessions_enabled`` as read (None: no row)."""
+    return bool(avaturn_settings.SESSIONS_ENABLED) and switch is not False
+
+
 def ensure_enabled() -> None:
     if not sessions_enabled():
         raise SessionsDisabled()

@@ -1,0 +1,183 @@
+"""The start and end path's hand-written statements answer what the ORM's reads answer."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.db.models.signals import post_save, pre_save
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_avaturn.models import (
+    ACTIVE_STATUSES,
+    EndReason,
+    Engine,
+    ServiceSwitch,
+    Session,
+    SessionStatus,
+)
+from django_avaturn.sessions import statements
+from django_avaturn.spend import limits
+from tests.helpers import LIST_URL, csrf_post, live
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _orm_reads(user: Any, other_than: int) -> tuple[bool, bool, list[tuple[Any, ...]]]:
+    """What the reservation read one statement at a time before: user, switch, rows."""
+    found = list(type(user).objects.filter(pk=user.pk).values_list("is_active", flat=True))
+    rows = (
+        Session.objects.filter(user_id=user.pk, status__in=ACTIVE_STATUSES)
+        .exclude(pk=other_than)
+        .order_by("created_at", "pk")
+        .values_list(*statements.ACTIVE_ROW_FIELDS)
+    )
+    return bool(found and found[0]), limits.sessions_enabled(), list(rows)
+
+
+@pytest.mark.parametrize("switch", [None, True, False])
+@pytest.mark.parametrize("active", [True, False])
+def test_the_reservation_read_answers_the_three_reads_it_replaces(
+    django_user_model: Any, user: Any, switch: bool | None, active: bool
+) -> None:
+    if switch is not None:
+        ServiceSwitch.objects.create(sessions_enabled=switch)
+    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
+    now = timezone.now()
+    own = Session.objects.create(user=user, status=SessionStatus.STARTING)
+    live(user, "b-newer", created_at=now - timedelta(seconds=5))
+    live(user, "a-older", created_at=now - timedelta(seconds=50))
+    Session.objects.filter(session_id="a-older").update(max_duration=120, started_at=None)
+    live(user, "ending", status=SessionStatus.ENDING, end_reason=EndReason.CLIENT)
+    live(user, "ended", status=SessionStatus.ENDED, end_reason=EndReason.CLIENT)
+    live(other, "theirs")
+    type(user).objects.filter(pk=user.pk).update(is_active=active)
+
+    read = statements.reservation_read(user.pk, ACTIVE_STATUSES, other_than=own.pk, with_user=True)
+
+    user_active, enabled, rows = _orm_reads(user, own.pk)
+    assert (read.user_active, limits.enabled_with(read.switch), read.rows) == (
+        user_active,
+        enabled,
+        rows,
+    )
+    assert [pk for pk, *_ in read.rows] == list(
+        Session.objects.filter(session_id__in=["a-older", "b-newer", "ending"])
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)
+    )
+    assert read.switch == switch
+
+
+def test_the_reservation_read_of_a_user_with_no_other_rows_and_one_gone(user: Any) -> None:
+    own = Session.objects.create(user=user, status=SessionStatus.STARTING)
+
+    read = statements.reservation_read(user.pk, ACTIVE_STATUSES, other_than=own.pk, with_user=True)
+    assert (read.user_active, read.switch, read.rows) == (True, None, [])
+
+    # PostgreSQL has read (and locked) the user already: the user is not read again.
+    unread = statements.reservation_read(
+        user.pk, ACTIVE_STATUSES, other_than=own.pk, with_user=False
+    )
+    assert (unread.user_active, unread.switch, unread.rows) == (None, None, [])
+
+    gone = statements.reservation_read(
+        user.pk + 1000, ACTIVE_STATUSES, other_than=own.pk, with_user=True
+    )
+    assert gone.user_active is False
+
+
+def test_the_callers_row_is_the_row_the_orm_loads(django_user_model: Any, user: Any) -> None:
+    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
+    row = live(
+        user,
+        "mine",
+        engine=Engine.SITE,
+        engine_secret_hash="hash",
+        last_seen_at=timezone.now(),
+        awaiting_retry=True,
+    )
+    live(other, "theirs")
+
+    found = statements.own_row("mine", user.pk)
+
+    assert found is not None
+    expected = Session.objects.get(pk=row.pk)
+    names = [field.attname for field in Session._meta.concrete_fields]
+    assert [getattr(found, name) for name in names] == [getattr(expected, name) for name in names]
+    assert not found._state.adding
+    assert found._state.db == expected._state.db
+    assert statements.own_row("theirs", user.pk) is None
+    assert statements.own_row("nobody's", user.pk) is None
+
+
+def test_a_new_row_is_inserted_as_the_orm_creates_it(user: Any) -> None:
+    seen: list[tuple[str, bool | None, bool]] = []
+
+    def pre(sender: Any, instance: Session, **kwargs: Any) -> None:
+        seen.append(("pre_save", None, instance._state.adding))
+
+    def post(sender: Any, instance: Session, created: bool, **kwargs: Any) -> None:
+        seen.append(("post_save", created, instance._state.adding))
+
+    fields: dict[str, Any] = {
+        "user_id": user.pk,
+        "status": SessionStatus.STARTING,
+        "avatar_id": "avatar",
+        "model": "gpt-realtime",
+        "voice": "marin",
+        "engine": Engine.OPENAI_REALTIME,
+        "config_name": "support",
+        "max_duration": 600,
+        "client_ref": "r" * 22,
+    }
+    pre_save.connect(pre, sender=Session)
+    post_save.connect(post, sender=Session)
+    try:
+        row = Session(**fields)
+        statements.insert_row(row)
+        by_orm = Session.objects.create(**{**fields, "client_ref": "s" * 22})
+    finally:
+        pre_save.disconnect(pre, sender=Session)
+        post_save.disconnect(post, sender=Session)
+
+    assert seen == [("pre_save", None, True), ("post_save", True, False)] * 2
+    assert isinstance(row.pk, int) and row.pk == by_orm.pk - 1
+    assert (row._state.adding, row._state.db) == (False, by_orm._state.db)
+    stored = Session.objects.get(pk=row.pk)
+    skip = {"id", "client_ref", "created_at", "updated_at"}
+    names = [f.attname for f in Session._meta.concrete_fields if f.attname not in skip]
+    assert [getattr(stored, name) for name in names] == [getattr(by_orm, name) for name in names]
+    # The instance holds what was written, defaults and auto_now included.
+    assert [getattr(row, f.attname) for f in Session._meta.concrete_fields] == [
+        getattr(stored, f.attname) for f in Session._meta.concrete_fields
+    ]
+
+
+def test_a_start_reserves_its_row_with_one_read(api_client: Any, upstream: Any) -> None:
+    """The row's INSERT, one read of the user, the switch and the user's rows, then the
+    activation (PostgreSQL reads and locks the user first, apart)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's statements")
+    with CaptureQueriesContext(connection) as captured:
+        assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    # csrf_post reads the list first, for its CSRF cookie; the start begins at BEGIN.
+    sql = [q["sql"] for q in captured.captured_queries]
+    begin = next(index for index, text in enumerate(sql) if text.startswith("BEGIN"))
+    ours = [text.split()[0] for text in sql[begin + 1 :] if "django_session" not in text]
+    assert ours == ["INSERT", "SELECT", "COMMIT", "UPDATE"], sql[begin:]
+
+
+@pytest.mark.parametrize("lock", [False, True])
+def test_the_users_read_answers_as_the_orm_does(django_user_model: Any, lock: bool) -> None:
+    active = django_user_model.objects.create_user(email="a@example.com", password="pw")
+    inactive = django_user_model.objects.create_user(
+        email="i@example.com", password="pw", is_active=False
+    )
+    with transaction.atomic():
+        assert statements.user_active(active.pk, lock=lock) is True
+        assert statements.user_active(inactive.pk, lock=lock) is False
+        assert statements.user_active(inactive.pk + 1000, lock=lock) is False
