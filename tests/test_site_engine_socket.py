@@ -22,6 +22,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from django_avaturn import services
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import layer, tokens
+from django_avaturn.engine.consumer import STOP_WAIT
 from django_avaturn.engine.routing import websocket_urlpatterns
 from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
 from django_avaturn.sessions.plan import realtime_session_from_settings
@@ -100,8 +101,8 @@ async def row_of(pk: int) -> Session:
     return await sync_to_async(Session.objects.get)(pk=pk)
 
 
-async def ended(pk: int) -> Session:
-    deadline = time.monotonic() + TIMEOUT
+async def ended(pk: int, timeout: float = TIMEOUT) -> Session:
+    deadline = time.monotonic() + timeout
     while True:
         row = await row_of(pk)
         if row.status in (SessionStatus.ENDED, SessionStatus.FAILED):
@@ -764,7 +765,7 @@ def test_avaturn_leaving_while_the_engine_sends_ends_the_row_as_avaturns(
         await eventually(lambda: left.failed_sends > 0)
         if disconnect == "never":
             # The row still ends (after STOP_WAIT), as Avaturn's.
-            ended_row = await ended(row.pk)
+            ended_row = await ended(row.pk, STOP_WAIT + TIMEOUT)
             assert "closed while the engine sent to it" in ended_row.end_detail
             assert "ClientDisconnected" in ended_row.end_detail
             await left.incoming.put({"type": "websocket.disconnect", "code": 1006})
