@@ -147,13 +147,10 @@ def insert_row(row: Session) -> None:
         field.get_db_prep_save(field.pre_save(row, True), connection) for field in _INSERT_FIELDS
     ]
     sql = _insert_sql(alias)
-    # Declared by the backends that return columns from an INSERT, not by the base class.
     ops: Any = connection.ops
     with connection.cursor() as cursor:
         if connection.features.can_return_columns_from_insert:
-            returning, returning_params = ops.return_insert_columns([_field("pk")])
-            cursor.execute(f"{sql} {returning}", [*params, *returning_params])
-            (value,) = ops.fetch_returned_insert_columns(cursor, returning_params)
+            value = _insert_returning_pk(ops, cursor, sql, params)
         else:
             cursor.execute(sql, params)
             value = ops.last_insert_id(cursor, _META.db_table, _column("pk"))
@@ -162,6 +159,26 @@ def insert_row(row: Session) -> None:
     post_save.send(
         sender=Session, instance=row, created=True, update_fields=None, raw=False, using=alias
     )
+
+
+def _insert_returning_pk(ops: Any, cursor: Any, sql: str, params: list[Any]) -> Any:
+    """Run the INSERT with the backend's RETURNING clause for the primary key; return it.
+
+    The backend methods for this are named ``returning_columns`` and
+    ``fetch_returned_rows`` from Django 6.1, ``return_insert_columns`` and
+    ``fetch_returned_insert_columns`` before (declared by the backends that
+    return columns from an INSERT).
+    """
+    pk = [_field("pk")]
+    if hasattr(ops, "returning_columns"):
+        returning, returning_params = ops.returning_columns(pk)
+        cursor.execute(f"{sql} {returning}", [*params, *returning_params])
+        ((value,),) = ops.fetch_returned_rows(cursor, returning_params)
+    else:
+        returning, returning_params = ops.return_insert_columns(pk)
+        cursor.execute(f"{sql} {returning}", [*params, *returning_params])
+        (value,) = ops.fetch_returned_insert_columns(cursor, returning_params)
+    return value
 
 
 @lru_cache(maxsize=16)
