@@ -17,11 +17,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.db import connection
 from uvicorn.protocols.utils import ClientDisconnected
 
 from django_avaturn import services
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.engine import layer, tokens
+from django_avaturn.engine import layer, shutdown, tokens
 from django_avaturn.engine.consumer import STOP_WAIT
 from django_avaturn.engine.routing import websocket_urlpatterns
 from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
@@ -785,3 +786,61 @@ def test_avaturn_leaving_while_the_engine_sends_ends_the_row_as_avaturns(
         run(test)
     assert "bridge failed" not in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+# ---------------------------------------------------------------------- at exit
+
+
+def test_a_conversation_is_registered_while_it_runs(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    """Accepted: its row is left running; ended: it is not (nothing for the exit to do)."""
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        assert row.pk in shutdown.left_running()
+        await communicator.disconnect(code=1000)
+        await ended(row.pk)
+        await eventually(lambda: row.pk not in shutdown.left_running())
+
+    run(test)
+
+
+def test_a_refused_socket_is_not_registered(engine: Any, user: Any) -> None:
+    row, token, _secret = site_row(user)
+    _refused(socket(token, "not the secret"))
+    assert row.pk not in shutdown.left_running()
+
+
+def test_the_exit_ends_a_conversation_left_running(engine: Any, user: Any) -> None:
+    """The server's loop stopped with it running: at exit its row ends and its Avaturn
+    session is terminated."""
+    row, _token, _secret = site_row(user)
+    shutdown.running(row.pk)
+    shutdown.end_left_running()
+    row.refresh_from_db()
+    assert (row.status, row.end_reason, row.end_detail) == (
+        SessionStatus.ENDED,
+        EndReason.ENGINE_CLOSED,
+        shutdown.EXIT_DETAIL,
+    )
+    assert engine.avaturn.deleted == ["sess-1"]
+    assert shutdown.left_running() == []
+
+
+def test_the_exit_leaves_a_database_it_no_longer_has_alone(
+    engine: Any, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test database torn down before the exit: the row registered there is not looked
+    for in the database that now has the alias."""
+    row, _token, _secret = site_row(user)
+    shutdown.running(row.pk)
+    monkeypatch.setitem(connection.settings_dict, "NAME", "another database")
+    shutdown.end_left_running()
+    monkeypatch.undo()
+    row.refresh_from_db()
+    assert row.status == SessionStatus.LIVE
+    assert engine.avaturn.deleted == []
+    assert shutdown.left_running() == []

@@ -23,6 +23,9 @@ Whichever side ends, both sockets close and the row records why:
   sockets close at once (1000); the row already says why.
 - The server cancels the consumer (daphne's shutdown and close timeout): the
   row ends ``engine_closed`` and OpenAI is closed all the same.
+- The server's loop stops with the conversation running (daphne's shutdown
+  may skip the cancelling): ``shutdown`` ends the row ``engine_closed`` at
+  the process's exit.
 
 Every end of the row goes through ``ending.end_session``, which terminates
 the Avaturn session too (usually answered "already gone"): nothing is left
@@ -46,7 +49,7 @@ from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.engine import layer, tokens
+from django_avaturn.engine import layer, shutdown, tokens
 from django_avaturn.engine.bridge import Bridge, EndCause
 from django_avaturn.engine.realtime import connect_realtime
 from django_avaturn.engine.tools import ToolRunner, load_registry
@@ -181,6 +184,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             await self.close(code=REFUSED)
             return
         self.row = row
+        shutdown.running(row.pk)
         await self.accept()
         logger.info("Site engine socket connected for session row %s", row.pk)
         if self.channel_layer is not None:
@@ -467,6 +471,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 await database_sync_to_async(end_row, thread_sensitive=False)(
                     self.row.pk, reason, detail
                 )
+            if self.row is not None:
+                shutdown.done(self.row.pk)
         logger.info(
             "Site engine socket of session row %s closed (%s)",
             self.row.pk if self.row is not None else "?",

@@ -1,0 +1,72 @@
+"""The rows of this process's conversations, ended if the process exits with them running.
+
+A server shutting down ends each conversation through its consumer: uvicorn
+sends ``websocket.disconnect`` (1012), daphne cancels the application. daphne
+4.2 skips the cancelling whenever a connection of about the last second has
+no application of its own (a WebSocket's upgrade request, a finished HTTP
+request not yet reaped): its ``kill_all_applications`` raises ``KeyError``
+and its event loop stops with the conversations still running. Their
+sockets drop with the process, which ends the Avaturn sessions, but no code
+of the consumer's runs again. ``end_left_running`` runs at interpreter exit
+and ends those rows (terminating their Avaturn sessions, usually answered
+"already gone"), so no row stays live for a conversation that no longer
+exists.
+
+The consumer registers a row once its socket is accepted (``running``) and
+removes it once its end is done (``done``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+
+from django.db import connections, router
+
+from django_avaturn.models import EndReason, Session
+
+logger = logging.getLogger(__name__)
+
+EXIT_DETAIL = "The server process exited with the conversation running."
+
+# Row pk -> the database it was read from (alias, NAME): a test database torn
+# down before exit is not touched, nor a database of the same alias renamed.
+_running: dict[int, tuple[str, str]] = {}
+_lock = threading.Lock()
+
+
+def running(pk: int) -> None:
+    alias = router.db_for_write(Session)
+    with _lock:
+        _running[pk] = (alias, str(connections[alias].settings_dict.get("NAME")))
+
+
+def done(pk: int) -> None:
+    with _lock:
+        _running.pop(pk, None)
+
+
+def left_running() -> list[int]:
+    with _lock:
+        return list(_running)
+
+
+def end_left_running() -> None:
+    """End the row of every conversation still registered (at exit: the loop has stopped)."""
+    from django_avaturn.engine.consumer import end_row
+
+    with _lock:
+        left = list(_running.items())
+        _running.clear()
+    for pk, (alias, name) in left:
+        if alias not in connections or str(connections[alias].settings_dict.get("NAME")) != name:
+            continue
+        logger.warning("Ending session row %s: the server exited with it running.", pk)
+        try:
+            end_row(pk, EndReason.ENGINE_CLOSED, EXIT_DETAIL)
+        except Exception:  # the database is gone too: the expiry command ends it
+            logger.exception("Could not end session row %s at exit", pk)
+
+
+atexit.register(end_left_running)
