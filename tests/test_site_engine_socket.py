@@ -814,19 +814,21 @@ def test_a_refused_socket_is_not_registered(engine: Any, user: Any) -> None:
     assert row.pk not in shutdown.left_running()
 
 
-def test_the_exit_ends_a_conversation_left_running(engine: Any, user: Any) -> None:
-    """The server's loop stopped with it running: at exit its row ends and its Avaturn
-    session is terminated."""
-    row, _token, _secret = site_row(user)
-    shutdown.running(row.pk)
+def test_the_exit_ends_the_conversations_left_running(engine: Any, user: Any) -> None:
+    """The server's loop stopped with them running: at exit their rows end and their
+    Avaturn sessions are terminated."""
+    rows = [site_row(user, session_id)[0] for session_id in ("sess-1", "sess-2")]
+    for row in rows:
+        shutdown.running(row.pk)
     shutdown.end_left_running()
-    row.refresh_from_db()
-    assert (row.status, row.end_reason, row.end_detail) == (
-        SessionStatus.ENDED,
-        EndReason.ENGINE_CLOSED,
-        shutdown.EXIT_DETAIL,
-    )
-    assert engine.avaturn.deleted == ["sess-1"]
+    for row in rows:
+        row.refresh_from_db()
+        assert (row.status, row.end_reason, row.end_detail) == (
+            SessionStatus.ENDED,
+            EndReason.ENGINE_CLOSED,
+            shutdown.EXIT_DETAIL,
+        )
+    assert sorted(engine.avaturn.deleted) == ["sess-1", "sess-2"]
     assert shutdown.left_running() == []
 
 

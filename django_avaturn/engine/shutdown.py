@@ -25,6 +25,7 @@ import threading
 from django.db import connections, router
 
 from django_avaturn.models import EndReason, Session
+from django_avaturn.sessions import ending
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +54,29 @@ def left_running() -> list[int]:
 
 
 def end_left_running() -> None:
-    """End the row of every conversation still registered (at exit: the loop has stopped)."""
-    from django_avaturn.engine.consumer import end_row
+    """End the row of every conversation still registered (at exit: the loop has stopped).
 
+    One ``end_sessions`` for them all: their terminates run
+    ``TERMINATE_CONCURRENCY`` at a time, so many conversations do not hold
+    the exit for long.
+    """
     with _lock:
         left = list(_running.items())
         _running.clear()
-    for pk, (alias, name) in left:
-        if alias not in connections or str(connections[alias].settings_dict.get("NAME")) != name:
-            continue
-        logger.warning("Ending session row %s: the server exited with it running.", pk)
-        try:
-            end_row(pk, EndReason.ENGINE_CLOSED, EXIT_DETAIL)
-        except Exception:  # the database is gone too: the expiry command ends it
-            logger.exception("Could not end session row %s at exit", pk)
+    pks = [
+        pk
+        for pk, (alias, name) in left
+        if alias in connections and str(connections[alias].settings_dict.get("NAME")) == name
+    ]
+    if not pks:
+        return
+    logger.warning("Ending %d session row(s) the server exited with running: %s", len(pks), pks)
+    try:
+        ending.end_sessions(
+            Session.objects.filter(pk__in=pks), reason=EndReason.ENGINE_CLOSED, detail=EXIT_DETAIL
+        )
+    except Exception:  # the database is gone too: the expiry command ends them
+        logger.exception("Could not end session rows %s at exit", pks)
 
 
 atexit.register(end_left_running)
