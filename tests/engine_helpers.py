@@ -75,6 +75,10 @@ class MemoryRealtime:
         await self._incoming.put(raw)
         await self.wait_idle()
 
+    async def push_last(self, event: dict[str, Any]) -> None:
+        """``push`` an event after which the bridge reads no more (it ends on it)."""
+        await self._incoming.put(json.dumps(event).encode())
+
     async def wait_idle(self) -> None:
         await asyncio.wait_for(self._waiting.wait(), 2)
         # Let tasks the event started (tool calls, notices) take their first step.

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from django_avaturn.engine import protocol
 from django_avaturn.engine.bridge import (
     CHECKING_NOTICE,
     NO_TOOLS_OUTPUT,
@@ -247,6 +248,37 @@ def test_advisory_errors_are_logged_and_the_call_goes_on(caplog: pytest.LogCaptu
     text = caplog.text
     assert "response_cancel_not_active" in text
     assert "json.parsing.error" in text
+
+
+def test_openai_refusing_the_session_ends_run(caplog: pytest.LogCaptureFixture) -> None:
+    """Without its configuration the model would talk without the site's instructions and
+    tools: an error naming the session.update ends the conversation."""
+
+    async def test() -> None:
+        async with Running() as r:
+            await r.realtime.push_last(
+                {
+                    "type": "error",
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "invalid_value",
+                        "message": "Invalid value: 'nobody'. Supported values are: 'marin'.",
+                        "param": "session.audio.output.voice",
+                        "event_id": protocol.SESSION_UPDATE_EVENT_ID,
+                    },
+                }
+            )
+            assert r.task is not None
+            assert await asyncio.wait_for(r.task, 2) == EndCause.OPENAI_FAILED
+            assert r.bridge.end_detail == (
+                "OpenAI Realtime refused the session (invalid_value: Invalid value: 'nobody'. "
+                "Supported values are: 'marin'.)."
+            )
+            assert r.realtime.closed
+
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.engine.bridge"):
+        run(test)
+    assert "the call goes on" not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,7 @@ def test_connect_sends_one_session_update_and_the_key_stays_out_of_logs(
         assert loopback.received == [
             {
                 "type": "session.update",
+                "event_id": "django_avaturn_session_update",
                 "session": {
                     "type": "realtime",
                     "model": "gpt-realtime",

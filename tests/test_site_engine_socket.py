@@ -679,6 +679,49 @@ def test_a_scripted_conversation_runs_the_sites_tool_as_the_sessions_user(
     assert calls == {("whoami", "ok"), ("show_card", "ok")}
 
 
+def test_openai_refusing_the_session_ends_the_conversation(
+    avaturn: AvaturnOverrides, settings: Any, upstream: Any, user: Any
+) -> None:
+    """A configuration OpenAI refuses (an unknown voice, say) would leave the model
+    without the site's instructions and tools: the call ends, and the row says why."""
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    with FakeRealtime(Script([]), api_key="sk-test-openai-0123456789") as fake:
+        fake.refuse_session = "Invalid value: 'nobody'. Supported values are: 'marin'."
+        avaturn(
+            ENGINE="site",
+            SITE_ENGINE={
+                "PUBLIC_URL": "wss://avatar.example.com",
+                "OPENAI_WEBSOCKET_URL": fake.websocket_base_url,
+            },
+        )
+        row, token, secret = site_row(user)
+
+        async def test() -> None:
+            communicator = socket(token, secret)
+            assert (await communicator.connect(TIMEOUT))[0] is True
+            close = await closed_with(communicator)
+            assert close["code"] == 4011
+            assert close["reason"].startswith("OpenAI Realtime refused the session")
+            await communicator.disconnect()
+            ended_row = await ended(row.pk)
+            assert (ended_row.status, ended_row.end_reason) == (
+                SessionStatus.FAILED,
+                EndReason.UPSTREAM_ERROR,
+            )
+            assert ended_row.end_detail == (
+                "OpenAI Realtime refused the session (invalid_value: Invalid value: "
+                "'nobody'. Supported values are: 'marin'.)."
+            )
+
+        run(test)
+        assert fake.wait_until(lambda: fake.open_connections == 0)
+        (connection,) = fake.connections
+        (error,) = connection.errors_sent
+        assert error["event_id"] == "django_avaturn_session_update"
+        assert connection.session_updates == []  # refused: nothing of it applied
+    assert upstream.avaturn.deleted == ["sess-1"]
+
+
 # ---------------------------------------------------------------------- the frames' path
 
 

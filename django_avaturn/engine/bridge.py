@@ -124,6 +124,8 @@ class Bridge:
         # answered with response.created: an error naming it means it was refused.
         self._create_event_id = ""
         self._creates_sent = 0
+        # OpenAI refused the session.update (an error naming it): run() ends.
+        self._session_refused = False
 
     # The host's calls.
 
@@ -258,6 +260,8 @@ class Bridge:
                 await self._on_audio_delta(event)
             else:
                 await self._on_event(kind, event)
+                if self._session_refused:
+                    return EndCause.OPENAI_FAILED
 
     def _close_detail(self, what: str, exc: ConnectionClosed) -> str:
         frame = exc.rcvd
@@ -366,6 +370,13 @@ class Bridge:
         else:
             code, message, refused_event = "unknown", "", None
         self._last_error = code
+        if refused_event == protocol.SESSION_UPDATE_EVENT_ID:
+            # Without its configuration the model would talk without the site's
+            # instructions and tools: the conversation ends (run() returns OPENAI_FAILED).
+            self.end_detail = f"OpenAI Realtime refused the session ({code}: {message})."
+            logger.warning("%s", self.end_detail)
+            self._session_refused = True
+            return
         # Advisory: OpenAI refuses one client event and the conversation goes on (a
         # fatal error is followed by OpenAI closing the socket, which ends run()).
         logger.warning("OpenAI Realtime error (the call goes on): %s: %s", code, message)

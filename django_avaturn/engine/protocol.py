@@ -139,5 +139,13 @@ def page_message(data: dict[str, Any]) -> str:
     )
 
 
+# The event_id of the one session.update: an error naming it means OpenAI refused the
+# session's configuration (an unknown voice or model, a malformed tool), and the call
+# would go on without the site's instructions and tools.
+SESSION_UPDATE_EVENT_ID = "django_avaturn_session_update"
+
+
 def session_update(session: dict[str, Any]) -> str:
-    return json.dumps({"type": "session.update", "session": session})
+    return json.dumps(
+        {"type": "session.update", "event_id": SESSION_UPDATE_EVENT_ID, "session": session}
+    )

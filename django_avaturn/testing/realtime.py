@@ -261,8 +261,16 @@ class _Session:
         code: str | None,
         type: str = "invalid_request_error",
         param: str | None = None,
+        event_id: str | None = None,
     ) -> None:
-        error = {"type": type, "code": code, "message": message, "param": param, "event_id": None}
+        """OpenAI's ``error`` event; ``event_id`` names the client event it refuses."""
+        error = {
+            "type": type,
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": event_id,
+        }
         await self.send("error", error=error)
 
     # -- receiving --------------------------------------------------------------
@@ -298,6 +306,19 @@ class _Session:
             self.record.events.append(event)
         if kind == "session.update":
             update = event.get("session")
+            refusal = self.fake.refuse_session
+            if refusal is not None:
+                # As OpenAI refuses an unknown voice or a malformed tool: the session
+                # keeps what it had, and the error names the client event.
+                await self.error(
+                    refusal,
+                    code="invalid_value",
+                    param="session",
+                    event_id=event.get("event_id")
+                    if isinstance(event.get("event_id"), str)
+                    else None,
+                )
+                return
             if isinstance(update, dict):
                 with lock:
                     self.record.session_updates.append(update)
@@ -621,6 +642,9 @@ class FakeRealtime:
             script = rundemo_script()
         self.script = script if isinstance(script, Script) else Script(tuple(script))
         self.api_key = api_key
+        # A message: every session.update is refused with it (an invalid_request_error
+        # naming the event), as OpenAI refuses a configuration it does not accept.
+        self.refuse_session: str | None = None
         self.host = host
         self.port = port
         self._lock = threading.Lock()
