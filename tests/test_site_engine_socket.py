@@ -26,6 +26,7 @@ from django_avaturn.engine import layer, shutdown, tokens
 from django_avaturn.engine.consumer import STOP_WAIT
 from django_avaturn.engine.routing import websocket_urlpatterns
 from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
+from django_avaturn.sessions import transitions
 from django_avaturn.sessions.plan import realtime_session_from_settings
 from django_avaturn.testing.realtime import CallTool, Close, FakeRealtime, Script
 from tests.helpers import AvaturnOverrides, closed_port, live, run_coroutine
@@ -585,6 +586,32 @@ def test_the_site_ending_the_session_closes_both_sockets_at_once(
     # The site's end, as the site recorded it: the engine's close adds nothing.
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, reason)
     assert engine.avaturn.deleted == ["sess-1"]
+
+
+def test_a_create_with_an_unknown_outcome_closes_a_socket_connected_meanwhile(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    """Avaturn connected the engine while its create ran, then the create timed out: the
+    session it may have started has no id to terminate, so the engine closes its socket
+    (which ends it). The row keeps its slot, ending, for the expiry command."""
+    row, token, secret = site_row(user)
+    Session.objects.filter(pk=row.pk).update(status=SessionStatus.STARTING, session_id=None)
+    row.refresh_from_db()
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await sync_to_async(transitions.hold_unknown_outcome)(row, TimeoutError("read timed out"))
+        close = await closed_with(communicator)
+        assert close["code"] == 1000
+        await eventually(lambda: realtime.open == 0)
+        await communicator.disconnect()
+
+    run(test)
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDING, EndReason.UPSTREAM_ERROR)
+    assert engine.avaturn.deleted == []
 
 
 def test_the_kill_switch_closes_every_engine(

@@ -200,7 +200,7 @@ def hold_unknown_outcome(row: Session, exc: BaseException) -> None:
     detail = failure_detail(exc)
     logger.warning("Avaturn session start had an unknown outcome: %s", detail)
     try:
-        Session.objects.filter(
+        held = Session.objects.filter(
             pk=row.pk,
             status__in=(SessionStatus.STARTING, SessionStatus.ENDING),
             session_id__isnull=True,
@@ -214,6 +214,12 @@ def hold_unknown_outcome(row: Session, exc: BaseException) -> None:
     except DatabaseError:
         # The expiry command fails the stale starting row; the slot is then freed early.
         logger.exception("Could not record the unknown outcome of session row %s", row.pk)
+        return
+    if held:
+        # A site engine socket Avaturn connected while the create ran closes: closing
+        # it ends that Avaturn session, which nothing could terminate by its id.
+        row.end_reason = EndReason.UPSTREAM_ERROR
+        tell_site_engine([row])
 
 
 def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = None) -> None:
