@@ -34,6 +34,7 @@ from django.db import connections, router, transaction
 
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.sessions import transitions
 from django_avaturn.sessions.ending import Result, end_sessions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.upstream.clients import get_avaturn_client
@@ -71,11 +72,21 @@ def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> N
     # (and record a session id this list would miss) before the rows go; it
     # then finds its row gone and terminates what it created.
     locked = rows.select_for_update() if _locks_rows(Session) else rows
+    values = list(locked.values_list("pk", "status", "session_id", "engine"))
     session_ids = [
         session_id
-        for status, session_id in locked.values_list("status", "session_id")
+        for _pk, status, session_id, _engine in values
         if session_id is not None and status in (SessionStatus.LIVE, SessionStatus.ENDING)
     ]
+    # A site engine socket closes once the deletion commits, whether or not the
+    # terminate below gets through (closing it ends its Avaturn session too).
+    transitions.tell_site_engine(
+        [
+            Session(pk=pk, engine=engine, end_reason=EndReason.USER)
+            for pk, status, _session_id, engine in values
+            if status in (SessionStatus.STARTING, SessionStatus.LIVE, SessionStatus.ENDING)
+        ]
+    )
     # Django listed the rows to cascade before this signal; a start may have
     # added one since, which would fail the deletion on its foreign key.
     rows.delete()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import threading
@@ -25,6 +26,7 @@ from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import layer, shutdown, tokens
 from django_avaturn.engine.consumer import STOP_WAIT
 from django_avaturn.engine.routing import websocket_urlpatterns
+from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
 from django_avaturn.sessions import transitions
 from django_avaturn.sessions.plan import realtime_session_from_settings
@@ -586,6 +588,51 @@ def test_the_site_ending_the_session_closes_both_sockets_at_once(
     # The site's end, as the site recorded it: the engine's close adds nothing.
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, reason)
     assert engine.avaturn.deleted == ["sess-1"]
+
+
+@pytest.mark.parametrize("reason", [EndReason.ADMIN, EndReason.SHUTDOWN, EndReason.USER])
+def test_the_site_ending_the_session_closes_the_sockets_even_when_the_terminate_fails(
+    engine: Any, user: Any, realtime: LoopbackRealtime, reason: str
+) -> None:
+    """Avaturn's API failing must not leave the conversation running until the retry:
+    the engine closes its socket (which ends the Avaturn session) all the same."""
+    row, token, secret = site_row(user)
+    engine.avaturn.on_delete(500, {"detail": "busy"})
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        with contextlib.suppress(AvaturnError):
+            await sync_to_async(services.end_session)(row, reason=reason)
+        assert (await closed_with(communicator))["code"] == 1000
+        await eventually(lambda: realtime.open == 0)
+        await communicator.disconnect()
+
+    run(test)
+    row.refresh_from_db()
+    # Left for the expiry command's retry (the visitor's own Stop, which the widget
+    # retries, puts the row back to live instead, with its conversation).
+    assert (row.status, row.awaiting_retry) == (SessionStatus.ENDING, True)
+
+
+def test_deleting_the_user_closes_their_engine_sockets(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    _row, token, secret = site_row(user)
+    engine.avaturn.on_delete(500, {"detail": "busy"})
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await sync_to_async(user.delete)()
+        assert (await closed_with(communicator))["code"] == 1000
+        await eventually(lambda: realtime.open == 0)
+        await communicator.disconnect()
+
+    run(test)
+    assert not Session.objects.exists()
 
 
 def test_a_create_with_an_unknown_outcome_closes_a_socket_connected_meanwhile(

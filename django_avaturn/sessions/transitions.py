@@ -356,7 +356,7 @@ def finish_claimed(
 
 
 def tell_site_engine(sessions: Sequence[Session]) -> None:
-    """These rows' ends are final: a site engine socket of theirs closes, once committed.
+    """These rows are ended (or ending): a site engine socket of theirs closes, once committed.
 
     Through the channel layer (``engine.layer``), so the consumer holding the
     sockets closes both at once, in whichever process or host it runs.
@@ -435,6 +435,8 @@ def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
         for name, value in zip(fields, states.get(session.pk, ()), strict=False):
             setattr(session, name, value)
         session.updated_at = now
+    # Kept ending: whatever the terminate left running must not go on meanwhile.
+    tell_site_engine([s for s in sessions if s.status == SessionStatus.ENDING])
 
 
 def await_retry(sessions: Sequence[Session]) -> None:
@@ -448,6 +450,9 @@ def await_retry(sessions: Sequence[Session]) -> None:
     for session in sessions:
         if session.status == SessionStatus.ENDING:
             session.awaiting_retry, session.updated_at = True, now
+    # The conversation must not run on until the retry: closing its engine socket
+    # ends the Avaturn session too.
+    tell_site_engine([s for s in sessions if s.status == SessionStatus.ENDING])
 
 
 def take_over(sessions: Sequence[Session]) -> None:
