@@ -31,6 +31,7 @@ from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, T
 from django_avaturn.sessions import transitions
 from django_avaturn.sessions.plan import realtime_session_from_settings
 from django_avaturn.testing.realtime import CallTool, Close, FakeRealtime, Script
+from tests.channel_layers import HookedLayer
 from tests.helpers import AvaturnOverrides, closed_port, live, run_coroutine
 from tests.realtime_loopback import LoopbackRealtime
 
@@ -490,6 +491,58 @@ def test_a_channel_layer_that_fails_to_join_does_not_strand_the_conversation(
         await communicator.disconnect(code=1000)
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.ENGINE_CLOSED
+        await eventually(lambda: realtime.open == 0)
+
+    run(test)
+
+
+@pytest.fixture
+def hooked_layer(settings: Any) -> Iterator[type[HookedLayer]]:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "tests.channel_layers.HookedLayer"}}
+    yield HookedLayer
+    HookedLayer.failing_joins, HookedLayer.before_join = 0, None
+
+
+def test_the_site_ending_the_session_before_the_socket_joins_its_group_closes_it(
+    engine: Any, user: Any, realtime: LoopbackRealtime, hooked_layer: type[HookedLayer]
+) -> None:
+    """The end's message went to a group with nobody in it: the consumer reads the row
+    again once it has joined."""
+    row, token, secret = site_row(user)
+
+    async def end_first() -> None:
+        await sync_to_async(services.end_session)(row, reason=EndReason.ADMIN)
+
+    hooked_layer.before_join = end_first
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        assert (await closed_with(communicator))["code"] == 1000
+        await communicator.disconnect()
+        await eventually(lambda: realtime.open == 0)
+
+    run(test)
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
+    assert row.pk not in shutdown.left_running()
+
+
+def test_a_failed_group_join_is_retried_so_the_sites_end_still_reaches_the_socket(
+    engine: Any, user: Any, realtime: LoopbackRealtime, hooked_layer: type[HookedLayer]
+) -> None:
+    row, token, secret = site_row(user)
+    hooked_layer.failing_joins = 2
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await eventually(lambda: hooked_layer.failing_joins == 0)
+        # Before or after the join that succeeds (a second later), the end reaches it.
+        await sync_to_async(services.end_session)(row, reason=EndReason.ADMIN)
+        assert (await closed_with(communicator))["code"] == 1000
+        await communicator.disconnect()
         await eventually(lambda: realtime.open == 0)
 
     run(test)

@@ -119,6 +119,10 @@ def end_row(pk: int, reason: str, detail: str) -> None:
         logger.exception("Could not end session row %s after its engine socket closed", pk)
 
 
+def _still_running(pk: int) -> bool:
+    return Session.objects.filter(pk=pk, status__in=transitions.CAPPED_STATUSES).exists()
+
+
 def store_transcript(row: Session, role: str, text: str) -> None:
     text = text.strip()[: avaturn_settings.TRANSCRIPT_MAX_LENGTH]
     if not text:
@@ -166,6 +170,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     bridge_task: asyncio.Task[None] | None = None
     group: str | None = None
     finished: bool = False
+    _joining: asyncio.Task[None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -185,28 +190,22 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             return
         self.row = row
         shutdown.running(row.pk)
+        # Joined before accept, then the row read again: an end the site sent between
+        # the authentication and the join went to an empty group.
+        joined = await self._join_group(row.pk)
         await self.accept()
         logger.info("Site engine socket connected for session row %s", row.pk)
-        if self.channel_layer is not None:
-            group = layer.group_name(row.pk)
-            try:
-                await self.channel_layer.group_add(group, self.channel_name)
-            except Exception as exc:
-                # Avaturn's terminate still closes the socket; the site's own ends
-                # reach it that way, later than through the layer.
-                logger.warning(
-                    "Could not join session row %s's channel-layer group: %s",
-                    row.pk,
-                    _describe(exc),
-                )
-            else:
-                self.group = group
-        else:
+        if self.channel_layer is None:
             logger.warning(
                 "No channel layer: the site cannot end session row %s's engine at once, "
                 "nor send it messages (set CHANNEL_LAYERS).",
                 row.pk,
             )
+        elif not joined:
+            self._joining = asyncio.create_task(self._keep_joining(row.pk))
+        elif not await database_sync_to_async(_still_running)(row.pk):
+            await self._finish(None, close_code=SITE_ENDED, close_reason="The session ended.")
+            return
         # Frames Avaturn sends meanwhile wait in this consumer's queue: nothing is lost.
         try:
             await self._open(row)
@@ -219,6 +218,38 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 close_code=UPSTREAM_FAILED,
                 close_reason="The engine could not reach OpenAI.",
             )
+
+    async def _join_group(self, pk: int) -> bool:
+        """Join the session's channel-layer group; False if the layer failed (logged)."""
+        if self.channel_layer is None:
+            return False
+        group = layer.group_name(pk)
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except Exception as exc:
+            logger.warning(
+                "Could not join session row %s's channel-layer group (retrying every %g s): %s",
+                pk,
+                LAYER_RETRY,
+                _describe(exc),
+            )
+            return False
+        self.group = group
+        return True
+
+    async def _keep_joining(self, pk: int) -> None:
+        """Until the group is joined: meanwhile the site's ends reach the conversation only
+        through Avaturn's terminate, and ``say()`` and the page's messages not at all."""
+        while True:
+            await asyncio.sleep(LAYER_RETRY)
+            if self.finished:
+                return
+            if await self._join_group(pk):
+                if not await database_sync_to_async(_still_running)(pk):
+                    await self._finish(
+                        None, close_code=SITE_ENDED, close_reason="The session ended."
+                    )
+                return
 
     async def _open(self, row: Session) -> None:
         plan: dict[str, Any] = row.engine_plan or {}
@@ -444,6 +475,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             return
         self.finished = True
         self._settled.set()
+        if self._joining is not None and self._joining is not asyncio.current_task():
+            self._joining.cancel()
         bridge, task = self.bridge, self.bridge_task
         if bridge is not None:
             with contextlib.suppress(Exception):

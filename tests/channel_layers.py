@@ -1,0 +1,24 @@
+"""A channel layer for the engine socket's tests: Channels' in-memory one, whose group
+joins can fail or run a hook first (set on the class by the test, reset by it)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer
+
+
+class HookedLayer(InMemoryChannelLayer):  # type: ignore[misc]  # Channels is untyped
+    # Joins that fail (as a Redis layer does while Redis is unreachable), then succeed.
+    failing_joins = 0
+    # Awaited before each join that succeeds.
+    before_join: Callable[[], Awaitable[None]] | None = None
+
+    async def group_add(self, group: str, channel: str) -> Any:
+        if HookedLayer.failing_joins > 0:
+            HookedLayer.failing_joins -= 1
+            raise ConnectionError("the layer is unreachable")
+        if HookedLayer.before_join is not None:
+            await HookedLayer.before_join()
+        return await super().group_add(group, channel)
