@@ -250,6 +250,35 @@ def test_advisory_errors_are_logged_and_the_call_goes_on(caplog: pytest.LogCaptu
     assert "json.parsing.error" in text
 
 
+@pytest.mark.parametrize(
+    ("played", "audio_end_ms"),
+    [("NaN", 0), ("-1e999", 0), ("1e999", 0), ("Infinity", 0), ("1e300", None)],
+)
+def test_an_absurd_played_duration_is_bounded_by_what_was_generated(
+    played: str, audio_end_ms: int | None
+) -> None:
+    """Python's JSON reads NaN, Infinity and overflowing numbers: none may raise. One not
+    finite is no report (what the clock says was played); a huge one, all of it."""
+
+    async def test() -> None:
+        async with Running() as r:
+            await r.speak("r1", "i1", pcm(2000))
+            await r.realtime.push(response_done("r1"))
+            uid = r.avaturn.messages()[0]["segment_uid"]
+            await r.bridge.feed_message(
+                '{"type": "avatar.speech.segment.playback.interrupted", '
+                f'"segment_uid": "{uid}", "played_duration": {played}}}'
+            )
+            assert r.task is not None and not r.task.done()
+            truncates = r.realtime.of_type("conversation.item.truncate")
+            if audio_end_ms is None:
+                assert truncates == []
+            else:
+                assert [t["audio_end_ms"] for t in truncates] == [audio_end_ms]
+
+    run(test)
+
+
 def test_openai_refusing_the_session_ends_run(caplog: pytest.LogCaptureFixture) -> None:
     """Without its configuration the model would talk without the site's instructions and
     tools: an error naming the session.update ends the conversation."""

@@ -548,6 +548,46 @@ def test_a_failed_group_join_is_retried_so_the_sites_end_still_reaches_the_socke
     run(test)
 
 
+def test_a_failure_of_ours_on_avaturns_message_ends_the_call_cleanly(
+    engine: Any,
+    user: Any,
+    realtime: LoopbackRealtime,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in handling one of Avaturn's messages (stood in for by a handler that
+    raises): both sockets close and the row says why, instead of a dead pump."""
+    row, token, secret = site_row(user)
+
+    async def broken(self: Any, text: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("django_avaturn.engine.bridge.Bridge.feed_message", broken)
+
+    async def test() -> None:
+        communicator = socket(token, secret)
+        assert (await communicator.connect(TIMEOUT))[0] is True
+        await eventually(lambda: realtime.open == 1)
+        await communicator.send_to(text_data='{"type": "avatar.speech.segment.created"}')
+        close = await closed_with(communicator)
+        assert close["code"] == 4011
+        await communicator.disconnect()
+        ended_row = await ended(row.pk)
+        assert (ended_row.status, ended_row.end_reason) == (
+            SessionStatus.FAILED,
+            EndReason.UPSTREAM_ERROR,
+        )
+        assert ended_row.end_detail == (
+            "The engine failed on a message from Avaturn: RuntimeError: a bug"
+        )
+        await eventually(lambda: realtime.open == 0)
+
+    with caplog.at_level(logging.ERROR):
+        run(test)
+    assert "The site engine failed on a message from Avaturn" in caplog.text
+    assert engine.avaturn.deleted == ["sess-1"]
+
+
 def test_a_server_shutdown_is_what_the_row_says(
     engine: Any, user: Any, realtime: LoopbackRealtime
 ) -> None:

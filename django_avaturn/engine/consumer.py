@@ -414,7 +414,18 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         if bytes_data is not None:
             await bridge.feed_audio(bytes_data)
         elif text_data is not None:
-            await bridge.feed_message(text_data)
+            try:
+                await bridge.feed_message(text_data)
+            except Exception as exc:
+                # A bug of ours on a message Avaturn sent: end the call cleanly (both
+                # sockets, the row) rather than let the pump die with the sockets open.
+                logger.exception("The site engine failed on a message from Avaturn")
+                await self._finish(
+                    EndReason.UPSTREAM_ERROR,
+                    f"The engine failed on a message from Avaturn: {_describe(exc)}",
+                    close_code=UPSTREAM_FAILED,
+                    close_reason="The engine failed.",
+                )
 
     async def _avaturn_gone(self, failure: str) -> None:
         """A send to Avaturn failed: Avaturn's side ended, whichever message comes first.

@@ -33,6 +33,7 @@ segments in the order they were created).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ REOPEN = 3  # send ``segment_close(closed_uid)``, then as OPEN
 
 # How many interrupted or cancelled responses are remembered to drop their late audio.
 _DROPPED_MEMORY = 32
+# A reported playback longer than this (a day) is taken as this.
+_MAX_SECONDS = 86_400.0
 
 
 @dataclass(eq=False)
@@ -249,9 +252,14 @@ class Segments:
         segment = self._find(segment_uid)
         if segment is None:
             return None
-        if isinstance(played_duration, (int, float)) and not isinstance(played_duration, bool):
+        if (
+            isinstance(played_duration, (int, float))
+            and not isinstance(played_duration, bool)
+            and math.isfinite(played_duration)
+        ):
             # Seconds, as Avaturn's reference engine reads it (inferred: not documented).
-            segment.played_ms = max(0, round(played_duration * 1000))
+            # Bounded by what was generated below, so a huge value cannot overflow.
+            segment.played_ms = max(0, round(min(played_duration, _MAX_SECONDS) * 1000))
         played = self._played_ms(segment, now)
         self._finish(segment)
         if played >= segment.generated_ms:
