@@ -606,7 +606,36 @@ def test_an_error_about_another_event_leaves_the_response_create_waiting() -> No
             )
             await r.bridge.say("Second.")
             assert len(r.realtime.of_type("response.create")) == 1  # still one active
-            # The create itself refused: none will start, so the waiting one goes now.
+            # The create itself refused (not for an active response): none will start,
+            # so the waiting one goes now.
+            await r.realtime.push(
+                {
+                    "type": "error",
+                    "error": {"code": "invalid_value", "event_id": first["event_id"]},
+                }
+            )
+            second = r.realtime.of_type("response.create")[-1]
+            assert "Second." in second["response"]["instructions"]
+            assert second["event_id"] != first["event_id"]
+
+    run(test)
+
+
+@pytest.mark.parametrize("created_first", [True, False])
+def test_a_create_refused_for_openais_own_response_is_asked_again_after_it(
+    created_first: bool,
+) -> None:
+    """Server VAD started a response just as ours was asked: OpenAI refuses ours. It is
+    asked again once that response is done (its response.created may come before the
+    refusal, or not at all before its response.done), then what waited after it."""
+
+    async def test() -> None:
+        async with Running() as r:
+            await r.bridge.say("First.")
+            (first,) = r.realtime.of_type("response.create")
+            await r.bridge.say("Second.")
+            if created_first:
+                await r.realtime.push(response_created("r_vad"))
             await r.realtime.push(
                 {
                     "type": "error",
@@ -616,9 +645,43 @@ def test_an_error_about_another_event_leaves_the_response_create_waiting() -> No
                     },
                 }
             )
-            second = r.realtime.of_type("response.create")[-1]
-            assert "Second." in second["response"]["instructions"]
-            assert second["event_id"] != first["event_id"]
+            assert len(r.realtime.of_type("response.create")) == 1  # nothing while it runs
+            await r.realtime.push(response_done("r_vad"))
+            again = r.realtime.of_type("response.create")[-1]
+            assert "First." in again["response"]["instructions"]
+            assert again["event_id"] != first["event_id"]
+            await r.realtime.push(response_created("r2"))
+            await r.realtime.push(response_done("r2"))
+            last = r.realtime.of_type("response.create")[-1]
+            assert "Second." in last["response"]["instructions"]
+
+    run(test)
+
+
+def test_a_tool_answer_refused_for_openais_own_response_is_asked_for_after_it() -> None:
+    """The model must still be asked about a tool's output: no dead air after 'checking'."""
+
+    async def echo_tool(call_id: str, name: str, arguments: str) -> str:
+        return '{"result": "ok"}'
+
+    async def test() -> None:
+        async with Running(run_tool=echo_tool) as r:
+            await r.realtime.push(response_created("r_call"))
+            await r.realtime.push(function_call("call_1", "echo", "{}"))
+            await r.realtime.push(response_done("r_call"))
+            (create,) = r.realtime.of_type("response.create")
+            await r.realtime.push(response_created("r_vad"))
+            await r.realtime.push(
+                {
+                    "type": "error",
+                    "error": {
+                        "code": "conversation_already_has_active_response",
+                        "event_id": create["event_id"],
+                    },
+                }
+            )
+            await r.realtime.push(response_done("r_vad"))
+            assert len(r.realtime.of_type("response.create")) == 2
 
     run(test)
 

@@ -80,6 +80,12 @@ _DETAIL_MAX = 200
 _a2b = binascii.a2b_base64
 
 
+# OpenAI's refusal of a response.create while a response is active.
+ALREADY_ACTIVE = "conversation_already_has_active_response"
+# The active response is one OpenAI started whose id has not arrived.
+_UNKNOWN_RESPONSE = "?"
+
+
 def _short(value: object) -> str:
     text = str(value)
     return text if len(text) <= _DETAIL_MAX else text[:_DETAIL_MAX] + "…"
@@ -124,6 +130,9 @@ class Bridge:
         # answered with response.created: an error naming it means it was refused.
         self._create_event_id = ""
         self._creates_sent = 0
+        # What that response.create asked, to ask again should OpenAI refuse it because
+        # a response of its own (server VAD's) was active.
+        self._last_create = ""
         # OpenAI refused the session.update (an error naming it): run() ends.
         self._session_refused = False
 
@@ -325,7 +334,7 @@ class Bridge:
             close = self.segments.response_done(response_id)
             if close is not None:
                 await self._avaturn.send_text(close)
-        if response_id is None or response_id == self._active_response:
+        if response_id is None or self._active_response in (response_id, _UNKNOWN_RESPONSE):
             self._active_response = None
         if self._active_response is None:
             await self._after_response()
@@ -347,6 +356,7 @@ class Bridge:
         self._active_response = ""
         self._creates_sent += 1
         self._create_event_id = f"django_avaturn_response_{self._creates_sent}"
+        self._last_create = data
         event = json.loads(data)
         event["event_id"] = self._create_event_id
         await self._realtime.send_raw(json.dumps(event, separators=(",", ":")))
@@ -384,6 +394,18 @@ class Bridge:
         # it, or names no event at all): none will start, so what waits goes now. An
         # error about another event (a response.cancel after the turn detection had
         # cancelled already) leaves it waiting.
+        if code == ALREADY_ACTIVE and refused_event == self._create_event_id:
+            # A response OpenAI started itself (server VAD) was active: ask again once it
+            # is done, so a tool's answer or a said text is not lost. Its response.created
+            # may be still to come; if not, its response.done frees the slot.
+            if self._last_create == protocol.RESPONSE_CREATE:
+                self._outputs_pending = True
+            else:
+                self._queued_responses.insert(0, self._last_create)
+            self._last_create = ""
+            if self._active_response == "":
+                self._active_response = _UNKNOWN_RESPONSE
+            return
         if self._active_response == "" and refused_event in (None, self._create_event_id):
             self._active_response = None
             await self._after_response()
@@ -398,7 +420,7 @@ class Bridge:
             )
         active = self._active_response
         if active is not None:
-            if active:
+            if active and active != _UNKNOWN_RESPONSE:
                 self.segments.drop_response(active)
             # OpenAI's server VAD may have cancelled it already: its refusal is advisory.
             await self._realtime.send_raw(protocol.RESPONSE_CANCEL)
