@@ -13,10 +13,11 @@ import logging
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
 
 from django_avaturn.engine.bridge import Bridge, EndCause
-from django_avaturn.engine.realtime import _client, connect_realtime
+from django_avaturn.engine.realtime import _client, _direct, _DirectSocket, connect_realtime
 from django_avaturn.exceptions import NotConfigured
 from tests.engine_helpers import MemoryAvaturn, audio_delta, pcm, response_done
 from tests.helpers import KEYS, run_coroutine
@@ -271,3 +272,55 @@ def test_a_scripted_conversation_with_the_shipped_fake(avaturn: Any) -> None:
     assert "response.cancel" in record.event_types()
     assert SegmentChecker().check(socket.sent) == []
     assert len(record.session_updates) == 1
+
+
+def test_events_go_through_the_sdk_connections_own_websocket(
+    avaturn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not through the SDK's send queue and receive wrapper, which cost microseconds an
+    event; the SDK still closes the connection."""
+    from openai._websocket_connection import AsyncWebSocketConnectionBase
+    from openai.resources.realtime.realtime import AsyncRealtimeConnection
+
+    def not_per_event(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an event went through the SDK's own method")
+
+    async def test(loopback: Loopback, url: str) -> None:
+        connection = await connect_realtime(
+            model="m", session_config={}, tools=[], websocket_url=url
+        )
+        monkeypatch.setattr(AsyncWebSocketConnectionBase, "send_raw", not_per_event)
+        monkeypatch.setattr(AsyncRealtimeConnection, "recv_bytes", not_per_event)
+        closed = []
+        sdk_close = AsyncWebSocketConnectionBase.close
+
+        async def close(self: Any, **kwargs: Any) -> None:
+            closed.append(kwargs)
+            await sdk_close(self, **kwargs)
+
+        monkeypatch.setattr(AsyncWebSocketConnectionBase, "close", close)
+        try:
+            assert json.loads(await connection.recv_bytes())["type"] == "session.created"
+            await connection.send_raw('{"type":"response.create"}')
+            await loopback.wait_for(2)
+        finally:
+            await connection.close(code=1000, reason="bye")
+        assert loopback.received[1] == {"type": "response.create"}
+        assert closed == [{"code": 1000, "reason": "bye"}]
+
+    run_with_server(test)
+
+
+def test_a_connection_that_may_reconnect_or_holds_no_websocket_is_used_as_it_is() -> None:
+    class Sdk:
+        _connection = None
+        _make_ws = None
+
+    assert _direct(Sdk()).__class__ is Sdk
+    reconnecting = Sdk()
+    reconnecting._make_ws = object()  # type: ignore[assignment]
+    reconnecting._connection = object.__new__(ClientConnection)  # type: ignore[assignment]
+    assert _direct(reconnecting) is reconnecting
+    plain = Sdk()
+    plain._connection = object.__new__(ClientConnection)  # type: ignore[assignment]
+    assert isinstance(_direct(plain), _DirectSocket)

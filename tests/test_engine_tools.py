@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -12,9 +13,10 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission
+from django.db import DatabaseError, connections, transaction
 from django.urls import reverse
 
-from django_avaturn.engine import ToolContext, ToolError, tool
+from django_avaturn.engine import ToolContext, ToolError, tool, tools
 from django_avaturn.engine.tools import (
     BROWSER_MESSAGE_MAX_BYTES,
     ToolRegistry,
@@ -26,6 +28,7 @@ from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import SessionStatus, ToolCall, ToolCallStatus
 from tests import engine_tools_example as example
 from tests.helpers import live, logged_in, run_coroutine, staff
+from tests.live_fake import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -537,3 +540,71 @@ def test_a_call_runs_while_the_shared_database_thread_is_busy(runner: ToolRunner
 
     assert json.loads(run(test())) == {"result": 5}
     assert row("busy").status == ToolCallStatus.OK
+
+
+def test_the_database_thread_keeps_its_connection_between_steps_and_closes_it_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Opening and closing a connection per step was most of a step's cost: while steps
+    keep coming they share one, and the thread closes it once none has come for a while."""
+    monkeypatch.setattr(tools._DB_STEPS, "idle", 0.2)
+
+    def step() -> tuple[Any, Any]:
+        ToolCall.objects.exists()  # a query: the connection is open
+        wrapper = connections["default"]
+        return wrapper, wrapper.connection
+
+    async def steps() -> list[tuple[Any, Any]]:
+        return [await tools._run_db(step), await tools._run_db(step)]
+
+    (wrapper, first), (same_wrapper, second) = run(steps())
+    assert same_wrapper is wrapper
+    assert first is not None
+    assert second is first
+    assert wait_until(lambda: not tools._DB_STEPS.running())
+    assert wrapper.connection is None
+
+
+@pytest.mark.parametrize("spoil", ["unusable after an error", "autocommit left off"])
+def test_a_connection_a_step_left_unusable_is_closed_before_the_next_step(
+    monkeypatch: pytest.MonkeyPatch, spoil: str
+) -> None:
+    """As ``close_old_connections`` does between a consumer's calls."""
+
+    def spoiling_step() -> Any:
+        ToolCall.objects.exists()
+        wrapper = connections["default"]
+        opened = wrapper.connection
+        if spoil == "autocommit left off":
+            transaction.set_autocommit(False)
+            return opened
+        # How a dropped connection answers Django's check after the error.
+        monkeypatch.setattr(type(wrapper), "is_usable", lambda self: False)
+        with wrapper.cursor() as cursor, contextlib.suppress(DatabaseError):
+            cursor.execute("SELECT * FROM no_such_table")
+        assert wrapper.errors_occurred
+        return opened
+
+    def next_step() -> Any:
+        ToolCall.objects.exists()
+        return connections["default"].connection
+
+    async def steps() -> tuple[Any, Any]:
+        return await tools._run_db(spoiling_step), await tools._run_db(next_step)
+
+    spoiled, fresh = run(steps())
+    assert spoiled is not None
+    assert fresh is not None
+    assert fresh is not spoiled
+
+
+def test_a_steps_exception_reaches_its_caller_and_the_next_step_runs() -> None:
+    def failing() -> None:
+        raise ValueError("step failed")
+
+    async def steps() -> Any:
+        with pytest.raises(ValueError, match="step failed"):
+            await tools._run_db(failing)
+        return await tools._run_db(lambda: ToolCall.objects.count())
+
+    assert run(steps()) == 0

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,11 +21,12 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.db import connection
 from uvicorn.protocols.utils import ClientDisconnected
+from websockets.exceptions import ConnectionClosed
 
 from django_avaturn import services
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import layer, shutdown, tokens
-from django_avaturn.engine.consumer import STOP_WAIT
+from django_avaturn.engine.consumer import STOP_WAIT, AvaturnGone, _AvaturnSide
 from django_avaturn.engine.routing import websocket_urlpatterns
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
@@ -1056,3 +1058,126 @@ def test_the_exit_leaves_a_database_it_no_longer_has_alone(
     assert row.status == SessionStatus.LIVE
     assert engine.avaturn.deleted == []
     assert shutdown.left_running() == []
+
+
+def test_frames_sent_before_the_engine_is_up_wait_for_it_and_none_is_lost(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    """Audio goes to the bridge without Channels' dispatch, still after the connect's
+    handler (OpenAI opened, the bridge made) and in order."""
+    _, token, secret = site_row(user)
+    avaturn = LeftAvaturn()
+
+    async def test() -> None:
+        app = URLRouter(websocket_urlpatterns)
+        await avaturn.incoming.put({"type": "websocket.connect"})
+        for n in range(3):
+            await avaturn.incoming.put({"type": "websocket.receive", "bytes": bytes([n]) * 960})
+        task = asyncio.ensure_future(
+            app(avaturn.scope(token, secret), avaturn.receive, avaturn.send)
+        )
+        await eventually(lambda: len(realtime.of_type("input_audio_buffer.append")) == 3)
+        await avaturn.incoming.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(task, TIMEOUT)
+
+    run(test)
+    appended = [e["audio"] for e in realtime.of_type("input_audio_buffer.append")]
+    assert appended == [base64.b64encode(bytes([n]) * 960).decode() for n in range(3)]
+
+
+@pytest.mark.parametrize("when", ["the site ended the conversation", "OpenAI could not be opened"])
+def test_a_frame_arriving_once_the_bridge_is_gone_is_dropped(
+    engine: Any,
+    user: Any,
+    realtime: LoopbackRealtime,
+    caplog: pytest.LogCaptureFixture,
+    avaturn: AvaturnOverrides,
+    when: str,
+) -> None:
+    row, token, secret = site_row(user)
+    if when == "OpenAI could not be opened":
+        avaturn(
+            SITE_ENGINE={
+                **avaturn_settings.SITE_ENGINE,
+                "OPENAI_WEBSOCKET_URL": f"ws://127.0.0.1:{closed_port()}/v1",
+            }
+        )
+    side = LeftAvaturn()
+
+    async def test() -> None:
+        app = URLRouter(websocket_urlpatterns)
+        await side.incoming.put({"type": "websocket.connect"})
+        task = asyncio.ensure_future(app(side.scope(token, secret), side.receive, side.send))
+        if when == "the site ended the conversation":
+            await eventually(lambda: bool(realtime.of_type("session.update")))
+            await sync_to_async(services.end_sessions)(
+                Session.objects.filter(pk=row.pk), reason=EndReason.SHUTDOWN
+            )
+        await eventually(
+            lambda: side.sent[-1:] != [] and side.sent[-1]["type"] == "websocket.close"
+        )
+        await side.incoming.put({"type": "websocket.receive", "bytes": PCM})
+        await asyncio.sleep(0.1)
+        await side.incoming.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(task, TIMEOUT)
+        await eventually(lambda: realtime.open == 0)
+
+    with caplog.at_level(logging.INFO):
+        run(test)
+    assert realtime.of_type("input_audio_buffer.append") == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+class ServerSend:
+    """The server's ``send`` as the consumer holds it (``base_send``), failing if asked."""
+
+    def __init__(self, failure: BaseException | None = None) -> None:
+        self.failure = failure
+        self.messages: list[dict[str, Any]] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.messages.append(message)
+
+
+def test_the_bridges_sends_go_straight_to_the_servers_send() -> None:
+    server = ServerSend()
+    side = _AvaturnSide(SimpleNamespace(base_send=server))  # type: ignore[arg-type]
+
+    async def test() -> None:
+        await side.send_bytes(PCM)
+        await side.send_text('{"type":"avatar.speech.interrupt"}')
+
+    run(test)
+    assert server.messages == [
+        {"type": "websocket.send", "bytes": PCM},
+        {"type": "websocket.send", "text": '{"type":"avatar.speech.interrupt"}'},
+    ]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [ClientDisconnected(), ConnectionClosed(None, None)],
+    ids=["uvicorn's ClientDisconnected", "websockets' ConnectionClosed"],
+)
+def test_a_send_failing_because_avaturn_left_is_avaturn_gone(failure: BaseException) -> None:
+    side = _AvaturnSide(SimpleNamespace(base_send=ServerSend(failure)))  # type: ignore[arg-type]
+
+    async def test() -> None:
+        for send, data in ((side.send_bytes, PCM), (side.send_text, "{}")):
+            with pytest.raises(AvaturnGone, match=type(failure).__name__) as raised:
+                await send(data)  # type: ignore[operator]
+            assert raised.value.__cause__ is failure
+
+    run(test)
+
+
+def test_another_failure_of_a_send_is_not_taken_for_avaturn_leaving() -> None:
+    side = _AvaturnSide(SimpleNamespace(base_send=ServerSend(RuntimeError("a bug"))))  # type: ignore[arg-type]
+
+    async def test() -> None:
+        with pytest.raises(RuntimeError, match="a bug"):
+            await side.send_bytes(PCM)
+
+    run(test)

@@ -149,14 +149,16 @@ class _AvaturnSide:
         self._consumer = consumer
 
     async def send_bytes(self, data: bytes) -> None:
+        # The server's send itself, not Channels' two wrappers around it: fifty a second
+        # per conversation for the audio alone.
         try:
-            await self._consumer.send(bytes_data=data)
+            await self._consumer.base_send({"type": "websocket.send", "bytes": data})
         except _SEND_FAILURES as exc:
             raise AvaturnGone(_describe(exc)) from exc
 
     async def send_text(self, text: str) -> None:
         try:
-            await self._consumer.send(text_data=text)
+            await self._consumer.base_send({"type": "websocket.send", "text": text})
         except _SEND_FAILURES as exc:
             raise AvaturnGone(_describe(exc)) from exc
 
@@ -333,7 +335,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         loop those turns, not the CPU, capped the frames a conversation could forward.
         Here each source is read by a loop of its own that takes every message already
         queued at once, and a lock (taken without a turn when free) keeps the handlers
-        one at a time.
+        one at a time. Avaturn's binary frames (its audio) go from the pump straight to
+        the bridge, under the same lock.
         """
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
@@ -348,6 +351,16 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         async def pump(source: Any) -> None:
             while True:
                 message = await source()
+                if message["type"] == "websocket.receive" and message.get("text") is None:
+                    # Avaturn's audio, straight to the bridge: none of Channels' handler
+                    # lookup and wrappers per frame. Dropped before the bridge is up (a
+                    # refused socket) and once the conversation has ended.
+                    data = message.get("bytes")
+                    async with one_at_a_time:
+                        bridge = self.bridge
+                        if data is not None and bridge is not None and not self.finished:
+                            await bridge.feed_audio(data)
+                    continue
                 async with one_at_a_time:
                     await self.dispatch(message)
 

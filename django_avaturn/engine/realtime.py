@@ -3,8 +3,9 @@
 The ``openai`` SDK's realtime client connects with the site's key (never sent
 anywhere else); one ``session.update`` then fixes what the bridge relies on: PCM16 at
 24 kHz both ways, server VAD turn detection, the input transcription when transcripts
-are kept, and the registry's tools. The bridge sends prepared JSON strings with
-``send_raw`` and reads ``recv_bytes``: the SDK's typed helpers cost far more CPU.
+are kept, and the registry's tools. The bridge sends prepared JSON strings and reads
+raw events: the SDK's typed helpers cost far more CPU. Each event goes through the
+SDK connection's own ``websockets`` connection (``_DirectSocket``) where it has one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from openai import AsyncOpenAI
 # tens to hundreds of milliseconds to import, which would land on a live call.
 from openai.resources.realtime.realtime import AsyncRealtimeConnection  # noqa: F401
 from openai.types.websocket_connection_options import WebSocketConnectionOptions
+from websockets.asyncio.client import ClientConnection
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import protocol
@@ -79,6 +81,42 @@ def session_for_bridge(
     return session
 
 
+class _DirectSocket:
+    """An SDK realtime connection, each event sent and read on its ``websockets`` connection.
+
+    The SDK's ``send_raw`` admits every message through its reconnection send queue (a
+    receipt, two locks, the current task's id): a few microseconds per message, and the
+    bridge sends fifty audio frames a second per conversation. The engine never asks the
+    SDK to reconnect (Avaturn's socket could not follow a new OpenAI session), so that
+    queue stays empty and the SDK's send comes down to the connection's own; its
+    ``recv_bytes`` likewise. ``close`` stays the SDK's.
+    """
+
+    __slots__ = ("_connection", "_websocket")
+
+    def __init__(self, connection: Any, websocket: ClientConnection) -> None:
+        self._connection = connection
+        self._websocket = websocket
+
+    async def send_raw(self, data: bytes | str) -> None:
+        await self._websocket.send(data)
+
+    async def recv_bytes(self) -> bytes:
+        return await self._websocket.recv(decode=False)
+
+    async def close(self, *, code: int = 1000, reason: str = "") -> None:
+        await self._connection.close(code=code, reason=reason)
+
+
+def _direct(connection: Any) -> RealtimeSocket:
+    """``connection`` as a ``_DirectSocket`` when it holds a ``websockets`` connection and
+    reconnects never; otherwise itself."""
+    websocket = getattr(connection, "_connection", None)
+    if isinstance(websocket, ClientConnection) and getattr(connection, "_make_ws", None) is None:
+        return _DirectSocket(connection, websocket)
+    return cast(RealtimeSocket, connection)
+
+
 @functools.lru_cache(maxsize=4)
 def _client(api_key: str, websocket_url: str | None) -> AsyncOpenAI:
     """One SDK client per key and address for the process, shared by every conversation.
@@ -122,4 +160,4 @@ async def connect_realtime(
     except BaseException:
         await connection.close()
         raise
-    return connection
+    return _direct(connection)

@@ -28,14 +28,12 @@ import re
 import threading
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from asgiref.sync import sync_to_async
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections, connections
 
@@ -409,34 +407,114 @@ def _run_sync_tool(
         loop.call_soon_threadsafe(_settle, future, result, error)
 
 
-def _in_db_thread(func: Callable[[], Any]) -> Callable[[], Any]:
-    """``func`` with stale connections closed around it, as Channels does for consumers."""
-
-    def run() -> Any:
-        close_old_connections()
-        try:
-            return func()
-        finally:
-            close_old_connections()
-
-    return run
+# A queued database step: the loop awaiting it, its future there, the step.
+_Step = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 
 
-# Every conversation's tool database steps, one at a time on a thread of their own.
-_DB_STEPS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avaturn-tool-db")
-
-
-async def _run_db(func: Callable[[], Any]) -> Any:
-    """``func`` (one short database step of a tool call) on the tools' own database thread.
+class _DatabaseThread:
+    """Every conversation's tool database steps, one at a time, on one thread of their own.
 
     Not on the thread that ``thread_sensitive`` calls share: that one serves every
     conversation's sockets (authenticated there) and ends, which then queued behind the
-    tools' checks and records. Nor on a pool of threads: each thread more contends for
-    the GIL with the sockets' event loop, and the frames' latency paid for it. Each step
-    is a whole unit (no transaction spans two); its connection is that thread's own,
-    closed around the step as Channels does for its calls.
+    tools' checks and records. Nor on a pool of threads: each thread more contends for the
+    GIL with the sockets' event loop, and the frames' latency paid for it.
+
+    The thread keeps its connection from one step to the next while steps keep coming,
+    and closes it (and ends) once none has come for ``idle`` seconds: opening and closing
+    a connection per step (``close_old_connections`` with ``CONN_MAX_AGE`` 0) was most of a
+    step's cost. Between steps, a connection that a failed step left unusable, or left
+    outside autocommit, is closed as ``close_old_connections`` would; a site's positive
+    ``CONN_MAX_AGE`` still retires one that outlived it. Each step is a whole unit: no
+    transaction spans two.
     """
-    return await sync_to_async(_in_db_thread(func), thread_sensitive=False, executor=_DB_STEPS)()
+
+    def __init__(self, name: str, *, idle: float) -> None:
+        self.name = name
+        self.idle = idle
+        self._ready = threading.Condition()
+        self._steps: deque[_Step] = deque()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, func: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Queue ``func``; the future (of the running loop) is settled with its outcome."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._ready:
+            self._steps.append((loop, future, func))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self.name)
+                self._thread.start()
+            else:
+                self._ready.notify()
+        return future
+
+    def running(self) -> bool:
+        """Whether the thread is up (a step queued or running, or idle less than ``idle``)."""
+        with self._ready:
+            return self._thread is not None
+
+    def _work(self) -> None:
+        close_old_connections()
+        while True:
+            with self._ready:
+                if not self._steps:
+                    self._ready.wait(self.idle)
+                step = self._steps.popleft() if self._steps else None
+            if step is None:
+                connections.close_all()  # this thread's own
+                with self._ready:
+                    if not self._steps:
+                        self._thread = None
+                        return
+                continue
+            loop, future, func = step
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = func()
+            except BaseException as exc:  # handed to the loop, which sorts them out
+                error = exc
+            finally:
+                _close_unusable_connections()
+            # A loop closed meanwhile raises RuntimeError: nobody waits for it then.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _close_unusable_connections() -> None:
+    """``close_old_connections`` between two steps of a busy database thread.
+
+    The same tests (autocommit left changed; an error since the last commit, and the
+    connection no longer usable), except the age test of ``CONN_MAX_AGE`` 0, which
+    would close the connection after every step; a positive ``CONN_MAX_AGE`` applies.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None:
+            continue
+        if conn.get_autocommit() != conn.settings_dict["AUTOCOMMIT"]:
+            conn.close()
+        elif conn.errors_occurred:
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                conn.close()
+        elif (
+            conn.settings_dict["CONN_MAX_AGE"]
+            and conn.close_at is not None
+            and time.monotonic() >= conn.close_at
+        ):
+            conn.close()
+
+
+# Seconds the tools' database thread keeps its connection without a step.
+DB_IDLE_CLOSE = 0.5
+
+_DB_STEPS = _DatabaseThread("avaturn-tool-db", idle=DB_IDLE_CLOSE)
+
+
+async def _run_db(func: Callable[[], Any]) -> Any:
+    """``func`` (one short database step of a tool call) on the tools' database thread."""
+    return await _DB_STEPS.submit(func)
 
 
 class ToolRunner:
