@@ -310,6 +310,38 @@ def test_openai_refusing_the_session_ends_run(caplog: pytest.LogCaptureFixture) 
     assert "the call goes on" not in caplog.text
 
 
+def test_a_credential_openai_echoes_reaches_neither_the_log_nor_the_end_detail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error may echo what was sent (a tool server's bearer token in the session)."""
+    echoed = "Bearer mcp-token-0123456789abcdef"
+
+    async def test() -> None:
+        async with Running() as r:
+            await r.realtime.push(
+                {"type": "error", "error": {"code": "invalid_value", "message": f"Bad {echoed}"}}
+            )
+            await r.realtime.push_last(
+                {
+                    "type": "error",
+                    "error": {
+                        "code": "invalid_value",
+                        "message": f"Refused header Authorization: {echoed}",
+                        "event_id": protocol.SESSION_UPDATE_EVENT_ID,
+                    },
+                }
+            )
+            assert r.task is not None
+            assert await asyncio.wait_for(r.task, 2) == EndCause.OPENAI_FAILED
+            assert "mcp-token" not in r.bridge.end_detail
+            assert "[redacted]" in r.bridge.end_detail
+
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.engine.bridge"):
+        run(test)
+    assert "mcp-token" not in caplog.text
+    assert caplog.text.count("[redacted]") == 2
+
+
 @pytest.mark.parametrize(
     ("code", "cause"),
     [(1000, EndCause.OPENAI_CLOSED), (1011, EndCause.OPENAI_FAILED)],

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from django_avaturn.engine import protocol
 from django_avaturn.engine.segments import DROP, FORWARD, REOPEN, Segments
+from django_avaturn.upstream.redaction import scrub
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ _UNKNOWN_RESPONSE = "?"
 
 
 def _short(value: object) -> str:
-    text = str(value)
+    """An upstream's words, for a log line, a row and a close reason: no credential in it
+    (an error may echo what was sent: a tool's header, a key) and not too long."""
+    text = scrub(str(value))
     return text if len(text) <= _DETAIL_MAX else text[:_DETAIL_MAX] + "…"
 
 
