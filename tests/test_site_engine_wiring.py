@@ -19,12 +19,15 @@ from django_avaturn.exceptions import NotConfigured, SessionNotLive
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.sessions import transitions
 from django_avaturn.testing import AVATURN_CREATE, FakeUpstream
+from tests.e2e.engine_servers import forget_prefix, new_prefix
 from tests.helpers import (
     LIST_URL,
     AvaturnOverrides,
     closed_port,
     csrf_post,
     live,
+    redis_reachable,
+    redis_url,
     run_coroutine,
 )
 from tests.live_fake import csrf_json
@@ -378,6 +381,47 @@ def test_a_message_too_large_is_413(api_client: APIClient, user: Any, settings: 
     response = csrf_post(api_client, _messages("sess-1"), {"data": too_large})
     assert (response.status_code, response.json()["code"]) == (413, "message_too_large")
     assert _nothing_waiting(channel)
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for _ in range(depth):
+        data = {"a": data}
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"n": 2**64}, "An integer is out of range."),
+        ({"n": [-(2**63) - 1]}, "An integer is out of range."),
+        (_nested(600), "Nested deeper than 32 levels."),
+    ],
+)
+def test_data_no_channel_layer_can_carry_is_400_not_503(
+    api_client: APIClient, user: Any, settings: Any, data: dict[str, Any], problem: str
+) -> None:
+    """channels-redis packs with msgpack, which refuses such values: the caller's error,
+    not the layer failing (and no warning in the site's log)."""
+    if not redis_reachable():
+        pytest.skip(f"no Redis at {redis_url()}")
+    prefix = new_prefix()
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_url()], "prefix": prefix},
+        }
+    }
+    live(user, "sess-1", engine="site")
+    try:
+        response = csrf_post(api_client, _messages("sess-1"), {"data": data})
+        assert (response.status_code, response.json()["code"]) == (400, "invalid")
+        assert problem in response.content.decode()
+        # At the limits, it travels.
+        edges = {"big": 2**64 - 1, "small": -(2**63), "deep": _nested(31)}
+        assert csrf_post(api_client, _messages("sess-1"), {"data": edges}).status_code == 204
+    finally:
+        forget_prefix(prefix)
 
 
 def test_messages_are_throttled_per_user(

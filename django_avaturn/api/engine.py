@@ -42,6 +42,38 @@ class EngineMessageSerializer(StrictSerializer):
         help_text=_("Whether the model answers it at once (otherwise it is context)."),
     )
 
+    def validate_data(self, value: dict[str, Any]) -> dict[str, Any]:
+        # What every channel layer carries (channels-redis packs with msgpack): a
+        # value it refuses is the caller's error, not the layer failing.
+        problem = _unpackable(value, depth=0)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+
+# Nesting a message may have; msgpack refuses past 511 levels.
+MAX_DEPTH = 32
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _unpackable(value: object, *, depth: int) -> str:
+    """Why ``value`` cannot travel through the channel layer, or ''."""
+    if depth > MAX_DEPTH:
+        return f"Nested deeper than {MAX_DEPTH} levels."
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "" if _INT_MIN <= value <= _INT_MAX else "An integer is out of range."
+    if isinstance(value, dict):
+        children: list[object] = list(value.values())
+    elif isinstance(value, list):
+        children = value
+    else:
+        return ""  # a string, a float, a boolean or null
+    for child in children:
+        problem = _unpackable(child, depth=depth + 1)
+        if problem:
+            return problem
+    return ""
+
 
 class SessionMessageView(AvaturnAPIView):
     """`POST`: send a message to the caller's own live site engine conversation."""
