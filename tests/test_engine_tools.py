@@ -385,6 +385,85 @@ def test_the_runners_timeout_applies_to_tools_without_their_own(
     )
 
 
+def test_a_call_whose_conversation_ends_while_its_record_waits_is_still_recorded(
+    session: Any, browser: Browser
+) -> None:
+    """The tool ran (it may have acted): its record is written although the bridge
+    cancelled the call while the record waited behind another database step."""
+    gate = threading.Event()
+    ran = asyncio.Event()
+
+    @tool
+    async def acts(ctx: ToolContext) -> str:
+        """Acts, then the database thread is busy with someone else's step."""
+        tools._DB_STEPS.submit(lambda: gate.wait(10))
+        ran.set()
+        return "done"
+
+    runner = ToolRunner(
+        ToolRegistry([acts.avaturn_tool]),  # type: ignore[attr-defined]
+        session=session,
+        user=session.user,
+        timeout=5,
+        record_arguments=False,
+        send_to_browser=browser,
+    )
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(runner("acted", "acts", "{}"))
+        await asyncio.wait_for(ran.wait(), 5)
+        await asyncio.sleep(0.05)  # the call is now awaiting its record
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        gate.set()
+
+    try:
+        run(scenario())
+    finally:
+        gate.set()
+    assert wait_until(lambda: ToolCall.objects.filter(call_id="acted").exists())
+    assert row("acted").status == ToolCallStatus.OK
+
+
+def test_a_sync_tool_failing_after_its_timeout_is_still_logged(
+    session: Any, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody waits for its answer any more, but it may have done part of its work."""
+    release = threading.Event()
+
+    @tool
+    def overruns(ctx: ToolContext) -> str:
+        """Overruns, then fails."""
+        release.wait(10)
+        detail = "-".join(("half", "done"))
+        raise RuntimeError(detail)
+
+    runner = ToolRunner(
+        ToolRegistry([overruns.avaturn_tool]),  # type: ignore[attr-defined]
+        session=session,
+        user=session.user,
+        timeout=0.1,
+        record_arguments=False,
+        send_to_browser=browser,
+    )
+
+    async def scenario() -> str:
+        answer = await runner("late", "overruns", "{}")
+        release.set()
+        await asyncio.sleep(0.3)  # the thread's failure reaches the loop
+        return answer
+
+    with caplog.at_level(logging.ERROR, logger="django_avaturn.engine.tools"):
+        try:
+            answer = json.loads(run(scenario()))
+        finally:
+            release.set()
+    assert answer["error"].startswith("The tool did not answer within 0.1 seconds.")
+    assert "Site tool 'overruns' failed with builtins.RuntimeError" in caplog.text
+    assert "half-done" not in caplog.text
+
+
 # ---------------------------------------------------------------------- idempotency
 
 

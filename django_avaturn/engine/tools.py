@@ -375,8 +375,19 @@ def _error(status: str, message: str) -> _Outcome:
 _tool_slots = threading.BoundedSemaphore(MAX_TOOL_THREADS)
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[Any], result: Any, error: BaseException | None, tool: str = ""
+) -> None:
     if future.done():  # cancelled: the call timed out or its conversation ended
+        if (
+            error is not None
+            and tool
+            and isinstance(error, Exception)
+            and not isinstance(error, ToolError)
+        ):
+            # Nobody waits for the answer now, but a tool that failed after overrunning
+            # may have done part of its work: the site hears of it.
+            _log_failure(tool, error)
         return
     if error is not None:
         future.set_exception(error)
@@ -391,6 +402,7 @@ def _run_sync_tool(
     func: Callable[..., Any],
     ctx: ToolContext,
     kwargs: dict[str, Any],
+    name: str,
 ) -> None:
     result: Any = None
     error: BaseException | None = None
@@ -404,7 +416,7 @@ def _run_sync_tool(
         _tool_slots.release()
     # A loop closed while the tool ran raises RuntimeError: nobody waits for it then.
     with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_settle, future, result, error)
+        loop.call_soon_threadsafe(_settle, future, result, error, name)
 
 
 # A queued database step: the loop awaiting it, its future there, the step.
@@ -688,7 +700,7 @@ class ToolRunner:
             # to finish on its own and its result is dropped.
             threading.Thread(
                 target=_run_sync_tool,
-                args=(loop, waited, contextvars.copy_context(), spec.func, ctx, kwargs),
+                args=(loop, waited, contextvars.copy_context(), spec.func, ctx, kwargs, spec.name),
                 name=f"avaturn-tool-{spec.name}",
                 daemon=True,
             ).start()
