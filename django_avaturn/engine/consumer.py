@@ -205,8 +205,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             )
         elif not joined:
             self._joining = asyncio.create_task(self._keep_joining(row.pk))
-        elif not await database_sync_to_async(_still_running)(row.pk):
-            await self._finish(None, close_code=SITE_ENDED, close_reason="The session ended.")
+        elif await self._ended_before_join(row.pk):
             return
         # Frames Avaturn sends meanwhile wait in this consumer's queue: nothing is lost.
         try:
@@ -247,11 +246,16 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             if self.finished:
                 return
             if await self._join_group(pk):
-                if not await database_sync_to_async(_still_running)(pk):
-                    await self._finish(
-                        None, close_code=SITE_ENDED, close_reason="The session ended."
-                    )
+                await self._ended_before_join(pk)
                 return
+
+    async def _ended_before_join(self, pk: int) -> bool:
+        """Once joined: an end the site recorded before went to an empty group, so the row
+        is read again; ended, the conversation ends as the group would have told it."""
+        if await database_sync_to_async(_still_running)(pk):
+            return False
+        await self._site_ended()
+        return True
 
     async def _open(self, row: Session) -> None:
         plan: dict[str, Any] = row.engine_plan or {}
@@ -405,7 +409,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Avaturn's frames straight to ``receive``; every other message as Channels does.
+        """Avaturn's text frames straight to ``receive`` (its audio never comes here: the
+        pump hands it to the bridge); every other message as Channels does.
 
         Channels' ``dispatch`` first awaits ``aclose_old_connections()``, a hop through the
         one thread that every ``database_sync_to_async`` call of the process shares: fifty
@@ -421,24 +426,22 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             await super().dispatch(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """One of Avaturn's JSON messages (its audio goes from the pump to the bridge)."""
         bridge = self.bridge
-        if bridge is None or self.finished:
+        if bridge is None or self.finished or text_data is None:
             return
-        if bytes_data is not None:
-            await bridge.feed_audio(bytes_data)
-        elif text_data is not None:
-            try:
-                await bridge.feed_message(text_data)
-            except Exception as exc:
-                # A bug of ours on a message Avaturn sent: end the call cleanly (both
-                # sockets, the row) rather than let the pump die with the sockets open.
-                logger.exception("The site engine failed on a message from Avaturn")
-                await self._finish(
-                    EndReason.UPSTREAM_ERROR,
-                    f"The engine failed on a message from Avaturn: {_describe(exc)}",
-                    close_code=UPSTREAM_FAILED,
-                    close_reason="The engine failed.",
-                )
+        try:
+            await bridge.feed_message(text_data)
+        except Exception as exc:
+            # A bug of ours on a message Avaturn sent: end the call cleanly (both
+            # sockets, the row) rather than let the pump die with the sockets open.
+            logger.exception("The site engine failed on a message from Avaturn")
+            await self._finish(
+                EndReason.UPSTREAM_ERROR,
+                f"The engine failed on a message from Avaturn: {_describe(exc)}",
+                close_code=UPSTREAM_FAILED,
+                close_reason="The engine failed.",
+            )
 
     async def _avaturn_gone(self, failure: str) -> None:
         """A send to Avaturn failed: Avaturn's side ended, whichever message comes first.
@@ -470,6 +473,9 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     # ------------------------------------------------------------------ the channel layer
 
     async def avaturn_engine_end(self, event: dict[str, Any]) -> None:
+        await self._site_ended()
+
+    async def _site_ended(self) -> None:
         """The site ended the session: the row says why; close both sockets now."""
         await self._finish(None, close_code=SITE_ENDED, close_reason="The session ended.")
 
