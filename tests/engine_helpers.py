@@ -138,6 +138,14 @@ def audio_done(response_id: str, item_id: str) -> dict[str, Any]:
     }
 
 
+def openai_error(code: str, message: str = "", **fields: Any) -> dict[str, Any]:
+    """OpenAI's ``error`` event; ``fields`` (``event_id``, ``param``, ``type``) join it."""
+    error: dict[str, Any] = {"code": code, **fields}
+    if message:
+        error["message"] = message
+    return {"type": "error", "error": error}
+
+
 SPEECH_STARTED: dict[str, Any] = {
     "type": "input_audio_buffer.speech_started",
     "audio_start_ms": 0,

@@ -33,6 +33,7 @@ from tests.engine_helpers import (
     audio_done,
     avaturn,
     function_call,
+    openai_error,
     pcm,
     response_created,
     response_done,
@@ -227,14 +228,11 @@ def test_advisory_errors_are_logged_and_the_call_goes_on(caplog: pytest.LogCaptu
     async def test() -> None:
         async with Running() as r:
             await r.realtime.push(
-                {
-                    "type": "error",
-                    "error": {
-                        "type": "invalid_request_error",
-                        "code": "response_cancel_not_active",
-                        "message": "Cancellation failed: no active response found",
-                    },
-                }
+                openai_error(
+                    "response_cancel_not_active",
+                    "Cancellation failed: no active response found",
+                    type="invalid_request_error",
+                )
             )
             await r.realtime.push(b"not json")
             await r.bridge.feed_message('{"type": "error", "subtype": "json.parsing.error"}')
@@ -286,16 +284,13 @@ def test_openai_refusing_the_session_ends_run(caplog: pytest.LogCaptureFixture) 
     async def test() -> None:
         async with Running() as r:
             await r.realtime.push_last(
-                {
-                    "type": "error",
-                    "error": {
-                        "type": "invalid_request_error",
-                        "code": "invalid_value",
-                        "message": "Invalid value: 'nobody'. Supported values are: 'marin'.",
-                        "param": "session.audio.output.voice",
-                        "event_id": protocol.SESSION_UPDATE_EVENT_ID,
-                    },
-                }
+                openai_error(
+                    "invalid_value",
+                    "Invalid value: 'nobody'. Supported values are: 'marin'.",
+                    type="invalid_request_error",
+                    param="session.audio.output.voice",
+                    event_id=protocol.SESSION_UPDATE_EVENT_ID,
+                )
             )
             assert r.task is not None
             assert await asyncio.wait_for(r.task, 2) == EndCause.OPENAI_FAILED
@@ -318,18 +313,13 @@ def test_a_credential_openai_echoes_reaches_neither_the_log_nor_the_end_detail(
 
     async def test() -> None:
         async with Running() as r:
-            await r.realtime.push(
-                {"type": "error", "error": {"code": "invalid_value", "message": f"Bad {echoed}"}}
-            )
+            await r.realtime.push(openai_error("invalid_value", f"Bad {echoed}"))
             await r.realtime.push_last(
-                {
-                    "type": "error",
-                    "error": {
-                        "code": "invalid_value",
-                        "message": f"Refused header Authorization: {echoed}",
-                        "event_id": protocol.SESSION_UPDATE_EVENT_ID,
-                    },
-                }
+                openai_error(
+                    "invalid_value",
+                    f"Refused header Authorization: {echoed}",
+                    event_id=protocol.SESSION_UPDATE_EVENT_ID,
+                )
             )
             assert r.task is not None
             assert await asyncio.wait_for(r.task, 2) == EndCause.OPENAI_FAILED
@@ -349,9 +339,7 @@ def test_a_credential_openai_echoes_reaches_neither_the_log_nor_the_end_detail(
 def test_openai_closing_ends_run_with_its_cause(code: int, cause: EndCause) -> None:
     async def test() -> None:
         async with Running() as r:
-            await r.realtime.push(
-                {"type": "error", "error": {"code": "session_expired", "message": "Expired"}}
-            )
+            await r.realtime.push(openai_error("session_expired", "Expired"))
             await r.realtime.close_from_server(code, "bye")
             assert r.task is not None
             assert await asyncio.wait_for(r.task, 2) == cause
@@ -630,22 +618,12 @@ def test_an_error_about_another_event_leaves_the_response_create_waiting() -> No
             await r.bridge.say("First.")
             (first,) = r.realtime.of_type("response.create")
             # A cancel refused because the turn detection had cancelled already.
-            await r.realtime.push(
-                {
-                    "type": "error",
-                    "error": {"code": "response_cancel_not_active", "event_id": "evt_cancel"},
-                }
-            )
+            await r.realtime.push(openai_error("response_cancel_not_active", event_id="evt_cancel"))
             await r.bridge.say("Second.")
             assert len(r.realtime.of_type("response.create")) == 1  # still one active
             # The create itself refused (not for an active response): none will start,
             # so the waiting one goes now.
-            await r.realtime.push(
-                {
-                    "type": "error",
-                    "error": {"code": "invalid_value", "event_id": first["event_id"]},
-                }
-            )
+            await r.realtime.push(openai_error("invalid_value", event_id=first["event_id"]))
             second = r.realtime.of_type("response.create")[-1]
             assert "Second." in second["response"]["instructions"]
             assert second["event_id"] != first["event_id"]
@@ -669,13 +647,7 @@ def test_a_create_refused_for_openais_own_response_is_asked_again_after_it(
             if created_first:
                 await r.realtime.push(response_created("r_vad"))
             await r.realtime.push(
-                {
-                    "type": "error",
-                    "error": {
-                        "code": "conversation_already_has_active_response",
-                        "event_id": first["event_id"],
-                    },
-                }
+                openai_error("conversation_already_has_active_response", event_id=first["event_id"])
             )
             assert len(r.realtime.of_type("response.create")) == 1  # nothing while it runs
             await r.realtime.push(response_done("r_vad"))
@@ -704,13 +676,9 @@ def test_a_tool_answer_refused_for_openais_own_response_is_asked_for_after_it() 
             (create,) = r.realtime.of_type("response.create")
             await r.realtime.push(response_created("r_vad"))
             await r.realtime.push(
-                {
-                    "type": "error",
-                    "error": {
-                        "code": "conversation_already_has_active_response",
-                        "event_id": create["event_id"],
-                    },
-                }
+                openai_error(
+                    "conversation_already_has_active_response", event_id=create["event_id"]
+                )
             )
             await r.realtime.push(response_done("r_vad"))
             assert len(r.realtime.of_type("response.create")) == 2

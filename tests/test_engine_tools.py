@@ -83,6 +83,18 @@ def runner(session: Any, browser: Browser) -> ToolRunner:
     )
 
 
+def runner_of(function: Any, session: Any, browser: Browser, *, timeout: float) -> ToolRunner:
+    """A runner of the one ``@tool`` ``function``, for ``session``."""
+    return ToolRunner(
+        ToolRegistry([function.avaturn_tool]),
+        session=session,
+        user=session.user,
+        timeout=timeout,
+        record_arguments=False,
+        send_to_browser=browser,
+    )
+
+
 def call(runner: ToolRunner, call_id: str, name: str, arguments: Any = None) -> Any:
     text = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
     return json.loads(run(runner(call_id, name, text)))
@@ -372,14 +384,7 @@ def test_the_runners_timeout_applies_to_tools_without_their_own(
         await asyncio.sleep(30)
         return "late"
 
-    runner = ToolRunner(
-        ToolRegistry([sleepy.avaturn_tool]),  # type: ignore[attr-defined]
-        session=session,
-        user=session.user,
-        timeout=0.1,
-        record_arguments=False,
-        send_to_browser=browser,
-    )
+    runner = runner_of(sleepy, session, browser, timeout=0.1)
     assert call(runner, "sleepy", "sleepy")["error"].startswith(
         "The tool did not answer within 0.1 seconds."
     )
@@ -400,14 +405,7 @@ def test_a_call_whose_conversation_ends_while_its_record_waits_is_still_recorded
         ran.set()
         return "done"
 
-    runner = ToolRunner(
-        ToolRegistry([acts.avaturn_tool]),  # type: ignore[attr-defined]
-        session=session,
-        user=session.user,
-        timeout=5,
-        record_arguments=False,
-        send_to_browser=browser,
-    )
+    runner = runner_of(acts, session, browser, timeout=5)
 
     async def scenario() -> None:
         task = asyncio.ensure_future(runner("acted", "acts", "{}"))
@@ -439,14 +437,7 @@ def test_a_sync_tool_failing_after_its_timeout_is_still_logged(
         detail = "-".join(("half", "done"))
         raise RuntimeError(detail)
 
-    runner = ToolRunner(
-        ToolRegistry([overruns.avaturn_tool]),  # type: ignore[attr-defined]
-        session=session,
-        user=session.user,
-        timeout=0.1,
-        record_arguments=False,
-        send_to_browser=browser,
-    )
+    runner = runner_of(overruns, session, browser, timeout=0.1)
 
     async def scenario() -> str:
         answer = await runner("late", "overruns", "{}")

@@ -118,6 +118,21 @@ async def ended(pk: int, timeout: float = TIMEOUT) -> Session:
         await asyncio.sleep(0.02)
 
 
+async def talking(token: str, secret: str, realtime: LoopbackRealtime) -> WebsocketCommunicator:
+    """Avaturn's socket, accepted, with the engine's OpenAI socket open."""
+    communicator = socket(token, secret)
+    assert (await communicator.connect(TIMEOUT))[0] is True
+    await eventually(lambda: realtime.open == 1)
+    return communicator
+
+
+async def closed_by_the_site(communicator: WebsocketCommunicator, realtime: Any) -> None:
+    """The engine closed Avaturn's socket as for a site's end (1000), and OpenAI's."""
+    assert (await closed_with(communicator))["code"] == 1000
+    await eventually(lambda: realtime.open == 0)
+    await communicator.disconnect()
+
+
 async def closed_with(communicator: WebsocketCommunicator) -> dict[str, Any]:
     """The close the engine sent Avaturn (skipping anything sent before it)."""
     while True:
@@ -266,9 +281,7 @@ def test_a_row_still_starting_is_accepted(
     row, token, secret = site_row(user, status=SessionStatus.STARTING, started_at=None)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await communicator.disconnect()
 
     run(test)
@@ -331,9 +344,7 @@ def test_the_engine_writes_both_sides_of_the_transcript(
     row, token, secret = site_row(user)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await sync_to_async(realtime.push)(
             {
                 "type": "conversation.item.input_audio_transcription.completed",
@@ -368,9 +379,7 @@ def test_a_message_from_the_page_reaches_the_model_as_the_visitors_input(
     row, token, secret = site_row(user)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         message = layer.page_message({"kind": "card", "n": 1}, respond=respond)
         await layer.send(row.pk, message)
         await eventually(lambda: bool(realtime.of_type("conversation.item.create")))
@@ -393,9 +402,7 @@ def test_say_asks_the_model_to_speak(engine: Any, user: Any, realtime: LoopbackR
     row, token, secret = site_row(user)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await sync_to_async(services.say)(row, "Your parcel is out for delivery.")
         await eventually(lambda: bool(realtime.of_type("response.create")))
         await communicator.disconnect()
@@ -414,9 +421,7 @@ def test_avaturn_closing_closes_openai_and_ends_the_row(
     row, token, secret = site_row(user)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await communicator.disconnect(code=1000)
         ended_row = await ended(row.pk)
         assert (ended_row.status, ended_row.end_reason) == (
@@ -438,9 +443,7 @@ def test_a_failed_terminate_after_avaturn_closes_leaves_the_row_to_the_expiry_co
     engine.avaturn.on_delete(500, {"detail": "busy"})
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await communicator.disconnect(code=1000)
         await eventually(lambda: realtime.open == 0)
         deadline = time.monotonic() + TIMEOUT
@@ -462,9 +465,7 @@ def test_a_cancelled_consumer_still_ends_the_row_and_closes_openai(
     row, token, secret = site_row(user)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         communicator.future.cancel()
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.ENGINE_CLOSED
@@ -487,9 +488,7 @@ def test_a_channel_layer_that_fails_to_join_does_not_strand_the_conversation(
     row, token, secret = site_row(user)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await communicator.disconnect(code=1000)
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.ENGINE_CLOSED
@@ -520,9 +519,7 @@ def test_the_site_ending_the_session_before_the_socket_joins_its_group_closes_it
     async def test() -> None:
         communicator = socket(token, secret)
         assert (await communicator.connect(TIMEOUT))[0] is True
-        assert (await closed_with(communicator))["code"] == 1000
-        await communicator.disconnect()
-        await eventually(lambda: realtime.open == 0)
+        await closed_by_the_site(communicator, realtime)
 
     run(test)
     row.refresh_from_db()
@@ -537,15 +534,11 @@ def test_a_failed_group_join_is_retried_so_the_sites_end_still_reaches_the_socke
     hooked_layer.failing_joins = 2
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await eventually(lambda: hooked_layer.failing_joins == 0)
         # Before or after the join that succeeds (a second later), the end reaches it.
         await sync_to_async(services.end_session)(row, reason=EndReason.ADMIN)
-        assert (await closed_with(communicator))["code"] == 1000
-        await communicator.disconnect()
-        await eventually(lambda: realtime.open == 0)
+        await closed_by_the_site(communicator, realtime)
 
     run(test)
 
@@ -567,9 +560,7 @@ def test_a_failure_of_ours_on_avaturns_message_ends_the_call_cleanly(
     monkeypatch.setattr("django_avaturn.engine.bridge.Bridge.feed_message", broken)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await communicator.send_to(text_data='{"type": "avatar.speech.segment.created"}')
         close = await closed_with(communicator)
         assert close["code"] == 4011
@@ -596,9 +587,7 @@ def test_a_server_shutdown_is_what_the_row_says(
     row, token, secret = site_row(user)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await communicator.disconnect(code=1012)  # what uvicorn and daphne send on shutdown
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.ENGINE_CLOSED
@@ -618,9 +607,7 @@ def test_openai_closing_or_failing_closes_avaturns_socket_and_says_why(
     row, token, secret = site_row(user)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         if how == "close":
             await sync_to_async(realtime.close_all)(1000, "session over")
         else:
@@ -669,14 +656,9 @@ def test_the_site_ending_the_session_closes_both_sockets_at_once(
     row, token, secret = site_row(user)
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await sync_to_async(services.end_session)(row, reason=reason)
-        close = await closed_with(communicator)
-        assert close["code"] == 1000
-        await eventually(lambda: realtime.open == 0)
-        await communicator.disconnect()
+        await closed_by_the_site(communicator, realtime)
 
     run(test)
     row.refresh_from_db()
@@ -695,14 +677,10 @@ def test_the_site_ending_the_session_closes_the_sockets_even_when_the_terminate_
     engine.avaturn.on_delete(500, {"detail": "busy"})
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         with contextlib.suppress(AvaturnError):
             await sync_to_async(services.end_session)(row, reason=reason)
-        assert (await closed_with(communicator))["code"] == 1000
-        await eventually(lambda: realtime.open == 0)
-        await communicator.disconnect()
+        await closed_by_the_site(communicator, realtime)
 
     run(test)
     row.refresh_from_db()
@@ -718,13 +696,9 @@ def test_deleting_the_user_closes_their_engine_sockets(
     engine.avaturn.on_delete(500, {"detail": "busy"})
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await sync_to_async(user.delete)()
-        assert (await closed_with(communicator))["code"] == 1000
-        await eventually(lambda: realtime.open == 0)
-        await communicator.disconnect()
+        await closed_by_the_site(communicator, realtime)
 
     run(test)
     assert not Session.objects.exists()
@@ -741,14 +715,9 @@ def test_a_create_with_an_unknown_outcome_closes_a_socket_connected_meanwhile(
     row.refresh_from_db()
 
     async def test() -> None:
-        communicator = socket(token, secret)
-        assert (await communicator.connect(TIMEOUT))[0] is True
-        await eventually(lambda: realtime.open == 1)
+        communicator = await talking(token, secret, realtime)
         await sync_to_async(transitions.hold_unknown_outcome)(row, TimeoutError("read timed out"))
-        close = await closed_with(communicator)
-        assert close["code"] == 1000
-        await eventually(lambda: realtime.open == 0)
-        await communicator.disconnect()
+        await closed_by_the_site(communicator, realtime)
 
     run(test)
     row.refresh_from_db()
