@@ -18,6 +18,8 @@ from django_avaturn.models import (
     ServiceSwitch,
     Session,
     SessionStatus,
+    ToolCall,
+    ToolCallStatus,
 )
 from django_avaturn.sessions import statements
 from django_avaturn.spend import limits
@@ -181,3 +183,78 @@ def test_the_users_read_answers_as_the_orm_does(django_user_model: Any, lock: bo
         assert statements.user_active(active.pk, lock=lock) is True
         assert statements.user_active(inactive.pk, lock=lock) is False
         assert statements.user_active(inactive.pk + 1000, lock=lock) is False
+
+
+def _whole(instance: Any) -> list[Any]:
+    return [getattr(instance, field.attname) for field in type(instance)._meta.concrete_fields]
+
+
+def test_a_row_with_its_user_is_what_the_orm_loads(django_user_model: Any, user: Any) -> None:
+    """The tool runner's re-check: one statement; the row and user as select_related has them."""
+    row = live(user, "mine", engine=Engine.SITE, last_seen_at=timezone.now())
+    live(django_user_model.objects.create_user(email="other@example.com", password="pw"), "theirs")
+
+    with CaptureQueriesContext(connection) as captured:
+        found = statements.row_with_user(row.pk)
+        assert found is not None
+        found_user = found.user  # cached: read with the row
+    assert len(captured.captured_queries) == 1
+
+    expected = Session.objects.select_related("user").get(pk=row.pk)
+    assert _whole(found) == _whole(expected)
+    assert type(found_user) is type(expected.user)
+    assert _whole(found_user) == _whole(expected.user)
+    assert (found._state.adding, found._state.db) == (False, expected._state.db)
+    assert (found_user._state.adding, found_user._state.db) == (False, expected._state.db)
+    assert statements.row_with_user(row.pk + 1000) is None
+
+
+def test_a_row_with_a_user_model_spread_over_tables_is_read_by_the_orm(
+    monkeypatch: pytest.MonkeyPatch, user: Any
+) -> None:
+    """A user model with multi-table inheritance has columns in other tables: the ORM reads it."""
+    row = live(user, "mine")
+    meta = type(user)._meta
+    monkeypatch.setattr(meta, "parents", {Session: None})  # any concrete parent will do
+
+    with CaptureQueriesContext(connection) as captured:
+        found = statements.row_with_user(row.pk)
+    assert found is not None and _whole(found) == _whole(row)
+    assert "INNER JOIN" in captured.captured_queries[0]["sql"]
+    assert '"session"' not in captured.captured_queries[0]["sql"]  # the ORM's, not ours
+
+
+def test_a_tool_call_is_inserted_as_the_orm_creates_it(user: Any) -> None:
+    row = live(user, "mine", engine=Engine.SITE)
+    fields: dict[str, Any] = {
+        "session_id": row.pk,
+        "call_id": "call_1",
+        "tool": "lookup",
+        "status": ToolCallStatus.OK,
+        "duration_ms": 12,
+        "arguments": {"order": "A-1", "nested": [1, None, "é"]},
+    }
+
+    call = ToolCall(**fields)
+    statements.insert_row(call)
+    by_orm = ToolCall.objects.create(**{**fields, "call_id": "call_2"})
+
+    assert (call._state.adding, call._state.db) == (False, by_orm._state.db)
+    stored = ToolCall.objects.get(pk=call.pk)
+    assert _whole(call) == _whole(stored)
+    skip = {"id", "call_id", "created_at"}
+    names = [f.attname for f in ToolCall._meta.concrete_fields if f.attname not in skip]
+    assert [getattr(stored, n) for n in names] == [getattr(by_orm, n) for n in names]
+    assert stored.arguments == fields["arguments"]
+
+
+def test_only_a_new_row_of_a_model_of_one_table_is_inserted(
+    monkeypatch: pytest.MonkeyPatch, user: Any
+) -> None:
+    saved = live(user, "mine")
+    with pytest.raises(ValueError, match="new row only"):
+        statements.insert_row(saved)
+    monkeypatch.setattr(ToolCall._meta, "parents", {Session: None})
+    with pytest.raises(ValueError, match="without parents"):
+        statements.insert_row(ToolCall(session=saved, call_id="c", tool="t", duration_ms=1))
+    assert not ToolCall.objects.exists()

@@ -666,9 +666,10 @@ class ToolRunner:
 
     def _recheck(self, spec: Tool) -> tuple[Any, Session] | str:
         """The session's user and row as they are now, or why the call may not run."""
-        from django_avaturn.models import Session, SessionStatus
+        from django_avaturn.models import SessionStatus
+        from django_avaturn.sessions import statements
 
-        row = Session.objects.select_related("user").filter(pk=self.session.pk).first()
+        row = statements.row_with_user(self.session.pk)
         if row is None or row.status not in (SessionStatus.STARTING, SessionStatus.LIVE):
             return "This conversation has ended; the tool cannot run."
         user = row.user
@@ -785,14 +786,17 @@ class ToolRunner:
         self, call_id: str, name: str, status: str, duration_ms: int, arguments: Any
     ) -> None:
         from django_avaturn.models import ToolCall
+        from django_avaturn.sessions import statements
 
-        ToolCall.objects.create(
-            session_id=self.session.pk,
-            call_id=call_id[:100],
-            tool=name[:100],
-            status=status,
-            duration_ms=duration_ms,
-            arguments=arguments if self.record_arguments else None,
+        statements.insert_row(
+            ToolCall(
+                session_id=self.session.pk,
+                call_id=call_id[:100],
+                tool=name[:100],
+                status=status,
+                duration_ms=duration_ms,
+                arguments=arguments if self.record_arguments else None,
+            )
         )
 
 

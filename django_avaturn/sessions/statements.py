@@ -1,8 +1,9 @@
-"""The session path's hottest statements, written once per shape instead of built per call.
+"""The hottest statements, written once per shape instead of built per call.
 
 A start and an end run a handful of statements whose shape never changes: a
 conditional ``UPDATE`` of one row by primary key and status, the new row's
-``INSERT``, the reservation's reads. Built through the ORM each time, every
+``INSERT``, the reservation's reads; so does every call of a site engine
+tool (its re-check of the row and user, its record). Built through the ORM each time, every
 one of them spent 200 to 400 µs of Python building and compiling the query
 for some 20 to 40 µs in SQLite (``python -m benchmarks.profile``). Here the
 SQL text of each shape is made once per database alias from the models' own
@@ -14,8 +15,11 @@ and answers its row count, an ``INSERT`` sends ``pre_save`` and
 ``post_save`` as ``Model.save`` does; the router's database.
 
 Only ``transitions`` (status changes), ``starting`` (the reservation's
-statements) and the API's read of the caller's row use these; anything not
-on the start and end path stays plain ORM.
+statements), the API's read of the caller's row and the site engine's tool
+runner use these; anything else stays plain ORM. On the engine's path the
+saving matters twice: the tools' database thread holds the GIL while it
+builds a query, and the event loop carrying every conversation's audio
+waits for it.
 """
 
 from __future__ import annotations
@@ -119,49 +123,61 @@ def active_rows(user_pk: Any, statuses: Sequence[str], *, other_than: Any) -> li
     return [_converted(row, converters, connection) for row in rows]
 
 
-# What an INSERT of a new row writes: every column but the generated primary key.
-_INSERT_FIELDS = [field for field in _META.local_concrete_fields if field is not _META.auto_field]
+def _insert_fields(model: type[Model]) -> list[Field[Any, Any]]:
+    """What an INSERT of a new ``model`` row writes: every column but a generated primary key."""
+    meta = model._meta
+    return [field for field in meta.local_concrete_fields if field is not meta.auto_field]
 
 
 @lru_cache(maxsize=16)
-def _insert_sql(alias: str) -> str:
+def _insert_sql(alias: str, model: type[Model]) -> str:
     quote = connections[alias].ops.quote_name
-    columns = ", ".join(quote(field.column) for field in _INSERT_FIELDS)  # type: ignore[arg-type]
-    marks = ", ".join(["%s"] * len(_INSERT_FIELDS))
-    return f"INSERT INTO {quote(_META.db_table)} ({columns}) VALUES ({marks})"  # noqa: S608
+    fields = _insert_fields(model)
+    columns = ", ".join(quote(field.column) for field in fields)  # type: ignore[arg-type]
+    marks = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({marks})"  # noqa: S608
 
 
-def insert_row(row: Session) -> None:
-    """``row.save()`` of a new ``row`` (as ``Session.objects.create`` saves it), cheaper.
+def insert_row(row: Model) -> None:
+    """``row.save()`` of a new ``row`` (as ``objects.create`` saves it), cheaper.
 
-    The ORM's semantics: ``pre_save`` and ``post_save`` (``created``) are
-    sent, each field's ``pre_save`` fills its default or ``auto_now``, the
-    primary key comes back from the database, and the instance is then a
-    saved one of the write router's database.
+    For a model whose every column is in its own table (a ``Session``, a
+    ``ToolCall``). The ORM's semantics: ``pre_save`` and ``post_save``
+    (``created``) are sent, each field's ``pre_save`` fills its default or
+    ``auto_now``, the primary key comes back from the database, and the
+    instance is then a saved one of the write router's database.
     """
     if not row._state.adding:
         raise ValueError("insert_row() saves a new row only.")
-    alias, connection = _connection()
-    pre_save.send(sender=Session, instance=row, raw=False, using=alias, update_fields=None)
-    params = [
-        field.get_db_prep_save(field.pre_save(row, True), connection) for field in _INSERT_FIELDS
-    ]
-    sql = _insert_sql(alias)
+    model = type(row)
+    meta = model._meta
+    if meta.parents or meta.proxy:
+        raise ValueError("insert_row() saves a row of a model without parents only.")
+    alias = router.db_for_write(model)
+    connection = connections[alias]
+    pre_save.send(sender=model, instance=row, raw=False, using=alias, update_fields=None)
+    fields = _insert_fields(model)
+    params = [field.get_db_prep_save(field.pre_save(row, True), connection) for field in fields]
+    sql = _insert_sql(alias, model)
     ops: Any = connection.ops
     with connection.cursor() as cursor:
-        if connection.features.can_return_columns_from_insert:
-            value = _insert_returning_pk(ops, cursor, sql, params)
+        if meta.auto_field is None:
+            cursor.execute(sql, params)
+        elif connection.features.can_return_columns_from_insert:
+            row.pk = _insert_returning_pk(ops, cursor, sql, params, meta.auto_field)
         else:
             cursor.execute(sql, params)
-            value = ops.last_insert_id(cursor, _META.db_table, _column("pk"))
-    row.pk = value
+            assert meta.auto_field.column is not None
+            row.pk = ops.last_insert_id(cursor, meta.db_table, meta.auto_field.column)
     row._state.adding, row._state.db = False, alias
     post_save.send(
-        sender=Session, instance=row, created=True, update_fields=None, raw=False, using=alias
+        sender=model, instance=row, created=True, update_fields=None, raw=False, using=alias
     )
 
 
-def _insert_returning_pk(ops: Any, cursor: Any, sql: str, params: list[Any]) -> Any:
+def _insert_returning_pk(
+    ops: Any, cursor: Any, sql: str, params: list[Any], auto_field: Field[Any, Any]
+) -> Any:
     """Run the INSERT with the backend's RETURNING clause for the primary key; return it.
 
     The backend methods for this are named ``returning_columns`` and
@@ -169,7 +185,7 @@ def _insert_returning_pk(ops: Any, cursor: Any, sql: str, params: list[Any]) -> 
     ``fetch_returned_insert_columns`` before (declared by the backends that
     return columns from an INSERT).
     """
-    pk = [_field("pk")]
+    pk = [auto_field]
     if hasattr(ops, "returning_columns"):
         returning, returning_params = ops.returning_columns(pk)
         cursor.execute(f"{sql} {returning}", [*params, *returning_params])
@@ -215,6 +231,63 @@ def own_row(session_id: str, user_pk: Any) -> Session | None:
         return None
     values = _converted(found, _converters(alias, _ROW_FIELDS), connection)
     return Session.from_db(alias, _ROW_ATTNAMES, values)
+
+
+def _whole_row_model(model: type[Model]) -> bool:
+    # Every column of such a model is in its own table (no multi-table inheritance).
+    concrete = model._meta.concrete_model or model
+    return not concrete._meta.parents
+
+
+@lru_cache(maxsize=16)
+def _row_with_user_sql(alias: str, user_model: type[Model]) -> str:
+    quote = connections[alias].ops.quote_name
+    session, user = quote("session"), quote("user")
+    columns = [f"{session}.{quote(_column(name))}" for name in _ROW_FIELDS]
+    columns += [
+        f"{user}.{quote(field.column)}"  # type: ignore[arg-type]
+        for field in user_model._meta.concrete_fields
+    ]
+    return (
+        f"SELECT {', '.join(columns)} FROM {quote(_META.db_table)} {session} "  # noqa: S608
+        f"INNER JOIN {quote(user_model._meta.db_table)} {user} "
+        f"ON {session}.{quote(_column('user'))} = {user}.{quote(_column_of(user_model, 'pk'))} "
+        f"WHERE {session}.{quote(_column('pk'))} = %s"
+    )
+
+
+def row_with_user(pk: Any) -> Session | None:
+    """``Session.objects.select_related("user").filter(pk=pk).first()``, cheaper.
+
+    The whole row and its whole user (``row.user`` reads no more), built by
+    ``from_db`` as the ORM builds them, from the read router's database; None
+    when there is no such row.
+    """
+    user_model = _META.get_field("user").related_model
+    assert isinstance(user_model, type)
+    assert issubclass(user_model, Model)
+    if not _whole_row_model(user_model):
+        return Session.objects.select_related("user").filter(pk=pk).first()
+    alias = router.db_for_read(Session)
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _row_with_user_sql(alias, user_model),
+            [_field("pk").get_db_prep_value(pk, connection)],
+        )
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    width = len(_ROW_FIELDS)
+    row = Session.from_db(
+        alias, _ROW_ATTNAMES, _converted(found[:width], _converters(alias, _ROW_FIELDS), connection)
+    )
+    user_fields = user_model._meta.concrete_fields
+    user_names = tuple("pk" if field.primary_key else field.name for field in user_fields)
+    user_values = _converted(found[width:], _converters(alias, user_names, user_model), connection)
+    user = user_model.from_db(alias, [field.attname for field in user_fields], user_values)
+    _META.get_field("user").set_cached_value(row, user)
+    return row
 
 
 @dataclass(frozen=True)
@@ -367,12 +440,17 @@ def _statuses(statuses: Sequence[str], connection: BaseDatabaseWrapper) -> list[
 
 
 @lru_cache(maxsize=16)
-def _converters(alias: str, names: tuple[str, ...]) -> list[list[tuple[Any, Any]]]:
-    """Per column, the backend's and the field's converters with the expression they take."""
+def _converters(
+    alias: str, names: tuple[str, ...], model: type[Model] = Session
+) -> list[list[tuple[Any, Any]]]:
+    """Per column of ``model``, the backend's and the field's converters, with their expression."""
     connection = connections[alias]
+    meta = model._meta
     chains = []
     for name in names:
-        column = _field(name).get_col(_META.db_table)
+        field = meta.pk if name == "pk" else meta.get_field(name)
+        assert isinstance(field, Field)
+        column = field.get_col(meta.db_table)
         found = [
             *connection.ops.get_db_converters(column),
             *column.get_db_converters(connection),
