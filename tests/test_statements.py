@@ -254,7 +254,15 @@ def test_only_a_new_row_of_a_model_of_one_table_is_inserted(
     saved = live(user, "mine")
     with pytest.raises(ValueError, match="new row only"):
         statements.insert_row(saved)
-    monkeypatch.setattr(ToolCall._meta, "parents", {Session: None})
-    with pytest.raises(ValueError, match="without parents"):
-        statements.insert_row(ToolCall(session=saved, call_id="c", tool="t", duration_ms=1))
+    call = ToolCall(session=saved, call_id="c", tool="t", duration_ms=1)
+    with monkeypatch.context() as patched:
+        patched.setattr(ToolCall._meta, "parents", {Session: None})
+        with pytest.raises(ValueError, match="of one table"):
+            statements.insert_row(call)
+    with monkeypatch.context() as patched:
+        patched.setattr(ToolCall._meta, "auto_field", None)
+        with pytest.raises(ValueError, match="generated primary key"):
+            statements.insert_row(call)
     assert not ToolCall.objects.exists()
+    statements.insert_row(call)
+    assert ToolCall.objects.get().pk == call.pk

@@ -3,9 +3,10 @@
 A start and an end run a handful of statements whose shape never changes: a
 conditional ``UPDATE`` of one row by primary key and status, the new row's
 ``INSERT``, the reservation's reads; so does every call of a site engine
-tool (its re-check of the row and user, its record). Built through the ORM each time, every
-one of them spent 200 to 400 µs of Python building and compiling the query
-for some 20 to 40 µs in SQLite (``python -m benchmarks.profile``). Here the
+tool (its re-check of the row and its user, its record). Built through the
+ORM each time, every one of them spent 200 to 400 µs of Python building and
+compiling the query for some 20 to 40 µs in SQLite (``python -m
+benchmarks.profile``). Here the
 SQL text of each shape is made once per database alias from the models' own
 metadata (quoted by the backend, ``%s`` placeholders as every Django backend
 takes), and the values go through the fields' own ``get_db_prep_save`` and,
@@ -141,18 +142,22 @@ def _insert_sql(alias: str, model: type[Model]) -> str:
 def insert_row(row: Model) -> None:
     """``row.save()`` of a new ``row`` (as ``objects.create`` saves it), cheaper.
 
-    For a model whose every column is in its own table (a ``Session``, a
-    ``ToolCall``). The ORM's semantics: ``pre_save`` and ``post_save``
-    (``created``) are sent, each field's ``pre_save`` fills its default or
-    ``auto_now``, the primary key comes back from the database, and the
-    instance is then a saved one of the write router's database.
+    For a model whose every column is in its own table and whose primary key
+    the database generates (a ``Session``, a ``ToolCall``). The ORM's
+    semantics: ``pre_save`` and ``post_save`` (``created``) are sent, each
+    field's ``pre_save`` fills its default or ``auto_now``, the primary key
+    comes back from the database, and the instance is then a saved one of the
+    write router's database.
     """
     if not row._state.adding:
         raise ValueError("insert_row() saves a new row only.")
     model = type(row)
     meta = model._meta
-    if meta.parents or meta.proxy:
-        raise ValueError("insert_row() saves a row of a model without parents only.")
+    auto_field = meta.auto_field
+    if meta.parents or meta.proxy or auto_field is None:
+        raise ValueError(
+            "insert_row() saves a row of a model of one table with a generated primary key only."
+        )
     alias = router.db_for_write(model)
     connection = connections[alias]
     pre_save.send(sender=model, instance=row, raw=False, using=alias, update_fields=None)
@@ -161,14 +166,11 @@ def insert_row(row: Model) -> None:
     sql = _insert_sql(alias, model)
     ops: Any = connection.ops
     with connection.cursor() as cursor:
-        if meta.auto_field is None:
-            cursor.execute(sql, params)
-        elif connection.features.can_return_columns_from_insert:
-            row.pk = _insert_returning_pk(ops, cursor, sql, params, meta.auto_field)
+        if connection.features.can_return_columns_from_insert:
+            row.pk = _insert_returning_pk(ops, cursor, sql, params, auto_field)
         else:
             cursor.execute(sql, params)
-            assert meta.auto_field.column is not None
-            row.pk = ops.last_insert_id(cursor, meta.db_table, meta.auto_field.column)
+            row.pk = ops.last_insert_id(cursor, meta.db_table, auto_field.column)
     row._state.adding, row._state.db = False, alias
     post_save.send(
         sender=model, instance=row, created=True, update_fields=None, raw=False, using=alias
