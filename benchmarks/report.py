@@ -518,8 +518,8 @@ def write_goals(data: dict[str, Any], path: Path) -> None:
     goals_end = text.index("\n## ", goals_at + 1)
     note = (
         f"Rewritten by `python -m benchmarks --only goals` ({data['wall_s']:.0f} s, load "
-        f"average {data['machine']['loadavg_at_start']:.1f} at its start, other helpers "
-        "running): the goals and their rounds. Every other section is from the last run "
+        f"average {data['machine']['loadavg_at_start']:.1f} at its start, on a machine "
+        "shared with other work): the goals and their rounds. Every other section is from the last run "
         "that measured it."
     )
     goals = ["## Goals", "", note, "", *_goals(data), ""]
