@@ -519,8 +519,8 @@ def write_goals(data: dict[str, Any], path: Path) -> None:
     note = (
         f"Rewritten by `python -m benchmarks --only goals` ({data['wall_s']:.0f} s, load "
         f"average {data['machine']['loadavg_at_start']:.1f} at its start, on a machine "
-        "shared with other work): the goals and their rounds. Every other section is from the last run "
-        "that measured it."
+        "shared with other work): the goals and their rounds. Every other section is from "
+        "the last run that measured it."
     )
     goals = ["## Goals", "", note, "", *_goals(data), ""]
     text = text[:goals_at] + "\n".join(goals) + text[goals_end:]
