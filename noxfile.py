@@ -106,6 +106,10 @@ def tests(session: nox.Session, django: str) -> None:
         "not browser and not packaging",
         "-p",
         "no:cacheprovider",
+        # .ci/matrix runs sessions side by side: each keeps its temporary
+        # directories in its own environment, so no session's clean-up of the
+        # shared default root races another's.
+        f"--basetemp={session.create_tmp()}/pytest",
         "-q",
         *session.posargs,
         env={"PYTHONDONTWRITEBYTECODE": "1"},

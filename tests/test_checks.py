@@ -17,7 +17,9 @@ def ids(messages: list[Any]) -> list[str]:
 
 
 def avaturn_messages() -> list[Any]:
-    return [m for m in run_checks() if m.id.startswith("django_avaturn.")]
+    # No database: Django 6.1 gives the model checks every alias when none is
+    # named, and a test without database access may be the first to ask.
+    return [m for m in run_checks(databases=[]) if m.id.startswith("django_avaturn.")]
 
 
 def test_test_settings_are_clean() -> None:
