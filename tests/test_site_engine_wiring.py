@@ -369,6 +369,21 @@ def test_a_body_that_is_not_a_data_object_is_400(
     assert response.status_code == 400, response.content
 
 
+@pytest.mark.parametrize("data", [{"x": "\ud800"}, {"\udfff": 1}, {"x": [{"y": "a\udc00"}]}])
+def test_a_lone_surrogate_is_400_not_500(
+    api_client: APIClient, user: Any, settings: Any, data: dict[str, Any]
+) -> None:
+    """JSON's escapes can spell a lone surrogate, which no encoding holds: the size's
+    measure and the layer's msgpack would fail on it."""
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    row = live(user, "sess-1", engine="site")
+    channel = _listen(row.pk)
+    response = csrf_post(api_client, _messages("sess-1"), {"data": data})
+    assert (response.status_code, response.json()["code"]) == (400, "invalid")
+    assert "lone surrogate" in response.content.decode()
+    assert _nothing_waiting(channel)
+
+
 def test_a_message_too_large_is_413(api_client: APIClient, user: Any, settings: Any) -> None:
     settings.CHANNEL_LAYERS = IN_MEMORY
     row = live(user, "sess-1", engine="site")

@@ -56,18 +56,35 @@ MAX_DEPTH = 32
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
+_NOT_TEXT = "A string holds a lone surrogate, which is not text."
+
+
+def _is_text(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8: JSON's ``"\\ud800"`` parses to a lone surrogate,
+    which neither the size's measure nor the layer's msgpack can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _unpackable(value: object, *, depth: int) -> str:
     """Why ``value`` cannot travel through the channel layer, or ''."""
     if depth > MAX_DEPTH:
         return f"Nested deeper than {MAX_DEPTH} levels."
     if isinstance(value, int) and not isinstance(value, bool):
         return "" if _INT_MIN <= value <= _INT_MAX else "An integer is out of range."
+    if isinstance(value, str):
+        return "" if _is_text(value) else _NOT_TEXT
     if isinstance(value, dict):
+        if not all(_is_text(key) for key in value):  # JSON's keys are strings
+            return _NOT_TEXT
         children: list[object] = list(value.values())
     elif isinstance(value, list):
         children = value
     else:
-        return ""  # a string, a float, a boolean or null
+        return ""  # a float, a boolean or null
     for child in children:
         problem = _unpackable(child, depth=depth + 1)
         if problem:
