@@ -246,7 +246,8 @@ ENV_FALLBACKS: dict[str, str] = {
 READ_ANEW: frozenset[str] = frozenset({*ENV_FALLBACKS, "CARTESIA"})
 
 # What TEST_MODE takes from the fake instead of AVATURN: where the upstreams
-# and the browser SDK are, and the keys they accept.
+# (the site engine's OpenAI Realtime included) and the browser SDK are, and
+# the keys they accept.
 TEST_MODE_SETTINGS: frozenset[str] = frozenset(
     {
         "API_KEY",
@@ -258,10 +259,11 @@ TEST_MODE_SETTINGS: frozenset[str] = frozenset(
         "SDK_URL",
         "SDK_INTEGRITY",
         "CARTESIA",
+        "SITE_ENGINE",
     }
 )
 # Of those, the ones whose value is a dict: the fake's entries are merged over the site's.
-TEST_MODE_SECTIONS: frozenset[str] = frozenset({"CARTESIA"})
+TEST_MODE_SECTIONS: frozenset[str] = frozenset({"CARTESIA", "SITE_ENGINE"})
 
 
 class AvaturnSettings:
@@ -349,7 +351,7 @@ class AvaturnSettings:
             from django_avaturn import test_mode  # (it reads this module's settings)
 
             if test_mode.is_on():
-                fake = test_mode.fake_settings()[name]
+                fake = test_mode.fake_setting(name)
                 if name in TEST_MODE_SECTIONS:
                     configured = self.configured(name)
                     return {**(configured if isinstance(configured, Mapping) else {}), **fake}

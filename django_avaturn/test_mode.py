@@ -4,7 +4,9 @@ One setting, in the manner of django-anymail's test backend: the first time
 this process needs an upstream (a start, the widget's SDK URL), it starts a
 :class:`~django_avaturn.testing.FakeUpstream` on a free loopback port, and
 every setting in ``conf.TEST_MODE_SETTINGS`` (the upstream URLs, the keys,
-the browser SDK's URL) comes from that fake instead of ``AVATURN``. A start
+the browser SDK's URL) comes from that fake instead of ``AVATURN``; the site
+engine's OpenAI Realtime URL from a :class:`~django_avaturn.testing.FakeRealtime`
+started when a process first reads ``SITE_ENGINE``. A start
 then goes live against it, and the widget loads its stand-in SDK, which goes
 live without a video call.
 
@@ -82,8 +84,22 @@ def fake_realtime() -> FakeRealtime:
         return _realtime
 
 
+def fake_setting(name: str) -> Any:
+    """One of ``conf.TEST_MODE_SETTINGS`` as TEST_MODE has it.
+
+    ``SITE_ENGINE`` (merged over the site's section) points the site engine's
+    OpenAI socket at :func:`fake_realtime`, started here: only a process that
+    reads the site engine's settings starts one.
+    """
+    if name == "SITE_ENGINE":
+        return {"OPENAI_WEBSOCKET_URL": fake_realtime().websocket_base_url}
+    return fake_settings()[name]
+
+
 def fake_settings() -> dict[str, Any]:
-    """What TEST_MODE reads instead of ``AVATURN``: the fake's, and no HTTP client of the site's."""
+    """What TEST_MODE reads instead of ``AVATURN`` from the HTTP fake: its upstreams' and the
+    browser SDK's settings, and no HTTP client of the site's (``SITE_ENGINE``: see
+    :func:`fake_setting`)."""
     return {
         **fake_upstream().settings(),
         "CARTESIA": fake_upstream().cartesia_settings(),

@@ -789,3 +789,42 @@ def test_cli_runs_until_sigterm() -> None:
     assert process.returncode == 0
     assert '"OPENAI_BASE_URL"' in rest
     assert "stopped" in rest
+
+
+def test_cli_serves_the_site_engines_realtime_fake_on_request() -> None:
+    from websockets.sync.client import connect
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "django_avaturn.testing", "--port", "0", "--realtime-port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as process:
+        try:
+            assert process.stdout is not None
+            lines = []
+            while not lines or lines[-1] != "}":
+                lines.append(process.stdout.readline().rstrip("\n"))
+            printed = json.loads("\n".join(lines[lines.index("{") :]))
+            websocket_url = printed["SITE_ENGINE"]["OPENAI_WEBSOCKET_URL"]
+            assert websocket_url.startswith("ws://127.0.0.1:")
+            # The OpenAI SDK's request: <websocket_base_url>/realtime, the fake's key.
+            with connect(
+                f"{websocket_url}/realtime?model=gpt-realtime",
+                additional_headers={"Authorization": f"Bearer {printed['OPENAI_API_KEY']}"},
+                open_timeout=5,
+            ) as realtime:
+                assert json.loads(realtime.recv(timeout=5))["type"] == "session.created"
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=5)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0
+
+
+def test_cli_serves_realtime_on_loopback_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--host", "192.168.1.5", "--allow-non-loopback", "--realtime-port", "0"])
+    assert caught.value.code == 2
+    assert "loopback only" in capsys.readouterr().err

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
 from django.core.checks import Error, Warning, run_checks
 from django.template import Context, Template
 from django.test import RequestFactory
 
 from django_avaturn import test_mode
 from django_avaturn.conf import TEST_MODE_SETTINGS, avaturn_settings
+from django_avaturn.engine.routing import websocket_urlpatterns
 from django_avaturn.models import Session, SessionStatus
 from django_avaturn.testing import (
     AVATURN_CREATE,
@@ -23,7 +29,14 @@ from django_avaturn.testing import (
     OPENAI_CLIENT_SECRET,
     FakeUpstream,
 )
-from tests.helpers import LIST_URL, AvaturnOverrides, csrf_delete, csrf_post
+from tests.helpers import (
+    LIST_URL,
+    AvaturnOverrides,
+    csrf_delete,
+    csrf_post,
+    run_coroutine,
+)
+from tests.live_fake import wait_until
 
 # What a site might have configured: under TEST_MODE it must never leave the process.
 SITE_KEYS = {"API_KEY": "av-site-real-key-0123456789", "OPENAI_API_KEY": "sk-site-real-0123456789"}
@@ -102,7 +115,8 @@ def test_the_widget_loads_the_fakes_stand_in_sdk(fake: FakeUpstream) -> None:
 
 
 def test_the_fake_supplies_every_test_mode_setting(fake: FakeUpstream) -> None:
-    assert set(test_mode.fake_settings()) == TEST_MODE_SETTINGS
+    # SITE_ENGINE's part comes from the fake Realtime server, started only when read.
+    assert set(test_mode.fake_settings()) == TEST_MODE_SETTINGS - {"SITE_ENGINE"}
     assert avaturn_settings.raw("API_URL") == fake.url
     assert avaturn_settings.configured("API_URL") == "https://api.avaturn.live"
 
@@ -253,3 +267,69 @@ def test_the_site_engines_fake_realtime_takes_the_key_test_mode_uses(
         "AVATURN['TEST_MODE'] is on: the site engine talks to a loopback fake of OpenAI "
         f"Realtime at {realtime.websocket_base_url}, not to the real service."
     ]
+
+
+SITE_ENGINE = {
+    "PUBLIC_URL": "wss://avatar.example.com",
+    "TOOLS": ["tests.engine_tools_example"],
+    # A site's own setting: under TEST_MODE the engine must not open it.
+    "OPENAI_WEBSOCKET_URL": "wss://realtime.example.com/v1",
+}
+
+
+def test_the_site_engines_openai_socket_goes_to_the_fake_realtime(
+    fake: FakeUpstream, no_fake_realtime_yet: None, settings: Any
+) -> None:
+    settings.AVATURN = {"TEST_MODE": True, "ENGINE": "site", "SITE_ENGINE": SITE_ENGINE}
+
+    site_engine = avaturn_settings.SITE_ENGINE
+
+    assert site_engine["OPENAI_WEBSOCKET_URL"] == test_mode.fake_realtime().websocket_base_url
+    # The rest of the section is the site's.
+    assert (site_engine["PUBLIC_URL"], site_engine["TOOLS"]) == (
+        SITE_ENGINE["PUBLIC_URL"],
+        tuple(SITE_ENGINE["TOOLS"]),
+    )
+    assert avaturn_settings.configured("SITE_ENGINE") == SITE_ENGINE
+
+
+def test_reading_other_settings_starts_no_fake_realtime(
+    fake: FakeUpstream, no_fake_realtime_yet: None
+) -> None:
+    for name in TEST_MODE_SETTINGS - {"SITE_ENGINE"}:
+        avaturn_settings.raw(name)
+    assert test_mode._realtime is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_site_engine_conversation_in_test_mode_stays_on_loopback(
+    fake: FakeUpstream, no_fake_realtime_yet: None, settings: Any, api_client: Any
+) -> None:
+    """Start, Avaturn's connection to the socket (as the fake's create recorded it), the
+    engine's OpenAI socket: all on the fakes, with the fakes' keys."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.AVATURN = {"TEST_MODE": True, "ENGINE": "site", "SITE_ENGINE": SITE_ENGINE}
+    response = csrf_post(api_client, LIST_URL, {})
+    assert response.status_code == 201, response.content
+    (create,) = fake.requests_for(AVATURN_CREATE)
+    engine = create.json["conversation_engine"]
+    path = urlsplit(engine["url"]).path
+    headers = [(name.lower().encode(), value.encode()) for name, value in engine["headers"].items()]
+    realtime = test_mode.fake_realtime()
+
+    async def avaturn_joins_and_leaves() -> None:
+        avaturn = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path, headers=headers)
+        assert (await avaturn.connect(5))[0] is True
+        deadline = time.monotonic() + 5
+        while realtime.open_connections != 1:
+            assert time.monotonic() < deadline, "the engine did not open OpenAI"
+            await asyncio.sleep(0.01)
+        await avaturn.disconnect()
+
+    run_coroutine(avaturn_joins_and_leaves())
+
+    (opened,) = realtime.connections
+    assert opened.headers["authorization"] == f"Bearer {DEFAULT_OPENAI_API_KEY}"
+    assert realtime.wait_until(lambda: realtime.open_connections == 0)
+    row = Session.objects.get()
+    assert wait_until(lambda: Session.objects.get(pk=row.pk).status == SessionStatus.ENDED)

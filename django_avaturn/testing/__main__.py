@@ -7,12 +7,14 @@ beyond loopback unless told to, because its control API is unauthenticated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from .fake import (
     DEFAULT_AVATURN_API_KEY,
@@ -22,6 +24,9 @@ from .fake import (
     is_loopback_host,
 )
 from .records import AVATURN_CREATE, AVATURN_TERMINATE, OPENAI_CLIENT_SECRET
+
+if TYPE_CHECKING:
+    from .realtime import FakeRealtime
 
 CONTROL_HELP = """\
 control API (unauthenticated, hence loopback only):
@@ -98,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the Cartesia key it accepts (default: {DEFAULT_CARTESIA_API_KEY})",
     )
     parser.add_argument(
+        "--realtime-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve a fake OpenAI Realtime WebSocket for the site engine on PORT (0 picks "
+        "a free port), playing a demo script that calls --realtime-tool; needs "
+        "django-avaturn[engine]",
+    )
+    parser.add_argument(
+        "--realtime-tool",
+        default=None,
+        metavar="NAME",
+        help="the name of the tool the Realtime fake's script calls once (default: the "
+        "example project's demo tool)",
+    )
+    parser.add_argument(
         "--allow-non-loopback",
         action="store_true",
         help="listen on a non-loopback host (dangerous: the control API is unauthenticated)",
@@ -122,11 +143,26 @@ def build_fake(args: argparse.Namespace) -> FakeUpstream:
     )
 
 
+def build_realtime(args: argparse.Namespace) -> FakeRealtime:
+    """The site engine's fake OpenAI Realtime server; it takes the fake's OpenAI key."""
+    from .realtime import FakeRealtime, rundemo_script  # needs websockets (the engine extra)
+
+    script = rundemo_script() if args.realtime_tool is None else rundemo_script(args.realtime_tool)
+    return FakeRealtime(
+        script,
+        api_key=args.openai_key,
+        host=args.host,
+        port=args.realtime_port,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.allow_non_loopback and not is_loopback_host(args.host):
         parser.error(f"refusing non-loopback host {args.host!r} without --allow-non-loopback")
+    if args.realtime_port is not None and not is_loopback_host(args.host):
+        parser.error("the fake Realtime server listens on loopback only")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -134,10 +170,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with build_fake(args) as fake:
+    with contextlib.ExitStack() as running:
+        fake = running.enter_context(build_fake(args))
+        settings = fake.settings()
+        lines = [f"Fake upstream listening on {fake.url} (loopback only; Ctrl-C to stop)"]
+        if args.realtime_port is not None:
+            realtime = running.enter_context(build_realtime(args))
+            settings["SITE_ENGINE"] = {"OPENAI_WEBSOCKET_URL": realtime.websocket_base_url}
+            lines.append(f"Fake OpenAI Realtime listening on {realtime.url}")
         sys.stdout.write(
-            f"Fake upstream listening on {fake.url} (loopback only; Ctrl-C to stop)\n"
-            f"Merge into settings.AVATURN:\n{json.dumps(fake.settings(), indent=4)}\n"
+            "\n".join(lines)
+            + "\nMerge into settings.AVATURN (SITE_ENGINE into your SITE_ENGINE):\n"
+            + json.dumps(settings, indent=4)
+            + "\n"
         )
         sys.stdout.flush()
         stop.wait()
