@@ -123,3 +123,25 @@ def show_too_much(ctx: ToolContext, what: str) -> str:
 def unserialisable(ctx: ToolContext) -> object:
     """Returns what JSON cannot hold."""
     return {1, 2}
+
+
+@tool
+def echo(ctx: ToolContext, text: str) -> str:
+    """Say ``text`` back.
+
+    Args:
+        text: Any text.
+    """
+    RUNS[ctx.call_id] += 1
+    return text
+
+
+@tool
+def ratio(ctx: ToolContext, x: float) -> float:
+    """``x`` as given, or NaN for zero (a result JSON cannot hold).
+
+    Args:
+        x: A number.
+    """
+    RUNS[ctx.call_id] += 1
+    return x if x else float("nan")

@@ -113,7 +113,7 @@ def test_load_registry_collects_a_modules_tools_in_realtime_shape() -> None:
     assert registry.get("add") is example.add.avaturn_tool  # type: ignore[attr-defined]
     assert registry.get("nope") is None
     definitions = {d["name"]: d for d in registry.definitions()}
-    assert len(definitions) == len(registry) == 12
+    assert len(definitions) == len(registry) == 14
     assert definitions["add"] == {
         "type": "function",
         "name": "add",
@@ -339,6 +339,90 @@ def test_a_tools_permission_is_checked_on_every_call(runner: ToolRunner, user: A
     )
     assert call(runner, "perm-2", "recorded_calls") == {"result": 1}
     assert row("perm-2").status == ToolCallStatus.OK
+
+
+def test_a_recheck_that_fails_is_answered_and_recorded_as_failed(
+    runner: ToolRunner, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The re-check's own failure (here the site's permission backend) is the call's."""
+    settings.AUTHENTICATION_BACKENDS = ["tests.auth_backends.UnreachableDirectory"]
+    with caplog.at_level(logging.ERROR, logger="django_avaturn.engine.tools"):
+        answer = call(runner, "recheck-1", "recorded_calls")
+    assert answer == {"error": "The tool failed. Tell the user it could not be done now."}
+    assert row("recheck-1").status == ToolCallStatus.FAILED
+    assert "re-check a call of site tool 'recorded_calls': ConnectionError" in caplog.text
+    assert "directory server" not in caplog.text
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_arguments_beyond_json_are_invalid_and_the_tool_not_run(
+    session: Any, browser: Browser, number: str
+) -> None:
+    recording = ToolRunner(
+        load_registry([EXAMPLE]),
+        session=session,
+        user=session.user,
+        timeout=5,
+        record_arguments=True,
+        send_to_browser=browser,
+    )
+    answer = call(recording, "inf-1", "ratio", f'{{"x": {number}}}')
+    assert answer["error"].startswith("The arguments are not valid JSON")
+    assert example.RUNS["inf-1"] == 0
+    assert (row("inf-1").status, row("inf-1").arguments) == (
+        ToolCallStatus.INVALID,
+        f'{{"x": {number}}}',
+    )
+
+
+def test_a_result_of_nan_fails_rather_than_giving_the_model_invalid_json(
+    runner: ToolRunner,
+) -> None:
+    assert call(runner, "nan-1", "ratio", {"x": 0}) == {
+        "error": "The tool failed. Tell the user it could not be done now."
+    }
+    assert row("nan-1").status == ToolCallStatus.FAILED
+
+
+def test_a_nul_in_the_arguments_is_recorded_replaced(session: Any, browser: Browser) -> None:
+    """PostgreSQL's jsonb and text refuse NUL: the call's record must not be lost to one."""
+    recording = ToolRunner(
+        load_registry([EXAMPLE]),
+        session=session,
+        user=session.user,
+        timeout=5,
+        record_arguments=True,
+        send_to_browser=browser,
+    )
+    assert call(recording, "nul-\x00", "echo", {"text": "a\x00b"}) == {"result": "a\x00b"}
+    # Unescaped, it is not JSON: the raw text is what is kept.
+    answer = call(recording, "nul-2", "echo", '{"text": "a\x00b"}')
+    assert answer["error"].startswith("The arguments are not valid JSON")
+    recorded = row("nul-\ufffd")
+    assert (recorded.status, recorded.arguments) == (ToolCallStatus.OK, {"text": "a\ufffdb"})
+    assert (row("nul-2").status, row("nul-2").arguments) == (
+        ToolCallStatus.INVALID,
+        '{"text": "a\ufffdb"}',
+    )
+
+
+def test_a_tool_thread_that_cannot_start_gives_back_its_slot(
+    runner: ToolRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = threading.Thread.start
+
+    def no_thread_for_tools(thread: threading.Thread) -> None:
+        if thread.name.startswith("avaturn-tool-"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread_for_tools)
+    for attempt in range(tools.MAX_TOOL_THREADS + 1):
+        answer = call(runner, f"nothread-{attempt}", "add", {"a": 1})
+        assert answer == {"error": "The tool failed. Tell the user it could not be done now."}
+    monkeypatch.setattr(threading.Thread, "start", start)
+    # Every slot is free again: a tool runs.
+    assert call(runner, "thread-again", "add", {"a": 1}) == {"result": 1}
 
 
 def test_a_sync_tool_past_its_timeout_is_answered_without_waiting_for_its_thread(

@@ -24,6 +24,7 @@ import enum
 import inspect
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -628,7 +629,13 @@ class ToolRunner:
             return _error(
                 "invalid", f"There is no tool named {name[:64]!r}. The tools are: {listed}."
             )
-        access = await _run_db(lambda: self._recheck(spec))
+        try:
+            access = await _run_db(lambda: self._recheck(spec))
+        except Exception as exc:  # the database, or a user model without has_perm
+            logger.error(
+                "Could not re-check a call of site tool %r: %s", spec.name, _describe_error(exc)
+            )
+            return _error("failed", "The tool failed. Tell the user it could not be done now.")
         if isinstance(access, str):
             return _error("denied", access)
         user, session = access
@@ -659,7 +666,9 @@ class ToolRunner:
         finally:
             ended.set()
         try:
-            return _Outcome("ok", json.dumps({"result": result}, cls=_ResultEncoder))
+            return _Outcome(
+                "ok", json.dumps({"result": result}, cls=_ResultEncoder, allow_nan=False)
+            )
         except (TypeError, ValueError) as exc:
             _log_failure(spec.name, exc)
             return _error("failed", "The tool failed. Tell the user it could not be done now.")
@@ -699,12 +708,24 @@ class ToolRunner:
             waited = loop.create_future()
             # A daemon thread; past the timeout it cannot be stopped, so it is left
             # to finish on its own and its result is dropped.
-            threading.Thread(
-                target=_run_sync_tool,
-                args=(loop, waited, contextvars.copy_context(), spec.func, ctx, kwargs, spec.name),
-                name=f"avaturn-tool-{spec.name}",
-                daemon=True,
-            ).start()
+            try:
+                threading.Thread(
+                    target=_run_sync_tool,
+                    args=(
+                        loop,
+                        waited,
+                        contextvars.copy_context(),
+                        spec.func,
+                        ctx,
+                        kwargs,
+                        spec.name,
+                    ),
+                    name=f"avaturn-tool-{spec.name}",
+                    daemon=True,
+                ).start()
+            except BaseException:  # "can't start new thread": the slot is not taken
+                _tool_slots.release()
+                raise
         try:
             finished, _ = await asyncio.wait({waited}, timeout=timeout)
         except asyncio.CancelledError:
@@ -791,11 +812,11 @@ class ToolRunner:
         statements.insert_row(
             ToolCall(
                 session_id=self.session.pk,
-                call_id=call_id[:100],
-                tool=name[:100],
+                call_id=_storable(call_id)[:100],
+                tool=_storable(name)[:100],
                 status=status,
                 duration_ms=duration_ms,
-                arguments=arguments if self.record_arguments else None,
+                arguments=_storable(arguments) if self.record_arguments else None,
             )
         )
 
@@ -810,12 +831,41 @@ def _parse_arguments(arguments: str) -> tuple[Any, str | None]:
     if not arguments or not arguments.strip():
         return {}, None
     try:
-        parsed = json.loads(arguments)
+        parsed = json.loads(arguments, parse_constant=_not_json, parse_float=_finite)
     except ValueError as exc:
         return None, f"The arguments are not valid JSON ({exc}). Send a JSON object."
     if not isinstance(parsed, dict):
         return None, "The arguments must be a JSON object."
     return parsed, None
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with NUL characters replaced: PostgreSQL's text and jsonb refuse them,
+    and the model's arguments (which a visitor can steer) may hold one."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    """``json.loads`` takes NaN and Infinity; JSON (and a database's JSON column) does not."""
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999
+        raise ValueError(f"{text[:32]} is out of range")
+    return number
+
+
+def _describe_error(exc: BaseException) -> str:
+    """An exception's type only: a database's message may quote the arguments."""
+    return type(exc).__name__
 
 
 def _log_failure(name: str, exc: BaseException) -> None:

@@ -1,0 +1,14 @@
+"""Authentication backends for tests: a site's backend failing as a directory server can."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.backends import ModelBackend
+
+
+class UnreachableDirectory(ModelBackend):
+    """Answers ``has_perm`` as an LDAP backend whose server is down does: it raises."""
+
+    def has_perm(self, user_obj: Any, perm: str, obj: Any = None) -> bool:
+        raise ConnectionError("the directory server did not answer")
