@@ -1150,3 +1150,47 @@ def test_another_failure_of_a_send_is_not_taken_for_avaturn_leaving() -> None:
             await side.send_bytes(PCM)
 
     run(test)
+
+
+class ClosingRealtime:
+    """OpenAI's side as the consumer holds it: only whether it was closed matters here."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_an_end_cancelled_while_the_bridge_stops_still_closes_openai_and_ends_the_row(
+    engine: Any, user: Any
+) -> None:
+    """The server may cancel the application mid-end (daphne's close timeout): what the end
+    had left to do is done all the same."""
+    from django_avaturn.engine.consumer import SiteEngineConsumer
+
+    row, _, _ = site_row(user)
+    shutdown.running(row.pk)
+    realtime = ClosingRealtime()
+
+    async def test() -> None:
+        consumer = SiteEngineConsumer()
+        consumer.row = row
+        consumer.realtime = realtime
+        # The bridge still closing OpenAI (a slow close handshake), past any patience.
+        consumer.bridge_task = asyncio.ensure_future(asyncio.sleep(60))
+        ending = asyncio.ensure_future(consumer._finish(EndReason.ENGINE_CLOSED, "Avaturn left"))
+        await asyncio.sleep(0.1)
+        ending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ending
+        consumer.bridge_task.cancel()
+
+    run(test)
+    assert realtime.closed
+    ended_row = Session.objects.get(pk=row.pk)
+    assert (ended_row.status, ended_row.end_reason) == (
+        SessionStatus.ENDED,
+        EndReason.ENGINE_CLOSED,
+    )
+    assert row.pk not in shutdown.left_running()

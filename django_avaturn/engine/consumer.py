@@ -508,15 +508,15 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         if self._joining is not None and self._joining is not asyncio.current_task():
             self._joining.cancel()
         bridge, task = self.bridge, self.bridge_task
-        if bridge is not None:
-            with contextlib.suppress(Exception):
-                await bridge.stop()
-        if task is not None and task is not asyncio.current_task():
-            try:
-                await asyncio.wait_for(task, STOP_WAIT)
-            except (asyncio.TimeoutError, Exception):
-                task.cancel()
         try:
+            if bridge is not None:
+                with contextlib.suppress(Exception):
+                    await bridge.stop()
+            if task is not None and task is not asyncio.current_task():
+                try:
+                    await asyncio.wait_for(task, STOP_WAIT)
+                except (asyncio.TimeoutError, Exception):
+                    task.cancel()
             await self._close_realtime()
             if close_code is not None:
                 reason_bytes = close_reason.encode("utf-8")[:MAX_CLOSE_REASON]
@@ -528,8 +528,12 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 with contextlib.suppress(Exception):
                     await self.channel_layer.group_discard(self.group, self.channel_name)
         finally:
-            # Whatever failed above (or cancelled this), the row ends. Off the shared
-            # database thread: the terminate may wait on Avaturn for its timeout.
+            # Whatever failed above (or cancelled this, even while the bridge stopped),
+            # OpenAI's socket is closed and the row ends. Off the shared database
+            # thread: the terminate may wait on Avaturn for its timeout.
+            if self.realtime is not None:
+                with contextlib.suppress(BaseException):
+                    await self._close_realtime()
             if reason is not None and self.row is not None:
                 await database_sync_to_async(end_row, thread_sensitive=False)(
                     self.row.pk, reason, detail
