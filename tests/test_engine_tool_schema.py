@@ -409,6 +409,16 @@ def test_valid_arguments_are_converted_to_what_the_function_declares() -> None:
     }
 
 
+def test_a_date_time_without_an_offset_is_in_the_sites_time_zone(settings: Any) -> None:
+    settings.USE_TZ = True
+    settings.TIME_ZONE = "Europe/Paris"
+    at = check(dates, {"day": "2025-01-31", "at": "2025-01-31T14:30:00"})["at"]
+    assert at == datetime.datetime(2025, 1, 31, 13, 30, tzinfo=datetime.timezone.utc)
+    settings.USE_TZ = False
+    at = check(dates, {"day": "2025-01-31", "at": "2025-01-31T14:30:00"})["at"]
+    assert at == datetime.datetime(2025, 1, 31, 14, 30) and at.tzinfo is None
+
+
 @pytest.mark.parametrize(
     ("func", "arguments", "message"),
     [

@@ -26,6 +26,9 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal, Union
 
+from django.conf import settings
+from django.utils import timezone
+
 _SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns?|Yields?|Raises|Examples?|Notes?):\s*$")
 _ARGS_SECTIONS = frozenset({"Args", "Arguments", "Parameters"})
 _ARG_LINE = re.compile(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
@@ -200,7 +203,7 @@ class IsoDate(Shape):
             text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
             try:
                 if self.is_datetime:
-                    return datetime.datetime.fromisoformat(text)
+                    return _aware(datetime.datetime.fromisoformat(text))
                 if len(text) == 10:
                     return datetime.date.fromisoformat(text)
             except ValueError:
@@ -209,6 +212,14 @@ class IsoDate(Shape):
             f"{_where(path)}: expected an ISO 8601 {'date-time' if self.is_datetime else 'date'} "
             f"such as {example}, got {_json_literal(value)}."
         )
+
+
+def _aware(moment: datetime.datetime) -> datetime.datetime:
+    """With ``USE_TZ``, a date-time the model gave without an offset is in the site's current
+    time zone, as Django's forms read one: a tool never compares it with an aware one."""
+    if settings.USE_TZ and timezone.is_naive(moment):
+        return timezone.make_aware(moment)
+    return moment
 
 
 @dataclasses.dataclass
