@@ -71,16 +71,27 @@ def browser() -> Browser:
     return Browser()
 
 
-@pytest.fixture
-def runner(session: Any, browser: Browser) -> ToolRunner:
+def example_runner(session: Any, browser: Browser, *, record_arguments: bool) -> ToolRunner:
+    """A runner of the example module's tools, for ``session``."""
     return ToolRunner(
         load_registry([EXAMPLE]),
         session=session,
         user=session.user,
         timeout=5,
-        record_arguments=False,
+        record_arguments=record_arguments,
         send_to_browser=browser,
     )
+
+
+@pytest.fixture
+def runner(session: Any, browser: Browser) -> ToolRunner:
+    return example_runner(session, browser, record_arguments=False)
+
+
+@pytest.fixture
+def recording(session: Any, browser: Browser) -> ToolRunner:
+    """The example's runner with ``RECORD_TOOL_ARGUMENTS`` on."""
+    return example_runner(session, browser, record_arguments=True)
 
 
 def runner_of(function: Any, session: Any, browser: Browser, *, timeout: float) -> ToolRunner:
@@ -217,20 +228,12 @@ def test_an_async_tool_runs_on_the_loop(runner: ToolRunner) -> None:
     assert row("call-a").status == ToolCallStatus.OK
 
 
-def test_arguments_are_recorded_only_when_the_site_opts_in(session: Any, browser: Browser) -> None:
-    def runner_recording(record: bool) -> ToolRunner:
-        return ToolRunner(
-            load_registry([EXAMPLE]),
-            session=session,
-            user=session.user,
-            timeout=5,
-            record_arguments=record,
-            send_to_browser=browser,
-        )
-
-    assert call(runner_recording(True), "rec-1", "add", {"a": 2, "b": 3}) == {"result": 5}
-    assert call(runner_recording(False), "rec-2", "add", {"a": 2}) == {"result": 2}
-    assert call(runner_recording(True), "rec-3", "add", "{not json") == {
+def test_arguments_are_recorded_only_when_the_site_opts_in(
+    runner: ToolRunner, recording: ToolRunner
+) -> None:
+    assert call(recording, "rec-1", "add", {"a": 2, "b": 3}) == {"result": 5}
+    assert call(runner, "rec-2", "add", {"a": 2}) == {"result": 2}
+    assert call(recording, "rec-3", "add", "{not json") == {
         "error": (
             "The arguments are not valid JSON (Expecting property name enclosed in double "
             "quotes: line 1 column 2 (char 1)). Send a JSON object."
@@ -356,16 +359,8 @@ def test_a_recheck_that_fails_is_answered_and_recorded_as_failed(
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_arguments_beyond_json_are_invalid_and_the_tool_not_run(
-    session: Any, browser: Browser, number: str
+    recording: ToolRunner, number: str
 ) -> None:
-    recording = ToolRunner(
-        load_registry([EXAMPLE]),
-        session=session,
-        user=session.user,
-        timeout=5,
-        record_arguments=True,
-        send_to_browser=browser,
-    )
     answer = call(recording, "inf-1", "ratio", f'{{"x": {number}}}')
     assert answer["error"].startswith("The arguments are not valid JSON")
     assert example.RUNS["inf-1"] == 0
@@ -384,16 +379,8 @@ def test_a_result_of_nan_fails_rather_than_giving_the_model_invalid_json(
     assert row("nan-1").status == ToolCallStatus.FAILED
 
 
-def test_a_nul_in_the_arguments_is_recorded_replaced(session: Any, browser: Browser) -> None:
+def test_a_nul_in_the_arguments_is_recorded_replaced(recording: ToolRunner) -> None:
     """PostgreSQL's jsonb and text refuse NUL: the call's record must not be lost to one."""
-    recording = ToolRunner(
-        load_registry([EXAMPLE]),
-        session=session,
-        user=session.user,
-        timeout=5,
-        record_arguments=True,
-        send_to_browser=browser,
-    )
     assert call(recording, "nul-\x00", "echo", {"text": "a\x00b"}) == {"result": "a\x00b"}
     # Unescaped, it is not JSON: the raw text is what is kept.
     answer = call(recording, "nul-2", "echo", '{"text": "a\x00b"}')

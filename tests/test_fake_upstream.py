@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -767,25 +768,32 @@ def test_cli_rejects_bad_arguments(argv: list[str], capsys: pytest.CaptureFixtur
     capsys.readouterr()
 
 
-def test_cli_runs_until_sigterm() -> None:
+@contextlib.contextmanager
+def cli(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -m django_avaturn.testing --port 0 *args``, killed if a test leaves it running."""
     with subprocess.Popen(
-        [sys.executable, "-m", "django_avaturn.testing", "--port", "0"],
+        [sys.executable, "-m", "django_avaturn.testing", "--port", "0", *args],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     ) as process:
         try:
-            assert process.stdout is not None
-            first = process.stdout.readline()
-            url = first.split(" on ", 1)[1].split()[0]
-            assert url.startswith("http://127.0.0.1:")
-            assert requests.get(f"{url}/_fake/state", timeout=5).json()["url"] == url
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=5)
-            rest = process.stdout.read()  # communicate() would skip what readline() buffered
+            yield process
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_cli_runs_until_sigterm() -> None:
+    with cli() as process:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        url = first.split(" on ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        assert requests.get(f"{url}/_fake/state", timeout=5).json()["url"] == url
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=5)
+        rest = process.stdout.read()  # communicate() would skip what readline() buffered
     assert process.returncode == 0
     assert '"OPENAI_BASE_URL"' in rest
     assert "stopped" in rest
@@ -794,32 +802,23 @@ def test_cli_runs_until_sigterm() -> None:
 def test_cli_serves_the_site_engines_realtime_fake_on_request() -> None:
     from websockets.sync.client import connect
 
-    with subprocess.Popen(
-        [sys.executable, "-m", "django_avaturn.testing", "--port", "0", "--realtime-port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    ) as process:
-        try:
-            assert process.stdout is not None
-            lines = []
-            while not lines or lines[-1] != "}":
-                lines.append(process.stdout.readline().rstrip("\n"))
-            printed = json.loads("\n".join(lines[lines.index("{") :]))
-            websocket_url = printed["SITE_ENGINE"]["OPENAI_WEBSOCKET_URL"]
-            assert websocket_url.startswith("ws://127.0.0.1:")
-            # The OpenAI SDK's request: <websocket_base_url>/realtime, the fake's key.
-            with connect(
-                f"{websocket_url}/realtime?model=gpt-realtime",
-                additional_headers={"Authorization": f"Bearer {printed['OPENAI_API_KEY']}"},
-                open_timeout=5,
-            ) as realtime:
-                assert json.loads(realtime.recv(timeout=5))["type"] == "session.created"
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=5)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with cli("--realtime-port", "0") as process:
+        assert process.stdout is not None
+        lines = []
+        while not lines or lines[-1] != "}":
+            lines.append(process.stdout.readline().rstrip("\n"))
+        printed = json.loads("\n".join(lines[lines.index("{") :]))
+        websocket_url = printed["SITE_ENGINE"]["OPENAI_WEBSOCKET_URL"]
+        assert websocket_url.startswith("ws://127.0.0.1:")
+        # The OpenAI SDK's request: <websocket_base_url>/realtime, the fake's key.
+        with connect(
+            f"{websocket_url}/realtime?model=gpt-realtime",
+            additional_headers={"Authorization": f"Bearer {printed['OPENAI_API_KEY']}"},
+            open_timeout=5,
+        ) as realtime:
+            assert json.loads(realtime.recv(timeout=5))["type"] == "session.created"
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=5)
     assert process.returncode == 0
 
 

@@ -531,9 +531,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             # Whatever failed above (or cancelled this, even while the bridge stopped),
             # OpenAI's socket is closed and the row ends. Off the shared database
             # thread: the terminate may wait on Avaturn for its timeout.
-            if self.realtime is not None:
-                with contextlib.suppress(BaseException):
-                    await self._close_realtime()
+            with contextlib.suppress(BaseException):  # (a no-op once closed above)
+                await self._close_realtime()
             if reason is not None and self.row is not None:
                 await database_sync_to_async(end_row, thread_sensitive=False)(
                     self.row.pk, reason, detail

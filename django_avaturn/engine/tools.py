@@ -632,8 +632,9 @@ class ToolRunner:
         try:
             access = await _run_db(lambda: self._recheck(spec))
         except Exception as exc:  # the database, or a user model without has_perm
+            # Its type only: a database's message may quote the arguments.
             logger.error(
-                "Could not re-check a call of site tool %r: %s", spec.name, _describe_error(exc)
+                "Could not re-check a call of site tool %r: %s", spec.name, type(exc).__name__
             )
             return _error("failed", "The tool failed. Tell the user it could not be done now.")
         if isinstance(access, str):
@@ -861,11 +862,6 @@ def _finite(text: str) -> float:
     if not math.isfinite(number):  # 1e999
         raise ValueError(f"{text[:32]} is out of range")
     return number
-
-
-def _describe_error(exc: BaseException) -> str:
-    """An exception's type only: a database's message may quote the arguments."""
-    return type(exc).__name__
 
 
 def _log_failure(name: str, exc: BaseException) -> None:
