@@ -92,6 +92,55 @@ def test_start_returns_only_what_the_browser_needs(
     assert avaturn_request.headers["User-Agent"].startswith("django-avaturn/")
 
 
+def test_start_sends_the_whole_realtime_session_to_openai_verbatim(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
+) -> None:
+    # Nested objects, a tool's JSON schema, a null and a string where the
+    # type allows a number: all reach OpenAI exactly as the settings wrote them.
+    extra = {
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "turn_detection": {"type": "semantic_vad", "eagerness": "low"},
+                "transcription": None,
+            },
+            "output": {"speed": 1.1},
+        },
+        "tools": [
+            {
+                "type": "function",
+                "name": "lookup_order",
+                "description": "Find an order.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"number": {"type": "string", "minLength": 1}},
+                    "required": ["number"],
+                    "additionalProperties": False,
+                },
+            }
+        ],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf",
+        "tracing": None,
+    }
+    avaturn(REALTIME_SESSION=extra)
+
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+
+    sent = upstream.openai.sent_json()
+    assert sent["session"] == {
+        "type": "realtime",
+        "model": "gpt-realtime",
+        "instructions": "You are a friendly assistant. Keep your answers short and spoken.",
+        **extra,
+        "audio": {
+            "input": extra["audio"]["input"],
+            "output": {"voice": "marin", "speed": 1.1},
+        },
+    }
+    assert sent["expires_after"] == {"anchor": "created_at", "seconds": 600}
+
+
 def test_anonymous_is_refused_before_any_upstream_call(client: Any, upstream: Any) -> None:
     response = client.post(LIST_URL, data="{}", content_type="application/json")
     assert response.status_code == 403
