@@ -6,10 +6,11 @@ import logging
 from typing import Any
 
 import pytest
+from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
 from django.urls import reverse
 
 from django_avaturn.models import EndReason, Session, SessionStatus
-from tests.helpers import KEYS, LIST_URL, AvaturnOverrides, csrf_delete, csrf_post
+from tests.helpers import KEYS, LIST_URL, AvaturnOverrides, csrf_delete, csrf_post, live
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -283,6 +284,25 @@ def test_heartbeat_records_last_seen(api_client: Any, upstream: Any) -> None:
     ended = csrf_post(api_client, f"/avaturn/sessions/{session_id}/heartbeat/")
     assert ended.status_code == 409
     assert ended.json()["code"] == "session_ended"
+
+
+def test_the_callers_row_is_read_where_it_was_written_not_from_a_replica(
+    api_client: Any, upstream: Any, user: Any, settings: Any
+) -> None:
+    """Stop pressed a moment after Start: a lagging replica may not have the row yet."""
+    live(user, "fresh")
+    settings.DATABASE_ROUTERS = ["tests.routers.ReadsFromAReplica"]
+    detail = f"{LIST_URL}fresh/"
+
+    assert api_client.get(detail).status_code == 200
+    api_client.cookies["csrftoken"] = secret = _get_new_csrf_string()
+    heartbeat = api_client.post(
+        f"{detail}heartbeat/", HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret)
+    )
+    assert heartbeat.status_code == 204
+    assert csrf_delete(api_client, detail).status_code == 204
+    assert upstream.avaturn.deleted == ["fresh"]
+    assert Session.objects.using("default").get(session_id="fresh").status == SessionStatus.ENDED
 
 
 def test_a_replaced_sessions_heartbeat_says_it_was_replaced(api_client: Any, upstream: Any) -> None:

@@ -224,6 +224,22 @@ def test_a_row_with_a_user_model_spread_over_tables_is_read_by_the_orm(
     assert '"session"' not in captured.captured_queries[0]["sql"]  # the ORM's, not ours
 
 
+@pytest.mark.parametrize("spread_over_tables", [False, True])
+def test_a_row_with_its_user_is_read_where_writes_go_not_from_a_replica(
+    monkeypatch: pytest.MonkeyPatch, settings: Any, user: Any, spread_over_tables: bool
+) -> None:
+    """A tool's re-check must see a session ended a moment ago: a replica may lag behind."""
+    row = live(user, "mine")
+    if spread_over_tables:
+        monkeypatch.setattr(type(user)._meta, "parents", {Session: None})
+    settings.DATABASE_ROUTERS = ["tests.routers.ReadsFromAReplica"]
+
+    found = statements.row_with_user(row.pk)
+
+    assert found is not None and found.user.pk == user.pk
+    assert found._state.db == "default"
+
+
 def test_a_tool_call_is_inserted_as_the_orm_creates_it(user: Any) -> None:
     row = live(user, "mine", engine=Engine.SITE)
     fields: dict[str, Any] = {

@@ -217,11 +217,12 @@ _ROW_ATTNAMES = [field.attname for field in _META.concrete_fields]
 def own_row(session_id: str, user_pk: Any) -> Session | None:
     """``Session.objects.get(session_id=session_id, user_id=user_pk)``, or None if there is none.
 
-    The whole row, from the read router's database, built by ``Session.from_db``
-    as the ORM builds it (``session_id`` is unique: one row at most).
+    The whole row, built by ``Session.from_db`` as the ORM builds it
+    (``session_id`` is unique: one row at most). Read from the write router's
+    database: the caller ends it, or records its heartbeat, often a moment
+    after starting it, which a lagging replica may not show yet.
     """
-    alias = router.db_for_read(Session)
-    connection = connections[alias]
+    alias, connection = _connection()
     params = [
         _field("session_id").get_db_prep_value(session_id, connection),
         _field("user").get_db_prep_value(user_pk, connection),
@@ -262,16 +263,17 @@ def row_with_user(pk: Any) -> Session | None:
     """``Session.objects.select_related("user").filter(pk=pk).first()``, cheaper.
 
     The whole row and its whole user (``row.user`` reads no more), built by
-    ``from_db`` as the ORM builds them, from the read router's database; None
-    when there is no such row.
+    ``from_db`` as the ORM builds them; None when there is no such row. Read
+    from the write router's database, as every status change is written: a
+    re-check must see a session ended or a user deactivated a moment ago,
+    which a lagging replica may not show yet.
     """
     user_model = _META.get_field("user").related_model
     assert isinstance(user_model, type)
     assert issubclass(user_model, Model)
+    alias, connection = _connection()
     if not _whole_row_model(user_model):
-        return Session.objects.select_related("user").filter(pk=pk).first()
-    alias = router.db_for_read(Session)
-    connection = connections[alias]
+        return Session.objects.using(alias).select_related("user").filter(pk=pk).first()
     with connection.cursor() as cursor:
         cursor.execute(
             _row_with_user_sql(alias, user_model),
