@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import threading
+import warnings
 from collections.abc import Coroutine
 from typing import Any
 
@@ -587,6 +589,53 @@ def test_a_sync_send_to_browser_of_the_host_works_too(session: Any) -> None:
     )
     assert call(runner, "card-s", "show_card", {"title": "T"}) == {"result": "shown"}
     assert sent == [{"card": "T", "n": 1}, {"card": "T", "n": 2}]
+
+
+class StuckBrowser:
+    """A browser socket that takes no message: each send waits until it is cancelled."""
+
+    def __init__(self) -> None:
+        self.began: list[dict[str, Any]] = []
+        self.cancelled = 0
+
+    async def __call__(self, data: dict[str, Any]) -> None:
+        self.began.append(data)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def test_closing_the_runner_drops_the_messages_still_on_their_way(
+    session: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    stuck = StuckBrowser()
+    runner = ToolRunner(
+        load_registry([EXAMPLE]),
+        session=session,
+        user=session.user,
+        timeout=5,
+        record_arguments=False,
+        send_to_browser=stuck,
+    )
+
+    async def scenario() -> str:
+        output = await runner("card-stuck", "show_card_async", json.dumps({"title": "T"}))
+        await asyncio.sleep(0.01)  # the first message is being sent, the second waits its turn
+        runner.close()  # the conversation ended
+        await asyncio.sleep(0.01)
+        return output
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert json.loads(run(scenario())) == {"result": "shown"}
+        gc.collect()
+    assert stuck.began == [{"card": "T", "n": 1}]
+    assert stuck.cancelled == 1
+    # The second was dropped before it began: neither an error nor a coroutine never awaited.
+    assert "failed" not in caplog.text
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
 
 
 @pytest.mark.parametrize(

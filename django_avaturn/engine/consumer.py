@@ -168,6 +168,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
 
     row: Session | None = None
     bridge: Bridge | None = None
+    runner: ToolRunner | None = None
     realtime: Any = None
     bridge_task: asyncio.Task[None] | None = None
     group: str | None = None
@@ -279,7 +280,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 return self.bridge.send_to_browser(data)
             return None
 
-        runner = ToolRunner(
+        self.runner = runner = ToolRunner(
             registry,
             session=row,
             user=row.user,
@@ -518,6 +519,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 except (asyncio.TimeoutError, Exception):
                     task.cancel()
             await self._close_realtime()
+            if self.runner is not None:
+                self.runner.close()
             if close_code is not None:
                 reason_bytes = close_reason.encode("utf-8")[:MAX_CLOSE_REASON]
                 try:

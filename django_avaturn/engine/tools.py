@@ -770,13 +770,23 @@ class ToolRunner:
             task.add_done_callback(self._sends.discard)
 
     async def _in_order(self, sending: Any) -> None:
-        async with self._sending:  # asyncio's locks are FIFO: messages keep their order
-            try:
+        try:
+            async with self._sending:  # asyncio's locks are FIFO: messages keep their order
                 await sending
-            except Exception as exc:
-                logger.error(
-                    "Sending a tool's message to the browser failed: %s", type(exc).__name__
-                )
+        except asyncio.CancelledError:
+            if inspect.iscoroutine(sending):
+                sending.close()  # dropped before it began: not a coroutine "never awaited"
+            raise
+        except Exception as exc:
+            logger.error("Sending a tool's message to the browser failed: %s", type(exc).__name__)
+
+    def close(self) -> None:
+        """The conversation has ended: drop the messages still on their way to the browser.
+
+        Their socket is closing; each would only fail against it.
+        """
+        for task in list(self._sends):
+            task.cancel()
 
     async def _record(
         self, call_id: str, name: str, status: str, started: float, arguments: Any
