@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from django.contrib.auth.backends import ModelBackend
@@ -12,3 +13,15 @@ class UnreachableDirectory(ModelBackend):
 
     def has_perm(self, user_obj: Any, perm: str, obj: Any = None) -> bool:
         raise ConnectionError("the directory server did not answer")
+
+
+# Set by a test to let a SlowDirectory answer.
+DIRECTORY_ANSWERS = threading.Event()
+
+
+class SlowDirectory(ModelBackend):
+    """Answers ``has_perm`` only once ``DIRECTORY_ANSWERS`` is set: a server that hangs."""
+
+    def has_perm(self, user_obj: Any, perm: str, obj: Any = None) -> bool:
+        DIRECTORY_ANSWERS.wait(30)
+        return super().has_perm(user_obj, perm, obj)

@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Coroutine
 from typing import Any
@@ -28,6 +29,7 @@ from django_avaturn.engine.tools import (
 )
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import SessionStatus, ToolCall, ToolCallStatus
+from tests import auth_backends
 from tests import engine_tools_example as example
 from tests.helpers import live, logged_in, run_coroutine, staff
 from tests.live_fake import wait_until
@@ -357,6 +359,49 @@ def test_a_recheck_that_fails_is_answered_and_recorded_as_failed(
     assert row("recheck-1").status == ToolCallStatus.FAILED
     assert "re-check a call of site tool 'recorded_calls': ConnectionError" in caplog.text
     assert "directory server" not in caplog.text
+
+
+def test_a_recheck_stuck_on_the_database_thread_times_out_without_holding_up_the_next(
+    session: Any,
+    browser: Browser,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A permission backend that hangs: each call is answered within its timeout."""
+    settings.AUTHENTICATION_BACKENDS = ["tests.auth_backends.SlowDirectory"]
+    runner = ToolRunner(
+        load_registry([EXAMPLE]),
+        session=session,
+        user=session.user,
+        timeout=0.2,
+        record_arguments=False,
+        send_to_browser=browser,
+    )
+    timed_out = {
+        "error": "The tool did not answer within 0.2 seconds. Tell the user it could not "
+        "be done just now."
+    }
+    monkeypatch.setattr(tools, "RECORD_WAIT", 0.3)
+    auth_backends.DIRECTORY_ANSWERS.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="django_avaturn.engine.tools"):
+            began = time.monotonic()
+            assert call(runner, "stuck-1", "recorded_calls") == timed_out
+            # Queued behind the stuck step: the record, then this call's re-check.
+            assert call(runner, "stuck-2", "add", {"a": 1}) == timed_out
+            waited = time.monotonic() - began
+        assert waited < tools.RECORD_WAIT * 2 + 1
+        assert example.RUNS["stuck-1"] == example.RUNS["stuck-2"] == 0
+        assert "re-check a call of site tool 'recorded_calls' within 0.2 s" in caplog.text
+        assert "recorded late" in caplog.text
+    finally:
+        auth_backends.DIRECTORY_ANSWERS.set()
+    # Once the backend answers, the queued records are written.
+    assert wait_until(lambda: ToolCall.objects.filter(call_id__startswith="stuck-").count() == 2)
+    assert {row.status for row in ToolCall.objects.filter(call_id__startswith="stuck-")} == {
+        ToolCallStatus.TIMEOUT
+    }
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])

@@ -366,6 +366,14 @@ class _Outcome:
     output: str
 
 
+def _overran(timeout: float) -> _Outcome:
+    return _error(
+        "timeout",
+        f"The tool did not answer within {timeout:g} seconds. Tell the user it could "
+        "not be done just now.",
+    )
+
+
 def _error(status: str, message: str) -> _Outcome:
     return _Outcome(status, json.dumps({"error": message}, ensure_ascii=False))
 
@@ -522,6 +530,9 @@ def _close_unusable_connections() -> None:
 # Seconds the tools' database thread keeps its connection without a step.
 DB_IDLE_CLOSE = 0.5
 
+# Seconds a call's outcome waits for its record before the model hears it anyway.
+RECORD_WAIT = 2.0
+
 _DB_STEPS = _DatabaseThread("avaturn-tool-db", idle=DB_IDLE_CLOSE)
 
 
@@ -629,8 +640,19 @@ class ToolRunner:
             return _error(
                 "invalid", f"There is no tool named {name[:64]!r}. The tools are: {listed}."
             )
+        timeout = spec.timeout or self.timeout
         try:
-            access = await _run_db(lambda: self._recheck(spec))
+            # Bounded: a step stuck on the shared database thread (a lock wait, a
+            # permission backend that does not answer) holds up every call behind it.
+            access = await asyncio.wait_for(_run_db(lambda: self._recheck(spec)), timeout)
+        except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
+            logger.error(
+                "Could not re-check a call of site tool %r within %g s: the database "
+                "or the permission backend is not answering",
+                spec.name,
+                timeout,
+            )
+            return _overran(timeout)
         except Exception as exc:  # the database, or a user model without has_perm
             # Its type only: a database's message may quote the arguments.
             logger.error(
@@ -648,17 +670,12 @@ class ToolRunner:
             return _error("invalid", f"Invalid arguments: {exc} Call {spec.name} again, corrected.")
         ended = threading.Event()
         ctx = ToolContext(user, session, call_id, self._deliverer(ended))
-        timeout = spec.timeout or self.timeout
         try:
             result = await self._run(spec, ctx, kwargs, timeout)
         except _NoThread:
             return _error("failed", "The tool failed. Tell the user it could not be done now.")
         except _Overran:
-            return _error(
-                "timeout",
-                f"The tool did not answer within {timeout:g} seconds. Tell the user it could "
-                "not be done just now.",
-            )
+            return _overran(timeout)
         except ToolError as exc:
             return _error("error", exc.message)
         except Exception as exc:
@@ -791,28 +808,47 @@ class ToolRunner:
     async def _record(
         self, call_id: str, name: str, status: str, started: float, arguments: Any
     ) -> None:
-        duration_ms = round((time.monotonic() - started) * 1000)
+        """Record the call before the model hears its outcome, waiting at most ``RECORD_WAIT``.
+
+        Past that the model hears it anyway; the record is still written, once
+        the database thread reaches it.
+        """
+        write = self._writer(call_id, name, status, started, arguments)
         try:
-            await _run_db(lambda: self._write(call_id, name, status, duration_ms, arguments))
-        except Exception as exc:  # the model's answer matters more than its record
-            logger.error("Could not record a call of site tool %r: %s", name, type(exc).__name__)
+            await asyncio.wait_for(_run_db(write), RECORD_WAIT)
+        except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
+            logger.warning(
+                "A call of site tool %r is recorded late: the database is not answering", name
+            )
 
     def _record_later(
         self, call_id: str, name: str, status: str, started: float, arguments: Any
     ) -> None:
+        write = self._writer(call_id, name, status, started, arguments)
+
+        def write_and_close() -> None:
+            try:
+                write()
+            finally:
+                connections.close_all()
+
+        threading.Thread(target=write_and_close, name="avaturn-tool-record", daemon=True).start()
+
+    def _writer(
+        self, call_id: str, name: str, status: str, started: float, arguments: Any
+    ) -> Callable[[], None]:
+        """The call's record as a database step; it logs its own failure (nobody may wait)."""
         duration_ms = round((time.monotonic() - started) * 1000)
 
         def write() -> None:
             try:
                 self._write(call_id, name, status, duration_ms, arguments)
-            except Exception as exc:
+            except Exception as exc:  # the model's answer matters more than its record
                 logger.error(
                     "Could not record a call of site tool %r: %s", name, type(exc).__name__
                 )
-            finally:
-                connections.close_all()
 
-        threading.Thread(target=write, name="avaturn-tool-record", daemon=True).start()
+        return write
 
     def _write(
         self, call_id: str, name: str, status: str, duration_ms: int, arguments: Any
