@@ -296,9 +296,7 @@ def test_the_callers_row_is_read_where_it_was_written_not_from_a_replica(
 
     assert api_client.get(detail).status_code == 200
     api_client.cookies["csrftoken"] = secret = _get_new_csrf_string()
-    heartbeat = api_client.post(
-        f"{detail}heartbeat/", HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret)
-    )
+    heartbeat = api_client.post(f"{detail}heartbeat/", HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret))
     assert heartbeat.status_code == 204
     assert csrf_delete(api_client, detail).status_code == 204
     assert upstream.avaturn.deleted == ["fresh"]
