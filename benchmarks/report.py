@@ -143,6 +143,13 @@ IN_PROCESS = "\n".join(
         "serializer (about 90 µs); `EndReason.values` a set built once | 11 | 4 "
         "| 7,633 / 5,174 | 1.48 | 1.51, 1.53 | `API: content negotiation answered at once "
         "where its answer is fixed` |",
+        "| Before the change below, measured again (b8c088c) | 11 | 4 | 7,240 / 5,088 "
+        "| 1.42 | 1.42, 1.44 | - |",
+        "| The realtime session sent as the client secret request's JSON (the SDK's "
+        "`extra_body`), not as its declared parameter, which the SDK walks key by key "
+        "against its request types (no aliases or formats there: the walk changed "
+        "nothing) | 11 | 4 | 7,342 / 5,302 | 1.38 | 1.39, 1.38 | `OpenAI mint: send the "
+        "realtime session as the request's JSON, without the SDK's type walk` |",
         "| PostgreSQL, before the three changes above and after them (`--db postgres`, "
         "once each; `BEGIN` and `COMMIT` are not counted there) | 13, 12 | 4, 4 "
         "| 10,670 / 5,518, 8,455 / 4,909 | 1.93, 1.72 | 1.91, 1.75 | the three above |",
@@ -158,7 +165,22 @@ IN_PROCESS = "\n".join(
         "Logging formats nothing it does not emit (`logger.info` with `%s` arguments, "
         "below the example's level), and the two signals with no receiver cost 7 µs. The "
         "upstream clients cost what the floor's do (create 491 against 502 µs, terminate "
-        "442 against 440 µs, mint 886 against 882 µs with the same session).",
+        "442 against 440 µs, mint 886 against 882 µs with the same session; with the "
+        "example's own, larger session the SDK's walk of it cost more, the row above).",
+        "",
+        "On PostgreSQL with a new connection per request (uvicorn with `CONN_MAX_AGE = 0`, "
+        "the `uvicorn` rows), each backend starts with cold catalog caches, and every "
+        "table, index and function a statement touches is loaded on first use. Backend "
+        "CPU of a start's statements and an end's read of its row on a fresh connection, "
+        "then the same statements again on it (`/proc/<pid>/schedstat`, median of 40 "
+        "connections): 1.73 ms against "
+        "0.64 ms warm, the reservation's read 0.74 against 0.20 and the INSERT 0.49 "
+        "against 0.13; the session and user reads that the floor makes too, 1.01 against "
+        "0.15. A start+end with a connection per request cost the backends 15.5 ms against "
+        "the floor's 10.3 ms (the benchmark's in-process loop closing the connection after "
+        "each request), and dropping the two indexes Django adds beside ours (the user "
+        "foreign key's, the unique `session_id`'s `LIKE` index) changed nothing (15.6 "
+        "ms). A pool (the `uvicorn+pool` rows) keeps the caches warm.",
         "",
     ]
 )
