@@ -14,6 +14,7 @@ on it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -292,10 +293,11 @@ class Quotas:
 
 
 def check_session_shape(session: Mapping[str, Any]) -> None:
-    """``NotConfigured`` unless ``session`` is a GA realtime session we can read.
+    """``NotConfigured`` unless ``session`` is a GA realtime session we can read and send.
 
     The merged session is read back (``audio.output.voice``): a scalar where a
-    dict belongs would fail there with an AttributeError, a 500.
+    dict belongs would fail there with an AttributeError, a 500. It is sent as
+    JSON, so it holds JSON values only.
     """
     if session.get("type", "realtime") != "realtime":
         # Avaturn only drives GA realtime sessions; anything else fails to start.
@@ -303,6 +305,15 @@ def check_session_shape(session: Mapping[str, Any]) -> None:
     audio = session.get("audio", {})
     if not isinstance(audio, Mapping) or not isinstance(audio.get("output", {}), Mapping):
         raise NotConfigured('REALTIME_SESSION "audio" and "audio.output" must be dicts.')
+    try:
+        # Sent as JSON once the start has reserved its slot (and ended what it
+        # replaces): a value JSON cannot carry must fail here, before all that.
+        json.dumps(session, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise NotConfigured(
+            f"REALTIME_SESSION must hold only JSON values (strings, numbers, booleans, "
+            f"null, lists and dicts): {exc}."
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -96,8 +97,8 @@ def test_start_returns_only_what_the_browser_needs(
 def test_start_sends_the_whole_realtime_session_to_openai_verbatim(
     api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
-    # Nested objects, a tool's JSON schema, a null and a string where the
-    # type allows a number: all reach OpenAI exactly as the settings wrote them.
+    # Nested objects, a tool's JSON schema, nulls and the string "inf" for a
+    # token limit: all reach OpenAI exactly as the settings wrote them.
     extra = {
         "audio": {
             "input": {
@@ -392,6 +393,9 @@ def test_one_replaced_session_failing_to_end_does_not_strand_the_others(
         ("OPENAI_HTTP_CLIENT", "tests.test_api.async_http_client", "post"),
         ("API_KEY", "two words", "post"),
         ("REALTIME_SESSION", {"audio": {"output": "marin"}}, "post"),
+        # Not JSON: each failed inside the SDK, once the start had reserved its slot.
+        ("REALTIME_SESSION", {"temperature": Decimal("0.8")}, "post"),
+        ("REALTIME_SESSION", {"temperature": float("nan")}, "post"),
         ("OPENAI_TIMEOUT", float("inf"), "post"),
         # Was handed to the browser unchecked, after the session was created.
         ("SDK_API_HOST", "api.avaturn.live", "post"),
@@ -434,6 +438,26 @@ def test_a_missing_or_malformed_setting_is_a_json_503_and_spends_nothing(
     }
     assert upstream.openai.requests == []
     assert Session.objects.count() == 0
+
+
+def hook_with_a_decimal(request: Any, config: str | None) -> dict[str, Any]:
+    return {"realtime_session": {"temperature": Decimal("0.8")}}
+
+
+def test_a_hooks_session_that_is_not_json_ends_nothing_and_starts_nothing(
+    api_client: Any, upstream: Any, user: Any, avaturn: AvaturnOverrides
+) -> None:
+    """It was a 500 after the start had ended the user's live session (end_oldest)."""
+    live(user, "earlier")
+    avaturn(SESSION_CONFIG_HOOK="tests.test_api.hook_with_a_decimal")
+
+    response = csrf_post(api_client, LIST_URL, {})
+
+    assert (response.status_code, response.json()["code"]) == (503, "not_configured")
+    assert upstream.openai.requests == [] and upstream.avaturn.deleted == []
+    assert list(Session.objects.values_list("session_id", "status")) == [
+        ("earlier", SessionStatus.LIVE)
+    ]
 
 
 def async_http_client() -> Any:

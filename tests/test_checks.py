@@ -156,6 +156,8 @@ def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
         # Read back after the merge: a scalar where a dict belongs is refused, not a 500.
         ("REALTIME_SESSION", {"audio": "x"}),
         ("REALTIME_SESSION", {"audio": {"output": "marin"}}),
+        # Sent as JSON: a value JSON cannot carry fails every start.
+        ("REALTIME_SESSION", {"tools": [{"type": "function", "name": "x", "parameters": {1, 2}}]}),
         # A socket timeout of inf overflows; nan never compares.
         ("OPENAI_TIMEOUT", float("inf")),
         ("AVATURN_TIMEOUT", float("nan")),
