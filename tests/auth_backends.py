@@ -15,13 +15,24 @@ class UnreachableDirectory(ModelBackend):
         raise ConnectionError("the directory server did not answer")
 
 
-# Set by a test to let a SlowDirectory answer.
+class TimingOutDirectory(ModelBackend):
+    """Answers ``has_perm`` as an LDAP backend whose own socket timed out does."""
+
+    def has_perm(self, user_obj: Any, perm: str, obj: Any = None) -> bool:
+        raise TimeoutError("the directory server timed out")
+
+
+# Set by a test to let a SlowDirectory answer; ASKED is set at each question.
 DIRECTORY_ANSWERS = threading.Event()
+ASKED = threading.Event()
+QUESTIONS: list[str] = []
 
 
 class SlowDirectory(ModelBackend):
     """Answers ``has_perm`` only once ``DIRECTORY_ANSWERS`` is set: a server that hangs."""
 
     def has_perm(self, user_obj: Any, perm: str, obj: Any = None) -> bool:
+        QUESTIONS.append(perm)
+        ASKED.set()
         DIRECTORY_ANSWERS.wait(30)
         return super().has_perm(user_obj, perm, obj)

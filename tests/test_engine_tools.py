@@ -348,17 +348,44 @@ def test_a_tools_permission_is_checked_on_every_call(runner: ToolRunner, user: A
     assert row("perm-2").status == ToolCallStatus.OK
 
 
+@pytest.mark.parametrize(
+    ("backend", "error"),
+    [
+        ("UnreachableDirectory", "ConnectionError"),
+        # Its own timeout, not ours: a failure like any other, on every Python.
+        ("TimingOutDirectory", "TimeoutError"),
+    ],
+)
 def test_a_recheck_that_fails_is_answered_and_recorded_as_failed(
-    runner: ToolRunner, settings: Any, caplog: pytest.LogCaptureFixture
+    runner: ToolRunner,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+    backend: str,
+    error: str,
 ) -> None:
     """The re-check's own failure (here the site's permission backend) is the call's."""
-    settings.AUTHENTICATION_BACKENDS = ["tests.auth_backends.UnreachableDirectory"]
+    settings.AUTHENTICATION_BACKENDS = [f"tests.auth_backends.{backend}"]
     with caplog.at_level(logging.ERROR, logger="django_avaturn.engine.tools"):
         answer = call(runner, "recheck-1", "recorded_calls")
     assert answer == {"error": "The tool failed. Tell the user it could not be done now."}
     assert row("recheck-1").status == ToolCallStatus.FAILED
-    assert "re-check a call of site tool 'recorded_calls': ConnectionError" in caplog.text
+    assert f"re-check a call of site tool 'recorded_calls': {error}" in caplog.text
     assert "directory server" not in caplog.text
+
+
+def slow_directory_runner(session: Any, browser: Browser, settings: Any) -> ToolRunner:
+    """The example's runner, 0.2 s per call, with ``SlowDirectory`` answering ``has_perm``."""
+    settings.AUTHENTICATION_BACKENDS = ["tests.auth_backends.SlowDirectory"]
+    auth_backends.QUESTIONS.clear()
+    auth_backends.ASKED.clear()
+    return ToolRunner(
+        load_registry([EXAMPLE]),
+        session=session,
+        user=session.user,
+        timeout=0.2,
+        record_arguments=False,
+        send_to_browser=browser,
+    )
 
 
 def test_a_recheck_stuck_on_the_database_thread_times_out_without_holding_up_the_next(
@@ -369,39 +396,64 @@ def test_a_recheck_stuck_on_the_database_thread_times_out_without_holding_up_the
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A permission backend that hangs: each call is answered within its timeout."""
-    settings.AUTHENTICATION_BACKENDS = ["tests.auth_backends.SlowDirectory"]
-    runner = ToolRunner(
-        load_registry([EXAMPLE]),
-        session=session,
-        user=session.user,
-        timeout=0.2,
-        record_arguments=False,
-        send_to_browser=browser,
-    )
-    timed_out = {
-        "error": "The tool did not answer within 0.2 seconds. Tell the user it could not "
-        "be done just now."
+    runner = slow_directory_runner(session, browser, settings)
+    not_checked = {
+        "error": "The tool could not be checked within 0.2 seconds. Tell the user it could "
+        "not be done just now."
     }
     monkeypatch.setattr(tools, "RECORD_WAIT", 0.3)
     auth_backends.DIRECTORY_ANSWERS.clear()
     try:
         with caplog.at_level(logging.WARNING, logger="django_avaturn.engine.tools"):
             began = time.monotonic()
-            assert call(runner, "stuck-1", "recorded_calls") == timed_out
+            assert call(runner, "stuck-1", "recorded_calls") == not_checked
             # Queued behind the stuck step: the record, then this call's re-check.
-            assert call(runner, "stuck-2", "add", {"a": 1}) == timed_out
+            assert call(runner, "stuck-2", "recorded_calls") == not_checked
             waited = time.monotonic() - began
-        assert waited < tools.RECORD_WAIT * 2 + 1
-        assert example.RUNS["stuck-1"] == example.RUNS["stuck-2"] == 0
+        assert waited < (0.2 + tools.RECORD_WAIT) * 2 + 1
         assert "re-check a call of site tool 'recorded_calls' within 0.2 s" in caplog.text
         assert "recorded late" in caplog.text
     finally:
         auth_backends.DIRECTORY_ANSWERS.set()
-    # Once the backend answers, the queued records are written.
+    # Once the backend answers, the queued records are written; the second
+    # re-check, abandoned before the thread reached it, never asks the backend.
     assert wait_until(lambda: ToolCall.objects.filter(call_id__startswith="stuck-").count() == 2)
     assert {row.status for row in ToolCall.objects.filter(call_id__startswith="stuck-")} == {
         ToolCallStatus.TIMEOUT
     }
+    assert auth_backends.QUESTIONS == ["django_avaturn.view_toolcall"]
+
+
+def test_a_call_cancelled_as_its_recheck_answers_is_cancelled_not_answered(
+    session: Any, browser: Browser, settings: Any
+) -> None:
+    """Its conversation ended: whatever the moment, the call must not carry on to the tool.
+
+    Cancelled from 0 to 7 turns of the loop after the re-check's step has asked the
+    permission backend: the moments around the step's answer reaching the loop.
+    (Before Python 3.12, ``asyncio.wait_for`` could return the answer instead.)
+    """
+    runner = slow_directory_runner(session, browser, settings)
+    runner.timeout = 5
+    auth_backends.DIRECTORY_ANSWERS.set()
+
+    async def cancelled_after(attempt: int, turns: int) -> tuple[bool, bool]:
+        auth_backends.ASKED.clear()
+        task = asyncio.ensure_future(runner(f"cancel-{attempt}", "recorded_calls", "{}"))
+        # Polled turn by turn (a thread sets it), so that the turns below count from it.
+        while not auth_backends.ASKED.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        requested = task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return requested, task.cancelled()
+
+    for attempt in range(40):  # each moment five times: the thread's pace varies
+        turns = attempt % 8
+        requested, cancelled = run(cancelled_after(attempt, turns))
+        assert cancelled or not requested, f"answered though cancelled {turns} turns after"
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -790,7 +842,7 @@ def test_the_database_thread_keeps_its_connection_between_steps_and_closes_it_wh
         return wrapper, wrapper.connection
 
     async def steps() -> list[tuple[Any, Any]]:
-        return [await tools._run_db(step), await tools._run_db(step)]
+        return [await tools._run_db(step, within=5), await tools._run_db(step, within=5)]
 
     (wrapper, first), (same_wrapper, second) = run(steps())
     assert same_wrapper is wrapper
@@ -825,7 +877,9 @@ def test_a_connection_a_step_left_unusable_is_closed_before_the_next_step(
         return connections["default"].connection
 
     async def steps() -> tuple[Any, Any]:
-        return await tools._run_db(spoiling_step), await tools._run_db(next_step)
+        return await tools._run_db(spoiling_step, within=5), await tools._run_db(
+            next_step, within=5
+        )
 
     spoiled, fresh = run(steps())
     assert spoiled is not None
@@ -839,7 +893,7 @@ def test_a_steps_exception_reaches_its_caller_and_the_next_step_runs() -> None:
 
     async def steps() -> Any:
         with pytest.raises(ValueError, match="step failed"):
-            await tools._run_db(failing)
-        return await tools._run_db(lambda: ToolCall.objects.count())
+            await tools._run_db(failing, within=5)
+        return await tools._run_db(lambda: ToolCall.objects.count(), within=5)
 
     assert run(steps()) == 0

@@ -509,6 +509,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         if self._joining is not None and self._joining is not asyncio.current_task():
             self._joining.cancel()
         bridge, task = self.bridge, self.bridge_task
+        if self.runner is not None:
+            self.runner.close()  # before any await: nothing may cancel it away
         try:
             if bridge is not None:
                 with contextlib.suppress(Exception):
@@ -519,8 +521,6 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 except (asyncio.TimeoutError, Exception):
                     task.cancel()
             await self._close_realtime()
-            if self.runner is not None:
-                self.runner.close()
             if close_code is not None:
                 reason_bytes = close_reason.encode("utf-8")[:MAX_CLOSE_REASON]
                 try:

@@ -366,14 +366,6 @@ class _Outcome:
     output: str
 
 
-def _overran(timeout: float) -> _Outcome:
-    return _error(
-        "timeout",
-        f"The tool did not answer within {timeout:g} seconds. Tell the user it could "
-        "not be done just now.",
-    )
-
-
 def _error(status: str, message: str) -> _Outcome:
     return _Outcome(status, json.dumps({"error": message}, ensure_ascii=False))
 
@@ -429,7 +421,8 @@ def _run_sync_tool(
 
 
 # A queued database step: the loop awaiting it, its future there, the step.
-_Step = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+# (the loop to settle on, the future it waits on, the step, whether to skip it once abandoned)
+_Step = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any], bool]
 
 
 class _DatabaseThread:
@@ -456,12 +449,18 @@ class _DatabaseThread:
         self._steps: deque[_Step] = deque()
         self._thread: threading.Thread | None = None
 
-    def submit(self, func: Callable[[], Any]) -> asyncio.Future[Any]:
-        """Queue ``func``; the future (of the running loop) is settled with its outcome."""
+    def submit(
+        self, func: Callable[[], Any], *, skip_if_abandoned: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue ``func``; the future (of the running loop) is settled with its outcome.
+
+        ``skip_if_abandoned``: not run at all if the future is cancelled before the
+        thread reaches it (a read nobody waits for); a write runs regardless.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._ready:
-            self._steps.append((loop, future, func))
+            self._steps.append((loop, future, func, skip_if_abandoned))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self.name)
                 self._thread.start()
@@ -488,7 +487,10 @@ class _DatabaseThread:
                         self._thread = None
                         return
                 continue
-            loop, future, func = step
+            loop, future, func, skip_if_abandoned = step
+            # (Read from this thread: a stale answer only runs a step nobody needed.)
+            if skip_if_abandoned and future.cancelled():
+                continue
             result: Any = None
             error: BaseException | None = None
             try:
@@ -536,9 +538,34 @@ RECORD_WAIT = 2.0
 _DB_STEPS = _DatabaseThread("avaturn-tool-db", idle=DB_IDLE_CLOSE)
 
 
-async def _run_db(func: Callable[[], Any]) -> Any:
-    """``func`` (one short database step of a tool call) on the tools' database thread."""
-    return await _DB_STEPS.submit(func)
+class _DatabaseSlow(Exception):
+    """A database step did not finish within the wait its caller allowed.
+
+    Ours: a ``TimeoutError`` the step itself raised (a backend's socket timing out) is
+    the step's failure, not this.
+    """
+
+
+async def _run_db(func: Callable[[], Any], *, within: float, read: bool = False) -> Any:
+    """``func`` (one short database step of a tool call) on the tools' database thread.
+
+    ``_DatabaseSlow`` if it has not finished ``within`` seconds: every conversation's
+    steps in the process share the thread, and one stuck step holds up all behind it.
+    A ``read`` abandoned so is skipped if the thread has not begun it; a write still
+    runs, late. ``asyncio.wait`` bounds the wait rather than ``wait_for``, which before
+    Python 3.12 could return the step's result though the caller had been cancelled
+    meanwhile (and a tool would then run for a conversation that had ended).
+    """
+    step = _DB_STEPS.submit(func, skip_if_abandoned=read)
+    try:
+        await asyncio.wait((step,), timeout=within)
+    except asyncio.CancelledError:
+        step.cancel()
+        raise
+    if not step.done():
+        step.cancel()
+        raise _DatabaseSlow
+    return step.result()
 
 
 class ToolRunner:
@@ -551,7 +578,7 @@ class ToolRunner:
     Idempotency: a call id seen before in this session is not run again; its
     first outcome is returned (awaited, if it is still running), and it
     stays recorded once. The engine socket is single-use, so one runner sees
-    all of a session's calls.
+    all of a session's calls. ``close()`` when the conversation ends.
     """
 
     def __init__(
@@ -573,6 +600,7 @@ class ToolRunner:
         self._calls: OrderedDict[str, asyncio.Future[str]] = OrderedDict()
         self._sending = asyncio.Lock()
         self._sends: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     @classmethod
     def from_settings(
@@ -642,17 +670,19 @@ class ToolRunner:
             )
         timeout = spec.timeout or self.timeout
         try:
-            # Bounded: a step stuck on the shared database thread (a lock wait, a
-            # permission backend that does not answer) holds up every call behind it.
-            access = await asyncio.wait_for(_run_db(lambda: self._recheck(spec)), timeout)
-        except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
+            access = await _run_db(lambda: self._recheck(spec), within=timeout, read=True)
+        except _DatabaseSlow:
             logger.error(
                 "Could not re-check a call of site tool %r within %g s: the database "
                 "or the permission backend is not answering",
                 spec.name,
                 timeout,
             )
-            return _overran(timeout)
+            return _error(
+                "timeout",
+                f"The tool could not be checked within {timeout:g} seconds. Tell the user "
+                "it could not be done just now.",
+            )
         except Exception as exc:  # the database, or a user model without has_perm
             # Its type only: a database's message may quote the arguments.
             logger.error(
@@ -675,7 +705,11 @@ class ToolRunner:
         except _NoThread:
             return _error("failed", "The tool failed. Tell the user it could not be done now.")
         except _Overran:
-            return _overran(timeout)
+            return _error(
+                "timeout",
+                f"The tool did not answer within {timeout:g} seconds. Tell the user it could "
+                "not be done just now.",
+            )
         except ToolError as exc:
             return _error("error", exc.message)
         except Exception as exc:
@@ -776,6 +810,8 @@ class ToolRunner:
 
     def _forward(self, data: dict[str, Any]) -> None:
         """On the loop: hand ``data`` to the host's ``send_to_browser``, in order."""
+        if self._closed:
+            return
         try:
             sent = self._send(data)
         except Exception as exc:
@@ -791,17 +827,23 @@ class ToolRunner:
             async with self._sending:  # asyncio's locks are FIFO: messages keep their order
                 await sending
         except asyncio.CancelledError:
+            # Dropped, perhaps before it began: a coroutine is closed (not "never
+            # awaited"), a future cancelled (a no-op for one already done).
             if inspect.iscoroutine(sending):
-                sending.close()  # dropped before it began: not a coroutine "never awaited"
+                sending.close()
+            elif asyncio.isfuture(sending):
+                sending.cancel()
             raise
         except Exception as exc:
             logger.error("Sending a tool's message to the browser failed: %s", type(exc).__name__)
 
     def close(self) -> None:
-        """The conversation has ended: drop the messages still on their way to the browser.
+        """The conversation has ended: drop the messages on their way to the browser.
 
-        Their socket is closing; each would only fail against it.
+        Their socket is closing; each would only fail against it. A tool still
+        running (a sync one's thread) may send more: those are dropped too.
         """
+        self._closed = True
         for task in list(self._sends):
             task.cancel()
 
@@ -815,8 +857,8 @@ class ToolRunner:
         """
         write = self._writer(call_id, name, status, started, arguments)
         try:
-            await asyncio.wait_for(_run_db(write), RECORD_WAIT)
-        except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
+            await _run_db(write, within=RECORD_WAIT)
+        except _DatabaseSlow:
             logger.warning(
                 "A call of site tool %r is recorded late: the database is not answering", name
             )
