@@ -561,6 +561,7 @@ async def _run_db(func: Callable[[], Any], *, within: float, read: bool = False)
         await asyncio.wait((step,), timeout=within)
     except asyncio.CancelledError:
         step.cancel()
+        _consume(step)  # settled just before: its exception is nobody's now
         raise
     if not step.done():
         step.cancel()
@@ -911,7 +912,7 @@ class ToolRunner:
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned call's outcome so that asyncio does not log it as lost."""
+    """Retrieve an abandoned call's (or step's) outcome so that asyncio does not log it as lost."""
     if not future.cancelled():
         future.exception()
 
