@@ -14,6 +14,7 @@ on it.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from math import isfinite
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
+from django.utils.functional import Promise
 from django.utils.module_loading import import_string
 from django.views.decorators.debug import sensitive_variables
 
@@ -308,12 +310,34 @@ def check_session_shape(session: Mapping[str, Any]) -> None:
     try:
         # Sent as JSON once the start has reserved its slot (and ended what it
         # replaces): a value JSON cannot carry must fail here, before all that.
-        json.dumps(session, allow_nan=False)
+        json.dumps(plain_json(session), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise NotConfigured(
-            f"REALTIME_SESSION must hold only JSON values (strings, numbers, booleans, "
-            f"null, lists and dicts): {exc}."
+            "The realtime session (REALTIME_SESSION, and a hook's realtime_session) must "
+            "hold only JSON values (strings, numbers, booleans, null, lists and dicts; the "
+            f"openai SDK's models and dates are converted): {exc}."
         ) from None
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` with what the openai SDK would encode as JSON made JSON already.
+
+    Its models (``model_dump``, as the SDK sends them), dates and times (ISO 8601)
+    and lazy translation strings (in the active language); tuples become lists.
+    Anything else is left as it is, for ``json.dumps`` to accept or refuse.
+    """
+    if isinstance(value, Mapping):
+        return {key: plain_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(item) for item in value]
+    if isinstance(value, Promise):
+        return str(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump) and not isinstance(value, type):
+        return model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return value
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,31 @@ def test_start_sends_the_whole_realtime_session_to_openai_verbatim(
     assert sent["expires_after"] == {"anchor": "created_at", "seconds": 600}
 
 
+def test_a_session_written_with_the_sdks_own_types_is_sent_as_their_json(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
+) -> None:
+    """The SDK's models, a lazy translation string and a tuple: as the SDK would send them."""
+    from django.core.checks import run_checks
+    from django.utils.translation import gettext_lazy
+    from openai.types.realtime import AudioTranscription, RealtimeFunctionTool
+
+    avaturn(
+        REALTIME_SESSION={
+            "instructions": gettext_lazy("Be brief."),
+            "audio": {"input": {"transcription": AudioTranscription(model="whisper-1")}},
+            "tools": (RealtimeFunctionTool(type="function", name="lookup", parameters={}),),
+        }
+    )
+    assert [m.id for m in run_checks(databases=[]) if m.id.startswith("django_avaturn")] == []
+
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+
+    session = upstream.openai.sent_json()["session"]
+    assert session["instructions"] == "Be brief."
+    assert session["audio"]["input"] == {"transcription": {"model": "whisper-1"}}
+    assert session["tools"] == [{"type": "function", "name": "lookup", "parameters": {}}]
+
+
 def test_anonymous_is_refused_before_any_upstream_call(client: Any, upstream: Any) -> None:
     response = client.post(LIST_URL, data="{}", content_type="application/json")
     assert response.status_code == 403

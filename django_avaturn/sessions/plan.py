@@ -17,7 +17,7 @@ from django.http import HttpRequest
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.validation import check_session_shape
+from django_avaturn.validation import check_session_shape, plain_json
 
 logger = logging.getLogger(__name__)
 
@@ -202,14 +202,16 @@ def _realtime_session(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], str
     hook_session = overrides.get("realtime_session") or {}
     if not isinstance(hook_session, Mapping):
         raise NotConfigured("REALTIME_SESSION must be a dict of GA session fields.")
-    realtime_session = deep_merge(
-        {
-            "type": "realtime",
-            "model": model,
-            "instructions": instructions,
-            "audio": {"output": {"voice": voice}},
-        },
-        deep_merge(extra_session, hook_session),
+    realtime_session = plain_json(
+        deep_merge(
+            {
+                "type": "realtime",
+                "model": model,
+                "instructions": instructions,
+                "audio": {"output": {"voice": voice}},
+            },
+            deep_merge(extra_session, hook_session),
+        )
     )
     check_session_shape(realtime_session)
     # What the extra fields set wins over the shorthands, so record what is sent.
