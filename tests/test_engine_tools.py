@@ -395,7 +395,7 @@ def test_a_recheck_stuck_on_the_database_thread_times_out_without_holding_up_the
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A permission backend that hangs: each call is answered within its timeout."""
+    """A permission backend that hangs: each call is still answered, its re-check timed out."""
     runner = slow_directory_runner(session, browser, settings)
     not_checked = {
         "error": "The tool could not be checked within 0.2 seconds. Tell the user it could "
@@ -424,36 +424,79 @@ def test_a_recheck_stuck_on_the_database_thread_times_out_without_holding_up_the
     assert auth_backends.QUESTIONS == ["django_avaturn.view_toolcall"]
 
 
+@pytest.mark.parametrize("turns", range(4))
 def test_a_call_cancelled_as_its_recheck_answers_is_cancelled_not_answered(
-    session: Any, browser: Browser, settings: Any
+    runner: ToolRunner, monkeypatch: pytest.MonkeyPatch, turns: int
 ) -> None:
     """Its conversation ended: whatever the moment, the call must not carry on to the tool.
 
-    Cancelled from 0 to 7 turns of the loop after the re-check's step has asked the
-    permission backend: the moments around the step's answer reaching the loop.
-    (Before Python 3.12, ``asyncio.wait_for`` could return the answer instead.)
+    Cancelled 0 to 3 turns of the loop after its re-check's step settled: the moments
+    that answer reaches the waiting call. (Before Python 3.12, ``asyncio.wait_for``
+    could return the answer there instead of the cancellation.)
     """
-    runner = slow_directory_runner(session, browser, settings)
-    runner.timeout = 5
-    auth_backends.DIRECTORY_ANSWERS.set()
+    submit = tools._DB_STEPS.submit
+    requested: list[bool] = []
+    cancelling: list[Any] = []
 
-    async def cancelled_after(attempt: int, turns: int) -> tuple[bool, bool]:
-        auth_backends.ASKED.clear()
-        task = asyncio.ensure_future(runner(f"cancel-{attempt}", "recorded_calls", "{}"))
-        # Polled turn by turn (a thread sets it), so that the turns below count from it.
-        while not auth_backends.ASKED.is_set():  # noqa: ASYNC110
-            await asyncio.sleep(0)
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        requested = task.cancel()
+    def submit_then_cancel(func: Any, **options: Any) -> Any:
+        step = submit(func, **options)
+        if not requested and not cancelling:  # the call's first step: its re-check
+            cancelling.append(step)
+            caller = asyncio.current_task()
+            assert caller is not None
+            loop = asyncio.get_running_loop()
+
+            def cancel_after(remaining: int) -> None:
+                if remaining:
+                    loop.call_soon(cancel_after, remaining - 1)
+                else:
+                    requested.append(caller.cancel())
+
+            step.add_done_callback(lambda _: cancel_after(turns))
+        return step
+
+    monkeypatch.setattr(tools._DB_STEPS, "submit", submit_then_cancel)
+    call_id = f"cancel-{turns}"
+
+    async def scenario() -> asyncio.Future[str]:
+        task = asyncio.ensure_future(runner(call_id, "add", json.dumps({"a": 1})))
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        return requested, task.cancelled()
+        return task
 
-    for attempt in range(40):  # each moment five times: the thread's pace varies
-        turns = attempt % 8
-        requested, cancelled = run(cancelled_after(attempt, turns))
-        assert cancelled or not requested, f"answered though cancelled {turns} turns after"
+    assert run(scenario()).cancelled()
+    assert requested == [True]
+    # Recorded as failed, by a thread of its own (nothing may be awaited once cancelled).
+    assert wait_until(lambda: ToolCall.objects.filter(call_id=call_id).exists())
+    assert row(call_id).status == ToolCallStatus.FAILED
+
+
+def test_a_recheck_abandoned_by_its_ended_conversation_is_skipped(
+    session: Any, browser: Browser, settings: Any
+) -> None:
+    """Queued behind a stuck step, a cancelled call's re-check never runs."""
+    runner = slow_directory_runner(session, browser, settings)
+    runner.timeout = 5
+    auth_backends.DIRECTORY_ANSWERS.clear()
+
+    async def scenario() -> None:
+        stuck = asyncio.ensure_future(runner("skip-1", "recorded_calls", "{}"))
+        while not auth_backends.ASKED.is_set():  # noqa: ASYNC110 (a thread sets it)
+            await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(runner("skip-2", "recorded_calls", "{}"))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        auth_backends.DIRECTORY_ANSWERS.set()
+        await stuck
+        with contextlib.suppress(asyncio.CancelledError):
+            await queued
+
+    try:
+        run(scenario())
+    finally:
+        auth_backends.DIRECTORY_ANSWERS.set()
+    assert wait_until(lambda: ToolCall.objects.filter(call_id__startswith="skip-").count() == 2)
+    assert auth_backends.QUESTIONS == ["django_avaturn.view_toolcall"]
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -730,6 +773,11 @@ def test_closing_the_runner_drops_the_messages_still_on_their_way(
         gc.collect()
     assert stuck.began == [{"card": "T", "n": 1}]
     assert stuck.cancelled == 1
+    # And nothing runs once closed.
+    assert json.loads(run(runner("card-late", "show_card_async", json.dumps({"title": "U"})))) == {
+        "error": "This conversation has ended; the tool cannot run."
+    }
+    assert stuck.began == [{"card": "T", "n": 1}]
     # The second was dropped before it began: neither an error nor a coroutine never awaited.
     assert "failed" not in caplog.text
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []

@@ -42,7 +42,9 @@ def test_the_sdk_sends_a_realtime_session_as_it_is_given() -> None:
     That is the same request only while those types rename and format nothing: an
     SDK release that adds an alias there must fail this, not reach OpenAI unaliased.
     """
-    hints = get_type_hints(client_secret_create_params.ClientSecretCreateParams, True)
+    hints = get_type_hints(
+        client_secret_create_params.ClientSecretCreateParams, include_extras=True
+    )
     assert rewrites(hints["session"], "session") == []
 
 

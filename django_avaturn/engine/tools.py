@@ -560,8 +560,7 @@ async def _run_db(func: Callable[[], Any], *, within: float, read: bool = False)
     try:
         await asyncio.wait((step,), timeout=within)
     except asyncio.CancelledError:
-        step.cancel()
-        _consume(step)  # settled just before: its exception is nobody's now
+        step.cancel()  # (settled already, it is not logged as an exception never retrieved)
         raise
     if not step.done():
         step.cancel()
@@ -663,6 +662,8 @@ class ToolRunner:
     async def _outcome(
         self, call_id: str, name: str, parsed: Any, parse_error: str | None
     ) -> _Outcome:
+        if self._closed:
+            return _error("denied", "This conversation has ended; the tool cannot run.")
         spec = self.registry.get(name)
         if spec is None:
             listed = ", ".join(repr(known.name) for known in self.registry) or "none"
@@ -842,7 +843,8 @@ class ToolRunner:
         """The conversation has ended: drop the messages on their way to the browser.
 
         Their socket is closing; each would only fail against it. A tool still
-        running (a sync one's thread) may send more: those are dropped too.
+        running (a sync one's thread) may send more: those are dropped too. A
+        call that arrives after this is denied without running.
         """
         self._closed = True
         for task in list(self._sends):
@@ -912,7 +914,7 @@ class ToolRunner:
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned call's (or step's) outcome so that asyncio does not log it as lost."""
+    """Retrieve an abandoned call's outcome so that asyncio does not log it as lost."""
     if not future.cancelled():
         future.exception()
 
