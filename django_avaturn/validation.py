@@ -311,7 +311,7 @@ def check_session_shape(session: Mapping[str, Any]) -> None:
         # Sent as JSON once the start has reserved its slot (and ended what it
         # replaces): a value JSON cannot carry must fail here, before all that.
         json.dumps(plain_json(session), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # (a dict that holds itself)
         raise NotConfigured(
             "The realtime session (REALTIME_SESSION, and a hook's realtime_session) must "
             "hold only JSON values (strings, numbers, booleans, null, lists and dicts; the "

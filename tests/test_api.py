@@ -16,6 +16,11 @@ from tests.helpers import KEYS, LIST_URL, AvaturnOverrides, csrf_delete, csrf_po
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+# A dict that holds itself: no JSON at all.
+SELF_HOLDING: dict[str, Any] = {"type": "function"}
+SELF_HOLDING["parameters"] = SELF_HOLDING
+
+
 def assert_no_keys(text: str) -> None:
     for key in KEYS:
         assert key not in text
@@ -421,6 +426,7 @@ def test_one_replaced_session_failing_to_end_does_not_strand_the_others(
         # Not JSON: each failed inside the SDK, once the start had reserved its slot.
         ("REALTIME_SESSION", {"temperature": Decimal("0.8")}, "post"),
         ("REALTIME_SESSION", {"temperature": float("nan")}, "post"),
+        ("REALTIME_SESSION", {"tools": [SELF_HOLDING]}, "post"),
         ("OPENAI_TIMEOUT", float("inf"), "post"),
         # Was handed to the browser unchecked, after the session was created.
         ("SDK_API_HOST", "api.avaturn.live", "post"),

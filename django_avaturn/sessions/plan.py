@@ -202,18 +202,17 @@ def _realtime_session(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], str
     hook_session = overrides.get("realtime_session") or {}
     if not isinstance(hook_session, Mapping):
         raise NotConfigured("REALTIME_SESSION must be a dict of GA session fields.")
-    realtime_session = plain_json(
-        deep_merge(
-            {
-                "type": "realtime",
-                "model": model,
-                "instructions": instructions,
-                "audio": {"output": {"voice": voice}},
-            },
-            deep_merge(extra_session, hook_session),
-        )
+    merged = deep_merge(
+        {
+            "type": "realtime",
+            "model": model,
+            "instructions": instructions,
+            "audio": {"output": {"voice": voice}},
+        },
+        deep_merge(extra_session, hook_session),
     )
-    check_session_shape(realtime_session)
+    check_session_shape(merged)  # (plain_json of it included)
+    realtime_session: dict[str, Any] = plain_json(merged)
     # What the extra fields set wins over the shorthands, so record what is sent.
     model = str(realtime_session.get("model", model))
     voice = str(realtime_session["audio"]["output"].get("voice", voice))
