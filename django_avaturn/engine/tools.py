@@ -421,8 +421,8 @@ def _run_sync_tool(
 
 
 # A queued database step: the loop awaiting it, its future there, the step.
-# (the loop to settle on, the future it waits on, the step, whether to skip it once abandoned)
-_Step = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any], bool]
+# A queued database step: the loop awaiting it, its future there, the step.
+_Step = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 
 
 class _DatabaseThread:
@@ -449,24 +449,27 @@ class _DatabaseThread:
         self._steps: deque[_Step] = deque()
         self._thread: threading.Thread | None = None
 
-    def submit(
-        self, func: Callable[[], Any], *, skip_if_abandoned: bool = False
-    ) -> asyncio.Future[Any]:
-        """Queue ``func``; the future (of the running loop) is settled with its outcome.
-
-        ``skip_if_abandoned``: not run at all if the future is cancelled before the
-        thread reaches it (a read nobody waits for); a write runs regardless.
-        """
+    def submit(self, func: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Queue ``func``; the future (of the running loop) is settled with its outcome."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._ready:
-            self._steps.append((loop, future, func, skip_if_abandoned))
+            self._steps.append((loop, future, func))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self.name)
                 self._thread.start()
             else:
                 self._ready.notify()
         return future
+
+    def withdraw(self, future: asyncio.Future[Any]) -> bool:
+        """Take ``future``'s step out of the queue if the thread has not begun it."""
+        with self._ready:
+            for index, step in enumerate(self._steps):
+                if step[1] is future:
+                    del self._steps[index]
+                    return True
+        return False
 
     def running(self) -> bool:
         """Whether the thread is up (a step queued or running, or idle less than ``idle``)."""
@@ -487,10 +490,7 @@ class _DatabaseThread:
                         self._thread = None
                         return
                 continue
-            loop, future, func, skip_if_abandoned = step
-            # (Read from this thread: a stale answer only runs a step nobody needed.)
-            if skip_if_abandoned and future.cancelled():
-                continue
+            loop, future, func = step
             result: Any = None
             error: BaseException | None = None
             try:
@@ -556,16 +556,22 @@ async def _run_db(func: Callable[[], Any], *, within: float, read: bool = False)
     Python 3.12 could return the step's result though the caller had been cancelled
     meanwhile (and a tool would then run for a conversation that had ended).
     """
-    step = _DB_STEPS.submit(func, skip_if_abandoned=read)
+    step = _DB_STEPS.submit(func)
     try:
         await asyncio.wait((step,), timeout=within)
     except asyncio.CancelledError:
-        step.cancel()  # (settled already, it is not logged as an exception never retrieved)
+        _abandon(step, read)
         raise
     if not step.done():
-        step.cancel()
+        _abandon(step, read)
         raise _DatabaseSlow
     return step.result()
+
+
+def _abandon(step: asyncio.Future[Any], read: bool) -> None:
+    if read:
+        _DB_STEPS.withdraw(step)  # (a write stays queued: it runs, late)
+    step.cancel()  # (settled already, it is not logged as an exception never retrieved)
 
 
 class ToolRunner:
