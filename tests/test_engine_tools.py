@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -75,15 +75,21 @@ def browser() -> Browser:
     return Browser()
 
 
-def example_runner(session: Any, browser: Browser, *, record_arguments: bool) -> ToolRunner:
+def example_runner(
+    session: Any,
+    send_to_browser: Callable[[dict[str, Any]], object],
+    *,
+    record_arguments: bool = False,
+    timeout: float = 5,
+) -> ToolRunner:
     """A runner of the example module's tools, for ``session``."""
     return ToolRunner(
         load_registry([EXAMPLE]),
         session=session,
         user=session.user,
-        timeout=5,
+        timeout=timeout,
         record_arguments=record_arguments,
-        send_to_browser=browser,
+        send_to_browser=send_to_browser,
     )
 
 
@@ -373,19 +379,14 @@ def test_a_recheck_that_fails_is_answered_and_recorded_as_failed(
     assert "directory server" not in caplog.text
 
 
-def slow_directory_runner(session: Any, browser: Browser, settings: Any) -> ToolRunner:
-    """The example's runner, 0.2 s per call, with ``SlowDirectory`` answering ``has_perm``."""
+def slow_directory_runner(
+    session: Any, browser: Browser, settings: Any, *, timeout: float
+) -> ToolRunner:
+    """The example's runner, with ``SlowDirectory`` answering ``has_perm``."""
     settings.AUTHENTICATION_BACKENDS = ["tests.auth_backends.SlowDirectory"]
     auth_backends.QUESTIONS.clear()
     auth_backends.ASKED.clear()
-    return ToolRunner(
-        load_registry([EXAMPLE]),
-        session=session,
-        user=session.user,
-        timeout=0.2,
-        record_arguments=False,
-        send_to_browser=browser,
-    )
+    return example_runner(session, browser, timeout=timeout)
 
 
 def test_a_recheck_stuck_on_the_database_thread_times_out_without_holding_up_the_next(
@@ -396,7 +397,7 @@ def test_a_recheck_stuck_on_the_database_thread_times_out_without_holding_up_the
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A permission backend that hangs: each call is still answered, its re-check timed out."""
-    runner = slow_directory_runner(session, browser, settings)
+    runner = slow_directory_runner(session, browser, settings, timeout=0.2)
     not_checked = {
         "error": "The tool could not be checked within 0.2 seconds. Tell the user it could "
         "not be done just now."
@@ -475,8 +476,7 @@ def test_a_recheck_abandoned_by_its_ended_conversation_is_skipped(
     session: Any, browser: Browser, settings: Any
 ) -> None:
     """Queued behind a stuck step, a cancelled call's re-check never runs."""
-    runner = slow_directory_runner(session, browser, settings)
-    runner.timeout = 5
+    runner = slow_directory_runner(session, browser, settings, timeout=5)
     auth_backends.DIRECTORY_ANSWERS.clear()
 
     async def scenario() -> None:
@@ -719,14 +719,7 @@ def test_an_async_tool_sends_to_the_browser(runner: ToolRunner, browser: Browser
 
 def test_a_sync_send_to_browser_of_the_host_works_too(session: Any) -> None:
     sent: list[dict[str, Any]] = []
-    runner = ToolRunner(
-        load_registry([EXAMPLE]),
-        session=session,
-        user=session.user,
-        timeout=5,
-        record_arguments=False,
-        send_to_browser=sent.append,
-    )
+    runner = example_runner(session, sent.append)
     assert call(runner, "card-s", "show_card", {"title": "T"}) == {"result": "shown"}
     assert sent == [{"card": "T", "n": 1}, {"card": "T", "n": 2}]
 
@@ -751,14 +744,7 @@ def test_closing_the_runner_drops_the_messages_still_on_their_way(
     session: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     stuck = StuckBrowser()
-    runner = ToolRunner(
-        load_registry([EXAMPLE]),
-        session=session,
-        user=session.user,
-        timeout=5,
-        record_arguments=False,
-        send_to_browser=stuck,
-    )
+    runner = example_runner(session, stuck)
 
     async def scenario() -> str:
         output = await runner("card-stuck", "show_card_async", json.dumps({"title": "T"}))
@@ -781,6 +767,27 @@ def test_closing_the_runner_drops_the_messages_still_on_their_way(
     # The second was dropped before it began: neither an error nor a coroutine never awaited.
     assert "failed" not in caplog.text
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+def test_closing_the_runner_cancels_the_futures_its_sends_returned(session: Any) -> None:
+    """A host's send_to_browser may return a future: a dropped one is cancelled too."""
+    futures: list[asyncio.Future[None]] = []
+
+    def send(data: dict[str, Any]) -> asyncio.Future[None]:
+        futures.append(asyncio.get_running_loop().create_future())  # never answered
+        return futures[-1]
+
+    runner = example_runner(session, send)
+
+    async def scenario() -> None:
+        await runner("card-future", "show_card_async", json.dumps({"title": "T"}))
+        await asyncio.sleep(0.01)  # the first is awaited, the second waits its turn
+        runner.close()
+        await asyncio.sleep(0.01)
+
+    run(scenario())
+    assert len(futures) == 2
+    assert [future.cancelled() for future in futures] == [True, True]
 
 
 @pytest.mark.parametrize(

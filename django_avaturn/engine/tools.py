@@ -366,6 +366,11 @@ class _Outcome:
     output: str
 
 
+# What the model hears when a tool failed, or its conversation is over.
+TOOL_FAILED = "The tool failed. Tell the user it could not be done now."
+CONVERSATION_ENDED = "This conversation has ended; the tool cannot run."
+
+
 def _error(status: str, message: str) -> _Outcome:
     return _Outcome(status, json.dumps({"error": message}, ensure_ascii=False))
 
@@ -420,7 +425,6 @@ def _run_sync_tool(
         loop.call_soon_threadsafe(_settle, future, result, error, name)
 
 
-# A queued database step: the loop awaiting it, its future there, the step.
 # A queued database step: the loop awaiting it, its future there, the step.
 _Step = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 
@@ -669,7 +673,7 @@ class ToolRunner:
         self, call_id: str, name: str, parsed: Any, parse_error: str | None
     ) -> _Outcome:
         if self._closed:
-            return _error("denied", "This conversation has ended; the tool cannot run.")
+            return _error("denied", CONVERSATION_ENDED)
         spec = self.registry.get(name)
         if spec is None:
             listed = ", ".join(repr(known.name) for known in self.registry) or "none"
@@ -696,7 +700,7 @@ class ToolRunner:
             logger.error(
                 "Could not re-check a call of site tool %r: %s", spec.name, type(exc).__name__
             )
-            return _error("failed", "The tool failed. Tell the user it could not be done now.")
+            return _error("failed", TOOL_FAILED)
         if isinstance(access, str):
             return _error("denied", access)
         user, session = access
@@ -711,7 +715,7 @@ class ToolRunner:
         try:
             result = await self._run(spec, ctx, kwargs, timeout)
         except _NoThread:
-            return _error("failed", "The tool failed. Tell the user it could not be done now.")
+            return _error("failed", TOOL_FAILED)
         except _Overran:
             return _error(
                 "timeout",
@@ -722,7 +726,7 @@ class ToolRunner:
             return _error("error", exc.message)
         except Exception as exc:
             _log_failure(spec.name, exc)
-            return _error("failed", "The tool failed. Tell the user it could not be done now.")
+            return _error("failed", TOOL_FAILED)
         finally:
             ended.set()
         try:
@@ -731,7 +735,7 @@ class ToolRunner:
             )
         except (TypeError, ValueError) as exc:
             _log_failure(spec.name, exc)
-            return _error("failed", "The tool failed. Tell the user it could not be done now.")
+            return _error("failed", TOOL_FAILED)
 
     def _recheck(self, spec: Tool) -> tuple[Any, Session] | str:
         """The session's user and row as they are now, or why the call may not run."""
@@ -740,7 +744,7 @@ class ToolRunner:
 
         row = statements.row_with_user(self.session.pk)
         if row is None or row.status not in (SessionStatus.STARTING, SessionStatus.LIVE):
-            return "This conversation has ended; the tool cannot run."
+            return CONVERSATION_ENDED
         user = row.user
         if user.pk != self.user.pk or not getattr(user, "is_active", True):
             return "The user's account is not active; the tool cannot run."
