@@ -98,26 +98,26 @@ def live_skip_reason(environ: Mapping[str, str]) -> str | None:
 
 def csrf_post(client: Any, url: str, data: Any = None, **extra: Any) -> Any:
     """POST the way the widget does: JSON body plus the CSRF cookie's token in a header."""
-    client.get(LIST_URL)  # any response sets no cookie by itself; fetch one explicitly
-    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
-
-    secret = _get_new_csrf_string()
-    client.cookies["csrftoken"] = secret
     return client.post(
         url,
         data=json.dumps(data) if data is not None else None,
         content_type="application/json",
-        HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret),
+        HTTP_X_CSRFTOKEN=csrf_token(client),
         **extra,
     )
 
 
 def csrf_delete(client: Any, url: str) -> Any:
+    return client.delete(url, HTTP_X_CSRFTOKEN=csrf_token(client))
+
+
+def csrf_token(client: Any) -> str:
+    """A CSRF cookie for the client (as a page would set); the header value that matches it."""
     from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
 
     secret = _get_new_csrf_string()
     client.cookies["csrftoken"] = secret
-    return client.delete(url, HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret))
+    return _mask_cipher_secret(secret)
 
 
 # --------------------------------------------------------------------- admin

@@ -18,6 +18,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 
 from django_avaturn.models import ACTIVE_STATUSES, Session, SessionStatus
 from django_avaturn.testing import FakeUpstream
+from tests.helpers import csrf_token
 
 # Short client timeouts: a fault that stalls must cost a test well under a second.
 FAST_TIMEOUTS = {
@@ -116,16 +117,12 @@ def fail_activation(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def csrf_json(client: Any, method: str, url: str, data: Any = None, **extra: Any) -> Any:
     """Send JSON with a valid CSRF cookie and header, the way the widget does."""
-    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
-
-    secret = _get_new_csrf_string()
-    client.cookies["csrftoken"] = secret
     body = data if isinstance(data, (bytes, str)) or data is None else json.dumps(data)
     return getattr(client, method)(
         url,
         data=body,
         content_type=extra.pop("content_type", "application/json"),
-        HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret),
+        HTTP_X_CSRFTOKEN=csrf_token(client),
         **extra,
     )
 

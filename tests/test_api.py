@@ -7,11 +7,18 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
 from django.urls import reverse
 
 from django_avaturn.models import EndReason, Session, SessionStatus
-from tests.helpers import KEYS, LIST_URL, AvaturnOverrides, csrf_delete, csrf_post, live
+from tests.helpers import (
+    KEYS,
+    LIST_URL,
+    AvaturnOverrides,
+    csrf_delete,
+    csrf_post,
+    csrf_token,
+    live,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -215,28 +222,15 @@ def test_bad_input_is_a_400_with_json(
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b"not json", b'"text"'])
 def test_non_object_bodies_are_400(api_client: Any, upstream: Any, raw: bytes) -> None:
-    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
-
-    secret = _get_new_csrf_string()
-    api_client.cookies["csrftoken"] = secret
     response = api_client.post(
-        LIST_URL,
-        data=raw,
-        content_type="application/json",
-        HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret),
+        LIST_URL, data=raw, content_type="application/json", HTTP_X_CSRFTOKEN=csrf_token(api_client)
     )
     assert response.status_code == 400
     assert response.json()["code"] in {"invalid", "parse_error"}
 
 
 def test_form_bodies_are_415(api_client: Any, upstream: Any) -> None:
-    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
-
-    secret = _get_new_csrf_string()
-    api_client.cookies["csrftoken"] = secret
-    response = api_client.post(
-        LIST_URL, data={"a": "b"}, HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret)
-    )
+    response = api_client.post(LIST_URL, data={"a": "b"}, HTTP_X_CSRFTOKEN=csrf_token(api_client))
     assert response.status_code == 415
     assert response.json()["code"] == "unsupported_media_type"
 
@@ -326,9 +320,7 @@ def test_the_callers_row_is_read_where_it_was_written_not_from_a_replica(
     detail = f"{LIST_URL}fresh/"
 
     assert api_client.get(detail).status_code == 200
-    api_client.cookies["csrftoken"] = secret = _get_new_csrf_string()
-    heartbeat = api_client.post(f"{detail}heartbeat/", HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret))
-    assert heartbeat.status_code == 204
+    assert csrf_post(api_client, f"{detail}heartbeat/").status_code == 204
     assert csrf_delete(api_client, detail).status_code == 204
     assert upstream.avaturn.deleted == ["fresh"]
     assert Session.objects.using("default").get(session_id="fresh").status == SessionStatus.ENDED
