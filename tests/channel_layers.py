@@ -1,5 +1,6 @@
 """A channel layer for the engine socket's tests: Channels' in-memory one, whose group
-joins can fail or run a hook first (set on the class by the test, reset by it)."""
+joins can fail or run a hook first, and whose discards can run a hook first (set on the
+class by the test, reset by it)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class HookedLayer(InMemoryChannelLayer):  # type: ignore[misc]  # Channels is un
     failing_joins = 0
     # Awaited before each join that succeeds.
     before_join: Callable[[], Awaitable[None]] | None = None
+    # Awaited before each discard (a layer slow to answer).
+    before_discard: Callable[[], Awaitable[None]] | None = None
 
     async def group_add(self, group: str, channel: str) -> Any:
         if HookedLayer.failing_joins > 0:
@@ -22,3 +25,8 @@ class HookedLayer(InMemoryChannelLayer):  # type: ignore[misc]  # Channels is un
         if HookedLayer.before_join is not None:
             await HookedLayer.before_join()
         return await super().group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> Any:
+        if HookedLayer.before_discard is not None:
+            await HookedLayer.before_discard()
+        return await super().group_discard(group, channel)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import threading
 from typing import Any
 
@@ -89,6 +90,27 @@ class LoopbackRealtime:
                 conn.transport.abort()
 
         self._call(drop())
+
+    def stall(self) -> None:
+        """OpenAI stops reading (a congested or hung peer): the engine's sends back up once
+        the kernel's buffers are full, which a small receive buffer makes quick."""
+
+        async def pause() -> None:
+            for conn in list(self._conns):
+                sock = conn.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                conn.transport.pause_reading()
+
+        self._call(pause())
+
+    def resume(self) -> None:
+        async def resume() -> None:
+            for conn in list(self._conns):
+                sock = conn.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                conn.transport.resume_reading()
+
+        self._call(resume())
 
     # The server.
 

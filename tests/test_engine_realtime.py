@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
+import socket
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from django_avaturn.engine.bridge import Bridge, EndCause
-from django_avaturn.engine.realtime import _client, _direct, _DirectSocket, connect_realtime
+from django_avaturn.engine.realtime import (
+    CLOSE_WAIT,
+    _client,
+    _direct,
+    _DirectSocket,
+    connect_realtime,
+)
 from django_avaturn.exceptions import NotConfigured
 from tests.engine_helpers import MemoryAvaturn, audio_delta, pcm, response_done
 from tests.helpers import KEYS, run_coroutine
@@ -325,3 +334,73 @@ def test_a_connection_that_may_reconnect_or_holds_no_websocket_is_used_as_it_is(
     plain = Sdk()
     plain._connection = object.__new__(ClientConnection)  # type: ignore[assignment]
     assert isinstance(_direct(plain), _DirectSocket)
+
+
+@pytest.mark.parametrize("how", ["waited for", "cancelled"])
+def test_a_close_that_openai_cannot_take_drops_the_connection(avaturn: Any, how: str) -> None:
+    """OpenAI stopped reading: the close frame waits behind the unsent audio, and
+    ``websockets`` would wait for it until its keepalive gives up. The close gives up
+    after ``CLOSE_WAIT`` (or when cancelled) and drops the connection."""
+
+    async def main() -> None:
+        stalled = asyncio.Event()
+        finished = asyncio.Event()
+
+        async def handler(ws: ServerConnection) -> None:
+            ws.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+            )
+            ws.transport.pause_reading()
+            stalled.set()
+            await finished.wait()
+            ws.transport.abort()  # it would read the backlog, then close: seconds
+
+        async with serve(handler, "127.0.0.1", 0) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+            connection = await connect_realtime(
+                model="m", session_config={}, tools=[], websocket_url=url
+            )
+            assert isinstance(connection, _DirectSocket)
+            try:
+                await stalled.wait()
+                frame = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * 4096})
+                sent = [0]
+                sending = asyncio.ensure_future(_send_until_blocked(connection, frame, sent))
+                await _backed_up(sent)
+
+                started = asyncio.get_running_loop().time()
+                closing = asyncio.ensure_future(connection.close())
+                if how == "cancelled":
+                    await asyncio.sleep(0.1)
+                    closing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(closing, CLOSE_WAIT + 3)
+                elapsed = asyncio.get_running_loop().time() - started
+                if how == "cancelled":
+                    assert elapsed < 1
+                else:
+                    assert CLOSE_WAIT - 0.1 < elapsed < CLOSE_WAIT + 1
+                assert connection._websocket.transport.is_closing()
+                # The send stuck behind the close ends with the connection.
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(sending, 2)
+            finally:
+                finished.set()
+
+    run_coroutine(main())
+
+
+async def _send_until_blocked(connection: _DirectSocket, frame: str, sent: list[int]) -> None:
+    while True:
+        await connection.send_raw(frame)
+        sent[0] += 1
+
+
+async def _backed_up(sent: list[int]) -> None:
+    """Until the sends counted in ``sent`` stop going out (a send waits on the socket)."""
+    for _ in range(100):
+        before = sent[0]
+        await asyncio.sleep(0.2)
+        if sent[0] == before:
+            return
+    raise AssertionError("the sends never backed up")

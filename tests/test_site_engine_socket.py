@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.db import connection
@@ -502,6 +503,7 @@ def hooked_layer(settings: Any) -> Iterator[type[HookedLayer]]:
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "tests.channel_layers.HookedLayer"}}
     yield HookedLayer
     HookedLayer.failing_joins, HookedLayer.before_join = 0, None
+    HookedLayer.before_discard = None
 
 
 def test_the_site_ending_the_session_before_the_socket_joins_its_group_closes_it(
@@ -525,6 +527,35 @@ def test_the_site_ending_the_session_before_the_socket_joins_its_group_closes_it
     row.refresh_from_db()
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
     assert row.pk not in shutdown.left_running()
+
+
+def test_the_sites_end_finishes_after_avaturn_answers_its_close(
+    engine: Any,
+    user: Any,
+    realtime: LoopbackRealtime,
+    hooked_layer: type[HookedLayer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Avaturn's disconnect, answering the close the end sent, stops the consumer while
+    the end is still leaving the session's group (a layer slow to answer): the end
+    still finishes."""
+    row, token, secret = site_row(user)
+
+    async def slow_discard() -> None:
+        await asyncio.sleep(0.2)
+
+    hooked_layer.before_discard = slow_discard
+
+    async def test() -> None:
+        communicator = await talking(token, secret, realtime)
+        await sync_to_async(services.end_session)(row, reason=EndReason.CLIENT)
+        assert (await closed_with(communicator))["code"] == 1000
+        await communicator.disconnect()
+
+    with caplog.at_level(logging.INFO, logger="django_avaturn.engine.consumer"):
+        run(test)
+    assert layer.group_name(row.pk) not in get_channel_layer().groups
+    assert f"Site engine socket of session row {row.pk} closed" in caplog.text
 
 
 def test_a_failed_group_join_is_retried_so_the_sites_end_still_reaches_the_socket(
@@ -665,6 +696,45 @@ def test_the_site_ending_the_session_closes_both_sockets_at_once(
     # The site's end, as the site recorded it: the engine's close adds nothing.
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, reason)
     assert engine.avaturn.deleted == ["sess-1"]
+
+
+def test_the_site_ending_the_session_closes_both_sockets_while_openai_reads_nothing(
+    engine: Any, user: Any, realtime: LoopbackRealtime
+) -> None:
+    """OpenAI's TCP stalls: the engine's sends to it wait on the socket's buffers, and
+    would until the keepalive gives up (about 40 s). The site's end must not wait
+    behind them, nor the close of OpenAI's socket for a handshake it cannot finish."""
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = await talking(token, secret, realtime)
+        realtime.stall()
+        # Avaturn streams faster than OpenAI reads, until the engine's sends back up.
+        queue = communicator.input_queue
+        for _ in range(400):
+            for _ in range(100):
+                await communicator.send_input({"type": "websocket.receive", "bytes": PCM})
+            await asyncio.sleep(0.05)
+            if queue.qsize() > 50:
+                break
+        waiting = queue.qsize()
+        await asyncio.sleep(0.2)
+        assert queue.qsize() == waiting > 0, "the engine's sends to OpenAI never backed up"
+
+        started = time.monotonic()
+        await sync_to_async(services.end_session)(row, reason=EndReason.CLIENT)
+        assert (await closed_with(communicator))["code"] == 1000
+        assert time.monotonic() - started < STOP_WAIT
+        # What OpenAI reads from now on ends where the engine dropped the connection.
+        # (The engine's kernel resends once TCP's persist timer, backed off while the
+        # window was shut, probes again: seconds.)
+        realtime.resume()
+        await eventually(lambda: realtime.open == 0, timeout=30)
+        await communicator.disconnect()  # raises what the consumer raised, if anything
+
+    run(test)
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.CLIENT)
 
 
 @pytest.mark.parametrize("reason", [EndReason.ADMIN, EndReason.SHUTDOWN, EndReason.USER])

@@ -174,6 +174,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     group: str | None = None
     finished: bool = False
     _joining: asyncio.Task[None] | None = None
+    _ending: asyncio.Future[None] | None = None  # the site's end, run outside the lock
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -384,6 +385,18 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                     )
                     await asyncio.sleep(LAYER_RETRY)
                     continue
+                if message.get("type") == layer.END and self.bridge is not None:
+                    # At once, without the lock: a handler holding it may be waiting on
+                    # a send to OpenAI that its stalled socket will not take for as long
+                    # as the keepalive allows. Ending is idempotent, and every handler
+                    # turns to a no-op once the bridge is stopped. Before the bridge is
+                    # up, ``connect`` holds the lock and must finish its accept first.
+                    # A task of its own, which the pumps' cancellation leaves to finish:
+                    # Avaturn's disconnect, answering the close this sends, stops the
+                    # consumer while the end still has its group to leave.
+                    self._ending = asyncio.ensure_future(self.dispatch(message))
+                    await asyncio.shield(self._ending)
+                    continue
                 async with one_at_a_time:
                     await self.dispatch(message)
 
@@ -401,6 +414,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             for task in pumps:
                 with contextlib.suppress(asyncio.CancelledError, StopConsumer):
                     await task
+            if self._ending is not None:
+                await asyncio.shield(self._ending)
             if self.row is not None and not self.finished:
                 # Cancelled (daphne stops an application that way, without a disconnect
                 # first, on shutdown or after its close timeout): still end it all.

@@ -10,6 +10,7 @@ SDK connection's own ``websockets`` connection (``_DirectSocket``) where it has 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import logging
@@ -35,6 +36,10 @@ PCM_24K: dict[str, Any] = {"type": "audio/pcm", "rate": protocol.SAMPLE_RATE}
 # bridge when the visitor starts speaking (barge-in).
 DEFAULT_TURN_DETECTION: dict[str, Any] = {"type": "server_vad"}
 DEFAULT_TRANSCRIPTION: dict[str, Any] = {"model": "gpt-4o-mini-transcribe"}
+# Seconds a close waits for OpenAI's side of the closing handshake before dropping the
+# connection. A peer that stopped reading never takes the close frame, and ``websockets``
+# waits for the frame to be written before its own close timeout starts.
+CLOSE_WAIT = 2.0
 
 
 class _NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -89,7 +94,7 @@ class _DirectSocket:
     bridge sends fifty audio frames a second per conversation. The engine never asks the
     SDK to reconnect (Avaturn's socket could not follow a new OpenAI session), so that
     queue stays empty and the SDK's send comes down to the connection's own; its
-    ``recv_bytes`` likewise. ``close`` stays the SDK's.
+    ``recv_bytes`` likewise. ``close`` is the SDK's, bounded by ``CLOSE_WAIT``.
     """
 
     __slots__ = ("_connection", "_websocket")
@@ -105,7 +110,22 @@ class _DirectSocket:
         return await self._websocket.recv(decode=False)
 
     async def close(self, *, code: int = 1000, reason: str = "") -> None:
-        await self._connection.close(code=code, reason=reason)
+        """The SDK's close; the connection dropped if its handshake takes over ``CLOSE_WAIT``
+        or the close is cancelled: either way nothing is left open."""
+        closing = asyncio.ensure_future(self._connection.close(code=code, reason=reason))
+        try:
+            done, _ = await asyncio.wait((closing,), timeout=CLOSE_WAIT)
+        except BaseException:
+            self._drop(closing)
+            raise
+        if not done:
+            self._drop(closing)
+            return
+        closing.result()
+
+    def _drop(self, closing: asyncio.Future[None]) -> None:
+        closing.cancel()
+        self._websocket.transport.abort()
 
 
 def _direct(connection: Any) -> RealtimeSocket:
