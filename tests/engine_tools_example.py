@@ -18,6 +18,9 @@ SLOW_RELEASE = threading.Event()
 SLOW_FINISHED = threading.Event()
 # Call ids of the slow async tool that saw their cancellation.
 CANCELLED: list[str] = []
+# The held card tool: set when it has started, and set by the test to let it send.
+HELD_STARTED = threading.Event()
+HELD_RELEASE = threading.Event()
 
 
 @tool
@@ -94,6 +97,15 @@ def show_card(ctx: ToolContext, title: str) -> str:
     ctx.send_to_browser(card)
     card["n"] = 2  # sent as it was when sent
     ctx.send_to_browser(card)
+    return "shown"
+
+
+@tool
+def show_card_when_released(ctx: ToolContext, title: str) -> str:
+    """Show the visitor a card once the test lets this sync tool's thread go on."""
+    HELD_STARTED.set()
+    HELD_RELEASE.wait(5)
+    ctx.send_to_browser({"card": title})
     return "shown"
 
 

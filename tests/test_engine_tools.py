@@ -134,7 +134,7 @@ def test_load_registry_collects_a_modules_tools_in_realtime_shape() -> None:
     assert registry.get("add") is example.add.avaturn_tool  # type: ignore[attr-defined]
     assert registry.get("nope") is None
     definitions = {d["name"]: d for d in registry.definitions()}
-    assert len(definitions) == len(registry) == 14
+    assert len(definitions) == len(registry) == 15
     assert definitions["add"] == {
         "type": "function",
         "name": "add",
@@ -767,6 +767,31 @@ def test_closing_the_runner_drops_the_messages_still_on_their_way(
     # The second was dropped before it began: neither an error nor a coroutine never awaited.
     assert "failed" not in caplog.text
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+def test_a_sync_tool_sending_after_the_runner_closed_sends_nothing(
+    session: Any, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The conversation ended while a sync tool's thread ran: what it sends then reaches
+    the loop after the close, and is dropped there without an error."""
+    example.HELD_STARTED.clear()
+    example.HELD_RELEASE.clear()
+    runner = example_runner(session, browser)
+
+    async def scenario() -> str:
+        call = asyncio.ensure_future(
+            runner("card-held", "show_card_when_released", json.dumps({"title": "T"}))
+        )
+        assert await asyncio.to_thread(example.HELD_STARTED.wait, 5)
+        runner.close()
+        example.HELD_RELEASE.set()
+        output = await call
+        await asyncio.sleep(0.05)  # time for a send, had one been made
+        return output
+
+    assert json.loads(run(scenario())) == {"result": "shown"}
+    assert browser.sent == []
+    assert "failed" not in caplog.text
 
 
 def test_closing_the_runner_cancels_the_futures_its_sends_returned(session: Any) -> None:
