@@ -1,6 +1,6 @@
 """A channel layer for the engine socket's tests: Channels' in-memory one, whose group
-joins can fail or run a hook first, and whose discards can run a hook first (set on the
-class by the test, reset by it)."""
+joins can fail or run a hook before or after, and whose discards can run a hook first
+(set on the class by the test, reset by it)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ class HookedLayer(InMemoryChannelLayer):  # type: ignore[misc]  # Channels is un
     failing_joins = 0
     # Awaited before each join that succeeds.
     before_join: Callable[[], Awaitable[None]] | None = None
+    # Awaited after each join, once it took effect (the layer's answer slow to come back).
+    after_join: Callable[[], Awaitable[None]] | None = None
     # Awaited before each discard (a layer slow to answer).
     before_discard: Callable[[], Awaitable[None]] | None = None
 
@@ -24,7 +26,10 @@ class HookedLayer(InMemoryChannelLayer):  # type: ignore[misc]  # Channels is un
             raise ConnectionError("the layer is unreachable")
         if HookedLayer.before_join is not None:
             await HookedLayer.before_join()
-        return await super().group_add(group, channel)
+        joined = await super().group_add(group, channel)
+        if HookedLayer.after_join is not None:
+            await HookedLayer.after_join()
+        return joined
 
     async def group_discard(self, group: str, channel: str) -> Any:
         if HookedLayer.before_discard is not None:

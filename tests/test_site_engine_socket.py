@@ -503,7 +503,7 @@ def hooked_layer(settings: Any) -> Iterator[type[HookedLayer]]:
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "tests.channel_layers.HookedLayer"}}
     yield HookedLayer
     HookedLayer.failing_joins, HookedLayer.before_join = 0, None
-    HookedLayer.before_discard = None
+    HookedLayer.after_join = HookedLayer.before_discard = None
 
 
 def test_the_site_ending_the_session_before_the_socket_joins_its_group_closes_it(
@@ -572,6 +572,30 @@ def test_a_failed_group_join_is_retried_so_the_sites_end_still_reaches_the_socke
         await closed_by_the_site(communicator, realtime)
 
     run(test)
+
+
+def test_an_end_while_a_retried_join_waits_for_the_layer_leaves_the_group(
+    engine: Any, user: Any, realtime: LoopbackRealtime, hooked_layer: type[HookedLayer]
+) -> None:
+    """The retried join took effect, but the layer's answer had not come back when the
+    conversation ended (which cancels the retry): the consumer leaves the group anyway."""
+    row, token, secret = site_row(user)
+    hooked_layer.failing_joins = 1
+    joined = asyncio.Event()
+
+    async def answer_never() -> None:
+        joined.set()
+        await asyncio.Event().wait()
+
+    hooked_layer.after_join = answer_never
+
+    async def test() -> None:
+        communicator = await talking(token, secret, realtime)
+        await asyncio.wait_for(joined.wait(), TIMEOUT)  # the retry, a second later
+        await communicator.disconnect()  # Avaturn leaves
+
+    run(test)
+    assert layer.group_name(row.pk) not in get_channel_layer().groups
 
 
 def test_a_failure_of_ours_on_avaturns_message_ends_the_call_cleanly(

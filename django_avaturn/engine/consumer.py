@@ -171,7 +171,6 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     runner: ToolRunner | None = None
     realtime: Any = None
     bridge_task: asyncio.Task[None] | None = None
-    group: str | None = None
     finished: bool = False
     _joining: asyncio.Task[None] | None = None
     _ending: asyncio.Future[None] | None = None  # the site's end, run outside the lock
@@ -226,9 +225,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         """Join the session's channel-layer group; False if the layer failed (logged)."""
         if self.channel_layer is None:
             return False
-        group = layer.group_name(pk)
         try:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await self.channel_layer.group_add(layer.group_name(pk), self.channel_name)
         except Exception as exc:
             logger.warning(
                 "Could not join session row %s's channel-layer group (retrying every %g s): %s",
@@ -237,7 +235,6 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 _describe(exc),
             )
             return False
-        self.group = group
         return True
 
     async def _keep_joining(self, pk: int) -> None:
@@ -542,9 +539,14 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                     await self.close(code=close_code, reason=reason_bytes.decode("utf-8", "ignore"))
                 except Exception as exc:  # the socket is gone already, or the server refused
                     logger.info("Closing Avaturn's engine socket failed: %s", _describe(exc))
-            if self.group is not None and self.channel_layer is not None:
+            if self.row is not None and self.channel_layer is not None:
+                # Also when no join is known to have worked: a retried join cancelled
+                # above may have taken effect before its answer came back. Leaving a
+                # group one is not in changes nothing.
                 with contextlib.suppress(Exception):
-                    await self.channel_layer.group_discard(self.group, self.channel_name)
+                    await self.channel_layer.group_discard(
+                        layer.group_name(self.row.pk), self.channel_name
+                    )
         finally:
             # Whatever failed above (or cancelled this, even while the bridge stopped),
             # OpenAI's socket is closed and the row ends. Off the shared database
