@@ -173,7 +173,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     bridge_task: asyncio.Task[None] | None = None
     finished: bool = False
     _joining: asyncio.Task[None] | None = None
-    _ending: asyncio.Future[None] | None = None  # the site's end, run outside the lock
+    _ending: asyncio.Task[None] | None = None  # what _finish started, once it has
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -388,11 +388,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                     # as the keepalive allows. Ending is idempotent, and every handler
                     # turns to a no-op once the bridge is stopped. Before the bridge is
                     # up, ``connect`` holds the lock and must finish its accept first.
-                    # A task of its own, which the pumps' cancellation leaves to finish:
-                    # Avaturn's disconnect, answering the close this sends, stops the
-                    # consumer while the end still has its group to leave.
-                    self._ending = asyncio.ensure_future(self.dispatch(message))
-                    await asyncio.shield(self._ending)
+                    await self.dispatch(message)
                     continue
                 async with one_at_a_time:
                     await self.dispatch(message)
@@ -408,18 +404,19 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         finally:
             for task in pumps:
                 task.cancel()
-            for task in pumps:
-                with contextlib.suppress(asyncio.CancelledError, StopConsumer):
-                    await task
-            if self._ending is not None:
-                await asyncio.shield(self._ending)
+            await asyncio.wait(pumps)  # (their failures, if any, are raised above)
             if self.row is not None and not self.finished:
                 # Cancelled (daphne stops an application that way, without a disconnect
-                # first, on shutdown or after its close timeout): still end it all.
+                # first, on shutdown or after its close timeout), or a handler failed
+                # before it could end anything: still end it all.
                 await self._finish(
                     EndReason.ENGINE_CLOSED,
                     "The server stopped the conversation without a close from Avaturn.",
                 )
+            if self._ending is not None:
+                # An end a handler began (the pumps' cancellation leaves it running):
+                # the consumer returns once both sockets are closed and the row ended.
+                await asyncio.shield(self._ending)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Avaturn's text frames straight to ``receive`` (its audio never comes here: the
@@ -513,21 +510,40 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         close_code: int | None = None,
         close_reason: str = "",
     ) -> None:
-        """End the conversation once: the bridge, OpenAI, Avaturn's socket (if asked), the row."""
+        """End the conversation once: the bridge, OpenAI, Avaturn's socket (if asked), the row.
+
+        Later calls return at once. The ending runs as a task of its own, which
+        ``__call__`` waits for before it returns: cancelling the caller (a pump the
+        consumer's stop cancels; daphne cancelling the consumer) does not cut it short.
+        """
         if self.finished:
             return
         self.finished = True
         self._settled.set()
-        if self._joining is not None and self._joining is not asyncio.current_task():
+        caller = asyncio.current_task()
+        if self._joining is not None and self._joining is not caller:
             self._joining.cancel()
-        bridge, task = self.bridge, self.bridge_task
         if self.runner is not None:
             self.runner.close()  # before any await: nothing may cancel it away
+        self._ending = asyncio.ensure_future(
+            self._end(reason, detail, close_code, close_reason, caller)
+        )
+        await asyncio.shield(self._ending)
+
+    async def _end(
+        self,
+        reason: str | None,
+        detail: str,
+        close_code: int | None,
+        close_reason: str,
+        caller: asyncio.Task[Any] | None,
+    ) -> None:
+        bridge, task = self.bridge, self.bridge_task
         try:
             if bridge is not None:
                 with contextlib.suppress(Exception):
                     await bridge.stop()
-            if task is not None and task is not asyncio.current_task():
+            if task is not None and task is not caller:
                 try:
                     await asyncio.wait_for(task, STOP_WAIT)
                 except (asyncio.TimeoutError, Exception):
@@ -539,18 +555,9 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                     await self.close(code=close_code, reason=reason_bytes.decode("utf-8", "ignore"))
                 except Exception as exc:  # the socket is gone already, or the server refused
                     logger.info("Closing Avaturn's engine socket failed: %s", _describe(exc))
-            if self.row is not None and self.channel_layer is not None:
-                # Also when no join is known to have worked: a retried join cancelled
-                # above may have taken effect before its answer came back. Leaving a
-                # group one is not in changes nothing.
-                with contextlib.suppress(Exception):
-                    await self.channel_layer.group_discard(
-                        layer.group_name(self.row.pk), self.channel_name
-                    )
         finally:
-            # Whatever failed above (or cancelled this, even while the bridge stopped),
-            # OpenAI's socket is closed and the row ends. Off the shared database
-            # thread: the terminate may wait on Avaturn for its timeout.
+            # Whatever failed above, OpenAI's socket is closed and the row ends. Off the
+            # shared database thread: the terminate may wait on Avaturn for its timeout.
             with contextlib.suppress(BaseException):  # (a no-op once closed above)
                 await self._close_realtime()
             if reason is not None and self.row is not None:
@@ -559,11 +566,23 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 )
             if self.row is not None:
                 shutdown.done(self.row.pk)
+                await self._leave_group(self.row.pk)
         logger.info(
             "Site engine socket of session row %s closed (%s)",
             self.row.pk if self.row is not None else "?",
             reason or "ended by the site",
         )
+
+    async def _leave_group(self, pk: int) -> None:
+        """Leave the row's group, last: a layer that is down may take its timeout to say so.
+
+        Also when no join is known to have worked: a retried join cancelled by the end
+        may have taken effect before its answer came back. Leaving a group one is not
+        in changes nothing.
+        """
+        if self.channel_layer is not None:
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(layer.group_name(pk), self.channel_name)
 
     async def _close_realtime(self) -> None:
         realtime, self.realtime = self.realtime, None
