@@ -374,12 +374,14 @@ def test_a_close_that_openai_cannot_take_drops_the_connection(avaturn: Any, how:
                     await asyncio.sleep(0.1)
                     closing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(closing, CLOSE_WAIT + 3)
+                    await asyncio.wait_for(closing, CLOSE_WAIT + 10)
                 elapsed = asyncio.get_running_loop().time() - started
+                # Loose upper bounds (a loaded machine): websockets alone would wait for
+                # its keepalive, about 40 s.
                 if how == "cancelled":
-                    assert elapsed < 1
+                    assert elapsed < CLOSE_WAIT
                 else:
-                    assert CLOSE_WAIT - 0.1 < elapsed < CLOSE_WAIT + 1
+                    assert CLOSE_WAIT - 0.1 < elapsed < CLOSE_WAIT + 10
                 assert connection._websocket.transport.is_closing()
                 # The send stuck behind the close ends with the connection.
                 with pytest.raises(ConnectionClosed):

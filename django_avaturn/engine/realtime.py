@@ -125,7 +125,13 @@ class _DirectSocket:
 
     def _drop(self, closing: asyncio.Future[None]) -> None:
         closing.cancel()
+        closing.add_done_callback(_retrieve)  # a close that failed meanwhile: nothing to say
         self._websocket.transport.abort()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _direct(connection: Any) -> RealtimeSocket:
@@ -178,6 +184,6 @@ async def connect_realtime(
             protocol.session_update(session_for_bridge(session_config, tools))
         )
     except BaseException:
-        await connection.close()
+        await _direct(connection).close()
         raise
     return _direct(connection)
