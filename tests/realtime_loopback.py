@@ -29,6 +29,9 @@ class LoopbackRealtime:
         # PCM the first response speaks when the first audio arrives; None: silent.
         self.reply_audio: bytes | None = None
         self._replied = False
+        # Cleared while stalled: the handler reads nothing, so websockets stops reading too.
+        self._reading = asyncio.Event()
+        self._reading.set()
         self._conns: set[ServerConnection] = set()
         self._loop = asyncio.new_event_loop()
         self._server: Server | None = None
@@ -96,6 +99,7 @@ class LoopbackRealtime:
         the kernel's buffers are full, which a small receive buffer makes quick."""
 
         async def pause() -> None:
+            self._reading.clear()
             for conn in list(self._conns):
                 sock = conn.transport.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -105,6 +109,7 @@ class LoopbackRealtime:
 
     def resume(self) -> None:
         async def resume() -> None:
+            self._reading.set()
             for conn in list(self._conns):
                 sock = conn.transport.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -124,7 +129,9 @@ class LoopbackRealtime:
             self.authorizations.append(request.headers.get("Authorization", ""))
         try:
             await conn.send(json.dumps({"type": "session.created", "session": {}}))
-            async for raw in conn:
+            while True:
+                await self._reading.wait()
+                raw = await conn.recv()
                 event = json.loads(raw)
                 self.events.append(event)
                 if event.get("type") == "input_audio_buffer.append":

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -784,17 +785,20 @@ def test_the_site_ending_the_session_closes_both_sockets_while_openai_reads_noth
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
         realtime.stall()
-        # Avaturn streams faster than OpenAI reads, until the engine's sends back up.
+        # Avaturn streams faster than OpenAI reads, until the engine's sends back up: its
+        # frames wait in the consumer's queue and stop being taken. Noise, not a tone:
+        # the sockets negotiate compression, and a tone would take megabytes per byte.
         queue = communicator.input_queue
-        for _ in range(400):
-            for _ in range(100):
-                await communicator.send_input({"type": "websocket.receive", "bytes": PCM})
-            await asyncio.sleep(0.05)
-            if queue.qsize() > 50:
+        for _ in range(100):
+            for _ in range(1000):
+                noise = os.urandom(len(PCM))
+                await communicator.send_input({"type": "websocket.receive", "bytes": noise})
+            waiting = queue.qsize()
+            await asyncio.sleep(0.3)
+            if queue.qsize() == waiting > 0:
                 break
-        waiting = queue.qsize()
-        await asyncio.sleep(0.2)
-        assert queue.qsize() == waiting > 0, "the engine's sends to OpenAI never backed up"
+        else:
+            raise AssertionError("the engine's sends to OpenAI never backed up")
 
         # Loose bounds (a loaded machine): the stalled send would hold the end for as long
         # as the keepalive allows, about 40 s.
