@@ -462,15 +462,20 @@ def test_a_failed_terminate_after_avaturn_closes_leaves_the_row_to_the_expiry_co
     assert engine.avaturn.delete_calls()
 
 
+@pytest.mark.parametrize("cancels", [1, 2])
 def test_a_cancelled_consumer_still_ends_the_row_and_closes_openai(
-    engine: Any, user: Any, realtime: LoopbackRealtime
+    engine: Any, user: Any, realtime: LoopbackRealtime, cancels: int
 ) -> None:
-    """daphne stops an application by cancelling it (shutdown, its close timeout)."""
+    """daphne stops an application by cancelling it (shutdown, its close timeout), and
+    cancels it again every second while it has not finished: a second cancel that lands
+    while the consumer winds its readers down must not skip the end."""
     row, token, secret = site_row(user)
 
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
-        communicator.future.cancel()
+        for _ in range(cancels):
+            communicator.future.cancel()
+            await asyncio.sleep(0)
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.ENGINE_CLOSED
         await eventually(lambda: realtime.open == 0)
@@ -652,13 +657,15 @@ def test_a_handler_failing_still_ends_the_conversation(
         await get_channel_layer().group_send(
             layer.group_name(row.pk), layer.page_message({"not JSON": {1, 2}})
         )
+        assert (await closed_with(communicator))["code"] == 4011
         with pytest.raises(TypeError):
             await communicator.wait(TIMEOUT)
         await eventually(lambda: realtime.open == 0)
 
     run(test)
     row.refresh_from_db()
-    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ENGINE_CLOSED)
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
+    assert row.end_detail.startswith("The engine failed: TypeError")
     assert row.pk not in shutdown.left_running()
 
 

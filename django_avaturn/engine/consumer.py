@@ -23,6 +23,8 @@ Whichever side ends, both sockets close and the row records why:
   sockets close at once (1000); the row already says why.
 - The server cancels the consumer (daphne's shutdown and close timeout): the
   row ends ``engine_closed`` and OpenAI is closed all the same.
+- A handler fails (a bug of ours): as when OpenAI fails, with the error in the
+  row's detail; the exception then reaches the server.
 - The server's loop stops with the conversation running (daphne's shutdown
   may skip the cancelling): ``shutdown`` ends the row ``engine_closed`` at
   the process's exit.
@@ -396,27 +398,46 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         pumps = [asyncio.ensure_future(pump(receive))]
         if len(sources) > 1:
             pumps.append(asyncio.ensure_future(pump_layer(sources[1])))
+        failure: Exception | None = None
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 with contextlib.suppress(StopConsumer):
                     task.result()
+        except Exception as exc:  # a handler's bug: raised on once the conversation ended
+            failure = exc
+            raise
         finally:
             for task in pumps:
                 task.cancel()
-            await asyncio.wait(pumps)  # (their failures, if any, are raised above)
-            if self.row is not None and not self.finished:
-                # Cancelled (daphne stops an application that way, without a disconnect
-                # first, on shutdown or after its close timeout), or a handler failed
-                # before it could end anything: still end it all.
+            try:
+                await asyncio.wait(pumps)
+            finally:
+                # Also when this is cancelled again while the pumps wind down: ``_finish``
+                # starts the ending before its first await.
+                await self._end_whatever_happened(failure)
+
+    async def _end_whatever_happened(self, failure: Exception | None) -> None:
+        """The consumer is stopping: end the conversation if nothing has, and wait for the
+        end (a handler's, which the pumps' cancellation left running, or this one)."""
+        if self.row is not None and not self.finished:
+            if failure is not None:
+                detail = f"The engine failed: {_describe(failure)}"
+                await self._finish(
+                    EndReason.UPSTREAM_ERROR,
+                    detail,
+                    close_code=UPSTREAM_FAILED,
+                    close_reason="The engine failed.",
+                )
+            else:
+                # Cancelled: daphne stops an application that way, without a disconnect
+                # first, on shutdown or after its close timeout.
                 await self._finish(
                     EndReason.ENGINE_CLOSED,
                     "The server stopped the conversation without a close from Avaturn.",
                 )
-            if self._ending is not None:
-                # An end a handler began (the pumps' cancellation leaves it running):
-                # the consumer returns once both sockets are closed and the row ended.
-                await asyncio.shield(self._ending)
+        if self._ending is not None:
+            await asyncio.shield(self._ending)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Avaturn's text frames straight to ``receive`` (its audio never comes here: the
@@ -512,9 +533,10 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     ) -> None:
         """End the conversation once: the bridge, OpenAI, Avaturn's socket (if asked), the row.
 
-        Later calls return at once. The ending runs as a task of its own, which
-        ``__call__`` waits for before it returns: cancelling the caller (a pump the
-        consumer's stop cancels; daphne cancelling the consumer) does not cut it short.
+        Later calls return at once. The ending runs as a task of its own, started before
+        the first await: cancelling the caller (a pump the consumer's stop cancels;
+        daphne cancelling the consumer) does not cut it short, and ``__call__`` waits
+        for it before it returns (unless cancelled while it waits: the end still runs).
         """
         if self.finished:
             return
@@ -531,6 +553,20 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         await asyncio.shield(self._ending)
 
     async def _end(
+        self,
+        reason: str | None,
+        detail: str,
+        close_code: int | None,
+        close_reason: str,
+        caller: asyncio.Task[Any] | None,
+    ) -> None:
+        try:
+            await self._close_everything(reason, detail, close_code, close_reason, caller)
+        except Exception:  # a bug of ours: its awaiters may all have been cancelled
+            logger.exception("Ending the site engine's conversation failed")
+            raise
+
+    async def _close_everything(
         self,
         reason: str | None,
         detail: str,
@@ -558,15 +594,18 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         finally:
             # Whatever failed above, OpenAI's socket is closed and the row ends. Off the
             # shared database thread: the terminate may wait on Avaturn for its timeout.
-            with contextlib.suppress(BaseException):  # (a no-op once closed above)
-                await self._close_realtime()
-            if reason is not None and self.row is not None:
-                await database_sync_to_async(end_row, thread_sensitive=False)(
-                    self.row.pk, reason, detail
-                )
-            if self.row is not None:
-                shutdown.done(self.row.pk)
-                await self._leave_group(self.row.pk)
+            try:
+                with contextlib.suppress(BaseException):  # (a no-op once closed above)
+                    await self._close_realtime()
+                if reason is not None and self.row is not None:
+                    await database_sync_to_async(end_row, thread_sensitive=False)(
+                        self.row.pk, reason, detail
+                    )
+                if self.row is not None:
+                    shutdown.done(self.row.pk)  # (not when the row's end failed: the exit retries)
+            finally:
+                if self.row is not None:
+                    await self._leave_group(self.row.pk)
         logger.info(
             "Site engine socket of session row %s closed (%s)",
             self.row.pk if self.row is not None else "?",
