@@ -512,6 +512,27 @@ def hooked_layer(settings: Any) -> Iterator[type[HookedLayer]]:
     yield HookedLayer
     HookedLayer.failing_joins, HookedLayer.before_join = 0, None
     HookedLayer.after_join = HookedLayer.before_discard = None
+    HookedLayer.cancels_to_lose = 0
+
+
+def test_the_consumer_returns_though_the_layers_read_loses_a_cancel(
+    engine: Any, user: Any, realtime: LoopbackRealtime, hooked_layer: type[HookedLayer]
+) -> None:
+    """The consumer stops its readers by cancelling them, again until they have ended: a
+    layer's read that reads on after a cancel (channels_redis, before Python 3.12) must
+    not keep the consumer, nor the server's shutdown, waiting for ever."""
+    row, token, secret = site_row(user)
+
+    async def test() -> None:
+        communicator = await talking(token, secret, realtime)
+        hooked_layer.cancels_to_lose = 1
+        await communicator.disconnect(code=1000, timeout=TIMEOUT)
+        # It returned of itself: ``disconnect`` cancels it once the timeout has passed.
+        assert not communicator.future.cancelled()
+        assert hooked_layer.cancels_to_lose == 0  # (the read did lose one)
+        assert (await row_of(row.pk)).end_reason == EndReason.ENGINE_CLOSED
+
+    run(test)
 
 
 def test_the_site_ending_the_session_before_the_socket_joins_its_group_closes_it(

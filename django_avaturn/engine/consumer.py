@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -75,6 +75,8 @@ SERVER_SHUTDOWN = 1012
 LAYER_RETRY = 1.0
 # How long an end waits for the bridge's tool tasks to wind down.
 STOP_WAIT = 5.0
+# Seconds between cancels of a pump that has not stopped (``_cancel_until_done``).
+RECANCEL_AFTER = 0.5
 # A close frame's reason holds at most 123 bytes.
 MAX_CLOSE_REASON = 123
 
@@ -408,10 +410,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             failure = exc
             raise
         finally:
-            for task in pumps:
-                task.cancel()
             try:
-                await asyncio.wait(pumps)
+                await _cancel_until_done(pumps)
             finally:
                 # Also when this is cancelled again while the pumps wind down: ``_finish``
                 # starts the ending before its first await.
@@ -630,6 +630,22 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 await realtime.close()
             except Exception as exc:
                 logger.info("Closing OpenAI Realtime failed: %s", _describe(exc))
+
+
+async def _cancel_until_done(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel the tasks and wait for them to end, cancelling again each ``RECANCEL_AFTER``.
+
+    One cancel may not stop a pump: before Python 3.12, ``asyncio.wait_for`` loses a
+    cancel that lands as the operation it waits on completes (CPython gh-86296).
+    redis-py sends each command through it (with ``socket_timeout`` set), and
+    channels_redis's ``receive`` then reads on; the consumer would never return,
+    nor would the server's shutdown. Their failures, if any, are not raised here.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
 
 
 def _describe(exc: BaseException) -> str:

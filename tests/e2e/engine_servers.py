@@ -152,6 +152,8 @@ class EngineServer:
             try:
                 self.proc.wait(timeout=STOP_WITHIN)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)  # its stacks, to the log (engine_asgi)
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_WITHIN)
         if not self._log.closed:
