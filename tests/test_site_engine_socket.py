@@ -132,7 +132,14 @@ async def closed_by_the_site(communicator: WebsocketCommunicator, realtime: Any)
     """The engine closed Avaturn's socket as for a site's end (1000), and OpenAI's."""
     assert (await closed_with(communicator))["code"] == 1000
     await eventually(lambda: realtime.open == 0)
-    await communicator.disconnect()
+    await left(communicator)
+
+
+async def left(communicator: WebsocketCommunicator, code: int = 1000) -> None:
+    """Avaturn closes its side; the consumer then returns of itself. (``disconnect``
+    alone would not tell: once its timeout passes it cancels the consumer, quietly.)"""
+    await communicator.disconnect(code=code, timeout=TIMEOUT)
+    assert not communicator.future.cancelled(), "the consumer did not return"
 
 
 async def closed_with(
@@ -272,7 +279,7 @@ def test_a_token_is_used_once(engine: Any, user: Any, realtime: LoopbackRealtime
         # The first conversation goes on.
         await first.send_to(bytes_data=PCM)
         await eventually(lambda: len(realtime.of_type("input_audio_buffer.append")) == 1)
-        await first.disconnect()
+        await left(first)
 
     run(test)
     assert realtime.connections == 1
@@ -286,7 +293,7 @@ def test_a_row_still_starting_is_accepted(
 
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
-        await communicator.disconnect()
+        await left(communicator)
 
     run(test)
     row.refresh_from_db()
@@ -314,7 +321,7 @@ def test_audio_flows_both_ways_and_opens_openai_with_the_sites_key(
             "type": "avatar.speech.segment.close",
             "segment_uid": created["segment_uid"],
         }
-        await communicator.disconnect()
+        await left(communicator)
 
     run(test)
     (append,) = realtime.of_type("input_audio_buffer.append")
@@ -334,7 +341,7 @@ def test_openai_is_opened_with_the_rows_engine_plan(
         communicator = socket(token, secret)
         assert (await communicator.connect(TIMEOUT))[0] is True
         await eventually(lambda: bool(realtime.of_type("session.update")))
-        await communicator.disconnect()
+        await left(communicator)
 
     run(test)
     (update,) = realtime.of_type("session.update")
@@ -369,7 +376,7 @@ def test_the_engine_writes_both_sides_of_the_transcript(
         while await count() < 2:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
-        await communicator.disconnect()
+        await left(communicator)
 
     run(test)
     lines = list(Transcript.objects.filter(session=row).order_by("pk").values_list("role", "text"))
@@ -389,7 +396,7 @@ def test_a_message_from_the_page_reaches_the_model_as_the_visitors_input(
         await eventually(lambda: bool(realtime.of_type("conversation.item.create")))
         if respond:
             await eventually(lambda: bool(realtime.of_type("response.create")))
-        await communicator.disconnect()
+        await left(communicator)
 
     run(test)
     (created,) = realtime.of_type("conversation.item.create")
@@ -409,7 +416,7 @@ def test_say_asks_the_model_to_speak(engine: Any, user: Any, realtime: LoopbackR
         communicator = await talking(token, secret, realtime)
         await sync_to_async(services.say)(row, "Your parcel is out for delivery.")
         await eventually(lambda: bool(realtime.of_type("response.create")))
-        await communicator.disconnect()
+        await left(communicator)
 
     run(test)
     (create,) = realtime.of_type("response.create")
@@ -426,7 +433,7 @@ def test_avaturn_closing_closes_openai_and_ends_the_row(
 
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
-        await communicator.disconnect(code=1000)
+        await left(communicator, 1000)
         ended_row = await ended(row.pk)
         assert (ended_row.status, ended_row.end_reason) == (
             SessionStatus.ENDED,
@@ -448,7 +455,7 @@ def test_a_failed_terminate_after_avaturn_closes_leaves_the_row_to_the_expiry_co
 
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
-        await communicator.disconnect(code=1000)
+        await left(communicator, 1000)
         await eventually(lambda: realtime.open == 0)
         deadline = time.monotonic() + TIMEOUT
         while not (await row_of(row.pk)).awaiting_retry:
@@ -498,7 +505,7 @@ def test_a_channel_layer_that_fails_to_join_does_not_strand_the_conversation(
 
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
-        await communicator.disconnect(code=1000)
+        await left(communicator, 1000)
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.ENGINE_CLOSED
         await eventually(lambda: realtime.open == 0)
@@ -526,9 +533,7 @@ def test_the_consumer_returns_though_the_layers_read_loses_a_cancel(
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
         hooked_layer.cancels_to_lose = 1
-        await communicator.disconnect(code=1000, timeout=TIMEOUT)
-        # It returned of itself: ``disconnect`` cancels it once the timeout has passed.
-        assert not communicator.future.cancelled()
+        await left(communicator)
         assert hooked_layer.cancels_to_lose == 0  # (the read did lose one)
         assert (await row_of(row.pk)).end_reason == EndReason.ENGINE_CLOSED
 
@@ -579,7 +584,7 @@ def test_the_sites_end_finishes_after_avaturn_answers_its_close(
         communicator = await talking(token, secret, realtime)
         await sync_to_async(services.end_session)(row, reason=EndReason.CLIENT)
         assert (await closed_with(communicator))["code"] == 1000
-        await communicator.disconnect()
+        await left(communicator)
 
     with caplog.at_level(logging.INFO, logger="django_avaturn.engine.consumer"):
         run(test)
@@ -621,7 +626,7 @@ def test_an_end_while_a_retried_join_waits_for_the_layer_leaves_the_group(
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
         await asyncio.wait_for(joined.wait(), TIMEOUT)  # the retry, a second later
-        await communicator.disconnect()  # Avaturn leaves
+        await left(communicator)  # Avaturn leaves
 
     run(test)
     assert layer.group_name(row.pk) not in get_channel_layer().groups
@@ -648,7 +653,7 @@ def test_a_failure_of_ours_on_avaturns_message_ends_the_call_cleanly(
         await communicator.send_to(text_data='{"type": "avatar.speech.segment.created"}')
         close = await closed_with(communicator)
         assert close["code"] == 4011
-        await communicator.disconnect()
+        await left(communicator)
         ended_row = await ended(row.pk)
         assert (ended_row.status, ended_row.end_reason) == (
             SessionStatus.FAILED,
@@ -697,7 +702,7 @@ def test_a_server_shutdown_is_what_the_row_says(
 
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
-        await communicator.disconnect(code=1012)  # what uvicorn and daphne send on shutdown
+        await left(communicator, 1012)  # what uvicorn and daphne send on shutdown
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.ENGINE_CLOSED
         assert "server shut down" in ended_row.end_detail
@@ -724,7 +729,7 @@ def test_openai_closing_or_failing_closes_avaturns_socket_and_says_why(
         close = await closed_with(communicator)
         assert close["code"] == 4011
         assert detail in close.get("reason", "")
-        await communicator.disconnect()
+        await left(communicator)
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.UPSTREAM_ERROR
         assert detail in ended_row.end_detail
@@ -752,7 +757,7 @@ def test_the_consumer_returns_once_an_end_openai_began_has_finished(
         communicator = await talking(token, secret, realtime)
         await sync_to_async(realtime.close_all)(1000, "session over")
         assert (await closed_with(communicator))["code"] == 4011
-        await communicator.disconnect()
+        await left(communicator)
         # No waiting from here on: the consumer has returned.
         assert (await row_of(row.pk)).status == SessionStatus.FAILED
         assert layer.group_name(row.pk) not in get_channel_layer().groups
@@ -776,7 +781,7 @@ def test_openai_unreachable_closes_avaturns_socket_and_ends_the_row(
         assert (await communicator.connect(TIMEOUT))[0] is True
         close = await closed_with(communicator)
         assert close["code"] == 4011
-        await communicator.disconnect()
+        await left(communicator)
         ended_row = await ended(row.pk)
         assert ended_row.end_reason == EndReason.UPSTREAM_ERROR
         assert "could not open OpenAI Realtime" in ended_row.end_detail
@@ -839,7 +844,7 @@ def test_the_site_ending_the_session_closes_both_sockets_while_openai_reads_noth
         # window was shut, probes again: seconds.)
         realtime.resume()
         await eventually(lambda: realtime.open == 0, timeout=30)
-        await communicator.disconnect()  # raises what the consumer raised, if anything
+        await left(communicator)  # raises what the consumer raised, if anything
 
     run(test)
     row.refresh_from_db()
@@ -918,7 +923,7 @@ def test_the_kill_switch_closes_every_engine(
         await sync_to_async(services.end_sessions)(Session.objects.all(), reason=EndReason.SHUTDOWN)
         for communicator in communicators:
             assert (await closed_with(communicator))["code"] == 1000
-            await communicator.disconnect()
+            await left(communicator)
         await eventually(lambda: realtime.open == 0)
 
     run(test)
@@ -975,7 +980,7 @@ def test_a_scripted_conversation_runs_the_sites_tool_as_the_sessions_user(
                     if text and json.loads(text)["type"] == "sdk.message.send":
                         page.append(json.loads(text)["data"])
             assert close["code"] == 4011
-            await communicator.disconnect()
+            await left(communicator)
             ended_row = await ended(row.pk)
             assert ended_row.end_reason == EndReason.UPSTREAM_ERROR
             assert "scripted end" in ended_row.end_detail
@@ -1019,7 +1024,7 @@ def test_openai_refusing_the_session_ends_the_conversation(
             close = await closed_with(communicator)
             assert close["code"] == 4011
             assert close["reason"].startswith("OpenAI Realtime refused the session")
-            await communicator.disconnect()
+            await left(communicator)
             ended_row = await ended(row.pk)
             assert (ended_row.status, ended_row.end_reason) == (
                 SessionStatus.FAILED,
@@ -1062,7 +1067,7 @@ def test_frames_reach_openai_while_the_shared_database_thread_is_busy(
         finally:
             release.set()
             await held
-        await communicator.disconnect()
+        await left(communicator)
 
     run(test)
     appended = [e["audio"] for e in realtime.of_type("input_audio_buffer.append")]
@@ -1161,7 +1166,7 @@ def test_a_conversation_is_registered_while_it_runs(
         communicator = socket(token, secret)
         assert (await communicator.connect(TIMEOUT))[0] is True
         assert row.pk in shutdown.left_running()
-        await communicator.disconnect(code=1000)
+        await left(communicator, 1000)
         await ended(row.pk)
         await eventually(lambda: row.pk not in shutdown.left_running())
 

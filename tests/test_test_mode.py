@@ -324,7 +324,8 @@ def test_a_site_engine_conversation_in_test_mode_stays_on_loopback(
         while realtime.open_connections != 1:
             assert time.monotonic() < deadline, "the engine did not open OpenAI"
             await asyncio.sleep(0.01)
-        await avaturn.disconnect()
+        await avaturn.disconnect(timeout=5)
+        assert not avaturn.future.cancelled(), "the consumer did not return"
 
     run_coroutine(avaturn_joins_and_leaves())
 
