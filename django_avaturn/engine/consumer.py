@@ -550,23 +550,11 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         self._ending = asyncio.ensure_future(
             self._end(reason, detail, close_code, close_reason, caller)
         )
+        # Its failure is logged here: its awaiters may all have been cancelled.
+        self._ending.add_done_callback(_log_ending_failure)
         await asyncio.shield(self._ending)
 
     async def _end(
-        self,
-        reason: str | None,
-        detail: str,
-        close_code: int | None,
-        close_reason: str,
-        caller: asyncio.Task[Any] | None,
-    ) -> None:
-        try:
-            await self._close_everything(reason, detail, close_code, close_reason, caller)
-        except Exception:  # a bug of ours: its awaiters may all have been cancelled
-            logger.exception("Ending the site engine's conversation failed")
-            raise
-
-    async def _close_everything(
         self,
         reason: str | None,
         detail: str,
@@ -646,6 +634,11 @@ async def _cancel_until_done(tasks: Iterable[asyncio.Future[Any]]) -> None:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
+
+
+def _log_ending_failure(ending: asyncio.Future[None]) -> None:
+    if not ending.cancelled() and (failure := ending.exception()) is not None:
+        logger.error("Ending the site engine's conversation failed", exc_info=failure)
 
 
 def _describe(exc: BaseException) -> str:
