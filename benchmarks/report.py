@@ -401,6 +401,15 @@ def _goals(data: dict[str, Any]) -> list[str]:
         f"{GOAL_CLIENTS} clients; added latency at 1 client.",
         "",
     ]
+    if any(r["server"] == "uvicorn+pool" for r in runs):
+        out[-1:] = [
+            "",
+            "Under uvicorn on PostgreSQL twice: `uvicorn` opens a connection per request "
+            "(`CONN_MAX_AGE = 0`), and `uvicorn+pool` takes it from Django's connection "
+            "pool, as Django's documentation advises under ASGI. What a connection per "
+            'request costs is in "Start and end path, in process".',
+            "",
+        ]
     configs = sorted({(r["server"], r["db"]) for r in runs}, key=lambda c: (c[1] != "sqlite", c))
     for server, db in configs:
         f = goal_figures(data, server, db)

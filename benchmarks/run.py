@@ -154,6 +154,14 @@ def harness_run(latency: Latency) -> dict[str, Any]:
     return {"fake_round_trip_ms": round(round_trip, 2)}
 
 
+# uvicorn on PostgreSQL with Django's connection pool, as Django's documentation
+# advises under ASGI (where a persistent connection would stay with its request's
+# thread): 20 per worker, so 4 workers stay under PostgreSQL's 100 connections.
+UVICORN_POOLED = LoadConfig(
+    "uvicorn", "postgres", ("django_avaturn", "floor"), (("BENCH_PG_POOL", "20"),), "+pool"
+)
+
+
 def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
     configs = [LoadConfig(server, "sqlite", tuple(BROKERS)) for server in SERVERS]
     if plan.postgres_load:
@@ -161,10 +169,7 @@ def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
         # PostgreSQL too, so it shows what this database costs any broker here.
         pg_brokers = ("django_avaturn", "floor")
         configs += [LoadConfig(server, "postgres", pg_brokers) for server in SERVERS]
-        # 20 per worker: 4 workers stay under PostgreSQL's 100 connections.
-        configs.append(
-            LoadConfig("uvicorn", "postgres", pg_brokers, (("BENCH_PG_POOL", "20"),), "+pool")
-        )
+        configs.append(UVICORN_POOLED)
     return measure(configs, latency=latency, clients=plan.clients, duration=plan.duration)
 
 
@@ -172,7 +177,8 @@ def goal_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
     """The goals' configurations, ``plan.goal_rounds`` times over, with the floor beside.
 
     Every goal is a ratio to the floor broker measured in these same rounds
-    (``report.GOALS``), on SQLite and PostgreSQL under both servers.
+    (the goals in ``report``), on SQLite and PostgreSQL under both servers, and under
+    uvicorn on PostgreSQL both with a connection per request and pooled.
 
     "% of ideal" moves by several points from one run to the next on this
     machine, enough to flip a goal either way; the goals are judged on the
@@ -181,8 +187,12 @@ def goal_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
     if not plan.goal_rounds:
         return []
     dbs = ("sqlite", "postgres") if plan.postgres_load else ("sqlite",)
+    brokers = ("django_avaturn", "floor")
+    configs = [LoadConfig(server, db, brokers) for db in dbs for server in SERVERS]
+    if plan.postgres_load:
+        configs.append(UVICORN_POOLED)
     return measure(
-        [LoadConfig(server, db, ("django_avaturn", "floor")) for db in dbs for server in SERVERS],
+        configs,
         latency=latency,
         clients=(min(plan.clients), max(plan.clients)),
         duration=plan.duration,
