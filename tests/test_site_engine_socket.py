@@ -21,14 +21,14 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
-from django.db import connection
+from django.db import OperationalError, connection
 from uvicorn.protocols.utils import ClientDisconnected
 from websockets.exceptions import ConnectionClosed
 
 from django_avaturn import services
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import layer, shutdown, tokens
-from django_avaturn.engine.consumer import STOP_WAIT, AvaturnGone, _AvaturnSide
+from django_avaturn.engine.consumer import STOP_WAIT, AvaturnGone, _AvaturnSide, end_row
 from django_avaturn.engine.routing import websocket_urlpatterns
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
@@ -1378,3 +1378,22 @@ def test_an_end_cancelled_while_the_bridge_stops_still_closes_openai_and_ends_th
         EndReason.ENGINE_CLOSED,
     )
     assert row.pk not in shutdown.left_running()
+
+
+def test_ending_a_row_when_the_database_fails_logs_it_and_never_raises(
+    engine: Any, user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``end_row`` runs in the consumer's ending, after its sockets closed: a database
+    that fails there is logged against the row, and the row stays for the expiry command."""
+    row, _token, _secret = site_row(user)
+
+    def database_down(*args: Any) -> Any:
+        raise OperationalError("the database went away")
+
+    with caplog.at_level(logging.ERROR), connection.execute_wrapper(database_down):
+        end_row(row.pk, EndReason.ENGINE_CLOSED, "Avaturn closed the socket.")
+
+    assert f"Could not end session row {row.pk}" in caplog.text
+    assert "the database went away" in caplog.text
+    row.refresh_from_db()
+    assert row.status == SessionStatus.LIVE

@@ -110,11 +110,14 @@ def authenticate(token: str, headers: Any) -> Session:
 
 
 def end_row(pk: int, reason: str, detail: str) -> None:
-    """End row ``pk`` for ``reason`` (terminating its Avaturn session); never raises."""
-    row = Session.objects.filter(pk=pk).first()
-    if row is None:
-        return
+    """End row ``pk`` for ``reason`` (terminating its Avaturn session); never raises.
+
+    What it cannot end (Avaturn or the database failing) is left for the expiry command.
+    """
     try:
+        row = Session.objects.filter(pk=pk).first()
+        if row is None:
+            return
         ending.end_session(row, reason=reason, detail=detail)
     except AvaturnError as exc:
         # The row stays ending (or live, for the visitor's own end) for the expiry command.
