@@ -154,21 +154,22 @@ def harness_run(latency: Latency) -> dict[str, Any]:
     return {"fake_round_trip_ms": round(round_trip, 2)}
 
 
+# django_avaturn and the floor beside it: the goals' brokers, and PostgreSQL's (the
+# floor's session and user reads go to PostgreSQL too, so it shows what this database
+# costs any broker here).
+AGAINST_FLOOR = ("django_avaturn", "floor")
 # uvicorn on PostgreSQL with Django's connection pool, as Django's documentation
 # advises under ASGI (where a persistent connection would stay with its request's
 # thread): 20 per worker, so 4 workers stay under PostgreSQL's 100 connections.
 UVICORN_POOLED = LoadConfig(
-    "uvicorn", "postgres", ("django_avaturn", "floor"), (("BENCH_PG_POOL", "20"),), "+pool"
+    "uvicorn", "postgres", AGAINST_FLOOR, (("BENCH_PG_POOL", "20"),), "+pool"
 )
 
 
 def load_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
     configs = [LoadConfig(server, "sqlite", tuple(BROKERS)) for server in SERVERS]
     if plan.postgres_load:
-        # The floor beside django_avaturn: its session and user reads go to
-        # PostgreSQL too, so it shows what this database costs any broker here.
-        pg_brokers = ("django_avaturn", "floor")
-        configs += [LoadConfig(server, "postgres", pg_brokers) for server in SERVERS]
+        configs += [LoadConfig(server, "postgres", AGAINST_FLOOR) for server in SERVERS]
         configs.append(UVICORN_POOLED)
     return measure(configs, latency=latency, clients=plan.clients, duration=plan.duration)
 
@@ -187,8 +188,7 @@ def goal_runs(plan: Plan, latency: Latency) -> list[dict[str, Any]]:
     if not plan.goal_rounds:
         return []
     dbs = ("sqlite", "postgres") if plan.postgres_load else ("sqlite",)
-    brokers = ("django_avaturn", "floor")
-    configs = [LoadConfig(server, db, brokers) for db in dbs for server in SERVERS]
+    configs = [LoadConfig(server, db, AGAINST_FLOOR) for db in dbs for server in SERVERS]
     if plan.postgres_load:
         configs.append(UVICORN_POOLED)
     return measure(
