@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import statistics
 import textwrap
 from collections.abc import Callable
@@ -361,6 +362,9 @@ THROUGHPUT_RATIO_GOAL = 0.85  # django_avaturn's starts+ends/s over the floor's,
 CPU_RATIO_GOAL = 1.35  # server CPU per start+end over the floor's, at 50 clients
 ADDED_P50_MARGIN_MS = 4.0  # added p50 at 1 client, minus the floor's
 
+# One figure of one load run (a row of the results).
+Figure = Callable[[dict[str, Any]], float]
+
 
 def goal_figures(data: dict[str, Any], server: str, db: str) -> dict[str, float] | None:
     """The three goal figures of one server and database, from the repeated rounds."""
@@ -375,15 +379,27 @@ def goal_figures(data: dict[str, Any], server: str, db: str) -> dict[str, float]
     if not (ours and floor and ours_1 and floor_1):
         return None
 
-    def cpu(rs: list[dict[str, Any]]) -> float:
-        return float(statistics.median(r["cpu_ms_per_iteration"]["server"] for r in rs))
+    # Each figure of a run, defined once: judged as the ratio (or difference) of the
+    # rounds' medians, and shown paired by round beside it.
+    def rate(run: dict[str, Any]) -> float:
+        return float(run["rate_per_s"])
+
+    def server_cpu(run: dict[str, Any]) -> float:
+        return float(run["cpu_ms_per_iteration"]["server"])
+
+    def added_p50(run: dict[str, Any]) -> float:
+        return float(run["added_p50_ms"])
+
+    def median(rs: list[dict[str, Any]], figure: Figure) -> float:
+        return float(statistics.median(figure(r) for r in rs))
 
     def paired(
         ours_rows: list[dict[str, Any]],
         floor_rows: list[dict[str, Any]],
-        of: Callable[[dict[str, Any], dict[str, Any]], float],
+        figure: Figure,
+        compare: Callable[[float, float], float],
     ) -> float:
-        """The median over the rounds of ``of(ours, floor)``, each round's two runs paired.
+        """The median over the rounds of ``compare(ours, floor)``, each round's two runs paired.
 
         Shown beside the goals, not judged: the machine's speed moves between the rounds,
         and each round's two runs were taken back to back.
@@ -391,7 +407,7 @@ def goal_figures(data: dict[str, Any], server: str, db: str) -> dict[str, float]
         floor_by_round = {r.get("round", 1): r for r in floor_rows}
         return float(
             statistics.median(
-                of(r, floor_by_round[r.get("round", 1)])
+                compare(figure(r), figure(floor_by_round[r.get("round", 1)]))
                 for r in ours_rows
                 if r.get("round", 1) in floor_by_round
             )
@@ -399,25 +415,17 @@ def goal_figures(data: dict[str, Any], server: str, db: str) -> dict[str, float]
 
     return {
         "clients": top,
-        "throughput_ratio": _median(ours, "rate_per_s") / _median(floor, "rate_per_s"),
+        "throughput_ratio": median(ours, rate) / median(floor, rate),
         "ours_fraction": _median(ours, "fraction_of_ideal"),
         "floor_fraction": _median(floor, "fraction_of_ideal"),
-        "cpu_ratio": cpu(ours) / cpu(floor),
-        "ours_cpu_ms": cpu(ours),
-        "floor_cpu_ms": cpu(floor),
-        "ours_p50_ms": _median(ours_1, "added_p50_ms"),
-        "floor_p50_ms": _median(floor_1, "added_p50_ms"),
-        "paired_throughput_ratio": paired(
-            ours, floor, lambda o, f: o["rate_per_s"] / f["rate_per_s"]
-        ),
-        "paired_cpu_ratio": paired(
-            ours,
-            floor,
-            lambda o, f: o["cpu_ms_per_iteration"]["server"] / f["cpu_ms_per_iteration"]["server"],
-        ),
-        "paired_p50_margin_ms": paired(
-            ours_1, floor_1, lambda o, f: o["added_p50_ms"] - f["added_p50_ms"]
-        ),
+        "cpu_ratio": median(ours, server_cpu) / median(floor, server_cpu),
+        "ours_cpu_ms": median(ours, server_cpu),
+        "floor_cpu_ms": median(floor, server_cpu),
+        "ours_p50_ms": median(ours_1, added_p50),
+        "floor_p50_ms": median(floor_1, added_p50),
+        "paired_throughput_ratio": paired(ours, floor, rate, operator.truediv),
+        "paired_cpu_ratio": paired(ours, floor, server_cpu, operator.truediv),
+        "paired_p50_margin_ms": paired(ours_1, floor_1, added_p50, operator.sub),
     }
 
 
@@ -436,8 +444,7 @@ def _goals(data: dict[str, Any]) -> list[str]:
         "",
     ]
     if any(r["server"] == "uvicorn+pool" for r in runs):
-        out[-1:] = [
-            "",
+        out += [
             "Under uvicorn on PostgreSQL twice: `uvicorn` opens a connection per request "
             "(`CONN_MAX_AGE = 0`), and `uvicorn+pool` takes it from Django's connection "
             "pool, as Django's documentation advises under ASGI. What a connection per "
