@@ -464,9 +464,12 @@ def test_a_failed_terminate_after_avaturn_closes_leaves_the_row_to_the_expiry_co
 
     run(test)
     row.refresh_from_db()
-    # Not live again: nobody would end it but the expiry command, which now will.
+    # Not live again: nobody would end it but the expiry command, which now will,
+    # and the process's exit, which retries it first.
     assert (row.status, row.end_reason) == (SessionStatus.ENDING, EndReason.ENGINE_CLOSED)
     assert engine.avaturn.delete_calls()
+    assert row.pk in shutdown.left_running()
+    shutdown.done(row.pk)
 
 
 @pytest.mark.parametrize("cancels", [1, 2])
@@ -1391,7 +1394,7 @@ def test_ending_a_row_when_the_database_fails_logs_it_and_never_raises(
         raise OperationalError("the database went away")
 
     with caplog.at_level(logging.ERROR), connection.execute_wrapper(database_down):
-        end_row(row.pk, EndReason.ENGINE_CLOSED, "Avaturn closed the socket.")
+        assert end_row(row.pk, EndReason.ENGINE_CLOSED, "Avaturn closed the socket.") is False
 
     assert f"Could not end session row {row.pk}" in caplog.text
     assert "the database went away" in caplog.text

@@ -109,21 +109,23 @@ def authenticate(token: str, headers: Any) -> Session:
     return row
 
 
-def end_row(pk: int, reason: str, detail: str) -> None:
+def end_row(pk: int, reason: str, detail: str) -> bool:
     """End row ``pk`` for ``reason`` (terminating its Avaturn session); never raises.
 
-    What it cannot end (Avaturn or the database failing) is left for the expiry command.
+    False when Avaturn or the database failed: the row is left as that failure left it
+    (ending, or live), for the process's exit (``shutdown``) and the expiry command.
     """
     try:
         row = Session.objects.filter(pk=pk).first()
-        if row is None:
-            return
-        ending.end_session(row, reason=reason, detail=detail)
+        if row is not None:
+            ending.end_session(row, reason=reason, detail=detail)
     except AvaturnError as exc:
-        # The row stays ending (or live, for the visitor's own end) for the expiry command.
         logger.warning("Could not end session row %s after its engine socket closed: %s", pk, exc)
+        return False
     except Exception:
         logger.exception("Could not end session row %s after its engine socket closed", pk)
+        return False
+    return True
 
 
 def _still_running(pk: int) -> bool:
@@ -588,12 +590,13 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             try:
                 with contextlib.suppress(BaseException):  # (a no-op once closed above)
                     await self._close_realtime()
+                ended = True
                 if reason is not None and self.row is not None:
-                    await database_sync_to_async(end_row, thread_sensitive=False)(
+                    ended = await database_sync_to_async(end_row, thread_sensitive=False)(
                         self.row.pk, reason, detail
                     )
-                if self.row is not None:
-                    shutdown.done(self.row.pk)  # (not when the row's end failed: the exit retries)
+                if self.row is not None and ended:
+                    shutdown.done(self.row.pk)  # a row whose end failed: the exit retries it
             finally:
                 if self.row is not None:
                     await self._leave_group(self.row.pk)
