@@ -74,6 +74,20 @@ def bench_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def stop_children_on_sigterm() -> None:
+    """Make SIGTERM a ``SystemExit``, so every ``with Proc.start(...)`` stops its process.
+
+    The children run in their own process groups, out of reach of a signal to ours:
+    without this, a benchmark stopped by SIGTERM (CI's trap, ``kill``) would leave its
+    servers and fakes running.
+    """
+
+    def exit_now(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_now)
+
+
 @dataclass
 class Proc:
     """A child process in its own process group, stopped with SIGTERM then SIGKILL."""

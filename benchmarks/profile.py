@@ -29,14 +29,13 @@ import json
 import os
 import pstats
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from benchmarks.load import BROKERS
-from benchmarks.procs import WORK, Latency, bench_env, start_fake
+from benchmarks.procs import WORK, Latency, bench_env, start_fake, stop_children_on_sigterm
 
 
 def _environment(db: str, fake_port: int) -> None:
@@ -107,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--json", action="store_true", help="one JSON line only")
     args = parser.parse_args(argv)
+    stop_children_on_sigterm()
 
     with start_fake(Latency(0.0, 0.0, 0.0)) as fake:
         _environment(args.db, fake.port)
@@ -190,4 +190,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
