@@ -13,7 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)"
+)
 
 # A benchmark in miniature: one child server started the way every benchmark starts
 # its servers, its pid printed once it listens, then a wait that only a signal ends.
