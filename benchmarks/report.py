@@ -815,12 +815,17 @@ def write_plot(data: dict[str, Any], path: Path) -> None:
         series.setdefault(key, []).append(
             (r["clients"], 100 * r["fraction_of_ideal"], r["added_p50_ms"])
         )
+    # A colour per configuration (server and database), a line style per broker:
+    # more series than the default colour cycle has colours.
+    configs = list(dict.fromkeys(key.rsplit(" / ", 1)[0] for key in series))
+    colours = {config: f"C{index % 10}" for index, config in enumerate(configs)}
     for key, points in series.items():
         points.sort()
         style = "-" if "django_avaturn" in key else "--" if "quickstart" in key else ":"
+        colour = colours[key.rsplit(" / ", 1)[0]]
         xs = [p[0] for p in points]
-        left.plot(xs, [p[1] for p in points], style, marker="o", label=key)
-        right.plot(xs, [p[2] for p in points], style, marker="o", label=key)
+        left.plot(xs, [p[1] for p in points], style, color=colour, marker="o", label=key)
+        right.plot(xs, [p[2] for p in points], style, color=colour, marker="o", label=key)
     left.axhline(90, color="grey", lw=0.8, ls=":")
     left.axhline(80, color="grey", lw=0.8, ls=":")
     left.set(xlabel="concurrent clients", ylabel="% of ideal throughput", ylim=(0, 105))
