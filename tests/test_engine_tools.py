@@ -486,9 +486,9 @@ def test_a_recheck_abandoned_by_its_ended_conversation_is_skipped(
         queued = asyncio.ensure_future(runner("skip-2", "recorded_calls", "{}"))
         await asyncio.sleep(0.05)
         queued.cancel()
-        # The cancelled call withdraws its step before the stuck one lets the thread go
-        # on: released first, the thread could begin the re-check before the loop ran
-        # the withdrawal, which is the thread beginning it, not a queued step skipped.
+        # Awaited before the stuck step is released: released first, the thread could
+        # begin the queued re-check before the loop ran the cancelled call's withdrawal,
+        # and a step the thread has begun runs.
         with contextlib.suppress(asyncio.CancelledError):
             await queued
         auth_backends.DIRECTORY_ANSWERS.set()
