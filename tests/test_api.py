@@ -634,10 +634,8 @@ def test_an_unknown_path_under_the_api_is_a_json_404(api_client: Any, path: str)
     assert "slash" not in response.json()["detail"]
 
 
-def test_a_stop_costs_three_statements_on_the_sessions_table(
-    api_client: Any, upstream: Any
-) -> None:
-    """Read the caller's row, claim it, finish it: the benchmarks' end path."""
+def test_a_stop_costs_two_statements_on_the_sessions_table(api_client: Any, upstream: Any) -> None:
+    """Find and claim the caller's row in one, finish it: the benchmarks' end path."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -645,4 +643,26 @@ def test_a_stop_costs_three_statements_on_the_sessions_table(
     with CaptureQueriesContext(connection) as captured:
         assert csrf_delete(api_client, f"/avaturn/sessions/{session_id}/").status_code == 204
     ours = [q["sql"] for q in captured.captured_queries if "django_avaturn_session" in q["sql"]]
+    assert [sql.split()[0] for sql in ours] == ["UPDATE", "UPDATE"], ours
+    assert "RETURNING" in ours[0]
+    assert upstream.avaturn.deleted == [session_id]
+
+
+def test_a_stop_where_an_update_returns_no_rows_reads_then_claims(
+    api_client: Any, upstream: Any, monkeypatch: Any
+) -> None:
+    """A database without ``UPDATE ... RETURNING`` (MySQL): read the row, claim it, finish it."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's RETURNING follows that feature; PostgreSQL's always answers")
+    monkeypatch.setattr(connection.features, "can_return_columns_from_insert", False)
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    with CaptureQueriesContext(connection) as captured:
+        assert csrf_delete(api_client, f"/avaturn/sessions/{session_id}/").status_code == 204
+    ours = [q["sql"] for q in captured.captured_queries if "django_avaturn_session" in q["sql"]]
     assert [sql.split()[0] for sql in ours] == ["SELECT", "UPDATE", "UPDATE"], ours
+    assert upstream.avaturn.deleted == [session_id]
+    row = Session.objects.get(session_id=session_id)
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.CLIENT)

@@ -11,12 +11,12 @@ from django_avaturn import services
 from django_avaturn.exceptions import SessionNotLive, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.sessions import transitions
-from django_avaturn.sessions.ending import end_sessions
+from django_avaturn.sessions.ending import end_own_session, end_sessions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.signals import session_ended, session_started
 from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
 from django_avaturn.upstream.redaction import excerpt, scrub
-from tests.helpers import KEYS, AvaturnOverrides
+from tests.helpers import KEYS, AvaturnOverrides, live
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -288,3 +288,57 @@ def test_an_end_detail_is_cut_to_what_the_model_field_holds(
         services.end_session(session, reason=EndReason.ADMIN, detail="x" * 99)
     session.refresh_from_db()
     assert (session.status, session.end_detail) == (SessionStatus.ENDED, "x" * 40)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"status": SessionStatus.LIVE},
+        {"status": SessionStatus.STARTING},
+        {"status": SessionStatus.ENDING, "end_reason": EndReason.ADMIN},
+        {"status": SessionStatus.ENDING, "end_reason": EndReason.ADMIN, "awaiting_retry": True},
+        {"status": SessionStatus.ENDED, "end_reason": EndReason.ADMIN},
+    ],
+    ids=["live", "starting", "ending", "awaiting-retry", "ended"],
+)
+def test_ending_ones_own_session_by_id_does_what_end_session_does(
+    user: Any, upstream: Any, fields: dict[str, Any]
+) -> None:
+    """The API's end finds and claims the row in one statement: the same outcome, row and calls."""
+    by_row = live(user, "by-row", **fields)
+    by_id = live(user, "by-id", **fields)
+    if fields["status"] == SessionStatus.STARTING:  # only an activation sets started_at
+        Session.objects.filter(pk__in=[by_row.pk, by_id.pk]).update(started_at=None)
+        by_row.refresh_from_db()
+    claim_stamps = {row.pk: row.updated_at for row in (by_row, by_id)}
+
+    outcomes = (
+        services.end_session(by_row, reason=EndReason.CLIENT, detail="stop"),
+        end_own_session("by-id", user.pk, reason=EndReason.CLIENT, detail="stop"),
+    )
+
+    assert outcomes[0] is outcomes[1]
+    compared = ("status", "end_reason", "end_detail", "awaiting_retry")
+    rows = [Session.objects.get(pk=row.pk) for row in (by_row, by_id)]
+    assert [getattr(rows[0], name) for name in compared] == [
+        getattr(rows[1], name) for name in compared
+    ]
+    assert (rows[0].ended_at is None) == (rows[1].ended_at is None)
+    # Both wrote a claim stamp (a claim, a take-over), or neither did.
+    stamped = [row.updated_at != claim_stamps[row.pk] for row in rows]
+    assert stamped[0] == stamped[1]
+    terminated = {call.request.url.rsplit("/", 1)[-1] for call in upstream.avaturn.delete_calls()}
+    assert ("by-row" in terminated) == ("by-id" in terminated)
+
+
+def test_ending_someone_elses_session_by_id_finds_none_and_touches_nothing(
+    user: Any, other_user: Any, upstream: Any
+) -> None:
+    theirs = live(other_user, "theirs")
+
+    assert end_own_session("theirs", user.pk, reason=EndReason.CLIENT) is None
+    assert end_own_session("nobody's", user.pk, reason=EndReason.CLIENT) is None
+
+    row = Session.objects.get(pk=theirs.pk)
+    assert (row.status, row.updated_at) == (SessionStatus.LIVE, theirs.updated_at)
+    assert upstream.avaturn.delete_calls() == []

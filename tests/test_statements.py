@@ -116,6 +116,36 @@ def test_the_callers_row_is_the_row_the_orm_loads(django_user_model: Any, user: 
     assert statements.own_row("nobody's", user.pk) is None
 
 
+def test_the_callers_row_updated_is_returned_as_the_orm_then_loads_it(
+    django_user_model: Any, user: Any
+) -> None:
+    if not statements.updates_return_rows():
+        pytest.skip("the database has no UPDATE ... RETURNING")
+    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
+    row = live(user, "mine", engine=Engine.SITE, last_seen_at=timezone.now())
+    theirs = live(other, "theirs")
+    ended = live(user, "ended", status=SessionStatus.ENDED, end_reason=EndReason.CLIENT)
+    now = timezone.now()
+    values = {"status": SessionStatus.ENDING, "end_reason": EndReason.CLIENT, "updated_at": now}
+    capped = (SessionStatus.STARTING, SessionStatus.LIVE)
+
+    found = statements.update_own_row("mine", user.pk, capped, **values)
+
+    assert found is not None
+    expected = Session.objects.get(pk=row.pk)
+    assert (expected.status, expected.end_reason, expected.updated_at) == tuple(values.values())
+    names = [field.attname for field in Session._meta.concrete_fields]
+    assert [getattr(found, name) for name in names] == [getattr(expected, name) for name in names]
+    assert (found._state.adding, found._state.db) == (False, expected._state.db)
+    # Another user's row, and one in a status not asked for, are neither updated nor answered.
+    assert statements.update_own_row("theirs", user.pk, capped, **values) is None
+    assert statements.update_own_row("ended", user.pk, capped, **values) is None
+    assert statements.update_own_row("mine", user.pk, capped, **values) is None  # ending now
+    for untouched in (theirs, ended):
+        stored = Session.objects.get(pk=untouched.pk)
+        assert (stored.status, stored.updated_at) == (untouched.status, untouched.updated_at)
+
+
 def test_a_new_row_is_inserted_as_the_orm_creates_it(user: Any) -> None:
     seen: list[tuple[str, bool | None, bool]] = []
 

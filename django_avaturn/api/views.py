@@ -36,7 +36,7 @@ from django_avaturn.api.serializers import (
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session
-from django_avaturn.sessions import statements, transitions
+from django_avaturn.sessions import ending, statements, transitions
 from django_avaturn.sessions.plan import AvatarNotAllowed
 
 SESSION_ID_MAX_LENGTH = Session._meta.get_field("session_id").max_length or 255
@@ -92,16 +92,20 @@ class AvaturnAPIView(APIView):
 
     def own_session(self, request: Request, session_id: str) -> Session:
         """The caller's own session; anyone else's is indistinguishable from none (404)."""
+        self.check_own_session_id(request, session_id)
+        session = statements.own_row(session_id, request.user.pk)
+        if session is None:
+            raise exceptions.NotFound()
+        return session
+
+    def check_own_session_id(self, request: Request, session_id: str) -> None:
+        """Refuse an anonymous caller, and an id no row can have (404), before any query."""
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
         # No stored id is longer or holds a NUL (PostgreSQL cannot even compare
         # one, and would fail the query): such an id is simply not found.
         if len(session_id) > SESSION_ID_MAX_LENGTH or "\x00" in session_id:
             raise exceptions.NotFound()
-        session = statements.own_row(session_id, request.user.pk)
-        if session is None:
-            raise exceptions.NotFound()
-        return session
 
 
 class SessionListView(AvaturnAPIView):
@@ -231,8 +235,9 @@ class SessionDetailView(AvaturnAPIView):
         responses={204: None, 403: "", 404: "", 502: "", 503: UNAVAILABLE, 504: ""},
     )
     def delete(self, request: Request, session_id: str) -> Response:
-        session = self.own_session(request, session_id)
-        services.end_session(session, reason=EndReason.CLIENT)
+        self.check_own_session_id(request, session_id)
+        if ending.end_own_session(session_id, request.user.pk, reason=EndReason.CLIENT) is None:
+            raise exceptions.NotFound()
         return Response(status=204)
 
 

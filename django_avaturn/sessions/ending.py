@@ -38,7 +38,7 @@ from django.db.models import Q, QuerySet
 
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.sessions import abandonment, transitions
+from django_avaturn.sessions import abandonment, statements, transitions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.upstream.clients import get_avaturn_client
 from django_avaturn.upstream.pool import run_bounded, terminate_concurrency
@@ -386,6 +386,32 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> Outcome:
         if session.status == SessionStatus.ENDING:
             transitions.take_over([session])
         return Outcome.SKIPPED
+    return _end_claimed_for(session)
+
+
+def end_own_session(
+    session_id: str, user_pk: Any, *, reason: str, detail: str = ""
+) -> Outcome | None:
+    """``end_session()`` of the session ``session_id`` of the user ``user_pk``; None if none.
+
+    The API's end: where the database can, the statement that finds the
+    user's row claims it too (``transitions.claim_own_for_end``), one
+    statement fewer on every Stop. A row that statement does not claim (not
+    the user's, ended, ending) is read and goes through ``end_session()``.
+    """
+    if reason not in END_REASONS:
+        raise ValueError(f"Unknown end reason {reason!r}.")
+    claimed = transitions.claim_own_for_end(session_id, user_pk, reason=reason, detail=detail)
+    if claimed is not None:
+        return _end_claimed_for(claimed)
+    session = statements.own_row(session_id, user_pk)
+    if session is None:
+        return None
+    return end_session(session, reason=reason, detail=detail)
+
+
+def _end_claimed_for(session: Session) -> Outcome:
+    """The rest of an end, for ``session`` claimed by it (moved from starting or live to ending)."""
     if session.started_at is None:  # only an activation sets it
         # Claimed while starting: its own request terminates what Avaturn creates.
         return Outcome.STOPPED

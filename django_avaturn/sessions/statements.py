@@ -236,6 +236,61 @@ def own_row(session_id: str, user_pk: Any) -> Session | None:
     return Session.from_db(alias, _ROW_ATTNAMES, values)
 
 
+def updates_return_rows() -> bool:
+    """Whether the sessions' database answers ``UPDATE ... RETURNING`` (``update_own_row``).
+
+    PostgreSQL does; SQLite from 3.35, the version from which Django returns
+    columns from an ``INSERT`` there too. MySQL and MariaDB have no such
+    clause, and Oracle's is ``RETURNING ... INTO`` bind variables.
+    """
+    connection = _connection()[1]
+    if connection.vendor == "postgresql":
+        return True
+    features = connection.features
+    return connection.vendor == "sqlite" and bool(features.can_return_columns_from_insert)
+
+
+@lru_cache(maxsize=16)
+def _update_own_row_sql(alias: str, columns: tuple[str, ...], statuses: int) -> str:
+    quote = connections[alias].ops.quote_name
+    assignments = ", ".join(f"{quote(_column(name))} = %s" for name in columns)
+    status_in = ", ".join(["%s"] * statuses)
+    returning = ", ".join(quote(_column(name)) for name in _ROW_FIELDS)
+    return (
+        f"UPDATE {quote(_META.db_table)} SET {assignments} "  # noqa: S608 (names quoted)
+        f"WHERE {quote(_column('session_id'))} = %s AND {quote(_column('user'))} = %s "
+        f"AND {quote(_column('status'))} IN ({status_in}) RETURNING {returning}"
+    )
+
+
+def update_own_row(
+    session_id: str, user_pk: Any, statuses: Sequence[str], **values: Any
+) -> Session | None:
+    """Update the user's row named ``session_id`` if its status is in ``statuses``; return it.
+
+    ``Session.objects.filter(session_id=..., user_id=..., status__in=...)
+    .update(**values)`` and the row as it then is, whole (as ``own_row``
+    builds it), in one statement; None when no row was updated (none of the
+    user's is named so, or it is in another status). Call only where
+    ``updates_return_rows()``.
+    """
+    alias, connection = _connection()
+    names = tuple(values)
+    params = [_field(name).get_db_prep_save(values[name], connection) for name in names]
+    params += [
+        _field("session_id").get_db_prep_value(session_id, connection),
+        _field("user").get_db_prep_value(user_pk, connection),
+        *_statuses(statuses, connection),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_update_own_row_sql(alias, names, len(statuses)), params)
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    values_read = _converted(found, _converters(alias, _ROW_FIELDS), connection)
+    return Session.from_db(alias, _ROW_ATTNAMES, values_read)
+
+
 def _whole_row_model(model: type[Model]) -> bool:
     # Every column of such a model is in its own table (no multi-table inheritance).
     concrete = model._meta.concrete_model or model

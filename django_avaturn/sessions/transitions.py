@@ -7,7 +7,8 @@ to an upstream; ``starting`` and ``ending`` decide when to call these,
 around their calls to Avaturn.
 
 The lifecycle: ``STARTING`` → ``LIVE`` (``activate``) → ``ENDING`` (a claim:
-``claim_for_end``, ``claim_replaced``, or the bulk ``claim_rows``)
+``claim_for_end`` or ``claim_own_for_end``, ``claim_replaced``, or the bulk
+``claim_rows``)
 → ``ENDED``/``EXPIRED``/``FAILED`` (``finish_claimed``). When the terminate
 fails, the row goes back to ``LIVE`` for its asker to retry
 (``release_claimed``) only if that asker retries and nobody has asked for the
@@ -296,6 +297,27 @@ def claim_for_end(session: Session, *, reason: str, detail: str) -> bool:
     session.status, session.end_reason = SessionStatus.ENDING, reason
     session.end_detail, session.updated_at = clip_detail(detail), now
     return True
+
+
+def claim_own_for_end(session_id: str, user_pk: Any, *, reason: str, detail: str) -> Session | None:
+    """``claim_for_end`` of the user's row named ``session_id``, found and claimed at once.
+
+    The claimed row, whole and up to date; None when nothing was claimed:
+    the user has no such row, or it is past starting and live, or the
+    database cannot claim and answer in one statement (then the caller reads
+    the row and claims it with ``claim_for_end``).
+    """
+    if not statements.updates_return_rows():
+        return None
+    return statements.update_own_row(
+        session_id,
+        user_pk,
+        CAPPED_STATUSES,
+        status=SessionStatus.ENDING,
+        end_reason=reason,
+        end_detail=clip_detail(detail),
+        updated_at=timezone.now(),
+    )
 
 
 def refresh_if_present(session: Session) -> bool:
