@@ -155,11 +155,22 @@ IN_PROCESS = "\n".join(
         "| PostgreSQL, before the three changes above and after them (`--db postgres`, "
         "once each; `BEGIN` and `COMMIT` are not counted there) | 13, 12 | 4, 4 "
         "| 10,670 / 5,518, 8,455 / 4,909 | 1.93, 1.72 | 1.91, 1.75 | the three above |",
+        "| Before the change below, measured again (def0532) on a busier machine (the "
+        "CPU probe read 14.7 ms against about 8 for the rows above) | 11 | 4 "
+        "| 10,199 / 6,670 | 1.53 | 1.41, 1.39 | - |",
+        "| A Stop finds and claims the caller's row in one `UPDATE ... RETURNING` "
+        "(PostgreSQL, SQLite from 3.35), not a read and then a claim | 10 | 4 "
+        "| 10,604 / 7,819 | 1.36 | 1.31, 1.38 | `API: a Stop finds and claims the caller's "
+        "row in one statement` |",
+        "| PostgreSQL, before the change above and after it (`--db postgres`, measured "
+        "the same way) | 12, 11 | 4, 4 | 11,235 / 6,788, 13,160 / 8,056 | 1.66, 1.63 "
+        "| 1.59, 1.62; 1.49, 1.61 | the one above |",
         "",
         "What remains above the floor, per start+end (one process, wrapped timers, thread "
         "CPU; 5,926 µs against the floor's 4,028 in that run): the database work about "
         "0.95 ms (the reservation 0.41 ms: `BEGIN`, the INSERT, one read, `COMMIT`; the "
-        "activation 0.16; the end's read 0.10, claim 0.10 and finish 0.15), most of it "
+        "activation 0.16; the end's read 0.10, claim 0.10 and finish 0.15; the read and "
+        "the claim are one statement since, the row above), most of it "
         "SQLite executing and committing the writes; DRF about 0.45 ms for the two "
         "requests (the start's body validated by its serializer 0.14, parsed 0.06, DRF's "
         "Request 0.06, the answer written and rendered 0.05, permissions, throttles and "
