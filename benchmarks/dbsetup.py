@@ -40,7 +40,10 @@ def main() -> None:
     user_model = get_user_model()
     password = make_password(PASSWORD)
     user_model.objects.bulk_create(
-        [user_model(username=username(i), password=password) for i in range(args.users)]
+        [
+            user_model(**{user_model.USERNAME_FIELD: username(i)}, password=password)
+            for i in range(args.users)
+        ]
     )
 
 

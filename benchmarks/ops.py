@@ -44,7 +44,9 @@ def seed(rows: int) -> dict[str, Any]:
 
     from django_avaturn.models import Session
 
-    user, _ = get_user_model().objects.get_or_create(username="expiry-owner")
+    user_model = get_user_model()
+    owner: dict[str, Any] = {user_model.USERNAME_FIELD: "expiry-owner"}
+    user, _ = user_model.objects.get_or_create(**owner)
     Session.objects.all().delete()
     long_ago = timezone.now() - timedelta(days=2)
     began = time.perf_counter()
@@ -153,8 +155,10 @@ def admin(sessions: int) -> dict[str, Any]:
     from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
     from django_avaturn.upstream.pool import terminate_concurrency
 
-    staff, _ = get_user_model().objects.get_or_create(
-        username="bench-admin", defaults={"is_staff": True, "is_superuser": True}
+    user_model = get_user_model()
+    staff, _ = user_model.objects.get_or_create(
+        defaults={"is_staff": True, "is_superuser": True},
+        **{user_model.USERNAME_FIELD: "bench-admin"},
     )
     Session.objects.all().delete()
     secrets, avaturn = get_openai_secrets(), get_avaturn_client()

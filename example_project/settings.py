@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 from django_avaturn.testing import (
     DEFAULT_AVATURN_API_KEY,
@@ -81,7 +82,7 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {
+DATABASES: dict[str, dict[str, Any]] = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("EXAMPLE_DB_PATH", str(BASE_DIR / "db.sqlite3")),
@@ -151,7 +152,7 @@ if os.environ.get("AVATURN_SDK_URL"):
     AVATURN["SDK_URL"] = os.environ["AVATURN_SDK_URL"]
     AVATURN["SDK_INTEGRITY"] = os.environ.get("AVATURN_SDK_INTEGRITY", "")
 
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},

@@ -109,7 +109,7 @@ class Peer:
             elif kind == "conversation.item.create":
                 item = event.get("item") or {}
                 if item.get("type") == "function_call_output":
-                    sent = calls.pop(item.get("call_id"), None)
+                    sent = calls.pop(str(item.get("call_id")), None)
                     if sent is None:
                         self.protocol_errors += 1
                     else:

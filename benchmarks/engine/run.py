@@ -168,10 +168,10 @@ def server_under_test(name: str, peer_port: int, count: int) -> Iterator[tuple[P
         ]
         with Proc.start("engine-forwarder", argv, port=port, env=bench_env()) as proc:
 
-            def conversations(n: int) -> list[dict[str, Any]]:
+            def forwarded(n: int) -> list[dict[str, Any]]:
                 return [{"url": f"ws://127.0.0.1:{port}/", "headers": {}} for _ in range(n)]
 
-            yield proc, conversations
+            yield proc, forwarded
     elif name == "engine":
         from benchmarks.engine import site
 

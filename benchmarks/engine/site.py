@@ -111,7 +111,7 @@ def make_rows(count: int) -> list[dict[str, Any]]:
     user_model = get_user_model()
     batch = uuid.uuid4().hex[:8]
     users = user_model.objects.bulk_create(
-        [user_model(username=f"engine-{batch}-{i}") for i in range(count)]
+        [user_model(**{user_model.USERNAME_FIELD: f"engine-{batch}-{i}"}) for i in range(count)]
     )
     options = avaturn_settings.SITE_ENGINE
     realtime = realtime_session_from_settings()
