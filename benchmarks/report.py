@@ -343,8 +343,17 @@ def _said(value: float, key: str) -> str:
     return f"{100 * value:.0f}%" if key == "fraction_of_ideal" else f"{value:.1f} ms"
 
 
+# One figure of one load run (a row of the results).
+Figure = Callable[[dict[str, Any]], float]
+
+
+def _median_of(rows: list[dict[str, Any]], figure: Figure) -> float:
+    """The median over ``rows`` (load runs) of one figure of each."""
+    return float(statistics.median(figure(r) for r in rows))
+
+
 def _median(rows: list[dict[str, Any]], key: str) -> float:
-    return float(statistics.median(r[key] for r in rows))
+    return _median_of(rows, operator.itemgetter(key))
 
 
 def _about(rows: list[dict[str, Any]], floor: list[dict[str, Any]], key: str) -> str:
@@ -373,9 +382,6 @@ THROUGHPUT_RATIO_GOAL = 0.85  # django_avaturn's starts+ends/s over the floor's,
 CPU_RATIO_GOAL = 1.35  # server CPU per start+end over the floor's, at 50 clients
 ADDED_P50_MARGIN_MS = 4.0  # added p50 at 1 client, minus the floor's
 
-# One figure of one load run (a row of the results).
-Figure = Callable[[dict[str, Any]], float]
-
 
 def goal_figures(data: dict[str, Any], server: str, db: str) -> dict[str, float] | None:
     """The three goal figures of one server and database, from the repeated rounds."""
@@ -401,9 +407,6 @@ def goal_figures(data: dict[str, Any], server: str, db: str) -> dict[str, float]
     def added_p50(run: dict[str, Any]) -> float:
         return float(run["added_p50_ms"])
 
-    def median(rs: list[dict[str, Any]], figure: Figure) -> float:
-        return float(statistics.median(figure(r) for r in rs))
-
     def paired(
         ours_rows: list[dict[str, Any]],
         floor_rows: list[dict[str, Any]],
@@ -426,14 +429,14 @@ def goal_figures(data: dict[str, Any], server: str, db: str) -> dict[str, float]
 
     return {
         "clients": top,
-        "throughput_ratio": median(ours, rate) / median(floor, rate),
+        "throughput_ratio": _median_of(ours, rate) / _median_of(floor, rate),
         "ours_fraction": _median(ours, "fraction_of_ideal"),
         "floor_fraction": _median(floor, "fraction_of_ideal"),
-        "cpu_ratio": median(ours, server_cpu) / median(floor, server_cpu),
-        "ours_cpu_ms": median(ours, server_cpu),
-        "floor_cpu_ms": median(floor, server_cpu),
-        "ours_p50_ms": median(ours_1, added_p50),
-        "floor_p50_ms": median(floor_1, added_p50),
+        "cpu_ratio": _median_of(ours, server_cpu) / _median_of(floor, server_cpu),
+        "ours_cpu_ms": _median_of(ours, server_cpu),
+        "floor_cpu_ms": _median_of(floor, server_cpu),
+        "ours_p50_ms": _median_of(ours_1, added_p50),
+        "floor_p50_ms": _median_of(floor_1, added_p50),
         "paired_throughput_ratio": paired(ours, floor, rate, operator.truediv),
         "paired_cpu_ratio": paired(ours, floor, server_cpu, operator.truediv),
         "paired_p50_margin_ms": paired(ours_1, floor_1, added_p50, operator.sub),
