@@ -324,6 +324,10 @@ def test_the_callers_row_is_read_where_it_was_written_not_from_a_replica(
     assert csrf_delete(api_client, detail).status_code == 204
     assert upstream.avaturn.deleted == ["fresh"]
     assert Session.objects.using("default").get(session_id="fresh").status == SessionStatus.ENDED
+    # The refusals too: an ended row's heartbeat, a heartbeat of no row.
+    refused = csrf_post(api_client, f"{detail}heartbeat/")
+    assert (refused.status_code, refused.json()["code"]) == (409, "session_ended")
+    assert csrf_post(api_client, f"{LIST_URL}nobody/heartbeat/").status_code == 404
 
 
 def test_a_replaced_sessions_heartbeat_says_it_was_replaced(api_client: Any, upstream: Any) -> None:
@@ -646,6 +650,22 @@ def test_a_stop_costs_two_statements_on_the_sessions_table(api_client: Any, upst
     assert [sql.split()[0] for sql in ours] == ["UPDATE", "UPDATE"], ours
     assert "RETURNING" in ours[0]
     assert upstream.avaturn.deleted == [session_id]
+
+
+def test_a_heartbeat_costs_one_statement_on_the_sessions_table(
+    api_client: Any, upstream: Any
+) -> None:
+    """Every live session's widget sends one every HEARTBEAT_INTERVAL."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    heartbeat = f"/avaturn/sessions/{session_id}/heartbeat/"
+    with CaptureQueriesContext(connection) as captured:
+        assert csrf_post(api_client, heartbeat).status_code == 204
+    ours = [q["sql"] for q in captured.captured_queries if "django_avaturn_session" in q["sql"]]
+    assert [sql.split()[0] for sql in ours] == ["UPDATE"], ours
+    assert Session.objects.get(session_id=session_id).last_seen_at is not None
 
 
 def test_a_stop_where_an_update_returns_no_rows_reads_then_claims(

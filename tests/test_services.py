@@ -197,13 +197,16 @@ def test_ending_a_row_that_is_still_starting_makes_its_start_clean_up(
     assert upstream.avaturn.deleted == ["av-sess-1"]
 
 
-def test_heartbeat_on_ended_session_raises(user: Any, upstream: Any) -> None:
+def test_heartbeat_on_ended_session_raises(user: Any, other_user: Any, upstream: Any) -> None:
     session = services.start_session(user).session
-    transitions.record_heartbeat(session)
+    assert session.session_id is not None
+    assert transitions.record_heartbeat(session.session_id, user.pk) is True
+    session.refresh_from_db()
     assert session.last_seen_at is not None
+    assert transitions.record_heartbeat(session.session_id, other_user.pk) is False
     services.end_session(session, reason=EndReason.CLIENT)
     with pytest.raises(SessionNotLive):
-        transitions.record_heartbeat(session)
+        transitions.record_heartbeat(session.session_id, user.pk)
 
 
 def test_reprs_hide_tokens_and_keys(user: Any, upstream: Any) -> None:

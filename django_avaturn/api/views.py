@@ -267,8 +267,9 @@ class SessionHeartbeatView(AvaturnAPIView):
         },
     )
     def post(self, request: Request, session_id: str) -> Response:
-        session = self.own_session(request, session_id)
-        transitions.record_heartbeat(session)
+        self.check_own_session_id(request, session_id)
+        if not transitions.record_heartbeat(session_id, request.user.pk):
+            raise exceptions.NotFound()
         return Response(status=204)
 
 

@@ -251,39 +251,63 @@ def updates_return_rows() -> bool:
 
 
 @lru_cache(maxsize=16)
-def _update_own_row_sql(alias: str, columns: tuple[str, ...], statuses: int) -> str:
+def _update_own_sql(alias: str, columns: tuple[str, ...], statuses: int, *, returning: bool) -> str:
     quote = connections[alias].ops.quote_name
     assignments = ", ".join(f"{quote(_column(name))} = %s" for name in columns)
     status_in = ", ".join(["%s"] * statuses)
-    returning = ", ".join(quote(_column(name)) for name in _ROW_FIELDS)
-    return (
+    sql = (
         f"UPDATE {quote(_META.db_table)} SET {assignments} "  # noqa: S608 (names quoted)
         f"WHERE {quote(_column('session_id'))} = %s AND {quote(_column('user'))} = %s "
-        f"AND {quote(_column('status'))} IN ({status_in}) RETURNING {returning}"
+        f"AND {quote(_column('status'))} IN ({status_in})"
     )
+    if returning:
+        sql += " RETURNING " + ", ".join(quote(_column(name)) for name in _ROW_FIELDS)
+    return sql
+
+
+def _update_own_params(
+    connection: BaseDatabaseWrapper,
+    session_id: str,
+    user_pk: Any,
+    statuses: Sequence[str],
+    values: dict[str, Any],
+) -> list[Any]:
+    params = [_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+    return [
+        *params,
+        _field("session_id").get_db_prep_value(session_id, connection),
+        _field("user").get_db_prep_value(user_pk, connection),
+        *_statuses(statuses, connection),
+    ]
+
+
+def update_own(session_id: str, user_pk: Any, statuses: Sequence[str], **values: Any) -> int:
+    """``Session.objects.filter(session_id=..., user_id=..., status__in=...).update(**values)``.
+
+    Cheaper; returns the number of rows updated (0 or 1: ``session_id`` is unique).
+    """
+    alias, connection = _connection()
+    params = _update_own_params(connection, session_id, user_pk, statuses, values)
+    sql = _update_own_sql(alias, tuple(values), len(statuses), returning=False)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
 
 
 def update_own_row(
     session_id: str, user_pk: Any, statuses: Sequence[str], **values: Any
 ) -> Session | None:
-    """Update the user's row named ``session_id`` if its status is in ``statuses``; return it.
+    """``update_own()``, answering the row as it then is, in the same statement.
 
-    ``Session.objects.filter(session_id=..., user_id=..., status__in=...)
-    .update(**values)`` and the row as it then is, whole (as ``own_row``
-    builds it), in one statement; None when no row was updated (none of the
-    user's is named so, or it is in another status). Call only where
-    ``updates_return_rows()``.
+    The whole row (as ``own_row`` builds it), or None when no row was updated
+    (none of the user's is named so, or it is in another status). Call only
+    where ``updates_return_rows()``.
     """
     alias, connection = _connection()
-    names = tuple(values)
-    params = [_field(name).get_db_prep_save(values[name], connection) for name in names]
-    params += [
-        _field("session_id").get_db_prep_value(session_id, connection),
-        _field("user").get_db_prep_value(user_pk, connection),
-        *_statuses(statuses, connection),
-    ]
+    params = _update_own_params(connection, session_id, user_pk, statuses, values)
+    sql = _update_own_sql(alias, tuple(values), len(statuses), returning=True)
     with connection.cursor() as cursor:
-        cursor.execute(_update_own_row_sql(alias, names, len(statuses)), params)
+        cursor.execute(sql, params)
         found = cursor.fetchone()
     if found is None:
         return None

@@ -27,12 +27,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, transaction
-from django.db.models import Case, Q, Value, When
+from django.db import DatabaseError, router, transaction
+from django.db.models import Case, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from django_avaturn.engine import layer
 from django_avaturn.exceptions import (
+    AvaturnError,
     NotConfigured,
     SessionNotLive,
     SessionReplaced,
@@ -565,19 +566,33 @@ def fail_stuck_starts(rows: Sequence[Session], *, detail: str) -> list[Session]:
 # --------------------------------------------------------------------------- heartbeat
 
 
-def record_heartbeat(session: Session) -> None:
-    """Record that the visitor's browser is still there; refuse a row no longer live."""
+def record_heartbeat(session_id: str, user_pk: Any) -> bool:
+    """The visitor's browser is still there: record it on the user's row named ``session_id``.
+
+    False if the user has no such row; ``SessionReplaced`` or
+    ``SessionNotLive`` if it is no longer live. The API's heartbeat, every
+    ``HEARTBEAT_INTERVAL`` of every live session: one statement finds the
+    row and records it; only a refusal reads more, from the database written
+    to (a row started a moment ago may not be on a replica yet).
+    """
     now = timezone.now()
-    updated = Session.objects.filter(pk=session.pk, status=SessionStatus.LIVE).update(
-        last_seen_at=now, updated_at=now
+    live = (SessionStatus.LIVE,)
+    if statements.update_own(session_id, user_pk, live, last_seen_at=now, updated_at=now):
+        return True
+    mine = Session.objects.db_manager(router.db_for_write(Session)).filter(
+        session_id=session_id, user_id=user_pk
     )
-    if not updated:
-        # Said apart: the widget then tells its visitor why the call ended.
-        ended_for = Session.objects.filter(pk=session.pk).values_list("end_reason", flat=True)
-        if list(ended_for) == [EndReason.REPLACED]:
-            raise SessionReplaced()
-        raise SessionNotLive()
-    session.last_seen_at = now
+    if not mine.exists():
+        return False
+    raise _heartbeat_refused(mine)
+
+
+def _heartbeat_refused(row: QuerySet[Session]) -> AvaturnError:
+    """Why ``row`` (one row) takes no heartbeat."""
+    # Said apart: the widget then tells its visitor why the call ended.
+    if list(row.values_list("end_reason", flat=True)) == [EndReason.REPLACED]:
+        return SessionReplaced()
+    return SessionNotLive()
 
 
 # --------------------------------------------------------------------------- the site engine
