@@ -324,9 +324,10 @@ def test_the_callers_row_is_read_where_it_was_written_not_from_a_replica(
     assert csrf_delete(api_client, detail).status_code == 204
     assert upstream.avaturn.deleted == ["fresh"]
     assert Session.objects.using("default").get(session_id="fresh").status == SessionStatus.ENDED
-    # The refusals too: an ended row's heartbeat, a heartbeat of no row.
+    # The refusals too: an ended row's heartbeat, a Stop pressed again.
     refused = csrf_post(api_client, f"{detail}heartbeat/")
     assert (refused.status_code, refused.json()["code"]) == (409, "session_ended")
+    assert csrf_delete(api_client, detail).status_code == 204
     assert csrf_post(api_client, f"{LIST_URL}nobody/heartbeat/").status_code == 404
 
 

@@ -181,11 +181,9 @@ def start_session(
             transitions.finish_without_upstream(row, created.session_id)
         else:
             transitions.leave_for_retry(row, created.session_id)
-        try:
-            row.refresh_from_db(fields=["end_reason"])
-        except Session.DoesNotExist:
+        if not transitions.refresh_if_present(row, fields=["end_reason"]):
             # The user was deleted meanwhile, the row with them.
-            raise UserNotActive() from None
+            raise UserNotActive()
         raise _claimed_error(row.end_reason)
 
     send_logged(session_started, session=row, request=request)

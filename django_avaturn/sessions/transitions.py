@@ -321,14 +321,16 @@ def claim_own_for_end(session_id: str, user_pk: Any, *, reason: str, detail: str
     )
 
 
-def refresh_if_present(session: Session) -> bool:
-    """Re-read ``session``; False if its row is gone.
+def refresh_if_present(session: Session, fields: Sequence[str] | None = None) -> bool:
+    """Re-read ``session`` (or only ``fields`` of it); False if its row is gone.
 
-    A row goes with its user: a deletion racing an end has ended (or will
-    end) upstream whatever the row recorded (``users``).
+    Read from the database the status changes are written to: a re-read
+    follows a lost race, whose winner a lagging replica may not show yet. A
+    row goes with its user: a deletion racing an end has ended (or will end)
+    upstream whatever the row recorded (``users``).
     """
     try:
-        session.refresh_from_db()
+        session.refresh_from_db(using=router.db_for_write(Session), fields=fields)
     except Session.DoesNotExist:
         return False
     return True
