@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
-from django.db import models
+from django.db import models, router
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -64,6 +64,15 @@ class Engine(models.TextChoices):
 
 
 class SessionQuerySet(models.QuerySet["Session"]):
+    def primary(self) -> SessionQuerySet:
+        """These rows as the database they are written to holds them, whatever the read router says.
+
+        Every read that decides a status change, a cap or a quota is made so:
+        a replica that the site's router reads from may lag, and inside a
+        transaction it cannot see the transaction's own writes.
+        """
+        return self.using(router.db_for_write(self.model))
+
     def active(self) -> SessionQuerySet:
         """Sessions that may be running upstream (starting, live or ending)."""
         return self.filter(status__in=ACTIVE_STATUSES)

@@ -67,7 +67,7 @@ def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> N
     if instance.pk is None:
         return
     _wait_for_starts_in_flight(instance)
-    rows = Session.objects.filter(user_id=instance.pk)
+    rows = Session.objects.primary().filter(user_id=instance.pk)
     # Locked: a start whose row is read here as starting cannot activate it
     # (and record a session id this list would miss) before the rows go; it
     # then finds its row gone and terminates what it created.
@@ -227,7 +227,7 @@ def _end_sessions_of(user_pk: Any, reason: str, *, action: str) -> None:
                 _LEFT_FOR_RETRY_MESSAGE, action, user_pk, result.session.session_id, result.detail
             )
 
-    sessions = Session.objects.filter(user_id=user_pk, status__in=_ENDABLE)
+    sessions = Session.objects.primary().filter(user_id=user_pk, status__in=_ENDABLE)
     if not sessions.exists():
         return  # the usual case, and no reason to need the keys (end_sessions checks them)
     try:

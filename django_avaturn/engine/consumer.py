@@ -90,7 +90,7 @@ def authenticate(token: str, headers: Any) -> Session:
     so that a refused attempt never uses the token up.
     """
     pk = tokens.session_pk(token)
-    row = Session.objects.select_related("user").filter(pk=pk).first()
+    row = Session.objects.primary().select_related("user").filter(pk=pk).first()
     if row is None:
         raise tokens.Refused(f"session row {pk} does not exist")
     if row.engine != Engine.SITE:
@@ -116,7 +116,7 @@ def end_row(pk: int, reason: str, detail: str) -> bool:
     (ending, or live), for the process's exit (``shutdown``) and the expiry command.
     """
     try:
-        row = Session.objects.filter(pk=pk).first()
+        row = Session.objects.primary().filter(pk=pk).first()
         if row is not None:
             ending.end_session(row, reason=reason, detail=detail)
     except AvaturnError as exc:
@@ -129,7 +129,7 @@ def end_row(pk: int, reason: str, detail: str) -> bool:
 
 
 def _still_running(pk: int) -> bool:
-    return Session.objects.filter(pk=pk, status__in=transitions.CAPPED_STATUSES).exists()
+    return Session.objects.primary().filter(pk=pk, status__in=transitions.CAPPED_STATUSES).exists()
 
 
 def store_transcript(row: Session, role: str, text: str) -> None:

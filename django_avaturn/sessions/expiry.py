@@ -291,7 +291,7 @@ def _expire_live(
     batch_size: int,
     report: Reporter,
 ) -> None:
-    live = Session.objects.live()
+    live = Session.objects.primary().live()
     smallest = live.aggregate(smallest=Min("max_duration"))["smallest"]
     min_max_duration = min(smallest or policy.default_max_duration, policy.default_max_duration)
     candidates = live.alias(began=Coalesce("started_at", "created_at")).filter(

@@ -49,7 +49,8 @@ def say(session: Session, text: str) -> str:
     try:
         # Read now: the row in hand may be stale (ended by the visitor, staff, expiry).
         current = (
-            Session.objects.filter(pk=session.pk)
+            Session.objects.primary()
+            .filter(pk=session.pk)
             .values_list("status", "session_id", "engine")
             .first()
         )

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection, router, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -326,7 +326,10 @@ def _ensure_still_active(user_pk: Any, *, lock: bool) -> None:
     if statements.one_database():
         active = statements.user_active(user_pk, lock=lock)
     else:
-        user_row = get_user_model()._default_manager.filter(pk=user_pk)
+        user_model = get_user_model()
+        # Where deactivation writes it: a replica may not show it yet.
+        written = router.db_for_write(user_model)
+        user_row = user_model._default_manager.using(written).filter(pk=user_pk)
         if lock:
             user_row = user_row.select_for_update()
         fields = ["pk"]
@@ -396,7 +399,9 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
         try:
             states = {
                 state.pk: state
-                for state in Session.objects.filter(pk__in=[row.pk, *pks]).only(
+                for state in Session.objects.primary()
+                .filter(pk__in=[row.pk, *pks])
+                .only(
                     "status",
                     "end_reason",
                     "session_id",

@@ -389,14 +389,16 @@ class ReservationRead:
 
 
 def one_database() -> bool:
-    """Whether the user, the kill switch and the sessions are read from one database.
+    """Whether the user, the kill switch and the sessions are written to one database.
 
-    The reservation's single read joins them; a site routing them apart
-    reads each where its router says (``starting``).
+    The reservation reads each where it is written (a replica may lag), so
+    its single read joins them there; a site writing them apart reads each
+    on its own (``starting``).
     """
     alias = router.db_for_write(Session)
     return (
-        router.db_for_read(get_user_model()) == alias and router.db_for_read(ServiceSwitch) == alias
+        router.db_for_write(get_user_model()) == alias
+        and router.db_for_write(ServiceSwitch) == alias
     )
 
 

@@ -98,7 +98,7 @@ def claim_replaced(pks: list[int]) -> list[Session]:
     Session.objects.filter(pk__in=pks, status__in=CAPPED_STATUSES).update(
         status=SessionStatus.ENDING, end_reason=EndReason.REPLACED, updated_at=timezone.now()
     )
-    claimed = Session.objects.filter(
+    claimed = Session.objects.primary().filter(
         pk__in=pks, status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
     )
     return list(claimed.order_by("created_at", "pk"))
@@ -453,7 +453,7 @@ def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
         fields = ("status", "end_reason", "end_detail", "awaiting_retry")
         states = {
             values[0]: values[1:]
-            for values in Session.objects.filter(pk__in=pks).values_list("pk", *fields)
+            for values in Session.objects.primary().filter(pk__in=pks).values_list("pk", *fields)
         }
     # The callers' copies, as written (a row gone with its user is left as it was).
     for session in sessions:
@@ -530,9 +530,8 @@ def claim_rows(
             targets = targets.filter(only)
         targets.update(**values)
     candidates = [pk for pks in groups.values() for pk in pks]
-    won = set(
-        Session.objects.filter(pk__in=candidates, updated_at=stamp).values_list("pk", flat=True)
-    )
+    claims = Session.objects.primary().filter(pk__in=candidates, updated_at=stamp)
+    won = set(claims.values_list("pk", flat=True))
     claimed = []
     for row in rows:
         if row.pk in won:
@@ -581,9 +580,7 @@ def record_heartbeat(session_id: str, user_pk: Any) -> bool:
     live = (SessionStatus.LIVE,)
     if statements.update_own(session_id, user_pk, live, last_seen_at=now, updated_at=now):
         return True
-    mine = Session.objects.db_manager(router.db_for_write(Session)).filter(
-        session_id=session_id, user_id=user_pk
-    )
+    mine = Session.objects.primary().filter(session_id=session_id, user_id=user_pk)
     if not mine.exists():
         return False
     raise _heartbeat_refused(mine)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, router, transaction
 from django.utils import timezone
 
 from django_avaturn.conf import avaturn_settings
@@ -25,7 +25,7 @@ from django_avaturn.exceptions import (
     SessionsDisabled,
     SiteLimitReached,
 )
-from django_avaturn.models import ACTIVE_STATUSES, ServiceSwitch, Session
+from django_avaturn.models import ServiceSwitch, Session
 from django_avaturn.spend import usage
 from django_avaturn.validation import (
     Quota,
@@ -49,10 +49,10 @@ def sessions_enabled() -> bool:
     """Whether new sessions may start: the setting and the admin's switch must both allow it."""
     if not avaturn_settings.SESSIONS_ENABLED:
         return False
-    switch = ServiceSwitch.objects.filter(pk=ServiceSwitch.SINGLETON_PK).values_list(
-        "sessions_enabled", flat=True
-    )
-    return all(switch)  # no row yet: enabled
+    # Where the admin writes it: a start must see it switched off at once.
+    written = router.db_for_write(ServiceSwitch)
+    switch = ServiceSwitch.objects.using(written).filter(pk=ServiceSwitch.SINGLETON_PK)
+    return all(switch.values_list("sessions_enabled", flat=True))  # no row yet: enabled
 
 
 def enabled_with(switch: bool | None) -> bool:
@@ -149,7 +149,7 @@ def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
     (The per-user cap counts ``starting`` and ``live`` only: a row already
     ending is not one its user can replace; the start waits for it instead.)
     """
-    holding = Session.objects.filter(status__in=ACTIVE_STATUSES).exclude(pk=new_row.pk).count()
+    holding = Session.objects.primary().active().exclude(pk=new_row.pk).count()
     if holding - leaving + 1 > cap:
         raise SiteLimitReached()
 
@@ -199,7 +199,7 @@ def usage_for(user: Any, *, now: datetime | None = None, exclude_pk: int | None 
     now = now or timezone.now()
     window_start, resets_at = _window(now)
     rolling = avaturn_settings.QUOTA_WINDOW == "rolling"
-    mine = Session.objects.for_user(user)
+    mine = Session.objects.primary().for_user(user)
     if exclude_pk is not None:
         mine = mine.exclude(pk=exclude_pk)
     # Starts still in flight count too, or concurrent starts could all slip under the limit.
