@@ -395,21 +395,13 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
     """
     give_up = time.monotonic() + bounds.start
     pause = _FIRST_PAUSE
+    watched = Session.objects.primary().filter(pk__in=[row.pk, *pks])
+    watched = watched.only(
+        "status", "end_reason", "session_id", "awaiting_retry", "created_at", "updated_at"
+    )
     while True:
         try:
-            states = {
-                state.pk: state
-                for state in Session.objects.primary()
-                .filter(pk__in=[row.pk, *pks])
-                .only(
-                    "status",
-                    "end_reason",
-                    "session_id",
-                    "awaiting_retry",
-                    "created_at",
-                    "updated_at",
-                )
-            }
+            states = {state.pk: state for state in watched.all()}
         except DatabaseError as exc:
             transitions.mark_failed(row, exc)
             raise StorageUnavailable() from exc

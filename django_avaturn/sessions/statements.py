@@ -16,11 +16,11 @@ and answers its row count, an ``INSERT`` sends ``pre_save`` and
 ``post_save`` as ``Model.save`` does; the router's database.
 
 Only ``transitions`` (status changes), ``starting`` (the reservation's
-statements), the API's read of the caller's row and the site engine's tool
-runner use these; anything else stays plain ORM. On the engine's path the
-saving matters twice: the tools' database thread holds the GIL while it
-builds a query, and the event loop carrying every conversation's audio
-waits for it.
+statements), the API's read of the caller's row (and ``ending``'s, for a Stop
+that did not claim it) and the site engine's tool runner use these;
+anything else stays plain ORM. On the engine's path the saving matters
+twice: the tools' database thread holds the GIL while it builds a query, and
+the event loop carrying every conversation's audio waits for it.
 """
 
 from __future__ import annotations
