@@ -28,12 +28,11 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, router, transaction
-from django.db.models import Case, Q, QuerySet, Value, When
+from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
 from django_avaturn.engine import layer
 from django_avaturn.exceptions import (
-    AvaturnError,
     NotConfigured,
     SessionNotLive,
     SessionReplaced,
@@ -581,17 +580,13 @@ def record_heartbeat(session_id: str, user_pk: Any) -> bool:
     if statements.update_own(session_id, user_pk, live, last_seen_at=now, updated_at=now):
         return True
     mine = Session.objects.primary().filter(session_id=session_id, user_id=user_pk)
-    if not mine.exists():
+    end_reasons = list(mine.values_list("end_reason", flat=True))
+    if not end_reasons:
         return False
-    raise _heartbeat_refused(mine)
-
-
-def _heartbeat_refused(row: QuerySet[Session]) -> AvaturnError:
-    """Why ``row`` (one row) takes no heartbeat."""
     # Said apart: the widget then tells its visitor why the call ended.
-    if list(row.values_list("end_reason", flat=True)) == [EndReason.REPLACED]:
-        return SessionReplaced()
-    return SessionNotLive()
+    if end_reasons == [EndReason.REPLACED]:
+        raise SessionReplaced()
+    raise SessionNotLive()
 
 
 # --------------------------------------------------------------------------- the site engine
