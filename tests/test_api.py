@@ -676,9 +676,9 @@ def test_a_stop_where_an_update_returns_no_rows_reads_then_claims(
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's RETURNING follows that feature; PostgreSQL's always answers")
-    monkeypatch.setattr(connection.features, "can_return_columns_from_insert", False)
+    from django_avaturn.sessions import statements
+
+    monkeypatch.setattr(statements, "updates_return_rows", lambda: False)
     session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
     with CaptureQueriesContext(connection) as captured:
         assert csrf_delete(api_client, f"/avaturn/sessions/{session_id}/").status_code == 204

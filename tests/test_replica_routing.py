@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from django_avaturn import services
@@ -24,6 +25,7 @@ from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.spend import limits
 from django_avaturn.testing import AVATURN_TASK, FakeUpstream
 from tests.helpers import LIST_URL, AvaturnOverrides, csrf_delete, csrf_post, live
+from tests.live_fake import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -142,3 +144,30 @@ def test_say_reads_whether_the_session_is_still_live(live_fake: FakeUpstream, us
     with pytest.raises(SessionNotLive):
         services.say(stale, "Hello")
     assert live_fake.requests_for(AVATURN_TASK) == []
+
+
+def test_signing_out_ends_the_users_sessions(user: Any, upstream: Any) -> None:
+    started = services.start_session(user).session
+    browser = Client()
+    browser.force_login(user)
+
+    assert browser.post("/accounts/logout/").status_code in (200, 302)
+
+    # Ended on a thread of its own once the sign-out commits, which logs a failure.
+    assert wait_until(lambda: _status(str(started.session_id))[0] == SessionStatus.ENDED)
+    assert upstream.avaturn.deleted == [started.session_id]
+
+
+def test_an_admin_end_of_a_search_ends_the_rows_it_found(
+    user: Any, other_user: Any, upstream: Any
+) -> None:
+    """A queryset joining the user, as the admin's search builds it, is re-selected by key."""
+    live(user, "found")
+    live(other_user, "not-found")
+
+    found = Session.objects.filter(user__email=user.email)
+    tally = services.end_sessions(found, reason=EndReason.ADMIN)
+
+    assert tally.ended == 1
+    assert upstream.avaturn.deleted == ["found"]
+    assert _status("not-found")[0] == SessionStatus.LIVE

@@ -189,17 +189,25 @@ def _window(now: datetime) -> tuple[datetime, datetime]:
     return usage.day_start(today, zone), usage.day_start(today + timedelta(days=1), zone)
 
 
-def usage_for(user: Any, *, now: datetime | None = None, exclude_pk: int | None = None) -> Usage:
+def usage_for(
+    user: Any,
+    *,
+    now: datetime | None = None,
+    exclude_pk: int | None = None,
+    enforcing: bool = False,
+) -> Usage:
     """``user``'s sessions and seconds talked in the current window, as ``usage`` counts them.
 
     One query. A ``"day"`` window is today's entry of ``usage.daily_usage``;
     a rolling one the last 24 hours, and it resets when its oldest session
-    leaves it.
+    leaves it. ``enforcing``: read where the rows are written (a quota's
+    check); otherwise where the site's router reads them, as a report does.
     """
     now = now or timezone.now()
     window_start, resets_at = _window(now)
     rolling = avaturn_settings.QUOTA_WINDOW == "rolling"
-    mine = Session.objects.primary().for_user(user)
+    rows = Session.objects.primary() if enforcing else Session.objects.all()
+    mine = rows.for_user(user)
     if exclude_pk is not None:
         mine = mine.exclude(pk=exclude_pk)
     # Starts still in flight count too, or concurrent starts could all slip under the limit.
@@ -236,7 +244,7 @@ def ensure_quota(
     quota = quota_for(user)
     if quota.is_unlimited:
         return max_duration
-    usage = usage_for(user, exclude_pk=new_row.pk)
+    usage = usage_for(user, exclude_pk=new_row.pk, enforcing=True)
     rolling = avaturn_settings.QUOTA_WINDOW == "rolling"
     if quota.sessions_per_day is not None and usage.sessions >= quota.sessions_per_day:
         raise QuotaExceeded(
