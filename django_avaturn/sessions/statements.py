@@ -58,17 +58,54 @@ def _column(name: str) -> str:
     return column
 
 
+# A conditional UPDATE's row: by primary key, or the user's own by its session id.
+_BY_PK = ("pk",)
+_BY_OWNER = ("session_id", "user")
+
+
 @lru_cache(maxsize=64)
-def _update_sql(alias: str, columns: tuple[str, ...], statuses: int) -> str:
-    connection = connections[alias]
-    quote = connection.ops.quote_name
+def _update_sql(
+    alias: str, columns: tuple[str, ...], keys: tuple[str, ...], statuses: int, returning: bool
+) -> str:
+    quote = connections[alias].ops.quote_name
     assignments = ", ".join(f"{quote(_column(name))} = %s" for name in columns)
+    matches = " AND ".join(f"{quote(_column(name))} = %s" for name in keys)
     status_in = ", ".join(["%s"] * statuses)
-    return (
+    sql = (
         f"UPDATE {quote(_META.db_table)} SET {assignments} "  # noqa: S608 (names quoted)
-        f"WHERE {quote(_column('pk'))} = %s AND {quote(_column('status'))} "
-        f"IN ({status_in})"
+        f"WHERE {matches} AND {quote(_column('status'))} IN ({status_in})"
     )
+    if returning:
+        sql += " RETURNING " + ", ".join(quote(_column(name)) for name in _ROW_FIELDS)
+    return sql
+
+
+def _execute_update(
+    keys: tuple[str, ...],
+    key_values: tuple[Any, ...],
+    statuses: Sequence[str],
+    values: dict[str, Any],
+    *,
+    returning: bool = False,
+) -> Any:
+    """Run the conditional UPDATE; its row count, or with ``returning`` the row read back."""
+    alias, connection = _connection()
+    params = [_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+    params += [
+        _field(name).get_db_prep_value(value, connection)
+        for name, value in zip(keys, key_values, strict=True)
+    ]
+    params += _statuses(statuses, connection)
+    sql = _update_sql(alias, tuple(values), keys, len(statuses), returning)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if not returning:
+            return int(cursor.rowcount)
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    values_read = _converted(found, _converters(alias, _ROW_FIELDS), connection)
+    return Session.from_db(alias, _ROW_ATTNAMES, values_read)
 
 
 def update_row(pk: Any, statuses: Sequence[str], **values: Any) -> int:
@@ -76,13 +113,7 @@ def update_row(pk: Any, statuses: Sequence[str], **values: Any) -> int:
 
     Returns the number of rows updated (0 or 1), as ``update`` does.
     """
-    alias, connection = _connection()
-    names = tuple(values)
-    params = [_field(name).get_db_prep_save(values[name], connection) for name in names]
-    params += [_field("pk").get_db_prep_value(pk, connection), *_statuses(statuses, connection)]
-    with connection.cursor() as cursor:
-        cursor.execute(_update_sql(alias, names, len(statuses)), params)
-        return int(cursor.rowcount)
+    return int(_execute_update(_BY_PK, (pk,), statuses, values))
 
 
 @lru_cache(maxsize=16)
@@ -250,48 +281,12 @@ def updates_return_rows() -> bool:
     return connection.vendor == "sqlite" and bool(features.can_return_columns_from_insert)
 
 
-@lru_cache(maxsize=16)
-def _update_own_sql(alias: str, columns: tuple[str, ...], statuses: int, *, returning: bool) -> str:
-    quote = connections[alias].ops.quote_name
-    assignments = ", ".join(f"{quote(_column(name))} = %s" for name in columns)
-    status_in = ", ".join(["%s"] * statuses)
-    sql = (
-        f"UPDATE {quote(_META.db_table)} SET {assignments} "  # noqa: S608 (names quoted)
-        f"WHERE {quote(_column('session_id'))} = %s AND {quote(_column('user'))} = %s "
-        f"AND {quote(_column('status'))} IN ({status_in})"
-    )
-    if returning:
-        sql += " RETURNING " + ", ".join(quote(_column(name)) for name in _ROW_FIELDS)
-    return sql
-
-
-def _update_own_params(
-    connection: BaseDatabaseWrapper,
-    session_id: str,
-    user_pk: Any,
-    statuses: Sequence[str],
-    values: dict[str, Any],
-) -> list[Any]:
-    params = [_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
-    return [
-        *params,
-        _field("session_id").get_db_prep_value(session_id, connection),
-        _field("user").get_db_prep_value(user_pk, connection),
-        *_statuses(statuses, connection),
-    ]
-
-
 def update_own(session_id: str, user_pk: Any, statuses: Sequence[str], **values: Any) -> int:
     """``Session.objects.filter(session_id=..., user_id=..., status__in=...).update(**values)``.
 
     Cheaper; returns the number of rows updated (0 or 1: ``session_id`` is unique).
     """
-    alias, connection = _connection()
-    params = _update_own_params(connection, session_id, user_pk, statuses, values)
-    sql = _update_own_sql(alias, tuple(values), len(statuses), returning=False)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.rowcount)
+    return int(_execute_update(_BY_OWNER, (session_id, user_pk), statuses, values))
 
 
 def update_own_row(
@@ -303,16 +298,9 @@ def update_own_row(
     (none of the user's is named so, or it is in another status). Call only
     where ``updates_return_rows()``.
     """
-    alias, connection = _connection()
-    params = _update_own_params(connection, session_id, user_pk, statuses, values)
-    sql = _update_own_sql(alias, tuple(values), len(statuses), returning=True)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        found = cursor.fetchone()
-    if found is None:
-        return None
-    values_read = _converted(found, _converters(alias, _ROW_FIELDS), connection)
-    return Session.from_db(alias, _ROW_ATTNAMES, values_read)
+    row = _execute_update(_BY_OWNER, (session_id, user_pk), statuses, values, returning=True)
+    assert row is None or isinstance(row, Session)
+    return row
 
 
 def _whole_row_model(model: type[Model]) -> bool:
