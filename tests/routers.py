@@ -18,3 +18,17 @@ class ReadsFromAReplica:
 
     def db_for_write(self, model: type[Any], **hints: Any) -> str | None:
         return None
+
+
+class SwitchReadsFromAReplica:
+    """Sends reads of the kill switch alone to ``replica``, an alias never configured.
+
+    The admin's pages, which list sessions through the read router, still
+    open under it; a read of the switch through the read router fails.
+    """
+
+    def db_for_read(self, model: type[Any], **hints: Any) -> str | None:
+        return "replica" if model._meta.model_name == "serviceswitch" else None
+
+    def db_for_write(self, model: type[Any], **hints: Any) -> str | None:
+        return None

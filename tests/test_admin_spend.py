@@ -182,6 +182,20 @@ def test_changelist_opens_and_says_why_with_a_malformed_kill_switch_setting(
     assert errors == ["SESSIONS_ENABLED must be True or False, not 'yes'."]
 
 
+def test_the_changelist_reads_the_switch_and_its_reason_where_a_flip_writes_them(
+    admin_client: Client, settings: Any
+) -> None:
+    # A replica may lag the flip: state and reason are read once, from the primary.
+    limits.set_sessions_enabled(False, reason="billing incident")
+    settings.DATABASE_ROUTERS = ["tests.routers.SwitchReadsFromAReplica"]
+
+    response = admin_client.get(CHANGELIST)
+
+    assert response.status_code == 200
+    assert response.context["sessions_enabled"] is False
+    assert b"New sessions are stopped (kill switch). billing incident" in response.content
+
+
 def test_usage_page_needs_view_permission(django_user_model: Any) -> None:
     nobody = logged_in(staff(django_user_model, "nobody@example.com"))
     assert nobody.get(USAGE).status_code == 403

@@ -289,10 +289,10 @@ class SessionAdmin(_ModelAdmin):
 
     # ------------------------------------------------------------------ usage and the kill switch
 
-    def _sessions_enabled(self, request: HttpRequest) -> bool:
+    def _sessions_enabled(self, request: HttpRequest, switch: ServiceSwitch | None) -> bool:
         """The switch's state for the changelist; a misconfigured setting says so there."""
         try:
-            return limits.sessions_enabled()
+            return limits.enabled_with(None if switch is None else switch.sessions_enabled)
         except NotConfigured as exc:
             # The page that holds the kill switch must still open.
             self.message_user(request, str(exc), messages.ERROR)
@@ -305,7 +305,8 @@ class SessionAdmin(_ModelAdmin):
         context = getattr(response, "context_data", None)
         if isinstance(context, dict) and "cl" in context:
             summary = usage.summarize(context["cl"].queryset)
-            switch = ServiceSwitch.objects.filter(pk=ServiceSwitch.SINGLETON_PK).first()
+            # One read, where flips are written: the state beside its own reason.
+            switch = limits.switch_row()
             context.update(
                 usage_summary={
                     "sessions": summary.sessions,
@@ -321,7 +322,7 @@ class SessionAdmin(_ModelAdmin):
                     "live": ngettext("%(count)d live now", "%(count)d live now", summary.live)
                     % {"count": summary.live},
                 },
-                sessions_enabled=self._sessions_enabled(request),
+                sessions_enabled=self._sessions_enabled(request, switch),
                 switch=switch,
                 can_use_kill_switch=self.has_terminate_permission(request),
             )

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, router, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from django_avaturn.conf import avaturn_settings
@@ -45,14 +46,23 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- kill switch
 
 
+def _switch() -> QuerySet[ServiceSwitch]:
+    # Where the admin writes it: a start must see it switched off at once, and
+    # the admin's page its state with the reason written beside it.
+    written = router.db_for_write(ServiceSwitch)
+    return ServiceSwitch.objects.using(written).filter(pk=ServiceSwitch.SINGLETON_PK)
+
+
+def switch_row() -> ServiceSwitch | None:
+    """The admin's kill switch row, None until it is first flipped (sessions enabled)."""
+    return _switch().first()
+
+
 def sessions_enabled() -> bool:
     """Whether new sessions may start: the setting and the admin's switch must both allow it."""
     if not avaturn_settings.SESSIONS_ENABLED:
         return False
-    # Where the admin writes it: a start must see it switched off at once.
-    written = router.db_for_write(ServiceSwitch)
-    switch = ServiceSwitch.objects.using(written).filter(pk=ServiceSwitch.SINGLETON_PK)
-    return all(switch.values_list("sessions_enabled", flat=True))  # no row yet: enabled
+    return all(_switch().values_list("sessions_enabled", flat=True))  # no row yet: enabled
 
 
 def enabled_with(switch: bool | None) -> bool:
