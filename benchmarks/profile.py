@@ -6,9 +6,12 @@ gunicorn runs them) against the loopback fake answering at once, ``-n``
 times after a warm-up, for django_avaturn and for the floor broker in the
 same process. Reports per start+end: SQL statements (counted with
 ``connection.execute_wrapper``), commits (an atomic block's, and each write
-run in autocommit), and CPU time (``time.process_time``
-of this process; the fake runs in a process of its own), then cProfile's top
-cumulative entries for django_avaturn (``--profile``).
+run in autocommit), CPU time (``time.process_time`` of this process; the
+fake runs in a process of its own) and wall time, then cProfile's top
+cumulative entries for django_avaturn (``--profile``). ``added_wall_us_paired``
+and ``added_cpu_us_paired``: what django_avaturn adds to the floor per
+start+end, paired by round; the wall time it adds beyond its CPU is waiting,
+nearly all of it on the database.
 
 ``--db postgres`` uses PostgreSQL (``BENCH_PG_NAME``, default
 ``avaturn_bench_profile``); the default is a SQLite file under
@@ -77,6 +80,7 @@ def _summary(
     args: argparse.Namespace,
     brokers: tuple[str, ...],
     cpu: dict[str, list[float]],
+    wall: dict[str, list[float]],
     kinds: dict[str, Counter[str]],
     commit_counts: dict[str, int],
 ) -> dict[str, Any]:
@@ -88,12 +92,20 @@ def _summary(
             "commits": round(commit_counts[broker] / args.n, 2),
             "cpu_us": round(statistics.median(cpu[broker])),
             "cpu_us_rounds": [round(value) for value in cpu[broker]],
+            "wall_us": round(statistics.median(wall[broker])),
         }
     result["cpu_ratio"] = round(result["django_avaturn"]["cpu_us"] / result["floor"]["cpu_us"], 2)
     # Each round's two brokers ran back to back: their ratio pairs figures taken
     # at the same speed of a shared machine, which moves between rounds.
     paired = [ours / floor for ours, floor in zip(cpu["django_avaturn"], cpu["floor"], strict=True)]
     result["cpu_ratio_paired"] = round(statistics.median(paired), 2)
+    # What django_avaturn adds per start+end, paired by round: in all (wall
+    # time), and of it this process's CPU; the rest is waiting, nearly all of
+    # it on the database (the fake answers at once, to both brokers alike).
+    ours, floor = "django_avaturn", "floor"
+    for figure, times in (("wall", wall), ("cpu", cpu)):
+        added = [a - b for a, b in zip(times[ours], times[floor], strict=True)]
+        result[f"added_{figure}_us_paired"] = round(statistics.median(added))
     return result
 
 
@@ -149,28 +161,31 @@ def main(argv: list[str] | None = None) -> None:
             if response.status_code not in (200, 204):
                 raise RuntimeError(f"{broker} end: {response.status_code} {response.content!r}")
 
-        def run(broker: str, count: int) -> tuple[float, Counter[str], int]:
+        def run(broker: str, count: int) -> tuple[float, float, Counter[str], int]:
             counting = Counting(connection)
             commits[0] = 0
             with connection.execute_wrapper(counting):
-                began = time.process_time()
+                began, began_wall = time.process_time(), time.perf_counter()
                 for _ in range(count):
                     iteration(broker)
-                spent = time.process_time() - began
-            return spent / count * 1e6, counting.kinds, commits[0] + counting.autocommitted
+                spent, waited = time.process_time() - began, time.perf_counter() - began_wall
+            per = 1e6 / count
+            return spent * per, waited * per, counting.kinds, commits[0] + counting.autocommitted
 
         brokers = ("django_avaturn", "floor")
         for broker in brokers:
             run(broker, 20)  # warm-up: imports, connections, caches
         cpu: dict[str, list[float]] = {broker: [] for broker in brokers}
+        wall: dict[str, list[float]] = {broker: [] for broker in brokers}
         kinds: dict[str, Counter[str]] = {}
         commit_counts: dict[str, int] = {}
         for index in range(args.rounds):
             # Each broker first in every other round: neither always runs on a warmer cache.
             for broker in brokers if index % 2 == 0 else brokers[::-1]:
-                micros, kinds[broker], commit_counts[broker] = run(broker, args.n)
+                micros, wall_micros, kinds[broker], commit_counts[broker] = run(broker, args.n)
                 cpu[broker].append(micros)
-        result = _summary(args, brokers, cpu, kinds, commit_counts)
+                wall[broker].append(wall_micros)
+        result = _summary(args, brokers, cpu, wall, kinds, commit_counts)
         print(json.dumps(result) if args.json else json.dumps(result, indent=2))
         if args.profile:
             profiler = cProfile.Profile()
