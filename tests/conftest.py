@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import responses
+from asgiref.sync import SyncToAsync
+from django.db import connections
 
 from django_avaturn.upstream.clients import reset_clients
 from tests import upstreams
@@ -23,6 +25,18 @@ from tests.helpers import (
 pytest_plugins = ("tests.live_fake",)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject.toml): two workers per core the run may use, at most eight.
+
+    The suite mostly waits on loopback sockets, subprocesses and timeouts, so
+    a core keeps two workers busy. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides
+    it, ``-n 0`` runs in one process (``--pdb`` needs that).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, 2 * (cores or 1))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``live`` reach the real services: skipped unless asked, saying how."""
     reason = live_skip_reason(os.environ)
@@ -36,15 +50,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup: None) -> Iterator[None]:
-    """pytest-django's, and before the test database is dropped, the site tools' database
-    thread has closed its connection (it does once idle): PostgreSQL refuses to drop a
-    database that a connection still uses."""
+    """pytest-django's, and before the test database is dropped, no thread of this process
+    still holds a connection to it: PostgreSQL refuses to drop a database in use.
+
+    The site tools' database thread closes its own once idle. The thread of asgiref's
+    thread-sensitive executor, where Django's async ORM and ``sync_to_async`` run the
+    async tests' queries, keeps its own open: it is closed there."""
     yield
     from django_avaturn.engine.tools import _DB_STEPS
 
     deadline = time.monotonic() + 10
     while _DB_STEPS.running() and time.monotonic() < deadline:
         time.sleep(0.02)
+    executor = getattr(SyncToAsync, "single_thread_executor", None)
+    if executor is not None:
+        executor.submit(connections.close_all).result(timeout=10)
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ Its fixtures (``live_fake``) are registered for the whole suite by
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -68,6 +69,27 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return condition()
+
+
+# For a test whose run_threads() opens a database connection on each of a dozen
+# threads or more: such tests run one at a time across pytest-xdist's workers
+# (_one_many_connections_test_at_a_time), so that PostgreSQL's max_connections
+# (100 by default) holds whichever workers run them.
+many_connections = pytest.mark.many_connections
+
+
+@pytest.fixture(autouse=True)
+def _one_many_connections_test_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    if request.node.get_closest_marker("many_connections") is None:
+        yield
+        return
+    # The run's temporary root, which every xdist worker's own directory is in.
+    shared = tmp_path_factory.getbasetemp().parent
+    with (shared / "many-connections.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def run_threads(target: Callable[[int], Any], count: int) -> list[Any]:

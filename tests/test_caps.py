@@ -44,7 +44,13 @@ from django_avaturn.upstream.clients import (
     unknown_outcome_hold,
 )
 from tests.helpers import LIST_URL, AvaturnOverrides
-from tests.live_fake import assert_no_orphans, csrf_json, run_threads, wait_until
+from tests.live_fake import (
+    assert_no_orphans,
+    csrf_json,
+    many_connections,
+    run_threads,
+    wait_until,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -114,6 +120,7 @@ def test_the_peak_helper_counts_sessions_alive_together(live_fake: FakeUpstream)
 
 
 @pytest.mark.parametrize("policy", ["end_oldest", "refuse"])
+@many_connections
 def test_one_users_simultaneous_starts_never_run_two_sessions_at_avaturn(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, policy: str
 ) -> None:
@@ -136,6 +143,7 @@ def test_one_users_simultaneous_starts_never_run_two_sessions_at_avaturn(
 
 
 @pytest.mark.parametrize("policy", ["end_oldest", "refuse"])
+@many_connections
 def test_a_cap_of_two_holds_at_avaturn_under_simultaneous_starts(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, policy: str
 ) -> None:
@@ -153,6 +161,7 @@ def test_a_cap_of_two_holds_at_avaturn_under_simultaneous_starts(
     assert_no_orphans(live_fake)
 
 
+@many_connections
 def test_the_site_cap_holds_at_avaturn_while_users_replace_their_own_sessions(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, django_user_model: Any
 ) -> None:

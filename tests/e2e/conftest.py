@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -47,32 +48,44 @@ def sri(data: bytes) -> str:
 
 @pytest.fixture(scope="session")
 def sdk_dist() -> Path:
-    """The real SDK's ``dist/``, installed from npm on first use (never committed)."""
-    if not (SDK_DIST / "main.js").is_file():
-        npm = shutil.which("npm")
-        if npm is None:
-            missing("npm is missing: run .ci/install-browser-deps to install the web SDK")
-        SDK_PREFIX.mkdir(exist_ok=True)
-        result = subprocess.run(
-            [
-                npm,
-                "install",
-                "--prefix",
-                str(SDK_PREFIX),
-                "--no-audit",
-                "--no-fund",
-                "--ignore-scripts",
-                "--no-save",
-                f"@avaturn-live/web-sdk@{SDK_VERSION}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if result.returncode != 0 or not (SDK_DIST / "main.js").is_file():
-            missing(f"could not install @avaturn-live/web-sdk from npm: {result.stderr[-500:]}")
+    """The real SDK's ``dist/``, installed from npm on first use (never committed).
+
+    pytest-xdist's workers each ask: the first installs it under a lock, the
+    others wait for it and find it there.
+    """
+    if (SDK_DIST / "main.js").is_file():
+        return SDK_DIST
+    npm = shutil.which("npm")
+    if npm is None:
+        missing("npm is missing: run .ci/install-browser-deps to install the web SDK")
+    SDK_PREFIX.mkdir(exist_ok=True)
+    with (SDK_PREFIX / ".install-lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (SDK_DIST / "main.js").is_file():
+            _install_sdk(npm)
     return SDK_DIST
+
+
+def _install_sdk(npm: str) -> None:
+    result = subprocess.run(
+        [
+            npm,
+            "install",
+            "--prefix",
+            str(SDK_PREFIX),
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--no-save",
+            f"@avaturn-live/web-sdk@{SDK_VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0 or not (SDK_DIST / "main.js").is_file():
+        missing(f"could not install @avaturn-live/web-sdk from npm: {result.stderr[-500:]}")
 
 
 class _CORSHandler(SimpleHTTPRequestHandler):
