@@ -71,6 +71,24 @@ def test_the_site_cap_and_the_kill_switch_refuse_a_start(
     assert upstream.avaturn.create_calls() == []
 
 
+def test_a_start_reads_the_users_session_still_ending_where_it_is_written(
+    api_client: Any, upstream: Any, user: Any
+) -> None:
+    """The start waits on it (its terminate failed long ago: it may run on), and gives up."""
+    stuck = live(user, "stuck")
+    PRIMARY.filter(pk=stuck.pk).update(
+        status=SessionStatus.ENDING,
+        end_reason=EndReason.CLIENT,
+        updated_at=timezone.now() - timedelta(hours=1),
+    )
+
+    refused = csrf_post(api_client, LIST_URL, {})
+
+    assert (refused.status_code, refused.json()["code"]) == (503, "session_still_ending")
+    assert upstream.avaturn.create_calls() == []
+    assert _status("stuck") == (SessionStatus.ENDING, EndReason.CLIENT)
+
+
 def test_a_quota_counts_the_users_sessions(
     api_client: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:

@@ -457,6 +457,28 @@ def test_avaturn_closing_closes_openai_and_ends_the_row(
     assert engine.avaturn.deleted == ["sess-1"]
 
 
+def test_under_a_read_replica_the_engine_reads_its_row_where_it_is_written(
+    engine: Any, user: Any, realtime: LoopbackRealtime, settings: Any
+) -> None:
+    """Its check of the row before accepting, and its end, read the primary (a replica may
+    lag the start that wrote the row); here any read of the replica fails."""
+    row, token, secret = site_row(user)
+    settings.DATABASE_ROUTERS = ["tests.routers.ReadsFromAReplica"]
+    primary = Session.objects.using("default")
+
+    async def test() -> None:
+        communicator = await talking(token, secret, realtime)
+        await left(communicator, 1000)
+        deadline = time.monotonic() + TIMEOUT
+        while (await sync_to_async(primary.get)(pk=row.pk)).status != SessionStatus.ENDED:
+            assert time.monotonic() < deadline, "the row did not end"
+            await asyncio.sleep(0.02)
+
+    run(test)
+    assert engine.avaturn.deleted == ["sess-1"]
+    assert primary.get(pk=row.pk).end_reason == EndReason.ENGINE_CLOSED
+
+
 def test_a_failed_terminate_after_avaturn_closes_leaves_the_row_to_the_expiry_command(
     engine: Any, user: Any, realtime: LoopbackRealtime
 ) -> None:
@@ -552,12 +574,19 @@ def test_the_consumer_returns_though_the_layers_read_loses_a_cancel(
     run(test)
 
 
+@pytest.mark.parametrize("router", [None, "tests.routers.ReadsFromAReplica"])
 def test_the_site_ending_the_session_before_the_socket_joins_its_group_closes_it(
-    engine: Any, user: Any, realtime: LoopbackRealtime, hooked_layer: type[HookedLayer]
+    engine: Any,
+    user: Any,
+    realtime: LoopbackRealtime,
+    hooked_layer: type[HookedLayer],
+    settings: Any,
+    router: str | None,
 ) -> None:
     """The end's message went to a group with nobody in it: the consumer reads the row
-    again once it has joined."""
+    again once it has joined (where it is written: a replica may not show the end yet)."""
     row, token, secret = site_row(user)
+    settings.DATABASE_ROUTERS = [router] if router else []
 
     async def end_first() -> None:
         await sync_to_async(services.end_session)(row, reason=EndReason.ADMIN)
@@ -570,7 +599,7 @@ def test_the_site_ending_the_session_before_the_socket_joins_its_group_closes_it
         await closed_by_the_site(communicator, realtime)
 
     run(test)
-    row.refresh_from_db()
+    row.refresh_from_db(using="default")
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ADMIN)
     assert row.pk not in shutdown.left_running()
 
