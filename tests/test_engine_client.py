@@ -255,6 +255,34 @@ def test_a_dropped_connection_is_reported_as_abnormal() -> None:
     assert closed == ["abnormal"]
 
 
+def test_a_close_the_engine_sent_first_is_the_engines_though_the_client_then_closes() -> None:
+    """The fake closes the client when the session ends (its DELETE), which may come a moment
+    after the engine's own close frame arrived: the close is still the engine's."""
+
+    async def script(engine: Engine, ws: ServerConnection) -> None:
+        # The close frame is sent, and the server reads nothing for a while: the
+        # client has it, but its connection is not closed yet.
+        ws.transport.pause_reading()
+        ws.protocol.send_close(4011, "openai failed")
+        ws.transport.write(b"".join(ws.protocol.data_to_send()))
+        await asyncio.sleep(0.5)
+        ws.transport.resume_reading()
+
+    engine = Engine(script)
+
+    async def go() -> AvaturnEngineClient:
+        async with engine_at(engine) as url:
+            client = AvaturnEngineClient(url)
+            await client.aconnect()
+            while client._ws is None or client._ws.protocol.close_rcvd is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+            await client.aclose()
+            return client
+
+    client = run(go())
+    assert (client.closed_by, client.close_code) == ("engine", 4011)
+
+
 def test_a_refused_upgrade_raises_and_is_reported() -> None:
     engine = Engine(refuse=403)
     closed: list[AvaturnEngineClient] = []

@@ -447,7 +447,9 @@ class AvaturnEngineClient:
             pass
         received = ws.protocol.close_rcvd
         how = "engine" if received is not None else "abnormal"
-        if self._closing_by_us:
+        # Ours only if our close frame went first: close() may come after the engine's
+        # arrived (the fake closes the client on a DELETE the engine's end sent).
+        if self._closing_by_us and not ws.protocol.close_rcvd_then_sent:
             how = "client"
         self._finish(
             how, received.code if received else None, received.reason if received else None
