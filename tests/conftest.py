@@ -26,13 +26,16 @@ pytest_plugins = ("tests.live_fake",)
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` (pyproject.toml): two workers per core the run may use, at most eight.
 
     The suite mostly waits on loopback sockets, subprocesses and timeouts, so
-    a core keeps two workers busy. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides
-    it, ``-n 0`` runs in one process (``--pdb`` needs that).
+    a core keeps two workers busy. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` sets the
+    number instead (answered by xdist's own hook, which runs only when this
+    one answers None); ``-n 0`` runs in one process.
     """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min(8, 2 * (cores or 1))
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,25 +73,12 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     return condition()
 
 
-# For a test whose run_threads() opens a database connection on each of a dozen
-# threads or more: such tests run one at a time across pytest-xdist's workers
-# (_one_many_connections_test_at_a_time), so that PostgreSQL's max_connections
-# (100 by default) holds whichever workers run them.
-many_connections = pytest.mark.many_connections
-
-
-@pytest.fixture(autouse=True)
-def _one_many_connections_test_at_a_time(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    if request.node.get_closest_marker("many_connections") is None:
-        yield
-        return
-    # The run's temporary root, which every xdist worker's own directory is in.
-    shared = tmp_path_factory.getbasetemp().parent
-    with (shared / "many-connections.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+# A burst of this many threads or more, each with its own database connection,
+# runs alone on this machine (whichever test process: pytest-xdist's workers,
+# another run sharing the database server), so that PostgreSQL's
+# max_connections (100 by default) holds.
+_MANY_THREADS = 10
+_BURST_LOCK = Path(tempfile.gettempdir()) / f"django-avaturn-tests-{os.getuid()}-threads.lock"
 
 
 def run_threads(target: Callable[[int], Any], count: int) -> list[Any]:
@@ -110,10 +99,13 @@ def run_threads(target: Callable[[int], Any], count: int) -> list[Any]:
             connection.close()
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    with _BURST_LOCK.open("a") as lock:
+        if count >= _MANY_THREADS:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
     assert not any(thread.is_alive() for thread in threads), "a thread hung"
     return results
 

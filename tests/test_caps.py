@@ -47,7 +47,6 @@ from tests.helpers import LIST_URL, AvaturnOverrides
 from tests.live_fake import (
     assert_no_orphans,
     csrf_json,
-    many_connections,
     run_threads,
     wait_until,
 )
@@ -120,7 +119,6 @@ def test_the_peak_helper_counts_sessions_alive_together(live_fake: FakeUpstream)
 
 
 @pytest.mark.parametrize("policy", ["end_oldest", "refuse"])
-@many_connections
 def test_one_users_simultaneous_starts_never_run_two_sessions_at_avaturn(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, policy: str
 ) -> None:
@@ -143,7 +141,6 @@ def test_one_users_simultaneous_starts_never_run_two_sessions_at_avaturn(
 
 
 @pytest.mark.parametrize("policy", ["end_oldest", "refuse"])
-@many_connections
 def test_a_cap_of_two_holds_at_avaturn_under_simultaneous_starts(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, policy: str
 ) -> None:
@@ -161,7 +158,6 @@ def test_a_cap_of_two_holds_at_avaturn_under_simultaneous_starts(
     assert_no_orphans(live_fake)
 
 
-@many_connections
 def test_the_site_cap_holds_at_avaturn_while_users_replace_their_own_sessions(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, django_user_model: Any
 ) -> None:

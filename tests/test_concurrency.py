@@ -40,7 +40,6 @@ from tests.live_fake import (
     assert_no_orphans,
     csrf_json,
     live_row_ids,
-    many_connections,
     run_threads,
     wait_until,
 )
@@ -59,7 +58,6 @@ def _start(user: Any) -> str:
 
 
 @pytest.mark.parametrize("policy", ["refuse", "end_oldest"])
-@many_connections
 def test_50_simultaneous_starts_leave_one_live_session_and_no_orphan(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, policy: str
 ) -> None:
@@ -100,7 +98,6 @@ def test_50_simultaneous_starts_leave_one_live_session_and_no_orphan(
         assert replaced.count() == STARTERS - 1
 
 
-@many_connections
 def test_simultaneous_ends_terminate_once_and_record_one_reason(
     live_fake: FakeUpstream, user: Any
 ) -> None:
@@ -233,7 +230,6 @@ def test_start_throttle_is_shared_across_processes_through_redis(
     assert not SessionStartThrottle().allow_request(request, None)  # type: ignore[arg-type]
 
 
-@many_connections
 def test_the_site_wide_cap_holds_under_simultaneous_starts_by_many_users(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, django_user_model: Any
 ) -> None:

@@ -13,7 +13,6 @@ from django.utils import timezone
 from django_avaturn.models import Session, SessionStatus, Transcript
 from django_avaturn.spend import limits
 from tests.helpers import LIST_URL, AvaturnOverrides, at, csrf_delete, csrf_post, past_session
-from tests.live_fake import many_connections
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -516,7 +515,6 @@ def test_transcript_lines_are_throttled_per_user_with_retry_after(
     assert Transcript.objects.count() == 2
 
 
-@many_connections
 def test_the_line_cap_holds_under_simultaneous_posts(
     live_fake: Any, avaturn: AvaturnOverrides, user: Any
 ) -> None:

@@ -31,7 +31,7 @@ from django.test import AsyncClient
 from django_avaturn.api.throttling import SessionStartThrottle
 from django_avaturn.testing import AVATURN_CREATE, FakeUpstream
 from tests.helpers import LIST_URL, AvaturnOverrides, redis_reachable, redis_url
-from tests.live_fake import csrf_json, many_connections, run_threads
+from tests.live_fake import csrf_json, run_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,7 +85,6 @@ def allowed(pk: int) -> tuple[bool, float | None]:
     return throttle.allow_request(request_by(pk), None), throttle.wait()
 
 
-@many_connections
 def test_fifty_simultaneous_starts_at_ten_a_minute_let_exactly_ten_through(
     start_cache: str, avaturn: AvaturnOverrides
 ) -> None:
@@ -114,7 +113,6 @@ def test_a_window_admits_the_rate_again_once_it_has_passed(
     assert [allowed(9)[0] for _ in range(3)] == [True, True, False]
 
 
-@many_connections
 def test_slots_whose_window_passed_are_taken_again_once_each_on_the_database_cache(
     settings: Any,
     avaturn: AvaturnOverrides,
@@ -187,7 +185,6 @@ def test_processes_starting_at_once_share_the_rate_through_redis() -> None:
     assert sum(counts) == 10, counts
 
 
-@many_connections
 def test_simultaneous_starts_through_the_api_answer_json_429_with_retry_after(
     live_fake: FakeUpstream, settings: Any, user: Any, avaturn: AvaturnOverrides
 ) -> None:

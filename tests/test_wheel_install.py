@@ -14,9 +14,11 @@ Slow (a virtualenv and PyPI downloads, pip's cache helps): marker ``packaging``.
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -97,9 +99,23 @@ class Dist:
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     """``python -m build``: the sdist first, then the wheel built *from the sdist*,
-    so a file the sdist forgets is also missing from the wheel."""
-    out = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "build", "--outdir", out, REPO, cwd=REPO)
+    so a file the sdist forgets is also missing from the wheel.
+
+    Built once per run: pytest-xdist's workers share it through the run's
+    temporary root, the first to get its lock building it.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent
+    else:
+        shared = tmp_path_factory.mktemp("build")
+    out = shared / "dist"
+    with (shared / "dist.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.is_dir():
+            building = shared / "dist-building"
+            shutil.rmtree(building, ignore_errors=True)
+            run(sys.executable, "-m", "build", "--outdir", building, REPO, cwd=REPO)
+            building.rename(out)
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
     return Dist(sdist=sdist, wheel=wheel)

@@ -50,18 +50,16 @@ def sri(data: bytes) -> str:
 def sdk_dist() -> Path:
     """The real SDK's ``dist/``, installed from npm on first use (never committed).
 
-    pytest-xdist's workers each ask: the first installs it under a lock, the
-    others wait for it and find it there.
+    pytest-xdist's workers each ask, and each looks under one lock: the first
+    installs it, the others find it whole once that install has finished.
     """
-    if (SDK_DIST / "main.js").is_file():
-        return SDK_DIST
-    npm = shutil.which("npm")
-    if npm is None:
-        missing("npm is missing: run .ci/install-browser-deps to install the web SDK")
     SDK_PREFIX.mkdir(exist_ok=True)
     with (SDK_PREFIX / ".install-lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (SDK_DIST / "main.js").is_file():
+            npm = shutil.which("npm")
+            if npm is None:
+                missing("npm is missing: run .ci/install-browser-deps to install the web SDK")
             _install_sdk(npm)
     return SDK_DIST
 
