@@ -15,7 +15,7 @@ from django_avaturn.upstream.clients import reset_clients
 from tests import upstreams
 from tests.helpers import (
     AvaturnOverrides,
-    closed_port,
+    closed_ports,
     demo_env,
     live_skip_reason,
     rundemo,
@@ -132,7 +132,7 @@ def api_client(user: Any) -> Any:
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A running ``rundemo``: the site's URL and its fake's URL."""
-    site_port, fake_port = closed_port(), closed_port()
+    site_port, fake_port = closed_ports(2)
     proc = rundemo(demo_env(tmp_path, fake_port), f"127.0.0.1:{site_port}")
     try:
         wait_for_port(site_port, proc)

@@ -233,6 +233,14 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def closed_ports(count: int) -> list[int]:
+    """``count`` distinct ``closed_port()``s (one it gave may come back)."""
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(closed_port())
+    return sorted(ports)
+
+
 # ------------------------------------------------------------------- rundemo
 
 

@@ -39,7 +39,7 @@ from tests.e2e.browser import (
     is_loopback,
     missing,
 )
-from tests.helpers import closed_port, demo_env, rundemo, wait_for_port
+from tests.helpers import closed_ports, demo_env, rundemo, wait_for_port
 
 
 def sri(data: bytes) -> str:
@@ -235,10 +235,7 @@ def site_engine_demo(tmp_path: Path) -> Iterator[tuple[str, str]]:
     runserver), which Avaturn's fake side connects to; OpenAI is the
     scripted ``FakeRealtime`` rundemo starts (``rundemo_script``).
     """
-    ports: set[int] = set()
-    while len(ports) < 3:  # a port closed_port() gave may come back: three distinct
-        ports.add(closed_port())
-    site_port, fake_port, realtime_port = sorted(ports)
+    site_port, fake_port, realtime_port = closed_ports(3)
     env = demo_env(tmp_path, fake_port)
     env["AVATURN_DEMO_ENGINE"] = "site"
     env["AVATURN_PUBLIC_URL"] = f"ws://127.0.0.1:{site_port}"
