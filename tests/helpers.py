@@ -10,14 +10,16 @@ test module imports another (``test_suite_layout.py`` checks it).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
@@ -224,6 +226,15 @@ def redis_reachable() -> bool:
 
 
 # ------------------------------------------------------------------- network
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold ``path``'s exclusive lock (``flock``) while in the block: one test process at a
+    time, pytest-xdist's workers included. The file is created if missing, never removed."""
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def closed_port() -> int:

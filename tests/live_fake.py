@@ -6,7 +6,7 @@ Its fixtures (``live_fake``) are registered for the whole suite by
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import os
 import tempfile
@@ -21,7 +21,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 
 from django_avaturn.models import ACTIVE_STATUSES, Session, SessionStatus
 from django_avaturn.testing import FakeUpstream
-from tests.helpers import csrf_token
+from tests.helpers import csrf_token, exclusive_lock
 
 # Short client timeouts: a fault that stalls must cost a test well under a second.
 FAST_TIMEOUTS = {
@@ -99,9 +99,7 @@ def run_threads(target: Callable[[int], Any], count: int) -> list[Any]:
             connection.close()
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    with _BURST_LOCK.open("a") as lock:
-        if count >= _MANY_THREADS:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(_BURST_LOCK) if count >= _MANY_THREADS else contextlib.nullcontext():
         for thread in threads:
             thread.start()
         for thread in threads:

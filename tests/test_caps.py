@@ -44,12 +44,7 @@ from django_avaturn.upstream.clients import (
     unknown_outcome_hold,
 )
 from tests.helpers import LIST_URL, AvaturnOverrides
-from tests.live_fake import (
-    assert_no_orphans,
-    csrf_json,
-    run_threads,
-    wait_until,
-)
+from tests.live_fake import assert_no_orphans, csrf_json, run_threads, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,6 @@ Slow (a virtualenv and PyPI downloads, pip's cache helps): marker ``packaging``.
 from __future__ import annotations
 
 import ast
-import fcntl
 import json
 import os
 import re
@@ -33,6 +32,7 @@ import pytest
 from django_avaturn import __version__
 from django_avaturn.testing import FakeUpstream
 from django_avaturn.testing.__main__ import build_parser
+from tests.helpers import exclusive_lock
 
 pytestmark = pytest.mark.packaging
 
@@ -109,8 +109,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     else:
         shared = tmp_path_factory.mktemp("build")
     out = shared / "dist"
-    with (shared / "dist.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(shared / "dist.lock"):
         if not out.is_dir():
             building = shared / "dist-building"
             shutil.rmtree(building, ignore_errors=True)

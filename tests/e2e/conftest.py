@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -39,7 +38,7 @@ from tests.e2e.browser import (
     is_loopback,
     missing,
 )
-from tests.helpers import closed_ports, demo_env, rundemo, wait_for_port
+from tests.helpers import closed_ports, demo_env, exclusive_lock, rundemo, wait_for_port
 
 
 def sri(data: bytes) -> str:
@@ -54,8 +53,7 @@ def sdk_dist() -> Path:
     installs it, the others find it whole once that install has finished.
     """
     SDK_PREFIX.mkdir(exist_ok=True)
-    with (SDK_PREFIX / ".install-lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(SDK_PREFIX / ".install-lock"):
         if not (SDK_DIST / "main.js").is_file():
             npm = shutil.which("npm")
             if npm is None:
