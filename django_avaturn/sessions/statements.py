@@ -102,10 +102,7 @@ def _execute_update(
         if not returning:
             return int(cursor.rowcount)
         found = cursor.fetchone()
-    if found is None:
-        return None
-    values_read = _converted(found, _converters(alias, _ROW_FIELDS), connection)
-    return Session.from_db(alias, _ROW_ATTNAMES, values_read)
+    return None if found is None else _session_from(alias, connection, found)
 
 
 def update_row(pk: Any, statuses: Sequence[str], **values: Any) -> int:
@@ -245,6 +242,12 @@ _ROW_FIELDS = tuple(field.name for field in _META.concrete_fields)
 _ROW_ATTNAMES = [field.attname for field in _META.concrete_fields]
 
 
+def _session_from(alias: str, connection: BaseDatabaseWrapper, found: Sequence[Any]) -> Session:
+    """The ``Session`` of ``_ROW_FIELDS``' values as read, built as the ORM builds one."""
+    values = _converted(found, _converters(alias, _ROW_FIELDS), connection)
+    return Session.from_db(alias, _ROW_ATTNAMES, values)
+
+
 def own_row(session_id: str, user_pk: Any) -> Session | None:
     """``Session.objects.get(session_id=session_id, user_id=user_pk)``, or None if there is none.
 
@@ -261,10 +264,7 @@ def own_row(session_id: str, user_pk: Any) -> Session | None:
     with connection.cursor() as cursor:
         cursor.execute(_own_row_sql(alias), params)
         found = cursor.fetchone()
-    if found is None:
-        return None
-    values = _converted(found, _converters(alias, _ROW_FIELDS), connection)
-    return Session.from_db(alias, _ROW_ATTNAMES, values)
+    return None if found is None else _session_from(alias, connection, found)
 
 
 def updates_return_rows() -> bool:
@@ -350,9 +350,7 @@ def row_with_user(pk: Any) -> Session | None:
     if found is None:
         return None
     width = len(_ROW_FIELDS)
-    row = Session.from_db(
-        alias, _ROW_ATTNAMES, _converted(found[:width], _converters(alias, _ROW_FIELDS), connection)
-    )
+    row = _session_from(alias, connection, found[:width])
     user_fields = user_model._meta.concrete_fields
     user_names = tuple("pk" if field.primary_key else field.name for field in user_fields)
     user_values = _converted(found[width:], _converters(alias, user_names, user_model), connection)
