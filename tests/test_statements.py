@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models.signals import post_save, pre_save
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -24,6 +24,7 @@ from django_avaturn.models import (
 from django_avaturn.sessions import statements
 from django_avaturn.spend import limits
 from tests.helpers import LIST_URL, csrf_post, live
+from tests.live_fake import run_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -146,7 +147,10 @@ def test_the_callers_row_updated_is_returned_as_the_orm_then_loads_it(
         assert (stored.status, stored.updated_at) == (untouched.status, untouched.updated_at)
 
 
-def test_a_new_row_is_inserted_as_the_orm_creates_it(user: Any) -> None:
+@pytest.mark.parametrize("inserter", ["insert_row", "insert_row_locking_user"])
+def test_a_new_row_is_inserted_as_the_orm_creates_it(user: Any, inserter: str) -> None:
+    if inserter == "insert_row_locking_user" and connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's reservation")
     seen: list[tuple[str, bool | None, bool]] = []
 
     def pre(sender: Any, instance: Session, **kwargs: Any) -> None:
@@ -170,7 +174,12 @@ def test_a_new_row_is_inserted_as_the_orm_creates_it(user: Any) -> None:
     post_save.connect(post, sender=Session)
     try:
         row = Session(**fields)
-        statements.insert_row(row)
+        with transaction.atomic():
+            if inserter == "insert_row":
+                statements.insert_row(row)
+            else:
+                locks = limits.reservation_locks(site_cap=True)
+                assert statements.insert_row_locking_user(row, locks) is True
         by_orm = Session.objects.create(**{**fields, "client_ref": "s" * 22})
     finally:
         pre_save.disconnect(pre, sender=Session)
@@ -201,6 +210,87 @@ def test_a_start_reserves_its_row_with_one_read(api_client: Any, upstream: Any) 
     begin = next(index for index, text in enumerate(sql) if text.startswith("BEGIN"))
     ours = [text.split()[0] for text in sql[begin + 1 :] if "django_session" not in text]
     assert ours == ["INSERT", "SELECT", "COMMIT", "UPDATE"], sql[begin:]
+
+
+def test_a_start_reserves_its_row_with_two_statements_on_postgresql(
+    api_client: Any, upstream: Any
+) -> None:
+    """The user's lock, the INSERT and the advisory locks in one statement, then one read,
+    then (after COMMIT) the activation."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's statements")
+    with CaptureQueriesContext(connection) as captured:
+        assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    sql = [q["sql"] for q in captured.captured_queries]
+    # csrf_post reads the list first, for its CSRF cookie; the start begins at WITH.
+    begin = next(index for index, text in enumerate(sql) if text.startswith("WITH"))
+    assert "FOR UPDATE" in sql[begin] and "pg_advisory_xact_lock_shared" in sql[begin]
+    ours = [text.split()[0] for text in sql[begin:] if "django_session" not in text]
+    assert ours == ["WITH", "SELECT", "COMMIT", "UPDATE"], sql[begin:]
+
+
+def _taken_elsewhere(user: Any) -> dict[str, bool]:
+    """Which of the reservation's locks another connection cannot take now."""
+    site, switch = limits.reservation_locks(site_cap=True)
+    quote = connection.ops.quote_name
+    table, pk = quote(type(user)._meta.db_table), quote(type(user)._meta.pk.column)
+
+    def probe(_: int) -> dict[str, bool]:
+        with transaction.atomic(), connection.cursor() as cursor:
+            # Exclusive: a shared holder keeps it from this one too.
+            cursor.execute(
+                "SELECT pg_try_advisory_xact_lock(%s), pg_try_advisory_xact_lock(%s)",
+                [site.key, switch.key],
+            )
+            site_free, switch_free = cursor.fetchone()
+            try:
+                with transaction.atomic():
+                    cursor.execute(
+                        f"SELECT 1 FROM {table} WHERE {pk} = %s FOR UPDATE NOWAIT",
+                        [user.pk],
+                    )
+                user_free = True
+            except OperationalError:
+                user_free = False
+        return {"site cap": not site_free, "switch": not switch_free, "user": not user_free}
+
+    (found,) = run_threads(probe, 1)
+    assert isinstance(found, dict), found
+    return found
+
+
+@pytest.mark.parametrize("site_cap", [False, True])
+def test_the_reservations_insert_holds_its_locks_until_the_transaction_ends(
+    user: Any, site_cap: bool
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's locks")
+    nothing = {"site cap": False, "switch": False, "user": False}
+    assert _taken_elsewhere(user) == nothing
+    with transaction.atomic():
+        row = Session(user_id=user.pk, status=SessionStatus.STARTING)
+        locks = limits.reservation_locks(site_cap=site_cap)
+        assert statements.insert_row_locking_user(row, locks) is True
+        assert _taken_elsewhere(user) == {"site cap": site_cap, "switch": True, "user": True}
+    assert _taken_elsewhere(user) == nothing
+
+
+def test_the_reservations_insert_answers_whether_the_user_may_start(
+    django_user_model: Any, user: Any
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's reservation")
+    inactive = django_user_model.objects.create_user(
+        email="i@example.com", password="pw", is_active=False
+    )
+    locks = limits.reservation_locks(site_cap=False)
+    for pk, may in [(user.pk, True), (inactive.pk, False), (inactive.pk + 1000, False)]:
+        with transaction.atomic():
+            row = Session(user_id=pk, status=SessionStatus.STARTING)
+            assert statements.insert_row_locking_user(row, locks) is may
+            assert Session.objects.filter(pk=row.pk).exists()
+            transaction.set_rollback(True)
+    assert not Session.objects.exists()
 
 
 @pytest.mark.parametrize("lock", [False, True])

@@ -238,12 +238,10 @@ def _reserve_slot(
     """
     site_cap = limits.site_cap()
     locks_rows = connection.features.has_select_for_update
+    # PostgreSQL's locks and the INSERT in one statement where it can.
+    at_once = connection.vendor == "postgresql" and statements.one_database()
     try:
         with transaction.atomic():
-            if locks_rows:
-                _ensure_still_active(user.pk, lock=True)
-            if site_cap is not None:
-                limits.lock_for_site_cap()
             row = Session(
                 user_id=user.pk,
                 status=SessionStatus.STARTING,
@@ -255,11 +253,20 @@ def _reserve_slot(
                 max_duration=plan.max_duration,
                 client_ref=client_ref,
             )
-            statements.insert_row(row)
-            # The switch is read under its lock (it may have flipped since the
-            # request began), and on SQLite the user under the write lock the
-            # INSERT took (see above).
-            limits.hold_switch()
+            if at_once:
+                locks = limits.reservation_locks(site_cap=site_cap is not None)
+                if not statements.insert_row_locking_user(row, locks):
+                    raise UserNotActive()
+            else:
+                if locks_rows:
+                    _ensure_still_active(user.pk, lock=True)
+                if site_cap is not None:
+                    limits.lock_for_site_cap()
+                statements.insert_row(row)
+                limits.hold_switch()
+            # Everything below is read under every lock (the switch may have
+            # flipped since the request began), and on SQLite the user under
+            # the write lock the INSERT took (see above).
             mine = _read_under_locks(row, with_user=not locks_rows)
             holders, ending = [], []
             for pk, status, started_at, max_duration in mine:

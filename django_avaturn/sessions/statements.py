@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.db import connections, router
@@ -37,6 +37,9 @@ from django.db.models import Field, Model
 from django.db.models.signals import post_save, pre_save
 
 from django_avaturn.models import ServiceSwitch, Session
+
+if TYPE_CHECKING:
+    from django_avaturn.spend.limits import AdvisoryLock
 
 _META = Session._meta
 
@@ -276,6 +279,66 @@ def _insert_returning_pk(
         cursor.execute(f"{sql} {returning}", [*params, *returning_params])
         (value,) = ops.fetch_returned_insert_columns(cursor, returning_params)
     return value
+
+
+@lru_cache(maxsize=16)
+def _locked_insert_sql(alias: str, user_model: type[Model], locks: tuple[str, ...]) -> str:
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    active = quote(_column_of(user_model, "is_active")) if _user_has_is_active(user_model) else "1"
+    fields = _insert_fields(Session)
+    columns = ", ".join(quote(field.column) for field in fields)  # type: ignore[arg-type]
+    marks = ", ".join(["%s"] * len(fields))
+    user, row, pk = quote("user"), quote("row"), quote(_column("pk"))
+    calls = "".join(f", {function}(%s)" for function in locks)
+    return (
+        f"WITH {user} AS (SELECT {active} AS {quote('active')} "  # noqa: S608 (names quoted)
+        f"FROM {quote(user_model._meta.db_table)} "
+        f"WHERE {quote(_column_of(user_model, 'pk'))} = %s {connection.ops.for_update_sql()}), "
+        f"{row} AS (INSERT INTO {quote(_META.db_table)} ({columns}) VALUES ({marks}) "
+        f"RETURNING {pk}) "
+        f"SELECT {row}.{pk}, (SELECT {quote('active')} FROM {user}){calls} FROM {row}"
+    )
+
+
+def insert_row_locking_user(row: Session, locks: Sequence[AdvisoryLock]) -> bool:
+    """``user_active(lock=True)`` of the row's user, ``insert_row(row)``, then ``locks``: at once.
+
+    PostgreSQL only (call only when ``one_database()``), in a transaction:
+    the user row's lock, the new row's INSERT and the advisory ``locks``
+    (``limits.reservation_locks``), held until the transaction ends, in one
+    statement instead of one each. Whether the user row is locked before or
+    after the INSERT (one statement: PostgreSQL orders its parts as it
+    likes), nothing read before every lock is held decides anything: the
+    reservation reads in its next statement, which sees every start that
+    held these locks before it committed. Returns whether the user exists
+    and is active; the row is inserted either way, for the caller to roll
+    back. ``insert_row``'s semantics otherwise: signals, field defaults,
+    the primary key set on the instance.
+    """
+    if not row._state.adding:
+        raise ValueError("insert_row_locking_user() saves a new row only.")
+    alias, connection = _connection()
+    user_model = get_user_model()
+    user_pk = user_model._meta.pk
+    assert user_pk is not None
+    pre_save.send(sender=Session, instance=row, raw=False, using=alias, update_fields=None)
+    params = [user_pk.get_db_prep_value(row.user_id, connection)]
+    params += [
+        field.get_db_prep_save(field.pre_save(row, True), connection)
+        for field in _insert_fields(Session)
+    ]
+    params += [lock.key for lock in locks]
+    sql = _locked_insert_sql(alias, user_model, tuple(lock.function for lock in locks))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        pk, active = cursor.fetchone()[:2]
+    (row.pk,) = _converted((pk,), _converters(alias, ("pk",)), connection)
+    row._state.adding, row._state.db = False, alias
+    post_save.send(
+        sender=Session, instance=row, created=True, update_fields=None, raw=False, using=alias
+    )
+    return active is not None and bool(active)
 
 
 @lru_cache(maxsize=16)

@@ -139,13 +139,36 @@ def lock_for_site_cap() -> None:
     _advisory_lock(_SITE_CAP_LOCK_KEY)
 
 
+@dataclass(frozen=True)
+class AdvisoryLock:
+    """A call of PostgreSQL's that holds an advisory lock until the transaction ends."""
+
+    function: str
+    key: int  # signed, as PostgreSQL's bigint takes it
+
+    @classmethod
+    def of(cls, key: int, *, shared: bool = False) -> AdvisoryLock:
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        # The keys are unsigned 64-bit numbers; PostgreSQL takes a signed bigint.
+        return cls(function, key - 2**63)
+
+
+def reservation_locks(*, site_cap: bool) -> list[AdvisoryLock]:
+    """The advisory locks a start's reservation takes after its INSERT, in their order.
+
+    ``lock_for_site_cap()`` (with ``site_cap``) and ``hold_switch()``, for
+    a reservation that takes them in a statement of its own (PostgreSQL).
+    """
+    locks = [AdvisoryLock.of(_SITE_CAP_LOCK_KEY)] if site_cap else []
+    return [*locks, AdvisoryLock.of(_SWITCH_LOCK_KEY, shared=True)]
+
+
 def _advisory_lock(key: int, *, shared: bool = False) -> None:
     """Hold PostgreSQL's advisory lock ``key`` until this transaction ends; elsewhere nothing."""
     if connection.vendor == "postgresql":
-        lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        lock = AdvisoryLock.of(key, shared=shared)
         with connection.cursor() as cursor:
-            # The keys are unsigned 64-bit numbers; PostgreSQL takes a signed bigint.
-            cursor.execute(f"SELECT {lock}(%s)", [key - 2**63])
+            cursor.execute(f"SELECT {lock.function}(%s)", [lock.key])
 
 
 def ensure_site_capacity(*, cap: int, new_row: Session, leaving: int) -> None:
