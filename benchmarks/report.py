@@ -95,7 +95,9 @@ TRIED = "\n".join(
         "| One round trip fewer per start (12 statements to 11) "
         "| In process (`benchmarks.profile --db postgres`, paired CPU ratio to the floor, "
         "15 rounds of 50): 1.67 / 1.67, 1.69 / 1.72 "
-        "| Not kept: no gain in the web process, and the lock would hide in the INSERT |",
+        "| Not kept on its own: no gain in the web process's CPU. Taken since in one "
+        "statement with the user's lock and the INSERT, for the round trips (\"Start and "
+        'end path, in process") |',
         "",
     ]
 )
@@ -165,6 +167,16 @@ IN_PROCESS = "\n".join(
         "| PostgreSQL, before the change above and after it (`--db postgres`, measured "
         "the same way) | 12, 11 | 4, 4 | 11,235 / 6,788, 13,160 / 8,056 | 1.66, 1.63 "
         "| 1.59, 1.62; 1.49, 1.61 | the one above |",
+        "| PostgreSQL, before (c38992c) and after two changes, measured the same way on "
+        "a busy machine (the CPU probe read 11 to 16 ms): a start's reservation and an "
+        "end's claim and finish commit without waiting for the disk, and the reservation "
+        "takes the user's lock, inserts its row and takes its advisory locks in one "
+        "statement (see below). Wall time django_avaturn adds to the floor per "
+        "start+end, paired: 7,187 and 6,551 µs before, 4,351 and 5,752 after "
+        "| 11, 9 | 4, 4 (1 waits for the disk) | 9,678 / 5,512, 7,098 / 4,696 "
+        "| 1.76, 1.51 | 1.67, 1.55; 1.51, 1.37 | `PostgreSQL: the reservation, an end's "
+        "claim and its finish commit asynchronously`, `PostgreSQL reservation: the "
+        "user's lock, the INSERT and the advisory locks in one statement` |",
         "",
         "What remains above the floor, per start+end (one process, wrapped timers, thread "
         "CPU; 5,926 µs against the floor's 4,028 in that run): the database work about "
@@ -188,20 +200,27 @@ IN_PROCESS = "\n".join(
         "About 1.1 ms of that wait is the WAL flush of its four commits (the reservation, "
         "the activation, the end's claim and its finish): the same loop with "
         "`synchronous_commit = off` took 1.06 ms less per start+end, and the floor's "
-        "(which commits nothing) the same. None is dropped or deferred: the reservation "
-        "and the end's claim are committed before the upstream calls they guard, and the "
-        "activation and the finish record what those calls did before the answer says "
-        "so. Each "
+        "(which commits nothing) the same. Each is still committed before what it "
+        "guards or records (the upstream calls, the answer), but since 2c02e9f only the "
+        "activation waits for the flush: a crash of the database server that undoes "
+        "the reservation, the end's claim or its finish leaves a row the expiry command "
+        "puts right, while the activation is the only record of a running session's id "
+        "(and its flush makes the reservation before it durable too; the documentation's "
+        "PostgreSQL section). Each "
         "statement's own wall time in that loop: the three autocommitted UPDATEs 570 to "
         "620 µs each, flush included; the reservation's lock of the user 290 µs, INSERT "
         "260, advisory lock 130 and read 330; a `SELECT 1` round trip is about 100 µs "
         "here. Server-side prepared statements would not shorten them: replayed through "
         "a psycopg server-side cursor with `prepare=True`, the reservation's reads took "
         "what they take through Django's client-side cursor (264 against 253 µs, 234 "
-        "against 235, 100 against 99). Sending the reservation's lock, INSERT, advisory "
-        "lock and read as one multi-statement query would save three round trips, about "
-        "0.3 ms: not built, as PostgreSQL-only code inside the race-tested reservation "
-        "that `server_side_binding` could not run.",
+        "against 235, 100 against 99). Since 1f3570c the reservation's lock of the user, "
+        "INSERT and advisory locks are one statement (a CTE that locks the user row, the "
+        "INSERT, the lock functions in its outer SELECT; one statement, so it runs under "
+        "`server_side_binding` too): two round trips fewer. Reservations alone, "
+        "interleaved in one process on the busy machine of the row above: 2,476 µs of "
+        "wall time against 3,028. The read stays a statement of its own: it must take "
+        "its snapshot once every lock is held, to see every start, flip of the kill "
+        "switch and deactivation that held them before it.",
         "",
         "On PostgreSQL with a new connection per request (uvicorn with `CONN_MAX_AGE = 0`, "
         "the `uvicorn` rows), each backend starts with cold catalog caches, and every "
@@ -771,10 +790,11 @@ def _findings(data: dict[str, Any]) -> str:
   start reserves its slot in one short transaction (the row's INSERT, then
   one read of the user, the kill switch and the user's live sessions) and
   activates the row; an end claims the caller's row (one `UPDATE ...
-  RETURNING` that finds it too) and finishes it. Five statements on SQLite
-  (PostgreSQL reads and locks the user's row first, and takes the kill
+  RETURNING` that finds it too) and finishes it. Five statements (on
+  PostgreSQL the INSERT's also locks the user's row and takes the kill
   switch's lock), four of them commits, the fewest that keep every state
-  change conditional, each written once per shape (`sessions/statements.py`):
+  change conditional (on PostgreSQL only the activation's waits for the
+  disk), each written once per shape (`sessions/statements.py`):
   built by the ORM, each had cost 120 to 430 µs of Python for 15 to 25 µs in
   SQLite itself. In one process a start+end costs about 1.5 times the floor's
   CPU: the database work about 0.95 ms above it, DRF's request and serializer
@@ -821,9 +841,8 @@ def _findings(data: dict[str, Any]) -> str:
 - **PostgreSQL under gunicorn** at {top} clients: django_avaturn
   {_pct(pg_gunicorn)} of ideal, the floor {_pct(pg_gunicorn_floor)} (single runs).
   Every statement is a round trip to a backend on the same two cores:
-  django_avaturn makes 14 per start+end (the user's row locked, the kill
-  switch's advisory lock, `BEGIN` and `COMMIT` among them; 4 are the session
-  and user reads every broker makes), the floor those 4. Server CPU per
+  django_avaturn makes 11 per start+end (`BEGIN` and `COMMIT` among them; 4
+  are the session and user reads every broker makes), the floor those 4. Server CPU per
   start+end {_cpu(pg_gunicorn)} against the floor's {_cpu(pg_gunicorn_floor)},
   backend CPU {_cpu(pg_gunicorn, "database")} against
   {_cpu(pg_gunicorn_floor, "database")}. On its own PostgreSQL host, the backend

@@ -133,6 +133,7 @@ def test_an_outermost_block_in_a_transaction_begun_by_hand_is_not_this_apps() ->
     assert statements.commits_asynchronously(connection, own_transaction=False)
     transaction.set_autocommit(False)
     try:
+        assert not statements.commits_asynchronously(connection, own_transaction=False)
         with transaction.atomic():
             assert not statements.commits_asynchronously(connection, own_transaction=True)
     finally:

@@ -284,12 +284,17 @@ def test_the_reservations_insert_answers_whether_the_user_may_start(
         email="i@example.com", password="pw", is_active=False
     )
     locks = limits.reservation_locks(site_cap=False)
-    for pk, may in [(user.pk, True), (inactive.pk, False), (inactive.pk + 1000, False)]:
+    for pk, may in [(user.pk, True), (inactive.pk, False)]:
         with transaction.atomic():
             row = Session(user_id=pk, status=SessionStatus.STARTING)
             assert statements.insert_row_locking_user(row, locks) is may
             assert Session.objects.filter(pk=row.pk).exists()
             transaction.set_rollback(True)
+    with transaction.atomic():
+        gone = Session(user_id=inactive.pk + 1000, status=SessionStatus.STARTING)
+        assert statements.insert_row_locking_user(gone, locks) is False
+        assert gone._state.adding and gone.pk is None
+        transaction.set_rollback(True)
     assert not Session.objects.exists()
 
 

@@ -92,7 +92,9 @@ def commits_asynchronously(connection: BaseDatabaseWrapper, *, own_transaction: 
         # (An outermost block inside a transaction the site began by hand
         # does not commit: ``commit_on_exit`` is false then.)
         return len(connection.atomic_blocks) == 1 and connection.commit_on_exit
-    return not connection.in_atomic_block
+    # In autocommit, a statement is its own transaction; otherwise it is in
+    # someone's (an atomic block, or autocommit turned off by hand).
+    return connection.get_autocommit()
 
 
 @lru_cache(maxsize=64)
@@ -289,15 +291,17 @@ def _locked_insert_sql(alias: str, user_model: type[Model], locks: tuple[str, ..
     fields = _insert_fields(Session)
     columns = ", ".join(quote(field.column) for field in fields)  # type: ignore[arg-type]
     marks = ", ".join(["%s"] * len(fields))
-    user, row, pk = quote("user"), quote("row"), quote(_column("pk"))
+    user, row = quote("avaturn_locked_user"), quote("avaturn_new_row")
+    pk, is_active = quote(_column("pk")), quote("is_active")
     calls = "".join(f", {function}(%s)" for function in locks)
+    # The lock functions run for the joined row: once the user row is locked.
     return (
-        f"WITH {user} AS (SELECT {active} AS {quote('active')} "  # noqa: S608 (names quoted)
+        f"WITH {user} AS (SELECT {active} AS {is_active} "  # noqa: S608 (names quoted)
         f"FROM {quote(user_model._meta.db_table)} "
         f"WHERE {quote(_column_of(user_model, 'pk'))} = %s {connection.ops.for_update_sql()}), "
         f"{row} AS (INSERT INTO {quote(_META.db_table)} ({columns}) VALUES ({marks}) "
         f"RETURNING {pk}) "
-        f"SELECT {row}.{pk}, (SELECT {quote('active')} FROM {user}){calls} FROM {row}"
+        f"SELECT {row}.{pk}, {user}.{is_active}{calls} FROM {row} CROSS JOIN {user}"
     )
 
 
@@ -306,15 +310,17 @@ def insert_row_locking_user(row: Session, locks: Sequence[AdvisoryLock]) -> bool
 
     PostgreSQL only (call only when ``one_database()``), in a transaction:
     the user row's lock, the new row's INSERT and the advisory ``locks``
-    (``limits.reservation_locks``), held until the transaction ends, in one
-    statement instead of one each. Whether the user row is locked before or
-    after the INSERT (one statement: PostgreSQL orders its parts as it
-    likes), nothing read before every lock is held decides anything: the
-    reservation reads in its next statement, which sees every start that
-    held these locks before it committed. Returns whether the user exists
-    and is active; the row is inserted either way, for the caller to roll
-    back. ``insert_row``'s semantics otherwise: signals, field defaults,
-    the primary key set on the instance.
+    (``limits.reservation_locks``, in their order, after the user's as
+    before: the same order as every other transaction that takes them),
+    held until the transaction ends, in one statement instead of one each.
+    Whether the INSERT comes before or after the user's lock is PostgreSQL's
+    choice, and nothing depends on it: the reservation decides only from
+    its next statement, which sees every start that held these locks before
+    it committed. Returns whether the user exists and is active. The row is
+    inserted either way, for the caller to roll back; for a user that no
+    longer exists no advisory lock is taken and the instance stays unsaved.
+    ``insert_row``'s semantics otherwise: signals, field defaults, the
+    primary key set on the instance.
     """
     if not row._state.adding:
         raise ValueError("insert_row_locking_user() saves a new row only.")
@@ -332,7 +338,10 @@ def insert_row_locking_user(row: Session, locks: Sequence[AdvisoryLock]) -> bool
     sql = _locked_insert_sql(alias, user_model, tuple(lock.function for lock in locks))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        pk, active = cursor.fetchone()[:2]
+        found = cursor.fetchone()
+    if found is None:  # no such user: nothing joined the new row
+        return False
+    pk, active = found[:2]
     (row.pk,) = _converted((pk,), _converters(alias, ("pk",)), connection)
     row._state.adding, row._state.db = False, alias
     post_save.send(
