@@ -10,6 +10,7 @@ import pytest
 from django.urls import reverse
 
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.sessions import statements
 from tests.helpers import (
     KEYS,
     LIST_URL,
@@ -650,6 +651,26 @@ def test_a_stop_costs_two_statements_on_the_sessions_table(api_client: Any, upst
     ours = [q["sql"] for q in captured.captured_queries if "django_avaturn_session" in q["sql"]]
     assert [sql.split()[0] for sql in ours] == ["UPDATE", "UPDATE"], ours
     assert "RETURNING" in ours[0]
+    assert upstream.avaturn.deleted == [session_id]
+
+
+def test_a_repeated_stop_costs_two_statements_and_changes_nothing(
+    api_client: Any, upstream: Any
+) -> None:
+    """A claim that finds no row to claim, then the read that says it is over."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    url = f"/avaturn/sessions/{session_id}/"
+    assert csrf_delete(api_client, url).status_code == 204
+    before = Session.objects.values().get(session_id=session_id)
+    with CaptureQueriesContext(connection) as captured:
+        assert csrf_delete(api_client, url).status_code == 204
+    ours = [q["sql"] for q in captured.captured_queries if "django_avaturn_session" in q["sql"]]
+    expected = ["UPDATE", "SELECT"] if statements.updates_return_rows() else ["SELECT"]
+    assert [sql.split()[0] for sql in ours] == expected, ours
+    assert Session.objects.values().get(session_id=session_id) == before
     assert upstream.avaturn.deleted == [session_id]
 
 

@@ -37,7 +37,7 @@ from django.db import connection, router, transaction
 from django.db.models import Q, QuerySet
 
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
-from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.models import FINAL_STATUSES, EndReason, Session, SessionStatus
 from django_avaturn.sessions import abandonment, statements, transitions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.upstream.clients import get_avaturn_client
@@ -408,6 +408,9 @@ def end_own_session(
     session = statements.own_row(session_id, user_pk)
     if session is None:
         return None
+    if session.status in FINAL_STATUSES:
+        # Over for good (a final status never changes): a repeated Stop claims nothing.
+        return Outcome.SKIPPED
     return end_session(session, reason=reason, detail=detail)
 
 
