@@ -198,35 +198,30 @@ def test_a_new_row_is_inserted_as_the_orm_creates_it(user: Any, inserter: str) -
     ]
 
 
+# A start's statements from its reservation on (the session and user reads aside).
+_START_STATEMENTS = {
+    # SQLite: the INSERT takes the write lock; one read of the user, the switch and
+    # the user's rows; the commit; the activation.
+    "sqlite": ["BEGIN", "INSERT", "SELECT", "COMMIT", "UPDATE"],
+    # PostgreSQL: the user's lock, the INSERT and the advisory locks in one
+    # statement; then the same read, commit and activation.
+    "postgresql": ["WITH", "SELECT", "COMMIT", "UPDATE"],
+}
+
+
 def test_a_start_reserves_its_row_with_one_read(api_client: Any, upstream: Any) -> None:
-    """The row's INSERT, one read of the user, the switch and the user's rows, then the
-    activation (PostgreSQL reads and locks the user first, apart)."""
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's statements")
-    with CaptureQueriesContext(connection) as captured:
-        assert csrf_post(api_client, LIST_URL, {}).status_code == 201
-    # csrf_post reads the list first, for its CSRF cookie; the start begins at BEGIN.
-    sql = [q["sql"] for q in captured.captured_queries]
-    begin = next(index for index, text in enumerate(sql) if text.startswith("BEGIN"))
-    ours = [text.split()[0] for text in sql[begin + 1 :] if "django_session" not in text]
-    assert ours == ["INSERT", "SELECT", "COMMIT", "UPDATE"], sql[begin:]
-
-
-def test_a_start_reserves_its_row_with_two_statements_on_postgresql(
-    api_client: Any, upstream: Any
-) -> None:
-    """The user's lock, the INSERT and the advisory locks in one statement, then one read,
-    then (after COMMIT) the activation."""
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL's statements")
+    expected = _START_STATEMENTS.get(connection.vendor)
+    if expected is None:
+        pytest.skip(f"the statements of {connection.vendor} are not written down")
     with CaptureQueriesContext(connection) as captured:
         assert csrf_post(api_client, LIST_URL, {}).status_code == 201
     sql = [q["sql"] for q in captured.captured_queries]
-    # csrf_post reads the list first, for its CSRF cookie; the start begins at WITH.
-    begin = next(index for index, text in enumerate(sql) if text.startswith("WITH"))
-    assert "FOR UPDATE" in sql[begin] and "pg_advisory_xact_lock_shared" in sql[begin]
+    # csrf_post reads the list first, for its CSRF cookie.
+    begin = next(index for index, text in enumerate(sql) if text.startswith(expected[0]))
     ours = [text.split()[0] for text in sql[begin:] if "django_session" not in text]
-    assert ours == ["WITH", "SELECT", "COMMIT", "UPDATE"], sql[begin:]
+    assert ours == expected, sql[begin:]
+    if connection.vendor == "postgresql":
+        assert "FOR UPDATE" in sql[begin] and "pg_advisory_xact_lock_shared" in sql[begin]
 
 
 def _taken_elsewhere(user: Any) -> dict[str, bool]:
