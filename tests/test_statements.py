@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import threading
+import weakref
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections, transaction
 from django.db.models.signals import post_save, pre_save
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -402,3 +405,29 @@ def test_only_a_new_row_of_a_model_of_one_table_is_inserted(
     assert not ToolCall.objects.exists()
     statements.insert_row(call)
     assert ToolCall.objects.get().pk == call.pk
+
+
+def test_rows_read_on_a_thread_leave_nothing_of_its_connection_behind(user: Any) -> None:
+    """Under ASGI every request runs on a thread of its own, with a connection of its own:
+    the converters kept for reading rows back must not keep one of those alive."""
+    row = Session.objects.create(user=user, session_id="s-thread", status=SessionStatus.LIVE)
+    statements._converters.cache_clear()  # filled below, on the thread
+    wrappers: list[weakref.ref[Any]] = []
+
+    def read() -> None:
+        try:
+            found = statements.own_row("s-thread", user.pk)
+            assert found is not None and found.created_at == row.created_at
+            wrappers.append(weakref.ref(connections[DEFAULT_DB_ALIAS]))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    gc.collect()
+    assert len(wrappers) == 1
+    assert wrappers[0]() is None
+    # Read again here, from what that thread left in the cache.
+    found = statements.own_row("s-thread", user.pk)
+    assert found is not None and found.created_at == row.created_at

@@ -25,7 +25,7 @@ the event loop carrying every conversation's audio waits for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -663,11 +663,22 @@ def _statuses(statuses: Sequence[str], connection: BaseDatabaseWrapper) -> list[
     return [field.get_db_prep_value(status, connection) for status in statuses]
 
 
+# A converter of a chain: the function, the column it converts, and whether the
+# function is a method of the backend's operations, to be called on the reading
+# connection's own (``_convert``).
+_Converter = tuple[Callable[..., Any], Any, bool]
+
+
 @lru_cache(maxsize=16)
 def _converters(
     alias: str, names: tuple[str, ...], model: type[Model] = Session
-) -> list[list[tuple[Any, Any]]]:
-    """Per column of ``model``, the backend's and the field's converters, with their expression."""
+) -> list[list[_Converter]]:
+    """Per column of ``model``, the backend's and the field's converters, with their expression.
+
+    Kept per alias, not per connection: each thread has a connection object
+    of its own (under ASGI, each request), so the backend's methods are kept
+    unbound, and no thread's connection is kept alive by this cache.
+    """
     connection = connections[alias]
     meta = model._meta
     chains = []
@@ -675,23 +686,29 @@ def _converters(
         field = meta.pk if name == "pk" else meta.get_field(name)
         assert isinstance(field, Field)
         column = field.get_col(meta.db_table)
-        found = [
-            *connection.ops.get_db_converters(column),
-            *column.get_db_converters(connection),
-        ]
-        chains.append([(converter, column) for converter in found])
+        chain: list[_Converter] = []
+        for converter in connection.ops.get_db_converters(column):
+            if getattr(converter, "__self__", None) is connection.ops:
+                chain.append((converter.__func__, column, True))
+            else:
+                chain.append((converter, column, False))
+        chain += [(converter, column, False) for converter in column.get_db_converters(connection)]
+        chains.append(chain)
     return chains
 
 
 def _converted(
-    row: Sequence[Any], converters: list[list[tuple[Any, Any]]], connection: BaseDatabaseWrapper
+    row: Sequence[Any], converters: list[list[_Converter]], connection: BaseDatabaseWrapper
 ) -> tuple[Any, ...]:
     return tuple(
         _convert(value, chain, connection) for value, chain in zip(row, converters, strict=True)
     )
 
 
-def _convert(value: Any, chain: Iterable[tuple[Any, Any]], connection: BaseDatabaseWrapper) -> Any:
-    for converter, expression in chain:
-        value = converter(value, expression, connection)
+def _convert(value: Any, chain: Iterable[_Converter], connection: BaseDatabaseWrapper) -> Any:
+    for converter, expression, of_operations in chain:
+        if of_operations:
+            value = converter(connection.ops, value, expression, connection)
+        else:
+            value = converter(value, expression, connection)
     return value
