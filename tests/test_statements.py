@@ -9,9 +9,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    OperationalError,
+    connection,
+    connections,
+    models,
+    transaction,
+)
 from django.db.models.signals import post_save, pre_save
-from django.test.utils import CaptureQueriesContext
+from django.test.utils import CaptureQueriesContext, isolate_apps
 from django.utils import timezone
 
 from django_avaturn.models import (
@@ -431,3 +438,35 @@ def test_rows_read_on_a_thread_leave_nothing_of_its_connection_behind(user: Any)
     # Read again here, from what that thread left in the cache.
     found = statements.own_row("s-thread", user.pk)
     assert found is not None and found.created_at == row.created_at
+
+
+@isolate_apps("django_avaturn")
+def test_a_fields_own_converter_of_the_backend_holds_no_threads_connection() -> None:
+    """A DurationField's converter is the backend's where the database has no interval type
+    (SQLite): kept for any thread, it converts on the reading connection's own."""
+
+    class Spanned(models.Model):
+        span = models.DurationField()
+
+        class Meta:
+            app_label = "django_avaturn"
+
+        def __str__(self) -> str:
+            return str(self.span)
+
+    if connection.features.has_native_duration_field:
+        pytest.skip("the database converts intervals itself")
+    statements._converters.cache_clear()
+    wrappers: list[weakref.ref[Any]] = []
+
+    def fill() -> None:
+        statements._converters(DEFAULT_DB_ALIAS, ("span",), Spanned)
+        wrappers.append(weakref.ref(connections[DEFAULT_DB_ALIAS]))
+
+    thread = threading.Thread(target=fill)
+    thread.start()
+    thread.join()
+    gc.collect()
+    assert wrappers[0]() is None
+    converters = statements._converters(DEFAULT_DB_ALIAS, ("span",), Spanned)
+    assert statements._converted((90_000_000,), converters, connection) == (timedelta(seconds=90),)

@@ -687,12 +687,16 @@ def _converters(
         assert isinstance(field, Field)
         column = field.get_col(meta.db_table)
         chain: list[_Converter] = []
-        for converter in connection.ops.get_db_converters(column):
+        # (A field's own may be the backend's too: a DurationField's where
+        # the database has no interval type.)
+        for converter in [
+            *connection.ops.get_db_converters(column),
+            *column.get_db_converters(connection),
+        ]:
             if getattr(converter, "__self__", None) is connection.ops:
                 chain.append((converter.__func__, column, True))
             else:
                 chain.append((converter, column, False))
-        chain += [(converter, column, False) for converter in column.get_db_converters(connection)]
         chains.append(chain)
     return chains
 
