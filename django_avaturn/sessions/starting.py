@@ -308,17 +308,8 @@ def _read_under_locks(row: Session, *, with_user: bool) -> list[tuple[Any, ...]]
     database (``statements.reservation_read``), else one read each.
     """
     if statements.one_database():
-        # The reservation's commit need not wait for the disk: undone by a
-        # crash of the database, it leaves nothing running unrecorded (the
-        # activation, which waits, fails or finds no row, and the start
-        # terminates what it created; a replaced row is live again, for the
-        # expiry command's rules to end).
         read = statements.reservation_read(
-            row.user_id,
-            ACTIVE_STATUSES,
-            other_than=row.pk,
-            with_user=with_user,
-            synchronous_commit=False,
+            row.user_id, ACTIVE_STATUSES, other_than=row.pk, with_user=with_user
         )
         if read.user_active is False:
             raise UserNotActive()

@@ -65,46 +65,10 @@ def _column(name: str) -> str:
 _BY_PK = ("pk",)
 _BY_OWNER = ("session_id", "user")
 
-# PostgreSQL, as an expression a statement evaluates: the transaction running
-# it commits without waiting for its WAL to reach the disk
-# (``synchronous_commit``). Such a commit is visible and ordered as any other;
-# only a crash of the database server within a moment of it can undo it.
-_ASYNCHRONOUS_COMMIT = "set_config('synchronous_commit', 'off', true)"
-
-
-def commits_asynchronously(connection: BaseDatabaseWrapper, *, own_transaction: bool) -> bool:
-    """Whether a statement asked to may turn its transaction's commit asynchronous.
-
-    A commit a crash of the database may lose without losing track of a
-    session is not worth a WAL flush: each costs about a quarter of a
-    millisecond on every start and end. Callers ask only where that holds,
-    a row the expiry command puts right whichever way the commit went (a
-    reservation, an end's claim and its finish); never for the activation,
-    the only record of a running session's id. Only on PostgreSQL, and only
-    in a transaction this app runs: a statement in autocommit, or, with
-    ``own_transaction``, the caller's outermost atomic block, which it
-    opened itself. Inside any transaction a site opened around this app's
-    code, that transaction's durability is the site's.
-    """
-    if connection.vendor != "postgresql":
-        return False
-    if own_transaction:
-        # (An outermost block inside a transaction the site began by hand
-        # does not commit: ``commit_on_exit`` is false then.)
-        return len(connection.atomic_blocks) == 1 and connection.commit_on_exit
-    # In autocommit, a statement is its own transaction; otherwise it is in
-    # someone's (an atomic block, or autocommit turned off by hand).
-    return connection.get_autocommit()
-
 
 @lru_cache(maxsize=64)
 def _update_sql(
-    alias: str,
-    columns: tuple[str, ...],
-    keys: tuple[str, ...],
-    statuses: int,
-    returning: bool,
-    asynchronous: bool,
+    alias: str, columns: tuple[str, ...], keys: tuple[str, ...], statuses: int, returning: bool
 ) -> str:
     quote = connections[alias].ops.quote_name
     assignments = ", ".join(f"{quote(_column(name))} = %s" for name in columns)
@@ -114,13 +78,8 @@ def _update_sql(
         f"UPDATE {quote(_META.db_table)} SET {assignments} "  # noqa: S608 (names quoted)
         f"WHERE {matches} AND {quote(_column('status'))} IN ({status_in})"
     )
-    answered = [quote(_column(name)) for name in _ROW_FIELDS] if returning else []
-    if asynchronous:
-        # Evaluated for the updated row only: an UPDATE that matched none
-        # writes nothing, so has nothing to flush.
-        answered.append(_ASYNCHRONOUS_COMMIT)
-    if answered:
-        sql += " RETURNING " + ", ".join(answered)
+    if returning:
+        sql += " RETURNING " + ", ".join(quote(_column(name)) for name in _ROW_FIELDS)
     return sql
 
 
@@ -131,7 +90,6 @@ def _execute_update(
     values: dict[str, Any],
     *,
     returning: bool = False,
-    synchronous_commit: bool = True,
 ) -> Any:
     """Run the conditional UPDATE; its row count, or with ``returning`` the row read back."""
     alias, connection = _connection()
@@ -141,32 +99,21 @@ def _execute_update(
         for name, value in zip(keys, key_values, strict=True)
     ]
     params += _statuses(statuses, connection)
-    asynchronous = not synchronous_commit and commits_asynchronously(
-        connection, own_transaction=False
-    )
-    sql = _update_sql(alias, tuple(values), keys, len(statuses), returning, asynchronous)
+    sql = _update_sql(alias, tuple(values), keys, len(statuses), returning)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if not returning:
             return int(cursor.rowcount)
         found = cursor.fetchone()
-    if found is None:
-        return None
-    return _session_from(alias, connection, found[: len(_ROW_FIELDS)])
+    return None if found is None else _session_from(alias, connection, found)
 
 
-def update_row(
-    pk: Any, statuses: Sequence[str], *, synchronous_commit: bool = True, **values: Any
-) -> int:
+def update_row(pk: Any, statuses: Sequence[str], **values: Any) -> int:
     """``Session.objects.filter(pk=pk, status__in=statuses).update(**values)``, cheaper.
 
-    Returns the number of rows updated (0 or 1), as ``update`` does. With
-    ``synchronous_commit`` false, run in autocommit on PostgreSQL, its
-    commit does not wait for the disk (``commits_asynchronously``).
+    Returns the number of rows updated (0 or 1), as ``update`` does.
     """
-    return int(
-        _execute_update(_BY_PK, (pk,), statuses, values, synchronous_commit=synchronous_commit)
-    )
+    return int(_execute_update(_BY_PK, (pk,), statuses, values))
 
 
 @lru_cache(maxsize=16)
@@ -413,28 +360,15 @@ def update_own(session_id: str, user_pk: Any, statuses: Sequence[str], **values:
 
 
 def update_own_row(
-    session_id: str,
-    user_pk: Any,
-    statuses: Sequence[str],
-    *,
-    synchronous_commit: bool = True,
-    **values: Any,
+    session_id: str, user_pk: Any, statuses: Sequence[str], **values: Any
 ) -> Session | None:
     """``update_own()``, answering the row as it then is, in the same statement.
 
     The whole row (as ``own_row`` builds it), or None when no row was updated
     (none of the user's is named so, or it is in another status). Call only
-    where ``updates_return_rows()``. ``synchronous_commit`` as for
-    ``update_row``.
+    where ``updates_return_rows()``.
     """
-    row = _execute_update(
-        _BY_OWNER,
-        (session_id, user_pk),
-        statuses,
-        values,
-        returning=True,
-        synchronous_commit=synchronous_commit,
-    )
+    row = _execute_update(_BY_OWNER, (session_id, user_pk), statuses, values, returning=True)
     assert row is None or isinstance(row, Session)
     return row
 
@@ -571,9 +505,7 @@ def user_active(user_pk: Any, *, lock: bool) -> bool:
 
 
 @lru_cache(maxsize=16)
-def _reservation_sql(
-    alias: str, statuses: int, with_user: bool, user_model: type[Model], asynchronous: bool
-) -> str:
+def _reservation_sql(alias: str, statuses: int, with_user: bool, user_model: type[Model]) -> str:
     quote = connections[alias].ops.quote_name
     scalars = []
     if with_user:
@@ -592,9 +524,6 @@ def _reservation_sql(
     row = quote("row")
     columns = ", ".join(f"{row}.{quote(_column(name))}" for name in ACTIVE_ROW_FIELDS)
     status_in = ", ".join(["%s"] * statuses)
-    if asynchronous:
-        # Last, after the rows' columns: evaluated for each row, to one effect.
-        columns += f", {_ASYNCHRONOUS_COMMIT}"
     # One row of scalars whatever the user has, joined with their active rows.
     return (
         f"SELECT {', '.join(scalars)}, {columns} FROM (SELECT 1 AS {quote('one')}) "  # noqa: S608
@@ -606,21 +535,13 @@ def _reservation_sql(
 
 
 def reservation_read(
-    user_pk: Any,
-    statuses: Sequence[str],
-    *,
-    other_than: Any,
-    with_user: bool,
-    synchronous_commit: bool = True,
+    user_pk: Any, statuses: Sequence[str], *, other_than: Any, with_user: bool
 ) -> ReservationRead:
     """The user's ``is_active`` (if ``with_user``), the switch row and ``active_rows``, at once.
 
     The same facts as the three reads ``_ensure_still_active``,
     ``limits.sessions_enabled`` (its row) and ``active_rows`` make one
-    after the other (call only when ``one_database()``). With
-    ``synchronous_commit`` false, read in the caller's own outermost
-    transaction on PostgreSQL, that transaction's commit does not wait for
-    the disk (``commits_asynchronously``).
+    after the other (call only when ``one_database()``).
     """
     alias, connection = _connection()
     user_model = get_user_model()
@@ -637,10 +558,7 @@ def reservation_read(
         *_statuses(statuses, connection),
         _field("pk").get_db_prep_value(other_than, connection),
     ]
-    asynchronous = not synchronous_commit and commits_asynchronously(
-        connection, own_transaction=True
-    )
-    sql = _reservation_sql(alias, len(statuses), with_user, user_model, asynchronous)
+    sql = _reservation_sql(alias, len(statuses), with_user, user_model)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
@@ -649,9 +567,8 @@ def reservation_read(
     user_active = (first[0] is not None and bool(first[0])) if with_user else None
     switch = first[scalars - 1]
     converters = _converters(alias, ACTIVE_ROW_FIELDS)
-    width = scalars + len(ACTIVE_ROW_FIELDS)
     rows = [
-        _converted(values[scalars:width], converters, connection)
+        _converted(values[scalars:], converters, connection)
         for values in found
         if values[scalars] is not None  # the LEFT JOIN's row when the user has none
     ]

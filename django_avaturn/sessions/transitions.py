@@ -18,17 +18,6 @@ command's next run terminates it.
 Each claim writes ``updated_at`` (the claim stamp); ``take_over`` writes a
 fresh one on a row whose end is in flight, which is how a later asker (staff,
 the kill switch, the visitor) keeps that end from being undone.
-
-On PostgreSQL an end's claim and its finish commit asynchronously, as a
-start's reservation does (``statements.commits_asynchronously``): they do
-not wait for the disk, and a crash of the database server within a moment
-of one can undo it. Either way the row is one the expiry command puts
-right: a claim undone leaves it live (ended by the expiry command's rules,
-a 404 counting as gone; until then it holds its slot and counts its
-minutes), a finish undone leaves it ending (terminated again after
-``EXPIRE_STUCK_AFTER``). ``activate`` waits for the disk: it is the only
-record of a running session's id, and its flush makes the commits before
-it durable too.
 """
 
 from __future__ import annotations
@@ -292,7 +281,6 @@ def claim_for_end(session: Session, *, reason: str, detail: str) -> bool:
     claimed = statements.update_row(
         session.pk,
         CAPPED_STATUSES,
-        synchronous_commit=False,  # see the module docstring
         status=SessionStatus.ENDING,
         end_reason=reason,
         end_detail=clip_detail(detail),
@@ -325,7 +313,6 @@ def claim_own_for_end(session_id: str, user_pk: Any, *, reason: str, detail: str
         session_id,
         user_pk,
         CAPPED_STATUSES,
-        synchronous_commit=False,  # see the module docstring
         status=SessionStatus.ENDING,
         end_reason=reason,
         end_detail=clip_detail(detail),
@@ -371,11 +358,7 @@ def finish_claimed(
         if len(group) == 1 and not only_without_id:
             # A single end's row: the statement is cheaper written once (statements).
             statements.update_row(
-                group[0].pk,
-                (SessionStatus.ENDING,),
-                synchronous_commit=False,  # see the module docstring
-                **fields,
-                awaiting_retry=False,
+                group[0].pk, (SessionStatus.ENDING,), **fields, awaiting_retry=False
             )
         else:
             claimed = Session.objects.filter(
