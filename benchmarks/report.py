@@ -169,14 +169,17 @@ IN_PROCESS = "\n".join(
         "| 1.59, 1.62; 1.49, 1.61 | the one above |",
         "| PostgreSQL, before (c38992c) and after two changes, measured the same way on "
         "a busy machine (the CPU probe read 11 to 16 ms): a start's reservation and an "
-        "end's claim and finish commit without waiting for the disk, and the reservation "
-        "takes the user's lock, inserts its row and takes its advisory locks in one "
-        "statement (see below). Wall time django_avaturn adds to the floor per "
-        "start+end, paired: 7,187 and 6,551 µs before, 4,351 and 5,752 after "
-        "| 11, 9 | 4, 4 (1 waits for the disk) | 9,678 / 5,512, 7,098 / 4,696 "
+        "end's claim and finish committed without waiting for the disk (reverted since, "
+        "below), and the reservation takes the user's lock, inserts its row and takes "
+        "its advisory locks in one statement (kept; see below). Wall time django_avaturn "
+        "adds to the floor per start+end, paired: 7,187 and 6,551 µs before, 4,351 and "
+        "5,752 after "
+        "| 11, 9 | 4, 4 (1 waited for the disk) | 9,678 / 5,512, 7,098 / 4,696 "
         "| 1.76, 1.51 | 1.67, 1.55; 1.51, 1.37 | `PostgreSQL: the reservation, an end's "
-        "claim and its finish commit asynchronously`, `PostgreSQL reservation: the "
-        "user's lock, the INSERT and the advisory locks in one statement` |",
+        "claim and its finish commit asynchronously` (reverted by `PostgreSQL: every "
+        "commit of a start and an end waits for the disk again`), `PostgreSQL "
+        "reservation: the user's lock, the INSERT and the advisory locks in one "
+        "statement` |",
         "",
         "What remains above the floor, per start+end (one process, wrapped timers, thread "
         "CPU; 5,926 µs against the floor's 4,028 in that run): the database work about "
@@ -200,13 +203,15 @@ IN_PROCESS = "\n".join(
         "About 1.1 ms of that wait is the WAL flush of its four commits (the reservation, "
         "the activation, the end's claim and its finish): the same loop with "
         "`synchronous_commit = off` took 1.06 ms less per start+end, and the floor's "
-        "(which commits nothing) the same. Each is still committed before what it "
-        "guards or records (the upstream calls, the answer), but since 2c02e9f only the "
-        "activation waits for the flush: a crash of the database server that undoes "
-        "the reservation, the end's claim or its finish leaves a row the expiry command "
-        "puts right, while the activation is the only record of a running session's id "
-        "(and its flush makes the reservation before it durable too; the documentation's "
-        "PostgreSQL section). Each "
+        "(which commits nothing) the same. Every one of them waits for that flush: "
+        "each is committed before what it guards or records (the upstream calls, the "
+        "answer), and a commit a crash undoes leaves a state the expiry command does not "
+        "put right (a Stop acknowledged whose claim of a starting row is lost lets the "
+        "start go live; a finish lost is finished again, and `session_ended` sent twice; "
+        "a reservation lost with its sequence's advance lets another start take its "
+        "key). Turning `synchronous_commit` off for the reservation, the claim and the "
+        "finish was tried and reverted (the row above; `tests/test_durable_commits.py`). "
+        "Each "
         "statement's own wall time in that loop: the three autocommitted UPDATEs 570 to "
         "620 µs each, flush included; the reservation's lock of the user 290 µs, INSERT "
         "260, advisory lock 130 and read 330; a `SELECT 1` round trip is about 100 µs "
@@ -793,8 +798,8 @@ def _findings(data: dict[str, Any]) -> str:
   RETURNING` that finds it too) and finishes it. Five statements (on
   PostgreSQL the INSERT's also locks the user's row and takes the kill
   switch's lock), four of them commits, the fewest that keep every state
-  change conditional (on PostgreSQL only the activation's waits for the
-  disk), each written once per shape (`sessions/statements.py`):
+  change conditional and durable, each written once per shape
+  (`sessions/statements.py`):
   built by the ORM, each had cost 120 to 430 µs of Python for 15 to 25 µs in
   SQLite itself. In one process a start+end costs about 1.5 times the floor's
   CPU: the database work about 0.95 ms above it, DRF's request and serializer
