@@ -544,7 +544,8 @@ def test_a_tool_thread_that_cannot_start_gives_back_its_slot(
     start = threading.Thread.start
 
     def no_thread_for_tools(thread: threading.Thread) -> None:
-        if thread.name.startswith("avaturn-tool-"):
+        # The tools' own threads; the database thread starts as ever.
+        if thread.name.startswith("avaturn-tool-") and thread.name != tools._DB_STEPS.name:
             raise RuntimeError("can't start new thread")
         start(thread)
 
@@ -980,3 +981,25 @@ def test_a_steps_exception_reaches_its_caller_and_the_next_step_runs() -> None:
         return await tools._run_db(lambda: ToolCall.objects.count(), within=5)
 
     assert run(steps()) == 0
+
+
+def test_a_database_thread_that_could_not_start_starts_for_the_next_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps = tools._DatabaseThread("avaturn-test-db", idle=0.05)
+    start = threading.Thread.start
+    ran: list[str] = []
+
+    def no_thread(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def scenario() -> None:
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
+        with pytest.raises(RuntimeError):
+            steps.submit(lambda: ran.append("refused"))
+        monkeypatch.setattr(threading.Thread, "start", start)
+        await asyncio.wait_for(steps.submit(lambda: ran.append("next")), timeout=5)
+
+    asyncio.run(scenario())
+    # The refused step failed for its caller and never runs later.
+    assert ran == ["next"]

@@ -460,8 +460,15 @@ class _DatabaseThread:
         with self._ready:
             self._steps.append((loop, future, func))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=self.name)
-                self._thread.start()
+                thread = threading.Thread(target=self._work, name=self.name)
+                try:
+                    thread.start()
+                except BaseException:
+                    # No thread (the process is out of them): this step fails, and
+                    # the next one tries again rather than queue for a thread never begun.
+                    self._steps.pop()
+                    raise
+                self._thread = thread
             else:
                 self._ready.notify()
         return future
