@@ -316,6 +316,56 @@ def test_the_users_read_answers_as_the_orm_does(django_user_model: Any, lock: bo
         assert statements.user_active(inactive.pk + 1000, lock=lock) is False
 
 
+def _members(settings: Any) -> tuple[Any, Any, Any]:
+    """With a user model of two tables as the user model: an active and an inactive member."""
+    from tests.testapp.models import Member
+
+    settings.AUTH_USER_MODEL = "testapp.Member"
+    active = Member.objects.create_user(email="a@example.com", password="pw")
+    inactive = Member.objects.create_user(email="i@example.com", password="pw", is_active=False)
+    return Member, active, inactive
+
+
+def test_a_users_read_finds_is_active_in_the_table_it_is_in(settings: Any) -> None:
+    """Multi-table inheritance: ``is_active`` is the parent table's, not the user model's own."""
+    _, active, inactive = _members(settings)
+    own = Session.objects.create(user_id=active.pk, status=SessionStatus.STARTING)
+    for lock in (False, True):
+        with transaction.atomic():
+            assert statements.user_active(active.pk, lock=lock) is True
+            assert statements.user_active(inactive.pk, lock=lock) is False
+            assert statements.user_active(inactive.pk + 1000, lock=lock) is False
+    for pk, may in [(active.pk, True), (inactive.pk, False), (inactive.pk + 1000, False)]:
+        read = statements.reservation_read(pk, ACTIVE_STATUSES, other_than=own.pk, with_user=True)
+        assert read.user_active is may
+    if connection.vendor != "postgresql":
+        return
+    locks = limits.reservation_locks(site_cap=False)
+    for pk, may in [(active.pk, True), (inactive.pk, False), (inactive.pk + 1000, False)]:
+        with transaction.atomic():
+            row = Session(user_id=pk, status=SessionStatus.STARTING)
+            assert statements.insert_row_locking_user(row, locks) is may
+            transaction.set_rollback(True)
+
+
+def test_a_member_of_a_user_model_spread_over_tables_starts_and_is_refused_once_inactive(
+    settings: Any, upstream: Any
+) -> None:
+    from rest_framework.test import APIClient
+
+    member_model, member, _ = _members(settings)
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(member)
+
+    started = csrf_post(client, LIST_URL, {})
+    assert started.status_code == 201, started.content
+    assert Session.objects.get(session_id=started.json()["session_id"]).user_id == member.pk
+    # Deactivated while signed in (a session backend may keep the login a while).
+    member_model.objects.filter(pk=member.pk).update(is_active=False)
+    refused = csrf_post(client, LIST_URL, {})
+    assert refused.status_code in (401, 403), refused.content
+
+
 def _whole(instance: Any) -> list[Any]:
     return [getattr(instance, field.attname) for field in type(instance)._meta.concrete_fields]
 

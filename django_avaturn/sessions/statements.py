@@ -234,7 +234,7 @@ def _insert_returning_pk(
 def _locked_insert_sql(alias: str, user_model: type[Model], locks: tuple[str, ...]) -> str:
     connection = connections[alias]
     quote = connection.ops.quote_name
-    active = quote(_column_of(user_model, "is_active")) if _user_has_is_active(user_model) else "1"
+    active, user_table, user_pk = _user_activity_sql(alias, user_model)
     fields = _insert_fields(Session)
     columns = ", ".join(quote(field.column) for field in fields)  # type: ignore[arg-type]
     marks = ", ".join(["%s"] * len(fields))
@@ -244,8 +244,7 @@ def _locked_insert_sql(alias: str, user_model: type[Model], locks: tuple[str, ..
     # The lock functions run for the joined row: once the user row is locked.
     return (
         f"WITH {user} AS (SELECT {active} AS {is_active} "  # noqa: S608 (names quoted)
-        f"FROM {quote(user_model._meta.db_table)} "
-        f"WHERE {quote(_column_of(user_model, 'pk'))} = %s {connection.ops.for_update_sql()}), "
+        f"FROM {user_table} WHERE {user_pk} = %s {connection.ops.for_update_sql()}), "
         f"{row} AS (INSERT INTO {quote(_META.db_table)} ({columns}) VALUES ({marks}) "
         f"RETURNING {pk}) "
         f"SELECT {row}.{pk}, {user}.{is_active}{calls} FROM {row} CROSS JOIN {user}"
@@ -463,6 +462,27 @@ def _user_has_is_active(user_model: type[Model]) -> bool:
     return any(field.name == "is_active" for field in user_model._meta.concrete_fields)
 
 
+def _user_activity_sql(alias: str, user_model: type[Model]) -> tuple[str, str, str]:
+    """The user's row that says whether they may start: ``(active, table, primary key column)``.
+
+    Quoted, for ``SELECT active FROM table WHERE primary key column = %s``.
+    ``active`` is the ``is_active`` column, or ``1`` for a user model
+    without one. The table is the one ``is_active`` is in: under
+    multi-table inheritance a parent's, whose primary key has the same
+    value as the user's. That row is the one deactivation and deletion
+    write, so a lock on it orders a start against both.
+    """
+    quote = connections[alias].ops.quote_name
+    if not _user_has_is_active(user_model):
+        model, active = user_model, "1"
+    else:
+        field = user_model._meta.get_field("is_active")
+        model = field.model
+        active = quote(_column_of(model, "is_active"))
+    table = quote(model._meta.db_table)
+    return active, table, quote(_column_of(model, "pk"))
+
+
 def _column_of(model: type[Model], name: str) -> str:
     field = model._meta.pk if name == "pk" else model._meta.get_field(name)
     column = getattr(field, "column", None)
@@ -473,12 +493,8 @@ def _column_of(model: type[Model], name: str) -> str:
 @lru_cache(maxsize=16)
 def _user_active_sql(alias: str, user_model: type[Model], lock: bool) -> str:
     connection = connections[alias]
-    quote = connection.ops.quote_name
-    active = quote(_column_of(user_model, "is_active")) if _user_has_is_active(user_model) else "1"
-    sql = (
-        f"SELECT {active} FROM {quote(user_model._meta.db_table)} "  # noqa: S608 (names quoted)
-        f"WHERE {quote(_column_of(user_model, 'pk'))} = %s"
-    )
+    active, table, pk = _user_activity_sql(alias, user_model)
+    sql = f"SELECT {active} FROM {table} WHERE {pk} = %s"  # noqa: S608 (names quoted)
     # As the ORM's select_for_update(): nothing where the database has no row locks.
     if lock and connection.features.has_select_for_update:
         return f"{sql} {connection.ops.for_update_sql()}"
@@ -509,13 +525,8 @@ def _reservation_sql(alias: str, statuses: int, with_user: bool, user_model: typ
     quote = connections[alias].ops.quote_name
     scalars = []
     if with_user:
-        active = (
-            quote(_column_of(user_model, "is_active")) if _user_has_is_active(user_model) else "1"
-        )
-        scalars.append(
-            f"(SELECT {active} FROM {quote(user_model._meta.db_table)} "  # noqa: S608 (names quoted)
-            f"WHERE {quote(_column_of(user_model, 'pk'))} = %s)"
-        )
+        active, table, pk = _user_activity_sql(alias, user_model)
+        scalars.append(f"(SELECT {active} FROM {table} WHERE {pk} = %s)")  # noqa: S608
     scalars.append(
         f"(SELECT {quote(_column_of(ServiceSwitch, 'sessions_enabled'))} "  # noqa: S608
         f"FROM {quote(ServiceSwitch._meta.db_table)} "

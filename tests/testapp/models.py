@@ -34,3 +34,13 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def __str__(self) -> str:
         return self.email
+
+
+class Member(User):
+    """A user model spread over two tables (multi-table inheritance): ``is_active`` is ``User``'s.
+
+    Tests make it the user model with ``settings.AUTH_USER_MODEL``; a member
+    is a ``User`` too, so sessions (bound to ``User`` at import) take it.
+    """
+
+    nickname = models.CharField(max_length=50, blank=True)
