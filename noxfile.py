@@ -1,8 +1,11 @@
-"""The version matrix: each supported Django on the Pythons it supports, SQLite.
+"""The version matrix: each supported Django on the Pythons it supports.
 
     nox                 # every combination whose interpreter is on PATH
     nox -t edges        # only the oldest and the newest combination available here
     nox -s package      # build the sdist and wheel, twine check --strict
+
+On SQLite, or on the PostgreSQL database ``AVATURN_TEST_DATABASE_URL`` names
+(the environment reaches the tests; ``.ci/run`` runs the oldest edge there).
 
 Virtualenvs are reused between runs (``reuse_venv``): reinstalling Django,
 DRF and the OpenAI SDK for every run would cost more than the tests.
@@ -94,7 +97,10 @@ def tests(session: nox.Session, django: str) -> None:
     """
     oldest = (session.python, django) == MATRIX[0]
     session.install(
-        "-e", ".[test]", f"django~={django}.0", *(_lowest_dependencies() if oldest else [])
+        "-e",
+        ".[test,postgres]",
+        f"django~={django}.0",
+        *(_lowest_dependencies() if oldest else []),
     )
     session.run(
         "python",
