@@ -44,12 +44,12 @@ from urllib.parse import parse_qs, urlsplit
 from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.db import connections, router
+from django.db import connections
 from django.urls import NoReverseMatch
 
 from django_avaturn.conf import DEFAULTS, ENV_FALLBACKS, RULES, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.models import Session
+from django_avaturn.models import sessions_database
 from django_avaturn.sessions.plan import OPENAI_VOICES
 from django_avaturn.testing import (
     DEFAULT_AVATURN_API_KEY,
@@ -574,7 +574,7 @@ def _first_heartbeat_warning() -> CheckMessage | None:
 
 
 def _sqlite_warning() -> CheckMessage | None:
-    alias = router.db_for_write(Session)
+    alias = sessions_database()
     connection = connections[alias]
     if connection.vendor != "sqlite":
         return None

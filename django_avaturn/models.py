@@ -368,3 +368,13 @@ class ToolCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool} ({self.status})"
+
+
+def sessions_database() -> str:
+    """The alias sessions are written to: the site's write router's answer, ``default`` without one.
+
+    Their transactions run there (a start's reservation and its locks, a
+    bulk claim, a switch flip's lock, a transcript line), and what waits for
+    their commit (``transaction.on_commit``) waits for that database's.
+    """
+    return router.db_for_write(Session)

@@ -1,6 +1,5 @@
 """Include with ``path("avaturn/", include("django_avaturn.urls"))``."""
 
-from django.db import transaction
 from django.urls import path, re_path
 
 from django_avaturn.api.engine import SessionMessageView
@@ -12,42 +11,42 @@ from django_avaturn.api.views import (
     SessionHeartbeatView,
     SessionListView,
 )
+from django_avaturn.atomic_requests import non_atomic_everywhere
 
 app_name = "django_avaturn"
 
-# Never inside ATOMIC_REQUESTS: a start talks to two upstreams, and a
-# transaction held open across those calls would hold the user's lock too.
+# Never inside ATOMIC_REQUESTS (see atomic_requests).
 urlpatterns = [
     path(
         "sessions/",
-        transaction.non_atomic_requests(SessionListView.as_view()),
+        non_atomic_everywhere(SessionListView.as_view()),
         name="session-list",
     ),
     # Before the detail route, which would take "abandon" for a session id
     # (Avaturn's ids are random; none is that word).
     path(
         "sessions/abandon/",
-        transaction.non_atomic_requests(SessionAbandonView.as_view()),
+        non_atomic_everywhere(SessionAbandonView.as_view()),
         name="session-abandon",
     ),
     path(
         "sessions/<str:session_id>/",
-        transaction.non_atomic_requests(SessionDetailView.as_view()),
+        non_atomic_everywhere(SessionDetailView.as_view()),
         name="session-detail",
     ),
     path(
         "sessions/<str:session_id>/heartbeat/",
-        transaction.non_atomic_requests(SessionHeartbeatView.as_view()),
+        non_atomic_everywhere(SessionHeartbeatView.as_view()),
         name="session-heartbeat",
     ),
     path(
         "sessions/<str:session_id>/transcripts/",
-        transaction.non_atomic_requests(SessionTranscriptView.as_view()),
+        non_atomic_everywhere(SessionTranscriptView.as_view()),
         name="session-transcripts",
     ),
     path(
         "sessions/<str:session_id>/messages/",
-        transaction.non_atomic_requests(SessionMessageView.as_view()),
+        non_atomic_everywhere(SessionMessageView.as_view()),
         name="session-messages",
     ),
     path("usage/", UsageView.as_view(), name="usage"),

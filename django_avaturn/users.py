@@ -33,7 +33,7 @@ from typing import Any
 from django.db import connections, router, transaction
 
 from django_avaturn.exceptions import AvaturnError
-from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.models import EndReason, Session, SessionStatus, sessions_database
 from django_avaturn.sessions import transitions
 from django_avaturn.sessions.ending import Result, end_sessions
 from django_avaturn.sessions.outcomes import Outcome
@@ -199,7 +199,7 @@ def _after_commit(callback: Callable[[], None]) -> None:
         except Exception:
             logger.exception("Ending the sessions of a user who went failed")
 
-    transaction.on_commit(run, using=router.db_for_write(Session))
+    transaction.on_commit(run, using=sessions_database())
 
 
 def _in_background(callback: Callable[[], None]) -> None:

@@ -32,3 +32,21 @@ class SwitchReadsFromAReplica:
 
     def db_for_write(self, model: type[Any], **hints: Any) -> str | None:
         return None
+
+
+class EverythingOnOther:
+    """Every model read from and written to ``other``: a site whose one database is not ``default``.
+
+    Its tests ask for both databases (``django_db(databases=...)``); both
+    have every table, so whatever still goes to ``default`` goes unnoticed
+    unless a test looks there.
+    """
+
+    def db_for_read(self, model: type[Any], **hints: Any) -> str | None:
+        return "other"
+
+    def db_for_write(self, model: type[Any], **hints: Any) -> str | None:
+        return "other"
+
+    def allow_relation(self, first: Any, second: Any, **hints: Any) -> bool | None:
+        return True

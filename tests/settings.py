@@ -89,6 +89,20 @@ else:
         }
     }
 
+# A second database of the same kind, for the tests of a site whose router puts
+# everything on a database that is not ``default`` (``tests.routers.EverythingOnOther``).
+# Created only for the tests that ask for it (``django_db(databases=...)``).
+DATABASES["other"] = {
+    **DATABASES["default"],
+    "TEST": {
+        "NAME": (
+            BASE_DIR / f"test-{os.getpid()}-other.sqlite3"
+            if not _database_url
+            else f"test_avaturn_{os.getpid()}_other"
+        )
+    },
+}
+
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 STATIC_URL = "/static/"

@@ -19,7 +19,6 @@ from django.contrib.admin.views.main import ERROR_FLAG, PAGE_VAR
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.http.response import HttpResponseBase, HttpResponseRedirect
@@ -40,6 +39,7 @@ from django_avaturn.admin.actions import (
     terminate_selected,
 )
 from django_avaturn.admin.tool_calls import ToolCallInline
+from django_avaturn.atomic_requests import non_atomic_everywhere
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import (
@@ -255,11 +255,11 @@ class SessionAdmin(_ModelAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         # Termination talks to Avaturn: never inside ATOMIC_REQUESTS' transaction.
-        @transaction.non_atomic_requests
+        @non_atomic_everywhere
         def view(request: HttpRequest, object_id: str) -> HttpResponseBase:
             return self.terminate_view(request, object_id)
 
-        @transaction.non_atomic_requests
+        @non_atomic_everywhere
         def kill_switch(request: HttpRequest) -> HttpResponseBase:
             return self.kill_switch_view(request)
 

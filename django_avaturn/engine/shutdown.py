@@ -22,9 +22,9 @@ import atexit
 import logging
 import threading
 
-from django.db import connections, router
+from django.db import connections
 
-from django_avaturn.models import EndReason, Session
+from django_avaturn.models import EndReason, Session, sessions_database
 from django_avaturn.sessions import ending
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ _lock = threading.Lock()
 
 
 def running(pk: int) -> None:
-    alias = router.db_for_write(Session)
+    alias = sessions_database()
     with _lock:
         _running[pk] = (alias, str(connections[alias].settings_dict.get("NAME")))
 

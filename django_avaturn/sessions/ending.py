@@ -33,11 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, router, transaction
+from django.db import connections, transaction
 from django.db.models import Q, QuerySet
 
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
-from django_avaturn.models import FINAL_STATUSES, EndReason, Session, SessionStatus
+from django_avaturn.models import (
+    FINAL_STATUSES,
+    EndReason,
+    Session,
+    SessionStatus,
+    sessions_database,
+)
 from django_avaturn.sessions import abandonment, statements, transitions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.upstream.clients import get_avaturn_client
@@ -132,13 +138,15 @@ def claimed_batches(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1.")
     base = _batch_source(queryset).order_by("pk")
+    alias = sessions_database()
+    features = connections[alias].features
     last_pk: Any = None
     while True:
         page = base if last_pk is None else base.filter(pk__gt=last_pk)
-        with transaction.atomic():
-            if lock and skip_locked and connection.features.has_select_for_update_skip_locked:
+        with transaction.atomic(using=alias):
+            if lock and skip_locked and features.has_select_for_update_skip_locked:
                 page = page.select_for_update(skip_locked=True)
-            elif lock and connection.features.has_select_for_update:
+            elif lock and features.has_select_for_update:
                 page = page.select_for_update()
             rows = list(page[:batch_size])
             if not rows:
@@ -171,7 +179,7 @@ def _batch_source(queryset: QuerySet[Session]) -> QuerySet[Session]:
         and not query.is_sliced
     )
     if plain:
-        return queryset.order_by().using(router.db_for_write(Session))
+        return queryset.order_by().using(sessions_database())
     return Session.objects.primary().filter(pk__in=queryset.order_by().values("pk"))
 
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import DatabaseError, connection, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -43,7 +44,14 @@ from django_avaturn.exceptions import (
     UpstreamError,
     UserNotActive,
 )
-from django_avaturn.models import ACTIVE_STATUSES, FINAL_STATUSES, EndReason, Session, SessionStatus
+from django_avaturn.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    EndReason,
+    Session,
+    SessionStatus,
+    sessions_database,
+)
 from django_avaturn.sessions import abandonment, engines, statements, transitions
 from django_avaturn.sessions.ending import end_claimed
 from django_avaturn.sessions.plan import SessionPlan, build_plan
@@ -234,14 +242,22 @@ def _reserve_slot(
     (and all starts on an advisory lock while a site-wide cap is set). SQLite
     has no row locks, but the INSERT comes first so the transaction takes
     SQLite's write lock before it reads anything: concurrent starts queue on
-    the busy timeout instead of reading a stale count.
+    the busy timeout instead of reading a stale count. In a transaction of
+    the sessions' database; a user written elsewhere is locked in one of its
+    database's, which commits after the reservation's.
     """
     site_cap = limits.site_cap()
+    alias = sessions_database()
+    connection = connections[alias]
     locks_rows = connection.features.has_select_for_update
     # PostgreSQL's locks and the INSERT in one statement where it can.
     at_once = connection.vendor == "postgresql" and statements.one_database()
+    users = router.db_for_write(get_user_model())
     try:
-        with transaction.atomic():
+        with (
+            transaction.atomic(using=users) if users != alias else nullcontext(),
+            transaction.atomic(using=alias),
+        ):
             row = Session(
                 user_id=user.pk,
                 status=SessionStatus.STARTING,

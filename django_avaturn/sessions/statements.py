@@ -36,7 +36,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 from django.db.models.signals import post_save, pre_save
 
-from django_avaturn.models import ServiceSwitch, Session
+from django_avaturn.models import ServiceSwitch, Session, sessions_database
 
 if TYPE_CHECKING:
     from django_avaturn.spend.limits import AdvisoryLock
@@ -45,7 +45,7 @@ _META = Session._meta
 
 
 def _connection() -> tuple[str, BaseDatabaseWrapper]:
-    alias = router.db_for_write(Session)
+    alias = sessions_database()
     return alias, connections[alias]
 
 
@@ -450,7 +450,7 @@ def one_database() -> bool:
     its single read joins them there; a site writing them apart reads each
     on its own (``starting``).
     """
-    alias = router.db_for_write(Session)
+    alias = sessions_database()
     return (
         router.db_for_write(get_user_model()) == alias
         and router.db_for_write(ServiceSwitch) == alias

@@ -19,7 +19,7 @@ from django.db.models import F
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import TranscriptFull
-from django_avaturn.models import Session, Transcript
+from django_avaturn.models import Session, Transcript, sessions_database
 
 
 def utf8_size(text: str) -> int:
@@ -36,7 +36,7 @@ def store_line(session: Session, *, role: str, text: str, spoken_at: datetime | 
     max_lines = avaturn_settings.TRANSCRIPT_MAX_LINES
     max_bytes = avaturn_settings.TRANSCRIPT_MAX_BYTES
     size = utf8_size(text)
-    with transaction.atomic():
+    with transaction.atomic(using=sessions_database()):
         # Not updated_at: it is the bulk claims' stamp (transitions.claim_rows), and a
         # line is no change of the session's state.
         admitted = Session.objects.filter(

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, router, transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
@@ -38,7 +38,7 @@ from django_avaturn.exceptions import (
     SessionReplaced,
     UpstreamError,
 )
-from django_avaturn.models import EndReason, Engine, Session, SessionStatus
+from django_avaturn.models import EndReason, Engine, Session, SessionStatus, sessions_database
 from django_avaturn.sessions import statements
 from django_avaturn.signals import send_logged, session_ended
 from django_avaturn.spend import limits
@@ -329,7 +329,7 @@ def refresh_if_present(session: Session, fields: Sequence[str] | None = None) ->
     upstream whatever the row recorded (``users``).
     """
     try:
-        session.refresh_from_db(using=router.db_for_write(Session), fields=fields)
+        session.refresh_from_db(using=sessions_database(), fields=fields)
     except Session.DoesNotExist:
         return False
     return True
@@ -389,7 +389,7 @@ def tell_site_engine(sessions: Sequence[Session]) -> None:
     """
     ended = [(s.pk, s.end_reason) for s in sessions if s.engine == Engine.SITE]
     if ended:
-        transaction.on_commit(lambda: layer.tell_ended(ended))
+        transaction.on_commit(lambda: layer.tell_ended(ended), using=sessions_database())
 
 
 def _final_status(end_reason: str) -> SessionStatus:
@@ -425,7 +425,7 @@ def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
     by_stamp: dict[datetime, list[Any]] = {}
     for session in sessions:
         by_stamp.setdefault(session.updated_at, []).append(session.pk)
-    with transaction.atomic():
+    with transaction.atomic(using=sessions_database()):
         limits.hold_switch()
         try:
             switched_off = not limits.sessions_enabled()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, router, transaction
+from django.db import connections, router, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -26,7 +26,7 @@ from django_avaturn.exceptions import (
     SessionsDisabled,
     SiteLimitReached,
 )
-from django_avaturn.models import ServiceSwitch, Session
+from django_avaturn.models import ServiceSwitch, Session, sessions_database
 from django_avaturn.spend import usage
 from django_avaturn.validation import (
     Quota,
@@ -109,7 +109,12 @@ def clean_reason(reason: str) -> str:
 def set_sessions_enabled(enabled: bool, *, by: Any = None, reason: str = "") -> ServiceSwitch:
     """Allow new sessions (``enabled``) or stop them; ``reason`` is cleaned (``clean_reason``)."""
     reason = clean_reason(reason)
-    with transaction.atomic():
+    # The lock is the sessions' database's: held until the switch's row,
+    # wherever it is written, has committed (the inner transaction).
+    with (
+        transaction.atomic(using=sessions_database()),
+        transaction.atomic(using=router.db_for_write(ServiceSwitch), savepoint=False),
+    ):
         hold_switch(exclusive=True)
         switch, _created = ServiceSwitch.objects.update_or_create(
             pk=ServiceSwitch.SINGLETON_PK,
@@ -164,7 +169,8 @@ def reservation_locks(*, site_cap: bool) -> list[AdvisoryLock]:
 
 
 def _advisory_lock(key: int, *, shared: bool = False) -> None:
-    """Hold PostgreSQL's advisory lock ``key`` until this transaction ends; elsewhere nothing."""
+    """Hold PostgreSQL's advisory lock ``key`` until the sessions' transaction ends (else none)."""
+    connection = connections[sessions_database()]
     if connection.vendor == "postgresql":
         lock = AdvisoryLock.of(key, shared=shared)
         with connection.cursor() as cursor:
