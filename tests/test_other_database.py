@@ -3,24 +3,36 @@
 Every transaction of the sessions runs on the database they are written to:
 a refusal rolls back the reservation's row there, a bulk end locks its rows
 there, and the API's views stay out of that database's ``ATOMIC_REQUESTS``.
+Nothing reaches ``default``: not a statement, not a ``BEGIN``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from django.core.handlers.base import BaseHandler
 from django.db import connections
+from django.test.utils import CaptureQueriesContext
 from django.urls import resolve, reverse
 from rest_framework.test import APIClient
 
 from django_avaturn import services
-from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.models import EndReason, Session, SessionStatus, TranscriptRole
+from django_avaturn.sessions import transcripts
 from django_avaturn.spend import limits
 from tests.helpers import LIST_URL, AvaturnOverrides, csrf_post, live
 
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+on_both_databases = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+
+
+@contextmanager
+def nothing_on_default() -> Iterator[None]:
+    with CaptureQueriesContext(connections["default"]) as captured:
+        yield
+    assert [query["sql"] for query in captured.captured_queries] == []
 
 
 @pytest.fixture
@@ -42,22 +54,29 @@ def _rows(alias: str) -> list[tuple[str, str | None]]:
     return list(Session.objects.using(alias).order_by("pk").values_list("status", "session_id"))
 
 
+@on_both_databases
 def test_a_session_starts_and_ends_on_the_sites_database(member: Any, upstream: Any) -> None:
     client = _client(member)
 
-    started = csrf_post(client, LIST_URL, {})
+    with nothing_on_default():
+        started = csrf_post(client, LIST_URL, {})
     assert started.status_code == 201, started.content
     session_id = started.json()["session_id"]
     assert _rows("other") == [(SessionStatus.LIVE, session_id)]
 
-    ended = client.delete(
-        f"{LIST_URL}{session_id}/", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value
-    )
+    with nothing_on_default():
+        transcripts.store_line(
+            Session.objects.get(), role=TranscriptRole.USER, text="Hello", spoken_at=None
+        )
+        ended = client.delete(
+            f"{LIST_URL}{session_id}/", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value
+        )
     assert ended.status_code == 204, ended.content
     assert _rows("other") == [(SessionStatus.ENDED, session_id)]
     assert _rows("default") == []
 
 
+@on_both_databases
 def test_a_refused_start_leaves_no_row_behind(
     member: Any, upstream: Any, avaturn: AvaturnOverrides
 ) -> None:
@@ -65,22 +84,29 @@ def test_a_refused_start_leaves_no_row_behind(
     avaturn(MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT="refuse")
     live(member, "running")
 
-    refused = csrf_post(_client(member), LIST_URL, {})
+    client = _client(member)
+
+    with nothing_on_default():
+        refused = csrf_post(client, LIST_URL, {})
 
     assert refused.status_code == 409, refused.content
     assert refused.json()["code"] == "session_limit_reached"
     assert _rows("other") == [(SessionStatus.LIVE, "running")]
 
 
+@on_both_databases
 def test_a_start_is_refused_while_the_kill_switch_is_off(member: Any, upstream: Any) -> None:
-    limits.set_sessions_enabled(False, reason="maintenance")
+    client = _client(member)
 
-    refused = csrf_post(_client(member), LIST_URL, {})
+    with nothing_on_default():
+        limits.set_sessions_enabled(False, reason="maintenance")
+        refused = csrf_post(client, LIST_URL, {})
 
     assert refused.status_code == 503, refused.content
     assert _rows("other") == []
 
 
+@on_both_databases
 def test_ending_sessions_in_bulk_claims_them_on_the_sites_database(
     member: Any, upstream: Any
 ) -> None:
@@ -88,7 +114,8 @@ def test_ending_sessions_in_bulk_claims_them_on_the_sites_database(
     live(member, "first")
     live(member, "second")
 
-    services.end_sessions(Session.objects.all(), reason=EndReason.ADMIN)
+    with nothing_on_default():
+        services.end_sessions(Session.objects.all(), reason=EndReason.ADMIN)
 
     assert sorted(_rows("other")) == [
         (SessionStatus.ENDED, "first"),

@@ -348,6 +348,63 @@ def test_a_users_read_finds_is_active_in_the_table_it_is_in(settings: Any) -> No
             transaction.set_rollback(True)
 
 
+@isolate_apps("django_avaturn")
+def test_is_active_is_read_by_the_users_key_only_where_the_parent_shares_it(
+    settings: Any,
+) -> None:
+    """A parent holding ``is_active`` whose key is not the user's: the ORM reads the user."""
+
+    class Person(models.Model):  # noqa: DJ008
+        is_active = models.BooleanField(default=True)
+
+        class Meta:
+            app_label = "django_avaturn"
+
+    class Tagged(models.Model):  # noqa: DJ008
+        tag_id = models.BigAutoField(primary_key=True)
+
+        class Meta:
+            app_label = "django_avaturn"
+
+    class Member(Person):  # noqa: DJ008 (the primary key is the link to Person)
+        class Meta:
+            app_label = "django_avaturn"
+
+    class Deeper(Member):  # noqa: DJ008
+        class Meta:
+            app_label = "django_avaturn"
+
+    class Coded(Person):  # noqa: DJ008 (a primary key of its own)
+        code = models.CharField(max_length=8, primary_key=True)
+
+        class Meta:
+            app_label = "django_avaturn"
+
+    class Twice(Tagged, Person):  # noqa: DJ008 (the primary key is the link to Tagged)
+        class Meta:
+            app_label = "django_avaturn"
+
+    class Plain(models.Model):  # noqa: DJ008 (no is_active: any existing user may start)
+        class Meta:
+            app_label = "django_avaturn"
+
+    found = {
+        model.__name__: statements._active_by_key(model)
+        for model in (Person, Member, Deeper, Coded, Twice, Plain)
+    }
+    assert found == {
+        "Person": True,
+        "Member": True,
+        "Deeper": True,
+        "Coded": False,
+        "Twice": False,
+        "Plain": True,
+    }
+    assert statements.reads_together()
+    _members(settings)
+    assert statements.reads_together()  # testapp.Member: its key is the parent's
+
+
 def test_a_member_of_a_user_model_spread_over_tables_starts_a_session(
     settings: Any, upstream: Any
 ) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -243,21 +242,17 @@ def _reserve_slot(
     has no row locks, but the INSERT comes first so the transaction takes
     SQLite's write lock before it reads anything: concurrent starts queue on
     the busy timeout instead of reading a stale count. In a transaction of
-    the sessions' database; a user written elsewhere is locked in one of its
-    database's, which commits after the reservation's.
+    the sessions' database, where the user is too (their foreign key joins
+    them).
     """
     site_cap = limits.site_cap()
     alias = sessions_database()
     connection = connections[alias]
     locks_rows = connection.features.has_select_for_update
     # PostgreSQL's locks and the INSERT in one statement where it can.
-    at_once = connection.vendor == "postgresql" and statements.one_database()
-    users = router.db_for_write(get_user_model())
+    at_once = connection.vendor == "postgresql" and statements.reads_together()
     try:
-        with (
-            transaction.atomic(using=users) if users != alias else nullcontext(),
-            transaction.atomic(using=alias),
-        ):
+        with transaction.atomic(using=alias):
             row = Session(
                 user_id=user.pk,
                 status=SessionStatus.STARTING,
@@ -323,7 +318,7 @@ def _read_under_locks(row: Session, *, with_user: bool) -> list[tuple[Any, ...]]
     One statement where the user, the switch and the sessions share a
     database (``statements.reservation_read``), else one read each.
     """
-    if statements.one_database():
+    if statements.reads_together():
         read = statements.reservation_read(
             row.user_id, ACTIVE_STATUSES, other_than=row.pk, with_user=with_user
         )
@@ -346,7 +341,7 @@ def _ensure_still_active(user_pk: Any, *, lock: bool) -> None:
     under the reservation's lock (``lock``: the user row's own, which
     deactivation's UPDATE takes too), so the two cannot miss each other.
     """
-    if statements.one_database():
+    if statements.reads_together():
         active = statements.user_active(user_pk, lock=lock)
     else:
         user_model = get_user_model()

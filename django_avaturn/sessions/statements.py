@@ -254,7 +254,7 @@ def _locked_insert_sql(alias: str, user_model: type[Model], locks: tuple[str, ..
 def insert_row_locking_user(row: Session, locks: Sequence[AdvisoryLock]) -> bool:
     """``user_active(lock=True)`` of the row's user, ``insert_row(row)``, then ``locks``: at once.
 
-    PostgreSQL only (call only when ``one_database()``), in a transaction:
+    PostgreSQL only (call only when ``reads_together()``), in a transaction:
     the user row's lock, the new row's INSERT and the advisory ``locks``
     (``limits.reservation_locks``, in their order, after the user's as
     before: the same order as every other transaction that takes them),
@@ -443,18 +443,41 @@ class ReservationRead:
     rows: list[tuple[Any, ...]]
 
 
-def one_database() -> bool:
-    """Whether the user, the kill switch and the sessions are written to one database.
+def reads_together() -> bool:
+    """Whether the statements here can read the user, the kill switch and the sessions.
 
-    The reservation reads each where it is written (a replica may lag), so
-    its single read joins them there; a site writing them apart reads each
-    on its own (``starting``).
+    They must be written to one database: the reservation reads each where
+    it is written (a replica may lag), so its single read joins them there.
+    And the user's ``is_active`` must be found by the user's primary key
+    (``_active_by_key``). Otherwise ``starting`` reads each through the ORM.
     """
+    user_model = get_user_model()
     alias = sessions_database()
     return (
-        router.db_for_write(get_user_model()) == alias
+        router.db_for_write(user_model) == alias
         and router.db_for_write(ServiceSwitch) == alias
+        and _active_by_key(user_model)
     )
+
+
+def _active_by_key(user_model: type[Model]) -> bool:
+    """Whether the row holding ``is_active`` has the user's primary key as its own.
+
+    Always, but under multi-table inheritance where a link to the parent
+    holding it is not the primary key: a child that declares its own, or
+    whose primary key links to another parent (multiple inheritance).
+    """
+    if not _user_has_is_active(user_model):
+        return True
+    holder = user_model._meta.get_field("is_active").model
+    model = user_model._meta.concrete_model or user_model
+    while model is not holder:
+        pk = model._meta.pk
+        parent = getattr(pk, "remote_field", None)
+        if parent is None or not parent.parent_link:
+            return False
+        model = parent.model
+    return True
 
 
 def _user_has_is_active(user_model: type[Model]) -> bool:
@@ -469,8 +492,9 @@ def _user_activity_sql(alias: str, user_model: type[Model]) -> tuple[str, str, s
     ``active`` is the ``is_active`` column, or ``1`` for a user model
     without one. The table is the one ``is_active`` is in: under
     multi-table inheritance a parent's, whose primary key has the same
-    value as the user's. That row is the one deactivation and deletion
-    write, so a lock on it orders a start against both.
+    value as the user's (``_active_by_key``). That row is the one
+    deactivation and deletion write, so a lock on it orders a start
+    against both.
     """
     quote = connections[alias].ops.quote_name
     if not _user_has_is_active(user_model):
@@ -506,7 +530,7 @@ def user_active(user_pk: Any, *, lock: bool) -> bool:
 
     With ``lock``, the read takes the user row's lock (``SELECT ... FOR
     UPDATE``, where the database has row locks) until the transaction ends.
-    Call only when ``one_database()``.
+    Call only when ``reads_together()``.
     """
     alias, connection = _connection()
     user_model = get_user_model()
@@ -552,7 +576,7 @@ def reservation_read(
 
     The same facts as the three reads ``_ensure_still_active``,
     ``limits.sessions_enabled`` (its row) and ``active_rows`` make one
-    after the other (call only when ``one_database()``).
+    after the other (call only when ``reads_together()``).
     """
     alias, connection = _connection()
     user_model = get_user_model()

@@ -110,7 +110,8 @@ def set_sessions_enabled(enabled: bool, *, by: Any = None, reason: str = "") -> 
     """Allow new sessions (``enabled``) or stop them; ``reason`` is cleaned (``clean_reason``)."""
     reason = clean_reason(reason)
     # The lock is the sessions' database's: held until the switch's row,
-    # wherever it is written, has committed (the inner transaction).
+    # wherever it is written, has committed (the inner block; a transaction
+    # of its own on another database, part of the outer one on the same).
     with (
         transaction.atomic(using=sessions_database()),
         transaction.atomic(using=router.db_for_write(ServiceSwitch), savepoint=False),
