@@ -460,6 +460,7 @@ def reads_together() -> bool:
     )
 
 
+@lru_cache(maxsize=16)
 def _active_by_key(user_model: type[Model]) -> bool:
     """Whether the row holding ``is_active`` has the user's primary key as its own.
 
