@@ -464,9 +464,10 @@ def reads_together() -> bool:
 def _active_by_key(user_model: type[Model]) -> bool:
     """Whether the row holding ``is_active`` has the user's primary key as its own.
 
-    Always, but under multi-table inheritance where a link to the parent
-    holding it is not the primary key: a child that declares its own, or
-    whose primary key links to another parent (multiple inheritance).
+    True unless, under multi-table inheritance, a link on the way up to the
+    parent that holds it is not the primary key: a child that declares a
+    primary key of its own, or whose primary key links to another parent
+    (multiple inheritance).
     """
     if not _user_has_is_active(user_model):
         return True
