@@ -295,6 +295,12 @@ def test_one_failure_does_not_stop_the_others(upstream: Any, user: Any) -> None:
     }
 
 
+# Run from the command line, a command runs the system checks first, and they ask
+# every configured database about its features (tests/settings.py has two).
+every_database = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@every_database
 def test_exit_status_is_non_zero_when_run_like_cron(upstream: Any, user: Any) -> None:
     make(user, "av-fail", started_ago=4000)
     upstream.avaturn.on_delete(502)
@@ -306,6 +312,7 @@ def test_exit_status_is_non_zero_when_run_like_cron(upstream: Any, user: Any) ->
     assert exited.value.code == 1
 
 
+@every_database
 def test_exit_status_zero_when_all_ended(upstream: Any, user: Any) -> None:
     make(user, "av-ok", started_ago=4000)
     out = io.StringIO()
