@@ -249,8 +249,11 @@ def _reserve_slot(
     alias = sessions_database()
     connection = connections[alias]
     locks_rows = connection.features.has_select_for_update
+    # Whether the user, the switch and the rows are read by the statements
+    # written once (else through the ORM); asked once per reservation.
+    together = statements.reads_together()
     # PostgreSQL's locks and the INSERT in one statement where it can.
-    at_once = connection.vendor == "postgresql" and statements.reads_together()
+    at_once = connection.vendor == "postgresql" and together
     try:
         with transaction.atomic(using=alias):
             row = Session(
@@ -270,7 +273,7 @@ def _reserve_slot(
                     raise UserNotActive()
             else:
                 if locks_rows:
-                    _ensure_still_active(user.pk, lock=True)
+                    _ensure_still_active(user.pk, lock=True, together=together)
                 if site_cap is not None:
                     limits.lock_for_site_cap()
                 statements.insert_row(row)
@@ -278,7 +281,7 @@ def _reserve_slot(
             # Everything below is read under every lock (the switch may have
             # flipped since the request began), and on SQLite the user under
             # the write lock the INSERT took (see above).
-            mine = _read_under_locks(row, with_user=not locks_rows)
+            mine = _read_under_locks(row, with_user=not locks_rows, together=together)
             holders, ending = [], []
             for pk, status, started_at, max_duration in mine:
                 if status in transitions.CAPPED_STATUSES:
@@ -309,16 +312,16 @@ def _reserve_slot(
         raise StorageUnavailable() from exc
 
 
-def _read_under_locks(row: Session, *, with_user: bool) -> list[tuple[Any, ...]]:
+def _read_under_locks(row: Session, *, with_user: bool, together: bool) -> list[tuple[Any, ...]]:
     """Refuse an inactive user (if ``with_user``) or a switched-off site; else the user's rows.
 
     The rows: ``(pk, status, started_at, max_duration)`` of the user's other
     active rows, oldest first (not whole rows: those are read only when some
     are replaced); both the rows the cap counts and those already ending.
-    One statement where the user, the switch and the sessions share a
-    database (``statements.reservation_read``), else one read each.
+    One statement where ``together`` (``statements.reads_together()``:
+    ``statements.reservation_read``), else one read each.
     """
-    if statements.reads_together():
+    if together:
         read = statements.reservation_read(
             row.user_id, ACTIVE_STATUSES, other_than=row.pk, with_user=with_user
         )
@@ -328,20 +331,22 @@ def _read_under_locks(row: Session, *, with_user: bool) -> list[tuple[Any, ...]]
             raise SessionsDisabled()
         return read.rows
     if with_user:
-        _ensure_still_active(row.user_id, lock=False)
+        _ensure_still_active(row.user_id, lock=False, together=False)
     limits.ensure_enabled()
     return statements.active_rows(row.user_id, ACTIVE_STATUSES, other_than=row.pk)
 
 
-def _ensure_still_active(user_pk: Any, *, lock: bool) -> None:
+def _ensure_still_active(user_pk: Any, *, lock: bool, together: bool) -> None:
     """Refuse a user deactivated or deleted since the request authenticated them.
 
     Deactivation ends the sessions a user has (``users``); one reserved
     after it would run on, for an inactive user, until it expired. Read
     under the reservation's lock (``lock``: the user row's own, which
     deactivation's UPDATE takes too), so the two cannot miss each other.
+    By a statement written once where ``together``
+    (``statements.reads_together()``), else through the ORM.
     """
-    if statements.reads_together():
+    if together:
         active = statements.user_active(user_pk, lock=lock)
     else:
         user_model = get_user_model()
