@@ -23,11 +23,16 @@ from django_avaturn.models import ACTIVE_STATUSES, Session, SessionStatus
 from django_avaturn.testing import FakeUpstream
 from tests.helpers import csrf_token, exclusive_lock
 
-# Short client timeouts: a fault that stalls must cost a test well under a second.
+# Every upstream call's timeout under FAST_TIMEOUTS (seconds): short, so a fault
+# that stalls costs a test about a second, and long enough that a healthy call to
+# the loopback fake meets it on a machine busy with the whole suite.
+UPSTREAM_TIMEOUT = 1.0
+# A fault's delay that every call times out before (twice the timeout).
+OUTLASTS_TIMEOUT = 2 * UPSTREAM_TIMEOUT
 FAST_TIMEOUTS = {
-    "OPENAI_TIMEOUT": 0.5,
-    "AVATURN_CONNECT_TIMEOUT": 0.5,
-    "AVATURN_TIMEOUT": 0.5,
+    "OPENAI_TIMEOUT": UPSTREAM_TIMEOUT,
+    "AVATURN_CONNECT_TIMEOUT": UPSTREAM_TIMEOUT,
+    "AVATURN_TIMEOUT": UPSTREAM_TIMEOUT,
     "OPENAI_MAX_RETRIES": 0,
     "TERMINATE_RETRIES": 0,
     "TERMINATE_RETRY_BACKOFF": 0,
@@ -142,6 +147,8 @@ def csrf_json(client: Any, method: str, url: str, data: Any = None, **extra: Any
 __all__ = [
     "ACTIVE_STATUSES",
     "FAST_TIMEOUTS",
+    "OUTLASTS_TIMEOUT",
+    "UPSTREAM_TIMEOUT",
     "assert_no_orphans",
     "csrf_json",
     "fail_activation",

@@ -44,7 +44,13 @@ from django_avaturn.upstream.clients import (
     unknown_outcome_hold,
 )
 from tests.helpers import LIST_URL, AvaturnOverrides
-from tests.live_fake import assert_no_orphans, csrf_json, run_threads, wait_until
+from tests.live_fake import (
+    OUTLASTS_TIMEOUT,
+    assert_no_orphans,
+    csrf_json,
+    run_threads,
+    wait_until,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -228,16 +234,18 @@ def test_a_start_gives_up_on_a_replaced_start_that_does_not_finish_and_creates_n
 ) -> None:
     """The replaced start's process is still (or no longer) busy: the wait is bounded.
 
-    With FAST_TIMEOUTS a start's upstream calls take at most 2.5 s (mint
-    0.5, create 1, terminate 1); a start waits no longer than that.
+    A start waits as long as a start's upstream calls can take (with
+    FAST_TIMEOUTS: the mint's timeout, the create's and a terminate's connect
+    and read timeouts), and no longer.
     """
+    longest = UpstreamBounds.from_settings().start
     stuck = in_flight_start(user)
     began = time.monotonic()
     status, code = start_via_api(user)
     waited = time.monotonic() - began
 
     assert (status, code) == (503, "session_still_ending")
-    assert 2.0 < waited < 10, waited
+    assert longest - 0.5 < waited < longest + 5, (waited, longest)
     row = Session.objects.exclude(pk=stuck.pk).get()
     assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
     assert row.session_id is None
@@ -263,7 +271,7 @@ def test_a_create_with_an_unknown_outcome_holds_the_slot_until_avaturn_has_ended
     the create started.
     """
     avaturn(MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT=policy)
-    live_fake.fail(AVATURN_CREATE, mode="timeout", delay=1.0)
+    live_fake.fail(AVATURN_CREATE, mode="timeout", delay=OUTLASTS_TIMEOUT)
 
     assert start_via_api(user) == (504, "upstream_timeout")
     assert wait_until(lambda: len(live_fake.sessions) == 1)  # the fake did create it

@@ -33,6 +33,8 @@ from django_avaturn.testing import (
 )
 from tests.helpers import LIST_URL, AvaturnOverrides, closed_port
 from tests.live_fake import (
+    OUTLASTS_TIMEOUT,
+    UPSTREAM_TIMEOUT,
     assert_no_orphans,
     csrf_json,
     fail_activation,
@@ -57,7 +59,7 @@ FAULTS: dict[str, tuple[str, int]] = {
     "malformed": ("malformed", 200),
     "missing_fields": ("missing_fields", 200),
     "drip": ("drip", 200),
-    # One byte of the body every 0.8 s: a single read outlasts the read timeout.
+    # One byte of the body every OUTLASTS_TIMEOUT: a single read outlasts the read timeout.
     "stall": ("drip", 200),
 }
 STEPS = ("mint", "create", "terminate_on_end", "terminate_replaced")
@@ -95,12 +97,12 @@ def _inject(fake: FakeUpstream, settings: Any, step: str, fault: str) -> None:
         for session_id in fake.live_session_ids():
             fake.end_session(session_id)
     elif mode == "timeout":
-        fake.fail(route, mode=mode, delay=2.0)
+        fake.fail(route, mode=mode, delay=OUTLASTS_TIMEOUT)
     elif fault == "drip":
-        # A byte every 0.1 s: each read is well inside the 0.5 s timeout, the whole is not.
-        fake.fail(route, mode=mode, delay=0.1)
+        # A byte every tenth of the timeout: each read is well inside it, the whole is not.
+        fake.fail(route, mode=mode, delay=UPSTREAM_TIMEOUT / 10)
     elif fault == "stall":
-        fake.fail(route, mode=mode, delay=0.8)
+        fake.fail(route, mode=mode, delay=OUTLASTS_TIMEOUT)
     else:
         fake.fail(route, mode=mode, status=status)
 
@@ -268,9 +270,10 @@ def test_a_cartesia_token_fault_after_the_reservation_spends_nothing_at_avaturn(
     if mode == "refused":
         cartesia["API_URL"] = f"http://127.0.0.1:{closed_port()}"
     elif mode == "timeout":
-        live_fake.fail(CARTESIA_ACCESS_TOKEN, mode=mode, delay=2.0)
+        live_fake.fail(CARTESIA_ACCESS_TOKEN, mode=mode, delay=OUTLASTS_TIMEOUT)
     elif mode == "drip":
-        live_fake.fail(CARTESIA_ACCESS_TOKEN, mode=mode, delay=0.1 if fault == "drip" else 0.8)
+        delay = UPSTREAM_TIMEOUT / 10 if fault == "drip" else OUTLASTS_TIMEOUT
+        live_fake.fail(CARTESIA_ACCESS_TOKEN, mode=mode, delay=delay)
     else:
         live_fake.fail(CARTESIA_ACCESS_TOKEN, mode=mode, status=status)
     avaturn(ENGINE="cartesia", CARTESIA=cartesia)

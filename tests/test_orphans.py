@@ -248,10 +248,10 @@ def test_a_database_failure_after_create_whose_terminate_fails_is_retried(
 def test_a_create_answer_cut_short_after_naming_the_session_ends_that_session(
     live_fake: FakeUpstream, user: Any, avaturn: AvaturnOverrides
 ) -> None:
-    # A byte every 30 ms: the id (the first ~43 bytes) arrives within the
-    # 2 s deadline (connect + read timeout), the whole ~96 bytes do not.
-    avaturn(AVATURN_TIMEOUT=1.5)
-    live_fake.fail(AVATURN_CREATE, mode="drip", delay=0.03)
+    # A byte every 40 ms: the id (the first ~43 bytes, 1.7 s) arrives within
+    # the 2.5 s deadline (connect + read timeout), the whole ~96 bytes do not.
+    avaturn(AVATURN_CONNECT_TIMEOUT=1.0, AVATURN_TIMEOUT=1.5)
+    live_fake.fail(AVATURN_CREATE, mode="drip", delay=0.04)
 
     with pytest.raises(UpstreamError) as raised:
         services.start_session(user)

@@ -33,7 +33,7 @@ from django_avaturn.testing import (
 )
 from django_avaturn.upstream import clients
 from tests.helpers import LIST_URL, AvaturnOverrides, closed_port, release_held_starts
-from tests.live_fake import FAST_TIMEOUTS, csrf_json
+from tests.live_fake import FAST_TIMEOUTS, OUTLASTS_TIMEOUT, csrf_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -353,7 +353,7 @@ def test_no_key_anywhere(
             sentinel_fake.fail(route, mode=mode)
             keep(csrf_json(client, "post", LIST_URL, {}))
             release_held_starts()
-        sentinel_fake.fail(route, mode="timeout", delay=1.5)
+        sentinel_fake.fail(route, mode="timeout", delay=OUTLASTS_TIMEOUT)
         keep(csrf_json(client, "post", LIST_URL, {}))
         release_held_starts()
 
@@ -471,10 +471,10 @@ def _debug_page() -> str:
     [
         (OPENAI_CLIENT_SECRET, {"mode": "close"}),
         (OPENAI_CLIENT_SECRET, {"status": 500}),
-        (OPENAI_CLIENT_SECRET, {"mode": "timeout", "delay": 1.5}),
+        (OPENAI_CLIENT_SECRET, {"mode": "timeout", "delay": OUTLASTS_TIMEOUT}),
         (OPENAI_CLIENT_SECRET, {"mode": "malformed"}),
         (AVATURN_CREATE, {"mode": "close"}),
-        (AVATURN_CREATE, {"mode": "timeout", "delay": 1.5}),
+        (AVATURN_CREATE, {"mode": "timeout", "delay": OUTLASTS_TIMEOUT}),
         (AVATURN_CREATE, {"status": 503}),
         (AVATURN_CREATE, {"mode": "malformed"}),
         (AVATURN_TERMINATE, {"mode": "close"}),

@@ -17,6 +17,7 @@ from django_avaturn.models import EndReason, Session
 from django_avaturn.sessions.speech import SAY_MAX_LENGTH
 from django_avaturn.testing import AVATURN_TASK, FakeUpstream
 from tests.helpers import AvaturnOverrides
+from tests.live_fake import OUTLASTS_TIMEOUT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,7 +86,9 @@ def test_an_avaturn_failure_is_our_upstream_error_and_is_not_retried(
     live_fake: FakeUpstream, user: Any, mode: str, raised: type[Exception]
 ) -> None:
     row = _live(user)
-    live_fake.fail(AVATURN_TASK, mode=mode, status=500, delay=2.0 if mode == "timeout" else None)
+    live_fake.fail(
+        AVATURN_TASK, mode=mode, status=500, delay=OUTLASTS_TIMEOUT if mode == "timeout" else None
+    )
     with pytest.raises(raised):
         services.say(row, "Hello")
     assert len(live_fake.requests_for(AVATURN_TASK)) == 1
