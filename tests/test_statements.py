@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import (
     DEFAULT_DB_ALIAS,
     OperationalError,
@@ -326,33 +327,9 @@ def _members(settings: Any) -> tuple[Any, Any, Any]:
     return Member, active, inactive
 
 
-def test_a_users_read_finds_is_active_in_the_table_it_is_in(settings: Any) -> None:
-    """Multi-table inheritance: ``is_active`` is the parent table's, not the user model's own."""
-    _, active, inactive = _members(settings)
-    own = Session.objects.create(user_id=active.pk, status=SessionStatus.STARTING)
-    for lock in (False, True):
-        with transaction.atomic():
-            assert statements.user_active(active.pk, lock=lock) is True
-            assert statements.user_active(inactive.pk, lock=lock) is False
-            assert statements.user_active(inactive.pk + 1000, lock=lock) is False
-    for pk, may in [(active.pk, True), (inactive.pk, False), (inactive.pk + 1000, False)]:
-        read = statements.reservation_read(pk, ACTIVE_STATUSES, other_than=own.pk, with_user=True)
-        assert read.user_active is may
-    if connection.vendor != "postgresql":
-        return
-    locks = limits.reservation_locks(site_cap=False)
-    for pk, may in [(active.pk, True), (inactive.pk, False), (inactive.pk + 1000, False)]:
-        with transaction.atomic():
-            row = Session(user_id=pk, status=SessionStatus.STARTING)
-            assert statements.insert_row_locking_user(row, locks) is may
-            transaction.set_rollback(True)
-
-
 @isolate_apps("django_avaturn")
-def test_is_active_is_read_by_the_users_key_only_where_the_parent_shares_it(
-    settings: Any,
-) -> None:
-    """A parent holding ``is_active`` whose key is not the user's: the ORM reads the user."""
+def test_the_statements_read_a_user_model_of_one_table_only(settings: Any) -> None:
+    """Multi-table inheritance: the ORM reads the user, joining (and locking) every table."""
 
     class Person(models.Model):  # noqa: DJ008
         is_active = models.BooleanField(default=True)
@@ -360,17 +337,23 @@ def test_is_active_is_read_by_the_users_key_only_where_the_parent_shares_it(
         class Meta:
             app_label = "django_avaturn"
 
-    class Tagged(models.Model):  # noqa: DJ008
-        tag_id = models.BigAutoField(primary_key=True)
+    class WithIsActive(models.Model):
+        is_active = models.BooleanField(default=True)
 
         class Meta:
+            abstract = True
+            app_label = "django_avaturn"
+
+    class Inherited(WithIsActive):  # noqa: DJ008 (an abstract parent: still one table)
+        class Meta:
+            app_label = "django_avaturn"
+
+    class Stand(Person):  # noqa: DJ008
+        class Meta:
+            proxy = True
             app_label = "django_avaturn"
 
     class Member(Person):  # noqa: DJ008 (the primary key is the link to Person)
-        class Meta:
-            app_label = "django_avaturn"
-
-    class Deeper(Member):  # noqa: DJ008
         class Meta:
             app_label = "django_avaturn"
 
@@ -380,29 +363,25 @@ def test_is_active_is_read_by_the_users_key_only_where_the_parent_shares_it(
         class Meta:
             app_label = "django_avaturn"
 
-    class Twice(Tagged, Person):  # noqa: DJ008 (the primary key is the link to Tagged)
-        class Meta:
-            app_label = "django_avaturn"
-
     class Plain(models.Model):  # noqa: DJ008 (no is_active: any existing user may start)
         class Meta:
             app_label = "django_avaturn"
 
     found = {
-        model.__name__: statements._active_by_key(model)
-        for model in (Person, Member, Deeper, Coded, Twice, Plain)
+        model.__name__: statements._user_is_one_table(model)
+        for model in (Person, Inherited, Stand, Member, Coded, Plain)
     }
     assert found == {
         "Person": True,
-        "Member": True,
-        "Deeper": True,
+        "Inherited": True,
+        "Stand": True,
+        "Member": False,
         "Coded": False,
-        "Twice": False,
         "Plain": True,
     }
     assert statements.reads_together()
     _members(settings)
-    assert statements.reads_together()  # testapp.Member: its key is the parent's
+    assert not statements.reads_together()  # testapp.Member: two tables
 
 
 def test_a_member_of_a_user_model_spread_over_tables_starts_a_session(
@@ -580,3 +559,30 @@ def test_a_fields_own_converter_of_the_backend_holds_no_threads_connection() -> 
     assert not _keeps_its_threads_connection(fill)
     converters = statements._converters(DEFAULT_DB_ALIAS, ("span",), Spanned)
     assert statements._converted((90_000_000,), converters, connection) == (timedelta(seconds=90),)
+
+
+@pytest.mark.parametrize("since", ["deactivated", "deleted", "deleted_keeping_parents"])
+def test_a_member_deactivated_or_deleted_since_signing_in_cannot_start(
+    settings: Any, upstream: Any, since: str
+) -> None:
+    """The reservation's re-check of a user spread over two tables (``is_active`` the parent's).
+
+    ``delete(keep_parents=True)`` removes the member's own row and leaves the
+    parent's, ``is_active`` with it: the member is gone all the same, and
+    the start is refused as any deleted user's is (403 ``user_inactive``),
+    reserving nothing.
+    """
+    from django_avaturn import services
+    from django_avaturn.exceptions import UserNotActive
+
+    model, member, _ = _members(settings)
+    signed_in = model.objects.get(pk=member.pk)  # as the request read it, just before
+    if since == "deactivated":
+        model.objects.filter(pk=member.pk).update(is_active=False)
+    else:
+        member.delete(keep_parents=since == "deleted_keeping_parents")
+        assert not get_user_model().objects.filter(pk=signed_in.pk).exists()
+
+    with pytest.raises(UserNotActive):
+        services.start_session(signed_in)
+    assert not Session.objects.exists()

@@ -448,38 +448,30 @@ def reads_together() -> bool:
 
     They must be written to one database: the reservation reads each where
     it is written (a replica may lag), so its single read joins them there.
-    And the user's ``is_active`` must be found by the user's primary key
-    (``_active_by_key``). Otherwise ``starting`` reads each through the ORM.
+    And the user model must be one table (``_user_is_one_table``). Otherwise
+    ``starting`` reads each through the ORM.
     """
     user_model = get_user_model()
     alias = sessions_database()
     return (
         router.db_for_write(user_model) == alias
         and router.db_for_write(ServiceSwitch) == alias
-        and _active_by_key(user_model)
+        and _user_is_one_table(user_model)
     )
 
 
 @lru_cache(maxsize=16)
-def _active_by_key(user_model: type[Model]) -> bool:
-    """Whether the row holding ``is_active`` has the user's primary key as its own.
+def _user_is_one_table(user_model: type[Model]) -> bool:
+    """Whether the user model's rows are rows of one table (no multi-table inheritance).
 
-    True unless, under multi-table inheritance, a link on the way up to the
-    parent that holds it is not the primary key: a child that declares a
-    primary key of its own, or whose primary key links to another parent
-    (multiple inheritance).
+    Under multi-table inheritance the user is a row in each table of the
+    chain: ``is_active`` is a parent's column, while deletion may remove the
+    user model's own row alone (``delete(keep_parents=True)``). The ORM's
+    read joins the chain, and its ``select_for_update()`` locks each row of
+    it; the statements here read and lock one table.
     """
-    if not _user_has_is_active(user_model):
-        return True
-    holder = user_model._meta.get_field("is_active").model
-    model = user_model._meta.concrete_model or user_model
-    while model is not holder:
-        pk = model._meta.pk
-        parent = getattr(pk, "remote_field", None)
-        if parent is None or not parent.parent_link:
-            return False
-        model = parent.model
-    return True
+    concrete = user_model._meta.concrete_model or user_model
+    return not concrete._meta.parents
 
 
 def _user_has_is_active(user_model: type[Model]) -> bool:
@@ -492,21 +484,13 @@ def _user_activity_sql(alias: str, user_model: type[Model]) -> tuple[str, str, s
 
     Quoted, for ``SELECT active FROM table WHERE primary key column = %s``.
     ``active`` is the ``is_active`` column, or ``1`` for a user model
-    without one. The table is the one ``is_active`` is in: under
-    multi-table inheritance a parent's, whose primary key has the same
-    value as the user's (``_active_by_key``). That row is the one
-    deactivation and deletion write, so a lock on it orders a start
-    against both.
+    without one. The table is the user model's one table
+    (``_user_is_one_table``): the row deactivation and deletion write, so a
+    lock on it orders a start against both.
     """
     quote = connections[alias].ops.quote_name
-    if not _user_has_is_active(user_model):
-        model, active = user_model, "1"
-    else:
-        field = user_model._meta.get_field("is_active")
-        model = field.model
-        active = quote(_column_of(model, "is_active"))
-    table = quote(model._meta.db_table)
-    return active, table, quote(_column_of(model, "pk"))
+    active = quote(_column_of(user_model, "is_active")) if _user_has_is_active(user_model) else "1"
+    return active, quote(user_model._meta.db_table), quote(_column_of(user_model, "pk"))
 
 
 def _column_of(model: type[Model], name: str) -> str:
