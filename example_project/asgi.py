@@ -19,10 +19,14 @@ try:
 except ImportError:
     application = django_application
 else:
-    from django_avaturn.engine.routing import websocket_urlpatterns
+    from django_avaturn.engine.routing import websocket_not_found, websocket_urlpatterns
 
     # No AuthMiddlewareStack: Avaturn's server connects with the socket's token and
-    # secret, never a browser with cookies.
+    # secret, never a browser with cookies. websocket_not_found last: any other
+    # path is refused at the handshake (403), not a 500 with an error logged.
     application = ProtocolTypeRouter(
-        {"http": django_application, "websocket": URLRouter(websocket_urlpatterns)}
+        {
+            "http": django_application,
+            "websocket": URLRouter([*websocket_urlpatterns, websocket_not_found]),
+        }
     )

@@ -70,12 +70,14 @@ def test_rundemo_says_how_out_when_the_fake_port_is_taken(tmp_path: Path) -> Non
 
 def test_rundemo_serves_the_site_engines_socket_over_asgi(demo: tuple[str, str]) -> None:
     """With Channels and daphne installed, rundemo serves ASGI: the engine's route
-    answers, and refuses a socket without a valid token before accepting it."""
+    answers, and refuses a socket without a valid token before accepting it; a
+    socket to a path with no route is refused too (a 403, not a 500)."""
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     site, _ = demo
-    url = site.replace("http://", "ws://") + "/avaturn/engine/not-a-token/"
-    with pytest.raises(InvalidStatus) as refused:
-        connect(url, additional_headers={"X-Avaturn-Engine-Secret": "nope"}, open_timeout=10)
-    assert refused.value.response.status_code == 403
+    for path in ("/avaturn/engine/not-a-token/", "/no-route-here/"):
+        url = site.replace("http://", "ws://") + path
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers={"X-Avaturn-Engine-Secret": "nope"}, open_timeout=10)
+        assert refused.value.response.status_code == 403, path

@@ -18,10 +18,16 @@ django_application = get_asgi_application()  # first: it sets Django up
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from django_avaturn.engine.routing import websocket_urlpatterns  # noqa: E402
+from django_avaturn.engine.routing import (  # noqa: E402
+    websocket_not_found,
+    websocket_urlpatterns,
+)
 
 application = ProtocolTypeRouter(
-    {"http": django_application, "websocket": URLRouter(websocket_urlpatterns)}
+    {
+        "http": django_application,
+        "websocket": URLRouter([*websocket_urlpatterns, websocket_not_found]),
+    }
 )
 
 

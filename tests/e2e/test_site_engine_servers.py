@@ -367,6 +367,29 @@ def test_a_wrong_secret_is_refused_before_accept_and_the_log_keeps_no_credential
     assert credentials.token not in site.server.log()
 
 
+@pytest.mark.parametrize("path", ["/nope/", "/avaturn/sessions/", "/avaturn/engine/"])
+def test_a_socket_to_a_path_with_no_route_is_refused_and_logs_no_error(
+    site: Site, path: str
+) -> None:
+    """The documented router's ``websocket_not_found``: a 403 at the handshake, nothing logged.
+
+    Without it Channels' router raises for a path it has no route for: the
+    server answers 500 and logs an error with its traceback, every time.
+    """
+    logged_before = len(site.server.log())
+
+    refused = AvaturnEngineClient(site.server.public_url + path, {}, microphone=None)
+    with pytest.raises(Exception, match="403"):
+        refused.start()
+
+    assert refused.refused_status == 403
+    time.sleep(0.2)  # time for the server to have logged anything about it
+    logged = site.server.log()[logged_before:]
+    for error in ("Traceback", "ERROR", "No route found", "Exception in ASGI application"):
+        assert error not in logged, logged
+    assert site.realtime.connections == []
+
+
 # ---------------------------------------------------------------------- shutdown
 
 
