@@ -255,3 +255,31 @@ def test_simultaneous_starts_through_the_asgi_handler_let_exactly_ten_through(
     throttled = [r for r in responses if r.status_code == 429]
     assert {r.json()["code"] for r in throttled} == {"throttled"}
     assert all(int(r["Retry-After"]) >= 1 for r in throttled)
+
+
+def test_a_start_refused_for_its_body_spends_none_of_the_rate(
+    live_fake: FakeUpstream, fresh_locmem: None, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    """The rate counts starts: a body refused before anything starts (400, 415) is not one."""
+    from rest_framework.test import APIClient
+
+    avaturn(START_THROTTLE_RATE="2/minute", MAX_LIVE_SESSIONS_PER_USER=5)
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    refused = [
+        csrf_json(client, "post", LIST_URL, {"instructions": "x"}),
+        csrf_json(client, "post", LIST_URL, {"client_ref": 5}),
+        csrf_json(client, "post", LIST_URL, "{not json", content_type="application/json"),
+        csrf_json(client, "post", LIST_URL, "a=b", content_type="text/plain"),
+    ]
+    started = [csrf_json(client, "post", LIST_URL, {}).status_code for _ in range(3)]
+
+    assert [(r.status_code, r.json()["code"]) for r in refused] == [
+        (400, "invalid"),
+        (400, "invalid"),
+        (400, "parse_error"),
+        (415, "unsupported_media_type"),
+    ]
+    assert started == [201, 201, 429]
+    assert len(live_fake.requests_for(AVATURN_CREATE)) == 2
