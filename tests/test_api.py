@@ -236,6 +236,17 @@ def test_form_bodies_are_415(api_client: Any, upstream: Any) -> None:
     assert response.json()["code"] == "unsupported_media_type"
 
 
+def test_an_empty_body_with_no_content_type_is_an_empty_object(
+    api_client: Any, upstream: Any
+) -> None:
+    """docs/api.md: an empty body, with or without a Content-Type, is the same as ``{}``."""
+    response = api_client.generic(
+        "POST", LIST_URL, b"", content_type="", HTTP_X_CSRFTOKEN=csrf_token(api_client)
+    )
+    assert not response.wsgi_request.META.get("CONTENT_TYPE")  # none was sent
+    assert response.status_code == 201, response.content
+
+
 def test_avatar_allow_list(api_client: Any, upstream: Any, avaturn: AvaturnOverrides) -> None:
     avaturn(AVATAR_ID="default-av", ALLOWED_AVATARS=["ok-av"])
     refused = csrf_post(api_client, LIST_URL, {"avatar_id": "other-av"})
