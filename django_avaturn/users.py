@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import connections, router, transaction
+from django.db.models import Model
 
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus, sessions_database
@@ -96,15 +97,49 @@ def end_sessions_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> N
 
 
 def _wait_for_starts_in_flight(user: Any) -> None:
-    """Take the user row's lock, as a start's reservation does (PostgreSQL).
+    """Take the user's row locks, as a start's reservation does (PostgreSQL).
 
     Reservations in flight finish first (their rows are then seen here), and
     later ones wait for the deletion and then find no user. SQLite's write
     lock orders the two already.
     """
     if _locks_rows(type(user)):
-        manager = type(user)._default_manager
-        list(manager.select_for_update().filter(pk=user.pk).values_list("pk"))
+        lock_user_rows(type(user), user.pk, using=router.db_for_write(type(user)))
+
+
+def lock_user_rows(user_model: type[Model], user_pk: Any, *, using: str) -> None:
+    """Lock the user's rows (``SELECT ... FOR UPDATE``), the root table's first.
+
+    A user model spread over tables (multi-table inheritance) has a row in
+    each. Django's ``save()`` writes the parents' rows before the child's;
+    a start's reservation and a deletion lock them in that order too, so
+    none of the three waits on another in a cycle (a deadlock PostgreSQL
+    would end by failing one). Where every link up is the primary key, each
+    row has the user's key and is locked by a statement of its own. Other
+    shapes (a child with a primary key of its own, multiple inheritance)
+    lock the joined rows in one statement, in the order the database takes
+    them. One statement for a user model of one table. Call only where the
+    database has row locks.
+    """
+    concrete = user_model._meta.concrete_model or user_model
+    if not _keyed_by_the_users_key(concrete):
+        list(concrete._base_manager.using(using).select_for_update().filter(pk=user_pk))
+        return
+    for model in [*reversed(concrete._meta.get_parent_list()), concrete]:
+        rows = model._base_manager.using(using).select_for_update().filter(pk=user_pk)
+        list(rows.values_list("pk"))
+
+
+def _keyed_by_the_users_key(model: type[Model]) -> bool:
+    """Whether every table of the model's rows has the same key: each link up is the primary key."""
+    pk = model._meta.pk
+    parents = model._meta.parents
+    if not parents:
+        return True
+    if len(parents) > 1 or pk is None or pk not in parents.values():
+        return False
+    (parent,) = parents
+    return _keyed_by_the_users_key(parent)
 
 
 def _locks_rows(model: type[Any]) -> bool:

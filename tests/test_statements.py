@@ -586,3 +586,52 @@ def test_a_member_deactivated_or_deleted_since_signing_in_cannot_start(
     with pytest.raises(UserNotActive):
         services.start_session(signed_in)
     assert not Session.objects.exists()
+
+
+def test_a_member_deactivated_while_starting_is_refused_without_a_deadlock(
+    settings: Any, upstream: Any
+) -> None:
+    """A start locks a member's rows in the order Django's ``save()`` writes them: parent first.
+
+    The deactivation here has written ``is_active`` on the parent's row and
+    goes on to the member's own row, as ``save()`` does for a member with
+    fields of its own, while a start waits between the two. Had the start
+    locked the member's row first, each would wait on the other until
+    PostgreSQL failed one of them.
+    """
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's row locks")
+    import time
+
+    from django_avaturn import services
+    from django_avaturn.exceptions import UserNotActive
+
+    model, member, _ = _members(settings)
+    parent = model._meta.get_field("is_active").model
+    signed_in = model.objects.get(pk=member.pk)
+    parent_written = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def deactivate() -> None:
+        try:
+            with transaction.atomic():
+                parent._base_manager.filter(pk=member.pk).update(is_active=False)
+                parent_written.set()
+                time.sleep(0.5)  # the start reaches the parent's lock meanwhile
+                # The member's own row, which save() writes next.
+                list(model._base_manager.select_for_update().filter(pk=member.pk).values_list("pk"))
+            outcome["deactivated"] = True
+        except BaseException as exc:
+            outcome["deactivated"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=deactivate)
+    thread.start()
+    assert parent_written.wait(10)
+    with pytest.raises(UserNotActive):
+        services.start_session(signed_in)
+    thread.join(10)
+
+    assert outcome == {"deactivated": True}
+    assert not Session.objects.exists()

@@ -31,6 +31,7 @@ from django.db import DatabaseError, connections, router, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from django_avaturn import users
 from django_avaturn.conf import avaturn_settings, sdk_api_host
 from django_avaturn.exceptions import (
     AvaturnError,
@@ -352,9 +353,9 @@ def _ensure_still_active(user_pk: Any, *, lock: bool, together: bool) -> None:
         user_model = get_user_model()
         # Where deactivation writes it: a replica may not show it yet.
         written = router.db_for_write(user_model)
-        user_row = user_model._default_manager.using(written).filter(pk=user_pk)
         if lock:
-            user_row = user_row.select_for_update()
+            users.lock_user_rows(user_model, user_pk, using=written)
+        user_row = user_model._default_manager.using(written).filter(pk=user_pk)
         fields = ["pk"]
         if any(field.name == "is_active" for field in user_row.model._meta.concrete_fields):
             fields.append("is_active")  # a custom user model need not have it
