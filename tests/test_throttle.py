@@ -263,19 +263,21 @@ def test_a_start_refused_for_its_body_spends_none_of_the_rate(
     """The rate counts starts: a body refused before anything starts (400, 415) is not one."""
     from rest_framework.test import APIClient
 
-    avaturn(START_THROTTLE_RATE="2/minute", MAX_LIVE_SESSIONS_PER_USER=5)
+    avaturn(START_THROTTLE_RATE="2/minute", MAX_LIVE_SESSIONS_PER_USER=5, ALLOWED_AVATARS=["av-1"])
     client = APIClient(enforce_csrf_checks=True)
     client.force_login(user)
 
     refused = [
         csrf_json(client, "post", LIST_URL, {"instructions": "x"}),
         csrf_json(client, "post", LIST_URL, {"client_ref": 5}),
+        csrf_json(client, "post", LIST_URL, {"avatar_id": "not-allowed"}),
         csrf_json(client, "post", LIST_URL, "{not json", content_type="application/json"),
         csrf_json(client, "post", LIST_URL, "a=b", content_type="text/plain"),
     ]
     started = [csrf_json(client, "post", LIST_URL, {}).status_code for _ in range(3)]
 
     assert [(r.status_code, r.json()["code"]) for r in refused] == [
+        (400, "invalid"),
         (400, "invalid"),
         (400, "invalid"),
         (400, "parse_error"),

@@ -15,6 +15,7 @@ from django_avaturn.models import (
     Engine,
     Session,
 )
+from django_avaturn.sessions.plan import allowed_avatars
 
 
 class StrictSerializer(serializers.Serializer[Any]):
@@ -81,6 +82,12 @@ class StartSessionSerializer(StrictSerializer):
             "`POST sessions/abandon/` can end it before its answer arrives."
         ),
     )
+
+    def validate_avatar_id(self, value: str) -> str:
+        # Refused with the body's other faults, before the start's throttle counts it.
+        if value and value not in allowed_avatars():
+            raise serializers.ValidationError(_("This avatar is not available."))
+        return value
 
 
 class AbandonStartSerializer(StrictSerializer):

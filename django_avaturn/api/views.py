@@ -175,6 +175,7 @@ class SessionListView(AvaturnAPIView):
                 client_ref=serializer.validated_data.get("client_ref", ""),
             )
         except AvatarNotAllowed as exc:
+            # The allow-list changed since the serializer checked it.
             raise exceptions.ValidationError(
                 {"avatar_id": [_("This avatar is not available.")]}
             ) from exc

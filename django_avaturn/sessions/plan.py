@@ -153,7 +153,8 @@ def build_plan(
     default_avatar = avaturn_settings.AVATAR_ID
     chosen_avatar = avatar_id or overrides.get("avatar_id") or default_avatar or ""
     # The request may choose only from the allow-list (the hook is trusted).
-    allowed = (default_avatar, *avaturn_settings.ALLOWED_AVATARS)
+    # Read on every start: a malformed setting fails every start alike.
+    allowed = allowed_avatars()
     if avatar_id and avatar_id not in allowed:
         raise AvatarNotAllowed(avatar_id)
 
@@ -235,6 +236,12 @@ def _engine_options(engine: str, overrides: Mapping[str, Any]) -> dict[str, Any]
     # The Cartesia key stays with the client that uses it, out of the plan.
     options.pop("API_KEY", None)
     return options
+
+
+def allowed_avatars() -> tuple[str, ...]:
+    """The avatars a request may choose: ``AVATAR_ID`` and ``ALLOWED_AVATARS``."""
+    default, listed = avaturn_settings.AVATAR_ID, avaturn_settings.ALLOWED_AVATARS
+    return (default, *listed) if default else listed
 
 
 class AvatarNotAllowed(ValueError):
