@@ -22,6 +22,7 @@ from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.db import OperationalError, connection
+from django.urls import path
 from uvicorn.protocols.utils import ClientDisconnected
 from websockets.exceptions import ConnectionClosed
 
@@ -29,7 +30,7 @@ from django_avaturn import services
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.engine import layer, shutdown, tokens
 from django_avaturn.engine.consumer import STOP_WAIT, AvaturnGone, _AvaturnSide, end_row
-from django_avaturn.engine.routing import websocket_urlpatterns
+from django_avaturn.engine.routing import websocket_not_found, websocket_urlpatterns
 from django_avaturn.exceptions import AvaturnError
 from django_avaturn.models import EndReason, Session, SessionStatus, ToolCall, Transcript
 from django_avaturn.sessions import transitions
@@ -177,6 +178,33 @@ def _assert_logged_without(caplog: pytest.LogCaptureFixture, *credentials: str) 
     assert "Refused a site engine socket" in caplog.text
     for credential in credentials:
         assert credential not in caplog.text
+
+
+@pytest.mark.parametrize("route", ["/nope/", "/chat/nope/", "/avaturn/engine/", "/avaturn/x/y/"])
+def test_a_path_no_route_takes_is_refused_before_accept(
+    engine: Any, user: Any, realtime: LoopbackRealtime, route: str
+) -> None:
+    """``websocket_not_found`` last, after a site's own routes (a nested router among them)."""
+
+    async def chat(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    site_routes = [path("room/", chat)]
+    router = URLRouter(
+        [path("chat/", URLRouter(site_routes)), *websocket_urlpatterns, websocket_not_found]
+    )
+
+    async def attempt() -> None:
+        refused = WebsocketCommunicator(router, route)
+        assert await refused.connect(TIMEOUT) == (False, 1000)
+        # The routes before it still take theirs.
+        taken = WebsocketCommunicator(router, "/chat/room/")
+        assert (await taken.connect(TIMEOUT))[0] is True
+        await taken.disconnect()
+
+    run(attempt)
+    assert realtime.connections == 0
 
 
 def test_a_bad_signature_is_refused(

@@ -28,7 +28,9 @@ with its traceback, for anyone who asks.
 
 from __future__ import annotations
 
-from channels.generic.websocket import AsyncWebsocketConsumer
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from django.urls import path, re_path
 
 from django_avaturn.engine.consumer import SiteEngineConsumer
@@ -38,12 +40,23 @@ websocket_urlpatterns = [
 ]
 
 
-class NotFoundConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Channels is untyped
-    """Refuses the socket before accepting it: the server answers the handshake 403."""
+async def refuse_socket(
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    """Close the socket before accepting it: the server answers the handshake 403.
 
-    async def connect(self) -> None:
-        await self.close()
+    A bare ASGI application, not a consumer: it joins no channel layer, so
+    it needs no layer and fails with none.
+    """
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.close"})
 
 
 # Every path: last in a URLRouter, it takes what the routes before it did not.
-websocket_not_found = re_path(r"", NotFoundConsumer.as_asgi(), name="avaturn-websocket-not-found")
+websocket_not_found = re_path(
+    r"",
+    refuse_socket,  # type: ignore[arg-type]  # an ASGI application, as URLRouter routes take
+    name="avaturn-websocket-not-found",
+)
