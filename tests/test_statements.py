@@ -368,7 +368,7 @@ def test_the_statements_read_a_user_model_of_one_table_only(settings: Any) -> No
             app_label = "django_avaturn"
 
     found = {
-        model.__name__: statements._user_is_one_table(model)
+        model.__name__: statements._one_table(model)
         for model in (Person, Inherited, Stand, Member, Coded, Plain)
     }
     assert found == {

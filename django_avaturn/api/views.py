@@ -112,12 +112,13 @@ class SessionListView(AvaturnAPIView):
     """`GET`: the caller's own sessions, newest first. `POST`: start one."""
 
     # Set by post() once the start's body is valid. DRF checks throttles
-    # before the handler runs, when this is still false: a body refused as
-    # invalid starts nothing, so it spends none of the start rate.
-    start_body_valid = False
+    # before the handler runs, when this is still false (and a GET never sets
+    # it): a body refused as invalid starts nothing, so it spends none of the
+    # start rate.
+    _start_body_valid = False
 
     def get_throttles(self) -> list[BaseThrottle]:
-        if self.request.method != "POST" or not self.start_body_valid:
+        if not self._start_body_valid:
             return []
         return [cls() for cls in avaturn_settings.THROTTLE_CLASSES]
 
@@ -164,7 +165,7 @@ class SessionListView(AvaturnAPIView):
             raise exceptions.NotAuthenticated()
         serializer = StartSessionSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        self.start_body_valid = True
+        self._start_body_valid = True
         self.check_throttles(request)
         try:
             started = services.start_session(

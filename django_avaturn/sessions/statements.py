@@ -372,12 +372,6 @@ def update_own_row(
     return row
 
 
-def _whole_row_model(model: type[Model]) -> bool:
-    # Every column of such a model is in its own table (no multi-table inheritance).
-    concrete = model._meta.concrete_model or model
-    return not concrete._meta.parents
-
-
 @lru_cache(maxsize=16)
 def _row_with_user_sql(alias: str, user_model: type[Model]) -> str:
     quote = connections[alias].ops.quote_name
@@ -408,7 +402,7 @@ def row_with_user(pk: Any) -> Session | None:
     assert isinstance(user_model, type)
     assert issubclass(user_model, Model)
     alias, connection = _connection()
-    if not _whole_row_model(user_model):
+    if not _one_table(user_model):
         return Session.objects.using(alias).select_related("user").filter(pk=pk).first()
     with connection.cursor() as cursor:
         cursor.execute(
@@ -448,7 +442,7 @@ def reads_together() -> bool:
 
     They must be written to one database: the reservation reads each where
     it is written (a replica may lag), so its single read joins them there.
-    And the user model must be one table (``_user_is_one_table``). Otherwise
+    And the user model must be one table (``_one_table``). Otherwise
     ``starting`` reads each through the ORM.
     """
     user_model = get_user_model()
@@ -456,21 +450,20 @@ def reads_together() -> bool:
     return (
         router.db_for_write(user_model) == alias
         and router.db_for_write(ServiceSwitch) == alias
-        and _user_is_one_table(user_model)
+        and _one_table(user_model)
     )
 
 
-@lru_cache(maxsize=16)
-def _user_is_one_table(user_model: type[Model]) -> bool:
-    """Whether the user model's rows are rows of one table (no multi-table inheritance).
+def _one_table(model: type[Model]) -> bool:
+    """Whether the model's rows are rows of one table (no multi-table inheritance).
 
-    Under multi-table inheritance the user is a row in each table of the
-    chain: ``is_active`` is a parent's column, while deletion may remove the
-    user model's own row alone (``delete(keep_parents=True)``). The ORM's
-    read joins the chain, and its ``select_for_update()`` locks each row of
-    it; the statements here read and lock one table.
+    The statements here read one table per model. Under multi-table
+    inheritance a user is a row in each table of the chain: ``is_active`` is
+    a parent's column, while deletion may remove the user model's own row
+    alone (``delete(keep_parents=True)``). The ORM reads such a user, and
+    ``users.lock_user_rows`` locks each of its rows.
     """
-    concrete = user_model._meta.concrete_model or user_model
+    concrete = model._meta.concrete_model or model
     return not concrete._meta.parents
 
 
@@ -485,7 +478,7 @@ def _user_activity_sql(alias: str, user_model: type[Model]) -> tuple[str, str, s
     Quoted, for ``SELECT active FROM table WHERE primary key column = %s``.
     ``active`` is the ``is_active`` column, or ``1`` for a user model
     without one. The table is the user model's one table
-    (``_user_is_one_table``): the row deactivation and deletion write, so a
+    (``_one_table``): the row deactivation and deletion write, so a
     lock on it orders a start against both.
     """
     quote = connections[alias].ops.quote_name
