@@ -342,8 +342,9 @@ def _ensure_still_active(user_pk: Any, *, lock: bool, together: bool) -> None:
 
     Deactivation ends the sessions a user has (``users``); one reserved
     after it would run on, for an inactive user, until it expired. Read
-    under the reservation's lock (``lock``: the user row's own, which
-    deactivation's UPDATE takes too), so the two cannot miss each other.
+    under the reservation's lock (``lock``: the user's rows' own, which
+    deactivation's UPDATE takes too; ``users.lock_user_rows``), so the two
+    cannot miss each other.
     By a statement written once where ``together``
     (``statements.reads_together()``), else through the ORM.
     """
