@@ -449,6 +449,55 @@ def test_no_key_anywhere(
         assert key not in text
 
 
+@pytest.mark.parametrize(
+    ("engine", "route", "handed_out"),
+    [
+        ("openai-realtime", OPENAI_CLIENT_SECRET, "ek_fake_"),
+        ("openai-realtime", AVATURN_CREATE, "fake-tok-"),
+        ("cartesia", CARTESIA_ACCESS_TOKEN, "ctk_fake_"),
+    ],
+)
+def test_a_credential_in_an_answer_that_does_not_parse_is_kept_nowhere(
+    live_fake: FakeUpstream,
+    avaturn: AvaturnOverrides,
+    user: Any,
+    django_user_model: Any,
+    caplog: pytest.LogCaptureFixture,
+    engine: str,
+    route: str,
+    handed_out: str,
+) -> None:
+    """An accepted answer cut mid-JSON still holds (part of) the credential it hands out.
+
+    The failure is recorded, but no excerpt of such an answer: not in the
+    API's answer, the row, a log line or the admin.
+    """
+    caplog.set_level(logging.DEBUG)
+    if engine == "cartesia":
+        avaturn(ENGINE="cartesia", CARTESIA=live_fake.cartesia_settings(AGENT_ID="agent_abc"))
+    live_fake.fail(route, mode="malformed")
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    response = csrf_json(client, "post", LIST_URL, {})
+
+    assert response.status_code == 502
+    staff = Client()
+    staff.force_login(
+        django_user_model.objects.create_superuser(email="root@example.com", password="pw")
+    )
+    (row,) = Session.objects.all()
+    seen = [
+        response.content.decode(),
+        json.dumps(list(Session.objects.values()), default=str),
+        staff.get(f"/admin/django_avaturn/session/{row.pk}/change/").content.decode(),
+        *(record.getMessage() for record in caplog.records),
+    ]
+    assert "unparseable answer" in row.end_detail
+    for text in seen:
+        assert handed_out not in text
+
+
 @pytest.mark.parametrize("session_id", ["a%00b", "x" * 256])
 def test_session_ids_no_row_can_have_are_404_on_every_database(
     api_client: Any, upstream: Any, session_id: str
