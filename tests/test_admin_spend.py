@@ -232,6 +232,15 @@ def test_kill_switch_stops_new_sessions_and_terminates_running_ones(
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201
 
 
+def test_the_kill_switch_with_nothing_running_says_so(admin_client: Client, upstream: Any) -> None:
+    response = admin_client.post(KILL, {"enable": "0", "confirm": "yes"}, follow=True)
+
+    messages = [str(m) for m in response.context["messages"]]
+    assert "No sessions were running." in messages
+    assert "No sessions were selected." not in messages  # the bulk action's words
+    assert not limits.sessions_enabled()
+
+
 def test_a_kill_switch_reason_with_control_characters_still_stops_everything(
     admin_client: Client, user: Any, upstream: Any
 ) -> None:

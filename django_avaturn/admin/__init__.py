@@ -416,7 +416,7 @@ class SessionAdmin(_ModelAdmin):
         except NotConfigured as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
-            report_tally(self, request, tally)
+            report_tally(self, request, tally, when_none=_("No sessions were running."))
         return HttpResponseRedirect(changelist)
 
     def kill_switch_confirmation(self, request: HttpRequest) -> TemplateResponse:

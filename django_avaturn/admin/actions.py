@@ -44,8 +44,14 @@ def terminate_selected(
     report_tally(modeladmin, request, tally)
 
 
-def report_tally(modeladmin: Any, request: HttpRequest, tally: Tally) -> None:
-    """One message per kind of outcome, so a failure is never hidden by a success."""
+def report_tally(
+    modeladmin: Any, request: HttpRequest, tally: Tally, *, when_none: str | None = None
+) -> None:
+    """One message per kind of outcome, so a failure is never hidden by a success.
+
+    ``when_none``: what to say when there was nothing to end (by default, that
+    no session was selected).
+    """
     terminated = tally[Outcome.TERMINATED]
     gone = tally[Outcome.ALREADY_GONE]
     skipped = tally[Outcome.SKIPPED]
@@ -116,4 +122,5 @@ def report_tally(modeladmin: Any, request: HttpRequest, tally: Tally) -> None:
         ) % {"count": tally.failed, "errors": "; ".join(tally.failures)}
         modeladmin.message_user(request, scrub(text), messages.ERROR)
     if not (terminated or gone or stopped or ending or skipped or tally.failed):
-        modeladmin.message_user(request, _("No sessions were selected."), messages.INFO)
+        nothing = when_none if when_none is not None else _("No sessions were selected.")
+        modeladmin.message_user(request, nothing, messages.INFO)
