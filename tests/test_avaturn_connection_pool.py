@@ -43,7 +43,11 @@ def test_concurrent_callers_reuse_their_connections() -> None:
             _burst(client)
             opened_first = fake.connections_opened
             _burst(client)
-            assert fake.connections_opened == opened_first
             assert opened_first > 10
+            # Every connection kept: two bursts never need more than their
+            # callers at once. (A caller the machine delayed past another's
+            # answer reuses its connection in one burst, and may need its own
+            # in the next.) requests' pool of 10 reopened 14 in the second.
+            assert fake.connections_opened <= CALLERS
         finally:
             client.close()
