@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
@@ -37,7 +36,6 @@ from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Session
 from django_avaturn.sessions import ending, statements, transitions
-from django_avaturn.sessions.plan import AvatarNotAllowed
 
 SESSION_ID_MAX_LENGTH = Session._meta.get_field("session_id").max_length or 255
 # What a 503 means where nothing is started: the database, or a missing setting.
@@ -167,19 +165,14 @@ class SessionListView(AvaturnAPIView):
         serializer.is_valid(raise_exception=True)
         self._start_body_valid = True
         self.check_throttles(request)
-        try:
-            started = services.start_session(
-                request.user,
-                request=request._request,
-                avatar_id=serializer.validated_data.get("avatar_id"),
-                config_name=serializer.validated_data.get("config", ""),
-                client_ref=serializer.validated_data.get("client_ref", ""),
-            )
-        except AvatarNotAllowed as exc:
-            # The allow-list changed since the serializer checked it.
-            raise exceptions.ValidationError(
-                {"avatar_id": [_("This avatar is not available.")]}
-            ) from exc
+        # The serializer refused an avatar outside the allow-list already.
+        started = services.start_session(
+            request.user,
+            request=request._request,
+            avatar_id=serializer.validated_data.get("avatar_id"),
+            config_name=serializer.validated_data.get("config", ""),
+            client_ref=serializer.validated_data.get("client_ref", ""),
+        )
         body = started_body(
             session_id=started.session.session_id,
             token=started.token,
