@@ -46,6 +46,9 @@ class EndReason(models.TextChoices):
     EXPIRED = "expired", _("Expired")
     REPLACED = "replaced", _("Replaced by a newer session")
     UPSTREAM_ERROR = "upstream_error", _("Upstream error")
+    # A start refused because a session of the user's it had to see ended
+    # first did not end: nothing was created, and no upstream failed it.
+    PREVIOUS_STILL_ENDING = "previous_still_ending", _("An earlier session was still ending")
     SHUTDOWN = "shutdown", _("Stopped by the kill switch")
     ABANDONED = "abandoned", _("The visitor's page left while it started")
     ENGINE_CLOSED = "engine_closed", _("Avaturn closed the site engine's socket")

@@ -247,7 +247,8 @@ def test_a_start_gives_up_on_a_replaced_start_that_does_not_finish_and_creates_n
     assert (status, code) == (503, "session_still_ending")
     assert longest - 0.5 < waited < longest + 5, (waited, longest)
     row = Session.objects.exclude(pk=stuck.pk).get()
-    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
+    # Not an upstream error: nothing was asked of the upstreams for it.
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.PREVIOUS_STILL_ENDING)
     assert row.session_id is None
     assert live_fake.requests == []  # not even a client secret was minted
     stuck.refresh_from_db()
@@ -364,7 +365,11 @@ def test_a_session_whose_terminate_failed_holds_its_users_slot(
     }
     assert response["Retry-After"] == "30"
     assert live_fake.requests == []
-    assert Session.objects.get(session_id=None).status == SessionStatus.FAILED
+    refused = Session.objects.get(session_id=None)
+    assert (refused.status, refused.end_reason) == (
+        SessionStatus.FAILED,
+        EndReason.PREVIOUS_STILL_ENDING,
+    )
 
 
 def test_a_claimed_start_whose_process_died_long_ago_does_not_hold_the_slot(

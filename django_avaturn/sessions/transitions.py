@@ -36,6 +36,7 @@ from django_avaturn.exceptions import (
     NotConfigured,
     SessionNotLive,
     SessionReplaced,
+    SessionStillEnding,
     UpstreamError,
 )
 from django_avaturn.models import EndReason, Engine, Session, SessionStatus, sessions_database
@@ -136,7 +137,11 @@ def failure_detail(exc: BaseException) -> str:
 
 
 def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = None) -> None:
-    """A start failed with nothing left running upstream: its row ends ``FAILED``. Never raises."""
+    """A start failed with nothing left running upstream: its row ends ``FAILED``. Never raises.
+
+    A row still starting takes the reason ``exc`` gives (``_failure_reason``);
+    one claimed meanwhile (``ENDING``) keeps the reason its claimer gave.
+    """
     detail = failure_detail(exc)
     if isinstance(exc, UpstreamError):
         logger.warning("Avaturn session start failed: %s", detail)
@@ -151,19 +156,34 @@ def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = No
     if session_id is not None:
         fields["session_id"] = session_id
     try:
+        reason = _failure_reason(exc)
         claimed = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
-            end_reason=EndReason.UPSTREAM_ERROR, **fields
+            end_reason=reason, **fields
         )
         if not claimed:
             claimed = Session.objects.filter(pk=row.pk, status=SessionStatus.ENDING).update(
                 **fields
             )
         if claimed:
-            row.end_reason = row.end_reason or EndReason.UPSTREAM_ERROR
+            row.end_reason = row.end_reason or reason
             tell_site_engine([row])
     except DatabaseError:
         # The expiry command ends stale STARTING rows; the upstream side is already clean.
         logger.exception("Could not record the failed start of session row %s", row.pk)
+
+
+def _failure_reason(exc: BaseException) -> EndReason:
+    """The end reason of a start that failed with ``exc`` before anything ran upstream.
+
+    ``previous_still_ending`` when it was refused because a session of the
+    user's did not end first (nothing was asked of the upstreams for it);
+    ``upstream_error`` for everything else (an upstream refused or failed, or
+    the database failed after Avaturn had created the session, which was
+    then terminated).
+    """
+    if isinstance(exc, SessionStillEnding):
+        return EndReason.PREVIOUS_STILL_ENDING
+    return EndReason.UPSTREAM_ERROR
 
 
 def unknown_outcome() -> Q:

@@ -19,6 +19,8 @@ describe("messageKeyFor: a refused start's message", () => {
     assert.equal(messageKeyFor(400, "parse_error"), "invalid");
     assert.equal(messageKeyFor(401, "authentication_failed"), "not_authenticated");
     assert.equal(messageKeyFor(502, "upstream_timeout"), "upstream_unavailable");
+    // A 503 that is not the service's fault: the visitor's last conversation is still ending.
+    assert.equal(messageKeyFor(503, "session_still_ending"), "previous_still_ending");
   });
 
   test("without a code of ours, the status", () => {

@@ -17,6 +17,8 @@ export const FALLBACK_MESSAGES = {
   site_busy: "All avatars are busy right now. Please try again in a minute.",
   sessions_disabled: "Avatar conversations are switched off at the moment.",
   session_replaced: "A newer conversation replaced this one.",
+  previous_still_ending:
+    "Your previous conversation is still ending. Please try again in a moment.",
   throttled: "Too many attempts. Please wait a moment and try again.",
   upstream_unavailable: "The avatar service is unavailable right now. Please try again later.",
   invalid: "The conversation could not be started with these settings.",
@@ -40,6 +42,7 @@ export const ERROR_CODE_MESSAGES = {
   site_limit_reached: "site_busy",
   sessions_disabled: "sessions_disabled",
   session_replaced: "session_replaced",
+  session_still_ending: "previous_still_ending",
   // Staff (or the expiry command) ended the session while it was starting.
   session_ended: "ended",
   upstream_error: "upstream_unavailable",
