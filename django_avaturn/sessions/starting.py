@@ -357,9 +357,7 @@ def _ensure_still_active(user_pk: Any, *, lock: bool, together: bool) -> None:
         if lock:
             users.lock_user_rows(user_model, user_pk, using=written)
         user_row = user_model._default_manager.using(written).filter(pk=user_pk)
-        fields = ["pk"]
-        if any(field.name == "is_active" for field in user_row.model._meta.concrete_fields):
-            fields.append("is_active")  # a custom user model need not have it
+        fields = ["pk", "is_active"] if statements.user_has_is_active(user_model) else ["pk"]
         found = list(user_row.values_list(*fields))
         active = bool(found) and (len(fields) == 1 or bool(found[0][1]))
     if not active:

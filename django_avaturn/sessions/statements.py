@@ -467,8 +467,11 @@ def _one_table(model: type[Model]) -> bool:
     return not concrete._meta.parents
 
 
-def _user_has_is_active(user_model: type[Model]) -> bool:
-    # A custom user model need not have it: then any existing user may start.
+def user_has_is_active(user_model: type[Model]) -> bool:
+    """Whether ``user_model`` stores ``is_active``.
+
+    A custom user model need not have it: then any existing user may start.
+    """
     return any(field.name == "is_active" for field in user_model._meta.concrete_fields)
 
 
@@ -482,7 +485,7 @@ def _user_activity_sql(alias: str, user_model: type[Model]) -> tuple[str, str, s
     lock on it orders a start against both.
     """
     quote = connections[alias].ops.quote_name
-    active = quote(_column_of(user_model, "is_active")) if _user_has_is_active(user_model) else "1"
+    active = quote(_column_of(user_model, "is_active")) if user_has_is_active(user_model) else "1"
     return active, quote(user_model._meta.db_table), quote(_column_of(user_model, "pk"))
 
 
