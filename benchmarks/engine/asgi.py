@@ -11,8 +11,12 @@ from django.core.asgi import get_asgi_application
 
 django_asgi = get_asgi_application()
 
-from django_avaturn.engine.routing import websocket_urlpatterns  # noqa: E402
+from django_avaturn.engine.routing import (  # noqa: E402
+    websocket_not_found,
+    websocket_urlpatterns,
+)
 
+# As the docs route it: any other path refused at the handshake.
 application = ProtocolTypeRouter(
-    {"http": django_asgi, "websocket": URLRouter(websocket_urlpatterns)}
+    {"http": django_asgi, "websocket": URLRouter([*websocket_urlpatterns, websocket_not_found])}
 )
