@@ -173,7 +173,7 @@ def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = No
 
 
 def _failure_reason(exc: BaseException) -> EndReason:
-    """The end reason of a start that failed with ``exc`` before anything ran upstream.
+    """The end reason of a start, still ``STARTING``, that failed with ``exc``.
 
     ``previous_still_ending`` when it was refused because a session of the
     user's did not end first (nothing was asked of the upstreams for it);
