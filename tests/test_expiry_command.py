@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_avaturn.management.commands.avaturn_expire_sessions import Command
-from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.models import EndReason, Engine, Session, SessionStatus
 from django_avaturn.sessions.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.signals import session_ended
 from django_avaturn.upstream.clients import longest_start
@@ -36,12 +36,14 @@ def make(
     max_duration: int | None = 3600,
     end_reason: str = "",
     touched_ago: float = 0,
+    site_engine: bool = False,
 ) -> Session:
     now = timezone.now()
     row = Session.objects.create(
         user=user,
         session_id=session_id,
         status=status,
+        engine=Engine.SITE if site_engine else Engine.OPENAI_REALTIME,
         created_at=now - timedelta(seconds=(started_ago or 0) + 1),
         started_at=now - timedelta(seconds=started_ago) if started_ago is not None else None,
         expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
@@ -143,12 +145,50 @@ def test_a_session_nobody_joined_is_stale_after_the_unjoined_threshold() -> None
     assert off.stale_because(row_at(started_ago=1000), NOW) is None
 
 
+def test_a_site_engine_session_whose_socket_never_connected_is_stale_heartbeats_or_not() -> None:
+    """Its token expired CONNECT_WITHIN after the start: the avatar can never talk.
+
+    The page may still be open and sending heartbeats (the visitor waits for
+    a silent avatar), so no heartbeat rule would end it before max_duration.
+    """
+    never = "its site engine socket did not connect within 120 s"
+    for idle in (300, None):
+        policy = ExpiryPolicy(
+            idle=idle,
+            grace=60,
+            stuck_after=300,
+            default_max_duration=3600,
+            engine_connect_within=120,
+        )
+
+        def site(*, connected: bool, **kwargs: Any) -> Session:
+            row = row_at(**kwargs)
+            row.engine = Engine.SITE
+            row.engine_connected_at = row.started_at if connected else None
+            return row
+
+        assert (
+            policy.stale_because(site(connected=False, started_ago=181, seen_ago=1), NOW) == never
+        )
+        # Within CONNECT_WITHIN plus the grace: Avaturn may still connect.
+        assert policy.stale_because(site(connected=False, started_ago=179, seen_ago=1), NOW) is None
+        # Connected once: a conversation ran; the other rules decide.
+        assert policy.stale_because(site(connected=True, started_ago=1000, seen_ago=1), NOW) is None
+        # Another engine has no socket of ours to wait for.
+        assert policy.stale_because(row_at(started_ago=1000, seen_ago=1), NOW) is None
+
+
 @pytest.mark.parametrize(("idle", "unjoined"), [(None, 90), (300, None), (300, 90)])
 def test_sql_filter_is_a_superset_of_the_policy(
     user: Any, idle: int | None, unjoined: int | None
 ) -> None:
     policy = ExpiryPolicy(
-        idle=idle, grace=60, stuck_after=300, default_max_duration=3600, unjoined=unjoined
+        idle=idle,
+        grace=60,
+        stuck_after=300,
+        default_max_duration=3600,
+        unjoined=unjoined,
+        engine_connect_within=120,
     )
     now = timezone.now()
     n = 0
@@ -165,6 +205,12 @@ def test_sql_filter_is_a_superset_of_the_policy(
                         seen_ago=seen_ago,
                         max_duration=max_duration,
                     )
+    for started_ago in (100, 200, 3000):
+        for connected in (False, True):
+            n += 1
+            make(user, f"s{n}", started_ago=started_ago, seen_ago=5, site_engine=True)
+            if connected:
+                Session.objects.filter(session_id=f"s{n}").update(engine_connected_at=now)
     from django.db.models.functions import Coalesce
 
     candidates = set(
@@ -400,6 +446,26 @@ def test_a_session_whose_browser_never_joined_ends_on_the_first_run_after_90_s(
     quiet = make(user, "av-quiet", started_ago=1000)
     run()
     assert fresh(quiet).status == SessionStatus.LIVE
+
+
+def test_a_site_engine_session_avaturn_never_connected_ends_while_its_page_is_open(
+    upstream: Any, user: Any
+) -> None:
+    """Its page sends heartbeats to a silent avatar: ended once the socket cannot come."""
+    # CONNECT_WITHIN (120 s by default) plus EXPIRE_GRACE (60 s) after it went live.
+    silent = make(user, "av-silent", started_ago=181, seen_ago=2, site_engine=True)
+    waiting = make(user, "av-waiting", started_ago=170, seen_ago=2, site_engine=True)
+    talking = make(user, "av-talking", started_ago=1000, seen_ago=2, site_engine=True)
+    Session.objects.filter(pk=talking.pk).update(engine_connected_at=timezone.now())
+
+    run()
+
+    assert (fresh(silent).status, fresh(silent).end_detail) == (
+        SessionStatus.EXPIRED,
+        "its site engine socket did not connect within 120 s",
+    )
+    assert upstream.avaturn.deleted == ["av-silent"]
+    assert fresh(waiting).status == fresh(talking).status == SessionStatus.LIVE
 
 
 def test_older_than_and_idle_options(upstream: Any, user: Any) -> None:

@@ -13,6 +13,9 @@ as the row's ``end_detail``):
 * its browser sent heartbeats, and none for ``EXPIRE_IDLE_AFTER`` seconds;
 * its browser never sent one, ``EXPIRE_UNJOINED_AFTER`` seconds after it
   went live: nobody joined it (the page was left while it started);
+* a site engine session whose socket never connected,
+  ``SITE_ENGINE["CONNECT_WITHIN"]`` plus ``EXPIRE_GRACE`` seconds after it went
+  live: its token has expired, so the avatar can never talk, heartbeats or not;
 * its OpenAI client secret expired more than ``EXPIRE_GRACE`` ago and no
   heartbeat arrived for ``EXPIRE_IDLE_AFTER`` seconds (counted from the start
   if none ever did). The secret's expiry alone proves nothing: OpenAI lets a
@@ -54,7 +57,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.models import EndReason, Engine, Session, SessionStatus
 from django_avaturn.sessions import transitions
 from django_avaturn.sessions.ending import (
     DEFAULT_BATCH_SIZE,
@@ -90,6 +93,9 @@ class ExpiryPolicy:
     # A create with an unknown outcome holds its row's slot this long after
     # the reservation (None: ``stuck_after``, as any row left ending).
     unknown_outcome_after: float | None = None
+    # A site engine session whose socket has not connected this long (plus
+    # ``grace``) after going live never will: its token has expired (None: no rule).
+    engine_connect_within: int | None = None
 
     @classmethod
     def from_settings(
@@ -105,6 +111,7 @@ class ExpiryPolicy:
             unjoined=avaturn_settings.EXPIRE_UNJOINED_AFTER,
             starting_after=longest_start(),
             unknown_outcome_after=unknown_outcome_hold(),
+            engine_connect_within=int(avaturn_settings.SITE_ENGINE["CONNECT_WITHIN"]),
         )
 
     # ------------------------------------------------------------------ live rows
@@ -117,6 +124,13 @@ class ExpiryPolicy:
         cap = session.max_duration or self.default_max_duration
         if began + timedelta(seconds=cap + self.grace) < now:
             return f"ran past its max_duration of {cap} s"
+        if (
+            self.engine_connect_within is not None
+            and session.engine == Engine.SITE
+            and session.engine_connected_at is None
+            and began < now - timedelta(seconds=self.engine_connect_within + self.grace)
+        ):
+            return f"its site engine socket did not connect within {self.engine_connect_within} s"
         secret_gone = session.expires_at is not None and (
             session.expires_at + timedelta(seconds=self.grace) < now
         )
@@ -151,6 +165,12 @@ class ExpiryPolicy:
             if self.unjoined is not None:
                 unjoined_since = now - timedelta(seconds=self.unjoined)
                 q |= Q(last_seen_at__isnull=True, began__lt=unjoined_since)
+        if self.engine_connect_within is not None:
+            q |= Q(
+                engine=Engine.SITE,
+                engine_connected_at__isnull=True,
+                began__lt=now - timedelta(seconds=self.engine_connect_within + self.grace),
+            )
         if self.older_than is not None:
             q |= Q(began__lt=now - timedelta(seconds=self.older_than))
         return q
