@@ -5,7 +5,8 @@
 ``django_avaturn.E002``   ``AVATURN`` is not a dict, or names a setting that does not exist
                           (the hint names the closest one).
 ``django_avaturn.E003``   A setting is refused by its rule: wrong type, or out of range.
-``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call.
+``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call;
+                          a site engine tool module does not import or holds no valid ``@tool``.
 ``django_avaturn.E005``   The URLconf does not include ``django_avaturn.urls``.
 ``django_avaturn.E006``   ``TEST_MODE`` is on with ``DEBUG`` off.
 ``django_avaturn.E007``   The chosen ``ENGINE`` lacks a setting it needs.
@@ -210,7 +211,32 @@ def _engine_errors() -> list[CheckMessage]:
             )
     if engine == "site":
         messages.extend(_channels_messages())
+    if site is not None and site["TOOLS"]:
+        # Whatever ENGINE says: the hook may choose the site engine per start.
+        messages.extend(_tool_errors(site["TOOLS"]))
     return messages
+
+
+def _tool_errors(modules: Sequence[str]) -> list[CheckMessage]:
+    """E004: a module of ``SITE_ENGINE["TOOLS"]`` that a site engine start would refuse.
+
+    Loaded as every start of that engine loads them (``engine.tools.load_registry``):
+    the module must import, and its ``@tool`` functions be well declared (their
+    decorator raises at import when a signature cannot be described to the model).
+    """
+    from django_avaturn.engine.tools import load_registry
+
+    try:
+        load_registry(modules)
+    except NotConfigured as exc:
+        return [
+            Error(
+                f"{exc} Every start of the site engine will answer 503.",
+                hint="Fix the module, or take it out of AVATURN['SITE_ENGINE']['TOOLS'].",
+                id="django_avaturn.E004",
+            )
+        ]
+    return []
 
 
 def _channels_messages() -> list[CheckMessage]:

@@ -201,6 +201,33 @@ def test_unimportable_paths_are_e004(avaturn: AvaturnOverrides, name: str, value
     assert name in messages[0].msg
 
 
+@pytest.mark.parametrize(
+    ("modules", "says"),
+    [
+        (["tests.nowhere_tools"], "'tests.nowhere_tools', which cannot be imported"),
+        # A parameter no JSON schema describes: @tool raises as the module imports.
+        (["tests.engine_tools_unsupported"], "'tests.engine_tools_unsupported'"),
+        (["tests.engine_tools_wrapped"], "put @tool outermost"),
+        (["tests.engine_tools_example", "tests.engine_tools_duplicate"], "Two site tools"),
+        (["django_avaturn.models"], "which has no @tool functions"),
+    ],
+)
+def test_site_engine_tools_a_start_would_refuse_are_e004(
+    avaturn: AvaturnOverrides, modules: list[str], says: str
+) -> None:
+    """Every start of the site engine loads them and answers 503 if one is wrong: say so now."""
+    avaturn(SITE_ENGINE={"TOOLS": modules})
+    messages = avaturn_messages()
+    assert ids(messages) == ["django_avaturn.E004"]
+    assert says in messages[0].msg
+    assert "Every start of the site engine will answer 503." in messages[0].msg
+
+
+def test_well_declared_site_engine_tools_pass(avaturn: AvaturnOverrides) -> None:
+    avaturn(SITE_ENGINE={"TOOLS": ["tests.engine_tools_example"]})
+    assert avaturn_messages() == []
+
+
 def test_missing_keys_are_warnings_not_errors(settings: Any, monkeypatch: Any) -> None:
     monkeypatch.delenv("AVATURN_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
