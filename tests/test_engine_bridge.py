@@ -248,6 +248,44 @@ def test_advisory_errors_are_logged_and_the_call_goes_on(caplog: pytest.LogCaptu
     assert "json.parsing.error" in text
 
 
+def test_frames_nested_too_deeply_are_junk_not_the_end_of_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Python's JSON raises RecursionError, not ValueError, for ``[[[...]]]`` deep enough."""
+    deep = "[" * 100_000 + "]" * 100_000
+
+    async def test() -> None:
+        async with Running() as r:
+            await r.bridge.feed_message(deep)
+            await r.realtime.push(deep.encode())
+            assert r.task is not None and not r.task.done()
+            await r.speak("r1", "i1", pcm(20))
+            assert r.avaturn.audio() == pcm(20)
+
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.engine.bridge"):
+        run(test)
+    assert "Avaturn sent a text frame that is not JSON (200000 chars)." in caplog.text
+    assert "OpenAI Realtime sent an event that is not JSON with a type." in caplog.text
+    assert "RecursionError" not in caplog.text
+
+
+def test_an_avaturn_error_is_logged_on_one_line_with_its_control_characters_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The peer's words must not forge a log line of their own, nor carry a NUL."""
+
+    async def test() -> None:
+        async with Running() as r:
+            await r.bridge.feed_message(
+                json.dumps({"type": "error", "subtype": "x\nFAKE: y", "reason": "\x00\r\x1b[31m"})
+            )
+
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.engine.bridge"):
+        run(test)
+    (line,) = [r.getMessage() for r in caplog.records if "Avaturn reported" in r.getMessage()]
+    assert line == "Avaturn reported an error: x\\nFAKE: y: \\x00\\r\\x1b[31m"
+
+
 @pytest.mark.parametrize(
     ("played", "audio_end_ms"),
     [("NaN", 0), ("-1e999", 0), ("1e999", 0), ("Infinity", 0), ("1e300", None)],

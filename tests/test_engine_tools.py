@@ -515,6 +515,14 @@ def test_arguments_beyond_json_are_invalid_and_the_tool_not_run(
     )
 
 
+def test_arguments_nested_too_deeply_are_invalid_and_the_tool_not_run(runner: ToolRunner) -> None:
+    """Python's JSON raises RecursionError for them, which is no ValueError."""
+    answer = call(runner, "deep-1", "ratio", "[" * 100_000 + "]" * 100_000)
+    assert answer == {"error": "The arguments are nested too deeply. Send a flat JSON object."}
+    assert example.RUNS["deep-1"] == 0
+    assert row("deep-1").status == ToolCallStatus.INVALID
+
+
 def test_a_result_of_nan_fails_rather_than_giving_the_model_invalid_json(
     runner: ToolRunner,
 ) -> None:

@@ -265,6 +265,8 @@ def test_excerpt_is_short_single_line_and_scrubbed() -> None:
     assert "\n" not in text
     assert KEYS[0] not in text
     assert excerpt(None) == ""
+    # A NUL or a terminal escape an upstream sent is written as its escape.
+    assert excerpt(b"bad\x00gateway \x1b[31mred") == "bad\\x00gateway \\x1b[31mred"
 
 
 def test_every_bulk_end_leaves_a_log_line(

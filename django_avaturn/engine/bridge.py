@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from django_avaturn.engine import protocol
 from django_avaturn.engine.segments import DROP, FORWARD, REOPEN, Segments
-from django_avaturn.upstream.redaction import scrub
+from django_avaturn.upstream.redaction import printable, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ _UNKNOWN_RESPONSE = "?"
 
 def _short(value: object) -> str:
     """An upstream's words, for a log line, a row and a close reason: no credential in it
-    (an error may echo what was sent: a tool's header, a key) and not too long."""
-    text = scrub(str(value))
+    (an error may echo what was sent: a tool's header, a key), on one line, not too long."""
+    text = printable(scrub(str(value)))
     return text if len(text) <= _DETAIL_MAX else text[:_DETAIL_MAX] + "…"
 
 
@@ -153,7 +153,7 @@ class Bridge:
         """A JSON text frame from Avaturn."""
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: nested too deeply)
             logger.warning("Avaturn sent a text frame that is not JSON (%d chars).", len(text))
             return
         if not isinstance(message, dict):
@@ -265,7 +265,7 @@ class Bridge:
             try:
                 event = loads(raw)
                 kind = event["type"]
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, RecursionError, TypeError, KeyError):
                 logger.warning("OpenAI Realtime sent an event that is not JSON with a type.")
                 continue
             if kind == "response.output_audio.delta":

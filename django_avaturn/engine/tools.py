@@ -943,6 +943,8 @@ def _parse_arguments(arguments: str) -> tuple[Any, str | None]:
         parsed = json.loads(arguments, parse_constant=_not_json, parse_float=_finite)
     except ValueError as exc:
         return None, f"The arguments are not valid JSON ({exc}). Send a JSON object."
+    except RecursionError:
+        return None, "The arguments are nested too deeply. Send a flat JSON object."
     if not isinstance(parsed, dict):
         return None, "The arguments must be a JSON object."
     return parsed, None

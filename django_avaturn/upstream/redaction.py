@@ -62,6 +62,18 @@ def scrub(text: str, *, extra_secrets: Iterable[str] = ()) -> str:
     return text
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (a newline, a NUL, a
+    terminal escape) written as its Python escape: what a peer sent cannot start
+    a log line of its own or reach a terminal as a control sequence."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+
+
 def excerpt(
     body: bytes | str | None, *, limit: int = EXCERPT_LENGTH, extra_secrets: Iterable[str] = ()
 ) -> str:
@@ -70,5 +82,5 @@ def excerpt(
         return ""
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     # Scrub before truncating so a key cut in half cannot survive as a prefix.
-    text = scrub(" ".join(text.split()), extra_secrets=extra_secrets)
+    text = printable(scrub(" ".join(text.split()), extra_secrets=extra_secrets))
     return text if len(text) <= limit else text[: limit - 1] + "…"
