@@ -289,8 +289,9 @@ def _channels_messages() -> list[CheckMessage]:
             Warning(
                 "AVATURN['ENGINE'] is 'site' with channels_redis on redis-py 8, whose "
                 "reads time out after 5 s unless told otherwise: the layer's receive "
-                "blocks up to 5 s in Redis, so every engine consumer fails with a "
-                "TimeoutError about 5 s into its conversation, and the call drops.",
+                "blocks up to 5 s in Redis, so every engine consumer's read fails with a "
+                "TimeoutError every 5 s; it logs a warning and reads again a second "
+                "later, and the site's ends and messages may reach it that much late.",
                 hint="Give each host a socket_timeout above 5 s: CHANNEL_LAYERS['default']"
                 "['CONFIG']['hosts'] = [{'address': 'redis://...', 'socket_timeout': 10}].",
                 id="django_avaturn.W015",
