@@ -295,6 +295,50 @@ def test_another_exception_is_logged_without_its_message_and_the_model_told_only
     assert record.exc_info is None
 
 
+@tool
+def sends_too_much(ctx: ToolContext, note: str) -> str:
+    """Lets send_to_browser's refusal through."""
+    ctx.send_to_browser({"note": note, "blob": "x" * 5000})
+    return "sent"
+
+
+@tool
+async def counts_users_on_the_loop(ctx: ToolContext, note: str) -> int:
+    """ORM work in an async tool, which Django refuses."""
+    return type(ctx.user).objects.filter(pk=ctx.user.pk).count()
+
+
+@pytest.mark.parametrize(
+    ("function", "says"),
+    [
+        (sends_too_much, "builtins.ValueError: send_to_browser()'s data is "),
+        (
+            counts_users_on_the_loop,
+            "django.core.exceptions.SynchronousOnlyOperation: You cannot call this from an "
+            "async context",
+        ),
+    ],
+)
+def test_a_failure_whose_message_names_no_value_is_logged_with_it(
+    session: Any,
+    browser: Browser,
+    caplog: pytest.LogCaptureFixture,
+    function: Any,
+    says: str,
+) -> None:
+    """Our own refusals and Django's SynchronousOnlyOperation say what to fix; the note,
+    which the tool was given, appears nowhere."""
+    private = "Ada's card ends 4242"
+    runner = runner_of(function, session, browser, timeout=5)
+    with caplog.at_level(logging.ERROR, logger="django_avaturn.engine.tools"):
+        answer = call(runner, "fixed", function.avaturn_tool.name, {"note": private})
+    assert answer == {"error": "The tool failed. Tell the user it could not be done now."}
+    [record] = [r for r in caplog.records if r.name == "django_avaturn.engine.tools"]
+    assert says in record.getMessage()
+    assert "(its message is not logged)" not in record.getMessage()
+    assert "4242" not in caplog.text
+
+
 def test_an_unknown_tool_is_invalid_and_recorded(runner: ToolRunner) -> None:
     answer = call(runner, "unk", "delete_everything", {})
     assert answer["error"].startswith("There is no tool named 'delete_everything'. The tools are: ")

@@ -35,6 +35,7 @@ from importlib import import_module
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from django.core.exceptions import SynchronousOnlyOperation
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections, connections
 
@@ -975,15 +976,35 @@ def _finite(text: str) -> float:
 
 
 def _log_failure(name: str, exc: BaseException) -> None:
-    """Log a tool's exception: its type and where it was raised, never its message.
+    """Log a tool's exception: its type and where it was raised, not its message.
 
     The message may quote the arguments (personal data) or anything else the
-    tool held; the frames (file, line, function, source line) show where.
+    tool held; the frames (file, line, function, source line) show where. A
+    message whose words are fixed (``_message_is_fixed``) says what to fix,
+    and is logged.
     """
     frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if _message_is_fixed(exc):
+        logger.error("Site tool %r failed with %s: %s Where:\n%s", name, kind, exc, frames.rstrip())
+        return
     logger.error(
         "Site tool %r failed with %s (its message is not logged). Where:\n%s",
         name,
-        f"{type(exc).__module__}.{type(exc).__qualname__}",
+        kind,
         frames.rstrip(),
+    )
+
+
+def _message_is_fixed(exc: BaseException) -> bool:
+    """Whether ``exc``'s message names no value the tool held: a refusal of
+    ``ToolContext.send_to_browser`` (sizes and type names), or Django's
+    ``SynchronousOnlyOperation`` (ORM work in an async tool)."""
+    if isinstance(exc, SynchronousOnlyOperation):
+        return True
+    innermost = exc.__traceback__
+    while innermost is not None and innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    return (
+        innermost is not None and innermost.tb_frame.f_code is ToolContext.send_to_browser.__code__
     )
