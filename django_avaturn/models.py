@@ -339,6 +339,8 @@ class ToolCallStatus(models.TextChoices):
     TIMEOUT = "timeout", _("Timed out")
     DENIED = "denied", _("Denied (user, session or permission)")
     INVALID = "invalid", _("Invalid arguments or unknown tool")
+    # Cut off by its conversation's end (Stop, expiry, staff): no outcome.
+    CANCELLED = "cancelled", _("Cut off: its conversation ended")
 
 
 class ToolCall(models.Model):

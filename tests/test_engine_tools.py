@@ -511,9 +511,37 @@ def test_a_call_cancelled_as_its_recheck_answers_is_cancelled_not_answered(
 
     assert run(scenario()).cancelled()
     assert requested == [True]
-    # Recorded as failed, by a thread of its own (nothing may be awaited once cancelled).
+    # Recorded as cut off, by a thread of its own (nothing may be awaited once cancelled).
     assert wait_until(lambda: ToolCall.objects.filter(call_id=call_id).exists())
-    assert row(call_id).status == ToolCallStatus.FAILED
+    assert row(call_id).status == ToolCallStatus.CANCELLED
+
+
+@tool
+async def waits_for_ever(ctx: ToolContext) -> str:
+    """Runs until it is cancelled."""
+    await asyncio.sleep(3600)
+    return "never"
+
+
+def test_a_call_its_conversation_cut_off_is_recorded_cut_off_not_failed(
+    session: Any, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stop (or expiry, or staff) ended the conversation while the tool ran: the tool
+    raised nothing, so nothing is logged, and its record says it was cut off."""
+    runner = runner_of(waits_for_ever, session, browser, timeout=60)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(runner("cut-1", "waits_for_ever", "{}"))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.engine.tools"):
+        run(scenario())
+    assert wait_until(lambda: ToolCall.objects.filter(call_id="cut-1").exists())
+    assert row("cut-1").status == ToolCallStatus.CANCELLED
+    assert caplog.records == []
 
 
 def test_a_recheck_abandoned_by_its_ended_conversation_is_skipped(

@@ -672,7 +672,7 @@ class ToolRunner:
         except asyncio.CancelledError:
             # The conversation ended mid-call: record it without waiting (nothing
             # may be awaited once cancelled), then let the cancellation through.
-            self._record_later(call_id, name, "failed", started, recorded)
+            self._record_later(call_id, name, "cancelled", started, recorded)
             raise
         await self._record(call_id, name, outcome.status, started, recorded)
         return outcome.output
