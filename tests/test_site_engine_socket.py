@@ -1449,6 +1449,22 @@ def test_an_end_cancelled_while_the_bridge_stops_still_closes_openai_and_ends_th
     assert row.pk not in shutdown.left_running()
 
 
+def test_ending_a_row_says_what_ended_it_the_sockets_close_or_an_earlier_end(
+    engine: Any, user: Any, upstream: Any
+) -> None:
+    """A Stop whose terminate made Avaturn close the socket: the row says ``client``,
+    and that is what the consumer logs, not the ``engine_closed`` it would have recorded."""
+    stopped, _token, _secret = site_row(user)
+    services.end_session(stopped, reason=EndReason.CLIENT)
+    assert end_row(stopped.pk, EndReason.ENGINE_CLOSED, "Avaturn closed it.") == EndReason.CLIENT
+    closed, _token, _secret = site_row(user, "sess-2")
+    assert end_row(closed.pk, EndReason.ENGINE_CLOSED, "Avaturn closed it.") == (
+        EndReason.ENGINE_CLOSED
+    )
+    closed.refresh_from_db()
+    assert (closed.status, closed.end_reason) == (SessionStatus.ENDED, EndReason.ENGINE_CLOSED)
+
+
 def test_ending_a_row_when_the_database_fails_logs_it_and_never_raises(
     engine: Any, user: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1460,7 +1476,7 @@ def test_ending_a_row_when_the_database_fails_logs_it_and_never_raises(
         raise OperationalError("the database went away")
 
     with caplog.at_level(logging.ERROR), connection.execute_wrapper(database_down):
-        assert end_row(row.pk, EndReason.ENGINE_CLOSED, "Avaturn closed the socket.") is False
+        assert end_row(row.pk, EndReason.ENGINE_CLOSED, "Avaturn closed the socket.") is None
 
     assert f"Could not end session row {row.pk}" in caplog.text
     assert "the database went away" in caplog.text

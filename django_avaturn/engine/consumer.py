@@ -109,23 +109,27 @@ def authenticate(token: str, headers: Any) -> Session:
     return row
 
 
-def end_row(pk: int, reason: str, detail: str) -> bool:
+def end_row(pk: int, reason: str, detail: str) -> str | None:
     """End row ``pk`` for ``reason`` (terminating its Avaturn session); never raises.
 
-    False when Avaturn or the database failed: the row is left as that failure left it
-    (ending, or live), for the process's exit (``shutdown``) and the expiry command.
+    Returns the row's end reason: ``reason``, or the one it already had when
+    the site ended it first (a Stop whose terminate closed the socket), or ""
+    for a row gone with its user. None when Avaturn or the database failed:
+    the row is left as that failure left it (ending, or live), for the
+    process's exit (``shutdown``) and the expiry command.
     """
     try:
         row = Session.objects.primary().filter(pk=pk).first()
-        if row is not None:
-            ending.end_session(row, reason=reason, detail=detail)
+        if row is None:
+            return ""
+        ending.end_session(row, reason=reason, detail=detail)
     except AvaturnError as exc:
         logger.warning("Could not end session row %s after its engine socket closed: %s", pk, exc)
-        return False
+        return None
     except Exception:
         logger.exception("Could not end session row %s after its engine socket closed", pk)
-        return False
-    return True
+        return None
+    return row.end_reason
 
 
 def _still_running(pk: int) -> bool:
@@ -568,6 +572,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         caller: asyncio.Task[Any] | None,
     ) -> None:
         bridge, task = self.bridge, self.bridge_task
+        # What the row says ended it; None: its end failed (the process's exit retries it).
+        recorded: str | None = "ended by the site"
         try:
             if bridge is not None:
                 with contextlib.suppress(Exception):
@@ -590,20 +596,19 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             try:
                 with contextlib.suppress(BaseException):  # (a no-op once closed above)
                     await self._close_realtime()
-                ended = True
                 if reason is not None and self.row is not None:
-                    ended = await database_sync_to_async(end_row, thread_sensitive=False)(
+                    recorded = await database_sync_to_async(end_row, thread_sensitive=False)(
                         self.row.pk, reason, detail
                     )
-                if self.row is not None and ended:
-                    shutdown.done(self.row.pk)  # a row whose end failed: the exit retries it
+                if self.row is not None and recorded is not None:
+                    shutdown.done(self.row.pk)
             finally:
                 if self.row is not None:
                     await self._leave_group(self.row.pk)
         logger.info(
             "Site engine socket of session row %s closed (%s)",
             self.row.pk if self.row is not None else "?",
-            reason or "ended by the site",
+            recorded or ("its row is gone" if recorded == "" else f"{reason}, not recorded"),
         )
 
     async def _leave_group(self, pk: int) -> None:
