@@ -12,6 +12,7 @@ import requests
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
+from django.db.models.functions import Coalesce
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -466,6 +467,44 @@ def test_a_site_engine_session_avaturn_never_connected_ends_while_its_page_is_op
     )
     assert upstream.avaturn.deleted == ["av-silent"]
     assert fresh(waiting).status == fresh(talking).status == SessionStatus.LIVE
+
+
+def test_a_malformed_site_engine_section_does_not_stop_the_expiry_command(
+    upstream: Any, user: Any, avaturn: AvaturnOverrides, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A site on openai-realtime never reads SITE_ENGINE; a typo there (reported by the
+    checks) must not keep its stale sessions running. A silent site engine session is
+    then given the longest CONNECT_WITHIN allowed, 900 s."""
+    avaturn(SITE_ENGINE={"CONECT_WITHIN": 30})
+    stale = make(user, "av-stale", started_ago=1000, seen_ago=400)
+    silent = make(user, "av-silent", started_ago=300, seen_ago=2, site_engine=True)
+
+    with caplog.at_level(logging.WARNING, logger="django_avaturn.sessions.expiry"):
+        run()
+
+    assert fresh(stale).status == SessionStatus.EXPIRED
+    assert fresh(silent).status == SessionStatus.LIVE  # 300 s < 900 + 60
+    assert "takes CONNECT_WITHIN as 900 s" in caplog.text
+    assert "CONECT_WITHIN" in caplog.text  # the checks' message says which key
+
+
+def test_the_sql_filter_finds_every_silent_site_engine_session(user: Any) -> None:
+    """With every row well within the smallest max_duration, only the site engine clause
+    of the SQL can make a silent site engine session a candidate."""
+    policy = ExpiryPolicy(
+        idle=300, grace=60, stuck_after=300, default_max_duration=3600, engine_connect_within=120
+    )
+    now = timezone.now()
+    for n, started_ago in enumerate((100, 179, 181, 900)):
+        make(user, f"site-{n}", started_ago=started_ago, seen_ago=5, site_engine=True)
+    candidates = set(
+        Session.objects.alias(began=Coalesce("started_at", "created_at"))
+        .filter(policy.stale_filter(now, min_max_duration=3600))
+        .values_list("session_id", flat=True)
+    )
+    stale = {row.session_id for row in Session.objects.all() if policy.stale_because(row, now)}
+    assert stale == {"site-2", "site-3"}
+    assert stale <= candidates
 
 
 def test_older_than_and_idle_options(upstream: Any, user: Any) -> None:

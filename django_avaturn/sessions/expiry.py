@@ -10,12 +10,12 @@ as the row's ``end_detail``):
 * it is older than ``older_than`` seconds (only when asked for);
 * it has run past its ``max_duration`` plus ``EXPIRE_GRACE``: Avaturn's hard
   cap, so the session has certainly ended upstream;
-* its browser sent heartbeats, and none for ``EXPIRE_IDLE_AFTER`` seconds;
-* its browser never sent one, ``EXPIRE_UNJOINED_AFTER`` seconds after it
-  went live: nobody joined it (the page was left while it started);
 * a site engine session whose socket never connected,
   ``SITE_ENGINE["CONNECT_WITHIN"]`` plus ``EXPIRE_GRACE`` seconds after it went
   live: its token has expired, so the avatar can never talk, heartbeats or not;
+* its browser sent heartbeats, and none for ``EXPIRE_IDLE_AFTER`` seconds;
+* its browser never sent one, ``EXPIRE_UNJOINED_AFTER`` seconds after it
+  went live: nobody joined it (the page was left while it started);
 * its OpenAI client secret expired more than ``EXPIRE_GRACE`` ago and no
   heartbeat arrived for ``EXPIRE_IDLE_AFTER`` seconds (counted from the start
   if none ever did). The secret's expiry alone proves nothing: OpenAI lets a
@@ -56,7 +56,8 @@ from django.db.models import Min, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from django_avaturn.conf import avaturn_settings
+from django_avaturn.conf import SITE_ENGINE, avaturn_settings
+from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import EndReason, Engine, Session, SessionStatus
 from django_avaturn.sessions import transitions
 from django_avaturn.sessions.ending import (
@@ -70,6 +71,7 @@ from django_avaturn.sessions.ending import (
 )
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.upstream.clients import longest_start, unknown_outcome_hold
+from django_avaturn.validation import Bounds
 
 Reporter = Callable[[Iterable[Result]], None]
 
@@ -111,7 +113,7 @@ class ExpiryPolicy:
             unjoined=avaturn_settings.EXPIRE_UNJOINED_AFTER,
             starting_after=longest_start(),
             unknown_outcome_after=unknown_outcome_hold(),
-            engine_connect_within=int(avaturn_settings.SITE_ENGINE["CONNECT_WITHIN"]),
+            engine_connect_within=_engine_connect_within(),
         )
 
     # ------------------------------------------------------------------ live rows
@@ -174,6 +176,25 @@ class ExpiryPolicy:
         if self.older_than is not None:
             q |= Q(began__lt=now - timedelta(seconds=self.older_than))
         return q
+
+
+def _engine_connect_within() -> int:
+    """``SITE_ENGINE["CONNECT_WITHIN"]``; the longest it may be when the section is malformed.
+
+    A section the checks report (E003) must not stop the expiry command, the
+    backstop of every site's spending, from ending anything; and the longest
+    allowed value never ends a site engine session whose token may still be good.
+    """
+    try:
+        return int(avaturn_settings.SITE_ENGINE["CONNECT_WITHIN"])
+    except NotConfigured as exc:
+        rule = next(rule for key, _, rule in SITE_ENGINE.fields if key == "CONNECT_WITHIN")
+        assert isinstance(rule, Bounds)
+        assert rule.high is not None
+        logger.warning(
+            "%s The expiry command takes CONNECT_WITHIN as %s s, its longest.", exc, rule.high
+        )
+        return rule.high
 
 
 @dataclass
