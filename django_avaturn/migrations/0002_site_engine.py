@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='session',
             name='end_reason',
-            field=models.CharField(blank=True, choices=[('client', "Ended by the visitor's browser"), ('user', 'User account deleted or deactivated'), ('signed_out', 'The user signed out'), ('password_changed', "The user's password changed"), ('admin', 'Terminated by staff'), ('expired', 'Expired'), ('replaced', 'Replaced by a newer session'), ('upstream_error', 'Upstream error'), ('shutdown', 'Stopped by the kill switch'), ('abandoned', "The visitor's page left while it started"), ('engine_closed', "Avaturn closed the site engine's socket")], help_text='Why the session ended; set once, by whoever ended it.', max_length=32, verbose_name='end reason'),
+            field=models.CharField(blank=True, choices=[('client', "Ended by the visitor's browser"), ('user', 'User account deleted or deactivated'), ('signed_out', 'The user signed out'), ('password_changed', "The user's password changed"), ('admin', 'Terminated by staff'), ('expired', 'Expired'), ('replaced', 'Replaced by a newer session'), ('upstream_error', 'Upstream error'), ('previous_still_ending', 'An earlier session was still ending'), ('shutdown', 'Stopped by the kill switch'), ('abandoned', "The visitor's page left while it started"), ('engine_closed', "Avaturn closed the site engine's socket")], help_text='Why the session ended; set once, by whoever ended it.', max_length=32, verbose_name='end reason'),
         ),
         migrations.AlterField(
             model_name='session',
@@ -43,7 +43,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('call_id', models.CharField(max_length=100, verbose_name='call id')),
                 ('tool', models.CharField(max_length=100, verbose_name='tool')),
-                ('status', models.CharField(choices=[('ok', 'Answered'), ('error', 'Refused by the tool (ToolError)'), ('failed', 'Raised an exception'), ('timeout', 'Timed out'), ('denied', 'Denied (user, session or permission)'), ('invalid', 'Invalid arguments or unknown tool')], max_length=10, verbose_name='status')),
+                ('status', models.CharField(choices=[('ok', 'Answered'), ('error', 'Refused by the tool (ToolError)'), ('failed', 'Raised an exception'), ('timeout', 'Timed out'), ('denied', 'Denied (user, session or permission)'), ('invalid', 'Invalid arguments or unknown tool'), ('cancelled', 'Cut off: its conversation ended')], max_length=10, verbose_name='status')),
                 ('duration_ms', models.PositiveIntegerField(verbose_name='duration (ms)')),
                 ('arguments', models.JSONField(blank=True, help_text="Only when AVATURN['SITE_ENGINE']['RECORD_TOOL_ARGUMENTS'] is on.", null=True, verbose_name='arguments')),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='called')),
