@@ -124,6 +124,8 @@ def show_too_much(ctx: ToolContext, what: str) -> str:
     data: Any = {"blob": "x" * 5000} if what == "big" else {"when": object()}
     if what == "list":
         data = ["not", "a", "dict"]
+    if what == "surrogate":
+        data = {"text": "\ud800"}  # a str Python holds, which no UTF-8 encodes
     try:
         ctx.send_to_browser(data)
     except (TypeError, ValueError) as exc:

@@ -311,7 +311,10 @@ async def counts_users_on_the_loop(ctx: ToolContext, note: str) -> int:
 @pytest.mark.parametrize(
     ("function", "says"),
     [
-        (sends_too_much, "builtins.ValueError: send_to_browser()'s data is "),
+        (
+            sends_too_much,
+            "django_avaturn.engine.tools.BrowserMessageRefused: send_to_browser()'s data is ",
+        ),
         (
             counts_users_on_the_loop,
             "django.core.exceptions.SynchronousOnlyOperation: You cannot call this from an "
@@ -495,6 +498,7 @@ def test_a_call_cancelled_as_its_recheck_answers_is_cancelled_not_answered(
                 if remaining:
                     loop.call_soon(cancel_after, remaining - 1)
                 else:
+                    runner.close()  # as the consumer ends a conversation: closed, then cancelled
                     requested.append(caller.cancel())
 
             step.add_done_callback(lambda _: cancel_after(turns))
@@ -533,6 +537,8 @@ def test_a_call_its_conversation_cut_off_is_recorded_cut_off_not_failed(
     async def scenario() -> None:
         task = asyncio.ensure_future(runner("cut-1", "waits_for_ever", "{}"))
         await asyncio.sleep(0.3)
+        # As the consumer ends a conversation: the runner closed, then its calls cancelled.
+        runner.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -542,6 +548,24 @@ def test_a_call_its_conversation_cut_off_is_recorded_cut_off_not_failed(
     assert wait_until(lambda: ToolCall.objects.filter(call_id="cut-1").exists())
     assert row("cut-1").status == ToolCallStatus.CANCELLED
     assert caplog.records == []
+
+
+def test_a_call_cancelled_while_its_conversation_goes_on_is_recorded_failed(
+    session: Any, browser: Browser
+) -> None:
+    """Not cut off by an end (the runner is open): a cancellation of the tool's own."""
+    runner = runner_of(waits_for_ever, session, browser, timeout=60)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(runner("own-1", "waits_for_ever", "{}"))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    run(scenario())
+    assert wait_until(lambda: ToolCall.objects.filter(call_id="own-1").exists())
+    assert row("own-1").status == ToolCallStatus.FAILED
 
 
 def test_a_recheck_abandoned_by_its_ended_conversation_is_skipped(
@@ -904,15 +928,22 @@ def test_closing_the_runner_cancels_the_futures_its_sends_returned(session: Any)
     [
         (
             "big",
-            f"ValueError: send_to_browser()'s data is 5011 bytes as JSON; one message holds at "
+            f"BrowserMessageRefused: send_to_browser()'s data is 5011 bytes as JSON; one "
+            f"message holds at "
             f"most {BROWSER_MESSAGE_MAX_BYTES}. Send a link or an id rather than the content.",
         ),
         (
             "object",
-            "TypeError: send_to_browser()'s data must be JSON-serialisable: Object of type "
+            "BrowserMessageRefused: send_to_browser()'s data must be JSON-serialisable: "
+            "Object of type "
             "object is not JSON serializable",
         ),
-        ("list", "TypeError: send_to_browser() takes a dict, not list."),
+        ("list", "BrowserMessageRefused: send_to_browser() takes a dict, not list."),
+        (
+            "surrogate",
+            "BrowserMessageRefused: send_to_browser()'s data is not valid text: a lone "
+            "surrogate at character 9 of its JSON.",
+        ),
     ],
 )
 def test_send_to_browser_refuses_what_a_message_cannot_carry(

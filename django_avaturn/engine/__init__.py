@@ -7,6 +7,6 @@ Tool modules import from here::
 Importing this package needs neither Channels nor the openai SDK.
 """
 
-from django_avaturn.engine.tools import ToolContext, ToolError, tool
+from django_avaturn.engine.tools import BrowserMessageRefused, ToolContext, ToolError, tool
 
-__all__ = ["ToolContext", "ToolError", "tool"]
+__all__ = ["BrowserMessageRefused", "ToolContext", "ToolError", "tool"]

@@ -82,6 +82,22 @@ class ToolError(Exception):
         super().__init__(self.message)
 
 
+class _FixedMessage:
+    """An exception of ours whose message names no value a tool held: it is logged."""
+
+
+class BrowserMessageRefused(_FixedMessage, TypeError, ValueError):
+    """``send_to_browser()`` refused its data: not a dict, not JSON, not text, or too big.
+
+    A ``TypeError`` and a ``ValueError`` both, so either ``except`` catches it.
+    Its message names sizes and types, never a value.
+    """
+
+
+class SendToBrowserClosed(_FixedMessage, RuntimeError):
+    """``send_to_browser()`` was called after its tool call had ended."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ToolContext:
     """What a tool knows besides its arguments: who it acts for, and where.
@@ -109,14 +125,28 @@ class ToolContext:
         nothing sent.
         """
         if not isinstance(data, dict):
-            raise TypeError(f"send_to_browser() takes a dict, not {type(data).__name__}.")
+            raise BrowserMessageRefused(
+                f"send_to_browser() takes a dict, not {type(data).__name__}."
+            )
         try:
             encoded = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"send_to_browser()'s data must be JSON-serialisable: {exc}") from None
-        size = len(encoded.encode("utf-8"))
+            raise BrowserMessageRefused(
+                f"send_to_browser()'s data must be JSON-serialisable: {exc}"
+            ) from None
+        except RecursionError:
+            raise BrowserMessageRefused(
+                "send_to_browser()'s data is nested too deeply for JSON."
+            ) from None
+        try:
+            size = len(encoded.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise BrowserMessageRefused(
+                "send_to_browser()'s data is not valid text: a lone surrogate at character "
+                f"{exc.start} of its JSON."
+            ) from None
         if size > BROWSER_MESSAGE_MAX_BYTES:
-            raise ValueError(
+            raise BrowserMessageRefused(
                 f"send_to_browser()'s data is {size} bytes as JSON; one message holds at most "
                 f"{BROWSER_MESSAGE_MAX_BYTES}. Send a link or an id rather than the content."
             )
@@ -670,9 +700,11 @@ class ToolRunner:
         try:
             outcome = await self._outcome(call_id, name, parsed, parse_error)
         except asyncio.CancelledError:
-            # The conversation ended mid-call: record it without waiting (nothing
-            # may be awaited once cancelled), then let the cancellation through.
-            self._record_later(call_id, name, "cancelled", started, recorded)
+            # Recorded without waiting (nothing may be awaited once cancelled), then
+            # the cancellation goes on. Cut off by the conversation's end (``close``
+            # comes first), or a cancellation of the tool's own: it failed.
+            status = "cancelled" if self._closed else "failed"
+            self._record_later(call_id, name, status, started, recorded)
             raise
         await self._record(call_id, name, outcome.status, started, recorded)
         return outcome.output
@@ -816,7 +848,7 @@ class ToolRunner:
 
         def deliver(data: dict[str, Any]) -> None:
             if ended.is_set():
-                raise RuntimeError("This tool call has ended; send_to_browser() is closed.")
+                raise SendToBrowserClosed("This tool call has ended; send_to_browser() is closed.")
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
@@ -997,14 +1029,7 @@ def _log_failure(name: str, exc: BaseException) -> None:
 
 
 def _message_is_fixed(exc: BaseException) -> bool:
-    """Whether ``exc``'s message names no value the tool held: a refusal of
-    ``ToolContext.send_to_browser`` (sizes and type names), or Django's
-    ``SynchronousOnlyOperation`` (ORM work in an async tool)."""
-    if isinstance(exc, SynchronousOnlyOperation):
-        return True
-    innermost = exc.__traceback__
-    while innermost is not None and innermost.tb_next is not None:
-        innermost = innermost.tb_next
-    return (
-        innermost is not None and innermost.tb_frame.f_code is ToolContext.send_to_browser.__code__
-    )
+    """Whether ``exc``'s message names no value the tool held: a refusal of ours
+    (``send_to_browser``'s), or Django's ``SynchronousOnlyOperation`` (ORM work in
+    an async tool)."""
+    return isinstance(exc, (_FixedMessage, SynchronousOnlyOperation))
