@@ -231,7 +231,7 @@ def _tool_errors(modules: Sequence[str]) -> list[CheckMessage]:
     except NotConfigured as exc:
         return [
             Error(
-                f"{exc} Every start of the site engine will answer 503.",
+                f"{exc} Every site engine start with these tools will answer 503.",
                 hint="Fix the module, or take it out of AVATURN['SITE_ENGINE']['TOOLS'].",
                 id="django_avaturn.E004",
             )
@@ -289,9 +289,9 @@ def _channels_messages() -> list[CheckMessage]:
             Warning(
                 "AVATURN['ENGINE'] is 'site' with channels_redis on redis-py 8, whose "
                 "reads time out after 5 s unless told otherwise: the layer's receive "
-                "blocks up to 5 s in Redis, so every engine consumer's read fails with a "
-                "TimeoutError every 5 s; it logs a warning and reads again a second "
-                "later, and the site's ends and messages may reach it that much late.",
+                "blocks up to 5 s in Redis, so a process's read of the layer fails with "
+                "a TimeoutError every 5 s while it holds a conversation: a warning each "
+                "time, and its consumer reads again (no message is lost).",
                 hint="Give each host a socket_timeout above 5 s: CHANNEL_LAYERS['default']"
                 "['CONFIG']['hosts'] = [{'address': 'redis://...', 'socket_timeout': 10}].",
                 id="django_avaturn.W015",

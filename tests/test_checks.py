@@ -220,7 +220,7 @@ def test_site_engine_tools_a_start_would_refuse_are_e004(
     messages = avaturn_messages()
     assert ids(messages) == ["django_avaturn.E004"]
     assert says in messages[0].msg
-    assert "Every start of the site engine will answer 503." in messages[0].msg
+    assert "Every site engine start with these tools will answer 503." in messages[0].msg
 
 
 def test_well_declared_site_engine_tools_pass(avaturn: AvaturnOverrides) -> None:

@@ -1456,10 +1456,14 @@ def test_ending_a_row_says_what_ended_it_the_sockets_close_or_an_earlier_end(
     and that is what the consumer logs, not the ``engine_closed`` it would have recorded."""
     stopped, _token, _secret = site_row(user)
     services.end_session(stopped, reason=EndReason.CLIENT)
-    assert end_row(stopped.pk, EndReason.ENGINE_CLOSED, "Avaturn closed it.") == EndReason.CLIENT
+    assert end_row(stopped.pk, EndReason.ENGINE_CLOSED, "Avaturn closed it.") == (
+        True,
+        EndReason.CLIENT,
+    )
     closed, _token, _secret = site_row(user, "sess-2")
     assert end_row(closed.pk, EndReason.ENGINE_CLOSED, "Avaturn closed it.") == (
-        EndReason.ENGINE_CLOSED
+        True,
+        EndReason.ENGINE_CLOSED,
     )
     closed.refresh_from_db()
     assert (closed.status, closed.end_reason) == (SessionStatus.ENDED, EndReason.ENGINE_CLOSED)
@@ -1476,7 +1480,10 @@ def test_ending_a_row_when_the_database_fails_logs_it_and_never_raises(
         raise OperationalError("the database went away")
 
     with caplog.at_level(logging.ERROR), connection.execute_wrapper(database_down):
-        assert end_row(row.pk, EndReason.ENGINE_CLOSED, "Avaturn closed the socket.") is None
+        assert end_row(row.pk, EndReason.ENGINE_CLOSED, "Avaturn closed the socket.") == (
+            False,
+            EndReason.ENGINE_CLOSED,
+        )
 
     assert f"Could not end session row {row.pk}" in caplog.text
     assert "the database went away" in caplog.text

@@ -41,7 +41,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
@@ -109,27 +109,35 @@ def authenticate(token: str, headers: Any) -> Session:
     return row
 
 
-def end_row(pk: int, reason: str, detail: str) -> str | None:
+class RowEnd(NamedTuple):
+    """What ``end_row`` did: whether the row's end was recorded, and what the row says."""
+
+    recorded: bool
+    # The row's end reason: the one asked for, or an earlier end's; "(row gone)"
+    # for a row deleted with its user; the one asked for when not recorded.
+    reason: str
+
+
+def end_row(pk: int, reason: str, detail: str) -> RowEnd:
     """End row ``pk`` for ``reason`` (terminating its Avaturn session); never raises.
 
-    Returns the row's end reason: ``reason``, or the one it already had when
-    the site ended it first (a Stop whose terminate closed the socket), or ""
-    for a row gone with its user. None when Avaturn or the database failed:
-    the row is left as that failure left it (ending, or live), for the
+    The row may have ended first (a Stop whose terminate made Avaturn close the
+    socket): it keeps that reason. Not recorded when Avaturn or the database
+    failed: the row is left as that failure left it (ending, or live), for the
     process's exit (``shutdown``) and the expiry command.
     """
     try:
         row = Session.objects.primary().filter(pk=pk).first()
         if row is None:
-            return ""
+            return RowEnd(True, "(row gone)")
         ending.end_session(row, reason=reason, detail=detail)
     except AvaturnError as exc:
         logger.warning("Could not end session row %s after its engine socket closed: %s", pk, exc)
-        return None
+        return RowEnd(False, reason)
     except Exception:
         logger.exception("Could not end session row %s after its engine socket closed", pk)
-        return None
-    return row.end_reason
+        return RowEnd(False, reason)
+    return RowEnd(True, row.end_reason)
 
 
 def _still_running(pk: int) -> bool:
@@ -572,8 +580,9 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         caller: asyncio.Task[Any] | None,
     ) -> None:
         bridge, task = self.bridge, self.bridge_task
-        # What the row says ended it; None: its end failed (the process's exit retries it).
-        recorded: str | None = "ended by the site"
+        # The site's own end recorded the row before telling the consumer; any
+        # other end is recorded below (not recorded: the process's exit retries it).
+        end = RowEnd(True, "ended by the site")
         try:
             if bridge is not None:
                 with contextlib.suppress(Exception):
@@ -597,10 +606,10 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
                 with contextlib.suppress(BaseException):  # (a no-op once closed above)
                     await self._close_realtime()
                 if reason is not None and self.row is not None:
-                    recorded = await database_sync_to_async(end_row, thread_sensitive=False)(
+                    end = await database_sync_to_async(end_row, thread_sensitive=False)(
                         self.row.pk, reason, detail
                     )
-                if self.row is not None and recorded is not None:
+                if self.row is not None and end.recorded:
                     shutdown.done(self.row.pk)
             finally:
                 if self.row is not None:
@@ -608,7 +617,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         logger.info(
             "Site engine socket of session row %s closed (%s)",
             self.row.pk if self.row is not None else "?",
-            recorded or ("its row is gone" if recorded == "" else f"{reason}, not recorded"),
+            end.reason if end.recorded else f"{end.reason}, not recorded",
         )
 
     async def _leave_group(self, pk: int) -> None:

@@ -177,9 +177,9 @@ def _failure_reason(exc: BaseException) -> EndReason:
 
     ``previous_still_ending`` when it was refused because a session of the
     user's did not end first (nothing was asked of the upstreams for it);
-    ``upstream_error`` for everything else (an upstream refused or failed, or
-    the database failed after Avaturn had created the session, which was
-    then terminated).
+    ``upstream_error`` for everything else: an upstream refused or failed,
+    and also a failure of the site's own on the way (the database, the
+    external engine's hook), which has no reason of its own.
     """
     if isinstance(exc, SessionStillEnding):
         return EndReason.PREVIOUS_STILL_ENDING

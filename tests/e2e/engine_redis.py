@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 # channels_redis's receive() blocks up to 5 s in Redis (BZPOPMIN): the client's read
-# timeout must be longer. redis-py 8 defaults it to 5 s, which ends every idle
-# consumer with a TimeoutError about 5 s in (django_avaturn.W015).
+# timeout must be longer. redis-py 8 defaults it to 5 s, which fails the process's
+# read with a TimeoutError every 5 s (django_avaturn.W015).
 LAYER_SOCKET_TIMEOUT = 10
 
 
