@@ -8,9 +8,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connections, transaction
 from django.utils import timezone
 
-from django_avaturn.models import Session, SessionStatus, Transcript
+from django_avaturn import services
+from django_avaturn.models import Session, SessionStatus, Transcript, sessions_database
 from django_avaturn.spend import limits
 from tests.helpers import LIST_URL, AvaturnOverrides, at, csrf_delete, csrf_post, past_session
 
@@ -318,6 +320,37 @@ def test_quota_hook_varies_by_user(
     assert csrf_post(api_client, LIST_URL, {}).status_code == 429
     bob = client_for(other_user)
     assert [csrf_post(bob, LIST_URL, {}).status_code for _ in range(3)] == [201, 201, 201]
+
+
+HOOK_SAW: list[bool] = []
+
+
+def quota_noting_the_transaction(user: Any) -> dict[str, int | None]:
+    HOOK_SAW.append(connections[sessions_database()].in_atomic_block)
+    return {"sessions_per_day": 5}
+
+
+def test_the_quota_hook_runs_outside_the_reservations_transaction(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
+) -> None:
+    """A slow hook (a billing API) must hold no lock: on SQLite the reservation's write
+    lock stops every writer of the site, on PostgreSQL its locks every other start."""
+    HOOK_SAW.clear()
+    avaturn(QUOTA_HOOK="tests.test_spend_control.quota_noting_the_transaction")
+    assert csrf_post(api_client, LIST_URL, {}).status_code == 201
+    assert HOOK_SAW == [False]
+
+
+def test_a_start_inside_a_callers_transaction_is_refused_before_anything_is_spent(
+    user: Any, upstream: Any
+) -> None:
+    """Rolled back, the row would go while Avaturn's session ran on, unknown to every cap,
+    the expiry command and the admin."""
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        services.start_session(user)
+    assert upstream.openai.requests == []
+    assert upstream.avaturn.created == []
+    assert not Session.objects.exists()
 
 
 @pytest.mark.parametrize(

@@ -247,6 +247,8 @@ def _reserve_slot(
     them).
     """
     site_cap = limits.site_cap()
+    # The site's QUOTA_HOOK, outside the transaction: it holds no lock while it runs.
+    quota = limits.quota_for(user)
     alias = sessions_database()
     connection = connections[alias]
     locks_rows = connection.features.has_select_for_update
@@ -256,7 +258,9 @@ def _reserve_slot(
     # PostgreSQL's locks and the INSERT in one statement where it can.
     at_once = connection.vendor == "postgresql" and together
     try:
-        with transaction.atomic(using=alias):
+        # Durable: inside a caller's transaction, a rollback would take the row
+        # with it while the session it is for ran on at Avaturn, unknown to all.
+        with transaction.atomic(using=alias, durable=True):
             row = Session(
                 user_id=user.pk,
                 status=SessionStatus.STARTING,
@@ -293,6 +297,7 @@ def _reserve_slot(
             leaving = [pk for pk, *_ in holders[:excess]] if excess > 0 and not refuse else []
             max_duration = limits.ensure_quota(
                 user,
+                quota=quota,
                 max_duration=plan.max_duration,
                 new_row=row,
                 staying=[(started, limit) for pk, started, limit in holders if pk not in leaving],

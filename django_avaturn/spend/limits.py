@@ -267,6 +267,7 @@ def usage_for(
 def ensure_quota(
     user: Any,
     *,
+    quota: Quota,
     max_duration: int | None,
     new_row: Session,
     staying: Sequence[tuple[datetime | None, int | None]] = (),
@@ -279,9 +280,10 @@ def ensure_quota(
     running (not the ones this start replaces): what they may still use is
     spoken for, or parallel sessions would each get the whole remainder. A
     start refused only for that is ``SessionLimitReached`` (ending one of
-    them frees it), not ``QuotaExceeded``.
+    them frees it), not ``QuotaExceeded``. ``quota`` is ``quota_for(user)``,
+    asked before the reservation's transaction: the site's hook may be slow,
+    and nothing of it needs the locks.
     """
-    quota = quota_for(user)
     if quota.is_unlimited:
         return max_duration
     usage = usage_for(user, exclude_pk=new_row.pk, enforcing=True)
