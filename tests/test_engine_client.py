@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -477,3 +479,16 @@ def test_engines_beyond_loopback_are_not_connected_unless_asked() -> None:
     with FakeUpstream(connect_engines=False) as fake:
         session_id = create_external(fake, "ws://127.0.0.1:9/")
         assert fake.engine_clients == {}
+
+
+def test_without_websockets_the_fake_leaves_a_loopback_engine_unconnected_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain install has no websockets: the create must not fail half done (the session
+    registered, the handler crashed, the site's start an upstream error with its row held)."""
+    monkeypatch.setitem(sys.modules, "websockets", None)  # import websockets raises
+    with FakeUpstream() as fake, caplog.at_level(logging.WARNING, "django_avaturn.testing"):
+        session_id = create_external(fake, "ws://127.0.0.1:9/avaturn/engine/t/")
+        assert session_id in fake.live_session_ids()
+        assert fake.engine_clients == {}
+    assert "needs websockets (pip install 'django-avaturn[engine]')" in caplog.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import re
 import secrets
 import threading
@@ -53,6 +54,8 @@ from .records import (
     Reply,
 )
 from .server import FakeHTTPServer
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .engine_client import AvaturnEngineClient
@@ -656,7 +659,21 @@ class FakeUpstream:
     def _should_connect(self, url: str) -> bool:
         if self.connect_engines is not None:
             return self.connect_engines
-        return is_loopback_host(urlsplit(url).hostname or "")
+        if not is_loopback_host(urlsplit(url).hostname or ""):
+            return False
+        try:
+            import websockets  # noqa: F401  (the engine client's; an optional dependency)
+        except ImportError:
+            # A loopback engine, as a site's tests may name: say why nothing connects
+            # (the session stays live, as with an engine beyond loopback).
+            logger.warning(
+                "The fake does not connect to the external engine at %s: playing Avaturn's "
+                "side of an engine socket needs websockets (pip install "
+                "'django-avaturn[engine]').",
+                url,
+            )
+            return False
+        return True
 
     def _connect_engine(self, session_id: str, engine: Mapping[str, Any]) -> None:
         """Connect to the external engine as Avaturn does, from a thread of the client's own.
