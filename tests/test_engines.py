@@ -176,6 +176,9 @@ def test_the_request_body_can_never_choose_the_engine(
         {"engine": "nonsense"},
         {"engine": "cartesia", "cartesia": {"API_KEY": "sk_car_not_from_a_hook"}},
         {"engine": "external", "external_engine": "wss://example.invalid/engine"},
+        # Sent to Avaturn as str() of it before, and recorded so.
+        {"avatar_id": {"x": 1}},
+        {"avatar_id": 7},
     ],
 )
 def test_a_hook_answer_outside_the_contract_is_not_configured(

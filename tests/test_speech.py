@@ -101,3 +101,10 @@ def test_say_refuses_text_it_cannot_send(live_fake: FakeUpstream, user: Any, tex
         services.say(row, text)
     assert live_fake.requests_for(AVATURN_TASK) == []
     services.say(row, "x" * SAY_MAX_LENGTH)  # the longest allowed goes through
+
+
+def test_say_names_the_type_it_was_given_instead_of_a_string(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    with pytest.raises(ValueError, match=r"say\(\) takes a string, not int\."):
+        services.say(_live(user), 5)  # type: ignore[arg-type]

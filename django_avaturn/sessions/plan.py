@@ -150,8 +150,8 @@ def build_plan(
         if engine == "text-echo":
             voice = engine_options["VOICE_ID"] or ""
 
-    default_avatar = avaturn_settings.AVATAR_ID
-    chosen_avatar = avatar_id or overrides.get("avatar_id") or default_avatar or ""
+    # The visitor's choice (from the allow-list), else the hook's, else AVATAR_ID.
+    chosen_avatar = avatar_id or _overridden(overrides, "avatar_id", "AVATAR_ID") or ""
     # The request may choose only from the allow-list (the hook is trusted).
     # Read on every start: a malformed setting fails every start alike.
     allowed = allowed_avatars()

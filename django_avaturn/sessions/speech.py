@@ -42,7 +42,9 @@ def say(session: Session, text: str) -> str:
     layer, not Avaturn's tasks), and the engine speaks it when its consumer
     receives it.
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise ValueError(f"say() takes a string, not {type(text).__name__}.")
+    if not text.strip():
         raise ValueError("say() needs a non-empty text.")
     if len(text) > SAY_MAX_LENGTH:
         raise ValueError(f"say() takes at most {SAY_MAX_LENGTH} characters, not {len(text)}.")
