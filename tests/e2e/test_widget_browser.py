@@ -610,8 +610,15 @@ def test_stop_whose_terminate_fails_is_retried_by_the_page(
         page.click("[data-avaturn-stop]")
     assert first.value.status == 502  # the row stays live for a retry
 
-    # The page asks again 2 s later, and that one gets through.
+    # The page asks again 2 s later, and that one gets through. The fake ends the
+    # session as it answers; the server records the end once it has that answer.
     wait_for(page, lambda: not e2e.fake.live_session_ids(), what="the retried end", timeout=10)
+    wait_for(
+        page,
+        lambda: Session.objects.get().status == "ended",
+        what="the retried end recorded",
+        timeout=10,
+    )
     (row,) = Session.objects.all()
     assert (row.status, row.end_reason) == ("ended", "client")
     assert len(e2e.fake.requests_for(AVATURN_TERMINATE)) == 2
