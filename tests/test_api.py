@@ -7,7 +7,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.urls import reverse
+from rest_framework.permissions import BasePermission
+from rest_framework.throttling import BaseThrottle
 
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.sessions import statements
@@ -573,6 +576,54 @@ def test_permission_classes_setting_is_read_per_request(
     response = csrf_post(api_client, LIST_URL, {})
     assert response.status_code == 403
     assert response.json()["code"] == "permission_denied"
+
+
+class RaisingPermission(BasePermission):
+    def has_permission(self, request: Any, view: Any) -> bool:
+        raise RuntimeError("the plan service is down")
+
+
+class DjangoDenyingPermission(BasePermission):
+    def has_permission(self, request: Any, view: Any) -> bool:
+        raise DjangoPermissionDenied  # as Django code often refuses
+
+
+class VagueThrottle(BaseThrottle):
+    def allow_request(self, request: Any, view: Any) -> bool:
+        return False
+
+    def wait(self) -> Any:
+        return "soon"  # not seconds: DRF cannot compare it
+
+
+@pytest.mark.parametrize(
+    ("setting", "path", "status", "code"),
+    [
+        ("PERMISSION_CLASSES", "tests.test_api.RaisingPermission", 503, "not_configured"),
+        ("PERMISSION_CLASSES", "tests.test_api.DjangoDenyingPermission", 403, "permission_denied"),
+        ("THROTTLE_CLASSES", "tests.test_api.VagueThrottle", 503, "not_configured"),
+    ],
+)
+def test_a_sites_permission_or_throttle_class_that_fails_gets_a_json_answer(
+    api_client: Any,
+    upstream: Any,
+    avaturn: AvaturnOverrides,
+    caplog: pytest.LogCaptureFixture,
+    setting: str,
+    path: str,
+    status: int,
+    code: str,
+) -> None:
+    """Not Django's 500 page: every answer of the API is JSON, and a failing class of the
+    site's is answered as a failing hook is, with its traceback in the log."""
+    avaturn(**{setting: [path]})
+    response = csrf_post(api_client, LIST_URL, {})
+    assert (response.status_code, response.json()["code"]) == (status, code)
+    assert upstream.openai.requests == []
+    if status == 503:
+        record = next(r for r in caplog.records if r.getMessage().startswith("A class of"))
+        assert record.getMessage() == f"A class of AVATURN['{setting}'] raised"
+        assert record.exc_info is not None
 
 
 def test_inactive_user_cannot_start(api_client: Any, user: Any, upstream: Any) -> None:

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError
 from django.http import Http404
 from rest_framework import exceptions
@@ -63,6 +64,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):  # a site's permission class may raise it
+        exc = exceptions.PermissionDenied()
     if isinstance(exc, exceptions.APIException):
         wait = getattr(exc, "wait", None)
         if isinstance(exc, exceptions.Throttled) and wait is not None:

@@ -6,9 +6,14 @@ request time (not in class bodies), so ``override_settings`` reaches them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DatabaseError
+from django.http import Http404
 from django.utils.translation import gettext_lazy
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
@@ -33,7 +38,7 @@ from django_avaturn.api.serializers import (
     started_body,
 )
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import NotConfigured
+from django_avaturn.exceptions import AvaturnError, NotConfigured
 from django_avaturn.models import EndReason, Session
 from django_avaturn.sessions import ending, statements, transitions
 
@@ -52,6 +57,33 @@ class _Misconfigured(BaseAuthentication):
 
     def authenticate(self, request: Request) -> None:
         raise self.error
+
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _site_classes(setting: str) -> Iterator[None]:
+    """Run the site's ``PERMISSION_CLASSES`` or ``THROTTLE_CLASSES``.
+
+    What they raise to refuse (DRF's and Django's refusals, ours) goes on to the
+    exception handler; anything else is the site's code failing, answered as a
+    failing hook is (``503 not_configured``, its traceback logged), not with
+    Django's 500 page.
+    """
+    try:
+        yield
+    except (
+        exceptions.APIException,
+        AvaturnError,
+        DjangoPermissionDenied,
+        Http404,
+        DatabaseError,
+    ):
+        raise
+    except Exception as exc:
+        logger.exception("A class of AVATURN['%s'] raised", setting)
+        raise NotConfigured(f"A class of AVATURN['{setting}'] raised an exception.") from exc
 
 
 class AvaturnAPIView(APIView):
@@ -75,6 +107,14 @@ class AvaturnAPIView(APIView):
 
     def get_throttles(self) -> list[BaseThrottle]:
         return []
+
+    def check_permissions(self, request: Request) -> None:
+        with _site_classes("PERMISSION_CLASSES"):
+            super().check_permissions(request)
+
+    def check_throttles(self, request: Request) -> None:
+        with _site_classes("THROTTLE_CLASSES"):
+            super().check_throttles(request)
 
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return exception_handler
