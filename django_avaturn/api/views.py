@@ -6,7 +6,6 @@ request time (not in class bodies), so ``override_settings`` reaches them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -38,7 +37,7 @@ from django_avaturn.api.serializers import (
     started_body,
 )
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import AvaturnError, NotConfigured
+from django_avaturn.exceptions import AvaturnError, NotConfigured, site_code_failed
 from django_avaturn.models import EndReason, Session
 from django_avaturn.sessions import ending, statements, transitions
 
@@ -57,9 +56,6 @@ class _Misconfigured(BaseAuthentication):
 
     def authenticate(self, request: Request) -> None:
         raise self.error
-
-
-logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -82,8 +78,7 @@ def _site_classes(setting: str) -> Iterator[None]:
     ):
         raise
     except Exception as exc:
-        logger.exception("A class of AVATURN['%s'] raised", setting)
-        raise NotConfigured(f"A class of AVATURN['{setting}'] raised an exception.") from exc
+        raise site_code_failed(f"A class of AVATURN['{setting}']") from exc
 
 
 class AvaturnAPIView(APIView):

@@ -8,7 +8,6 @@ config name; instructions, model, voice and engine come from the server
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +15,8 @@ from typing import Any
 from django.http import HttpRequest
 
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import NotConfigured
+from django_avaturn.exceptions import NotConfigured, site_code_failed
 from django_avaturn.validation import check_session_shape, plain_json
-
-logger = logging.getLogger(__name__)
 
 OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
@@ -103,9 +100,7 @@ def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:
     try:
         result = hook(request, config_name or None)
     except Exception as exc:
-        # The site's own code failed: log its traceback, answer a JSON 503, not a 500.
-        logger.exception("SESSION_CONFIG_HOOK raised")
-        raise NotConfigured("SESSION_CONFIG_HOOK raised an exception.") from exc
+        raise site_code_failed("SESSION_CONFIG_HOOK") from exc
     if result is None:
         return {}
     if not isinstance(result, Mapping):

@@ -7,7 +7,6 @@ concurrent starts cannot both squeeze under a limit.
 
 from __future__ import annotations
 
-import logging
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from django.utils import timezone
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import (
-    NotConfigured,
     QuotaExceeded,
     SessionLimitReached,
     SessionsDisabled,
     SiteLimitReached,
+    site_code_failed,
 )
 from django_avaturn.models import ServiceSwitch, Session, sessions_database
 from django_avaturn.spend import usage
@@ -39,9 +38,6 @@ from django_avaturn.validation import (
 # exclusively (see hold_switch()).
 _SITE_CAP_LOCK_KEY = 0x41564154_55524E31
 _SWITCH_LOCK_KEY = 0x41564154_55524E32
-
-logger = logging.getLogger(__name__)
-
 
 # --------------------------------------------------------------------------- kill switch
 
@@ -212,9 +208,7 @@ def quota_for(user: Any) -> Quota:
     try:
         raw: Any = hook(user)
     except Exception as exc:
-        # The site's own code failed: log its traceback, answer a JSON 503, not a 500.
-        logger.exception("QUOTA_HOOK raised")
-        raise NotConfigured("QUOTA_HOOK raised an exception.") from exc
+        raise site_code_failed("QUOTA_HOOK") from exc
     return parse_quota(raw)
 
 
