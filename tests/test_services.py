@@ -16,7 +16,7 @@ from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.signals import session_ended, session_started
 from django_avaturn.upstream.clients import get_avaturn_client, get_openai_secrets
 from django_avaturn.upstream.redaction import excerpt, scrub
-from tests.helpers import KEYS, AvaturnOverrides, live
+from tests.helpers import KEYS, LIST_URL, AvaturnOverrides, csrf_post, live
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,6 +62,30 @@ def test_a_failing_receiver_does_not_undo_the_start(
         session_started.disconnect(broken)
     assert result.session.status == SessionStatus.LIVE
     assert "A session_started receiver" in caplog.text and "RuntimeError" in caplog.text
+
+
+def test_a_receiver_that_ends_the_session_gets_the_start_no_token(
+    user: Any, upstream: Any, api_client: Any
+) -> None:
+    """A site's rule applied once the session is live (its own policy, a check it makes
+    with the row) may end it: the visitor's page then gets a 409, not a token."""
+
+    def end_it(sender: Any, session: Session, **kwargs: Any) -> None:
+        services.end_session(session, reason=EndReason.ADMIN, detail="refused by the site")
+
+    session_started.connect(end_it)
+    try:
+        with pytest.raises(SessionNotLive):
+            services.start_session(user)
+        response = csrf_post(api_client, LIST_URL, {})
+    finally:
+        session_started.disconnect(end_it)
+    assert response.status_code == 409
+    assert response.json()["code"] == "session_ended"
+    assert "token" not in response.json()
+    rows = list(Session.objects.order_by("pk").values_list("status", "end_reason"))
+    assert rows == [(SessionStatus.ENDED, EndReason.ADMIN)] * 2
+    assert len(upstream.avaturn.delete_calls()) == 2
 
 
 def test_ending_a_row_deleted_meanwhile_is_skipped(user: Any, upstream: Any) -> None:

@@ -19,7 +19,6 @@ upstream before the error propagates, so nothing is left running unrecorded.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,6 +43,7 @@ from django_avaturn.exceptions import (
     UpstreamError,
     UserNotActive,
 )
+from django_avaturn.logs import get_logger
 from django_avaturn.models import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -66,7 +66,7 @@ from django_avaturn.upstream.clients import (
     unknown_outcome_hold,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,9 @@ def start_session(
     ``SessionReplaced`` (a newer start by the same user took the slot
     meanwhile), ``SessionNotLive`` (staff or its own page ended it
     meanwhile), ``SessionStillEnding`` (a session it must see ended first
-    did not end; nothing was created) or ``StorageUnavailable``.
+    did not end; nothing was created) or ``StorageUnavailable``. A
+    ``session_started`` receiver that ends the session it is given makes the
+    start raise as one ended meanwhile (``SessionNotLive`` for most reasons).
 
     Nothing is created upstream while a session this start replaces, or one
     of the user's already ending, may still run there (``_wait_for_ends``):
@@ -195,6 +197,9 @@ def start_session(
         raise _claimed_error(row.end_reason)
 
     send_logged(session_started, session=row, request=request)
+    if row.status != SessionStatus.LIVE:
+        # A receiver ended it (through this instance): no token for a session that is over.
+        raise _claimed_error(row.end_reason)
     logger.info("Started Avaturn session %s for user %s", row.session_id, row.user_id)
     return StartedSession(
         session=row,
