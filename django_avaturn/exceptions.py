@@ -7,7 +7,6 @@ Messages never contain a key: upstream bodies are kept as scrubbed excerpts.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Any
 
@@ -41,14 +40,6 @@ class NotConfigured(AvaturnError, ImproperlyConfigured):
     code = "not_configured"
     status_code = 503
     default_detail = _("The avatar service is not configured.")
-
-
-def site_code_failed(what: str) -> NotConfigured:
-    """The site's own code (``what``: a hook, a class of a setting) raised: call in its
-    ``except`` block. Logs its traceback; returns the ``NotConfigured`` to raise, a JSON
-    503 rather than Django's 500."""
-    logging.getLogger(__name__).exception("%s raised", what)
-    return NotConfigured(f"{what} raised an exception.")
 
 
 class SessionLimitReached(AvaturnError):

@@ -18,12 +18,13 @@ not undo the start or the end (``send_robust`` is used and failures logged).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.dispatch import Signal
 
-logger = logging.getLogger(__name__)
+from django_avaturn.logs import get_logger
+
+logger = get_logger(__name__)
 
 session_started = Signal()
 session_ended = Signal()

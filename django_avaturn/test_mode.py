@@ -27,14 +27,15 @@ development on one machine and for test suites, not for serving anyone.
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import TYPE_CHECKING, Any
+
+from django_avaturn.logs import get_logger
 
 if TYPE_CHECKING:
     from django_avaturn.testing import FakeRealtime, FakeUpstream
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _lock = threading.Lock()
 _fake: FakeUpstream | None = None

@@ -25,7 +25,6 @@ it by hand), so no ``session_ended`` is sent for it; any other user's stays
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +33,7 @@ from django.db import connections, router, transaction
 from django.db.models import Model
 
 from django_avaturn.exceptions import AvaturnError
+from django_avaturn.logs import get_logger
 from django_avaturn.models import EndReason, Session, SessionStatus, sessions_database
 from django_avaturn.sessions import transitions
 from django_avaturn.sessions.ending import Result, end_sessions
@@ -41,7 +41,7 @@ from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.upstream.clients import get_avaturn_client
 from django_avaturn.upstream.pool import run_bounded
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Starting rows too: claimed, their own request terminates what Avaturn creates.
 _ENDABLE = (SessionStatus.STARTING, SessionStatus.LIVE)

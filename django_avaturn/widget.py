@@ -12,7 +12,6 @@ later, from the API, straight into the browser's memory.
 from __future__ import annotations
 
 import itertools
-import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,8 +30,9 @@ from django.utils.safestring import SafeString
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
+from django_avaturn.logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _get_nonce: Callable[[HttpRequest], Any] | None
 try:

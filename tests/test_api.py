@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from decimal import Decimal
 from typing import Any
@@ -623,7 +624,7 @@ def test_a_sites_permission_or_throttle_class_that_fails_gets_a_json_answer(
     if status == 503:
         record = next(r for r in caplog.records if r.getMessage().startswith("A class of"))
         assert record.getMessage() == f"A class of AVATURN['{setting}'] raised"
-        assert record.exc_info is not None
+        assert "Traceback (most recent call last)" in (record.exc_text or "")  # scrubbed text
 
 
 def test_inactive_user_cannot_start(api_client: Any, user: Any, upstream: Any) -> None:
@@ -668,7 +669,40 @@ def test_a_raising_session_config_hook_is_a_json_503(
     }
     assert upstream.openai.requests == []
     hook_record = next(r for r in caplog.records if r.getMessage() == "SESSION_CONFIG_HOOK raised")
-    assert hook_record.exc_info is not None  # the site's traceback reaches its log
+    # The site's traceback reaches its log (as scrubbed text: see the next test).
+    assert "in raising_hook" in (hook_record.exc_text or "")
+
+
+def hook_quoting_the_key(*args: Any) -> Any:
+    raise RuntimeError(f"billing refused key={KEYS[0]} (and Bearer {KEYS[1]}-x)")
+
+
+@pytest.mark.parametrize("setting", ["SESSION_CONFIG_HOOK", "QUOTA_HOOK"])
+def test_a_key_in_a_hooks_exception_reaches_no_log_line(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides, setting: str
+) -> None:
+    """The site's code may quote a key in its exception: every handler, whatever it
+    formats (the message, the traceback, or the exception object), gets it scrubbed."""
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    records: list[logging.LogRecord] = []
+    handler.addFilter(lambda record: records.append(record) or True)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        avaturn(**{setting: "tests.test_api.hook_quoting_the_key"})
+        assert csrf_post(api_client, LIST_URL, {}).status_code == 503
+    finally:
+        root.removeHandler(handler)
+    text = written.getvalue()
+    assert f"{setting} raised" in text
+    assert "RuntimeError: billing refused key=[redacted]" in text
+    assert "in hook_quoting_the_key" in text
+    assert_no_keys(text)
+    # Nothing left for a handler that formats the exception itself (an error tracker).
+    ours = [r for r in records if r.name.startswith("django_avaturn")]
+    assert ours
+    assert all(r.exc_info is None for r in ours)
 
 
 def test_a_raising_quota_hook_is_a_json_503(

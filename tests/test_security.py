@@ -423,7 +423,7 @@ def test_no_key_anywhere(
     # Every log record at every level, with its traceback if any.
     formatter = logging.Formatter()
     for record in caplog.records:
-        seen.append(record.getMessage())
+        seen.append(formatter.format(record))
         if record.exc_info:
             seen.append(formatter.formatException(record.exc_info))
 
@@ -559,3 +559,28 @@ def test_no_credential_on_a_debug_page_when_a_sites_own_view_lets_our_error_thro
     assert secrets  # the start above minted one: the sweep below is not vacuous
     for credential in (*SENTINELS, *secrets):
         assert credential not in page
+
+
+def test_every_logger_of_the_package_scrubs_its_records() -> None:
+    """A module that took a plain ``logging.getLogger`` would log its tracebacks unscrubbed."""
+    import importlib
+    import pkgutil
+
+    import django_avaturn
+    from django_avaturn.logs import ScrubSecrets
+
+    loggers: dict[str, logging.Logger] = {}
+    for module_info in pkgutil.walk_packages(django_avaturn.__path__, "django_avaturn."):
+        if ".migrations." in module_info.name:
+            continue
+        module = importlib.import_module(module_info.name)
+        for value in vars(module).values():
+            if isinstance(value, logging.Logger) and value.name.startswith("django_avaturn"):
+                loggers[value.name] = value
+    assert len(loggers) >= 20
+    unscrubbed = [
+        name
+        for name, logger in loggers.items()
+        if not any(isinstance(f, ScrubSecrets) for f in logger.filters)
+    ]
+    assert unscrubbed == []

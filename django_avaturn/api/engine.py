@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.utils.translation import gettext_lazy as _
@@ -23,10 +22,11 @@ from django_avaturn.exceptions import (
     SessionNotLive,
     StorageUnavailable,
 )
+from django_avaturn.logs import get_logger
 from django_avaturn.models import Engine, SessionStatus
 from django_avaturn.upstream.redaction import excerpt
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class EngineMessageSerializer(StrictSerializer):

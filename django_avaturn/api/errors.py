@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
@@ -14,8 +13,9 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from django_avaturn.exceptions import AvaturnError, NotConfigured, StorageUnavailable
+from django_avaturn.logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def _body(code: str, detail: Any, errors: Any = None) -> dict[str, Any]:

@@ -16,7 +16,6 @@ LRU) can forget a slot.
 from __future__ import annotations
 
 import base64
-import logging
 import math
 import pickle
 import time
@@ -34,8 +33,9 @@ from rest_framework.throttling import BaseThrottle
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import StorageUnavailable
+from django_avaturn.logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Some caches keep time in whole seconds and drop a key up to a second early

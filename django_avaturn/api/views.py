@@ -37,7 +37,8 @@ from django_avaturn.api.serializers import (
     started_body,
 )
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import AvaturnError, NotConfigured, site_code_failed
+from django_avaturn.exceptions import AvaturnError, NotConfigured
+from django_avaturn.logs import site_code_failed
 from django_avaturn.models import EndReason, Session
 from django_avaturn.sessions import ending, statements, transitions
 

@@ -21,7 +21,6 @@ import binascii
 import contextlib
 import enum
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -30,9 +29,10 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from django_avaturn.engine import protocol
 from django_avaturn.engine.segments import DROP, FORWARD, REOPEN, Segments
+from django_avaturn.logs import get_logger
 from django_avaturn.upstream.redaction import printable, scrub
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class AvaturnSocket(Protocol):

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 from collections.abc import Awaitable, Iterable
 from typing import Any, NamedTuple
 
@@ -56,11 +55,12 @@ from django_avaturn.engine.bridge import Bridge, EndCause
 from django_avaturn.engine.realtime import connect_realtime
 from django_avaturn.engine.tools import ToolRunner, load_registry
 from django_avaturn.exceptions import AvaturnError, TranscriptFull
+from django_avaturn.logs import get_logger
 from django_avaturn.models import EndReason, Engine, Session
 from django_avaturn.sessions import ending, transcripts, transitions
 from django_avaturn.upstream.redaction import excerpt
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Policy violation: what every refusal closes with, before accept (HTTP 403).
 REFUSED = 1008

@@ -17,13 +17,14 @@ Messages (the consumer's handler is the type with "." as "_"):
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable
 from typing import Any
 
 from asgiref.sync import async_to_sync
 
-logger = logging.getLogger(__name__)
+from django_avaturn.logs import get_logger
+
+logger = get_logger(__name__)
 
 END = "avaturn.engine.end"
 PAGE = "avaturn.engine.page"

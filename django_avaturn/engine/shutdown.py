@@ -19,15 +19,15 @@ removes it once its end is done (``done``).
 from __future__ import annotations
 
 import atexit
-import logging
 import threading
 
 from django.db import connections
 
+from django_avaturn.logs import get_logger
 from django_avaturn.models import EndReason, Session, sessions_database
 from django_avaturn.sessions import ending
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 EXIT_DETAIL = "The server process exited with the conversation running."
 

@@ -23,7 +23,6 @@ import dataclasses
 import enum
 import inspect
 import json
-import logging
 import math
 import re
 import threading
@@ -49,11 +48,12 @@ from django_avaturn.engine.schema import (
     shape_of,
 )
 from django_avaturn.exceptions import NotConfigured
+from django_avaturn.logs import get_logger
 
 if TYPE_CHECKING:
     from django_avaturn.models import Session
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # OpenAI's rule for a function's name.
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

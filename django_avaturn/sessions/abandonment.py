@@ -18,12 +18,13 @@ row's path, and the expiry command after it, still hold.
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Any
 
 from django.core.cache import cache
 
-logger = logging.getLogger(__name__)
+from django_avaturn.logs import get_logger
+
+logger = get_logger(__name__)
 
 # Long enough for a start queued behind busy workers to reach its reservation;
 # after that the row exists, and the abandon found it (or the expiry command will).

@@ -27,7 +27,6 @@ rows is held in memory, however many sessions there are.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from django.db import connections, transaction
 from django.db.models import Q, QuerySet
 
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
+from django_avaturn.logs import get_logger
 from django_avaturn.models import (
     FINAL_STATUSES,
     EndReason,
@@ -50,7 +50,7 @@ from django_avaturn.upstream.clients import get_avaturn_client
 from django_avaturn.upstream.pool import run_bounded, terminate_concurrency
 from django_avaturn.upstream.redaction import excerpt
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_BATCH_SIZE = 500
 # EndReason.values builds its list anew at each read.

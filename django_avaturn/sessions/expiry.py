@@ -47,7 +47,6 @@ for how this stays correct with several hosts and the admin at once.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,6 +57,7 @@ from django.utils import timezone
 
 from django_avaturn.conf import SITE_ENGINE, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
+from django_avaturn.logs import get_logger
 from django_avaturn.models import EndReason, Engine, Session, SessionStatus
 from django_avaturn.sessions import transitions
 from django_avaturn.sessions.ending import (
@@ -75,7 +75,7 @@ from django_avaturn.validation import Bounds
 
 Reporter = Callable[[Iterable[Result]], None]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import Any
 from django.http import HttpRequest
 
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import NotConfigured, site_code_failed
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.logs import site_code_failed
 from django_avaturn.validation import check_session_shape, plain_json
 
 OPENAI_VOICES = frozenset(

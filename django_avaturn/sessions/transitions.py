@@ -22,7 +22,6 @@ the kill switch, the visitor) keeps that end from being undone.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -39,13 +38,14 @@ from django_avaturn.exceptions import (
     SessionStillEnding,
     UpstreamError,
 )
+from django_avaturn.logs import get_logger
 from django_avaturn.models import EndReason, Engine, Session, SessionStatus, sessions_database
 from django_avaturn.sessions import statements
 from django_avaturn.signals import send_logged, session_ended
 from django_avaturn.spend import limits
 from django_avaturn.upstream.redaction import excerpt
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Rows that hold (or are about to hold) a slot under the per-user cap.
 CAPPED_STATUSES = (SessionStatus.STARTING, SessionStatus.LIVE)

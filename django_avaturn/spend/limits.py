@@ -23,8 +23,8 @@ from django_avaturn.exceptions import (
     SessionLimitReached,
     SessionsDisabled,
     SiteLimitReached,
-    site_code_failed,
 )
+from django_avaturn.logs import site_code_failed
 from django_avaturn.models import ServiceSwitch, Session, sessions_database
 from django_avaturn.spend import usage
 from django_avaturn.validation import (

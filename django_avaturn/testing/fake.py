@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import logging
 import re
 import secrets
 import threading
@@ -23,6 +22,8 @@ from importlib.resources import files
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from django_avaturn.logs import get_logger
 
 from . import answers
 from .records import (
@@ -55,7 +56,7 @@ from .records import (
 )
 from .server import FakeHTTPServer
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 if TYPE_CHECKING:
     from .engine_client import AvaturnEngineClient

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json as jsonlib
-import logging
 import re
 import time
 import traceback
@@ -18,9 +17,10 @@ from django.views.decorators.debug import sensitive_variables
 
 from django_avaturn import __version__
 from django_avaturn.exceptions import UpstreamError, UpstreamTimeout
+from django_avaturn.logs import get_logger
 from django_avaturn.upstream.redaction import excerpt
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SERVICE = "avaturn"
 USER_AGENT = f"django-avaturn/{__version__} python-requests/{requests.__version__}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,9 +11,10 @@ import httpx2
 import openai
 
 from django_avaturn.exceptions import UpstreamError, UpstreamTimeout
+from django_avaturn.logs import get_logger
 from django_avaturn.upstream.redaction import excerpt
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SERVICE = "openai"
 

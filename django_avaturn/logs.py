@@ -1,0 +1,62 @@
+"""The package's loggers: nothing they hand a handler carries a known secret.
+
+Every module of the package logs through ``get_logger(__name__)``. Its
+records pass ``redaction.scrub()`` before any handler sees them: the
+message with its arguments filled in, and the traceback, which the record
+then carries as scrubbed text (``exc_text``, which ``logging.Formatter``
+writes) instead of the exception itself. A handler that formats an
+exception on its own (a JSON formatter, an error tracker) therefore finds
+only the scrubbed text: the site's own code (a hook, a receiver, a tool)
+may have put a key in its exception's message.
+
+``site_code_failed()`` is how a failure of that code is logged and answered.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.upstream.redaction import scrub
+
+_FORMATTER = logging.Formatter()
+
+
+class ScrubSecrets(logging.Filter):
+    """Scrub a record's message, traceback and stack in place; never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            # Arguments that do not fit the message: the handler reports the record.
+            return True
+        record.msg, record.args = scrub(message), None
+        if record.exc_info:
+            if record.exc_info[0] is not None:
+                record.exc_text = scrub(_FORMATTER.formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        return True
+
+
+_SCRUB_SECRETS = ScrubSecrets()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)``, its records scrubbed (``ScrubSecrets``)."""
+    logger = logging.getLogger(name)
+    logger.addFilter(_SCRUB_SECRETS)  # once: addFilter skips a filter already there
+    return logger
+
+
+logger = get_logger(__name__)
+
+
+def site_code_failed(what: str) -> NotConfigured:
+    """The site's own code (``what``: a hook, a class of a setting) raised: call in its
+    ``except`` block. Logs its traceback; returns the ``NotConfigured`` to raise, a JSON
+    503 rather than Django's 500."""
+    logger.exception("%s raised", what)
+    return NotConfigured(f"{what} raised an exception.")
