@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from django_avaturn.engine import protocol
 from django_avaturn.engine.segments import DROP, FORWARD, REOPEN, Segments
 from django_avaturn.logs import get_logger
-from django_avaturn.upstream.redaction import printable, scrub
+from django_avaturn.upstream.redaction import excerpt
 
 logger = get_logger(__name__)
 
@@ -90,8 +90,7 @@ _UNKNOWN_RESPONSE = "?"
 def _short(value: object) -> str:
     """An upstream's words, for a log line, a row and a close reason: no credential in it
     (an error may echo what was sent: a tool's header, a key), on one line, not too long."""
-    text = printable(scrub(str(value)))
-    return text if len(text) <= _DETAIL_MAX else text[:_DETAIL_MAX] + "…"
+    return excerpt(str(value), limit=_DETAIL_MAX)
 
 
 class Bridge:

@@ -77,7 +77,7 @@ def printable(text: str) -> str:
 def excerpt(
     body: bytes | str | None, *, limit: int = EXCERPT_LENGTH, extra_secrets: Iterable[str] = ()
 ) -> str:
-    """A short, single-line, scrubbed excerpt of an upstream response body."""
+    """A short, single-line, scrubbed excerpt of what an upstream said (a body, an error)."""
     if body is None:
         return ""
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
