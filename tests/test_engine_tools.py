@@ -342,6 +342,37 @@ def test_a_failure_whose_message_names_no_value_is_logged_with_it(
     assert "4242" not in caplog.text
 
 
+_kept_senders: list[Any] = []
+
+
+@tool
+def keeps_its_sender(ctx: ToolContext, note: str) -> str:
+    """Calls the send_to_browser of the call before it, whose call has ended."""
+    if _kept_senders:
+        _kept_senders.pop()({"note": note})
+    _kept_senders.append(ctx.send_to_browser)
+    return "kept"
+
+
+def test_send_to_browser_kept_past_its_call_is_refused_and_logged_with_why(
+    session: Any, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    _kept_senders.clear()
+    runner = runner_of(keeps_its_sender, session, browser, timeout=5)
+    assert call(runner, "first", "keeps_its_sender", {"note": "hello"}) == {"result": "kept"}
+    with caplog.at_level(logging.ERROR, logger="django_avaturn.engine.tools"):
+        answer = call(runner, "second", "keeps_its_sender", {"note": "Ada's card ends 4242"})
+    assert answer == {"error": "The tool failed. Tell the user it could not be done now."}
+    assert row("second").status == ToolCallStatus.FAILED
+    assert browser.sent == []
+    [record] = [r for r in caplog.records if r.name == "django_avaturn.engine.tools"]
+    assert (
+        "django_avaturn.engine.tools.SendToBrowserClosed: This tool call has ended; "
+        "send_to_browser() is closed." in record.getMessage()
+    )
+    assert "4242" not in caplog.text
+
+
 def test_an_unknown_tool_is_invalid_and_recorded(runner: ToolRunner) -> None:
     answer = call(runner, "unk", "delete_everything", {})
     assert answer["error"].startswith("There is no tool named 'delete_everything'. The tools are: ")
