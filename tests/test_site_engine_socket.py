@@ -860,7 +860,11 @@ def test_openai_unreachable_closes_avaturns_socket_and_ends_the_row(
 
 @pytest.mark.parametrize("reason", [EndReason.CLIENT, EndReason.ADMIN, EndReason.REPLACED])
 def test_the_site_ending_the_session_closes_both_sockets_at_once(
-    engine: Any, user: Any, realtime: LoopbackRealtime, reason: str
+    engine: Any,
+    user: Any,
+    realtime: LoopbackRealtime,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     row, token, secret = site_row(user)
 
@@ -869,10 +873,12 @@ def test_the_site_ending_the_session_closes_both_sockets_at_once(
         await sync_to_async(services.end_session)(row, reason=reason)
         await closed_by_the_site(communicator, realtime)
 
-    run(test)
+    with caplog.at_level(logging.INFO, logger="django_avaturn.engine.consumer"):
+        run(test)
     row.refresh_from_db()
     # The site's end, as the site recorded it: the engine's close adds nothing.
     assert (row.status, row.end_reason) == (SessionStatus.ENDED, reason)
+    assert f"Site engine socket of session row {row.pk} closed ({reason})" in caplog.text
     assert engine.avaturn.deleted == ["sess-1"]
 
 

@@ -521,11 +521,18 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
     # ------------------------------------------------------------------ the channel layer
 
     async def avaturn_engine_end(self, event: dict[str, Any]) -> None:
-        await self._site_ended()
+        reason = event.get("reason")
+        await self._site_ended(reason if reason in EndReason.values else None)
 
-    async def _site_ended(self) -> None:
-        """The site ended the session: the row says why; close both sockets now."""
-        await self._finish(None, close_code=SITE_ENDED, close_reason="The session ended.")
+    async def _site_ended(self, reason: str | None = None) -> None:
+        """The site ended the session (for ``reason``, the row's, when the message named
+        it): the row says why; close both sockets now."""
+        await self._finish(
+            None,
+            close_code=SITE_ENDED,
+            close_reason="The session ended.",
+            site_reason=reason or "ended by the site",
+        )
 
     async def avaturn_engine_page(self, event: dict[str, Any]) -> None:
         """The visitor's page sent its conversation a message (the messages endpoint)."""
@@ -547,6 +554,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         *,
         close_code: int | None = None,
         close_reason: str = "",
+        site_reason: str = "ended by the site",
     ) -> None:
         """End the conversation once: the bridge, OpenAI, Avaturn's socket (if asked), the row.
 
@@ -565,7 +573,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         if self.runner is not None:
             self.runner.close()  # before any await: nothing may cancel it away
         self._ending = asyncio.ensure_future(
-            self._end(reason, detail, close_code, close_reason, caller)
+            self._end(reason, detail, close_code, close_reason, caller, site_reason)
         )
         # Its failure is logged here: its awaiters may all have been cancelled.
         self._ending.add_done_callback(_log_ending_failure)
@@ -578,11 +586,13 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         close_code: int | None,
         close_reason: str,
         caller: asyncio.Task[Any] | None,
+        site_reason: str,
     ) -> None:
         bridge, task = self.bridge, self.bridge_task
-        # The site's own end recorded the row before telling the consumer; any
-        # other end is recorded below (not recorded: the process's exit retries it).
-        end = RowEnd(True, "ended by the site")
+        # The site's own end (``reason`` None) recorded the row, as ``site_reason``, before
+        # telling the consumer; any other end is recorded below (not recorded: the
+        # process's exit retries it).
+        end = RowEnd(True, site_reason)
         try:
             if bridge is not None:
                 with contextlib.suppress(Exception):
