@@ -46,6 +46,9 @@ class EndReason(models.TextChoices):
     EXPIRED = "expired", _("Expired")
     REPLACED = "replaced", _("Replaced by a newer session")
     UPSTREAM_ERROR = "upstream_error", _("Upstream error")
+    # The site's own part failed (its database, a hook, the site engine's code);
+    # no upstream did anything wrong.
+    SITE_ERROR = "site_error", _("The site's own error")
     # A start refused because a session of the user's it had to see ended
     # first did not end: nothing was created, and no upstream failed it.
     PREVIOUS_STILL_ENDING = "previous_still_ending", _("An earlier session was still ending")

@@ -13,7 +13,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.models import Session, SessionStatus
+from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.sessions.plan import SessionPlan, build_plan
 from django_avaturn.testing import (
     AVATURN_CREATE,
@@ -252,7 +252,9 @@ def test_an_external_hook_that_fails_fails_the_reserved_row_and_creates_nothing(
     caplog.set_level(logging.DEBUG)
     response = _start(client)
     assert (response.status_code, response.json()["code"]) == (503, "not_configured")
-    assert Session.objects.get().status == SessionStatus.FAILED
+    row = Session.objects.get()
+    # The site's hook failed, not an upstream.
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.SITE_ERROR)
     assert live_fake.requests_for(AVATURN_CREATE) == []
     assert HEADER_SECRET not in response.content.decode() + caplog.text
     assert_no_orphans(live_fake)

@@ -242,7 +242,8 @@ def test_a_database_failure_after_create_whose_terminate_fails_is_retried(
         services.start_session(user)
 
     monkeypatch.undo()
-    assert _retried_after_being_left_ending(live_fake).status == SessionStatus.FAILED
+    row = _retried_after_being_left_ending(live_fake)
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.SITE_ERROR)
 
 
 def test_a_create_answer_cut_short_after_naming_the_session_ends_that_session(

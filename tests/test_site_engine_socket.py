@@ -726,7 +726,7 @@ def test_a_failure_of_ours_on_avaturns_message_ends_the_call_cleanly(
         ended_row = await ended(row.pk)
         assert (ended_row.status, ended_row.end_reason) == (
             SessionStatus.FAILED,
-            EndReason.UPSTREAM_ERROR,
+            EndReason.SITE_ERROR,
         )
         assert ended_row.end_detail == (
             "The engine failed on a message from Avaturn: RuntimeError: a bug"
@@ -759,7 +759,7 @@ def test_a_handler_failing_still_ends_the_conversation(
 
     run(test)
     row.refresh_from_db()
-    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.UPSTREAM_ERROR)
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.SITE_ERROR)
     assert row.end_detail.startswith("The engine failed: TypeError")
     assert row.pk not in shutdown.left_running()
 

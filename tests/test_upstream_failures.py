@@ -228,7 +228,9 @@ def test_database_failure_after_create_terminates_upstream(
 
     assert (response.status_code, response.json()["code"]) == (503, "unavailable")
     assert upstream.avaturn.deleted == ["av-sess-1"]
-    assert Session.objects.get().status == SessionStatus.FAILED
+    row = Session.objects.get()
+    # The site's database failed, not Avaturn.
+    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.SITE_ERROR)
     assert_nothing_running(upstream)
 
 

@@ -52,9 +52,8 @@ def stopped_before_live(user: Any, when: datetime) -> Session:
 
 def failed_start(user: Any, when: datetime, **fields: Any) -> Session:
     fields.setdefault("status", SessionStatus.FAILED)
-    return Session.objects.create(
-        user=user, end_reason=EndReason.UPSTREAM_ERROR, created_at=when, **fields
-    )
+    fields.setdefault("end_reason", EndReason.UPSTREAM_ERROR)
+    return Session.objects.create(user=user, created_at=when, **fields)
 
 
 # ------------------------------------------------------------------ the API agrees with itself
@@ -122,12 +121,17 @@ def test_usage_agrees_in_the_callers_time_zone(
 # ------------------------------------------------------------------ which starts count
 
 
+@pytest.mark.parametrize("reason", [EndReason.UPSTREAM_ERROR, EndReason.SITE_ERROR])
 def test_a_failed_start_never_counts_not_even_while_its_orphan_awaits_a_retry(
-    user: Any, monkeypatch: Any
+    user: Any, monkeypatch: Any, reason: str
 ) -> None:
     at(monkeypatch, NOW)
     orphan = failed_start(
-        user, NOW - timedelta(hours=1), status=SessionStatus.ENDING, session_id="orphan"
+        user,
+        NOW - timedelta(hours=1),
+        status=SessionStatus.ENDING,
+        session_id="orphan",
+        end_reason=reason,
     )
     assert limits.usage_for(user).sessions == 0
     # The expiry command's retry terminates it and records it failed: still none.

@@ -23,8 +23,9 @@ Whichever side ends, both sockets close and the row records why:
   sockets close at once (1000); the row already says why.
 - The server cancels the consumer (daphne's shutdown and close timeout): the
   row ends ``engine_closed`` and OpenAI is closed all the same.
-- A handler fails (a bug of ours): as when OpenAI fails, with the error in the
-  row's detail; the exception then reaches the server.
+- A handler fails (a bug of ours): as when OpenAI fails, but the row ends
+  ``site_error``, with the error in its detail; the exception then reaches
+  the server.
 - The server's loop stops with the conversation running (daphne's shutdown
   may skip the cancelling): ``shutdown`` ends the row ``engine_closed`` at
   the process's exit.
@@ -441,7 +442,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             if failure is not None:
                 detail = f"The engine failed: {_describe(failure)}"
                 await self._finish(
-                    EndReason.UPSTREAM_ERROR,
+                    EndReason.SITE_ERROR,
                     detail,
                     close_code=UPSTREAM_FAILED,
                     close_reason="The engine failed.",
@@ -485,7 +486,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             # sockets, the row) rather than let the pump die with the sockets open.
             logger.exception("The site engine failed on a message from Avaturn")
             await self._finish(
-                EndReason.UPSTREAM_ERROR,
+                EndReason.SITE_ERROR,
                 f"The engine failed on a message from Avaturn: {_describe(exc)}",
                 close_code=UPSTREAM_FAILED,
                 close_reason="The engine failed.",

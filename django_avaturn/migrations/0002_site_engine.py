@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='session',
             name='end_reason',
-            field=models.CharField(blank=True, choices=[('client', "Ended by the visitor's browser"), ('user', 'User account deleted or deactivated'), ('signed_out', 'The user signed out'), ('password_changed', "The user's password changed"), ('admin', 'Terminated by staff'), ('expired', 'Expired'), ('replaced', 'Replaced by a newer session'), ('upstream_error', 'Upstream error'), ('previous_still_ending', 'An earlier session was still ending'), ('shutdown', 'Stopped by the kill switch'), ('abandoned', "The visitor's page left while it started"), ('engine_closed', "Avaturn closed the site engine's socket")], help_text='Why the session ended; set once, by whoever ended it.', max_length=32, verbose_name='end reason'),
+            field=models.CharField(blank=True, choices=[('client', "Ended by the visitor's browser"), ('user', 'User account deleted or deactivated'), ('signed_out', 'The user signed out'), ('password_changed', "The user's password changed"), ('admin', 'Terminated by staff'), ('expired', 'Expired'), ('replaced', 'Replaced by a newer session'), ('upstream_error', 'Upstream error'), ('site_error', "The site's own error"), ('previous_still_ending', 'An earlier session was still ending'), ('shutdown', 'Stopped by the kill switch'), ('abandoned', "The visitor's page left while it started"), ('engine_closed', "Avaturn closed the site engine's socket")], help_text='Why the session ended; set once, by whoever ended it.', max_length=32, verbose_name='end reason'),
         ),
         migrations.AlterField(
             model_name='session',

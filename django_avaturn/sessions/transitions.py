@@ -175,15 +175,17 @@ def mark_failed(row: Session, exc: BaseException, *, session_id: str | None = No
 def _failure_reason(exc: BaseException) -> EndReason:
     """The end reason of a start, still ``STARTING``, that failed with ``exc``.
 
-    ``previous_still_ending`` when it was refused because a session of the
-    user's did not end first (nothing was asked of the upstreams for it);
-    ``upstream_error`` for everything else: an upstream refused or failed,
-    and also a failure of the site's own on the way (the database, the
-    external engine's hook), which has no reason of its own.
+    ``upstream_error`` when an upstream refused, failed or timed out
+    (``UpstreamError``); ``previous_still_ending`` when it was refused
+    because a session of the user's did not end first (nothing was asked of
+    the upstreams for it); ``site_error`` for a failure of the site's own
+    on the way: its database, a hook (the external engine's), its settings.
     """
+    if isinstance(exc, UpstreamError):
+        return EndReason.UPSTREAM_ERROR
     if isinstance(exc, SessionStillEnding):
         return EndReason.PREVIOUS_STILL_ENDING
-    return EndReason.UPSTREAM_ERROR
+    return EndReason.SITE_ERROR
 
 
 def unknown_outcome() -> Q:
@@ -249,8 +251,9 @@ def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = N
     The row is ``awaiting_retry``: the command's next run terminates it
     upstream and only then gives it a final status, so a session Avaturn
     created is never recorded as ended while it may still run. A row someone
-    else claimed keeps their end reason; a failed start's becomes
-    ``upstream_error`` (and its final status ``failed``). Never raises.
+    else claimed keeps their end reason; a failed start's takes the reason
+    of ``exc`` (``_failure_reason``; ``upstream_error`` without one), and its
+    final status is ``failed``. Never raises.
     """
     now = timezone.now()
     fields: dict[str, Any] = {
@@ -272,7 +275,9 @@ def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = N
         # A start's own row (still starting, or marked failed by the sweep of
         # stuck starts) ends failed once terminated; a claimed one keeps its reason.
         updated = ours.filter(status__in=(SessionStatus.STARTING, SessionStatus.FAILED)).update(
-            end_reason=EndReason.UPSTREAM_ERROR, ended_at=None, **fields
+            end_reason=EndReason.UPSTREAM_ERROR if exc is None else _failure_reason(exc),
+            ended_at=None,
+            **fields,
         ) or ours.update(ended_at=None, **fields)
     except DatabaseError:
         updated = 0
@@ -415,8 +420,9 @@ def tell_site_engine(sessions: Sequence[Session]) -> None:
 def _final_status(end_reason: str) -> SessionStatus:
     if end_reason == EndReason.EXPIRED:
         return SessionStatus.EXPIRED
-    # A failed start whose orphan was terminated later (see leave_for_retry).
-    if end_reason == EndReason.UPSTREAM_ERROR:
+    # A failed start whose orphan was terminated later (see leave_for_retry), or a
+    # conversation the site engine ended on a failure.
+    if end_reason in (EndReason.UPSTREAM_ERROR, EndReason.SITE_ERROR):
         return SessionStatus.FAILED
     return SessionStatus.ENDED
 

@@ -11,8 +11,8 @@ user or staff read is what the quota enforces.
   quota), and so does one stopped before it went live (replaced, ended by
   staff or the kill switch). A start that failed before going live never
   counts: status ``failed``, or still ``ending`` with reason
-  ``upstream_error`` while the expiry command retries its orphan's
-  terminate (it ends ``failed``).
+  ``upstream_error`` or ``site_error`` while the expiry command retries its
+  orphan's terminate (it ends ``failed``).
 * **When a session counts**: at its ``created_at``, when its start began.
 * **Talk time**: from ``started_at`` (Avaturn created the session) to
   ``ended_at``, or to now while it has none; zero for a start that never
@@ -62,7 +62,9 @@ _DAYS_PER_QUERY = 31
 
 def counted() -> Q:
     """The rows that count as sessions: every start but one that failed before going live."""
-    failed_start = Q(status=SessionStatus.FAILED) | Q(end_reason=EndReason.UPSTREAM_ERROR)
+    failed_start = Q(status=SessionStatus.FAILED) | Q(
+        end_reason__in=(EndReason.UPSTREAM_ERROR, EndReason.SITE_ERROR)
+    )
     return Q(started_at__isnull=False) | ~failed_start
 
 
