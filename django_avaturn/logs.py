@@ -2,12 +2,14 @@
 
 Every module of the package logs through ``get_logger(__name__)``. Its
 records pass ``redaction.scrub()`` before any handler sees them: the
-message with its arguments filled in, and the traceback, which the record
-then carries as scrubbed text (``exc_text``, which ``logging.Formatter``
-writes) instead of the exception itself. A handler that formats an
-exception on its own (a JSON formatter, an error tracker) therefore finds
-only the scrubbed text: the site's own code (a hook, a receiver, a tool)
-may have put a key in its exception's message.
+message with its arguments filled in, and the formatted traceback (the
+site's own code, a hook, a receiver or a tool, may have put a key in its
+exception's message). A record with something to scrub carries the
+scrubbed text instead: the message without its arguments, and the
+traceback as ``exc_text`` (which ``logging.Formatter`` writes) with no
+exception object, so a handler that formats the exception on its own (a
+JSON formatter, an error tracker) finds only the scrubbed text. A record
+with nothing to scrub reaches the handlers as it was logged.
 
 ``site_code_failed()`` is how a failure of that code is logged and answered.
 """
@@ -23,7 +25,8 @@ _FORMATTER = logging.Formatter()
 
 
 class ScrubSecrets(logging.Filter):
-    """Scrub a record's message, traceback and stack in place; never drops a record."""
+    """Scrub a record's message, traceback and stack where they hold a secret; never drops
+    a record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -31,11 +34,12 @@ class ScrubSecrets(logging.Filter):
         except Exception:
             # Arguments that do not fit the message: the handler reports the record.
             return True
-        record.msg, record.args = scrub(message), None
-        if record.exc_info:
-            if record.exc_info[0] is not None:
-                record.exc_text = scrub(_FORMATTER.formatException(record.exc_info))
-            record.exc_info = None
+        if (clean := scrub(message)) != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[0] is not None:
+            traceback = _FORMATTER.formatException(record.exc_info)
+            if (clean := scrub(traceback)) != traceback:
+                record.exc_text, record.exc_info = clean, None
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
         return True
