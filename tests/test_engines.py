@@ -13,7 +13,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from django_avaturn.exceptions import NotConfigured
-from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.models import Session, SessionStatus
 from django_avaturn.sessions.plan import SessionPlan, build_plan
 from django_avaturn.testing import (
     AVATURN_CREATE,
@@ -22,7 +22,7 @@ from django_avaturn.testing import (
     FakeUpstream,
 )
 from tests.helpers import LIST_URL, AvaturnOverrides
-from tests.live_fake import assert_no_orphans, csrf_json
+from tests.live_fake import csrf_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -239,25 +239,66 @@ def test_an_external_hook_answers_the_socket_per_start(
     assert all(plan.engine == "external" and request is not None for request, plan in seen)
 
 
-def test_an_external_hook_that_fails_fails_the_reserved_row_and_creates_nothing(
+class _AnswerThatRaisesWhenRead(dict):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        raise KeyError("a mapping of the site's own, broken")
+
+
+def _hook_raising(request: Any, plan: SessionPlan) -> dict[str, Any]:
+    raise RuntimeError(f"platform said no to {HEADER_SECRET}")
+
+
+def _hook_answering_junk(request: Any, plan: SessionPlan) -> dict[str, Any]:
+    return _AnswerThatRaisesWhenRead(url="wss://x.example.com")
+
+
+@pytest.mark.parametrize("hook", [_hook_raising, _hook_answering_junk])
+def test_an_external_hook_that_fails_reserves_nothing_and_ends_nothing(
     live_fake: FakeUpstream,
     client: APIClient,
     avaturn: AvaturnOverrides,
     caplog: pytest.LogCaptureFixture,
+    hook: Any,
 ) -> None:
-    def broken(request: Any, plan: SessionPlan) -> dict[str, Any]:
-        raise RuntimeError(f"platform said no to {HEADER_SECRET}")
-
-    avaturn(ENGINE="external", EXTERNAL_ENGINE={"HOOK": broken})
+    """The site's code is asked before the reservation: its failure (or its answer's)
+    takes no slot and ends no session, not even the one a start would replace."""
+    avaturn(ENGINE="external", EXTERNAL_ENGINE={"URL": "wss://engine.example.com/a"})
+    running = _start(client).json()["session_id"]
+    avaturn(
+        ENGINE="external",
+        EXTERNAL_ENGINE={"HOOK": hook, "HEADERS": {"X-Engine-Secret": HEADER_SECRET}},
+        ON_SESSION_LIMIT="end_oldest",
+    )
     caplog.set_level(logging.DEBUG)
     response = _start(client)
     assert (response.status_code, response.json()["code"]) == (503, "not_configured")
-    row = Session.objects.get()
-    # The site's hook failed, not an upstream.
-    assert (row.status, row.end_reason) == (SessionStatus.FAILED, EndReason.SITE_ERROR)
-    assert live_fake.requests_for(AVATURN_CREATE) == []
+    # The session it would have replaced runs on, and no row was reserved for it.
+    assert list(Session.objects.values_list("session_id", "status")) == [
+        (running, SessionStatus.LIVE)
+    ]
+    assert live_fake.live_session_ids() == {running}
+    assert len(live_fake.requests_for(AVATURN_CREATE)) == 1
+    # Logged with its traceback, so the site can fix it; the key scrubbed out of it.
+    record = next(r for r in caplog.records if "['HOOK']" in r.getMessage())
+    assert "raised" in record.getMessage()
+    assert "Traceback (most recent call last)" in logging.Formatter().format(record)
     assert HEADER_SECRET not in response.content.decode() + caplog.text
-    assert_no_orphans(live_fake)
+
+
+def test_a_slow_external_hook_holds_no_slot_while_it_runs(
+    live_fake: FakeUpstream, client: APIClient, avaturn: AvaturnOverrides
+) -> None:
+    """No row exists while the hook runs, so the expiry command's sweep of starts that
+    never finished has nothing to free under the cap meanwhile."""
+    rows_while_asked: list[int] = []
+
+    def slow(request: Any, plan: SessionPlan) -> dict[str, Any]:
+        rows_while_asked.append(Session.objects.count())
+        return {"url": "wss://engine.example.com/slow"}
+
+    avaturn(ENGINE="external", EXTERNAL_ENGINE={"HOOK": slow}, ON_SESSION_LIMIT="refuse")
+    assert _start(client).status_code == 201
+    assert rows_while_asked == [0]
 
 
 @pytest.mark.parametrize(("debug", "status"), [(False, 503), (True, 201)])

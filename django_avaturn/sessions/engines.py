@@ -1,9 +1,12 @@
 """The credential step of a start, per conversation engine.
 
 ``require(plan)`` runs before a slot is reserved: it fails on missing keys
-and settings (``NotConfigured``, nothing spent). ``prepare(plan, request)``
-runs after: it mints what the engine needs and returns the
-``conversation_engine`` object for Avaturn's create. Credentials (the OpenAI
+and settings (``NotConfigured``, nothing spent). ``resolve(plan, request)``
+runs next, before the reservation too: it asks the site's own code what the
+plan leaves to it (the external engine's ``HOOK``), so that code failing or
+taking its time holds no slot and ends no session. ``prepare(plan,
+request)`` runs after the reservation: it mints what the engine needs and
+returns the ``conversation_engine`` object for Avaturn's create. Credentials (the OpenAI
 client secret, the Cartesia access token, the external engine's headers)
 go straight into that object and are never stored, logged or shown.
 """
@@ -22,6 +25,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from django_avaturn.engine import tokens
 from django_avaturn.exceptions import NotConfigured
+from django_avaturn.logs import site_code_failed
 from django_avaturn.models import Engine, Session
 from django_avaturn.sessions import transitions
 from django_avaturn.sessions.plan import SessionPlan
@@ -70,6 +74,20 @@ def require(plan: SessionPlan) -> None:
         raise NotConfigured("AVATURN['TEXT_ECHO']['VOICE_ID'] is not set (nor chosen by the hook).")
 
 
+@sensitive_variables()
+def resolve(plan: SessionPlan, request: HttpRequest | None) -> None:
+    """Ask the external engine's ``HOOK`` for its URL and headers, into the plan.
+
+    Before anything is reserved: ``NotConfigured`` when the hook raises or
+    answers badly (nothing reserved, ended or spent). The plan then holds
+    the answer as its ``URL`` and ``HEADERS``, and no ``HOOK``.
+    """
+    options = plan.engine_options
+    if plan.engine == Engine.EXTERNAL and options.get("HOOK") is not None:
+        url, headers = _external_socket(plan, request)
+        options.update(URL=url, HEADERS=headers, HOOK=None)
+
+
 def require_site_engine(options: Mapping[str, Any]) -> None:
     """What the site engine needs: Channels, its public URL, the OpenAI key, its tools."""
     try:
@@ -103,7 +121,7 @@ def prepare(
     ``row`` is the start's own row (still starting): the site engine's token
     names it and it keeps the hash of the socket's secret. Raises
     ``UpstreamError``/``UpstreamTimeout`` (a mint failed), ``NotConfigured``
-    (the external engine's hook failed or answered badly) or
+    (the external engine has no usable URL; its HOOK was asked by ``resolve``) or
     ``StorageUnavailable`` (the site engine's hand-over could not be stored).
     """
     options = plan.engine_options
@@ -149,7 +167,9 @@ def prepare(
 def _external_socket(plan: SessionPlan, request: HttpRequest | None) -> tuple[str, dict[str, str]]:
     """The external engine's URL and headers: from settings (and the session hook), or its HOOK.
 
-    The HOOK's answer wins over the settings for the keys it returns.
+    The HOOK's answer wins over the settings for the keys it returns. What
+    the hook raises, and what its answer raises while it is read (a mapping
+    of its own), is logged with its traceback (scrubbed, as every log line).
     """
     options = plan.engine_options
     url: str | None = options.get("URL")
@@ -160,14 +180,20 @@ def _external_socket(plan: SessionPlan, request: HttpRequest | None) -> tuple[st
         try:
             answer = hook(request, plan)
         except Exception as exc:
-            # The site's code failed: its traceback may hold a secret, so only its type.
-            raise NotConfigured(f"{name} raised {type(exc).__name__}.") from None
-        if not isinstance(answer, Mapping) or set(answer) - {"url", "headers"}:
-            raise NotConfigured(f'{name} must return a dict with keys among ["headers", "url"].')
-        if answer.get("url"):
-            url = SocketUrl().check(f"{name}'s url", answer["url"])
-        if answer.get("headers") is not None:
-            headers = {**headers, **Headers().check(f"{name}'s headers", answer["headers"])}
+            raise site_code_failed(name) from exc
+        try:
+            if not isinstance(answer, Mapping) or set(answer) - {"url", "headers"}:
+                raise NotConfigured(
+                    f'{name} must return a dict with keys among ["headers", "url"].'
+                )
+            if answer.get("url"):
+                url = SocketUrl().check(f"{name}'s url", answer["url"])
+            if answer.get("headers") is not None:
+                headers = {**headers, **Headers().check(f"{name}'s headers", answer["headers"])}
+        except NotConfigured:
+            raise
+        except Exception as exc:
+            raise site_code_failed(f"Reading the answer of {name}") from exc
     if not url:
         raise NotConfigured("The external engine has no URL (settings, session hook or HOOK).")
     check_socket_url("The external engine's URL", url)

@@ -127,8 +127,10 @@ def start_session(
     api_host = sdk_api_host()
     bounds = UpstreamBounds.from_settings()
     # (The kill switch is read once, under the reservation's locks.)
-    # Fail on missing keys before a slot is reserved or anything is spent.
+    # Fail on missing keys before a slot is reserved or anything is spent; the
+    # site's own code (the external engine's HOOK) too.
     engines.require(plan)
+    engines.resolve(plan, request)
     avaturn = get_avaturn_client()
 
     reservation = _reserve_slot(

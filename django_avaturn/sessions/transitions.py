@@ -179,7 +179,7 @@ def _failure_reason(exc: BaseException) -> EndReason:
     (``UpstreamError``); ``previous_still_ending`` when it was refused
     because a session of the user's did not end first (nothing was asked of
     the upstreams for it); ``site_error`` for a failure of the site's own
-    on the way: its database, a hook (the external engine's), its settings.
+    on the way (its database, its code).
     """
     if isinstance(exc, UpstreamError):
         return EndReason.UPSTREAM_ERROR
