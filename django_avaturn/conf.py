@@ -37,6 +37,7 @@ from django_avaturn.validation import (
     DottedPath,
     Flag,
     Headers,
+    HeaderValue,
     Key,
     Numbers,
     Quota,
@@ -65,7 +66,7 @@ CARTESIA = Section(
         ("API_KEY", None, Key()),
         ("AGENT_ID", None, Text(optional=True)),
         ("API_URL", "https://api.cartesia.ai", Url()),
-        ("VERSION", "2025-04-16", Text()),
+        ("VERSION", "2025-04-16", HeaderValue()),
         # Seconds a minted access token is valid for joining (Cartesia allows up to an hour).
         ("TOKEN_TTL", 300, Bounds(1, 3600, "seconds")),
     ),

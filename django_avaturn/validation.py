@@ -477,6 +477,21 @@ class Headers:
 
 
 @dataclass(frozen=True)
+class HeaderValue:
+    """A string sent as one HTTP header's value: non-empty, printable ASCII (no newline)."""
+
+    check_id: ClassVar[str] = MALFORMED
+
+    def expects(self) -> str:
+        return "a non-empty printable ASCII string (it is sent as an HTTP header)"
+
+    def check(self, name: str, value: object) -> str:
+        if not isinstance(value, str) or not value or not (value.isprintable() and value.isascii()):
+            raise NotConfigured(f"{name} must be {self.expects()}.")
+        return value
+
+
+@dataclass(frozen=True)
 class Section:
     """A dict of sub-settings, each with its default and rule; keys not listed are refused.
 

@@ -349,6 +349,8 @@ def test_text_echo_takes_its_voice_from_settings(
         ("CARTESIA", {"TOKEN_TTL": 7200}),
         ("CARTESIA", {"AGENT": "typo"}),
         ("CARTESIA", "sk_car_oops"),
+        ("CARTESIA", {"VERSION": "2025-04-16\r\nX-Evil: 1"}),
+        ("CARTESIA", {"VERSION": ""}),
         ("EXTERNAL_ENGINE", {"URL": "https://not-a-socket.example.com"}),
         ("EXTERNAL_ENGINE", {"SAMPLE_RATE": 44100}),
         ("EXTERNAL_ENGINE", {"HEADERS": {"Bad Name": "x"}}),
