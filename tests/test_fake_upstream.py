@@ -22,6 +22,7 @@ from django_avaturn.testing import (
     AVATURN_TASK,
     AVATURN_TERMINATE,
     DAILY_ROOM,
+    DEFAULT_CARTESIA_API_KEY,
     OPENAI_CLIENT_SECRET,
     SDK_PREFLIGHT,
     SDK_SESSION,
@@ -796,6 +797,10 @@ def test_cli_runs_until_sigterm() -> None:
         rest = process.stdout.read()  # communicate() would skip what readline() buffered
     assert process.returncode == 0
     assert '"OPENAI_BASE_URL"' in rest
+    # The Cartesia section too: the fake's URL and the key it accepts.
+    cartesia = rest.split('For ENGINE "cartesia"', 1)[1].split(":\n", 1)[1]
+    printed = json.loads(cartesia[: cartesia.index("}") + 1])
+    assert printed == {"API_URL": url, "API_KEY": DEFAULT_CARTESIA_API_KEY}
     assert "stopped" in rest
 
 

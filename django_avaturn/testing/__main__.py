@@ -182,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "\n".join(lines)
             + "\nMerge into settings.AVATURN (SITE_ENGINE into your SITE_ENGINE):\n"
             + json.dumps(settings, indent=4)
+            + '\nFor ENGINE "cartesia", merge into your CARTESIA (beside its AGENT_ID):\n'
+            + json.dumps(fake.cartesia_settings(), indent=4)
             + "\n"
         )
         sys.stdout.flush()
