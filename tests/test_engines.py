@@ -179,6 +179,12 @@ def test_the_request_body_can_never_choose_the_engine(
         # Sent to Avaturn as str() of it before, and recorded so.
         {"avatar_id": {"x": 1}},
         {"avatar_id": 7},
+        # Options for an engine other than the chosen one are checked all the same.
+        {"engine": "cartesia", "cartesia": {"AGENT_ID": "a"}, "instructions": 12345},
+        {"engine": "cartesia", "cartesia": {"AGENT_ID": "a"}, "realtime_session": "junk"},
+        {"engine": "text-echo", "text_echo": {"VOICE_ID": "v"}, "cartesia": {"AGENT": "typo"}},
+        {"external_engine": {"URL": "http://not-a-socket.example.com"}},
+        {"text_echo": {"VOICE_ID": 5}},
     ],
 )
 def test_a_hook_answer_outside_the_contract_is_not_configured(

@@ -40,6 +40,8 @@ HOOK_KEYS = frozenset(
         "site_engine",
     }
 )
+# What the hook may return for OpenAI Realtime (the openai-realtime and site engines).
+REALTIME_KEYS = frozenset({"instructions", "model", "voice", "realtime_session"})
 # Per engine: the hook's key, the setting it overrides, and the sub-keys it may set
 # (the keys and the external engine's hook stay in settings).
 ENGINE_OPTIONS: dict[str, tuple[str, str, frozenset[str]]] = {
@@ -145,6 +147,7 @@ def build_plan(
         engine_options = _engine_options(engine, overrides)
         if engine == "text-echo":
             voice = engine_options["VOICE_ID"] or ""
+    _check_unused(overrides, engine)
 
     # The visitor's choice (from the allow-list), else the hook's, else AVATAR_ID.
     chosen_avatar = avatar_id or _overridden(overrides, "avatar_id", "AVATAR_ID") or ""
@@ -181,6 +184,19 @@ def build_plan(
         engine=engine,
         engine_options=engine_options,
     )
+
+
+def _check_unused(overrides: Mapping[str, Any], engine: str) -> None:
+    """Check what the hook returned for engines other than ``engine`` all the same.
+
+    A mistake there would otherwise surface only on the start that first
+    chooses that engine, far from the change that made it.
+    """
+    if engine not in ("openai-realtime", "site") and not REALTIME_KEYS.isdisjoint(overrides):
+        _realtime_session(overrides)
+    for other, (hook_key, _, _) in ENGINE_OPTIONS.items():
+        if other != engine and hook_key in overrides:
+            _engine_options(other, overrides)
 
 
 def realtime_session_from_settings() -> dict[str, Any]:
