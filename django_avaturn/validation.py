@@ -149,7 +149,7 @@ class Url:
     def check(self, name: str, value: object) -> str | None:
         if self.optional and value in (None, ""):
             return None
-        if not isinstance(value, str):
+        if not isinstance(value, str) or _unsplittable(value):
             raise NotConfigured(f"{name} must be {self.expects()}, not {value!r}.")
         try:
             parts = urlsplit(value)
@@ -438,6 +438,11 @@ class SocketUrl:
             return None
         if not isinstance(value, str):
             raise NotConfigured(f"{name} must be {self.expects()}, not {type(value).__name__}.")
+        if len(value) > SOCKET_URL_MAX or _unsplittable(value):
+            raise NotConfigured(
+                f"{name} must be {self.expects()}, at most {SOCKET_URL_MAX} characters, "
+                "without spaces or control characters."
+            )
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018  # raises ValueError for a port out of range
@@ -447,6 +452,17 @@ class SocketUrl:
             # Not quoted: a signed per-session URL carries a credential.
             raise NotConfigured(f"{name} must be {self.expects()}.")
         return value
+
+
+# A URL sent to Avaturn for its engine socket: longer is no URL a server takes.
+SOCKET_URL_MAX = 4096
+
+
+def _unsplittable(value: str) -> bool:
+    """Whether ``value`` holds what ``urlsplit`` quietly drops or a URL cannot carry
+    (whitespace, a newline, a control character): the value checked would not be the
+    value sent."""
+    return not value.isprintable() or any(char.isspace() for char in value)
 
 
 # A header name as RFC 9110 allows it (a token).

@@ -382,6 +382,9 @@ def test_text_echo_takes_its_voice_from_settings(
         ("EXTERNAL_ENGINE", {"SAMPLE_RATE": 44100}),
         ("EXTERNAL_ENGINE", {"HEADERS": {"Bad Name": "x"}}),
         ("EXTERNAL_ENGINE", {"HEADERS": {"X-Secret": "line\nbreak"}}),
+        # urlsplit drops the newline: the URL checked would not be the URL sent.
+        ("EXTERNAL_ENGINE", {"URL": "wss://engine.example.com/a\nb"}),
+        ("EXTERNAL_ENGINE", {"URL": "wss://engine.example.com/" + "a" * 5000}),
         ("TEXT_ECHO", {"TTS_ENGINE": "espeak"}),
     ],
 )
