@@ -29,7 +29,7 @@ from rest_framework.test import APIClient
 from django_avaturn import services
 from django_avaturn.exceptions import AvaturnError, SessionNotLive
 from django_avaturn.models import ACTIVE_STATUSES, EndReason, Session, SessionStatus
-from django_avaturn.sessions import abandonment
+from django_avaturn.sessions import abandonment, transitions
 from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.testing import (
     AVATURN_CREATE,
@@ -278,6 +278,56 @@ def test_an_abandoned_start_leaves_the_session_it_would_replace_running(
     assert len(live_fake.requests_for(AVATURN_CREATE)) == 1
 
 
+def test_an_abandoned_start_does_not_put_back_a_start_whose_own_page_left_too(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    """Two tabs' starts, both abandoned: the first start's abandon may have looked for
+    its row while the second held it (ending) and left it to that start. Put back to
+    starting, its own start would take it live with no page (found by a race trial)."""
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT="end_oldest")
+    first_ref, second_ref = new_ref(), new_ref()
+    # The first tab's start, still talking to the upstreams; both pages have left.
+    first = Session.objects.create(user=user, status=SessionStatus.STARTING, client_ref=first_ref)
+    services.abandon_start(user, second_ref)
+    abandonment.remember(user.pk, first_ref)  # its abandon: remembered, the row held
+
+    with pytest.raises(SessionNotLive):
+        services.start_session(user, client_ref=second_ref)
+
+    first.refresh_from_db()
+    assert (first.status, first.end_reason) == (SessionStatus.ENDING, EndReason.REPLACED)
+    # Its own start, when Avaturn answers: the row is not its to activate.
+    assert transitions.activate(first, "av-late", None) is False
+
+
+def test_an_abandoned_start_whose_row_is_put_back_meanwhile_still_ends_it(
+    user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its row was claimed by a racing start that, abandoned too, put it back to
+    starting between this start's claim and its finish: nothing else would end it."""
+    row = Session.objects.create(
+        user=user, status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
+    )
+    released: list[bool] = []
+
+    def release_before_the_finish(
+        execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        finishing = sql.startswith("UPDATE") and '"ended_at" = %s' in sql
+        if finishing and not released:
+            # The racing start's release_claimed(sent=False), committed just now.
+            released.append(True)
+            Session.objects.filter(pk=row.pk).update(status=SessionStatus.STARTING, end_reason="")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(release_before_the_finish):
+        transitions.end_unstarted(row, reason=EndReason.ABANDONED)
+
+    assert released == [True]
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ABANDONED)
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
@@ -376,7 +426,7 @@ import sys
 import django
 
 django.setup()
-from django_avaturn.sessions import abandonment
+from django_avaturn.sessions import abandonment, transitions
 
 abandonment.remember(int(sys.argv[1]), sys.argv[2])
 """

@@ -126,9 +126,20 @@ def end_unstarted(row: Session, *, reason: str) -> None:
     record a session id (the claim's "its own request terminates what Avaturn
     creates" is this request, which creates nothing). Never sends
     ``session_ended``: the session never started.
+
+    A racing start that had claimed it may put it back to starting between
+    the two (``release_claimed``, when that start was abandoned too): read
+    again, and claimed again, since nothing else would end it. A start checks
+    whether the rows it releases were abandoned, so this settles within
+    two rounds.
     """
-    claim_for_end(row, reason=reason, detail="")
-    finish_claimed([row], notify=False, only_without_id=True)
+    for _ in range(3):
+        claim_for_end(row, reason=reason, detail="")
+        finish_claimed([row], notify=False, only_without_id=True)
+        if not refresh_if_present(row, fields=["status"]):
+            return
+        if row.status != SessionStatus.STARTING:
+            return
 
 
 def failure_detail(exc: BaseException) -> str:
