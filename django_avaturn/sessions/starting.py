@@ -567,10 +567,7 @@ def _terminate_orphan(session_id: str) -> bool:
     try:
         get_avaturn_client().terminate_session(session_id)
     except AvaturnError as exc:
-        logger.error(
-            "Could not terminate orphaned Avaturn session %s; the expiry command retries it: %s",
-            session_id,
-            exc,
-        )
+        # The caller says what happens next (leave_for_retry): a row may be gone with its user.
+        logger.error("Could not terminate orphaned Avaturn session %s: %s", session_id, exc)
         return False
     return True

@@ -293,7 +293,14 @@ def leave_for_retry(row: Session, session_id: str, exc: BaseException | None = N
     except DatabaseError:
         updated = 0
         logger.exception("Could not record orphaned Avaturn session %s on its row", session_id)
-    if not updated:
+    if updated:
+        logger.error(
+            "Avaturn session %s is left ending on session row %s; the expiry command's "
+            "next run terminates it.",
+            session_id,
+            row.pk,
+        )
+    else:
         # The row is gone (its user deleted meanwhile): nothing will retry.
         logger.error(
             "Avaturn session %s could not be terminated and has no row to retry it from; "
