@@ -131,6 +131,17 @@ class Rate:
         return value
 
 
+# A URL sent to Avaturn for its engine socket: longer is no URL a server takes.
+SOCKET_URL_MAX = 4096
+
+
+def _unsplittable(value: str) -> bool:
+    """Whether ``value`` holds what ``urlsplit`` quietly drops or a URL cannot carry
+    (whitespace, a newline, a control character): the value checked would not be the
+    value sent."""
+    return not value.isprintable() or any(char.isspace() for char in value)
+
+
 @dataclass(frozen=True)
 class Url:
     """An ``http(s)://host[:port][/path]`` base URL (``None`` or ``""`` only where optional).
@@ -452,17 +463,6 @@ class SocketUrl:
             # Not quoted: a signed per-session URL carries a credential.
             raise NotConfigured(f"{name} must be {self.expects()}.")
         return value
-
-
-# A URL sent to Avaturn for its engine socket: longer is no URL a server takes.
-SOCKET_URL_MAX = 4096
-
-
-def _unsplittable(value: str) -> bool:
-    """Whether ``value`` holds what ``urlsplit`` quietly drops or a URL cannot carry
-    (whitespace, a newline, a control character): the value checked would not be the
-    value sent."""
-    return not value.isprintable() or any(char.isspace() for char in value)
 
 
 # A header name as RFC 9110 allows it (a token).

@@ -6,9 +6,10 @@ runs next, before the reservation too: it asks the site's own code what the
 plan leaves to it (the external engine's ``HOOK``), so that code failing or
 taking its time holds no slot and ends no session. ``prepare(plan,
 request)`` runs after the reservation: it mints what the engine needs and
-returns the ``conversation_engine`` object for Avaturn's create. Credentials (the OpenAI
-client secret, the Cartesia access token, the external engine's headers)
-go straight into that object and are never stored, logged or shown.
+returns the ``conversation_engine`` object for Avaturn's create.
+Credentials (the OpenAI client secret, the Cartesia access token, the
+external engine's headers) go straight into that object and are never
+stored, logged or shown.
 """
 
 from __future__ import annotations
