@@ -300,6 +300,38 @@ def test_an_abandoned_start_does_not_put_back_a_start_whose_own_page_left_too(
     assert transitions.activate(first, "av-late", None) is False
 
 
+def test_an_abandon_whose_live_row_a_start_claims_after_it_looked_still_ends_it(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    """Tab 1's session is live and its page leaves; tab 2's start (abandoned too)
+    claims it to replace it just after the abandon read the row. That start must not
+    put it back to live with no page (found by review)."""
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT="end_oldest")
+    ref = new_ref()
+    live = services.start_session(user, client_ref=ref).session
+    claimed: list[Session] = []
+
+    def claim_after_the_read(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if sql.startswith("SELECT") and '"client_ref" = %s' in sql and not claimed:
+            # Tab 2's reservation claims it as replaced, committed just now.
+            claimed.extend(transitions.claim_replaced([live.pk]))
+        return result
+
+    with connection.execute_wrapper(claim_after_the_read):
+        services.abandon_start(user, ref)
+    assert [row.pk for row in claimed] == [live.pk]
+    # Tab 2's start finds itself abandoned: it puts back what it claimed, if it may.
+    transitions.release_claimed(claimed, sent=False)
+
+    live.refresh_from_db()
+    assert live.status == SessionStatus.ENDING  # never live again
+    expire_sessions()
+    live.refresh_from_db()
+    assert live.status == SessionStatus.ENDED
+    assert_no_orphans(live_fake)
+
+
 def test_an_abandoned_start_whose_row_is_put_back_meanwhile_still_ends_it(
     user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

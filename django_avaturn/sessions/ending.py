@@ -38,6 +38,7 @@ from django.db.models import Q, QuerySet
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.logs import get_logger
 from django_avaturn.models import (
+    ACTIVE_STATUSES,
     FINAL_STATUSES,
     EndReason,
     Session,
@@ -446,10 +447,14 @@ def abandon_start(user: AbstractBaseUser, client_ref: str) -> None:
     # First, before looking for the row: see abandonment for why.
     abandonment.remember(user.pk, client_ref)
     failure: AvaturnError | None = None
-    mine = Session.objects.primary().filter(user_id=user.pk, client_ref=client_ref)
-    transitions.take_over(list(mine.filter(status=SessionStatus.ENDING, awaiting_retry=False)))
-    started = mine.filter(status__in=transitions.CAPPED_STATUSES)
-    for session in started:
+    # One read, then each row as end_session finds it: one a racing start has
+    # claimed since (ending now) is taken over, so that start cannot put it
+    # back. Read twice (the ending ones, then the others), a row claimed
+    # between the two reads would be missed by both.
+    mine = Session.objects.primary().filter(
+        user_id=user.pk, client_ref=client_ref, status__in=ACTIVE_STATUSES
+    )
+    for session in mine:
         try:
             end_session(session, reason=EndReason.ABANDONED)
         except AvaturnError as exc:
