@@ -60,7 +60,10 @@ logger = get_logger(__name__)
 
 def site_code_failed(what: str) -> NotConfigured:
     """The site's own code (``what``: a hook, a class of a setting) raised: call in its
-    ``except`` block. Logs its traceback; returns the ``NotConfigured`` to raise, a JSON
-    503 rather than Django's 500."""
+    ``except`` block. Logs its traceback (scrubbed); returns the ``NotConfigured`` to
+    raise, a JSON 503 rather than Django's 500. Raise it ``from None``: chained, the
+    site's exception would reach Django's own error handling (the ``django.request``
+    log, the debug page, error e-mails) unscrubbed when a site's view calls
+    ``start_session()`` and lets the error through."""
     logger.exception("%s raised", what)
     return NotConfigured(f"{what} raised an exception.")

@@ -561,6 +561,46 @@ def test_no_credential_on_a_debug_page_when_a_sites_own_view_lets_our_error_thro
         assert credential not in page
 
 
+def _hook_quoting_the_keys(*args: Any) -> Any:
+    raise RuntimeError(f"the site's code quoted {SENTINEL_AVATURN_KEY} and {SENTINEL_HEADER}")
+
+
+@pytest.mark.parametrize("setting", ["SESSION_CONFIG_HOOK", "QUOTA_HOOK", "EXTERNAL_ENGINE"])
+def test_no_credential_on_a_debug_page_when_a_sites_hook_fails_in_its_own_view(
+    sentinel_fake: FakeUpstream,
+    avaturn: AvaturnOverrides,
+    settings: Any,
+    user: Any,
+    caplog: pytest.LogCaptureFixture,
+    setting: str,
+) -> None:
+    """The hook's exception is logged, scrubbed, by the package; what propagates to a
+    site's view that calls start_session() and lets it through carries none of it:
+    Django's debug page, its error e-mails and its request log print a cause chain.
+    (No local of this test holds a key: the page shows this frame's locals too.)"""
+    hook = "tests.test_security._hook_quoting_the_keys"
+    if setting == "EXTERNAL_ENGINE":
+        avaturn(ENGINE="external", EXTERNAL_ENGINE={**settings.AVATURN[setting], "HOOK": hook})
+    else:
+        avaturn(**{setting: hook})
+    try:
+        services.start_session(user)
+    except AvaturnError:
+        reporter = ExceptionReporter(RequestFactory().get("/a-sites-own-view/"), *sys.exc_info())
+        page = reporter.get_traceback_html()
+        frames = [frame["function"] for frame in reporter.get_traceback_frames()]
+        chain = "".join(traceback.format_exception(*sys.exc_info()))
+    assert "NotConfigured" in page
+    # The site's exception is not chained: no frame of the hook's, no message of its.
+    assert "_hook_quoting_the_keys" not in frames
+    assert "RuntimeError: the site" not in chain
+    for credential in SENTINELS:
+        assert credential not in page + chain
+    # The package's own log line has it, scrubbed.
+    assert "the site's code quoted [redacted] and [redacted]" in caplog.text
+    assert SENTINEL_AVATURN_KEY not in caplog.text
+
+
 def test_every_logger_of_the_package_scrubs_its_records() -> None:
     """A module that took a plain ``logging.getLogger`` would log its tracebacks unscrubbed."""
     import importlib

@@ -78,8 +78,8 @@ def _site_classes(setting: str) -> Iterator[None]:
         DatabaseError,
     ):
         raise
-    except Exception as exc:
-        raise site_code_failed(f"A class of AVATURN['{setting}']") from exc
+    except Exception:
+        raise site_code_failed(f"A class of AVATURN['{setting}']") from None
 
 
 class AvaturnAPIView(APIView):

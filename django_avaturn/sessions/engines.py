@@ -180,8 +180,8 @@ def _external_socket(plan: SessionPlan, request: HttpRequest | None) -> tuple[st
         name = "AVATURN['EXTERNAL_ENGINE']['HOOK']"
         try:
             answer = hook(request, plan)
-        except Exception as exc:
-            raise site_code_failed(name) from exc
+        except Exception:
+            raise site_code_failed(name) from None
         try:
             if not isinstance(answer, Mapping) or set(answer) - {"url", "headers"}:
                 raise NotConfigured(
@@ -193,8 +193,8 @@ def _external_socket(plan: SessionPlan, request: HttpRequest | None) -> tuple[st
                 headers = {**headers, **Headers().check(f"{name}'s headers", answer["headers"])}
         except NotConfigured:
             raise
-        except Exception as exc:
-            raise site_code_failed(f"Reading the answer of {name}") from exc
+        except Exception:
+            raise site_code_failed(f"Reading the answer of {name}") from None
     if not url:
         raise NotConfigured("The external engine has no URL (settings, session hook or HOOK).")
     check_socket_url("The external engine's URL", url)

@@ -102,8 +102,8 @@ def _call_hook(request: HttpRequest | None, config_name: str) -> dict[str, Any]:
         return {}
     try:
         result = hook(request, config_name or None)
-    except Exception as exc:
-        raise site_code_failed("SESSION_CONFIG_HOOK") from exc
+    except Exception:
+        raise site_code_failed("SESSION_CONFIG_HOOK") from None
     if result is None:
         return {}
     if not isinstance(result, Mapping):

@@ -207,8 +207,8 @@ def quota_for(user: Any) -> Quota:
         return avaturn_settings.QUOTAS
     try:
         raw: Any = hook(user)
-    except Exception as exc:
-        raise site_code_failed("QUOTA_HOOK") from exc
+    except Exception:
+        raise site_code_failed("QUOTA_HOOK") from None
     return parse_quota(raw)
 
 
