@@ -1,4 +1,4 @@
-"""The package's loggers: nothing they hand a handler carries a known secret.
+"""The package's loggers: no text they hand a handler carries a known secret.
 
 Every module of the package logs through ``get_logger(__name__)``. Its
 records pass ``redaction.scrub()`` before any handler sees them: the
@@ -9,7 +9,9 @@ scrubbed text instead: the message without its arguments, and the
 traceback as ``exc_text`` (which ``logging.Formatter`` writes) with no
 exception object, so a handler that formats the exception on its own (a
 JSON formatter, an error tracker) finds only the scrubbed text. A record
-with nothing to scrub reaches the handlers as it was logged.
+with nothing to scrub reaches the handlers as it was logged, its exception
+object included (an error tracker that reads a frame's variables sees them
+as they were).
 
 ``site_code_failed()`` is how a failure of that code is logged and answered.
 """
@@ -26,14 +28,26 @@ _FORMATTER = logging.Formatter()
 
 class ScrubSecrets(logging.Filter):
     """Scrub a record's message, traceback and stack where they hold a secret; never drops
-    a record."""
+    a record, never raises (a log call must not fail the code that makes it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
+            self._scrub(record)
+        except Exception:
+            # Unsure what the record holds: none of it is written, only where it came from.
+            record.msg = f"A log record of {record.name} could not be scrubbed; not written."
+            record.args = record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+    @staticmethod
+    def _scrub(record: logging.LogRecord) -> None:
+        try:
             message = record.getMessage()
         except Exception:
-            # Arguments that do not fit the message: the handler reports the record.
-            return True
+            # Arguments that do not fit the message: the template alone, scrubbed (a
+            # handler reporting the record would print its arguments).
+            record.msg, record.args = scrub(f"{record.msg} (its arguments did not fit)"), None
+            message = record.msg
         if (clean := scrub(message)) != message:
             record.msg, record.args = clean, None
         if record.exc_info and record.exc_info[0] is not None:
@@ -42,7 +56,6 @@ class ScrubSecrets(logging.Filter):
                 record.exc_text, record.exc_info = clean, None
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
-        return True
 
 
 _SCRUB_SECRETS = ScrubSecrets()

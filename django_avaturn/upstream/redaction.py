@@ -10,6 +10,8 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
+from django.conf import settings
+
 from django_avaturn.conf import avaturn_settings
 
 REDACTED = "[redacted]"
@@ -27,7 +29,13 @@ EXCERPT_LENGTH = 300
 
 
 def _configured_secrets() -> Iterable[object]:
-    """The site's own keys and engine secrets as configured (however malformed)."""
+    """The site's own keys and engine secrets as configured (however malformed).
+
+    None without Django settings (the fake's command line logs through the
+    package's loggers too): the credential shapes are still scrubbed.
+    """
+    if not settings.configured:
+        return
     for name in ("API_KEY", "OPENAI_API_KEY"):
         # The site's own keys, also under TEST_MODE (whose fake has public test keys).
         yield avaturn_settings.configured(name)
