@@ -245,27 +245,6 @@ def test_an_external_hook_answers_the_socket_per_start(
     assert all(plan.engine == "external" and request is not None for request, plan in seen)
 
 
-def test_the_session_hooks_external_headers_are_merged_over_the_settings(
-    live_fake: FakeUpstream, client: APIClient, avaturn: AvaturnOverrides
-) -> None:
-    avaturn(
-        ENGINE="external",
-        EXTERNAL_ENGINE={
-            "URL": "wss://engine.example.com/a",
-            "HEADERS": {"X-Engine-Secret": HEADER_SECRET, "X-Tenant": "settings"},
-        },
-        SESSION_CONFIG_HOOK=lambda request, config: {
-            "external_engine": {"HEADERS": {"X-Tenant": "hook", "X-Per-Start": "1"}}
-        },
-    )
-    assert _start(client).status_code == 201
-    assert _create_body(live_fake)["conversation_engine"]["headers"] == {
-        "X-Engine-Secret": HEADER_SECRET,
-        "X-Tenant": "hook",
-        "X-Per-Start": "1",
-    }
-
-
 class _AnswerThatRaisesWhenRead(dict):  # type: ignore[type-arg]
     def __iter__(self) -> Any:
         raise KeyError("a mapping of the site's own, broken")

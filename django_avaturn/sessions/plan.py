@@ -244,11 +244,7 @@ def _engine_options(engine: str, overrides: Mapping[str, Any]) -> dict[str, Any]
     if configured is not None and not isinstance(configured, Mapping):
         avaturn_settings.validate(name, configured)  # raises, saying what is wrong
     base = configured if isinstance(configured, Mapping) else {}
-    merged = {**base, **chosen}
-    # Headers add to the setting's (a shared secret there stays), as the external HOOK's do.
-    if isinstance(base.get("HEADERS"), Mapping) and isinstance(chosen.get("HEADERS"), Mapping):
-        merged["HEADERS"] = {**base["HEADERS"], **chosen["HEADERS"]}
-    options: dict[str, Any] = avaturn_settings.validate(name, merged)
+    options: dict[str, Any] = avaturn_settings.validate(name, {**base, **chosen})
     # The Cartesia key stays with the client that uses it, out of the plan.
     options.pop("API_KEY", None)
     return options
