@@ -245,6 +245,31 @@ def test_an_external_hook_answers_the_socket_per_start(
     assert all(plan.engine == "external" and request is not None for request, plan in seen)
 
 
+def test_the_session_hooks_external_headers_replace_the_settings_whole(
+    live_fake: FakeUpstream, client: APIClient, avaturn: AvaturnOverrides
+) -> None:
+    """A hook sending a start to another engine does not pass on the setting's secret."""
+    avaturn(
+        ENGINE="external",
+        EXTERNAL_ENGINE={
+            "URL": "wss://engine.example.com/a",
+            "HEADERS": {"X-Engine-Secret": HEADER_SECRET},
+        },
+        SESSION_CONFIG_HOOK=lambda request, config: {
+            "external_engine": {
+                "URL": "wss://tenant.example.net/b",
+                "HEADERS": {"X-Tenant-Token": "per-tenant"},
+            }
+        },
+    )
+    assert _start(client).status_code == 201
+    engine = _create_body(live_fake)["conversation_engine"]
+    assert (engine["url"], engine["headers"]) == (
+        "wss://tenant.example.net/b",
+        {"X-Tenant-Token": "per-tenant"},
+    )
+
+
 class _AnswerThatRaisesWhenRead(dict):  # type: ignore[type-arg]
     def __iter__(self) -> Any:
         raise KeyError("a mapping of the site's own, broken")
