@@ -200,7 +200,9 @@ def start_session(
 
     send_logged(session_started, session=row, request=request)
     if row.status != SessionStatus.LIVE:
-        # A receiver ended it (through this instance): no token for a session that is over.
+        # A receiver ended it through this instance: no token for a session that is
+        # over. (Ended another way, say through a queryset, it is not seen here: the
+        # token goes out for a session already terminated, which nobody can join.)
         raise _claimed_error(row.end_reason)
     logger.info("Started Avaturn session %s for user %s", row.session_id, row.user_id)
     return StartedSession(

@@ -140,6 +140,11 @@ def end_unstarted(row: Session, *, reason: str) -> None:
             return
         if row.status != SessionStatus.STARTING:
             return
+    logger.warning(
+        "Session row %s, abandoned, was put back to starting by racing starts three times; "
+        "the expiry command fails it once its start could no longer be running.",
+        row.pk,
+    )
 
 
 def failure_detail(exc: BaseException) -> str:
