@@ -465,6 +465,10 @@ class SocketUrl:
         return value
 
 
+# Longest header value sent upstream: servers commonly refuse a header section
+# over 8 KB, so a longer value could only fail the upgrade or the call.
+HEADER_VALUE_MAX = 8192
+
 # A header name as RFC 9110 allows it (a token).
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -489,6 +493,8 @@ class Headers:
                 raise NotConfigured(f"{name} holds a key that is no header name.")
             if not isinstance(item, str) or not item.isprintable() or not item.isascii():
                 raise NotConfigured(f"{name}[{key!r}] must be a printable ASCII string.")
+            if len(item) > HEADER_VALUE_MAX:
+                raise NotConfigured(f"{name}[{key!r}] is over {HEADER_VALUE_MAX} characters.")
         return dict(value)
 
 
@@ -504,6 +510,8 @@ class HeaderValue:
     def check(self, name: str, value: object) -> str:
         if not isinstance(value, str) or not value or not (value.isprintable() and value.isascii()):
             raise NotConfigured(f"{name} must be {self.expects()}.")
+        if len(value) > HEADER_VALUE_MAX:
+            raise NotConfigured(f"{name} is over {HEADER_VALUE_MAX} characters.")
         return value
 
 

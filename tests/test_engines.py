@@ -386,6 +386,8 @@ def test_text_echo_takes_its_voice_from_settings(
         ("EXTERNAL_ENGINE", {"SAMPLE_RATE": 44100}),
         ("EXTERNAL_ENGINE", {"HEADERS": {"Bad Name": "x"}}),
         ("EXTERNAL_ENGINE", {"HEADERS": {"X-Secret": "line\nbreak"}}),
+        ("EXTERNAL_ENGINE", {"HEADERS": {"X-Secret": "x" * 300_000}}),
+        ("CARTESIA", {"VERSION": "2" * 9000}),
         # urlsplit drops the newline: the URL checked would not be the URL sent.
         ("EXTERNAL_ENGINE", {"URL": "wss://engine.example.com/a\nb"}),
         ("EXTERNAL_ENGINE", {"URL": "wss://engine.example.com/" + "a" * 5000}),
