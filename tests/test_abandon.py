@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 from django.core.cache import cache
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -251,7 +251,9 @@ def test_an_abandon_keeps_a_stop_in_flight_from_being_undone(
 def test_an_abandoned_start_leaves_the_session_it_would_replace_running(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    """The page left mid-start: the same user's call in another tab must not end with it."""
+    """The page left mid-start: the same user's call in another tab must not end with it.
+    A start of theirs still starting, which it claimed too, stays claimed: put back to
+    starting, it could go live after its own page's abandon had looked for it."""
     avaturn(MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT="end_oldest")
     other = services.start_session(user).session
     # A start of the same user's still talking to the upstreams, in a third tab.
@@ -268,7 +270,8 @@ def test_an_abandoned_start_leaves_the_session_it_would_replace_running(
     assert other.session_id in live_fake.live_session_ids()
     assert live_fake.requests_for(AVATURN_TERMINATE) == []
     starting.refresh_from_db()
-    assert (starting.status, starting.end_reason) == (SessionStatus.STARTING, "")
+    assert (starting.status, starting.end_reason) == (SessionStatus.ENDING, EndReason.REPLACED)
+    assert starting.awaiting_retry is False  # its own start ends it, not the expiry command
     row = Session.objects.get(client_ref=ref)
     assert (row.status, row.end_reason, row.session_id) == (
         SessionStatus.ENDED,
@@ -332,32 +335,60 @@ def test_an_abandon_whose_live_row_a_start_claims_after_it_looked_still_ends_it(
     assert_no_orphans(live_fake)
 
 
-def test_an_abandoned_start_whose_row_is_put_back_meanwhile_still_ends_it(
-    user: Any, monkeypatch: pytest.MonkeyPatch
+def test_an_abandon_whose_row_is_put_back_live_while_it_looks_claims_it_again(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    """Its row was claimed by a racing start that, abandoned too, put it back to
-    starting between this start's claim and its finish: nothing else would end it."""
-    row = Session.objects.create(
-        user=user, status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
-    )
+    """The row is ending under another start's claim when the abandon tries it; that
+    start (abandoned too) puts it back to live right after the abandon re-read it as
+    ending, so the take-over finds nothing. The abandon must look again and end it
+    (found by review)."""
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=1, ON_SESSION_LIMIT="end_oldest")
+    ref = new_ref()
+    live = services.start_session(user, client_ref=ref).session
+    claimed = transitions.claim_replaced([live.pk])
     released: list[bool] = []
 
-    def release_before_the_finish(
+    def release_after_the_reread(
         execute: Any, sql: str, params: Any, many: bool, context: Any
     ) -> Any:
-        finishing = sql.startswith("UPDATE") and '"ended_at" = %s' in sql
-        if finishing and not released:
-            # The racing start's release_claimed(sent=False), committed just now.
+        result = execute(sql, params, many, context)
+        rereading = sql.startswith("SELECT") and '"client_ref" = %s' not in sql
+        if rereading and '."id" = %s' in sql and not released:
             released.append(True)
-            Session.objects.filter(pk=row.pk).update(status=SessionStatus.STARTING, end_reason="")
-        return execute(sql, params, many, context)
+            transitions.release_claimed(claimed, sent=False)
+        return result
 
-    with connection.execute_wrapper(release_before_the_finish):
-        transitions.end_unstarted(row, reason=EndReason.ABANDONED)
+    with connection.execute_wrapper(release_after_the_reread):
+        services.abandon_start(user, ref)
 
     assert released == [True]
-    row.refresh_from_db()
-    assert (row.status, row.end_reason) == (SessionStatus.ENDED, EndReason.ABANDONED)
+    live.refresh_from_db()
+    assert (live.status, live.end_reason) == (SessionStatus.ENDED, EndReason.ABANDONED)
+    assert_no_orphans(live_fake)
+
+
+def test_an_abandon_tries_every_row_of_the_reference_whatever_one_raised(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    ref = new_ref()
+    first = Session.objects.create(user=user, status=SessionStatus.STARTING, client_ref=ref)
+    second = Session.objects.create(user=user, status=SessionStatus.STARTING, client_ref=ref)
+
+    tried: list[int] = []
+
+    def fail_the_first_claim(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("UPDATE") and params:
+            tried.append(first.pk if first.pk in params else second.pk)
+            if len(tried) == 1:
+                raise DatabaseError("injected: the first row's claim failed")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(fail_the_first_claim), pytest.raises(DatabaseError):
+        services.abandon_start(user, ref)
+
+    # The row tried after the failure was still claimed, for its own start to end.
+    other = Session.objects.get(pk=({first.pk, second.pk} - {tried[0]}).pop())
+    assert (other.status, other.end_reason) == (SessionStatus.ENDING, EndReason.ABANDONED)
 
 
 @pytest.mark.parametrize(

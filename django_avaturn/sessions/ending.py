@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Q, QuerySet
 
 from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
@@ -392,11 +392,23 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> Outcome:
     """
     if reason not in END_REASONS:
         raise ValueError(f"Unknown end reason {reason!r}.")
-    if not transitions.claim_for_end(session, reason=reason, detail=detail):
-        if session.status == SessionStatus.ENDING:
-            transitions.take_over([session])
-        return Outcome.SKIPPED
-    return _end_claimed_for(session)
+    # Another end's claim may be released (its terminate failed, or its start was
+    # abandoned) between a failed claim, the re-read and the take-over: a row
+    # found live again is claimed again, one that slipped the take-over read again.
+    for _ in range(3):
+        if transitions.claim_for_end(session, reason=reason, detail=detail):
+            return _end_claimed_for(session)
+        if session.status in transitions.CAPPED_STATUSES:
+            continue
+        if session.status != SessionStatus.ENDING or session.awaiting_retry:
+            return Outcome.SKIPPED  # ended, or the expiry command's
+        if transitions.take_over([session]):
+            return Outcome.SKIPPED  # the end in flight cannot be undone now
+        if not transitions.refresh_if_present(session):
+            return Outcome.SKIPPED
+        if session.status not in transitions.CAPPED_STATUSES:
+            return Outcome.SKIPPED
+    return Outcome.SKIPPED
 
 
 def end_own_session(
@@ -454,10 +466,17 @@ def abandon_start(user: AbstractBaseUser, client_ref: str) -> None:
     mine = Session.objects.primary().filter(
         user_id=user.pk, client_ref=client_ref, status__in=ACTIVE_STATUSES
     )
+    database_failure: DatabaseError | None = None
     for session in mine:
+        # Each row is tried, whatever an earlier one raised: one left alone could be
+        # a start still starting that would go live with no page.
         try:
             end_session(session, reason=EndReason.ABANDONED)
         except AvaturnError as exc:
             failure = failure or exc
+        except DatabaseError as exc:
+            database_failure = database_failure or exc
+    if database_failure is not None:
+        raise database_failure
     if failure is not None:
         raise failure

@@ -139,9 +139,10 @@ def start_session(
     row = reservation.row
     # After the row is committed: an abandon that found no row had remembered
     # the reference first (see abandonment). Before anything is ended or
-    # spent: the sessions it claimed to replace were sent nothing, and run on.
+    # spent: the live sessions it claimed to replace were sent nothing, and
+    # run on; those still starting stay claimed, for their own starts to end.
     if client_ref and abandonment.was_abandoned(user.pk, client_ref):
-        transitions.release_claimed(_not_abandoned(user.pk, reservation.replaced), sent=False)
+        transitions.release_claimed(reservation.replaced, sent=False)
         transitions.end_unstarted(row, reason=EndReason.ABANDONED)
         raise SessionNotLive()
     try:
@@ -211,24 +212,6 @@ def start_session(
         api_host=api_host,
         expires_at=expires_at,
     )
-
-
-def _not_abandoned(user_pk: Any, replaced: list[Session]) -> list[Session]:
-    """The rows an abandoned start claimed that may go back as they were.
-
-    Not a start still starting whose own page left too: its abandon may have
-    looked for it while this start held it (ending) and left it to its
-    claimer; put back to starting, it would go live with no page. Left
-    ending, its own start terminates whatever Avaturn creates for it. A live
-    row goes back as before: an abandon of its own ends it, or takes it
-    over first (then it stays ending, for the expiry command).
-    """
-    return [
-        old
-        for old in replaced
-        if old.session_id is not None
-        or not (old.client_ref and abandonment.was_abandoned(user_pk, old.client_ref))
-    ]
 
 
 def _claimed_error(end_reason: str) -> AvaturnError:

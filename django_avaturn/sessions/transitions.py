@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, transaction
-from django.db.models import Case, Q, Value, When
+from django.db.models import Q
 from django.utils import timezone
 
 from django_avaturn.engine import layer
@@ -125,26 +125,11 @@ def end_unstarted(row: Session, *, reason: str) -> None:
     reason; then finished at once either way, since this start will never
     record a session id (the claim's "its own request terminates what Avaturn
     creates" is this request, which creates nothing). Never sends
-    ``session_ended``: the session never started.
-
-    A racing start that had claimed it may put it back to starting between
-    the two (``release_claimed``, when that start was abandoned too): read
-    again, and claimed again, since nothing else would end it. A start checks
-    whether the rows it releases were abandoned, so this settles within
-    two rounds.
+    ``session_ended``: the session never started. Nothing puts a claimed row
+    back to starting (``release_claimed``), so the two cannot be split.
     """
-    for _ in range(3):
-        claim_for_end(row, reason=reason, detail="")
-        finish_claimed([row], notify=False, only_without_id=True)
-        if not refresh_if_present(row, fields=["status"]):
-            return
-        if row.status != SessionStatus.STARTING:
-            return
-    logger.warning(
-        "Session row %s, abandoned, was put back to starting by racing starts three times; "
-        "the expiry command fails it once its start could no longer be running.",
-        row.pk,
-    )
+    claim_for_end(row, reason=reason, detail="")
+    finish_claimed([row], notify=False, only_without_id=True)
 
 
 def failure_detail(exc: BaseException) -> str:
@@ -453,9 +438,10 @@ def _final_status(end_reason: str) -> SessionStatus:
 def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
     """Upstream termination failed: put claimed rows back to live for their asker to retry.
 
-    A row claimed while it was starting (no session id; only when nothing
-    was ``sent``: an abandoned start's replacements) goes back to starting,
-    for its own start to activate. Only a row still as its caller claimed
+    Only a row with a session id: one claimed while it was still starting
+    stays ending, and its own start terminates what Avaturn creates (put back
+    to starting, it could go live after its own page's abandon had looked
+    for it). Only a row still as its caller claimed
     it (the same claim stamp: nobody took it over since, see ``take_over``),
     ended for a reason whose asker retries (``RETRIED_BY_ASKER``; any reason
     when nothing was ``sent``: a setting is missing, or the start that
@@ -485,16 +471,20 @@ def release_claimed(sessions: Sequence[Session], *, sent: bool = True) -> None:
         if enabled:
             for stamp, group in by_stamp.items():
                 releasable = Session.objects.filter(
-                    pk__in=group, status=SessionStatus.ENDING, updated_at=stamp
+                    pk__in=group,
+                    status=SessionStatus.ENDING,
+                    updated_at=stamp,
+                    session_id__isnull=False,
                 )
                 if sent:
                     releasable = releasable.filter(end_reason__in=RETRIED_BY_ASKER)
-                back = Case(
-                    When(session_id__isnull=True, then=Value(SessionStatus.STARTING)),
-                    default=Value(SessionStatus.LIVE),
+                releasable.update(
+                    status=SessionStatus.LIVE, end_reason="", end_detail="", updated_at=now
                 )
-                releasable.update(status=back, end_reason="", end_detail="", updated_at=now)
-        kept = Session.objects.filter(pk__in=pks, status=SessionStatus.ENDING)
+        # One still starting is its own start's to finish, not the expiry command's.
+        kept = Session.objects.filter(
+            pk__in=pks, status=SessionStatus.ENDING, session_id__isnull=False
+        )
         if switched_off:
             kept.filter(end_reason__in=RETRIED_BY_ASKER).update(end_reason=EndReason.SHUTDOWN)
         kept.update(awaiting_retry=True, updated_at=now)
@@ -528,17 +518,18 @@ def await_retry(sessions: Sequence[Session]) -> None:
     tell_site_engine([s for s in sessions if s.status == SessionStatus.ENDING])
 
 
-def take_over(sessions: Sequence[Session]) -> None:
+def take_over(sessions: Sequence[Session]) -> int:
     """Someone else's end of these ``ENDING`` rows is in flight: make sure it is not undone.
 
     A fresh claim stamp: if that end's terminate fails, ``release_claimed``
     no longer finds the row as it claimed it, so the row stays ending for the
     expiry command instead of going back to live. A succeeding end finishes
     it as usual. Rows already ``awaiting_retry`` are the expiry command's.
+    Returns how many rows it took over.
     """
     if not sessions:
-        return
-    Session.objects.filter(
+        return 0
+    return Session.objects.filter(
         pk__in=[session.pk for session in sessions],
         status=SessionStatus.ENDING,
         awaiting_retry=False,
