@@ -19,6 +19,8 @@ as they were).
 from __future__ import annotations
 
 import logging
+import sys
+import traceback
 
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.upstream.redaction import scrub
@@ -51,8 +53,8 @@ class ScrubSecrets(logging.Filter):
         if (clean := scrub(message)) != message:
             record.msg, record.args = clean, None
         if record.exc_info and record.exc_info[0] is not None:
-            traceback = _FORMATTER.formatException(record.exc_info)
-            if (clean := scrub(traceback)) != traceback:
+            formatted = _FORMATTER.formatException(record.exc_info)
+            if (clean := scrub(formatted)) != formatted:
                 record.exc_text, record.exc_info = clean, None
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
@@ -77,6 +79,13 @@ def site_code_failed(what: str) -> NotConfigured:
     raise, a JSON 503 rather than Django's 500. Raise it ``from None``: chained, the
     site's exception would reach Django's own error handling (the ``django.request``
     log, the debug page, error e-mails) unscrubbed when a site's view calls
-    ``start_session()`` and lets the error through."""
-    logger.exception("%s raised", what)
+    ``start_session()`` and lets the error through.
+
+    The traceback is logged as text, with no exception object: its frames' variables
+    (the external engine's headers, say) would reach a handler that reads them, such
+    as an error tracker's logging integration.
+    """
+    failure = sys.exc_info()[1]
+    text = "".join(traceback.format_exception(failure)).rstrip() if failure else ""
+    logger.error("%s raised\n%s", what, text)
     return NotConfigured(f"{what} raised an exception.")

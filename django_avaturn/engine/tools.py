@@ -358,7 +358,7 @@ def load_registry(modules: Sequence[str]) -> ToolRegistry:
             raise NotConfigured(
                 f"AVATURN['SITE_ENGINE']['TOOLS'] names {dotted!r}, which cannot be imported: "
                 f"{type(exc).__name__}: {scrub(str(exc))}"
-            ) from exc
+            ) from None  # chained, the module's own error would reach Django's handling unscrubbed
         found = tools_in(module)
         if not found:
             raise NotConfigured(

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from django_avaturn.conf import avaturn_settings
 
@@ -34,7 +35,10 @@ def _configured_secrets() -> Iterable[object]:
     None without Django settings (the fake's command line logs through the
     package's loggers too): the credential shapes are still scrubbed.
     """
-    if not settings.configured:
+    try:
+        # Read first here, settings are set up from DJANGO_SETTINGS_MODULE if it is set.
+        getattr(settings, "AVATURN", None)
+    except ImproperlyConfigured:
         return
     for name in ("API_KEY", "OPENAI_API_KEY"):
         # The site's own keys, also under TEST_MODE (whose fake has public test keys).
