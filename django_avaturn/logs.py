@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import traceback
 
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.upstream.redaction import scrub
@@ -76,16 +75,16 @@ logger = get_logger(__name__)
 def site_code_failed(what: str) -> NotConfigured:
     """The site's own code (``what``: a hook, a class of a setting) raised: call in its
     ``except`` block. Logs its traceback (scrubbed); returns the ``NotConfigured`` to
-    raise, a JSON 503 rather than Django's 500. Raise it ``from None``: chained, the
-    site's exception would reach Django's own error handling (the ``django.request``
-    log, the debug page, error e-mails) unscrubbed when a site's view calls
-    ``start_session()`` and lets the error through.
+    raise, a JSON 503 rather than Django's 500.
 
-    The traceback is logged as text, with no exception object: its frames' variables
-    (the external engine's headers, say) would reach a handler that reads them, such
-    as an error tracker's logging integration.
+    Raise it ``from None``: chained, the site's exception would reach Django's own
+    error handling (the ``django.request`` log, the debug page, error e-mails)
+    unscrubbed when a site's view calls ``start_session()`` and lets the error
+    through. And the traceback is logged as text, with no exception object: its
+    frames' variables (the external engine's headers, say) would reach a handler
+    that reads them, such as an error tracker's logging integration.
     """
-    failure = sys.exc_info()[1]
-    text = "".join(traceback.format_exception(failure)).rstrip() if failure else ""
+    failure = sys.exc_info()
+    text = _FORMATTER.formatException(failure) if failure[0] is not None else ""
     logger.error("%s raised\n%s", what, text)
     return NotConfigured(f"{what} raised an exception.")

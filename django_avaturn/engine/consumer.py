@@ -63,6 +63,8 @@ from django_avaturn.upstream.redaction import excerpt
 
 logger = get_logger(__name__)
 
+# What the socket's closing log line says of a site's end whose reason it was not told.
+_ENDED_BY_THE_SITE = "ended by the site"
 # Policy violation: what every refusal closes with, before accept (HTTP 403).
 REFUSED = 1008
 # The socket's ends, as Avaturn sees them.
@@ -523,16 +525,13 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
 
     async def avaturn_engine_end(self, event: dict[str, Any]) -> None:
         reason = event.get("reason")
-        await self._site_ended(reason if reason in EndReason.values else None)
+        await self._site_ended(reason if reason in EndReason.values else _ENDED_BY_THE_SITE)
 
-    async def _site_ended(self, reason: str | None = None) -> None:
+    async def _site_ended(self, reason: str = _ENDED_BY_THE_SITE) -> None:
         """The site ended the session (for ``reason``, the row's, when the message named
         it): the row says why; close both sockets now."""
         await self._finish(
-            None,
-            close_code=SITE_ENDED,
-            close_reason="The session ended.",
-            site_reason=reason or "ended by the site",
+            None, close_code=SITE_ENDED, close_reason="The session ended.", site_reason=reason
         )
 
     async def avaturn_engine_page(self, event: dict[str, Any]) -> None:
@@ -555,7 +554,7 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
         *,
         close_code: int | None = None,
         close_reason: str = "",
-        site_reason: str = "ended by the site",
+        site_reason: str = _ENDED_BY_THE_SITE,
     ) -> None:
         """End the conversation once: the bridge, OpenAI, Avaturn's socket (if asked), the row.
 

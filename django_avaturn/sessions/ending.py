@@ -393,21 +393,19 @@ def end_session(session: Session, *, reason: str, detail: str = "") -> Outcome:
     if reason not in END_REASONS:
         raise ValueError(f"Unknown end reason {reason!r}.")
     # Another end's claim may be released (its terminate failed, or its start was
-    # abandoned) between a failed claim, the re-read and the take-over: a row
-    # found live again is claimed again, one that slipped the take-over read again.
+    # abandoned) between a failed claim, its re-read and the take-over: a row found
+    # live again is claimed again (three rounds at most).
     for _ in range(3):
         if transitions.claim_for_end(session, reason=reason, detail=detail):
             return _end_claimed_for(session)
-        if session.status in transitions.CAPPED_STATUSES:
-            continue
-        if session.status != SessionStatus.ENDING or session.awaiting_retry:
-            return Outcome.SKIPPED  # ended, or the expiry command's
-        if transitions.take_over([session]):
-            return Outcome.SKIPPED  # the end in flight cannot be undone now
-        if not transitions.refresh_if_present(session):
-            return Outcome.SKIPPED
+        # (claim_for_end re-read the row.)
+        if session.status == SessionStatus.ENDING and not session.awaiting_retry:
+            if transitions.take_over([session]):
+                return Outcome.SKIPPED  # the end in flight cannot be undone now
+            if not transitions.refresh_if_present(session):
+                return Outcome.SKIPPED
         if session.status not in transitions.CAPPED_STATUSES:
-            return Outcome.SKIPPED
+            return Outcome.SKIPPED  # ended, gone, or the expiry command's to retry
     return Outcome.SKIPPED
 
 
