@@ -25,7 +25,9 @@ from openai._constants import MAX_RETRY_AFTER_DELAY
 from rest_framework.test import APIClient
 
 from django_avaturn import services
+from django_avaturn.exceptions import SessionNotLive
 from django_avaturn.models import EndReason, Session, SessionStatus
+from django_avaturn.sessions import transitions
 from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.sessions.plan import build_plan
@@ -41,6 +43,7 @@ from django_avaturn.upstream.clients import (
     OPENAI_RETRY_WAIT,
     get_avaturn_client,
     get_openai_secrets,
+    longest_start,
     unknown_outcome_hold,
 )
 from tests.helpers import LIST_URL, AvaturnOverrides
@@ -444,6 +447,96 @@ def test_staff_ending_a_start_that_waits_stops_it_before_it_creates_anything(
         None,
     )
     assert live_fake.requests == []
+
+
+def test_a_start_that_waited_long_is_not_taken_for_a_crashed_one_while_it_creates(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, django_user_model: Any
+) -> None:
+    """The expiry command's crashed-start threshold counts from the end of a start's wait.
+
+    The threshold covers a start's own upstream calls, not its wait for the
+    user's ending rows (which may last as long again). Counted from the
+    reservation, a start that had waited long could be failed by the sweep
+    while its create was in flight: its slot freed for another start, two
+    sessions at Avaturn for a moment, and its own created only to be ended.
+    """
+    avaturn(**PATIENT, MAX_LIVE_SESSIONS=1)
+    stuck = in_flight_start(user)
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcome.append(start_via_api(user))
+        finally:
+            connection.close()
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    waiting = Session.objects.exclude(pk=stuck.pk)
+    assert wait_until(lambda: waiting.filter(status=SessionStatus.STARTING).exists())
+    assert wait_until(lambda: Session.objects.get(pk=stuck.pk).status == SessionStatus.ENDING)
+    # It has waited past the threshold: its reservation is that old.
+    long_ago = timezone.now() - timedelta(seconds=longest_start() + 60)
+    waiting.update(created_at=long_ago, updated_at=long_ago)
+    live_fake.set_latency(AVATURN_CREATE, 2.0)
+    Session.objects.filter(pk=stuck.pk).update(status=SessionStatus.FAILED)
+    assert wait_until(lambda: len(live_fake.requests_for(AVATURN_CREATE)) == 1)
+
+    report = expire_sessions()
+    # Its slot stays taken while its create is in flight.
+    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
+    assert start_via_api(other) == (503, "site_limit_reached")
+    starter.join(10)
+
+    assert report.tally.ended == 0
+    assert outcome[0][0] == 201
+    row = waiting.get()
+    assert (row.status, row.end_reason) == (SessionStatus.LIVE, "")
+    assert peak_alive(live_fake) == 1
+    assert_no_orphans(live_fake)
+
+
+def test_a_start_whose_row_the_sweep_fails_as_it_stops_waiting_creates_nothing(
+    live_fake: FakeUpstream, user: Any
+) -> None:
+    """Between its last look at the rows and its stamp, the expiry command failed its row."""
+    stuck = in_flight_start(user)
+    swept: list[Session] = []
+
+    def sweep_after_the_last_poll(
+        execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        # The wait's look at its own row and the ones it waits for (a few columns).
+        polling = (
+            sql.startswith("SELECT")
+            and '"awaiting_retry"' in sql
+            and '"avatar_id"' not in sql
+            and " IN (" in sql
+        )
+        if polling and not swept:
+            # The session it waits for ends: this look finds nothing to wait for.
+            Session.objects.filter(pk=stuck.pk).update(status=SessionStatus.FAILED)
+        result = execute(sql, params, many, context)
+        if polling and not swept:
+            starting = list(Session.objects.filter(status=SessionStatus.STARTING))
+            swept.extend(
+                transitions.fail_stuck_starts(
+                    starting, detail="swept", untouched_since=timezone.now() + timedelta(seconds=1)
+                )
+            )
+        return result
+
+    with connection.execute_wrapper(sweep_after_the_last_poll), pytest.raises(SessionNotLive):
+        services.start_session(user)
+
+    (row,) = swept
+    row.refresh_from_db()
+    assert (row.status, row.end_reason, row.session_id) == (
+        SessionStatus.FAILED,
+        EndReason.EXPIRED,
+        None,
+    )
+    assert live_fake.requests == []  # nothing minted, nothing created
 
 
 def test_a_start_that_replaces_nothing_or_a_live_session_reads_nothing_after_reserving(

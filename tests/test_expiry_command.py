@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from django_avaturn.management.commands.avaturn_expire_sessions import Command
 from django_avaturn.models import EndReason, Engine, Session, SessionStatus
+from django_avaturn.sessions import transitions
 from django_avaturn.sessions.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.signals import session_ended
 from django_avaturn.upstream.clients import longest_start
@@ -372,7 +373,8 @@ def test_exit_status_zero_when_all_ended(upstream: Any, user: Any) -> None:
 def test_dry_run_changes_nothing(upstream: Any, user: Any) -> None:
     stale = make(user, "av-old", started_ago=4000)
     stuck = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
-    Session.objects.filter(pk=stuck.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    Session.objects.filter(pk=stuck.pk).update(created_at=an_hour_ago, updated_at=an_hour_ago)
     make(user, "av-new", started_ago=30)
     before = list(Session.objects.order_by("pk").values())
 
@@ -549,7 +551,7 @@ def test_stuck_rows_are_cleaned_up(
     long_ago = timezone.now() - timedelta(minutes=30)
     starting = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
     recent_start = make(user, None, status=SessionStatus.STARTING, started_ago=None)
-    Session.objects.filter(pk=starting.pk).update(created_at=long_ago)
+    Session.objects.filter(pk=starting.pk).update(created_at=long_ago, updated_at=long_ago)
     ending = make(
         user, "av-ending", status=SessionStatus.ENDING, end_reason=EndReason.ADMIN, touched_ago=900
     )
@@ -602,7 +604,7 @@ def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
     def starting(seconds_ago: float) -> Session:
         row = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
         created = timezone.now() - timedelta(seconds=seconds_ago)
-        Session.objects.filter(pk=row.pk).update(created_at=created)
+        Session.objects.filter(pk=row.pk).update(created_at=created, updated_at=created)
         return row
 
     dead = starting(290)  # short of EXPIRE_STUCK_AFTER (300 s)
@@ -625,6 +627,28 @@ def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
     slow = starting(275)
     run()
     assert fresh(slow).status == SessionStatus.STARTING
+
+
+def test_a_start_that_stamps_its_row_after_the_sweep_read_it_is_left_alone(
+    upstream: Any, user: Any
+) -> None:
+    """It stopped waiting for the user's ending rows just as the sweep read it as stuck."""
+    row = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
+    long_ago = timezone.now() - timedelta(seconds=longest_start() + 60)
+    Session.objects.filter(pk=row.pk).update(created_at=long_ago, updated_at=long_ago)
+    resumed: list[bool] = []
+
+    def resume_after_the_read(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if sql.startswith("SELECT") and '"updated_at" < %s' in sql and not resumed:
+            resumed.append(transitions.resume_start(row))
+        return result
+
+    with connection.execute_wrapper(resume_after_the_read):
+        run()
+
+    assert resumed == [True]
+    assert fresh(row).status == SessionStatus.STARTING
 
 
 def test_an_end_left_for_a_retry_is_retried_on_the_next_run_not_after_the_stuck_window(

@@ -29,7 +29,8 @@ A site whose own front end sends no heartbeats sets
 turns every heartbeat test off).
 
 Rows left behind are cleaned up too: ``starting`` for longer than the
-start's own upstream calls can take (``upstream.clients.longest_start``) become
+start's own upstream calls can take (``upstream.clients.longest_start``,
+counted from the end of any wait for the user's ending rows) become
 ``failed`` (no session id was recorded, so there is nothing we can end; if
 the dead process's create had reached Avaturn, that session ends by itself,
 and a WARNING says so). ``ending`` ones whose terminate failed
@@ -255,9 +256,15 @@ def _fail_stuck_starts(
     def claim_stuck(rows: list[Session]) -> list[Session]:
         if dry_run:
             return rows
-        return transitions.fail_stuck_starts(rows, detail=detail)
+        return transitions.fail_stuck_starts(rows, detail=detail, untouched_since=stuck_since)
 
-    queryset = Session.objects.filter(status=SessionStatus.STARTING, created_at__lt=stuck_since)
+    # Not written since: a start that waited for the user's ending rows stamps
+    # its row before its own upstream calls (``transitions.resume_start``).
+    # ``created_at`` is never later than ``updated_at``; it lets the active-row
+    # index find the candidates.
+    queryset = Session.objects.filter(
+        status=SessionStatus.STARTING, created_at__lt=stuck_since, updated_at__lt=stuck_since
+    )
     outcome = Outcome.WOULD_END if dry_run else Outcome.MARKED
     for rows in claimed_batches(
         queryset, claim_stuck, batch_size=batch_size, lock=not dry_run, skip_locked=True

@@ -427,9 +427,12 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
     time, or back to live) still holds its slot: the start fails. So does
     one still in flight after ``UpstreamBounds.start``; one whose create had
     an unknown outcome, and may run longer than this start may wait, fails
-    it at once. If this start's own
-    row is claimed meanwhile (a newer start replaced it, staff, the kill
-    switch), it ends it and stops, having created nothing.
+    it at once. If this start's own row is claimed meanwhile (a newer start
+    replaced it, staff, the kill switch, or the expiry command's sweep of
+    crashed starts, which counts from the row's last write), it ends it and
+    stops, having created nothing. Done waiting, it writes its row
+    (``transitions.resume_start``): the sweep then allows its own calls
+    their whole time.
     """
     give_up = time.monotonic() + bounds.start
     pause = _FIRST_PAUSE
@@ -465,11 +468,22 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
                 # expiry command's retry): it may still run, and holds its slot.
                 _give_up(row, pks, "a session of the user's could not be ended")
         if not waiting:
-            return
+            break
         if time.monotonic() + pause > give_up:
             _give_up(row, pks, "a session of the user's did not end in time")
         time.sleep(pause)
         pause = min(pause * 1.5, _LONGEST_PAUSE)
+    # The crashed-start threshold counts this start's own calls from here.
+    try:
+        if transitions.resume_start(row):
+            return
+        own = watched.filter(pk=row.pk).first()
+    except DatabaseError as exc:
+        transitions.mark_failed(row, exc)
+        raise StorageUnavailable() from exc
+    if own is None:
+        raise SessionNotLive()  # the user was deleted meanwhile, the row with them
+    _stop_unstarted(row, own)
 
 
 def _in_flight_until(other: Session, bounds: UpstreamBounds) -> datetime:

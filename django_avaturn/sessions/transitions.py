@@ -104,6 +104,24 @@ def claim_replaced(pks: list[int]) -> list[Session]:
     return list(claimed.order_by("created_at", "pk"))
 
 
+def resume_start(row: Session) -> bool:
+    """A start done waiting for the user's ending rows: stamp its row, if it is still starting.
+
+    The expiry command takes a start whose row has not been written for
+    ``upstream.clients.longest_start()`` for one a dead process left behind.
+    That covers a start's own upstream calls, not its wait before them, so a
+    start that waited resets the clock here before it makes them. False if
+    the row was claimed or failed meanwhile (the caller creates nothing).
+    """
+    now = timezone.now()
+    resumed = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
+        updated_at=now
+    )
+    if resumed:
+        row.updated_at = now
+    return bool(resumed)
+
+
 def finish_without_upstream(row: Session, session_id: str) -> None:
     """A start whose row was claimed meanwhile terminated what it created: record the id, end."""
     now = timezone.now()
@@ -583,16 +601,21 @@ def claim_rows(
     return claimed
 
 
-def fail_stuck_starts(rows: Sequence[Session], *, detail: str) -> list[Session]:
+def fail_stuck_starts(
+    rows: Sequence[Session], *, detail: str, untouched_since: datetime
+) -> list[Session]:
     """``STARTING`` → ``FAILED`` (reason ``expired``) for starts a dead process left behind.
 
     They never recorded a session id, so there is nothing to terminate: the
     row ends at once, failed (it never went live), and the reason says the
-    expiry command ended it. Returns the rows this call moved.
+    expiry command ended it. Only rows not written since ``untouched_since``
+    move: a start that stamped its row after it was read (``resume_start``)
+    is alive. Returns the rows this call moved.
     """
     failed = claim_rows(
         rows,
         from_status=SessionStatus.STARTING,
+        only=Q(updated_at__lt=untouched_since),
         detail_for=lambda row: detail,
         status=SessionStatus.FAILED,
         end_reason=EndReason.EXPIRED,
