@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.dbsetup import vacuum_postgres
 from benchmarks.load import BROKERS
 from benchmarks.procs import WORK, Latency, bench_env, start_fake, stop_children_on_sigterm
 
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         kinds: dict[str, Counter[str]] = {}
         commit_counts: dict[str, int] = {}
         for index in range(args.rounds):
+            if args.db == "postgres":
+                vacuum_postgres(os.environ["BENCH_PG_NAME"])
             # Each broker first in every other round: neither always runs on a warmer cache.
             for broker in brokers if index % 2 == 0 else brokers[::-1]:
                 micros, wall_micros, kinds[broker], commit_counts[broker] = run(broker, args.n)

@@ -508,7 +508,12 @@ def _goals(data: dict[str, Any]) -> list[str]:
             "Under uvicorn on PostgreSQL twice: `uvicorn` opens a connection per request "
             "(`CONN_MAX_AGE = 0`), and `uvicorn+pool` takes it from Django's connection "
             "pool, as Django's documentation advises under ASGI. What a connection per "
-            'request costs is in "Start and end path, in process".',
+            'request costs is in "Start and end path, in process". This machine\'s '
+            "PostgreSQL runs with autovacuum off, so the harness runs `VACUUM ANALYZE` "
+            "before each run, outside its window, as autovacuum would keep the table: "
+            "each start+end leaves three dead row versions, and without it they pile up "
+            "over the configurations and rounds and slow django_avaturn's statements "
+            "run after run (the floor writes no row).",
             "",
         ]
     configs = sorted({(r["server"], r["db"]) for r in runs}, key=lambda c: (c[1] != "sqlite", c))

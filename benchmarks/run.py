@@ -16,6 +16,7 @@ from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.dbsetup import vacuum_postgres
 from benchmarks.load import BROKERS, fake_round_trip_ms, run_load
 from benchmarks.procs import (
     PYTHON,
@@ -125,6 +126,8 @@ def measure(
                 for round_ in range(rounds):
                     for count in clients:
                         for broker in config.brokers:
+                            if config.db == "postgres":
+                                vacuum_postgres(db_env("postgres")["BENCH_PG_NAME"])
                             log(f"{label}: {server} {config.db} {broker} x{count}")
                             result = run_load(
                                 port=proc.port,
