@@ -377,8 +377,11 @@ def import_callable(name: str, path: str) -> Callable[..., Any]:
     try:
         imported = import_string(path)
     except ImportError as exc:
-        # The reason too: often a module the named one imports is missing.
-        raise NotConfigured(f"{name} names {path!r}, which cannot be imported: {exc}") from exc
+        # Not chained, and the message repeated only where Python wrote it
+        # (it names a module or a name, often one the named module imports):
+        # a site's own ImportError may quote its configuration, keys included.
+        reason = str(exc) if exc.name is not None else "its import raised ImportError"
+        raise NotConfigured(f"{name} names {path!r}, which cannot be imported: {reason}") from None
     if not callable(imported):
         raise NotConfigured(f"{name} names {path!r}, which is not callable.")
     return imported  # type: ignore[no-any-return]

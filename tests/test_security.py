@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from django_avaturn import services
 from django_avaturn.conf import avaturn_settings
-from django_avaturn.exceptions import AvaturnError
+from django_avaturn.exceptions import AvaturnError, NotConfigured
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.testing import (
@@ -599,6 +599,29 @@ def test_no_credential_on_a_debug_page_when_a_sites_hook_fails_in_its_own_view(
     # The package's own log line has it, scrubbed.
     assert "the site's code quoted [redacted] and [redacted]" in caplog.text
     assert SENTINEL_AVATURN_KEY not in caplog.text
+
+
+def test_a_hook_whose_import_fails_quoting_a_key_is_reported_without_it(
+    sentinel_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    """Python's own reason is repeated (it names modules); a site's own ImportError is not.
+
+    Unchained, so an error page or tracker that prints the cause chain does
+    not print the site's ImportError either.
+    """
+    avaturn(SESSION_CONFIG_HOOK="tests.hook_nowhere.hook")
+    nowhere = r"cannot be imported: No module named 'tests\.hook_nowhere'"
+    with pytest.raises(NotConfigured, match=nowhere):
+        services.start_session(user)
+    avaturn(SESSION_CONFIG_HOOK="tests.hook_failing_import.hook")
+    with pytest.raises(NotConfigured) as caught:
+        services.start_session(user)
+    assert str(caught.value).endswith("cannot be imported: its import raised ImportError")
+    chain = "".join(traceback.format_exception(caught.value))
+    assert "settings_local" not in chain
+    assert "direct cause" not in chain and "During handling" not in chain
+    for credential in SENTINELS:
+        assert credential not in chain
 
 
 def test_every_logger_of_the_package_scrubs_its_records() -> None:
