@@ -4,7 +4,8 @@
 ``django_avaturn.E001``   ``rest_framework`` is not in ``INSTALLED_APPS``.
 ``django_avaturn.E002``   ``AVATURN`` is not a dict, or names a setting that does not exist
                           (the hint names the closest one).
-``django_avaturn.E003``   A setting is refused by its rule: wrong type, or out of range.
+``django_avaturn.E003``   A setting is refused by its rule: wrong type, or out of range; or
+                          longer than the session row records.
 ``django_avaturn.E004``   A dotted path (hook, HTTP client, API classes) does not import or call;
                           a site engine tool module does not import or holds no valid ``@tool``.
 ``django_avaturn.E005``   The URLconf does not include ``django_avaturn.urls``.
@@ -51,7 +52,7 @@ from django.urls import NoReverseMatch
 from django_avaturn.conf import DEFAULTS, ENV_FALLBACKS, RULES, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import sessions_database
-from django_avaturn.sessions.plan import OPENAI_VOICES
+from django_avaturn.sessions.plan import OPENAI_VOICES, too_long_to_record
 from django_avaturn.testing import (
     DEFAULT_AVATURN_API_KEY,
     DEFAULT_OPENAI_API_KEY,
@@ -93,6 +94,32 @@ def _validation_errors() -> list[CheckMessage]:
     return messages
 
 
+def _too_long_to_record_errors() -> list[CheckMessage]:
+    """E003 for a setting the session row cannot hold: every start would fail on PostgreSQL.
+
+    ``REALTIME_SESSION``'s own ``model`` and ``voice``, and the session hook's
+    values, are checked per start (``sessions.plan.build_plan``).
+    """
+    text_echo = _section("TEXT_ECHO")
+    recorded = [("MODEL", "model"), ("VOICE", "voice"), ("AVATAR_ID", "avatar_id")]
+    values = [(name, row_field, _setting(name)) for name, row_field in recorded]
+    if text_echo is not None:
+        values.append(("TEXT_ECHO']['VOICE_ID", "voice", text_echo["VOICE_ID"]))
+    messages: list[CheckMessage] = []
+    for name, row_field, value in values:
+        if not isinstance(value, str):
+            continue  # E003 from its rule, or unset
+        if (problem := too_long_to_record(row_field, value)) is not None:
+            messages.append(
+                Error(
+                    f"AVATURN['{name}']: {problem}",
+                    hint=f"Set AVATURN['{name}'] to the value the upstream expects.",
+                    id="django_avaturn.E003",
+                )
+            )
+    return messages
+
+
 @register(Tags.compatibility)
 def check_installed_apps(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
@@ -126,6 +153,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
     messages.extend(_misplaced_settings_warnings())
     messages.extend(_key_warnings())
     messages.extend(_validation_errors())
+    messages.extend(_too_long_to_record_errors())
     voice = _setting("VOICE")
     if isinstance(voice, str) and voice and voice not in OPENAI_VOICES:
         messages.append(

@@ -174,6 +174,10 @@ def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
         ("ALLOWED_AVATARS", "avatar-1"),
         ("ALLOWED_AVATARS", ["avatar-1", 2]),
         ("SDK_URL", ""),
+        # Longer than the session row records: PostgreSQL would refuse every start's row.
+        ("MODEL", "gpt-realtime-" + "x" * 88),
+        ("AVATAR_ID", "a" * 256),
+        ("TEXT_ECHO", {"VOICE_ID": "v" * 51}),
     ],
 )
 def test_malformed_settings_are_e003(avaturn: AvaturnOverrides, name: str, value: Any) -> None:

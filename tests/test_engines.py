@@ -161,6 +161,20 @@ def test_the_hook_chooses_the_engine_and_its_agent_per_user(
     assert creates[-1].json["conversation_engine"]["agent_id"] == "agent_staff"
 
 
+def test_a_value_longer_than_the_row_records_is_refused_before_anything_is_spent(
+    live_fake: FakeUpstream, client: APIClient, avaturn: AvaturnOverrides
+) -> None:
+    """On PostgreSQL the row would be refused: a database error (503 "unavailable")."""
+    avaturn(SESSION_CONFIG_HOOK=lambda request, config: {"model": "m" * 101})
+    response = _start(client)
+    assert response.status_code == 503
+    assert response.json()["code"] == "not_configured"
+    assert live_fake.requests == []
+    assert not Session.objects.exists()
+    avaturn(SESSION_CONFIG_HOOK=lambda request, config: {"model": "m" * 100})
+    assert _start(client).status_code == 201
+
+
 def test_the_request_body_can_never_choose_the_engine(
     live_fake: FakeUpstream, client: APIClient
 ) -> None:
@@ -185,6 +199,11 @@ def test_the_request_body_can_never_choose_the_engine(
         {"engine": "text-echo", "text_echo": {"VOICE_ID": "v"}, "cartesia": {"AGENT": "typo"}},
         {"external_engine": {"URL": "http://not-a-socket.example.com"}},
         {"text_echo": {"VOICE_ID": 5}},
+        # Longer than the session row records (PostgreSQL would refuse the row).
+        {"avatar_id": "a" * 256},
+        {"model": "gpt-realtime-" + "x" * 88},
+        {"realtime_session": {"audio": {"output": {"voice": "v" * 51}}}},
+        {"engine": "text-echo", "text_echo": {"VOICE_ID": "v" * 51}},
     ],
 )
 def test_a_hook_answer_outside_the_contract_is_not_configured(

@@ -12,11 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db.models import CharField
 from django.http import HttpRequest
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.logs import site_code_failed
+from django_avaturn.models import Session
 from django_avaturn.validation import check_session_shape, plain_json
 
 OPENAI_VOICES = frozenset(
@@ -172,6 +174,10 @@ def build_plan(
     if render_model:
         options[avaturn_settings.RENDER_MODEL_FIELD] = render_model
 
+    for row_field, value in (("avatar_id", str(chosen_avatar)), ("model", model), ("voice", voice)):
+        if (problem := too_long_to_record(row_field, value)) is not None:
+            raise NotConfigured(problem)
+
     return SessionPlan(
         realtime_session=realtime_session,
         client_secret_ttl=ttl,
@@ -183,6 +189,23 @@ def build_plan(
         max_duration=max_duration,
         engine=engine,
         engine_options=engine_options,
+    )
+
+
+def too_long_to_record(row_field: str, value: str) -> str | None:
+    """Why ``value`` cannot be recorded in the session row's ``row_field``, or None.
+
+    Settings, the session hook and ``REALTIME_SESSION`` may each give a value
+    longer than the column holds; PostgreSQL would refuse the start's row, a
+    database error on every start.
+    """
+    column = Session._meta.get_field(row_field)
+    limit = column.max_length if isinstance(column, CharField) else None
+    if limit is None or len(value) <= limit:
+        return None
+    return (
+        f"The session's {row_field} is {len(value)} characters long; its row records "
+        f"at most {limit}."
     )
 
 
