@@ -354,6 +354,85 @@ def test_a_kill_switch_flip_waits_for_the_reservations_in_flight(user: Any) -> N
     assert not limits.sessions_enabled()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's advisory locks")
+def test_a_reservation_waiting_for_its_users_lock_holds_no_advisory_lock(
+    user: Any, django_user_model: Any
+) -> None:
+    """The user's row lock first, then the advisory locks, as every transaction takes them.
+
+    A reservation queued behind its user (a deactivation, another start of
+    theirs) holds no kill switch lock meanwhile: a flip goes through at once,
+    and the reservation, let go, sees the switch off.
+    """
+    from django.db import transaction
+
+    from django_avaturn.exceptions import SessionsDisabled
+    from django_avaturn.spend import limits
+
+    locked, release = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def hold_the_user() -> None:
+        try:
+            with transaction.atomic():
+                django_user_model.objects.select_for_update().get(pk=user.pk)
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def reserve() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                outcome["pid"] = cursor.fetchone()[0]
+            starting._reserve_slot(user, build_plan(), cap=1, refuse=True)
+        except AvaturnError as exc:
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    def waiting_for_a_lock() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [outcome["pid"]]
+            )
+            row = cursor.fetchone()
+        return row is not None and row[0] == "Lock"
+
+    def flip() -> None:
+        try:
+            limits.set_sessions_enabled(False)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_user)
+    holder.start()
+    assert locked.wait(10)
+    starter = threading.Thread(target=reserve)
+    starter.start()
+    assert wait_until(lambda: "pid" in outcome and waiting_for_a_lock())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'",
+            [outcome["pid"]],
+        )
+        advisory_held = cursor.fetchone()[0]
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    flipper.join(5)
+    flip_went_through = not flipper.is_alive()
+    release.set()
+    holder.join(10)
+    starter.join(10)
+    flipper.join(10)
+
+    assert advisory_held == 0
+    assert flip_went_through
+    assert isinstance(outcome.get("error"), SessionsDisabled)
+    assert not Session.objects.active().exists()
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's write lock orders these")
 def test_a_replaced_start_that_goes_live_meanwhile_is_replaced_with_its_id(user: Any) -> None:
     """B replaces A while A is starting; A's activation commits just before B claims it.
