@@ -27,7 +27,7 @@ from rest_framework.test import APIClient
 from django_avaturn import services
 from django_avaturn.exceptions import SessionNotLive
 from django_avaturn.models import EndReason, Session, SessionStatus
-from django_avaturn.sessions import transitions
+from django_avaturn.sessions import starting, transitions
 from django_avaturn.sessions.expiry import expire_sessions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.sessions.plan import build_plan
@@ -44,6 +44,7 @@ from django_avaturn.upstream.clients import (
     get_avaturn_client,
     get_openai_secrets,
     longest_start,
+    longest_terminate,
     unknown_outcome_hold,
 )
 from tests.helpers import LIST_URL, AvaturnOverrides
@@ -460,7 +461,11 @@ def test_a_start_that_waited_long_is_not_taken_for_a_crashed_one_while_it_create
     while its create was in flight: its slot freed for another start, two
     sessions at Avaturn for a moment, and its own created only to be ended.
     """
-    avaturn(**PATIENT, MAX_LIVE_SESSIONS=1)
+    avaturn(**PATIENT, MAX_LIVE_SESSIONS=1, TERMINATE_RETRIES=2)
+    # What it replaced ended, then it waited: this age is within a start's bounds.
+    long_ago = timezone.now() - timedelta(seconds=longest_start() + 5)
+    reachable = longest_terminate() + UpstreamBounds.from_settings().start
+    assert timezone.now() - timedelta(seconds=reachable) < long_ago
     stuck = in_flight_start(user)
     outcome: list[Any] = []
 
@@ -476,7 +481,6 @@ def test_a_start_that_waited_long_is_not_taken_for_a_crashed_one_while_it_create
     assert wait_until(lambda: waiting.filter(status=SessionStatus.STARTING).exists())
     assert wait_until(lambda: Session.objects.get(pk=stuck.pk).status == SessionStatus.ENDING)
     # It has waited past the threshold: its reservation is that old.
-    long_ago = timezone.now() - timedelta(seconds=longest_start() + 60)
     waiting.update(created_at=long_ago, updated_at=long_ago)
     live_fake.set_latency(AVATURN_CREATE, 2.0)
     Session.objects.filter(pk=stuck.pk).update(status=SessionStatus.FAILED)
@@ -493,6 +497,131 @@ def test_a_start_that_waited_long_is_not_taken_for_a_crashed_one_while_it_create
     row = waiting.get()
     assert (row.status, row.end_reason) == (SessionStatus.LIVE, "")
     assert peak_alive(live_fake) == 1
+    assert_no_orphans(live_fake)
+
+
+def test_a_start_still_waiting_past_the_threshold_is_not_taken_for_a_crashed_one(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, monkeypatch: Any
+) -> None:
+    """A wait may last longer than the crashed-start threshold: the waiting start stamps its row.
+
+    Its Stop came while the previous start's mint was slow: that row is
+    ending with no session id, and may still get one, so the new start waits.
+    (Found by review.)
+    """
+    avaturn(**PATIENT, ON_SESSION_LIMIT="refuse", TERMINATE_RETRIES=2)
+    assert longest_start() + 5 < UpstreamBounds.from_settings().start  # a wait that long is allowed
+    monkeypatch.setattr(starting, "_STAMP_EVERY", 0.1)  # every 15 s otherwise
+    stopped = Session.objects.create(
+        user=user, status=SessionStatus.ENDING, end_reason=EndReason.CLIENT
+    )
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcome.append(start_via_api(user))
+        finally:
+            connection.close()
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    waiting = Session.objects.exclude(pk=stopped.pk)
+    assert wait_until(lambda: waiting.filter(status=SessionStatus.STARTING).exists())
+    long_ago = timezone.now() - timedelta(seconds=longest_start() + 5)  # still within its wait
+    waiting.update(created_at=long_ago, updated_at=long_ago)
+    assert wait_until(lambda: waiting.get().updated_at > long_ago)  # its next stamp
+
+    report = expire_sessions()
+    Session.objects.filter(pk=stopped.pk).update(status=SessionStatus.ENDED)  # its start finished
+    starter.join(10)
+
+    assert report.tally.ended == 0
+    row = waiting.get()
+    assert (row.status, row.end_reason) == (SessionStatus.LIVE, "")
+    assert outcome[0][0] == 201
+
+
+def test_a_start_that_replaced_sessions_is_counted_from_their_end(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, django_user_model: Any
+) -> None:
+    """Terminating several replaced sessions may take longer than the threshold allows for one.
+
+    (The cap lowered from 2 to 1, say.) It stamps its row once they have
+    ended, before its own calls. (Found by review.)
+    """
+    avaturn(**PATIENT, MAX_LIVE_SESSIONS_PER_USER=2, MAX_LIVE_SESSIONS=2)
+    services.start_session(user)
+    services.start_session(user)
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=1, MAX_LIVE_SESSIONS=1)
+    live_fake.set_latency(AVATURN_TERMINATE, 1.0)
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcome.append(start_via_api(user))
+        finally:
+            connection.close()
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    starting_rows = Session.objects.filter(status=SessionStatus.STARTING)
+    assert wait_until(starting_rows.exists)
+    new = starting_rows.get()
+    long_ago = timezone.now() - timedelta(seconds=longest_start() + 5)
+    Session.objects.filter(pk=new.pk).update(created_at=long_ago, updated_at=long_ago)
+    live_fake.set_latency(AVATURN_CREATE, 2.0)
+    assert wait_until(lambda: len(live_fake.requests_for(AVATURN_CREATE)) == 3, timeout=10)
+
+    report = expire_sessions()
+    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
+    assert start_via_api(other) == (503, "site_limit_reached")
+    starter.join(10)
+
+    assert report.tally.ended == 0
+    assert outcome[0][0] == 201
+    assert Session.objects.get(pk=new.pk).status == SessionStatus.LIVE
+    assert peak_alive(live_fake) == 2  # the two it replaced, ended before its create
+    assert_no_orphans(live_fake)
+
+
+def test_a_start_stopped_while_minting_keeps_its_slot_until_it_can_create_nothing(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    """The expiry command's sweep of stuck ends leaves a row claimed while it started alone
+    while its start may still create (longest_in_flight after its reservation): finished
+    sooner, the user's next start went ahead, and two sessions ran under a cap of one.
+    (Found by review.)"""
+    avaturn(**PATIENT, EXPIRE_STUCK_AFTER=60)
+    live_fake.set_latency(OPENAI_CLIENT_SECRET, 3.0)  # a slow mint (a Retry-After, say)
+    live_fake.set_latency(AVATURN_TERMINATE, 2.0)
+    outcomes: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcomes.append(start_via_api(user))
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=start)
+    first.start()
+    assert wait_until(lambda: Session.objects.filter(status=SessionStatus.STARTING).exists())
+    stopped = Session.objects.get()
+    assert services.end_session(stopped, reason=EndReason.CLIENT) is Outcome.STOPPED
+    ago = timezone.now() - timedelta(seconds=61)
+    Session.objects.filter(pk=stopped.pk).update(created_at=ago, updated_at=ago)
+    claimed = Session.objects.get(pk=stopped.pk)
+    assert _in_flight_until(claimed, UpstreamBounds.from_settings()) > timezone.now()
+
+    second = threading.Thread(target=start)
+    second.start()
+    assert wait_until(lambda: Session.objects.filter(status=SessionStatus.STARTING).exists())
+    report = expire_sessions()
+    first.join(20)
+    second.join(20)
+
+    assert report.tally.ended == 0
+    assert peak_alive(live_fake) == 1
+    assert sorted(status for status, _ in outcomes) == [201, 409]
     assert_no_orphans(live_fake)
 
 

@@ -21,7 +21,7 @@ from django_avaturn.models import EndReason, Engine, Session, SessionStatus
 from django_avaturn.sessions import transitions
 from django_avaturn.sessions.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.signals import session_ended
-from django_avaturn.upstream.clients import longest_start
+from django_avaturn.upstream.clients import longest_in_flight, longest_start
 from tests.helpers import KEYS, AvaturnOverrides
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -558,6 +558,7 @@ def test_stuck_rows_are_cleaned_up(
     ending_no_id = make(
         user, None, status=SessionStatus.ENDING, end_reason=EndReason.REPLACED, touched_ago=900
     )
+    Session.objects.filter(pk=ending_no_id.pk).update(created_at=long_ago)
     recent_end = make(user, "av-busy", status=SessionStatus.ENDING, end_reason=EndReason.CLIENT)
 
     with caplog.at_level(logging.WARNING, logger="django_avaturn.sessions.expiry"):
@@ -582,6 +583,30 @@ def test_stuck_rows_are_cleaned_up(
     )
     assert fresh(ending_no_id).status == SessionStatus.ENDED
     assert fresh(recent_end).status == SessionStatus.ENDING
+
+
+def test_a_start_claimed_while_starting_is_finished_once_it_can_create_nothing(
+    upstream: Any, user: Any, avaturn: AvaturnOverrides
+) -> None:
+    """Ending with no session id: its start, if alive, still ends what it creates.
+
+    Finished sooner, its slot would be free while it may still create a
+    session: the user's next start would go ahead beside it.
+    """
+    avaturn(EXPIRE_STUCK_AFTER=1)
+    in_flight = longest_in_flight()
+
+    def claimed(seconds_ago: float) -> Session:
+        row = make(user, None, status=SessionStatus.ENDING, end_reason=EndReason.CLIENT)
+        at = timezone.now() - timedelta(seconds=seconds_ago)
+        Session.objects.filter(pk=row.pk).update(created_at=at, updated_at=at)
+        return row
+
+    alive, dead = claimed(in_flight - 30), claimed(in_flight + 30)
+    run()
+
+    assert fresh(alive).status == SessionStatus.ENDING
+    assert (fresh(dead).status, fresh(dead).end_reason) == (SessionStatus.ENDED, EndReason.CLIENT)
 
 
 def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
@@ -632,7 +657,13 @@ def test_a_crashed_start_is_failed_once_its_own_upstream_timeouts_have_run_out(
 def test_a_start_that_stamps_its_row_after_the_sweep_read_it_is_left_alone(
     upstream: Any, user: Any
 ) -> None:
-    """It stopped waiting for the user's ending rows just as the sweep read it as stuck."""
+    """It stamped its row just as the sweep read it as stuck: the claim checks again.
+
+    From another connection the stamp waits for the sweep's transaction (the
+    row lock on PostgreSQL, the write lock on SQLite) and then finds the row
+    failed; here it runs inside that transaction, between the read and the
+    claim, so the claim's own check is what keeps the row.
+    """
     row = make(user, None, status=SessionStatus.STARTING, started_ago=None, expires_in=None)
     long_ago = timezone.now() - timedelta(seconds=longest_start() + 60)
     Session.objects.filter(pk=row.pk).update(created_at=long_ago, updated_at=long_ago)

@@ -71,7 +71,11 @@ from django_avaturn.sessions.ending import (
     terminate_claimed,
 )
 from django_avaturn.sessions.outcomes import Outcome
-from django_avaturn.upstream.clients import longest_start, unknown_outcome_hold
+from django_avaturn.upstream.clients import (
+    longest_in_flight,
+    longest_start,
+    unknown_outcome_hold,
+)
 from django_avaturn.validation import Bounds
 
 Reporter = Callable[[Iterable[Result]], None]
@@ -96,6 +100,9 @@ class ExpiryPolicy:
     # A create with an unknown outcome holds its row's slot this long after
     # the reservation (None: ``stuck_after``, as any row left ending).
     unknown_outcome_after: float | None = None
+    # A row claimed while it was starting (ending, no session id) may still get
+    # a session from its start this long after its reservation (None: no rule).
+    claimed_start_after: float | None = None
     # A site engine session whose socket has not connected this long (plus
     # ``grace``) after going live never will: its token has expired (None: no rule).
     engine_connect_within: int | None = None
@@ -114,6 +121,7 @@ class ExpiryPolicy:
             unjoined=avaturn_settings.EXPIRE_UNJOINED_AFTER,
             starting_after=longest_start(),
             unknown_outcome_after=unknown_outcome_hold(),
+            claimed_start_after=longest_in_flight(),
             engine_connect_within=_engine_connect_within(),
         )
 
@@ -239,7 +247,14 @@ def expire_sessions(
         policy.stuck_after if policy.unknown_outcome_after is None else policy.unknown_outcome_after
     )
     unknown_since = now - timedelta(seconds=unknown_after)
-    _retry_stuck_ends(stuck_since, unknown_since, dry_run, upstream, batch_size, report)
+    claimed_start_before = (
+        None
+        if policy.claimed_start_after is None
+        else now - timedelta(seconds=policy.claimed_start_after)
+    )
+    _retry_stuck_ends(
+        stuck_since, unknown_since, claimed_start_before, dry_run, upstream, batch_size, report
+    )
     _expire_live(policy, now, dry_run, upstream, batch_size, report)
     return ExpiryReport(tally=tally, dry_run=dry_run)
 
@@ -283,6 +298,7 @@ def _fail_stuck_starts(
 def _retry_stuck_ends(
     stuck_since: datetime,
     unknown_since: datetime,
+    claimed_start_before: datetime | None,
     dry_run: bool,
     upstream: bool,
     batch_size: int,
@@ -306,6 +322,12 @@ def _retry_stuck_ends(
 
     unknown = transitions.unknown_outcome()
     stuck = (Q(awaiting_retry=True) | Q(updated_at__lt=stuck_since)) & ~unknown
+    if claimed_start_before is not None:
+        # Claimed while starting: its start, if alive, still ends what it
+        # creates, until it can make no upstream call (what the user's next
+        # start waits for, sessions.starting._in_flight_until). Finished
+        # before, its slot would free while a session may still be created.
+        stuck &= Q(session_id__isnull=False) | Q(created_at__lt=claimed_start_before)
     queryset = Session.objects.filter(status=SessionStatus.ENDING).filter(
         stuck | (unknown & Q(updated_at__lt=unknown_since))
     )

@@ -59,6 +59,7 @@ from django_avaturn.signals import send_logged, session_started
 from django_avaturn.spend import limits
 from django_avaturn.upstream.avaturn import IncompleteSession
 from django_avaturn.upstream.clients import (
+    START_MARGIN,
     get_avaturn_client,
     longest_in_flight,
     longest_start_calls,
@@ -145,16 +146,7 @@ def start_session(
         transitions.release_claimed(reservation.replaced, sent=False)
         transitions.end_unstarted(row, reason=EndReason.ABANDONED)
         raise SessionNotLive()
-    try:
-        _end_replaced(reservation.replaced)
-    except AvaturnError as exc:
-        transitions.mark_failed(row, exc)
-        raise
-    # Those just terminated have ended; any other may still be running upstream.
-    ended = {old.pk for old in reservation.replaced if old.status in FINAL_STATUSES}
-    still_ending = [pk for pk in reservation.ending if pk not in ended]
-    if still_ending:
-        _wait_for_ends(row, still_ending, bounds)
+    _clear_the_way(reservation, bounds)
 
     try:
         credential = engines.prepare(plan, request, row)
@@ -382,6 +374,9 @@ def _ensure_still_active(user_pk: Any, *, lock: bool, together: bool) -> None:
 # How long a start polls between two reads of the rows it waits for (seconds).
 _FIRST_PAUSE = 0.02
 _LONGEST_PAUSE = 0.25
+# How often a waiting start stamps its row: well within the crashed-start
+# threshold (``longest_start()``, at least ``START_MARGIN``).
+_STAMP_EVERY = START_MARGIN / 2
 
 
 @dataclass(frozen=True)
@@ -428,13 +423,13 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
     one still in flight after ``UpstreamBounds.start``; one whose create had
     an unknown outcome, and may run longer than this start may wait, fails
     it at once. If this start's own row is claimed meanwhile (a newer start
-    replaced it, staff, the kill switch, or the expiry command's sweep of
-    crashed starts, which counts from the row's last write), it ends it and
-    stops, having created nothing. Done waiting, it writes its row
-    (``transitions.resume_start``): the sweep then allows its own calls
-    their whole time.
+    replaced it, staff, the kill switch), it ends it and stops, having
+    created nothing. It stamps its row every ``_STAMP_EVERY`` seconds
+    (``_resume``), so the expiry command's sweep of crashed starts does not
+    take it for one.
     """
     give_up = time.monotonic() + bounds.start
+    stamp_at = time.monotonic() + _STAMP_EVERY
     pause = _FIRST_PAUSE
     watched = Session.objects.primary().filter(pk__in=[row.pk, *pks])
     watched = watched.only(
@@ -448,7 +443,7 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
             raise StorageUnavailable() from exc
         own = states.pop(row.pk, None)
         if own is None:
-            raise SessionNotLive()  # the user was deleted meanwhile, the row with them
+            raise UserNotActive()  # the user was deleted meanwhile, the row with them
         if own.status != SessionStatus.STARTING:
             _stop_unstarted(row, own)
         now = timezone.now()
@@ -468,22 +463,60 @@ def _wait_for_ends(row: Session, pks: list[int], bounds: UpstreamBounds) -> None
                 # expiry command's retry): it may still run, and holds its slot.
                 _give_up(row, pks, "a session of the user's could not be ended")
         if not waiting:
-            break
+            return
         if time.monotonic() + pause > give_up:
             _give_up(row, pks, "a session of the user's did not end in time")
+        if time.monotonic() >= stamp_at:
+            # A wait may outlast the crashed-start threshold: this start is alive.
+            _resume(row)
+            stamp_at = time.monotonic() + _STAMP_EVERY
         time.sleep(pause)
         pause = min(pause * 1.5, _LONGEST_PAUSE)
-    # The crashed-start threshold counts this start's own calls from here.
+
+
+def _resume(row: Session) -> None:
+    """Stamp this start's row as alive (``transitions.resume_start``), or stop if it was claimed.
+
+    The expiry command's sweep of crashed starts fails a row ``starting``
+    and not written for ``longest_start()``, a threshold that covers a
+    start's own upstream calls: not the terminates of what it replaces, nor
+    its wait for the user's ending rows. A start stamps its row during and
+    after those. A row claimed meanwhile (by the sweep too) ends the start,
+    which has created nothing.
+    """
     try:
         if transitions.resume_start(row):
             return
-        own = watched.filter(pk=row.pk).first()
+        own = Session.objects.primary().filter(pk=row.pk).only("status", "end_reason").first()
     except DatabaseError as exc:
         transitions.mark_failed(row, exc)
         raise StorageUnavailable() from exc
     if own is None:
-        raise SessionNotLive()  # the user was deleted meanwhile, the row with them
+        raise UserNotActive()  # the user was deleted meanwhile, the row with them
     _stop_unstarted(row, own)
+
+
+def _clear_the_way(reservation: Reservation, bounds: UpstreamBounds) -> None:
+    """End the sessions the start replaces and wait for the user's others still ending.
+
+    The crashed-start threshold (``longest_start()``) allows one terminate
+    before a start's own calls: after more, or a wait, the start stamps its
+    row (``_resume``), and the threshold counts its own calls from there.
+    """
+    row = reservation.row
+    try:
+        _end_replaced(reservation.replaced)
+    except AvaturnError as exc:
+        transitions.mark_failed(row, exc)
+        raise
+    # Those just terminated have ended; any other may still be running upstream.
+    ended = {old.pk for old in reservation.replaced if old.status in FINAL_STATUSES}
+    still_ending = [pk for pk in reservation.ending if pk not in ended]
+    if still_ending:
+        _wait_for_ends(row, still_ending, bounds)
+    terminated = [old for old in reservation.replaced if old.session_id is not None]
+    if len(terminated) > 1 or still_ending:
+        _resume(row)
 
 
 def _in_flight_until(other: Session, bounds: UpstreamBounds) -> datetime:
