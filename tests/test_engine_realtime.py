@@ -27,6 +27,7 @@ from django_avaturn.engine.realtime import (
     _direct,
     _DirectSocket,
     connect_realtime,
+    realtime_base_url,
 )
 from django_avaturn.exceptions import NotConfigured
 from tests.engine_helpers import MemoryAvaturn, audio_delta, pcm, response_done
@@ -159,6 +160,27 @@ def test_conversations_share_a_client_until_the_key_changes(avaturn: Any) -> Non
         assert _client(rotated, url) is not _client(OPENAI_KEY, url)
 
     run_with_server(test)
+
+
+def test_without_its_own_url_the_socket_goes_where_openai_base_url_points(avaturn: Any) -> None:
+    """The HTTP calls moved (a proxy, the loopback fake): the Realtime socket follows them."""
+
+    async def test(loopback: Loopback, url: str) -> None:
+        avaturn(OPENAI_BASE_URL=url.replace("ws://", "http://"))
+        connection = await connect_realtime(
+            model="m", session_config={}, tools=[], websocket_url=None
+        )
+        try:
+            await loopback.wait_for(1)
+        finally:
+            await connection.close()
+        assert loopback.received[0]["type"] == "session.update"
+
+    run_with_server(test)
+    avaturn(OPENAI_BASE_URL="https://proxy.example.com/v1")
+    assert realtime_base_url() == "wss://proxy.example.com/v1"
+    avaturn(OPENAI_BASE_URL=None)
+    assert realtime_base_url() is None
 
 
 def test_without_transcripts_no_transcription_is_asked_for(avaturn: Any) -> None:

@@ -143,6 +143,20 @@ def _direct(connection: Any) -> RealtimeSocket:
     return cast(RealtimeSocket, connection)
 
 
+def realtime_base_url() -> str | None:
+    """OpenAI Realtime's address by ``OPENAI_BASE_URL``: its scheme made ``ws``/``wss``.
+
+    The site's OpenAI calls and its Realtime socket go the same way (a proxy,
+    the loopback fake): a site that moved one did not mean the other to
+    reach api.openai.com. None without ``OPENAI_BASE_URL``: the SDK's own.
+    """
+    base: str | None = avaturn_settings.OPENAI_BASE_URL
+    if not base:
+        return None
+    scheme, separator, rest = base.partition("://")
+    return f"{'ws' if scheme.lower() == 'http' else 'wss'}{separator}{rest}"
+
+
 @functools.lru_cache(maxsize=4)
 def _client(api_key: str, websocket_url: str | None) -> AsyncOpenAI:
     """One SDK client per key and address for the process, shared by every conversation.
@@ -166,8 +180,9 @@ async def connect_realtime(
     """Open OpenAI Realtime and configure it; the caller closes what this returns.
 
     ``websocket_url`` (``SITE_ENGINE["OPENAI_WEBSOCKET_URL"]``) replaces the SDK's own
-    address (a loopback fake in tests). Raises ``NotConfigured`` without a key; the
-    SDK's and ``websockets``' errors when the connection fails.
+    address (a loopback fake in tests); without it, ``OPENAI_BASE_URL`` gives it
+    (``realtime_base_url``). Raises ``NotConfigured`` without a key; the SDK's and
+    ``websockets``' errors when the connection fails.
     """
     api_key = avaturn_settings.OPENAI_API_KEY
     if not api_key:
@@ -175,7 +190,7 @@ async def connect_realtime(
             "AVATURN['OPENAI_API_KEY'] is not set and the OPENAI_API_KEY environment "
             "variable is empty."
         )
-    client = _client(api_key, websocket_url)
+    client = _client(api_key, websocket_url or realtime_base_url())
     connection = await client.realtime.connect(
         model=model, websocket_connection_options=_SOCKET_OPTIONS
     ).enter()
