@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
@@ -291,6 +292,41 @@ def test_a_row_ended_or_of_another_engine_is_refused(
 ) -> None:
     _, token, secret = site_row(user, **fields)
     _refused(socket(token, secret))
+    assert realtime.connections == 0
+
+
+def test_a_database_failing_while_the_socket_is_checked_refuses_it_without_a_traceback(
+    engine: Any, user: Any, realtime: LoopbackRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not an unhandled error (an HTTP 500 and the server's traceback); the token is not
+    used up, so a retry once the database is back may connect. (Found by a trial.)"""
+    row, token, secret = site_row(user)
+
+    def database_down(*args: Any) -> Any:
+        raise OperationalError("the database went away")
+
+    def wrap(add: bool) -> None:
+        # In the thread the consumer's database work runs in (thread-sensitive).
+        wrappers = connection.execute_wrappers
+        wrappers.append(database_down) if add else wrappers.remove(database_down)
+
+    async def attempt() -> None:
+        await database_sync_to_async(wrap)(True)
+        try:
+            assert await socket(token, secret).connect(TIMEOUT) == (False, 4011)
+        finally:
+            await database_sync_to_async(wrap)(False)
+
+    with caplog.at_level(logging.WARNING):
+        run(attempt)
+
+    (record,) = [r for r in caplog.records if "Refused a site engine socket" in r.getMessage()]
+    assert "the database failed" in record.getMessage()
+    assert record.exc_info is None
+    for credential in (token, secret):
+        assert credential not in caplog.text
+    row.refresh_from_db()
+    assert row.engine_connected_at is None
     assert realtime.connections == 0
 
 

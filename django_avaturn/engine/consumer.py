@@ -47,6 +47,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.db import DatabaseError
 from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 
@@ -214,6 +215,14 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             # Never the token or the secret: only why.
             logger.warning("Refused a site engine socket: %s.", refusal)
             await self.close(code=REFUSED)
+            return
+        except DatabaseError as exc:
+            # The token is not used up: a retry once the database is back may connect.
+            logger.error(
+                "Refused a site engine socket: the database failed while checking it (%s).",
+                _describe(exc),
+            )
+            await self.close(code=UPSTREAM_FAILED)
             return
         self.row = row
         shutdown.running(row.pk)
