@@ -19,9 +19,10 @@ from django.contrib.auth.models import Permission
 from django.db import DatabaseError, connections, transaction
 from django.urls import reverse
 
-from django_avaturn.engine import ToolContext, ToolError, tool, tools
+from django_avaturn.engine import ToolContext, ToolError, protocol, tool, tools
 from django_avaturn.engine.tools import (
     BROWSER_MESSAGE_MAX_BYTES,
+    BrowserMessageRefused,
     ToolRegistry,
     ToolRunner,
     load_registry,
@@ -982,6 +983,26 @@ def test_send_to_browser_refuses_what_a_message_cannot_carry(
 ) -> None:
     assert call(runner, f"too-{what}", "show_too_much", {"what": what}) == {"result": answer}
     assert browser.sent == []
+
+
+@pytest.mark.parametrize("character", ["a", "é", "中", "😀"])
+def test_a_browser_message_at_the_cap_is_a_frame_the_cap_was_chosen_for(
+    session: Any, character: str
+) -> None:
+    """Measured as it is sent: a non-ASCII message was measured unescaped and sent
+    escaped (``\\uXXXX``), up to three times the cap. (Found by a trial.)"""
+    one = len(character.encode())
+    data = {"text": character * ((BROWSER_MESSAGE_MAX_BYTES - len('{"text":""}')) // one)}
+    sent: list[dict[str, Any]] = []
+    ctx = ToolContext(user=session.user, session=session, call_id="t1", deliver=sent.append)
+    ctx.send_to_browser(data)  # at the cap: accepted
+    frame = protocol.browser_message(sent[0]).encode()
+    envelope = len(protocol.browser_message({}).encode()) - len("{}")
+    measured = len(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
+    assert BROWSER_MESSAGE_MAX_BYTES - 4 <= measured <= BROWSER_MESSAGE_MAX_BYTES
+    assert len(frame) == envelope + measured
+    with pytest.raises(BrowserMessageRefused):
+        ctx.send_to_browser({"text": data["text"] + character})
 
 
 def test_a_tool_context_can_be_made_for_a_tools_own_unit_test(session: Any) -> None:

@@ -55,10 +55,15 @@ def segment_close(segment_uid: str) -> str:
 
 
 def browser_message(data: dict[str, Any]) -> str:
-    """``sdk.message.send`` carrying ``data`` to the page, under our namespaced type."""
+    """``sdk.message.send`` carrying ``data`` to the page, under our namespaced type.
+
+    Written as ``send_to_browser`` measured it (compact, UTF-8 unescaped), so
+    the frame is the data's measured size plus this envelope.
+    """
     return json.dumps(
         {"type": "sdk.message.send", "data": {"type": BROWSER_MESSAGE_TYPE, "data": data}},
         separators=(",", ":"),
+        ensure_ascii=False,
     )
 
 
