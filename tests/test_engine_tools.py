@@ -716,6 +716,35 @@ def test_a_sync_tool_past_its_timeout_is_answered_without_waiting_for_its_thread
     assert example.SLOW_FINISHED.wait(10)
 
 
+def test_one_conversations_stuck_tools_leave_the_other_conversations_their_threads(
+    runner: ToolRunner, user: Any, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model made to call a hanging tool again and again (a prompt injection, say) took
+    every thread of the process: every other conversation's tools then failed until the
+    stuck ones returned. (Found by a trial.)"""
+    other = example_runner(live(user, "sess-other", engine="site"), browser)
+    example.SLOW_RELEASE.clear()
+    try:
+        for attempt in range(tools.MAX_TOOL_THREADS_PER_SESSION):
+            answer = call(runner, f"stuck-{attempt}", "slow_sync")
+            assert answer["error"].startswith("The tool did not answer within 0.2 seconds.")
+        # Its threads are all stuck: its next call is refused at once...
+        with caplog.at_level(logging.ERROR):
+            assert call(runner, "one-more", "add", {"a": 1}) == {"error": tools.TOOL_FAILED}
+        assert "its 4 tool threads are busy" in caplog.text
+        # ...and another conversation's tools still run.
+        assert call(other, "elsewhere", "add", {"a": 1}) == {"result": 1}
+    finally:
+        example.SLOW_RELEASE.set()
+    # The stuck threads return their slots as they finish.
+    assert wait_until(
+        lambda: (
+            call(runner, f"again-{time.monotonic()}", "add", {"a": 2})
+            != {"error": tools.TOOL_FAILED}
+        )
+    )
+
+
 def test_an_async_tool_past_its_timeout_is_cancelled(runner: ToolRunner) -> None:
     async def scenario() -> str:
         output = await runner("slow-a", "slow_async", "{}")

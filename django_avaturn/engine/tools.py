@@ -64,6 +64,10 @@ BROWSER_MESSAGE_MAX_BYTES = 3000
 # Sync tools running at once in this process. A tool thread past its timeout
 # cannot be killed and keeps its slot until it returns.
 MAX_TOOL_THREADS = 32
+# Of those, one conversation's at most: a model made to call a tool that hangs
+# again and again takes no more, and the process's other conversations keep
+# theirs.
+MAX_TOOL_THREADS_PER_SESSION = 4
 # Call ids whose outcome a runner remembers (one conversation's worth and more).
 REMEMBERED_CALLS = 512
 # What a recorded call's unparseable arguments are cut to.
@@ -377,7 +381,7 @@ class _Overran(Exception):
 
 
 class _NoThread(Exception):
-    """Every tool thread is taken."""
+    """Every tool thread is taken, or every one this conversation may have."""
 
 
 class _ResultEncoder(DjangoJSONEncoder):
@@ -440,6 +444,7 @@ def _run_sync_tool(
     ctx: ToolContext,
     kwargs: dict[str, Any],
     name: str,
+    session_slots: threading.BoundedSemaphore,
 ) -> None:
     result: Any = None
     error: BaseException | None = None
@@ -450,6 +455,7 @@ def _run_sync_tool(
         error = exc
     finally:
         connections.close_all()  # this thread's own connections: it ends here
+        session_slots.release()
         _tool_slots.release()
     # A loop closed while the tool ran raises RuntimeError: nobody waits for it then.
     with contextlib.suppress(RuntimeError):
@@ -649,6 +655,8 @@ class ToolRunner:
         self._sending = asyncio.Lock()
         self._sends: set[asyncio.Task[None]] = set()
         self._closed = False
+        # This conversation's share of the process's tool threads.
+        self._thread_slots = threading.BoundedSemaphore(MAX_TOOL_THREADS_PER_SESSION)
 
     @classmethod
     def from_settings(
@@ -801,7 +809,17 @@ class ToolRunner:
         if spec.is_async:
             waited = loop.create_task(spec.func(ctx, **kwargs))
         else:
+            if not self._thread_slots.acquire(blocking=False):
+                logger.error(
+                    "Site tool %r not run for session row %s: its %d tool threads are busy "
+                    "(tools stuck past their timeout?).",
+                    spec.name,
+                    self.session.pk,
+                    MAX_TOOL_THREADS_PER_SESSION,
+                )
+                raise _NoThread
             if not _tool_slots.acquire(blocking=False):
+                self._thread_slots.release()
                 logger.error(
                     "Site tool %r not run: all %d tool threads are busy (tools stuck past "
                     "their timeout?).",
@@ -823,11 +841,13 @@ class ToolRunner:
                         ctx,
                         kwargs,
                         spec.name,
+                        self._thread_slots,
                     ),
                     name=f"avaturn-tool-{spec.name}",
                     daemon=True,
                 ).start()
-            except BaseException:  # "can't start new thread": the slot is not taken
+            except BaseException:  # "can't start new thread": the slots are not taken
+                self._thread_slots.release()
                 _tool_slots.release()
                 raise
         try:
