@@ -745,6 +745,27 @@ def test_one_conversations_stuck_tools_leave_the_other_conversations_their_threa
     )
 
 
+def test_an_answer_too_long_for_the_model_is_not_sent_to_it(
+    session: Any, browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenAI bills a tool's answer as input: a 5,000,000-character one was forwarded
+    whole. (Found by a trial.)"""
+
+    @tool
+    def lookup(ctx: ToolContext, size: int) -> str:
+        """Answers ``size`` characters."""
+        return "x" * size
+
+    runner = runner_of(lookup, session, browser, timeout=5)
+    fits = tools.TOOL_RESULT_MAX_CHARS - len('{"result": ""}')
+    assert call(runner, "fits", "lookup", {"size": fits}) == {"result": "x" * fits}
+    with caplog.at_level(logging.ERROR):
+        answer = call(runner, "too-long", "lookup", {"size": fits + 1})
+    assert answer == {"error": tools.TOOL_FAILED}
+    assert f"answered {tools.TOOL_RESULT_MAX_CHARS + 1} characters" in caplog.text
+    assert row("too-long").status == ToolCallStatus.FAILED
+
+
 def test_an_async_tool_past_its_timeout_is_cancelled(runner: ToolRunner) -> None:
     async def scenario() -> str:
         output = await runner("slow-a", "slow_async", "{}")

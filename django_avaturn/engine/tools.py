@@ -68,6 +68,9 @@ MAX_TOOL_THREADS = 32
 # again and again takes no more, and the process's other conversations keep
 # theirs.
 MAX_TOOL_THREADS_PER_SESSION = 4
+# A tool's answer as the model reads it, at most: OpenAI bills it all as input,
+# and more would fill much of a realtime conversation's context.
+TOOL_RESULT_MAX_CHARS = 50_000
 # Call ids whose outcome a runner remembers (one conversation's worth and more).
 REMEMBERED_CALLS = 512
 # What a recorded call's unparseable arguments are cut to.
@@ -778,12 +781,20 @@ class ToolRunner:
         finally:
             ended.set()
         try:
-            return _Outcome(
-                "ok", json.dumps({"result": result}, cls=_ResultEncoder, allow_nan=False)
-            )
+            output = json.dumps({"result": result}, cls=_ResultEncoder, allow_nan=False)
         except (TypeError, ValueError) as exc:
             _log_failure(spec.name, exc)
             return _error("failed", TOOL_FAILED)
+        if len(output) > TOOL_RESULT_MAX_CHARS:
+            logger.error(
+                "Site tool %r answered %d characters as JSON; the model is given at most %d. "
+                "Return a summary, or what the visitor asked for.",
+                spec.name,
+                len(output),
+                TOOL_RESULT_MAX_CHARS,
+            )
+            return _error("failed", TOOL_FAILED)
+        return _Outcome("ok", output)
 
     def _recheck(self, spec: Tool) -> tuple[Any, Session] | str:
         """The session's user and row as they are now, or why the call may not run."""
