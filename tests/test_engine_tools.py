@@ -766,6 +766,26 @@ def test_an_answer_too_long_for_the_model_is_not_sent_to_it(
     assert row("too-long").status == ToolCallStatus.FAILED
 
 
+def test_a_conversation_whose_user_is_deleted_logs_no_failure_for_what_it_cannot_record(
+    runner: ToolRunner, session: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The row goes with its user: a call's record and a transcript line have nowhere to go.
+
+    Said as such, not as a database failure or a full transcript. (Found by a trial.)
+    """
+    from django_avaturn.engine.consumer import store_transcript
+
+    session.user.delete()  # (its terminate fails here: no upstream in these tests)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        call(runner, "after-deletion", "add", {"a": 1})
+        store_transcript(session, "user", "hello")
+    assert not ToolCall.objects.exists()
+    assert "is gone (its user deleted)" in caplog.text
+    assert "full" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_an_async_tool_past_its_timeout_is_cancelled(runner: ToolRunner) -> None:
     async def scenario() -> str:
         output = await runner("slow-a", "slow_async", "{}")

@@ -197,4 +197,6 @@ class SessionTranscriptView(AvaturnAPIView):
                 else None
             ),
         )
+        if line is None:  # the row went with its user meanwhile
+            raise exceptions.NotFound()
         return Response({"id": line.pk}, status=201)

@@ -153,9 +153,12 @@ def store_transcript(row: Session, role: str, text: str) -> None:
     if not text:
         return
     try:
-        transcripts.store_line(row, role=role, text=text, spoken_at=timezone.now())
+        stored = transcripts.store_line(row, role=role, text=text, spoken_at=timezone.now())
     except TranscriptFull:
         logger.info("The transcript of session row %s is full; a line was dropped", row.pk)
+        return
+    if stored is None:
+        logger.info("Session row %s is gone (its user deleted); a line was dropped", row.pk)
 
 
 class AvaturnGone(Exception):

@@ -970,11 +970,27 @@ class ToolRunner:
             try:
                 self._write(call_id, name, status, duration_ms, arguments)
             except Exception as exc:  # the model's answer matters more than its record
+                if self._session_gone():
+                    logger.info(
+                        "A call of site tool %r was not recorded: session row %s is gone "
+                        "(its user deleted).",
+                        name,
+                        self.session.pk,
+                    )
+                    return
                 logger.error(
                     "Could not record a call of site tool %r: %s", name, type(exc).__name__
                 )
 
         return write
+
+    def _session_gone(self) -> bool:
+        from django_avaturn.models import Session
+
+        try:
+            return not Session.objects.primary().filter(pk=self.session.pk).exists()
+        except Exception:  # the database itself failed: not known to be gone
+            return False
 
     def _write(
         self, call_id: str, name: str, status: str, duration_ms: int, arguments: Any

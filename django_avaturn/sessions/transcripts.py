@@ -31,8 +31,13 @@ def utf8_size(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
-def store_line(session: Session, *, role: str, text: str, spoken_at: datetime | None) -> Transcript:
-    """Store one line of ``session``'s transcript, or raise ``TranscriptFull``."""
+def store_line(
+    session: Session, *, role: str, text: str, spoken_at: datetime | None
+) -> Transcript | None:
+    """Store one line of ``session``'s transcript, or raise ``TranscriptFull``.
+
+    None if the session's row is gone (its user deleted meanwhile): nothing is stored.
+    """
     max_lines = avaturn_settings.TRANSCRIPT_MAX_LINES
     max_bytes = avaturn_settings.TRANSCRIPT_MAX_BYTES
     size = utf8_size(text)
@@ -48,5 +53,7 @@ def store_line(session: Session, *, role: str, text: str, spoken_at: datetime | 
             transcript_bytes=F("transcript_bytes") + size,
         )
         if not admitted:
+            if not Session.objects.filter(pk=session.pk).exists():
+                return None
             raise TranscriptFull()
         return Transcript.objects.create(session=session, role=role, text=text, spoken_at=spoken_at)
