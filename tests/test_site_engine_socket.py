@@ -500,20 +500,28 @@ def test_say_asks_the_model_to_speak(engine: Any, user: Any, realtime: LoopbackR
 # ---------------------------------------------------------------------- ending
 
 
+@pytest.mark.parametrize(
+    ("code", "detail"),
+    [
+        (1000, "Avaturn closed the engine socket (1000)."),
+        # The server's own close of a frame past its size limit: not Avaturn's (a trial).
+        (1009, "The server closed the engine socket (1009): a frame it would not take."),
+    ],
+)
 def test_avaturn_closing_closes_openai_and_ends_the_row(
-    engine: Any, user: Any, realtime: LoopbackRealtime
+    engine: Any, user: Any, realtime: LoopbackRealtime, code: int, detail: str
 ) -> None:
     row, token, secret = site_row(user)
 
     async def test() -> None:
         communicator = await talking(token, secret, realtime)
-        await left(communicator, 1000)
+        await left(communicator, code)
         ended_row = await ended(row.pk)
         assert (ended_row.status, ended_row.end_reason) == (
             SessionStatus.ENDED,
             EndReason.ENGINE_CLOSED,
         )
-        assert "Avaturn closed the engine socket (1000)" in ended_row.end_detail
+        assert ended_row.end_detail == detail
         await eventually(lambda: realtime.open == 0)
 
     run(test)

@@ -75,6 +75,9 @@ SITE_ENDED = 1000
 UPSTREAM_FAILED = 4011
 # What uvicorn and daphne close their sockets with when they shut down.
 SERVER_SHUTDOWN = 1012
+# What the server closes with for a frame it refuses (a protocol error, text
+# that is not UTF-8, one past its size limit), not Avaturn.
+SERVER_REFUSED_A_FRAME = frozenset({1002, 1007, 1009})
 # Seconds between tries to read the channel layer after it failed.
 LAYER_RETRY = 1.0
 # How long an end waits for the bridge's tool tasks to wind down.
@@ -529,6 +532,8 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             return  # refused before accept
         if code == SERVER_SHUTDOWN:
             detail = "The server shut down (1012) while the conversation ran."
+        elif code in SERVER_REFUSED_A_FRAME:
+            detail = f"The server closed the engine socket ({code}): a frame it would not take."
         else:
             detail = f"Avaturn closed the engine socket ({code})."
         await self._finish(EndReason.ENGINE_CLOSED, detail)
