@@ -257,9 +257,11 @@ def _tool_errors(modules: Sequence[str]) -> list[CheckMessage]:
     try:
         load_registry(modules)
     except NotConfigured as exc:
+        # Python's import errors end without a full stop.
+        problem = str(exc) if str(exc).endswith(".") else f"{exc}."
         return [
             Error(
-                f"{exc} Every site engine start with these tools will answer 503.",
+                f"{problem} Every site engine start with these tools will answer 503.",
                 hint="Fix the module, or take it out of AVATURN['SITE_ENGINE']['TOOLS'].",
                 id="django_avaturn.E004",
             )

@@ -20,12 +20,12 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import import_module
 from math import isfinite
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 from django.utils.functional import Promise
-from django.utils.module_loading import import_string
 from django.views.decorators.debug import sensitive_variables
 
 from django_avaturn.exceptions import NotConfigured
@@ -373,15 +373,27 @@ class RealtimeSession:
 
 
 def import_callable(name: str, path: str) -> Callable[..., Any]:
-    """``path`` imported; ``NotConfigured`` if it cannot be, or is not callable."""
+    """``path`` imported; ``NotConfigured`` if it cannot be, or is not callable.
+
+    Never chained, and an ``ImportError``'s message repeated only where Python
+    wrote it (it names a module or a name, often one the named module
+    imports): a site's own may quote its configuration, keys included.
+    """
+    module_path, dot, attribute = path.rpartition(".")
+    if not dot or not module_path or not attribute:
+        raise NotConfigured(f"{name} names {path!r}, which is not a dotted path.")
     try:
-        imported = import_string(path)
+        module = import_module(module_path)
     except ImportError as exc:
-        # Not chained, and the message repeated only where Python wrote it
-        # (it names a module or a name, often one the named module imports):
-        # a site's own ImportError may quote its configuration, keys included.
         reason = str(exc) if exc.name is not None else "its import raised ImportError"
         raise NotConfigured(f"{name} names {path!r}, which cannot be imported: {reason}") from None
+    try:
+        imported = getattr(module, attribute)
+    except AttributeError:
+        raise NotConfigured(
+            f"{name} names {path!r}, which cannot be imported: module {module_path!r} has "
+            f"no {attribute!r}."
+        ) from None
     if not callable(imported):
         raise NotConfigured(f"{name} names {path!r}, which is not callable.")
     return imported  # type: ignore[no-any-return]

@@ -507,7 +507,6 @@ def test_a_start_still_waiting_past_the_threshold_is_not_taken_for_a_crashed_one
 
     Its Stop came while the previous start's mint was slow: that row is
     ending with no session id, and may still get one, so the new start waits.
-    (Found by review.)
     """
     avaturn(**PATIENT, ON_SESSION_LIMIT="refuse", TERMINATE_RETRIES=2)
     assert longest_start() + 5 < UpstreamBounds.from_settings().start  # a wait that long is allowed
@@ -547,7 +546,7 @@ def test_a_start_that_replaced_sessions_is_counted_from_their_end(
     """Terminating several replaced sessions may take longer than the threshold allows for one.
 
     (The cap lowered from 2 to 1, say.) It stamps its row once they have
-    ended, before its own calls. (Found by review.)
+    ended, before its own calls.
     """
     avaturn(**PATIENT, MAX_LIVE_SESSIONS_PER_USER=2, MAX_LIVE_SESSIONS=2)
     services.start_session(user)
@@ -584,13 +583,48 @@ def test_a_start_that_replaced_sessions_is_counted_from_their_end(
     assert_no_orphans(live_fake)
 
 
+def test_a_start_stamps_its_row_between_the_terminates_of_what_it_replaces(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    """The threshold allows one terminate: before each further one, the start stamps its row."""
+    avaturn(**PATIENT, MAX_LIVE_SESSIONS_PER_USER=2)
+    services.start_session(user)
+    services.start_session(user)
+    avaturn(MAX_LIVE_SESSIONS_PER_USER=1)
+    live_fake.set_latency(AVATURN_TERMINATE, 1.0)
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcome.append(start_via_api(user))
+        finally:
+            connection.close()
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    starting_rows = Session.objects.filter(status=SessionStatus.STARTING)
+    assert wait_until(starting_rows.exists)
+    new = starting_rows.get()
+    # Its first terminate takes long: the row's reservation is that old.
+    long_ago = timezone.now() - timedelta(seconds=longest_start() + 5)
+    Session.objects.filter(pk=new.pk).update(created_at=long_ago, updated_at=long_ago)
+    assert wait_until(lambda: len(live_fake.requests_for(AVATURN_TERMINATE)) == 2, timeout=10)
+
+    report = expire_sessions()  # during its second terminate
+    starter.join(10)
+
+    assert report.tally.ended == 0
+    assert outcome[0][0] == 201
+    assert Session.objects.get(pk=new.pk).status == SessionStatus.LIVE
+    assert_no_orphans(live_fake)
+
+
 def test_a_start_stopped_while_minting_keeps_its_slot_until_it_can_create_nothing(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     """The expiry command's sweep of stuck ends leaves a row claimed while it started alone
-    while its start may still create (longest_in_flight after its reservation): finished
-    sooner, the user's next start went ahead, and two sessions ran under a cap of one.
-    (Found by review.)"""
+    while its start may still create (longest_in_flight after its reservation): its slot
+    stays taken, and the user's next start waits for it."""
     avaturn(**PATIENT, EXPIRE_STUCK_AFTER=60)
     live_fake.set_latency(OPENAI_CLIENT_SECRET, 3.0)  # a slow mint (a Retry-After, say)
     live_fake.set_latency(AVATURN_TERMINATE, 2.0)

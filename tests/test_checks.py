@@ -206,6 +206,26 @@ def test_unimportable_paths_are_e004(avaturn: AvaturnOverrides, name: str, value
 
 
 @pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("tests.nowhere.hook", "cannot be imported: No module named 'tests.nowhere'"),
+        # A typo in the function's name: what is missing, and where.
+        (
+            "django_avaturn.validation.import_calable",
+            "cannot be imported: module 'django_avaturn.validation' has no 'import_calable'.",
+        ),
+        ("hook", "which is not a dotted path."),
+    ],
+)
+def test_an_unimportable_path_says_what_is_wrong(
+    avaturn: AvaturnOverrides, value: str, says: str
+) -> None:
+    avaturn(SESSION_CONFIG_HOOK=value)
+    (message,) = avaturn_messages()
+    assert says in message.msg
+
+
+@pytest.mark.parametrize(
     ("modules", "says"),
     [
         (["tests.nowhere_tools"], "'tests.nowhere_tools', which cannot be imported"),
@@ -224,7 +244,8 @@ def test_site_engine_tools_a_start_would_refuse_are_e004(
     messages = avaturn_messages()
     assert ids(messages) == ["django_avaturn.E004"]
     assert says in messages[0].msg
-    assert "Every site engine start with these tools will answer 503." in messages[0].msg
+    assert ". Every site engine start with these tools will answer 503." in messages[0].msg
+    assert ".. Every" not in messages[0].msg
 
 
 def test_well_declared_site_engine_tools_pass(avaturn: AvaturnOverrides) -> None:

@@ -719,9 +719,8 @@ def test_a_sync_tool_past_its_timeout_is_answered_without_waiting_for_its_thread
 def test_one_conversations_stuck_tools_leave_the_other_conversations_their_threads(
     runner: ToolRunner, user: Any, browser: Browser, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A model made to call a hanging tool again and again (a prompt injection, say) took
-    every thread of the process: every other conversation's tools then failed until the
-    stuck ones returned. (Found by a trial.)"""
+    """A model made to call a hanging tool again and again (a prompt injection, say) takes
+    at most its conversation's share of the process's threads."""
     other = example_runner(live(user, "sess-other", engine="site"), browser)
     example.SLOW_RELEASE.clear()
     try:
@@ -748,22 +747,43 @@ def test_one_conversations_stuck_tools_leave_the_other_conversations_their_threa
 def test_an_answer_too_long_for_the_model_is_not_sent_to_it(
     session: Any, browser: Browser, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """OpenAI bills a tool's answer as input: a 5,000,000-character one was forwarded
-    whole. (Found by a trial.)"""
+    """OpenAI bills a tool's answer as input: past TOOL_RESULT_MAX_CHARS it is not sent."""
 
     @tool
     def lookup(ctx: ToolContext, size: int) -> str:
         """Answers ``size`` characters."""
         return "x" * size
 
-    runner = runner_of(lookup, session, browser, timeout=5)
+    @tool
+    def lookup_text(ctx: ToolContext, size: int) -> str:
+        """Answers ``size`` characters of Chinese text."""
+        return "中" * size
+
+    @tool
+    def refuse(ctx: ToolContext, size: int) -> str:
+        """Raises a ToolError of ``size`` characters."""
+        raise ToolError("x" * size)
+
+    runner = ToolRunner(
+        ToolRegistry([lookup.avaturn_tool, lookup_text.avaturn_tool, refuse.avaturn_tool]),
+        session=session,
+        user=session.user,
+        timeout=5,
+        record_arguments=False,
+        send_to_browser=browser,
+    )
     fits = tools.TOOL_RESULT_MAX_CHARS - len('{"result": ""}')
     assert call(runner, "fits", "lookup", {"size": fits}) == {"result": "x" * fits}
+    # Counted as the model reads it: a character each, not a \uXXXX escape.
+    assert call(runner, "text", "lookup_text", {"size": fits}) == {"result": "中" * fits}
     with caplog.at_level(logging.ERROR):
         answer = call(runner, "too-long", "lookup", {"size": fits + 1})
     assert answer == {"error": tools.TOOL_FAILED}
     assert f"answered {tools.TOOL_RESULT_MAX_CHARS + 1} characters" in caplog.text
     assert row("too-long").status == ToolCallStatus.FAILED
+    # A ToolError's message is the model's to read too: cut to the same length.
+    refused = call(runner, "refused", "refuse", {"size": 3 * tools.TOOL_RESULT_MAX_CHARS})
+    assert refused == {"error": "x" * tools.TOOL_RESULT_MAX_CHARS}
 
 
 def test_a_conversation_whose_user_is_deleted_logs_no_failure_for_what_it_cannot_record(
@@ -771,7 +791,7 @@ def test_a_conversation_whose_user_is_deleted_logs_no_failure_for_what_it_cannot
 ) -> None:
     """The row goes with its user: a call's record and a transcript line have nowhere to go.
 
-    Said as such, not as a database failure or a full transcript. (Found by a trial.)
+    Said as such, not as a database failure or a full transcript.
     """
     from django_avaturn.engine.consumer import store_transcript
 
@@ -1059,8 +1079,8 @@ def test_send_to_browser_refuses_what_a_message_cannot_carry(
 def test_a_browser_message_at_the_cap_is_a_frame_the_cap_was_chosen_for(
     session: Any, character: str
 ) -> None:
-    """Measured as it is sent: a non-ASCII message was measured unescaped and sent
-    escaped (``\\uXXXX``), up to three times the cap. (Found by a trial.)"""
+    """Measured as it is sent (UTF-8, unescaped): the frame is the cap plus the envelope,
+    whatever the text's script."""
     one = len(character.encode())
     data = {"text": character * ((BROWSER_MESSAGE_MAX_BYTES - len('{"text":""}')) // one)}
     sent: list[dict[str, Any]] = []

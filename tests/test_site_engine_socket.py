@@ -299,7 +299,7 @@ def test_a_database_failing_while_the_socket_is_checked_refuses_it_without_a_tra
     engine: Any, user: Any, realtime: LoopbackRealtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Not an unhandled error (an HTTP 500 and the server's traceback); the token is not
-    used up, so a retry once the database is back may connect. (Found by a trial.)"""
+    used up, so a retry once the database is back may connect."""
     row, token, secret = site_row(user)
 
     def database_down(*args: Any) -> Any:
@@ -504,8 +504,11 @@ def test_say_asks_the_model_to_speak(engine: Any, user: Any, realtime: LoopbackR
     ("code", "detail"),
     [
         (1000, "Avaturn closed the engine socket (1000)."),
-        # The server's own close of a frame past its size limit: not Avaturn's (a trial).
-        (1009, "The server closed the engine socket (1009): a frame it would not take."),
+        # A frame past a size limit: uvicorn hands the application its own close.
+        (
+            1009,
+            "The engine socket closed (1009): a frame was refused, by the server or by Avaturn.",
+        ),
     ],
 )
 def test_avaturn_closing_closes_openai_and_ends_the_row(

@@ -47,7 +47,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from django.db import DatabaseError
+from django.db import Error
 from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 
@@ -75,9 +75,10 @@ SITE_ENDED = 1000
 UPSTREAM_FAILED = 4011
 # What uvicorn and daphne close their sockets with when they shut down.
 SERVER_SHUTDOWN = 1012
-# What the server closes with for a frame it refuses (a protocol error, text
-# that is not UTF-8, one past its size limit), not Avaturn.
-SERVER_REFUSED_A_FRAME = frozenset({1002, 1007, 1009})
+# A frame refused (a protocol error, text that is not UTF-8, one past a size
+# limit): by the server (uvicorn hands its own close code to the application)
+# or by Avaturn; daphne drops the connection instead (1006).
+REFUSED_A_FRAME = frozenset({1002, 1007, 1009})
 # Seconds between tries to read the channel layer after it failed.
 LAYER_RETRY = 1.0
 # How long an end waits for the bridge's tool tasks to wind down.
@@ -222,8 +223,9 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             logger.warning("Refused a site engine socket: %s.", refusal)
             await self.close(code=REFUSED)
             return
-        except DatabaseError as exc:
-            # The token is not used up: a retry once the database is back may connect.
+        except Error as exc:
+            # Normally before the token's single use: a retry once the database is
+            # back may connect.
             logger.error(
                 "Refused a site engine socket: the database failed while checking it (%s).",
                 _describe(exc),
@@ -532,8 +534,11 @@ class SiteEngineConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # Chann
             return  # refused before accept
         if code == SERVER_SHUTDOWN:
             detail = "The server shut down (1012) while the conversation ran."
-        elif code in SERVER_REFUSED_A_FRAME:
-            detail = f"The server closed the engine socket ({code}): a frame it would not take."
+        elif code in REFUSED_A_FRAME:
+            detail = (
+                f"The engine socket closed ({code}): a frame was refused, by the server "
+                "or by Avaturn."
+            )
         else:
             detail = f"Avaturn closed the engine socket ({code})."
         await self._finish(EndReason.ENGINE_CLOSED, detail)

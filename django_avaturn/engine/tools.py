@@ -65,8 +65,7 @@ BROWSER_MESSAGE_MAX_BYTES = 3000
 # cannot be killed and keeps its slot until it returns.
 MAX_TOOL_THREADS = 32
 # Of those, one conversation's at most: a model made to call a tool that hangs
-# again and again takes no more, and the process's other conversations keep
-# theirs.
+# again and again takes no more than these.
 MAX_TOOL_THREADS_PER_SESSION = 4
 # A tool's answer as the model reads it, at most: OpenAI bills it all as input,
 # and more would fill much of a realtime conversation's context.
@@ -409,6 +408,19 @@ TOOL_FAILED = "The tool failed. Tell the user it could not be done now."
 CONVERSATION_ENDED = "This conversation has ended; the tool cannot run."
 
 
+def _clipped(tool: str, message: str) -> str:
+    """A ``ToolError``'s message cut to ``TOOL_RESULT_MAX_CHARS``, as the model is sent it."""
+    if len(message) <= TOOL_RESULT_MAX_CHARS:
+        return message
+    logger.warning(
+        "Site tool %r raised a ToolError of %d characters; the model is given the first %d.",
+        tool,
+        len(message),
+        TOOL_RESULT_MAX_CHARS,
+    )
+    return message[:TOOL_RESULT_MAX_CHARS]
+
+
 def _error(status: str, message: str) -> _Outcome:
     return _Outcome(status, json.dumps({"error": message}, ensure_ascii=False))
 
@@ -457,9 +469,11 @@ def _run_sync_tool(
     except BaseException as exc:  # handed to the loop, which sorts them out
         error = exc
     finally:
-        connections.close_all()  # this thread's own connections: it ends here
-        session_slots.release()
-        _tool_slots.release()
+        try:
+            connections.close_all()  # this thread's own connections: it ends here
+        finally:
+            session_slots.release()
+            _tool_slots.release()
     # A loop closed while the tool ran raises RuntimeError: nobody waits for it then.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(_settle, future, result, error, name)
@@ -774,14 +788,16 @@ class ToolRunner:
                 "not be done just now.",
             )
         except ToolError as exc:
-            return _error("error", exc.message)
+            return _error("error", _clipped(spec.name, exc.message))
         except Exception as exc:
             _log_failure(spec.name, exc)
             return _error("failed", TOOL_FAILED)
         finally:
             ended.set()
         try:
-            output = json.dumps({"result": result}, cls=_ResultEncoder, allow_nan=False)
+            output = json.dumps(
+                {"result": result}, cls=_ResultEncoder, allow_nan=False, ensure_ascii=False
+            )
         except (TypeError, ValueError) as exc:
             _log_failure(spec.name, exc)
             return _error("failed", TOOL_FAILED)

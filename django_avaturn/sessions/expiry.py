@@ -30,7 +30,8 @@ turns every heartbeat test off).
 
 Rows left behind are cleaned up too: ``starting`` for longer than the
 start's own upstream calls can take (``upstream.clients.longest_start``,
-counted from the end of any wait for the user's ending rows) become
+counted from the row's last write: a start stamps it while it waits for the
+user's ending rows, ``transitions.resume_start``) become
 ``failed`` (no session id was recorded, so there is nothing we can end; if
 the dead process's create had reached Avaturn, that session ends by itself,
 and a WARNING says so). ``ending`` ones whose terminate failed
@@ -101,7 +102,8 @@ class ExpiryPolicy:
     # the reservation (None: ``stuck_after``, as any row left ending).
     unknown_outcome_after: float | None = None
     # A row claimed while it was starting (ending, no session id) may still get
-    # a session from its start this long after its reservation (None: no rule).
+    # a session from its start this long after its reservation (None:
+    # ``upstream.clients.longest_in_flight()``, read when the policy is applied).
     claimed_start_after: float | None = None
     # A site engine session whose socket has not connected this long (plus
     # ``grace``) after going live never will: its token has expired (None: no rule).
@@ -121,7 +123,6 @@ class ExpiryPolicy:
             unjoined=avaturn_settings.EXPIRE_UNJOINED_AFTER,
             starting_after=longest_start(),
             unknown_outcome_after=unknown_outcome_hold(),
-            claimed_start_after=longest_in_flight(),
             engine_connect_within=_engine_connect_within(),
         )
 
@@ -247,11 +248,10 @@ def expire_sessions(
         policy.stuck_after if policy.unknown_outcome_after is None else policy.unknown_outcome_after
     )
     unknown_since = now - timedelta(seconds=unknown_after)
-    claimed_start_before = (
-        None
-        if policy.claimed_start_after is None
-        else now - timedelta(seconds=policy.claimed_start_after)
+    claimed_start_after = (
+        longest_in_flight() if policy.claimed_start_after is None else policy.claimed_start_after
     )
+    claimed_start_before = now - timedelta(seconds=claimed_start_after)
     _retry_stuck_ends(
         stuck_since, unknown_since, claimed_start_before, dry_run, upstream, batch_size, report
     )
@@ -298,7 +298,7 @@ def _fail_stuck_starts(
 def _retry_stuck_ends(
     stuck_since: datetime,
     unknown_since: datetime,
-    claimed_start_before: datetime | None,
+    claimed_start_before: datetime,
     dry_run: bool,
     upstream: bool,
     batch_size: int,
@@ -322,12 +322,11 @@ def _retry_stuck_ends(
 
     unknown = transitions.unknown_outcome()
     stuck = (Q(awaiting_retry=True) | Q(updated_at__lt=stuck_since)) & ~unknown
-    if claimed_start_before is not None:
-        # Claimed while starting: its start, if alive, still ends what it
-        # creates, until it can make no upstream call (what the user's next
-        # start waits for, sessions.starting._in_flight_until). Finished
-        # before, its slot would free while a session may still be created.
-        stuck &= Q(session_id__isnull=False) | Q(created_at__lt=claimed_start_before)
+    # Claimed while starting: its start, if alive, still ends what it creates,
+    # until it can make no upstream call (the bound the user's next start
+    # waits for, sessions.starting._in_flight_until). Finished before, its
+    # slot would free while a session may still be created.
+    stuck &= Q(session_id__isnull=False) | Q(created_at__lt=claimed_start_before)
     queryset = Session.objects.filter(status=SessionStatus.ENDING).filter(
         stuck | (unknown & Q(updated_at__lt=unknown_since))
     )

@@ -19,6 +19,7 @@ upstream before the error propagates, so nothing is left running unrecorded.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -505,7 +506,7 @@ def _clear_the_way(reservation: Reservation, bounds: UpstreamBounds) -> None:
     """
     row = reservation.row
     try:
-        _end_replaced(reservation.replaced)
+        _end_replaced(row, reservation.replaced)
     except AvaturnError as exc:
         transitions.mark_failed(row, exc)
         raise
@@ -557,19 +558,26 @@ def _stop_unstarted(row: Session, claimed: Session) -> NoReturn:
     raise _claimed_error(claimed.end_reason)
 
 
-def _end_replaced(replaced: list[Session]) -> None:
+def _end_replaced(row: Session, replaced: list[Session]) -> None:
     """Terminate the sessions a start replaces; raise the first failure after trying all.
 
     One that Avaturn would not end goes back to live (and the start fails);
     stopping at it would leave the rest ``ending``, still running, until the
-    expiry command's sweep of stuck ends.
+    expiry command's sweep of stuck ends. For the same reason the start's own
+    row, stamped before each terminate after the first (the crashed-start
+    threshold allows one), stops nothing here if it was claimed meanwhile.
     """
     failure: AvaturnError | None = None
+    terminated = 0
     for old in replaced:
         if old.session_id is None:
             # Still starting: its own request ends what it creates (_wait_for_ends
             # waits for that), or stops before creating anything.
             continue
+        if terminated:
+            with contextlib.suppress(DatabaseError):
+                transitions.resume_start(row)
+        terminated += 1
         try:
             end_claimed(old)
         except AvaturnError as exc:

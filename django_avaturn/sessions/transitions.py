@@ -105,13 +105,14 @@ def claim_replaced(pks: list[int]) -> list[Session]:
 
 
 def resume_start(row: Session) -> bool:
-    """A start done waiting for the user's ending rows: stamp its row, if it is still starting.
+    """Stamp a start's row as alive (``updated_at``), if it is still starting.
 
     The expiry command takes a start whose row has not been written for
     ``upstream.clients.longest_start()`` for one a dead process left behind.
-    That covers a start's own upstream calls, not its wait before them, so a
-    start that waited resets the clock here before it makes them. False if
-    the row was claimed or failed meanwhile (the caller creates nothing).
+    That covers a start's own upstream calls and one terminate, not its wait
+    for the user's ending rows nor further terminates: a start stamps its row
+    during and after those (``sessions.starting._resume``). False if the row
+    was claimed or failed meanwhile (the caller creates nothing).
     """
     now = timezone.now()
     resumed = Session.objects.filter(pk=row.pk, status=SessionStatus.STARTING).update(
