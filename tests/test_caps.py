@@ -96,6 +96,40 @@ def start_via_api(user: Any) -> Any:
     return response.status_code, body.get("code") or body.get("session_id")
 
 
+def start_in_background(user: Any) -> tuple[threading.Thread, list[Any]]:
+    """``start_via_api(user)`` on a thread of its own; its outcome lands in the list."""
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcome.append(start_via_api(user))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    return thread, outcome
+
+
+def replacing_two_sessions(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, **caps: int
+) -> tuple[threading.Thread, list[Any], Session]:
+    """A start in flight that replaces the user's two live sessions (the cap lowered to one,
+    each terminate taking a second), its row already older than the crashed-start threshold."""
+    avaturn(**PATIENT, **dict.fromkeys(caps, 2))
+    services.start_session(user)
+    services.start_session(user)
+    avaturn(**caps)
+    live_fake.set_latency(AVATURN_TERMINATE, 1.0)
+    starter, outcome = start_in_background(user)
+    starting_rows = Session.objects.filter(status=SessionStatus.STARTING)
+    assert wait_until(starting_rows.exists)
+    new = starting_rows.get()
+    long_ago = timezone.now() - timedelta(seconds=longest_start() + 5)
+    Session.objects.filter(pk=new.pk).update(created_at=long_ago, updated_at=long_ago)
+    return starter, outcome, new
+
+
 def overlapping_creates(fake: FakeUpstream) -> None:
     """Latency on every upstream call, so that starts are all in flight together."""
     fake.set_latency(OPENAI_CLIENT_SECRET, 0.02)
@@ -425,16 +459,7 @@ def test_staff_ending_a_start_that_waits_stops_it_before_it_creates_anything(
 ) -> None:
     avaturn(**PATIENT)  # it would wait up to 50 s
     stuck = in_flight_start(user)
-    outcome: list[Any] = []
-
-    def start() -> None:
-        try:
-            outcome.append(start_via_api(user))
-        finally:
-            connection.close()
-
-    starter = threading.Thread(target=start)
-    starter.start()
+    starter, outcome = start_in_background(user)
     waiting = Session.objects.exclude(pk=stuck.pk)
     assert wait_until(lambda: waiting.filter(status=SessionStatus.STARTING).exists())
     assert services.end_session(waiting.get(), reason=EndReason.ADMIN) is Outcome.STOPPED
@@ -467,16 +492,7 @@ def test_a_start_that_waited_long_is_not_taken_for_a_crashed_one_while_it_create
     reachable = longest_terminate() + UpstreamBounds.from_settings().start
     assert timezone.now() - timedelta(seconds=reachable) < long_ago
     stuck = in_flight_start(user)
-    outcome: list[Any] = []
-
-    def start() -> None:
-        try:
-            outcome.append(start_via_api(user))
-        finally:
-            connection.close()
-
-    starter = threading.Thread(target=start)
-    starter.start()
+    starter, outcome = start_in_background(user)
     waiting = Session.objects.exclude(pk=stuck.pk)
     assert wait_until(lambda: waiting.filter(status=SessionStatus.STARTING).exists())
     assert wait_until(lambda: Session.objects.get(pk=stuck.pk).status == SessionStatus.ENDING)
@@ -514,16 +530,7 @@ def test_a_start_still_waiting_past_the_threshold_is_not_taken_for_a_crashed_one
     stopped = Session.objects.create(
         user=user, status=SessionStatus.ENDING, end_reason=EndReason.CLIENT
     )
-    outcome: list[Any] = []
-
-    def start() -> None:
-        try:
-            outcome.append(start_via_api(user))
-        finally:
-            connection.close()
-
-    starter = threading.Thread(target=start)
-    starter.start()
+    starter, outcome = start_in_background(user)
     waiting = Session.objects.exclude(pk=stopped.pk)
     assert wait_until(lambda: waiting.filter(status=SessionStatus.STARTING).exists())
     long_ago = timezone.now() - timedelta(seconds=longest_start() + 5)  # still within its wait
@@ -548,26 +555,9 @@ def test_a_start_that_replaced_sessions_is_counted_from_their_end(
     (The cap lowered from 2 to 1, say.) It stamps its row once they have
     ended, before its own calls.
     """
-    avaturn(**PATIENT, MAX_LIVE_SESSIONS_PER_USER=2, MAX_LIVE_SESSIONS=2)
-    services.start_session(user)
-    services.start_session(user)
-    avaturn(MAX_LIVE_SESSIONS_PER_USER=1, MAX_LIVE_SESSIONS=1)
-    live_fake.set_latency(AVATURN_TERMINATE, 1.0)
-    outcome: list[Any] = []
-
-    def start() -> None:
-        try:
-            outcome.append(start_via_api(user))
-        finally:
-            connection.close()
-
-    starter = threading.Thread(target=start)
-    starter.start()
-    starting_rows = Session.objects.filter(status=SessionStatus.STARTING)
-    assert wait_until(starting_rows.exists)
-    new = starting_rows.get()
-    long_ago = timezone.now() - timedelta(seconds=longest_start() + 5)
-    Session.objects.filter(pk=new.pk).update(created_at=long_ago, updated_at=long_ago)
+    starter, outcome, new = replacing_two_sessions(
+        live_fake, avaturn, user, MAX_LIVE_SESSIONS_PER_USER=1, MAX_LIVE_SESSIONS=1
+    )
     live_fake.set_latency(AVATURN_CREATE, 2.0)
     assert wait_until(lambda: len(live_fake.requests_for(AVATURN_CREATE)) == 3, timeout=10)
 
@@ -587,27 +577,9 @@ def test_a_start_stamps_its_row_between_the_terminates_of_what_it_replaces(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
     """The threshold allows one terminate: before each further one, the start stamps its row."""
-    avaturn(**PATIENT, MAX_LIVE_SESSIONS_PER_USER=2)
-    services.start_session(user)
-    services.start_session(user)
-    avaturn(MAX_LIVE_SESSIONS_PER_USER=1)
-    live_fake.set_latency(AVATURN_TERMINATE, 1.0)
-    outcome: list[Any] = []
-
-    def start() -> None:
-        try:
-            outcome.append(start_via_api(user))
-        finally:
-            connection.close()
-
-    starter = threading.Thread(target=start)
-    starter.start()
-    starting_rows = Session.objects.filter(status=SessionStatus.STARTING)
-    assert wait_until(starting_rows.exists)
-    new = starting_rows.get()
-    # Its first terminate takes long: the row's reservation is that old.
-    long_ago = timezone.now() - timedelta(seconds=longest_start() + 5)
-    Session.objects.filter(pk=new.pk).update(created_at=long_ago, updated_at=long_ago)
+    starter, outcome, new = replacing_two_sessions(
+        live_fake, avaturn, user, MAX_LIVE_SESSIONS_PER_USER=1
+    )
     assert wait_until(lambda: len(live_fake.requests_for(AVATURN_TERMINATE)) == 2, timeout=10)
 
     report = expire_sessions()  # during its second terminate
@@ -628,16 +600,7 @@ def test_a_start_stopped_while_minting_keeps_its_slot_until_it_can_create_nothin
     avaturn(**PATIENT, EXPIRE_STUCK_AFTER=60)
     live_fake.set_latency(OPENAI_CLIENT_SECRET, 3.0)  # a slow mint (a Retry-After, say)
     live_fake.set_latency(AVATURN_TERMINATE, 2.0)
-    outcomes: list[Any] = []
-
-    def start() -> None:
-        try:
-            outcomes.append(start_via_api(user))
-        finally:
-            connection.close()
-
-    first = threading.Thread(target=start)
-    first.start()
+    first, first_outcome = start_in_background(user)
     assert wait_until(lambda: Session.objects.filter(status=SessionStatus.STARTING).exists())
     stopped = Session.objects.get()
     assert services.end_session(stopped, reason=EndReason.CLIENT) is Outcome.STOPPED
@@ -646,8 +609,7 @@ def test_a_start_stopped_while_minting_keeps_its_slot_until_it_can_create_nothin
     claimed = Session.objects.get(pk=stopped.pk)
     assert _in_flight_until(claimed, UpstreamBounds.from_settings()) > timezone.now()
 
-    second = threading.Thread(target=start)
-    second.start()
+    second, second_outcome = start_in_background(user)
     assert wait_until(lambda: Session.objects.filter(status=SessionStatus.STARTING).exists())
     report = expire_sessions()
     first.join(20)
@@ -655,7 +617,7 @@ def test_a_start_stopped_while_minting_keeps_its_slot_until_it_can_create_nothin
 
     assert report.tally.ended == 0
     assert peak_alive(live_fake) == 1
-    assert sorted(status for status, _ in outcomes) == [201, 409]
+    assert (first_outcome[0][0], second_outcome[0][0]) == (409, 201)
     assert_no_orphans(live_fake)
 
 
