@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -379,6 +379,26 @@ def test_how_long_a_start_in_flight_is_waited_for_allows_its_worst_case_and_a_ma
     # (the row's hold): what Avaturn may still have been processing (30 s), then
     # its user-absent timeout.
     assert _in_flight_until(claimed, bounds) == claimed.updated_at + timedelta(seconds=30 + 60)
+
+
+def test_the_expiry_sweep_and_a_waiting_start_agree_when_a_claimed_starts_calls_are_over(
+    user: Any,
+) -> None:
+    """One rule: the sweep finishes a claimed start's row exactly when a start stops waiting."""
+    claimed = in_flight_start(user)
+    Session.objects.filter(pk=claimed.pk).update(
+        status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
+    )
+    claimed.refresh_from_db()
+    bounds = UpstreamBounds.from_settings()
+    until = _in_flight_until(claimed, bounds)
+    rows = Session.objects.filter(pk=claimed.pk)
+
+    def over(at: datetime) -> bool:
+        return rows.filter(transitions.claimed_start_calls_over(at, bounds.in_flight)).exists()
+
+    assert not over(until - timedelta(microseconds=1))
+    assert over(until)
 
 
 def test_a_session_whose_terminate_failed_holds_its_users_slot(

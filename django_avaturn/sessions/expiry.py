@@ -251,9 +251,9 @@ def expire_sessions(
     claimed_start_after = (
         longest_in_flight() if policy.claimed_start_after is None else policy.claimed_start_after
     )
-    claimed_start_before = now - timedelta(seconds=claimed_start_after)
+    claimed_start_over = transitions.claimed_start_calls_over(now, claimed_start_after)
     _retry_stuck_ends(
-        stuck_since, unknown_since, claimed_start_before, dry_run, upstream, batch_size, report
+        stuck_since, unknown_since, claimed_start_over, dry_run, upstream, batch_size, report
     )
     _expire_live(policy, now, dry_run, upstream, batch_size, report)
     return ExpiryReport(tally=tally, dry_run=dry_run)
@@ -298,7 +298,7 @@ def _fail_stuck_starts(
 def _retry_stuck_ends(
     stuck_since: datetime,
     unknown_since: datetime,
-    claimed_start_before: datetime,
+    claimed_start_over: Q,
     dry_run: bool,
     upstream: bool,
     batch_size: int,
@@ -323,10 +323,10 @@ def _retry_stuck_ends(
     unknown = transitions.unknown_outcome()
     stuck = (Q(awaiting_retry=True) | Q(updated_at__lt=stuck_since)) & ~unknown
     # Claimed while starting: its start, if alive, still ends what it creates,
-    # until it can make no upstream call (the bound the user's next start
-    # waits for, sessions.starting._in_flight_until). Finished before, its
-    # slot would free while a session may still be created.
-    stuck &= Q(session_id__isnull=False) | Q(created_at__lt=claimed_start_before)
+    # until it can make no upstream call (``claimed_start_over``, the bound the
+    # user's next start waits for). Finished before, its slot would free while
+    # a session may still be created.
+    stuck &= Q(session_id__isnull=False) | claimed_start_over
     queryset = Session.objects.filter(status=SessionStatus.ENDING).filter(
         stuck | (unknown & Q(updated_at__lt=unknown_since))
     )

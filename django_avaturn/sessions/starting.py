@@ -530,13 +530,14 @@ def _in_flight_until(other: Session, bounds: UpstreamBounds) -> datetime:
     either, the row was claimed while its start was ending what it replaced,
     waiting or talking to the upstreams: that start makes its last upstream
     call (the terminate of what it created, having found its row claimed)
-    at most ``bounds.in_flight`` after its reservation (``created_at``).
+    at most ``bounds.in_flight`` after its reservation
+    (``transitions.claimed_start_calls_until``).
     """
     if other.session_id is not None:
         return other.updated_at + timedelta(seconds=bounds.terminate)
     if transitions.is_unknown_outcome(other):
         return other.updated_at + timedelta(seconds=bounds.unknown_outcome)
-    return other.created_at + timedelta(seconds=bounds.in_flight)
+    return transitions.claimed_start_calls_until(other, bounds.in_flight)
 
 
 def _give_up(row: Session, pks: list[int], why: str) -> NoReturn:

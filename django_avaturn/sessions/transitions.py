@@ -23,7 +23,7 @@ the kill switch, the visitor) keeps that end from being undone.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, transaction
@@ -226,6 +226,25 @@ def is_unknown_outcome(row: Session) -> bool:
         and row.session_id is None
         and not row.awaiting_retry
     )
+
+
+def claimed_start_calls_until(row: Session, in_flight: float) -> datetime:
+    """The latest the start of ``row``, claimed while it started, may still call upstream.
+
+    ``row`` is ``ENDING`` with no session id and not an unknown outcome: it
+    was claimed while its start was ending what it replaced, waiting, or
+    talking to the upstreams. That start, if alive, makes its last upstream
+    call (the terminate of what it created, having found its row claimed)
+    at most ``in_flight`` seconds (``upstream.clients.longest_in_flight()``)
+    after its reservation (``created_at``). Until then the row holds its
+    slot; ``claimed_start_calls_over`` is the same rule as a filter.
+    """
+    return row.created_at + timedelta(seconds=in_flight)
+
+
+def claimed_start_calls_over(now: datetime, in_flight: float) -> Q:
+    """Rows without a session id past ``claimed_start_calls_until`` at ``now``."""
+    return Q(session_id__isnull=True, created_at__lte=now - timedelta(seconds=in_flight))
 
 
 def hold_unknown_outcome(row: Session, exc: BaseException) -> None:
