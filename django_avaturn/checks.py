@@ -97,14 +97,22 @@ def _validation_errors() -> list[CheckMessage]:
 def _too_long_to_record_errors() -> list[CheckMessage]:
     """E003 for a setting the session row cannot hold: every start would fail on PostgreSQL.
 
-    ``REALTIME_SESSION``'s own ``model`` and ``voice``, and the session hook's
-    values, are checked per start (``sessions.plan.build_plan``).
+    ``REALTIME_SESSION``'s own ``model`` and ``voice`` win over ``MODEL`` and
+    ``VOICE``, and are recorded instead. The session hook's values are
+    checked per start (``sessions.plan.build_plan``).
     """
     text_echo = _section("TEXT_ECHO")
     recorded = [("MODEL", "model"), ("VOICE", "voice"), ("AVATAR_ID", "avatar_id")]
     values = [(name, row_field, _setting(name)) for name, row_field in recorded]
     if text_echo is not None:
         values.append(("TEXT_ECHO']['VOICE_ID", "voice", text_echo["VOICE_ID"]))
+    realtime = _section("REALTIME_SESSION")
+    if realtime is not None:
+        output = realtime.get("audio", {}).get("output", {})
+        values.append(("REALTIME_SESSION']['model", "model", realtime.get("model")))
+        values.append(
+            ("REALTIME_SESSION']['audio']['output']['voice", "voice", output.get("voice"))
+        )
     messages: list[CheckMessage] = []
     for name, row_field, value in values:
         if not isinstance(value, str):

@@ -178,6 +178,9 @@ def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
         ("MODEL", "gpt-realtime-" + "x" * 88),
         ("AVATAR_ID", "a" * 256),
         ("TEXT_ECHO", {"VOICE_ID": "v" * 51}),
+        # What it sets wins over MODEL and VOICE, and is what the row records.
+        ("REALTIME_SESSION", {"model": "m" * 101}),
+        ("REALTIME_SESSION", {"audio": {"output": {"voice": "v" * 51}}}),
     ],
 )
 def test_malformed_settings_are_e003(avaturn: AvaturnOverrides, name: str, value: Any) -> None:
