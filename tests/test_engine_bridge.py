@@ -61,6 +61,19 @@ def test_microphone_frames_go_to_openai_as_base64_appends_unchanged() -> None:
     run(test)
 
 
+def test_microphone_frames_reach_openai_as_whole_samples_and_empty_ones_not_at_all() -> None:
+    """A PCM16 sample split across frames is joined; a frame with none sends nothing."""
+
+    async def test() -> None:
+        async with Running() as r:
+            for frame in (b"", b"\x01\x02\x03", b"", b"\x04", b"\x05", b"\x06\x07\x08"):
+                await r.bridge.feed_audio(frame)
+            sent = [base64.b64decode(event["audio"]) for event in r.realtime.events()]
+            assert sent == [b"\x01\x02", b"\x03\x04", b"\x05\x06\x07\x08"]
+
+    run(test)
+
+
 def test_a_response_is_one_segment_with_all_its_audio_inside() -> None:
     async def test() -> None:
         async with Running() as r:

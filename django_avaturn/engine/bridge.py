@@ -137,12 +137,24 @@ class Bridge:
         self._last_create = ""
         # OpenAI refused the session.update (an error naming it): run() ends.
         self._session_refused = False
+        # The byte of a PCM16 sample a microphone frame split, kept for the next frame.
+        self._split_sample = b""
 
     # The host's calls.
 
     async def feed_audio(self, pcm: bytes) -> None:
-        """A binary frame from Avaturn: the visitor's microphone, PCM16 24 kHz."""
+        """A binary frame from Avaturn: the visitor's microphone, PCM16 24 kHz.
+
+        OpenAI hears whole samples only: an odd byte waits for the next frame,
+        and a frame with no whole sample sends nothing.
+        """
         if self._stopped:
+            return
+        if self._split_sample:
+            pcm = self._split_sample + pcm
+        cut = len(pcm) & ~1
+        pcm, self._split_sample = pcm[:cut], pcm[cut:]
+        if not pcm:
             return
         # A closed socket: run() sees the same close on its next receive and reports it.
         with contextlib.suppress(ConnectionClosed):
