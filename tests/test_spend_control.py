@@ -572,3 +572,26 @@ def test_the_line_cap_holds_under_simultaneous_posts(
     assert Transcript.objects.count() == 5
     row = Session.objects.get(session_id=session_id)
     assert (row.transcript_lines, row.transcript_bytes) == (5, 5 * len("line number 00"))
+
+
+def test_a_line_for_a_session_deleted_mid_request_is_404_not_a_full_transcript(
+    api_client: Any, upstream: Any, avaturn: AvaturnOverrides
+) -> None:
+    """The row goes (with its user) between the session's lookup and the line's count."""
+    _enable_transcripts(avaturn)
+    session_id = csrf_post(api_client, LIST_URL, {}).json()["session_id"]
+    row = Session.objects.get(session_id=session_id)
+    deleted: list[int] = []
+
+    def delete_the_row_first(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if not deleted and sql.startswith("UPDATE") and "transcript_lines" in sql:
+            deleted.append(Session.objects.filter(pk=row.pk).delete()[0])
+        return execute(sql, params, many, context)
+
+    with connections[sessions_database()].execute_wrapper(delete_the_row_first):
+        response = csrf_post(api_client, transcript_url(session_id), {"role": "user", "text": "x"})
+
+    assert deleted == [1]
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+    assert Transcript.objects.count() == 0
