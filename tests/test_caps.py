@@ -343,6 +343,36 @@ def test_a_create_with_an_unknown_outcome_holds_the_slot_until_avaturn_has_ended
     assert not Session.objects.active().exists()
 
 
+@pytest.mark.parametrize("end_reason", [EndReason.UPSTREAM_ERROR, EndReason.REPLACED])
+def test_ending_a_row_without_a_session_id_again_does_not_lengthen_its_hold(
+    live_fake: FakeUpstream, user: Any, end_reason: str
+) -> None:
+    """Staff or the kill switch take over an end in flight; a hold keeps its own clock.
+
+    Held for a create's unknown outcome (from ``updated_at``), or claimed while
+    it started: neither goes back to live, so nothing needs a fresh stamp, and
+    one would keep the slot for longer than anything upstream may run.
+    """
+    since = timezone.now() - timedelta(seconds=60)
+    held = in_flight_start(user)
+    Session.objects.filter(pk=held.pk).update(
+        status=SessionStatus.ENDING, end_reason=end_reason, updated_at=since
+    )
+    held.refresh_from_db()
+
+    assert services.end_session(held, reason=EndReason.ADMIN) == Outcome.SKIPPED
+    tally = services.end_sessions(Session.objects.all(), reason=EndReason.SHUTDOWN)
+
+    assert tally[Outcome.ALREADY_ENDING] == 1
+    held.refresh_from_db()
+    assert (held.status, held.end_reason, held.updated_at) == (
+        SessionStatus.ENDING,
+        end_reason,
+        since,
+    )
+    assert live_fake.requests == []
+
+
 def test_how_long_a_start_in_flight_is_waited_for_allows_its_worst_case_and_a_margin(
     avaturn: AvaturnOverrides, user: Any
 ) -> None:

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, transaction
-from django.db.models import Q
+from django.db.models import Case, DateTimeField, F, Q, Value, When
 from django.utils import timezone
 
 from django_avaturn.engine import layer
@@ -559,19 +559,26 @@ def await_retry(sessions: Sequence[Session]) -> None:
 def take_over(sessions: Sequence[Session]) -> int:
     """Someone else's end of these ``ENDING`` rows is in flight: make sure it is not undone.
 
-    A fresh claim stamp: if that end's terminate fails, ``release_claimed``
-    no longer finds the row as it claimed it, so the row stays ending for the
-    expiry command instead of going back to live. A succeeding end finishes
-    it as usual. Rows already ``awaiting_retry`` are the expiry command's.
-    Returns how many rows it took over.
+    A fresh claim stamp on a row with a session id: if that end's terminate
+    fails, ``release_claimed`` no longer finds the row as it claimed it, so
+    the row stays ending for the expiry command instead of going back to
+    live. A succeeding end finishes it as usual. A row without one (a start
+    claimed, or a create with an unknown outcome) never goes back to live,
+    and its ``updated_at`` keeps the time its hold counts from
+    (``starting._in_flight_until``). Rows already ``awaiting_retry`` are the
+    expiry command's. Returns how many rows it took over.
     """
     if not sessions:
         return 0
+    stamp = Case(
+        When(session_id__isnull=True, then=F("updated_at")),
+        default=Value(timezone.now(), output_field=DateTimeField()),
+    )
     return Session.objects.filter(
         pk__in=[session.pk for session in sessions],
         status=SessionStatus.ENDING,
         awaiting_retry=False,
-    ).update(updated_at=timezone.now())
+    ).update(updated_at=stamp)
 
 
 # --------------------------------------------------------------------------- bulk claims
