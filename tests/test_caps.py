@@ -623,10 +623,28 @@ def test_a_start_that_replaced_sessions_is_counted_from_their_end(
     assert_no_orphans(live_fake)
 
 
-def test_a_start_stamps_its_row_between_the_terminates_of_what_it_replaces(
+def test_a_start_terminates_what_it_replaces_together(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
 ) -> None:
-    """The threshold allows one terminate: before each further one, the start stamps its row."""
+    """Two replaced sessions take one terminate's time, as the crashed-start threshold allows."""
+    starter, outcome, _ = replacing_two_sessions(
+        live_fake, avaturn, user, MAX_LIVE_SESSIONS_PER_USER=1
+    )
+    starter.join(10)
+
+    assert outcome[0][0] == 201
+    first, second = live_fake.requests_for(AVATURN_TERMINATE)
+    # Each terminate takes a second at the fake: one after the other, a second apart.
+    assert second.at - first.at < 0.5
+    assert_no_orphans(live_fake)
+
+
+def test_a_start_stamps_its_row_between_batches_of_the_terminates_of_what_it_replaces(
+    live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any
+) -> None:
+    """The threshold allows one terminate's time: before each further batch, the start stamps
+    its row."""
+    avaturn(TERMINATE_CONCURRENCY=1)
     starter, outcome, new = replacing_two_sessions(
         live_fake, avaturn, user, MAX_LIVE_SESSIONS_PER_USER=1
     )

@@ -35,6 +35,7 @@ from django_avaturn import users
 from django_avaturn.conf import avaturn_settings, sdk_api_host
 from django_avaturn.exceptions import (
     AvaturnError,
+    NotConfigured,
     SessionLimitReached,
     SessionNotLive,
     SessionReplaced,
@@ -54,7 +55,7 @@ from django_avaturn.models import (
     sessions_database,
 )
 from django_avaturn.sessions import abandonment, engines, statements, transitions
-from django_avaturn.sessions.ending import end_claimed
+from django_avaturn.sessions.ending import terminate_claimed
 from django_avaturn.sessions.plan import SessionPlan, build_plan
 from django_avaturn.signals import send_logged, session_started
 from django_avaturn.spend import limits
@@ -67,6 +68,7 @@ from django_avaturn.upstream.clients import (
     longest_terminate,
     unknown_outcome_hold,
 )
+from django_avaturn.upstream.pool import terminate_concurrency
 
 logger = get_logger(__name__)
 
@@ -500,9 +502,10 @@ def _resume(row: Session) -> None:
 def _clear_the_way(reservation: Reservation, bounds: UpstreamBounds) -> None:
     """End the sessions the start replaces and wait for the user's others still ending.
 
-    The crashed-start threshold (``longest_start()``) allows one terminate
-    before a start's own calls: after more, or a wait, the start stamps its
-    row (``_resume``), and the threshold counts its own calls from there.
+    The crashed-start threshold (``longest_start()``) allows one terminate's
+    time before a start's own calls (``_end_replaced`` ends several
+    together): after several, or a wait, the start stamps its row
+    (``_resume``), and the threshold counts its own calls from there.
     """
     row = reservation.row
     try:
@@ -560,29 +563,36 @@ def _stop_unstarted(row: Session, claimed: Session) -> NoReturn:
 
 
 def _end_replaced(row: Session, replaced: list[Session]) -> None:
-    """Terminate the sessions a start replaces; raise the first failure after trying all.
+    """Terminate the sessions a start replaces together; raise the first failure after all.
 
-    One that Avaturn would not end goes back to live (and the start fails);
-    stopping at it would leave the rest ``ending``, still running, until the
-    expiry command's sweep of stuck ends. For the same reason the start's own
-    row, stamped before each terminate after the first (the crashed-start
-    threshold allows one), stops nothing here if it was claimed meanwhile.
+    ``TERMINATE_CONCURRENCY`` at a time (``ending.terminate_claimed``), so
+    that ending several takes one terminate's time, as the crashed-start
+    threshold and ``longest_in_flight()`` allow, unless there are more than
+    that: the start stamps its row before each further batch. One that
+    Avaturn would not end goes back to live (and the start fails); stopping
+    at it would leave the rest ``ending``, still running, until the expiry
+    command's sweep of stuck ends. For the same reason a refused stamp (the
+    row claimed meanwhile) stops nothing here.
     """
-    failure: AvaturnError | None = None
-    terminated = 0
-    for old in replaced:
-        if old.session_id is None:
-            # Still starting: its own request ends what it creates (_wait_for_ends
-            # waits for that), or stops before creating anything.
-            continue
-        if terminated:
+    # Still starting (no session id): its own request ends what it creates
+    # (_wait_for_ends waits for that), or stops before creating anything.
+    created = [old for old in replaced if old.session_id is not None]
+    size = terminate_concurrency()
+    failure: Exception | None = None
+    for first in range(0, len(created), size):
+        batch = created[first : first + size]
+        if first:
             with contextlib.suppress(DatabaseError):
                 transitions.resume_start(row)
-        terminated += 1
         try:
-            end_claimed(old)
-        except AvaturnError as exc:
-            failure = failure or exc
+            errors = [result.error for result in terminate_claimed(batch)]
+        except NotConfigured as exc:
+            errors = [exc] * len(batch)  # nothing was sent: the batch went back to live
+        for old, error in zip(batch, errors, strict=True):
+            if error is not None:
+                # Back to live, or left for the expiry command: as its row now says.
+                transitions.refresh_if_present(old)
+                failure = failure or error
     if failure is not None:
         raise failure
 
