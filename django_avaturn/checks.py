@@ -52,7 +52,11 @@ from django.urls import NoReverseMatch
 from django_avaturn.conf import DEFAULTS, ENV_FALLBACKS, RULES, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import sessions_database
-from django_avaturn.sessions.plan import OPENAI_VOICES, too_long_to_record
+from django_avaturn.sessions.plan import (
+    OPENAI_VOICES,
+    recorded_model_and_voice_from_settings,
+    too_long_to_record,
+)
 from django_avaturn.testing import (
     DEFAULT_AVATURN_API_KEY,
     DEFAULT_OPENAI_API_KEY,
@@ -108,11 +112,16 @@ def _too_long_to_record_errors() -> list[CheckMessage]:
         values.append(("TEXT_ECHO']['VOICE_ID", "voice", text_echo["VOICE_ID"]))
     realtime = _section("REALTIME_SESSION")
     if realtime is not None:
-        output = realtime.get("audio", {}).get("output", {})
-        values.append(("REALTIME_SESSION']['model", "model", realtime.get("model")))
-        values.append(
-            ("REALTIME_SESSION']['audio']['output']['voice", "voice", output.get("voice"))
-        )
+        try:
+            model, voice = recorded_model_and_voice_from_settings()
+        except NotConfigured:
+            pass  # E003 from the setting at fault
+        else:
+            # Recorded as sent (as text, whatever its type), as a start records it.
+            if "model" in realtime:
+                values.append(("REALTIME_SESSION']['model", "model", model))
+            if "voice" in realtime.get("audio", {}).get("output", {}):
+                values.append(("REALTIME_SESSION']['audio']['output']['voice", "voice", voice))
     messages: list[CheckMessage] = []
     for name, row_field, value in values:
         if not isinstance(value, str):

@@ -14,7 +14,8 @@ import math
 import threading
 import time
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from django_avaturn import services
 from django_avaturn.exceptions import SessionNotLive
 from django_avaturn.models import EndReason, Session, SessionStatus
 from django_avaturn.sessions import starting, transitions
-from django_avaturn.sessions.expiry import expire_sessions
+from django_avaturn.sessions.expiry import ExpiryPolicy, expire_sessions
 from django_avaturn.sessions.outcomes import Outcome
 from django_avaturn.sessions.plan import build_plan
 from django_avaturn.sessions.starting import UpstreamBounds, _in_flight_until
@@ -416,19 +417,21 @@ def test_the_expiry_sweep_and_a_waiting_start_agree_when_a_claimed_starts_calls_
 ) -> None:
     """One rule: the sweep finishes a claimed start's row exactly when a start stops waiting."""
     claimed = in_flight_start(user)
+    long_ago = timezone.now() - timedelta(hours=1)
     Session.objects.filter(pk=claimed.pk).update(
-        status=SessionStatus.ENDING, end_reason=EndReason.REPLACED
+        status=SessionStatus.ENDING, end_reason=EndReason.REPLACED, updated_at=long_ago
     )
     claimed.refresh_from_db()
     bounds = UpstreamBounds.from_settings()
     until = _in_flight_until(claimed, bounds)
-    rows = Session.objects.filter(pk=claimed.pk)
+    policy = replace(ExpiryPolicy.from_settings(), stuck_after=1)
 
-    def over(at: datetime) -> bool:
-        return rows.filter(transitions.claimed_start_calls_over(at, bounds.in_flight)).exists()
-
-    assert not over(until - timedelta(microseconds=1))
-    assert over(until)
+    expire_sessions(policy=policy, now=until - timedelta(microseconds=1), upstream=False)
+    claimed.refresh_from_db()
+    assert claimed.status == SessionStatus.ENDING  # a start still waits for it
+    expire_sessions(policy=policy, now=until, upstream=False)
+    claimed.refresh_from_db()
+    assert claimed.status == SessionStatus.ENDED  # no start waits for it any more
 
 
 def test_a_session_whose_terminate_failed_holds_its_users_slot(

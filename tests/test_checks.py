@@ -9,6 +9,8 @@ import pytest
 from django.core.checks import Error, Warning, run_checks
 from django.test import override_settings
 
+from django_avaturn.exceptions import NotConfigured
+from django_avaturn.sessions.plan import build_plan
 from tests.helpers import AvaturnOverrides
 
 
@@ -178,9 +180,6 @@ def test_openai_api_key_in_settings_is_w008_only_while_the_app_has_no_key(
         ("MODEL", "gpt-realtime-" + "x" * 88),
         ("AVATAR_ID", "a" * 256),
         ("TEXT_ECHO", {"VOICE_ID": "v" * 51}),
-        # What it sets wins over MODEL and VOICE, and is what the row records.
-        ("REALTIME_SESSION", {"model": "m" * 101}),
-        ("REALTIME_SESSION", {"audio": {"output": {"voice": "v" * 51}}}),
     ],
 )
 def test_malformed_settings_are_e003(avaturn: AvaturnOverrides, name: str, value: Any) -> None:
@@ -189,6 +188,39 @@ def test_malformed_settings_are_e003(avaturn: AvaturnOverrides, name: str, value
     assert ids(messages) == ["django_avaturn.E003"]
     assert name in messages[0].msg
     assert messages[0].hint
+
+
+@pytest.mark.parametrize(
+    ("session", "named"),
+    [
+        ({"model": "m" * 101}, "['model']"),
+        # Recorded as text whatever its type, as the start records it.
+        ({"model": ["gpt-realtime"] * 8}, "['model']"),
+        ({"audio": {"output": {"voice": "v" * 51}}}, "['audio']['output']['voice']"),
+        ({"audio": {"output": {"voice": {"id": "v" * 45}}}}, "['audio']['output']['voice']"),
+    ],
+)
+def test_a_realtime_session_value_longer_than_the_row_records_is_e003_and_refused(
+    avaturn: AvaturnOverrides, session: dict[str, Any], named: str
+) -> None:
+    """What REALTIME_SESSION sets wins over MODEL and VOICE, and is what the row records."""
+    avaturn(REALTIME_SESSION=session)
+    messages = avaturn_messages()
+    assert ids(messages) == ["django_avaturn.E003"]
+    assert messages[0].msg.startswith(f"AVATURN['REALTIME_SESSION']{named}: ")
+    with pytest.raises(NotConfigured, match="its row records at most"):
+        build_plan()
+
+
+@pytest.mark.parametrize(
+    "session", [{"model": "m" * 100}, {"audio": {"output": {"voice": "v" * 50}}}]
+)
+def test_a_realtime_session_value_the_row_holds_is_no_error(
+    avaturn: AvaturnOverrides, session: dict[str, Any]
+) -> None:
+    avaturn(REALTIME_SESSION=session)
+    assert not [m for m in avaturn_messages() if m.level >= Error.level]
+    build_plan()
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,16 @@ def realtime_session_from_settings() -> dict[str, Any]:
     return _realtime_session({})[0]
 
 
+def recorded_model_and_voice_from_settings() -> tuple[str, str]:
+    """The model and voice a start's row records by the settings alone.
+
+    ``REALTIME_SESSION``'s own ``model`` and ``audio.output.voice`` win over
+    ``MODEL`` and ``VOICE``, as sent.
+    """
+    _, model, voice = _realtime_session({})
+    return model, voice
+
+
 def _realtime_session(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], str, str]:
     """The OpenAI Realtime session to mint a secret for, with the model and voice it uses."""
     # Each the setting, or what the hook returned in its place, through the setting's rule.

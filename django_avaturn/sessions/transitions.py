@@ -16,8 +16,9 @@ end since; otherwise it stays ``ENDING``, ``awaiting_retry``, and the expiry
 command's next run terminates it.
 
 Each claim writes ``updated_at`` (the claim stamp); ``take_over`` writes a
-fresh one on a row whose end is in flight, which is how a later asker (staff,
-the kill switch, the visitor) keeps that end from being undone.
+fresh one on a row with a session id whose end is in flight, which is how a
+later asker (staff, the kill switch, the visitor) keeps that end from being
+undone.
 """
 
 from __future__ import annotations
@@ -229,15 +230,15 @@ def is_unknown_outcome(row: Session) -> bool:
 
 
 def claimed_start_calls_until(row: Session, in_flight: float) -> datetime:
-    """The latest the start of ``row``, claimed while it started, may still call upstream.
+    """From when the start of ``row``, claimed while it started, can call upstream no more.
 
     ``row`` is ``ENDING`` with no session id and not an unknown outcome: it
     was claimed while its start was ending what it replaced, waiting, or
     talking to the upstreams. That start, if alive, makes its last upstream
     call (the terminate of what it created, having found its row claimed)
-    at most ``in_flight`` seconds (``upstream.clients.longest_in_flight()``)
-    after its reservation (``created_at``). Until then the row holds its
-    slot; ``claimed_start_calls_over`` is the same rule as a filter.
+    within ``in_flight`` seconds (``upstream.clients.longest_in_flight()``)
+    of its reservation (``created_at``). Until then the row holds its slot;
+    ``claimed_start_calls_over`` is the same rule as a filter.
     """
     return row.created_at + timedelta(seconds=in_flight)
 
@@ -564,9 +565,10 @@ def take_over(sessions: Sequence[Session]) -> int:
     the row stays ending for the expiry command instead of going back to
     live. A succeeding end finishes it as usual. A row without one (a start
     claimed, or a create with an unknown outcome) never goes back to live,
-    and its ``updated_at`` keeps the time its hold counts from
-    (``starting._in_flight_until``). Rows already ``awaiting_retry`` are the
-    expiry command's. Returns how many rows it took over.
+    and keeps its ``updated_at``: what an unknown outcome's hold
+    (``starting._in_flight_until``) and the expiry command's sweep of stuck
+    ends count from. Rows already ``awaiting_retry`` are the expiry
+    command's. Returns how many rows it took over.
     """
     if not sessions:
         return 0
