@@ -449,7 +449,9 @@ class Numbers:
 class SocketUrl:
     """A ``wss://`` (or ``ws://``) URL with a host; ``None`` or ``""`` where optional.
 
-    Whether ``ws://`` may be used (DEBUG only) is the engine's check, not the rule's.
+    Its scheme is read in any case (``WSS://``) and given back in lower case,
+    as every reader compares it. Whether ``ws://`` may be used (DEBUG only)
+    is the engine's check, not the rule's.
     """
 
     check_id: ClassVar[str] = MALFORMED
@@ -477,7 +479,7 @@ class SocketUrl:
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             # Not quoted: a signed per-session URL carries a credential.
             raise NotConfigured(f"{name} must be {self.expects()}.")
-        return value
+        return parts.scheme + value[len(parts.scheme) :]
 
 
 # Longest header value sent upstream: servers commonly refuse a header section

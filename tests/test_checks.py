@@ -551,6 +551,9 @@ def test_a_ws_engine_url_outside_debug_is_e008(
     # Checked whatever ENGINE says: the session hook may choose the external engine.
     avaturn(EXTERNAL_ENGINE={"URL": "ws://engine.example.com/avaturn"})
     assert ids(avaturn_messages()) == expected
+    # A scheme is read in any case.
+    avaturn(EXTERNAL_ENGINE={"URL": "WS://engine.example.com/avaturn"})
+    assert ids(avaturn_messages()) == expected
     avaturn(EXTERNAL_ENGINE={"URL": "wss://engine.example.com/avaturn"})
     assert avaturn_messages() == []
 

@@ -367,6 +367,28 @@ def test_a_ws_url_is_refused_outside_debug(
     assert Session.objects.exists() is debug
 
 
+@pytest.mark.parametrize(("debug", "status"), [(False, 503), (True, 201)])
+def test_a_socket_urls_scheme_is_read_in_any_case_and_sent_in_lower_case(
+    live_fake: FakeUpstream,
+    client: APIClient,
+    avaturn: AvaturnOverrides,
+    settings: Any,
+    debug: bool,
+    status: int,
+) -> None:
+    """``WS://`` is ``ws://``: unencrypted, refused outside DEBUG, from settings or a hook."""
+    settings.DEBUG = debug
+    avaturn(ENGINE="external", EXTERNAL_ENGINE={"URL": "WS://localhost:8001/Engine"})
+    assert _start(client).status_code == status
+    avaturn(EXTERNAL_ENGINE={"HOOK": lambda request, plan: {"url": "Ws://localhost:8001/Engine"}})
+    assert _start(client).status_code == status
+    sent = [
+        request.json["conversation_engine"]["url"]
+        for request in live_fake.requests_for(AVATURN_CREATE)
+    ]
+    assert sent == (["ws://localhost:8001/Engine"] * 2 if debug else [])
+
+
 # ---------------------------------------------------------------------- text-echo
 
 
