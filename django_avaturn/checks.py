@@ -394,13 +394,29 @@ def _redis_reads_time_out(layer: Any) -> bool:
 
 
 def _unknown_setting_error(name: object) -> Error:
+    nested = _nested_setting(name) if isinstance(name, str) else None
     close = get_close_matches(str(name), DEFAULTS, n=1) if isinstance(name, str) else []
-    spelling = f"Did you mean {close[0]!r}? " if close else "Check the spelling. "
+    if nested is not None:
+        spelling = f"Did you mean {SETTINGS_NAME}{nested}? "
+    elif close:
+        spelling = f"Did you mean {close[0]!r}? "
+    else:
+        spelling = "Check the spelling. "
     return Error(
         f"{SETTINGS_NAME}[{name!r}] is not a django-avaturn setting.",
         hint=spelling + _HINT_SETTINGS,
         id="django_avaturn.E002",
     )
+
+
+def _nested_setting(name: str) -> str | None:
+    """``['CARTESIA']['API_KEY']`` for ``CARTESIA_API_KEY``: a section's key written flat."""
+    for section, default in DEFAULTS.items():
+        if isinstance(default, dict) and name.startswith(f"{section}_"):
+            key = name.removeprefix(f"{section}_")
+            if key in default:
+                return f"[{section!r}][{key!r}]"
+    return None
 
 
 def _misplaced_settings_warnings() -> list[CheckMessage]:

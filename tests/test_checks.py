@@ -47,6 +47,23 @@ def test_avaturn_not_a_dict_is_e002(settings: Any) -> None:
     assert ids(avaturn_messages()) == ["django_avaturn.E002"]
 
 
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("CARTESIA_API_KEY", "AVATURN['CARTESIA']['API_KEY']"),
+        ("EXTERNAL_ENGINE_URL", "AVATURN['EXTERNAL_ENGINE']['URL']"),
+        ("TEXT_ECHO_VOICE_ID", "AVATURN['TEXT_ECHO']['VOICE_ID']"),
+    ],
+)
+def test_a_sections_key_written_flat_is_e002_naming_where_it_goes(
+    avaturn: AvaturnOverrides, name: str, meant: str
+) -> None:
+    avaturn(**{name: "x"})
+    (message,) = avaturn_messages()
+    assert message.id == "django_avaturn.E002"
+    assert message.hint.startswith(f"Did you mean {meant}? ")
+
+
 def test_unknown_setting_is_e002_with_the_closest_name(avaturn: AvaturnOverrides) -> None:
     avaturn(MAX_DURATON=5, COLOUR="red")
     assert avaturn_messages() == [
