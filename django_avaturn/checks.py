@@ -59,6 +59,7 @@ from django_avaturn.sessions.plan import (
 )
 from django_avaturn.testing import (
     DEFAULT_AVATURN_API_KEY,
+    DEFAULT_CARTESIA_API_KEY,
     DEFAULT_OPENAI_API_KEY,
     is_loopback_host,
 )
@@ -560,6 +561,10 @@ def check_test_mode(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> l
     ]
 
 
+# The top-level URLs python -m django_avaturn.testing prints for the fake.
+_FAKE_URL_SETTINGS = ("API_URL", "OPENAI_BASE_URL", "SDK_API_HOST", "SDK_URL")
+
+
 @register(Tags.security, deploy=True)
 def check_deploy(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
     """``check --deploy``: with DEBUG off, no key or URL of the loopback fake's (W010)."""
@@ -573,10 +578,17 @@ def check_deploy(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list
         )
         if isinstance(_setting(name), str) and _setting(name).strip() == test_key
     ]
-    for name in ("API_URL", "OPENAI_BASE_URL", "SDK_API_HOST", "SDK_URL"):
-        host = _url_host(_setting(name))
+    cartesia = _section("CARTESIA") or {}
+    if isinstance(key := cartesia.get("API_KEY"), str) and key.strip() == DEFAULT_CARTESIA_API_KEY:
+        found.append("AVATURN['CARTESIA']['API_KEY'] is its public test key")
+    urls = [(f"['{name}']", _setting(name)) for name in _FAKE_URL_SETTINGS]
+    urls.append(("['CARTESIA']['API_URL']", cartesia.get("API_URL")))
+    site = _section("SITE_ENGINE") or {}
+    urls.append(("['SITE_ENGINE']['OPENAI_WEBSOCKET_URL']", site.get("OPENAI_WEBSOCKET_URL")))
+    for name, url in urls:
+        host = _url_host(url)
         if host is not None and is_loopback_host(host):
-            found.append(f"AVATURN['{name}'] is on loopback ({host})")
+            found.append(f"AVATURN{name} is on loopback ({host})")
     if not found:
         return []
     return [

@@ -201,18 +201,22 @@ def test_deploy_check_names_the_fakes_keys_and_loopback_urls_w010(
     settings: Any, avaturn: AvaturnOverrides
 ) -> None:
     with FakeUpstream() as local:
-        avaturn(**local.settings())
+        avaturn(**local.settings(), CARTESIA=local.cartesia_settings())
     settings.AVATURN["SDK_API_HOST"] = "http://[::1]:8765"
+    settings.AVATURN["SITE_ENGINE"] = {"OPENAI_WEBSOCKET_URL": "ws://localhost:8766/v1"}
     settings.DEBUG = False
     assert avaturn_messages(deploy=True) == [
         Warning(
             "DEBUG is off, but AVATURN is set up for the loopback fake of the upstreams: "
             "AVATURN['API_KEY'] is its public test key; "
             "AVATURN['OPENAI_API_KEY'] is its public test key; "
+            "AVATURN['CARTESIA']['API_KEY'] is its public test key; "
             "AVATURN['API_URL'] is on loopback (127.0.0.1); "
             "AVATURN['OPENAI_BASE_URL'] is on loopback (127.0.0.1); "
             "AVATURN['SDK_API_HOST'] is on loopback (::1); "
-            "AVATURN['SDK_URL'] is on loopback (127.0.0.1).",
+            "AVATURN['SDK_URL'] is on loopback (127.0.0.1); "
+            "AVATURN['CARTESIA']['API_URL'] is on loopback (127.0.0.1); "
+            "AVATURN['SITE_ENGINE']['OPENAI_WEBSOCKET_URL'] is on loopback (localhost).",
             hint="Production needs the real keys and the real upstream URLs (the defaults). "
             "If a proxy of your own listens on loopback, add 'django_avaturn.W010' to "
             "SILENCED_SYSTEM_CHECKS.",
