@@ -315,6 +315,31 @@ def test_failed_terminations_leave_rows_live_and_fail_the_command(
         assert key not in err.getvalue() + out.getvalue()
 
 
+def test_a_failed_termination_of_an_older_than_end_is_retried_by_the_next_plain_run(
+    upstream: Any, user: Any
+) -> None:
+    """``--older-than`` is a one-off: a row it could not end stays ending for the next run.
+
+    Put back to live, as a stale row is, a plain run would never find it stale again:
+    a session still heartbeating would run on after the operator asked it to end.
+    """
+    failing = make(user, "av-asked", started_ago=200, seen_ago=1)
+    upstream.avaturn.on_delete(503, {"error": "down"})
+
+    with pytest.raises(CommandError, match=r"1 upstream termination\(s\) failed"):
+        run("--older-than", "150")
+
+    row = fresh(failing)
+    assert (row.status, row.awaiting_retry, row.end_detail) == (
+        SessionStatus.ENDING,
+        True,
+        "older than 150 s",
+    )
+    upstream.avaturn.on_delete(204)
+    run()
+    assert fresh(failing).status == SessionStatus.EXPIRED
+
+
 def test_one_failure_does_not_stop_the_others(upstream: Any, user: Any) -> None:
     rows = [make(user, f"av-{i}", started_ago=4000) for i in range(4)]
     calls: list[str] = []

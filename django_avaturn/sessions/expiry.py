@@ -391,4 +391,8 @@ def _expire_live(
         if dry_run:
             report(Result(row, Outcome.WOULD_END, reasons[row.pk]) for row in claimed)
         else:
-            report(terminate_claimed(claimed, upstream=upstream))
+            # One whose terminate fails goes back to live, and the next run, finding it
+            # stale still, ends it; unless ``older_than`` (an operator's one-off) was
+            # given: then it stays ending, awaiting_retry, for the next run to retry.
+            release = policy.older_than is None
+            report(terminate_claimed(claimed, upstream=upstream, release=release))
