@@ -192,8 +192,37 @@ def test_the_changelist_reads_the_switch_and_its_reason_where_a_flip_writes_them
     response = admin_client.get(CHANGELIST)
 
     assert response.status_code == 200
-    assert response.context["sessions_enabled"] is False
+    assert response.context["switch_stopped"] is True
     assert b"New sessions are stopped (kill switch). billing incident" in response.content
+
+
+def test_sessions_stopped_by_the_setting_are_not_shown_as_the_kill_switch(
+    admin_client: Client, avaturn: AvaturnOverrides, user: Any, upstream: Any
+) -> None:
+    """The setting is not the switch: the page says which stops them, and can still stop all.
+
+    (Found by a trial: the page said "kill switch" and offered only to allow sessions
+    again, which answered "allowed again" while the setting still stopped them.)
+    """
+    avaturn(SESSIONS_ENABLED=False)
+    live(user, "run-0")
+
+    page = admin_client.get(CHANGELIST).content.decode()
+
+    assert "New sessions are stopped by the SESSIONS_ENABLED setting." in page
+    assert "(kill switch)" not in page
+    assert "Stop all sessions now" in page
+    assert "Allow new sessions again" not in page
+    admin_client.post(KILL, {"enable": "0", "confirm": "yes"})
+    assert upstream.avaturn.deleted == ["run-0"]
+
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert "(kill switch)" in page and "SESSIONS_ENABLED setting" in page
+    response = admin_client.post(KILL, {"enable": "1"}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == [
+        "The kill switch no longer stops new sessions, but the SESSIONS_ENABLED setting still does."
+    ]
+    assert not limits.sessions_enabled()
 
 
 def test_usage_page_needs_view_permission(django_user_model: Any) -> None:

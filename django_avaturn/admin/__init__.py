@@ -45,7 +45,6 @@ from django_avaturn.exceptions import AvaturnError, NotConfigured, UpstreamError
 from django_avaturn.models import (
     EndReason,
     Engine,
-    ServiceSwitch,
     Session,
     SessionStatus,
     Transcript,
@@ -289,10 +288,10 @@ class SessionAdmin(_ModelAdmin):
 
     # ------------------------------------------------------------------ usage and the kill switch
 
-    def _sessions_enabled(self, request: HttpRequest, switch: ServiceSwitch | None) -> bool:
-        """The switch's state for the changelist; a misconfigured setting says so there."""
+    def _setting_allows_sessions(self, request: HttpRequest) -> bool:
+        """``SESSIONS_ENABLED``; a misconfigured setting says so on the changelist."""
         try:
-            return limits.enabled_with(None if switch is None else switch.sessions_enabled)
+            return bool(avaturn_settings.SESSIONS_ENABLED)
         except NotConfigured as exc:
             # The page that holds the kill switch must still open.
             self.message_user(request, str(exc), messages.ERROR)
@@ -322,7 +321,10 @@ class SessionAdmin(_ModelAdmin):
                     "live": ngettext("%(count)d live now", "%(count)d live now", summary.live)
                     % {"count": summary.live},
                 },
-                sessions_enabled=self._sessions_enabled(request, switch),
+                # Two things stop new sessions, each said apart: the switch, which this
+                # page flips, and the SESSIONS_ENABLED setting, which it cannot.
+                switch_stopped=switch is not None and not switch.sessions_enabled,
+                setting_stopped=not self._setting_allows_sessions(request),
                 switch=switch,
                 can_use_kill_switch=self.has_terminate_permission(request),
             )
@@ -400,7 +402,21 @@ class SessionAdmin(_ModelAdmin):
         changelist = reverse(f"{self.admin_site.name}:django_avaturn_session_changelist")
         if request.method == "POST" and request.POST.get("enable") == "1":
             limits.set_sessions_enabled(True, by=request.user)
-            self.message_user(request, _("New sessions are allowed again."), messages.SUCCESS)
+            try:
+                allowed = limits.sessions_enabled()
+            except NotConfigured:
+                allowed = False
+            if allowed:
+                self.message_user(request, _("New sessions are allowed again."), messages.SUCCESS)
+            else:
+                self.message_user(
+                    request,
+                    _(
+                        "The kill switch no longer stops new sessions, but the "
+                        "SESSIONS_ENABLED setting still does."
+                    ),
+                    messages.WARNING,
+                )
             return HttpResponseRedirect(changelist)
         if request.method == "GET" or request.POST.get("confirm") != "yes":
             return self.kill_switch_confirmation(request)
