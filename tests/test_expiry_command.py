@@ -446,10 +446,14 @@ def test_errors_are_shown_even_at_verbosity_zero(upstream: Any, user: Any) -> No
 
 def test_no_upstream_marks_only(upstream: Any, user: Any) -> None:
     row = make(user, "av-old", started_ago=4000)
-    out, _ = run("--no-upstream")
+    out, err = run("--no-upstream")
     assert upstream.avaturn.delete_calls() == []
     assert fresh(row).status == SessionStatus.EXPIRED
     assert "1 marked without an upstream call" in out
+    # On stderr, at every verbosity: the session may still be running (and billed) at Avaturn.
+    assert err.startswith("1 session(s) recorded as expired without asking Avaturn to terminate")
+    make(user, "av-older", started_ago=4000)
+    assert run("--no-upstream", verbosity=0)[1].startswith("1 session(s) recorded as expired")
 
 
 def test_a_session_whose_browser_never_joined_ends_on_the_first_run_after_90_s(

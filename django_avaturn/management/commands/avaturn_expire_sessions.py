@@ -9,6 +9,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.sessions.ending import DEFAULT_BATCH_SIZE, Result
 from django_avaturn.sessions.expiry import ExpiryPolicy, ExpiryReport, expire_sessions
@@ -122,6 +123,17 @@ class Command(BaseCommand):
         except NotConfigured as exc:
             raise CommandError(str(exc)) from exc
 
+        marked = report.tally[Outcome.MARKED]
+        if marked:
+            # At every verbosity, on stderr: these may still cost money at Avaturn.
+            self.stderr.write(
+                self.style.WARNING(
+                    f"{marked} session(s) recorded as expired without asking Avaturn to "
+                    "terminate them: any still running there runs on until Avaturn ends it "
+                    f"(at its max_duration, or user_absent_timeout="
+                    f"{avaturn_settings.USER_ABSENT_TIMEOUT}s after its visitor left)."
+                )
+            )
         if verbosity >= 1:
             self.stdout.write(self._summary(report))
             if purged is not None:
