@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
 
@@ -21,7 +22,8 @@ class AvaturnError(Exception):
     status_code = 500
     default_detail = _("The avatar service failed.")
 
-    def __init__(self, detail: str | None = None) -> None:
+    def __init__(self, detail: str | Promise | None = None) -> None:
+        # A lazy message is translated here, in the language of the request raising it.
         self.detail = str(detail if detail is not None else self.default_detail)
         super().__init__(self.detail)
 

@@ -229,6 +229,11 @@ def test_parallel_sessions_share_the_minutes_quota(
 
     # Not "come back tomorrow": twenty minutes are unused, held by the first.
     assert (refused.status_code, refused.json()["code"]) == (409, "session_limit_reached")
+    # Said as it is (one of the two sessions allowed is live): the minutes are held.
+    assert refused.json()["detail"] == (
+        "Your avatar sessions still running hold the rest of your minutes. "
+        "Try again when one of them ends."
+    )
     assert [body["max_duration"] for body in upstream.avaturn.created] == [30 * 60]
     csrf_delete(api_client, f"{LIST_URL}{Session.objects.live().get().session_id}/")
     assert csrf_post(api_client, LIST_URL, {}).status_code == 201

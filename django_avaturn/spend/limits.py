@@ -16,6 +16,7 @@ from typing import Any
 from django.db import connections, router, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from django_avaturn.conf import avaturn_settings
 from django_avaturn.exceptions import (
@@ -301,10 +302,17 @@ def ensure_quota(
                 rolling=rolling,
             )
         if remaining < 60:
-            raise SessionLimitReached()
+            raise SessionLimitReached(MINUTES_HELD)
         allowed = int(remaining)
         return allowed if max_duration is None else min(max_duration, allowed)
     return max_duration
+
+
+# What a start refused because the user's running sessions hold the rest of their minutes says.
+MINUTES_HELD = _(
+    "Your avatar sessions still running hold the rest of your minutes. "
+    "Try again when one of them ends."
+)
 
 
 def _still_to_run(staying: Sequence[tuple[datetime | None, int | None]]) -> float:
