@@ -351,36 +351,25 @@ def test_a_slow_external_hook_holds_no_slot_while_it_runs(
     assert rows_while_asked == [0]
 
 
+@pytest.mark.parametrize("scheme", ["ws", "WS", "Ws"])
 @pytest.mark.parametrize(("debug", "status"), [(False, 503), (True, 201)])
-def test_a_ws_url_is_refused_outside_debug(
+def test_a_ws_url_is_refused_outside_debug_in_any_case_and_sent_in_lower_case(
     live_fake: FakeUpstream,
     client: APIClient,
     avaturn: AvaturnOverrides,
     settings: Any,
     debug: bool,
     status: int,
+    scheme: str,
 ) -> None:
+    """Unencrypted, from the settings or the engine's hook; a scheme is read in any case."""
     settings.DEBUG = debug
-    avaturn(ENGINE="external", EXTERNAL_ENGINE={"URL": "ws://localhost:8001/engine"})
+    url = f"{scheme}://localhost:8001/Engine"
+    avaturn(ENGINE="external", EXTERNAL_ENGINE={"URL": url})
     response = _start(client)
     assert response.status_code == status, response.content
     assert Session.objects.exists() is debug
-
-
-@pytest.mark.parametrize(("debug", "status"), [(False, 503), (True, 201)])
-def test_a_socket_urls_scheme_is_read_in_any_case_and_sent_in_lower_case(
-    live_fake: FakeUpstream,
-    client: APIClient,
-    avaturn: AvaturnOverrides,
-    settings: Any,
-    debug: bool,
-    status: int,
-) -> None:
-    """``WS://`` is ``ws://``: unencrypted, refused outside DEBUG, from settings or a hook."""
-    settings.DEBUG = debug
-    avaturn(ENGINE="external", EXTERNAL_ENGINE={"URL": "WS://localhost:8001/Engine"})
-    assert _start(client).status_code == status
-    avaturn(EXTERNAL_ENGINE={"HOOK": lambda request, plan: {"url": "Ws://localhost:8001/Engine"}})
+    avaturn(EXTERNAL_ENGINE={"HOOK": lambda request, plan: {"url": url}})
     assert _start(client).status_code == status
     sent = [
         request.json["conversation_engine"]["url"]
