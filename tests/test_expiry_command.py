@@ -324,10 +324,12 @@ def test_a_failed_termination_of_an_older_than_end_is_retried_by_the_next_plain_
     a session still heartbeating would run on after the operator asked it to end.
     """
     failing = make(user, "av-asked", started_ago=200, seen_ago=1)
+    # Stale by the rules too (silent): put back to live, a plain run finds it again.
+    silent = make(user, "av-silent", started_ago=200, seen_ago=50)
     upstream.avaturn.on_delete(503, {"error": "down"})
 
-    with pytest.raises(CommandError, match=r"1 upstream termination\(s\) failed"):
-        run("--older-than", "150")
+    with pytest.raises(CommandError, match=r"2 upstream termination\(s\) failed"):
+        run("--older-than", "150", "--idle", "40")
 
     row = fresh(failing)
     assert (row.status, row.awaiting_retry, row.end_detail) == (
@@ -335,9 +337,11 @@ def test_a_failed_termination_of_an_older_than_end_is_retried_by_the_next_plain_
         True,
         "older than 150 s",
     )
+    assert fresh(silent).status == SessionStatus.LIVE
     upstream.avaturn.on_delete(204)
-    run()
+    run("--idle", "40")
     assert fresh(failing).status == SessionStatus.EXPIRED
+    assert fresh(silent).status == SessionStatus.EXPIRED
 
 
 def test_one_failure_does_not_stop_the_others(upstream: Any, user: Any) -> None:
@@ -451,9 +455,24 @@ def test_no_upstream_marks_only(upstream: Any, user: Any) -> None:
     assert fresh(row).status == SessionStatus.EXPIRED
     assert "1 marked without an upstream call" in out
     # On stderr, at every verbosity: the session may still be running (and billed) at Avaturn.
-    assert err.startswith("1 session(s) recorded as expired without asking Avaturn to terminate")
+    assert err.startswith("1 session(s) recorded as ended without asking Avaturn to terminate")
     make(user, "av-older", started_ago=4000)
-    assert run("--no-upstream", verbosity=0)[1].startswith("1 session(s) recorded as expired")
+    assert run("--no-upstream", verbosity=0)[1].startswith("1 session(s) recorded as ended")
+
+
+def test_a_plain_run_that_fails_a_crashed_start_warns_of_nothing_left_running(
+    upstream: Any, user: Any
+) -> None:
+    """A start with no session id has nothing to terminate: it is marked, not left running."""
+    crashed = make(user, None, status=SessionStatus.STARTING, started_ago=None)
+    Session.objects.filter(pk=crashed.pk).update(
+        created_at=timezone.now() - timedelta(hours=1),
+        updated_at=timezone.now() - timedelta(hours=1),
+    )
+    out, err = run()
+    assert fresh(crashed).status == SessionStatus.FAILED
+    assert "1 marked without an upstream call" in out
+    assert err == ""
 
 
 def test_a_session_whose_browser_never_joined_ends_on_the_first_run_after_90_s(

@@ -18,8 +18,8 @@ and other callers:
    bounded number at a time (``upstream.pool.run_bounded``).
 3. **Finish** them in bulk (``transitions``): terminated or already
    gone rows get their final status; failed ones stay ending, awaiting the
-   expiry command's next run (or, for the expiry command's own stale sweep,
-   go back to live so that its next run judges them again).
+   expiry command's next run (or, for what the expiry command's own rules
+   found stale, go back to live so that its next run judges them again).
 
 Each step costs a fixed number of queries per batch, and only one batch of
 rows is held in memory, however many sessions there are.
@@ -194,7 +194,11 @@ def preflight() -> None:
 
 
 def terminate_claimed(
-    rows: Sequence[Session], *, upstream: bool = True, release: bool = True
+    rows: Sequence[Session],
+    *,
+    upstream: bool = True,
+    release: bool = True,
+    max_workers: int | None = None,
 ) -> list[Result]:
     """Terminate rows this caller claimed (``ENDING``, with a session id) and finish them.
 
@@ -207,7 +211,9 @@ def terminate_claimed(
     retries it), unless ``release`` is false: then it stays ``ENDING``,
     ``awaiting_retry``, for rows that must not read as live again (a start's
     orphan, an end staff asked for), and the expiry command's next run
-    retries it. A failed row's ``Result`` carries the error.
+    retries it. A failed row's ``Result`` carries the error. At most
+    ``max_workers`` terminates are in flight at once (``TERMINATE_CONCURRENCY``
+    by default).
     """
     if not rows:
         return []
@@ -233,7 +239,7 @@ def terminate_claimed(
         assert row.session_id is not None
         return client.terminate_session(row.session_id)
 
-    answers = run_bounded(terminate, rows)
+    answers = run_bounded(terminate, rows, max_workers=max_workers)
     done: list[Session] = []
     failed: list[Session] = []
     results: list[Result] = []

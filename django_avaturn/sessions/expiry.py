@@ -50,7 +50,7 @@ for how this stays correct with several hosts and the admin at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.db.models import Min, Q
@@ -367,13 +367,19 @@ def _expire_live(
         policy.stale_filter(now, min_max_duration=min_max_duration)
     )
     reasons: dict[object, str] = {}
+    # Rows only ``older_than`` (an operator's one-off) finds stale: a plain run would not.
+    by_rules = replace(policy, older_than=None)
+    asked_for: set[object] = set()
 
     def claim_stale(rows: list[Session]) -> list[Session]:
         reasons.clear()
+        asked_for.clear()
         for row in rows:
             because = policy.stale_because(row, now)
             if because is not None:
                 reasons[row.pk] = because
+                if policy.older_than is not None and by_rules.stale_because(row, now) is None:
+                    asked_for.add(row.pk)
         stale = [row for row in rows if row.pk in reasons]
         if dry_run:
             return stale
@@ -392,7 +398,9 @@ def _expire_live(
             report(Result(row, Outcome.WOULD_END, reasons[row.pk]) for row in claimed)
         else:
             # One whose terminate fails goes back to live, and the next run, finding it
-            # stale still, ends it; unless ``older_than`` (an operator's one-off) was
-            # given: then it stays ending, awaiting_retry, for the next run to retry.
-            release = policy.older_than is None
-            report(terminate_claimed(claimed, upstream=upstream, release=release))
+            # stale still, ends it; one only ``older_than`` found stale would never be
+            # found again, so it stays ending, awaiting_retry, for the next run to retry.
+            rules = [row for row in claimed if row.pk not in asked_for]
+            asked = [row for row in claimed if row.pk in asked_for]
+            report(terminate_claimed(rules, upstream=upstream))
+            report(terminate_claimed(asked, upstream=upstream, release=False))

@@ -92,7 +92,13 @@ class Command(BaseCommand):
                 usernames[user_id] = user.get_username() if user is not None else f"#{user_id}"
             return usernames[user_id]
 
+        # Sessions --no-upstream recorded as ended without terminating them.
+        unterminated = 0
+
         def on_result(result: Result) -> None:
+            nonlocal unterminated
+            if result.outcome is Outcome.MARKED and result.session.session_id:
+                unterminated += 1
             user = username(result.session.user_id)
             line = f"{result.session} (user {user}): {result.outcome.value}"
             if result.detail:
@@ -114,6 +120,7 @@ class Command(BaseCommand):
                 batch_size=options["batch_size"],
                 on_result=on_result,
             )
+            absent_timeout = avaturn_settings.USER_ABSENT_TIMEOUT
             keep_days = retention_days(options["purge_transcripts_older_than"])
             purged = (
                 purge_transcripts(older_than_days=keep_days, dry_run=options["dry_run"])
@@ -123,15 +130,14 @@ class Command(BaseCommand):
         except NotConfigured as exc:
             raise CommandError(str(exc)) from exc
 
-        marked = report.tally[Outcome.MARKED]
-        if marked:
+        if unterminated:
             # At every verbosity, on stderr: these may still cost money at Avaturn.
             self.stderr.write(
                 self.style.WARNING(
-                    f"{marked} session(s) recorded as expired without asking Avaturn to "
-                    "terminate them: any still running there runs on until Avaturn ends it "
-                    f"(at its max_duration, or user_absent_timeout="
-                    f"{avaturn_settings.USER_ABSENT_TIMEOUT}s after its visitor left)."
+                    f"{unterminated} session(s) recorded as ended without asking Avaturn to "
+                    "terminate them (--no-upstream): any still running there runs on until "
+                    f"Avaturn ends it (at its max_duration, or user_absent_timeout="
+                    f"{absent_timeout}s after its visitor left)."
                 )
             )
         if verbosity >= 1:
@@ -144,8 +150,8 @@ class Command(BaseCommand):
         if report.failed:
             raise CommandError(
                 f"{report.failed} upstream termination(s) failed; those sessions stay "
-                "recorded (live, or ending when an end was already asked for) and a later "
-                "run retries them."
+                "recorded (live if only stale, else ending: an end already asked for, or "
+                "--older-than) and a later run retries them."
             )
 
     def _summary(self, report: ExpiryReport) -> str:
