@@ -19,7 +19,6 @@ upstream before the error propagates, so nothing is left running unrecorded.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -68,7 +67,6 @@ from django_avaturn.upstream.clients import (
     longest_terminate,
     unknown_outcome_hold,
 )
-from django_avaturn.upstream.pool import terminate_concurrency
 
 logger = get_logger(__name__)
 
@@ -509,7 +507,7 @@ def _clear_the_way(reservation: Reservation, bounds: UpstreamBounds) -> None:
     """
     row = reservation.row
     try:
-        _end_replaced(row, reservation.replaced)
+        _end_replaced(reservation.replaced)
     except AvaturnError as exc:
         transitions.mark_failed(row, exc)
         raise
@@ -562,37 +560,33 @@ def _stop_unstarted(row: Session, claimed: Session) -> NoReturn:
     raise _claimed_error(claimed.end_reason)
 
 
-def _end_replaced(row: Session, replaced: list[Session]) -> None:
-    """Terminate the sessions a start replaces together; raise the first failure after all.
+def _end_replaced(replaced: list[Session]) -> None:
+    """Terminate the sessions a start replaces, all at once; raise the first failure after all.
 
-    ``TERMINATE_CONCURRENCY`` at a time (``ending.terminate_claimed``), so
-    that ending several takes one terminate's time, as the crashed-start
-    threshold and ``longest_in_flight()`` allow, unless there are more than
-    that: the start stamps its row before each further batch. One that
-    Avaturn would not end goes back to live (and the start fails); stopping
-    at it would leave the rest ``ending``, still running, until the expiry
-    command's sweep of stuck ends. For the same reason a refused stamp (the
-    row claimed meanwhile) stops nothing here.
+    Together (``ending.terminate_claimed``, a thread each), so that ending
+    several takes one terminate's time, as the crashed-start threshold,
+    ``longest_in_flight()`` and each replaced row's own bound (its claim
+    stamp plus one terminate) allow. They are at most the user's former cap.
+    One that Avaturn would not end goes back to live (and the start fails);
+    stopping at it would leave the rest ``ending``, still running, until the
+    expiry command's sweep of stuck ends.
     """
     # Still starting (no session id): its own request ends what it creates
     # (_wait_for_ends waits for that), or stops before creating anything.
     created = [old for old in replaced if old.session_id is not None]
-    size = terminate_concurrency()
+    if not created:
+        return
+    try:
+        results = terminate_claimed(created, max_workers=len(created))
+        errors: list[Exception | None] = [result.error for result in results]
+    except NotConfigured as exc:
+        errors = [exc] * len(created)  # nothing was sent: they went back to live
     failure: Exception | None = None
-    for first in range(0, len(created), size):
-        batch = created[first : first + size]
-        if first:
-            with contextlib.suppress(DatabaseError):
-                transitions.resume_start(row)
-        try:
-            errors = [result.error for result in terminate_claimed(batch)]
-        except NotConfigured as exc:
-            errors = [exc] * len(batch)  # nothing was sent: the batch went back to live
-        for old, error in zip(batch, errors, strict=True):
-            if error is not None:
-                # Back to live, or left for the expiry command: as its row now says.
-                transitions.refresh_if_present(old)
-                failure = failure or error
+    for old, error in zip(created, errors, strict=True):
+        if error is not None:
+            # Back to live, or left for the expiry command: as its row now says.
+            transitions.refresh_if_present(old)
+            failure = failure or error
     if failure is not None:
         raise failure
 

@@ -110,9 +110,10 @@ def resume_start(row: Session) -> bool:
 
     The expiry command takes a start whose row has not been written for
     ``upstream.clients.longest_start()`` for one a dead process left behind.
-    That covers a start's own upstream calls and one terminate, not its wait
-    for the user's ending rows nor further terminates: a start stamps its row
-    during and after those (``sessions.starting._resume``). False if the row
+    That covers a start's own upstream calls and one terminate's time (the
+    sessions it replaces end together), not its wait for the user's ending
+    rows: a start stamps its row during and after that, and after replacing
+    several (``sessions.starting._resume``). False if the row
     was claimed or failed meanwhile (the caller creates nothing).
     """
     now = timezone.now()

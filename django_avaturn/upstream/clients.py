@@ -198,10 +198,10 @@ def longest_start_calls() -> float:
 def longest_in_flight() -> float:
     """The latest after its reservation that a start may still make an upstream call.
 
-    It terminates the sessions it replaces (together, up to
-    ``TERMINATE_CONCURRENCY`` of them: one terminate's time), waits for the
-    user's other ending rows (at most ``longest_start_calls()``), then makes
-    its own calls; plus ``START_MARGIN`` for the database work between.
+    It terminates the sessions it replaces (all at once: one terminate's
+    time), waits for the user's other ending rows (at most
+    ``longest_start_calls()``), then makes its own calls; plus
+    ``START_MARGIN`` for the database work between.
     """
     return longest_terminate() + 2 * longest_start_calls() + START_MARGIN
 

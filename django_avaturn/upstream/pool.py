@@ -1,9 +1,11 @@
 """Run blocking upstream calls a bounded number at a time.
 
-Bulk terminations (the admin action, the expiry command) make one Avaturn
-DELETE per session. One after another, a thousand slow answers take many
-minutes; all at once, they would open a thousand connections. A small thread
-pool, sized by ``AVATURN["TERMINATE_CONCURRENCY"]``, sits in between.
+Bulk terminations (the admin action, the kill switch, the expiry command)
+make one Avaturn DELETE per session. One after another, a thousand slow
+answers take many minutes; all at once, they would open a thousand
+connections. A small thread pool, sized by
+``AVATURN["TERMINATE_CONCURRENCY"]``, sits in between. A start ending the
+sessions it replaces (at most its user's former cap) sends them all at once.
 
 The functions run here make HTTP calls only: the callers do their database
 work before and after, on their own thread, so no worker opens (or leaks) a
