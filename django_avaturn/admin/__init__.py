@@ -403,10 +403,10 @@ class SessionAdmin(_ModelAdmin):
         if request.method == "POST" and request.POST.get("enable") == "1":
             limits.set_sessions_enabled(True, by=request.user)
             try:
-                allowed = limits.sessions_enabled()
+                allowed_by_setting = bool(avaturn_settings.SESSIONS_ENABLED)
             except NotConfigured:
-                allowed = False
-            if allowed:
+                allowed_by_setting = False
+            if allowed_by_setting:
                 self.message_user(request, _("New sessions are allowed again."), messages.SUCCESS)
             else:
                 self.message_user(
