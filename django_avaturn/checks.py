@@ -89,10 +89,12 @@ def _validation_errors() -> list[CheckMessage]:
         try:
             rule.check(name, _setting(name))
         except NotConfigured as exc:
+            # A section's key: what that key accepts, not the section's shape.
+            setting = f"AVATURN['{name}']" + (f"['{exc.key}']" if exc.key else "")
             messages.append(
                 Error(
                     f"AVATURN['{name}']: {exc}",
-                    hint=f"Set AVATURN['{name}'] to {rule.expects()}.",
+                    hint=f"Set {setting} to {exc.expects or rule.expects()}.",
                     id=rule.check_id,
                 )
             )

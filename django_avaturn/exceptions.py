@@ -42,6 +42,10 @@ class NotConfigured(AvaturnError, ImproperlyConfigured):
     code = "not_configured"
     status_code = 503
     default_detail = _("The avatar service is not configured.")
+    # For a key of a section (``AVATURN["CARTESIA"]["TOKEN_TTL"]``): that key and
+    # what it accepts, which manage.py check's hint gives instead of the section's shape.
+    key: str | None = None
+    expects: str | None = None
 
 
 class SessionLimitReached(AvaturnError):

@@ -567,7 +567,12 @@ class Section:
             raw = value.get(key, default)
             if raw is None and key in env:
                 raw = os.environ.get(env[key]) or None
-            checked[key] = rule.check(f"{name}['{key}']", raw)
+            try:
+                checked[key] = rule.check(f"{name}['{key}']", raw)
+            except NotConfigured as exc:
+                # Which key, and what it accepts: manage.py check's hint (not the section's).
+                exc.key, exc.expects = key, rule.expects()
+                raise
         return checked
 
 

@@ -589,3 +589,13 @@ def test_malformed_engine_settings_are_e003(
 ) -> None:
     avaturn(**{name: value})
     assert ids(avaturn_messages()) == ["django_avaturn.E003"]
+
+
+def test_a_sections_malformed_key_is_e003_with_that_keys_hint(avaturn: AvaturnOverrides) -> None:
+    avaturn(CARTESIA={"TOKEN_TTL": 0})
+    (message,) = avaturn_messages()
+    assert message.msg.startswith("AVATURN['CARTESIA']: CARTESIA['TOKEN_TTL'] must be")
+    # What the key accepts, not the section's list of keys.
+    assert (
+        message.hint == "Set AVATURN['CARTESIA']['TOKEN_TTL'] to a whole number, 1 to 3600 seconds."
+    )
