@@ -52,6 +52,7 @@ from django.urls import NoReverseMatch
 from django_avaturn.conf import DEFAULTS, ENV_FALLBACKS, RULES, SETTINGS_NAME, avaturn_settings
 from django_avaturn.exceptions import NotConfigured
 from django_avaturn.models import sessions_database
+from django_avaturn.sessions.engines import check_socket_url
 from django_avaturn.sessions.plan import (
     OPENAI_VOICES,
     recorded_model_and_voice_from_settings,
@@ -248,7 +249,11 @@ def _engine_errors() -> list[CheckMessage]:
         ("SITE_ENGINE']['PUBLIC_URL", site["PUBLIC_URL"] if site is not None else None),
     ]
     for name, url in urls:
-        if isinstance(url, str) and url.startswith("ws://") and not settings.DEBUG:
+        if not isinstance(url, str) or not url:
+            continue
+        try:
+            check_socket_url(name, url)  # the rule every start applies
+        except NotConfigured:
             messages.append(
                 Error(
                     f"AVATURN['{name}'] is a ws:// URL while DEBUG is off: the visitor's "
