@@ -131,6 +131,20 @@ def replacing_two_sessions(
     return starter, outcome, new
 
 
+def sweep_while_its_create_is_in_flight(
+    django_user_model: Any, starter: threading.Thread, outcome: list[Any]
+) -> None:
+    """The expiry command runs while a start's create is in flight (the site cap at 1):
+    it ends nothing, another user's start is refused, and the start goes live."""
+    report = expire_sessions()
+    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
+    assert start_via_api(other) == (503, "site_limit_reached")
+    starter.join(10)
+
+    assert report.tally.ended == 0
+    assert outcome[0][0] == 201
+
+
 def overlapping_creates(fake: FakeUpstream) -> None:
     """Latency on every upstream call, so that starts are all in flight together."""
     fake.set_latency(OPENAI_CLIENT_SECRET, 0.02)
@@ -555,14 +569,8 @@ def test_a_start_that_waited_long_is_not_taken_for_a_crashed_one_while_it_create
     Session.objects.filter(pk=stuck.pk).update(status=SessionStatus.FAILED)
     assert wait_until(lambda: len(live_fake.requests_for(AVATURN_CREATE)) == 1)
 
-    report = expire_sessions()
     # Its slot stays taken while its create is in flight.
-    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
-    assert start_via_api(other) == (503, "site_limit_reached")
-    starter.join(10)
-
-    assert report.tally.ended == 0
-    assert outcome[0][0] == 201
+    sweep_while_its_create_is_in_flight(django_user_model, starter, outcome)
     row = waiting.get()
     assert (row.status, row.end_reason) == (SessionStatus.LIVE, "")
     assert peak_alive(live_fake) == 1
@@ -603,24 +611,16 @@ def test_a_start_still_waiting_past_the_threshold_is_not_taken_for_a_crashed_one
 def test_a_start_that_replaced_sessions_is_counted_from_their_end(
     live_fake: FakeUpstream, avaturn: AvaturnOverrides, user: Any, django_user_model: Any
 ) -> None:
-    """Terminating several replaced sessions may take longer than the threshold allows for one.
-
-    (The cap lowered from 2 to 1, say.) It stamps its row once they have
-    ended, before its own calls.
-    """
+    """A start that replaced several sessions (the cap lowered from 2 to 1, say) stamps its
+    row once they have ended, before its own calls: the sweep counts those from there (its
+    row here older than the threshold)."""
     starter, outcome, new = replacing_two_sessions(
         live_fake, avaturn, user, MAX_LIVE_SESSIONS_PER_USER=1, MAX_LIVE_SESSIONS=1
     )
     live_fake.set_latency(AVATURN_CREATE, 2.0)
     assert wait_until(lambda: len(live_fake.requests_for(AVATURN_CREATE)) == 3, timeout=10)
 
-    report = expire_sessions()
-    other = django_user_model.objects.create_user(email="other@example.com", password="pw")
-    assert start_via_api(other) == (503, "site_limit_reached")
-    starter.join(10)
-
-    assert report.tally.ended == 0
-    assert outcome[0][0] == 201
+    sweep_while_its_create_is_in_flight(django_user_model, starter, outcome)
     assert Session.objects.get(pk=new.pk).status == SessionStatus.LIVE
     assert peak_alive(live_fake) == 2  # the two it replaced, ended before its create
     assert_no_orphans(live_fake)
